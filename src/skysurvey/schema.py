@@ -1,0 +1,137 @@
+"""The catalog contract: Arrow schemas, image ids and the Hive-style layout.
+
+Every Parquet file the pipeline writes has exactly one of the two schemas below, whatever the
+data (an empty catalog keeps the schema; no column's type is inferred). ``band`` and ``night``
+are not columns of the files: they are the Hive partition keys of the layout
+``<catalog>/sources/band=<band>/night=<YYYY-MM-DD>/<image_id>.parquet`` and appear as columns
+when the dataset is read as a partitioned table (DuckDB ``hive_partitioning``, Athena).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+import pyarrow as pa
+
+#: Suffixes recognised as FITS files, longest first so ``.fits.fz`` wins over ``.fz``.
+FITS_SUFFIXES: tuple[str, ...] = tuple(
+    sorted(
+        {
+            base + comp
+            for base in (".fits", ".fit", ".fts")
+            for comp in ("", ".gz", ".bz2", ".fz")
+        }
+        | {".fz"},
+        key=len,
+        reverse=True,
+    )
+)
+
+SOURCES_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.int32(), nullable=False),
+        pa.field("x", pa.float64()),
+        pa.field("y", pa.float64()),
+        pa.field("ra", pa.float64()),
+        pa.field("dec", pa.float64()),
+        pa.field("flux", pa.float64()),
+        pa.field("flux_err", pa.float64()),
+        pa.field("flux_aper", pa.float64()),
+        pa.field("flux_aper_err", pa.float64()),
+        pa.field("mag", pa.float64()),
+        pa.field("mag_err", pa.float64()),
+        pa.field("snr", pa.float64()),
+        pa.field("peak", pa.float64()),
+        pa.field("background", pa.float64()),
+        pa.field("a", pa.float64()),
+        pa.field("b", pa.float64()),
+        pa.field("theta", pa.float64()),
+        pa.field("fwhm", pa.float64()),
+        pa.field("ellipticity", pa.float64()),
+        pa.field("npix", pa.int32()),
+        pa.field("flags", pa.int32()),
+    ]
+)
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("source_key", pa.string()),  # where the FITS came from (URI or path)
+        pa.field("hdu", pa.int32()),  # index of the HDU measured
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("n_sources", pa.int32()),
+        pa.field("bkg_median", pa.float64()),
+        pa.field("bkg_rms", pa.float64()),
+        pa.field("fwhm_median", pa.float64()),  # pixels
+        pa.field("zero_point", pa.float64()),
+        pa.field("zero_point_source", pa.string()),  # header keyword used, or null
+        pa.field("gain", pa.float64()),  # e-/ADU, null when unknown
+        pa.field("saturate", pa.float64()),  # ADU, null when unknown
+        pa.field("has_wcs", pa.bool_()),
+        pa.field("ra_center", pa.float64()),
+        pa.field("dec_center", pa.float64()),
+        pa.field("pixel_scale", pa.float64()),  # arcsec / pixel, null without WCS
+        pa.field("exptime", pa.float64()),
+        pa.field("mjd", pa.float64()),
+        pa.field("date_obs", pa.string()),  # as in the header (ISO 8601)
+        pa.field("filter", pa.string()),  # the header's FILTER value
+        pa.field("telescope", pa.string()),
+        pa.field("aperture_radius", pa.float64()),  # pixels, for flux_aper
+        pa.field("detect_thresh", pa.float64()),  # in units of the background RMS
+        pa.field("masked_fraction", pa.float64()),  # NaN/Inf/bad pixels / all pixels
+        pa.field("warnings", pa.string()),  # "; "-joined, null when none
+        pa.field("seconds", pa.float64()),  # handler wall time for this image
+        pa.field("processed_at", pa.timestamp("ms")),  # UTC
+        pa.field("pipeline_version", pa.string()),
+    ]
+)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def split_fits_name(name: str) -> tuple[str, str] | None:
+    """Return ``(stem, suffix)`` when *name* ends in a FITS suffix (case-insensitive), else None."""
+    base = PurePosixPath(name).name
+    lower = base.lower()
+    for suffix in FITS_SUFFIXES:
+        if lower.endswith(suffix) and len(base) > len(suffix):
+            return base[: -len(suffix)], base[-len(suffix) :]
+    return None
+
+
+def is_fits_name(name: str) -> bool:
+    """True when *name* looks like a FITS file we can read."""
+    return split_fits_name(name) is not None
+
+
+def image_id_from_name(name: str) -> str:
+    """The image id: the file name without its directory and FITS extensions.
+
+    >>> image_id_from_name("images/night1/sky_r_001.fits.fz")
+    'sky_r_001'
+    """
+    parts = split_fits_name(name)
+    return parts[0] if parts else PurePosixPath(name).name
+
+
+def partition_value(value: str | None) -> str:
+    """A Hive partition value: ``unknown`` when missing, unsafe characters replaced by ``_``."""
+    if value is None or not str(value).strip():
+        return "unknown"
+    return _UNSAFE.sub("_", str(value).strip())
+
+
+def catalog_keys(image_id: str, band: str | None, night: str | None) -> dict[str, str]:
+    """Relative keys of the two Parquet files of one image, by table name."""
+    b, n = partition_value(band), partition_value(night)
+    return {
+        table: f"{table}/band={b}/night={n}/{image_id}.parquet" for table in ("sources", "images")
+    }
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    """A table with no rows and exactly *schema*."""
+    return schema.empty_table()
