@@ -1,0 +1,129 @@
+"""Step 4: run the handler over every image, locally in a process pool or on AWS Lambda.
+
+    python scripts/invoke_lambda.py                      # local, BUCKET_RAW/images -> BUCKET_CATALOG
+    python scripts/invoke_lambda.py --input ~/fits --catalog ~/catalog
+    python scripts/invoke_lambda.py --backend lambda     # AWS: one invocation per image
+
+Exit status: 0 when every image succeeded, 1 when any failed (the others are still written),
+2 on bad usage or when the images cannot be listed at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tqdm import tqdm
+
+from skysurvey.config import get_setting, is_s3_uri
+from skysurvey.errors import SkySurveyError
+from skysurvey.pipeline import PipelineConfig
+from skysurvey.runner import (
+    Timer,
+    catalogued_image_ids,
+    default_workers,
+    exit_status,
+    list_images,
+    run_local,
+    summary_table,
+)
+from skysurvey.schema import image_id_from_name
+
+log = logging.getLogger("invoke_lambda")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Run source detection over every FITS image and write the Parquet catalog.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: python scripts/invoke_lambda.py --input data/sample --catalog /tmp/cat",
+    )
+    parser.add_argument("--backend", choices=("local", "lambda"), default="local",
+                        help="local process pool or AWS Lambda")
+    parser.add_argument("--input", default=None,
+                        help="folder or s3:// prefix holding FITS files "
+                             "(default: BUCKET_RAW's images/)")
+    parser.add_argument("--catalog", default=None,
+                        help="folder or s3:// URI for the catalog (default: BUCKET_CATALOG)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="parallel images (default: cores for local, 4 for lambda)")
+    parser.add_argument("--function", default=None,
+                        help="Lambda function name (default: LAMBDA_FUNCTION)")
+    parser.add_argument("--async", dest="asynchronous", action="store_true",
+                        help="lambda backend: fire-and-forget invocations (InvocationType Event)")
+    parser.add_argument("--only-new", action="store_true",
+                        help="skip images that already have a catalog")
+    parser.add_argument("--max-memory-mb", type=int, default=None,
+                        help="refuse images that would need more memory than this")
+    parser.add_argument("--limit", type=int, default=None, help="process at most N images")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def resolve_input(flag: str | None) -> str:
+    """``--input`` as given, else ``BUCKET_RAW`` + ``/images``."""
+    if flag:
+        return flag
+    return get_setting("BUCKET_RAW").rstrip("/") + "/images"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    if args.workers is not None and args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    raw_uri = resolve_input(args.input)
+    catalog_uri = get_setting("BUCKET_CATALOG", args.catalog)
+    try:
+        keys = list_images(raw_uri)
+    except SkySurveyError as exc:
+        print(f"error: cannot list images: {exc}", file=sys.stderr)
+        return 2
+    if args.only_new:
+        done_ids = catalogued_image_ids(catalog_uri)
+        keys = [k for k in keys if image_id_from_name(k) not in done_ids]
+    keys = keys[: args.limit] if args.limit else keys
+    if not keys:
+        print(f"No FITS images to process under {raw_uri}")
+        return 0
+    log.info("%d images from %s -> %s (%s backend)", len(keys), raw_uri, catalog_uri,
+             args.backend)
+
+    bar = tqdm(total=len(keys), unit="img", disable=args.no_progress, file=sys.stderr)
+
+    def on_done(reply: dict) -> None:
+        bar.update(1)
+        if reply["status"] != "ok":
+            bar.write(f"FAILED {reply['error']}", file=sys.stderr)
+
+    with Timer() as timer:
+        try:
+            if args.backend == "local":
+                config = PipelineConfig(
+                    max_memory_bytes=args.max_memory_mb * 2**20 if args.max_memory_mb else None)
+                replies = run_local(raw_uri, keys, catalog_uri,
+                                    workers=args.workers or default_workers(),
+                                    config=config, on_done=on_done)
+            else:
+                from skysurvey.lambda_backend import run_lambda
+
+                if not is_s3_uri(raw_uri):
+                    print("error: --backend lambda needs an s3:// input", file=sys.stderr)
+                    return 2
+                replies = run_lambda(raw_uri, keys, catalog_uri,
+                                     function=get_setting("LAMBDA_FUNCTION", args.function),
+                                     workers=args.workers or 4,
+                                     asynchronous=args.asynchronous, on_done=on_done)
+        except SkySurveyError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            bar.close()
+    print(summary_table(replies, timer.seconds, args.backend))
+    return exit_status(replies)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

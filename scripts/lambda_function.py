@@ -1,0 +1,90 @@
+"""Step 3: the handler. One FITS in, one Parquet catalog out.
+
+On AWS Lambda this file is the entry point (``lambda_function.lambda_handler``); locally
+``invoke_lambda.py --backend local`` calls the same core in a process pool. The numbered
+comments are walked through in the README.
+
+Events it accepts:
+- direct: ``{"bucket": "...", "key": "images/x.fits", "catalog_bucket": "..."}``; ``bucket`` and
+  ``catalog_bucket`` are bucket names or ``s3://`` URIs (or local folders when run locally);
+  ``catalog_bucket`` falls back to the ``BUCKET_CATALOG`` setting;
+- S3 notifications: ``{"Records": [{"s3": {"bucket": {"name": ...}, "object": {"key": ...}}}]}``
+  with URL-encoded keys, one or several records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from urllib.parse import unquote_plus
+
+from skysurvey.config import get_setting, is_s3_uri
+from skysurvey.errors import SkySurveyError
+from skysurvey.pipeline import PipelineConfig, catalog_image
+from skysurvey.storage import open_store
+
+log = logging.getLogger("skysurvey.handler")
+if not log.handlers:  # Lambda's root logger already writes to CloudWatch; locally, stderr
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+log.setLevel(logging.INFO)
+
+
+def _as_uri(bucket: str) -> str:
+    """A bucket name becomes ``s3://name``; URIs and local folders pass through."""
+    if is_s3_uri(bucket) or os.sep in bucket or bucket.startswith("."):
+        return bucket
+    return f"s3://{bucket}"
+
+
+def parse_event(event: dict) -> list[tuple[str, str, str | None]]:
+    """``(raw bucket URI, key, catalog URI or None)`` for every image the event names."""
+    if "Records" in event:
+        return [
+            (_as_uri(r["s3"]["bucket"]["name"]), unquote_plus(r["s3"]["object"]["key"]), None)
+            for r in event["Records"]
+        ]
+    if "bucket" in event and "key" in event:
+        return [(_as_uri(event["bucket"]), event["key"], event.get("catalog_bucket"))]
+    raise ValueError("the event has neither 'Records' nor 'bucket' and 'key'")
+
+
+def pipeline_config() -> PipelineConfig:
+    """Memory budget from the function's size (80% of it); /tmp for large objects."""
+    memory_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+    budget = int(int(memory_mb) * 0.8 * 2**20) if memory_mb else None
+    return PipelineConfig(max_memory_bytes=budget, tmp_dir=os.environ.get("TMPDIR"))
+
+
+def lambda_handler(event: dict, context=None) -> dict:
+    # 1. Parse the event: a direct invocation or an S3 notification (URL-encoded keys).
+    try:
+        targets = parse_event(event)
+    except (KeyError, TypeError, ValueError) as exc:
+        reply = {"status": "error", "image_id": None, "n_sources": 0, "catalog_key": None,
+                 "seconds": 0.0, "error": f"bad event: {exc}"}
+        log.info(json.dumps(reply))
+        return reply
+    replies = []
+    for raw_uri, key, catalog_uri in targets:
+        # 2. Open the buckets (clients are created once per container and cached).
+        catalog = catalog_uri or get_setting("BUCKET_CATALOG")
+        try:
+            raw_store, catalog_store = open_store(raw_uri), open_store(_as_uri(catalog))
+        except SkySurveyError as exc:
+            reply = {"status": "error", "image_id": None, "n_sources": 0, "catalog_key": None,
+                     "seconds": 0.0, "error": str(exc)}
+        else:
+            # 3. Read, detect, measure, write: the shared core; transient AWS errors raise
+            #    so that Lambda's own retry takes over.
+            reply = catalog_image(raw_store, key, catalog_store, pipeline_config(),
+                                  raise_transient=True)
+        # 4. One JSON line per image for CloudWatch Logs Insights.
+        log.info(json.dumps(reply))
+        replies.append(reply)
+    # 5. Reply: one dict for one image, a list under "results" for several.
+    if len(replies) == 1:
+        return replies[0]
+    return {"status": "ok" if all(r["status"] == "ok" for r in replies) else "error",
+            "results": replies}
