@@ -1,6 +1,6 @@
 """Step 4: run the handler over every image, locally in a process pool or on AWS Lambda.
 
-    python scripts/invoke_lambda.py                      # local, BUCKET_RAW/images -> BUCKET_CATALOG
+    python scripts/invoke_lambda.py                   # local: BUCKET_RAW/images -> BUCKET_CATALOG
     python scripts/invoke_lambda.py --input ~/fits --catalog ~/catalog
     python scripts/invoke_lambda.py --backend lambda     # AWS: one invocation per image
 

@@ -63,7 +63,9 @@ def translate(exc: BaseException, source: str) -> SkySurveyError:
     if isinstance(exc, SkySurveyError):
         return exc
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
-        return ConfigError(source, "no AWS credentials found (set AWS_PROFILE or run `aws configure`)")
+        return ConfigError(
+            source, "no AWS credentials found (set AWS_PROFILE or run `aws configure`)"
+        )
     if isinstance(exc, bx.ProfileNotFound):
         return ConfigError(source, str(exc))
     if isinstance(exc, bx.EndpointConnectionError):

@@ -8,6 +8,7 @@ outlived botocore's retries) propagate when ``raise_transient`` is set, so Lambd
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -116,10 +117,8 @@ def catalog_image(
 
 def _undo(store, keys: list[str]) -> None:
     for key in keys:
-        try:
+        with contextlib.suppress(SkySurveyError):
             store.delete(key)
-        except SkySurveyError:
-            pass
 
 
 _TRANSIENT_MARKERS = ("SlowDown", "Throttl", "RequestTimeout", "InternalError",
