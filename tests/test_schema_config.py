@@ -1,0 +1,103 @@
+"""The catalog contract (schemas, ids, layout) and the settings precedence."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from skysurvey import config, schema
+from skysurvey.errors import ConfigError, SkySurveyError
+
+DESIGN_SOURCE_COLUMNS = [
+    "image_id", "source_id", "x", "y", "ra", "dec", "flux", "flux_err", "flux_aper",
+    "flux_aper_err", "mag", "mag_err", "snr", "peak", "background", "a", "b", "theta", "fwhm",
+    "ellipticity", "npix", "flags",
+]
+
+
+def test_sources_schema_is_the_design_contract():
+    assert schema.SOURCES_SCHEMA.names == DESIGN_SOURCE_COLUMNS
+    types = dict(zip(schema.SOURCES_SCHEMA.names, schema.SOURCES_SCHEMA.types, strict=True))
+    assert types["image_id"] == pa.string()
+    assert types["source_id"] == types["npix"] == types["flags"] == pa.int32()
+    doubles = set(DESIGN_SOURCE_COLUMNS) - {"image_id", "source_id", "npix", "flags"}
+    assert all(types[c] == pa.float64() for c in doubles)
+
+
+def test_images_schema_has_the_design_minimum_and_millisecond_timestamps():
+    names = set(schema.IMAGES_SCHEMA.names)
+    assert {"image_id", "source_key", "width", "height", "n_sources", "bkg_median", "bkg_rms",
+            "fwhm_median", "zero_point", "has_wcs", "ra_center", "dec_center", "exptime", "mjd",
+            "aperture_radius", "seconds", "pipeline_version"} <= names
+    # band/night are Hive partition keys, never file columns (a duplicate would break Athena)
+    assert not {"band", "night"} & names
+    assert schema.IMAGES_SCHEMA.field("processed_at").type == pa.timestamp("ms")
+    assert all(t != pa.null() for t in schema.IMAGES_SCHEMA.types)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("sky_r_001.fits", "sky_r_001"),
+        ("images/night1/sky_r_001.fits.fz", "sky_r_001"),
+        ("a.b.FIT.gz", "a.b"),
+        ("x.fts.bz2", "x"),
+        ("m31 ü.fits", "m31 ü"),
+        ("c.fz", "c"),
+    ],
+)
+def test_image_id_strips_directories_and_every_fits_extension(name, expected):
+    assert schema.is_fits_name(name)
+    assert schema.image_id_from_name(name) == expected
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "image.fits.zip", ".fits", "catalog.parquet"])
+def test_non_fits_names_are_rejected(name):
+    assert not schema.is_fits_name(name)
+
+
+def test_catalog_keys_follow_the_hive_layout_with_unknown_and_safe_values():
+    assert schema.catalog_keys("img", "r", "2026-03-14") == {
+        "sources": "sources/band=r/night=2026-03-14/img.parquet",
+        "images": "images/band=r/night=2026-03-14/img.parquet",
+    }
+    keys = schema.catalog_keys("img", None, "  ")
+    assert keys["sources"] == "sources/band=unknown/night=unknown/img.parquet"
+    unsafe = schema.catalog_keys("i", "r/../x y", "n")["images"]
+    assert unsafe == "images/band=r_.._x_y/night=n/i.parquet"
+
+
+def test_empty_tables_keep_their_schema():
+    table = schema.empty_table(schema.SOURCES_SCHEMA)
+    assert table.num_rows == 0
+    assert table.schema.equals(schema.SOURCES_SCHEMA)
+
+
+def test_settings_precedence_flag_env_file_default(tmp_path, monkeypatch):
+    env_file = tmp_path / "setup.env"
+    config.write_env_file(env_file, {"BUCKET_RAW": "s3://from-file", "LAMBDA_FUNCTION": "fn"})
+    monkeypatch.setenv("SKYSURVEY_ENV_FILE", str(env_file))
+    assert config.get_setting("BUCKET_RAW") == "s3://from-file"
+    monkeypatch.setenv("BUCKET_RAW", "s3://from-env")
+    assert config.get_setting("BUCKET_RAW") == "s3://from-env"
+    assert config.get_setting("BUCKET_RAW", "/from/flag") == "/from/flag"
+    assert config.get_setting("LAMBDA_FUNCTION") == "fn"
+    assert config.get_setting("BUCKET_CATALOG") == str(config.DATA_DIR / "catalog")
+    assert config.read_env_file(env_file)["BUCKET_RAW"] == "s3://from-file"
+
+
+def test_env_file_accepts_shell_syntax(tmp_path):
+    path = tmp_path / "x.env"
+    path.write_text("# comment\nexport A='1'\nB=\"two\"\n\nnot a line\nC = 3\n")
+    assert config.read_env_file(path) == {"A": "1", "B": "two", "C": "3"}
+    assert config.read_env_file(tmp_path / "missing.env") == {}
+
+
+def test_s3_uris_parse_and_bad_ones_raise_one_line():
+    loc = config.parse_s3_uri("s3://bucket/some/prefix/")
+    assert (loc.bucket, loc.prefix, str(loc)) == ("bucket", "some/prefix/", "s3://bucket/some/prefix/")
+    assert config.parse_s3_uri("s3://bucket").prefix == ""
+    with pytest.raises(ConfigError, match=r"^s3://: the s3:// URI names no bucket$"):
+        config.parse_s3_uri("s3://")
+    with pytest.raises(SkySurveyError, match="not an s3:// URI"):
+        config.parse_s3_uri("/local/folder")
