@@ -77,3 +77,45 @@ def moto_server(_moto_server, monkeypatch):
     aws.clear_clients()
     yield _moto_server
     aws.clear_clients()
+
+
+def draw_fits(path, *, size: int = 128, n_stars: int = 12, seed: int = 0, band: str = "r",
+              date_obs: str = "2026-03-14T04:12:00", sigma: float = 1.5, sky: float = 100.0,
+              gain: float = 2.0):
+    """A small self-contained test image: Gaussian stars on Poisson sky with a TAN WCS.
+
+    Returns the truth as a list of ``(x, y, flux)`` (0-based pixels). The generator in
+    ``skysurvey.synth`` makes realistic fields; this one is for tests of the plumbing, where an
+    image must be tiny and its contents obvious.
+    """
+    import numpy as np
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    rng = np.random.default_rng(seed)
+    margin = 10
+    xs = rng.uniform(margin, size - margin, n_stars)
+    ys = rng.uniform(margin, size - margin, n_stars)
+    fluxes = rng.uniform(5e3, 5e4, n_stars)
+    yy, xx = np.mgrid[:size, :size]
+    model = np.full((size, size), sky)
+    for x, y, f in zip(xs, ys, fluxes, strict=True):
+        r2 = (xx - x) ** 2 + (yy - y) ** 2
+        model += f / (2 * np.pi * sigma**2) * np.exp(-r2 / (2 * sigma**2))
+    data = (rng.poisson(model * gain) / gain).astype(np.float32)
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.0, 2.2]
+    wcs.wcs.crpix = [size / 2 + 0.5, size / 2 + 0.5]
+    wcs.wcs.cdelt = [-0.25 / 3600, 0.25 / 3600]
+    header = wcs.to_header()
+    header.update(FILTER=band, EXPTIME=60.0, GAIN=gain, MAGZERO=30.0, TELESCOP="TEST",
+                  **{"DATE-OBS": date_obs})
+    fits.PrimaryHDU(data, header).writeto(path, overwrite=True)
+    return list(zip(xs.tolist(), ys.tolist(), fluxes.tolist(), strict=True))
+
+
+@pytest.fixture
+def fits_factory():
+    """``fits_factory(path, **kw)`` draws a small image (see :func:`draw_fits`)."""
+    return draw_fits

@@ -14,7 +14,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from .pipeline import PipelineConfig, catalog_image
 from .schema import image_id_from_name, is_fits_name
-from .storage import open_store
+from .storage import LocalStore, open_store
 
 
 def list_images(uri: str, prefix: str = "") -> list[str]:
@@ -26,11 +26,10 @@ def list_images(uri: str, prefix: str = "") -> list[str]:
 def catalogued_image_ids(catalog_uri: str) -> set[str]:
     """Image ids that already have an image record in the catalog (for ``--only-new``)."""
     store = open_store(catalog_uri)
-    try:
-        return {image_id_from_name(i.key.removesuffix(".parquet") + ".fits")
-                for i in store.list("images/") if i.key.endswith(".parquet")}
-    except Exception:  # no catalog yet
-        return set()
+    if isinstance(store, LocalStore) and not store.root.is_dir():
+        return set()  # first run: no catalog folder yet
+    return {image_id_from_name(i.key.removesuffix(".parquet") + ".fits")
+            for i in store.list("images/") if i.key.endswith(".parquet")}
 
 
 def default_workers() -> int:
@@ -113,15 +112,19 @@ def _pool_round_single(raw_uri, key, catalog_uri, config, done) -> list[str]:
             return [key]
 
 
+#: Reply statuses that count as success ("queued": an asynchronous Lambda invocation accepted).
+OK_STATUSES = frozenset({"ok", "queued"})
+
+
 def exit_status(replies: Iterable[dict]) -> int:
-    """0 when every image succeeded, 1 when any failed."""
-    return 0 if all(r["status"] == "ok" for r in replies) else 1
+    """0 when every image succeeded (or was queued), 1 when any failed."""
+    return 0 if all(r["status"] in OK_STATUSES for r in replies) else 1
 
 
 def summary_table(replies: Sequence[dict], seconds: float, backend: str = "local") -> str:
     """The table that ends a run, then one line per failed image."""
-    ok = [r for r in replies if r["status"] == "ok"]
-    failed = [r for r in replies if r["status"] != "ok"]
+    ok = [r for r in replies if r["status"] in OK_STATUSES]
+    failed = [r for r in replies if r["status"] not in OK_STATUSES]
     n_sources = sum(int(r.get("n_sources") or 0) for r in ok)
     rate = len(replies) / seconds if seconds > 0 else 0.0
     rows = [
