@@ -1,0 +1,296 @@
+"""Source detection and measurement with SEP: a FitsImage in, the ``sources`` table out.
+
+Steps (each a small function): a spatially varying background (``sep.Background``, masked
+pixels excluded) and its RMS map; extraction on the background-subtracted image with a
+convolution filter and a threshold in units of the background RMS (SExtractor's
+DETECT_THRESH meaning); windowed centroids; Kron and circular-aperture photometry with errors
+from the RMS map plus Poisson noise when GAIN is known; shapes; flags; RA/Dec from the full
+FITS WCS (SIP included). Pure: no state but SEP's process-wide buffer limits.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import sep
+from astropy.time import Time
+from astropy.wcs import WCS
+from astropy.wcs.utils import proj_plane_pixel_scales
+
+from .errors import ImageDataError
+from .fitsread import FitsImage
+from .schema import SOURCES_SCHEMA
+
+# SEP's own flag bits (object and aperture flags share one mask in the catalog)
+OBJ_MERGED = sep.OBJ_MERGED
+OBJ_TRUNC = sep.OBJ_TRUNC
+OBJ_SINGU = sep.OBJ_SINGU
+APER_TRUNC = sep.APER_TRUNC
+APER_HASMASKED = sep.APER_HASMASKED
+APER_ALLMASKED = sep.APER_ALLMASKED
+APER_NONPOSITIVE = sep.APER_NONPOSITIVE
+# the pipeline's own bits
+SATURATED = 256
+MASKED = 512
+NEAR_EDGE = 1024
+COSMIC_RAY = 2048
+KRON_FALLBACK = 4096
+
+FLAG_DESCRIPTIONS: dict[int, str] = {
+    OBJ_MERGED: "SEP: blended with another object (deblended)",
+    OBJ_TRUNC: "SEP: isophote truncated by the image edge",
+    OBJ_SINGU: "SEP: singular moments (shape unreliable)",
+    APER_TRUNC: "SEP: aperture truncated by the image edge",
+    APER_HASMASKED: "SEP: aperture contains masked pixels",
+    APER_ALLMASKED: "SEP: aperture entirely masked",
+    APER_NONPOSITIVE: "SEP: non-positive flux in the aperture",
+    SATURATED: "pipeline: peak at or above the header's SATURATE level",
+    MASKED: "pipeline: touches a NaN/Inf or masked pixel",
+    NEAR_EDGE: "pipeline: within one aperture radius of the image edge",
+    COSMIC_RAY: "pipeline: much sharper than the PSF (likely a cosmic ray or hot pixel)",
+    KRON_FALLBACK: "pipeline: Kron radius too small or undefined; circular flux used",
+}
+
+ZERO_POINT_KEYS = ("MAGZERO", "MAGZP", "PHOTZP", "ZEROPNT", "ZP")
+GAIN_KEYS = ("GAIN", "EGAIN", "CCDGAIN")
+SATURATE_KEYS = ("SATURATE", "SATLEVEL")
+
+_PIXSTACK = 3_000_000
+_SUB_OBJECTS = 8192
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    thresh: float = 1.5  # detection threshold, in units of the background RMS
+    minarea: int = 5
+    deblend_nthresh: int = 32
+    deblend_cont: float = 0.005
+    back_size: int | None = None  # background mesh (px); None: chosen from the image
+    back_filter: int = 3
+    kron_factor: float = 2.5
+    kron_min_radius: float = 3.5  # px, circular fallback (SExtractor's PHOT_AUTOPARAMS 2nd)
+    aperture_fwhm: float = 1.5  # aperture radius in units of the median FWHM
+    aperture_radius: float | None = None  # fixed radius in px overrides the above
+    cosmic_ray_sharpness: float = 0.5  # fwhm below this fraction of the median: a cosmic ray
+
+
+def _limits() -> None:
+    """Raise SEP's process-wide limits so crowded fields never overflow (idempotent)."""
+    if sep.get_extract_pixstack() < _PIXSTACK:
+        sep.set_extract_pixstack(_PIXSTACK)
+    if sep.get_sub_object_limit() < _SUB_OBJECTS:
+        sep.set_sub_object_limit(_SUB_OBJECTS)
+
+
+def _first(header, keys):
+    for key in keys:
+        value = header.get(key)
+        if value is None:
+            continue
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value):
+            return value, key
+    return None, None
+
+
+def zero_point(header) -> tuple[float | None, str | None]:
+    """The photometric zero point and the keyword it came from (nanomaggies imply 22.5)."""
+    value, key = _first(header, ZERO_POINT_KEYS)
+    if value is None and "nanomagg" in str(header.get("BUNIT", "")).lower():
+        return 22.5, "BUNIT"
+    return value, key
+
+
+def _background(data, mask, config):
+    ny, nx = data.shape
+    size = config.back_size or int(np.clip(min(nx, ny) // 8, 16, 64))
+    return sep.Background(data, mask=mask, bw=size, bh=size, fw=config.back_filter,
+                          fh=config.back_filter)
+
+
+def _celestial(header, warnings_out):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs = WCS(header, naxis=2)
+            if not wcs.has_celestial:
+                warnings_out.append("no celestial WCS")
+                return None
+            wcs.all_pix2world([[0.0, 0.0]], 0)  # a broken WCS fails here
+        return wcs
+    except Exception as exc:
+        warnings_out.append(f"broken WCS ({type(exc).__name__})")
+        return None
+
+
+def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | None = None):
+    """Detect and measure every source; returns ``(sources table, images row dict)``."""
+    config = config or DetectionConfig()
+    _limits()
+    data, mask, header = image.data, image.mask, image.header
+    ny, nx = data.shape
+    try:
+        bkg = _background(data, mask, config)
+        back, rms = bkg.back(), bkg.rms()
+        sub = data - back
+        if mask is not None:
+            sub[mask] = 0.0
+        objects = sep.extract(sub, config.thresh, err=bkg.globalrms, mask=mask,
+                              minarea=config.minarea, filter_type="conv",
+                              deblend_nthresh=config.deblend_nthresh,
+                              deblend_cont=config.deblend_cont)
+    except Exception as exc:  # SEP raises bare Exceptions
+        raise ImageDataError(image.name, f"source extraction failed: {exc}") from None
+
+    gain, _ = _first(header, GAIN_KEYS)
+    gain = gain if gain and gain > 0 else None
+    saturate, _ = _first(header, SATURATE_KEYS)
+    zp, zp_key = zero_point(header)
+    notes: list[str] = []
+    wcs = _celestial(header, notes)
+
+    columns, fwhm_median, radius = _measure(sub, rms, back, mask, objects, gain, saturate,
+                                            config, nx, ny)
+    n = len(objects)
+    ra = dec = np.full(n, np.nan)
+    if wcs is not None and n:
+        ra, dec = wcs.all_pix2world(columns["x"], columns["y"], 0)
+    flux, flux_err = columns["flux"], columns["flux_err"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(flux_err > 0, flux / flux_err, np.nan)
+        good = flux > 0
+        mag = np.where(good, (zp or 0.0) - 2.5 * np.log10(np.where(good, flux, 1.0)), np.nan)
+        mag_err = np.where(good, 2.5 / np.log(10) * flux_err / np.where(good, flux, 1.0), np.nan)
+    if zp is None:
+        mag = mag_err = np.full(n, np.nan)
+
+    def col(values):
+        arr = np.asarray(values, dtype=float)
+        return pa.array(arr, type=pa.float64(), mask=~np.isfinite(arr))
+
+    table = pa.table({
+        "image_id": pa.array([image_id] * n, pa.string()),
+        "source_id": pa.array(np.arange(n, dtype=np.int32)),
+        "x": col(columns["x"]), "y": col(columns["y"]),
+        "ra": col(ra), "dec": col(dec),
+        "flux": col(flux), "flux_err": col(flux_err),
+        "flux_aper": col(columns["flux_aper"]), "flux_aper_err": col(columns["flux_aper_err"]),
+        "mag": col(mag), "mag_err": col(mag_err), "snr": col(snr),
+        "peak": col(columns["peak"]), "background": col(columns["background"]),
+        "a": col(columns["a"]), "b": col(columns["b"]), "theta": col(columns["theta"]),
+        "fwhm": col(columns["fwhm"]), "ellipticity": col(columns["ellipticity"]),
+        "npix": pa.array(np.asarray(columns["npix"], dtype=np.int32)),
+        "flags": pa.array(np.asarray(columns["flags"], dtype=np.int32)),
+    }, schema=SOURCES_SCHEMA)
+    row = _image_row(image, image_id, header, wcs, bkg, n, fwhm_median, zp, zp_key, gain,
+                     saturate, radius, config, notes)
+    return table, row
+
+
+def _measure(sub, rms, back, mask, objects, gain, saturate, config, nx, ny):
+    n = len(objects)
+    x, y = objects["x"].astype(float), objects["y"].astype(float)
+    a, b = objects["a"].astype(float), objects["b"].astype(float)
+    theta = np.clip(objects["theta"].astype(float), -np.pi / 2 + 1e-6, np.pi / 2 - 1e-6)
+    flags = objects["flag"].astype(np.int64)
+    if n == 0:
+        empty = np.zeros(0)
+        cols = {k: empty for k in ("x", "y", "flux", "flux_err", "flux_aper", "flux_aper_err",
+                                   "peak", "background", "a", "b", "theta", "fwhm",
+                                   "ellipticity")}
+        cols.update(npix=np.zeros(0, np.int32), flags=np.zeros(0, np.int32))
+        radius = config.aperture_radius or 5.0
+        return cols, None, radius
+
+    a_safe, b_safe = np.maximum(a, 0.3), np.maximum(b, 0.3)
+    # half-light radius -> FWHM (exact for a Gaussian) and the window for centroids
+    r_half, _ = sep.flux_radius(sub, x, y, 6.0 * a_safe, 0.5, mask=mask, subpix=5)
+    r_half = np.where(np.isfinite(r_half) & (r_half > 0), r_half, 1.1774 * np.sqrt(a_safe * b_safe))
+    fwhm = 2.0 * r_half
+    xw, yw, wflag = sep.winpos(sub, x, y, fwhm / 2.3548, mask=mask)
+    moved = ~np.isfinite(xw) | ~np.isfinite(yw) | (np.hypot(xw - x, yw - y) > 2.0) | (wflag != 0)
+    xw, yw = np.where(moved, x, xw), np.where(moved, y, yw)
+
+    isolated = flags & OBJ_MERGED == 0
+    sharp = fwhm[isolated & (objects["npix"] >= 2 * config.minarea)]
+    fwhm_median = float(np.median(sharp)) if sharp.size else float(np.median(fwhm))
+    radius = config.aperture_radius or max(config.aperture_fwhm * fwhm_median, 2.0)
+
+    # Kron flux with SExtractor's circular fallback for tiny or undefined Kron radii
+    kronrad, kflag = sep.kron_radius(sub, xw, yw, a_safe, b_safe, theta, 6.0, mask=mask)
+    kronrad = np.where(np.isfinite(kronrad), kronrad, 0.0)
+    flux, flux_err, fflag = sep.sum_ellipse(sub, xw, yw, a_safe, b_safe, theta,
+                                            config.kron_factor * np.maximum(kronrad, 1.0),
+                                            err=rms, mask=mask, gain=gain, subpix=1)
+    small = config.kron_factor * kronrad * np.sqrt(a_safe * b_safe) < config.kron_min_radius
+    if small.any():
+        cf, ce, cflag = sep.sum_circle(sub, xw[small], yw[small], config.kron_min_radius,
+                                       err=rms, mask=mask, gain=gain, subpix=5)
+        flux[small], flux_err[small], fflag[small] = cf, ce, cflag
+    flux_aper, flux_aper_err, aflag = sep.sum_circle(sub, xw, yw, radius, err=rms, mask=mask,
+                                                     gain=gain, subpix=5)
+
+    xi = np.clip(np.rint(xw).astype(int), 0, nx - 1)
+    yi = np.clip(np.rint(yw).astype(int), 0, ny - 1)
+    local_bkg = back[yi, xi]
+    peak = objects["peak"].astype(float)
+    flags = flags | kflag | fflag | aflag
+    flags |= np.where(small, KRON_FALLBACK, 0)
+    if saturate is not None:
+        flags |= np.where(peak + local_bkg >= saturate * 0.98, SATURATED, 0)
+    flags |= np.where((fflag | aflag) & (APER_HASMASKED | APER_ALLMASKED), MASKED, 0)
+    edge = (xw < radius) | (yw < radius) | (xw > nx - 1 - radius) | (yw > ny - 1 - radius)
+    flags |= np.where(edge, NEAR_EDGE, 0)
+    flags |= np.where(fwhm < config.cosmic_ray_sharpness * fwhm_median, COSMIC_RAY, 0)
+    cols = {
+        "x": xw, "y": yw, "flux": flux, "flux_err": flux_err, "flux_aper": flux_aper,
+        "flux_aper_err": flux_aper_err, "peak": peak, "background": local_bkg,
+        "a": a, "b": b, "theta": theta, "fwhm": fwhm,
+        "ellipticity": 1.0 - b_safe / a_safe, "npix": objects["npix"], "flags": flags,
+    }
+    return cols, fwhm_median, radius
+
+
+def _float(header, key):
+    try:
+        value = float(header[key])
+        return value if math.isfinite(value) else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _image_row(image, image_id, header, wcs, bkg, n, fwhm_median, zp, zp_key, gain,
+               saturate, radius, config, notes):
+    ny, nx = image.data.shape
+    ra_c = dec_c = scale = None
+    if wcs is not None:
+        ra_c, dec_c = (float(v) for v in wcs.all_pix2world([[(nx - 1) / 2, (ny - 1) / 2]], 0)[0])
+        scale = float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
+    mjd = _float(header, "MJD-OBS")
+    date_obs = header.get("DATE-OBS")
+    if mjd is None and date_obs:
+        try:
+            mjd = float(Time(str(date_obs).strip()).mjd)
+        except ValueError:
+            notes.append("unparseable DATE-OBS")
+    masked = 0.0 if image.mask is None else float(image.mask.mean())
+    return {
+        "image_id": image_id, "hdu": image.hdu, "width": nx, "height": ny, "n_sources": n,
+        "bkg_median": float(np.median(bkg.back())), "bkg_rms": float(bkg.globalrms),
+        "fwhm_median": fwhm_median, "zero_point": zp, "zero_point_source": zp_key,
+        "gain": gain, "saturate": saturate, "has_wcs": wcs is not None,
+        "ra_center": ra_c, "dec_center": dec_c, "pixel_scale": scale,
+        "exptime": _float(header, "EXPTIME"), "mjd": mjd,
+        "date_obs": str(date_obs) if date_obs else None,
+        "filter": str(header["FILTER"]) if "FILTER" in header else None,
+        "telescope": str(header["TELESCOP"]) if "TELESCOP" in header else None,
+        "aperture_radius": float(radius), "detect_thresh": config.thresh,
+        "masked_fraction": masked, "warnings": "; ".join(notes) or None,
+    }
