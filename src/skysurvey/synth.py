@@ -72,16 +72,16 @@ def _psf_profile(r2, fwhm, psf):
     return (1 + r2 / alpha**2) ** (-MOFFAT_BETA)
 
 
-def _grid(half: int, dx: float, dy: float):
+def _grid(half: int, dx: float, dy: float, oversample: int = OVERSAMPLE):
     """Oversampled offsets (pixel units) of a (2*half+1)^2 stamp from a sub-pixel centre."""
     n = 2 * half + 1
-    sub = (np.arange(n * OVERSAMPLE) + 0.5) / OVERSAMPLE - half - 0.5
+    sub = (np.arange(n * oversample) + 0.5) / oversample - half - 0.5
     return np.meshgrid(sub - dy, sub - dx, indexing="ij")
 
 
-def _bin(stamp_os, half):
+def _bin(stamp_os, half, oversample: int = OVERSAMPLE):
     n = 2 * half + 1
-    return stamp_os.reshape(n, OVERSAMPLE, n, OVERSAMPLE).sum(axis=(1, 3))
+    return stamp_os.reshape(n, oversample, n, oversample).sum(axis=(1, 3))
 
 
 def _star_stamp(dx, dy, fwhm, psf, half):
@@ -94,12 +94,12 @@ def _galaxy_stamp(dx, dy, fwhm, psf, half, r_eff, n, ellipticity, angle):
     from astropy.modeling.models import Sersic2D
     from scipy.signal import fftconvolve
 
-    yy, xx = _grid(half, dx, dy)
+    yy, xx = _grid(half, dx, dy, 1)  # extended profiles: pixel centres suffice
     galaxy = Sersic2D(amplitude=1.0, r_eff=r_eff, n=n, x_0=0.0, y_0=0.0,
                       ellip=ellipticity, theta=angle)(xx, yy)
     kernel = _psf_profile(xx**2 + yy**2, fwhm, psf)
     image = fftconvolve(galaxy, kernel / kernel.sum(), mode="same")
-    stamp = _bin(np.clip(image, 0, None), half)
+    stamp = np.clip(image, 0, None)
     return stamp / stamp.sum()
 
 
@@ -160,7 +160,7 @@ def make_image(shape=(512, 512), *, n_stars=300, n_galaxies=80, seed=0, band="r"
             stamp = _star_stamp(x[i] - cx, y[i] - cy, fwhm, psf, half)
         else:
             r_eff = src.r_eff / pixel_scale
-            half = int(np.ceil(max(5 * fwhm, 6 * r_eff)))
+            half = int(np.ceil(max(4 * fwhm, 5 * r_eff)))
             stamp = _galaxy_stamp(x[i] - cx, y[i] - cy, fwhm, psf, half, r_eff, src.sersic_n,
                                   src.ellipticity, src.angle)
         stamp = flux_nominal[i] * stamp
