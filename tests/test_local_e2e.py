@@ -44,7 +44,7 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys):
 
     # 1. generate
     assert _script("download_sample_fits").main(
-        ["--output", str(sample), "--count", "3", "--size", "512", "--seed", "7"]) == 0
+        ["--output", str(sample), "--count", "3", "--size", "768", "--seed", "7"]) == 0
     fits_files = sorted(p.name for p in sample.glob("*.fits"))
     assert len(fits_files) == 3
 
@@ -67,8 +67,8 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys):
     # the catalog against the truth, image by image
     for image_id, found in sources.groupby("image_id"):
         truth = pd.read_csv(sample / "truth" / f"{image_id}.csv")
-        bright = truth[(truth["snr"] >= 20) & truth["x"].between(5, 506)
-                       & truth["y"].between(5, 506)]
+        bright = truth[(truth["snr"] >= 20) & truth["x"].between(5, 762)
+                       & truth["y"].between(5, 762)]
         assert len(bright) >= 10
         nearest, dist = _match(found, bright)
         completeness = float(np.mean(dist < 1.5))
