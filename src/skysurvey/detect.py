@@ -28,6 +28,7 @@ from .schema import SOURCES_SCHEMA
 # SEP's own flag bits (object and aperture flags share one mask in the catalog)
 OBJ_MERGED = sep.OBJ_MERGED
 OBJ_TRUNC = sep.OBJ_TRUNC
+OBJ_DOVERFLOW = sep.OBJ_DOVERFLOW
 OBJ_SINGU = sep.OBJ_SINGU
 APER_TRUNC = sep.APER_TRUNC
 APER_HASMASKED = sep.APER_HASMASKED
@@ -43,6 +44,7 @@ KRON_FALLBACK = 4096
 FLAG_DESCRIPTIONS: dict[int, str] = {
     OBJ_MERGED: "SEP: blended with another object (deblended)",
     OBJ_TRUNC: "SEP: isophote truncated by the image edge",
+    OBJ_DOVERFLOW: "SEP: deblending overflow (too many sub-objects)",
     OBJ_SINGU: "SEP: singular moments (shape unreliable)",
     APER_TRUNC: "SEP: aperture truncated by the image edge",
     APER_HASMASKED: "SEP: aperture contains masked pixels",
