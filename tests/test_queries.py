@@ -1,0 +1,150 @@
+"""The named queries on DuckDB, checked against pandas on the same Parquet files."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from skysurvey.config import REPO_ROOT
+from skysurvey.errors import QueryError
+from skysurvey.queries import NAMED_QUERIES, run_named, run_query
+from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA, catalog_keys
+
+IMAGES = [("img_a", "g", "2026-03-14", 40), ("img_b", "r", "2026-03-14", 60),
+          ("img_c", "r", "2026-03-15", 25)]
+
+
+def _tables(image_id, n, seed):
+    rng = np.random.default_rng(seed)
+    cols = {name: rng.uniform(1, 300, n) for name in SOURCES_SCHEMA.names
+            if SOURCES_SCHEMA.field(name).type == pa.float64()}
+    cols["mag"] = rng.uniform(16, 24, n)
+    cols["mag"][0] = np.nan  # a source without magnitude
+    sources = pa.table({**cols, "image_id": [image_id] * n,
+                        "source_id": np.arange(n, dtype=np.int32),
+                        "npix": np.full(n, 9, np.int32), "flags": np.zeros(n, np.int32)})
+    sources = sources.select(SOURCES_SCHEMA.names).cast(SOURCES_SCHEMA)
+    images = pa.Table.from_pylist([{"image_id": image_id, "n_sources": n}], schema=IMAGES_SCHEMA)
+    return sources, images
+
+
+def write_catalog(root):
+    frames = []
+    for seed, (image_id, band, night, n) in enumerate(IMAGES):
+        sources, images = _tables(image_id, n, seed)
+        keys = catalog_keys(image_id, band, night)
+        for table, key in ((sources, keys["sources"]), (images, keys["images"])):
+            (root / key).parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, root / key)
+        frames.append(sources.to_pandas().assign(band=band, night=night))
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    return tmp_path / "catalog", write_catalog(tmp_path / "catalog")
+
+
+def test_total_sources(catalog):
+    root, df = catalog
+    got = run_named("total_sources", str(root))
+    assert got.to_dict("records") == [{"total_sources": len(df), "total_images": 3, "bands": 2}]
+
+
+def test_source_statistics_match_pandas(catalog):
+    root, df = catalog
+    got = run_named("source_statistics", str(root), [100.0])
+    sel = df[df["snr"] >= 100.0]
+    expected = sel.groupby("band").agg(n_sources=("mag", "size"), mean_mag=("mag", "mean"),
+                                       mean_snr=("snr", "mean")).reset_index()
+    assert got["band"].tolist() == expected["band"].tolist()
+    assert got["n_sources"].tolist() == expected["n_sources"].tolist()
+    np.testing.assert_allclose(got["mean_mag"], expected["mean_mag"])
+    np.testing.assert_allclose(got["mean_snr"], expected["mean_snr"])
+
+
+def test_bright_sources_match_pandas(catalog):
+    root, df = catalog
+    got = run_named("bright_sources", str(root))
+    expected = df[df["mag"].notna() & (df["snr"] >= 10)].nsmallest(20, "mag")
+    assert got["mag"].tolist() == expected["mag"].tolist()
+    assert got["image_id"].tolist() == expected["image_id"].tolist()
+
+
+def test_snr_distribution_matches_pandas(catalog):
+    root, df = catalog
+    got = run_named("snr_distribution", str(root))
+    bins = pd.cut(df["snr"], [0, 5, 10, 20, 50, 100, np.inf], right=False,
+                  labels=["0-5", "5-10", "10-20", "20-50", "50-100", "100+"])
+    expected = bins.value_counts()
+    expected = expected[expected > 0]
+    assert dict(zip(got["snr_bin"], got["n_sources"], strict=True)) == expected.to_dict()
+    assert got["n_sources"].sum() == len(df)
+
+
+def test_parameters_are_bound_not_pasted(catalog):
+    root, _ = catalog
+    got = run_query("SELECT count(*) AS n FROM sources WHERE image_id = ?", str(root),
+                    ["img_a' OR '1'='1"])
+    assert got["n"].tolist() == [0]
+    got = run_query("SELECT count(*) AS n FROM images WHERE band = ?", str(root), ["r"])
+    assert got["n"].tolist() == [2]
+
+
+def test_missing_catalog_and_bad_sql_are_one_line_errors(tmp_path, catalog):
+    with pytest.raises(QueryError, match="no catalog here"):
+        run_named("total_sources", str(tmp_path / "nothing"))
+    with pytest.raises(QueryError, match="no such query"):
+        run_named("nope", str(catalog[0]))
+    with pytest.raises(QueryError) as info:
+        run_query("SELECT no_such_column FROM sources", str(catalog[0]))
+    assert "\n" not in str(info.value)
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location(
+        "query_with_athena", REPO_ROOT / "scripts" / "query_with_athena.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["query_with_athena"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_all_sql_list_and_outputs(catalog, tmp_path, capsys):
+    root, df = catalog
+    script = _script()
+    assert script.main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in NAMED_QUERIES)
+    out = tmp_path / "out"
+    assert script.main(["--catalog", str(root), "--query", "all", "--output-dir", str(out)]) == 0
+    assert sorted(p.stem for p in out.glob("*.csv")) == sorted(NAMED_QUERIES)
+    target = tmp_path / "r.parquet"
+    assert script.main(["--catalog", str(root), "--sql",
+                        "SELECT band, count(*) AS n FROM sources WHERE snr > ? GROUP BY band "
+                        "ORDER BY band", "--param", "150", "--output", str(target)]) == 0
+    got = pd.read_parquet(target)
+    expected = df[df["snr"] > 150].groupby("band").size()
+    assert got["n"].tolist() == expected.tolist()
+    assert script.main(["--catalog", str(tmp_path / "none"), "--query", "total_sources"]) == 1
+
+
+def test_s3_catalog_through_a_real_http_endpoint(catalog, moto_server):
+    import boto3
+
+    root, df = catalog
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="cat")
+    for path in root.rglob("*.parquet"):
+        s3.upload_file(str(path), "cat", "survey/" + path.relative_to(root).as_posix())
+    got = run_named("total_sources", "s3://cat/survey")
+    assert got["total_sources"].tolist() == [len(df)]
+    local = run_named("source_statistics", str(root))
+    remote = run_named("source_statistics", "s3://cat/survey")
+    pd.testing.assert_frame_equal(local, remote)
