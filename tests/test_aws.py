@@ -1,0 +1,144 @@
+"""The handler on S3 (moto in-process) and the whole AWS path over a real HTTP moto server."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import sys
+from urllib.parse import quote_plus
+
+import boto3
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from conftest import draw_fits
+
+from skysurvey import aws
+from skysurvey.config import REPO_ROOT
+from skysurvey.queries import run_named
+from skysurvey.schema import SOURCES_SCHEMA
+from skysurvey.synth import write_sample
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def buckets(mocked_aws, tmp_path):
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="raw")
+    s3.create_bucket(Bucket="catalog")
+    return s3
+
+
+def _put_image(s3, tmp_path, key, seed=0):
+    path = tmp_path / f"img{seed}.fits"
+    draw_fits(path, seed=seed)
+    s3.upload_file(str(path), "raw", key)
+
+
+def _s3_event(*keys):
+    return {"Records": [{"s3": {"bucket": {"name": "raw"}, "object": {"key": quote_plus(k)}}}
+                        for k in keys]}
+
+
+def test_direct_invocation_writes_the_catalog_to_s3(buckets, tmp_path):
+    handler = _script("lambda_function")
+    _put_image(buckets, tmp_path, "images/field 1.fits")
+    reply = handler.lambda_handler({"bucket": "raw", "key": "images/field 1.fits",
+                                    "catalog_bucket": "catalog"})
+    assert reply["status"] == "ok", reply
+    key = "sources/band=r/night=2026-03-14/field 1.parquet"
+    assert reply["catalog_key"] == f"s3://catalog/{key}"
+    body = buckets.get_object(Bucket="catalog", Key=key)["Body"].read()
+    table = pq.read_table(io.BytesIO(body))
+    assert table.schema.equals(SOURCES_SCHEMA) and table.num_rows == reply["n_sources"] >= 10
+    head = buckets.head_object(Bucket="catalog", Key=key)
+    assert head["ServerSideEncryption"] == "AES256"
+
+
+def test_s3_event_with_encoded_keys_and_several_records(buckets, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUCKET_CATALOG", "s3://catalog")
+    handler = _script("lambda_function")
+    _put_image(buckets, tmp_path, "images/M31 ü+1.fits", seed=1)
+    buckets.put_object(Bucket="raw", Key="images/bad.fits", Body=b"not a fits file at all")
+    reply = handler.lambda_handler(_s3_event("images/M31 ü+1.fits", "images/bad.fits"))
+    assert reply["status"] == "error"
+    ok, bad = reply["results"]
+    assert ok["status"] == "ok" and ok["image_id"] == "M31 ü+1"
+    assert bad["status"] == "error" and "s3://raw/images/bad.fits: not a FITS file" in bad["error"]
+    keys = [o["Key"] for o in buckets.list_objects_v2(Bucket="catalog")["Contents"]]
+    assert sorted(keys) == ["images/band=r/night=2026-03-14/M31 ü+1.parquet",
+                            "sources/band=r/night=2026-03-14/M31 ü+1.parquet"]
+
+
+def test_bad_event_and_missing_object_are_error_replies(buckets):
+    handler = _script("lambda_function")
+    assert handler.lambda_handler({"nothing": 1})["error"].startswith("bad event")
+    reply = handler.lambda_handler({"bucket": "raw", "key": "images/none.fits",
+                                    "catalog_bucket": "catalog"})
+    assert reply["status"] == "error" and "images/none.fits" in reply["error"]
+
+
+def test_clients_are_created_once_per_container(buckets, tmp_path):
+    handler = _script("lambda_function")
+    _put_image(buckets, tmp_path, "images/a.fits")
+    aws.clear_clients()
+    for _ in range(2):
+        handler.lambda_handler({"bucket": "raw", "key": "images/a.fits",
+                                "catalog_bucket": "catalog"})
+    assert aws._client.cache_info().currsize == 1
+
+
+def test_large_objects_go_through_tmp_and_are_cleaned(buckets, tmp_path, monkeypatch):
+    from skysurvey import pipeline
+
+    handler = _script("lambda_function")
+    _put_image(buckets, tmp_path, "images/big.fits")
+    staging = tmp_path / "lambda-tmp"
+    staging.mkdir()
+    monkeypatch.setattr(pipeline, "IN_MEMORY_LIMIT", 100)
+    monkeypatch.setenv("TMPDIR", str(staging))
+    reply = handler.lambda_handler({"bucket": "raw", "key": "images/big.fits",
+                                    "catalog_bucket": "catalog"})
+    assert reply["status"] == "ok"
+    assert list(staging.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_whole_aws_path_over_http(moto_server, tmp_path, monkeypatch):
+    """upload_to_s3.py -> S3 event -> handler -> catalog in S3 -> DuckDB queries over s3://."""
+    s3 = boto3.client("s3", region_name="us-east-1")  # AWS_ENDPOINT_URL points at moto
+    s3.create_bucket(Bucket="raw")
+    s3.create_bucket(Bucket="catalog")
+    sample = tmp_path / "sample"
+    write_sample(sample, count=2, size=512, seed=3, bands=("r", "i"))
+    assert _script("upload_to_s3").main(["--input", str(sample), "--bucket", "s3://raw",
+                                         "--no-progress"]) == 0
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="raw", Prefix="images/")["Contents"]]
+    assert sorted(keys) == ["images/sky_i_002.fits", "images/sky_r_001.fits"]
+    monkeypatch.setenv("BUCKET_CATALOG", "s3://catalog")
+    handler = _script("lambda_function")
+    replies = [handler.lambda_handler(_s3_event(k)) for k in keys]
+    assert all(r["status"] == "ok" for r in replies), replies
+    for key in keys:
+        image_id = key.removeprefix("images/").removesuffix(".fits")
+        band = image_id.split("_")[1]
+        obj = s3.get_object(Bucket="catalog",
+                            Key=f"sources/band={band}/night=2026-03-14/{image_id}.parquet")
+        found = pq.read_table(io.BytesIO(obj["Body"].read())).to_pandas()
+        truth = pd.read_csv(sample / "truth" / f"{image_id}.csv")
+        bright = truth[(truth["snr"] >= 30) & truth["x"].between(5, 506)
+                       & truth["y"].between(5, 506)]
+        d = np.hypot(found["x"].to_numpy()[None] - bright["x"].to_numpy()[:, None],
+                     found["y"].to_numpy()[None] - bright["y"].to_numpy()[:, None]).min(axis=1)
+        assert np.mean(d < 1.0) >= 0.9
+    total = run_named("total_sources", "s3://catalog")
+    assert total["total_images"].tolist() == [2]
+    assert total["total_sources"].tolist() == [sum(r["n_sources"] for r in replies)]
