@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--param", action="append", default=None,
                         help="a value bound to the next ? in the SQL (repeatable)")
     parser.add_argument("--output", default=None, help="save the result (.csv or .parquet)")
+    parser.add_argument("--database", default=None, help="Athena database "
+                        "(default: ATHENA_DATABASE)")
+    parser.add_argument("--workgroup", default=None, help="Athena workgroup "
+                        "(default: ATHENA_WORKGROUP)")
     parser.add_argument("--output-dir", default=None,
                         help="with --query all: one CSV per query (default: data/output)")
     return parser
@@ -57,6 +61,30 @@ def _save(df, path: Path) -> None:
         df.to_csv(path, index=False)
 
 
+def _duckdb(catalog: str):
+    return lambda sql, params: (run_query(sql, catalog, params), "")
+
+
+def _athena(args, catalog: str):
+    """A runner on Athena; the tables are created first if missing (DDL is free)."""
+    from skysurvey.athena import ensure_tables, run_athena
+
+    database = get_setting("ATHENA_DATABASE", args.database)
+    workgroup = get_setting("ATHENA_WORKGROUP", args.workgroup)
+    output = get_setting("ATHENA_OUTPUT") or None
+    state = {"tables": False}
+
+    def run(sql, params):
+        if not state["tables"]:
+            ensure_tables(database, workgroup, catalog, output_location=output)
+            state["tables"] = True
+        result = run_athena(sql, database=database, workgroup=workgroup,
+                            output_location=output, params=params)
+        return result.dataframe, (f"(scanned {result.bytes_scanned / 1e6:.2f} MB, "
+                                  f"${result.cost_usd:.6f}, {result.seconds:.1f} s)")
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -64,10 +92,6 @@ def main(argv: list[str] | None = None) -> int:
         for name, q in NAMED_QUERIES.items():
             print(f"{name:<20} {q.description}")
         return 0
-    if args.engine == "athena":
-        print("error: the athena engine is not available in this version; use --engine duckdb",
-              file=sys.stderr)
-        return 1
     if args.output and Path(args.output).suffix not in (".csv", ".parquet"):
         parser.error("--output must end in .csv or .parquet")
     catalog = get_setting("BUCKET_CATALOG", args.catalog)
@@ -86,14 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--output takes one query; use --output-dir with --query all")
     out_dir = Path(args.output_dir) if args.output_dir else (
         OUTPUT_DIR if len(jobs) > 1 else None)
+    run = _duckdb(catalog) if args.engine == "duckdb" else _athena(args, catalog)
     for name, sql, bound in jobs:
         try:
-            df = run_query(sql, catalog, bound)
+            df, note = run(sql, bound)
         except SkySurveyError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"\n== {name} ==")
         print(df.to_string(index=False))
+        if note:
+            print(note)
         if args.output:
             _save(df, Path(args.output))
         elif out_dir is not None:

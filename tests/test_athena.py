@@ -1,0 +1,129 @@
+"""Athena: DDL and queries parse as Trino/Athena SQL; the runner against moto's Athena (HTTP)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import urllib.request
+
+import boto3
+import pandas as pd
+import pytest
+import sqlglot
+from botocore.stub import Stubber
+
+from skysurvey import athena
+from skysurvey.config import REPO_ROOT
+from skysurvey.errors import QueryError
+from skysurvey.queries import NAMED_QUERIES
+from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA
+
+
+def test_ddl_parses_and_matches_the_arrow_schemas():
+    statements = athena.ddl_statements("astronomy", "s3://cat/survey")
+    assert len(statements) == 3
+    for statement in statements:
+        sqlglot.parse_one(statement, read="athena")
+    for statement, schema in zip(statements[1:], (SOURCES_SCHEMA, IMAGES_SCHEMA), strict=True):
+        columns = statement.split("(\n", 1)[1].split("\n)", 1)[0]
+        declared = [line.strip().rstrip(",").split() for line in columns.splitlines()]
+        assert [name.strip("`") for name, _ in declared] == schema.names
+        assert [t for _, t in declared] == [athena._TYPES[f.type] for f in schema]
+        assert "MSCK" not in statement and "'projection.enabled'='true'" in statement
+    assert "LOCATION 's3://cat/survey/sources/'" in statements[1]
+    assert "'storage.location.template'='s3://cat/survey/images/band=${band}/night=${night}/'" \
+        in statements[2]
+
+
+@pytest.mark.parametrize("name", list(NAMED_QUERIES))
+def test_named_queries_parse_in_trino_and_bind_with_question_marks(name):
+    query = NAMED_QUERIES[name]
+    sqlglot.parse_one(query.sql, read="trino")
+    assert query.sql.count("?") == len(query.params)
+
+
+def test_cost_has_a_10_mb_minimum():
+    assert athena.cost_usd(0) == athena.cost_usd(10 * 2**20) == pytest.approx(4.77e-5, rel=1e-2)
+    assert athena.cost_usd(2**40) == 5.0
+
+
+def test_parameters_are_sql_literals():
+    assert [athena.format_parameter(v) for v in (10, 2.5, "it's", True)] == [
+        "10", "2.5", "'it''s'", "true"]
+
+
+def _inject(server, rows, columns):
+    body = {"results": [{"rows": [{"Data": [{"VarCharValue": v} for v in r]} for r in rows],
+                         "column_info": columns}]}
+    request = urllib.request.Request(f"{server}/moto-api/static/athena/query-results",
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    assert urllib.request.urlopen(request).status == 201
+
+
+def _col(name, type_):
+    return {"CatalogName": "hive", "SchemaName": "", "TableName": "", "Name": name,
+            "Label": name, "Type": type_, "Precision": 0, "Scale": 0, "Nullable": "UNKNOWN",
+            "CaseSensitive": False}
+
+
+def test_runner_returns_a_typed_dataframe_from_moto_over_http(moto_server):
+    boto3.client("athena").create_work_group(
+        Name="astronomy-workgroup",
+        Configuration={"ResultConfiguration": {"OutputLocation": "s3://cat/athena-results/"}})
+    _inject(moto_server, [["band", "n_sources", "mean_mag", "ok"], ["g", "12", "21.5", "true"],
+                          ["r", "30", None, "false"]],
+            [_col("band", "varchar"), _col("n_sources", "bigint"), _col("mean_mag", "double"),
+             _col("ok", "boolean")])
+    result = athena.run_athena(NAMED_QUERIES["source_statistics"].sql, database="astronomy",
+                               workgroup="astronomy-workgroup", params=[5.0], poll=0.01)
+    df = result.dataframe
+    assert df["band"].tolist() == ["g", "r"]
+    assert str(df["n_sources"].dtype) == "Int64" and df["n_sources"].tolist() == [12, 30]
+    assert df["mean_mag"].dtype == float and pd.isna(df["mean_mag"][1])
+    assert df["ok"].tolist() == [True, False]
+    assert result.cost_usd == athena.cost_usd(result.bytes_scanned)
+    execution = boto3.client("athena").get_query_execution(
+        QueryExecutionId=result.query_execution_id)["QueryExecution"]
+    assert execution["Query"] == NAMED_QUERIES["source_statistics"].sql  # the same text
+
+
+def test_failed_query_and_timeout_are_query_errors():
+    client = boto3.client("athena", region_name="us-east-1")
+    with Stubber(client) as stub:
+        stub.add_response("start_query_execution", {"QueryExecutionId": "q1"})
+        stub.add_response("get_query_execution", {"QueryExecution": {"Status": {
+            "State": "FAILED", "StateChangeReason": "HIVE_BAD_DATA: wrong type"}}})
+        with pytest.raises(QueryError, match="athena:q1: query failed: HIVE_BAD_DATA"):
+            athena.run_athena("SELECT 1", database="d", workgroup="w", client=client)
+    with Stubber(client) as stub:
+        stub.add_response("start_query_execution", {"QueryExecutionId": "q2"})
+        stub.add_response("get_query_execution",
+                          {"QueryExecution": {"Status": {"State": "RUNNING"}}})
+        stub.add_response("stop_query_execution", {}, {"QueryExecutionId": "q2"})
+        with pytest.raises(QueryError, match="timed out after 0 s"):
+            athena.run_athena("SELECT 1", database="d", workgroup="w", client=client,
+                              timeout=0.0, sleep=lambda s: None)
+
+
+def test_script_on_athena_reports_scan_and_cost(moto_server, capsys):
+    boto3.client("athena").create_work_group(
+        Name="astronomy-workgroup",
+        Configuration={"ResultConfiguration": {"OutputLocation": "s3://cat/athena-results/"}})
+    for _ in range(3):  # the DDL statements take the first results
+        _inject(moto_server, [], [])
+    _inject(moto_server, [["total_sources", "total_images", "bands"], ["100", "2", "1"]],
+            [_col("total_sources", "bigint"), _col("total_images", "bigint"),
+             _col("bands", "bigint")])
+    spec = importlib.util.spec_from_file_location("query_with_athena",
+                                                  REPO_ROOT / "scripts" / "query_with_athena.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules["query_with_athena"] = script
+    spec.loader.exec_module(script)
+    assert script.main(["--engine", "athena", "--catalog", "s3://cat", "--query",
+                        "total_sources"]) == 0
+    out = capsys.readouterr().out
+    assert "100" in out and "scanned" in out and "$" in out
+    queries = boto3.client("athena").list_query_executions()["QueryExecutionIds"]
+    assert len(queries) == 4  # database, two tables, the query
