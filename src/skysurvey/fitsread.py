@@ -100,27 +100,41 @@ def read_fits(source, *, name: str, max_memory_bytes: int | None = None) -> Fits
     except Exception as exc:
         raise FITSReadError(name, f"unreadable FITS ({type(exc).__name__}: {exc})") from None
     with hdul:
-        index = _image_hdu(hdul, name)
-        hdu = hdul[index]
-        header = hdu.header.copy()
-        if index > 0:  # keywords such as FILTER often live in the primary header only
-            for card in hdul[0].header.cards:
-                if card.keyword and card.keyword not in header and card.keyword not in (
-                        "SIMPLE", "EXTEND", "NAXIS", "BITPIX", "COMMENT", "HISTORY", ""):
-                    header[card.keyword] = (card.value, card.comment)
-        if isinstance(hdu, fits.CompImageHDU):
-            header["NAXIS1"], header["NAXIS2"] = hdu.shape[1], hdu.shape[0]
-        needed = estimate_memory_bytes(header)
-        if max_memory_bytes is not None and needed > max_memory_bytes:
-            raise ImageTooLargeError(
-                name, f"needs ~{needed / 2**20:.0f} MB, budget {max_memory_bytes / 2**20:.0f} MB")
-        expected = hdu.shape[0] * hdu.shape[1] * abs(int(hdu.header.get("BITPIX", -32))) // 8
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data = hdu.data
-        except Exception as exc:
-            raise FITSReadError(name, f"truncated or corrupt data ({exc})") from None
+            return _from_hdul(hdul, name, max_memory_bytes)
+        except (FITSReadError, ImageDataError, ImageTooLargeError):
+            raise
+        except Exception as exc:  # astropy's lazy parsing of a malformed header or data
+            raise FITSReadError(name, f"malformed FITS ({type(exc).__name__}: {exc})") from None
+
+
+def _from_hdul(hdul: fits.HDUList, name: str, max_memory_bytes: int | None) -> FitsImage:
+    index = _image_hdu(hdul, name)
+    hdu = hdul[index]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hdu.verify("silentfix+ignore")
+    header = hdu.header.copy()
+    for card in header.cards:  # parse every card now: a bad one fails here, not later
+        _ = card.value
+    if index > 0:  # keywords such as FILTER often live in the primary header only
+        for card in hdul[0].header.cards:
+            if card.keyword and card.keyword not in header and card.keyword not in (
+                    "SIMPLE", "EXTEND", "NAXIS", "BITPIX", "COMMENT", "HISTORY", ""):
+                header[card.keyword] = (card.value, card.comment)
+    if isinstance(hdu, fits.CompImageHDU):
+        header["NAXIS1"], header["NAXIS2"] = hdu.shape[1], hdu.shape[0]
+    needed = estimate_memory_bytes(header)
+    if max_memory_bytes is not None and needed > max_memory_bytes:
+        raise ImageTooLargeError(
+            name, f"needs ~{needed / 2**20:.0f} MB, budget {max_memory_bytes / 2**20:.0f} MB")
+    expected = hdu.shape[0] * hdu.shape[1] * abs(int(hdu.header.get("BITPIX", -32))) // 8
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = hdu.data
+    except Exception as exc:
+        raise FITSReadError(name, f"truncated or corrupt data ({exc})") from None
     if data is None or (not isinstance(hdu, fits.CompImageHDU) and data.nbytes < expected):
         raise FITSReadError(name, "truncated FITS file")
     return _clean(np.asarray(data), header, index, name)
