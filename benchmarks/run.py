@@ -1,0 +1,323 @@
+"""Benchmarks: per-image time by stage and peak memory, SEP overhead, SExtractor side by side,
+local scaling, Lambda cost, queries over millions of sources, cold start.
+
+    python benchmarks/run.py            # full run (about 5 minutes on 2 cores)
+    python benchmarks/run.py --quick    # smaller, about a minute
+
+Prints each table and writes benchmarks/RESULTS.md. Medians over repeats; every comparison is
+measured side by side in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sep
+
+from skysurvey import __version__
+from skysurvey.detect import DetectionConfig, measure_image
+from skysurvey.fitsread import read_fits
+from skysurvey.pipeline import table_to_parquet_bytes
+from skysurvey.queries import NAMED_QUERIES, run_query
+from skysurvey.runner import run_local
+from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA, catalog_keys
+from skysurvey.synth import make_image
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "work"
+LAMBDA_GB_SECOND = 0.0000166667  # USD, x86, us-east-1 (checked 2026-11)
+LAMBDA_REQUEST = 0.20 / 1e6
+STSCI_REFERENCE = 0.00002  # USD per HST image on Lambda, as reported by STScI
+
+
+def median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def table(headers, rows):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    sep_line = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+            for r in rows]
+    return "\n".join([line, sep_line, *body])
+
+
+def make_file(size, n_stars, seed=1):
+    path = WORK / f"img_{size}_{n_stars}.fits"
+    if not path.exists():
+        image = make_image((size, size), n_stars=n_stars, n_galaxies=n_stars // 10, seed=seed)
+        image.write(path)
+    return path
+
+
+def bench_stages(cases, repeats):
+    rows = []
+    for size, n in cases:
+        path = make_file(size, n)
+        raw = path.read_bytes()
+        image = read_fits(raw, name=path.name)
+
+        def bare(image=image):
+            data = image.data.copy()
+            bkg = sep.Background(data)
+            sep.extract(data - bkg, 1.5, err=bkg.globalrms)
+
+        t_read = median_time(lambda: read_fits(raw, name=path.name), repeats)  # noqa: B023
+        t_bare = median_time(bare, repeats)
+        result = {}
+
+        def measure():
+            result["t"] = measure_image(image, "x", DetectionConfig())  # noqa: B023
+
+        t_measure = median_time(measure, repeats)
+        sources = result["t"][0]
+        t_write = median_time(lambda: table_to_parquet_bytes(sources), repeats)  # noqa: B023
+        total = t_read + t_measure + t_write
+        rows.append([f"{size}²", n, sources.num_rows, f"{t_read:.3f}", f"{t_bare:.3f}",
+                     f"{t_measure - t_bare:.3f}", f"{t_write:.3f}", f"{total:.3f}",
+                     f"{total / t_bare:.2f}"])
+    return table(["image", "stars", "detected", "read s", "SEP bkg+extract s",
+                  "measure+astrometry s", "write s", "handler s", "handler / bare SEP"], rows)
+
+
+PEAK_SNIPPET = """
+import resource, sys
+from skysurvey.pipeline import catalog_image
+from skysurvey.storage import LocalStore
+reply = catalog_image(LocalStore(sys.argv[1]), sys.argv[2], LocalStore(sys.argv[3]))
+assert reply["status"] == "ok", reply
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def bench_memory(cases):
+    rows = []
+    for size, n in cases:
+        path = make_file(size, n)
+        with tempfile.TemporaryDirectory() as cat:
+            out = subprocess.run([sys.executable, "-c", PEAK_SNIPPET, str(path.parent),
+                                  path.name, cat], capture_output=True, text=True, check=True)
+        rows.append([f"{size}²", n, f"{float(out.stdout.strip()):.0f}"])
+    return table(["image", "stars", "peak RSS MB (whole process)"], rows)
+
+
+SEX_PARAMS = "X_IMAGE\nY_IMAGE\nFLUX_AUTO\nFLUXERR_AUTO\n"
+
+
+def bench_sextractor(size, n, repeats):
+    exe = shutil.which("source-extractor") or shutil.which("sex")
+    if not exe:
+        return "SExtractor not found: `apt-get install source-extractor` to run this section."
+    path = make_file(size, n)
+    conf = WORK / "sex"
+    conf.mkdir(exist_ok=True)
+    (conf / "out.param").write_text(SEX_PARAMS)
+    (conf / "gauss.conv").write_text("CONV NORM\n1 2 1\n2 4 2\n1 2 1\n")
+    args = [exe, str(path), "-c", "/dev/null", "-CATALOG_NAME", str(conf / "cat.txt"),
+            "-CATALOG_TYPE", "ASCII", "-PARAMETERS_NAME", str(conf / "out.param"),
+            "-FILTER_NAME", str(conf / "gauss.conv"), "-DETECT_THRESH", "1.5",
+            "-ANALYSIS_THRESH", "1.5", "-DETECT_MINAREA", "5", "-BACK_SIZE", "64",
+            "-PHOT_AUTOPARAMS", "2.5,3.5", "-GAIN", "2.0", "-VERBOSE_TYPE", "QUIET",
+            "-CHECKIMAGE_TYPE", "NONE", "-NTHREADS", "1"]
+
+    def sextractor():
+        subprocess.run(args, check=True, capture_output=True)
+
+    raw = path.read_bytes()
+    result = {}
+
+    def ours():
+        image = read_fits(raw, name=path.name)
+        result["t"] = table_to_parquet_bytes(measure_image(image, "x")[0])
+
+    t_sex = median_time(sextractor, repeats)
+    t_ours = median_time(ours, repeats)
+    theirs = np.loadtxt(conf / "cat.txt", ndmin=2)
+    mine = measure_image(read_fits(raw, name=path.name), "x")[0].to_pandas()
+    from scipy.spatial import cKDTree
+
+    dist, idx = cKDTree(theirs[:, :2] - 1.0).query(mine[["x", "y"]].to_numpy())  # 1-based
+    matched = dist < 1.0
+    ratio = np.median(mine["flux"].to_numpy()[matched] / theirs[idx[matched], 2])
+    rows = [[f"{size}²", n, f"{t_ours:.3f}", f"{t_sex:.3f}", f"{t_ours / t_sex:.2f}",
+             len(mine), len(theirs), f"{matched.mean():.3f}", f"{ratio:.3f}"]]
+    return table(["image", "stars", "ours s (read+measure+parquet)", "SExtractor s",
+                  "ours / SExtractor", "our sources", "SExtractor sources",
+                  "matched (<1 px) fraction", "median flux ratio (Kron/AUTO)"], rows)
+
+
+def bench_scaling(n_images, size):
+    folder = WORK / f"scaling_{size}"
+    folder.mkdir(exist_ok=True)
+    for i in range(n_images):
+        path = folder / f"s_{i:03d}.fits"
+        if not path.exists():
+            make_image((size, size), n_stars=size * size // 2000, n_galaxies=20,
+                       seed=100 + i).write(path)
+    keys = sorted(p.name for p in folder.glob("*.fits"))[:n_images]
+    rows, base = [], None
+    cpus = len(os.sched_getaffinity(0))
+    for workers in sorted({1, 2, cpus}):
+        with tempfile.TemporaryDirectory() as cat:
+            start = time.perf_counter()
+            replies = run_local(str(folder), keys, cat, workers=workers)
+            seconds = time.perf_counter() - start
+        assert all(r["status"] == "ok" for r in replies)
+        rate = n_images / seconds
+        base = base or rate
+        rows.append([workers, n_images, f"{seconds:.2f}", f"{rate:.2f}",
+                     f"{rate / (base * workers):.2f}"])
+    return table(["workers", "images", "seconds", "images/s", "parallel efficiency"], rows)
+
+
+def bench_cost(seconds_per_image):
+    gb_s = seconds_per_image * 1.0
+    per_image = gb_s * LAMBDA_GB_SECOND + LAMBDA_REQUEST
+    rows = [["1024 MB", f"{seconds_per_image:.3f}", f"{gb_s:.3f}", f"${per_image:.7f}",
+             f"${per_image * 1e6:.2f}", f"${STSCI_REFERENCE:.5f}"]]
+    return table(["Lambda memory", "handler s/image (2048², here)", "GB-s/image", "$/image",
+                  "$ per million images", "STScI HST reference $/image"], rows)
+
+
+def make_big_catalog(root, n_images, rows_per_image):
+    if (root / "done").exists():
+        return
+    rng = np.random.default_rng(0)
+    for i in range(n_images):
+        n = rows_per_image
+        cols = {f.name: rng.uniform(0, 100, n) for f in SOURCES_SCHEMA
+                if f.type == pa.float64()}
+        cols["mag"] = rng.uniform(15, 25, n)
+        cols["snr"] = 10 ** rng.uniform(0, 3, n)
+        cols.update(image_id=pa.array([f"img{i:04d}"] * n), source_id=np.arange(n, dtype=np.int32),
+                    npix=np.full(n, 9, np.int32), flags=np.zeros(n, np.int32))
+        t = pa.table(cols).select(SOURCES_SCHEMA.names).cast(SOURCES_SCHEMA)
+        keys = catalog_keys(f"img{i:04d}", "gri"[i % 3], f"2026-03-{1 + i % 28:02d}")
+        record = pa.Table.from_pylist([{"image_id": f"img{i:04d}", "n_sources": n}],
+                                      schema=IMAGES_SCHEMA)
+        for key, data in ((keys["sources"], t), (keys["images"], record)):
+            (root / key).parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(data, root / key)
+    (root / "done").write_text("ok")
+
+
+def scanned_bytes(root, columns):
+    """Compressed bytes of the column chunks a query reads (what Athena bills)."""
+    total = 0
+    for path in (root / "sources").rglob("*.parquet"):
+        meta = pq.ParquetFile(path).metadata
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            for c in range(rg.num_columns):
+                if rg.column(c).path_in_schema in columns:
+                    total += rg.column(c).total_compressed_size
+    return total
+
+
+QUERY_COLUMNS = {"total_sources": {"image_id"},
+                 "source_statistics": {"mag", "snr", "fwhm"},
+                 "bright_sources": {"image_id", "source_id", "ra", "dec", "mag", "mag_err", "snr"},
+                 "snr_distribution": {"snr"}}
+
+
+def bench_queries(n_images, rows_per_image, repeats):
+    root = WORK / f"catalog_v2_{n_images}x{rows_per_image}"
+    make_big_catalog(root, n_images, rows_per_image)
+    rows = []
+    for name, q in NAMED_QUERIES.items():
+        t = median_time(lambda q=q: run_query(q.sql, str(root), q.params), repeats)
+        scanned = scanned_bytes(root, QUERY_COLUMNS[name])
+        cost = max(scanned, 10 * 2**20) / 2**40 * 5
+        rows.append([name, f"{n_images * rows_per_image:,}", f"{t:.3f}",
+                     f"{scanned / 1e6:.1f}", f"${cost:.6f}"])
+    return table(["query", "sources", "DuckDB median s", "Athena would scan MB",
+                  "Athena $"], rows)
+
+
+def bench_cold_start(repeats):
+    code = ("import time, sys; t=time.perf_counter(); sys.path.insert(0, 'scripts'); "
+            "import lambda_function; print(time.perf_counter()-t)")
+    times = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  check=True, cwd=HERE.parent).stdout) for _ in range(repeats)]
+    return table(["handler module import (cold start), median s", "runs"],
+                 [[f"{statistics.median(times):.3f}", repeats]])
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import astropy
+    import duckdb
+
+    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores, {mem:.0f} GiB RAM; "
+            f"Python {platform.python_version()}, numpy {np.__version__}, sep {sep.__version__}, "
+            f"astropy {astropy.__version__}, pyarrow {pa.__version__}, "
+            f"duckdb {duckdb.__version__}; "
+            f"skysurvey {__version__}")
+
+
+class _Printing(dict):
+    """Sections print as soon as they are measured."""
+
+    def __setitem__(self, key, value):
+        print(f"\n## {key}\n{value}", flush=True)
+        super().__setitem__(key, value)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller cases, fewer repeats")
+    args = parser.parse_args(argv)
+    WORK.mkdir(exist_ok=True)
+    quick = args.quick
+    repeats = 3 if quick else 5
+    stage_cases = [(1024, 600), (2048, 2500)] + ([] if quick else [(2048, 6000), (4096, 10000)])
+    sections = _Printing()
+    stages_title = f"Per image, by stage (median of {repeats})"
+    sections[stages_title] = bench_stages(stage_cases, repeats)
+    sections["Peak memory per image"] = bench_memory(
+        [(1024, 600), (2048, 2500)] + ([] if quick else [(4096, 10000)]))
+    sections["Side by side with SExtractor"] = bench_sextractor(2048, 2500, repeats)
+    sections["Local scaling"] = bench_scaling(12 if quick else 48, 1024)
+    stage = sections[stages_title].splitlines()[3]
+    sections["Cost on Lambda"] = bench_cost(float(stage.split("|")[8]))
+    sections["Named queries"] = bench_queries(100 if quick else 500, 10_000, 3)
+    sections["Cold start"] = bench_cold_start(5)
+    out = [f"# Benchmark results\n\nMachine: {machine()}\n",
+           f"Command: `python benchmarks/run.py{' --quick' if quick else ''}`; "
+           f"{time.strftime('%Y-%m-%d', time.gmtime())}.\n"]
+    for title, body in sections.items():
+        out.append(f"## {title}\n\n{body}\n")
+    (HERE / "RESULTS.md").write_text("\n".join(out))
+    print(json.dumps({"written": str(HERE / "RESULTS.md")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
