@@ -1,0 +1,121 @@
+"""Build the Lambda deployment zip: the handler, the skysurvey package and Linux wheels.
+
+    python scripts/build_lambda_package.py                 # build/lambda.zip for python3.12
+    python scripts/build_lambda_package.py --python-version 3.11 --output build/l311.zip
+
+Wheels come from PyPI for the Lambda platform (``--platform manylinux... --only-binary``), so
+the build works on any machine. Runtime: python3.12 (Amazon Linux 2023, glibc 2.34), because
+numpy >= 2.3 ships only manylinux_2_28 wheels that python3.11's Amazon Linux 2 (glibc 2.26)
+cannot load. Tests, headers and caches are stripped to stay under Lambda's 250 MB unzipped
+limit; a zip over 50 MB is uploaded through S3 by setup_aws.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from skysurvey.config import REPO_ROOT
+
+UNZIPPED_LIMIT = 262_144_000  # Lambda: function + layers, unzipped
+DIRECT_UPLOAD_LIMIT = 50 * 2**20
+STRIP_DIRS = {"tests", "test", "__pycache__", "include", "benchmarks"}
+KEEP_DIRS = {"astropy/tests"}  # astropy imports its test runner at import time
+STRIP_SUFFIXES = {".pyc", ".pyx", ".pxd", ".pxi", ".h", ".hpp", ".c", ".cpp", ".a"}
+#: Optional pyarrow components the handler never loads (Arrow Flight RPC). Substrait must stay:
+#: pyarrow.lib links it (the package test caught that).
+STRIP_GLOBS = ("pyarrow/libarrow_flight.so*", "pyarrow/_flight*.so",
+               "pyarrow/libarrow_python_flight.so*")
+
+
+def install_wheels(target: Path, python_version: str, requirements: Path,
+                   cache: Path | None = None) -> None:
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile",
+           "--only-binary=:all:", "--implementation", "cp", "--python-version", python_version,
+           "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
+           "--platform", "manylinux_2_17_x86_64", "--target", str(target),
+           "-r", str(requirements)]
+    if cache:
+        cmd += ["--cache-dir", str(cache)]
+    subprocess.run(cmd, check=True)
+
+
+def strip(root: Path) -> None:
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        keep = path.relative_to(root).as_posix() in KEEP_DIRS
+        if path.is_dir() and path.name in STRIP_DIRS and not keep and "dist-info" not in str(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() and path.suffix in STRIP_SUFFIXES:
+            path.unlink()
+    for pattern in STRIP_GLOBS:
+        for path in root.glob(pattern):
+            path.unlink()
+
+
+def add_code(root: Path) -> None:
+    shutil.copy2(REPO_ROOT / "scripts" / "lambda_function.py", root / "lambda_function.py")
+    shutil.copytree(REPO_ROOT / "src" / "skysurvey", root / "skysurvey",
+                    ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+
+
+def unzipped_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def make_zip(root: Path, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(output, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                info = zipfile.ZipInfo(path.relative_to(root).as_posix(), (2026, 1, 1, 0, 0, 0))
+                info.external_attr = (0o755 if path.suffix == ".so" else 0o644) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                z.writestr(info, path.read_bytes())
+
+
+def build(output: Path, python_version: str = "3.12", work: Path | None = None,
+          cache: Path | None = None) -> tuple[Path, int, int]:
+    """Build the zip; returns ``(staging folder, unzipped bytes, zip bytes)``."""
+    work = work or REPO_ROOT / "build" / f"lambda-{python_version}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    install_wheels(work, python_version, REPO_ROOT / "requirements-lambda.txt", cache)
+    strip(work)
+    add_code(work)
+    size = unzipped_size(work)
+    make_zip(work, output)
+    return work, size, output.stat().st_size
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Build the Lambda deployment zip.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--output", default=str(REPO_ROOT / "build" / "lambda.zip"))
+    parser.add_argument("--python-version", default="3.12", help="Lambda runtime's Python")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _, size, zipped = build(Path(args.output), args.python_version)
+    except subprocess.CalledProcessError as exc:
+        print(f"error: pip could not fetch the wheels ({exc})", file=sys.stderr)
+        return 1
+    print(f"{args.output}: {zipped / 2**20:.1f} MB zipped, {size / 2**20:.1f} MB unzipped "
+          f"(limits: 50 MB direct upload, 250 MB unzipped)")
+    if size > UNZIPPED_LIMIT:
+        print("error: over Lambda's 250 MB unzipped limit: use the container image "
+              "(lambda/Dockerfile)", file=sys.stderr)
+        return 1
+    if zipped > DIRECT_UPLOAD_LIMIT:
+        print("note: over 50 MB, setup_aws.py uploads it through the catalog bucket")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""The Lambda artifact: within limits, loadable on the runtime's glibc, handler imports clean."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from skysurvey.config import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+RUNTIME_GLIBC = (2, 34)  # python3.12 runs on Amazon Linux 2023
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location(
+        "build_lambda_package", REPO_ROOT / "scripts" / "build_lambda_package.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["build_lambda_package"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _glibc_ok(tag: str) -> bool:
+    if tag.endswith("-any") or "none-any" in tag:
+        return True
+    m = re.search(r"manylinux_(\d+)_(\d+)", tag)
+    if m:
+        return (int(m[1]), int(m[2])) <= RUNTIME_GLIBC
+    return bool(re.search(r"manylinux(1|2010|2014)_", tag))
+
+
+def test_package_for_python312_is_within_limits_and_glibc_compatible(tmp_path):
+    builder = _builder()
+    work, unzipped, zipped = builder.build(tmp_path / "lambda.zip", "3.12", tmp_path / "stage",
+                                           REPO_ROOT / "build" / "pip-cache")
+    assert unzipped < builder.UNZIPPED_LIMIT
+    print(f"\nlambda.zip: {zipped / 2**20:.1f} MB zipped, {unzipped / 2**20:.1f} MB unzipped")
+    tags = []
+    for wheel in work.glob("*.dist-info/WHEEL"):
+        tags += [line.split(": ", 1)[1] for line in wheel.read_text().splitlines()
+                 if line.startswith("Tag: ")]
+    assert tags and all(_glibc_ok(t) for t in tags), tags
+    assert any("cp312" in t for t in tags)
+    names = zipfile.ZipFile(tmp_path / "lambda.zip").namelist()
+    assert "lambda_function.py" in names and "skysurvey/pipeline.py" in names
+    assert not any(("/tests/" in n and not n.startswith("astropy/tests/")) or n.endswith(".pyc")
+                   for n in names)
+
+
+def test_handler_imports_and_runs_from_the_unpacked_artifact(tmp_path):
+    """Built for this interpreter's Python, unpacked, imported with nothing else on the path."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    builder = _builder()
+    builder.build(tmp_path / "local.zip", version, tmp_path / "stage",
+                  REPO_ROOT / "build" / "pip-cache")
+    unpacked = tmp_path / "unpacked"
+    zipfile.ZipFile(tmp_path / "local.zip").extractall(unpacked)
+    code = ("import json, lambda_function, sys; "
+            "r = lambda_function.lambda_handler({'bucket': sys.argv[1], 'key': 'x.fits', "
+            "'catalog_bucket': sys.argv[2]}); print(json.dumps(r))")
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(unpacked), "HOME": str(tmp_path)}
+    # -I would drop PYTHONPATH; -S -s keeps site-packages (and the venv) out instead
+    from conftest import draw_fits
+
+    (tmp_path / "raw").mkdir()
+    draw_fits(tmp_path / "raw" / "x.fits")
+    out = subprocess.run([sys.executable, "-S", "-s", "-c", code, str(tmp_path / "raw"),
+                          str(tmp_path / "cat")], env=env, capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    reply = json.loads(out.stdout.strip().splitlines()[-1])
+    assert reply["status"] == "ok" and reply["n_sources"] >= 10
