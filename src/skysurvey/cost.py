@@ -1,0 +1,54 @@
+"""What a run costs on AWS, from image count, sizes and measured handler seconds.
+
+List prices for us-east-1, x86, checked 2026-11 (https://aws.amazon.com/lambda/pricing/,
+/s3/pricing/, /athena/pricing/, /cloudwatch/pricing/). One dict, so the guides' table and this
+module cannot disagree (tests/test_guides.py checks the table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRICES = {
+    "lambda_gb_second": 0.0000166667,
+    "lambda_request": 0.20 / 1e6,
+    "s3_gb_month": 0.023,
+    "s3_put": 0.005 / 1000,
+    "s3_get": 0.0004 / 1000,
+    "athena_tb": 5.0,
+    "athena_min_bytes": 10 * 2**20,
+    "logs_gb": 0.50,
+}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    images: int
+    lambda_gb_seconds: float
+    lambda_usd: float
+    s3_usd: float
+    athena_usd: float
+    logs_usd: float
+
+    @property
+    def total_usd(self) -> float:
+        return self.lambda_usd + self.s3_usd + self.athena_usd + self.logs_usd
+
+
+def lambda_cost(gb_seconds: float, requests: int) -> float:
+    return gb_seconds * PRICES["lambda_gb_second"] + requests * PRICES["lambda_request"]
+
+
+def estimate(images: int, *, mb_per_image: float = 16.8, seconds_per_image: float = 0.3,
+             memory_mb: int = 1024, queries: int = 10, catalog_mb_per_image: float = 0.2,
+             months: float = 1.0) -> Estimate:
+    """A run's bill: Lambda (GB-s and requests), S3 storage and requests, Athena, logs."""
+    gb_seconds = images * seconds_per_image * memory_mb / 1024
+    lam = lambda_cost(gb_seconds, images)
+    stored_gb = images * (mb_per_image + catalog_mb_per_image) / 1024
+    s3 = (stored_gb * PRICES["s3_gb_month"] * months
+          + images * 3 * PRICES["s3_put"] + images * 2 * PRICES["s3_get"])
+    scanned = max(images * catalog_mb_per_image * 2**20 * 0.3, PRICES["athena_min_bytes"])
+    athena = queries * scanned / 2**40 * PRICES["athena_tb"]
+    logs = images * 600 / 2**30 * PRICES["logs_gb"]  # one JSON line (~600 bytes) per image
+    return Estimate(images, gb_seconds, lam, s3, athena, logs)
