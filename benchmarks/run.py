@@ -34,7 +34,7 @@ from skysurvey.pipeline import table_to_parquet_bytes
 from skysurvey.queries import NAMED_QUERIES, run_query
 from skysurvey.runner import run_local
 from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA, catalog_keys
-from skysurvey.synth import make_image
+from skysurvey.synth import make_image, make_sky_sources
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
@@ -62,10 +62,13 @@ def table(headers, rows):
 
 
 def make_file(size, n_stars, seed=1):
-    path = WORK / f"img_{size}_{n_stars}.fits"
+    """A synthetic image with *n_stars* stars (and a tenth as many galaxies) inside it."""
+    path = WORK / f"field_{size}_{n_stars}.fits"
     if not path.exists():
-        image = make_image((size, size), n_stars=n_stars, n_galaxies=n_stars // 10, seed=seed)
-        image.write(path)
+        half = size * 0.25 / 3600 / 2 * 0.98
+        sky = make_sky_sources(np.random.default_rng(seed), n_stars, n_stars // 10, 150.1,
+                               2.2, half)
+        make_image((size, size), seed=seed, sources=sky).write(path)
     return path
 
 
@@ -100,12 +103,14 @@ def bench_stages(cases, repeats):
 
 
 PEAK_SNIPPET = """
-import resource, sys
+import sys
 from skysurvey.pipeline import catalog_image
 from skysurvey.storage import LocalStore
 reply = catalog_image(LocalStore(sys.argv[1]), sys.argv[2], LocalStore(sys.argv[3]))
 assert reply["status"] == "ok", reply
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM, not ru_maxrss: ru_maxrss survives exec and would report the parent's peak
+status = open("/proc/self/status").read().split("VmHWM:")[1]
+print(int(status.split()[0]) / 1024)
 """
 
 
@@ -117,7 +122,7 @@ def bench_memory(cases):
             out = subprocess.run([sys.executable, "-c", PEAK_SNIPPET, str(path.parent),
                                   path.name, cat], capture_output=True, text=True, check=True)
         rows.append([f"{size}²", n, f"{float(out.stdout.strip()):.0f}"])
-    return table(["image", "stars", "peak RSS MB (whole process)"], rows)
+    return table(["image", "stars", "peak RSS MB (whole handler process)"], rows)
 
 
 SEX_PARAMS = "X_IMAGE\nY_IMAGE\nFLUX_AUTO\nFLUXERR_AUTO\n"

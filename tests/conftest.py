@@ -119,3 +119,30 @@ def draw_fits(path, *, size: int = 128, n_stars: int = 12, seed: int = 0, band: 
 def fits_factory():
     """``fits_factory(path, **kw)`` draws a small image (see :func:`draw_fits`)."""
     return draw_fits
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as a module (the scripts are not a package)."""
+    import importlib.util
+    import sys
+
+    from skysurvey.config import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class RawBody:
+    """A raw HTTP body for ``botocore.awsrequest.AWSResponse`` (faults injected on the wire)."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def stream(self, **kwargs):
+        yield self.body
+
+    def read(self, *args):
+        return self.body

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import urllib.request
 
 import boto3
@@ -12,9 +10,9 @@ import pandas as pd
 import pytest
 import sqlglot
 from botocore.stub import Stubber
+from conftest import load_script
 
 from skysurvey import athena
-from skysurvey.config import REPO_ROOT
 from skysurvey.errors import QueryError
 from skysurvey.queries import NAMED_QUERIES
 from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA
@@ -116,11 +114,7 @@ def test_script_on_athena_reports_scan_and_cost(moto_server, capsys):
     _inject(moto_server, [["total_sources", "total_images", "bands"], ["100", "2", "1"]],
             [_col("total_sources", "bigint"), _col("total_images", "bigint"),
              _col("bands", "bigint")])
-    spec = importlib.util.spec_from_file_location("query_with_athena",
-                                                  REPO_ROOT / "scripts" / "query_with_athena.py")
-    script = importlib.util.module_from_spec(spec)
-    sys.modules["query_with_athena"] = script
-    spec.loader.exec_module(script)
+    script = load_script("query_with_athena")
     assert script.main(["--engine", "athena", "--catalog", "s3://cat", "--query",
                         "total_sources"]) == 0
     out = capsys.readouterr().out

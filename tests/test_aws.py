@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import sys
 from urllib.parse import quote_plus
 
 import boto3
@@ -12,20 +10,16 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import draw_fits
+from conftest import draw_fits, load_script
 
 from skysurvey import aws
-from skysurvey.config import REPO_ROOT
 from skysurvey.queries import run_named
 from skysurvey.schema import SOURCES_SCHEMA
 from skysurvey.synth import write_sample
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+    module = load_script(name)
     return module
 
 

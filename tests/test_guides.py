@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
-import sys
 
 import botocore.session
 import pytest
+from conftest import load_script
 
 from skysurvey import aws_setup
 from skysurvey.config import REPO_ROOT
@@ -28,10 +27,7 @@ def _commands(prefix):
 
 
 def _parser(script):
-    spec = importlib.util.spec_from_file_location(script, REPO_ROOT / "scripts" / f"{script}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[script] = module
-    spec.loader.exec_module(module)
+    module = load_script(script)
     return module.build_parser()
 
 

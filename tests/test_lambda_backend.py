@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 import zipfile
 
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
+from conftest import RawBody, load_script
 from moto import mock_aws
 
 from skysurvey import aws, lambda_backend
-from skysurvey.config import REPO_ROOT
 from skysurvey.errors import ConfigError
 
 
@@ -75,9 +73,9 @@ def test_throttled_first_attempt_is_retried_by_botocore(lambda_env):
             body = json.dumps({"Type": "User", "message": "Rate Exceeded."}).encode()
             return AWSResponse(request.url, 429, {"x-amzn-ErrorType": "TooManyRequestsException",
                                                   "Content-Type": "application/json"},
-                               _Raw(body))
+                               RawBody(body))
         return AWSResponse(request.url, 200, {"Content-Type": "application/json"},
-                           _Raw(_ok("a.fits", 7).encode()))
+                           RawBody(_ok("a.fits", 7).encode()))
 
     client.meta.events.register("before-send.lambda.Invoke", throttle_once)
     replies = lambda_backend.run_lambda("s3://raw/images", ["a.fits"], "s3://cat",
@@ -85,16 +83,6 @@ def test_throttled_first_attempt_is_retried_by_botocore(lambda_env):
     assert len(calls) == 2  # one throttled, then the retry
     assert replies[0]["status"] == "ok" and replies[0]["n_sources"] == 7
 
-
-class _Raw:
-    def __init__(self, body):
-        self._body = body
-
-    def stream(self, **kwargs):
-        yield self._body
-
-    def read(self, *args):
-        return self._body
 
 
 def test_function_errors_and_timeouts_show_in_the_summary():
@@ -148,11 +136,7 @@ def test_invoke_script_lambda_backend_end_to_end(lambda_env, capsys):
                                                      "n_sources": 0, "catalog_key": None,
                                                      "seconds": 0.1,
                                                      "error": "b.fits: not a FITS file"})])
-    spec = importlib.util.spec_from_file_location("invoke_lambda",
-                                                  REPO_ROOT / "scripts" / "invoke_lambda.py")
-    script = importlib.util.module_from_spec(spec)
-    sys.modules["invoke_lambda"] = script
-    spec.loader.exec_module(script)
+    script = load_script("invoke_lambda")
     status = script.main(["--backend", "lambda", "--input", "s3://raw/images", "--catalog",
                           "s3://cat", "--workers", "1", "--no-progress"])
     out = capsys.readouterr().out

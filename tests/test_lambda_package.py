@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -11,6 +10,7 @@ import sys
 import zipfile
 
 import pytest
+from conftest import load_script
 
 from skysurvey.config import REPO_ROOT
 
@@ -19,11 +19,7 @@ RUNTIME_GLIBC = (2, 34)  # python3.12 runs on Amazon Linux 2023
 
 
 def _builder():
-    spec = importlib.util.spec_from_file_location(
-        "build_lambda_package", REPO_ROOT / "scripts" / "build_lambda_package.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["build_lambda_package"] = module
-    spec.loader.exec_module(module)
+    module = load_script("build_lambda_package")
     return module
 
 

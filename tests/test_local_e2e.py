@@ -6,15 +6,13 @@ generator's truth catalogs, and the query answers against pandas on the same Par
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
-
-from skysurvey.config import REPO_ROOT
+from conftest import load_script
 
 pytestmark = pytest.mark.slow
 
@@ -23,10 +21,7 @@ def _script(name: str):
     """Import ``scripts/<name>.py`` as a module (the scripts are not a package)."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+    module = load_script(name)
     return module
 
 

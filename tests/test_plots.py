@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from conftest import load_script
 from matplotlib.patches import Ellipse
 
 from skysurvey import plots
-from skysurvey.config import REPO_ROOT
 from skysurvey.schema import SOURCES_SCHEMA, catalog_keys
 
 SOURCES = pd.DataFrame({
@@ -74,11 +71,7 @@ def test_plot_script_writes_pngs_and_fails_cleanly_without_catalog(tmp_path, cap
     pd.DataFrame({"x": [10.0], "y": [5.0], "mag": [18.2], "flux": [1.0]}).to_csv(
         truth / "a.csv", index=False)
 
-    spec = importlib.util.spec_from_file_location("plot_catalog",
-                                                  REPO_ROOT / "scripts" / "plot_catalog.py")
-    script = importlib.util.module_from_spec(spec)
-    sys.modules["plot_catalog"] = script
-    spec.loader.exec_module(script)
+    script = load_script("plot_catalog")
     out = tmp_path / "plots"
     assert script.main(["--catalog", str(tmp_path / "cat"), "--images", str(images),
                         "--truth", str(truth), "--output", str(out)]) == 0

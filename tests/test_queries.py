@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import load_script
 
-from skysurvey.config import REPO_ROOT
 from skysurvey.errors import QueryError
 from skysurvey.queries import NAMED_QUERIES, run_named, run_query
 from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA, catalog_keys
@@ -108,11 +105,7 @@ def test_missing_catalog_and_bad_sql_are_one_line_errors(tmp_path, catalog):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "query_with_athena", REPO_ROOT / "scripts" / "query_with_athena.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["query_with_athena"] = module
-    spec.loader.exec_module(module)
+    module = load_script("query_with_athena")
     return module
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
 from botocore.awsrequest import AWSResponse
-from conftest import draw_fits
+from conftest import RawBody, draw_fits, load_script
 
 from skysurvey import aws, runner
 from skysurvey.config import REPO_ROOT
@@ -94,11 +93,7 @@ def test_s3_batch_with_every_bad_kind(tmp_path, mocked_aws):
 
 def test_invoke_script_reports_every_failure_and_exits_1(tmp_path, capsys):
     expected = _bad_folder(tmp_path / "in")
-    spec = importlib.util.spec_from_file_location("invoke_lambda",
-                                                  REPO_ROOT / "scripts" / "invoke_lambda.py")
-    script = importlib.util.module_from_spec(spec)
-    sys.modules["invoke_lambda"] = script
-    spec.loader.exec_module(script)
+    script = load_script("invoke_lambda")
     assert script.main(["--input", str(tmp_path / "in"), "--catalog", str(tmp_path / "cat"),
                         "--workers", "2", "--no-progress", "--max-memory-mb", "151"]) == 1
     out = capsys.readouterr().out
@@ -151,16 +146,6 @@ def test_killed_run_restarts_without_duplicates(tmp_path):
     assert total["rows"].tolist() == total["uniq"].tolist()
 
 
-class _Raw:
-    def __init__(self, body):
-        self.body = body
-
-    def stream(self, **kwargs):
-        yield self.body
-
-    def read(self, *a):
-        return self.body
-
 
 def test_s3_slowdown_and_500s_are_retried_then_succeed(tmp_path, mocked_aws):
     draw_fits(tmp_path / "a.fits")
@@ -175,7 +160,7 @@ def test_s3_slowdown_and_500s_are_retried_then_succeed(tmp_path, mocked_aws):
             failures["n"] += 1
             status, code = (503, "SlowDown") if failures["n"] == 1 else (500, "InternalError")
             body = (f"<Error><Code>{code}</Code><Message>try again</Message></Error>").encode()
-            return AWSResponse(request.url, status, {}, _Raw(body))
+            return AWSResponse(request.url, status, {}, RawBody(body))
         return None
 
     s3.meta.events.register("before-send.s3.PutObject", flaky)
@@ -196,7 +181,7 @@ def test_permanent_access_denied_fails_only_that_image(tmp_path, mocked_aws):
     def deny_b(request, **kwargs):
         if request.url.endswith("/images/b.fits"):
             body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
-            return AWSResponse(request.url, 403, {}, _Raw(body))
+            return AWSResponse(request.url, 403, {}, RawBody(body))
         return None
 
     s3.meta.events.register("before-send.s3.GetObject", deny_b)

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 import zipfile
 
 import boto3
 import pytest
+from conftest import load_script
 
 from skysurvey import aws_setup
-from skysurvey.config import REPO_ROOT, env_file_path, read_env_file
+from skysurvey.config import env_file_path, read_env_file
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+    module = load_script(name)
     return module
 
 

@@ -71,3 +71,51 @@ def test_write_sample_writes_images_truth_and_metadata(tmp_path):
         assert {"x", "y", "ra", "dec", "flux", "mag", "kind", "snr"} <= set(truth.columns)
         assert len(truth) > 10
         assert fits.getheader(path)["FILTER"] == path.stem.split("_")[1]
+
+
+@pytest.mark.parametrize("compress", ["gz", "fz"])
+def test_compressed_files_hold_the_same_data(tmp_path, compress):
+    image = make_image((128, 128), n_stars=20, n_galaxies=5, seed=7)
+    path = image.write(tmp_path / "x.fits", compress=compress)
+    assert path.name == f"x.fits.{compress}"
+    again = image.write(tmp_path / "y.fits", compress=compress)
+    assert path.read_bytes() == again.read_bytes()
+    with fits.open(path) as hdul:
+        hdu = hdul[1] if compress == "fz" else hdul[0]
+        np.testing.assert_array_equal(hdu.data, image.data)
+        assert hdul[0].header["FILTER"] == "r"
+
+
+def test_bright_isolated_star_aperture_flux_matches_truth():
+    image = make_image((256, 256), n_stars=0, n_galaxies=0, seed=8, sky=100.0)
+    sources = pd.DataFrame({"kind": ["star"], "ra": [image.header["CRVAL1"]],
+                            "dec": [image.header["CRVAL2"]], "mag_r": [17.0], "colour": [0.0],
+                            "r_eff": [0.0], "sersic_n": [0.0], "ellipticity": [0.0],
+                            "angle": [0.0]})
+    image = make_image((256, 256), seed=8, sky=100.0, sources=sources)
+    star = image.truth.iloc[0]
+    yy, xx = np.mgrid[:256, :256]
+    r = np.hypot(xx - star["x"], yy - star["y"])
+    sky = np.median(image.data[r > 60])
+    measured = (image.data[r < 40] - sky).sum()
+    assert measured == pytest.approx(star["flux"], rel=0.02)
+
+
+def test_script_writes_sample_and_rejects_bad_usage(tmp_path, capsys):
+    from importlib.util import module_from_spec, spec_from_file_location
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "download_sample_fits.py"
+    spec = spec_from_file_location("download_sample_fits", script)
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--output", str(tmp_path), "--count", "2", "--size", "256"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.fits")) == ["sky_g_001.fits",
+                                                                "sky_r_002.fits"]
+    assert len(list((tmp_path / "truth").glob("*.csv"))) == 2
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    assert meta["images"][0]["seed"] != meta["images"][1]["seed"]
+    assert "sky_g_001.fits" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--count", "0"])
+    assert exc.value.code == 2

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import boto3
-from conftest import draw_fits
+from conftest import draw_fits, load_script
 
-from skysurvey.config import REPO_ROOT
 from skysurvey.storage import sha256_file
 from skysurvey.upload import find_fits, upload_files
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("upload_to_s3",
-                                                  REPO_ROOT / "scripts" / "upload_to_s3.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["upload_to_s3"] = module
-    spec.loader.exec_module(module)
+    module = load_script("upload_to_s3")
     return module
 
 
