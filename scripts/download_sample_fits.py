@@ -11,6 +11,8 @@ Writes ``sky_<band>_<NNN>.fits``, ``truth/<image_id>.csv`` and ``metadata.json``
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 import time
 
 import pandas as pd
@@ -35,7 +37,8 @@ def _size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Generate synthetic FITS sky images with truth catalogs.",
+        description="Generate synthetic FITS sky images with truth catalogs "
+        "(the name says download for historical reasons: nothing is downloaded).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="example: python scripts/download_sample_fits.py --count 3 --size 1024",
     )
@@ -44,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=_size, default=2048, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=42, help="random seed")
     parser.add_argument("--bands", default="g,r,i", help="comma-separated filters")
+    parser.add_argument("--compress", choices=("none", "gz", "fz"), default="none",
+                        help="file compression (fz: lossless tile-compressed, extension 1)")
+    parser.add_argument("--real", action="store_true",
+                        help="historical flag: no internet here, so images are generated anyway")
     return parser
 
 
@@ -53,12 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     bands = tuple(b.strip() for b in args.bands.split(",") if b.strip())
     if not bands:
         parser.error("--bands names no band")
+    if args.real:
+        logging.warning("--real: nothing is downloaded (no internet); generating instead")
     start = time.perf_counter()
+    given = sys.argv[1:] if argv is None else argv
+    command = " ".join(["scripts/download_sample_fits.py", *given])
     paths = write_sample(args.output, count=args.count, size=args.size, bands=bands,
-                         seed=args.seed)
+                         seed=args.seed, compress=None if args.compress == "none" else
+                         args.compress, command=command)
     rows = []
     for path in paths:
-        truth = pd.read_csv(path.parent / "truth" / f"{path.name.removesuffix('.fits')}.csv")
+        truth = pd.read_csv(path.parent / "truth" / f"{path.name.split('.')[0]}.csv")
         rows.append({"file": path.name, "band": path.name.split("_")[1],
                      "stars": int((truth["kind"] == "star").sum()),
                      "galaxies": int((truth["kind"] == "galaxy").sum()),
