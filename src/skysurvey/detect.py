@@ -285,7 +285,7 @@ def _image_row(image, image_id, header, wcs, bkg, n, fwhm_median, zp, zp_key, ga
     masked = 0.0 if image.mask is None else float(image.mask.mean())
     return {
         "image_id": image_id, "hdu": image.hdu, "width": nx, "height": ny, "n_sources": n,
-        "bkg_median": float(np.median(bkg.back())), "bkg_rms": float(bkg.globalrms),
+        "bkg_median": float(bkg.globalback), "bkg_rms": float(bkg.globalrms),
         "fwhm_median": fwhm_median, "zero_point": zp, "zero_point_source": zp_key,
         "gain": gain, "saturate": saturate, "has_wcs": wcs is not None,
         "ra_center": ra_c, "dec_center": dec_c, "pixel_scale": scale,
