@@ -195,3 +195,16 @@ def test_crowded_4096_field_with_10000_stars_does_not_overflow():
     sources, _ = _measure(field)
     print(f"\n4096^2, 10,000 stars: {len(sources)} detections")
     assert len(sources) >= 9000
+
+
+def test_pixel_stack_grows_on_demand_and_is_restored(clean_field):
+    """A field larger than SEP's pixel stack is retried with a bigger one, same catalog."""
+    field, sources, _ = clean_field
+    before = sep.get_extract_pixstack()
+    sep.set_extract_pixstack(100)  # sep.extract alone overflows at this size on this field
+    try:
+        again, _ = _measure(field)
+        assert sep.get_extract_pixstack() == 100
+    finally:
+        sep.set_extract_pixstack(before)
+    assert again.equals(sources)

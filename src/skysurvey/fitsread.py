@@ -101,14 +101,32 @@ def read_fits(source, *, name: str, max_memory_bytes: int | None = None) -> Fits
         raise FITSReadError(name, f"unreadable FITS ({type(exc).__name__}: {exc})") from None
     with hdul:
         try:
-            return _from_hdul(hdul, name, max_memory_bytes)
+            return _from_hdul(hdul, raw, name, max_memory_bytes)
         except (FITSReadError, ImageDataError, ImageTooLargeError):
             raise
         except Exception as exc:  # astropy's lazy parsing of a malformed header or data
             raise FITSReadError(name, f"malformed FITS ({type(exc).__name__}: {exc})") from None
 
 
-def _from_hdul(hdul: fits.HDUList, name: str, max_memory_bytes: int | None) -> FitsImage:
+def _float_view(hdu, raw: bytes) -> np.ndarray | None:
+    """Unscaled float pixels as a read-only view into *raw* (astropy copies them twice).
+
+    Only for plain float images without BSCALE/BZERO, the common case; anything else (integers,
+    scaling, compression, short data) returns None and goes through ``hdu.data``.
+    """
+    bitpix = hdu.header.get("BITPIX")
+    if (isinstance(hdu, fits.CompImageHDU) or bitpix not in (-32, -64)
+            or hdu.header.get("BSCALE", 1) != 1 or hdu.header.get("BZERO", 0) != 0):
+        return None
+    offset = hdu.fileinfo()["datLoc"]
+    dtype = np.dtype(">f4" if bitpix == -32 else ">f8")
+    if offset + int(np.prod(hdu.shape)) * dtype.itemsize > len(raw):
+        return None
+    return np.ndarray(hdu.shape, dtype=dtype, buffer=raw, offset=offset)
+
+
+def _from_hdul(hdul: fits.HDUList, raw: bytes, name: str,
+               max_memory_bytes: int | None) -> FitsImage:
     index = _image_hdu(hdul, name)
     hdu = hdul[index]
     with warnings.catch_warnings():
@@ -132,7 +150,9 @@ def _from_hdul(hdul: fits.HDUList, name: str, max_memory_bytes: int | None) -> F
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            data = hdu.data
+            data = _float_view(hdu, raw)
+            if data is None:
+                data = hdu.data
     except Exception as exc:
         raise FITSReadError(name, f"truncated or corrupt data ({exc})") from None
     if data is None or (not isinstance(hdu, fits.CompImageHDU) and data.nbytes < expected):
@@ -145,9 +165,14 @@ def _clean(data: np.ndarray, header: fits.Header, index: int, name: str) -> Fits
     if min(nx, ny) < MIN_SIDE:
         raise ImageDataError(name, f"image too small ({nx}x{ny} px, need at least "
                                    f"{MIN_SIDE}x{MIN_SIDE})")
-    out = np.ascontiguousarray(data, dtype=np.float32)  # native byte order, a fresh copy
-    bad = ~np.isfinite(out)
-    n_bad = int(bad.sum())
+    out = np.ascontiguousarray(data, dtype=np.float32)  # native byte order
+    if not out.flags.writeable or not out.flags.owndata:  # a view into the file's bytes
+        out = out.copy()
+    if np.isfinite(out.sum(dtype=np.float64)):  # one pass: the common case, no bad pixels
+        bad, n_bad = None, 0
+    else:
+        bad = ~np.isfinite(out)
+        n_bad = int(bad.sum())
     if n_bad == out.size:
         raise ImageDataError(name, "image is all NaN/Inf")
     mask = None
