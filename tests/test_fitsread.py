@@ -76,6 +76,17 @@ def test_big_endian_float64(tmp_path):
     _check(read_fits(_bytes(fits.HDUList([fits.PrimaryHDU(data)]), tmp_path), name="be.fits"))
 
 
+def test_float_image_with_bscale_and_bzero_is_scaled(tmp_path):
+    hdu = fits.PrimaryHDU(PIXELS.copy())
+    raw = bytearray(_bytes(fits.HDUList([hdu]), tmp_path))  # cards written over blank ones
+    end = raw.index(b"END" + b" " * 77)
+    raw[end:end + 240] = (f"{'BSCALE':8}= {2.0:>20}".ljust(80) + f"{'BZERO':8}= {5.0:>20}".ljust(80)
+                          + "END".ljust(80)).encode()
+    image = read_fits(bytes(raw), name="scaled.fits")
+    _check(image, PIXELS * 2.0 + 5.0)
+    assert image.data.flags.writeable  # a private copy, never a view into the file's bytes
+
+
 def test_nan_and_inf_pixels_are_masked_and_zeroed(tmp_path):
     data = PIXELS.copy()
     data[5:8, 5:9] = np.nan
