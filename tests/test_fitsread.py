@@ -123,9 +123,14 @@ def _good_bytes(tmp_path, data=PIXELS):
          "image is constant (value 0)"),
         (lambda t: _good_bytes(t, PIXELS[:8, :8]), ImageDataError,
          "image too small (8x8 px, need at least 16x16)"),
+        # a negative axis makes the data size negative: astropy's in-memory parser then
+        # re-reads the same HDU forever; this must stay a prompt one-line error
+        (lambda t: _good_bytes(t).replace(b"NAXIS1  =                   50",
+                                          b"NAXIS1  =           -190444741"),
+         FITSReadError, "unreadable FITS"),
     ],
     ids=["empty", "not-fits", "truncated", "bad-gzip", "cube", "no-data", "all-nan",
-         "all-zero", "tiny"],
+         "all-zero", "tiny", "negative-axis"],
 )
 def test_bad_inputs_raise_one_line_naming_file_and_cause(tmp_path, content, error, message):
     path = _bad(tmp_path, "bad image.fits", content(tmp_path))
