@@ -11,6 +11,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -168,19 +169,16 @@ def _clean(data: np.ndarray, header: fits.Header, index: int, name: str) -> Fits
     out = np.ascontiguousarray(data, dtype=np.float32)  # native byte order
     if not out.flags.writeable or not out.flags.owndata:  # a view into the file's bytes
         out = out.copy()
-    if np.isfinite(out.sum(dtype=np.float64)):  # one pass: the common case, no bad pixels
-        bad, n_bad = None, 0
-    else:
-        bad = ~np.isfinite(out)
-        n_bad = int(bad.sum())
-    if n_bad == out.size:
-        raise ImageDataError(name, "image is all NaN/Inf")
+    lo, hi = float(out.min()), float(out.max())  # NaN propagates; +-Inf shows at an end
     mask = None
-    if n_bad:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad = ~np.isfinite(out)
+        if bad.all():
+            raise ImageDataError(name, "image is all NaN/Inf")
         out[bad] = 0.0
         mask = bad
-    good = out[~bad] if n_bad else out
-    lo, hi = float(good.min()), float(good.max())
+        good = out[~bad]
+        lo, hi = float(good.min()), float(good.max())
     if lo == hi:
         raise ImageDataError(name, f"image is constant (value {lo:g})")
     return FitsImage(out, mask, header, index, name)
