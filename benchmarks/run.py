@@ -1,8 +1,8 @@
 """Benchmarks: per-image time by stage and peak memory, SEP overhead, SExtractor side by side,
 local scaling, Lambda cost, queries over millions of sources, cold start.
 
-    python benchmarks/run.py            # full run (about 5 minutes on 2 cores)
-    python benchmarks/run.py --quick    # smaller, about a minute
+    python benchmarks/run.py            # full run (about 2 minutes on 2 cores, 1 once cached)
+    python benchmarks/run.py --quick    # smaller, about 30 seconds
 
 Prints each table and writes benchmarks/RESULTS.md. Medians over repeats; every comparison is
 measured side by side in the same run.
