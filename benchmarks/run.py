@@ -43,13 +43,26 @@ LAMBDA_REQUEST = 0.20 / 1e6
 STSCI_REFERENCE = 0.00002  # USD per HST image on Lambda, as reported by STScI
 
 
-def median_time(fn, repeats):
-    times = []
+def interleaved_times(fns, repeats):
+    """Median seconds of each function, run in turn within every repeat (drift hits all alike)."""
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, out in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def median_time(fn, repeats):
+    return interleaved_times([fn], repeats)[0]
+
+
+def handle(raw):
+    """What the handler does to one file's bytes, storage aside: read, measure, Parquet."""
+    sources = measure_image(read_fits(raw, name="x"), "x")[0]
+    table_to_parquet_bytes(sources)
+    return sources
 
 
 def table(headers, rows):
@@ -70,17 +83,6 @@ def make_file(size, n_stars, seed=1):
                                2.2, half)
         make_image((size, size), seed=seed, sources=sky).write(path)
     return path
-
-
-def interleaved_times(fns, repeats):
-    """Median seconds of each function, run in turn within every repeat (drift hits all alike)."""
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, out in zip(fns, times, strict=True):
-            start = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
 
 
 def bench_stages(cases, repeats):
@@ -173,13 +175,6 @@ def bench_sextractor(cases, repeats):
     for size, n in cases:
         path = make_file(size, n)
         raw = path.read_bytes()
-        result = {}
-
-        def ours(raw=raw, path=path, result=result):
-            image = read_fits(raw, name=path.name)
-            result["t"] = measure_image(image, "x")[0]
-            table_to_parquet_bytes(result["t"])
-
         runs = {}
         for kind, params in SEX_PARAMS.items():
             (conf / f"{kind}.param").write_text("\n".join(params) + "\n")
@@ -191,17 +186,16 @@ def bench_sextractor(cases, repeats):
                     "-VERBOSE_TYPE", "QUIET", "-CHECKIMAGE_TYPE", "NONE", "-NTHREADS", "1"]
             runs[kind] = lambda args=args: subprocess.run(args, check=True, capture_output=True)
         # the equivalent run goes last in every round: its catalog is the one compared below
-        t_min, t_ours, t_eq = interleaved_times([runs["minimal"], ours, runs["equivalent"]],
-                                                repeats)
-        times = {"minimal": t_min, "equivalent": t_eq}
+        t_min, t_ours, t_eq = interleaved_times(
+            [runs["minimal"], lambda raw=raw: handle(raw), runs["equivalent"]], repeats)
         theirs = np.loadtxt(conf / "cat.txt", ndmin=2)  # the equivalent run's catalog
-        mine = result["t"].to_pandas()
+        mine = handle(raw).to_pandas()
         dist, idx = cKDTree(theirs[:, :2] - 1.0).query(mine[["x", "y"]].to_numpy())  # 1-based
         matched = dist < 1.0
         ratio = np.median(mine["flux"].to_numpy()[matched] / theirs[idx[matched], 2])
         rows.append([f"{size}²", n, len(mine), len(theirs), f"{t_ours:.3f}",
-                     f"{times['minimal']:.3f}", f"{times['equivalent']:.3f}",
-                     f"{t_ours / times['minimal']:.2f}", f"{t_ours / times['equivalent']:.2f}",
+                     f"{t_min:.3f}", f"{t_eq:.3f}", f"{t_ours / t_min:.2f}",
+                     f"{t_ours / t_eq:.2f}",
                      f"{matched.mean():.3f}", f"{ratio:.3f}"])
     return table(["image", "stars", "our sources", "SExtractor sources",
                   "ours s (read+measure+parquet)", "SExtractor minimal s",
@@ -242,11 +236,7 @@ def bench_scaling(n_images, size, repeats):
     pixel_rows, per_mpix = [], None
     for side in (512, 1024, 2048, 4096):
         raw = make_file(side, side * side // 2000).read_bytes()
-
-        def handler(raw=raw):
-            table_to_parquet_bytes(measure_image(read_fits(raw, name="x"), "x")[0])
-
-        seconds = median_time(handler, repeats)
+        seconds = median_time(lambda raw=raw: handle(raw), repeats)
         mpix = side * side / 1e6
         per_mpix = per_mpix or seconds / mpix
         pixel_rows.append([f"{side}²", f"{mpix:.2f}", side * side // 2000, f"{seconds:.3f}",

@@ -5,7 +5,8 @@ pixels excluded) and its RMS map; extraction on the background-subtracted image 
 convolution filter and a threshold in units of the background RMS (SExtractor's
 DETECT_THRESH meaning); windowed centroids; Kron and circular-aperture photometry with errors
 from the RMS map plus Poisson noise when GAIN is known; shapes; flags; RA/Dec from the full
-FITS WCS (SIP included). Pure: SEP's process-wide buffer limits are restored after use.
+FITS WCS (SIP included). Pure but for SEP's process-wide limits: the sub-object limit is raised
+once, the pixel stack is grown only for a crowded field and restored after it.
 """
 
 from __future__ import annotations
