@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import sep
 from astropy.io import fits
-from science_field import draw_field
+from science_field import SIGMA, draw_field
 from scipy.spatial import cKDTree
 
 from skysurvey import detect
@@ -120,6 +120,23 @@ def test_kron_flux_of_isolated_bright_stars(clean_field):
     ratio = np.median(found["flux"].to_numpy() / truth["flux"].to_numpy())
     print(f"\nmedian Kron flux / true flux = {ratio:.4f} ({len(truth)} stars)")
     assert 0.92 <= ratio <= 1.02
+
+
+def test_deblended_stars_are_measured_without_their_neighbours():
+    """In a crowded field a deblended star's size and Kron flux are its own (the light of the
+    neighbour it was split from stays out), as on an isolated star."""
+    field = draw_field(size=768, n_stars=3000, seed=4)
+    sources, _ = _measure(field)
+    dist, idx = _nearest(sources[["x", "y"]].to_numpy(), field.truth[["x", "y"]].to_numpy())
+    merged = (sources["flags"].to_numpy() & detect.OBJ_MERGED) > 0
+    sel = merged & (dist < 1.0) & (sources["snr"].to_numpy() > 20)
+    flux_ratio = sources["flux"].to_numpy()[sel] / field.truth["flux"].to_numpy()[idx[sel]]
+    fwhm_ratio = sources["fwhm"].to_numpy()[sel] / (2.3548 * SIGMA)
+    print(f"\ndeblended stars: Kron flux / true {np.median(flux_ratio):.3f}, "
+          f"FWHM / PSF {np.median(fwhm_ratio):.3f} ({sel.sum()} stars)")
+    assert sel.sum() >= 100
+    assert 0.95 <= np.median(flux_ratio) <= 1.05
+    assert 0.95 <= np.median(fwhm_ratio) <= 1.10
 
 
 def test_aperture_flux_errors_are_honest(clean_field):

@@ -3,7 +3,8 @@
 Steps (each a small function): a spatially varying background (``sep.Background``, masked
 pixels excluded) and its RMS map; extraction on the background-subtracted image with a
 convolution filter and a threshold in units of the background RMS (SExtractor's
-DETECT_THRESH meaning); windowed centroids; Kron and circular-aperture photometry with errors
+DETECT_THRESH meaning) and a segmentation map, so that each source is measured without its
+neighbours' pixels; windowed centroids; Kron and circular-aperture photometry with errors
 from the RMS map plus Poisson noise when GAIN is known; shapes; flags; RA/Dec from the full
 FITS WCS (SIP included). Pure but for SEP's process-wide limits: the sub-object limit is raised
 once, the pixel stack is grown only for a crowded field and restored after it.
@@ -95,7 +96,7 @@ def _extract(sub, err, mask, config):
                 return sep.extract(sub, config.thresh, err=err, mask=mask,
                                    minarea=config.minarea, filter_type="conv",
                                    deblend_nthresh=config.deblend_nthresh,
-                                   deblend_cont=config.deblend_cont)
+                                   deblend_cont=config.deblend_cont, segmentation_map=True)
             except Exception as exc:  # SEP raises bare Exceptions
                 if "pixel buffer full" not in str(exc) or pixstack >= sub.size:
                     raise
@@ -161,7 +162,7 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
         sub = data - back
         if mask is not None:
             sub[mask] = 0.0
-        objects = _extract(sub, bkg.globalrms, mask, config)
+        objects, segmap = _extract(sub, bkg.globalrms, mask, config)
     except Exception as exc:  # SEP raises bare Exceptions
         raise ImageDataError(image.name, f"source extraction failed: {exc}") from None
 
@@ -172,8 +173,8 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
     notes: list[str] = []
     wcs = _celestial(header, notes)
 
-    columns, fwhm_median, radius = _measure(sub, rms, back, mask, objects, gain, saturate,
-                                            config, nx, ny)
+    columns, fwhm_median, radius = _measure(sub, rms, back, mask, objects, segmap, gain,
+                                            saturate, config, nx, ny)
     n = len(objects)
     ra = dec = np.full(n, np.nan)
     if wcs is not None and n:
@@ -210,7 +211,7 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
     return table, row
 
 
-def _measure(sub, rms, back, mask, objects, gain, saturate, config, nx, ny):
+def _measure(sub, rms, back, mask, objects, segmap, gain, saturate, config, nx, ny):
     n = len(objects)
     x, y = objects["x"].astype(float), objects["y"].astype(float)
     a, b = objects["a"].astype(float), objects["b"].astype(float)
@@ -226,9 +227,13 @@ def _measure(sub, rms, back, mask, objects, gain, saturate, config, nx, ny):
         return cols, None, radius
 
     a_safe, b_safe = np.maximum(a, 0.3), np.maximum(b, 0.3)
+    # Every measurement leaves out the pixels of the other detected objects (segmentation map,
+    # object i is label i + 1), as SExtractor masks neighbours; without it a deblended star's
+    # radius and Kron flux took in its neighbour's light (median 2.3x the true flux).
+    own = {"segmap": segmap, "seg_id": np.arange(1, n + 1, dtype=np.int32), "mask": mask}
     # half-light radius -> FWHM (exact for a Gaussian) and the window for centroids
     # subpix=3: radii within 0.4% (median) of subpix=11 at 60% of subpix=5's cost
-    r_half, _ = sep.flux_radius(sub, x, y, 6.0 * a_safe, 0.5, mask=mask, subpix=3)
+    r_half, _ = sep.flux_radius(sub, x, y, 6.0 * a_safe, 0.5, subpix=3, **own)
     r_half = np.where(np.isfinite(r_half) & (r_half > 0), r_half, 1.1774 * np.sqrt(a_safe * b_safe))
     fwhm = 2.0 * r_half
     # subpix=3: positions within 4e-5 px (median) of SExtractor's 11x11 oversampling, 3x faster
@@ -242,28 +247,33 @@ def _measure(sub, rms, back, mask, objects, gain, saturate, config, nx, ny):
     radius = config.aperture_radius or max(config.aperture_fwhm * fwhm_median, 2.0)
 
     # Kron flux with SExtractor's circular fallback for tiny or undefined Kron radii
-    kronrad, kflag = sep.kron_radius(sub, xw, yw, a_safe, b_safe, theta, 6.0, mask=mask)
+    kronrad, kflag = sep.kron_radius(sub, xw, yw, a_safe, b_safe, theta, 6.0, **own)
     kronrad = np.where(np.isfinite(kronrad), kronrad, 0.0)
-    flux, flux_err, fflag = sep.sum_ellipse(sub, xw, yw, a_safe, b_safe, theta,
-                                            config.kron_factor * np.maximum(kronrad, 1.0),
-                                            err=rms, mask=mask, gain=gain, subpix=1)
+    r_kron = config.kron_factor * np.maximum(kronrad, 1.0)
+    flux, flux_err, fflag = sep.sum_ellipse(sub, xw, yw, a_safe, b_safe, theta, r_kron,
+                                            err=rms, gain=gain, subpix=1, **own)
     small = config.kron_factor * kronrad * np.sqrt(a_safe * b_safe) < config.kron_min_radius
     if small.any():
+        cown = {**own, "seg_id": own["seg_id"][small]}
         cf, ce, cflag = sep.sum_circle(sub, xw[small], yw[small], config.kron_min_radius,
-                                       err=rms, mask=mask, gain=gain, subpix=5)
+                                       err=rms, gain=gain, subpix=5, **cown)
         flux[small], flux_err[small], fflag[small] = cf, ce, cflag
-    flux_aper, flux_aper_err, aflag = sep.sum_circle(sub, xw, yw, radius, err=rms, mask=mask,
-                                                     gain=gain, subpix=5)
+    flux_aper, flux_aper_err, aflag = sep.sum_circle(sub, xw, yw, radius, err=rms, gain=gain,
+                                                     subpix=5, **own)
 
     xi = np.clip(np.rint(xw).astype(int), 0, nx - 1)
     yi = np.clip(np.rint(yw).astype(int), 0, ny - 1)
     local_bkg = back[yi, xi]
     peak = objects["peak"].astype(float)
-    flags = flags | kflag | fflag | aflag
+    # SEP's "has masked" bits now also count neighbours' pixels: keep them for bad pixels only
+    neighbour_bits = APER_HASMASKED | APER_ALLMASKED
+    flags = flags | ((kflag | fflag | aflag) & ~neighbour_bits)
+    bad = _touches_mask(mask, xw, yw, a_safe, b_safe, theta, np.where(small, 0.0, r_kron),
+                        np.where(small, max(radius, config.kron_min_radius), radius))
+    flags |= np.where(bad, APER_HASMASKED | MASKED, 0)
     flags |= np.where(small, KRON_FALLBACK, 0)
     if saturate is not None:
         flags |= np.where(peak + local_bkg >= saturate * 0.98, SATURATED, 0)
-    flags |= np.where((fflag | aflag) & (APER_HASMASKED | APER_ALLMASKED), MASKED, 0)
     edge = (xw < radius) | (yw < radius) | (xw > nx - 1 - radius) | (yw > ny - 1 - radius)
     flags |= np.where(edge, NEAR_EDGE, 0)
     flags |= np.where(fwhm < config.cosmic_ray_sharpness * fwhm_median, COSMIC_RAY, 0)
@@ -274,6 +284,21 @@ def _measure(sub, rms, back, mask, objects, gain, saturate, config, nx, ny):
         "ellipticity": 1.0 - b_safe / a_safe, "npix": objects["npix"], "flags": flags,
     }
     return cols, fwhm_median, radius
+
+
+def _touches_mask(mask, x, y, a, b, theta, r_kron, radius):
+    """Whether each Kron ellipse (scale *r_kron*, 0 for none) or circle of *radius* holds a
+    masked pixel (NaN, Inf or flagged in the file)."""
+    if mask is None:
+        return np.zeros(len(x), bool)
+    bad = mask.astype(np.float32)
+    in_circle = sep.sum_circle(bad, x, y, radius, subpix=1)[0] > 0
+    kron = r_kron > 0
+    in_ellipse = np.zeros(len(x), bool)
+    if kron.any():
+        in_ellipse[kron] = sep.sum_ellipse(bad, x[kron], y[kron], a[kron], b[kron], theta[kron],
+                                           r_kron[kron], subpix=1)[0] > 0
+    return in_circle | in_ellipse
 
 
 def _float(header, key):
