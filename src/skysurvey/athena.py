@@ -1,10 +1,12 @@
 """The catalog on Amazon Athena: explicit DDL with partition projection, and a query runner.
 
-The tables ``sources`` and ``images`` are external tables over the same Parquet layout DuckDB
-reads, with the same columns as the Arrow schemas (``band`` and ``night`` are partitions).
-Partitions are found by projection (no crawler, no MSCK REPAIR): ``band`` is an enum of the
-filters listed below, ``night`` a date from 1990-01-01 to tomorrow. Images whose header has no
-date (``night=unknown``) are therefore invisible to Athena; DuckDB still sees them.
+``sources`` and ``images`` are views over the same Parquet layout DuckDB reads, with the same
+columns as the Arrow schemas (``band`` and ``night`` are partitions). Partitions are found by
+projection (no crawler, no MSCK REPAIR), and one projection cannot hold both dates and the
+``unknown`` night of undated images, so each view is the UNION ALL of two external tables over
+the same location: ``<t>_dated`` (``night`` a date from 1990-01-01 to tomorrow) and
+``<t>_undated`` (``night`` the enum ``unknown``); ``band`` is an enum of the filters listed
+below. A filter on ``night`` or ``band`` still prunes partitions through the view.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pyarrow as pa
 from . import aws
 from .config import parse_s3_uri
 from .errors import QueryError
-from .schema import IMAGES_SCHEMA, SOURCES_SCHEMA
+from .schema import IMAGES_SCHEMA, SOURCES_SCHEMA, partition_value
 
 DEFAULT_BANDS = ("u", "g", "r", "i", "z", "y", "unknown")
 PRICE_PER_TB = 5.0  # USD per TB scanned (us-east-1, checked 2026-11)
@@ -32,31 +34,51 @@ def column_ddl(schema: pa.Schema) -> str:
     return ",\n  ".join(f"`{f.name}` {_TYPES[f.type]}" for f in schema)
 
 
+_NIGHT_PROJECTIONS = {
+    "dated": ("  'projection.night.type'='date',\n"
+              "  'projection.night.format'='yyyy-MM-dd',\n"
+              "  'projection.night.range'='1990-01-01,NOW+1DAYS',\n"
+              "  'projection.night.interval'='1',\n"
+              "  'projection.night.interval.unit'='DAYS',\n"),
+    "undated": ("  'projection.night.type'='enum',\n"
+                f"  'projection.night.values'='{partition_value(None)}',\n"),
+}
+
+
 def ddl_statements(database: str, catalog_uri: str,
                    bands: tuple[str, ...] = DEFAULT_BANDS) -> list[str]:
-    """CREATE DATABASE and the two external tables (idempotent: IF NOT EXISTS)."""
+    """CREATE DATABASE, the four external tables and the two views over them (idempotent)."""
     loc = parse_s3_uri(catalog_uri)
     base = f"s3://{loc.bucket}/{loc.prefix}"
     statements = [f"CREATE DATABASE IF NOT EXISTS `{database}`"]
+    views = []
     for table, schema in (("sources", SOURCES_SCHEMA), ("images", IMAGES_SCHEMA)):
-        statements.append(
-            f"CREATE EXTERNAL TABLE IF NOT EXISTS `{database}`.`{table}` (\n"
-            f"  {column_ddl(schema)}\n)\n"
-            "PARTITIONED BY (`band` string, `night` string)\n"
-            "STORED AS PARQUET\n"
-            f"LOCATION '{base}{table}/'\n"
-            "TBLPROPERTIES (\n"
-            "  'projection.enabled'='true',\n"
-            "  'projection.band.type'='enum',\n"
-            f"  'projection.band.values'='{','.join(bands)}',\n"
-            "  'projection.night.type'='date',\n"
-            "  'projection.night.format'='yyyy-MM-dd',\n"
-            "  'projection.night.range'='1990-01-01,NOW+1DAYS',\n"
-            "  'projection.night.interval'='1',\n"
-            "  'projection.night.interval.unit'='DAYS',\n"
-            f"  'storage.location.template'='{base}{table}/band=${{band}}/night=${{night}}/'\n"
-            ")")
-    return statements
+        for kind, night in _NIGHT_PROJECTIONS.items():
+            statements.append(
+                f"CREATE EXTERNAL TABLE IF NOT EXISTS `{database}`.`{table}_{kind}` (\n"
+                f"  {column_ddl(schema)}\n)\n"
+                "PARTITIONED BY (`band` string, `night` string)\n"
+                "STORED AS PARQUET\n"
+                f"LOCATION '{base}{table}/'\n"
+                "TBLPROPERTIES (\n"
+                "  'projection.enabled'='true',\n"
+                "  'projection.band.type'='enum',\n"
+                f"  'projection.band.values'='{','.join(bands)}',\n"
+                f"{night}"
+                f"  'storage.location.template'='{base}{table}/band=${{band}}/night=${{night}}/'\n"
+                ")")
+        views.append(f'CREATE OR REPLACE VIEW "{database}"."{table}" AS '
+                     f'SELECT * FROM "{database}"."{table}_dated" UNION ALL '
+                     f'SELECT * FROM "{database}"."{table}_undated"')
+    return statements + views
+
+
+#: What ``ensure_tables`` expects to find, by name: the four tables and the two views.
+EXPECTED_TABLES = {f"{t}_{kind}": "BASE TABLE" for t in ("sources", "images")
+                   for kind in _NIGHT_PROJECTIONS} | {"sources": "VIEW", "images": "VIEW"}
+TABLES_SQL = ("SELECT table_name, table_type FROM information_schema.tables "
+              "WHERE table_schema = ? AND table_name IN ("
+              + ", ".join(f"'{name}'" for name in EXPECTED_TABLES) + ")")
 
 
 def cost_usd(bytes_scanned: int) -> float:
@@ -149,6 +171,19 @@ def run_athena(sql: str, *, database: str, workgroup: str, output_location: str 
 
 
 def ensure_tables(database: str, workgroup: str, catalog_uri: str, **kw) -> None:
-    """Create the database and tables if missing (DDL is free on Athena)."""
+    """Create the database, tables and views unless all are there (one query when they are).
+
+    ``sources`` or ``images`` left as plain tables by an older setup (dates only) are dropped so
+    the views can take their names; dropping an external table leaves its Parquet files alone.
+    """
+    found = run_athena(TABLES_SQL, database=database, workgroup=workgroup, params=[database],
+                       **kw).dataframe
+    found = dict(zip(found.get("table_name", []), found.get("table_type", []), strict=True))
+    if found == EXPECTED_TABLES:
+        return
+    for name in ("sources", "images"):
+        if found.get(name) == "BASE TABLE":
+            run_athena(f"DROP TABLE IF EXISTS `{database}`.`{name}`", database=database,
+                       workgroup=workgroup, **kw)
     for statement in ddl_statements(database, catalog_uri):
         run_athena(statement, database=database, workgroup=workgroup, **kw)
