@@ -236,8 +236,9 @@ def _measure(sub, rms, back, mask, objects, segmap, gain, saturate, config, nx, 
     r_half, _ = sep.flux_radius(sub, x, y, 6.0 * a_safe, 0.5, subpix=3, **own)
     r_half = np.where(np.isfinite(r_half) & (r_half > 0), r_half, 1.1774 * np.sqrt(a_safe * b_safe))
     fwhm = 2.0 * r_half
-    # subpix=3: positions within 4e-5 px (median) of SExtractor's 11x11 oversampling, 3x faster
-    xw, yw, wflag = sep.winpos(sub, x, y, fwhm / 2.3548, mask=mask, subpix=3)
+    # subpix=1: positions within 2e-4 px (median; 0.00004") of SExtractor's 11x11 oversampling
+    # of the window's edge, where the Gaussian weight is exp(-8); 4x faster than subpix=11
+    xw, yw, wflag = sep.winpos(sub, x, y, fwhm / 2.3548, mask=mask, subpix=1)
     moved = ~np.isfinite(xw) | ~np.isfinite(yw) | (np.hypot(xw - x, yw - y) > 2.0) | (wflag != 0)
     xw, yw = np.where(moved, x, xw), np.where(moved, y, yw)
 
