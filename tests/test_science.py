@@ -103,6 +103,20 @@ def _bright_isolated(field, sources, min_snr=100):
     return truth[ok], sources.iloc[idx[ok]]
 
 
+def test_masked_flag_marks_sources_near_bad_pixels_only(artefact_field):
+    """MASKED means a NaN or flagged pixel in the apertures, never a neighbour's pixels."""
+    field, sources, row = artefact_field
+    x, y = sources["x"].to_numpy(), sources["y"].to_numpy()
+    size = field.data.shape[1]
+    patch_x, patch_y = (size - 90, size - 71), (50, 69)  # the NaN patch, inclusive
+    dx = np.maximum.reduce([patch_x[0] - x, x - patch_x[1], np.zeros_like(x)])
+    dy = np.maximum.reduce([patch_y[0] - y, y - patch_y[1], np.zeros_like(y)])
+    to_patch = np.hypot(dx, dy)
+    masked = (sources["flags"].to_numpy() & MASKED) > 0
+    assert masked[to_patch < row["aperture_radius"] - 1].all()
+    assert masked.any() and not masked[to_patch > 30].any()
+
+
 def test_astrometry_of_bright_stars(clean_field):
     field, sources, _ = clean_field
     truth, found = _bright_isolated(field, sources)

@@ -231,9 +231,21 @@ def _measure(sub, rms, back, mask, objects, segmap, gain, saturate, config, nx, 
     # object i is label i + 1), as SExtractor masks neighbours; without it a deblended star's
     # radius and Kron flux took in its neighbour's light (median 2.3x the true flux).
     own = {"segmap": segmap, "seg_id": np.arange(1, n + 1, dtype=np.int32), "mask": mask}
+    # Kron flux centred on the isophotal barycentre, as SExtractor's FLUX_AUTO, with its
+    # circular fallback for tiny or undefined Kron radii
+    kronrad, kflag = sep.kron_radius(sub, x, y, a_safe, b_safe, theta, 6.0, **own)
+    kronrad = np.where(np.isfinite(kronrad), kronrad, 0.0)
+    r_kron = config.kron_factor * np.maximum(kronrad, 1.0)
+    flux, flux_err, fflag = sep.sum_ellipse(sub, x, y, a_safe, b_safe, theta, r_kron,
+                                            err=rms, gain=gain, subpix=1, **own)
+    small = config.kron_factor * kronrad * np.sqrt(a_safe * b_safe) < config.kron_min_radius
+    if small.any():
+        cf, ce, cflag = sep.sum_circle(sub, x[small], y[small], config.kron_min_radius,
+                                       err=rms, gain=gain, subpix=5, **_subset(own, small))
+        flux[small], flux_err[small], fflag[small] = cf, ce, cflag
+
     # half-light radius -> FWHM (exact for a Gaussian) and the window for centroids
-    # subpix=3: radii within 0.4% (median) of subpix=11 at 60% of subpix=5's cost
-    r_half, _ = sep.flux_radius(sub, x, y, 6.0 * a_safe, 0.5, subpix=3, **own)
+    r_half = _half_light_radius(sub, x, y, a_safe, flux, own)
     r_half = np.where(np.isfinite(r_half) & (r_half > 0), r_half, 1.1774 * np.sqrt(a_safe * b_safe))
     fwhm = 2.0 * r_half
     # subpix=1: positions within 2e-4 px (median; 0.00004") of SExtractor's 11x11 oversampling
@@ -247,18 +259,6 @@ def _measure(sub, rms, back, mask, objects, segmap, gain, saturate, config, nx, 
     fwhm_median = float(np.median(sharp)) if sharp.size else float(np.median(fwhm))
     radius = config.aperture_radius or max(config.aperture_fwhm * fwhm_median, 2.0)
 
-    # Kron flux with SExtractor's circular fallback for tiny or undefined Kron radii
-    kronrad, kflag = sep.kron_radius(sub, xw, yw, a_safe, b_safe, theta, 6.0, **own)
-    kronrad = np.where(np.isfinite(kronrad), kronrad, 0.0)
-    r_kron = config.kron_factor * np.maximum(kronrad, 1.0)
-    flux, flux_err, fflag = sep.sum_ellipse(sub, xw, yw, a_safe, b_safe, theta, r_kron,
-                                            err=rms, gain=gain, subpix=1, **own)
-    small = config.kron_factor * kronrad * np.sqrt(a_safe * b_safe) < config.kron_min_radius
-    if small.any():
-        cown = {**own, "seg_id": own["seg_id"][small]}
-        cf, ce, cflag = sep.sum_circle(sub, xw[small], yw[small], config.kron_min_radius,
-                                       err=rms, gain=gain, subpix=5, **cown)
-        flux[small], flux_err[small], fflag[small] = cf, ce, cflag
     flux_aper, flux_aper_err, aflag = sep.sum_circle(sub, xw, yw, radius, err=rms, gain=gain,
                                                      subpix=5, **own)
 
@@ -269,8 +269,9 @@ def _measure(sub, rms, back, mask, objects, segmap, gain, saturate, config, nx, 
     # SEP's "has masked" bits now also count neighbours' pixels: keep them for bad pixels only
     neighbour_bits = APER_HASMASKED | APER_ALLMASKED
     flags = flags | ((kflag | fflag | aflag) & ~neighbour_bits)
-    bad = _touches_mask(mask, xw, yw, a_safe, b_safe, theta, np.where(small, 0.0, r_kron),
-                        np.where(small, max(radius, config.kron_min_radius), radius))
+    bad = (_touches_mask(mask, x, y, a_safe, b_safe, theta, np.where(small, 0.0, r_kron),
+                         np.where(small, config.kron_min_radius, 0.0))
+           | _touches_mask(mask, xw, yw, a_safe, b_safe, theta, 0.0, radius))
     flags |= np.where(bad, APER_HASMASKED | MASKED, 0)
     flags |= np.where(small, KRON_FALLBACK, 0)
     if saturate is not None:
@@ -287,19 +288,55 @@ def _measure(sub, rms, back, mask, objects, segmap, gain, saturate, config, nx, 
     return cols, fwhm_median, radius
 
 
-def _touches_mask(mask, x, y, a, b, theta, r_kron, radius):
-    """Whether each Kron ellipse (scale *r_kron*, 0 for none) or circle of *radius* holds a
-    masked pixel (NaN, Inf or flagged in the file)."""
-    if mask is None:
-        return np.zeros(len(x), bool)
-    bad = mask.astype(np.float32)
-    in_circle = sep.sum_circle(bad, x, y, radius, subpix=1)[0] > 0
-    kron = r_kron > 0
-    in_ellipse = np.zeros(len(x), bool)
+def _subset(own, sel):
+    """The segmentation/mask arguments for the sources selected by *sel*."""
+    return {**own, "seg_id": own["seg_id"][sel]}
+
+
+def _half_light_radius(sub, x, y, a, flux, own):
+    """SExtractor's FLUX_RADIUS: the radius of the circle holding half of the Kron flux.
+
+    SExtractor builds the growth curve out to 6a; it only has to reach the half-light radius,
+    so it is built to 3a first (a quarter of the pixels) and to 6a where the radius lies
+    beyond. Sources without a positive Kron flux are normalised by the flux within 6a.
+    subpix=3: radii within 0.4% (median) of subpix=11 at 60% of subpix=5's cost.
+    """
+    r_half = np.full(len(x), np.nan)
+    kron = flux > 0
     if kron.any():
-        in_ellipse[kron] = sep.sum_ellipse(bad, x[kron], y[kron], a[kron], b[kron], theta[kron],
-                                           r_kron[kron], subpix=1)[0] > 0
-    return in_circle | in_ellipse
+        rmax = np.maximum(3.0 * a[kron], 2.0)
+        r_half[kron] = sep.flux_radius(sub, x[kron], y[kron], rmax, 0.5, normflux=flux[kron],
+                                       subpix=3, **_subset(own, kron))[0]
+        beyond = np.zeros(len(x), bool)
+        beyond[kron] = ~np.isfinite(r_half[kron]) | (r_half[kron] >= 0.99 * rmax)
+        if beyond.any():
+            r_half[beyond] = sep.flux_radius(sub, x[beyond], y[beyond], 6.0 * a[beyond], 0.5,
+                                             normflux=flux[beyond], subpix=3,
+                                             **_subset(own, beyond))[0]
+    rest = ~kron
+    if rest.any():
+        r_half[rest] = sep.flux_radius(sub, x[rest], y[rest], 6.0 * a[rest], 0.5, subpix=3,
+                                       **_subset(own, rest))[0]
+    return r_half
+
+
+def _touches_mask(mask, x, y, a, b, theta, r_kron, radius):
+    """Whether each Kron ellipse (scale *r_kron*, 0 for none) or circle of *radius* (0 for
+    none) holds a masked pixel (NaN, Inf or flagged in the file)."""
+    n = len(x)
+    if mask is None:
+        return np.zeros(n, bool)
+    bad = mask.astype(np.float32)
+    out = np.zeros(n, bool)
+    r_kron, radius = np.broadcast_to(r_kron, n), np.broadcast_to(radius, n)
+    s = r_kron > 0
+    if s.any():
+        out[s] |= sep.sum_ellipse(bad, x[s], y[s], a[s], b[s], theta[s], r_kron[s],
+                                  subpix=1)[0] > 0
+    s = radius > 0
+    if s.any():
+        out[s] |= sep.sum_circle(bad, x[s], y[s], radius[s], subpix=1)[0] > 0
+    return out
 
 
 def _float(header, key):
