@@ -127,6 +127,16 @@ def test_cleanup_removes_everything_it_made_and_nothing_else(mocked_aws, package
     assert "already gone" in capsys.readouterr().out
 
 
+def test_cleanup_drops_the_database_with_its_views_and_tables(mocked_aws):
+    athena = boto3.client("athena")
+    athena.create_work_group(Name=aws_setup.WORKGROUP, Configuration={"ResultConfiguration": {
+        "OutputLocation": "s3://cat/athena-results/"}})
+    aws_setup._drop_tables(aws_setup.Names("x", "us-east-1", "111122223333"))
+    sent = [athena.get_query_execution(QueryExecutionId=q)["QueryExecution"]["Query"]
+            for q in athena.list_query_executions()["QueryExecutionIds"]]
+    assert sent == [f"DROP DATABASE IF EXISTS `{aws_setup.DATABASE}` CASCADE"]
+
+
 def test_cleanup_without_setup_is_a_clear_error(mocked_aws, capsys):
     assert _script("cleanup_aws").main(["--yes"]) == 1
     assert "nothing was set up" in capsys.readouterr().err

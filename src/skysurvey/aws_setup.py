@@ -319,9 +319,9 @@ def _delete_role() -> None:
 def _drop_tables(names: Names) -> None:
     from .athena import run_athena
 
-    for sql in ("DROP TABLE IF EXISTS `sources`", "DROP TABLE IF EXISTS `images`",
-                f"DROP DATABASE IF EXISTS `{DATABASE}`"):
-        run_athena(sql, database=DATABASE, workgroup=WORKGROUP, poll=0.5)
+    # CASCADE: the views, the dated/undated tables and any older plain tables (data stays in S3)
+    run_athena(f"DROP DATABASE IF EXISTS `{DATABASE}` CASCADE", database=DATABASE,
+               workgroup=WORKGROUP, poll=0.5)
 
 
 def cleanup_steps(names: Names) -> list[Step]:
