@@ -103,6 +103,20 @@ def _bright_isolated(field, sources, min_snr=100):
     return truth[ok], sources.iloc[idx[ok]]
 
 
+def test_half_light_radius_beyond_the_first_growth_curve_is_found():
+    """The growth curve is first built to 3a: a radius beyond it is measured out to 6a."""
+    yy, xx = np.mgrid[:101, :101]
+    sigma, total = 5.0, 1000.0
+    image = total / (2 * np.pi * sigma**2) * np.exp(-((xx - 50) ** 2 + (yy - 50) ** 2)
+                                                     / (2 * sigma**2))
+    own = {"segmap": np.zeros(image.shape, np.int32), "seg_id": np.array([1, 2], np.int32),
+           "mask": None}
+    # the first source's a (1.5 px) puts 1.1774 sigma beyond 3a; the second's (4 px) inside
+    r_half = detect._half_light_radius(image, np.array([50.0, 50.0]), np.array([50.0, 50.0]),
+                                       np.array([1.5, 4.0]), np.array([total, total]), own)
+    assert r_half == pytest.approx(1.1774 * sigma, rel=0.01)
+
+
 def test_masked_flag_marks_sources_near_bad_pixels_only(artefact_field):
     """MASKED means a NaN or flagged pixel in the apertures, never a neighbour's pixels."""
     field, sources, row = artefact_field
