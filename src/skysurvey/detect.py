@@ -229,7 +229,7 @@ def _measure(sub, rms, back, mask, objects, segmap, gain, saturate, config, nx, 
     a_safe, b_safe = np.maximum(a, 0.3), np.maximum(b, 0.3)
     # Every measurement leaves out the pixels of the other detected objects (segmentation map,
     # object i is label i + 1), as SExtractor masks neighbours; without it a deblended star's
-    # radius and Kron flux took in its neighbour's light (median 2.3x the true flux).
+    # radius and Kron flux took in its neighbour's light (median 2.1-2.7x the true flux).
     own = {"segmap": segmap, "seg_id": np.arange(1, n + 1, dtype=np.int32), "mask": mask}
     # Kron flux centred on the isophotal barycentre, as SExtractor's FLUX_AUTO, with its
     # circular fallback for tiny or undefined Kron radii
