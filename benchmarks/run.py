@@ -175,7 +175,8 @@ def bench_sextractor(cases, repeats):
     for size, n in cases:
         path = make_file(size, n)
         raw = path.read_bytes()
-        aperture = 2 * measure_image(read_fits(raw, name="x"), "x")[1]["aperture_radius"]
+        sources, row = measure_image(read_fits(raw, name="x"), "x")
+        aperture = 2 * row["aperture_radius"]
         runs = {}
         for kind, params in SEX_PARAMS.items():
             (conf / f"{kind}.param").write_text("\n".join(params) + "\n")
@@ -191,13 +192,15 @@ def bench_sextractor(cases, repeats):
         t_min, t_ours, t_eq = interleaved_times(
             [runs["minimal"], lambda raw=raw: handle(raw), runs["equivalent"]], repeats)
         theirs = np.loadtxt(conf / "cat.txt", ndmin=2)  # the equivalent run's catalog
-        mine = handle(raw).to_pandas()
+        mine = sources.to_pandas()
         dist, idx = cKDTree(theirs[:, :2] - 1.0).query(mine[["x", "y"]].to_numpy())  # 1-based
         matched = dist < 1.0
-        flux = mine["flux"].to_numpy()[matched] / theirs[idx[matched], 2]
-        aper = mine["flux_aper"].to_numpy()[matched] / theirs[idx[matched], 8]
-        radius = mine["fwhm"].to_numpy()[matched] / 2 / theirs[idx[matched], 10]
-        blended = (mine["flags"].to_numpy()[matched] & sep.OBJ_MERGED) > 0
+        ours, pairs = mine[matched], theirs[idx[matched]]
+        column = SEX_PARAMS["equivalent"].index
+        flux = ours["flux"].to_numpy() / pairs[:, column("FLUX_AUTO")]
+        aper = ours["flux_aper"].to_numpy() / pairs[:, column("FLUX_APER")]
+        radius = ours["fwhm"].to_numpy() / 2 / pairs[:, column("FLUX_RADIUS")]
+        blended = (ours["flags"].to_numpy() & sep.OBJ_MERGED) > 0
         rows.append([f"{size}²", n, len(mine), len(theirs), f"{t_ours:.3f}",
                      f"{t_min:.3f}", f"{t_eq:.3f}", f"{t_ours / t_min:.2f}",
                      f"{t_ours / t_eq:.2f}", f"{matched.mean():.3f}",

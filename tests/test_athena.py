@@ -90,6 +90,13 @@ def test_parameters_are_sql_literals():
         "10", "2.5", "'it''s'", "true"]
 
 
+@pytest.fixture
+def workgroup(moto_server):
+    boto3.client("athena").create_work_group(
+        Name="astronomy-workgroup",
+        Configuration={"ResultConfiguration": {"OutputLocation": "s3://cat/athena-results/"}})
+
+
 def _inject(server, rows, columns):
     body = {"results": [{"rows": [{"Data": [{"VarCharValue": v} for v in r]} for r in rows],
                          "column_info": columns}]}
@@ -105,10 +112,7 @@ def _col(name, type_):
             "CaseSensitive": False}
 
 
-def test_runner_returns_a_typed_dataframe_from_moto_over_http(moto_server):
-    boto3.client("athena").create_work_group(
-        Name="astronomy-workgroup",
-        Configuration={"ResultConfiguration": {"OutputLocation": "s3://cat/athena-results/"}})
+def test_runner_returns_a_typed_dataframe_from_moto_over_http(moto_server, workgroup):
     _inject(moto_server, [["band", "n_sources", "mean_mag", "ok"], ["g", "12", "21.5", "true"],
                           ["r", "30", None, "false"]],
             [_col("band", "varchar"), _col("n_sources", "bigint"), _col("mean_mag", "double"),
@@ -144,10 +148,7 @@ def test_failed_query_and_timeout_are_query_errors():
                               timeout=0.0, sleep=lambda s: None)
 
 
-def test_script_on_athena_reports_scan_and_cost(moto_server, capsys):
-    boto3.client("athena").create_work_group(
-        Name="astronomy-workgroup",
-        Configuration={"ResultConfiguration": {"OutputLocation": "s3://cat/athena-results/"}})
+def test_script_on_athena_reports_scan_and_cost(moto_server, workgroup, capsys):
     for _ in range(8):  # the check for existing tables and the 7 DDL statements come first
         _inject(moto_server, [], [])
     _inject(moto_server, [["total_sources", "total_images", "bands"], ["100", "2", "1"]],
@@ -173,10 +174,7 @@ def _table_rows(found):
             [_col("table_name", "varchar"), _col("table_type", "varchar")])
 
 
-def test_ensure_tables_replaces_an_older_plain_table_by_the_view(moto_server):
-    boto3.client("athena").create_work_group(
-        Name="astronomy-workgroup",
-        Configuration={"ResultConfiguration": {"OutputLocation": "s3://cat/athena-results/"}})
+def test_ensure_tables_replaces_an_older_plain_table_by_the_view(moto_server, workgroup):
     _inject(moto_server, *_table_rows([["sources", "BASE TABLE"], ["images", "BASE TABLE"]]))
     athena.ensure_tables("astronomy", "astronomy-workgroup", "s3://cat", poll=0.01)
     sent = _sent_queries()
@@ -187,10 +185,7 @@ def test_ensure_tables_replaces_an_older_plain_table_by_the_view(moto_server):
     assert [e["Query"] for e in sent[3:]] == athena.ddl_statements("astronomy", "s3://cat")
 
 
-def test_ensure_tables_sends_one_query_when_everything_exists(moto_server):
-    boto3.client("athena").create_work_group(
-        Name="astronomy-workgroup",
-        Configuration={"ResultConfiguration": {"OutputLocation": "s3://cat/athena-results/"}})
+def test_ensure_tables_sends_one_query_when_everything_exists(moto_server, workgroup):
     _inject(moto_server, *_table_rows([[k, v] for k, v in athena.EXPECTED_TABLES.items()]))
     athena.ensure_tables("astronomy", "astronomy-workgroup", "s3://cat", poll=0.01)
     assert [e["Query"] for e in _sent_queries()] == [athena.TABLES_SQL]
