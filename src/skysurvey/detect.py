@@ -158,8 +158,9 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
     ny, nx = data.shape
     try:
         bkg = _background(data, mask, config)
-        back, rms = bkg.back(), bkg.rms()
-        sub = data - back
+        rms = bkg.rms()
+        sub = data.copy()  # subtracted in place: no full-size background map is kept
+        bkg.subfrom(sub)
         if mask is not None:
             sub[mask] = 0.0
         objects, segmap = _extract(sub, bkg.globalrms, mask, config)
@@ -173,7 +174,7 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
     notes: list[str] = []
     wcs = _celestial(header, notes)
 
-    columns, fwhm_median, radius = _measure(sub, rms, back, mask, objects, segmap, gain,
+    columns, fwhm_median, radius = _measure(sub, rms, (bkg, data), mask, objects, segmap, gain,
                                             saturate, config, nx, ny)
     n = len(objects)
     ra = dec = np.full(n, np.nan)
@@ -212,6 +213,7 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
 
 
 def _measure(sub, rms, back, mask, objects, segmap, gain, saturate, config, nx, ny):
+    """Per-source columns; *back* is ``(sep.Background, the unsubtracted data)``."""
     n = len(objects)
     x, y = objects["x"].astype(float), objects["y"].astype(float)
     a, b = objects["a"].astype(float), objects["b"].astype(float)
@@ -265,7 +267,7 @@ def _measure(sub, rms, back, mask, objects, segmap, gain, saturate, config, nx, 
 
     xi = np.clip(np.rint(xw).astype(int), 0, nx - 1)
     yi = np.clip(np.rint(yw).astype(int), 0, ny - 1)
-    local_bkg = back[yi, xi]
+    local_bkg = _background_at(*back, sub, mask, xi, yi)
     peak = objects["peak"].astype(float)
     # SEP's "has masked" bits now also count neighbours' pixels: keep them for bad pixels only
     neighbour_bits = APER_HASMASKED | APER_ALLMASKED
@@ -287,6 +289,17 @@ def _measure(sub, rms, back, mask, objects, segmap, gain, saturate, config, nx, 
         "ellipticity": 1.0 - b_safe / a_safe, "npix": objects["npix"], "flags": flags,
     }
     return cols, fwhm_median, radius
+
+
+def _background_at(bkg, data, sub, mask, xi, yi):
+    """The background map at pixels (xi, yi): the data minus its background-subtracted copy,
+    or, where *sub* was zeroed (masked pixels), from the full map, built only then."""
+    local = data[yi, xi].astype(float) - sub[yi, xi]
+    if mask is not None:
+        hit = mask[yi, xi]
+        if hit.any():
+            local[hit] = bkg.back()[yi[hit], xi[hit]]
+    return local
 
 
 def _subset(own, sel):
