@@ -34,6 +34,11 @@ def expected_snr(flux):
     return flux / np.sqrt(flux / GAIN + 4 * np.pi * SIGMA**2 * PIXEL_VARIANCE)
 
 
+def sky_level(x, y, size):
+    """The sky (ADU) at pixel (x, y): SKY with a gentle gradient."""
+    return SKY * (1 + 0.02 * (x / size - 0.5) + 0.01 * (y / size - 0.5))
+
+
 def _wcs(size: int, sip: bool) -> WCS:
     header = fits.Header()
     ctype = "-SIP" if sip else ""
@@ -76,7 +81,7 @@ def draw_field(size=768, n_stars=400, *, seed=0, sip=False, cosmic_rays=0, dead_
         sy = slice(max(y0, 0), min(y0 + stamp.shape[0], size))
         model[sy, sx] += stamp[sy.start - y0:sy.stop - y0, sx.start - x0:sx.stop - x0]
     yy, xx = np.mgrid[:size, :size]
-    sky = SKY * (1 + 0.02 * (xx / size - 0.5) + 0.01 * (yy / size - 0.5))  # gentle gradient
+    sky = sky_level(xx, yy, size)
     electrons = rng.poisson((sky + model) * GAIN)
     data = electrons / GAIN + rng.normal(0, READ_NOISE / GAIN, model.shape)
     data = np.minimum(data, saturate).astype(np.float32)

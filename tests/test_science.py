@@ -6,12 +6,13 @@ The measured values are printed (``pytest -s``) so they can be quoted.
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import sep
 from astropy.io import fits
-from science_field import SIGMA, draw_field
+from science_field import SIGMA, draw_field, sky_level
 from scipy.spatial import cKDTree
 
 from skysurvey import detect
@@ -115,6 +116,25 @@ def test_half_light_radius_beyond_the_first_growth_curve_is_found():
     r_half = detect._half_light_radius(image, np.array([50.0, 50.0]), np.array([50.0, 50.0]),
                                        np.array([1.5, 4.0]), np.array([total, total]), own)
     assert r_half == pytest.approx(1.1774 * sigma, rel=0.01)
+
+
+def test_local_background_is_the_sky_even_on_a_masked_pixel(clean_field):
+    """The background column is the sky under each source, also where the pixel under the
+    source is NaN (there it comes from the background map, not from the data)."""
+    field, sources, _ = clean_field
+    size = field.data.shape[1]
+    sky = sky_level(sources["x"], sources["y"], size)
+    assert np.median(np.abs(sources["background"] - sky)) < 0.5
+    truth, _ = _bright_isolated(field, sources)
+    centres = truth.iloc[:3]
+    data = field.data.copy()
+    data[np.rint(centres["y"]).astype(int), np.rint(centres["x"]).astype(int)] = np.nan
+    holed, _ = _measure(replace(field, data=data))
+    dist, idx = _nearest(centres[["x", "y"]].to_numpy(), holed[["x", "y"]].to_numpy())
+    assert (dist < 1.0).all()
+    assert holed["background"].iloc[idx].to_numpy() == pytest.approx(
+        sky_level(centres["x"], centres["y"], size).to_numpy(), abs=1.0)
+    assert (holed["flags"].iloc[idx] & MASKED > 0).all()
 
 
 def test_masked_flag_marks_sources_near_bad_pixels_only(artefact_field):
