@@ -73,7 +73,9 @@ def ddl_statements(database: str, catalog_uri: str,
     return statements + views
 
 
-#: What ``ensure_tables`` expects to find, by name: the four tables and the two views.
+#: What ``ensure_tables`` expects to find, by name: the four tables and the two views. Athena's
+#: engine (Trino, Glue catalog through its Hive connector) reports ANSI table types: 'BASE TABLE'
+#: for tables, 'VIEW' for views. Anything else only makes the DDL run again (it is idempotent).
 EXPECTED_TABLES = {f"{t}_{kind}": "BASE TABLE" for t in ("sources", "images")
                    for kind in _NIGHT_PROJECTIONS} | {"sources": "VIEW", "images": "VIEW"}
 TABLES_SQL = ("SELECT table_name, table_type FROM information_schema.tables "
