@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -174,7 +175,8 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
     notes: list[str] = []
     wcs = _celestial(header, notes)
 
-    columns, fwhm_median, radius = _measure(sub, rms, (bkg, data), mask, objects, segmap, gain,
+    background_at = partial(_background_at, bkg, data, sub, mask)
+    columns, fwhm_median, radius = _measure(sub, rms, background_at, mask, objects, segmap, gain,
                                             saturate, config, nx, ny)
     n = len(objects)
     ra = dec = np.full(n, np.nan)
@@ -212,8 +214,8 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
     return table, row
 
 
-def _measure(sub, rms, back, mask, objects, segmap, gain, saturate, config, nx, ny):
-    """Per-source columns; *back* is ``(sep.Background, the unsubtracted data)``."""
+def _measure(sub, rms, background_at, mask, objects, segmap, gain, saturate, config, nx, ny):
+    """Per-source columns; ``background_at(xi, yi)`` is the background map at those pixels."""
     n = len(objects)
     x, y = objects["x"].astype(float), objects["y"].astype(float)
     a, b = objects["a"].astype(float), objects["b"].astype(float)
@@ -267,7 +269,7 @@ def _measure(sub, rms, back, mask, objects, segmap, gain, saturate, config, nx, 
 
     xi = np.clip(np.rint(xw).astype(int), 0, nx - 1)
     yi = np.clip(np.rint(yw).astype(int), 0, ny - 1)
-    local_bkg = _background_at(*back, sub, mask, xi, yi)
+    local_bkg = background_at(xi, yi)
     peak = objects["peak"].astype(float)
     # SEP's "has masked" bits now also count neighbours' pixels: keep them for bad pixels only
     neighbour_bits = APER_HASMASKED | APER_ALLMASKED
