@@ -25,8 +25,12 @@ def _tables(image_id, n, seed):
     cols["mag"][0] = np.nan  # a source without magnitude
     sources = pa.table({**cols, "image_id": [image_id] * n,
                         "source_id": np.arange(n, dtype=np.int32),
-                        "npix": np.full(n, 9, np.int32), "flags": np.zeros(n, np.int32)})
+                        "npix": np.full(n, 9, np.int32), "flags": np.zeros(n, np.int32),
+                        "_healpix_29": np.zeros(n, np.int64)})
     sources = sources.select(SOURCES_SCHEMA.names).cast(SOURCES_SCHEMA)
+    # the pipeline writes a missing magnitude as null, not NaN (SQL's avg skips only nulls)
+    sources = sources.set_column(sources.schema.get_field_index("mag"), "mag",
+                                 pa.array(cols["mag"], pa.float64(), from_pandas=True))
     images = pa.Table.from_pylist([{"image_id": image_id, "n_sources": n}], schema=IMAGES_SCHEMA)
     return sources, images
 

@@ -10,8 +10,9 @@ from skysurvey.errors import ConfigError, SkySurveyError
 
 DESIGN_SOURCE_COLUMNS = [
     "image_id", "source_id", "x", "y", "ra", "dec", "flux", "flux_err", "flux_aper",
-    "flux_aper_err", "mag", "mag_err", "snr", "peak", "background", "a", "b", "theta", "fwhm",
-    "ellipticity", "npix", "flags",
+    "flux_aper_err", "mag", "mag_err", "flux_apcorr", "flux_apcorr_err", "mag_apcorr",
+    "mag_apcorr_err", "class_star", "_healpix_29", "snr", "peak", "background", "a", "b",
+    "theta", "theta_world", "fwhm", "ellipticity", "npix", "flags",
 ]
 
 
@@ -20,7 +21,9 @@ def test_sources_schema_is_the_design_contract():
     types = dict(zip(schema.SOURCES_SCHEMA.names, schema.SOURCES_SCHEMA.types, strict=True))
     assert types["image_id"] == pa.string()
     assert types["source_id"] == types["npix"] == types["flags"] == pa.int32()
-    doubles = set(DESIGN_SOURCE_COLUMNS) - {"image_id", "source_id", "npix", "flags"}
+    assert types["_healpix_29"] == pa.int64()
+    doubles = set(DESIGN_SOURCE_COLUMNS) - {"image_id", "source_id", "npix", "flags",
+                                            "_healpix_29"}
     assert all(types[c] == pa.float64() for c in doubles)
 
 

@@ -4,4 +4,4 @@ The package is the one importable core shared by the scripts in ``scripts/``, th
 handler, the notebook and the tests.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -26,7 +26,7 @@ from .schema import IMAGES_SCHEMA, SOURCES_SCHEMA, partition_value
 DEFAULT_BANDS = ("u", "g", "r", "i", "z", "y", "unknown")
 PRICE_PER_TB = 5.0  # USD per TB scanned (us-east-1, checked 2026-11)
 MIN_BYTES = 10 * 2**20  # every query is billed at least 10 MB
-_TYPES = {pa.string(): "string", pa.int32(): "int", pa.float64(): "double",
+_TYPES = {pa.string(): "string", pa.int32(): "int", pa.int64(): "bigint", pa.float64(): "double",
           pa.bool_(): "boolean", pa.timestamp("ms"): "timestamp"}
 
 

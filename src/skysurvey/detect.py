@@ -195,7 +195,7 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
         arr = np.asarray(values, dtype=float)
         return pa.array(arr, type=pa.float64(), mask=~np.isfinite(arr))
 
-    table = pa.table({
+    table = _sources_table({
         "image_id": pa.array([image_id] * n, pa.string()),
         "source_id": pa.array(np.arange(n, dtype=np.int32)),
         "x": col(columns["x"]), "y": col(columns["y"]),
@@ -208,10 +208,17 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
         "fwhm": col(columns["fwhm"]), "ellipticity": col(columns["ellipticity"]),
         "npix": pa.array(np.asarray(columns["npix"], dtype=np.int32)),
         "flags": pa.array(np.asarray(columns["flags"], dtype=np.int32)),
-    }, schema=SOURCES_SCHEMA)
+    }, n)
     row = _image_row(image, image_id, header, wcs, bkg, n, fwhm_median, zp, zp_key, gain,
                      saturate, radius, config, notes)
     return table, row
+
+
+def _sources_table(columns: dict, n: int) -> pa.Table:
+    """The ``sources`` table in schema order; columns not measured here are null."""
+    arrays = [columns[f.name] if f.name in columns else pa.nulls(n, f.type)
+              for f in SOURCES_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=SOURCES_SCHEMA)
 
 
 def _measure(sub, rms, background_at, mask, objects, segmap, gain, saturate, config, nx, ny):

@@ -42,12 +42,19 @@ SOURCES_SCHEMA = pa.schema(
         pa.field("flux_aper_err", pa.float64()),
         pa.field("mag", pa.float64()),
         pa.field("mag_err", pa.float64()),
+        pa.field("flux_apcorr", pa.float64()),  # aperture flux corrected to total (stars)
+        pa.field("flux_apcorr_err", pa.float64()),  # includes the correction's uncertainty
+        pa.field("mag_apcorr", pa.float64()),  # from flux_apcorr: the magnitude for stars
+        pa.field("mag_apcorr_err", pa.float64()),
+        pa.field("class_star", pa.float64()),  # 0..1, 1 = point source
+        pa.field("_healpix_29", pa.int64()),  # NESTED HEALPix index at order 29 (HATS)
         pa.field("snr", pa.float64()),
         pa.field("peak", pa.float64()),
         pa.field("background", pa.float64()),
         pa.field("a", pa.float64()),
         pa.field("b", pa.float64()),
         pa.field("theta", pa.float64()),
+        pa.field("theta_world", pa.float64()),  # degrees east of north (null without WCS)
         pa.field("fwhm", pa.float64()),
         pa.field("ellipticity", pa.float64()),
         pa.field("npix", pa.int32()),
@@ -67,7 +74,18 @@ IMAGES_SCHEMA = pa.schema(
         pa.field("bkg_rms", pa.float64()),
         pa.field("fwhm_median", pa.float64()),  # pixels
         pa.field("zero_point", pa.float64()),
-        pa.field("zero_point_source", pa.string()),  # header keyword used, or null
+        pa.field("zero_point_source", pa.string()),  # 'reference', the header keyword, or null
+        pa.field("zero_point_err", pa.float64()),  # mag
+        pa.field("zero_point_rms", pa.float64()),  # mag, scatter of the calibration stars
+        pa.field("n_calib", pa.int32()),  # reference stars used for the zero point
+        pa.field("astrom_offset_ra", pa.float64()),  # arcsec, median (ours - reference)*cos(dec)
+        pa.field("astrom_offset_dec", pa.float64()),  # arcsec
+        pa.field("astrom_rms", pa.float64()),  # arcsec
+        pa.field("aperture_correction", pa.float64()),  # flux_apcorr / flux_aper (stars)
+        pa.field("aperture_correction_err", pa.float64()),
+        pa.field("fwhm_arcsec", pa.float64()),  # seeing
+        pa.field("depth_5sigma", pa.float64()),  # 5-sigma point-source limiting magnitude
+        pa.field("wcs_frame", pa.string()),  # the header's frame: icrs, fk5, fk4, galactic...
         pa.field("gain", pa.float64()),  # e-/ADU, null when unknown
         pa.field("saturate", pa.float64()),  # ADU, null when unknown
         pa.field("has_wcs", pa.bool_()),
@@ -86,6 +104,47 @@ IMAGES_SCHEMA = pa.schema(
         pa.field("seconds", pa.float64()),  # handler wall time for this image
         pa.field("processed_at", pa.timestamp("ms")),  # UTC
         pa.field("pipeline_version", pa.string()),
+    ]
+)
+
+# Survey tables written by scripts/build_objects.py (partitioned by a coarse HEALPix pixel,
+# ``<catalog>/<table>/hpx=<pixel>/part-*.parquet``; see objects.py for the partition order).
+OBJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("object_id", pa.int64(), nullable=False),
+        pa.field("ra", pa.float64()),  # ICRS, error-weighted mean
+        pa.field("dec", pa.float64()),
+        pa.field("ra_err", pa.float64()),  # arcsec (times cos dec)
+        pa.field("dec_err", pa.float64()),  # arcsec
+        pa.field("_healpix_29", pa.int64()),
+        pa.field("n_detections", pa.int32()),
+        pa.field("n_nights", pa.int32()),
+        pa.field("first_mjd", pa.float64()),
+        pa.field("last_mjd", pa.float64()),
+        pa.field("variable", pa.bool_()),
+        pa.field("transient_candidate", pa.bool_()),
+        pa.field("pipeline_version", pa.string()),
+    ]
+)
+
+OBJECT_PHOTOMETRY_SCHEMA = pa.schema(
+    [
+        pa.field("object_id", pa.int64(), nullable=False),
+        pa.field("band", pa.string()),
+        pa.field("n", pa.int32()),
+        pa.field("mean_mag", pa.float64()),
+        pa.field("mean_mag_err", pa.float64()),
+        pa.field("scatter", pa.float64()),
+        pa.field("chi2_reduced", pa.float64()),
+    ]
+)
+
+ASSOCIATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.int32(), nullable=False),
+        pa.field("object_id", pa.int64(), nullable=False),
+        pa.field("separation_arcsec", pa.float64()),
     ]
 )
 
