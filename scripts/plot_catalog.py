@@ -46,7 +46,8 @@ def _overlay(images_uri: str, image_ids: set[str], wanted: str | None):
         if image_id in image_ids and (wanted is None or image_id == wanted):
             source = store.local_path(key) if hasattr(store, "local_path") else store.read_bytes(
                 key)
-            return image_id, read_fits(source, name=store.url(key)).data
+            image = read_fits(source, name=store.url(key))
+            return image_id, image.data, image.header
     return None
 
 
@@ -70,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     truth = _truth_matches(sources, Path(args.truth)) if args.truth else None
-    for path in save_all(sources, args.output, image=image, truth=truth):
+    paths, skipped = save_all(sources, args.output, image=image, truth=truth)
+    for path in paths:
         print(path)
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
     return 0
 
 

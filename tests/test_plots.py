@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from conftest import load_script
+from matplotlib.colors import to_rgb
 from matplotlib.patches import Ellipse
 
 from skysurvey import plots
@@ -21,19 +23,78 @@ SOURCES = pd.DataFrame({
 })
 
 
-def test_image_overlay_draws_one_ellipse_per_source():
+def _wcs(size=50, ra=150.0, dec=2.2, scale_arcsec=0.25):
+    from astropy.wcs import WCS
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [ra, dec]
+    wcs.wcs.crpix = [size / 2 + 0.5, size / 2 + 0.5]
+    wcs.wcs.cdelt = [-scale_arcsec / 3600, scale_arcsec / 3600]
+    return wcs
+
+
+def test_importing_the_plots_keeps_the_notebook_backend():
+    """Jupyter's inline backend survives `import skysurvey.plots` (matplotlib.use("Agg") in the
+    library switched it off: the notebook showed no figure)."""
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('module://matplotlib_inline.backend_inline'); "
+            "import skysurvey.plots; print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={"PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == "module://matplotlib_inline.backend_inline"
+
+
+def test_plots_draw_into_the_axes_they_are_given():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    assert plots.plot_snr_histogram(SOURCES, ax=ax) is fig
+    assert plots.plot_sky_map(SOURCES, ax=ax) is fig
+    plt.close(fig)
+
+
+def test_image_overlay_draws_one_ellipse_per_source_in_pixels_without_wcs():
     fig = plots.plot_image_with_sources(np.random.default_rng(0).normal(size=(50, 50)), SOURCES)
     ellipses = [p for p in fig.axes[0].patches if isinstance(p, Ellipse)]
     assert len(ellipses) == 4
     assert ellipses[0].width == 2 * plots.ELLIPSE_SCALE * 2.0
     assert ellipses[1].angle == np.degrees(0.5)
+    assert fig.axes[0].get_xlabel() == "x [px]"
+    legend = fig.axes[0].get_legend().get_texts()[0].get_text()
+    assert "3 x (a, b)" in legend and "4 sources" in legend
 
 
-def test_sky_map_has_ra_increasing_to_the_left_and_skips_missing_coordinates():
+def test_image_overlay_with_wcs_has_sky_axes_band_and_north_east_arrows():
+    fig = plots.plot_image_with_sources(np.zeros((50, 50)), SOURCES, "a", wcs=_wcs(), band="g")
+    ax = fig.axes[0]
+    assert hasattr(ax, "coords")  # astropy WCSAxes: RA/Dec ticks and grid
+    assert ax.coords[0].get_axislabel() == "RA (ICRS)"
+    assert ax.get_title() == "a - band g"
+    arrows = {a.get_text(): a for a in ax.texts if a.get_text() in ("N", "E")}
+    assert set(arrows) == {"N", "E"}
+    # north up and east left for this WCS (CDELT1 < 0), from the arrow origin at (6, 6)
+    nx, ny = arrows["N"].get_position()
+    ex, ey = arrows["E"].get_position()
+    assert abs(nx - 6) < 0.1 and ny > 6 + 5
+    assert ex < 6 - 5 and abs(ey - 6) < 0.1
+
+
+def test_sky_map_equal_angles_bands_apart_and_overlap_said():
     fig = plots.plot_sky_map(SOURCES)
     ax = fig.axes[0]
     assert ax.xaxis_inverted()
-    assert len(ax.collections[0].get_offsets()) == 3
+    offsets = [len(c.get_offsets()) for c in ax.collections]
+    assert offsets == [2, 1]  # g, r; the source without RA/Dec is left out
+    assert ax.get_aspect() == pytest.approx(1 / np.cos(np.radians(2.1)))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "g: 2 detections", "r: 1 detections"]
+    assert "no overlap" in ax.get_title()
+    two = pd.concat([SOURCES.assign(image_id="a"), SOURCES.assign(image_id="b", band="r")])
+    assert plots.overlapping_images(two) == [("a", "b")]
+    assert "2 overlapping" in plots.plot_sky_map(two).axes[0].get_title()
 
 
 def test_histograms_count_every_source():
@@ -43,13 +104,41 @@ def test_histograms_count_every_source():
     assert len(fig.axes[0].get_legend().get_texts()) == 2  # one line per band
 
 
-def test_match_to_truth_pairs_nearest_within_radius():
-    truth = pd.DataFrame({"x": [10.5, 30.2, 100.0], "y": [5.0, 25.9, 100.0],
-                          "mag": [18.1, 20.1, 22.0], "flux": [1.0, 2.0, 3.0]})
+def test_empty_plots_are_refused_with_a_reason():
+    no_mag = SOURCES.assign(mag=np.nan)
+    with pytest.raises(plots.NothingToPlot, match="no magnitudes"):
+        plots.plot_magnitude_histogram(no_mag)
+    with pytest.raises(plots.NothingToPlot, match="no celestial WCS"):
+        plots.plot_sky_map(SOURCES.assign(ra=np.nan, dec=np.nan))
+    with pytest.raises(plots.NothingToPlot):
+        plots.plot_mag_vs_truth(plots.match_to_truth(no_mag, SOURCES))
+
+
+def test_match_to_truth_is_one_to_one():
+    truth = pd.DataFrame({"x": [10.5, 30.2, 100.0, 10.0], "y": [5.0, 25.9, 100.0, 6.0],
+                          "mag": [18.1, 20.1, 22.0, 23.0], "flux": [1.0, 2.0, 3.0, 4.0]})
     matched = plots.match_to_truth(SOURCES, truth, max_pix=1.5)
+    # (10, 5) is 0.5 px from truth 0 and 1.0 px from truth 3: one pair only, the closer one
     assert matched["true_mag"].tolist() == [18.1, 20.1]
     assert matched["mag"].tolist() == [18.0, 20.0]
+    assert matched["band"].tolist() == ["g", "r"]
     np.testing.assert_allclose(matched["sep"], [0.5, np.hypot(0.2, 0.9)])
+    # a truth pair around one detection: nearest-neighbour would use the detection twice
+    i, j, _ = plots.match_one_to_one(np.array([[0.0, 0.0], [5.0, 0.0]]),
+                                     np.array([[0.2, 0.0], [0.4, 0.0], [4.0, 0.0]]), 1.5)
+    assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == [(0, 0), (1, 2)]
+
+
+def test_mag_vs_truth_has_residual_panel_and_band_colours():
+    matched = pd.DataFrame({"band": list("gggrrr"), "true_mag": [18, 19, 20, 18, 19, 20.0],
+                            "mag": [18.1, 19.0, 19.9, 18.0, 19.2, 20.0]})
+    fig = plots.plot_mag_vs_truth(matched)
+    top, bottom = fig.axes
+    assert [c.get_facecolor()[0][:3].round(3).tolist() for c in top.collections] == [
+        list(np.round(to_rgb(plots.band_color(b)), 3)) for b in "gr"]
+    np.testing.assert_allclose(bottom.collections[0].get_offsets()[:, 1], [0.1, 0.0, -0.1],
+                               atol=1e-9)
+    assert bottom.get_ylabel() == "measured - true"
 
 
 def test_plot_script_writes_pngs_and_fails_cleanly_without_catalog(tmp_path, capsys):
@@ -79,5 +168,19 @@ def test_plot_script_writes_pngs_and_fails_cleanly_without_catalog(tmp_path, cap
     assert names == ["detections_a.png", "mag_vs_truth.png", "magnitudes.png", "sky_map.png",
                      "snr.png"]
     assert all((out / n).stat().st_size > 5000 for n in names)
+    capsys.readouterr()
+
+    # no magnitudes and no WCS: those plots are skipped with one line each, not drawn empty
+    pq.write_table(table.select(SOURCES_SCHEMA.names).cast(SOURCES_SCHEMA).set_column(
+        SOURCES_SCHEMA.get_field_index("mag"), "mag", pa.nulls(4, pa.float64())).set_column(
+        SOURCES_SCHEMA.get_field_index("ra"), "ra", pa.nulls(4, pa.float64())),
+        tmp_path / "cat" / key)
+    out2 = tmp_path / "plots2"
+    assert script.main(["--catalog", str(tmp_path / "cat"), "--images", str(images),
+                        "--output", str(out2)]) == 0
+    assert sorted(p.name for p in out2.glob("*.png")) == ["detections_a.png", "snr.png"]
+    err = capsys.readouterr().err
+    assert "skipped magnitudes.png: no magnitudes" in err
+    assert "skipped sky_map.png: no source has RA/Dec" in err
     assert script.main(["--catalog", str(tmp_path / "none"), "--output", str(out)]) == 1
     assert "no catalog here" in capsys.readouterr().err

@@ -1,16 +1,20 @@
-"""Figures for the demo and the notebook: each function takes data and returns a Figure.
+"""Figures for the demo, the run report and the notebook.
+
+Every function takes data (and an optional ``ax``), draws, and returns the matplotlib Figure.
+Nothing here chooses a backend: Jupyter keeps its inline backend (figures appear under the
+cell), scripts get matplotlib's default (Agg on a machine without a display). A plot that would
+come out empty raises :class:`NothingToPlot` with a one-line reason instead; :func:`save_all`
+turns that into a "skipped" line.
 
 Pixel coordinates are 0-based and images are drawn with ``origin="lower"``; RA grows to the
-left on sky maps, as on the sky.
+left on sky maps, as on the sky, and one degree of RA is drawn ``cos(Dec)`` as wide as one
+degree of Dec, so the map has the shape the sky has.
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -21,6 +25,13 @@ from .queries import dataset
 
 #: Ellipses are drawn at this many times the isophotal a, b (about the Kron aperture).
 ELLIPSE_SCALE = 3.0
+#: One colour per common band; other bands cycle through matplotlib's default colours.
+BAND_COLORS = {"u": "tab:purple", "g": "tab:green", "r": "tab:red", "i": "tab:brown",
+               "z": "tab:gray", "y": "tab:olive"}
+
+
+class NothingToPlot(ValueError):
+    """The data hold nothing this plot can show (no magnitudes, no WCS...); one-line reason."""
 
 
 def read_catalog(catalog_uri: str, table: str = "sources") -> pd.DataFrame:
@@ -28,96 +39,311 @@ def read_catalog(catalog_uri: str, table: str = "sources") -> pd.DataFrame:
     return dataset(catalog_uri, table).to_table().to_pandas()
 
 
-def plot_image_with_sources(data: np.ndarray, sources: pd.DataFrame, title: str = ""):
+def band_color(band, index: int = 0) -> str:
+    """The colour a band gets in every figure (unknown bands: the default cycle)."""
+    return BAND_COLORS.get(str(band).lower(), f"C{index % 10}")
+
+
+def _new_axes(ax, figsize, **subplot_kw):
+    """``(fig, ax)``: the given axes, or a new pyplot figure (so Jupyter shows it)."""
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize, subplot_kw=subplot_kw or None)
+    return fig, ax
+
+
+def _by_band(df: pd.DataFrame):
+    if "band" not in df or df["band"].isna().all():
+        return [("all", df)]
+    return list(df.groupby("band", sort=True))
+
+
+def image_wcs(header):
+    """The celestial WCS of a FITS header, or None when it has none (or a broken one)."""
+    import warnings
+
+    from astropy.wcs import WCS
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FITSFixedWarning and friends: only the answer counts
+            wcs = WCS(header, naxis=2)
+            if not wcs.has_celestial:
+                return None
+            wcs.all_pix2world([[0.0, 0.0]], 0)  # a broken WCS fails here
+            return wcs.celestial
+    except Exception:
+        return None
+
+
+def _north_east_arrows(ax, wcs, shape) -> None:
+    """N and E arrows from the image's lower-left corner, along the directions the WCS gives."""
+    import astropy.units as u
+    from astropy.wcs.utils import pixel_to_skycoord, proj_plane_pixel_scales, skycoord_to_pixel
+
+    ny, nx = shape
+    x0, y0 = 0.12 * nx, 0.12 * ny
+    length = 0.1 * min(nx, ny)
+    origin = pixel_to_skycoord(x0, y0, wcs, origin=0).icrs  # N/E of ICRS, whatever the frame
+    step = length * float(np.mean(proj_plane_pixel_scales(wcs))) * u.deg  # CUNIT: deg
+    for label, position_angle in (("N", 0.0), ("E", 90.0)):
+        tip = origin.directional_offset_by(position_angle * u.deg, step)
+        tx, ty = skycoord_to_pixel(tip, wcs, origin=0)
+        dx, dy = float(tx) - x0, float(ty) - y0
+        scale = length / (np.hypot(dx, dy) or 1.0)
+        dx, dy = dx * scale, dy * scale
+        ax.annotate("", xy=(x0 + dx, y0 + dy), xytext=(x0, y0),
+                    arrowprops={"arrowstyle": "->", "color": "yellow", "lw": 1.5})
+        ax.text(x0 + 1.3 * dx, y0 + 1.3 * dy, label, color="yellow", ha="center",
+                va="center", fontsize=11, fontweight="bold")
+
+
+def plot_image_with_sources(data: np.ndarray, sources: pd.DataFrame, title: str = "", *,
+                            wcs=None, band: str | None = None, ax=None):
+    """The image (zscale, asinh) with one ellipse per source at :data:`ELLIPSE_SCALE` x (a, b).
+
+    With a celestial *wcs* the axes are RA/Dec with a coordinate grid and N/E arrows; without
+    one, pixel axes. *band* goes into the title.
+    """
     from astropy.visualization import AsinhStretch, ImageNormalize, ZScaleInterval
 
-    fig, ax = plt.subplots(figsize=(8, 8))
+    if ax is None:
+        fig = plt.figure(figsize=(8, 8))
+        ax = fig.add_subplot(projection=wcs) if wcs is not None else fig.add_subplot()
+    fig = ax.figure
     norm = ImageNormalize(data, interval=ZScaleInterval(), stretch=AsinhStretch())
     ax.imshow(data, origin="lower", cmap="gray", norm=norm)
     for row in sources.itertuples():
         ax.add_patch(Ellipse((row.x, row.y), 2 * ELLIPSE_SCALE * row.a, 2 * ELLIPSE_SCALE * row.b,
                              angle=np.degrees(row.theta), fill=False, color="tab:red", lw=0.6))
-    ax.set(xlabel="x [px]", ylabel="y [px]", title=title or f"{len(sources)} sources")
+    ax.set_xlim(-0.5, data.shape[1] - 0.5)
+    ax.set_ylim(-0.5, data.shape[0] - 0.5)
+    proxy = Ellipse((0, 0), 1, 1, fill=False, color="tab:red", lw=1.0,
+                    label=f"{len(sources)} sources: ellipses at {ELLIPSE_SCALE:g} x (a, b), "
+                          "about the Kron aperture")
+    if hasattr(ax, "coords") and wcs is not None:
+        ax.coords[0].set_axislabel("RA (ICRS)")
+        ax.coords[1].set_axislabel("Dec (ICRS)")
+        ax.coords.grid(color="white", alpha=0.35, ls="dotted")
+        _north_east_arrows(ax, wcs, data.shape)
+    else:
+        ax.set(xlabel="x [px]", ylabel="y [px]")
+    ax.legend(handles=[proxy], loc="upper right", fontsize=8, framealpha=0.8)
+    parts = [p for p in (title, f"band {band}" if band else "") if p]
+    ax.set_title(" - ".join(parts) or f"{len(sources)} sources")
     return fig
 
 
-def plot_magnitude_histogram(sources: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    groups = sources.groupby("band") if "band" in sources else [("all", sources)]
-    for band, group in groups:
-        mags = group["mag"].dropna()
-        if len(mags):
-            ax.hist(mags, bins=np.arange(np.floor(mags.min()), np.ceil(mags.max()) + 0.25, 0.25),
-                    histtype="step", label=str(band))
-    ax.set(xlabel="magnitude", ylabel="sources", yscale="log", title="Magnitude distribution")
+def plot_magnitude_histogram(sources: pd.DataFrame, ax=None):
+    """Magnitude distribution, one step histogram per band (log counts)."""
+    if "mag" not in sources or sources["mag"].dropna().empty:
+        raise NothingToPlot("no magnitudes: no image has a zero point (MAGZERO/PHOTZP... or "
+                            "a reference catalog)")
+    fig, ax = _new_axes(ax, (7, 4.5))
+    mags = sources["mag"].dropna()
+    bins = np.arange(np.floor(mags.min()), np.ceil(mags.max()) + 0.25, 0.25)
+    for i, (band, group) in enumerate(_by_band(sources)):
+        values = group["mag"].dropna()
+        if len(values):
+            ax.hist(values, bins=bins, histtype="step", lw=1.5, color=band_color(band, i),
+                    label=f"{band} ({len(values)})")
+    ax.set(xlabel="magnitude", ylabel="sources per 0.25 mag", yscale="log",
+           title="Magnitude distribution")
     ax.legend(title="band")
     return fig
 
 
-def plot_sky_map(sources: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(7, 6))
+def overlapping_images(sources: pd.DataFrame) -> list[tuple[str, str]]:
+    """Pairs of images whose detections cover overlapping RA/Dec boxes."""
     sky = sources.dropna(subset=["ra", "dec"])
-    points = ax.scatter(sky["ra"], sky["dec"], c=sky["mag"], s=3, cmap="viridis_r")
-    fig.colorbar(points, ax=ax, label="magnitude")
+    boxes = sky.groupby("image_id").agg(ra0=("ra", "min"), ra1=("ra", "max"),
+                                        dec0=("dec", "min"), dec1=("dec", "max"))
+    ids = list(boxes.index)
+    pairs = []
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            p, q = boxes.loc[a], boxes.loc[b]
+            if p.ra0 <= q.ra1 and q.ra0 <= p.ra1 and p.dec0 <= q.dec1 and q.dec0 <= p.dec1:
+                pairs.append((a, b))
+    return pairs
+
+
+def plot_sky_map(sources: pd.DataFrame, ax=None):
+    """Detections on the sky, one colour per band, RA to the left, equal angular scales.
+
+    When images overlap (the same field in several bands or nights), a star is drawn once per
+    image: the title says how many images overlap.
+    """
+    sky = sources.dropna(subset=["ra", "dec"]) if {"ra", "dec"} <= set(sources) else sources[:0]
+    if sky.empty:
+        raise NothingToPlot("no source has RA/Dec: the images have no celestial WCS")
+    fig, ax = _new_axes(ax, (7, 6.5))
+    bands = _by_band(sky)
+    size = 3 if len(sky) > 2000 else 8
+    for i, (band, group) in enumerate(bands):
+        ax.scatter(group["ra"], group["dec"], s=size, alpha=0.6, lw=0,
+                   color=band_color(band, i), marker="os^Dv<>"[i % 7],
+                   label=f"{band}: {len(group)} detections")
+    dec0 = float(np.radians(sky["dec"].median()))
+    ax.set_aspect(1.0 / max(np.cos(dec0), 1e-3), adjustable="datalim")
     if not ax.xaxis_inverted():
         ax.invert_xaxis()  # east to the left
-    ax.set(xlabel="RA [deg]", ylabel="Dec [deg]", title="Sky map")
+    n_images = sky["image_id"].nunique() if "image_id" in sky else 1
+    pairs = overlapping_images(sky) if "image_id" in sky else []
+    note = (f"{n_images} images, {len({i for p in pairs for i in p})} overlapping: a star "
+            "appears once per image" if pairs else f"{n_images} image(s), no overlap")
+    ax.set(xlabel="RA [deg]", ylabel="Dec [deg]", title=f"Sky map\n{note}")
+    ax.legend(title="band", markerscale=2, fontsize=8)
     return fig
 
 
-def plot_snr_histogram(sources: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    snr = sources["snr"].dropna()
+def plot_snr_histogram(sources: pd.DataFrame, ax=None):
+    """Signal-to-noise distribution on a log axis, per band."""
+    snr = sources["snr"].dropna() if "snr" in sources else pd.Series(dtype=float)
     snr = snr[snr > 0]
-    bins = np.logspace(np.log10(max(snr.min(), 0.1)), np.log10(snr.max() * 1.01), 40) if len(
-        snr) else 10
-    ax.hist(snr, bins=bins)
-    ax.set(xscale="log", xlabel="SNR", ylabel="sources", title="SNR distribution")
+    if snr.empty:
+        raise NothingToPlot("no source with a positive SNR")
+    fig, ax = _new_axes(ax, (7, 4.5))
+    bins = np.logspace(np.log10(max(snr.min(), 0.1)), np.log10(snr.max() * 1.01), 40)
+    groups = _by_band(sources)
+    values = [g["snr"][g["snr"] > 0].dropna() for _, g in groups]
+    ax.hist(values, bins=bins, stacked=True, label=[f"{b} ({len(v)})" for (b, _), v in
+                                                     zip(groups, values, strict=True)],
+            color=[band_color(b, i) for i, (b, _) in enumerate(groups)])
+    ax.axvline(5, color="k", lw=0.8, ls="--", label="SNR 5")
+    ax.set(xscale="log", xlabel="SNR (flux / flux_err)", ylabel="sources",
+           title="SNR distribution (stacked by band)")
+    ax.legend(title="band", fontsize=8)
     return fig
+
+
+def match_one_to_one(found: np.ndarray, truth: np.ndarray, max_sep: float):
+    """Pairs ``(i_found, i_truth, sep)``: closest pairs first, each row used at most once.
+
+    Greedy closest-first matching within *max_sep*: a detection is never paired with two truth
+    sources (nearest-neighbour matching does that with blends, making false outliers).
+    """
+    from scipy.spatial import cKDTree
+
+    if len(found) == 0 or len(truth) == 0:
+        return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
+    pairs = cKDTree(found).sparse_distance_matrix(cKDTree(truth), max_sep, output_type="ndarray")
+    order = np.argsort(pairs["v"], kind="stable")
+    used_f, used_t = set(), set()
+    keep = []
+    for k in order:
+        i, j = int(pairs["i"][k]), int(pairs["j"][k])
+        if i not in used_f and j not in used_t:
+            used_f.add(i)
+            used_t.add(j)
+            keep.append(k)
+    keep = np.asarray(keep, dtype=int)
+    return pairs["i"][keep].astype(int), pairs["j"][keep].astype(int), pairs["v"][keep]
 
 
 def match_to_truth(sources: pd.DataFrame, truth: pd.DataFrame, max_pix: float = 1.5):
-    """Nearest detection (pixel space) for every truth source within *max_pix*."""
-    from scipy.spatial import cKDTree
+    """Detections matched one-to-one (pixel space, within *max_pix*) to a truth catalog.
 
+    One row per pair: measured ``mag``, ``flux``, the truth's ``true_mag``, ``true_flux``, the
+    separation ``sep`` (pixels), and ``band``/``image_id`` when the sources have them.
+    """
+    columns = ["image_id", "band", "mag", "true_mag", "flux", "true_flux", "sep"]
     if sources.empty or truth.empty:
-        return pd.DataFrame(columns=["mag", "true_mag", "flux", "true_flux", "sep"])
-    dist, idx = cKDTree(sources[["x", "y"]].to_numpy()).query(truth[["x", "y"]].to_numpy())
-    ok = dist <= max_pix
-    found = sources.iloc[idx[ok]].reset_index(drop=True)
-    true = truth[ok].reset_index(drop=True)
-    return pd.DataFrame({"mag": found["mag"], "true_mag": true["mag"], "flux": found["flux"],
-                         "true_flux": true["flux"], "sep": dist[ok]})
+        return pd.DataFrame(columns=columns)
+    i, j, sep = match_one_to_one(sources[["x", "y"]].to_numpy(float),
+                                 truth[["x", "y"]].to_numpy(float), max_pix)
+    found = sources.iloc[i].reset_index(drop=True)
+    true = truth.iloc[j].reset_index(drop=True)
+    out = pd.DataFrame({
+        "image_id": found.get("image_id"), "band": found.get("band"),
+        "mag": found.get("mag", np.nan), "true_mag": true.get("mag", np.nan),
+        "flux": found["flux"], "true_flux": true["flux"], "sep": sep})
+    return out.sort_values("true_mag" if "mag" in true else "sep", kind="stable").reset_index(
+        drop=True)
 
 
-def plot_mag_vs_truth(matched: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ax.scatter(matched["true_mag"], matched["mag"], s=4)
-    if len(matched):
-        lo, hi = matched["true_mag"].min(), matched["true_mag"].max()
-        ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, label="1:1")
-        ax.legend()
-    ax.set(xlabel="true magnitude", ylabel="measured magnitude", title="Measured vs true")
+def plot_mag_vs_truth(matched: pd.DataFrame, ax=None):
+    """Measured against true magnitude (one-to-one matches), coloured by band, with residuals.
+
+    *ax*, when given, is a pair of axes: the comparison and the residual panel below it.
+    """
+    ok = matched.dropna(subset=["mag", "true_mag"]) if len(matched) else matched
+    if ok.empty:
+        raise NothingToPlot("no matched source has both a measured and a true magnitude")
+    if ax is None:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 7.5), sharex=True,
+                                          gridspec_kw={"height_ratios": [3, 1.3]})
+    else:
+        top, bottom = ax
+        fig = top.figure
+    lo, hi = ok["true_mag"].min(), ok["true_mag"].max()
+    for i, (band, group) in enumerate(_by_band(ok)):
+        color = band_color(band, i)
+        top.scatter(group["true_mag"], group["mag"], s=5, color=color, alpha=0.7, lw=0,
+                    label=f"{band} ({len(group)})")
+        bottom.scatter(group["true_mag"], group["mag"] - group["true_mag"], s=5, color=color,
+                       alpha=0.7, lw=0)
+    top.plot([lo, hi], [lo, hi], color="k", lw=0.8, label="1:1")
+    residual = ok["mag"] - ok["true_mag"]
+    edges = np.arange(np.floor(lo), np.ceil(hi) + 0.5, 0.5)
+    centres, medians = [], []
+    for a, b in itertools.pairwise(edges):
+        sel = residual[(ok["true_mag"] >= a) & (ok["true_mag"] < b)]
+        if len(sel) >= 5:
+            centres.append((a + b) / 2)
+            medians.append(float(sel.median()))
+    bottom.axhline(0, color="k", lw=0.8)
+    if centres:
+        bottom.plot(centres, medians, color="k", lw=1.5, ls="--", label="median per 0.5 mag")
+        bottom.legend(fontsize=8, loc="lower left")
+    spread = max(0.3, float(np.nanpercentile(np.abs(residual), 95)) * 1.2)
+    bottom.set_ylim(-spread, spread)
+    top.set(ylabel="measured magnitude (Kron)",
+            title=f"Measured vs true: {len(ok)} one-to-one matches")
+    top.legend(title="band", fontsize=8)
+    bottom.set(xlabel="true magnitude", ylabel="measured - true")
     return fig
 
 
-def save_all(sources: pd.DataFrame, out_dir, *, image: tuple[str, np.ndarray] | None = None,
-             truth: pd.DataFrame | None = None) -> list[Path]:
-    """Write every figure as PNG into *out_dir*; returns the paths."""
+def save_figure(fig, path) -> Path:
+    """Write *fig* as PNG and close it (pyplot keeps figures alive until closed)."""
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def save_all(sources: pd.DataFrame, out_dir, *, image: tuple | None = None,
+             truth: pd.DataFrame | None = None, extra: dict | None = None):
+    """Write every figure that has something to show as PNG into *out_dir*.
+
+    *image* is ``(image_id, data)`` or ``(image_id, data, header)`` (the header gives WCS axes
+    and the band); *truth* the output of :func:`match_to_truth`; *extra* maps names to callables
+    returning a figure. Returns ``(paths, skipped)``: the PNG paths and one
+    ``"<name>.png: <reason>"`` line per plot that had nothing to show.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figures = {"magnitudes": plot_magnitude_histogram(sources), "sky_map": plot_sky_map(sources),
-               "snr": plot_snr_histogram(sources)}
+    makers = {"magnitudes": lambda: plot_magnitude_histogram(sources),
+              "sky_map": lambda: plot_sky_map(sources),
+              "snr": lambda: plot_snr_histogram(sources)}
     if image is not None:
-        image_id, data = image
+        image_id, data, *rest = image
+        header = rest[0] if rest else None
         on_image = sources[sources["image_id"] == image_id]
-        figures[f"detections_{image_id}"] = plot_image_with_sources(data, on_image, image_id)
+        band = on_image["band"].iloc[0] if "band" in on_image and len(on_image) else None
+        wcs = image_wcs(header) if header is not None else None
+        makers[f"detections_{image_id}"] = lambda: plot_image_with_sources(
+            data, on_image, image_id, wcs=wcs, band=band)
     if truth is not None:
-        figures["mag_vs_truth"] = plot_mag_vs_truth(truth)
-    paths = []
-    for name, fig in figures.items():
-        path = out / f"{name}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        paths.append(path)
-    return paths
+        makers["mag_vs_truth"] = lambda: plot_mag_vs_truth(truth)
+    makers.update(extra or {})
+    paths, skipped = [], []
+    for name, make in makers.items():
+        try:
+            fig = make()
+        except NothingToPlot as exc:
+            skipped.append(f"{name}.png: {exc}")
+            continue
+        paths.append(save_figure(fig, out / f"{name}.png"))
+    return paths, skipped
