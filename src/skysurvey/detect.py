@@ -13,7 +13,6 @@ once, the pixel stack is grown only for a crowded field and restored after it.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -21,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 import sep
 from astropy.time import Time
-from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
+from .astrometry import celestial_wcs, frame_name, healpix_29, pixel_to_icrs, sky_positions
 from .errors import ImageDataError
 from .fitsread import FitsImage
 from .schema import SOURCES_SCHEMA
@@ -138,18 +137,8 @@ def _background(data, mask, config):
 
 
 def _celestial(header, warnings_out):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            wcs = WCS(header, naxis=2)
-            if not wcs.has_celestial:
-                warnings_out.append("no celestial WCS")
-                return None
-            wcs.all_pix2world([[0.0, 0.0]], 0)  # a broken WCS fails here
-        return wcs
-    except Exception as exc:
-        warnings_out.append(f"broken WCS ({type(exc).__name__})")
-        return None
+    """The celestial WCS (None without one; the reason goes to *warnings_out*)."""
+    return celestial_wcs(header, warnings_out)[0]
 
 
 def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | None = None):
@@ -179,9 +168,9 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
     columns, fwhm_median, radius = _measure(sub, rms, background_at, mask, objects, segmap, gain,
                                             saturate, config, nx, ny)
     n = len(objects)
-    ra = dec = np.full(n, np.nan)
-    if wcs is not None and n:
-        ra, dec = wcs.all_pix2world(columns["x"], columns["y"], 0)
+    ra = dec = theta_world = np.full(n, np.nan)
+    if wcs is not None and n:  # ICRS whatever the header's frame (astrometry.py)
+        ra, dec, theta_world = sky_positions(wcs, columns["x"], columns["y"], columns["theta"])
     flux, flux_err = columns["flux"], columns["flux_err"]
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(flux_err > 0, flux / flux_err, np.nan)
@@ -199,7 +188,8 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
         "image_id": pa.array([image_id] * n, pa.string()),
         "source_id": pa.array(np.arange(n, dtype=np.int32)),
         "x": col(columns["x"]), "y": col(columns["y"]),
-        "ra": col(ra), "dec": col(dec),
+        "ra": col(ra), "dec": col(dec), "_healpix_29": _healpix_column(ra, dec),
+        "theta_world": col(theta_world),
         "flux": col(flux), "flux_err": col(flux_err),
         "flux_aper": col(columns["flux_aper"]), "flux_aper_err": col(columns["flux_aper_err"]),
         "mag": col(mag), "mag_err": col(mag_err), "snr": col(snr),
@@ -212,6 +202,12 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
     row = _image_row(image, image_id, header, wcs, bkg, n, fwhm_median, zp, zp_key, gain,
                      saturate, radius, config, notes)
     return table, row
+
+
+def _healpix_column(ra, dec) -> pa.Array:
+    """``_healpix_29`` (int64, NESTED, order 29), null where there is no position."""
+    index = healpix_29(ra, dec)
+    return pa.array(index, type=pa.int64(), mask=index < 0)
 
 
 def _sources_table(columns: dict, n: int) -> pa.Table:
@@ -375,7 +371,7 @@ def _image_row(image, image_id, header, wcs, bkg, n, fwhm_median, zp, zp_key, ga
     ny, nx = image.data.shape
     ra_c = dec_c = scale = None
     if wcs is not None:
-        ra_c, dec_c = (float(v) for v in wcs.all_pix2world([[(nx - 1) / 2, (ny - 1) / 2]], 0)[0])
+        ra_c, dec_c = (float(v[0]) for v in pixel_to_icrs(wcs, [(nx - 1) / 2], [(ny - 1) / 2]))
         scale = float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
     mjd = _float(header, "MJD-OBS")
     date_obs = header.get("DATE-OBS")
@@ -390,6 +386,7 @@ def _image_row(image, image_id, header, wcs, bkg, n, fwhm_median, zp, zp_key, ga
         "bkg_median": float(bkg.globalback), "bkg_rms": float(bkg.globalrms),
         "fwhm_median": fwhm_median, "zero_point": zp, "zero_point_source": zp_key,
         "gain": gain, "saturate": saturate, "has_wcs": wcs is not None,
+        "wcs_frame": frame_name(wcs) if wcs is not None else None,
         "ra_center": ra_c, "dec_center": dec_c, "pixel_scale": scale,
         "exptime": _float(header, "EXPTIME"), "mjd": mjd,
         "date_obs": str(date_obs) if date_obs else None,
