@@ -25,6 +25,9 @@ from skysurvey.errors import SkySurveyError
 from skysurvey.pipeline import PipelineConfig, catalog_image
 from skysurvey.storage import open_store
 
+#: Where the raw bucket keeps its images (``upload_to_s3.py`` writes below it).
+RAW_IMAGES_PREFIX = "images/"
+
 log = logging.getLogger("skysurvey.handler")
 if not log.handlers:  # Lambda's root logger already writes to CloudWatch; locally, stderr
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
@@ -39,15 +42,46 @@ def _as_uri(bucket: str) -> str:
 
 
 def parse_event(event: dict) -> list[tuple[str, str, str | None]]:
-    """``(raw bucket URI, key, catalog URI or None)`` for every image the event names."""
+    """``(raw store URI, key below it, catalog URI or None)`` for every image the event names.
+
+    The raw store is rooted at the input folder (see :func:`raw_root`), so the key below it is
+    what the image id is made of. A missing or non-string field raises ValueError.
+    """
+    if not isinstance(event, dict):
+        raise ValueError(f"the event is a {type(event).__name__}, not an object")
     if "Records" in event:
         return [
-            (_as_uri(r["s3"]["bucket"]["name"]), unquote_plus(r["s3"]["object"]["key"]), None)
+            (*raw_root(_as_uri(_text(r["s3"]["bucket"]["name"], "bucket")),
+                       unquote_plus(_text(r["s3"]["object"]["key"], "key"))), None)
             for r in event["Records"]
         ]
     if "bucket" in event and "key" in event:
-        return [(_as_uri(event["bucket"]), event["key"], event.get("catalog_bucket"))]
+        catalog = event.get("catalog_bucket")
+        return [(*raw_root(_as_uri(_text(event["bucket"], "bucket")), _text(event["key"], "key"),
+                           event.get("input_prefix")),
+                 None if catalog is None else _text(catalog, "catalog_bucket"))]
     raise ValueError("the event has neither 'Records' nor 'bucket' and 'key'")
+
+
+def _text(value, field: str) -> str:
+    """*value* when it is a non-empty string; a ValueError naming *field* otherwise."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{field!r} must be a non-empty string, not {value!r}")
+    return value
+
+
+def raw_root(raw_uri: str, key: str, prefix: str | None = None) -> tuple[str, str]:
+    """Root the raw store at the input folder: ``(store URI, key below it)``.
+
+    Image ids are the path below the input folder (DESIGN "Image ids"): *prefix* when the event
+    names one (the Lambda backend sends the prefix it listed), else ``images/`` for keys under
+    it, else the bucket itself.
+    """
+    for root in (prefix, RAW_IMAGES_PREFIX):
+        root = (root or "").strip("/")
+        if root and key.startswith(root + "/"):
+            return f"{raw_uri.rstrip('/')}/{root}", key[len(root) + 1:]
+    return raw_uri, key
 
 
 def pipeline_config() -> PipelineConfig:

@@ -17,7 +17,7 @@ from skysurvey.storage import LocalStore
 @pytest.fixture
 def stores(tmp_path):
     (tmp_path / "raw" / "images").mkdir(parents=True)
-    return LocalStore(tmp_path / "raw"), LocalStore(tmp_path / "catalog")
+    return LocalStore(tmp_path / "raw" / "images"), LocalStore(tmp_path / "catalog")
 
 
 def _parquet_files(root):
@@ -26,8 +26,8 @@ def _parquet_files(root):
 
 def test_one_image_gives_both_tables_at_the_layout_keys(stores):
     raw, catalog = stores
-    truth = draw_fits(raw.root / "images" / "field_r_001.fits", n_stars=10, seed=1)
-    reply = catalog_image(raw, "images/field_r_001.fits", catalog)
+    truth = draw_fits(raw.root / "field_r_001.fits", n_stars=10, seed=1)
+    reply = catalog_image(raw, "field_r_001.fits", catalog)
 
     assert reply["status"] == "ok", reply
     assert reply["error"] is None
@@ -47,7 +47,7 @@ def test_one_image_gives_both_tables_at_the_layout_keys(stores):
     for x, y, _ in truth:
         assert np.hypot(*(xy - (x, y)).T).min() < 1.0
     row = images.to_pylist()[0]
-    assert row["source_key"] == str(raw.root / "images" / "field_r_001.fits")
+    assert row["source_key"] == str(raw.root / "field_r_001.fits")
     assert row["pipeline_version"] == __version__
     assert row["width"] == row["height"] == 128
     assert row["seconds"] > 0
@@ -56,19 +56,19 @@ def test_one_image_gives_both_tables_at_the_layout_keys(stores):
 
 def test_reprocessing_replaces_the_files_with_identical_sources(stores):
     raw, catalog = stores
-    draw_fits(raw.root / "images" / "a.fits", seed=2)
-    assert catalog_image(raw, "images/a.fits", catalog)["status"] == "ok"
+    draw_fits(raw.root / "a.fits", seed=2)
+    assert catalog_image(raw, "a.fits", catalog)["status"] == "ok"
     path = catalog.root / "sources/band=r/night=2026-03-14/a.parquet"
     first = path.read_bytes()
-    assert catalog_image(raw, "images/a.fits", catalog)["status"] == "ok"
+    assert catalog_image(raw, "a.fits", catalog)["status"] == "ok"
     assert path.read_bytes() == first  # deterministic measurement, deterministic bytes
     assert len(_parquet_files(catalog.root)) == 2
 
 
 def test_a_bad_image_is_an_error_reply_and_writes_nothing(stores):
     raw, catalog = stores
-    (raw.root / "images" / "broken.fits").write_bytes(b"SIMPLE  =                    T" + b"x" * 50)
-    reply = catalog_image(raw, "images/broken.fits", catalog)
+    (raw.root / "broken.fits").write_bytes(b"SIMPLE  =                    T" + b"x" * 50)
+    reply = catalog_image(raw, "broken.fits", catalog)
     assert reply["status"] == "error"
     assert reply["n_sources"] == 0 and reply["catalog_key"] is None
     assert "broken.fits" in reply["error"] and "\n" not in reply["error"]
@@ -77,7 +77,7 @@ def test_a_bad_image_is_an_error_reply_and_writes_nothing(stores):
 
 def test_a_missing_object_is_an_error_reply(stores):
     raw, catalog = stores
-    reply = catalog_image(raw, "images/nope.fits", catalog)
+    reply = catalog_image(raw, "nope.fits", catalog)
     assert reply["status"] == "error"
     assert reply["error"].endswith("nope.fits: no such file")
 
@@ -94,8 +94,8 @@ class _FailingImagesStore(LocalStore):
 def test_a_failed_write_undoes_the_sources_file(stores, tmp_path):
     raw, _ = stores
     catalog = _FailingImagesStore(tmp_path / "catalog")
-    draw_fits(raw.root / "images" / "b.fits", seed=3)
-    reply = catalog_image(raw, "images/b.fits", catalog)
+    draw_fits(raw.root / "b.fits", seed=3)
+    reply = catalog_image(raw, "b.fits", catalog)
     assert reply["status"] == "error"
     assert "No space left on device" in reply["error"]
     assert _parquet_files(catalog.root) == []  # no sources file without its image record
@@ -108,17 +108,17 @@ class _ThrottledStore(LocalStore):
 
 def test_transient_errors_raise_only_when_asked(stores, tmp_path):
     raw, _ = stores
-    draw_fits(raw.root / "images" / "c.fits", seed=4)
+    draw_fits(raw.root / "c.fits", seed=4)
     catalog = _ThrottledStore(tmp_path / "catalog")
-    assert catalog_image(raw, "images/c.fits", catalog)["status"] == "error"
+    assert catalog_image(raw, "c.fits", catalog)["status"] == "error"
     with pytest.raises(StorageError, match="SlowDown"):
-        catalog_image(raw, "images/c.fits", catalog, raise_transient=True)
+        catalog_image(raw, "c.fits", catalog, raise_transient=True)
 
 
 def test_memory_budget_refuses_before_measuring(stores):
     raw, catalog = stores
-    draw_fits(raw.root / "images" / "d.fits", seed=5)
-    reply = catalog_image(raw, "images/d.fits", catalog, PipelineConfig(max_memory_bytes=1000))
+    draw_fits(raw.root / "d.fits", seed=5)
+    reply = catalog_image(raw, "d.fits", catalog, PipelineConfig(max_memory_bytes=1000))
     assert reply["status"] == "error"
     assert "d.fits" in reply["error"] and "MB" in reply["error"]
 
@@ -130,11 +130,11 @@ def test_run_local_in_a_pool_keeps_going_past_bad_images(tmp_path):
         draw_fits(raw / "images" / f"img_{i}.fits", seed=10 + i, band="gi"[i % 2])
     (raw / "images" / "zero.fits").write_bytes(b"")
     (raw / "images" / "notes.txt").write_text("not an image")
-    keys = runner.list_images(str(raw), "images/")
-    assert keys == [f"images/img_{i}.fits" for i in range(3)] + ["images/zero.fits"]
+    keys = runner.list_images(str(raw / "images"))
+    assert keys == [f"img_{i}.fits" for i in range(3)] + ["zero.fits"]
 
     seen = []
-    replies = runner.run_local(str(raw), keys, str(tmp_path / "cat"), workers=2,
+    replies = runner.run_local(str(raw / "images"), keys, str(tmp_path / "cat"), workers=2,
                                on_done=seen.append)
     assert [r["key"] for r in replies] == keys  # in the order asked, whatever the finish order
     assert [r["status"] for r in replies] == ["ok", "ok", "ok", "error"]

@@ -84,8 +84,8 @@ def test_s3_batch_with_every_bad_kind(tmp_path, mocked_aws):
     s3.create_bucket(Bucket="cat")
     for path in (tmp_path / "in").iterdir():
         s3.upload_file(str(path), "raw", f"images/{path.name}")
-    raw, cat = S3Store("raw"), S3Store("cat")
-    replies = [catalog_image(raw, k, cat, BUDGET) for k in runner.list_images("s3://raw")]
+    raw, cat = S3Store("raw", "images"), S3Store("cat")
+    replies = [catalog_image(raw, k, cat, BUDGET) for k in runner.list_images("s3://raw/images")]
     _check(replies, expected)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="cat").get("Contents", [])]
     assert len(keys) == 2 * (len(GOOD) + 1)
@@ -164,7 +164,7 @@ def test_s3_slowdown_and_500s_are_retried_then_succeed(tmp_path, mocked_aws):
         return None
 
     s3.meta.events.register("before-send.s3.PutObject", flaky)
-    reply = catalog_image(S3Store("raw"), "images/a.fits", S3Store("cat"))
+    reply = catalog_image(S3Store("raw", "images"), "a.fits", S3Store("cat"))
     assert failures["n"] == 2
     assert reply["status"] == "ok", reply
 
@@ -186,8 +186,8 @@ def test_permanent_access_denied_fails_only_that_image(tmp_path, mocked_aws):
 
     s3.meta.events.register("before-send.s3.GetObject", deny_b)
     s3.meta.events.register("before-send.s3.HeadObject", deny_b)
-    replies = [catalog_image(S3Store("raw"), k, S3Store("cat")) for k in
-               ("images/a.fits", "images/b.fits")]
+    replies = [catalog_image(S3Store("raw", "images"), k, S3Store("cat")) for k in
+               ("a.fits", "b.fits")]
     assert replies[0]["status"] == "ok"
     assert replies[1]["status"] == "error" and "b.fits" in replies[1]["error"]
     assert "denied" in replies[1]["error"].lower() or "403" in replies[1]["error"]

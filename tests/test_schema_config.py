@@ -42,16 +42,41 @@ def test_images_schema_has_the_design_minimum_and_millisecond_timestamps():
     ("name", "expected"),
     [
         ("sky_r_001.fits", "sky_r_001"),
-        ("images/night1/sky_r_001.fits.fz", "sky_r_001"),
+        ("night1/sky_r_001.fits.fz", "night1__sky_r_001"),
+        ("a/b/c.fits", "a__b__c"),
         ("a.b.FIT.gz", "a.b"),
         ("x.fts.bz2", "x"),
         ("m31 ü.fits", "m31 ü"),
         ("c.fz", "c"),
+        ("_calib.fits", "_calib"),
+        ("..fits", "."),
     ],
 )
-def test_image_id_strips_directories_and_every_fits_extension(name, expected):
+def test_image_id_is_the_relative_path_without_fits_extensions(name, expected):
     assert schema.is_fits_name(name)
     assert schema.image_id_from_name(name) == expected
+
+
+@pytest.mark.parametrize(
+    ("image_id", "stem"),
+    [
+        ("field", "field"),
+        ("_calib", "%5Fcalib"),
+        (".dotted", "%2Edotted"),
+        (".", "%2E"),
+        (".tmp-x", "%2Etmp-x"),
+        ("%5Fcalib", "%255Fcalib"),  # a literal '%' is encoded too, so no two ids share a name
+        ("50%_done", "50%25_done"),
+        ("a_b.c", "a_b.c"),
+        ("line\nbreak\x1b[31m", "line%0Abreak%1B[31m"),
+        ("m31 ü", "m31 ü"),
+    ],
+)
+def test_catalog_file_names_never_start_with_underscore_or_dot_and_decode_back(image_id, stem):
+    assert schema.catalog_file_stem(image_id) == stem
+    assert schema.image_id_from_file_stem(stem) == image_id
+    keys = schema.catalog_keys(image_id, "r", "2026-03-14")
+    assert keys["sources"] == f"sources/band=r/night=2026-03-14/{stem}.parquet"
 
 
 @pytest.mark.parametrize("name", ["notes.txt", "image.fits.zip", ".fits", "catalog.parquet"])

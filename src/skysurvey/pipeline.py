@@ -81,11 +81,11 @@ def catalog_image(
     """
     config = config or PipelineConfig()
     start = time.perf_counter()
-    image_id = image_id_from_name(key)
-    reply = {"status": "error", "image_id": image_id, "key": key, "n_sources": 0,
+    reply = {"status": "error", "image_id": None, "key": key, "n_sources": 0,
              "catalog_key": None, "seconds": 0.0, "error": None}
     written: list[str] = []
     try:
+        reply["image_id"] = image_id = image_id_from_name(key)
         image = _read(raw_store, key, config)
         sources, row = measure_image(image, image_id, config.detection)
         band, night = observation_partition(image.header)

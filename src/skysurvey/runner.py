@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import PurePosixPath
 
 from .pipeline import PipelineConfig, catalog_image
-from .schema import image_id_from_name, is_fits_name
+from .schema import image_id_from_file_stem, image_id_from_name, is_fits_name
 from .storage import LocalStore, open_store
 
 
@@ -28,7 +29,7 @@ def catalogued_image_ids(catalog_uri: str) -> set[str]:
     store = open_store(catalog_uri)
     if isinstance(store, LocalStore) and not store.root.is_dir():
         return set()  # first run: no catalog folder yet
-    return {image_id_from_name(i.key.removesuffix(".parquet") + ".fits")
+    return {image_id_from_file_stem(PurePosixPath(i.key).name.removesuffix(".parquet"))
             for i in store.list("images/") if i.key.endswith(".parquet")}
 
 

@@ -3,14 +3,17 @@
 Every Parquet file the pipeline writes has exactly one of the two schemas below, whatever the
 data (an empty catalog keeps the schema; no column's type is inferred). ``band`` and ``night``
 are not columns of the files: they are the Hive partition keys of the layout
-``<catalog>/sources/band=<band>/night=<YYYY-MM-DD>/<image_id>.parquet`` and appear as columns
-when the dataset is read as a partitioned table (DuckDB ``hive_partitioning``, Athena).
+``<catalog>/sources/band=<band>/night=<YYYY-MM-DD>/<file stem>.parquet`` and appear as columns
+when the dataset is read as a partitioned table (DuckDB ``hive_partitioning``, Athena). The file
+stem is the image id, percent-encoded where a Parquet reader would otherwise skip the file
+(:func:`catalog_file_stem`).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
+from urllib.parse import unquote
 
 import pyarrow as pa
 
@@ -166,14 +169,50 @@ def is_fits_name(name: str) -> bool:
     return split_fits_name(name) is not None
 
 
-def image_id_from_name(name: str) -> str:
-    """The image id: the file name without its directory and FITS extensions.
+def image_id_from_name(key: str) -> str:
+    """The image id of an input: its path below the input folder, FITS extensions removed.
 
-    >>> image_id_from_name("images/night1/sky_r_001.fits.fz")
-    'sky_r_001'
+    *key* is relative to the input folder (or to ``images/`` in the raw bucket); folders are
+    joined with ``__``, so every image of a tree gets its own id. Two inputs can still map to
+    one id (``x.fits`` beside ``x.fits.gz``, ``a__b/c.fits`` beside ``a/b__c.fits``): the
+    runner refuses such pairs by name.
+
+    >>> image_id_from_name("night1/sky_r_001.fits.fz")
+    'night1__sky_r_001'
     """
-    parts = split_fits_name(name)
-    return parts[0] if parts else PurePosixPath(name).name
+    parts = [p for p in PurePosixPath(key).parts if p not in ("", ".", "/")]
+    if not parts:
+        return ""
+    fits_parts = split_fits_name(parts[-1])
+    parts[-1] = fits_parts[0] if fits_parts else parts[-1]
+    return ID_SEPARATOR.join(parts)
+
+
+#: Joins the folders of an input's relative path in its image id.
+ID_SEPARATOR = "__"
+
+# Characters percent-encoded in catalog file names: '%' itself (so the encoding can be undone),
+# control characters anywhere, and a leading '_' or '.' (Parquet readers skip such files).
+_ENCODE_ANYWHERE = re.compile(r"[%\x00-\x1f\x7f]")
+
+
+def catalog_file_stem(image_id: str) -> str:
+    """The file name (without ``.parquet``) of an image's catalog files.
+
+    The id itself, except that ``%``, control characters and a leading ``_`` or ``.`` are
+    percent-encoded (``_calib`` -> ``%5Fcalib``, ``.x`` -> ``%2Ex``, ``50%`` -> ``50%25``), so
+    no catalog file is hidden from Parquet readers and :func:`image_id_from_file_stem` gives
+    the id back (the encoding is injective). The table keeps the id unencoded.
+    """
+    stem = _ENCODE_ANYWHERE.sub(lambda m: f"%{ord(m.group()):02X}", image_id)
+    if stem[:1] in ("_", "."):
+        stem = f"%{ord(stem[0]):02X}{stem[1:]}"
+    return stem
+
+
+def image_id_from_file_stem(stem: str) -> str:
+    """Undo :func:`catalog_file_stem`."""
+    return unquote(stem)
 
 
 def partition_value(value: str | None) -> str:
@@ -187,7 +226,8 @@ def catalog_keys(image_id: str, band: str | None, night: str | None) -> dict[str
     """Relative keys of the two Parquet files of one image, by table name."""
     b, n = partition_value(band), partition_value(night)
     return {
-        table: f"{table}/band={b}/night={n}/{image_id}.parquet" for table in ("sources", "images")
+        table: f"{table}/band={b}/night={n}/{catalog_file_stem(image_id)}.parquet"
+        for table in ("sources", "images")
     }
 
 
