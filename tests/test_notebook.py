@@ -1,6 +1,8 @@
 """The notebook runs top to bottom, headless, on a tiny generated sample: with local folders, and
 with s3:// buckets on a real HTTP moto server (the kernel is another process: it reaches moto
-through AWS_ENDPOINT_URL exactly as it would reach S3)."""
+through AWS_ENDPOINT_URL exactly as it would reach S3). The kernel keeps its default (inline)
+matplotlib backend, as in Jupyter: every cell tagged ``figure`` must show an image.
+The committed .ipynb is exactly what tools/make_notebook.py generates."""
 
 from __future__ import annotations
 
@@ -11,18 +13,57 @@ from nbclient import NotebookClient
 
 from skysurvey.config import REPO_ROOT
 
-pytestmark = pytest.mark.slow
+NOTEBOOK = REPO_ROOT / "notebooks" / "sky_analysis.ipynb"
+
+
+def _generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_notebook",
+                                                  REPO_ROOT / "tools" / "make_notebook.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_notebook_is_the_generators_output_with_stable_ids():
+    generator = _generator()
+    assert NOTEBOOK.read_text(encoding="utf-8") == generator.render()
+    assert generator.render() == generator.render()  # same ids every time
+    nb = nbformat.reads(generator.render(), as_version=4)
+    nbformat.validate(nb)
+    ids = [c.id for c in nb.cells]
+    assert len(set(ids)) == len(ids) and ids[0] == "s00-0" and ids[1] == "s01-0"
+    assert all(c.get("outputs", []) == [] and c.get("execution_count") is None
+               for c in nb.cells if c.cell_type == "code")
+    headings = [c.source.splitlines()[0] for c in nb.cells
+                if c.cell_type == "markdown" and c.source.startswith("## ")]
+    assert len(headings) >= 7
+    # every section opens with prose that says what to look at
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("## "):
+            assert "**Look at:**" in cell.source, cell.source.splitlines()[0]
+
+
+def _figure_cells(nb):
+    return [c for c in nb.cells if "figure" in c.metadata.get("tags", [])]
 
 
 def _run_notebook(tmp_path, monkeypatch):
     monkeypatch.setenv("SKYSURVEY_SAMPLE_DIR", str(tmp_path / "sample"))
     monkeypatch.setenv("SKYSURVEY_SAMPLE_SIZE", "384")
     monkeypatch.setenv("SKYSURVEY_OUTPUT_DIR", str(tmp_path / "out"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(REPO_ROOT / "notebooks" / "sky_analysis.ipynb", as_version=4)
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's default, as in Jupyter
+    nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(c.get("outputs", []) == [] for c in nb.cells if c.cell_type == "code")
     NotebookClient(nb, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
+    figures = _figure_cells(nb)
+    assert len(figures) >= 5
+    for cell in figures:
+        images = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert len(images) == 1, (cell.id, cell.source, [o.get("output_type") for o in
+                                                         cell.outputs])
     exported = pd.read_parquet(tmp_path / "out" / "sources.parquet")
     assert len(exported) > 20 and exported["image_id"].nunique() == 3
     stats = pd.read_csv(tmp_path / "out" / "source_statistics.csv")
@@ -33,6 +74,7 @@ def _run_notebook(tmp_path, monkeypatch):
     return outputs
 
 
+@pytest.mark.slow
 def test_notebook_runs_and_exports(tmp_path, monkeypatch):
     monkeypatch.setenv("BUCKET_RAW", str(tmp_path / "raw"))
     monkeypatch.setenv("BUCKET_CATALOG", str(tmp_path / "catalog"))
@@ -41,6 +83,7 @@ def test_notebook_runs_and_exports(tmp_path, monkeypatch):
     assert len(list((tmp_path / "catalog" / "sources").rglob("*.parquet"))) == 3
 
 
+@pytest.mark.slow
 def test_notebook_on_s3_buckets(tmp_path, monkeypatch, moto_server):
     import boto3
 
