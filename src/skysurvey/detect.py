@@ -25,6 +25,8 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 from .astrometry import celestial_wcs, frame_name, healpix_29, pixel_to_icrs, sky_positions
 from .errors import ImageDataError
 from .fitsread import FitsImage
+from .psf import image_columns as psf_image_columns
+from .psf import measure as measure_psf
 from .schema import SOURCES_SCHEMA
 
 # SEP's own flag bits (object and aperture flags share one mask in the catalog)
@@ -167,6 +169,8 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
     background_at = partial(_background_at, bkg, data, sub, mask)
     columns, fwhm_median, radius = _measure(sub, rms, background_at, mask, objects, segmap, gain,
                                             saturate, config, nx, ny)
+    # point-source photometry and class_star from the image's own stars (psf.py)
+    psf_model, psf_columns = measure_psf(sub, rms, segmap, mask, columns, radius, gain)
     n = len(objects)
     ra = dec = theta_world = np.full(n, np.nan)
     if wcs is not None and n:  # ICRS whatever the header's frame (astrometry.py)
@@ -198,9 +202,11 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
         "fwhm": col(columns["fwhm"]), "ellipticity": col(columns["ellipticity"]),
         "npix": pa.array(np.asarray(columns["npix"], dtype=np.int32)),
         "flags": pa.array(np.asarray(columns["flags"], dtype=np.int32)),
+        **{name: col(values) for name, values in psf_columns.items()},
     }, n)
     row = _image_row(image, image_id, header, wcs, bkg, n, fwhm_median, zp, zp_key, gain,
                      saturate, radius, config, notes)
+    row.update(psf_image_columns(psf_model, row))
     return table, row
 
 
