@@ -3,44 +3,66 @@
     python scripts/query_with_athena.py --query all
     python scripts/query_with_athena.py --query bright_sources --param 50
     python scripts/query_with_athena.py --sql "SELECT band, count(*) AS n FROM sources GROUP BY 1"
+    python scripts/query_with_athena.py --sql "SELECT * FROM sources" --output sources.fits
 
 The same SQL text is meant for Athena (``--engine athena``), where the tables have the same names.
-Exit status 0 on success, 1 when a query fails, 2 on bad usage.
+``--output`` writes CSV, Parquet, FITS, VOTable (.vot/.xml) or DS9 regions (.reg), with units
+and UCDs where the format holds them (skysurvey.export). ``--query all`` saves one CSV per query
+in a new run folder under data/output/queries/ and prints each path; an existing file is never
+replaced without ``--force``. Exit status 0 on success, 1 when a query fails, 2 on bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
-from skysurvey.config import OUTPUT_DIR, get_setting
-from skysurvey.errors import SkySurveyError
-from skysurvey.queries import NAMED_QUERIES, get_named, run_query
+try:
+    from skysurvey import cli
+    from skysurvey.config import OUTPUT_DIR, get_setting
+    from skysurvey.errors import SkySurveyError
+    from skysurvey.export import FORMATS, export_format, write_table
+    from skysurvey.queries import NAMED_QUERIES, get_named, run_query
+except ModuleNotFoundError as exc:  # run outside the project's environment
+    raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
+                     "first)") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Run the named queries or custom SQL over the Parquet catalog.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="example: python scripts/query_with_athena.py --query source_statistics",
+        formatter_class=cli.HelpFormatter,
+        epilog="examples:\n  python scripts/query_with_athena.py --query source_statistics\n"
+               "  python scripts/query_with_athena.py --sql \"SELECT * FROM sources WHERE snr > ?\""
+               " --param 20 --output bright.vot",
     )
-    parser.add_argument("--engine", choices=("duckdb", "athena"), default="duckdb")
+    cli.add_version(parser)
+    parser.add_argument("--engine", choices=("duckdb", "athena"), default="duckdb",
+                        help="duckdb: local SQL over the Parquet files (no account); athena: "
+                             "the same SQL on AWS Athena (billed per byte scanned)")
     parser.add_argument("--catalog", default=None, help="catalog folder or s3:// URI "
                         "(default: BUCKET_CATALOG)")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--query", default=None, help="a named query, or 'all' (default)")
     what.add_argument("--sql", default=None, help="custom SQL over the tables sources, images")
-    what.add_argument("--list", action="store_true", help="list the named queries")
+    what.add_argument("--list", action="store_true",
+                      help="list the named queries and their default thresholds")
     parser.add_argument("--param", action="append", default=None,
                         help="a value bound to the next ? in the SQL (repeatable)")
-    parser.add_argument("--output", default=None, help="save the result (.csv or .parquet)")
+    parser.add_argument("--output", default=None,
+                        help="save the result of one query: " + ", ".join(FORMATS)
+                             + " (FITS/VOTable/Parquet carry units)")
     parser.add_argument("--database", default=None, help="Athena database "
                         "(default: ATHENA_DATABASE)")
     parser.add_argument("--workgroup", default=None, help="Athena workgroup "
                         "(default: ATHENA_WORKGROUP)")
     parser.add_argument("--output-dir", default=None,
-                        help="with --query all: one CSV per query (default: data/output)")
+                        help="with --query all: one CSV per query (default: a new folder "
+                             "data/output/queries/<UTC time>/)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace files that --output or --output-dir would overwrite")
     return parser
 
 
@@ -53,12 +75,32 @@ def _value(text: str):
     return text
 
 
-def _save(df, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        df.to_parquet(path, index=False)
-    else:
-        df.to_csv(path, index=False)
+def _run_folder() -> Path:
+    """A new folder for this run's query exports (earlier runs are kept)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder, n = OUTPUT_DIR / "queries" / stamp, 1
+    while folder.exists():
+        n += 1
+        folder = OUTPUT_DIR / "queries" / f"{stamp}-{n}"
+    return folder
+
+
+def _pixel_scales(run, df) -> dict | None:
+    """Pixel scale by image id, for DS9 sky ellipses (None when the result has no image ids)."""
+    if "image_id" not in df.columns or "pixel_scale" in df.columns:
+        return None
+    scales, _ = run("SELECT image_id, pixel_scale FROM images", [])
+    return dict(zip(scales["image_id"], scales["pixel_scale"], strict=True))
+
+
+def _why_empty(engine: str) -> str:
+    if engine == "athena":
+        return ("(no rows) Athena returned an empty result. Possible reasons: the catalog "
+                "has no images yet (run scripts/invoke_lambda.py --backend lambda), the "
+                "tables point at another bucket or prefix (--catalog, BUCKET_CATALOG), a "
+                "partition was never registered, a typo in a value; under moto, Athena runs "
+                "no SQL and answers only what a test queued.")
+    return "(no rows) nothing in the catalog matches this query."
 
 
 def _duckdb(catalog: str):
@@ -90,10 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list:
         for name, q in NAMED_QUERIES.items():
-            print(f"{name:<20} {q.description}")
+            defaults = (f"  (default: {', '.join(f'? = {p}' for p in q.params)})"
+                        if q.params else "")
+            print(f"{name:<20} {q.description}{defaults}")
         return 0
-    if args.output and Path(args.output).suffix not in (".csv", ".parquet"):
-        parser.error("--output must end in .csv or .parquet")
+    if args.output:
+        try:
+            export_format(args.output)
+        except SkySurveyError as exc:
+            parser.error(f"--output: {exc.cause}")
+        if Path(args.output).exists() and not args.force:
+            parser.error(f"--output {args.output} already exists: add --force to replace it")
     catalog = get_setting("BUCKET_CATALOG", args.catalog)
     params = [_value(p) for p in args.param] if args.param is not None else None
     if args.sql:
@@ -109,8 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.output and len(jobs) > 1:
         parser.error("--output takes one query; use --output-dir with --query all")
     out_dir = Path(args.output_dir) if args.output_dir else (
-        OUTPUT_DIR if len(jobs) > 1 else None)
+        _run_folder() if len(jobs) > 1 else None)
+    if out_dir is not None and not args.force:
+        existing = [n for n, _, _ in jobs if (out_dir / f"{n}.csv").exists()]
+        if existing:
+            parser.error(f"{out_dir} already holds {', '.join(existing)}.csv: add --force to "
+                         "replace them, or leave out --output-dir for a new run folder")
     run = _duckdb(catalog) if args.engine == "duckdb" else _athena(args, catalog)
+    saved = []
     for name, sql, bound in jobs:
         try:
             df, note = run(sql, bound)
@@ -118,15 +173,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"\n== {name} ==")
-        print(df.to_string(index=False))
+        print(df.to_string(index=False) if len(df) else _why_empty(args.engine))
         if note:
             print(note)
-        if args.output:
-            _save(df, Path(args.output))
-        elif out_dir is not None:
-            _save(df, out_dir / f"{name}.csv")
+        try:
+            if args.output:
+                scales = _pixel_scales(run, df) if export_format(args.output) == "ds9" else None
+                saved.append(write_table(df, args.output, pixel_scales=scales))
+            elif out_dir is not None:
+                saved.append(write_table(df, out_dir / f"{name}.csv"))
+        except SkySurveyError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    for path in saved:
+        print(f"saved {path}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

@@ -1,0 +1,53 @@
+"""What every script's command line shares: help format, ``--version``, quiet broken pipes.
+
+    parser = argparse.ArgumentParser(..., formatter_class=cli.HelpFormatter)
+    cli.add_version(parser)
+    ...
+    if __name__ == "__main__":
+        raise SystemExit(cli.run(main))
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from . import __version__
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows ``(default: X)`` once: not when the help already says it, nor for None/False.
+
+    (argparse's own formatter appends ``(default: None)`` after a help text that already
+    named the setting the default comes from, e.g. ``(default: BUCKET_RAW) (default: None)``.)
+    The description and epilog keep their line breaks (examples stay readable).
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("(default" in text or "%(default)" in text or action.default is None
+                or action.default is False or action.default is argparse.SUPPRESS
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """``--version``: the script's name and the skysurvey version it runs."""
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s (skysurvey {__version__})")
+
+
+def run(main: Callable[[], int]) -> int:
+    """Call *main*; a reader that stops early (``| head``) ends the run quietly, status 0."""
+    try:
+        status = main()
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # Python's recipe: point stdout at devnull so the interpreter's final flush is silent
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

@@ -1,0 +1,232 @@
+"""Query results and catalogs as files astronomy tools open: CSV, Parquet, FITS, VOTable, DS9.
+
+The format follows the file name's suffix (:data:`FORMATS`). Units, descriptions and UCDs come
+from :data:`skysurvey.units.COLUMN_META`:
+
+- **FITS** (``.fits``, ``.fit``): a binary table with ``TUNITn``, plus ``TCOMMn`` (description)
+  and ``TUCDn`` (UCD), which TOPCAT shows and astropy does not write by itself.
+- **VOTable** (``.vot``, ``.xml``): every FIELD with ``unit``, ``ucd`` and a DESCRIPTION.
+- **Parquet** (``.parquet``): astropy's ``table_meta_yaml`` schema metadata, so
+  ``Table.read`` gives units; pandas, DuckDB and pyarrow read it as usual.
+- **CSV** (``.csv``): plain values (no units: use one of the others for that).
+- **DS9 regions** (``.reg``): ICRS ellipses at :data:`ELLIPSE_SCALE` x (a, b), about the Kron
+  aperture, oriented by ``theta_world``; sources without sky coordinates (or without the
+  columns a sky ellipse needs) in image coordinates, labelled with their image.
+
+Every writer goes through a temporary file renamed into place: a failed export leaves nothing
+half-written, and an existing file is replaced only when ``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import SkySurveyError
+from .units import annotate, meta_for, with_astropy_metadata
+
+FORMATS: dict[str, str] = {".csv": "csv", ".parquet": "parquet", ".fits": "fits",
+                           ".fit": "fits", ".vot": "votable", ".xml": "votable", ".reg": "ds9"}
+#: Ellipses (plots and DS9 regions) are drawn at this many times a, b: about the Kron aperture.
+ELLIPSE_SCALE = 3.0
+
+
+class ExportError(SkySurveyError):
+    """The result cannot be written in the requested format (or the file already exists)."""
+
+
+def export_format(path: str | os.PathLike) -> str:
+    """The format name for *path*'s suffix; an unknown suffix raises :class:`ExportError`."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ExportError(str(path), f"unknown format {suffix or '(no suffix)'}: use one of "
+                          + ", ".join(FORMATS))
+    return FORMATS[suffix]
+
+
+def _plain(df: pd.DataFrame) -> pd.DataFrame:
+    """Datetimes as ISO strings (FITS and VOTable have no datetime column type)."""
+    out = df.copy()
+    for name in out.columns:
+        if pd.api.types.is_datetime64_any_dtype(out[name]):
+            out[name] = out[name].dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3].astype(object)
+            out.loc[df[name].isna(), name] = None
+    return out
+
+
+def to_astropy(df: pd.DataFrame):
+    """An astropy Table of *df* with units, descriptions and ``meta['ucd']`` on known columns."""
+    from astropy.table import Table
+
+    table = Table.from_pandas(_plain(df), index=False)
+    annotate(table)
+    return table
+
+
+def _fits_bytes(df: pd.DataFrame) -> bytes:
+    import io
+
+    from astropy.io import fits
+
+    table = to_astropy(df)
+    hdu = fits.table_to_hdu(table)
+    hdu.name = "SOURCES" if {"ra", "dec", "source_id"} <= set(df.columns) else "RESULT"
+    for i, name in enumerate(table.colnames, start=1):
+        info = meta_for(name)
+        if info is None:
+            continue
+        hdu.header.set(f"TCOMM{i}", info.description[:68], after=f"TTYPE{i}")
+        if info.ucd:
+            hdu.header.set(f"TUCD{i}", info.ucd, after=f"TCOMM{i}")
+    buffer = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buffer)
+    return buffer.getvalue()
+
+
+def _votable_bytes(df: pd.DataFrame) -> bytes:
+    import io
+
+    from astropy.io.votable import from_table
+
+    votable = from_table(to_astropy(df))
+    resource_table = votable.get_first_table()
+    resource_table.name = "result"
+    buffer = io.BytesIO()
+    votable.to_xml(buffer)
+    return buffer.getvalue()
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    import io
+
+    table = with_astropy_metadata(pa.Table.from_pandas(df, preserve_index=False))
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="snappy")
+    return buffer.getvalue()
+
+
+def _csv_bytes(df: pd.DataFrame) -> bytes:
+    return df.to_csv(index=False).encode("utf-8")
+
+
+def _fmt(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}"
+
+
+def ds9_regions(df: pd.DataFrame, pixel_scales: Mapping[str, float] | float | None = None,
+                *, color: str = "green") -> str:
+    """DS9 region text for the rows of *df* (one region per row).
+
+    Rows with ``ra``, ``dec``, ``a``, ``b``, ``theta_world`` and a pixel scale (a
+    ``pixel_scale`` column, or *pixel_scales* by ``image_id``, or one number) become ICRS
+    ellipses whose semi-axes are :data:`ELLIPSE_SCALE` x (a, b) in arcsec; DS9's angle is
+    ``theta_world + 90`` (DS9 measures from the RA axis, theta_world is east of north). Rows
+    with pixel shapes but no sky orientation become image-coordinate ellipses (1-based, as
+    DS9 counts); rows with only ``ra``/``dec`` become 1-arcsec circles.
+    """
+    if "ra" not in df.columns and "x" not in df.columns:
+        raise ValueError("regions need ra/dec or x/y columns (select them in the SQL)")
+    lines = ["# Region file format: DS9 version 4.1",
+             f"# skysurvey export: {len(df)} rows; ellipses at {ELLIPSE_SCALE:g} x (a, b), "
+             "about the Kron aperture",
+             f"global color={color} width=1 font=\"helvetica 9 normal roman\""]
+    current = None
+    for row in df.to_dict("records"):
+        label = _label(row)
+        scale = _pixel_scale(row, pixel_scales)
+        sky = _finite(row.get("ra"), row.get("dec"))
+        shape = _finite(row.get("a"), row.get("b"))
+        if sky and shape and scale and _finite(row.get("theta_world")):
+            region, system = (f"ellipse({_fmt(row['ra'], 7)},{_fmt(row['dec'], 7)},"
+                              f"{_fmt(ELLIPSE_SCALE * row['a'] * scale, 3)}\","
+                              f"{_fmt(ELLIPSE_SCALE * row['b'] * scale, 3)}\","
+                              f"{_fmt((row['theta_world'] + 90.0) % 180.0, 2)})"), "icrs"
+        elif shape and _finite(row.get("x"), row.get("y"), row.get("theta")):
+            region, system = (f"ellipse({_fmt(row['x'] + 1, 2)},{_fmt(row['y'] + 1, 2)},"
+                              f"{_fmt(ELLIPSE_SCALE * row['a'], 2)},"
+                              f"{_fmt(ELLIPSE_SCALE * row['b'], 2)},"
+                              f"{_fmt(math.degrees(row['theta']) % 180.0, 2)})"), "image"
+        elif sky:
+            region, system = f"circle({_fmt(row['ra'], 7)},{_fmt(row['dec'], 7)},1\")", "icrs"
+        else:
+            continue
+        if system != current:
+            lines.append(system)
+            current = system
+        lines.append(f"{region} # text={{{label}}}" if label else region)
+    return "\n".join(lines) + "\n"
+
+
+def _finite(*values) -> bool:
+    try:
+        return all(v is not None and math.isfinite(float(v)) for v in values)
+    except (TypeError, ValueError):
+        return False
+
+
+def _label(row: dict) -> str:
+    parts = [str(row[k]) for k in ("image_id", "source_id", "object_id")
+             if k in row and row[k] is not None and not (isinstance(row[k], float)
+                                                         and math.isnan(row[k]))]
+    return ":".join(parts).replace("{", "(").replace("}", ")")
+
+
+def _pixel_scale(row: dict, scales) -> float | None:
+    if _finite(row.get("pixel_scale")):
+        return float(row["pixel_scale"])
+    if isinstance(scales, (int, float)):
+        return float(scales)
+    if isinstance(scales, Mapping) and _finite(scales.get(row.get("image_id"))):
+        return float(scales[row.get("image_id")])
+    return None
+
+
+def _atomic_write(path: Path, data: bytes, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise ExportError(str(path), "already exists (use --force to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".export-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def export_bytes(df: pd.DataFrame, fmt: str, *, pixel_scales=None) -> bytes:
+    """*df* serialised in format *fmt* (a value of :data:`FORMATS`)."""
+    writers = {"csv": _csv_bytes, "parquet": _parquet_bytes, "fits": _fits_bytes,
+               "votable": _votable_bytes}
+    if fmt == "ds9":
+        return ds9_regions(df, pixel_scales).encode("utf-8")
+    return writers[fmt](df)
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike, *, overwrite: bool = True,
+                pixel_scales: Mapping[str, float] | float | None = None) -> Path:
+    """Write *df* to *path* in the format its suffix names; returns the path.
+
+    *pixel_scales* (arcsec/pixel by image id) sizes DS9 sky ellipses when *df* has no
+    ``pixel_scale`` column. Raises :class:`ExportError` (unknown suffix, existing file without
+    *overwrite*, nothing a region can be drawn from); nothing is half-written.
+    """
+    path = Path(path)
+    fmt = export_format(path)
+    try:
+        data = export_bytes(df, fmt, pixel_scales=pixel_scales)
+    except (ValueError, TypeError, pa.ArrowException) as exc:
+        raise ExportError(str(path), f"cannot write {fmt}: {exc}") from None
+    _atomic_write(path, data, overwrite)
+    return path
+
