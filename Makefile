@@ -29,7 +29,8 @@ demo: $(STAMP)
 	$(BIN)/python scripts/query_with_athena.py --query all
 	$(BIN)/python scripts/plot_catalog.py --truth data/sample/truth
 	@echo ""
-	@echo "Catalog: data/catalog/   Plots: data/output/plots/   Query exports: data/output/"
+	@echo "Catalog: data/catalog/   Plots: data/output/plots/   Query exports: data/output/queries/"
+	@echo "Report:  $(CURDIR)/data/output/report.html   (open it in a browser; works offline)"
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,10 +1,14 @@
-"""Step 6: plots of the catalog as PNG files (the demo writes them; the notebook shows them).
+"""Step 6: figures of the catalog as PNG files, and the run report (one offline HTML page).
 
     python scripts/plot_catalog.py --truth data/sample/truth
 
-Writes: detections drawn as ellipses on one image, the magnitude distribution per band, a sky
-map coloured by magnitude, the SNR distribution and, with ``--truth``, measured against true
-magnitudes. Exit status 0, or 1 with one line when the catalog or image cannot be read.
+Writes into data/output/plots/: detections drawn as ellipses on one image (RA/Dec axes with
+N/E arrows when it has a WCS), the magnitude distribution per band, a sky map (one colour per
+band, equal angular scales), the SNR distribution and, with ``--truth``, measured against true
+magnitudes (one-to-one matches, residual panel). A figure with nothing to show is skipped with
+one line saying why. Then data/output/report.html: the run summary, a quality table per image,
+every figure (embedded) and the named query results. Exit status 0, or 1 with one line when
+the catalog or image cannot be read.
 """
 
 from __future__ import annotations
@@ -13,45 +17,55 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
+try:
+    import pandas as pd
 
-from skysurvey.config import OUTPUT_DIR, get_setting
-from skysurvey.errors import SkySurveyError
-from skysurvey.fitsread import read_fits
-from skysurvey.plots import match_to_truth, read_catalog, save_all
-from skysurvey.runner import list_images
-from skysurvey.schema import image_id_from_name
-from skysurvey.storage import open_store
+    from skysurvey import cli
+    from skysurvey.config import OUTPUT_DIR, get_setting
+    from skysurvey.errors import SkySurveyError
+    from skysurvey.fitsread import read_fits
+    from skysurvey.plots import match_to_truth, read_catalog, save_all
+    from skysurvey.report import write_report
+    from skysurvey.runner import list_images
+    from skysurvey.schema import image_id_from_name
+    from skysurvey.storage import open_store
+except ModuleNotFoundError as exc:  # run outside the project's environment
+    raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
+                     "first)") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Plot the source catalog (PNG files).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Plot the source catalog (PNG files) and write the run report (HTML).",
+        formatter_class=cli.HelpFormatter,
         epilog="example: python scripts/plot_catalog.py --truth data/sample/truth",
     )
+    cli.add_version(parser)
     parser.add_argument("--catalog", default=None, help="catalog (default: BUCKET_CATALOG)")
     parser.add_argument("--images", default=None,
                         help="FITS folder or s3:// prefix (default: BUCKET_RAW/images)")
-    parser.add_argument("--image-id", default=None, help="image for the overlay (default: first)")
-    parser.add_argument("--truth", default=None, help="folder of truth CSVs <image_id>.csv")
+    parser.add_argument("--image-id", default=None,
+                        help="image for the detection overlay (default: the first)")
+    parser.add_argument("--truth", default=None,
+                        help="folder of truth CSVs <image_id>.csv (synthetic images)")
     parser.add_argument("--output", default=str(OUTPUT_DIR / "plots"), help="PNG folder")
+    parser.add_argument("--report", default=str(OUTPUT_DIR / "report.html"),
+                        help="the run report; 'none' to skip it")
     return parser
 
 
 def _overlay(images_uri: str, image_ids: set[str], wanted: str | None):
+    """``(image_id, data, header)`` of the overlay image, or None when none is catalogued."""
     store = open_store(images_uri)
     for key in list_images(images_uri):
         image_id = image_id_from_name(key)
         if image_id in image_ids and (wanted is None or image_id == wanted):
-            source = store.local_path(key) if hasattr(store, "local_path") else store.read_bytes(
-                key)
-            image = read_fits(source, name=store.url(key))
+            image = read_fits(store.read_bytes(key), name=store.url(key))
             return image_id, image.data, image.header
     return None
 
 
-def _truth_matches(sources: pd.DataFrame, truth_dir: Path) -> pd.DataFrame:
+def _truth_matches(sources: pd.DataFrame, truth_dir: Path) -> pd.DataFrame | None:
     matches = []
     for image_id, found in sources.groupby("image_id"):
         path = truth_dir / f"{image_id}.csv"
@@ -76,8 +90,16 @@ def main(argv: list[str] | None = None) -> int:
         print(path)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
+    if args.report.lower() != "none":
+        try:
+            report = write_report(args.report, catalog, png_paths=paths, skipped=skipped,
+                                  sources=sources)
+        except (SkySurveyError, OSError) as exc:
+            print(f"error: report: {exc}", file=sys.stderr)
+            return 1
+        print(f"report: {report}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

@@ -12,7 +12,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.patches import Ellipse
 
 from skysurvey import plots
-from skysurvey.schema import SOURCES_SCHEMA, catalog_keys
+from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA, catalog_keys
 
 SOURCES = pd.DataFrame({
     "image_id": ["a"] * 4, "x": [10.0, 20.0, 30.0, 40.0], "y": [5.0, 15.0, 25.0, 35.0],
@@ -162,8 +162,25 @@ def test_plot_script_writes_pngs_and_fails_cleanly_without_catalog(tmp_path, cap
 
     script = load_script("plot_catalog")
     out = tmp_path / "plots"
+    report = tmp_path / "report.html"
+    images_table = pa.Table.from_pylist([{"image_id": "a", "n_sources": 4, "bkg_median": 100.0,
+                                          "bkg_rms": 5.0, "fwhm_median": 4.0, "pixel_scale": 0.25,
+                                          "zero_point": 30.0, "seconds": 0.5,
+                                          "warnings": "no <celestial> WCS"}],
+                                        schema=IMAGES_SCHEMA)
+    images_key = tmp_path / "cat" / catalog_keys("a", "r", "2026-03-14")["images"]
+    images_key.parent.mkdir(parents=True)
+    pq.write_table(images_table, images_key)
     assert script.main(["--catalog", str(tmp_path / "cat"), "--images", str(images),
-                        "--truth", str(truth), "--output", str(out)]) == 0
+                        "--truth", str(truth), "--output", str(out), "--report", str(report)]) == 0
+    assert f"report: {report}" in capsys.readouterr().out
+    page = report.read_text()
+    assert page.count('src="data:image/png;base64,') == 5  # every figure, embedded
+    assert "http://" not in page and "https://" not in page  # opens offline
+    assert "<td>a</td>" in page and "seeing [arcsec]" in page and "<td>1</td>" in page
+    assert "no &lt;celestial&gt; WCS" in page  # warnings shown, escaped
+    for name in ("total_sources", "source_statistics", "bright_sources", "snr_distribution"):
+        assert f"<h3>{name}</h3>" in page
     names = sorted(p.name for p in out.glob("*.png"))
     assert names == ["detections_a.png", "mag_vs_truth.png", "magnitudes.png", "sky_map.png",
                      "snr.png"]
@@ -177,10 +194,12 @@ def test_plot_script_writes_pngs_and_fails_cleanly_without_catalog(tmp_path, cap
         tmp_path / "cat" / key)
     out2 = tmp_path / "plots2"
     assert script.main(["--catalog", str(tmp_path / "cat"), "--images", str(images),
-                        "--output", str(out2)]) == 0
+                        "--output", str(out2), "--report", str(report)]) == 0
     assert sorted(p.name for p in out2.glob("*.png")) == ["detections_a.png", "snr.png"]
     err = capsys.readouterr().err
     assert "skipped magnitudes.png: no magnitudes" in err
     assert "skipped sky_map.png: no source has RA/Dec" in err
+    page = report.read_text()
+    assert page.count("data:image/png") == 2 and "skipped sky_map.png: no source" in page
     assert script.main(["--catalog", str(tmp_path / "none"), "--output", str(out)]) == 1
     assert "no catalog here" in capsys.readouterr().err

@@ -1,0 +1,142 @@
+"""The run report: one self-contained HTML page (images embedded), readable offline.
+
+It holds the run summary, a quality table with one row per image (sources, seeing, background,
+zero point, depth, warnings), every figure ``plot_catalog.py`` drew (and a line for each it
+skipped), and the named query results. :func:`render_html` is pure (data in, text out);
+:func:`write_report` reads the catalog and writes the file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+
+QUALITY_COLUMNS = {  # column in the quality table: its header
+    "image_id": "image", "band": "band", "night": "night", "n_sources": "sources",
+    "seeing_arcsec": "seeing [arcsec]", "bkg_median": "background [ADU]",
+    "bkg_rms": "background RMS [ADU]", "zero_point": "zero point [mag]",
+    "zero_point_source": "zero point from", "depth_5sigma": "5-sigma depth [mag]",
+    "seconds": "seconds", "warnings": "warnings",
+}
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .5em 0 1.5em; font-size: .9em; }
+th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+.warn { color: #a40; } figure { display: inline-block; margin: .5em; vertical-align: top; }
+figure img { max-width: 520px; border: 1px solid #eee; } figcaption { font-size: .85em; }
+.skipped { color: #666; font-style: italic; }
+"""
+
+
+def quality_table(images: pd.DataFrame) -> pd.DataFrame:
+    """One row per image: the columns of :data:`QUALITY_COLUMNS` that the catalog has.
+
+    Seeing is ``fwhm_arcsec`` when measured, else ``fwhm_median`` x ``pixel_scale``.
+    """
+    df = images.copy()
+    seeing = df["fwhm_arcsec"] if "fwhm_arcsec" in df else pd.Series(np.nan, index=df.index)
+    if {"fwhm_median", "pixel_scale"} <= set(df.columns):
+        seeing = seeing.fillna(df["fwhm_median"] * df["pixel_scale"])
+    df["seeing_arcsec"] = seeing
+    columns = [c for c in QUALITY_COLUMNS if c in df.columns]
+    out = df[columns].sort_values([c for c in ("band", "night", "image_id") if c in columns])
+    return out.reset_index(drop=True)
+
+
+def run_summary(sources: pd.DataFrame, images: pd.DataFrame, catalog_uri: str) -> dict:
+    """Headline numbers of the catalog: images, sources, bands, nights, time, versions."""
+    def values(df, column):
+        return sorted(str(v) for v in df[column].dropna().unique()) if column in df else []
+
+    return {
+        "catalog": str(catalog_uri),
+        "images": len(images),
+        "sources": len(sources),
+        "bands": ", ".join(values(images, "band")) or "-",
+        "nights": ", ".join(values(images, "night")) or "-",
+        "images with warnings": int(images["warnings"].notna().sum())
+        if "warnings" in images else 0,
+        "processing time (sum over images)": f"{images['seconds'].sum():.2f} s"
+        if "seconds" in images else "-",
+        "pipeline versions": ", ".join(values(images, "pipeline_version")) or "-",
+        "report written": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        + f" by skysurvey {__version__}",
+    }
+
+
+def _table_html(df: pd.DataFrame, headers: Mapping[str, str] | None = None) -> str:
+    shown = df.rename(columns=dict(headers or {}))
+    return shown.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}",
+                         border=0, escape=True)
+
+
+def render_html(summary: Mapping[str, object], quality: pd.DataFrame,
+                figures: Mapping[str, bytes], query_results: Mapping[str, pd.DataFrame], *,
+                skipped: Sequence[str] = (), query_descriptions: Mapping[str, str] | None = None,
+                title: str = "Sky survey run report") -> str:
+    """The report page; *figures* maps names to PNG bytes (embedded as base64)."""
+    esc = html.escape
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
+             f"<h1>{esc(title)}</h1>", "<h2>Run summary</h2><table>"]
+    parts += [f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>"
+              for k, v in summary.items()]
+    parts.append("</table><h2>Image quality</h2>")
+    if quality.empty:
+        parts.append("<p>No image record in the catalog.</p>")
+    else:
+        parts.append(_table_html(quality, QUALITY_COLUMNS))
+        warned = quality[quality["warnings"].notna()] if "warnings" in quality else quality[:0]
+        parts += [f"<p class=\"warn\">{esc(str(r.image_id))}: {esc(str(r.warnings))}</p>"
+                  for r in warned.itertuples()]
+    parts.append("<h2>Figures</h2>")
+    for name, png in figures.items():
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f"<figure><img alt=\"{esc(name)}\" src=\"data:image/png;base64,{data}\">"
+                     f"<figcaption>{esc(name)}</figcaption></figure>")
+    if not figures:
+        parts.append("<p>No figure.</p>")
+    parts += [f"<p class=\"skipped\">skipped {esc(line)}</p>" for line in skipped]
+    parts.append("<h2>Named queries</h2>")
+    for name, df in query_results.items():
+        about = (query_descriptions or {}).get(name, "")
+        parts.append(f"<h3>{esc(name)}</h3>" + (f"<p>{esc(about)}</p>" if about else ""))
+        parts.append(_table_html(df) if len(df) else "<p>(no rows)</p>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_report(path: str | os.PathLike, catalog_uri: str, *,
+                 png_paths: Sequence[str | os.PathLike] = (), skipped: Sequence[str] = (),
+                 sources: pd.DataFrame | None = None) -> Path:
+    """Read the catalog (images table, named queries on DuckDB) and write the report."""
+    from .plots import read_catalog
+    from .queries import NAMED_QUERIES, run_named
+
+    sources = read_catalog(catalog_uri) if sources is None else sources
+    images = read_catalog(catalog_uri, "images")
+    results = {name: run_named(name, catalog_uri) for name in NAMED_QUERIES}
+    figures = {Path(p).stem: Path(p).read_bytes() for p in png_paths}
+    text = render_html(run_summary(sources, images, catalog_uri), quality_table(images),
+                       figures, results, skipped=skipped,
+                       query_descriptions={n: q.description for n, q in NAMED_QUERIES.items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=".html")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+    return path
