@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import bz2
+import datetime as dt
 import gzip
+import io
+import time
+import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
 from astropy.io import fits
 
 from skysurvey.errors import FITSReadError, ImageDataError, ImageTooLargeError
-from skysurvey.fitsread import estimate_memory_bytes, observation_partition, read_fits
+from skysurvey.fitsread import (
+    BASE_BYTES,
+    default_memory_budget,
+    estimate_memory_bytes,
+    observation_partition,
+    observation_time,
+    read_fits,
+)
 
 RNG = np.random.default_rng(0)
 PIXELS = (RNG.normal(100.0, 5.0, (40, 50))).astype(np.float32)
@@ -155,3 +167,247 @@ def test_partition_values_fall_back_to_unknown():
     assert observation_partition(fits.Header({"MJD-OBS": 61113.5})) == ("unknown", "2026-03-14")
     assert observation_partition(fits.Header({"DATE-OBS": "garbage", "FILTER": "g'"})) == (
         "g_", "unknown")
+
+
+# ---- decompression bombs and the memory budget (issue 13) ----------------------------------
+
+MB = 2**20
+TAIL = 256 * MB  # zeros after the image: never decompressed whole
+#: A 64x64 image needs BASE_BYTES + 160 kB; the budget leaves 64 MB of room above that.
+BUDGET = BASE_BYTES + 64 * MB
+
+
+def _zeros(compress, size: int) -> bytes:
+    """*size* zero bytes compressed as a stream of identical 1 MB members (gzip and bzip2
+    readers concatenate members), built without ever holding *size* bytes."""
+    return compress(bytes(MB)) * (size // MB)
+
+
+def _image_fits(data=None, compressed=False, header=None) -> bytes:
+    data = RNG.normal(100.0, 5.0, (64, 64)).astype(np.float32) if data is None else data
+    hdus = [fits.PrimaryHDU(data, header)] if not compressed else [
+        fits.PrimaryHDU(header=header),
+        fits.CompImageHDU(data, compression_type="RICE_1", quantize_level=0.0)]
+    buf = io.BytesIO()
+    fits.HDUList(hdus).writeto(buf)
+    return buf.getvalue()
+
+
+def _peak_while(fn):
+    """(result or exception, peak bytes Python and numpy allocated meanwhile)."""
+    tracemalloc.start()
+    try:
+        try:
+            result = fn()
+        except Exception as exc:  # returned for the caller to check
+            result = exc
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress], ids=["gz", "bz2"])
+@pytest.mark.parametrize("compressed_image", [False, True], ids=["plain", "fz"])
+def test_a_valid_image_before_a_huge_zero_tail_reads_only_the_image(compress, compressed_image):
+    fits_bytes = _image_fits(compressed=compressed_image)
+    bomb = compress(fits_bytes) + _zeros(compress, TAIL)
+    assert len(bomb) < TAIL / 100
+    image, peak = _peak_while(lambda: read_fits(bomb, name="bomb.fits.gz",
+                                                max_memory_bytes=BUDGET))
+    assert not isinstance(image, Exception), image
+    assert image.data.shape == (64, 64) and image.hdu == (1 if compressed_image else 0)
+    assert peak < 16 * MB, f"peak {peak / MB:.0f} MB for a {TAIL / MB:.0f} MB tail"
+
+
+def test_trailing_garbage_after_the_image_is_never_read(tmp_path):
+    path = tmp_path / "x.fits"
+    path.write_bytes(_image_fits() + b"\xff" * 10_000)  # not FITS, not even a header
+    image = read_fits(path, name="x.fits")
+    assert image.data.shape == (64, 64)
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress], ids=["gz", "bz2"])
+def test_a_bomb_before_the_image_stops_at_the_budget(compress):
+    """A 3-D primary HDU of 256 MB zeros (skipped: not an image) then the image: the stream
+    is decompressed and dropped only up to the budget, then refused in one line."""
+    cube = fits.Header({"SIMPLE": True, "BITPIX": 8, "NAXIS": 3, "NAXIS1": 1024,
+                        "NAXIS2": 1024, "NAXIS3": TAIL // MB, "EXTEND": True})
+    head = cube.tostring().encode()
+    ext = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(RNG.normal(size=(64, 64)).astype(
+        np.float32))]).writeto(ext)
+    ext = ext.getvalue()[2880:]  # the image extension alone
+    bomb = compress(head) + _zeros(compress, TAIL) + compress(bytes(-TAIL % 2880) + ext)
+    budget = BASE_BYTES + 16 * MB  # < the 256 MB tail
+    start = time.perf_counter()
+    error, peak = _peak_while(lambda: read_fits(bomb, name="cube.fits.gz",
+                                                max_memory_bytes=budget))
+    assert isinstance(error, ImageTooLargeError), error
+    assert str(error).startswith("cube.fits.gz: decompresses") and "\n" not in str(error)
+    assert "budget of 166 MB" in str(error)
+    assert peak < 16 * MB
+    assert time.perf_counter() - start < 30
+    # without a budget (or a large one) the same file reads: the cube is skipped, not held
+    image, peak = _peak_while(lambda: read_fits(bomb, name="cube.fits.gz"))
+    assert not isinstance(image, Exception), image
+    assert image.hdu == 1 and peak < 16 * MB
+
+
+def _declared_32768(kind: str, tmp_path):
+    """A header declaring a 32768² float image, then a 256 MB zero tail (not the data): a
+    sparse file on disk for plain and .fz, a stream of gzip/bzip2 members otherwise."""
+    if kind in ("plain", "gz", "bz2"):
+        head = fits.Header({"SIMPLE": True, "BITPIX": -32, "NAXIS": 2, "NAXIS1": 32768,
+                            "NAXIS2": 32768}).tostring().encode()
+    else:
+        buf = io.BytesIO()
+        fits.HDUList([fits.PrimaryHDU(),
+                      fits.CompImageHDU(np.ones((32, 32), np.float32))]).writeto(buf)
+        head = buf.getvalue()
+        for axis in (b"ZNAXIS1", b"ZNAXIS2"):
+            head = head.replace(axis + b" =" + b"32".rjust(21), axis + b" =" + b"32768".rjust(21))
+        assert head.count(b"32768") == 2
+    if kind in ("gz", "bz2"):
+        compress = {"gz": gzip.compress, "bz2": bz2.compress}[kind]
+        return compress(head) + _zeros(compress, TAIL)
+    path = tmp_path / "huge.fits"
+    with open(path, "wb") as fh:
+        fh.write(head)
+        fh.truncate(len(head) + TAIL)  # sparse: no disk used
+    return path
+
+
+@pytest.mark.parametrize("kind", ["plain", "gz", "bz2", "fz"])
+def test_a_header_declaring_32768_squared_is_refused_before_pixels(kind, tmp_path):
+    source = _declared_32768(kind, tmp_path)
+    error, peak = _peak_while(lambda: read_fits(source, name="huge.fits",
+                                                max_memory_bytes=512 * MB))
+    assert isinstance(error, ImageTooLargeError), error
+    assert str(error) == "huge.fits: needs ~41110 MB, budget 512 MB"
+    assert peak < 4 * MB  # a few headers, no pixels and none of the tail
+
+
+def test_default_budget_is_a_share_of_this_machine_per_worker():
+    import psutil
+
+    total = psutil.virtual_memory().total
+    assert default_memory_budget(1) == max(total // 2, BASE_BYTES + 40 * 2**20)
+    assert default_memory_budget(4) == max(total // 2 // 4, BASE_BYTES + 40 * 2**20)
+    assert default_memory_budget(10**9) == BASE_BYTES + 40 * 2**20  # never below a 1024² image
+
+
+# ---- a huge primary header (issue 13) -------------------------------------------------------
+
+def _hierarch_fits(n_cards: int) -> bytes:
+    cards = [fits.Card.fromstring(f"HIERARCH ESO DET CHIP{i} VALUE = {i}.5 / chip {i}")
+             for i in range(n_cards)]
+    primary = fits.PrimaryHDU(header=fits.Header(cards))
+    primary.header["FILTER"] = "r"
+    buf = io.BytesIO()
+    fits.HDUList([primary, fits.ImageHDU(PIXELS)]).writeto(buf)
+    return buf.getvalue()
+
+
+def _best_of(n, fn):
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def test_a_huge_primary_header_costs_linear_time():
+    small, big = _hierarch_fits(2_000), _hierarch_fits(8_000)
+    image = read_fits(big, name="hierarch.fits")
+    assert image.hdu == 1 and image.header["FILTER"] == "r"
+    assert image.header["ESO DET CHIP7999 VALUE"] == 7999.5
+    t_small = _best_of(3, lambda: read_fits(small, name="s.fits"))
+    t_big = _best_of(3, lambda: read_fits(big, name="b.fits"))
+    # quadratic was 12.7x here (0.28 s -> 3.6 s); linear is ~4.5x with the fixed costs
+    assert t_big < 6 * t_small, f"{t_small:.3f} s -> {t_big:.3f} s for 4x the cards"
+
+
+def test_extension_keywords_win_over_the_primary_header(tmp_path):
+    primary = fits.PrimaryHDU(header=fits.Header({"FILTER": "g", "OBJECT": "M31",
+                                                  "COMMENT": "primary"}))
+    ext = fits.ImageHDU(PIXELS, fits.Header({"FILTER": "r"}))
+    image = read_fits(_bytes(fits.HDUList([primary, ext]), tmp_path), name="x.fits")
+    assert image.header["FILTER"] == "r" and image.header["OBJECT"] == "M31"
+    assert "primary" not in str(image.header.get("COMMENT", ""))
+
+
+# ---- nights (issue 13) ---------------------------------------------------------------------
+
+TODAY = dt.date(2026, 11, 26)
+
+
+def _utc(text):
+    """What astropy makes of a date: ISO with an offset goes through an aware datetime."""
+    return dt.datetime.fromisoformat(text) if text[-6] in "+-" else text
+
+
+@pytest.mark.parametrize(
+    ("cards", "night", "warning"),
+    [
+        ({"DATE-OBS": "2026-03-14T23:30:00-05:00"}, "2026-03-15", None),  # 04:30 UTC next day
+        ({"DATE-OBS": "2026-03-15T01:30:00+02:00"}, "2026-03-14", None),
+        ({"DATE-OBS": "2026-03-14T23:30:00Z"}, "2026-03-14", None),
+        ({"DATE-OBS": "2016-12-31T23:59:60"}, "2016-12-31", None),  # a leap second
+        ({"DATE-OBS": "2016-12-31T23:59:60.5"}, "2016-12-31", None),
+        ({"DATE-OBS": "1850-01-01"}, "1850-01-01", None),
+        ({"DATE-OBS": "2026-11-27T23:59:59"}, "2026-11-27", None),  # today + 1 day
+        ({"DATE-OBS": "2026-11-28T00:00:00"}, "unknown", "DATE-OBS 2026-11-28T00:00:00 outside"),
+        ({"DATE-OBS": "1849-12-31T23:59:59"}, "unknown", "outside 1850-01-01 to today + 1 day"),
+        ({"DATE-OBS": "0001-01-01T00:00:00"}, "unknown", "DATE-OBS 0001-01-01T00:00:00 outside"),
+        ({"DATE-OBS": "2099-01-01"}, "unknown", "DATE-OBS 2099-01-01 outside"),
+        ({"MJD-OBS": 1e9}, "unknown", "MJD-OBS 1000000000.0 outside"),
+        ({"MJD-OBS": -1e300}, "unknown", "outside"),
+        ({"DATE-OBS": "garbage", "MJD-OBS": 61113.5}, "2026-03-14", "unparseable DATE-OBS"),
+        ({"DATE-OBS": "14/03/26"}, "unknown", "unparseable DATE-OBS '14/03/26'"),
+        ({"DATE-OBS": "2099-01-01", "MJD-OBS": 61113.5}, "2026-03-14", "2099-01-01 outside"),
+    ],
+)
+def test_nights_follow_astropy_within_the_valid_range(cards, night, warning):
+    from astropy.time import Time
+
+    when = observation_time(fits.Header(cards), today=TODAY)
+    assert when.night == night
+    if warning is None:
+        assert when.warnings == ()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ERFA's "dubious year" for 1850
+            expected = Time(_utc(cards["DATE-OBS"].replace("Z", "")), scale="utc")
+            assert expected.utc.isot[:10] == night
+            assert when.mjd == pytest.approx(expected.utc.mjd, abs=1e-9)
+    else:
+        assert any(warning in w for w in when.warnings), when.warnings
+        assert (when.mjd is None) == (night == "unknown")
+
+
+def test_partitions_use_the_same_nights():
+    cases = {"2026-03-14T23:30:00-05:00": "2026-03-15", "2016-12-31T23:59:60": "2016-12-31",
+             "2099-01-01T00:00:00": "unknown", "0001-01-01T00:00:00": "unknown"}
+    for date_obs, night in cases.items():
+        assert observation_partition(fits.Header({"DATE-OBS": date_obs})) == ("unknown", night)
+    assert observation_partition(fits.Header({"MJD-OBS": 1e9})) == ("unknown", "unknown")
+
+
+def test_date_warnings_land_in_the_images_row(tmp_path):
+    import pyarrow.parquet as pq
+
+    from skysurvey.pipeline import catalog_image
+    from skysurvey.storage import LocalStore
+
+    data = RNG.normal(100.0, 5.0, (64, 64)).astype(np.float32)
+    data[30:33, 30:33] += 400
+    raw = LocalStore(tmp_path / "raw")
+    raw.write_bytes("x.fits", _image_fits(data, header=fits.Header(
+        {"FILTER": "r", "DATE-OBS": "2099-01-01T00:00:00"})))
+    reply = catalog_image(raw, "x.fits", LocalStore(tmp_path / "cat"))
+    assert reply["status"] == "ok", reply["error"]
+    [path] = (tmp_path / "cat" / "images").rglob("*.parquet")
+    assert path.parent.name == "night=unknown"
+    row = pq.read_table(path).to_pylist()[0]
+    assert "DATE-OBS 2099-01-01T00:00:00 outside 1850-01-01" in row["warnings"]
+    assert row["mjd"] is None

@@ -19,12 +19,11 @@ from functools import partial
 import numpy as np
 import pyarrow as pa
 import sep
-from astropy.time import Time
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 from .astrometry import celestial_wcs, frame_name, healpix_29, pixel_to_icrs, sky_positions
 from .errors import ImageDataError
-from .fitsread import FitsImage
+from .fitsread import FitsImage, observation_time
 from .psf import image_columns as psf_image_columns
 from .psf import measure as measure_psf
 from .schema import SOURCES_SCHEMA
@@ -379,13 +378,10 @@ def _image_row(image, image_id, header, wcs, bkg, n, fwhm_median, zp, zp_key, ga
     if wcs is not None:
         ra_c, dec_c = (float(v[0]) for v in pixel_to_icrs(wcs, [(nx - 1) / 2], [(ny - 1) / 2]))
         scale = float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
-    mjd = _float(header, "MJD-OBS")
+    when = observation_time(header)  # the nights' rule: no MJD from an unbelievable date
+    mjd = when.mjd
+    notes.extend(when.warnings)
     date_obs = header.get("DATE-OBS")
-    if mjd is None and date_obs:
-        try:
-            mjd = float(Time(str(date_obs).strip()).mjd)
-        except ValueError:
-            notes.append("unparseable DATE-OBS")
     masked = 0.0 if image.mask is None else float(image.mask.mean())
     return {
         "image_id": image_id, "hdu": image.hdu, "width": nx, "height": ny, "n_sources": n,
