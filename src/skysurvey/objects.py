@@ -1,0 +1,1053 @@
+"""From detections to objects: positional association across images, light-curve statistics.
+
+Every source with a position is linked to one object; an object never takes two sources from
+one image (mutual-nearest matching within the radius, image by image in time order); a source
+left unmatched starts a new object (a transient, or a star seen for the first time).
+
+Work is split by NESTED HEALPix pixel (a *unit*, order ``unit_order`` >= 5, fixed at the first
+build). A unit task reads the sources of the images overlapping its pixel plus a margin
+(8-12.8 arcsec at the default radius), the existing objects and associations of its pixel and
+its 8 neighbours, associates the new images, and keeps the objects whose mean position falls
+inside its pixel. Since the margin is many radii wide, the two tasks on either side of a border
+see all detections of a border object and reach the same result: the owner keeps it, the other
+drops it, so it is neither split nor duplicated. Units run in a local process pool, or one
+AWS Lambda invocation per unit (:func:`handle_unit_event`; numpy and astropy-healpix only, no
+scipy). Tables are written per unit:
+``<catalog>/<table>/hpx5=<order-5 pixel>/k<unit order>-<unit pixel>.parquet``.
+
+Incremental: existing associations are kept as they are; only images that are new, or whose
+catalog changed since the last build (reprocessed: another ``processed_at`` or pipeline
+version), are matched, in time order, against the existing objects (whose ids never change).
+Statistics are recomputed from all of an object's detections. A build writes its tables into a
+staging folder; after every unit has succeeded a ``_complete`` marker is written and the folders
+are swapped in (locally an atomic exchange of directories; on S3 a copy, during which a reader
+may see some units old and some new: a window of seconds, documented in the README). A build
+interrupted before the marker leaves the previous tables untouched and is started over; one
+interrupted after it is finished by the next run.
+
+Object ids: ``(order-10 pixel of the object's position when it was created) << 39 | sequence``,
+so a unit allocates ids without asking anybody, and they stay unique across units and runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import itertools
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .errors import SkySurveyError
+from .schema import ASSOCIATIONS_SCHEMA, OBJECT_PHOTOMETRY_SCHEMA, OBJECTS_SCHEMA
+from .storage import LocalStore, open_store
+
+log = logging.getLogger("skysurvey.objects")
+
+TABLES = ("objects", "object_photometry", "associations")
+SCHEMAS = {"objects": OBJECTS_SCHEMA, "object_photometry": OBJECT_PHOTOMETRY_SCHEMA,
+           "associations": ASSOCIATIONS_SCHEMA}
+PARTITION_ORDER = 5  # hpx5=<pixel>: the partition key of the three tables
+ID_ORDER = 10  # object ids carry the order-10 pixel where the object was created
+ID_SHIFT = 39
+STATE_KEY = "objects/_build.json"  # skipped by Parquet readers (leading underscore)
+STAGING = ".objects-staging"  # <catalog>/.objects-staging/<token>/<table>/...
+LAYOUT = 1
+ARCSEC = np.pi / (180 * 3600)
+
+#: flag bits that keep a detection out of the photometric statistics (blended or found inside
+#: a brighter object (8192), truncated by the edge, masked pixels, non-positive or saturated
+#: flux, cosmic ray: see data/README.md); a blend's flux changes with the seeing, which would
+#: make constant stars look variable
+PHOT_BAD_FLAGS = 1 | 2 | 4 | 16 | 32 | 64 | 128 | 256 | 512 | 2048 | 8192
+#: magnitude error added in quadrature before the chi2 test: what our own photometry
+#: reproduces on constant stars (aperture corrections, flat field, seeing), see the README
+SYSTEMATIC_FLOOR = 0.02
+#: false-alarm probability per object and band of the chi2 variability test
+VARIABLE_FALSE_ALARM = 1e-4
+MIN_VARIABLE_POINTS = 3
+
+
+class ObjectsError(SkySurveyError):
+    """The objects step cannot run: no catalog, no images, incompatible settings."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    radius_arcsec: float = 1.0
+    workers: int = 1
+    rebuild: bool = False
+    floor: float = SYSTEMATIC_FLOOR
+    false_alarm: float = VARIABLE_FALSE_ALARM
+    unit_order: int | None = None  # None: chosen from the data at the first build
+
+    @property
+    def margin_arcsec(self) -> float:
+        return max(5.0, 5.0 * self.radius_arcsec)
+
+
+# ---------------------------------------------------------------------------------------
+# HEALPix helpers (astropy-healpix: fits the Lambda package)
+
+
+def healpix(ra, dec, order: int) -> np.ndarray:
+    """NESTED pixel at *order* of (ra, dec) in degrees."""
+    from astropy import units as u
+    from astropy_healpix import lonlat_to_healpix
+
+    ra = np.asarray(ra, float)
+    if ra.size == 0:
+        return np.zeros(0, np.int64)
+    return np.asarray(lonlat_to_healpix(ra * u.deg, np.asarray(dec, float) * u.deg,
+                                        2**order, order="nested"), np.int64)
+
+
+def pixel_centre(pixel: int, order: int) -> tuple[float, float]:
+    from astropy_healpix import healpix_to_lonlat
+
+    lon, lat = healpix_to_lonlat(np.array([pixel]), 2**order, order="nested")
+    return float(lon.deg[0]), float(lat.deg[0])
+
+
+def pixel_size_arcsec(order: int) -> float:
+    return float(np.sqrt(4 * np.pi / (12 * 4**order)) / ARCSEC)
+
+
+def margin_order(margin_arcsec: float) -> int:
+    """The finest order whose pixels are at least *margin_arcsec* wide (<= 15)."""
+    order = 15
+    while order > 0 and pixel_size_arcsec(order) < margin_arcsec:
+        order -= 1
+    return order
+
+
+def neighbours(pixels: np.ndarray, order: int) -> np.ndarray:
+    """The pixels and their 8 neighbours, shape (9, n) (-1 where a pixel has 7)."""
+    from astropy_healpix import neighbours as _neighbours
+
+    pixels = np.asarray(pixels, np.int64)
+    if pixels.size == 0:
+        return np.zeros((9, 0), np.int64)
+    return np.vstack([pixels, np.asarray(_neighbours(pixels, 2**order, order="nested"))])
+
+
+def units_touched(fine: np.ndarray, fine_order: int, unit_order: int) -> np.ndarray:
+    """For pixels at *fine_order*: the unit pixels they or their neighbours fall in, (9, n)."""
+    shift = 2 * (fine_order - unit_order)
+    near = neighbours(fine, fine_order)
+    return np.where(near >= 0, near >> shift, -1)
+
+
+def in_region(fine: np.ndarray, fine_order: int, unit: int, unit_order: int) -> np.ndarray:
+    """True for points (given as fine pixels) in *unit* or within one fine pixel of it."""
+    if fine.size == 0:
+        return np.zeros(0, bool)
+    uniq, inverse = np.unique(fine, return_inverse=True)
+    hit = (units_touched(uniq, fine_order, unit_order) == unit).any(axis=0)
+    return hit[inverse]
+
+
+def partition_of(unit: int, unit_order: int) -> int:
+    return int(unit) >> (2 * (unit_order - PARTITION_ORDER))
+
+
+def unit_key(table: str, unit: int, unit_order: int) -> str:
+    return f"{table}/hpx5={partition_of(unit, unit_order)}/k{unit_order}-{unit}.parquet"
+
+
+# ---------------------------------------------------------------------------------------
+# Geometry
+
+
+def unit_vectors(ra, dec) -> np.ndarray:
+    ra, dec = np.radians(ra), np.radians(dec)
+    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
+
+
+def vectors_to_radec(vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    norm = np.linalg.norm(vec, axis=-1)
+    ra = np.degrees(np.arctan2(vec[..., 1], vec[..., 0])) % 360.0
+    dec = np.degrees(np.arcsin(np.clip(vec[..., 2] / norm, -1, 1)))
+    return ra, dec
+
+
+def separation_arcsec(ra1, dec1, ra2, dec2) -> np.ndarray:
+    """Exact angular distance (haversine), arcsec."""
+    ra1, dec1, ra2, dec2 = (np.radians(np.asarray(v, float)) for v in (ra1, dec1, ra2, dec2))
+    h = (np.sin((dec2 - dec1) / 2) ** 2
+         + np.cos(dec1) * np.cos(dec2) * np.sin((ra2 - ra1) / 2) ** 2)
+    return 2 * np.arcsin(np.sqrt(np.clip(h, 0, 1))) / ARCSEC
+
+
+def tangent_plane(ra, dec, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gnomonic projection about (ra0, dec0), arcsec (standard coordinates xi, eta)."""
+    a, d = np.radians(ra), np.radians(dec)
+    a0, d0 = np.radians(ra0), np.radians(dec0)
+    cosc = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(a - a0)
+    xi = np.cos(d) * np.sin(a - a0) / cosc
+    eta = (np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(a - a0)) / cosc
+    return xi / ARCSEC, eta / ARCSEC
+
+
+# ---------------------------------------------------------------------------------------
+# Matching (numpy only)
+
+
+class CellIndex:
+    """Append-only grid of objects in the tangent plane: a linked list per cell.
+
+    Cells are ``2 * radius`` wide and an object stays in the cell where it was created, so a
+    query looking at the 3 x 3 cells around a source finds every object within the radius as
+    long as an object's mean drifts less than one radius from its first position.
+    """
+
+    def __init__(self, x0: float, y0: float, width: float, height: float, radius: float):
+        self.cell = max(2.0 * radius, max(width, height) / 2048.0)
+        self.x0, self.y0 = x0 - self.cell, y0 - self.cell
+        self.nx = int(width / self.cell) + 3
+        self.ny = int(height / self.cell) + 3
+        self.head = np.full(self.nx * self.ny, -1, np.int64)
+        self.next = np.zeros(0, np.int64)
+
+    def _cells(self, x, y) -> tuple[np.ndarray, np.ndarray]:
+        cx = np.clip(((x - self.x0) / self.cell).astype(np.int64), 0, self.nx - 1)
+        cy = np.clip(((y - self.y0) / self.cell).astype(np.int64), 0, self.ny - 1)
+        return cx, cy
+
+    def add(self, first: int, x: np.ndarray, y: np.ndarray) -> None:
+        """Objects ``first .. first + len(x) - 1`` at (x, y)."""
+        n = len(x)
+        self.next = np.concatenate([self.next, np.full(n, -1, np.int64)])
+        if n == 0:
+            return
+        cx, cy = self._cells(x, y)
+        cell = cy * self.nx + cx
+        order = np.argsort(cell, kind="stable")
+        ids = first + order
+        sc = cell[order]
+        start = np.r_[True, sc[1:] != sc[:-1]]
+        prev = np.r_[-1, ids[:-1]]
+        self.next[ids] = np.where(start, self.head[sc], prev)
+        last = np.r_[sc[1:] != sc[:-1], True]
+        self.head[sc[last]] = ids[last]
+
+    def candidates(self, x, y, ox, oy, radius: float):
+        """Pairs (source, object, d2) within *radius*; ox, oy: current object positions."""
+        cx, cy = self._cells(x, y)
+        src, obj, dist = [], [], []
+        r2 = radius * radius
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                qx, qy = cx + dx, cy + dy
+                ok = (qx >= 0) & (qx < self.nx) & (qy >= 0) & (qy < self.ny)
+                s = np.nonzero(ok)[0]
+                cur = self.head[qy[s] * self.nx + qx[s]]
+                while s.size:
+                    live = cur >= 0
+                    s, cur = s[live], cur[live]
+                    if not s.size:
+                        break
+                    d2 = (ox[cur] - x[s]) ** 2 + (oy[cur] - y[s]) ** 2
+                    hit = d2 <= r2
+                    src.append(s[hit])
+                    obj.append(cur[hit])
+                    dist.append(d2[hit])
+                    cur = self.next[cur]
+        if not src:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        return np.concatenate(src), np.concatenate(obj), np.concatenate(dist)
+
+
+def mutual_nearest(src: np.ndarray, obj: np.ndarray, d2: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One-to-one pairs: repeatedly keep the pairs that are each other's nearest."""
+    keep_s, keep_o = [], []
+    while src.size:
+        by_src = np.lexsort((d2, src))
+        first_s = by_src[np.r_[True, src[by_src][1:] != src[by_src][:-1]]]
+        by_obj = np.lexsort((d2, obj))
+        first_o = by_obj[np.r_[True, obj[by_obj][1:] != obj[by_obj][:-1]]]
+        mutual = np.intersect1d(first_s, first_o)
+        keep_s.append(src[mutual])
+        keep_o.append(obj[mutual])
+        left = ~(np.isin(src, src[mutual]) | np.isin(obj, obj[mutual]))
+        src, obj, d2 = src[left], obj[left], d2[left]
+    if not keep_s:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(keep_s), np.concatenate(keep_o)
+
+
+@dataclass
+class Detections:
+    """The detections a unit works on (arrays of equal length)."""
+
+    image: np.ndarray  # index into the unit's image list
+    source_id: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
+    weight: np.ndarray  # 1 / sigma_position^2, arcsec^-2
+    mjd: np.ndarray
+    night: np.ndarray  # night index, -1 unknown
+    band: np.ndarray  # band index
+    mag: np.ndarray  # calibrated (mag_apcorr when measured, else mag); NaN when unusable
+    mag_err: np.ndarray
+    obj: np.ndarray  # object index (existing associations), -1: to be matched
+
+    def __len__(self) -> int:
+        return len(self.ra)
+
+    def take(self, index) -> Detections:
+        return Detections(**{k: v[index] for k, v in asdict(self).items()})
+
+
+def associate(det: Detections, obj_ra: np.ndarray, obj_dec: np.ndarray, centre, radius: float,
+              order: np.ndarray) -> np.ndarray:
+    """Link every detection with ``obj == -1`` to an object, image by image.
+
+    *obj_ra/obj_dec*: the existing objects (seed positions); *order*: detection indices to match,
+    sorted by time then image. Returns ``obj`` for every detection; indices beyond the existing
+    objects are new objects.
+    """
+    ra0, dec0 = centre
+    x, y = tangent_plane(det.ra, det.dec, ra0, dec0)
+    ox, oy = tangent_plane(obj_ra, obj_dec, ra0, dec0)
+    n_old = len(obj_ra)
+    result = det.obj.copy()
+    # running weighted means, seeded with the kept detections of the existing objects
+    kept = result >= 0
+    capacity = n_old + len(order) + 1
+    sw = np.zeros(capacity)
+    sx, sy = np.zeros(capacity), np.zeros(capacity)
+    w_kept = np.bincount(result[kept], det.weight[kept], minlength=capacity)
+    sw += w_kept
+    sx[:n_old] = ox * w_kept[:n_old]
+    sy[:n_old] = oy * w_kept[:n_old]
+    seed = w_kept[:n_old] == 0  # existing object whose detections are all being redone
+    sw[:n_old][seed], sx[:n_old][seed], sy[:n_old][seed] = 1e-9, ox[seed] * 1e-9, oy[seed] * 1e-9
+    allx = np.concatenate([x, ox]) if len(x) or len(ox) else np.zeros(1)
+    ally = np.concatenate([y, oy]) if len(y) or len(oy) else np.zeros(1)
+    pad = 4 * radius
+    index = CellIndex(allx.min() - pad, ally.min() - pad, np.ptp(allx) + 2 * pad,
+                      np.ptp(ally) + 2 * pad, radius)
+    index.add(0, ox, oy)
+    n_obj = n_old
+    images = det.image[order]
+    bounds = np.r_[0, np.nonzero(images[1:] != images[:-1])[0] + 1, len(order)]
+    for lo, hi in itertools.pairwise(bounds):
+        members = order[lo:hi]
+        mx, my, mw = x[members], y[members], det.weight[members]
+        px, py = sx[:n_obj] / sw[:n_obj], sy[:n_obj] / sw[:n_obj]
+        s, o, d2 = index.candidates(mx, my, px, py, radius)
+        s, o = mutual_nearest(s, o, d2)
+        result[members[s]] = o
+        sw[o] += mw[s]
+        sx[o] += mw[s] * mx[s]
+        sy[o] += mw[s] * my[s]
+        new = np.ones(len(members), bool)
+        new[s] = False
+        n_new = int(new.sum())
+        ids = np.arange(n_obj, n_obj + n_new)
+        result[members[new]] = ids
+        sw[ids], sx[ids], sy[ids] = mw[new], mw[new] * mx[new], mw[new] * my[new]
+        index.add(n_obj, mx[new], my[new])
+        n_obj += n_new
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# Statistics
+
+
+def chi2_threshold(dof: np.ndarray, false_alarm: float) -> np.ndarray:
+    """Upper chi2 quantile (Wilson-Hilferty), so no scipy is needed; dof >= 1."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(1 - false_alarm)
+    k = np.maximum(np.asarray(dof, float), 1.0)
+    return k * (1 - 2 / (9 * k) + z * np.sqrt(2 / (9 * k))) ** 3
+
+
+def error_scale(phot: dict, n_bands: int, min_objects: int = 20) -> np.ndarray:
+    """Per band: how much the quoted errors understate the scatter of (mostly constant) objects.
+
+    The median reduced chi2 of the objects with enough points (at least 1: errors are never
+    shrunk); 1 when fewer than *min_objects* objects can tell.
+    """
+    scale = np.ones(max(n_bands, 1))
+    enough = phot["n"] >= MIN_VARIABLE_POINTS
+    for b in range(n_bands):
+        values = phot["chi2_reduced"][enough & (phot["band"] == b)]
+        if values.size >= min_objects:
+            scale[b] = max(1.0, float(np.median(values)))
+    return scale
+
+
+def object_statistics(det: Detections, n_obj: int, bands: Sequence[str], floor: float,
+                      false_alarm: float) -> tuple[dict, dict]:
+    """Per-object columns and the per-(object, band) photometry of all detections."""
+    o = det.obj
+    vec = unit_vectors(det.ra, det.dec) * det.weight[:, None]
+    sum_vec = np.stack([np.bincount(o, vec[:, i], minlength=n_obj) for i in range(3)], axis=1)
+    ra, dec = vectors_to_radec(sum_vec)
+    sw = np.bincount(o, det.weight, minlength=n_obj)
+    n_det = np.bincount(o, minlength=n_obj)
+    pos_err = np.where(sw > 0, 1 / np.sqrt(np.maximum(sw, 1e-300)), np.nan)
+    mjd = np.where(np.isfinite(det.mjd), det.mjd, np.nan)
+    first = np.full(n_obj, np.inf)
+    last = np.full(n_obj, -np.inf)
+    good = np.isfinite(mjd)
+    np.minimum.at(first, o[good], mjd[good])
+    np.maximum.at(last, o[good], mjd[good])
+    known = det.night >= 0
+    pairs = np.unique(o[known].astype(np.int64) * (det.night.max(initial=0) + 1)
+                      + det.night[known])
+    n_nights = np.bincount(pairs // (det.night.max(initial=0) + 1), minlength=n_obj)
+    objects = {"ra": ra, "dec": dec, "ra_err": pos_err, "dec_err": pos_err,
+               "n_detections": n_det, "n_nights": n_nights,
+               "first_mjd": np.where(np.isfinite(first), first, np.nan),
+               "last_mjd": np.where(np.isfinite(last), last, np.nan)}
+    # photometry: one row per (object, band) with at least one usable magnitude
+    use = np.isfinite(det.mag) & np.isfinite(det.mag_err) & (det.mag_err > 0)
+    nb = max(len(bands), 1)
+    key = o[use].astype(np.int64) * nb + det.band[use]
+    m, e = det.mag[use], det.mag_err[use]
+    w = 1 / (e**2 + floor**2)
+    uk, inv = np.unique(key, return_inverse=True)
+    n = np.bincount(inv)
+    sw_m = np.bincount(inv, w)
+    mean = np.bincount(inv, w * m) / sw_m
+    chi2 = np.bincount(inv, w * (m - mean[inv]) ** 2)
+    mu = np.bincount(inv, m) / n
+    var = np.bincount(inv, (m - mu[inv]) ** 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi2_red = np.where(n > 1, chi2 / (n - 1), np.nan)
+        scatter = np.where(n > 1, np.sqrt(var / (n - 1)), np.nan)
+    phot = {"obj": uk // nb, "band": uk % nb, "n": n, "mean_mag": mean,
+            "mean_mag_err": 1 / np.sqrt(sw_m), "scatter": scatter, "chi2_reduced": chi2_red}
+    scale = error_scale(phot, len(bands))
+    flagged = ((n >= MIN_VARIABLE_POINTS)
+               & (chi2 / scale[phot["band"]] > chi2_threshold(n - 1, false_alarm)))
+    variable = np.zeros(n_obj, bool)
+    variable[phot["obj"][flagged]] = True
+    objects["variable"] = variable
+    objects["transient_candidate"] = n_nights == 1
+    return objects, phot
+
+
+# ---------------------------------------------------------------------------------------
+# Reading the catalog
+
+
+SOURCE_COLUMNS = ("source_id", "ra", "dec", "mag", "mag_err", "mag_apcorr", "mag_apcorr_err",
+                  "flags", "snr", "fwhm", "_healpix_29")
+
+
+def read_parquet(store, key: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """One Parquet file of *store*; columns missing from an older file come back null."""
+    pf = pq.ParquetFile(pa.BufferReader(store.read_bytes(key)))
+    names = pf.schema_arrow.names
+    present = [c for c in columns if c in names] if columns else names
+    table = pf.read(columns=present)
+    for c in columns or ():
+        if c not in names:
+            table = table.append_column(c, pa.nulls(table.num_rows, pa.float64()))
+    return table
+
+
+def _floats(table: pa.Table, name: str) -> np.ndarray:
+    return table[name].cast(pa.float64()).to_numpy(zero_copy_only=False).astype(float)
+
+
+def source_arrays(table: pa.Table, pixel_scale: float | None) -> dict[str, np.ndarray]:
+    """Positions, position weights and calibrated magnitudes of one image's sources."""
+    ra, dec = _floats(table, "ra"), _floats(table, "dec")
+    mag_ap, err_ap = _floats(table, "mag_apcorr"), _floats(table, "mag_apcorr_err")
+    mag, err = _floats(table, "mag"), _floats(table, "mag_err")
+    has_ap = np.isfinite(mag_ap) & np.isfinite(err_ap)
+    m = np.where(has_ap, mag_ap, mag)
+    e = np.where(has_ap, err_ap, err)
+    flags = table["flags"].cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+    m = np.where((flags & PHOT_BAD_FLAGS) == 0, m, np.nan)
+    snr = np.clip(np.nan_to_num(_floats(table, "snr"), nan=1.0), 1.0, None)
+    fwhm = _floats(table, "fwhm") * (pixel_scale or np.nan)
+    sigma = np.where(np.isfinite(fwhm), fwhm / (2.3548 * snr), 0.3)
+    sigma = np.sqrt(sigma**2 + 0.01**2)  # 10 mas floor: no detection is perfect
+    hp = table["_healpix_29"].cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
+    sid = table["source_id"].cast(pa.int32()).to_numpy(zero_copy_only=False)
+    return {"source_id": sid, "ra": ra, "dec": dec, "weight": 1 / sigma**2, "mag": m,
+            "mag_err": e, "hp29": hp}
+
+
+# ---------------------------------------------------------------------------------------
+# One unit: read, associate, write
+
+
+@dataclass
+class UnitTask:
+    """What one unit (a NESTED HEALPix pixel) does; also the Lambda event, as a dict."""
+
+    catalog: str
+    staging: str  # key prefix under the catalog where this build's tables go
+    unit: int
+    unit_order: int
+    radius_arcsec: float
+    margin_order: int
+    floor: float
+    false_alarm: float
+    images: list[dict]  # image_id, key, mjd, night, band, pixel_scale, redo (bool)
+    nights: list[str]
+    bands: list[str]
+    existing_layout: bool  # existing tables are in this layout (else: scan them whole)
+    rebuild: bool = False
+
+    def event(self) -> dict:
+        return {"task": "objects_unit", **asdict(self)}
+
+
+def _empty_existing():
+    return (np.zeros(0, np.int64), np.zeros(0), np.zeros(0),
+            pa.table({"image_id": pa.array([], pa.string()), "source_id": pa.array([], pa.int32()),
+                      "object_id": pa.array([], pa.int64())}))
+
+
+def _read_existing(store, task: UnitTask):
+    """Existing objects (id, ra, dec) and associations around the unit."""
+    if task.rebuild:
+        return _empty_existing()
+    objs, assocs = [], []
+    if task.existing_layout:
+        near = neighbours(np.array([task.unit]), task.unit_order)[:, 0]
+        for u in near[near >= 0]:
+            okey = unit_key("objects", int(u), task.unit_order)
+            if store.exists(okey):
+                objs.append(read_parquet(store, okey, ["object_id", "ra", "dec"]))
+                akey = unit_key("associations", int(u), task.unit_order)
+                if store.exists(akey):
+                    assocs.append(read_parquet(store, akey,
+                                               ["image_id", "source_id", "object_id"]))
+    else:
+        for info in _list(store, "objects/"):
+            if info.endswith(".parquet"):
+                objs.append(read_parquet(store, info, ["object_id", "ra", "dec"]))
+        for info in _list(store, "associations/"):
+            if info.endswith(".parquet"):
+                assocs.append(read_parquet(store, info, ["image_id", "source_id", "object_id"]))
+    if not objs:
+        return _empty_existing()
+    o = pa.concat_tables([t.cast(pa.schema([("object_id", pa.int64()), ("ra", pa.float64()),
+                                            ("dec", pa.float64())])) for t in objs])
+    ids = o["object_id"].to_numpy()
+    ra, dec = _floats(o, "ra"), _floats(o, "dec")
+    ok = np.isfinite(ra) & np.isfinite(dec)
+    if not task.existing_layout:  # whole table read: keep what lies around the unit
+        fine = healpix(ra[ok], dec[ok], task.margin_order)
+        ok[ok] = in_region(fine, task.margin_order, task.unit, task.unit_order)
+    a = (pa.concat_tables([t.cast(pa.schema([("image_id", pa.string()),
+                                             ("source_id", pa.int32()),
+                                             ("object_id", pa.int64())])) for t in assocs])
+         if assocs else _empty_existing()[3])
+    return ids[ok], ra[ok], dec[ok], a
+
+
+def _list(store, prefix: str) -> list[str]:
+    try:
+        return [i.key for i in store.list(prefix)]
+    except SkySurveyError:
+        return []
+
+
+def _read_unit_detections(store, task: UnitTask) -> Detections:
+    """Sources of the task's images that lie in the unit or its margin."""
+    parts = []
+    for i, img in enumerate(task.images):
+        table = read_parquet(store, img["key"], SOURCE_COLUMNS)
+        cols = source_arrays(table, img.get("pixel_scale"))
+        good = np.isfinite(cols["ra"]) & np.isfinite(cols["dec"])
+        cols = {k: v[good] for k, v in cols.items()}
+        shift = 2 * (29 - task.margin_order)
+        fine = np.where(cols["hp29"] >= 0, cols["hp29"] >> shift, -1)
+        missing = fine < 0
+        if missing.any():
+            fine[missing] = healpix(cols["ra"][missing], cols["dec"][missing],
+                                    task.margin_order)
+        keep = in_region(fine, task.margin_order, task.unit, task.unit_order)
+        n = int(keep.sum())
+        parts.append({"image": np.full(n, i, np.int64),
+                      "mjd": np.full(n, np.nan if img["mjd"] is None else img["mjd"]),
+                      "night": np.full(n, img["night"], np.int64),
+                      "band": np.full(n, img["band"], np.int64),
+                      **{k: v[keep] for k, v in cols.items() if k != "hp29"}})
+    if not parts:
+        cols = {k: np.zeros(0) for k in ("ra", "dec", "weight", "mjd", "mag", "mag_err")}
+        ints = {k: np.zeros(0, np.int64) for k in ("image", "night", "band", "source_id", "obj")}
+        return Detections(**cols, **ints)
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    merged["obj"] = np.full(len(merged["ra"]), -1, np.int64)
+    return Detections(**merged)
+
+
+def run_unit(task: UnitTask, store=None) -> dict:
+    """Associate one unit and write its three tables under ``task.staging``; the reply."""
+    start = time.perf_counter()
+    store = store or open_store(task.catalog)
+    det = _read_unit_detections(store, task)
+    old_ids, old_ra, old_dec, old_assoc = _read_existing(store, task)
+    # existing associations of images that are not redone: fixed links
+    redo = {img["image_id"] for img in task.images if img["redo"]}
+    image_index = {img["image_id"]: i for i, img in enumerate(task.images)}
+    if old_assoc.num_rows and len(det):
+        img_ids = old_assoc["image_id"].to_pylist()
+        a_img = np.array([image_index.get(i, -1) if i not in redo else -1 for i in img_ids],
+                         np.int64)
+        a_src = old_assoc["source_id"].to_numpy(zero_copy_only=False).astype(np.int64)
+        a_obj = old_assoc["object_id"].to_numpy(zero_copy_only=False)
+        pos = {int(v): k for k, v in enumerate(old_ids)}
+        a_idx = np.array([pos.get(int(v), -1) for v in a_obj], np.int64)
+        ok = (a_img >= 0) & (a_idx >= 0)
+        det.obj = link(a_img[ok] * (1 << 32) + a_src[ok], a_idx[ok],
+                       det.image * (1 << 32) + det.source_id.astype(np.int64))
+    todo = np.nonzero(det.obj < 0)[0]
+    order = todo[np.lexsort((det.source_id[todo], det.image[todo],
+                             np.nan_to_num(det.mjd[todo], nan=np.inf)))]
+    centre = pixel_centre(task.unit, task.unit_order)
+    det.obj = associate(det, old_ra, old_dec, centre, task.radius_arcsec, order)
+    # only objects that have detections survive (an object whose detections all vanished
+    # on reprocessing is dropped, and counted)
+    n_obj = int(det.obj.max(initial=-1)) + 1
+    objects, phot = object_statistics(det, n_obj, task.bands, task.floor, task.false_alarm)
+    alive = objects["n_detections"] > 0
+    own = np.zeros(n_obj, bool)
+    own[alive] = healpix(objects["ra"][alive], objects["dec"][alive],
+                         task.unit_order) == task.unit
+    n_old = len(old_ids)
+    ids = np.full(n_obj, -1, np.int64)
+    ids[:n_old] = old_ids
+    new_owned = np.nonzero(own[n_old:])[0] + n_old
+    ids[new_owned] = _new_ids(objects, new_owned, old_ids)
+    dropped = int((~alive[:n_old]).sum()) if n_old else 0
+    dropped_own = 0
+    if dropped:
+        old_pix = healpix(old_ra, old_dec, task.unit_order)
+        dropped_own = int(((~alive[:n_old]) & (old_pix == task.unit)).sum())
+    keys = _write_unit(store, task, objects, phot, det, ids, own)
+    return {"status": "ok", "unit": task.unit, "unit_order": task.unit_order,
+            "n_objects": int(own.sum()), "n_new_objects": len(new_owned),
+            "n_associations": int(own[det.obj].sum()) if len(det) else 0,
+            "n_dropped_objects": dropped_own, "keys": keys,
+            "seconds": round(time.perf_counter() - start, 3), "error": None}
+
+
+def link(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """values[keys == query] for each query (-1 where absent)."""
+    out = np.full(len(query), -1, np.int64)
+    if not len(keys):
+        return out
+    sorter = np.argsort(keys)
+    where = np.clip(np.searchsorted(keys, query, sorter=sorter), 0, len(keys) - 1)
+    hit = keys[sorter[where]] == query
+    out[hit] = values[sorter[where[hit]]]
+    return out
+
+
+def _new_ids(objects: dict, new: np.ndarray, old_ids: np.ndarray) -> np.ndarray:
+    """Ids for new objects: order-10 pixel << 39 | next free sequence in that pixel."""
+    if not len(new):
+        return np.zeros(0, np.int64)
+    prefix = healpix(objects["ra"][new], objects["dec"][new], ID_ORDER)
+    order = np.lexsort((objects["dec"][new], objects["ra"][new],
+                        np.nan_to_num(objects["first_mjd"][new], nan=np.inf), prefix))
+    out = np.zeros(len(new), np.int64)
+    old_prefix = old_ids >> ID_SHIFT
+    old_seq = old_ids & ((1 << ID_SHIFT) - 1)
+    sp = prefix[order]
+    starts = np.r_[True, sp[1:] != sp[:-1]]
+    run_start = np.maximum.accumulate(np.where(starts, np.arange(len(sp)), 0))
+    rank = np.arange(len(sp)) - run_start
+    base = np.zeros(len(sp), np.int64)
+    for p in np.unique(sp):
+        mine = old_seq[old_prefix == p]
+        base[sp == p] = int(mine.max()) + 1 if mine.size else 0
+    out[order] = (sp << ID_SHIFT) | (base + rank)
+    return out
+
+
+def _write_unit(store, task: UnitTask, objects, phot, det: Detections, ids, own) -> list[str]:
+    keys = []
+    idx = np.nonzero(own)[0]
+    idx = idx[np.argsort(ids[idx])]
+    hp29 = healpix(objects["ra"][idx], objects["dec"][idx], 29)
+    otab = pa.table({
+        "object_id": pa.array(ids[idx], pa.int64()),
+        "ra": objects["ra"][idx], "dec": objects["dec"][idx],
+        "ra_err": objects["ra_err"][idx], "dec_err": objects["dec_err"][idx],
+        "_healpix_29": pa.array(hp29, pa.int64()),
+        "n_detections": pa.array(objects["n_detections"][idx], pa.int32()),
+        "n_nights": pa.array(objects["n_nights"][idx], pa.int32()),
+        "first_mjd": pa.array(objects["first_mjd"][idx], pa.float64(), from_pandas=True),
+        "last_mjd": pa.array(objects["last_mjd"][idx], pa.float64(), from_pandas=True),
+        "variable": objects["variable"][idx],
+        "transient_candidate": objects["transient_candidate"][idx],
+        "pipeline_version": pa.array([__version__] * len(idx), pa.string()),
+    }, schema=OBJECTS_SCHEMA)
+    sel = own[phot["obj"]]
+    pid = ids[phot["obj"][sel]]
+    porder = np.lexsort((phot["band"][sel], pid))
+    bands = np.array(task.bands or ["unknown"], dtype=object)
+    ptab = pa.table({
+        "object_id": pa.array(pid[porder], pa.int64()),
+        "band": pa.array(bands[phot["band"][sel][porder]].tolist(), pa.string()),
+        "n": pa.array(phot["n"][sel][porder], pa.int32()),
+        **{c: pa.array(phot[c][sel][porder], pa.float64(), from_pandas=True)
+           for c in ("mean_mag", "mean_mag_err", "scatter", "chi2_reduced")},
+    }, schema=OBJECT_PHOTOMETRY_SCHEMA)
+    dsel = np.nonzero(own[det.obj])[0] if len(det) else np.zeros(0, np.int64)
+    o = det.obj[dsel]
+    sep = separation_arcsec(det.ra[dsel], det.dec[dsel], objects["ra"][o], objects["dec"][o])
+    image_ids = np.array([img["image_id"] for img in task.images] or [""], dtype=object)
+    aorder = np.lexsort((det.source_id[dsel], det.image[dsel]))
+    atab = pa.table({
+        "image_id": pa.array(image_ids[det.image[dsel][aorder]].tolist(), pa.string()),
+        "source_id": pa.array(det.source_id[dsel][aorder], pa.int32()),
+        "object_id": pa.array(ids[o][aorder], pa.int64()),
+        "separation_arcsec": sep[aorder],
+    }, schema=ASSOCIATIONS_SCHEMA)
+    for name, table in (("objects", otab), ("object_photometry", ptab),
+                        ("associations", atab)):
+        if table.num_rows == 0:
+            continue
+        key = f"{task.staging}/{unit_key(name, task.unit, task.unit_order)}"
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        store.write_bytes(key, sink.getvalue(), content_type="application/vnd.apache.parquet")
+        keys.append(key)
+    return keys
+
+
+def handle_unit_event(event: dict) -> dict:
+    """The Lambda entry for one unit: ``{"task": "objects_unit", ...}`` (see README)."""
+    fields = {k: v for k, v in event.items() if k != "task"}
+    try:
+        task = UnitTask(**fields)
+    except TypeError as exc:
+        return {"status": "error", "unit": event.get("unit"), "error": f"bad event: {exc}"}
+    try:
+        return run_unit(task)
+    except SkySurveyError as exc:
+        return {"status": "error", "unit": task.unit, "error": str(exc)}
+    except Exception as exc:  # one line, never a crash of the whole build
+        return {"status": "error", "unit": task.unit,
+                "error": f"unit {task.unit}: unexpected {type(exc).__name__}: {exc}"}
+
+
+# ---------------------------------------------------------------------------------------
+# The driver: plan, run the units, commit
+
+
+@dataclass
+class BuildReport:
+    status: str = "ok"  # ok | unchanged | error
+    n_images: int = 0
+    n_new_images: int = 0
+    n_redone_images: int = 0
+    n_removed_images: int = 0
+    n_images_without_wcs: int = 0
+    n_objects: int = 0
+    n_new_objects: int = 0
+    n_associations: int = 0
+    n_dropped_objects: int = 0
+    n_units: int = 0
+    unit_order: int = 0
+    partitions: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        rows = [("status", self.status), ("images", self.n_images),
+                ("new images", self.n_new_images), ("reprocessed images", self.n_redone_images),
+                ("removed images", self.n_removed_images),
+                ("images without WCS", self.n_images_without_wcs),
+                ("objects", f"{self.n_objects:,}"), ("new objects", f"{self.n_new_objects:,}"),
+                ("associations", f"{self.n_associations:,}"),
+                ("dropped objects", self.n_dropped_objects),
+                ("units (order)", f"{self.n_units} ({self.unit_order})"),
+                ("seconds", f"{self.seconds:.1f}")]
+        lines = ["Objects", "-" * 36] + [f"{k:<20}{v!s:>16}" for k, v in rows]
+        lines += [f"note: {n}" for n in self.notes]
+        lines += [f"error: {e}" for e in self.errors]
+        return "\n".join(lines)
+
+
+def _fingerprint(row: dict) -> str:
+    return f"{row.get('processed_at')}|{row.get('pipeline_version')}|{row.get('n_sources')}"
+
+
+def read_images(catalog: str) -> list[dict]:
+    """Rows of the ``images`` table with ``band``, ``night`` and the sources file key."""
+    from .errors import QueryError
+    from .queries import dataset
+
+    try:
+        data = dataset(catalog, "images")
+    except QueryError:
+        raise ObjectsError(catalog, "catalog without images (no images/ table): run "
+                                    "scripts/invoke_lambda.py first") from None
+    cols = ["image_id", "has_wcs", "ra_center", "dec_center", "width", "height", "pixel_scale",
+            "mjd", "n_sources", "processed_at", "pipeline_version", "band", "night"]
+    rows = []
+    for fragment in data.get_fragments():
+        sources_key = "sources/" + fragment.path.rsplit("/images/", 1)[1]
+        for row in fragment.to_table(schema=data.schema, columns=cols).to_pylist():
+            rows.append({**row, "key": sources_key})
+    return rows
+
+
+def _load_state(store) -> dict | None:
+    try:
+        return json.loads(store.read_bytes(STATE_KEY))
+    except SkySurveyError:
+        return None
+    except ValueError:
+        return None
+
+
+def _choose_unit_order(images: list[dict], workers: int) -> int:
+    """Coarsest order (5..12) whose busiest pixel holds <= 1/(4 workers) of the sources."""
+    total = sum(int(r["n_sources"] or 0) for r in images) or 1
+    ra = np.array([r["ra_center"] for r in images], float)
+    dec = np.array([r["dec_center"] for r in images], float)
+    n = np.array([int(r["n_sources"] or 0) for r in images], float)
+    target = max(total / (4 * max(workers, 1)), 20_000)
+    for order in range(PARTITION_ORDER, 13):
+        pix = healpix(ra, dec, order)
+        _, inv = np.unique(pix, return_inverse=True)
+        if np.bincount(inv, n).max() <= target:
+            return order
+    return 12
+
+
+def _image_units(images: list[dict], order: int, margin_arcsec: float) -> list[np.ndarray]:
+    """Unit pixels each image may touch: a disc around its centre (half diagonal + margin)."""
+    from astropy import units as u
+    from astropy_healpix import HEALPix
+
+    grid = HEALPix(nside=2**order, order="nested")
+    out = []
+    for r in images:
+        scale = r["pixel_scale"] or 1.0
+        half = 0.5 * np.hypot(r["width"] or 0, r["height"] or 0) * scale
+        radius = (half * 1.05 + margin_arcsec) / 3600
+        out.append(np.asarray(grid.cone_search_lonlat(r["ra_center"] * u.deg,
+                                                      r["dec_center"] * u.deg,
+                                                      radius * u.deg), np.int64))
+    return out
+
+
+def recover(store) -> list[str]:
+    """Finish a build interrupted after its ``_complete`` marker; drop unfinished ones."""
+    notes = []
+    for token in _staging_tokens(store):
+        prefix = f"{STAGING}/{token}"
+        if store.exists(f"{prefix}/_complete"):
+            _commit(store, prefix)
+            notes.append(f"finished the swap of an interrupted build ({token})")
+        else:
+            store.clear(prefix)
+            notes.append(f"discarded an unfinished build ({token}); previous tables kept")
+    return notes
+
+
+def _staging_tokens(store) -> list[str]:
+    if isinstance(store, LocalStore):
+        base = store.root / STAGING
+        return sorted(p.name for p in base.iterdir()) if base.is_dir() else []
+    return sorted({k.split("/")[1] for k in _list(store, f"{STAGING}/")})
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Exchange two directories atomically (Linux renameat2 RENAME_EXCHANGE); False if not."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def _commit(store, prefix: str) -> None:
+    """Swap the staged tables in, table by table; idempotent (safe to redo after a crash)."""
+    if isinstance(store, LocalStore):
+        staged = store.root / prefix
+        for table in TABLES:
+            src, dst = staged / table, store.root / table
+            if not src.exists():  # swapped already (an interrupted commit being finished)
+                continue
+            if dst.exists():
+                if not _exchange(src, dst):
+                    old = staged / f"old-{table}"
+                    shutil.rmtree(old, ignore_errors=True)
+                    dst.rename(old)
+                    src.rename(dst)
+                else:
+                    shutil.rmtree(src, ignore_errors=True)  # now the old version
+            else:
+                src.rename(dst)
+        shutil.rmtree(staged, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            staged.parent.rmdir()  # only when no other build is staged
+        return
+    staged_keys = [k for k in _list(store, f"{prefix}/") if not k.endswith("/_complete")]
+    new_keys = {k[len(prefix) + 1:] for k in staged_keys}
+    for key in staged_keys:  # the window: readers may see some units old, some new
+        store.write_bytes(key[len(prefix) + 1:], store.read_bytes(key),
+                          content_type="application/vnd.apache.parquet")
+    for table in TABLES:
+        for key in _list(store, f"{table}/"):
+            if key not in new_keys:
+                store.delete(key)
+    store.clear(f"{prefix}/")
+
+
+def build_objects(catalog: str, config: BuildConfig | None = None, *,
+                  runner: Callable[[list[UnitTask]], list[dict]] | None = None) -> BuildReport:
+    """Associate the catalog's sources into objects; incremental unless ``config.rebuild``.
+
+    *runner* runs the unit tasks (default: :func:`run_units_local` with ``config.workers``).
+    """
+    config = config or BuildConfig()
+    start = time.perf_counter()
+    report = BuildReport()
+    store = open_store(catalog)
+    if isinstance(store, LocalStore) and not store.root.is_dir():
+        raise ObjectsError(catalog, "no catalog folder here: run scripts/invoke_lambda.py first")
+    report.notes += recover(store)
+    images = read_images(catalog)
+    if not images:
+        raise ObjectsError(catalog, "catalog without images: nothing to associate")
+    report.n_images = len(images)
+    state = None if config.rebuild else _load_state(store)
+    has_tables = bool(_list(store, "objects/")) and not config.rebuild
+    if has_tables and state is None:
+        report.notes.append("objects table without a build record (an older version): its "
+                            "ids are kept, its statistics recomputed")
+    elif state and state.get("layout") != LAYOUT:
+        report.notes.append(f"objects table of layout {state.get('layout')} (older version): "
+                            "ids kept, tables rewritten")
+    if state and abs(state.get("radius_arcsec", config.radius_arcsec)
+                     - config.radius_arcsec) > 1e-9:
+        raise ObjectsError(catalog, f"objects were built with --radius "
+                                    f"{state['radius_arcsec']}; rerun with that radius or "
+                                    "--rebuild")
+    seen = (state or {}).get("images", {})
+    current = {r["image_id"]: _fingerprint(r) for r in images}
+    new = [i for i in current if i not in seen]
+    redone = [i for i in current if i in seen and seen[i] != current[i]]
+    removed = [i for i in seen if i not in current]
+    if has_tables and state is None:  # old tables: images they hold are taken as done
+        new, redone, removed = [], [], []
+    report.n_new_images, report.n_redone_images = len(new), len(redone)
+    report.n_removed_images = len(removed)
+    usable = [r for r in images if r["has_wcs"] and r["ra_center"] is not None]
+    report.n_images_without_wcs = len(images) - len(usable)
+    if report.n_images_without_wcs:
+        names = sorted(r["image_id"] for r in images if r not in usable)
+        report.notes.append(f"{len(names)} image(s) without WCS, sources left unassociated: "
+                            + ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
+    mixed = sorted({r["pipeline_version"] for r in images if r["pipeline_version"]})
+    if len(mixed) > 1:
+        report.notes.append("images from several pipeline versions: " + ", ".join(mixed))
+    if (state and state.get("layout") == LAYOUT and not new and not redone and not removed
+            and not config.rebuild):
+        report.status = "unchanged"
+        report.unit_order = state["unit_order"]
+        report.n_objects = state.get("n_objects", 0)
+        report.seconds = time.perf_counter() - start
+        return report
+    unit_order = (config.unit_order or (state or {}).get("unit_order")
+                  or _choose_unit_order(usable or images, config.workers))
+    mo = margin_order(config.margin_arcsec)
+    unit_order = min(unit_order, mo)
+    if state and state.get("unit_order") not in (None, unit_order):
+        raise ObjectsError(catalog, "unit order differs from the last build: use --rebuild")
+    bands = sorted({r["band"] or "unknown" for r in images})
+    nights = sorted({r["night"] for r in images if r["night"] and r["night"] != "unknown"})
+    band_index = {b: i for i, b in enumerate(bands)}
+    night_index = {n: i for i, n in enumerate(nights)}
+    redo_set = set(new) | set(redone)
+    per_unit: dict[int, list[dict]] = {}
+    reach = 2.2 * pixel_size_arcsec(mo)  # what in_region() may add around a unit
+    for r, units in zip(usable, _image_units(usable, unit_order, reach), strict=True):
+        entry = {"image_id": r["image_id"], "key": r["key"], "mjd": r["mjd"],
+                 "night": night_index.get(r["night"], -1),
+                 "band": band_index[r["band"] or "unknown"],
+                 "pixel_scale": r["pixel_scale"],
+                 "redo": r["image_id"] in redo_set}
+        for u in units:
+            per_unit.setdefault(int(u), []).append(entry)
+    # units that held objects before must be rewritten too (their images may be gone)
+    token = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    staging = f"{STAGING}/{token}"
+    layout_ok = bool(state and state.get("layout") == LAYOUT)
+    tasks = [UnitTask(catalog=catalog, staging=staging, unit=u, unit_order=unit_order,
+                      radius_arcsec=config.radius_arcsec, margin_order=mo, floor=config.floor,
+                      false_alarm=config.false_alarm, images=imgs, nights=nights, bands=bands,
+                      existing_layout=layout_ok, rebuild=config.rebuild or not has_tables)
+             for u, imgs in sorted(per_unit.items())]
+    report.n_units, report.unit_order = len(tasks), unit_order
+    replies = (runner or (lambda ts: run_units_local(ts, config.workers)))(tasks)
+    failed = [r for r in replies if r.get("status") != "ok"]
+    if failed:
+        store.clear(f"{staging}/")
+        report.status = "error"
+        report.errors = [r.get("error") or f"unit {r.get('unit')} failed" for r in failed]
+        report.errors.append("nothing was changed: the previous tables are intact")
+        report.seconds = time.perf_counter() - start
+        return report
+    for r in replies:
+        report.n_objects += r["n_objects"]
+        report.n_new_objects += r["n_new_objects"]
+        report.n_associations += r["n_associations"]
+        report.n_dropped_objects += r["n_dropped_objects"]
+    report.partitions = sorted({partition_of(t.unit, unit_order) for t in tasks})
+    new_state = {"layout": LAYOUT, "version": __version__, "radius_arcsec": config.radius_arcsec,
+                 "unit_order": unit_order, "floor": config.floor,
+                 "n_objects": report.n_objects, "images": current}
+    store.write_bytes(f"{staging}/{STATE_KEY}", json.dumps(new_state, indent=1).encode())
+    store.write_bytes(f"{staging}/_complete", b"")
+    _commit(store, staging)
+    if report.n_dropped_objects:
+        report.notes.append(f"{report.n_dropped_objects} object(s) lost all their detections "
+                            "(reprocessed or removed images) and were dropped")
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _run_task(task: UnitTask) -> dict:
+    return handle_unit_event(task.event())
+
+
+def run_units_local(tasks: list[UnitTask], workers: int = 1) -> list[dict]:
+    """Run unit tasks in this process (workers=1) or a process pool."""
+    if workers <= 1 or len(tasks) <= 1:
+        return [_run_task(t) for t in tasks]
+    from concurrent.futures import ProcessPoolExecutor
+
+    # biggest units first, so the pool ends together
+    ordered = sorted(tasks, key=lambda t: -len(t.images))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(_run_task, ordered, chunksize=1))
+
+
