@@ -20,55 +20,65 @@ from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA
 
 def test_ddl_parses_and_matches_the_arrow_schemas():
     statements = athena.ddl_statements("astronomy", "s3://cat/survey")
-    assert len(statements) == 7  # database, dated and undated table of each, two views
+    assert len(statements) == 8  # database, five tables, two views
     for statement in statements:
         sqlglot.parse_one(statement, read="athena")
-    tables = statements[1:5]
-    for statement, schema in zip(tables, [SOURCES_SCHEMA] * 2 + [IMAGES_SCHEMA] * 2,
-                                 strict=True):
+    tables = statements[1:6]
+    for statement, spec in zip(tables, athena.TABLES.values(), strict=True):
         columns = statement.split("(\n", 1)[1].split("\n)", 1)[0]
         declared = [line.strip().rstrip(",").split() for line in columns.splitlines()]
-        assert [name.strip("`") for name, _ in declared] == schema.names
-        assert [t for _, t in declared] == [athena._TYPES[f.type] for f in schema]
-        assert "MSCK" not in statement and "'projection.enabled'='true'" in statement
-    sources_dated, sources_undated, _, images_undated = tables
-    assert "`astronomy`.`sources_dated`" in sources_dated
-    assert "'projection.night.type'='date'" in sources_dated
-    assert "'projection.night.type'='enum'" in sources_undated
-    assert "'projection.night.values'='unknown'" in sources_undated
-    for statement in tables[:2]:
-        assert "LOCATION 's3://cat/survey/sources/'" in statement
-    assert "'storage.location.template'='s3://cat/survey/images/band=${band}/night=${night}/'" \
-        in images_undated
-    assert statements[5] == ('CREATE OR REPLACE VIEW "astronomy"."sources" AS SELECT * FROM '
-                             '"astronomy"."sources_dated" UNION ALL SELECT * FROM '
-                             '"astronomy"."sources_undated"')
+        assert [name.strip("`") for name, _ in declared] == spec.schema.names
+        assert [t for _, t in declared] == [athena._TYPES[f.type] for f in spec.schema]
+        assert "projection" not in statement  # partitions are registered, never projected
+        assert f"LOCATION 's3://cat/survey/{spec.folder}/'" in statement
+    assert "PARTITIONED BY (`band` string, `night` string)" in tables[0]
+    assert "PARTITIONED BY (`hpx5` int)" in tables[4]
+    assert statements[6] == ('CREATE OR REPLACE VIEW "astronomy"."sources" AS SELECT t.* FROM '
+                             '"astronomy"."sources_data" t WHERE t.image_id IN '
+                             '(SELECT image_id FROM "astronomy"."images")')
 
 
-def test_views_union_dated_and_undated_images_for_the_named_queries(tmp_path):
-    """The view statements, run as written on DuckDB over dated and undated partitions, give
-    every row once, and the named queries run on them unchanged."""
+def test_glue_tables_have_the_arrow_columns_and_partition_keys():
+    spec = athena.TABLES["associations"]
+    table = athena.glue_table_input(spec, "s3://cat/x")
+    assert table["Name"] == "associations_data"
+    assert table["PartitionKeys"] == [{"Name": "hpx5", "Type": "int"}]
+    assert [c["Name"] for c in table["StorageDescriptor"]["Columns"]] == spec.schema.names
+    assert table["StorageDescriptor"]["Location"] == "s3://cat/x/associations/"
+
+
+def test_views_keep_only_images_with_an_images_record(tmp_path):
+    """The view statements, run as written on DuckDB: a sources file without its images
+    record stays invisible, and the named queries run on the views unchanged."""
     import duckdb
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for night, n in (("2026-11-20", 3), ("unknown", 2)):
+    for image_id, night, n, with_record in (("a", "2026-11-20", 3, True),
+                                            ("b", "unknown", 2, True),
+                                            ("half", "2026-11-20", 4, False)):
         folder = tmp_path / "sources" / "band=r" / f"night={night}"
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         rows = {name: [None] * n for name in SOURCES_SCHEMA.names}
-        rows.update(image_id=[f"img-{night}"] * n, source_id=list(range(n)), snr=[50.0] * n,
+        rows.update(image_id=[image_id] * n, source_id=list(range(n)), snr=[50.0] * n,
                     mag=[20.0] * n)
-        pq.write_table(pa.table(rows, schema=SOURCES_SCHEMA), folder / "x.parquet")
+        pq.write_table(pa.table(rows, schema=SOURCES_SCHEMA), folder / f"{image_id}.parquet")
+        if with_record:
+            folder = tmp_path / "images" / "band=r" / f"night={night}"
+            folder.mkdir(parents=True, exist_ok=True)
+            record = {name: [None] for name in IMAGES_SCHEMA.names}
+            record.update(image_id=[image_id], n_sources=[n])
+            pq.write_table(pa.table(record, schema=IMAGES_SCHEMA), folder / f"{image_id}.parquet")
     con = duckdb.connect()
     con.execute("CREATE SCHEMA astronomy")
-    glob = f"{tmp_path}/sources/*/*/*.parquet"
-    for kind, where in (("dated", "<>"), ("undated", "=")):
-        con.execute(f"CREATE VIEW astronomy.sources_{kind} AS SELECT * FROM read_parquet("
-                    f"'{glob}', hive_partitioning = true) WHERE night {where} 'unknown'")
-    con.execute(athena.ddl_statements("astronomy", "s3://cat")[5])
+    for table, folder in (("sources_data", "sources"), ("images", "images")):
+        con.execute(f"CREATE VIEW astronomy.{table} AS SELECT * FROM read_parquet("
+                    f"'{tmp_path}/{folder}/*/*/*.parquet', hive_partitioning = true)")
+    con.execute("CREATE VIEW astronomy.associations_data AS SELECT 'a' AS image_id")
+    for statement in athena.view_statements("astronomy"):
+        con.execute(statement)
     con.execute("USE astronomy")
-    total = con.execute(NAMED_QUERIES["total_sources"].sql).fetchone()
-    assert total == (5, 2, 1)
+    assert con.execute(NAMED_QUERIES["total_sources"].sql).fetchone() == (5, 2, 1)
     nights = con.execute("SELECT night, count(*) FROM sources GROUP BY night ORDER BY 1")
     assert nights.fetchall() == [("2026-11-20", 3), ("unknown", 2)]
 
@@ -149,18 +159,19 @@ def test_failed_query_and_timeout_are_query_errors():
 
 
 def test_script_on_athena_reports_scan_and_cost(moto_server, workgroup, capsys):
-    for _ in range(8):  # the check for existing tables and the 7 DDL statements come first
+    for _ in range(2):  # the two views come first (the tables are made through Glue)
         _inject(moto_server, [], [])
     _inject(moto_server, [["total_sources", "total_images", "bands"], ["100", "2", "1"]],
             [_col("total_sources", "bigint"), _col("total_images", "bigint"),
              _col("bands", "bigint")])
+    boto3.client("s3").create_bucket(Bucket="cat")
     script = load_script("query_with_athena")
     assert script.main(["--engine", "athena", "--catalog", "s3://cat", "--query",
                         "total_sources"]) == 0
     out = capsys.readouterr().out
     assert "100" in out and "scanned" in out and "$" in out
     queries = boto3.client("athena").list_query_executions()["QueryExecutionIds"]
-    assert len(queries) == 9  # table check, database, four tables, two views, the query
+    assert len(queries) == 3  # two views, the query
 
 
 def _sent_queries():
@@ -169,23 +180,72 @@ def _sent_queries():
             for q in client.list_query_executions()["QueryExecutionIds"]]
 
 
-def _table_rows(found):
-    return ([["table_name", "table_type"], *found],
-            [_col("table_name", "varchar"), _col("table_type", "varchar")])
+def _glue_tables():
+    return {t["Name"]: t.get("TableType")
+            for t in boto3.client("glue").get_tables(DatabaseName="astronomy")["TableList"]}
 
 
-def test_ensure_tables_replaces_an_older_plain_table_by_the_view(moto_server, workgroup):
-    _inject(moto_server, *_table_rows([["sources", "BASE TABLE"], ["images", "BASE TABLE"]]))
+def test_ensure_tables_replaces_an_older_setup_and_is_quiet_the_second_time(
+        moto_server, workgroup):
+    glue = boto3.client("glue")
+    boto3.client("s3").create_bucket(Bucket="cat")
+    glue.create_database(DatabaseInput={"Name": "astronomy"})
+    for name in athena.LEGACY_TABLES:  # the projected tables and the views of before
+        glue.create_table(DatabaseName="astronomy", TableInput={"Name": name,
+                                                                "TableType": "EXTERNAL_TABLE"})
+    for name in ("sources", "images"):
+        glue.create_table(DatabaseName="astronomy", TableInput={"Name": name,
+                                                                "TableType": "VIRTUAL_VIEW"})
     athena.ensure_tables("astronomy", "astronomy-workgroup", "s3://cat", poll=0.01)
-    sent = _sent_queries()
-    assert sent[0]["Query"] == athena.TABLES_SQL
-    assert sent[0]["ExecutionParameters"] == ["'astronomy'"]
-    assert [e["Query"] for e in sent[1:3]] == ["DROP TABLE IF EXISTS `astronomy`.`sources`",
-                                              "DROP TABLE IF EXISTS `astronomy`.`images`"]
-    assert [e["Query"] for e in sent[3:]] == athena.ddl_statements("astronomy", "s3://cat")
-
-
-def test_ensure_tables_sends_one_query_when_everything_exists(moto_server, workgroup):
-    _inject(moto_server, *_table_rows([[k, v] for k, v in athena.EXPECTED_TABLES.items()]))
+    tables = _glue_tables()
+    assert not set(athena.LEGACY_TABLES) & set(tables)
+    assert tables["images"] == "EXTERNAL_TABLE"
+    assert "sources" not in tables  # the stale view is dropped; Athena SQL makes the new one
+    assert {"sources_data", "objects", "object_photometry", "associations_data"} <= set(tables)
+    # the old sources view read the dropped tables: both views are (re)made
+    assert [e["Query"] for e in _sent_queries()] == athena.view_statements("astronomy")
+    glue.create_table(DatabaseName="astronomy", TableInput={"Name": "sources",
+                                                            "TableType": "VIRTUAL_VIEW"})
+    glue.create_table(DatabaseName="astronomy", TableInput={"Name": "associations",
+                                                            "TableType": "VIRTUAL_VIEW"})
     athena.ensure_tables("astronomy", "astronomy-workgroup", "s3://cat", poll=0.01)
-    assert [e["Query"] for e in _sent_queries()] == [athena.TABLES_SQL]
+    assert len(_sent_queries()) == 2  # nothing more to create
+
+
+def _put(s3, key):
+    s3.put_object(Bucket="cat", Key=key, Body=b"PAR1")
+
+
+def _partitions(table):
+    pages = boto3.client("glue").get_paginator("get_partitions").paginate(
+        DatabaseName="astronomy", TableName=table)
+    return sorted(tuple(p["Values"]) for page in pages for p in page["Partitions"])
+
+
+def test_any_band_and_any_valid_night_is_registered(moto_server, workgroup):
+    from datetime import date, timedelta
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="cat")
+    tomorrow = (date.today() + timedelta(days=1)).isoformat()
+    written = [("f606w", "1850-01-01"), ("ks", tomorrow), ("irac1", "unknown"),
+               ("r", "2026-03-14")]
+    for band, night in written:
+        for table in ("sources", "images"):
+            _put(s3, f"{table}/band={band}/night={night}/x.parquet")
+    _put(s3, "objects/hpx5=4321/part-0.parquet")
+    athena.ensure_tables("astronomy", "astronomy-workgroup", "s3://cat", poll=0.01)
+    assert _partitions("sources_data") == _partitions("images") == sorted(written)
+    assert _partitions("objects") == [("4321",)]
+    location = boto3.client("glue").get_partition(
+        DatabaseName="astronomy", TableName="sources_data",
+        PartitionValues=["ks", tomorrow])["Partition"]["StorageDescriptor"]["Location"]
+    assert location == f"s3://cat/sources/band=ks/night={tomorrow}/"
+    # registered as written: a new band appears without any listing
+    athena.register_written("s3://cat/sources/band=y/night=2026-01-02/new.parquet",
+                            database="astronomy")
+    assert ("y", "2026-01-02") in _partitions("images")
+    # existing partitions are kept, not an error
+    assert athena.register_partitions("s3://cat", "sources", [{"band": "y",
+                                                               "night": "2026-01-02"}],
+                                      database="astronomy") == 0

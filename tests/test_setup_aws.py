@@ -1,4 +1,4 @@
-"""setup_aws.py and cleanup_aws.py against moto: every resource, least privilege, idempotent."""
+"""setup_aws.py and cleanup_aws.py against moto: ownership, one region, repair, least privilege."""
 
 from __future__ import annotations
 
@@ -10,136 +10,459 @@ import boto3
 import pytest
 from conftest import load_script
 
-from skysurvey import aws_setup
-from skysurvey.config import env_file_path, read_env_file
+from skysurvey import aws, aws_setup
+from skysurvey.config import env_file_path, read_env_file, write_env_file
+
+RAW, CAT = "astronomy-raw-t3st", "astronomy-catalog-t3st"
+DEPLOYMENT = {"skysurvey:deployment": "t3st", "project": "skysurvey"}
 
 
-def _script(name):
-    module = load_script(name)
-    return module
-
-
-@pytest.fixture
-def package(tmp_path):
-    path = tmp_path / "lambda.zip"
+def _zip(path, body="return {}"):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("lambda_function.py", "def lambda_handler(event, context):\n    return {}\n")
+        z.writestr("lambda_function.py", f"def lambda_handler(event, context):\n    {body}\n")
     path.write_bytes(buf.getvalue())
     return path
 
 
-def test_setup_creates_everything_least_privilege_then_changes_nothing(
+@pytest.fixture(autouse=True)
+def _no_region_left_behind():
+    """setup/cleanup pin the process to their region (aws.use_region): undo it after."""
+    yield
+    aws.use_region(None)
+
+
+@pytest.fixture
+def package(tmp_path):
+    return _zip(tmp_path / "lambda.zip")
+
+
+def _setup(*args):
+    return load_script("setup_aws").main(list(args))
+
+
+def _cleanup(*args):
+    return load_script("cleanup_aws").main(list(args))
+
+
+def _doc(doc):
+    return json.loads(doc) if isinstance(doc, str) else doc
+
+
+def _tags(tags):
+    return tags if isinstance(tags, dict) else {t["Key"]: t["Value"] for t in tags}
+
+
+def test_setup_creates_everything_tagged_least_privilege_then_changes_nothing(
         mocked_aws, package, capsys):
-    setup = _script("setup_aws")
-    assert setup.main(["--suffix", "t3st", "--package", str(package), "--trigger"]) == 0
-    out = capsys.readouterr().out
-    assert "created" in out
-    s3, iam = boto3.client("s3", region_name="us-east-1"), boto3.client("iam")
-    raw, cat = "astronomy-raw-t3st", "astronomy-catalog-t3st"
-    for bucket in (raw, cat):
+    assert _setup("--suffix", "t3st", "--package", str(package), "--trigger") == 0
+    assert "created" in capsys.readouterr().out
+    s3, iam = boto3.client("s3"), boto3.client("iam")
+    for bucket in (RAW, CAT):
         bpa = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
         assert all(bpa.values()) and len(bpa) == 4
         rule = s3.get_bucket_encryption(Bucket=bucket)[
             "ServerSideEncryptionConfiguration"]["Rules"][0]
         assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
-        assert s3.get_bucket_versioning(Bucket=bucket).get("Status") is None
-    lifecycle = s3.get_bucket_lifecycle_configuration(Bucket=cat)["Rules"][0]
+        assert _tags(s3.get_bucket_tagging(Bucket=bucket)["TagSet"]) == DEPLOYMENT
+        assert _doc(s3.get_bucket_policy(Bucket=bucket)["Policy"]) == \
+            aws_setup.tls_only_policy(bucket)
+    lifecycle = s3.get_bucket_lifecycle_configuration(Bucket=CAT)["Rules"][0]
     assert lifecycle["Filter"]["Prefix"] == "athena-results/"
 
     role = iam.get_role(RoleName="lambda-astronomy-role")["Role"]
-    trust = role["AssumeRolePolicyDocument"]
-    trust = json.loads(trust) if isinstance(trust, str) else trust
-    assert trust["Statement"][0]["Principal"] == {"Service": "lambda.amazonaws.com"}
+    assert _doc(role["AssumeRolePolicyDocument"])["Statement"][0]["Principal"] == {
+        "Service": "lambda.amazonaws.com"}
+    assert _tags(iam.list_role_tags(RoleName="lambda-astronomy-role")["Tags"]) == DEPLOYMENT
     assert iam.list_attached_role_policies(RoleName="lambda-astronomy-role")[
         "AttachedPolicies"] == []
-    doc = iam.get_role_policy(RoleName="lambda-astronomy-role",
-                              PolicyName="astronomy-least-privilege")["PolicyDocument"]
-    doc = json.loads(doc) if isinstance(doc, str) else doc
-    allowed = {f"arn:aws:s3:::{raw}/images/*", f"arn:aws:s3:::{cat}/sources/*",
-               f"arn:aws:s3:::{cat}/images/*", f"arn:aws:s3:::{raw}", f"arn:aws:s3:::{cat}",
-               "arn:aws:logs:us-east-1:123456789012:log-group:"
-               "/aws/lambda/astronomy-source-detection:*"}
+    doc = _doc(iam.get_role_policy(RoleName="lambda-astronomy-role",
+                                   PolicyName="astronomy-least-privilege")["PolicyDocument"])
+    region_account = "us-east-1:123456789012"
+    allowed = {f"arn:aws:s3:::{RAW}/images/*", f"arn:aws:s3:::{CAT}/sources/*",
+               f"arn:aws:s3:::{CAT}/images/*", f"arn:aws:s3:::{RAW}", f"arn:aws:s3:::{CAT}",
+               f"arn:aws:logs:{region_account}:log-group:/aws/lambda/astronomy-source-detection:*",
+               f"arn:aws:sqs:{region_account}:astronomy-failed-events",
+               f"arn:aws:glue:{region_account}:catalog",
+               f"arn:aws:glue:{region_account}:database/astronomy",
+               f"arn:aws:glue:{region_account}:table/astronomy/sources_data",
+               f"arn:aws:glue:{region_account}:table/astronomy/images"}
     for statement in doc["Statement"]:
         assert all("*" not in a for a in statement["Action"])
         assert set(statement["Resource"]) <= allowed
     assert {a for s in doc["Statement"] for a in s["Action"]} == {
         "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket",
-        "logs:CreateLogStream", "logs:PutLogEvents"}
+        "logs:CreateLogStream", "logs:PutLogEvents", "glue:BatchCreatePartition",
+        "sqs:SendMessage"}
+    # the function cannot write into the bucket that triggers it
+    writes = [r for s in doc["Statement"] if "s3:PutObject" in s["Action"] for r in s["Resource"]]
+    assert writes and not any(r.startswith(f"arn:aws:s3:::{RAW}") for r in writes)
 
-    group = boto3.client("logs").describe_log_groups(
+    logs = boto3.client("logs")
+    group = logs.describe_log_groups(
         logGroupNamePrefix="/aws/lambda/astronomy-source-detection")["logGroups"][0]
     assert group["retentionInDays"] == 14
-    fn = boto3.client("lambda").get_function(FunctionName="astronomy-source-detection")[
-        "Configuration"]
-    assert (fn["Runtime"], fn["MemorySize"], fn["Timeout"]) == ("python3.12", 1024, 300)
-    assert fn["EphemeralStorage"]["Size"] == 2048
-    assert fn["Environment"]["Variables"] == {"BUCKET_CATALOG": f"s3://{cat}"}
-    notif = s3.get_bucket_notification_configuration(Bucket=raw)
-    assert notif["LambdaFunctionConfigurations"][0]["Events"] == ["s3:ObjectCreated:*"]
+    assert logs.list_tags_log_group(logGroupName=group["logGroupName"])["tags"] == DEPLOYMENT
+    lam = boto3.client("lambda")
+    fn = lam.get_function(FunctionName="astronomy-source-detection")
+    cfg = fn["Configuration"]
+    assert (cfg["Runtime"], cfg["MemorySize"], cfg["Timeout"]) == ("python3.12", 1024, 300)
+    assert cfg["EphemeralStorage"]["Size"] == 2048
+    assert cfg["Environment"]["Variables"] == {"BUCKET_CATALOG": f"s3://{CAT}",
+                                               "ATHENA_DATABASE": "astronomy"}
+    assert fn["Tags"] == DEPLOYMENT
+    assert lam.get_function_concurrency(FunctionName="astronomy-source-detection")[
+        "ReservedConcurrentExecutions"] == aws_setup.DEFAULT_CONCURRENCY
+    invoke = lam.get_function_event_invoke_config(FunctionName="astronomy-source-detection")
+    assert invoke["MaximumRetryAttempts"] <= 2 and invoke["MaximumEventAgeInSeconds"] == 21600
+    queue_arn = f"arn:aws:sqs:{region_account}:astronomy-failed-events"
+    assert invoke["DestinationConfig"]["OnFailure"]["Destination"] == queue_arn
+
+    sqs = boto3.client("sqs")
+    url = sqs.get_queue_url(QueueName="astronomy-failed-events")["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["SqsManagedSseEnabled"] == "true"
+    assert sqs.list_queue_tags(QueueUrl=url)["Tags"] == DEPLOYMENT
+
+    notif = s3.get_bucket_notification_configuration(Bucket=RAW)["LambdaFunctionConfigurations"]
+    filters = {tuple(sorted((r["Name"].lower(), r["Value"]) for r in
+                            c["Filter"]["Key"]["FilterRules"])) for c in notif}
+    assert (("prefix", "images/"), ("suffix", ".fits.fz")) in filters
+    assert {dict(f)["suffix"] for f in filters} == set(aws_setup.FITS_TRIGGER_SUFFIXES)
+    assert {dict(f)["prefix"] for f in filters} == {"images/"}
+
     wg = boto3.client("athena").get_work_group(WorkGroup="astronomy-workgroup")["WorkGroup"]
     assert wg["Configuration"]["BytesScannedCutoffPerQuery"] == 1024**3
     assert wg["Configuration"]["ResultConfiguration"]["OutputLocation"] == \
-        f"s3://{cat}/athena-results/"
-    env = read_env_file(env_file_path())
-    assert env["BUCKET_RAW"] == f"s3://{raw}" and env["BUCKET_CATALOG"] == f"s3://{cat}"
-    assert env["ATHENA_WORKGROUP"] == "astronomy-workgroup"
+        f"s3://{CAT}/athena-results/"
+    glue = boto3.client("glue")
+    db_arn = f"arn:aws:glue:{region_account}:database/astronomy"
+    assert glue.get_tags(ResourceArn=db_arn)["Tags"] == DEPLOYMENT
+    tables = {t["Name"] for t in glue.get_tables(DatabaseName="astronomy")["TableList"]}
+    assert {"sources_data", "images", "objects", "object_photometry",
+            "associations_data"} <= tables
 
-    # a second run (suffix from the env file) changes nothing and says so
-    assert setup.main(["--package", str(package), "--trigger"]) == 0
+    cw = boto3.client("cloudwatch")
+    alarms = {a["AlarmName"]: a for a in cw.describe_alarms()["MetricAlarms"]}
+    assert {(a["Namespace"], a["MetricName"]) for a in alarms.values()} == {
+        ("AWS/Lambda", "Errors"), ("AWS/Lambda", "Throttles"),
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible")}
+    for alarm in alarms.values():
+        assert _tags(cw.list_tags_for_resource(ResourceARN=alarm["AlarmArn"])["Tags"]) == \
+            DEPLOYMENT
+    body = json.loads(cw.get_dashboard(DashboardName="astronomy-pipeline")["DashboardBody"])
+    shown = {m[1] for w in body["widgets"][1:] for m in w["properties"]["metrics"]}
+    assert {"Invocations", "Errors", "Duration", "Throttles",
+            "ApproximateNumberOfMessagesVisible"} <= shown
+
+    env = read_env_file(env_file_path())
+    assert env["BUCKET_RAW"] == f"s3://{RAW}" and env["BUCKET_CATALOG"] == f"s3://{CAT}"
+    assert env["AWS_REGION"] == "us-east-1" and env["SKYSURVEY_SUFFIX"] == "t3st"
+
+    # a second run (suffix from the env file) re-applies everything and changes nothing
+    assert _setup("--package", str(package), "--trigger") == 0
     out = capsys.readouterr().out
     assert "nothing to change" in out and " created" not in out
     assert len(s3.list_buckets()["Buckets"]) == 2
 
 
-def test_dry_run_makes_nothing(mocked_aws, capsys):
-    assert _script("setup_aws").main(["--suffix", "dry1", "--dry-run"]) == 0
-    assert "would create" in capsys.readouterr().out
-    assert boto3.client("s3", region_name="us-east-1").list_buckets()["Buckets"] == []
+def test_drift_is_repaired_not_reported_as_exists(mocked_aws, package, capsys):
+    assert _setup("--suffix", "t3st", "--package", str(package)) == 0
+    iam, s3 = boto3.client("iam"), boto3.client("s3")
+    iam.put_role_policy(RoleName="lambda-astronomy-role", PolicyName="astronomy-least-privilege",
+                        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+                            {"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    s3.delete_bucket_encryption(Bucket=RAW)
+    s3.delete_public_access_block(Bucket=CAT)
+    boto3.client("lambda").update_function_configuration(
+        FunctionName="astronomy-source-detection", MemorySize=128)
+    capsys.readouterr()
+    assert _setup() == 0
+    out = capsys.readouterr().out
+    assert "updated: configuration" in out
+    doc = _doc(iam.get_role_policy(RoleName="lambda-astronomy-role",
+                                   PolicyName="astronomy-least-privilege")["PolicyDocument"])
+    assert doc == json.loads(json.dumps(aws_setup.lambda_policy(
+        aws_setup.Names("t3st", "us-east-1", "123456789012"))))
+    assert s3.get_bucket_encryption(Bucket=RAW)["ServerSideEncryptionConfiguration"]
+    assert all(s3.get_public_access_block(Bucket=CAT)["PublicAccessBlockConfiguration"].values())
+    assert boto3.client("lambda").get_function_configuration(
+        FunctionName="astronomy-source-detection")["MemorySize"] == 1024
+
+
+def test_redeploy_updates_code_only_when_the_zip_changed(mocked_aws, tmp_path, capsys):
+    first = _zip(tmp_path / "a.zip")
+    assert _setup("--suffix", "t3st", "--package", str(first)) == 0
+    lam = boto3.client("lambda")
+    sha = lam.get_function_configuration(FunctionName="astronomy-source-detection")["CodeSha256"]
+    assert sha == aws_setup.code_sha256(first)
+    capsys.readouterr()
+    assert _setup("--package", str(first)) == 0
+    assert "nothing to change" in capsys.readouterr().out
+    second = _zip(tmp_path / "b.zip", body="return {'v': 2}")
+    assert _setup("--package", str(second), "--memory", "2048", "--timeout", "120",
+                  "--concurrency", "3") == 0
+    out = capsys.readouterr().out
+    assert "updated: code, configuration, reserved concurrency 3" in out
+    cfg = lam.get_function_configuration(FunctionName="astronomy-source-detection")
+    assert cfg["CodeSha256"] == aws_setup.code_sha256(second) != sha
+    assert (cfg["MemorySize"], cfg["Timeout"]) == (2048, 120)
+    assert lam.get_function_concurrency(FunctionName="astronomy-source-detection")[
+        "ReservedConcurrentExecutions"] == 3
+
+
+def test_dry_run_makes_nothing_and_shows_the_suffix_the_real_run_uses(mocked_aws, capsys):
+    assert _setup("--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "would create" in out
+    suffix = out.split("deployment ", 1)[1].split()[0]
+    assert boto3.client("s3").list_buckets()["Buckets"] == []
     assert not env_file_path().exists()
+    assert _setup() == 0
+    assert read_env_file(env_file_path())["SKYSURVEY_SUFFIX"] == suffix
+    assert sorted(b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]) == [
+        f"astronomy-catalog-{suffix}", f"astronomy-raw-{suffix}"]
 
 
-def test_cleanup_removes_everything_it_made_and_nothing_else(mocked_aws, package, capsys):
-    s3 = boto3.client("s3", region_name="us-east-1")
+def test_setup_refuses_a_users_bucket_and_cleanup_leaves_it(mocked_aws, capsys):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=RAW)  # the user's own, versioned, with data
+    s3.put_bucket_versioning(Bucket=RAW, VersioningConfiguration={"Status": "Enabled"})
+    for body in (b"v1", b"v2"):
+        s3.put_object(Bucket=RAW, Key="thesis.tex", Body=body)
+    assert _setup("--suffix", "t3st") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"error: bucket s3://{RAW}: exists and is not tagged "
+                          "skysurvey:deployment=t3st") and "choose another --suffix" in err
+    assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == [RAW]  # nothing half-made
+    assert boto3.client("iam").list_roles()["Roles"] == []
+
+    assert _cleanup("--suffix", "t3st", "--yes") == 0
+    out = capsys.readouterr().out
+    assert f"bucket s3://{RAW}: left alone: not tagged skysurvey:deployment=t3st" in out
+    assert len(s3.list_object_versions(Bucket=RAW)["Versions"]) == 2
+
+
+def test_setup_refuses_an_untagged_role(mocked_aws, capsys):
+    iam = boto3.client("iam")
+    iam.create_role(RoleName="lambda-astronomy-role",
+                    AssumeRolePolicyDocument=json.dumps(aws_setup.trust_policy()))
+    iam.put_role_policy(RoleName="lambda-astronomy-role", PolicyName="admin",
+                        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+                            {"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    assert _setup("--suffix", "t3st") == 1
+    err = capsys.readouterr().err
+    assert "IAM role lambda-astronomy-role: exists and is not tagged" in err
+    assert iam.list_role_policies(RoleName="lambda-astronomy-role")["PolicyNames"] == ["admin"]
+
+
+def _legacy_deployment(suffix):
+    """What the setup of before tagging made: names with the suffix, tag project=skysurvey."""
+    s3, iam = boto3.client("s3"), boto3.client("iam")
+    for bucket in (f"astronomy-raw-{suffix}", f"astronomy-catalog-{suffix}"):
+        s3.create_bucket(Bucket=bucket)
+        s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [
+            {"Key": "project", "Value": "skysurvey"}, {"Key": "owner", "Value": "me"}]})
+    iam.create_role(RoleName="lambda-astronomy-role",
+                    AssumeRolePolicyDocument=json.dumps(aws_setup.trust_policy()),
+                    Tags=[{"Key": "project", "Value": "skysurvey"}])
+    iam.put_role_policy(RoleName="lambda-astronomy-role", PolicyName="too-broad",
+                        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+                            {"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    boto3.client("logs").create_log_group(logGroupName=aws_setup.LOG_GROUP,
+                                          tags={"project": "skysurvey"})
+    boto3.client("athena").create_work_group(  # (moto has no update_work_group to repair it)
+        Name=aws_setup.WORKGROUP, Configuration=aws_setup._workgroup_configuration(
+            aws_setup.Names(suffix, "us-east-1", "123456789012")),
+        Tags=[{"Key": "project", "Value": "skysurvey"}])
+
+
+def test_pre_tagging_deployment_is_adopted_when_the_env_file_names_it(mocked_aws, capsys):
+    _legacy_deployment("old1")
+    assert _setup("--suffix", "old1") == 1  # no env file naming it: not adopted
+    assert "made by an older skysurvey setup" in capsys.readouterr().err
+    write_env_file(env_file_path(), {"SKYSURVEY_SUFFIX": "old1", "AWS_REGION": "us-east-1"})
+    assert _setup() == 0
+    out = capsys.readouterr().out
+    assert "bucket s3://astronomy-raw-old1" in out and "adopted (tagged)" in out
+    s3, iam = boto3.client("s3"), boto3.client("iam")
+    tags = _tags(s3.get_bucket_tagging(Bucket="astronomy-raw-old1")["TagSet"])
+    assert tags == {"project": "skysurvey", "owner": "me", "skysurvey:deployment": "old1"}
+    assert _tags(iam.list_role_tags(RoleName="lambda-astronomy-role")["Tags"])[
+        "skysurvey:deployment"] == "old1"
+    assert iam.list_role_policies(RoleName="lambda-astronomy-role")["PolicyNames"] == [
+        "astronomy-least-privilege"]
+    arn = "arn:aws:athena:us-east-1:123456789012:workgroup/astronomy-workgroup"
+    assert _tags(boto3.client("athena").list_tags_for_resource(ResourceARN=arn)["Tags"])[
+        "skysurvey:deployment"] == "old1"
+
+
+def test_a_second_deployment_is_refused_naming_the_first(mocked_aws, capsys):
+    assert _setup("--suffix", "first") == 0
+    env_file_path().unlink()  # even without the env file
+    capsys.readouterr()
+    assert _setup("--suffix", "second") == 1
+    err = capsys.readouterr().err
+    assert "belongs to skysurvey deployment 'first'" in err and "--suffix first" in err
+    names = [b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]]
+    assert not any(n.endswith("second") for n in names)
+
+
+def test_cleanup_deletes_only_what_carries_its_tag(mocked_aws, package, capsys, monkeypatch):
+    monkeypatch.setattr(aws_setup, "TLS_ONLY", False)  # objects are moved below (moto)
+    s3 = boto3.client("s3")
     s3.create_bucket(Bucket="someone-elses-bucket")
-    assert _script("setup_aws").main(["--suffix", "c1", "--package", str(package),
-                                      "--trigger"]) == 0
+    assert _setup("--suffix", "c1", "--package", str(package), "--trigger") == 0
     s3.put_bucket_versioning(Bucket="astronomy-raw-c1",
                              VersioningConfiguration={"Status": "Enabled"})
     for _ in range(2):  # two versions and a delete marker
-        s3.put_object(Bucket="astronomy-raw-c1", Key="notes/a.txt", Body=b"x")  # no trigger
+        s3.put_object(Bucket="astronomy-raw-c1", Key="notes/a.txt", Body=b"x")
     s3.delete_object(Bucket="astronomy-raw-c1", Key="notes/a.txt")
+    # now the TLS-only policy (moto then refuses object calls: cleanup must delete it first)
+    s3.put_bucket_policy(Bucket="astronomy-raw-c1",
+                         Policy=json.dumps(aws_setup.tls_only_policy("astronomy-raw-c1")))
+    iam, logs = boto3.client("iam"), boto3.client("logs")
+    extra = iam.create_policy(PolicyName="by-hand", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "xray:PutTraceSegments", "Resource": "*"}]}))
+    iam.attach_role_policy(RoleName="lambda-astronomy-role",  # attached by hand
+                           PolicyArn=extra["Policy"]["Arn"])
+    logs.untag_log_group(logGroupName=aws_setup.LOG_GROUP, tags=["skysurvey:deployment"])
     capsys.readouterr()
-    cleanup = _script("cleanup_aws")
-    assert cleanup.main(["--dry-run"]) == 0
+    assert _cleanup("--dry-run") == 0
     assert "would delete" in capsys.readouterr().out
-    assert cleanup.main(["--yes"]) == 0
+    assert _cleanup("--yes") == 0
     out = capsys.readouterr().out
-    assert "STILL THERE" not in out and "[x] bucket s3://astronomy-raw-c1" in out
+    assert "STILL THERE" not in out and "[x] bucket s3://astronomy-raw-c1 deleted" in out
+    assert f"[-] log group {aws_setup.LOG_GROUP} not this deployment's: left" in out
     assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["someone-elses-bucket"]
     assert boto3.client("lambda").list_functions()["Functions"] == []
-    roles = [r["RoleName"] for r in boto3.client("iam").list_roles()["Roles"]]
-    assert "lambda-astronomy-role" not in roles
-    assert boto3.client("logs").describe_log_groups()["logGroups"] == []
+    assert "lambda-astronomy-role" not in [r["RoleName"] for r in iam.list_roles()["Roles"]]
+    assert [g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]] == [
+        aws_setup.LOG_GROUP]  # untagged: left
     groups = boto3.client("athena").list_work_groups()["WorkGroups"]
     assert "astronomy-workgroup" not in [g["Name"] for g in groups]
-    assert cleanup.main(["--yes"]) == 0  # safe twice
+    assert boto3.client("glue").get_databases()["DatabaseList"] == []
+    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
+    cw = boto3.client("cloudwatch")
+    assert cw.describe_alarms()["MetricAlarms"] == []
+    assert cw.list_dashboards()["DashboardEntries"] == []
+    assert not env_file_path().exists()  # the scripts are back on the local default
+    assert _cleanup("--yes", "--suffix", "c1") == 0  # safe twice
     assert "already gone" in capsys.readouterr().out
 
 
-def test_cleanup_drops_the_database_with_its_views_and_tables(mocked_aws):
-    athena = boto3.client("athena")
-    athena.create_work_group(Name=aws_setup.WORKGROUP, Configuration={"ResultConfiguration": {
-        "OutputLocation": "s3://cat/athena-results/"}})
-    aws_setup._drop_tables(aws_setup.Names("x", "us-east-1", "111122223333"))
-    sent = [athena.get_query_execution(QueryExecutionId=q)["QueryExecution"]["Query"]
-            for q in athena.list_query_executions()["QueryExecutionIds"]]
-    assert sent == [f"DROP DATABASE IF EXISTS `{aws_setup.DATABASE}` CASCADE"]
+def test_cleanup_without_a_terminal_and_without_yes_refuses(mocked_aws, capsys, monkeypatch):
+    assert _setup("--suffix", "t3st") == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    capsys.readouterr()
+    assert _cleanup() == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: no terminal to confirm deletion: pass --yes (or --dry-run)"
+    assert len(boto3.client("s3").list_buckets()["Buckets"]) == 2
 
 
-def test_cleanup_without_setup_is_a_clear_error(mocked_aws, capsys):
-    assert _script("cleanup_aws").main(["--yes"]) == 1
-    assert "nothing was set up" in capsys.readouterr().err
+def test_cleanup_without_setup_names_options_that_exist(mocked_aws, capsys):
+    assert _cleanup("--yes") == 1
+    err = capsys.readouterr().err
+    assert "nothing was set up" in err
+    flags = {o for a in load_script("cleanup_aws").build_parser()._actions
+             for o in a.option_strings}
+    hinted = {w.strip("(),") for w in err.split() if w.startswith("--")}
+    assert hinted and hinted <= flags
+
+
+def test_every_resource_goes_in_the_chosen_region_and_later_scripts_follow(
+        mocked_aws, package, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_REGION", "us-east-1")  # the shell says us-east-1
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    assert _setup("--region", "eu-west-1", "--suffix", "eu1", "--package", str(package),
+                  "--trigger") == 0
+    aws.use_region(None)  # a later script in the same shell
+    aws.clear_clients()
+    assert read_env_file(env_file_path())["AWS_REGION"] == "eu-west-1"
+    assert aws.client("logs").meta.region_name == "eu-west-1"  # from the env file
+    east = {s: boto3.client(s, region_name="us-east-1") for s in
+            ("logs", "athena", "lambda", "sqs", "cloudwatch", "glue")}
+    west = {s: boto3.client(s, region_name="eu-west-1") for s in east}
+    assert east["logs"].describe_log_groups()["logGroups"] == []
+    assert [g["Name"] for g in east["athena"].list_work_groups()["WorkGroups"]] == ["primary"]
+    assert east["lambda"].list_functions()["Functions"] == []
+    assert east["glue"].get_databases()["DatabaseList"] == []
+    assert west["logs"].describe_log_groups()["logGroups"]
+    assert len(west["athena"].list_work_groups()["WorkGroups"]) == 2
+    assert west["lambda"].list_functions()["Functions"]
+    assert west["sqs"].list_queues()["QueueUrls"]
+    assert west["cloudwatch"].describe_alarms()["MetricAlarms"]
+    location = boto3.client("s3").get_bucket_location(Bucket="astronomy-raw-eu1")
+    assert location["LocationConstraint"] == "eu-west-1"
+    capsys.readouterr()
+    assert _cleanup("--yes") == 0  # cleanup follows the env file's region too
+    assert west["lambda"].list_functions()["Functions"] == []
+    assert west["logs"].describe_log_groups()["logGroups"] == []
+
+
+def test_a_missing_region_is_an_error_saying_how_to_set_it(mocked_aws, capsys, monkeypatch,
+                                                             tmp_path):
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    assert _setup("--dry-run") == 1
+    err = capsys.readouterr().err
+    assert "no AWS region: pass --region, set AWS_REGION" in err
+    from skysurvey.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no AWS region"):
+        aws.client("s3")
+
+
+def test_tls_only_policy_denies_requests_without_tls():
+    policy = aws_setup.tls_only_policy("b")
+    (statement,) = policy["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Principal"] == "*"
+    assert statement["Action"] == "s3:*"
+    assert statement["Resource"] == ["arn:aws:s3:::b", "arn:aws:s3:::b/*"]
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_reference_catalog_uploaded_granted_and_configured(mocked_aws, package, tmp_path,
+                                                          monkeypatch):
+    monkeypatch.setattr(aws_setup, "TLS_ONLY", False)  # the reference is uploaded (moto)
+    ref = tmp_path / "gaia.parquet"
+    ref.write_bytes(b"PAR1 fake")
+    assert _setup("--suffix", "t3st", "--package", str(package), "--reference", str(ref),
+                  "--reference-bands", "g=phot_g_mean_mag") == 0
+    body = boto3.client("s3").get_object(Bucket=CAT, Key="reference/gaia.parquet")["Body"]
+    assert body.read() == b"PAR1 fake"
+    env = boto3.client("lambda").get_function_configuration(
+        FunctionName="astronomy-source-detection")["Environment"]["Variables"]
+    assert env["REFERENCE_CATALOG"] == f"s3://{CAT}/reference/gaia.parquet"
+    assert env["REFERENCE_BANDS"] == "g=phot_g_mean_mag"
+    doc = _doc(boto3.client("iam").get_role_policy(
+        RoleName="lambda-astronomy-role", PolicyName="astronomy-least-privilege")[
+            "PolicyDocument"])
+    read = [s for s in doc["Statement"] if s["Sid"] == "ReadReference"]
+    assert read == [{"Sid": "ReadReference", "Effect": "Allow", "Action": ["s3:GetObject"],
+                     "Resource": [f"arn:aws:s3:::{CAT}/reference/gaia.parquet"]}]
+    # a rerun without --reference keeps it (the env file remembers)
+    assert _setup() == 0
+    env = boto3.client("lambda").get_function_configuration(
+        FunctionName="astronomy-source-detection")["Environment"]["Variables"]
+    assert env["REFERENCE_CATALOG"] == f"s3://{CAT}/reference/gaia.parquet"
+
+
+def test_reference_prefix_in_a_public_bucket_is_granted_exactly():
+    names = aws_setup.Names("x", "us-west-2", "111122223333",
+                            reference="s3://gaia-public/hats/gaia_dr3/")
+    statements = [s for s in aws_setup.lambda_policy(names)["Statement"]
+                  if "Reference" in s["Sid"]]
+    assert statements == [
+        {"Sid": "ReadReference", "Effect": "Allow", "Action": ["s3:GetObject"],
+         "Resource": ["arn:aws:s3:::gaia-public/hats/gaia_dr3/*"]},
+        {"Sid": "ListReference", "Effect": "Allow", "Action": ["s3:ListBucket"],
+         "Resource": ["arn:aws:s3:::gaia-public"],
+         "Condition": {"StringLike": {"s3:prefix": ["hats/gaia_dr3/", "hats/gaia_dr3/*"]}}}]
 
 
 def test_policy_has_no_wildcard_resource():

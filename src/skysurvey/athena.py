@@ -1,86 +1,210 @@
-"""The catalog on Amazon Athena: explicit DDL with partition projection, and a query runner.
+"""The catalog on Amazon Athena: Glue tables with partitions registered as written, views, and
+a query runner.
 
-``sources`` and ``images`` are views over the same Parquet layout DuckDB reads, with the same
-columns as the Arrow schemas (``band`` and ``night`` are partitions). Partitions are found by
-projection (no crawler, no MSCK REPAIR), and one projection cannot hold both dates and the
-``unknown`` night of undated images, so each view is the UNION ALL of two external tables over
-the same location: ``<t>_dated`` (``night`` a date from 1990-01-01 to tomorrow) and
-``<t>_undated`` (``night`` the enum ``unknown``); ``band`` is an enum of the filters listed
-below. A filter on ``night`` or ``band`` still prunes partitions through the view.
+Tables live in the Glue Data Catalog (created through the Glue API, so they can be checked and
+owned like any resource); their partitions are registered when files are written (Glue
+``BatchCreatePartition``: the handler after each image, ``ensure_tables`` for what is already in
+the bucket), never by a fixed projection list, so any band (``f606w``, ``ks``, ``irac1``) and any
+night (1850-01-01 .. today + 1, or ``unknown``) is queryable. In SQL, ``images``, ``objects`` and
+``object_photometry`` are tables; ``sources`` and ``associations`` are views over
+``sources_data`` and ``associations_data`` that keep only images with an ``images`` record
+(an image whose write was interrupted between its two files stays invisible, as on DuckDB).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import pyarrow as pa
 
 from . import aws
-from .config import parse_s3_uri
-from .errors import QueryError
-from .schema import IMAGES_SCHEMA, SOURCES_SCHEMA, partition_value
+from .config import is_s3_uri, parse_s3_uri
+from .errors import QueryError, SkySurveyError, StorageError, TransientStorageError
+from .schema import (
+    ASSOCIATIONS_SCHEMA,
+    IMAGES_SCHEMA,
+    OBJECT_PHOTOMETRY_SCHEMA,
+    OBJECTS_SCHEMA,
+    SOURCES_SCHEMA,
+)
 
-DEFAULT_BANDS = ("u", "g", "r", "i", "z", "y", "unknown")
+if TYPE_CHECKING:  # pandas only where query results are read (not in the Lambda)
+    import pandas as pd
+
 PRICE_PER_TB = 5.0  # USD per TB scanned (us-east-1, checked 2026-11)
 MIN_BYTES = 10 * 2**20  # every query is billed at least 10 MB
 _TYPES = {pa.string(): "string", pa.int32(): "int", pa.int64(): "bigint", pa.float64(): "double",
           pa.bool_(): "boolean", pa.timestamp("ms"): "timestamp"}
+HPX_KEY = "hpx5"  # objects, object_photometry, associations: nested HEALPix pixel at order 5
+_OBSERVATION = (("band", "string"), ("night", "string"))
+_SKY = ((HPX_KEY, "int"),)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str  # Glue table name
+    folder: str  # <catalog>/<folder>/
+    schema: pa.Schema
+    partition_keys: tuple[tuple[str, str], ...]
+
+
+TABLES = {spec.folder: spec for spec in (
+    TableSpec("sources_data", "sources", SOURCES_SCHEMA, _OBSERVATION),
+    TableSpec("images", "images", IMAGES_SCHEMA, _OBSERVATION),
+    TableSpec("objects", "objects", OBJECTS_SCHEMA, _SKY),
+    TableSpec("object_photometry", "object_photometry", OBJECT_PHOTOMETRY_SCHEMA, _SKY),
+    TableSpec("associations_data", "associations", ASSOCIATIONS_SCHEMA, _SKY),
+)}
+#: The tables whose partitions the Lambda function registers (its role may do exactly that).
+PARTITIONED_TABLES = (TABLES["sources"].name, TABLES["images"].name)
+#: Views that hide rows of images without an ``images`` record.
+VIEWS = {"sources": "sources_data", "associations": "associations_data"}
+#: Names an older setup made (projected dated/undated tables, views, plain tables).
+LEGACY_TABLES = ("sources_dated", "sources_undated", "images_dated", "images_undated")
+_PARQUET = {
+    "InputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
+    "OutputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
+    "SerdeInfo": {"SerializationLibrary":
+                  "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"},
+}
 
 
 def column_ddl(schema: pa.Schema) -> str:
     return ",\n  ".join(f"`{f.name}` {_TYPES[f.type]}" for f in schema)
 
 
-_NIGHT_PROJECTIONS = {
-    "dated": ("  'projection.night.type'='date',\n"
-              "  'projection.night.format'='yyyy-MM-dd',\n"
-              "  'projection.night.range'='1990-01-01,NOW+1DAYS',\n"
-              "  'projection.night.interval'='1',\n"
-              "  'projection.night.interval.unit'='DAYS',\n"),
-    "undated": ("  'projection.night.type'='enum',\n"
-                f"  'projection.night.values'='{partition_value(None)}',\n"),
-}
-
-
-def ddl_statements(database: str, catalog_uri: str,
-                   bands: tuple[str, ...] = DEFAULT_BANDS) -> list[str]:
-    """CREATE DATABASE, the four external tables and the two views over them (idempotent)."""
+def _base(catalog_uri: str) -> str:
     loc = parse_s3_uri(catalog_uri)
-    base = f"s3://{loc.bucket}/{loc.prefix}"
+    return f"s3://{loc.bucket}/{loc.prefix}"
+
+
+def storage_descriptor(spec: TableSpec, location: str) -> dict:
+    return {"Columns": [{"Name": f.name, "Type": _TYPES[f.type]} for f in spec.schema],
+            "Location": location, **_PARQUET}
+
+
+def glue_table_input(spec: TableSpec, catalog_uri: str) -> dict:
+    """The Glue ``TableInput`` of one table: Parquet under ``<catalog>/<folder>/``."""
+    return {"Name": spec.name, "TableType": "EXTERNAL_TABLE",
+            "Parameters": {"classification": "parquet", "EXTERNAL": "TRUE"},
+            "PartitionKeys": [{"Name": n, "Type": t} for n, t in spec.partition_keys],
+            "StorageDescriptor": storage_descriptor(spec, f"{_base(catalog_uri)}{spec.folder}/")}
+
+
+def view_statements(database: str) -> list[str]:
+    """``sources`` and ``associations``: rows of images that have an ``images`` record."""
+    return [f'CREATE OR REPLACE VIEW "{database}"."{view}" AS SELECT t.* FROM '
+            f'"{database}"."{table}" t WHERE t.image_id IN '
+            f'(SELECT image_id FROM "{database}"."images")'
+            for view, table in VIEWS.items()]
+
+
+def ddl_statements(database: str, catalog_uri: str) -> list[str]:
+    """The same tables and views as Athena DDL (for the manual path of the setup guide; the
+    scripts create the tables through Glue, see :func:`glue_table_input`)."""
+    base = _base(catalog_uri)
     statements = [f"CREATE DATABASE IF NOT EXISTS `{database}`"]
-    views = []
-    for table, schema in (("sources", SOURCES_SCHEMA), ("images", IMAGES_SCHEMA)):
-        for kind, night in _NIGHT_PROJECTIONS.items():
-            statements.append(
-                f"CREATE EXTERNAL TABLE IF NOT EXISTS `{database}`.`{table}_{kind}` (\n"
-                f"  {column_ddl(schema)}\n)\n"
-                "PARTITIONED BY (`band` string, `night` string)\n"
-                "STORED AS PARQUET\n"
-                f"LOCATION '{base}{table}/'\n"
-                "TBLPROPERTIES (\n"
-                "  'projection.enabled'='true',\n"
-                "  'projection.band.type'='enum',\n"
-                f"  'projection.band.values'='{','.join(bands)}',\n"
-                f"{night}"
-                f"  'storage.location.template'='{base}{table}/band=${{band}}/night=${{night}}/'\n"
-                ")")
-        views.append(f'CREATE OR REPLACE VIEW "{database}"."{table}" AS '
-                     f'SELECT * FROM "{database}"."{table}_dated" UNION ALL '
-                     f'SELECT * FROM "{database}"."{table}_undated"')
-    return statements + views
+    for spec in TABLES.values():
+        keys = ", ".join(f"`{n}` {t}" for n, t in spec.partition_keys)
+        statements.append(
+            f"CREATE EXTERNAL TABLE IF NOT EXISTS `{database}`.`{spec.name}` (\n"
+            f"  {column_ddl(spec.schema)}\n)\n"
+            f"PARTITIONED BY ({keys})\n"
+            "STORED AS PARQUET\n"
+            f"LOCATION '{base}{spec.folder}/'")
+    return statements + view_statements(database)
 
 
-#: What ``ensure_tables`` expects to find, by name: the four tables and the two views. Athena's
-#: engine (Trino, Glue catalog through its Hive connector) reports ANSI table types: 'BASE TABLE'
-#: for tables, 'VIEW' for views. Anything else only makes the DDL run again (it is idempotent).
-EXPECTED_TABLES = {f"{t}_{kind}": "BASE TABLE" for t in ("sources", "images")
-                   for kind in _NIGHT_PROJECTIONS} | {"sources": "VIEW", "images": "VIEW"}
-TABLES_SQL = ("SELECT table_name, table_type FROM information_schema.tables "
-              "WHERE table_schema = ? AND table_name IN ("
-              + ", ".join(f"'{name}'" for name in EXPECTED_TABLES) + ")")
+# ---- partitions ----------------------------------------------------------------------------
+
+
+def partition_location(catalog_uri: str, folder: str, values: dict) -> str:
+    spec = TABLES[folder]
+    path = "/".join(f"{k}={values[k]}" for k, _ in spec.partition_keys)
+    return f"{_base(catalog_uri)}{folder}/{path}/"
+
+
+def register_partitions(catalog_uri: str, folder: str, partitions: list[dict], *,
+                        database: str | None = None) -> int:
+    """Register *partitions* (``[{"band": "r", "night": "2026-03-14"}]``, or ``{"hpx5": 1234}``)
+    of the table stored under ``<catalog>/<folder>/`` in Glue; existing ones are kept.
+    Returns how many were new."""
+    from .config import get_setting
+
+    spec = TABLES[folder]
+    database = database or get_setting("ATHENA_DATABASE")
+    glue, new = aws.client("glue"), 0
+    unique = list({tuple(str(p[k]) for k, _ in spec.partition_keys): p
+                   for p in partitions}.items())
+    for start in range(0, len(unique), 100):  # BatchCreatePartition takes 100 at a time
+        batch = unique[start:start + 100]
+        inputs = [{"Values": list(values), "StorageDescriptor": storage_descriptor(
+            spec, partition_location(catalog_uri, folder, p))} for values, p in batch]
+        try:
+            errors = glue.batch_create_partition(
+                DatabaseName=database, TableName=spec.name,
+                PartitionInputList=inputs).get("Errors", [])
+        except Exception as exc:
+            raise aws.translate(exc, f"glue:{database}.{spec.name}") from None
+        failed = [e for e in errors
+                  if e.get("ErrorDetail", {}).get("ErrorCode") != "AlreadyExistsException"]
+        if failed:
+            detail = failed[0].get("ErrorDetail", {})
+            raise StorageError(f"glue:{database}.{spec.name}",
+                               f"partition {failed[0].get('PartitionValues')}: "
+                               f"{detail.get('ErrorCode')}: {detail.get('ErrorMessage', '')}")
+        new += len(batch) - len(errors)
+    return new
+
+
+def register_written(catalog_key: str, *, database: str) -> None:
+    """After the handler wrote ``<catalog>/sources/band=B/night=N/<id>.parquet`` (and its
+    ``images`` twin): register that band and night for both tables."""
+    base, _, rest = catalog_key.rpartition("/sources/")
+    values = dict(part.split("=", 1) for part in rest.split("/")[:-1])
+    for folder in ("sources", "images"):
+        register_partitions(base, folder, [values], database=database)
+
+
+def after_write(reply: dict, database: str | None = None) -> dict:
+    """The handler's hook: register the partitions of a successful ``s3://`` write when a
+    Glue database is configured (``ATHENA_DATABASE`` on the function). A failure makes the
+    reply an error (the files are written; a rerun or ``ensure_tables`` registers them)."""
+    database = database if database is not None else os.environ.get("ATHENA_DATABASE")
+    key = reply.get("catalog_key") or ""
+    if not database or reply.get("status") != "ok" or not is_s3_uri(key):
+        return reply
+    try:
+        register_written(key, database=database)
+    except TransientStorageError:
+        raise  # Lambda's own retry (the write is idempotent)
+    except SkySurveyError as exc:
+        return {**reply, "status": "error",
+                "error": f"written, but not registered for Athena: {exc}"}
+    return reply
+
+
+def _common_prefixes(bucket: str, prefix: str) -> list[str]:
+    s3, found = aws.client("s3"), []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
+                                                             Delimiter="/"):
+        found += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+    return found
+
+
+def existing_partitions(catalog_uri: str, folder: str) -> list[dict]:
+    """The partitions present in the bucket (``key=value`` folders, listed level by level)."""
+    loc = parse_s3_uri(catalog_uri)
+    prefixes = [f"{loc.prefix}{folder}/"]
+    for key, _ in TABLES[folder].partition_keys:
+        prefixes = [p for parent in prefixes for p in _common_prefixes(loc.bucket, parent)
+                    if p[len(parent):].startswith(f"{key}=")]
+    return [dict(part.split("=", 1) for part in p[len(loc.prefix) + len(folder) + 1:]
+                 .strip("/").split("/")) for p in prefixes]
 
 
 def cost_usd(bytes_scanned: int) -> float:
@@ -107,6 +231,8 @@ class AthenaResult:
 
 
 def _convert(values: list, athena_type: str) -> pd.Series:
+    import pandas as pd
+
     t = athena_type.lower()
     if t in ("tinyint", "smallint", "integer", "int", "bigint"):
         return pd.array([None if v is None else int(v) for v in values], dtype="Int64")
@@ -121,6 +247,8 @@ def _convert(values: list, athena_type: str) -> pd.Series:
 
 def results_to_dataframe(pages: list[dict]) -> pd.DataFrame:
     """``get_query_results`` pages into a typed DataFrame (the header row skipped)."""
+    import pandas as pd
+
     if not pages:
         return pd.DataFrame()
     info = pages[0]["ResultSet"]["ResultSetMetadata"]["ColumnInfo"]
@@ -172,20 +300,55 @@ def run_athena(sql: str, *, database: str, workgroup: str, output_location: str 
                         time.monotonic() - start)
 
 
-def ensure_tables(database: str, workgroup: str, catalog_uri: str, **kw) -> None:
-    """Create the database, tables and views unless all are there (one query when they are).
+def _glue_tables(database: str) -> dict[str, dict] | None:
+    glue, tables = aws.client("glue"), {}
+    try:
+        for page in glue.get_paginator("get_tables").paginate(DatabaseName=database):
+            tables.update({t["Name"]: t for t in page["TableList"]})
+    except Exception as exc:
+        if aws.error_code(exc) == "EntityNotFoundException":
+            return None
+        raise aws.translate(exc, f"glue:{database}") from None
+    return tables
 
-    ``sources`` or ``images`` left as plain tables by an older setup (dates only) are dropped so
-    the views can take their names; dropping an external table leaves its Parquet files alone.
-    """
-    found = run_athena(TABLES_SQL, database=database, workgroup=workgroup, params=[database],
-                       **kw).dataframe
-    found = dict(zip(found.get("table_name", []), found.get("table_type", []), strict=True))
-    if found == EXPECTED_TABLES:
-        return
-    for name in ("sources", "images"):
-        if found.get(name) == "BASE TABLE":
-            run_athena(f"DROP TABLE IF EXISTS `{database}`.`{name}`", database=database,
-                       workgroup=workgroup, **kw)
-    for statement in ddl_statements(database, catalog_uri):
-        run_athena(statement, database=database, workgroup=workgroup, **kw)
+
+def _columns(table: dict) -> list:
+    return [(c["Name"], c["Type"]) for c in table.get("StorageDescriptor", {}).get("Columns", [])]
+
+
+def ensure_tables(database: str, workgroup: str, catalog_uri: str, **kw) -> None:
+    """Make the Glue tables match the schemas, the views exist, and every partition in the
+    bucket registered. Tables of an older setup (projected ``*_dated``/``*_undated`` tables,
+    an ``images`` view, a plain ``sources`` table) are dropped first: their Parquet stays."""
+    glue = aws.client("glue")
+    try:
+        found = _glue_tables(database)
+        if found is None:  # setup makes it (tagged); a bare query run may not have
+            glue.create_database(DatabaseInput={"Name": database})
+            found = {}
+        stale = [n for n in LEGACY_TABLES if n in found]
+        stale += [n for n in VIEWS if n in found and (  # a plain table, or a view of those
+            stale or found[n].get("TableType") != "VIRTUAL_VIEW")]
+        if found.get("images", {}).get("TableType") == "VIRTUAL_VIEW":
+            stale.append("images")
+        for name in stale:
+            glue.delete_table(DatabaseName=database, Name=name)
+            found.pop(name)
+        for spec in TABLES.values():
+            table = glue_table_input(spec, catalog_uri)
+            if spec.name not in found:
+                glue.create_table(DatabaseName=database, TableInput=table)
+            elif _columns(found[spec.name]) != _columns(table) or found[spec.name].get(
+                    "StorageDescriptor", {}).get("Location") != table["StorageDescriptor"][
+                        "Location"]:
+                glue.update_table(DatabaseName=database, TableInput=table)
+    except SkySurveyError:
+        raise
+    except Exception as exc:
+        raise aws.translate(exc, f"glue:{database}") from None
+    for view, statement in zip(VIEWS, view_statements(database), strict=True):
+        if found.get(view, {}).get("TableType") != "VIRTUAL_VIEW":
+            run_athena(statement, database=database, workgroup=workgroup, **kw)
+    for folder in TABLES:
+        register_partitions(catalog_uri, folder, existing_partitions(catalog_uri, folder),
+                            database=database)
