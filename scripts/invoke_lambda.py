@@ -16,19 +16,22 @@ import sys
 
 from tqdm import tqdm
 
+from skysurvey.catalog import check_writable, repair_catalog
 from skysurvey.config import get_setting, is_s3_uri
-from skysurvey.errors import SkySurveyError
+from skysurvey.errors import SkySurveyError, printable
 from skysurvey.pipeline import PipelineConfig
 from skysurvey.runner import (
     Timer,
     catalogued_image_ids,
     default_workers,
     exit_status,
-    list_images,
+    find_inputs,
     run_local,
+    split_collisions,
     summary_table,
 )
 from skysurvey.schema import image_id_from_name
+from skysurvey.storage import open_store
 
 log = logging.getLogger("invoke_lambda")
 
@@ -41,9 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--backend", choices=("local", "lambda"), default="local",
                         help="local process pool or AWS Lambda")
-    parser.add_argument("--input", default=None,
-                        help="folder or s3:// prefix holding FITS files "
-                             "(default: BUCKET_RAW's images/)")
+    parser.add_argument("--input", nargs="+", default=None,
+                        help="folder or s3:// prefix holding FITS files (searched recursively), "
+                             "or FITS files, or globs such as 'data/*/*.fits'; image ids are "
+                             "the paths below the folder (default: BUCKET_RAW's images/)")
     parser.add_argument("--catalog", default=None,
                         help="folder or s3:// URI for the catalog (default: BUCKET_CATALOG)")
     parser.add_argument("--workers", type=int, default=None,
@@ -57,15 +61,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-memory-mb", type=int, default=None,
                         help="refuse images that would need more memory than this")
     parser.add_argument("--limit", type=int, default=None, help="process at most N images")
+    parser.add_argument("--repair", action="store_true",
+                        help="only repair the catalog: remove sources files without an image "
+                             "record (killed runs) and older copies of re-processed images, "
+                             "print what was removed, and exit")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
-def resolve_input(flag: str | None) -> str:
+def resolve_input(flag: list[str] | str | None) -> list[str]:
     """``--input`` as given, else ``BUCKET_RAW`` + ``/images``."""
     if flag:
-        return flag
-    return get_setting("BUCKET_RAW").rstrip("/") + "/images"
+        return [flag] if isinstance(flag, str) else list(flag)
+    return [get_setting("BUCKET_RAW").rstrip("/") + "/images"]
+
+
+def repair(catalog_uri: str) -> int:
+    """``--repair``: remove orphans and duplicates, print each removed file."""
+    try:
+        report = repair_catalog(open_store(catalog_uri))
+    except SkySurveyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for line in report.removed:
+        print(f"removed {printable(line)}")
+    print(f"Repair of {printable(catalog_uri)}: {len(report.removed)} files removed, "
+          f"{report.entries_written} image entries written")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,20 +96,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is not None and args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
-    raw_uri = resolve_input(args.input)
     catalog_uri = get_setting("BUCKET_CATALOG", args.catalog)
+    if args.repair:
+        return repair(catalog_uri)
     try:
-        keys = list_images(raw_uri)
+        inputs = find_inputs(resolve_input(args.input))
     except SkySurveyError as exc:
         print(f"error: cannot list images: {exc}", file=sys.stderr)
         return 2
+    raw_uri = inputs.root
+    keys, refused = split_collisions(raw_uri, inputs.keys)
+    refused += inputs.failures()  # unreadable inputs: named in the summary, exit status 1
+    already = 0
     if args.only_new:
         done_ids = catalogued_image_ids(catalog_uri)
-        keys = [k for k in keys if image_id_from_name(k) not in done_ids]
+        todo = [k for k in keys if image_id_from_name(k) not in done_ids]
+        already, keys = len(keys) - len(todo), todo
     keys = keys[: args.limit] if args.limit else keys
-    if not keys:
-        print(f"No FITS images to process under {raw_uri}")
+    if not keys and not refused:
+        if already:
+            print(f"Nothing to do: all {already} images already catalogued in "
+                  f"{printable(catalog_uri)}")
+        else:
+            print(f"No FITS images to process under {printable(raw_uri)}")
         return 0
+    if args.backend == "local" and keys:
+        try:  # a read-only catalog fails here, once, before any image is measured
+            check_writable(open_store(catalog_uri))
+        except SkySurveyError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     log.info("%d images from %s -> %s (%s backend)", len(keys), raw_uri, catalog_uri,
              args.backend)
 
@@ -121,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         finally:
             bar.close()
-    print(summary_table(replies, timer.seconds, args.backend))
+    replies = refused + replies
+    print(summary_table(replies, timer.seconds, args.backend, already_done=already,
+                        not_fits=len(inputs.not_fits), notes=inputs.notes()))
     return exit_status(replies)
 
 

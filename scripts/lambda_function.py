@@ -22,11 +22,9 @@ from urllib.parse import unquote_plus
 
 from skysurvey.config import get_setting, is_s3_uri
 from skysurvey.errors import SkySurveyError
-from skysurvey.pipeline import PipelineConfig, catalog_image
+from skysurvey.pipeline import PipelineConfig, catalog_image, make_reply
+from skysurvey.schema import RAW_IMAGES_PREFIX
 from skysurvey.storage import open_store
-
-#: Where the raw bucket keeps its images (``upload_to_s3.py`` writes below it).
-RAW_IMAGES_PREFIX = "images/"
 
 log = logging.getLogger("skysurvey.handler")
 if not log.handlers:  # Lambda's root logger already writes to CloudWatch; locally, stderr
@@ -96,8 +94,7 @@ def lambda_handler(event: dict, context=None) -> dict:
     try:
         targets = parse_event(event)
     except (KeyError, TypeError, ValueError) as exc:
-        reply = {"status": "error", "image_id": None, "n_sources": 0, "catalog_key": None,
-                 "seconds": 0.0, "error": f"bad event: {exc}"}
+        reply = make_reply(None, "error", error=f"bad event: {exc}")
         log.info(json.dumps(reply))
         return reply
     replies = []
@@ -107,8 +104,7 @@ def lambda_handler(event: dict, context=None) -> dict:
         try:
             raw_store, catalog_store = open_store(raw_uri), open_store(_as_uri(catalog))
         except SkySurveyError as exc:
-            reply = {"status": "error", "image_id": None, "n_sources": 0, "catalog_key": None,
-                     "seconds": 0.0, "error": str(exc)}
+            reply = make_reply(key, "error", error=str(exc))
         else:
             # 3. Read, detect, measure, write: the shared core; transient AWS errors raise
             #    so that Lambda's own retry takes over.

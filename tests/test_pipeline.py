@@ -8,7 +8,7 @@ import pytest
 from conftest import draw_fits
 
 from skysurvey import __version__, runner
-from skysurvey.errors import StorageError
+from skysurvey.errors import StorageError, TransientStorageError
 from skysurvey.pipeline import PipelineConfig, catalog_image
 from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA
 from skysurvey.storage import LocalStore
@@ -21,7 +21,7 @@ def stores(tmp_path):
 
 
 def _parquet_files(root):
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet"))
 
 
 def test_one_image_gives_both_tables_at_the_layout_keys(stores):
@@ -103,7 +103,12 @@ def test_a_failed_write_undoes_the_sources_file(stores, tmp_path):
 
 class _ThrottledStore(LocalStore):
     def write_bytes(self, key, data, **kw):
-        raise StorageError(self.url(key), "SlowDown: Please reduce your request rate")
+        raise TransientStorageError(self.url(key), "SlowDown: Please reduce your request rate")
+
+
+class _DeniedStore(LocalStore):
+    def write_bytes(self, key, data, **kw):  # a message that merely mentions a transient word
+        raise StorageError(self.url(key), "access denied (InternalError in the policy name)")
 
 
 def test_transient_errors_raise_only_when_asked(stores, tmp_path):
@@ -111,8 +116,11 @@ def test_transient_errors_raise_only_when_asked(stores, tmp_path):
     draw_fits(raw.root / "c.fits", seed=4)
     catalog = _ThrottledStore(tmp_path / "catalog")
     assert catalog_image(raw, "c.fits", catalog)["status"] == "error"
-    with pytest.raises(StorageError, match="SlowDown"):
+    with pytest.raises(TransientStorageError, match="SlowDown"):
         catalog_image(raw, "c.fits", catalog, raise_transient=True)
+    # classified by type (from the botocore error code), not by words in the message
+    denied = catalog_image(raw, "c.fits", _DeniedStore(tmp_path / "c2"), raise_transient=True)
+    assert denied["status"] == "error" and "access denied" in denied["error"]
 
 
 def test_memory_budget_refuses_before_measuring(stores):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 
-from .errors import ConfigError, SkySurveyError, StorageError
+from .errors import ConfigError, SkySurveyError, StorageError, TransientStorageError
 
 DEFAULT_REGION = "us-east-1"
 MAX_ATTEMPTS = 8
@@ -56,21 +56,66 @@ def error_code(exc: BaseException) -> str:
     return str(response.get("Error", {}).get("Code", ""))
 
 
+#: Error codes worth retrying later: botocore's throttling and transient codes (its standard
+#: retry mode retries the same ones), plus S3's. Matched on the code, never on message text.
+TRANSIENT_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "ProvisionedThroughputExceededException", "RequestLimitExceeded",
+    "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled", "SlowDown",
+    "EC2ThrottledException", "TransactionInProgressException", "PriorRequestNotComplete",
+    "RequestTimeout", "RequestTimeoutException", "InternalError", "InternalFailure",
+    "ServiceUnavailable", "ServiceUnavailableException", "500", "502", "503", "504",
+})
+
+
+def botocore_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions an AWS call raises for AWS reasons (for ``except`` clauses): botocore's
+    ClientError and BotoCoreError and boto3's transfer failures. A bug (TypeError...) is not
+    one of them and is never reported as a storage error."""
+    from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return ClientError, BotoCoreError, S3UploadFailedError, S3TransferFailedError
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for throttling, 5xx, timeouts and lost connections (by code or exception type)."""
+    from botocore import exceptions as bx
+
+    if isinstance(exc, bx.HTTPClientError | bx.ConnectionError):
+        return True  # timeouts, connection refused or closed, endpoint unreachable
+    status = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get(
+        "HTTPStatusCode", 0)
+    return error_code(exc) in TRANSIENT_CODES or int(status or 0) >= 500
+
+
 def translate(exc: BaseException, source: str) -> SkySurveyError:
-    """Turn a botocore exception into the project's one-line error naming *source*."""
+    """Turn a botocore exception into the project's one-line error naming *source*.
+
+    Transient failures become :class:`TransientStorageError` (a StorageError), classified by
+    error code or exception type.
+    """
+    from boto3.exceptions import Boto3Error
     from botocore import exceptions as bx
 
     if isinstance(exc, SkySurveyError):
         return exc
+    if isinstance(exc, Boto3Error) and isinstance(exc.__cause__ or exc.__context__,
+                                                  bx.ClientError | bx.BotoCoreError):
+        exc = exc.__cause__ or exc.__context__  # a transfer failure: the call that failed
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
         return ConfigError(
             source, "no AWS credentials found (set AWS_PROFILE or run `aws configure`)"
         )
     if isinstance(exc, bx.ProfileNotFound):
         return ConfigError(source, str(exc))
-    if isinstance(exc, bx.EndpointConnectionError):
-        return StorageError(source, f"cannot reach the endpoint: {exc}")
     code = error_code(exc)
+    if is_transient(exc):
+        if isinstance(exc, bx.EndpointConnectionError):
+            return TransientStorageError(source, f"cannot reach the endpoint: {exc}")
+        message = (getattr(exc, "response", None) or {}).get("Error", {}).get("Message", "")
+        detail = f"{code}: {message}".rstrip(": ") if code else f"{type(exc).__name__}: {exc}"
+        return TransientStorageError(source, detail)
     if code in ("NoSuchBucket",):
         return StorageError(source, "the bucket does not exist")
     if code in ("NoSuchKey", "404", "NotFound"):

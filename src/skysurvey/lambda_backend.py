@@ -16,18 +16,21 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from . import aws
 from .config import is_s3_uri, parse_s3_uri
 from .errors import ConfigError, SkySurveyError
-from .schema import image_id_from_name
+from .pipeline import make_reply
+from .schema import RAW_IMAGES_PREFIX
 
 
 def _reply(key: str, status: str, error: str | None = None, **extra) -> dict:
-    return {"status": status, "image_id": image_id_from_name(key), "key": key,
-            "n_sources": 0, "catalog_key": None, "seconds": 0.0, "error": error, **extra}
+    return make_reply(key, status, error=error, **extra)
 
 
 def event_for(raw_uri: str, key: str, catalog_uri: str) -> dict:
     """The direct-invocation event of DESIGN.md for one image."""
     loc = parse_s3_uri(raw_uri)
-    return {"bucket": loc.bucket, "key": loc.prefix + key, "catalog_bucket": catalog_uri}
+    event = {"bucket": loc.bucket, "key": loc.prefix + key, "catalog_bucket": catalog_uri}
+    if loc.prefix and not loc.prefix.startswith(RAW_IMAGES_PREFIX):
+        event["input_prefix"] = loc.prefix  # ids are the path below it, as in local runs
+    return event
 
 
 def parse_response(key: str, response: dict, asynchronous: bool = False) -> dict:

@@ -7,15 +7,178 @@ The AWS Lambda backend (``skysurvey.lambda_backend``) returns the same replies, 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from .pipeline import PipelineConfig, catalog_image
-from .schema import image_id_from_file_stem, image_id_from_name, is_fits_name
-from .storage import LocalStore, open_store
+from .config import is_s3_uri, parse_s3_uri
+from .errors import StorageError, one_line, printable
+from .pipeline import PipelineConfig, catalog_image, make_reply
+from .schema import (
+    RAW_IMAGES_PREFIX,
+    image_id_from_file_stem,
+    image_id_from_name,
+    is_fits_name,
+)
+from .storage import Skipped, open_store
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass
+class Inputs:
+    """What ``--input`` names: FITS keys relative to one root, and what was left out."""
+
+    root: str  # folder or s3:// prefix the keys are relative to (the image ids come from it)
+    keys: list[str] = field(default_factory=list)  # FITS inputs, sorted
+    skipped: list[Skipped] = field(default_factory=list)  # entries the lister could not follow
+    not_fits: list[str] = field(default_factory=list)  # other files (not failures)
+
+    def failures(self) -> list[dict]:
+        """An error reply per input that could not be read: FITS-named files and folders."""
+        store = open_store(self.root)
+        replies = []
+        for s in self.skipped:
+            if s.folder or is_fits_name(s.key):
+                reply = make_reply(s.key, "error", error=f"{store.url(s.key)}: skipped: {s.cause}")
+                replies.append({**reply, "image_id": None} if s.folder else reply)
+        return replies
+
+    def notes(self) -> list[str]:
+        """One line per skipped entry that is not a failure (links to folders inside)."""
+        return [f"{printable(s.key)}: {s.cause}" for s in self.skipped
+                if not (s.folder or is_fits_name(s.key))]
+
+
+def _has_glob(text: str) -> bool:
+    return any(c in _GLOB_CHARS for c in text)
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    """A shell glob as a regex over relative keys: ``*`` and ``?`` stay within one folder,
+    ``**`` crosses folders."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2:]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1:end].replace("\\", "\\\\")
+            out.append("[^" + body[1:] + "]" if body.startswith("!") else "[" + body + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _split_spec(spec: str) -> tuple[str, str | None]:
+    """``(folder, pattern below it or None)``: a glob's literal leading folders are its root."""
+    if not _has_glob(spec):
+        return spec, None
+    parts = spec.split("/")
+    literal = next(i for i, part in enumerate(parts) if _has_glob(part))
+    return "/".join(parts[:literal]) or ".", "/".join(parts[literal:])
+
+
+def _common_root(folders: Sequence[str]) -> str:
+    if all(is_s3_uri(f) for f in folders):
+        locs = [parse_s3_uri(f.rstrip("/") + "/") for f in folders]
+        if len({loc.bucket for loc in locs}) > 1:
+            raise StorageError(", ".join(folders), "inputs in several buckets: give one at a time")
+        prefix = os.path.commonpath(["/" + loc.prefix for loc in locs]).strip("/")
+        return f"s3://{locs[0].bucket}/{prefix}".rstrip("/")
+    if any(is_s3_uri(f) for f in folders):
+        raise StorageError(", ".join(folders), "mix of local and s3:// inputs: give one kind")
+    return os.path.commonpath([os.path.abspath(os.path.expanduser(f)) for f in folders])
+
+
+def find_inputs(specs: str | Sequence[str]) -> Inputs:
+    """Resolve ``--input``: a folder (or s3:// prefix), one file, several files, or globs.
+
+    The root is the folder for a folder, the file's folder for one file, the literal leading
+    folders for a glob (``data/*/*.fits`` -> ``data``) and the common folder of several; keys
+    (and so image ids) are relative to it, so ``--input data`` and ``--input 'data/*/*.fits'``
+    give the same ids. A folder is listed recursively; entries it cannot follow are kept in
+    ``skipped`` with their cause. A missing folder or file raises StorageError.
+    """
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    if not specs:
+        raise StorageError("--input", "no input given")
+    split = [_split_spec(str(s)) for s in specs]
+    if (len(specs) == 1 and split[0][1] is None and _is_folder(specs[0])
+            and _raw_images_root(specs[0]) == specs[0]):
+        return _scan(specs[0], lambda key: True)
+    roots = []
+    for spec, (folder, pattern) in zip(specs, split, strict=True):
+        if pattern is None and not _is_folder(spec):
+            folder = spec.rsplit("/", 1)[0] if "/" in spec.rstrip("/") else "."
+        roots.append(folder)
+    root = _raw_images_root(_common_root(roots))
+    wanted = []
+    for spec, (folder, pattern) in zip(specs, split, strict=True):
+        base = _relative_to(root, folder)
+        if pattern is not None:
+            wanted.append(_glob_regex(f"{base}/{pattern}" if base else pattern).match)
+        elif _is_folder(spec):
+            wanted.append(lambda key, b=base: not b or key.startswith(b + "/"))
+        else:
+            name = spec.rstrip("/").rsplit("/", 1)[-1]
+            key = f"{base}/{name}" if base else name
+            if not open_store(root).exists(key):
+                raise StorageError(spec, "no such file or folder")
+            wanted.append(lambda k, want=key: k == want)
+    return _scan(root, lambda key: any(match(key) for match in wanted))
+
+
+def _raw_images_root(root: str) -> str:
+    """``s3://bucket/images`` for any root inside it: in the raw bucket, ids are the path
+    below ``images/`` (as the handler computes them for S3 notifications), whatever the input
+    prefix; other roots are kept."""
+    if is_s3_uri(root):
+        loc = parse_s3_uri(root.rstrip("/") + "/")
+        if loc.prefix.startswith(RAW_IMAGES_PREFIX):
+            return f"s3://{loc.bucket}/{RAW_IMAGES_PREFIX.rstrip('/')}"
+    return root
+
+
+def _is_folder(spec: str) -> bool:
+    if is_s3_uri(spec):
+        return True  # an s3:// input without a glob is a prefix
+    return os.path.isdir(os.path.expanduser(spec))
+
+
+def _relative_to(root: str, folder: str) -> str:
+    if is_s3_uri(root):
+        loc, sub = parse_s3_uri(root + "/"), parse_s3_uri(folder.rstrip("/") + "/")
+        return sub.prefix[len(loc.prefix):].strip("/")
+    rel = os.path.relpath(os.path.abspath(os.path.expanduser(folder)), root)
+    return "" if rel == "." else rel.replace(os.sep, "/")
+
+
+def _scan(root: str, wanted) -> Inputs:
+    inputs = Inputs(root)
+    store = open_store(root)
+    for info in store.list(on_skip=inputs.skipped.append):
+        if not wanted(info.key):
+            continue
+        (inputs.keys if is_fits_name(info.key) else inputs.not_fits).append(info.key)
+    inputs.skipped = [s for s in inputs.skipped if s.folder or wanted(s.key)]
+    return inputs
 
 
 def list_images(uri: str, prefix: str = "") -> list[str]:
@@ -24,10 +187,31 @@ def list_images(uri: str, prefix: str = "") -> list[str]:
     return [info.key for info in store.list(prefix) if is_fits_name(info.key)]
 
 
+def split_collisions(raw_uri: str, keys: Sequence[str]) -> tuple[list[str], list[dict]]:
+    """``(keys to process, error replies)``: inputs that share an image id are all refused,
+    each reply naming the others (``x.fits`` beside ``x.fits.gz``, ``a__b/c.fits`` beside
+    ``a/b__c.fits``); processing either would overwrite the other's catalog."""
+    by_id: dict[str, list[str]] = {}
+    for key in keys:
+        by_id.setdefault(image_id_from_name(key), []).append(key)
+    store = open_store(raw_uri)
+    ok, refused = [], []
+    for key in keys:
+        image_id = image_id_from_name(key)
+        others = [store.url(k) for k in by_id[image_id] if k != key]
+        if not others:
+            ok.append(key)
+            continue
+        refused.append(make_reply(key, "error", image_id=image_id, error=(
+            f"{store.url(key)}: image id {image_id!r} also comes from {', '.join(others)}; "
+            "rename one of them (none of them was processed)")))
+    return ok, refused
+
+
 def catalogued_image_ids(catalog_uri: str) -> set[str]:
     """Image ids that already have an image record in the catalog (for ``--only-new``)."""
     store = open_store(catalog_uri)
-    if isinstance(store, LocalStore) and not store.root.is_dir():
+    if not store.root_exists():
         return set()  # first run: no catalog folder yet
     return {image_id_from_file_stem(PurePosixPath(i.key).name.removesuffix(".parquet"))
             for i in store.list("images/") if i.key.endswith(".parquet")}
@@ -42,8 +226,7 @@ def _work(raw_uri: str, key: str, catalog_uri: str, config: PipelineConfig) -> d
 
 
 def _died(key: str, why: str) -> dict:
-    return {"status": "error", "image_id": image_id_from_name(key), "key": key, "n_sources": 0,
-            "catalog_key": None, "seconds": 0.0, "error": f"{key}: {why}"}
+    return make_reply(key, "error", error=f"{key}: {why}")
 
 
 def run_local(
@@ -122,8 +305,14 @@ def exit_status(replies: Iterable[dict]) -> int:
     return 0 if all(r["status"] in OK_STATUSES for r in replies) else 1
 
 
-def summary_table(replies: Sequence[dict], seconds: float, backend: str = "local") -> str:
-    """The table that ends a run, then one line per failed image."""
+def summary_table(replies: Sequence[dict], seconds: float, backend: str = "local", *,
+                  already_done: int = 0, not_fits: int = 0, notes: Sequence[str] = ()) -> str:
+    """The table that ends a run, then one line per failed input and what was left out.
+
+    *already_done* (``--only-new`` skips), *not_fits* (other files in the input folder) and
+    *notes* (entries skipped for a reason that is not a failure) are listed, never counted as
+    failures. Every name is printed escaped (one line per entry, no terminal escapes).
+    """
     ok = [r for r in replies if r["status"] in OK_STATUSES]
     failed = [r for r in replies if r["status"] not in OK_STATUSES]
     n_sources = sum(int(r.get("n_sources") or 0) for r in ok)
@@ -142,7 +331,12 @@ def summary_table(replies: Sequence[dict], seconds: float, backend: str = "local
     lines += [f"{k:<{width}}  {v:>12}" for k, v in rows]
     if failed:
         lines += ["", "Failed images:"]
-        lines += [f"  {r.get('error') or r.get('image_id')}" for r in failed]
+        lines += [f"  {one_line(r.get('error') or str(r.get('image_id')))}" for r in failed]
+    left_out = ([f"{already_done} already catalogued (--only-new)"] if already_done else []) + (
+        [f"{not_fits} files not FITS (ignored)"] if not_fits else []) + list(notes)
+    if left_out:
+        lines += ["", "Not processed (not failures):"]
+        lines += [f"  {printable(line)}" for line in left_out]
     return "\n".join(lines)
 
 

@@ -190,6 +190,8 @@ def image_id_from_name(key: str) -> str:
 
 #: Joins the folders of an input's relative path in its image id.
 ID_SEPARATOR = "__"
+#: Where the raw bucket keeps its images: ids of its objects are the path below it.
+RAW_IMAGES_PREFIX = "images/"
 
 # Characters percent-encoded in catalog file names: '%' itself (so the encoding can be undone),
 # control characters anywhere, and a leading '_' or '.' (Parquet readers skip such files).

@@ -5,24 +5,50 @@
 POSIX-style relative paths (``images/sky_r_000.fits``). Writes are atomic on both: a local
 write goes to a temporary name in the same folder and is renamed; an S3 PUT is atomic by nature.
 Listing a bucket or folder that does not exist raises :class:`StorageError` (it never looks
-like "no images").
+like "no images"); a file the listing cannot follow (a symlink loop, a link out of the folder,
+an unreadable subfolder, a name that is not UTF-8) is reported to ``on_skip``, never dropped
+in silence. Both stores have the same methods, so nothing outside this module asks which one
+it has: ``with store.local_file(key) as path`` is the file itself locally and a temporary
+download on S3. S3 failures become :class:`StorageError` (:class:`TransientStorageError` for
+throttling, 5xx and timeouts); only botocore's and boto3's own exceptions are translated, so a
+bug is never reported as a storage error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import aws
 from .config import is_s3_uri, parse_s3_uri
 from .errors import StorageError
 
 CHUNK = 8 * 1024 * 1024
+#: Temporary names of atomic local writes: ``.tmp-<random>.partial``. Only names with both
+#: the prefix and the suffix are the store's own (a user's ``.tmp-x.fits`` is listed).
+TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".partial"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entry the listing could not follow: its key (relative path) and why."""
+
+    key: str
+    cause: str
+    folder: bool = False  # a whole folder (its files are unknown)
+
+
+def _is_own_temp(name: str) -> bool:
+    return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -60,24 +86,102 @@ class LocalStore:
         return str(self.root)
 
     def url(self, key: str) -> str:
-        return str(self._path(key))
+        """The file's path as given (symlinks not resolved), for messages and records."""
+        return str(self.root / key)
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if self.root != path and self.root not in path.parents:
-            raise StorageError(key, "key escapes the store's folder")
+            raise StorageError(str(self.root / key), "key escapes the store's folder")
         return path
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every file under *prefix* (recursively), sorted by key; temporary files skipped."""
+    def root_exists(self) -> bool:
+        """True when the folder exists (a catalog before its first run has none)."""
+        return self.root.is_dir()
+
+    def prepare(self) -> None:
+        """Create the folder if needed (a local "bucket" is just a folder)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(self.uri, f"cannot create the folder ({_why(exc)})") from None
+
+    def check_writable(self) -> None:
+        """Raise StorageError unless a file can be created here (before any work is done)."""
+        self.prepare()
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=self.root)
+        except OSError as exc:
+            raise StorageError(self.uri, f"cannot write here ({_why(exc)})") from None
+        os.close(fd)
+        os.unlink(tmp)
+
+    def list(self, prefix: str = "", *,
+             on_skip: Callable[[Skipped], None] | None = None) -> Iterator[ObjectInfo]:
+        """Every file under the folder *prefix* (recursively), sorted by key.
+
+        The store's own temporary files are left out. Entries it cannot follow (symlink loops,
+        broken links, links to files outside the folder, links to folders, unreadable folders,
+        names that are not UTF-8, sockets and pipes) go to *on_skip* instead.
+        """
         if not self.root.is_dir():
             raise StorageError(str(self.root), "folder does not exist")
         base = self._path(prefix) if prefix else self.root
         if not base.exists():
             return
-        for path in sorted(base.rglob("*")):
-            if path.is_file() and not path.name.startswith(".tmp-"):
-                yield ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size)
+        skip = on_skip or (lambda _s: None)
+        found = []
+
+        def unreadable(exc: OSError) -> None:
+            skip(Skipped(self._relative(Path(exc.filename)),
+                         f"unreadable folder ({_why(exc)})", folder=True))
+
+        for dirpath, dirnames, filenames in os.walk(base, onerror=unreadable):
+            folder = Path(dirpath)
+            for name in sorted(dirnames):
+                if (folder / name).is_symlink():
+                    skip(self._link_to_folder(folder / name))
+            for name in filenames:
+                if _is_own_temp(name):
+                    continue
+                info = self._file_info(folder / name, skip)
+                if info is not None:
+                    found.append(info)
+        yield from sorted(found, key=lambda i: i.key)
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def _link_to_folder(self, path: Path) -> Skipped:
+        target = path.resolve()
+        inside = self.root == target or self.root in target.parents
+        where = "inside the folder: its files are listed there" if inside else "out of the folder"
+        return Skipped(self._relative(path), f"symlink to a folder {where} (not followed)",
+                       folder=not inside)
+
+    def _file_info(self, path: Path, skip: Callable[[Skipped], None]) -> ObjectInfo | None:
+        key = self._relative(path)
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            skip(Skipped(key, "file name is not valid UTF-8 (rename it)"))
+            return None
+        try:
+            st = path.stat()
+        except OSError as exc:
+            cause = {errno.ELOOP: "symlink loop", errno.ENOENT: "broken symlink"}.get(
+                exc.errno, _why(exc))
+            skip(Skipped(key, cause))
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            skip(Skipped(key, "not a regular file"))
+            return None
+        if path.is_symlink():
+            target = path.resolve()
+            if self.root not in target.parents:
+                skip(Skipped(key, f"symlink to a file outside the folder ({target})"))
+                return None
+        return ObjectInfo(key, st.st_size)
 
     def head(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
@@ -94,23 +198,30 @@ class LocalStore:
         except FileNotFoundError:
             raise StorageError(self.url(key), "no such file") from None
         except OSError as exc:
-            raise StorageError(self.url(key), exc.strerror or str(exc)) from None
+            raise StorageError(self.url(key), _why(exc)) from None
 
-    def local_path(self, key: str) -> Path:
+    @contextlib.contextmanager
+    def local_file(self, key: str, *, tmp_dir: str | None = None) -> Iterator[Path]:
         """The file itself (no copy is needed locally)."""
         path = self._path(key)
         if not path.is_file():
             raise StorageError(self.url(key), "no such file")
-        return path
+        yield path
 
     def _atomic(self, key: str, fill: Callable[[Path], None]) -> None:
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=dest.parent)
+        except OSError as exc:
+            raise StorageError(str(dest), f"cannot write ({_why(exc)})") from None
         os.close(fd)
         try:
             fill(Path(tmp))
             os.replace(tmp, dest)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise StorageError(str(dest), f"cannot write ({_why(exc)})") from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -131,11 +242,18 @@ class LocalStore:
         self._atomic(key, fill)
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(self.url(key), f"cannot delete ({_why(exc)})") from None
 
     def clear(self, prefix: str) -> None:
         """Remove everything under *prefix*."""
         shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 class S3Store:
@@ -162,19 +280,35 @@ class S3Store:
     def _key(self, key: str) -> str:
         return f"{self.prefix}{key}"
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def root_exists(self) -> bool:
+        """Always True: a missing bucket is an error when it is used, not an empty catalog."""
+        return True
+
+    def prepare(self) -> None:
+        """Nothing to do: buckets are created by setup_aws.py."""
+
+    def check_writable(self) -> None:
+        """Raise StorageError unless an object can be written here (a probe, then deleted)."""
+        key = f".write-probe-{uuid.uuid4().hex}"
+        self.write_bytes(key, b"")
+        self.delete(key)
+
+    def list(self, prefix: str = "", *,
+             on_skip: Callable[[Skipped], None] | None = None) -> Iterator[ObjectInfo]:
+        """Every object under *prefix*, in key order (folder markers ``x/`` left out)."""
         paginator = self.client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
                 for obj in page.get("Contents", []):
-                    yield ObjectInfo(obj["Key"][len(self.prefix):], int(obj["Size"]))
-        except Exception as exc:
+                    if not obj["Key"].endswith("/"):
+                        yield ObjectInfo(obj["Key"][len(self.prefix):], int(obj["Size"]))
+        except aws.botocore_errors() as exc:
             raise aws.translate(exc, self.url(prefix)) from None
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
             resp = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except Exception as exc:
+        except aws.botocore_errors() as exc:
             if aws.error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise aws.translate(exc, self.url(key)) from None
@@ -188,16 +322,24 @@ class S3Store:
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             return resp["Body"].read()
-        except Exception as exc:
+        except aws.botocore_errors() as exc:
             raise aws.translate(exc, self.url(key)) from None
 
-    def download(self, key: str, path: str | os.PathLike) -> Path:
+    @contextlib.contextmanager
+    def local_file(self, key: str, *, tmp_dir: str | None = None) -> Iterator[Path]:
+        """A temporary download of *key* (same suffixes), removed on exit (warm Lambda
+        containers reuse /tmp)."""
+        suffix = "".join(PurePosixPath(key).suffixes[-2:])[-16:]
+        fd, tmp = tempfile.mkstemp(suffix=suffix, dir=tmp_dir)
+        os.close(fd)
         try:
-            self.client.download_file(self.bucket, self._key(key), str(path))
-        except Exception as exc:
-            Path(path).unlink(missing_ok=True)
-            raise aws.translate(exc, self.url(key)) from None
-        return Path(path)
+            try:
+                self.client.download_file(self.bucket, self._key(key), tmp)
+            except aws.botocore_errors() as exc:
+                raise aws.translate(exc, self.url(key)) from None
+            yield Path(tmp)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def write_bytes(self, key: str, data: bytes, *, content_type: str | None = None,
                     metadata: dict[str, str] | None = None) -> None:
@@ -207,7 +349,7 @@ class S3Store:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
                                    Metadata=meta, ChecksumAlgorithm="SHA256",
                                    ServerSideEncryption="AES256", **extra)
-        except Exception as exc:
+        except aws.botocore_errors() as exc:
             raise aws.translate(exc, self.url(key)) from None
 
     def upload_file(self, path: str | os.PathLike, key: str, *, content_type: str | None = None,
@@ -224,17 +366,20 @@ class S3Store:
         try:
             self.client.upload_file(str(path), self.bucket, self._key(key), ExtraArgs=extra,
                                     Config=config, Callback=callback)
-        except Exception as exc:
+        except aws.botocore_errors() as exc:
             raise aws.translate(exc, self.url(key)) from None
 
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except Exception as exc:
+        except aws.botocore_errors() as exc:
             raise aws.translate(exc, self.url(key)) from None
 
     def clear(self, prefix: str) -> None:
         keys = [o.key for o in self.list(prefix)]
         for start in range(0, len(keys), 1000):
             batch = [{"Key": self._key(k)} for k in keys[start:start + 1000]]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+            try:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+            except aws.botocore_errors() as exc:
+                raise aws.translate(exc, self.url(prefix)) from None
