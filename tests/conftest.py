@@ -29,7 +29,7 @@ def _isolated_settings(monkeypatch, tmp_path_factory):
         monkeypatch.setenv(key, value)
     for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "BUCKET_RAW", "BUCKET_CATALOG",
                 "LAMBDA_FUNCTION", "ATHENA_DATABASE", "ATHENA_WORKGROUP", "ATHENA_OUTPUT",
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"):
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "REFERENCE_CATALOG", "REFERENCE_BANDS"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("SKYSURVEY_ENV_FILE", str(tmp_path_factory.mktemp("env") / "none.env"))
     aws.clear_clients()

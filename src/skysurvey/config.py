@@ -26,6 +26,8 @@ DEFAULTS: dict[str, str] = {
     "ATHENA_DATABASE": "astronomy",
     "ATHENA_WORKGROUP": "astronomy-workgroup",
     "ATHENA_OUTPUT": "",  # s3:// location for Athena results; default: the workgroup's
+    "REFERENCE_CATALOG": "",  # calibrate against this catalog (path, s3:// URI or HATS folder)
+    "REFERENCE_BANDS": "",  # band=column mapping for it, e.g. g=gmag,r=rmag (optional)
 }
 
 #: Where the sample generator writes and where plots and query exports go by default.

@@ -175,8 +175,14 @@ def make_image(shape=(512, 512), *, n_stars=300, n_galaxies=80, seed=0, band="r"
                sky=None, gain=2.0, read_noise=5.0, zero_point=None, exptime=60.0,
                date_obs="2026-03-14T04:12:00", cosmic_rays=0, bad_columns=0, nan_patch=False,
                saturate=None, sip=False, psf="moffat", return_model=False,
-               sources: pd.DataFrame | None = None) -> SimImage:
-    """Draw one image; *sources* (from :func:`make_sky_sources`) shares a sky between images."""
+               sources: pd.DataFrame | None = None, transparency: float = 0.0,
+               write_magzero: bool = True) -> SimImage:
+    """Draw one image; *sources* (from :func:`make_sky_sources`) shares a sky between images.
+
+    *zero_point* is the nominal one the header's MAGZERO states (omitted when *write_magzero*
+    is false); the night's *transparency* (mag of extra extinction) dims every source, so the
+    image's true zero point is ``zero_point - transparency`` (truth magnitudes use it).
+    """
     rng = np.random.default_rng(seed)
     zp_band, sky_band, seeing_band, colour = BANDS.get(band, BANDS["r"])
     zero_point = zp_band if zero_point is None else zero_point
@@ -195,7 +201,8 @@ def make_image(shape=(512, 512), *, n_stars=300, n_galaxies=80, seed=0, band="r"
     inside = (x > -3) & (x < nx + 2) & (y > -3) & (y < ny + 2)
     sources, x, y = sources[inside].reset_index(drop=True), x[inside], y[inside]
     mags = sources["mag_r"].to_numpy() + colour * (1 + sources["colour"].to_numpy())
-    flux_nominal = 10 ** (-0.4 * (mags - zero_point))
+    true_zp = zero_point - transparency
+    flux_nominal = 10 ** (-0.4 * (mags - true_zp))
     fwhm = fwhm_arcsec / pixel_scale
     model = np.zeros(shape)
     rendered = np.zeros(len(sources))
@@ -242,10 +249,12 @@ def make_image(shape=(512, 512), *, n_stars=300, n_galaxies=80, seed=0, band="r"
     header = wcs.to_header(relax=True)
     mjd = Time(date_obs, format="isot", scale="utc").mjd
     header.update(FILTER=band, EXPTIME=exptime, GAIN=gain, RDNOISE=read_noise,
-                  MAGZERO=zero_point, TELESCOP="SYNTH", INSTRUME="skysurvey.synth",
+                  TELESCOP="SYNTH", INSTRUME="skysurvey.synth",
                   SATURATE=float(saturate if saturate is not None else 65535.0),
                   SEEING=fwhm_arcsec, OBJECT="synthetic field", BUNIT="ADU",
                   **{"DATE-OBS": date_obs, "MJD-OBS": round(mjd, 6)})
+    if write_magzero:
+        header.insert("TELESCOP", ("MAGZERO", zero_point))
     sigma2 = (fwhm / 2.3548) ** 2
     pixel_var = sky / gain + (read_noise / gain) ** 2
     ra_t, dec_t = wcs.all_pix2world(x, y, 0)
@@ -253,7 +262,7 @@ def make_image(shape=(512, 512), *, n_stars=300, n_galaxies=80, seed=0, band="r"
         truth = pd.DataFrame({
             "source_id": np.arange(len(sources)), "kind": sources["kind"].to_numpy(),
             "x": x, "y": y, "ra": ra_t, "dec": dec_t, "flux": rendered,
-            "mag": np.where(rendered > 0, zero_point - 2.5 * np.log10(np.maximum(rendered,
+            "mag": np.where(rendered > 0, true_zp - 2.5 * np.log10(np.maximum(rendered,
                                                                                    1e-30)),
                             np.nan),
             "snr": rendered / np.sqrt(rendered / gain + 4 * np.pi * sigma2 * pixel_var
@@ -267,10 +276,41 @@ def make_image(shape=(512, 512), *, n_stars=300, n_galaxies=80, seed=0, band="r"
                     pd.DataFrame(artefacts, columns=["x", "y", "kind"]))
 
 
+def band_magnitudes(sources: pd.DataFrame, band: str) -> np.ndarray:
+    """True magnitudes of *sources* in *band* (its colour offset from r, scaled per source)."""
+    colour = BANDS.get(band, BANDS["r"])[3]
+    return sources["mag_r"].to_numpy() + colour * (1 + sources["colour"].to_numpy())
+
+
+def reference_catalog(sources: pd.DataFrame, seed: int, *, faint: float = 21.5,
+                      mag_error: float = 0.01, position_error_mas: float = 5.0) -> pd.DataFrame:
+    """A reference catalog of the sky's stars down to r = *faint*: ``ra``, ``dec`` (ICRS,
+    degrees, with *position_error_mas* Gaussian errors) and ``<band>mag``/``<band>mag_err`` for
+    every band of :data:`BANDS` (true magnitudes plus *mag_error* Gaussian errors)."""
+    rng = np.random.default_rng([seed, 14])
+    stars = sources[(sources["kind"] == "star") & (sources["mag_r"] <= faint)]
+    n = len(stars)
+    sigma = position_error_mas / 3.6e6
+    cosd = np.cos(np.radians(stars["dec"].to_numpy()))
+    table = {"ra": stars["ra"].to_numpy() + rng.normal(0, sigma, n) / cosd,
+             "dec": stars["dec"].to_numpy() + rng.normal(0, sigma, n)}
+    for band in BANDS:
+        table[f"{band}mag"] = band_magnitudes(stars, band) + rng.normal(0, mag_error, n)
+        table[f"{band}mag_err"] = np.full(n, mag_error)
+    return pd.DataFrame(table)
+
+
 def write_sample(out_dir, *, count=6, size=2048, bands=("g", "r", "i"), seed=42,
                  ra=150.1, dec=2.2, pixel_scale=0.25, compress: str | None = None,
                  command: str | None = None) -> list[Path]:
-    """Images ``sky_<band>_<NNN>.fits``, ``truth/<image_id>.csv`` and ``metadata.json``."""
+    """Images ``sky_<band>_<NNN>.fits``, ``truth/<image_id>.csv``, ``metadata.json`` and the
+    field's ``reference.parquet`` (:func:`reference_catalog`).
+
+    Every image has a transparency loss of 0-0.35 mag that its MAGZERO does not know about;
+    every fourth image (the 2nd, 6th, ...) has no MAGZERO at all. ``metadata.json`` records the
+    true zero point of each image (``zero_point``), the header's (``header_zero_point``, null
+    when absent) and the ``transparency``; truth magnitudes are true magnitudes.
+    """
     out = Path(out_dir)
     (out / "truth").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -281,15 +321,20 @@ def write_sample(out_dir, *, count=6, size=2048, bands=("g", "r", "i"), seed=42,
                            dec, 0.75 * width_deg * (1 + 0.5 * (n_pointings - 1)))
     paths, meta = [], []
     nights = ["2026-03-14T04:12:00", "2026-03-15T03:48:00"]
+    # calibration: own generator, so the images' other draws stay what they were
+    calibration = np.random.default_rng([seed, 15])
+    reference_catalog(sky, seed).to_parquet(out / "reference.parquet", index=False)
     for k in range(count):
         band = bands[k % len(bands)]
         pointing = k // len(bands)
         centre = (ra + 0.5 * width_deg * pointing / np.cos(np.radians(dec)),
                   dec + 0.1 * width_deg * pointing)
         date = nights[pointing % len(nights)]
+        transparency = round(float(calibration.uniform(0, 0.35)), 4)
         image = make_image((size, size), seed=seed * 1000 + k, band=band, ra=centre[0],
                            dec=centre[1], rotation_deg=float(rng.uniform(0, 5)),
-                           pixel_scale=pixel_scale, date_obs=date, sources=sky)
+                           pixel_scale=pixel_scale, date_obs=date, sources=sky,
+                           transparency=transparency, write_magzero=k % 4 != 1)
         image_id = f"sky_{band}_{k + 1:03d}"
         path = image.write(out / f"{image_id}.fits", compress=compress)
         paths.append(path)
@@ -298,7 +343,9 @@ def write_sample(out_dir, *, count=6, size=2048, bands=("g", "r", "i"), seed=42,
                      "ra_center": round(centre[0], 6), "dec_center": round(centre[1], 6),
                      "size": size, "pixel_scale": pixel_scale,
                      "seeing_arcsec": BANDS[band][2] if band in BANDS else None,
-                     "zero_point": image.header["MAGZERO"], "date_obs": date,
+                     "zero_point": round(BANDS.get(band, BANDS["r"])[0] - transparency, 6),
+                     "header_zero_point": image.header.get("MAGZERO"),
+                     "transparency": transparency, "date_obs": date,
                      "n_stars": int((image.truth["kind"] == "star").sum()),
                      "n_galaxies": int((image.truth["kind"] == "galaxy").sum())})
     (out / "metadata.json").write_text(json.dumps(

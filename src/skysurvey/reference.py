@@ -1,0 +1,464 @@
+"""Reference catalogs for photometric and astrometric calibration: read only the sky an image needs.
+
+A reference is named by a URI, a local path or ``s3://bucket/key``, to
+
+- a table file: Parquet (``.parquet``/``.pq``), CSV (``.csv``, ``.csv.gz``), FITS (``.fits``,
+  ``.fit``, ``.fits.gz``) or VOTable (``.vot``, ``.votable``, ``.xml``), with ``ra``/``dec`` in
+  degrees (ICRS);
+- a HATS catalog (a folder or prefix holding ``partition_info.csv`` or ``properties``, data in
+  ``dataset/Norder=K/Dir=D/Npix=N.parquet``, or without ``dataset/`` in older catalogs), such as
+  the public Gaia DR3 HATS catalog. Only the HEALPix pixels that overlap the image are read.
+
+Parquet files up to :data:`IN_MEMORY_BYTES` are read once, whole; larger ones are read per image
+through a ``pyarrow.dataset`` filter on ra/dec, so only the row groups whose statistics overlap
+the image (and only the needed columns) come off the disk or S3. Opened references are cached
+per process (a warm Lambda container reads a small reference once). S3 goes through pyarrow's
+S3 filesystem with boto3's settings (no s3fs). Everything here is numpy and pyarrow (and astropy
+for FITS/VOTable): it runs inside the Lambda.
+
+Columns are found case-insensitively: positions as ``ra``/``dec`` (or ``ra_icrs``/``de_icrs``,
+``raj2000``/``dej2000``, ``ra_deg``/``dec_deg``, HATS's ``hats_col_ra``/``hats_col_dec``);
+magnitudes by the band mapping (``--reference-bands g=gmag,r=rmag``), else a column named
+``<band>mag`` or ``<band>_mag``; errors as ``<col>_err``, ``e_<col>``, ``<col>err``, ``<col>_error``
+or ``<band>magerr``/``<band>_mag_err``/``<band>_err``. Proper motions (``pmra`` in mas/yr
+including cos(dec), ``pmdec``, and ``ref_epoch`` in Julian years, Gaia's names) move positions to
+the image's epoch. A band is never mapped onto another photometric system automatically (SDSS
+g onto Gaia G needs an explicit mapping and a colour term the zero point does not include).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from .config import get_setting, is_s3_uri, parse_s3_uri
+from .errors import ConfigError, SkySurveyError
+
+#: Parquet files up to this size are read whole once and kept in memory.
+IN_MEMORY_BYTES = 64 * 2**20
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv",
+           ".fits": "fits", ".fit": "fits", ".fits.gz": "fits", ".fts": "fits",
+           ".vot": "votable", ".votable": "votable", ".xml": "votable"}
+POSITION_NAMES = (("ra", "dec"), ("ra_icrs", "de_icrs"), ("raj2000", "dej2000"),
+                  ("ra_deg", "dec_deg"), ("ra_j2000", "dec_j2000"), ("alpha_j2000", "delta_j2000"))
+PROPER_MOTION = ("pmra", "pmdec", "ref_epoch")
+
+
+class ReferenceError(SkySurveyError):
+    """The reference catalog cannot be used: missing, unreadable, unknown format, no columns."""
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """What to calibrate against: a catalog URI and the band -> magnitude column mapping."""
+
+    uri: str
+    bands: tuple[tuple[str, str], ...] = ()  # ((band lowercase, column), ...)
+
+    @classmethod
+    def parse(cls, uri: str | None, bands: str | None = None) -> ReferenceSpec | None:
+        """``ReferenceSpec.parse("ref.parquet", "g=gmag,r=rmag")``; None without a URI."""
+        if not uri:
+            return None
+        return cls(str(uri), parse_bands(bands))
+
+    def column_for(self, band: str) -> str | None:
+        return dict(self.bands).get(str(band).lower())
+
+
+def reference_spec(uri: str | None = None, bands: str | None = None) -> ReferenceSpec | None:
+    """The reference to calibrate against: *uri*/*bands* (command-line flags or the Lambda
+    event) over the ``REFERENCE_CATALOG``/``REFERENCE_BANDS`` settings; None for none.
+    A malformed band mapping raises :class:`ConfigError`."""
+    uri = get_setting("REFERENCE_CATALOG", uri)
+    bands = get_setting("REFERENCE_BANDS", bands)
+    try:
+        return ReferenceSpec.parse(uri, bands)
+    except ValueError as exc:
+        raise ConfigError("REFERENCE_BANDS", str(exc)) from None
+
+
+def parse_bands(text: str | None) -> tuple[tuple[str, str], ...]:
+    """``"g=gmag, R=rmag"`` -> ``(("g", "gmag"), ("r", "rmag"))`` (bands lowercased)."""
+    pairs = []
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        band, sep_, column = item.partition("=")
+        if not sep_ or not band.strip() or not column.strip():
+            raise ValueError(f"reference band mapping {item.strip()!r} is not BAND=COLUMN")
+        pairs.append((band.strip().lower(), column.strip()))
+    return tuple(pairs)
+
+
+@dataclass(frozen=True)
+class ReferenceStars:
+    """Reference stars around an image, at the image's epoch."""
+
+    ra: np.ndarray  # degrees, ICRS
+    dec: np.ndarray
+    mag: np.ndarray
+    mag_err: np.ndarray  # NaN when the catalog has no error column
+    column: str  # the magnitude column used
+    auto_picked: bool  # True when the column was picked by name (no mapping given)
+    proper_motion: bool  # True when positions were moved to the image's epoch
+
+
+def _filesystem(uri: str):
+    """``(pyarrow filesystem, path)`` of a local path or s3:// URI."""
+    from pyarrow import fs
+
+    if is_s3_uri(uri):
+        from .queries import s3_filesystem
+
+        loc = parse_s3_uri(uri)
+        return s3_filesystem(), f"{loc.bucket}/{loc.prefix}".rstrip("/")
+    return fs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def _format(uri: str) -> str | None:
+    lower = uri.lower().rstrip("/")
+    for suffix in sorted(FORMATS, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return FORMATS[suffix]
+    return None
+
+
+def _reading(uri: str, exc: BaseException) -> ReferenceError:
+    if isinstance(exc, ReferenceError):
+        return exc
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, FileNotFoundError) or "does not exist" in text or "NoSuchKey" in text:
+        return ReferenceError(uri, "no such file or object")
+    return ReferenceError(uri, f"cannot read ({type(exc).__name__}: {text})")
+
+
+def _find(names, wanted) -> str | None:
+    """The column of *names* equal to *wanted*, case-insensitively."""
+    lower = {n.lower(): n for n in names}
+    return lower.get(str(wanted).lower())
+
+
+class ReferenceCatalog:
+    """An opened reference: its columns, and the stars inside a cone on request."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.filesystem, self.path = _filesystem(uri)
+        self._table: pa.Table | None = None  # whole table, kept for small catalogs
+        self._dataset: pads.Dataset | None = None  # big Parquet: filtered per image
+        self._hats: _Hats | None = None
+        try:
+            info = self.filesystem.get_file_info(self.path)
+        except Exception as exc:
+            raise _reading(uri, exc) from None
+        from pyarrow import fs
+
+        if info.type == fs.FileType.NotFound:
+            raise ReferenceError(uri, "no such file or object")
+        if info.type == fs.FileType.Directory:
+            self._hats = _Hats(uri, self.filesystem, self.path)
+            names = self._hats.schema.names
+            ra_dec = self._hats.ra_dec
+        else:
+            kind = _format(uri)
+            if kind is None:
+                raise ReferenceError(uri, "unknown format (expected .parquet, .csv, .fits, "
+                                          ".vot/.xml or a HATS catalog folder)")
+            try:
+                if kind == "parquet" and info.size > IN_MEMORY_BYTES:
+                    self._dataset = pads.dataset(self.path, filesystem=self.filesystem,
+                                                 format="parquet")
+                    names = self._dataset.schema.names
+                else:
+                    self._table = _read_table(self.filesystem, self.path, kind)
+                    names = self._table.column_names
+            except Exception as exc:
+                raise _reading(uri, exc) from None
+            ra_dec = None
+        self.columns: list[str] = list(names)
+        self.ra_col, self.dec_col = ra_dec or self._positions()
+
+    def _positions(self) -> tuple[str, str]:
+        for ra, dec in POSITION_NAMES:
+            found = _find(self.columns, ra), _find(self.columns, dec)
+            if all(found):
+                return found
+        raise ReferenceError(self.uri, "no ra/dec columns (looked for ra/dec, ra_icrs/de_icrs, "
+                                       "raj2000/dej2000, ra_deg/dec_deg)")
+
+    def magnitude_column(self, band: str, spec: ReferenceSpec | None) -> tuple[str, bool]:
+        """The magnitude column for *band* and whether it was picked by name."""
+        band = str(band).lower()
+        mapped = spec.column_for(band) if spec else None
+        if mapped:
+            column = _find(self.columns, mapped)
+            if column is None:
+                raise ReferenceError(self.uri, f"no column {mapped!r} (mapped to band {band})")
+            return column, False
+        for name in (f"{band}mag", f"{band}_mag"):
+            column = _find(self.columns, name)
+            if column is not None:
+                return column, True
+        mapped_bands = ", ".join(b for b, _ in spec.bands) if spec and spec.bands else "none"
+        raise ReferenceError(self.uri, f"no magnitude column for band {band!r} (mapped bands: "
+                                       f"{mapped_bands}; no column {band}mag or {band}_mag)")
+
+    def _error_column(self, column: str, band: str) -> str | None:
+        for name in (f"{column}_err", f"e_{column}", f"{column}err", f"{column}_error",
+                     f"{band}magerr", f"{band}_mag_err", f"{band}_err", f"e_{band}mag"):
+            found = _find(self.columns, name)
+            if found is not None:
+                return found
+        return None
+
+    def stars(self, band: str, ra: float, dec: float, radius_deg: float,
+              spec: ReferenceSpec | None = None, epoch: float | None = None) -> ReferenceStars:
+        """Reference stars within *radius_deg* of (ra, dec) with a finite magnitude in *band*.
+
+        *epoch*: the image's epoch (Julian year); positions with proper motions move to it.
+        """
+        column, auto = self.magnitude_column(band, spec)
+        error = self._error_column(column, str(band).lower())
+        pm = [_find(self.columns, n) for n in PROPER_MOTION]
+        use_pm = epoch is not None and all(pm)
+        wanted = [self.ra_col, self.dec_col, column] + ([error] if error else []) + (
+            pm if use_pm else [])
+        table = self._cone(wanted, ra, dec, radius_deg + (_max_motion_deg() if use_pm else 0))
+        arrays = {name: _numpy(table[name]) for name in dict.fromkeys(wanted)}
+        r, d = arrays[self.ra_col], arrays[self.dec_col]
+        if use_pm:
+            r, d = propagate(r, d, arrays[pm[0]], arrays[pm[1]], arrays[pm[2]], epoch)
+        mag = arrays[column]
+        mag_err = arrays[error] if error else np.full(mag.shape, np.nan)
+        keep = (np.isfinite(r) & np.isfinite(d) & np.isfinite(mag)
+                & (angular_distance(r, d, ra, dec) <= radius_deg))
+        return ReferenceStars(r[keep], d[keep], mag[keep], mag_err[keep], column, auto, use_pm)
+
+    def _cone(self, columns, ra, dec, radius_deg) -> pa.Table:
+        try:
+            if self._table is not None:
+                table = self._table.select(list(dict.fromkeys(columns)))
+                r, d = _numpy(table[self.ra_col]), _numpy(table[self.dec_col])
+                near = np.abs(d - dec) <= radius_deg
+                near[near] = angular_distance(r[near], d[near], ra, dec) <= radius_deg
+                return table.filter(pa.array(near))
+            box = _box_filter(self.ra_col, self.dec_col, ra, dec, radius_deg)
+            if self._dataset is not None:
+                return self._dataset.to_table(columns=list(dict.fromkeys(columns)), filter=box)
+            return self._hats.read(list(dict.fromkeys(columns)), ra, dec, radius_deg, box)
+        except ReferenceError:
+            raise
+        except Exception as exc:
+            raise _reading(self.uri, exc) from None
+
+
+def _max_motion_deg() -> float:
+    """Margin for stars that moved into the cone: 10 arcsec (a century at 100 mas/yr)."""
+    return 10.0 / 3600.0
+
+
+def _numpy(column) -> np.ndarray:
+    return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=float)
+
+
+def _read_table(filesystem, path: str, kind: str) -> pa.Table:
+    """A whole (small) reference table; NaN for masked values."""
+    if kind == "parquet":
+        return pq.read_table(path, filesystem=filesystem)
+    with filesystem.open_input_stream(path) as stream:
+        raw = stream.read()
+    if kind == "csv":
+        import pyarrow.csv as pacsv
+
+        if raw[:2] == b"\x1f\x8b":
+            import gzip
+
+            raw = gzip.decompress(raw)
+        return pacsv.read_csv(io.BytesIO(raw))
+    from astropy.table import Table
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unit and VOTable-version notes
+        table = Table.read(io.BytesIO(raw), format="fits" if kind == "fits" else "votable")
+    columns = {}
+    for name in table.colnames:
+        col = table[name]
+        if col.ndim != 1:
+            continue
+        values = np.ma.getdata(col)
+        if values.dtype.kind in "fiu":
+            values = np.ma.filled(np.ma.asarray(col, dtype=float), np.nan)
+            columns[name] = pa.array(np.asarray(values, dtype=float))
+        elif values.dtype.kind in "SU":
+            columns[name] = pa.array(np.asarray(values).astype(str))
+    return pa.table(columns)
+
+
+def _box_filter(ra_col, dec_col, ra, dec, radius_deg):
+    """A pyarrow filter for the box around the cone (whole RA range near the poles or 0/360)."""
+    lo, hi = dec - radius_deg, dec + radius_deg
+    expr = (pc.field(dec_col) >= lo) & (pc.field(dec_col) <= hi)
+    if hi >= 89.0 or lo <= -89.0:
+        return expr
+    half = radius_deg / math.cos(math.radians(max(abs(lo), abs(hi))))
+    ra_lo, ra_hi = ra - half, ra + half
+    if ra_lo < 0 or ra_hi >= 360:
+        ra_lo, ra_hi = ra_lo % 360, ra_hi % 360
+        return expr & ((pc.field(ra_col) >= ra_lo) | (pc.field(ra_col) <= ra_hi))
+    return expr & (pc.field(ra_col) >= ra_lo) & (pc.field(ra_col) <= ra_hi)
+
+
+def angular_distance(ra1, dec1, ra2, dec2) -> np.ndarray:
+    """Great-circle distance in degrees (haversine; arrays broadcast)."""
+    r1, d1, r2, d2 = (np.radians(np.asarray(v, float)) for v in (ra1, dec1, ra2, dec2))
+    a = np.sin((d2 - d1) / 2) ** 2 + np.cos(d1) * np.cos(d2) * np.sin((r2 - r1) / 2) ** 2
+    return np.degrees(2 * np.arcsin(np.sqrt(np.clip(a, 0, 1))))
+
+
+def propagate(ra, dec, pmra, pmdec, ref_epoch, epoch):
+    """Move positions by their proper motions (mas/yr; pmra includes cos dec) from *ref_epoch*
+    to *epoch* (Julian years), linearly on the tangent plane (< 0.1 mas for decades).
+    Stars without proper motions stay where they are."""
+    dt = epoch - np.where(np.isfinite(ref_epoch), ref_epoch, epoch)
+    pmra = np.where(np.isfinite(pmra), pmra, 0.0)
+    pmdec = np.where(np.isfinite(pmdec), pmdec, 0.0)
+    new_dec = dec + pmdec * dt / 3.6e6
+    cosd = np.cos(np.radians(0.5 * (dec + new_dec)))
+    return np.mod(ra + pmra * dt / 3.6e6 / np.maximum(cosd, 1e-9), 360.0), new_dec
+
+
+def julian_year(mjd: float | None) -> float | None:
+    """The Julian epoch of an MJD (None stays None)."""
+    if mjd is None or not math.isfinite(mjd):
+        return None
+    return 2000.0 + (mjd - 51544.5) / 365.25
+
+
+class _Hats:
+    """A HATS catalog: partition_info.csv (or the dataset's files) and per-pixel Parquet."""
+
+    def __init__(self, uri: str, filesystem, path: str):
+        self.uri, self.fs, self.path = uri, filesystem, path
+        self.properties = self._properties()
+        self.pixels = self._partitions()
+        if not self.pixels:
+            raise ReferenceError(uri, "a folder, but not a HATS catalog (no partition_info.csv "
+                                      "and no Norder=*/Dir=*/Npix=* files)")
+        order, pixel = self.pixels[0]
+        self.schema = pq.read_schema(self._pixel_files(order, pixel)[0], filesystem=self.fs)
+        names = self.schema.names
+        ra = _find(names, self.properties.get("hats_col_ra", ""))
+        dec = _find(names, self.properties.get("hats_col_dec", ""))
+        self.ra_dec = (ra, dec) if ra and dec else None
+
+    def _properties(self) -> dict[str, str]:
+        try:
+            with self.fs.open_input_stream(f"{self.path}/properties") as stream:
+                text = stream.read().decode()
+        except (FileNotFoundError, OSError):
+            return {}
+        out = {}
+        for line in text.splitlines():
+            key, eq, value = line.partition("=")
+            if eq and not line.lstrip().startswith("#"):
+                out[key.strip()] = value.strip()
+        return out
+
+    def _partitions(self) -> list[tuple[int, int]]:
+        import pyarrow.csv as pacsv
+
+        try:
+            with self.fs.open_input_stream(f"{self.path}/partition_info.csv") as stream:
+                table = pacsv.read_csv(io.BytesIO(stream.read()))
+            return list(zip(table["Norder"].to_pylist(), table["Npix"].to_pylist(),
+                            strict=True))
+        except (FileNotFoundError, OSError, KeyError):
+            pass
+        from pyarrow import fs
+
+        found = set()
+        for base in (f"{self.path}/dataset", self.path):
+            try:
+                infos = self.fs.get_file_info(fs.FileSelector(base, recursive=True))
+            except (FileNotFoundError, OSError):
+                continue
+            for info in infos:
+                parts = dict(p.split("=", 1) for p in info.path.split("/") if "=" in p)
+                if "Norder" in parts and "Npix" in parts:
+                    found.add((int(parts["Norder"]), int(parts["Npix"].split(".")[0])))
+            if found:
+                break
+        return sorted(found)
+
+    @functools.cache  # noqa: B019 (one catalog per process; a handful of pixels)
+    def _pixel_files(self, order: int, pixel: int) -> list[str]:
+        from pyarrow import fs
+
+        directory = pixel // 10_000 * 10_000
+        for base in (f"{self.path}/dataset", self.path):
+            stem = f"{base}/Norder={order}/Dir={directory}/Npix={pixel}"
+            for info in self.fs.get_file_info([f"{stem}.parquet", stem]):
+                if info.type == fs.FileType.File:
+                    return [info.path]
+                if info.type == fs.FileType.Directory:
+                    files = self.fs.get_file_info(fs.FileSelector(info.path, recursive=True))
+                    return sorted(f.path for f in files if f.path.endswith(".parquet"))
+        raise ReferenceError(self.uri, f"partition Norder={order} Npix={pixel} has no file")
+
+    def overlapping(self, ra, dec, radius_deg) -> list[tuple[int, int]]:
+        """The catalog's partitions that overlap the cone."""
+        from astropy import units as u
+        from astropy_healpix import HEALPix
+
+        listed: dict[int, set[int]] = {}
+        for order, pixel in self.pixels:
+            listed.setdefault(int(order), set()).add(int(pixel))
+        out = []
+        for order, pixels in sorted(listed.items()):
+            hp = HEALPix(nside=2**order, order="nested")
+            cone = hp.cone_search_lonlat(ra * u.deg, dec * u.deg, radius_deg * u.deg)
+            out += [(order, int(p)) for p in cone if int(p) in pixels]
+        return out
+
+    def read(self, columns, ra, dec, radius_deg, box) -> pa.Table:
+        files = [f for order, pixel in self.overlapping(ra, dec, radius_deg)
+                 for f in self._pixel_files(order, pixel)]
+        if not files:
+            return pa.table({c: pa.array([], pa.float64()) for c in columns})
+        data = pads.dataset(files, filesystem=self.fs, format="parquet")
+        return data.to_table(columns=columns, filter=box)
+
+
+@functools.lru_cache(maxsize=8)
+def _open_cached(uri: str, stamp) -> ReferenceCatalog:
+    return ReferenceCatalog(uri)
+
+
+def open_reference(uri: str) -> ReferenceCatalog:
+    """The opened reference, cached per process (a local file is re-read when it changes)."""
+    stamp = None
+    if not is_s3_uri(uri):
+        try:
+            st = os.stat(Path(uri).expanduser())
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+    return _open_cached(uri, stamp)
+
+
+def clear_cache() -> None:
+    """Forget opened references (tests; a warm container keeps them)."""
+    _open_cached.cache_clear()
