@@ -25,7 +25,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/download_sample_fits.py --output data/sample
 	$(BIN)/python scripts/upload_to_s3.py --input data/sample
-	$(BIN)/python scripts/invoke_lambda.py
+	$(BIN)/python scripts/invoke_lambda.py --reference data/sample/reference.parquet
 	$(BIN)/python scripts/query_with_athena.py --query all
 	$(BIN)/python scripts/plot_catalog.py --truth data/sample/truth
 	@echo ""
