@@ -20,6 +20,7 @@ import os
 import sys
 from urllib.parse import unquote_plus
 
+from skysurvey.athena import after_write
 from skysurvey.config import get_setting, is_s3_uri
 from skysurvey.errors import SkySurveyError
 from skysurvey.pipeline import PipelineConfig, catalog_image, make_reply
@@ -110,6 +111,9 @@ def lambda_handler(event: dict, context=None) -> dict:
             #    so that Lambda's own retry takes over.
             reply = catalog_image(raw_store, key, catalog_store, pipeline_config(),
                                   raise_transient=True)
+            # 3b. On AWS, register the new band/night with Athena (Glue partitions) when the
+            #     function has an ATHENA_DATABASE (setup_aws.py sets it).
+            reply = after_write(reply)
         # 4. One JSON line per image for CloudWatch Logs Insights.
         log.info(json.dumps(reply))
         replies.append(reply)

@@ -14,13 +14,33 @@ import os
 
 from .errors import ConfigError, SkySurveyError, StorageError, TransientStorageError
 
-DEFAULT_REGION = "us-east-1"
+#: Attempts in total per request (the first one included): botocore's ``total_max_attempts``.
+#: (Its ``max_attempts`` counts retries only: 8 there would mean 9 attempts.)
 MAX_ATTEMPTS = 8
+NO_REGION = ("no AWS region: pass --region, set AWS_REGION, or run "
+             "`aws configure set region <name>` (the scripts never guess us-east-1)")
+_region_override: list[str] = []
+
+
+def use_region(region: str | None) -> None:
+    """Make *region* (a script's ``--region`` flag) win over every other setting."""
+    _region_override[:] = [region] if region else []
+
+
+def configured_region() -> str:
+    """The region by precedence: ``--region``, the env file setup wrote, AWS_REGION /
+    AWS_DEFAULT_REGION, the profile's config; '' when none says."""
+    from .config import env_file_path, read_env_file
+
+    if _region_override:
+        return _region_override[0]
+    return (read_env_file(env_file_path()).get("AWS_REGION")
+            or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "")
 
 
 def _settings() -> tuple[str | None, str, str | None, str]:
     profile = os.environ.get("AWS_PROFILE") or None
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ""
+    region = configured_region()
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
     mode = os.environ.get("AWS_RETRY_MODE") or "standard"
     return profile, region, endpoint, mode
@@ -37,9 +57,11 @@ def _client(service, profile, region, endpoint, mode, overrides):
     from botocore.config import Config
 
     session = boto3.session.Session(profile_name=profile)
-    region = region or session.region_name or DEFAULT_REGION
+    region = region or session.region_name
+    if not region:
+        raise ConfigError(service, NO_REGION)
     config = Config(
-        retries={"mode": mode, "max_attempts": MAX_ATTEMPTS},
+        retries={"mode": mode, "total_max_attempts": MAX_ATTEMPTS},
         **dict(overrides),
     )
     return session.client(service, region_name=region, endpoint_url=endpoint, config=config)
