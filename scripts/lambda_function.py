@@ -24,6 +24,7 @@ from skysurvey.athena import after_write
 from skysurvey.config import get_setting, is_s3_uri
 from skysurvey.errors import SkySurveyError
 from skysurvey.pipeline import PipelineConfig, catalog_image, make_reply
+from skysurvey.reference import reference_spec
 from skysurvey.schema import RAW_IMAGES_PREFIX
 from skysurvey.storage import open_store
 
@@ -83,11 +84,16 @@ def raw_root(raw_uri: str, key: str, prefix: str | None = None) -> tuple[str, st
     return raw_uri, key
 
 
-def pipeline_config() -> PipelineConfig:
-    """Memory budget from the function's size (80% of it); /tmp for large objects."""
+def pipeline_config(event: dict | None = None) -> PipelineConfig:
+    """Memory budget from the function's size (80% of it); /tmp for large objects; the
+    reference catalog from the event (``reference``, ``reference_bands``) or the function's
+    ``REFERENCE_CATALOG``/``REFERENCE_BANDS`` settings (opened once per warm container)."""
     memory_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
     budget = int(int(memory_mb) * 0.8 * 2**20) if memory_mb else None
-    return PipelineConfig(max_memory_bytes=budget, tmp_dir=os.environ.get("TMPDIR"))
+    event = event if isinstance(event, dict) else {}
+    return PipelineConfig(max_memory_bytes=budget, tmp_dir=os.environ.get("TMPDIR"),
+                          reference=reference_spec(event.get("reference"),
+                                                   event.get("reference_bands")))
 
 
 def lambda_handler(event: dict, context=None) -> dict:
@@ -104,12 +110,13 @@ def lambda_handler(event: dict, context=None) -> dict:
         catalog = catalog_uri or get_setting("BUCKET_CATALOG")
         try:
             raw_store, catalog_store = open_store(raw_uri), open_store(_as_uri(catalog))
+            config = pipeline_config(event)
         except SkySurveyError as exc:
             reply = make_reply(key, "error", error=str(exc))
         else:
             # 3. Read, detect, measure, write: the shared core; transient AWS errors raise
             #    so that Lambda's own retry takes over.
-            reply = catalog_image(raw_store, key, catalog_store, pipeline_config(),
+            reply = catalog_image(raw_store, key, catalog_store, config,
                                   raise_transient=True)
             # 3b. On AWS, register the new band/night with Athena (Glue partitions) when the
             #     function has an ATHENA_DATABASE (setup_aws.py sets it).

@@ -24,12 +24,16 @@ def _reply(key: str, status: str, error: str | None = None, **extra) -> dict:
     return make_reply(key, status, error=error, **extra)
 
 
-def event_for(raw_uri: str, key: str, catalog_uri: str) -> dict:
-    """The direct-invocation event of DESIGN.md for one image."""
+def event_for(raw_uri: str, key: str, catalog_uri: str, reference=None) -> dict:
+    """The direct-invocation event of DESIGN.md for one image; *reference* (a
+    ReferenceSpec) adds ``reference`` and ``reference_bands``."""
     loc = parse_s3_uri(raw_uri)
     event = {"bucket": loc.bucket, "key": loc.prefix + key, "catalog_bucket": catalog_uri}
     if loc.prefix and not loc.prefix.startswith(RAW_IMAGES_PREFIX):
         event["input_prefix"] = loc.prefix  # ids are the path below it, as in local runs
+    if reference is not None:
+        event["reference"] = reference.uri
+        event["reference_bands"] = ",".join(f"{b}={c}" for b, c in reference.bands)
     return event
 
 
@@ -56,12 +60,12 @@ def parse_response(key: str, response: dict, asynchronous: bool = False) -> dict
 
 
 def invoke_one(client, function: str, raw_uri: str, key: str, catalog_uri: str,
-               asynchronous: bool = False) -> dict:
+               asynchronous: bool = False, reference=None) -> dict:
     try:
         response = client.invoke(
             FunctionName=function,
             InvocationType="Event" if asynchronous else "RequestResponse",
-            Payload=json.dumps(event_for(raw_uri, key, catalog_uri)).encode())
+            Payload=json.dumps(event_for(raw_uri, key, catalog_uri, reference)).encode())
     except Exception as exc:
         if aws.error_code(exc) == "ResourceNotFoundException":
             raise ConfigError(function, "Lambda function not found: run "
@@ -73,7 +77,7 @@ def invoke_one(client, function: str, raw_uri: str, key: str, catalog_uri: str,
 
 def run_lambda(raw_uri: str, keys: Sequence[str], catalog_uri: str, *, function: str,
                workers: int = 4, asynchronous: bool = False,
-               on_done: Callable[[dict], None] | None = None) -> list[dict]:
+               on_done: Callable[[dict], None] | None = None, reference=None) -> list[dict]:
     """Invoke *function* once per key; replies in the order of *keys*."""
     if not is_s3_uri(raw_uri) or not is_s3_uri(catalog_uri):
         raise ConfigError(raw_uri, "the Lambda backend needs s3:// input and catalog buckets")
@@ -81,7 +85,7 @@ def run_lambda(raw_uri: str, keys: Sequence[str], catalog_uri: str, *, function:
     replies: dict[str, dict] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(invoke_one, client, function, raw_uri, k, catalog_uri,
-                               asynchronous): k for k in keys}
+                               asynchronous, reference): k for k in keys}
         for future in as_completed(futures):
             key = futures[future]
             try:

@@ -18,10 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
+from .calibrate import calibrate
 from .catalog import replace_catalog
 from .detect import DetectionConfig, measure_image
 from .errors import SkySurveyError, TransientStorageError, one_line, printable
 from .fitsread import observation_partition, read_fits
+from .reference import ReferenceSpec
 from .schema import IMAGES_SCHEMA, SOURCES_SCHEMA, catalog_keys, image_id_from_name
 
 
@@ -30,6 +32,7 @@ class PipelineConfig:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     max_memory_bytes: int | None = None  # refuse images that would need more (None: no limit)
     tmp_dir: str | None = None  # where S3 objects are staged (Lambda: /tmp)
+    reference: ReferenceSpec | None = None  # calibrate against this catalog (calibrate.py)
 
 
 def make_reply(key, status: str = "error", *, image_id: str | None = None, n_sources: int = 0,
@@ -72,6 +75,7 @@ def catalog_image(raw_store, key: str, catalog_store, config: PipelineConfig | N
             image = read_fits(path, name=source_key, max_memory_bytes=config.max_memory_bytes)
         sources, row = measure_image(image, image_id, config.detection)
         band, night = observation_partition(image.header)
+        sources, row = calibrate(sources, row, band, config.reference)
         keys = catalog_keys(image_id, band, night)
         row = {**row, "source_key": source_key,
                "seconds": round(time.perf_counter() - start, 4),
