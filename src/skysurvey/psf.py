@@ -27,10 +27,11 @@ import sep
 GROWTH_N = 7
 #: The curve of growth reaches at least this many stellar FWHM.
 GROWTH_REACH_FWHM = 6.0
-#: Inner and outer concentration radii, in units of the stellar FWHM.
-CONCENTRATION_RADII = (0.6, 1.6)
-#: A source is called a star (class_star >= 0.5) down to this many sigma below the locus.
-STAR_SIGMA = 3.0
+#: Inner and outer concentration radii, in units of the stellar FWHM (2 x half-light radius).
+CONCENTRATION_RADII = (0.5, 1.0)
+#: class_star = 0.5 at this fractional deficit of concentration below the stellar locus
+#: (chosen on synthetic Moffat fields, 0.9-1.4" seeing, Sersic r_eff 0.4-1.5").
+STAR_MARGIN = 0.08
 MIN_PSF_STARS = 3
 #: Outer radius of the residual-sky annulus around the curve of growth's last radius.
 SKY_ANNULUS = 1.3
@@ -40,7 +41,7 @@ SKY_ANNULUS = 1.3
 class PsfModel:
     """What the image's stars say about its PSF."""
 
-    fwhm: float  # pixels, median FWHM of the PSF stars
+    fwhm: float  # pixels, the PSF's FWHM (Moffat fit to the stars' curve of growth)
     n_stars: int  # PSF stars (bright, clean, on the stellar locus)
     aperture_correction: float  # total flux / flux in the catalog's aperture, point sources
     aperture_correction_err: float
@@ -60,8 +61,9 @@ def robust_sigma(values) -> float:
 def stellar_locus(fwhm, candidates, width_dex=0.05):
     """The stellar FWHM: the densest window of log FWHM among *candidates*, refined.
 
-    Stars share one FWHM (the PSF's), galaxies and blends are spread above it; the window of
-    +-*width_dex* holding most candidates is the locus (the smallest on a tie), then refined
+    Stars share one FWHM (the PSF's), galaxies and blends are spread above it; the smallest
+    window of +-*width_dex* holding at least half as many candidates as the densest one is
+    the locus, then refined
     by three clipped medians. Returns ``(fwhm, robust scatter in dex, members)``, or
     ``(nan, nan, all-False)`` when fewer than MIN_PSF_STARS candidates.
     """
@@ -74,7 +76,9 @@ def stellar_locus(fwhm, candidates, width_dex=0.05):
     values = np.sort(logf[ok])
     counts = (np.searchsorted(values, values + width_dex, side="right")
               - np.searchsorted(values, values - width_dex, side="left"))
-    centre = values[int(np.argmax(counts))]
+    # the narrowest-FWHM window at least half as populated as the densest one: galaxies can
+    # outnumber stars in some wider range, never at the small end
+    centre = values[int(np.argmax(counts >= 0.5 * counts.max()))]
     window = width_dex
     for _ in range(3):
         near = ok & (np.abs(logf - centre) <= window)
@@ -234,6 +238,50 @@ def residual_sky(sub, rms, ones, x, y, r_in, own):
     return level if math.isfinite(level) else 0.0
 
 
+def seeing_fwhm(sub, rms, segmap, mask, x, y, stars, fwhm):
+    """The PSF's true FWHM (pixels) from the stars' stacked curve of growth.
+
+    *fwhm* (twice the half-light radius, detect's ``fwhm``) overestimates the FWHM of a
+    winged profile (by 26% for a Moffat with beta = 3): the median curve of growth of the
+    isolated PSF stars, normalised at GROWTH_REACH_FWHM x *fwhm* after the residual sky, is
+    fitted with a Moffat profile (beta 1.5-20: wide wings to nearly Gaussian); its beta gives
+    the ratio of FWHM to half-light diameter for that profile (NaN without stars).
+    """
+    idx = np.flatnonzero(stars)
+    if idx.size == 0 or not np.isfinite(fwhm):
+        return math.nan
+    r_total = GROWTH_REACH_FWHM * fwhm
+    nn = nearest_neighbour_distance(x, y, stars)
+    if (nn > r_total + fwhm).sum() >= MIN_PSF_STARS:
+        idx = idx[nn > r_total + fwhm]
+    xs, ys, own = x[idx], y[idx], _own(segmap, mask, idx)
+    radii = fwhm * np.array([0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.3, 1.7, 2.2, 3.0, 4.0])
+    ones = np.ones(sub.shape, np.float32)
+    sky = residual_sky(sub, rms, ones, xs, ys, r_total, own)
+
+    def enclosed(r):
+        return (sep.sum_circle(sub, xs, ys, r, subpix=0, **own)[0]
+                - sky * sep.sum_circle(ones, xs, ys, r, subpix=0, **own)[0])
+
+    total = enclosed(r_total)
+    good = total > 0
+    if not good.any():
+        return math.nan
+    # the stack (sums over the stars) is led by the brightest, least noisy ones
+    curve = np.array([np.sum(enclosed(r)[good]) for r in radii]) / np.sum(total[good])
+    betas = np.geomspace(1.5, 20.0, 50)[:, None, None]
+    fwhms = fwhm * np.geomspace(0.5, 1.2, 120)[None, :, None]
+    alphas = fwhms / (2.0 * np.sqrt(2.0 ** (1.0 / betas) - 1.0))
+    model = moffat_enclosed(radii, alphas, betas) / moffat_enclosed(r_total, alphas, betas)
+    cost = np.sum((model - curve) ** 2, axis=-1)
+    i, _ = np.unravel_index(int(np.argmin(cost)), cost.shape)
+    # the fit's beta (from the wings, well measured) converts the measured half-light
+    # diameter into the FWHM; the fit's own FWHM rests on a few undersampled core pixels
+    beta = float(betas[i, 0, 0])
+    return float(fwhm * math.sqrt(2.0 ** (1.0 / beta) - 1.0)
+                 / math.sqrt(2.0 ** (1.0 / (beta - 1.0)) - 1.0))
+
+
 def apply_aperture_correction(flux_aper, flux_aper_err, correction, correction_err):
     """``flux_apcorr`` and its error, the correction's own uncertainty included."""
     flux_aper = np.asarray(flux_aper, float)
@@ -260,17 +308,20 @@ def concentration(sub, rms, segmap, mask, x, y, fwhm, gain=None):
     return ratio, np.where(f_out > 0, err, np.nan)
 
 
-def class_star(ratio, ratio_err, locus, scatter, star_sigma=STAR_SIGMA):
+def class_star(ratio, ratio_err, locus, scatter, margin=STAR_MARGIN):
     """Probability-like 0..1 score that each source is a point source.
 
-    ``z = (ratio - locus) / sqrt(ratio_err**2 + scatter**2)`` is the source's distance from
-    the stellar locus in its own noise; the score is ``Phi(z + star_sigma)``: 0.5 at
-    *star_sigma* below the locus, near 1 on it (and above: sharper than the PSF), near 0 for
-    clearly extended sources. NaN where the ratio is undefined.
+    A source is as concentrated as the PSF stars (*locus*, intrinsic *scatter*) or less
+    (extended); the boundary is ``locus * (1 - margin)``. The score is
+    ``Phi((ratio - boundary) / sqrt(ratio_err**2 + scatter**2))``: near 1 for a bright
+    source on the locus, near 0 for a clearly extended one, towards 0.5 as the measurement
+    error grows. NaN where the ratio is undefined.
     """
     ratio, ratio_err = np.asarray(ratio, float), np.asarray(ratio_err, float)
-    z = (ratio - locus) / np.sqrt(ratio_err**2 + scatter**2)
-    return _normal_cdf(z + star_sigma)
+    boundary = locus * (1.0 - margin)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (ratio - boundary) / np.sqrt(ratio_err**2 + max(scatter, 1e-3) ** 2)
+    return _normal_cdf(z)
 
 
 def _normal_cdf(z):
@@ -339,7 +390,8 @@ def measure(sub, rms, segmap, mask, columns, radius, gain=None, min_snr=50.0):
     locus = float(np.median(ratio[stars]))
     noise = float(np.median(ratio_err[stars]))
     scatter = math.sqrt(max(robust_sigma(ratio[stars]) ** 2 - noise**2, 0.0))
-    model = PsfModel(fwhm=fwhm_psf, n_stars=int(stars.sum()), aperture_correction=corr,
+    seeing = seeing_fwhm(sub, rms, segmap, mask, x, y, stars, fwhm_psf)
+    model = PsfModel(fwhm=seeing, n_stars=int(stars.sum()), aperture_correction=corr,
                      aperture_correction_err=corr_err, n_growth=n_growth,
                      concentration=locus,
                      concentration_scatter=scatter)
