@@ -51,10 +51,12 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys):
     # 3+4. the handler over every image in a process pool
     assert _script("invoke_lambda").main(
         ["--backend", "local", "--input", str(raw / "images"), "--catalog", str(catalog),
-         "--workers", "2", "--no-progress"]) == 0
+         "--workers", "2", "--no-progress", "--reference", str(sample / "reference.parquet")]) == 0
     printed = capsys.readouterr().out
     assert "Summary" in printed and "failed" in printed
 
+    images = ds.dataset(catalog / "images", format="parquet", partitioning="hive").to_table()
+    assert set(images["zero_point_source"].to_pylist()) == {"reference"}  # the sample's stars
     sources = ds.dataset(catalog / "sources", format="parquet", partitioning="hive").to_table()
     sources = sources.to_pandas()
     assert set(sources["image_id"]) == {n.removesuffix(".fits") for n in fits_files}
