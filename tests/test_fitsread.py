@@ -411,3 +411,20 @@ def test_date_warnings_land_in_the_images_row(tmp_path):
     row = pq.read_table(path).to_pylist()[0]
     assert "DATE-OBS 2099-01-01T00:00:00 outside 1850-01-01" in row["warnings"]
     assert row["mjd"] is None
+
+
+def test_local_runs_get_the_default_budget(tmp_path, capsys):
+    """No --max-memory-mb: a header declaring 100000² is refused by the default budget (the
+    file holds no pixels, so without a budget it would fail as truncated instead)."""
+    from conftest import load_script
+
+    (tmp_path / "in").mkdir()
+    header = fits.Header({"SIMPLE": True, "BITPIX": -32, "NAXIS": 2, "NAXIS1": 100_000,
+                          "NAXIS2": 100_000})
+    (tmp_path / "in" / "huge.fits").write_bytes(header.tostring().encode())
+    status = load_script("invoke_lambda").main(
+        ["--backend", "local", "--input", str(tmp_path / "in"), "--catalog",
+         str(tmp_path / "cat"), "--workers", "1", "--no-progress"])
+    assert status == 1
+    budget = default_memory_budget(1) / MB
+    assert f"needs ~381620 MB, budget {budget:.0f} MB" in capsys.readouterr().err

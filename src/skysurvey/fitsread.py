@@ -15,6 +15,7 @@ bomb) stops there, with one line.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import math
@@ -101,6 +102,10 @@ class _Stream:
             self.fh = bz2.BZ2File(fileobj, mode="rb")
         else:
             self.fh = fileobj
+        self.size = None  # of a plain file on disk
+        if self.compression is None:
+            with contextlib.suppress(OSError, AttributeError, io.UnsupportedOperation):
+                self.size = os.fstat(fileobj.fileno()).st_size  # BytesIO has none
 
     def _charge(self, n: int) -> None:
         if self.limit is not None and self.pos + n > self.limit:
@@ -114,7 +119,10 @@ class _Stream:
         self._charge(n)
         parts, got = [], 0
         try:
-            while got < n and (part := self.fh.read(n - got)):
+            if self.size is not None:  # never ask for more than the file holds
+                n = min(n, max(0, self.size - self.fh.tell()))
+            # decompressed data arrive in chunks: a header's claim is never allocated at once
+            while got < n and (part := self.fh.read(min(n - got, _CHUNK * 64))):
                 parts.append(part)
                 got += len(part)
         except (OSError, EOFError, zlib.error, ValueError) as exc:
