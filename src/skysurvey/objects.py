@@ -25,7 +25,7 @@ may see some units old and some new: a window of seconds, documented in the READ
 interrupted before the marker leaves the previous tables untouched and is started over; one
 interrupted after it is finished by the next run.
 
-Object ids: ``(order-10 pixel of the object's position when it was created) << 39 | sequence``,
+Object ids: ``(order-13 pixel of the object's position when it was created) << 33 | sequence``,
 so a unit allocates ids without asking anybody, and they stay unique across units and runs.
 """
 
@@ -60,8 +60,9 @@ TABLES = ("objects", "object_photometry", "associations")
 SCHEMAS = {"objects": OBJECTS_SCHEMA, "object_photometry": OBJECT_PHOTOMETRY_SCHEMA,
            "associations": ASSOCIATIONS_SCHEMA}
 PARTITION_ORDER = 5  # hpx5=<pixel>: the partition key of the three tables
-ID_ORDER = 10  # object ids carry the order-10 pixel where the object was created
-ID_SHIFT = 39
+ID_ORDER = 13  # object ids carry the order-13 pixel where the object was created (finer
+#: than any unit, so one unit allocates all ids of a prefix)
+ID_SHIFT = 33
 STATE_KEY = "objects/_build.json"  # skipped by Parquet readers (leading underscore)
 STAGING = ".objects-staging"  # <catalog>/.objects-staging/<token>/<table>/...
 LAYOUT = 1
@@ -91,7 +92,7 @@ class BuildConfig:
     rebuild: bool = False
     floor: float = SYSTEMATIC_FLOOR
     false_alarm: float = VARIABLE_FALSE_ALARM
-    unit_order: int | None = None  # None: chosen from the data at the first build
+    unit_order: int | None = None  # None: chosen from the data at the first build (5..12)
 
     @property
     def margin_arcsec(self) -> float:
@@ -661,7 +662,7 @@ def link(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 
 def _new_ids(objects: dict, new: np.ndarray, old_ids: np.ndarray) -> np.ndarray:
-    """Ids for new objects: order-10 pixel << 39 | next free sequence in that pixel."""
+    """Ids for new objects: order-13 pixel << 33 | next free sequence in that pixel."""
     if not len(new):
         return np.zeros(0, np.int64)
     prefix = healpix(objects["ra"][new], objects["dec"][new], ID_ORDER)
@@ -863,9 +864,16 @@ def recover(store) -> list[str]:
             _commit(store, prefix)
             notes.append(f"finished the swap of an interrupted build ({token})")
         else:
-            store.clear(prefix)
+            _discard(store, prefix)
             notes.append(f"discarded an unfinished build ({token}); previous tables kept")
     return notes
+
+
+def _discard(store, prefix: str) -> None:
+    store.clear(f"{prefix}/")
+    if isinstance(store, LocalStore):
+        with contextlib.suppress(OSError):
+            (store.root / STAGING).rmdir()  # only when no other build is staged
 
 
 def _staging_tokens(store) -> list[str]:
@@ -1010,7 +1018,7 @@ def build_objects(catalog: str, config: BuildConfig | None = None, *,
     replies = (runner or (lambda ts: run_units_local(ts, config.workers)))(tasks)
     failed = [r for r in replies if r.get("status") != "ok"]
     if failed:
-        store.clear(f"{staging}/")
+        _discard(store, staging)
         report.status = "error"
         report.errors = [r.get("error") or f"unit {r.get('unit')} failed" for r in failed]
         report.errors.append("nothing was changed: the previous tables are intact")

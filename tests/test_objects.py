@@ -1,0 +1,372 @@
+"""Objects: association across images, incremental builds, HEALPix borders, bad input.
+
+Most tests write small source catalogs directly (no images), with known true positions; the
+slow test at the end runs the whole pipeline on the synthetic multi-night survey and checks the
+correctness targets against its truth.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from skysurvey import objects as obj
+from skysurvey.objects import BuildConfig, ObjectsError, build_objects
+from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA
+
+RA0, DEC0 = 150.1, 2.2
+
+
+def write_image(root: Path, image_id: str, ra, dec, *, mjd: float, band: str = "r",
+                mag=None, mag_err=None, has_wcs: bool = True, processed: str = "2026-05-01",
+                version: str = "0.2.0", night: str | None = None, size_deg: float = 0.05,
+                flags=None) -> None:
+    """One image's ``sources`` and ``images`` files, as the handler writes them."""
+    n = len(ra)
+    night = night or f"2026-04-{int(mjd - 61130) + 1:02d}"
+    sources = {f.name: pa.nulls(n, f.type) for f in SOURCES_SCHEMA}
+    sources.update(
+        image_id=pa.array([image_id] * n), source_id=pa.array(np.arange(n), pa.int32()),
+        ra=pa.array(np.asarray(ra, float) if has_wcs else [None] * n, pa.float64()),
+        dec=pa.array(np.asarray(dec, float) if has_wcs else [None] * n, pa.float64()),
+        mag=pa.array(np.full(n, 20.0) if mag is None else mag, pa.float64()),
+        mag_err=pa.array(np.full(n, 0.02) if mag_err is None else mag_err, pa.float64()),
+        snr=pa.array(np.full(n, 50.0)), fwhm=pa.array(np.full(n, 4.0)),
+        flags=pa.array(np.zeros(n, np.int32) if flags is None else flags, pa.int32()))
+    image = {f.name: None for f in IMAGES_SCHEMA}
+    scale = 0.25
+    image.update(image_id=image_id, has_wcs=has_wcs, n_sources=n, mjd=mjd,
+                 ra_center=RA0 if has_wcs else None, dec_center=DEC0 if has_wcs else None,
+                 width=int(size_deg * 3600 / scale), height=int(size_deg * 3600 / scale),
+                 pixel_scale=scale if has_wcs else None, pipeline_version=version,
+                 processed_at=datetime.fromisoformat(processed), filter=band)
+    for table, data in (("sources", pa.table(sources, schema=SOURCES_SCHEMA)),
+                        ("images", pa.Table.from_pylist([image], schema=IMAGES_SCHEMA))):
+        path = root / table / f"band={band}" / f"night={night}" / f"{image_id}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(data, path)
+
+
+def stars(n: int, seed: int = 1, spread_arcsec: float = 60.0, min_sep: float = 5.0):
+    """*n* true positions at least *min_sep* apart around (RA0, DEC0)."""
+    rng = np.random.default_rng(seed)
+    ra, dec = [], []
+    while len(ra) < n:
+        r = RA0 + rng.uniform(-1, 1) * spread_arcsec / 3600 / np.cos(np.radians(DEC0))
+        d = DEC0 + rng.uniform(-1, 1) * spread_arcsec / 3600
+        if all(obj.separation_arcsec(r, d, a, b) > min_sep for a, b in zip(ra, dec, strict=True)):
+            ra.append(r)
+            dec.append(d)
+    return np.array(ra), np.array(dec)
+
+
+def jitter(ra, dec, seed: int, sigma_arcsec: float = 0.1):
+    rng = np.random.default_rng(seed)
+    cosd = np.cos(np.radians(dec))
+    return (ra + rng.normal(0, sigma_arcsec, len(ra)) / 3600 / cosd,
+            dec + rng.normal(0, sigma_arcsec, len(ra)) / 3600)
+
+
+def read(root: Path, table: str):
+    return pads.dataset(root / table, format="parquet", partitioning="hive").to_table().to_pandas()
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for t in obj.TABLES for p in sorted((root / t).rglob("*")) if p.is_file()}
+
+
+def test_same_stars_on_three_nights_are_three_detections_of_each_object(tmp_path):
+    ra, dec = stars(12)
+    for k in range(3):
+        write_image(tmp_path, f"img{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
+    report = build_objects(str(tmp_path))
+    assert report.status == "ok" and report.n_objects == 12 and report.n_associations == 36
+    objects = read(tmp_path, "objects")
+    assert (objects["n_detections"] == 3).all() and (objects["n_nights"] == 3).all()
+    assert not objects["transient_candidate"].any()
+    assert objects["object_id"].is_unique
+    assoc = read(tmp_path, "associations")
+    assert assoc.groupby("object_id")["image_id"].nunique().eq(3).all()
+    assert assoc["separation_arcsec"].max() < 0.6
+    # mean positions land near the truth (errors ~0.1"/sqrt(3))
+    sep = obj.separation_arcsec(np.sort(objects["ra"]), objects.sort_values("ra")["dec"],
+                                np.sort(ra), dec[np.argsort(ra)])
+    assert sep.max() < 0.3
+    assert objects["ra_err"].notna().all()
+    assert (objects["hpx5"] == obj.healpix(objects["ra"], objects["dec"], 5)).all()
+    assert (objects["_healpix_29"] == obj.healpix(objects["ra"], objects["dec"], 29)).all()
+
+
+def test_an_object_never_takes_two_sources_of_one_image(tmp_path):
+    ra, dec = np.array([RA0]), np.array([DEC0])
+    write_image(tmp_path, "a", ra, dec, mjd=61130.1)
+    # next image: two sources 0.4" either side of the object, both within the 1" radius
+    off = 0.4 / 3600
+    write_image(tmp_path, "b", [RA0 - off, RA0 + off * 1.2], [DEC0, DEC0], mjd=61131.1)
+    build_objects(str(tmp_path))
+    assoc = read(tmp_path, "associations")
+    assert len(assoc) == 3
+    assert assoc.groupby("object_id")["image_id"].apply(lambda s: s.is_unique).all()
+    assert assoc["object_id"].nunique() == 2
+    objects = read(tmp_path, "objects").set_index("object_id")
+    # the nearer source joined the object seen before; the other one is new, one night only
+    nearer = assoc[(assoc["image_id"] == "b") & (assoc["source_id"] == 0)]["object_id"].item()
+    assert objects.loc[nearer, "n_detections"] == 2
+    assert objects["transient_candidate"].sum() == 1
+
+
+def test_incremental_night_keeps_ids_and_rerun_changes_nothing(tmp_path):
+    ra, dec = stars(15, seed=3)
+    for k in range(2):
+        write_image(tmp_path, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
+    build_objects(str(tmp_path))
+    before = read(tmp_path, "objects").set_index("object_id")
+    # a new night with the same stars and a transient
+    tra, tdec = np.r_[ra, RA0 + 20 / 3600], np.r_[dec, DEC0 - 20 / 3600]
+    write_image(tmp_path, "n2", *jitter(tra, tdec, 5), mjd=61132.1)
+    report = build_objects(str(tmp_path))
+    assert report.n_new_images == 1 and report.n_new_objects == 1
+    after = read(tmp_path, "objects").set_index("object_id")
+    assert set(before.index) <= set(after.index)
+    assert (after.loc[before.index, "n_detections"] == 3).all()
+    new = after.drop(before.index)
+    assert len(new) == 1 and new["transient_candidate"].item()
+    # the old links are kept as they were
+    assoc = read(tmp_path, "associations")
+    assert len(assoc) == 46 and not assoc.duplicated(["image_id", "source_id"]).any()
+    # nothing new: same ids, same bytes, nothing rewritten
+    files = tree_bytes(tmp_path)
+    mtimes = {p: (tmp_path / p).stat().st_mtime_ns for p in files}
+    again = build_objects(str(tmp_path))
+    assert again.status == "unchanged"
+    assert tree_bytes(tmp_path) == files
+    assert {p: (tmp_path / p).stat().st_mtime_ns for p in files} == mtimes
+
+
+def test_reprocessed_image_replaces_its_own_associations(tmp_path):
+    ra, dec = stars(10, seed=4)
+    for k in range(3):
+        write_image(tmp_path, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
+    build_objects(str(tmp_path))
+    ids_before = set(read(tmp_path, "objects")["object_id"])
+    # n1 reprocessed by another pipeline version: one star fewer, sources renumbered
+    r1, d1 = jitter(ra, dec, 11)
+    write_image(tmp_path, "n1", r1[::-1][:-1], d1[::-1][:-1], mjd=61131.1, version="0.3.0",
+                processed="2026-06-01")
+    report = build_objects(str(tmp_path))
+    assert report.n_redone_images == 1 and report.n_new_objects == 0
+    assert any("pipeline versions" in n for n in report.notes)
+    assoc = read(tmp_path, "associations")
+    assert len(assoc) == 29 and not assoc.duplicated(["image_id", "source_id"]).any()
+    assert set(read(tmp_path, "objects")["object_id"]) == ids_before
+    # each object still holds one source per image, the reprocessed one re-linked by position
+    n1 = assoc[assoc["image_id"] == "n1"]
+    assert n1["separation_arcsec"].max() < 0.6 and n1["object_id"].is_unique
+
+
+def test_failed_unit_leaves_previous_tables_and_next_run_completes(tmp_path):
+    ra, dec = stars(8, seed=5)
+    write_image(tmp_path, "n0", *jitter(ra, dec, 0), mjd=61130.1)
+    build_objects(str(tmp_path))
+    files = tree_bytes(tmp_path)
+    write_image(tmp_path, "n1", *jitter(ra, dec, 1), mjd=61131.1)
+
+    def crashing(tasks):
+        replies = obj.run_units_local(tasks)  # the units write their staged files...
+        return [*replies[:-1], {"status": "error", "unit": tasks[-1].unit,
+                                "error": "unit 1: the Lambda timed out"}]  # ...one fails
+    report = build_objects(str(tmp_path), runner=crashing)
+    assert report.status == "error" and "timed out" in report.errors[0]
+    assert tree_bytes(tmp_path) == files  # previous version, whole and alone
+    assert not (tmp_path / obj.STAGING).exists()
+    report = build_objects(str(tmp_path))
+    assert report.status == "ok" and report.n_new_images == 1
+    assert (read(tmp_path, "objects")["n_detections"] == 2).all()
+
+
+def test_build_interrupted_during_the_swap_is_finished_by_the_next_run(tmp_path, monkeypatch):
+    ra, dec = stars(8, seed=6)
+    write_image(tmp_path, "n0", *jitter(ra, dec, 0), mjd=61130.1)
+    build_objects(str(tmp_path))
+    write_image(tmp_path, "n1", *jitter(ra, dec, 1), mjd=61131.1)
+
+    def killed(store, prefix):
+        raise KeyboardInterrupt  # the process dies after the _complete marker
+    monkeypatch.setattr(obj, "_commit", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_objects(str(tmp_path))
+    assert (read(tmp_path, "objects")["n_detections"] == 1).all()  # still the old version
+    monkeypatch.undo()
+    # an unfinished (unmarked) staging folder next to it is discarded
+    (tmp_path / obj.STAGING / "stale" / "objects").mkdir(parents=True)
+    report = build_objects(str(tmp_path))
+    assert any("finished the swap" in n for n in report.notes)
+    assert any("discarded an unfinished build" in n for n in report.notes)
+    assert report.status == "unchanged"  # the finished swap already holds night n1
+    assert (read(tmp_path, "objects")["n_detections"] == 2).all()
+    assert not (tmp_path / obj.STAGING).exists()
+
+
+def test_objects_on_healpix_unit_borders_are_neither_split_nor_duplicated(tmp_path):
+    # a 6" grid over 3' x 3': order-12 units are ~52" wide, so dozens of stars sit within
+    # an arcsec of a border and their detections fall on both sides of it
+    step = 6.0 / 3600
+    grid = np.arange(-15, 16) * step
+    dec = (DEC0 + grid[:, None] + 0 * grid[None, :]).ravel()
+    ra = (RA0 + grid[None, :] / np.cos(np.radians(DEC0)) + 0 * grid[:, None]).ravel()
+    for k in range(4):
+        write_image(tmp_path, f"n{k}", *jitter(ra, dec, k, 0.12), mjd=61130.1 + k)
+    sources_unit = {}
+    for k in range(4):
+        t = pq.read_table(next((tmp_path / "sources").rglob(f"n{k}.parquet")))
+        sources_unit[k] = obj.healpix(t["ra"].to_numpy(), t["dec"].to_numpy(), 12)
+    straddling = (np.vstack(list(sources_unit.values())) != sources_unit[0]).any(axis=0)
+    assert straddling.sum() >= 10  # the test means something
+    report = build_objects(str(tmp_path), BuildConfig(unit_order=12, workers=2))
+    assert report.n_units >= 9
+    objects, assoc = read(tmp_path, "objects"), read(tmp_path, "associations")
+    assert len(objects) == len(ra) and objects["object_id"].is_unique
+    assert len(assoc) == 4 * len(ra) and not assoc.duplicated(["image_id", "source_id"]).any()
+    assert (objects["n_detections"] == 4).all()
+    # each true star is one object: the 4 detections of source i share one object id
+    assert (assoc.groupby("source_id")["object_id"].nunique() == 1).all()
+    # and each object sits in the file of the unit that holds its mean position
+    files = list((tmp_path / "objects").rglob("*.parquet"))
+    for f in files:
+        unit = int(f.stem.split("-")[1])
+        t = pq.read_table(f)
+        assert (obj.healpix(t["ra"].to_numpy(), t["dec"].to_numpy(), 12) == unit).all()
+
+
+def test_bad_input_is_named_and_nothing_is_lost(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ObjectsError, match="catalog without images"):
+        build_objects(str(tmp_path / "empty"))
+    with pytest.raises(ObjectsError, match="no catalog folder"):
+        build_objects(str(tmp_path / "missing"))
+    ra, dec = stars(6, seed=8)
+    write_image(tmp_path, "g0", *jitter(ra, dec, 0), mjd=61130.1, band="g", mag=np.full(6, 21.0))
+    write_image(tmp_path, "r0", *jitter(ra, dec, 1), mjd=61130.12, band="r")
+    write_image(tmp_path, "nowcs", ra, dec, mjd=61131.1, has_wcs=False)
+    report = build_objects(str(tmp_path))
+    assert report.n_images_without_wcs == 1
+    assert any("without WCS" in n and "nowcs" in n for n in report.notes)
+    assoc = read(tmp_path, "associations")
+    assert "nowcs" not in set(assoc["image_id"]) and len(assoc) == 12
+    phot = read(tmp_path, "object_photometry")
+    assert sorted(phot["band"].unique()) == ["g", "r"] and len(phot) == 12
+    assert np.allclose(phot[phot["band"] == "g"]["mean_mag"], 21.0)
+
+
+def test_object_table_of_an_older_version_keeps_its_ids(tmp_path):
+    ra, dec = stars(6, seed=9)
+    write_image(tmp_path, "n0", *jitter(ra, dec, 0), mjd=61130.1)
+    build_objects(str(tmp_path))
+    old = read(tmp_path, "objects")
+    assoc = read(tmp_path, "associations")
+    # rewrite as an older version would have: one flat file, fewer columns, no build record
+    for table in obj.TABLES:
+        for p in (tmp_path / table).rglob("*"):
+            if p.is_file():
+                p.unlink()
+    (tmp_path / "objects" / "part-0.parquet").parent.mkdir(exist_ok=True)
+    pq.write_table(pa.table({"object_id": old["object_id"], "ra": old["ra"], "dec": old["dec"],
+                             "n_detections": old["n_detections"]}),
+                   tmp_path / "objects" / "part-0.parquet")
+    pq.write_table(pa.Table.from_pandas(assoc.drop(columns="hpx5"), preserve_index=False),
+                   tmp_path / "associations" / "part-0.parquet")
+    write_image(tmp_path, "n1", *jitter(ra, dec, 1), mjd=61131.1)
+    report = build_objects(str(tmp_path))
+    assert any("older version" in n for n in report.notes)
+    new = read(tmp_path, "objects")
+    assert set(new["object_id"]) == set(old["object_id"])
+    assert (new["n_detections"] == 2).all()
+    assert json.loads((tmp_path / obj.STATE_KEY).read_text())["layout"] == obj.LAYOUT
+
+
+def test_radius_change_needs_rebuild_and_rebuild_renumbers(tmp_path):
+    ra, dec = stars(5, seed=10)
+    write_image(tmp_path, "n0", ra, dec, mjd=61130.1)
+    build_objects(str(tmp_path))
+    write_image(tmp_path, "n1", ra, dec, mjd=61131.1)
+    with pytest.raises(ObjectsError, match="--rebuild"):
+        build_objects(str(tmp_path), BuildConfig(radius_arcsec=2.0))
+    report = build_objects(str(tmp_path), BuildConfig(radius_arcsec=2.0, rebuild=True))
+    assert report.status == "ok" and report.n_objects == 5
+
+
+def test_chi2_threshold_matches_tabulated_quantiles():
+    # chi2 upper quantiles (tables): dof 9 at p=1e-3: 27.877; dof 19 at p=1e-3: 43.820
+    assert obj.chi2_threshold(np.array([9]), 1e-3)[0] == pytest.approx(27.877, rel=0.02)
+    assert obj.chi2_threshold(np.array([19]), 1e-3)[0] == pytest.approx(43.820, rel=0.01)
+
+
+def test_variable_star_is_flagged_and_constant_star_is_not(tmp_path):
+    rng = np.random.default_rng(12)
+    ra, dec = stars(40, seed=12)
+    for k in range(10):
+        mags = 19.0 + rng.normal(0, 0.02, 40)
+        mags[0] += 0.3 * np.sin(2 * np.pi * k / 7.3)  # object 0 varies (0.3 mag)
+        write_image(tmp_path, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k, mag=mags)
+    build_objects(str(tmp_path))
+    assoc = read(tmp_path, "associations")
+    objects = read(tmp_path, "objects").set_index("object_id")
+    star0 = assoc[(assoc["image_id"] == "n0") & (assoc["source_id"] == 0)]["object_id"].item()
+    assert objects.loc[star0, "variable"]
+    assert objects["variable"].sum() == 1
+    phot = read(tmp_path, "object_photometry").set_index("object_id")
+    assert phot.loc[star0, "scatter"] == pytest.approx(0.3 / np.sqrt(2), rel=0.25)
+
+
+def test_unit_event_reply_and_bad_event(tmp_path):
+    ra, dec = stars(4, seed=13)
+    write_image(tmp_path, "n0", ra, dec, mjd=61130.1)
+    assert obj.handle_unit_event({"task": "objects_unit"})["status"] == "error"
+    captured = []
+    build_objects(str(tmp_path), runner=lambda ts: captured.extend(ts) or
+                  [obj.handle_unit_event(json.loads(json.dumps(t.event()))) for t in ts])
+    reply = obj.handle_unit_event(json.loads(json.dumps(captured[0].event())))
+    assert reply["status"] == "ok" and reply["n_objects"] == 4 and reply["error"] is None
+    assert all(k.startswith(obj.STAGING) for k in reply["keys"])
+
+
+def test_build_objects_script(tmp_path, capsys):
+    from conftest import load_script
+
+    script = load_script("build_objects")
+    ra, dec = stars(4, seed=14)
+    write_image(tmp_path, "n0", ra, dec, mjd=61130.1)
+    assert script.main(["--catalog", str(tmp_path), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "objects" in out and "4" in out
+    assert script.main(["--catalog", str(tmp_path / "nope")]) == 1
+    assert "no catalog folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_survey_targets(tmp_path):
+    """The correctness targets on the synthetic multi-night survey, through the pipeline."""
+    from skysurvey.runner import list_images, run_local
+    from skysurvey.synth_survey import evaluate_objects, write_survey
+
+    survey, catalog = tmp_path / "survey", tmp_path / "catalog"
+    write_survey(survey)
+    keys = list_images(str(survey))
+    replies = run_local(str(survey), keys, str(catalog), workers=2)
+    assert all(r["status"] == "ok" for r in replies)
+    build_objects(str(catalog), BuildConfig(workers=1))
+    score = evaluate_objects(str(catalog), survey)
+    assert score["isolated_seen_twice"] >= 150 and score["variables"] >= 20
+    assert score["one_object_fraction"] >= 0.985
+    assert score["mixed_fraction"] <= 0.01
+    assert score["variable_recovery"] >= 0.90
+    assert score["bright_constant"] >= 40 and score["constant_false_positive"] <= 0.02
+    assert score["transient_recovery"] >= 0.8
