@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="file compression (fz: lossless tile-compressed, extension 1)")
     parser.add_argument("--real", action="store_true",
                         help="historical flag: no internet here, so images are generated anyway")
+    parser.add_argument("--survey", type=_positive, metavar="NIGHTS", default=None,
+                        help="instead: one field observed on NIGHTS nights (dithers, seeing, "
+                             "variable stars, one-night transients; bands g,r and 512 px unless "
+                             "--bands/--size are given), truth in truth/objects.csv")
     return parser
 
 
@@ -65,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     given = sys.argv[1:] if argv is None else argv
     command = " ".join(["scripts/download_sample_fits.py", *given])
+    if args.survey:
+        return _survey(args, given, command, start)
     paths = write_sample(args.output, count=args.count, size=args.size, bands=bands,
                          seed=args.seed, compress=None if args.compress == "none" else
                          args.compress, command=command)
@@ -78,6 +84,26 @@ def main(argv: list[str] | None = None) -> int:
     print(pd.DataFrame(rows).to_string(index=False))
     print(f"{len(paths)} images of {args.size}x{args.size} px in {args.output} "
           f"({time.perf_counter() - start:.1f} s); truth in {args.output}/truth/")
+    return 0
+
+
+def _survey(args, given: list[str], command: str, start: float) -> int:
+    """The multi-night survey of skysurvey.synth_survey (the objects step's yardstick)."""
+    from skysurvey.synth_survey import write_survey
+
+    bands = tuple(b.strip() for b in args.bands.split(",") if b.strip())
+    if not any(a.startswith("--bands") for a in given):
+        bands = ("g", "r")
+    size = args.size if any(a.startswith("--size") for a in given) else 512
+    paths = write_survey(args.output, nights=args.survey, bands=bands, size=size,
+                         seed=args.seed, command=command,
+                         compress=None if args.compress == "none" else args.compress)
+    truth = pd.read_csv(f"{args.output}/truth/objects.csv")
+    print(f"{len(paths)} images ({args.survey} nights x {len(bands)} bands, {size}x{size} px) in "
+          f"{args.output} ({time.perf_counter() - start:.1f} s): {len(truth)} true objects, "
+          f"{int((truth['amplitude'] > 0).sum())} variables, "
+          f"{int((truth['transient_night'] >= 0).sum())} transients; truth in "
+          f"{args.output}/truth/")
     return 0
 
 
