@@ -100,15 +100,17 @@ def write_survey(out_dir, *, nights=10, bands=("g", "r"), size=512, pixel_scale=
                  command: str | None = None) -> list[Path]:
     """Images ``n<NN>_<band>.fits`` (one per night and band), truth tables, ``metadata.json``.
 
-    Returns the image paths. *variable_faint_limit*: variables are drawn among stars brighter
+    Returns the image paths. Object counts are per 512 x 512 field (scaled with *size*).
+    *variable_faint_limit*: variables are drawn among stars brighter
     than this r magnitude (a variable at the detection limit cannot be recognised).
     """
     out = Path(out_dir)
     (out / "truth").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     half_deg = 0.5 * size * pixel_scale / 3600
-    sky = survey_sky(rng, n_stars=n_stars, n_galaxies=n_galaxies, n_transients=n_transients,
-                     n_bright=n_bright,
+    area = (size / 512) ** 2  # the counts are per 512 x 512 field: same density at any size
+    sky = survey_sky(rng, n_stars=round(n_stars * area), n_galaxies=round(n_galaxies * area),
+                     n_transients=n_transients, n_bright=round(n_bright * area),
                      ra=ra, dec=dec, radius_deg=half_deg + 2 * dither_arcsec / 3600,
                      variable_fraction=variable_fraction,
                      variable_faint_limit=variable_faint_limit, nights=nights)
