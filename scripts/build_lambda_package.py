@@ -6,8 +6,9 @@
 Wheels come from PyPI for the Lambda platform (``--platform manylinux... --only-binary``), so
 the build works on any machine. Runtime: python3.12 (Amazon Linux 2023, glibc 2.34), because
 numpy >= 2.3 ships only manylinux_2_28 wheels that python3.11's Amazon Linux 2 (glibc 2.26)
-cannot load. Tests, headers and caches are stripped to stay under Lambda's 250 MB unzipped
-limit; a zip over 50 MB is uploaded through S3 by setup_aws.py.
+cannot load. The versions are pinned in requirements-lambda.lock (installed with --no-deps), so
+two builds hold the same packages. Tests, headers and caches are stripped to stay under
+Lambda's 250 MB unzipped limit; a zip over 50 MB is uploaded through S3 by setup_aws.py.
 """
 
 from __future__ import annotations
@@ -16,11 +17,18 @@ import argparse
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
-from skysurvey.config import REPO_ROOT
+try:
+    from skysurvey import cli
+    from skysurvey.config import REPO_ROOT
+except ModuleNotFoundError as exc:  # run outside the project's environment
+    raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
+                     "first)") from None
 
+LOCK_FILE = REPO_ROOT / "requirements-lambda.lock"  # exact versions of the zip's packages
 UNZIPPED_LIMIT = 262_144_000  # Lambda: function + layers, unzipped
 DIRECT_UPLOAD_LIMIT = 50 * 2**20
 STRIP_DIRS = {"tests", "test", "__pycache__", "include", "benchmarks"}
@@ -32,13 +40,31 @@ STRIP_GLOBS = ("pyarrow/libarrow_flight.so*", "pyarrow/_flight*.so",
                "pyarrow/libarrow_python_flight.so*")
 
 
-def install_wheels(target: Path, python_version: str, requirements: Path,
+def locked_requirements(python_version: str, lock: Path = LOCK_FILE) -> list[str]:
+    """The lock file's pins for the target Python (markers evaluated for it, not for the
+    interpreter running the build, as pip would)."""
+    from packaging.requirements import Requirement
+
+    pins = []
+    for line in lock.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate({"python_version": python_version,
+                                                      "python_full_version": python_version}):
+            req.marker = None
+            pins.append(str(req))
+    return pins
+
+
+def install_wheels(target: Path, python_version: str, lock: Path = LOCK_FILE,
                    cache: Path | None = None) -> None:
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile",
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--no-deps",
            "--only-binary=:all:", "--implementation", "cp", "--python-version", python_version,
            "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
            "--platform", "manylinux_2_17_x86_64", "--target", str(target),
-           "-r", str(requirements)]
+           *locked_requirements(python_version, lock)]
     if cache:
         cmd += ["--cache-dir", str(cache)]
     subprocess.run(cmd, check=True)
@@ -77,25 +103,41 @@ def make_zip(root: Path, output: Path) -> None:
                 z.writestr(info, path.read_bytes())
 
 
+def _step(text: str, start: float) -> None:
+    print(f"[{time.perf_counter() - start:5.1f} s] {text}", file=sys.stderr, flush=True)
+
+
 def build(output: Path, python_version: str = "3.12", work: Path | None = None,
           cache: Path | None = None) -> tuple[Path, int, int]:
-    """Build the zip; returns ``(staging folder, unzipped bytes, zip bytes)``."""
+    """Build the zip; returns ``(staging folder, unzipped bytes, zip bytes)``.
+
+    Progress (one line per step, with the elapsed time) goes to stderr.
+    """
+    start = time.perf_counter()
     work = work or REPO_ROOT / "build" / f"lambda-{python_version}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    install_wheels(work, python_version, REPO_ROOT / "requirements-lambda.txt", cache)
+    _step(f"1/4 installing the pinned wheels of {LOCK_FILE.name} for python{python_version} "
+          "(first run: ~200 MB download)", start)
+    install_wheels(work, python_version, LOCK_FILE, cache)
+    _step("2/4 stripping tests, headers and caches", start)
     strip(work)
     add_code(work)
     size = unzipped_size(work)
+    _step(f"3/4 zipping {sum(1 for p in work.rglob('*') if p.is_file()):,} files "
+          f"({size / 2**20:.0f} MB unzipped)", start)
     make_zip(work, output)
+    _step(f"4/4 done: {output}", start)
     return work, size, output.stat().st_size
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Build the Lambda deployment zip.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--output", default=str(REPO_ROOT / "build" / "lambda.zip"))
+                                     formatter_class=cli.HelpFormatter)
+    parser.add_argument("--output", default=str(REPO_ROOT / "build" / "lambda.zip"),
+                        help="where to write the zip (setup_aws.py --package takes it)")
     parser.add_argument("--python-version", default="3.12", help="Lambda runtime's Python")
+    cli.add_version(parser)
     return parser
 
 
@@ -118,4 +160,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

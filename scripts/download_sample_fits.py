@@ -15,10 +15,15 @@ import logging
 import sys
 import time
 
-import pandas as pd
+try:
+    import pandas as pd
 
-from skysurvey.config import SAMPLE_DIR
-from skysurvey.synth import write_sample
+    from skysurvey import cli
+    from skysurvey.config import SAMPLE_DIR
+    from skysurvey.synth import write_sample
+except ModuleNotFoundError as exc:  # run outside the project's environment
+    raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
+                     "first)") from None
 
 
 def _positive(text: str) -> int:
@@ -39,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Generate synthetic FITS sky images with truth catalogs "
         "(the name says download for historical reasons: nothing is downloaded).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
         epilog="example: python scripts/download_sample_fits.py --count 3 --size 1024",
     )
     parser.add_argument("--output", default=str(SAMPLE_DIR), help="folder to write into")
@@ -55,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="instead: one field observed on NIGHTS nights (dithers, seeing, "
                              "variable stars, one-night transients; bands g,r and 512 px unless "
                              "--bands/--size are given), truth in truth/objects.csv")
+    cli.add_version(parser)
     return parser
 
 
@@ -108,4 +114,4 @@ def _survey(args, given: list[str], command: str, start: float) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

@@ -12,13 +12,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from skysurvey.cost import PRICES, estimate
-from skysurvey.errors import SkySurveyError
+try:
+    from skysurvey import cli
+    from skysurvey.cost import PRICES, estimate
+    from skysurvey.errors import SkySurveyError
+except ModuleNotFoundError as exc:  # run outside the project's environment
+    raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
+                     "first)") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Estimate an AWS run's cost.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=cli.HelpFormatter)
     parser.add_argument("--images", type=int, default=1000, help="number of images")
     parser.add_argument("--seconds", type=float, default=0.3, help="handler seconds per image")
     parser.add_argument("--mb", type=float, default=16.8, help="FITS size per image, MB")
@@ -26,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queries", type=int, default=10, help="Athena queries")
     parser.add_argument("--catalog", default=None,
                         help="take image count and median seconds from this catalog")
+    cli.add_version(parser)
     return parser
 
 
@@ -55,4 +61,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

@@ -1,0 +1,109 @@
+"""The command line behaves: --version everywhere, help without doubled defaults, quiet broken
+pipes, a one-line hint outside the venv; and the packaging: pyproject.toml declares what
+requirements.txt installs, the Lambda zip's versions are pinned."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+from conftest import draw_fits, load_script
+from packaging.requirements import Requirement
+
+from skysurvey import __version__
+from skysurvey.config import REPO_ROOT
+
+#: Scripts whose command line has been brought to the shared conventions (skysurvey.cli).
+SCRIPTS = ["build_lambda_package", "download_sample_fits", "estimate_cost", "plot_catalog",
+           "query_with_athena", "upload_to_s3"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_version_and_help_without_doubled_defaults(name, capsys):
+    script = load_script(name)
+    with pytest.raises(SystemExit) as info:
+        script.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip().endswith(f".py (skysurvey {__version__})")
+    parser = script.build_parser()
+    parser.prog = f"{name}.py"
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, (name, action.option_strings, "has no help")
+    text = re.sub(r"\s+", " ", parser.format_help())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    for chunk in re.split(r" (?=--?[a-z])", text):  # one option's help at a time
+        assert chunk.count("(default") <= 1, (name, chunk)
+
+
+def test_help_states_real_defaults_once():
+    parser = load_script("query_with_athena").build_parser()
+    text = re.sub(r"\s+", " ", parser.format_help())
+    assert "(default: BUCKET_CATALOG)" in text and "(default: duckdb)" in text
+    assert "duckdb: local SQL" in text  # --engine says what the engines are
+
+
+def test_piping_into_head_exits_quietly(tmp_path):
+    from skysurvey.pipeline import catalog_image
+    from skysurvey.storage import open_store
+
+    draw_fits(tmp_path / "a.fits", size=64, n_stars=3)
+    assert catalog_image(open_store(tmp_path), "a.fits",
+                         open_store(tmp_path / "cat"))["status"] == "ok"
+    command = (f"{sys.executable} scripts/query_with_athena.py --catalog {tmp_path / 'cat'} "
+               "--sql 'SELECT * FROM range(200000)' | head -n 2")
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stderr == "" and out.returncode == 0
+    assert len(out.stdout.splitlines()) == 2
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_outside_the_venv_a_one_line_hint(name):
+    """`python -S` has no site-packages: as a system Python without the project installed."""
+    out = subprocess.run([sys.executable, "-S", f"scripts/{name}.py", "--help"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "No module named" in out.stderr and ".venv/bin/python" in out.stderr
+    assert "make install" in out.stderr
+
+
+def _names(lines) -> dict[str, str]:
+    reqs = [Requirement(line) for line in lines]
+    return {r.name.lower().replace("_", "-"): str(r.specifier) for r in reqs}
+
+
+def test_pyproject_declares_what_requirements_txt_installs():
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    declared = list(project["project"]["dependencies"])
+    for group in project["dependency-groups"].values():
+        declared += [g for g in group if isinstance(g, str)]
+    lines = [line.split("#", 1)[0].strip()
+             for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()]
+    installed = [line for line in lines if line and not line.startswith("-")]
+    assert "-e ." in lines  # and this package itself
+    assert _names(declared) == _names(installed)
+    assert {"test", "dev"} <= set(project["dependency-groups"])
+    assert "jupyterlab" in str(project["project"]["optional-dependencies"]["notebook"])
+
+
+def test_lambda_lock_pins_every_package_within_its_range():
+    builder = load_script("build_lambda_package")
+    wanted = {Requirement(line).name.lower().replace("_", "-"): Requirement(line).specifier
+              for line in (REPO_ROOT / "requirements-lambda.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    for target in ("3.12", "3.11"):
+        pins = {Requirement(p).name.lower().replace("_", "-"): Requirement(p)
+                for p in builder.locked_requirements(target)}
+        assert all(str(r.specifier).startswith("==") for r in pins.values()), pins
+        for name, spec in wanted.items():
+            version = str(pins[name].specifier).removeprefix("==")
+            assert spec.contains(version), (target, name, version, spec)
+        assert {"pyerfa", "astropy-iers-data", "pyyaml", "packaging"} <= set(pins)
+    numpy = {t: next(p for p in builder.locked_requirements(t) if p.startswith("numpy"))
+             for t in ("3.12", "3.11")}
+    assert numpy["3.12"] != numpy["3.11"]  # markers read for the target, not the builder's Python
