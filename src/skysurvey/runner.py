@@ -125,12 +125,12 @@ def find_inputs(specs: str | Sequence[str]) -> Inputs:
         return _scan(specs[0], lambda key: True)
     roots = []
     for spec, (folder, pattern) in zip(specs, split, strict=True):
-        if pattern is None and not _is_folder(spec):
-            folder = spec.rsplit("/", 1)[0] if "/" in spec.rstrip("/") else "."
+        if pattern is None and not _is_folder(spec):  # a file: its folder
+            folder = spec.rstrip("/").rsplit("/", 1)[0] if "/" in spec.rstrip("/") else "."
         roots.append(folder)
     root = _raw_images_root(_common_root(roots))
     wanted = []
-    for spec, (folder, pattern) in zip(specs, split, strict=True):
+    for spec, folder, (_, pattern) in zip(specs, roots, split, strict=True):
         base = _relative_to(root, folder)
         if pattern is not None:
             wanted.append(_glob_regex(f"{base}/{pattern}" if base else pattern).match)
@@ -142,7 +142,9 @@ def find_inputs(specs: str | Sequence[str]) -> Inputs:
             if not open_store(root).exists(key):
                 raise StorageError(spec, "no such file or folder")
             wanted.append(lambda k, want=key: k == want)
-    return _scan(root, lambda key: any(match(key) for match in wanted))
+    folders = any(p is not None or _is_folder(spec) for spec, (_, p) in zip(specs, split,
+                                                                             strict=True))
+    return _scan(root, lambda key: any(match(key) for match in wanted), folders)
 
 
 def _raw_images_root(root: str) -> str:
@@ -170,14 +172,14 @@ def _relative_to(root: str, folder: str) -> str:
     return "" if rel == "." else rel.replace(os.sep, "/")
 
 
-def _scan(root: str, wanted) -> Inputs:
+def _scan(root: str, wanted, folders: bool = True) -> Inputs:
     inputs = Inputs(root)
     store = open_store(root)
     for info in store.list(on_skip=inputs.skipped.append):
         if not wanted(info.key):
             continue
         (inputs.keys if is_fits_name(info.key) else inputs.not_fits).append(info.key)
-    inputs.skipped = [s for s in inputs.skipped if s.folder or wanted(s.key)]
+    inputs.skipped = [s for s in inputs.skipped if (s.folder and folders) or wanted(s.key)]
     return inputs
 
 
@@ -191,21 +193,27 @@ def split_collisions(raw_uri: str, keys: Sequence[str]) -> tuple[list[str], list
     """``(keys to process, error replies)``: inputs that share an image id are all refused,
     each reply naming the others (``x.fits`` beside ``x.fits.gz``, ``a__b/c.fits`` beside
     ``a/b__c.fits``); processing either would overwrite the other's catalog."""
-    by_id: dict[str, list[str]] = {}
-    for key in keys:
-        by_id.setdefault(image_id_from_name(key), []).append(key)
     store = open_store(raw_uri)
+    shared = colliding_ids(keys)
     ok, refused = [], []
-    for key in keys:
-        image_id = image_id_from_name(key)
-        others = [store.url(k) for k in by_id[image_id] if k != key]
-        if not others:
+    for i, key in enumerate(keys):
+        if i not in shared:
             ok.append(key)
             continue
-        refused.append(make_reply(key, "error", image_id=image_id, error=(
-            f"{store.url(key)}: image id {image_id!r} also comes from {', '.join(others)}; "
+        others = ", ".join(store.url(keys[j]) for j in shared[i])
+        refused.append(make_reply(key, "error", error=(
+            f"{store.url(key)}: image id {image_id_from_name(key)!r} also comes from {others}; "
             "rename one of them (none of them was processed)")))
     return ok, refused
+
+
+def colliding_ids(keys: Sequence[str]) -> dict[int, list[int]]:
+    """For each key whose image id another key shares: its index -> the others' indices."""
+    by_id: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_id.setdefault(image_id_from_name(key), []).append(i)
+    return {i: [j for j in group if j != i]
+            for group in by_id.values() if len(group) > 1 for i in group}
 
 
 def catalogued_image_ids(catalog_uri: str) -> set[str]:
