@@ -17,15 +17,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from skysurvey.aws_setup import checklist, cleanup_resources, require_names, run_cleanup
-from skysurvey.config import env_file_path, read_env_file
-from skysurvey.errors import SkySurveyError
+try:
+    from skysurvey import cli
+    from skysurvey.aws_setup import checklist, cleanup_resources, require_names, run_cleanup
+    from skysurvey.config import env_file_path, read_env_file
+    from skysurvey.errors import SkySurveyError
+except ModuleNotFoundError as exc:  # run outside the project's environment
+    raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
+                     "first)") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Delete the AWS resources setup_aws.py created (and only those).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
         epilog="example: python scripts/cleanup_aws.py --yes")
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     parser.add_argument("--dry-run", action="store_true", help="print what would be deleted")
@@ -33,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the deployment to delete (default: the env file's)")
     parser.add_argument("--region", default=None,
                         help="its region (default: the env file's, else AWS_REGION)")
+    cli.add_version(parser)
     return parser
 
 
@@ -83,4 +89,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

@@ -20,13 +20,19 @@ import os
 import sys
 from urllib.parse import unquote_plus
 
-from skysurvey.athena import after_write
-from skysurvey.config import get_setting, is_s3_uri
-from skysurvey.errors import SkySurveyError
-from skysurvey.pipeline import PipelineConfig, catalog_image, make_reply
-from skysurvey.reference import reference_spec
-from skysurvey.schema import RAW_IMAGES_PREFIX
-from skysurvey.storage import open_store
+try:
+    from skysurvey.athena import after_write
+    from skysurvey.config import get_setting, is_s3_uri
+    from skysurvey.errors import SkySurveyError
+    from skysurvey.pipeline import PipelineConfig, catalog_image, make_reply
+    from skysurvey.reference import reference_spec
+    from skysurvey.schema import RAW_IMAGES_PREFIX
+    from skysurvey.storage import open_store
+except ModuleNotFoundError as exc:
+    if __name__ != "__main__":  # on Lambda: the import error as it is
+        raise
+    raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
+                     "first)") from None
 
 log = logging.getLogger("skysurvey.handler")
 if not log.handlers:  # Lambda's root logger already writes to CloudWatch; locally, stderr
@@ -129,3 +135,42 @@ def lambda_handler(event: dict, context=None) -> dict:
         return replies[0]
     return {"status": "ok" if all(r["status"] == "ok" for r in replies) else "error",
             "results": replies}
+
+
+def build_parser():
+    """``python scripts/lambda_function.py --help``: what this file is and how it is called."""
+    import argparse
+
+    from skysurvey import cli
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=cli.HelpFormatter,
+        epilog="examples:\n  python scripts/lambda_function.py --event "
+               "'{\"bucket\": \"data/raw/images\", \"key\": \"sky_g_001.fits\"}'\n"
+               "  python scripts/invoke_lambda.py   # every image, the usual way")
+    cli.add_version(parser)
+    parser.add_argument("--event", default=None,
+                        help="run the handler once, here, on this JSON event and print its reply")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Without --event, print the help: on AWS, Lambda calls :func:`lambda_handler` itself."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.event is None:
+        parser.print_help()
+        return 0
+    try:
+        event = json.loads(args.event)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--event is not JSON: {exc}")
+    reply = lambda_handler(event)
+    print(json.dumps(reply, indent=2))
+    return 0 if reply.get("status") == "ok" else 1
+
+
+if __name__ == "__main__":
+    from skysurvey import cli
+
+    raise SystemExit(cli.run(main))

@@ -18,21 +18,26 @@ import argparse
 import sys
 from pathlib import Path
 
-from skysurvey.aws_setup import (
-    DEFAULT_CONCURRENCY,
-    FunctionSettings,
-    resolve_names,
-    run_setup,
-    setup_resources,
-)
-from skysurvey.config import env_file_path, read_env_file, write_env_file
-from skysurvey.errors import SkySurveyError
+try:
+    from skysurvey import cli
+    from skysurvey.aws_setup import (
+        DEFAULT_CONCURRENCY,
+        FunctionSettings,
+        resolve_names,
+        run_setup,
+        setup_resources,
+    )
+    from skysurvey.config import env_file_path, read_env_file, write_env_file
+    from skysurvey.errors import SkySurveyError
+except ModuleNotFoundError as exc:  # run outside the project's environment
+    raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
+                     "first)") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Set up S3, SQS, IAM, CloudWatch, Lambda, Glue and Athena for the pipeline.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
         epilog="example: python scripts/setup_aws.py --package build/lambda.zip --trigger")
     parser.add_argument("--region", default=None,
                         help="AWS region (default: the env file's, else AWS_REGION or the "
@@ -54,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference-bands", default=None,
                         help="band=column pairs of the reference, e.g. g=phot_g_mean_mag")
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
+    cli.add_version(parser)
     return parser
 
 
@@ -93,4 +99,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

@@ -17,8 +17,8 @@ from skysurvey import __version__
 from skysurvey.config import REPO_ROOT
 
 #: Scripts whose command line has been brought to the shared conventions (skysurvey.cli).
-SCRIPTS = ["build_lambda_package", "download_sample_fits", "estimate_cost", "plot_catalog",
-           "query_with_athena", "upload_to_s3"]
+SCRIPTS = ["build_lambda_package", "cleanup_aws", "download_sample_fits", "estimate_cost",
+           "lambda_function", "plot_catalog", "query_with_athena", "setup_aws", "upload_to_s3"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -44,6 +44,18 @@ def test_help_states_real_defaults_once():
     text = re.sub(r"\s+", " ", parser.format_help())
     assert "(default: BUCKET_CATALOG)" in text and "(default: duckdb)" in text
     assert "duckdb: local SQL" in text  # --engine says what the engines are
+
+
+def test_lambda_function_help_says_what_it_is_and_runs_one_event(tmp_path, capsys):
+    out = subprocess.run([sys.executable, "scripts/lambda_function.py", "--help"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "lambda_function.lambda_handler" in out.stdout
+    assert "Events it accepts" in out.stdout and "--event" in out.stdout
+    draw_fits(tmp_path / "x.fits", size=64, n_stars=3)
+    handler = load_script("lambda_function")
+    event = f'{{"bucket": "{tmp_path}", "key": "x.fits", "catalog_bucket": "{tmp_path}/cat"}}'
+    assert handler.main(["--event", event]) == 0
+    assert '"status": "ok"' in capsys.readouterr().out
 
 
 def test_piping_into_head_exits_quietly(tmp_path):
