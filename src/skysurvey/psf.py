@@ -191,7 +191,12 @@ def aperture_correction(sub, rms, segmap, mask, x, y, stars, radius, fwhm, gain=
         flux[:, k] = np.where(flag & sep.APER_TRUNC, np.nan, f)
         var[:, k] = e**2
         area[:, k] = sep.sum_circle(ones, xs, ys, r, subpix=0, **own)[0]
-    flux -= residual_sky(sub, rms, ones, xs, ys, radii[-1], own) * area
+    # the residual sky from the stars whose sky annulus holds no detected neighbour (their
+    # wings would raise it), or from all of them in a field too crowded for that
+    clear = nn > SKY_ANNULUS * radii[-1] + fwhm
+    sel = clear if clear.sum() >= MIN_PSF_STARS else np.ones(idx.size, bool)
+    flux -= residual_sky(sub, rms, ones, xs[sel], ys[sel], radii[-1],
+                         _own(segmap, mask, idx[sel])) * area
     log_steps = np.full(radii.size - 1, np.nan)
     log_errors = np.full(radii.size - 1, np.nan)
     used = np.zeros(idx.size, bool)
@@ -282,11 +287,36 @@ def seeing_fwhm(sub, rms, segmap, mask, x, y, stars, fwhm):
                  / math.sqrt(2.0 ** (1.0 / (beta - 1.0)) - 1.0))
 
 
-def apply_aperture_correction(flux_aper, flux_aper_err, correction, correction_err):
-    """``flux_apcorr`` and its error, the correction's own uncertainty included."""
+def empty_aperture_excess(sub, rms, segmap, mask, radius, n=500, seed=0):
+    """Variance of the flux in an aperture of *radius* on empty sky beyond what the RMS map
+    predicts: the light of sources too faint to detect (confusion), which the background RMS
+    leaves out. Apertures at *n* fixed pseudo-random places clear of detected sources (at
+    least 90% of their pixels free); 0 when fewer than 30 are clear or no excess is seen."""
+    ny, nx = sub.shape
+    if nx <= 2 * radius + 2 or ny <= 2 * radius + 2:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(radius + 1, nx - radius - 2, n)
+    y = rng.uniform(radius + 1, ny - radius - 2, n)
+    own = {"mask": mask} if segmap is None else {
+        "segmap": segmap, "seg_id": np.zeros(n, np.int32), "mask": mask}
+    total, err, _ = sep.sum_circle(sub, x, y, radius, err=rms, subpix=0, **own)
+    free = sep.sum_circle(np.ones(sub.shape, np.float32), x, y, radius, subpix=0, **own)[0]
+    clear = free >= 0.9 * math.pi * radius**2
+    if clear.sum() < 30:
+        return 0.0
+    excess = robust_sigma(total[clear]) ** 2 - float(np.median(err[clear] ** 2))
+    return max(excess, 0.0)
+
+
+def apply_aperture_correction(flux_aper, flux_aper_err, correction, correction_err,
+                              excess_variance=0.0):
+    """``flux_apcorr`` and its error, the correction's own uncertainty and the empty-aperture
+    *excess_variance* (undetected sources) included."""
     flux_aper = np.asarray(flux_aper, float)
     flux = flux_aper * correction
-    err = np.hypot(np.asarray(flux_aper_err, float) * correction, flux_aper * correction_err)
+    aper_err = np.sqrt(np.asarray(flux_aper_err, float) ** 2 + excess_variance)
+    err = np.hypot(aper_err * correction, flux_aper * correction_err)
     return flux, err
 
 
@@ -396,7 +426,8 @@ def measure(sub, rms, segmap, mask, columns, radius, gain=None, min_snr=50.0):
                      concentration=locus,
                      concentration_scatter=scatter)
     flux_apcorr, flux_apcorr_err = apply_aperture_correction(
-        columns["flux_aper"], columns["flux_aper_err"], corr, corr_err)
+        columns["flux_aper"], columns["flux_aper_err"], corr, corr_err,
+        empty_aperture_excess(sub, rms, segmap, mask, radius))
     score = class_star(ratio, ratio_err, locus, scatter)
     return model, {"flux_apcorr": flux_apcorr, "flux_apcorr_err": flux_apcorr_err,
                    "class_star": score}
