@@ -40,6 +40,14 @@ def _size(text: str) -> int:
     return value
 
 
+def _progress(start: float):
+    """One stderr line per image written (a 2048² image takes a few seconds)."""
+    def report(done: int, count: int, path) -> None:
+        print(f"  [{done}/{count}] {path.name} ({time.perf_counter() - start:.1f} s)",
+              file=sys.stderr, flush=True)
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Generate synthetic FITS sky images with truth catalogs "
@@ -77,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["scripts/download_sample_fits.py", *given])
     if args.survey:
         return _survey(args, given, command, start)
+    print(f"drawing {args.count} images of {args.size}x{args.size} px into {args.output} ...",
+          file=sys.stderr, flush=True)
     paths = write_sample(args.output, count=args.count, size=args.size, bands=bands,
                          seed=args.seed, compress=None if args.compress == "none" else
-                         args.compress, command=command)
+                         args.compress, command=command, progress=_progress(start))
     rows = []
     for path in paths:
         truth = pd.read_csv(path.parent / "truth" / f"{path.name.split('.')[0]}.csv")

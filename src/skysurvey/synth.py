@@ -302,9 +302,10 @@ def reference_catalog(sources: pd.DataFrame, seed: int, *, faint: float = 21.5,
 
 def write_sample(out_dir, *, count=6, size=2048, bands=("g", "r", "i"), seed=42,
                  ra=150.1, dec=2.2, pixel_scale=0.25, compress: str | None = None,
-                 command: str | None = None) -> list[Path]:
+                 command: str | None = None, progress=None) -> list[Path]:
     """Images ``sky_<band>_<NNN>.fits``, ``truth/<image_id>.csv``, ``metadata.json`` and the
-    field's ``reference.parquet`` (:func:`reference_catalog`).
+    field's ``reference.parquet`` (:func:`reference_catalog`). *progress*, when given, is
+    called as ``progress(done, count, path)`` after each image.
 
     Every image has a transparency loss of 0-0.35 mag that its MAGZERO does not know about;
     every fourth image (the 2nd, 6th, ...) has no MAGZERO at all. ``metadata.json`` records the
@@ -338,6 +339,8 @@ def write_sample(out_dir, *, count=6, size=2048, bands=("g", "r", "i"), seed=42,
         image_id = f"sky_{band}_{k + 1:03d}"
         path = image.write(out / f"{image_id}.fits", compress=compress)
         paths.append(path)
+        if progress is not None:
+            progress(k + 1, count, path)
         image.truth.to_csv(out / "truth" / f"{image_id}.csv", index=False, float_format="%.8g")
         meta.append({"file": path.name, "seed": seed * 1000 + k, "image_id": image_id, "band": band,
                      "ra_center": round(centre[0], 6), "dec_center": round(centre[1], 6),
