@@ -370,3 +370,55 @@ def test_survey_targets(tmp_path):
     assert score["variable_recovery"] >= 0.90
     assert score["bright_constant"] >= 40 and score["constant_false_positive"] <= 0.02
     assert score["transient_recovery"] >= 0.8
+
+
+def test_named_queries_on_objects(tmp_path):
+    from skysurvey.queries import get_named, run_named
+
+    ra, dec = stars(30, seed=15, spread_arcsec=120)
+    for k in range(3):
+        mags = np.full(30, 20.0) + (0.5 * (k - 1) if k else 0) * (np.arange(30) == 0)
+        write_image(tmp_path, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k, mag=mags)
+    build_objects(str(tmp_path))
+    objects = read(tmp_path, "objects")
+    # cone: exactly the objects within the radius (brute force), nearest first
+    c_ra, c_dec, radius = RA0 + 0.005, DEC0 - 0.004, 45.0
+    cone = run_named("cone", str(tmp_path), (c_ra, c_dec, radius))
+    dist = obj.separation_arcsec(c_ra, c_dec, objects["ra"], objects["dec"])
+    assert set(cone["object_id"]) == set(objects["object_id"][dist <= radius])
+    assert len(cone) >= 3 and cone["distance_arcsec"].is_monotonic_increasing
+    assert np.allclose(np.sort(cone["distance_arcsec"]), np.sort(dist[dist <= radius]))
+    # the pruning ranges cover the cone and are bound as parameters, not pasted into the SQL
+    bound = get_named("cone").bind((c_ra, c_dec, radius))
+    assert len(bound) == 3 + 4 + 2 * obj.CONE_RANGES and "?" in get_named("cone").sql
+    lows, highs = np.array(bound[7::2]), np.array(bound[8::2])
+    inside = objects["_healpix_29"].to_numpy()[dist <= radius]
+    assert all(((lows <= h) & (h <= highs)).any() for h in inside)
+    # light curve: one row per detection, in time order, with the calibrated magnitude
+    oid = int(cone["object_id"].iloc[0])
+    lc = run_named("light_curve", str(tmp_path), (oid,))
+    assert len(lc) == 3 and lc["mjd"].is_monotonic_increasing
+    assert set(lc.columns) >= {"mjd", "band", "mag", "mag_err", "flags"}
+    variables = run_named("variables", str(tmp_path))
+    assoc = read(tmp_path, "associations")
+    star0 = assoc[(assoc["image_id"] == "n0") & (assoc["source_id"] == 0)]["object_id"].item()
+    assert list(variables["object_id"].unique()) == [star0]
+    default_lc = run_named("light_curve", str(tmp_path))  # -1: the top variable object
+    assert (default_lc["object_id"] == star0).all() and len(default_lc) == 3
+    assert run_named("transients", str(tmp_path), (1,)).empty
+
+
+def test_crossmatch_reference_query(tmp_path, monkeypatch):
+    from skysurvey.queries import run_named
+
+    ra, dec = stars(10, seed=16)
+    write_image(tmp_path, "n0", ra, dec, mjd=61130.1)
+    build_objects(str(tmp_path))
+    ref = tmp_path / "reference.parquet"
+    cosd = np.cos(np.radians(dec[:5]))
+    pq.write_table(pa.table({"ra": ra[:5] + 0.3 / 3600 / cosd, "dec": dec[:5],
+                             "gmag": np.arange(5.0)}), ref)
+    monkeypatch.setenv("REFERENCE_CATALOG", str(ref))
+    out = run_named("crossmatch_reference", str(tmp_path), (1.0,))
+    assert len(out) == 5 and np.allclose(out["distance_arcsec"], 0.3, atol=0.01)
+    assert run_named("crossmatch_reference", str(tmp_path), (0.2,)).empty

@@ -1059,3 +1059,65 @@ def run_units_local(tasks: list[UnitTask], workers: int = 1) -> list[dict]:
         return list(pool.map(_run_task, ordered, chunksize=1))
 
 
+
+
+# ---------------------------------------------------------------------------------------
+# SQL side: the tables for DuckDB, the cone's HEALPix ranges
+
+#: the cone query binds this many _healpix_29 ranges (unused ones repeat the last)
+CONE_RANGES = 8
+
+
+def register_reference(con) -> bool:
+    """Register ``reference`` in a DuckDB connection: the REFERENCE_CATALOG setting when it is
+    a local Parquet file, else an empty (ra, dec) table. True when it holds the reference."""
+    from .config import get_setting
+
+    uri = get_setting("REFERENCE_CATALOG")
+    table = pa.table({"ra": pa.array([], pa.float64()), "dec": pa.array([], pa.float64())})
+    found = False
+    if uri and uri.endswith(".parquet") and not uri.startswith("s3://"):
+        with contextlib.suppress(OSError, pa.ArrowInvalid):
+            table, found = pq.read_table(os.path.expanduser(uri)), True
+    con.register("reference", table)
+    return found
+
+
+def cone_ranges(ra: float, dec: float, radius_arcsec: float,
+                max_ranges: int = CONE_RANGES) -> list[tuple[int, int]]:
+    """Inclusive ``_healpix_29`` ranges covering a cone (at most *max_ranges*, merged)."""
+    from astropy import units as u
+    from astropy_healpix import HEALPix
+
+    order = 29
+    while order > 0 and pixel_size_arcsec(order) < radius_arcsec:
+        order -= 1
+    grid = HEALPix(nside=2**order, order="nested")
+    pixels = np.sort(np.asarray(grid.cone_search_lonlat(ra * u.deg, dec * u.deg,
+                                                        radius_arcsec * u.arcsec), np.int64))
+    shift = 2 * (29 - order)
+    ranges = [[int(p) << shift, ((int(p) + 1) << shift) - 1] for p in pixels]
+    merged = [ranges[0]]
+    for lo, hi in ranges[1:]:
+        if lo == merged[-1][1] + 1:
+            merged[-1][1] = hi
+        else:
+            merged.append([lo, hi])
+    while len(merged) > max_ranges:  # close the smallest gap
+        gaps = [merged[i + 1][0] - merged[i][1] for i in range(len(merged) - 1)]
+        i = int(np.argmin(gaps))
+        merged[i:i + 2] = [[merged[i][0], merged[i + 1][1]]]
+    return [(lo, hi) for lo, hi in merged]
+
+
+def cone_parameters(params) -> tuple:
+    """``(ra, dec, radius_arcsec)`` -> the cone query's bound values: the three, the order-5
+    partitions (4), then CONE_RANGES pairs of ``_healpix_29`` bounds."""
+    ra, dec, radius = (float(v) for v in params)
+    ranges = cone_ranges(ra, dec, radius)
+    parts = sorted({lo >> 48 for lo, _ in ranges} | {hi >> 48 for _, hi in ranges})
+    if len(parts) > 4:
+        raise ObjectsError("cone", f"radius {radius} arcsec spans more than 4 order-5 pixels")
+    parts += [parts[-1]] * (4 - len(parts))
+    ranges += [ranges[-1]] * (CONE_RANGES - len(ranges))
+    return (ra, dec, radius, *parts, *(v for r in ranges for v in r))
