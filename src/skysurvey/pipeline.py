@@ -25,6 +25,7 @@ from .errors import SkySurveyError, TransientStorageError, one_line, printable
 from .fitsread import observation_partition, read_fits
 from .reference import ReferenceSpec
 from .schema import IMAGES_SCHEMA, SOURCES_SCHEMA, catalog_keys, image_id_from_name
+from .units import with_astropy_metadata
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def make_reply(key, status: str = "error", *, image_id: str | None = None, n_sou
 def table_to_parquet_bytes(table: pa.Table) -> bytes:
     """Serialise *table* to Parquet in memory (same bytes for the same table)."""
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="snappy")
+    pq.write_table(with_astropy_metadata(table), sink, compression="snappy")  # units for astropy
     return sink.getvalue()
 
 
