@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--truth", default=None,
                         help="folder of truth CSVs <image_id>.csv (synthetic images)")
     parser.add_argument("--output", default=str(OUTPUT_DIR / "plots"), help="PNG folder")
-    parser.add_argument("--report", default=str(OUTPUT_DIR / "report.html"),
-                        help="the run report; 'none' to skip it")
+    parser.add_argument("--report", default=None,
+                        help="the run report; 'none' to skip it (default: report.html beside "
+                             "the PNG folder, data/output/report.html)")
     return parser
 
 
@@ -90,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print(path)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
-    if args.report.lower() != "none":
+    report_path = args.report or str(Path(args.output).parent / "report.html")
+    if report_path.lower() != "none":
         try:
-            report = write_report(args.report, catalog, png_paths=paths, skipped=skipped,
+            report = write_report(report_path, catalog, png_paths=paths, skipped=skipped,
                                   sources=sources)
         except (SkySurveyError, OSError) as exc:
             print(f"error: report: {exc}", file=sys.stderr)
