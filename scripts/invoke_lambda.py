@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only repair the catalog: remove sources files without an image "
                              "record (killed runs) and older copies of re-processed images, "
                              "print what was removed, and exit")
+    parser.add_argument("--redrive", action="store_true",
+                        help="lambda: invoke again the failed asynchronous (S3-triggered) events "
+                             "waiting in the failed-events queue (FAILED_EVENTS_QUEUE), delete "
+                             "those that now succeed, report, and exit")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -101,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     catalog_uri = get_setting("BUCKET_CATALOG", args.catalog)
     if args.repair:
         return repair(catalog_uri)
+    if args.redrive:
+        from skysurvey.lambda_backend import redrive_report
+
+        text, status = redrive_report(get_setting("FAILED_EVENTS_QUEUE"),
+                                      get_setting("LAMBDA_FUNCTION", args.function),
+                                      workers=args.workers or 4)
+        print(text, file=sys.stderr if status == 2 else sys.stdout)
+        return status
     try:
         inputs = find_inputs(resolve_input(args.input))
     except SkySurveyError as exc:
