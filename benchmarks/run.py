@@ -376,6 +376,152 @@ def machine():
             f"skysurvey {__version__}")
 
 
+# ---- Astrometry (ICRS from any frame) and calibration against a reference catalog (H4)
+
+def _bench_sky(size, n_stars, seed=1):
+    """The sky of make_file(size, n_stars, seed), drawn again (same generator, same stars)."""
+    half = size * 0.25 / 3600 / 2 * 0.98
+    return make_sky_sources(np.random.default_rng(seed), n_stars, n_stars // 10, 150.1, 2.2,
+                            half)
+
+
+def _galactic_header_bytes(path):
+    """The same image with its TAN WCS re-expressed in galactic coordinates."""
+    import io
+    import warnings
+
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    from astropy.wcs.utils import fit_wcs_from_points
+
+    with fits.open(path) as hdul:
+        header, data = hdul[0].header.copy(), hdul[0].data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wcs = WCS(header)
+    ny, nx = data.shape
+    x, y = np.meshgrid(np.linspace(0, nx - 1, 9), np.linspace(0, ny - 1, 9))
+    world = wcs.pixel_to_world(x.ravel(), y.ravel()).galactic
+    fitted = fit_wcs_from_points((x.ravel(), y.ravel()), world, projection="TAN")
+    for key in list(header):
+        if key[:5] in ("CTYPE", "CRVAL", "CRPIX", "CDELT", "CUNIT", "RADES") or key[:2] in (
+                "CD", "PC") or key in ("LONPOLE", "LATPOLE", "EQUINOX", "MJDREF", "WCSAXES"):
+            del header[key]
+    header.update(fitted.to_header())
+    buffer = io.BytesIO()
+    fits.PrimaryHDU(data, header).writeto(buffer)
+    return buffer.getvalue()
+
+
+def bench_astrometry(repeats):
+    """ICRS conversion, theta_world and _healpix_29 against the plain all_pix2world they
+    replace, beside the whole handler, for an ICRS and a galactic header (2048², ~2,400
+    sources)."""
+    from skysurvey.astrometry import celestial_wcs, healpix_29, sky_positions
+
+    path = make_file(2048, 12000)
+    rows = []
+    for frame, raw in (("icrs", path.read_bytes()), ("galactic", _galactic_header_bytes(path))):
+        image = read_fits(raw, name=frame)
+        sources = measure_image(image, "x")[0]
+        x, y = sources["x"].to_numpy(), sources["y"].to_numpy()
+        theta = sources["theta"].to_numpy()
+        wcs, name = celestial_wcs(image.header)
+
+        def ours(wcs=wcs, x=x, y=y, theta=theta):
+            ra, dec, _ = sky_positions(wcs, x, y, theta)
+            healpix_29(ra, dec)
+
+        t_plain, t_ours, t_handler = interleaved_times(
+            [lambda wcs=wcs, x=x, y=y: wcs.all_pix2world(x, y, 0), ours,
+             lambda raw=raw: handle(raw)], repeats)
+        rows.append([name, sources.num_rows, f"{t_handler:.3f}", f"{t_plain * 1e3:.1f}",
+                     f"{t_ours * 1e3:.1f}", f"{(t_ours - t_plain) / t_handler:.1%}"])
+    return table(["header frame", "sources", "handler s", "all_pix2world ms (before)",
+                  "ICRS + theta_world + _healpix_29 ms (now)", "added / handler"], rows)
+
+
+def _moto_s3(frame):
+    """A moto S3 server on loopback holding *frame* as s3://bench-ref/ref.parquet."""
+    import io
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    from skysurvey import aws
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server._server.server_address[:2]
+    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1")
+    aws.clear_clients()
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="bench-ref")
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    s3.put_object(Bucket="bench-ref", Key="ref.parquet", Body=buffer.getvalue())
+    return server
+
+
+def bench_calibration(repeats):
+    """Handler time with and without calibration (warm container: the reference is opened
+    once, as a warm Lambda does), and the first (cold) read of each kind of reference."""
+    from skysurvey.calibrate import calibrate
+    from skysurvey.reference import ReferenceSpec, clear_cache, write_hats
+    from skysurvey.synth import reference_catalog
+
+    path = make_file(2048, 12000)
+    raw = path.read_bytes()
+    frame = reference_catalog(_bench_sky(2048, 12000), seed=1)
+    folder = WORK / "reference"
+    folder.mkdir(exist_ok=True)
+    frame.to_parquet(folder / "ref.parquet", index=False)
+    if not (folder / "ref_hats" / "properties").exists():
+        write_hats(frame, folder / "ref_hats", order=6)
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                            "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
+    server = _moto_s3(frame)
+    specs = {"local Parquet": ReferenceSpec.parse(str(folder / "ref.parquet")),
+             "HATS folder": ReferenceSpec.parse(str(folder / "ref_hats")),
+             "S3 Parquet (moto server)": ReferenceSpec.parse("s3://bench-ref/ref.parquet")}
+
+    def handler(spec=None):
+        image = read_fits(raw, name="x")
+        sources, row = measure_image(image, "x")
+        sources, row = calibrate(sources, row, "r", spec)
+        table_to_parquet_bytes(sources)
+        return row
+
+    try:
+        sources, row = measure_image(read_fits(raw, name="x"), "x")
+        rows = []
+        for kind, spec in specs.items():
+            clear_cache()
+            start = time.perf_counter()
+            cold = calibrate(sources, row, "r", spec)[1]
+            t_cold = time.perf_counter() - start
+            assert cold["zero_point_source"] == "reference", cold["warnings"]
+            t_cal = median_time(lambda spec=spec: calibrate(sources, row, "r", spec), repeats)
+            t_without, t_with = interleaved_times(
+                [handler, lambda spec=spec: handler(spec)], repeats)
+            rows.append([kind, len(frame), cold["n_calib"], f"{t_cold * 1e3:.0f}",
+                         f"{t_cal * 1e3:.1f}", f"{t_cal / t_without:.1%}", f"{t_without:.3f}",
+                         f"{t_with:.3f}", f"{t_with / t_without - 1:+.1%}"])
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return table(["reference", "reference stars", "calibration stars",
+                  "first call ms (open + read, cold)", "calibrate ms (warm)",
+                  "calibrate / handler", "handler s without", "handler s with (warm)",
+                  "handler with / without - 1 (noisy)"], rows)
+
+
 class _Printing(dict):
     """Sections print as soon as they are measured."""
 
@@ -408,6 +554,8 @@ def main(argv=None) -> int:
     sections["Named queries"] = bench_queries(100 if quick else 500, 10_000, 3)
     sections["Cold start"] = bench_cold_start(5)
     sections["Huge primary header"] = bench_huge_header(40_000, 3)
+    sections["Astrometry: ICRS from any header frame"] = bench_astrometry(repeats)
+    sections["Calibration against a reference catalog"] = bench_calibration(repeats)
     out = [f"# Benchmark results\n\nMachine: {machine()}\n",
            f"Command: `python benchmarks/run.py{' --quick' if quick else ''}`; "
            f"{time.strftime('%Y-%m-%d', time.gmtime())}.\n"]

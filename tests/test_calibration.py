@@ -36,6 +36,7 @@ from skysurvey.reference import (
     parse_bands,
     propagate,
     reference_spec,
+    write_hats,
 )
 from skysurvey.synth import make_image, make_sky_sources, reference_catalog
 
@@ -238,32 +239,6 @@ def test_big_parquet_reads_only_the_row_groups_and_columns_it_needs(field, ref_f
     _check_calibrated(out, new_row, image)
 
 
-def _write_hats(frame: pd.DataFrame, root, order=5):
-    """A HATS catalog as the format specifies: properties, partition_info.csv and
-    dataset/Norder=K/Dir=D/Npix=N.parquet with the _healpix_29 column, sorted by it."""
-    from skysurvey.astrometry import healpix_29
-
-    frame = frame.assign(_healpix_29=healpix_29(frame["ra"], frame["dec"]))
-    frame = frame.sort_values("_healpix_29")
-    pixels = frame["_healpix_29"].to_numpy() >> (2 * (29 - order))
-    rows = []
-    for pixel in np.unique(pixels):
-        part = frame[pixels == pixel]
-        folder = root / "dataset" / f"Norder={order}" / f"Dir={pixel // 10000 * 10000}"
-        folder.mkdir(parents=True, exist_ok=True)
-        part.to_parquet(folder / f"Npix={pixel}.parquet", index=False)
-        rows.append((order, int(pixel)))
-    pd.DataFrame(rows, columns=["Norder", "Npix"]).to_csv(root / "partition_info.csv",
-                                                          index=False)
-    (root / "properties").write_text(
-        f"obs_collection=reference\ndataproduct_type=object\nhats_nrows={len(frame)}\n"
-        "hats_col_ra=ra\nhats_col_dec=dec\nhats_max_rows=1000000\n"
-        f"hats_order={order}\nhats_npix_suffix=.parquet\n")
-    pq.write_metadata(pa.Schema.from_pandas(frame, preserve_index=False),
-                      root / "dataset" / "_common_metadata")
-    return root
-
-
 def test_hats_catalog_reads_only_the_pixels_over_the_image(field, ref_frame, tmp_path):
     import hats
 
@@ -273,7 +248,7 @@ def test_hats_catalog_reads_only_the_pixels_over_the_image(field, ref_frame, tmp
     extra = pd.DataFrame({"ra": rng.uniform(120, 180, n), "dec": rng.uniform(-20, 25, n)})
     for col in ref_frame.columns[2:]:
         extra[col] = 20.0
-    root = _write_hats(pd.concat([ref_frame, extra]), tmp_path / "ref_hats", order=4)
+    root = write_hats(pd.concat([ref_frame, extra]), tmp_path / "ref_hats", order=4)
     assert len(hats.read_hats(root).get_healpix_pixels()) > 100  # a valid HATS catalog
     catalog = open_reference(str(root))
     overlapping = catalog._hats.overlapping(row["ra_center"], row["dec_center"], 0.03)

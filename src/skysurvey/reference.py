@@ -47,6 +47,8 @@ from .errors import ConfigError, SkySurveyError
 
 #: Parquet files up to this size are read whole once and kept in memory.
 IN_MEMORY_BYTES = 64 * 2**20
+#: HATS pixels kept in memory per catalog (a warm container calibrating nearby images).
+PIXEL_CACHE = 32
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "csv",
            ".fits": "fits", ".fit": "fits", ".fits.gz": "fits", ".fts": "fits",
@@ -352,6 +354,7 @@ class _Hats:
 
     def __init__(self, uri: str, filesystem, path: str):
         self.uri, self.fs, self.path = uri, filesystem, path
+        self._cache: dict[tuple, pa.Table] = {}
         self.properties = self._properties()
         self.pixels = self._partitions()
         if not self.pixels:
@@ -434,12 +437,23 @@ class _Hats:
         return out
 
     def read(self, columns, ra, dec, radius_deg, box) -> pa.Table:
-        files = [f for order, pixel in self.overlapping(ra, dec, radius_deg)
-                 for f in self._pixel_files(order, pixel)]
-        if not files:
+        """The rows in the cone's box from the overlapping pixels; each pixel's columns are
+        read once per process and kept (the last PIXEL_CACHE of them)."""
+        tables = [self._pixel(order, pixel, tuple(columns)).filter(box)
+                  for order, pixel in self.overlapping(ra, dec, radius_deg)]
+        if not tables:
             return pa.table({c: pa.array([], pa.float64()) for c in columns})
-        data = pads.dataset(files, filesystem=self.fs, format="parquet")
-        return data.to_table(columns=columns, filter=box)
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def _pixel(self, order: int, pixel: int, columns: tuple[str, ...]) -> pa.Table:
+        key = (order, pixel, columns)
+        if key not in self._cache:
+            files = self._pixel_files(order, pixel)
+            data = pads.dataset(files, filesystem=self.fs, format="parquet")
+            self._cache[key] = data.to_table(columns=list(columns))
+            while len(self._cache) > PIXEL_CACHE:
+                self._cache.pop(next(iter(self._cache)))
+        return self._cache[key]
 
 
 @functools.lru_cache(maxsize=8)
@@ -462,3 +476,33 @@ def open_reference(uri: str) -> ReferenceCatalog:
 def clear_cache() -> None:
     """Forget opened references (tests; a warm container keeps them)."""
     _open_cached.cache_clear()
+
+
+def write_hats(frame, root, *, order: int = 5, ra: str = "ra", dec: str = "dec"):
+    """Write a small table (pandas) as a HATS catalog at *root* (a local folder), with the
+    layout the format specifies: ``properties``, ``partition_info.csv`` and
+    ``dataset/Norder=K/Dir=D/Npix=N.parquet`` at one *order*, rows sorted by ``_healpix_29``.
+    For tests, benchmarks and small references; large catalogs: ``hats-import``."""
+    import pandas as pd
+
+    from .astrometry import healpix_29
+
+    root = Path(root)
+    frame = frame.assign(_healpix_29=healpix_29(frame[ra].to_numpy(), frame[dec].to_numpy()))
+    frame = frame.sort_values("_healpix_29")
+    pixels = frame["_healpix_29"].to_numpy() >> (2 * (29 - order))
+    rows = []
+    for pixel in np.unique(pixels):
+        folder = root / "dataset" / f"Norder={order}" / f"Dir={pixel // 10000 * 10000}"
+        folder.mkdir(parents=True, exist_ok=True)
+        frame[pixels == pixel].to_parquet(folder / f"Npix={pixel}.parquet", index=False)
+        rows.append((order, int(pixel)))
+    pd.DataFrame(rows, columns=["Norder", "Npix"]).to_csv(root / "partition_info.csv",
+                                                          index=False)
+    (root / "properties").write_text(
+        f"obs_collection={root.name}\ndataproduct_type=object\nhats_nrows={len(frame)}\n"
+        f"hats_col_ra={ra}\nhats_col_dec={dec}\nhats_order={order}\n"
+        "hats_npix_suffix=.parquet\n")
+    pq.write_metadata(pa.Schema.from_pandas(frame, preserve_index=False),
+                      root / "dataset" / "_common_metadata")
+    return root
