@@ -11,11 +11,18 @@ Replacing an image's catalog (:func:`replace_catalog`) goes:
 
 1. read the entry; refuse (:class:`ImageIdConflictError`) when it, or an image record already
    at the new keys, names another source file;
-2. write the entry with the new keys as ``pending`` (a run killed from here on leaves an entry
-   that names every file it may have written);
+2. write the entry: the earlier keys as ``files``, the new ones as ``pending`` (a run killed from
+   here on leaves an entry that names every file it may have written);
 3. write the new sources file, then the new image record;
-4. delete the earlier files that are not at the new keys: image records first, then sources;
-5. write the entry with only the new files.
+4. delete the earlier files that are not at the new keys: image records first, then sources.
+
+The entry is not rewritten after step 4 (a PUT costs more than the image's Lambda time): the
+next run treats ``files`` and ``pending`` alike as "may exist" and deletes what is not at its
+own keys (deleting a missing key is a no-op). The lists grow only when an image moves to
+another partition; ``--repair`` writes them afresh.
+
+Requests per image on S3: 3 PUTs (entry, sources, record), 2 HEADs (entry; the record at the
+new keys when there is no entry) or a HEAD and a GET, and free DELETEs when a partition moved.
 
 What a reader sees: between 3 and 4 (a few milliseconds; one DELETE round trip per file on S3)
 a re-processed image whose partition changed is there twice, once per partition; DuckDB's and
@@ -112,7 +119,6 @@ def replace_catalog(store, image_id: str, source_key: str, files: dict[str, byte
         _delete(store, written)
         raise
     _delete(store, earlier - set(files))
-    write_entry(store, image_id, source_key, files)
 
 
 def _delete(store, keys) -> None:
@@ -171,9 +177,10 @@ def repair_catalog(store) -> RepairReport:
                 remove(key, "sources without an image record")
     for stem, keys in sorted(images.items()):
         image_id = image_id_from_file_stem(stem)
-        files = sorted(keys + ["sources/" + keys[0].removeprefix("images/")])
+        files = sorted([*keys, "sources/" + keys[0].removeprefix("images/")])
         entry = read_entry(store, image_id)
-        if entry is None or entry.get("files") != files or entry.get("pending"):
+        named = set(entry.get("files", []) + entry.get("pending", [])) if entry else set()
+        if not set(files) <= named:  # no entry (older catalog) or one missing a file
             source_key = record_source_key(store, keys[0])
             write_entry(store, image_id, source_key, files)
             report.entries_written += 1
