@@ -1,10 +1,13 @@
-"""Estimate what running the pipeline on AWS costs (list prices, us-east-1).
+"""What the pipeline costs on AWS (list prices, us-east-1).
 
-    python scripts/estimate_cost.py --images 1500 --seconds 0.3
-    python scripts/estimate_cost.py --catalog data/catalog     # measured seconds and count
+    python scripts/estimate_cost.py                          # the run that happened
+    python scripts/estimate_cost.py --catalog s3://astronomy-catalog-SUFFIX
+    python scripts/estimate_cost.py --images 100000 --seconds 0.3 --memory 1024   # what-if
 
-With --catalog, the image count and the median handler seconds come from the catalog's
-``images`` table (as measured by a real run).
+By default it prices the run recorded in the catalog (BUCKET_CATALOG): the image count and the
+sum of the handler's measured ``images.seconds``, at the memory size of the deployed function
+(LAMBDA_FUNCTION; --memory when there is none). With --images it prices a hypothetical run
+instead, and says so.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import sys
 
 try:
     from skysurvey import cli
-    from skysurvey.cost import PRICES, estimate
+    from skysurvey.config import get_setting
+    from skysurvey.cost import PRICES, deployed_memory_mb, estimate, measured_run
     from skysurvey.errors import SkySurveyError
 except ModuleNotFoundError as exc:  # run outside the project's environment
     raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
@@ -22,41 +26,67 @@ except ModuleNotFoundError as exc:  # run outside the project's environment
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Estimate an AWS run's cost.",
-                                     formatter_class=cli.HelpFormatter)
-    parser.add_argument("--images", type=int, default=1000, help="number of images")
-    parser.add_argument("--seconds", type=float, default=0.3, help="handler seconds per image")
-    parser.add_argument("--mb", type=float, default=16.8, help="FITS size per image, MB")
-    parser.add_argument("--memory", type=int, default=1024, help="Lambda memory, MB")
-    parser.add_argument("--queries", type=int, default=10, help="Athena queries")
+    parser = argparse.ArgumentParser(description="Price an AWS run of the pipeline.",
+                                     formatter_class=cli.HelpFormatter,
+                                     epilog="example: python scripts/estimate_cost.py")
     parser.add_argument("--catalog", default=None,
-                        help="take image count and median seconds from this catalog")
+                        help="the catalog whose images table records the run "
+                             "(default: BUCKET_CATALOG)")
+    parser.add_argument("--function", default=None,
+                        help="the deployed function whose memory prices the run "
+                             "(default: LAMBDA_FUNCTION)")
+    parser.add_argument("--images", type=int, default=None,
+                        help="price a hypothetical run of this many images instead")
+    parser.add_argument("--seconds", type=float, default=0.3,
+                        help="hypothetical run: handler seconds per image")
+    parser.add_argument("--memory", type=int, default=None,
+                        help="Lambda memory, MB (default: the deployed function's; 1024 for a "
+                             "hypothetical run)")
+    parser.add_argument("--mb", type=float, default=16.8, help="FITS size per image, MB")
+    parser.add_argument("--queries", type=int, default=10, help="Athena queries")
     cli.add_version(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    images, seconds = args.images, args.seconds
-    if args.catalog:
-        from skysurvey.queries import run_query
-
-        try:
-            df = run_query("SELECT count(*) AS n, approx_quantile(seconds, 0.5) AS s "
-                           "FROM images", args.catalog)
-        except SkySurveyError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        images, seconds = int(df["n"][0]), float(df["s"][0])
-    e = estimate(images, mb_per_image=args.mb, seconds_per_image=seconds,
-                 memory_mb=args.memory, queries=args.queries)
-    print(f"{images} images, {seconds:.3f} s each at {args.memory} MB "
-          f"= {e.lambda_gb_seconds:,.1f} GB-s")
+    try:
+        if args.images is not None:
+            images, seconds, memory = args.images, args.seconds, args.memory or 1024
+            print(f"hypothetical run (not measured): {images} images, {seconds:.3f} s each "
+                  f"at {memory} MB")
+        else:
+            catalog = get_setting("BUCKET_CATALOG", args.catalog)
+            try:
+                run = measured_run(catalog)
+            except SkySurveyError as exc:
+                print(f"error: {exc} (or price a hypothetical run with --images N)",
+                      file=sys.stderr)
+                return 1
+            if run.images == 0:
+                print(f"error: {catalog}: no images recorded: run invoke_lambda.py first, or "
+                      "price a hypothetical run with --images N", file=sys.stderr)
+                return 1
+            if args.memory:
+                memory, where = args.memory, "--memory"
+            else:
+                function = get_setting("LAMBDA_FUNCTION", args.function)
+                memory, where = deployed_memory_mb(function), f"deployed {function}"
+            images, seconds = run.images, run.handler_seconds / run.images
+            print(f"measured run: {images} images in {catalog}, {run.handler_seconds:,.2f} "
+                  f"handler seconds in all, at {memory} MB ({where})")
+    except SkySurveyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    e = estimate(images, mb_per_image=args.mb, seconds_per_image=seconds, memory_mb=memory,
+                 queries=args.queries)
+    print(f"Lambda: {e.lambda_gb_seconds:,.1f} GB-s and {images} requests")
     rows = [("Lambda (compute + requests)", e.lambda_usd), ("S3 (one month + requests)", e.s3_usd),
             ("Athena", e.athena_usd), ("CloudWatch Logs", e.logs_usd), ("total", e.total_usd)]
     for name, usd in rows:
         print(f"  {name:<30} ${usd:,.4f}")
-    print(f"(prices: ${PRICES['lambda_gb_second']}/GB-s, ${PRICES['athena_tb']}/TB scanned)")
+    print(f"(prices: ${PRICES['lambda_gb_second']}/GB-s, ${PRICES['athena_tb']}/TB scanned; "
+          f"S3 at {args.mb} MB per image, {args.queries} queries)")
     return 0
 
 

@@ -134,3 +134,110 @@ def test_whole_aws_path_over_http(moto_server, tmp_path, monkeypatch):
     total = run_named("total_sources", "s3://catalog")
     assert total["total_images"].tolist() == [2]
     assert total["total_sources"].tolist() == [sum(r["n_sources"] for r in replies)]
+
+
+def _images_catalog(root, seconds):
+    import pyarrow as pa
+
+    from skysurvey.schema import IMAGES_SCHEMA, empty_table
+
+    for i, s in enumerate(seconds):
+        folder = root / "images" / "band=r" / "night=2026-03-14"
+        folder.mkdir(parents=True, exist_ok=True)
+        row = {name: [None] for name in IMAGES_SCHEMA.names}
+        row.update(image_id=[f"img{i}"], seconds=[s], n_sources=[0])
+        pq.write_table(pa.table(row, schema=IMAGES_SCHEMA), folder / f"img{i}.parquet")
+        folder = root / "sources" / "band=r" / "night=2026-03-14"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(empty_table(SOURCES_SCHEMA), folder / f"img{i}.parquet")
+    return root
+
+
+def test_estimate_cost_prices_the_run_that_happened_at_the_deployed_memory(
+        mocked_aws, tmp_path, capsys, monkeypatch):
+    catalog = _images_catalog(tmp_path / "cat", [1.5, 2.5, 4.0])
+    iam = boto3.client("iam")
+    role = iam.create_role(RoleName="r", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    boto3.client("lambda").create_function(
+        FunctionName="astronomy-source-detection", Runtime="python3.12", Role=role,
+        Handler="h.h", Code={"ZipFile": b"PK"}, MemorySize=2048)
+    monkeypatch.setenv("BUCKET_CATALOG", str(catalog))
+    assert _script("estimate_cost").main([]) == 0
+    out = capsys.readouterr().out
+    assert "measured run: 3 images" in out and "8.00 handler seconds" in out
+    assert "2048 MB (deployed astronomy-source-detection)" in out
+    assert "Lambda: 16.0 GB-s and 3 requests" in out  # 8 s at 2 GB
+    assert "hypothetical" not in out
+
+
+def test_estimate_cost_says_when_a_run_is_hypothetical(capsys):
+    assert _script("estimate_cost").main(["--images", "1500", "--seconds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("hypothetical run (not measured): 1500 images")
+    assert "1,500.0 GB-s" in out
+
+
+def test_estimate_cost_without_a_recorded_run_says_what_to_do(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    status = _script("estimate_cost").main(["--catalog", str(tmp_path / "empty")])
+    assert status == 1
+    assert "--images N" in capsys.readouterr().err
+
+
+def _glue_tables(catalog_uri):
+    from skysurvey import athena
+
+    glue = boto3.client("glue", region_name="us-east-1")
+    glue.create_database(DatabaseInput={"Name": "astronomy"})
+    for spec in athena.TABLES.values():
+        glue.create_table(DatabaseName="astronomy",
+                          TableInput=athena.glue_table_input(spec, catalog_uri))
+    return glue
+
+
+def _partitions(glue, table):
+    return sorted(tuple(p["Values"]) for p in
+                  glue.get_partitions(DatabaseName="astronomy", TableName=table)["Partitions"])
+
+
+def test_handler_registers_the_partitions_it_writes(buckets, tmp_path, monkeypatch):
+    """Direct and S3-triggered invocations: the band and night written become Glue partitions
+    (any band, any valid night), so Athena sees them without a projection list."""
+    glue = _glue_tables("s3://catalog")
+    monkeypatch.setenv("ATHENA_DATABASE", "astronomy")  # setup_aws.py sets it on the function
+    monkeypatch.setenv("BUCKET_CATALOG", "s3://catalog")
+    handler = _script("lambda_function")
+    draw_fits(tmp_path / "a.fits", band="F606W", date_obs="1851-06-01T03:00:00")
+    buckets.upload_file(str(tmp_path / "a.fits"), "raw", "images/a.fits")
+    draw_fits(tmp_path / "b.fits", band="Ks", seed=2)
+    buckets.upload_file(str(tmp_path / "b.fits"), "raw", "images/deep/b.fits")
+    direct = handler.lambda_handler({"bucket": "raw", "key": "images/a.fits",
+                                     "catalog_bucket": "catalog"})
+    triggered = handler.lambda_handler(_s3_event("images/deep/b.fits"))
+    assert direct["status"] == triggered["status"] == "ok", (direct, triggered)
+    expected = [("f606w", "1851-06-01"), ("ks", "2026-03-14")]
+    assert _partitions(glue, "sources_data") == _partitions(glue, "images") == expected
+    location = glue.get_partition(DatabaseName="astronomy", TableName="images",
+                                  PartitionValues=["ks", "2026-03-14"])["Partition"]
+    assert location["StorageDescriptor"]["Location"] == \
+        "s3://catalog/images/band=ks/night=2026-03-14/"
+
+
+def test_handler_without_a_database_setting_registers_nothing(buckets, tmp_path, monkeypatch):
+    glue = _glue_tables("s3://catalog")
+    handler = _script("lambda_function")
+    _put_image(buckets, tmp_path, "images/a.fits")
+    reply = handler.lambda_handler({"bucket": "raw", "key": "images/a.fits",
+                                    "catalog_bucket": "catalog"})
+    assert reply["status"] == "ok" and _partitions(glue, "sources_data") == []
+
+
+def test_a_failed_registration_is_an_error_reply_naming_it(buckets, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATHENA_DATABASE", "no_such_database")
+    handler = _script("lambda_function")
+    _put_image(buckets, tmp_path, "images/a.fits")
+    reply = handler.lambda_handler({"bucket": "raw", "key": "images/a.fits",
+                                    "catalog_bucket": "catalog"})
+    assert reply["status"] == "error"
+    assert reply["error"].startswith("written, but not registered for Athena: "
+                                     "glue:no_such_database.sources_data")

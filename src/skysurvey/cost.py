@@ -52,3 +52,29 @@ def estimate(images: int, *, mb_per_image: float = 16.8, seconds_per_image: floa
     athena = queries * scanned / 2**40 * PRICES["athena_tb"]
     logs = images * 600 / 2**30 * PRICES["logs_gb"]  # one JSON line (~600 bytes) per image
     return Estimate(images, gb_seconds, lam, s3, athena, logs)
+
+
+@dataclass(frozen=True)
+class MeasuredRun:
+    images: int
+    handler_seconds: float  # sum of images.seconds (what Lambda bills, to the millisecond)
+
+
+def measured_run(catalog_uri: str) -> MeasuredRun:
+    """Image count and total handler seconds of the run recorded in the catalog's ``images``."""
+    from .queries import run_query
+
+    df = run_query("SELECT count(*) AS n, coalesce(sum(seconds), 0) AS s FROM images",
+                   catalog_uri)
+    return MeasuredRun(int(df["n"][0]), float(df["s"][0]))
+
+
+def deployed_memory_mb(function: str) -> int:
+    """The memory size of the deployed function (what its GB-seconds are billed at)."""
+    from . import aws
+
+    try:
+        config = aws.client("lambda").get_function_configuration(FunctionName=function)
+    except Exception as exc:
+        raise aws.translate(exc, f"Lambda function {function}") from None
+    return int(config["MemorySize"])
