@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         except SkySurveyError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    log.info("%d images from %s -> %s (%s backend)", len(keys), raw_uri, catalog_uri,
-             args.backend)
+    log.info("%d images from %s -> %s (%s backend)", len(keys), printable(raw_uri),
+             printable(catalog_uri), args.backend)
 
     bar = tqdm(total=len(keys), unit="img", disable=args.no_progress, file=sys.stderr)
 

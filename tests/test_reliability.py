@@ -540,3 +540,29 @@ def test_input_accepts_a_file_several_files_and_a_glob(tmp_path):
     assert _ids(tmp_path / "cat") == ["night1__f", "night2__f"]
     with pytest.raises(StorageError, match="no such file or folder"):
         runner.find_inputs(str(tmp_path / "in" / "missing.fits"))
+
+
+def test_s3_reprocessing_and_repair_leave_one_copy(tmp_path, mocked_aws, capsys):
+    from skysurvey.catalog import repair_catalog
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    for bucket in ("raw", "cat"):
+        s3.create_bucket(Bucket=bucket)
+    handler = load_script("lambda_function")
+    event = {"bucket": "raw", "key": "images/night1/a.fits", "catalog_bucket": "cat"}
+    for band in ("r", "g"):  # the FILTER keyword fixed between two runs
+        draw_fits(tmp_path / "a.fits", seed=1, band=band)
+        s3.upload_file(str(tmp_path / "a.fits"), "raw", "images/night1/a.fits")
+        assert handler.lambda_handler(event)["status"] == "ok"
+    listed = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="cat")["Contents"]
+                    if o["Key"].endswith(".parquet"))
+    assert listed == ["images/band=g/night=2026-03-14/night1__a.parquet",
+                      "sources/band=g/night=2026-03-14/night1__a.parquet"]
+    # an orphan, as a killed run of the older code would leave it
+    s3.copy_object(Bucket="cat", Key="sources/band=z/night=2026-03-14/night1__a.parquet",
+                   CopySource={"Bucket": "cat", "Key": listed[1]})
+    report = repair_catalog(S3Store("cat"))
+    assert report.removed == ["sources/band=z/night=2026-03-14/night1__a.parquet "
+                              "(sources without an image record)"]
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket="cat")["Contents"]
+                  if o["Key"].endswith(".parquet")) == listed
