@@ -124,18 +124,28 @@ Steps 3 and 4: the Lambda handler's core,
 `skysurvey.pipeline.catalog_image`, run in a local process pool over every image without a
 catalog yet (what `invoke_lambda.py --only-new` does). For each image it estimates the sky
 background, detects sources 1.5 sigma above it, measures positions, fluxes and shapes with SEP,
-converts pixels to RA/Dec through the WCS, and writes two Parquet files: `sources` (one row
-per detection) and `images` (one row per image).
+converts pixels to ICRS RA/Dec through the WCS, calibrates the magnitudes against a reference
+catalog (the `REFERENCE_CATALOG` setting, else the sample's own `reference.parquet`: each
+image's zero point from its matched stars, not from the header's MAGZERO, which the sample's
+nights got wrong by up to 0.35 mag or left out), and writes two Parquet files: `sources` (one
+row per detection) and `images` (one row per image).
 
 **Look at:** the summary table: every image `ok`, a few hundred sources each, a fraction of a
 second per image. A second run of this cell does nothing ("catalog up to date").
 """)
 code("""
+from skysurvey.pipeline import PipelineConfig
+from skysurvey.reference import reference_spec
 from skysurvey.schema import image_id_from_name
 
+sample_reference = SAMPLE / "reference.parquet"
+reference = reference_spec() or reference_spec(
+    str(sample_reference) if sample_reference.is_file() else None)
+print("reference catalog:", reference.uri if reference else "none (header zero points)")
 done = runner.catalogued_image_ids(BUCKET_CATALOG)
 todo = [k for k in keys if image_id_from_name(k) not in done]
-replies = runner.run_local(raw_images, todo, BUCKET_CATALOG) if todo else []
+replies = (runner.run_local(raw_images, todo, BUCKET_CATALOG,
+                            config=PipelineConfig(reference=reference)) if todo else [])
 print(runner.summary_table(replies, 1.0) if replies else "catalog up to date")
 sources = plots.read_catalog(BUCKET_CATALOG)
 images = plots.read_catalog(BUCKET_CATALOG, "images")
@@ -185,7 +195,9 @@ md("""
 
 The `images` table is the quality record of each exposure: how many sources, the sky level
 and its noise (`bkg_median`, `bkg_rms`, ADU), the seeing (`fwhm_median` in pixels, times
-`pixel_scale` for arcsec), the zero point and where it came from, and warnings.
+`pixel_scale` for arcsec), the zero point and where it came from (`reference`: fitted on
+`n_calib` matched stars, with its error and the stars' scatter; `astrom_rms` is the scatter of
+our positions against the reference, arcsec), and warnings.
 
 **Look at:** the seeing differs per band (the generator draws g at 1.1", r at 1.0", i at 0.9")
 and the sky is brighter in redder bands, so the same star has a different SNR in each.
@@ -193,7 +205,8 @@ and the sky is brighter in redder bands, so the same star has a different SNR in
 code("""
 quality = images.assign(seeing_arcsec=images["fwhm_median"] * images["pixel_scale"])
 quality[["image_id", "band", "night", "n_sources", "bkg_median", "bkg_rms", "seeing_arcsec",
-         "zero_point", "zero_point_source", "warnings"]]
+         "zero_point", "zero_point_source", "zero_point_err", "zero_point_rms", "n_calib",
+         "astrom_rms", "warnings"]]
 """)
 section("4. Queries")
 md("""
