@@ -24,17 +24,21 @@ another partition; ``--repair`` writes them afresh.
 Requests per image on S3: 3 PUTs (entry, sources, record), 2 HEADs (entry; the record at the
 new keys when there is no entry) or a HEAD and a GET, and free DELETEs when a partition moved.
 
-What a reader sees: between 3 and 4 (a few milliseconds; one DELETE round trip per file on S3)
-a re-processed image whose partition changed is there twice, once per partition; DuckDB's and
-Athena's ``sources`` keep only sources with an image record, so after the old image record is
-deleted (the first deletion) the old sources are invisible. Nothing is ever missing: the new
-files are complete before the old ones go. A run killed between 3 and 4 leaves the earlier
-files: the next run for that image removes them (the entry names them), and
-:func:`repair_catalog` removes every orphan and duplicate on demand.
+What a reader sees: only when a re-processed image moved to another partition, it is there
+twice from the end of 3 until its earlier sources are deleted (two DELETE round trips, a few
+milliseconds on S3); its earlier image record goes first, so ``images`` is right after one.
+Nothing is ever missing: the new files are complete before the old ones go. (A ``sources``
+view that keeps rows whose ``(image_id, band, night)`` has an image record would close the
+window at the first DELETE.) The image-record-first order also means that a run killed during
+4 leaves orphan sources, which the next run and ``--repair`` remove, never a record without its
+sources; a run killed between 3 and 4 leaves the earlier files, which the next run of that image
+removes (the entry names them), and :func:`repair_catalog` removes every orphan and duplicate on
+demand.
 
-Two runs writing the same image id at the same moment are not serialised (S3 has no lock);
-the runner never does that (it refuses two inputs with one id), and S3 notifications for one
-key are de-duplicated by the catalog's entry at the next run.
+Two runs writing the same image id at the same moment are not serialised (S3 has no lock): the
+runner never starts two (it refuses two inputs with one id); two S3 notifications of one key at
+once (an object overwritten while it is processed) can leave an earlier copy that ``--repair``
+removes.
 """
 
 from __future__ import annotations
