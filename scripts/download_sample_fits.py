@@ -4,8 +4,11 @@ a known truth (realistic WCS, Moffat PSF, stars and Sersic galaxies, sky gradien
     python scripts/download_sample_fits.py --output data/sample
     python scripts/download_sample_fits.py --count 3 --size 1024 --bands r
 
-Writes ``sky_<band>_<NNN>.fits``, ``truth/<image_id>.csv`` and ``metadata.json``. The same
-``--seed`` gives byte-identical files. Exit status 0, or 2 on bad usage.
+Writes ``sky_<band>_<NNN>.fits``, ``truth/<image_id>.csv``, ``metadata.json`` (with each image's
+true zero point: the nights lose 0-0.35 mag to transparency that MAGZERO does not know, and
+every fourth image has no MAGZERO) and ``reference.parquet``, the field's reference catalog
+(stars to r = 21.5; ``invoke_lambda.py --reference``). The same ``--seed`` gives byte-identical
+files. Exit status 0, or 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                      "MB": round(path.stat().st_size / 1e6, 1)})
     print(pd.DataFrame(rows).to_string(index=False))
     print(f"{len(paths)} images of {args.size}x{args.size} px in {args.output} "
-          f"({time.perf_counter() - start:.1f} s); truth in {args.output}/truth/")
+          f"({time.perf_counter() - start:.1f} s); truth in {args.output}/truth/; "
+          f"reference catalog {args.output}/reference.parquet")
     return 0
 
 
