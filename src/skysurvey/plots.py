@@ -25,9 +25,12 @@ from .queries import dataset
 
 #: Ellipses are drawn at this many times the isophotal a, b (about the Kron aperture).
 ELLIPSE_SCALE = 3.0
-#: One colour per common band; other bands cycle through matplotlib's default colours.
-BAND_COLORS = {"u": "tab:purple", "g": "tab:green", "r": "tab:red", "i": "tab:brown",
-               "z": "tab:gray", "y": "tab:olive"}
+#: One colour per common band (the Rubin Observatory's scheme: blue to dark red with
+#: wavelength, readable side by side); other bands cycle through matplotlib's colours.
+BAND_COLORS = {"u": "#56b4e9", "g": "#008060", "r": "#ff4000", "i": "#850000",
+               "z": "#6600cc", "y": "#000000"}
+#: Bands in wavelength order (legends list them so); others follow alphabetically.
+BAND_ORDER = ("u", "g", "r", "i", "z", "y")
 
 
 class NothingToPlot(ValueError):
@@ -53,9 +56,15 @@ def _new_axes(ax, figsize, **subplot_kw):
 
 
 def _by_band(df: pd.DataFrame):
+    """``[(band, rows)]`` in wavelength order (``[("all", df)]`` without a band column)."""
     if "band" not in df or df["band"].isna().all():
         return [("all", df)]
-    return list(df.groupby("band", sort=True))
+    groups = dict(list(df.groupby("band", sort=True)))
+
+    def order(band):
+        name = str(band).lower()
+        return (BAND_ORDER.index(name), "") if name in BAND_ORDER else (len(BAND_ORDER), name)
+    return [(band, groups[band]) for band in sorted(groups, key=order)]
 
 
 def image_wcs(header):
@@ -179,10 +188,10 @@ def plot_sky_map(sources: pd.DataFrame, ax=None):
         raise NothingToPlot("no source has RA/Dec: the images have no celestial WCS")
     fig, ax = _new_axes(ax, (7, 6.5))
     bands = _by_band(sky)
-    size = 3 if len(sky) > 2000 else 8
-    for i, (band, group) in enumerate(bands):
-        ax.scatter(group["ra"], group["dec"], s=size, alpha=0.6, lw=0,
-                   color=band_color(band, i), marker="os^Dv<>"[i % 7],
+    size = 10 if len(sky) > 2000 else 18
+    for i, (band, group) in enumerate(bands):  # hollow markers: overlapping bands stay visible
+        ax.scatter(group["ra"], group["dec"], s=size, lw=0.8, facecolors="none",
+                   edgecolors=band_color(band, i), marker="os^Dv<>"[i % 7],
                    label=f"{band}: {len(group)} detections")
     dec0 = float(np.radians(sky["dec"].median()))
     ax.set_aspect(1.0 / max(np.cos(dec0), 1e-3), adjustable="datalim")
