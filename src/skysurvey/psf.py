@@ -33,6 +33,8 @@ CONCENTRATION_RADII = (0.5, 1.0)
 #: (chosen on synthetic Moffat fields, 0.9-1.4" seeing, Sersic r_eff 0.4-1.5").
 STAR_MARGIN = 0.08
 MIN_PSF_STARS = 3
+#: At most this many (the brightest) PSF stars build the curve of growth.
+MAX_GROWTH_STARS = 100
 #: Outer radius of the residual-sky annulus around the curve of growth's last radius.
 SKY_ANNULUS = 1.3
 
@@ -167,6 +169,12 @@ def _own(segmap, mask, index):
     return {"segmap": segmap, "seg_id": (np.asarray(index) + 1).astype(np.int32), "mask": mask}
 
 
+def _pixels(sub, x, y, r, own):
+    """Pixels (exact overlap) within radius *r* that a measurement with *own* uses: the
+    variance of a sum with unit error per pixel, so no image of ones is needed."""
+    return sep.sum_circle(sub, x, y, r, err=1.0, subpix=0, **own)[1] ** 2
+
+
 def aperture_correction(sub, rms, segmap, mask, x, y, stars, radius, fwhm, gain=None):
     """Total flux / flux within *radius* for point sources, from the curve of growth of *stars*.
 
@@ -183,19 +191,18 @@ def aperture_correction(sub, rms, segmap, mask, x, y, stars, radius, fwhm, gain=
     nn = nearest_neighbour_distance(x, y, stars)
     own = _own(segmap, mask, idx)
     xs, ys = x[idx], y[idx]
-    ones = np.ones(sub.shape, np.float32)  # pixel counts with the same pixels left out
     flux = np.empty((idx.size, radii.size))
     var, area = np.empty_like(flux), np.empty_like(flux)
     for k, r in enumerate(radii):
         f, e, flag = sep.sum_circle(sub, xs, ys, r, err=rms, gain=gain, subpix=0, **own)
         flux[:, k] = np.where(flag & sep.APER_TRUNC, np.nan, f)
         var[:, k] = e**2
-        area[:, k] = sep.sum_circle(ones, xs, ys, r, subpix=0, **own)[0]
+        area[:, k] = _pixels(sub, xs, ys, r, own)
     # the residual sky from the stars whose sky annulus holds no detected neighbour (their
     # wings would raise it), or from all of them in a field too crowded for that
     clear = nn > SKY_ANNULUS * radii[-1] + fwhm
     sel = clear if clear.sum() >= MIN_PSF_STARS else np.ones(idx.size, bool)
-    flux -= residual_sky(sub, rms, ones, xs[sel], ys[sel], radii[-1],
+    flux -= residual_sky(sub, rms, xs[sel], ys[sel], radii[-1],
                          _own(segmap, mask, idx[sel])) * area
     log_steps = np.full(radii.size - 1, np.nan)
     log_errors = np.full(radii.size - 1, np.nan)
@@ -224,7 +231,7 @@ def aperture_correction(sub, rms, segmap, mask, x, y, stars, radius, fwhm, gain=
     return corr, corr * math.sqrt(var_corr), int(used.sum())
 
 
-def residual_sky(sub, rms, ones, x, y, r_in, own):
+def residual_sky(sub, rms, x, y, r_in, own):
     """Mean level left around the stars after background subtraction, per pixel.
 
     The background estimate (a clipped mode) leaves out most of the light of sources too
@@ -235,7 +242,7 @@ def residual_sky(sub, rms, ones, x, y, r_in, own):
     """
     r_out = SKY_ANNULUS * r_in
     total, err, _ = sep.sum_circann(sub, x, y, r_in, r_out, err=rms, subpix=0, **own)
-    count = sep.sum_circann(ones, x, y, r_in, r_out, subpix=0, **own)[0]
+    count = sep.sum_circann(sub, x, y, r_in, r_out, err=1.0, subpix=0, **own)[1] ** 2
     ok = count > 0
     if not ok.any():
         return 0.0
@@ -261,12 +268,11 @@ def seeing_fwhm(sub, rms, segmap, mask, x, y, stars, fwhm):
         idx = idx[nn > r_total + fwhm]
     xs, ys, own = x[idx], y[idx], _own(segmap, mask, idx)
     radii = fwhm * np.array([0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.3, 1.7, 2.2, 3.0, 4.0])
-    ones = np.ones(sub.shape, np.float32)
-    sky = residual_sky(sub, rms, ones, xs, ys, r_total, own)
+    sky = residual_sky(sub, rms, xs, ys, r_total, own)
 
     def enclosed(r):
         return (sep.sum_circle(sub, xs, ys, r, subpix=0, **own)[0]
-                - sky * sep.sum_circle(ones, xs, ys, r, subpix=0, **own)[0])
+                - sky * _pixels(sub, xs, ys, r, own))
 
     total = enclosed(r_total)
     good = total > 0
@@ -301,7 +307,7 @@ def empty_aperture_excess(sub, rms, segmap, mask, radius, n=500, seed=0):
     own = {"mask": mask} if segmap is None else {
         "segmap": segmap, "seg_id": np.zeros(n, np.int32), "mask": mask}
     total, err, _ = sep.sum_circle(sub, x, y, radius, err=rms, subpix=0, **own)
-    free = sep.sum_circle(np.ones(sub.shape, np.float32), x, y, radius, subpix=0, **own)[0]
+    free = _pixels(sub, x, y, radius, own)
     clear = free >= 0.9 * math.pi * radius**2
     if clear.sum() < 30:
         return 0.0
@@ -414,13 +420,15 @@ def measure(sub, rms, segmap, mask, columns, radius, gain=None, min_snr=50.0):
     fwhm_psf, _, stars = stellar_locus(fwhm, candidates)
     if stars.sum() < MIN_PSF_STARS:
         return None, empty
-    corr, corr_err, n_growth = aperture_correction(sub, rms, segmap, mask, x, y, stars,
+    # the brightest PSF stars carry the curve of growth (more add time, not precision)
+    growth = stars & (snr >= np.sort(snr[stars])[::-1][:MAX_GROWTH_STARS][-1])
+    corr, corr_err, n_growth = aperture_correction(sub, rms, segmap, mask, x, y, growth,
                                                    radius, fwhm_psf, gain)
     ratio, ratio_err = concentration(sub, rms, segmap, mask, x, y, fwhm_psf, gain)
     locus = float(np.median(ratio[stars]))
     noise = float(np.median(ratio_err[stars]))
     scatter = math.sqrt(max(robust_sigma(ratio[stars]) ** 2 - noise**2, 0.0))
-    seeing = seeing_fwhm(sub, rms, segmap, mask, x, y, stars, fwhm_psf)
+    seeing = seeing_fwhm(sub, rms, segmap, mask, x, y, growth, fwhm_psf)
     model = PsfModel(fwhm=seeing, n_stars=int(stars.sum()), aperture_correction=corr,
                      aperture_correction_err=corr_err, n_growth=n_growth,
                      concentration=locus,
