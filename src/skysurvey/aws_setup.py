@@ -52,6 +52,8 @@ QUEUE_RETENTION_SECONDS = 14 * 86400  # SQS maximum: two weeks to redrive
 FITS_TRIGGER_SUFFIXES = tuple(
     f".{base}{comp}" for base in ("fits", "fit", "fts") for comp in ("", ".gz", ".bz2", ".fz"))
 TRIGGER_ID = "astronomy-images"
+LIFECYCLE = {"Rules": [{"ID": "expire-athena-results", "Status": "Enabled",  # catalog bucket
+                        "Filter": {"Prefix": "athena-results/"}, "Expiration": {"Days": 7}}]}
 TLS_ONLY = True  # tests that then move objects through moto switch it off (moto ignores conditions)
 
 
@@ -332,9 +334,7 @@ def _apply_bucket(name: str, names: Names, lifecycle: bool) -> None:
         {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
     _tag_bucket(name, names)
     if lifecycle:
-        s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [
-            {"ID": "expire-athena-results", "Status": "Enabled",
-             "Filter": {"Prefix": "athena-results/"}, "Expiration": {"Days": 7}}]})
+        s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration=LIFECYCLE)
     if TLS_ONLY:
         s3.put_bucket_policy(Bucket=name, Policy=json.dumps(tls_only_policy(name)))
 
@@ -788,27 +788,23 @@ def _alarm(names: Names, definition: dict) -> Resource:
 def dashboard_body(names: Names) -> dict:
     """Invocations, errors, duration, throttles, failed-event queue depth. Dashboards take no
     tags: the first widget's text carries the deployment tag, and ownership is read from it."""
-    fn = ["AWS/Lambda", "{}", "FunctionName", FUNCTION_NAME]
-
-    def widget(title, metrics, y, stat="Sum"):
-        return {"type": "metric", "x": 0 if y % 12 == 1 else 12, "y": y - y % 12 + 1,
-                "width": 12, "height": 6, "properties": {
-                    "title": title, "region": names.region, "stat": stat, "period": 300,
-                    "metrics": metrics}}
-
     def metric(name):
-        return [fn[0], name, *fn[2:]]
+        return ["AWS/Lambda", name, "FunctionName", FUNCTION_NAME]
 
+    def widget(title, metrics, x, y, stat="Sum"):
+        return {"type": "metric", "x": x, "y": y, "width": 12, "height": 6, "properties": {
+            "title": title, "region": names.region, "stat": stat, "period": 300,
+            "metrics": metrics}}
+
+    queue = ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", QUEUE_NAME]
     return {"widgets": [
         {"type": "text", "x": 0, "y": 0, "width": 24, "height": 1,
          "properties": {"markdown": f"skysurvey pipeline ({DEPLOYMENT_TAG}={names.suffix})"}},
-        widget("Invocations and errors", [metric("Invocations"), metric("Errors")], 1),
-        widget("Duration (ms)", [metric("Duration")], 2, stat="Average"),
-        widget("Throttles and concurrency", [metric("Throttles"),
-                                             metric("ConcurrentExecutions")], 13),
-        widget("Failed events waiting (redrive)", [[
-            "AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", QUEUE_NAME]], 14,
-            stat="Maximum"),
+        widget("Invocations and errors", [metric("Invocations"), metric("Errors")], 0, 1),
+        widget("Duration (ms)", [metric("Duration")], 12, 1, stat="Average"),
+        widget("Throttles and concurrency",
+               [metric("Throttles"), metric("ConcurrentExecutions")], 0, 7),
+        widget("Failed events waiting (redrive)", [queue], 12, 7, stat="Maximum"),
     ]}
 
 
@@ -971,3 +967,38 @@ def require_names(saved: dict[str, str], suffix: str | None = None,
         raise ConfigError("env file", "no SKYSURVEY_SUFFIX: nothing was set up from here "
                                       "(run scripts/setup_aws.py first, or pass --suffix)")
     return resolve_names(suffix, region, saved)
+
+
+# ---- the documents the manual (AWS CLI) path of setup_guide.md uses -------------------------
+
+#: Placeholders in aws/*.json: replace them with your values (setup_guide.md, Part 0).
+GUIDE_NAMES = Names("SUFFIX", "REGION", "ACCOUNT_ID")
+
+
+def guide_documents() -> dict[str, dict]:
+    """``aws/<name>.json`` for the AWS CLI path, generated from the same code setup runs."""
+    n = GUIDE_NAMES
+    return {
+        "trust.json": trust_policy(),
+        "policy.json": lambda_policy(n),
+        "lifecycle.json": LIFECYCLE,
+        "notification.json": {"LambdaFunctionConfigurations": trigger_configurations(
+            n.function_arn)},
+        "tls-raw.json": tls_only_policy(n.raw),
+        "tls-catalog.json": tls_only_policy(n.catalog),
+        "event-invoke-config.json": {
+            "MaximumRetryAttempts": MAX_RETRY_ATTEMPTS,
+            "MaximumEventAgeInSeconds": MAX_EVENT_AGE_SECONDS,
+            "DestinationConfig": {"OnFailure": {"Destination": n.queue_arn}}},
+        "dashboard.json": dashboard_body(n),
+    }
+
+
+def write_guide_documents(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, document in guide_documents().items():
+        path = folder / name
+        path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
