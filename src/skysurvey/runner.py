@@ -129,22 +129,30 @@ def find_inputs(specs: str | Sequence[str]) -> Inputs:
             folder = spec.rstrip("/").rsplit("/", 1)[0] if "/" in spec.rstrip("/") else "."
         roots.append(folder)
     root = _raw_images_root(_common_root(roots))
-    wanted = []
+    files, matchers, bases = [], [], []
     for spec, folder, (_, pattern) in zip(specs, roots, split, strict=True):
         base = _relative_to(root, folder)
-        if pattern is not None:
-            wanted.append(_glob_regex(f"{base}/{pattern}" if base else pattern).match)
-        elif _is_folder(spec):
-            wanted.append(lambda key, b=base: not b or key.startswith(b + "/"))
-        else:
+        if pattern is None and not _is_folder(spec):  # a file: no listing needed
             name = spec.rstrip("/").rsplit("/", 1)[-1]
             key = f"{base}/{name}" if base else name
             if not open_store(root).exists(key):
                 raise StorageError(spec, "no such file or folder")
-            wanted.append(lambda k, want=key: k == want)
-    folders = any(p is not None or _is_folder(spec) for spec, (_, p) in zip(specs, split,
-                                                                             strict=True))
-    return _scan(root, lambda key: any(match(key) for match in wanted), folders)
+            files.append(key)
+            continue
+        bases.append(base)
+        matchers.append(_glob_regex(f"{base}/{pattern}" if base else pattern).match
+                        if pattern is not None
+                        else (lambda key, b=base: not b or key.startswith(b + "/")))
+    inputs = Inputs(root)
+    if matchers:  # list only below the folders the globs and folders share
+        prefix = os.path.commonpath(bases) if all(bases) else ""
+        inputs = _scan(root, lambda key: any(match(key) for match in matchers),
+                       prefix + "/" if prefix else "")
+    for key in files:
+        if key not in inputs.keys and key not in inputs.not_fits:
+            (inputs.keys if is_fits_name(key) else inputs.not_fits).append(key)
+    inputs.keys.sort()
+    return inputs
 
 
 def _raw_images_root(root: str) -> str:
@@ -160,7 +168,7 @@ def _raw_images_root(root: str) -> str:
 
 def _is_folder(spec: str) -> bool:
     if is_s3_uri(spec):
-        return True  # an s3:// input without a glob is a prefix
+        return not is_fits_name(spec)  # an s3:// input is a prefix unless it names a FITS file
     return os.path.isdir(os.path.expanduser(spec))
 
 
@@ -172,14 +180,12 @@ def _relative_to(root: str, folder: str) -> str:
     return "" if rel == "." else rel.replace(os.sep, "/")
 
 
-def _scan(root: str, wanted, folders: bool = True) -> Inputs:
+def _scan(root: str, wanted, prefix: str = "") -> Inputs:
     inputs = Inputs(root)
-    store = open_store(root)
-    for info in store.list(on_skip=inputs.skipped.append):
-        if not wanted(info.key):
-            continue
-        (inputs.keys if is_fits_name(info.key) else inputs.not_fits).append(info.key)
-    inputs.skipped = [s for s in inputs.skipped if (s.folder and folders) or wanted(s.key)]
+    for info in open_store(root).list(prefix, on_skip=inputs.skipped.append):
+        if wanted(info.key):
+            (inputs.keys if is_fits_name(info.key) else inputs.not_fits).append(info.key)
+    inputs.skipped = [s for s in inputs.skipped if s.folder or wanted(s.key)]
     return inputs
 
 
