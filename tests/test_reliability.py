@@ -566,3 +566,33 @@ def test_s3_reprocessing_and_repair_leave_one_copy(tmp_path, mocked_aws, capsys)
                               "(sources without an image record)"]
     assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket="cat")["Contents"]
                   if o["Key"].endswith(".parquet")) == listed
+
+
+def test_s3_inputs_take_their_ids_below_images_whatever_the_form(mocked_aws):
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="raw")
+    for key in ("images/night1/a.fits", "images/night1/b.fits", "images/night2/a.fits"):
+        s3.put_object(Bucket="raw", Key=key, Body=b"x")
+    for spec, ids in [("s3://raw/images", ["night1__a", "night1__b", "night2__a"]),
+                      ("s3://raw/images/night1", ["night1__a", "night1__b"]),
+                      ("s3://raw/images/night2/a.fits", ["night2__a"]),
+                      ("s3://raw/images/*/a.fits", ["night1__a", "night2__a"])]:
+        inputs = runner.find_inputs(spec)
+        assert inputs.root == "s3://raw/images"  # as the handler roots S3 notifications
+        assert [image_id_from_name(k) for k in inputs.keys] == ids, spec
+
+
+def test_every_reply_has_the_same_shape():
+    from skysurvey import lambda_backend
+
+    handler = load_script("lambda_function")
+    shapes = {
+        "bad event": handler.lambda_handler({"bucket": "raw"}),
+        "bad image": catalog_image(LocalStore("/nonexistent"), "x.fits", LocalStore("/tmp")),
+        "collision": runner.split_collisions("/tmp", ["x.fits", "x.fits.gz"])[1][0],
+        "worker died": runner._died("x.fits", "killed"),
+        "lambda": lambda_backend._reply("x.fits", "error", "x.fits: timeout"),
+    }
+    expected = {"status", "image_id", "key", "n_sources", "catalog_key", "seconds", "error"}
+    assert {name: set(reply) for name, reply in shapes.items()} == dict.fromkeys(shapes,
+                                                                                 expected)
