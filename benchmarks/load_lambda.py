@@ -2,6 +2,7 @@
 
     python benchmarks/load_lambda.py                      # 2,000 images, 10% throttled, 3% 5xx
     python benchmarks/load_lambda.py --images 500 --throttle 0.2
+    python benchmarks/load_lambda.py --write     # also update its section of RESULTS.md
 
 It runs against a moto server over HTTP (in-process moto would still run a request whose
 response a hook replaced). moto never runs the function: every invocation that reaches it pops
@@ -182,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throttle", type=float, default=0.10, help="fraction throttled")
     parser.add_argument("--errors", type=float, default=0.03, help="fraction answered 5xx")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write", action="store_true",
+                        help=f"replace the '{SECTION}' section of benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
 
     import os
@@ -217,7 +220,43 @@ def main(argv: list[str] | None = None) -> int:
             and result["max_runs_per_image"] == 1
             and result["max_in_flight"] <= args.concurrency)
     print("OK" if good else "FAILED", file=sys.stderr)
+    if args.write and good:
+        write_section(result, args)
     return 0 if good else 1
+
+
+SECTION = "## Lambda burst on moto (benchmarks/load_lambda.py)"
+
+
+def write_section(result: dict, args) -> None:
+    """Replace (or append) this benchmark's section of RESULTS.md."""
+    from pathlib import Path
+
+    path = Path(__file__).with_name("RESULTS.md")
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    lines = [SECTION, "",
+             f"Command: `python benchmarks/load_lambda.py --images {args.images} --workers "
+             f"{args.workers} --concurrency {args.concurrency} --throttle {args.throttle} "
+             f"--errors {args.errors} --write` (moto server over HTTP, same machine; moto runs "
+             "no function code, so this measures the invoker: retries, backoff, concurrency).",
+             "",
+             "| images | wall s | images/s | throttles injected | 5xx injected | retries "
+             "| most retries of one image | function runs | most runs of one image "
+             "| max in flight (reserved) |",
+             "|---|---|---|---|---|---|---|---|---|---|",
+             f"| {result['images']:,} | {result['seconds']:.1f} | "
+             f"{result['images'] / result['seconds']:.0f} | {result['throttles_injected']} | "
+             f"{result['errors_injected']} | {result['retries']} | "
+             f"{result['max_retries_one_image']} | {result['function_runs']:,} | "
+             f"{result['max_runs_per_image']} | {result['max_in_flight']} "
+             f"({result['concurrency']}) |", "",
+             "Every image succeeded; the retries are botocore's standard mode (8 attempts in all, "
+             "exponential backoff with jitter). `--workers` was capped at the reserved "
+             "concurrency.", ""]
+    head, found, rest = text.partition(SECTION)
+    tail = rest[rest.find("\n## ") + 1:] if found and "\n## " in rest else ""
+    path.write_text(head.rstrip("\n") + "\n\n" + "\n".join(lines)
+                    + ("\n" + tail if tail else ""))
 
 
 if __name__ == "__main__":
