@@ -189,7 +189,16 @@ def _pixel_scale(row: dict, scales) -> float | None:
     return None
 
 
-def _atomic_write(path: Path, data: bytes, overwrite: bool) -> None:
+def _readable_mode() -> int:
+    """The mode a new file gets under the current umask (mkstemp makes 0600 files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: Path, data: bytes, overwrite: bool = True) -> Path:
+    """Write *data* to *path* through a temporary file renamed into place (never half-written);
+    an existing file is kept, with :class:`ExportError`, unless *overwrite*."""
     if path.exists() and not overwrite:
         raise ExportError(str(path), "already exists (use --force to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,11 +206,13 @@ def _atomic_write(path: Path, data: bytes, overwrite: bool) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, _readable_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return path
 
 
 def export_bytes(df: pd.DataFrame, fmt: str, *, pixel_scales=None) -> bytes:
@@ -227,6 +238,5 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike, *, overwrite: bool = 
         data = export_bytes(df, fmt, pixel_scales=pixel_scales)
     except (ValueError, TypeError, pa.ArrowException) as exc:
         raise ExportError(str(path), f"cannot write {fmt}: {exc}") from None
-    _atomic_write(path, data, overwrite)
-    return path
+    return atomic_write(path, data, overwrite)
 

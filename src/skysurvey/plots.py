@@ -21,10 +21,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Ellipse
 
+from .export import ELLIPSE_SCALE  # the DS9 regions draw the same ellipses
 from .queries import dataset
 
-#: Ellipses are drawn at this many times the isophotal a, b (about the Kron aperture).
-ELLIPSE_SCALE = 3.0
 #: One colour per common band (the Rubin Observatory's scheme: blue to dark red with
 #: wavelength, readable side by side); other bands cycle through matplotlib's colours.
 BAND_COLORS = {"u": "#56b4e9", "g": "#008060", "r": "#ff4000", "i": "#850000",

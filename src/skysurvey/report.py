@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .export import atomic_write
 
 QUALITY_COLUMNS = {  # column in the quality table: its header
     "image_id": "image", "band": "band", "night": "night", "n_sources": "sources",
@@ -35,7 +35,7 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2e
 table { border-collapse: collapse; margin: .5em 0 1.5em; font-size: .9em; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
-.warn { color: #a40; } figure { display: inline-block; margin: .5em; vertical-align: top; }
+figure { display: inline-block; margin: .5em; vertical-align: top; }
 figure img { max-width: 520px; border: 1px solid #eee; } figcaption { font-size: .85em; }
 .skipped { color: #666; font-style: italic; }
 """
@@ -99,9 +99,6 @@ def render_html(summary: Mapping[str, object], quality: pd.DataFrame,
         parts.append("<p>No image record in the catalog.</p>")
     else:
         parts.append(_table_html(quality, QUALITY_COLUMNS))
-        warned = quality[quality["warnings"].notna()] if "warnings" in quality else quality[:0]
-        parts += [f"<p class=\"warn\">{esc(str(r.image_id))}: {esc(str(r.warnings))}</p>"
-                  for r in warned.itertuples()]
     parts.append("<h2>Figures</h2>")
     for name, png in figures.items():
         data = base64.b64encode(png).decode("ascii")
@@ -133,10 +130,4 @@ def write_report(path: str | os.PathLike, catalog_uri: str, *,
     text = render_html(run_summary(sources, images, catalog_uri), quality_table(images),
                        figures, results, skipped=skipped,
                        query_descriptions={n: q.description for n, q in NAMED_QUERIES.items()})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=".html")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(Path(path), text.encode("utf-8"))
