@@ -272,6 +272,7 @@ def _legacy_deployment(suffix):
                             {"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
     boto3.client("logs").create_log_group(logGroupName=aws_setup.LOG_GROUP,
                                           tags={"project": "skysurvey"})
+    boto3.client("glue").create_database(DatabaseInput={"Name": "astronomy"})  # by SQL: no tags
     boto3.client("athena").create_work_group(  # (moto has no update_work_group to repair it)
         Name=aws_setup.WORKGROUP, Configuration=aws_setup._workgroup_configuration(
             aws_setup.Names(suffix, "us-east-1", "123456789012")),
@@ -295,6 +296,9 @@ def test_pre_tagging_deployment_is_adopted_when_the_env_file_names_it(mocked_aws
         "astronomy-least-privilege"]
     arn = "arn:aws:athena:us-east-1:123456789012:workgroup/astronomy-workgroup"
     assert _tags(boto3.client("athena").list_tags_for_resource(ResourceARN=arn)["Tags"])[
+        "skysurvey:deployment"] == "old1"
+    db_arn = "arn:aws:glue:us-east-1:123456789012:database/astronomy"
+    assert boto3.client("glue").get_tags(ResourceArn=db_arn)["Tags"][
         "skysurvey:deployment"] == "old1"
 
 

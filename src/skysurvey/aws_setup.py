@@ -236,9 +236,11 @@ def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
     return [{"Key": k, "Value": v} for k, v in tags.items()]
 
 
-def ownership(resource: str, tags: dict[str, str], names: Names, fix: str) -> str:
+def ownership(resource: str, tags: dict[str, str], names: Names, fix: str,
+              legacy_untagged: bool = False) -> str:
     """``'ours'`` or ``'adopt'`` (a pre-tagging deployment of this suffix); else ConfigError
-    naming *resource* and what to do (*fix*)."""
+    naming *resource* and what to do (*fix*). *legacy_untagged*: the setup of before tagging
+    made this resource without any tag (the database, through Athena SQL)."""
     owner = tags.get(DEPLOYMENT_TAG)
     if owner == names.suffix:
         return "ours"
@@ -246,6 +248,8 @@ def ownership(resource: str, tags: dict[str, str], names: Names, fix: str) -> st
         raise ConfigError(resource, f"belongs to skysurvey deployment '{owner}' and there is "
                                     f"one per account and region: use --suffix {owner}, or run "
                                     f"scripts/cleanup_aws.py --suffix {owner} first")
+    if legacy_untagged and not tags and names.adopt_legacy:
+        return "adopt"
     if tags.get("project") == PROJECT_TAGS["project"]:
         if names.adopt_legacy:
             return "adopt"
@@ -269,6 +273,7 @@ class Resource:
     fix: str = "delete or rename it"
     owned: bool = True  # False: a setting of another resource (trigger, tables): no tags
     skip: str | None = None  # why it cannot be created in this run (it is still checked)
+    legacy_untagged: bool = False  # made untagged by the setup of before tagging
 
 
 def _missing(exc, *codes) -> bool:
@@ -678,7 +683,8 @@ def _database(names: Names) -> Resource:
         lambda: glue("glue").create_database(DatabaseInput={
             "Name": DATABASE, "Description": "Sky survey catalog (skysurvey)"}, Tags=names.tags),
         tag=lambda: glue("glue").tag_resource(ResourceArn=arn, TagsToAdd=names.tags),
-        delete=lambda: glue("glue").delete_database(Name=DATABASE))  # its tables and views too
+        delete=lambda: glue("glue").delete_database(Name=DATABASE),  # its tables and views too
+        legacy_untagged=True)
 
 
 def _workgroup_configuration(names: Names) -> dict:
@@ -873,7 +879,7 @@ def _check(resource: Resource, names: Names) -> tuple[dict | None, str | None]:
     tags = resource.tags()
     if tags is None or not resource.owned:
         return tags, None
-    return tags, ownership(resource.name, tags, names, resource.fix)
+    return tags, ownership(resource.name, tags, names, resource.fix, resource.legacy_untagged)
 
 
 def run_setup(resources: list[Resource], names: Names, dry_run: bool = False) -> Plan:
