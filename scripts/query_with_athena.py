@@ -24,7 +24,7 @@ try:
     from skysurvey.config import OUTPUT_DIR, get_setting
     from skysurvey.errors import SkySurveyError
     from skysurvey.export import FORMATS, export_format, write_table
-    from skysurvey.queries import NAMED_QUERIES, get_named, run_query
+    from skysurvey.queries import NAMED_QUERIES, get_named, run_query, single_statement
 except ModuleNotFoundError as exc:  # run outside the project's environment
     raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
                      "first)") from None
@@ -46,9 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: BUCKET_CATALOG)")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--query", default=None, help="a named query, or 'all' (default)")
-    what.add_argument("--sql", default=None, help="custom SQL over the tables sources, images")
+    what.add_argument("--sql", default=None,
+                      help="custom SQL over the tables sources, images: exactly one statement. "
+                           "On DuckDB it can also read any local file this user can "
+                           "(read_csv, read_parquet...); add --safe for shared catalogs")
     what.add_argument("--list", action="store_true",
                       help="list the named queries and their default thresholds")
+    parser.add_argument("--safe", action="store_true",
+                        help="DuckDB: the SQL sees only the catalog's tables, with no access to "
+                             "local files or the network (for catalogs and SQL shared with "
+                             "others; Athena never reads local files)")
     parser.add_argument("--param", action="append", default=None,
                         help="a value bound to the next ? in the SQL (repeatable)")
     parser.add_argument("--output", default=None,
@@ -103,8 +110,8 @@ def _why_empty(engine: str) -> str:
     return "(no rows) nothing in the catalog matches this query."
 
 
-def _duckdb(catalog: str):
-    return lambda sql, params: (run_query(sql, catalog, params), "")
+def _duckdb(catalog: str, safe: bool = False):
+    return lambda sql, params: (run_query(sql, catalog, params, safe=safe), "")
 
 
 def _athena(args, catalog: str):
@@ -146,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     catalog = get_setting("BUCKET_CATALOG", args.catalog)
     params = [_value(p) for p in args.param] if args.param is not None else None
     if args.sql:
+        try:
+            single_statement(args.sql, args.engine)
+        except SkySurveyError as exc:
+            parser.error(f"--sql: {exc.cause}")
         jobs = [("custom", args.sql, params or [])]
     else:
         names = list(NAMED_QUERIES) if args.query in (None, "all") else [args.query]
@@ -164,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         if existing:
             parser.error(f"{out_dir} already holds {', '.join(existing)}.csv: add --force to "
                          "replace them, or leave out --output-dir for a new run folder")
-    run = _duckdb(catalog) if args.engine == "duckdb" else _athena(args, catalog)
+    run = _duckdb(catalog, args.safe) if args.engine == "duckdb" else _athena(args, catalog)
     saved = []
     for name, sql, bound in jobs:
         try:

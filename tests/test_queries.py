@@ -145,3 +145,131 @@ def test_s3_catalog_through_a_real_http_endpoint(catalog, moto_server):
     local = run_named("source_statistics", str(root))
     remote = run_named("source_statistics", "s3://cat/survey")
     pd.testing.assert_frame_equal(local, remote)
+
+
+# ---- integrity (issue 13) -------------------------------------------------------------------
+
+def _write(root, table_name, image_id, table, band="r", night="2026-03-16"):
+    key = catalog_keys(image_id, band, night)[table_name]
+    (root / key).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, root / key)
+    return root / key
+
+
+def test_sources_without_an_image_record_are_not_counted(catalog):
+    """A run killed between an image's two files leaves an orphan sources file."""
+    root, df = catalog
+    orphan, _ = _tables("img_killed", 30, 9)
+    _write(root, "sources", "img_killed", orphan)
+    got = run_named("total_sources", str(root))
+    assert got.to_dict("records") == [{"total_sources": len(df), "total_images": 3, "bands": 2}]
+    raw = run_query("SELECT count(*) AS n FROM sources_data", str(root))
+    assert raw["n"].tolist() == [len(df) + 30]  # the files are all there, SQL hides the orphan
+    stats = run_named("source_statistics", str(root), [0.0])
+    assert stats["n_sources"].sum() == len(df)
+
+
+def _older(table: pa.Table, new_columns) -> pa.Table:
+    return table.drop_columns(sorted(new_columns))
+
+
+def test_files_of_an_older_pipeline_version_read_new_columns_as_null(catalog, caplog):
+    from skysurvey.queries import IMAGES_SINCE_FIRST, SOURCES_SINCE_FIRST
+
+    root, df = catalog
+    for i, image_id in enumerate(("old_a", "old_b")):
+        sources, images = _tables(image_id, 5, 20 + i)
+        _write(root, "sources", image_id, _older(sources, SOURCES_SINCE_FIRST))
+        _write(root, "images", image_id, _older(images, IMAGES_SINCE_FIRST))
+    with caplog.at_level("WARNING", logger="skysurvey.queries"):
+        got = run_query("SELECT image_id, class_star, flux FROM sources "
+                        "WHERE image_id LIKE 'old%'", str(root))
+        run_named("total_sources", str(root))  # a second query: no second warning
+    assert len(got) == 10 and got["class_star"].isna().all() and got["flux"].notna().all()
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 2, notes  # once for sources, once for images
+    sources_note = next(n for n in notes if n.startswith("2 sources files"))
+    assert "(first " in sources_note and "old_" in sources_note
+    assert "from an older pipeline_version: 7 newer columns read as null" in sources_note
+    assert run_named("total_sources", str(root))["total_sources"].tolist() == [len(df) + 10]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.append_column("extra", pa.array([1.0] * t.num_rows)),
+         "unexpected column extra (double)"),
+        (lambda t: t.rename_columns(["s_n_r" if n == "snr" else n for n in t.column_names]),
+         "unexpected column s_n_r (double); missing column snr"),
+        (lambda t: t.set_column(t.schema.get_field_index("source_id"), "source_id",
+                                t["source_id"].cast(pa.int64())),
+         "column source_id is int64, expected int32"),
+        (lambda t: t.drop_columns(["flux"]), "missing column flux"),
+    ],
+    ids=["extra", "renamed", "type", "missing-old-column"],
+)
+def test_any_other_schema_difference_names_the_file(catalog, change, message):
+    root, _ = catalog
+    sources, images = _tables("drifted", 5, 30)
+    path = _write(root, "sources", "drifted", change(sources))
+    _write(root, "images", "drifted", images)
+    with pytest.raises(QueryError) as info:
+        run_named("total_sources", str(root))
+    text = str(info.value)
+    assert text.startswith(f"{path}: schema differs from sources: ") and message in text
+    assert "\n" not in text
+
+
+def test_sql_is_exactly_one_statement(catalog, tmp_path):
+    from skysurvey.queries import single_statement
+
+    root, _ = catalog
+    target = tmp_path / "written.csv"
+    with pytest.raises(QueryError, match="expected exactly one SQL statement, got 2"):
+        run_query(f"SELECT 1; COPY (SELECT 42) TO '{target}'", str(root))
+    assert not target.exists()  # the second statement never ran
+    assert run_query("SELECT 1 AS one;", str(root))["one"].tolist() == [1]
+    assert run_query("SELECT ';' AS semi", str(root))["semi"].tolist() == [";"]
+    with pytest.raises(QueryError, match="got 0"):
+        single_statement("-- nothing")
+    with pytest.raises(QueryError, match="got 2"):
+        single_statement("SELECT 1; SELECT 2", "athena")
+    assert single_statement("SELECT transform(ARRAY[1], x -> x + 1)", "athena")
+
+
+def test_safe_mode_reads_only_the_catalog(catalog, tmp_path):
+    root, df = catalog
+    secret = tmp_path / "secret.csv"
+    secret.write_text("password\nhunter2\n")
+    sql = f"SELECT * FROM read_csv('{secret}')"
+    assert run_query(sql, str(root))["password"].tolist() == ["hunter2"]  # documented
+    for text in (sql, "SELECT * FROM read_csv('/etc/passwd')",
+                 f"COPY (SELECT 1) TO '{tmp_path / 'out.csv'}'",
+                 "SET enable_external_access = true"):
+        with pytest.raises(QueryError) as info:
+            run_query(text, str(root), safe=True)
+        assert "disabled by configuration" in str(info.value) or "locked" in str(info.value)
+    assert not (tmp_path / "out.csv").exists()
+    got = run_named("total_sources", str(root))
+    assert got["total_sources"].tolist() == [len(df)]
+    assert run_query("SELECT count(*) AS n FROM sources", str(root), safe=True)["n"].tolist() \
+        == [len(df)]
+
+
+def test_script_refuses_two_statements_and_has_a_safe_mode(catalog, tmp_path, capsys):
+    root, df = catalog
+    script = _script()
+    target = tmp_path / "x.csv"
+    with pytest.raises(SystemExit) as info:
+        script.main(["--catalog", str(root), "--sql",
+                     f"SELECT 1; COPY (SELECT 2) TO '{target}'"])
+    assert info.value.code == 2 and not target.exists()
+    assert "--sql: expected exactly one SQL statement, got 2" in capsys.readouterr().err
+    assert script.main(["--catalog", str(root), "--safe", "--sql",
+                        "SELECT * FROM read_csv('/etc/passwd')"]) == 1
+    assert "disabled by configuration" in capsys.readouterr().err
+    assert script.main(["--catalog", str(root), "--safe", "--sql",
+                        "SELECT count(*) AS n FROM sources"]) == 0
+    assert str(len(df)) in capsys.readouterr().out
+    help_text = script.build_parser().format_help()
+    assert "--safe" in help_text and "local file" in help_text

@@ -1,15 +1,28 @@
 """The named SQL queries, written once, run on DuckDB here (and on Athena through athena.py).
 
 The SQL is plain ANSI that both DuckDB and Trino (Athena) accept; user values are bound as
-``?`` parameters, never pasted into the text. The tables are ``sources`` and ``images``: in
-DuckDB, Arrow datasets over the Hive-partitioned Parquet catalog with explicit schemas (so an
-empty catalog keeps its column types), ``band`` and ``night`` appearing as columns.
+``?`` parameters, never pasted into the text. In DuckDB every table of :data:`DATASETS` is an
+Arrow dataset over the Hive-partitioned Parquet catalog with an explicit schema (so an empty
+catalog keeps its column types, and ``band``/``night`` appear as columns); the names in
+:data:`VIEWS` are views that keep only the rows of images with an ``images`` record, as on
+Athena (a run killed between an image's two files leaves its sources invisible, not counted).
+
+Every file's schema is checked when a table is opened: files of an older ``pipeline_version``
+(the columns of 0.1.0 present, newer ones missing) read their missing columns as null and are
+named once in a warning; any other difference (an extra, renamed or missing older column, a
+changed type) is a :class:`QueryError` naming the file and the difference.
+
+Custom SQL is one statement (:func:`single_statement`). DuckDB's SQL can read any local file
+(``read_csv('/etc/passwd')``); ``safe=True`` turns that off after the catalog is registered, for
+catalogs and SQL shared with others.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -18,7 +31,49 @@ from .config import is_s3_uri, parse_s3_uri
 from .errors import QueryError
 from .schema import IMAGES_SCHEMA, SOURCES_SCHEMA
 
+log = logging.getLogger(__name__)
+
 PARTITIONS = pa.schema([pa.field("band", pa.string()), pa.field("night", pa.string())])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One table's files: ``<catalog>/<folder>/``, their *schema* and Hive *partitioning*.
+
+    *since_first* names the columns written since the first release (0.1.0): a file missing
+    only some of them comes from an older ``pipeline_version`` and reads them as null. With
+    ``required=False`` a missing folder is an empty table (e.g. ``objects`` before
+    ``build_objects.py`` ran) instead of an error.
+    """
+
+    folder: str
+    schema: pa.Schema
+    partitioning: pa.Schema = PARTITIONS
+    since_first: frozenset[str] = field(default_factory=frozenset)
+    required: bool = True
+
+    @property
+    def full_schema(self) -> pa.Schema:
+        return pa.schema(list(self.schema) + list(self.partitioning))
+
+
+#: Columns added after pipeline 0.1.0 (schema 0.2.0); later additions go here too.
+SOURCES_SINCE_FIRST = frozenset({"flux_apcorr", "flux_apcorr_err", "mag_apcorr", "mag_apcorr_err",
+                                 "class_star", "_healpix_29", "theta_world"})
+IMAGES_SINCE_FIRST = frozenset({"zero_point_err", "zero_point_rms", "n_calib", "astrom_offset_ra",
+                                "astrom_offset_dec", "astrom_rms", "aperture_correction",
+                                "aperture_correction_err", "fwhm_arcsec", "depth_5sigma",
+                                "wcs_frame"})
+
+#: The tables DuckDB registers, by SQL name. Append new ones here (``objects``...); a table
+#: that must hide rows of images without a record is registered as ``<name>_data`` and named
+#: in :data:`VIEWS`, as on Athena (athena.TABLES / athena.VIEWS).
+DATASETS: dict[str, Dataset] = {
+    "sources_data": Dataset("sources", SOURCES_SCHEMA, since_first=SOURCES_SINCE_FIRST),
+    "images": Dataset("images", IMAGES_SCHEMA, since_first=IMAGES_SINCE_FIRST),
+}
+#: SQL views over a registered table: only rows whose ``image_id`` has an ``images`` record.
+VIEWS: dict[str, str] = {"sources": "sources_data"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +111,6 @@ NAMED_QUERIES: dict[str, NamedQuery] = {
     ),
 }
 
-
 def s3_filesystem():
     """pyarrow's S3 filesystem with boto3's credentials, region and endpoint."""
     import boto3
@@ -76,43 +130,151 @@ def s3_filesystem():
     return fs.S3FileSystem(**kwargs)
 
 
-def dataset(catalog_uri: str, table: str) -> pads.Dataset:
-    """The Arrow dataset of one table (``sources`` or ``images``) of a catalog."""
-    file_schema = {"sources": SOURCES_SCHEMA, "images": IMAGES_SCHEMA}[table]
-    full = pa.schema(list(file_schema) + list(PARTITIONS))
-    partitioning = pads.partitioning(PARTITIONS, flavor="hive")
+def _spec(table: str) -> Dataset:
+    """The dataset behind an SQL name or folder (``sources`` is the folder of ``sources_data``)."""
+    if table in DATASETS:
+        return DATASETS[table]
+    if table in VIEWS:
+        return DATASETS[VIEWS[table]]
+    raise QueryError(table, f"no such table (known: {', '.join([*DATASETS, *VIEWS])})")
+
+
+def dataset(catalog_uri: str, table: str, *, check: bool = True) -> pads.Dataset:
+    """The Arrow dataset of one table (``sources``, ``images``...) of a catalog.
+
+    With *check*, every file's schema is compared with the table's (:func:`check_schemas`).
+    """
+    spec = _spec(table)
+    partitioning = pads.partitioning(spec.partitioning, flavor="hive")
     try:
         if is_s3_uri(catalog_uri):
             loc = parse_s3_uri(catalog_uri)
-            path = f"{loc.bucket}/{loc.prefix}{table}"
+            path = f"{loc.bucket}/{loc.prefix}{spec.folder}"
             data = pads.dataset(path, filesystem=s3_filesystem(), format="parquet",
-                                partitioning=partitioning, schema=full)
+                                partitioning=partitioning, schema=spec.full_schema)
         else:
-            data = pads.dataset(os.path.join(os.path.expanduser(catalog_uri), table),
-                                format="parquet", partitioning=partitioning, schema=full)
+            data = pads.dataset(os.path.join(os.path.expanduser(catalog_uri), spec.folder),
+                                format="parquet", partitioning=partitioning,
+                                schema=spec.full_schema)
     except (FileNotFoundError, OSError) as exc:
+        if not spec.required:
+            return pads.dataset(spec.full_schema.empty_table())
         raise QueryError(str(catalog_uri),
                          f"no catalog here ({exc}): run scripts/invoke_lambda.py first") from None
     if not data.files:
+        if not spec.required:
+            return pads.dataset(spec.full_schema.empty_table())
         raise QueryError(str(catalog_uri), "no catalog here: run scripts/invoke_lambda.py first")
+    if check:
+        for note in check_schemas(data, spec):
+            _warn_once(note)
     return data
 
 
-def connect(catalog_uri: str):
-    """A DuckDB connection with the tables ``sources`` and ``images`` of *catalog_uri*."""
+def schema_difference(found: pa.Schema, spec: Dataset) -> tuple[list[str], list[str]]:
+    """``(problems, missing new columns)`` of one file's schema against the table's."""
+    expected = spec.schema
+    problems, missing_new = [], []
+    for f in found:
+        if f.name not in expected.names:
+            problems.append(f"unexpected column {f.name} ({f.type})")
+        elif not f.type.equals(expected.field(f.name).type):
+            problems.append(f"column {f.name} is {f.type}, expected "
+                            f"{expected.field(f.name).type}")
+    for f in expected:
+        if f.name not in found.names:
+            if f.name in spec.since_first:
+                missing_new.append(f.name)
+            else:
+                problems.append(f"missing column {f.name}")
+    return problems, missing_new
+
+
+def check_schemas(data: pads.Dataset, spec: Dataset) -> list[str]:
+    """Warnings for files of an older ``pipeline_version``; QueryError for any other drift.
+
+    Reads every file's footer (in threads: on S3 each is a request).
+    """
+    fragments = list(data.get_fragments())
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        schemas = list(pool.map(lambda frag: frag.physical_schema, fragments))
+    older: dict[tuple[str, ...], list[str]] = {}
+    for fragment, found in zip(fragments, schemas, strict=True):
+        problems, missing_new = schema_difference(found, spec)
+        if problems:
+            raise QueryError(fragment.path, f"schema differs from {spec.folder}: "
+                                            + "; ".join(problems))
+        if missing_new:
+            older.setdefault(tuple(missing_new), []).append(fragment.path)
+    notes = []
+    for missing, paths in older.items():
+        files = (f"{len(paths)} {spec.folder} files (first {paths[0]})" if len(paths) > 1
+                 else f"{spec.folder} file {paths[0]}")
+        notes.append(f"{files} from an older pipeline_version: {len(missing)} newer columns "
+                     f"read as null ({', '.join(missing)})")
+    return notes
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(note: str) -> None:
+    """Log *note* once per process (a script running four queries names old files once)."""
+    if note not in _WARNED:
+        _WARNED.add(note)
+        log.warning("%s", note)
+
+
+def connect(catalog_uri: str, *, safe: bool = False):
+    """A DuckDB connection with every table of :data:`DATASETS` and the :data:`VIEWS`.
+
+    With *safe*, DuckDB's access to files and the network is switched off once the catalog is
+    registered, and the setting is locked: SQL can then read only these tables.
+    """
     import duckdb
 
     con = duckdb.connect()
-    con.register("sources", dataset(catalog_uri, "sources"))
-    con.register("images", dataset(catalog_uri, "images"))
+    for name in DATASETS:
+        con.register(name, dataset(catalog_uri, name))
+    for view, table in VIEWS.items():
+        con.execute(f"CREATE VIEW {view} AS SELECT t.* FROM {table} t "
+                    "WHERE t.image_id IN (SELECT image_id FROM images)")
+    if safe:
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
     return con
 
 
-def run_query(sql: str, catalog_uri: str, params=None):
-    """Run *sql* with bound *params* on DuckDB over the catalog; a pandas DataFrame."""
+def single_statement(sql: str, engine: str = "duckdb") -> str:
+    """*sql* when it is exactly one statement, else a QueryError (a second statement after
+    ``;`` is never run). DuckDB's own parser decides; for Athena, sqlglot's Trino dialect (a
+    text it cannot parse is left for Athena to judge)."""
+    if engine == "athena":
+        import sqlglot
+
+        try:
+            count = sum(e is not None for e in sqlglot.parse(sql, read="trino"))
+        except sqlglot.errors.SqlglotError:
+            return sql
+    else:
+        import duckdb
+
+        try:
+            count = len(duckdb.extract_statements(sql))
+        except duckdb.Error as exc:
+            raise QueryError("sql", str(exc).splitlines()[0]) from None
+    if count != 1:
+        raise QueryError("sql", f"expected exactly one SQL statement, got {count}"
+                                + (" (separated by ';')" if count > 1 else ""))
+    return sql
+
+
+def run_query(sql: str, catalog_uri: str, params=None, *, safe: bool = False):
+    """Run one SQL statement with bound *params* on DuckDB over the catalog; a DataFrame."""
     import duckdb
 
-    con = connect(catalog_uri)
+    single_statement(sql)
+    con = connect(catalog_uri, safe=safe)
     try:
         return con.execute(sql, list(params or [])).fetch_df()
     except duckdb.Error as exc:
