@@ -23,3 +23,34 @@ def test_flags_table_matches_the_code():
     documented = {int(value): meaning for _, value, meaning in rows}
     assert documented == {int(k): v for k, v in FLAG_DESCRIPTIONS.items()}
     assert all(int(bit) == int(value).bit_length() - 1 for bit, value, _ in rows)
+
+
+def test_readme_cost_table_is_the_cost_modules_breakdown():
+    from skysurvey.cost import breakdown, estimate
+
+    text = (REPO_ROOT / "README.md").read_text()
+    tutorial = {"mb_per_image": 16.8, "seconds_per_image": 0.24, "memory_mb": 1024,
+                "queries": 10}
+    rows = breakdown(6, **tutorial)
+    for service, quantity, usd in rows:
+        assert f"| {service} | {quantity} | ${usd:.6f} |" in text, service
+    total = estimate(6, **tutorial).total_usd
+    assert abs(sum(r[2] for r in rows) - total) < 1e-12
+    assert f"| **total** | | **${total:.6f}** |" in text
+    assert "$7-10" in text
+    services = {r[0].split()[0] for r in rows}
+    assert {"S3", "Lambda", "Athena", "CloudWatch", "Data"} <= services
+
+
+def test_readme_and_quickstart_say_what_the_demo_does():
+    readme = (REPO_ROOT / "README.md").read_text()
+    steps = re.findall(r"^\| (\d) \| `(\w+\.py)` \|", readme, re.M)
+    assert [int(n) for n, _ in steps] == [1, 2, 3, 4, 5, 6] and "six steps" in readme
+    assert "five steps" not in readme
+    assert "data/output/report.html" in readme and "data/output/queries/" in readme
+    assert "jupyter lab" in readme and "jupyter execute" in readme and "120 MB" in readme
+    for section in ("## Prerequisites", "## What it costs", "## Troubleshooting",
+                    "## Next steps", "## Outputs astronomers open"):
+        assert section in readme, section
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "report.html" in makefile.split("demo:")[1].split("\ntest:")[0]

@@ -54,6 +54,35 @@ def estimate(images: int, *, mb_per_image: float = 16.8, seconds_per_image: floa
     return Estimate(images, gb_seconds, lam, s3, athena, logs)
 
 
+def breakdown(images: int, *, mb_per_image: float = 16.8, seconds_per_image: float = 0.3,
+              memory_mb: int = 1024, queries: int = 10, catalog_mb_per_image: float = 0.2,
+              months: float = 1.0) -> list[tuple[str, str, float]]:
+    """The bill of :func:`estimate` line by line: ``(service, quantity, usd)``.
+
+    Data transfer is listed at $0: uploads into S3 are free, and S3 to Lambda and Athena stay
+    in the region; what you download (query results, a few kB) is far inside the free 100 GB
+    of transfer out per month.
+    """
+    gb_seconds = images * seconds_per_image * memory_mb / 1024
+    stored_gb = images * (mb_per_image + catalog_mb_per_image) / 1024
+    scanned = max(images * catalog_mb_per_image * 2**20 * 0.3, PRICES["athena_min_bytes"])
+    log_bytes = images * 600
+    return [
+        ("S3 storage", f"{stored_gb:,.3f} GB for {months:g} month",
+         stored_gb * PRICES["s3_gb_month"] * months),
+        ("S3 requests", f"{images * 3:,} PUT + {images * 2:,} GET",
+         images * 3 * PRICES["s3_put"] + images * 2 * PRICES["s3_get"]),
+        ("Lambda invocations", f"{images:,} requests", images * PRICES["lambda_request"]),
+        ("Lambda compute", f"{gb_seconds:,.2f} GB-s ({seconds_per_image:g} s at {memory_mb} MB)",
+         gb_seconds * PRICES["lambda_gb_second"]),
+        ("Athena", f"{queries} queries x {scanned / 2**20:,.0f} MB scanned (10 MB minimum)",
+         queries * scanned / 2**40 * PRICES["athena_tb"]),
+        ("CloudWatch Logs", f"{log_bytes / 1e3:,.1f} kB ingested",
+         log_bytes / 2**30 * PRICES["logs_gb"]),
+        ("Data transfer", "in: free; out: query results, kB", 0.0),
+    ]
+
+
 @dataclass(frozen=True)
 class MeasuredRun:
     images: int
