@@ -54,3 +54,12 @@ def test_readme_and_quickstart_say_what_the_demo_does():
         assert section in readme, section
     makefile = (REPO_ROOT / "Makefile").read_text()
     assert "report.html" in makefile.split("demo:")[1].split("\ntest:")[0]
+
+
+def test_quickstart_has_checklist_issues_timeline_disk_and_trigger():
+    text = (REPO_ROOT / "QUICKSTART.md").read_text()
+    for heading in ("### Expected timeline", "### Verification checklist", "### Common issues"):
+        assert heading in text, heading
+    assert "1.5 GB" in text and "1.2 GB" in text and "310 MB" in text  # disk: not "about 1 GB"
+    assert "--trigger" in text and "--only-new" in text
+    assert "five steps" not in text
