@@ -596,3 +596,22 @@ def test_every_reply_has_the_same_shape():
     expected = {"status", "image_id", "key", "n_sources", "catalog_key", "seconds", "error"}
     assert {name: set(reply) for name, reply in shapes.items()} == dict.fromkeys(shapes,
                                                                                  expected)
+
+
+def test_catalog_from_before_entries_is_still_guarded_and_repaired(tmp_path):
+    import shutil
+
+    for folder, seed in (("in1", 1), ("in2", 2)):
+        (tmp_path / folder).mkdir()
+        draw_fits(tmp_path / folder / "a.fits", seed=seed, n_stars=5 + 5 * seed)
+    cat = LocalStore(tmp_path / "cat")
+    assert catalog_image(LocalStore(tmp_path / "in1"), "a.fits", cat)["status"] == "ok"
+    shutil.rmtree(tmp_path / "cat" / "image_ids")  # as an older version left the catalog
+    other = catalog_image(LocalStore(tmp_path / "in2"), "a.fits", cat)
+    assert other["status"] == "error"
+    assert f"image id 'a' already holds the catalog of {tmp_path / 'in1' / 'a.fits'}" in \
+        other["error"]
+    from skysurvey.catalog import read_entry, repair_catalog
+
+    assert repair_catalog(cat).entries_written == 1
+    assert read_entry(cat, "a")["source_key"] == str(tmp_path / "in1" / "a.fits")
