@@ -112,3 +112,31 @@ def test_mutated_header_values(tmp_path, alarm, changes):
     header_bytes = text + b" " * (-len(text) % 2880)
     _run(tmp_path, header_bytes + VALID[len(header_bytes) if len(header_bytes) <= 2880 * 2
                                         else 2880:], alarm)
+
+
+def _compress(kind: str, data: bytes) -> bytes:
+    import bz2
+    import gzip
+
+    return {"gz": lambda d: gzip.compress(d, mtime=0), "bz2": bz2.compress}[kind](data)
+
+
+@settings(SETTINGS, max_examples=30)
+@given(st.sampled_from(["gz", "bz2"]),
+       st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
+       st.integers(0, 10**6))
+def test_mutated_compressed_streams(tmp_path, alarm, kind, flips, cut):
+    """The streaming decompressor: flipped or cut gzip/bzip2 bytes, then a catalog or one line."""
+    data = bytearray(_compress(kind, VALID))
+    for position, value in flips:
+        data[position % len(data)] = value
+    _run(tmp_path, bytes(data[: max(1, cut % (len(data) + 1))]), alarm)
+
+
+@settings(SETTINGS, max_examples=12)
+@given(st.sampled_from(["gz", "bz2"]), st.integers(0, 4), st.binary(max_size=3000))
+def test_compressed_image_with_trailing_members(tmp_path, alarm, kind, n_zero_mb, tail):
+    """Whatever follows the image in the stream (zeros, garbage) is never read: always a catalog."""
+    content = _compress(kind, VALID) + _compress(kind, bytes(2**20)) * n_zero_mb + tail
+    reply = _run(tmp_path, content, alarm)
+    assert reply["status"] == "ok", reply["error"]
