@@ -63,3 +63,12 @@ def test_quickstart_has_checklist_issues_timeline_disk_and_trigger():
     assert "1.5 GB" in text and "1.2 GB" in text and "310 MB" in text  # disk: not "about 1 GB"
     assert "--trigger" in text and "--only-new" in text
     assert "five steps" not in text
+
+
+def test_cleanup_guide_says_how_to_confirm_nothing_bills():
+    text = (REPO_ROOT / "cleanup_guide.md").read_text()
+    section = text.split("## Cost monitoring after teardown", 1)[1]
+    for command in ("aws resourcegroupstaggingapi get-resources", "aws ce get-cost-and-usage",
+                    "aws budgets create-budget"):
+        assert command in section, command  # test_guides checks each is a real operation
+    assert "Cost Explorer" in section and "skysurvey:deployment=" in section

@@ -16,7 +16,8 @@ from skysurvey.cost import estimate
 GUIDES = ["README.md", "QUICKSTART.md", "setup_guide.md", "cleanup_guide.md"]
 CLI_SERVICES = {"s3api": "s3", "iam": "iam", "lambda": "lambda", "logs": "logs",
                 "athena": "athena", "sts": "sts", "sqs": "sqs", "glue": "glue",
-                "cloudwatch": "cloudwatch"}
+                "cloudwatch": "cloudwatch", "ce": "ce", "budgets": "budgets",
+                "resourcegroupstaggingapi": "resourcegroupstaggingapi"}
 
 
 def _commands(prefix):
