@@ -22,6 +22,7 @@ import sep
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 from .astrometry import celestial_wcs, frame_name, healpix_29, pixel_to_icrs, sky_positions
+from .deblend import find_hidden
 from .errors import ImageDataError
 from .fitsread import FitsImage, observation_time
 from .psf import image_columns as psf_image_columns
@@ -43,6 +44,8 @@ MASKED = 512
 NEAR_EDGE = 1024
 COSMIC_RAY = 2048
 KRON_FALLBACK = 4096
+SECOND_PASS = 8192
+SATURATED_NEARBY = 16384
 
 FLAG_DESCRIPTIONS: dict[int, str] = {
     OBJ_MERGED: "SEP: blended with another object (deblended)",
@@ -58,6 +61,10 @@ FLAG_DESCRIPTIONS: dict[int, str] = {
     NEAR_EDGE: "pipeline: within one aperture radius of the image edge",
     COSMIC_RAY: "pipeline: much sharper than the PSF (likely a cosmic ray or hot pixel)",
     KRON_FALLBACK: "pipeline: Kron radius too small or undefined; circular flux used",
+    SECOND_PASS: "pipeline: found by the second pass, hidden in a brighter object's isophote "
+                 "(measured with that object modelled out; the brighter one gets OBJ_MERGED)",
+    SATURATED_NEARBY: "pipeline: saturated pixels within 2 px of its isophote's bounding box "
+                      "(a saturated star, a fragment of its wings or halo, or beside one)",
 }
 
 ZERO_POINT_KEYS = ("MAGZERO", "MAGZP", "PHOTZP", "ZEROPNT", "ZP")
@@ -80,6 +87,11 @@ class DetectionConfig:
     aperture_fwhm: float = 1.5  # aperture radius in units of the median FWHM
     aperture_radius: float | None = None  # fixed radius in px overrides the above
     cosmic_ray_sharpness: float = 0.5  # fwhm below this fraction of the median: a cosmic ray
+    # second detection pass (deblend.py): inside objects whose peak reaches second_pass_peak
+    # times the noise; a residual detection is kept from isophotal S/N second_pass_snr
+    second_pass: bool = True
+    second_pass_peak: float = 10.0
+    second_pass_snr: float = 5.0
 
 
 def _extract(sub, err, mask, config):
@@ -130,11 +142,69 @@ def zero_point(header) -> tuple[float | None, str | None]:
     return value, key
 
 
-def _background(data, mask, config):
+def _background(data, mask, config, scale=1.0):
     ny, nx = data.shape
-    size = config.back_size or int(np.clip(min(nx, ny) // 8, 16, 64))
+    size = int((config.back_size or int(np.clip(min(nx, ny) // 8, 16, 64))) * scale)
     return sep.Background(data, mask=mask, bw=size, bh=size, fw=config.back_filter,
                           fh=config.back_filter)
+
+
+def _saturated(data, saturate):
+    """Pixels at or above 98% of the SATURATE level (as the SATURATED flag), or None."""
+    if saturate is None:
+        return None
+    sat = data >= 0.98 * saturate
+    return sat if sat.any() else None
+
+
+def _pixel_noise(data, masks, step=32):
+    """Pixel-to-pixel noise from every *step*-th row (robust; blind to smooth gradients),
+    leaving out the pixels of the *masks* (None or boolean maps)."""
+    rows = data[::step]
+    diff = np.diff(rows, axis=1)
+    bad = np.zeros(diff.shape, bool)
+    for m in masks:
+        if m is not None:
+            bad |= m[::step, 1:] | m[::step, :-1]
+    if bad.any():
+        diff = diff[~bad]
+    diff = diff[np.isfinite(diff)]
+    return 1.4826 * float(np.median(np.abs(diff))) / np.sqrt(2.0) if diff.size else 0.0
+
+
+def _detection_inputs(data, mask, sat, config, notes):
+    """Background, RMS map, background-subtracted copy, detection mask and detection noise.
+
+    Normally the noise is SEP's global RMS, a scalar (SExtractor's DETECT_THRESH meaning, and
+    ~10x faster in ``sep.extract`` than a per-pixel map). A frame where saturation covers more
+    than 0.1% of the pixels, or whose global RMS is 3x off the pixel-to-pixel noise (a giant
+    halo's gradients inflate it ~100x, a flat saturated core deflates it), is detected against
+    the local noise instead: saturated pixels masked, a background on half-size meshes, and
+    per pixel the RMS of the background-subtracted image (gradients removed); *notes* says so.
+    """
+    bkg = _background(data, mask, config)
+    ratio = bkg.globalrms / max(_pixel_noise(data, (mask, sat)), 1e-30)
+    saturated = 0.0 if sat is None else float(np.count_nonzero(sat)) / sat.size
+    if saturated <= 1e-3 and 1 / 3 < ratio < 3:
+        rms = bkg.rms()
+        sub = data.copy()  # subtracted in place: no full-size background map is kept
+        bkg.subfrom(sub)
+        if mask is not None:
+            sub[mask] = 0.0
+        return bkg, rms, sub, mask, bkg.globalrms
+    if sat is not None:
+        mask = sat if mask is None else mask | sat
+    bkg = _background(data, mask, config, scale=0.5)
+    sub = data.copy()
+    bkg.subfrom(sub)
+    if mask is not None:
+        sub[mask] = 0.0
+    noise = np.ascontiguousarray(_background(sub, mask, config).rms(), dtype=np.float32)
+    floor = max(float(np.median(noise[::16, ::16])) * 1e-2, 1e-12)
+    np.maximum(noise, floor, out=noise)
+    notes.append(f"detected against the local noise ({100 * saturated:.1f}% of pixels "
+                 f"saturated, global RMS {ratio:.2g}x the pixel-to-pixel noise)")
+    return bkg, noise, sub, mask, noise
 
 
 def _celestial(header, warnings_out):
@@ -147,30 +217,27 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
     config = config or DetectionConfig()
     data, mask, header = image.data, image.mask, image.header
     ny, nx = data.shape
+    saturate, _ = _first(header, SATURATE_KEYS)
+    notes: list[str] = []
     try:
-        bkg = _background(data, mask, config)
-        rms = bkg.rms()
-        sub = data.copy()  # subtracted in place: no full-size background map is kept
-        bkg.subfrom(sub)
-        if mask is not None:
-            sub[mask] = 0.0
-        objects, segmap = _extract(sub, bkg.globalrms, mask, config)
+        sat = _saturated(data, saturate)
+        bkg, rms, sub, mask, noise = _detection_inputs(data, mask, sat, config, notes)
+        objects, segmap = _extract(sub, noise, mask, config)
+        hidden = _second_pass(sub, objects, segmap, mask, noise, config, sat)
     except Exception as exc:  # SEP raises bare Exceptions
         raise ImageDataError(image.name, f"source extraction failed: {exc}") from None
 
     gain, _ = _first(header, GAIN_KEYS)
     gain = gain if gain and gain > 0 else None
-    saturate, _ = _first(header, SATURATE_KEYS)
     zp, zp_key = zero_point(header)
-    notes: list[str] = []
     wcs = _celestial(header, notes)
 
     background_at = partial(_background_at, bkg, data, sub, mask)
     columns, fwhm_median, radius = _measure(sub, rms, background_at, mask, objects, segmap, gain,
-                                            saturate, config, nx, ny)
+                                            saturate, config, nx, ny, hidden, sat)
     # point-source photometry and class_star from the image's own stars (psf.py)
     psf_model, psf_columns = measure_psf(sub, rms, segmap, mask, columns, radius, gain)
-    n = len(objects)
+    n = len(columns["x"])  # the first pass's objects, then the second pass's
     ra = dec = theta_world = np.full(n, np.nan)
     if wcs is not None and n:  # ICRS whatever the header's frame (astrometry.py)
         ra, dec, theta_world = sky_positions(wcs, columns["x"], columns["y"], columns["theta"])
@@ -222,8 +289,71 @@ def _sources_table(columns: dict, n: int) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=SOURCES_SCHEMA)
 
 
-def _measure(sub, rms, background_at, mask, objects, segmap, gain, saturate, config, nx, ny):
-    """Per-source columns; ``background_at(xi, yi)`` is the background map at those pixels."""
+def _second_pass(sub, objects, segmap, mask, noise, config, saturated=None):
+    """The sources hidden in bright objects' isophotes (deblend.py), or None."""
+    if not config.second_pass:
+        return None
+    return find_hidden(sub, objects, segmap, mask, noise, thresh=config.thresh,
+                       minarea=config.minarea, deblend_nthresh=config.deblend_nthresh,
+                       deblend_cont=config.deblend_cont, parent_peak=config.second_pass_peak,
+                       min_snr=config.second_pass_snr, saturated=saturated)
+
+
+def _measure(sub, rms, background_at, mask, objects, segmap, gain, saturate, config, nx, ny,
+             hidden=None, saturated=None):
+    """Per-source columns; ``background_at(xi, yi)`` is the background map at those pixels.
+
+    The second pass's sources (*hidden*, labels ``n + 1 ...``) follow the first pass's,
+    measured on the image with their parents modelled out, with the first pass's aperture
+    radius and median FWHM; their parents get OBJ_MERGED (their own measurement masks the new
+    sources' pixels through the segmentation map).
+    """
+    cols, fwhm_median, radius = _measure_objects(sub, rms, background_at, mask, objects, segmap,
+                                                 gain, saturate, config, nx, ny)
+    table = None if saturated is None else _summed_area(saturated)
+    cols["flags"] |= np.where(_saturated_nearby(table, objects), SATURATED_NEARBY, 0)
+    if hidden is None:
+        return cols, fwhm_median, radius
+    cols["flags"][np.unique(hidden.parents)] |= OBJ_MERGED
+    labels = np.arange(len(objects) + 1, len(objects) + len(hidden.objects) + 1, dtype=np.int32)
+    with hidden.modelled(sub, segmap) as (image, seg):
+        # background_at reads data - sub: add back the model taken out of sub meanwhile
+        def sky_at(xi, yi):
+            return background_at(xi, yi) - hidden.model_at(xi, yi)
+
+        new, _, _ = _measure_objects(image, rms, sky_at, mask, hidden.objects, seg, gain,
+                                     saturate, config, nx, ny, labels=labels,
+                                     reference=(fwhm_median, radius))
+    new["flags"] |= SECOND_PASS
+    new["flags"] |= np.where(_saturated_nearby(table, hidden.objects), SATURATED_NEARBY, 0)
+    return {k: np.concatenate([cols[k], new[k]]) for k in cols}, fwhm_median, radius
+
+
+def _summed_area(mask):
+    """Summed-area table of a boolean map, padded with a zero row and column."""
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int32)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int32), axis=1, out=table[1:, 1:])
+    return table
+
+
+def _saturated_nearby(table, objects, grow=2):
+    """Whether each object's isophotal bounding box, grown by *grow* px, holds a saturated
+    pixel (*table*: summed-area table of the saturated map, None when there are none)."""
+    if table is None or len(objects) == 0:
+        return np.zeros(len(objects), bool)
+    ny, nx = table.shape[0] - 1, table.shape[1] - 1
+    y0 = np.clip(objects["ymin"] - grow, 0, ny)
+    y1 = np.clip(objects["ymax"] + grow + 1, 0, ny)
+    x0 = np.clip(objects["xmin"] - grow, 0, nx)
+    x1 = np.clip(objects["xmax"] + grow + 1, 0, nx)
+    return (table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]) > 0
+
+
+def _measure_objects(sub, rms, background_at, mask, objects, segmap, gain, saturate, config, nx,
+                     ny, labels=None, reference=None):
+    """Columns for one set of *objects* (segmentation *labels*, default 1..n); *reference*
+    ``(fwhm_median, radius)`` fixes the median FWHM and aperture radius, else they are
+    measured here."""
     n = len(objects)
     x, y = objects["x"].astype(float), objects["y"].astype(float)
     a, b = objects["a"].astype(float), objects["b"].astype(float)
@@ -242,7 +372,8 @@ def _measure(sub, rms, background_at, mask, objects, segmap, gain, saturate, con
     # Every measurement leaves out the pixels of the other detected objects (segmentation map,
     # object i is label i + 1), as SExtractor masks neighbours; without it a deblended star's
     # radius and Kron flux took in its neighbour's light (median 2.1-2.7x the true flux).
-    own = {"segmap": segmap, "seg_id": np.arange(1, n + 1, dtype=np.int32), "mask": mask}
+    labels = np.arange(1, n + 1, dtype=np.int32) if labels is None else labels
+    own = {"segmap": segmap, "seg_id": labels, "mask": mask}
     # Kron flux centred on the isophotal barycentre, as SExtractor's FLUX_AUTO, with its
     # circular fallback for tiny or undefined Kron radii
     kronrad, kflag = sep.kron_radius(sub, x, y, a_safe, b_safe, theta, 6.0, **own)
@@ -270,6 +401,8 @@ def _measure(sub, rms, background_at, mask, objects, segmap, gain, saturate, con
     sharp = fwhm[isolated & (objects["npix"] >= 2 * config.minarea)]
     fwhm_median = float(np.median(sharp)) if sharp.size else float(np.median(fwhm))
     radius = config.aperture_radius or max(config.aperture_fwhm * fwhm_median, 2.0)
+    if reference is not None:
+        fwhm_median, radius = reference
 
     # subpix=0: exact pixel/circle overlap (SExtractor samples 5x5), and no slower
     flux_aper, flux_aper_err, aflag = sep.sum_circle(sub, xw, yw, radius, err=rms, gain=gain,
