@@ -16,13 +16,15 @@ Replacing an image's catalog (:func:`replace_catalog`) goes:
 3. write the new sources file, then the new image record;
 4. delete the earlier files that are not at the new keys: image records first, then sources.
 
-The entry is not rewritten after step 4 (a PUT costs more than the image's Lambda time): the
-next run treats ``files`` and ``pending`` alike as "may exist" and deletes what is not at its
-own keys (deleting a missing key is a no-op). The lists grow only when an image moves to
-another partition; ``--repair`` writes them afresh.
+The entry is not rewritten after step 4, nor in step 2 when it already names the new keys (a
+PUT costs about as much as the image's Lambda time): a run treats ``files`` and ``pending``
+alike as "may exist" and deletes what is not at its own keys (deleting a missing key is a
+no-op). The lists grow only when an image moves to another partition; ``--repair`` writes them
+afresh.
 
-Requests per image on S3: 3 PUTs (entry, sources, record), 2 HEADs (entry; the record at the
-new keys when there is no entry) or a HEAD and a GET, and free DELETEs when a partition moved.
+Requests per image on S3: 3 PUTs the first time (entry, sources, record), 2 when re-processed
+in place (as without entries); a HEAD and a GET for the entry (or two HEADs when there is none:
+the entry, then the record at the new keys); free DELETEs when a partition moved.
 
 What a reader sees: only when a re-processed image moved to another partition, it is there
 twice from the end of 3 until its earlier sources are deleted (two DELETE round trips, a few
@@ -113,7 +115,8 @@ def replace_catalog(store, image_id: str, source_key: str, files: dict[str, byte
         if other is not None and other != source_key:
             raise _conflict(image_id, source_key, other)
     earlier = set(entry.get("files", []) + entry.get("pending", [])) if entry else set()
-    write_entry(store, image_id, source_key, earlier, pending=files)
+    if entry is None or not set(files) <= earlier:  # else the entry names them already
+        write_entry(store, image_id, source_key, earlier, pending=files)
     written = []
     try:
         for key, data in files.items():
