@@ -422,3 +422,34 @@ def test_crossmatch_reference_query(tmp_path, monkeypatch):
     out = run_named("crossmatch_reference", str(tmp_path), (1.0,))
     assert len(out) == 5 and np.allclose(out["distance_arcsec"], 0.3, atol=0.01)
     assert run_named("crossmatch_reference", str(tmp_path), (0.2,)).empty
+
+
+def test_survey_plots(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from skysurvey import plots
+    from skysurvey.queries import run_query
+
+    rng = np.random.default_rng(17)
+    ra, dec = stars(20, seed=17)
+    for k in range(6):
+        mags = 19.0 + rng.normal(0, 0.02, 20)
+        mags[:2] += 0.4 * np.sin(k)  # two variables
+        for band in ("g", "r"):
+            write_image(tmp_path, f"n{k}{band}", *jitter(ra, dec, 2 * k + (band == "r")),
+                        mjd=61130.1 + k + 0.01 * (band == "r"), mag=mags, band=band)
+    build_objects(str(tmp_path))
+    lc = obj.most_variable_light_curves(str(tmp_path), n=3)
+    assert lc["object_id"].nunique() == 2 and len(lc) == 24
+    fig = plots.plot_light_curves(lc)
+    assert len(fig.axes[0].containers) == 4  # 2 objects x 2 bands, with error bars
+    phot = run_query("SELECT p.*, o.variable FROM object_photometry p JOIN objects o "
+                     "ON o.object_id = p.object_id", str(tmp_path))
+    fig2 = plots.plot_variability(phot)
+    assert "flagged variable (2 objects)" in [t.get_text() for t in
+                                               fig2.axes[0].get_legend().get_texts()]
+    fig3 = plots.plot_object_map(read(tmp_path, "objects"))
+    assert fig3.axes[0].collections[0].get_array().max() == 12
+    with pytest.raises(plots.NothingToPlot, match="build_objects"):
+        plots.plot_object_map(read(tmp_path, "objects")[:0])
+    plt.close("all")

@@ -1121,3 +1121,16 @@ def cone_parameters(params) -> tuple:
     parts += [parts[-1]] * (4 - len(parts))
     ranges += [ranges[-1]] * (CONE_RANGES - len(ranges))
     return (ra, dec, radius, *parts, *(v for r in ranges for v in r))
+
+
+def most_variable_light_curves(catalog: str, n: int = 4):
+    """The ``light_curve`` rows of the *n* most significant variables (``variables`` order)."""
+    import pandas as pd
+
+    from .queries import run_named
+
+    variables = run_named("variables", catalog)
+    ids = list(dict.fromkeys(variables["object_id"]))[:n]
+    frames = [run_named("light_curve", catalog, (int(i),)) for i in ids]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["object_id", "mjd", "band", "mag", "mag_err"])

@@ -355,3 +355,71 @@ def save_all(sources: pd.DataFrame, out_dir, *, image: tuple | None = None,
             continue
         paths.append(save_figure(fig, out / f"{name}.png"))
     return paths, skipped
+
+
+# --- survey objects (scripts/build_objects.py) --------------------------------------------
+
+
+def plot_light_curves(light_curves: pd.DataFrame, ax=None):
+    """Light curves (``light_curve`` query rows: object_id, mjd, band, mag, mag_err), one
+    object per row of the plot, offset by 1 mag steps, bands in colour, 1-sigma error bars."""
+    lc = light_curves.dropna(subset=["mjd", "mag"]) if {"mjd", "mag"} <= set(light_curves) \
+        else light_curves[:0]
+    if lc.empty:
+        raise NothingToPlot("no light curve: run scripts/build_objects.py (no detection with "
+                            "a date and a magnitude)")
+    ids = list(dict.fromkeys(lc["object_id"]))
+    fig, ax = _new_axes(ax, (8, 1.2 + 1.3 * len(ids)))
+    seen = set()
+    for k, oid in enumerate(ids):
+        rows = lc[lc["object_id"] == oid]
+        offset = k * 1.0 - float(np.nanmedian(rows["mag"]))
+        for i, (band, group) in enumerate(_by_band(rows)):
+            label = None if band in seen else f"{band}"
+            seen.add(band)
+            ax.errorbar(group["mjd"], group["mag"] + offset, yerr=group.get("mag_err"),
+                        fmt="o", ms=4, capsize=2, color=band_color(band, i), label=label)
+        ax.annotate(str(oid), (rows["mjd"].min(), k * 1.0 - 0.35), fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel="MJD", ylabel="magnitude - median (+1 per object)",
+           title=f"Light curves of {len(ids)} object(s)")
+    ax.legend(title="band", fontsize=8)
+    return fig
+
+
+def plot_variability(photometry: pd.DataFrame, ax=None):
+    """Scatter of each object's magnitudes against its mean magnitude, per band; objects
+    flagged ``variable`` ringed in black (``object_photometry`` joined with ``objects``)."""
+    phot = photometry.dropna(subset=["mean_mag", "scatter"]) \
+        if {"mean_mag", "scatter"} <= set(photometry) else photometry[:0]
+    if phot.empty:
+        raise NothingToPlot("no object seen twice in a band: nothing to measure a scatter on")
+    fig, ax = _new_axes(ax, (7, 4.5))
+    for i, (band, group) in enumerate(_by_band(phot)):
+        ax.scatter(group["mean_mag"], group["scatter"], s=8, alpha=0.6,
+                   color=band_color(band, i), label=f"{band} ({len(group)})")
+    if "variable" in phot:
+        flagged = phot[phot["variable"].fillna(False).astype(bool)]
+        ax.scatter(flagged["mean_mag"], flagged["scatter"], s=40, facecolors="none",
+                   edgecolors="k", lw=1, label=f"flagged variable ({flagged['object_id'].nunique()}"
+                                                " objects)")
+    ax.set(xlabel="mean magnitude", ylabel="scatter [mag]", yscale="log",
+           title="Variability: scatter against magnitude")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_object_map(objects: pd.DataFrame, ax=None):
+    """Objects on the sky coloured by number of detections (RA to the left, equal scales)."""
+    sky = objects.dropna(subset=["ra", "dec"]) if {"ra", "dec"} <= set(objects) else objects[:0]
+    if sky.empty:
+        raise NothingToPlot("no objects: run scripts/build_objects.py first")
+    fig, ax = _new_axes(ax, (7, 6.5))
+    points = ax.scatter(sky["ra"], sky["dec"], c=sky["n_detections"], s=10, cmap="viridis")
+    fig.colorbar(points, ax=ax, label="detections")
+    dec0 = float(np.radians(sky["dec"].median()))
+    ax.set_aspect(1.0 / max(np.cos(dec0), 1e-3), adjustable="datalim")
+    if not ax.xaxis_inverted():
+        ax.invert_xaxis()
+    ax.set(xlabel="RA [deg]", ylabel="Dec [deg]", title=f"{len(sky)} objects")
+    return fig
