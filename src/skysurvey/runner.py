@@ -7,12 +7,12 @@ The AWS Lambda backend (``skysurvey.lambda_backend``) returns the same replies, 
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
 
 from .config import is_s3_uri, parse_s3_uri
@@ -58,32 +58,19 @@ def _has_glob(text: str) -> bool:
     return any(c in _GLOB_CHARS for c in text)
 
 
-def _glob_regex(pattern: str) -> re.Pattern:
-    """A shell glob as a regex over relative keys: ``*`` and ``?`` stay within one folder,
-    ``**`` crosses folders."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and "]" in pattern[i + 2:]:
-            end = pattern.index("]", i + 2)
-            body = pattern[i + 1:end].replace("\\", "\\\\")
-            out.append("[^" + body[1:] + "]" if body.startswith("!") else "[" + body + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
+def _glob_matcher(pattern: str) -> Callable[[str], bool]:
+    """A shell glob over relative keys, folder by folder (:func:`fnmatch.fnmatchcase` on each
+    part): ``*`` and ``?`` stay within one folder, ``**`` matches any number of folders."""
+    parts = tuple(pattern.split("/"))
+
+    def match(pat: tuple[str, ...], key: tuple[str, ...]) -> bool:
+        if not pat:
+            return not key
+        if pat[0] == "**":
+            return any(match(pat[1:], key[i:]) for i in range(len(key) + 1))
+        return bool(key) and fnmatchcase(key[0], pat[0]) and match(pat[1:], key[1:])
+
+    return lambda key: match(parts, tuple(key.split("/")))
 
 
 def _split_spec(spec: str) -> tuple[str, str | None]:
@@ -140,7 +127,7 @@ def find_inputs(specs: str | Sequence[str]) -> Inputs:
             files.append(key)
             continue
         bases.append(base)
-        matchers.append(_glob_regex(f"{base}/{pattern}" if base else pattern).match
+        matchers.append(_glob_matcher(f"{base}/{pattern}" if base else pattern)
                         if pattern is not None
                         else (lambda key, b=base: not b or key.startswith(b + "/")))
     inputs = Inputs(root)
