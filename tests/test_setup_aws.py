@@ -53,6 +53,7 @@ def _tags(tags):
     return tags if isinstance(tags, dict) else {t["Key"]: t["Value"] for t in tags}
 
 
+@pytest.mark.slow
 def test_setup_creates_everything_tagged_least_privilege_then_changes_nothing(
         mocked_aws, package, capsys):
     assert _setup("--suffix", "t3st", "--package", str(package), "--trigger") == 0
@@ -302,6 +303,7 @@ def test_pre_tagging_deployment_is_adopted_when_the_env_file_names_it(mocked_aws
         "skysurvey:deployment"] == "old1"
 
 
+@pytest.mark.slow
 def test_a_second_deployment_is_refused_naming_the_first(mocked_aws, capsys):
     assert _setup("--suffix", "first") == 0
     env_file_path().unlink()  # even without the env file
@@ -377,6 +379,7 @@ def test_cleanup_without_setup_names_options_that_exist(mocked_aws, capsys):
     assert hinted and hinted <= flags
 
 
+@pytest.mark.slow
 def test_every_resource_goes_in_the_chosen_region_and_later_scripts_follow(
         mocked_aws, package, capsys, monkeypatch):
     monkeypatch.setenv("AWS_REGION", "us-east-1")  # the shell says us-east-1
@@ -430,6 +433,7 @@ def test_tls_only_policy_denies_requests_without_tls():
     assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
 
 
+@pytest.mark.slow
 def test_reference_catalog_uploaded_granted_and_configured(mocked_aws, package, tmp_path,
                                                           monkeypatch):
     monkeypatch.setattr(aws_setup, "TLS_ONLY", False)  # the reference is uploaded (moto)
