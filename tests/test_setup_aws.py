@@ -477,3 +477,10 @@ def test_policy_has_no_wildcard_resource():
     names = aws_setup.Names("x", "eu-west-1", "111122223333")
     resources = [r for s in aws_setup.lambda_policy(names)["Statement"] for r in s["Resource"]]
     assert "*" not in resources and all(r.startswith("arn:aws:") for r in resources)
+
+
+def test_a_hats_folder_with_a_dot_in_its_name_is_granted_as_a_prefix():
+    names = aws_setup.Names("x", "us-west-2", "111122223333",
+                            reference="s3://open-data/catalogs/gaia_dr3.hats")
+    read = [s for s in aws_setup.lambda_policy(names)["Statement"] if s["Sid"] == "ReadReference"]
+    assert read[0]["Resource"] == ["arn:aws:s3:::open-data/catalogs/gaia_dr3.hats/*"]

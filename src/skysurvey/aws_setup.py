@@ -161,11 +161,17 @@ def trust_policy() -> dict:
         "Action": "sts:AssumeRole"}]}
 
 
+#: A reference URI ending in one of these is one file; anything else (a HATS catalog) a prefix.
+REFERENCE_FILE_SUFFIXES = {".parquet", ".pq", ".csv", ".ecsv", ".fits", ".fit", ".fts", ".vot",
+                           ".xml", ".votable"}
+
+
 def _reference_statements(uri: str) -> list[dict]:
     """Read access to exactly the reference object, or the prefix of a folder (HATS)."""
     loc = parse_s3_uri(uri)
     bucket = f"arn:aws:s3:::{loc.bucket}"
-    if not uri.endswith("/") and PurePosixPath(loc.prefix.rstrip("/")).suffix:
+    suffixes = [x.lower() for x in PurePosixPath(loc.prefix.rstrip("/")).suffixes]
+    if not uri.endswith("/") and set(suffixes) & REFERENCE_FILE_SUFFIXES:
         return [{"Sid": "ReadReference", "Effect": "Allow", "Action": ["s3:GetObject"],
                  "Resource": [f"{bucket}/{loc.prefix.rstrip('/')}"]}]
     return [{"Sid": "ReadReference", "Effect": "Allow", "Action": ["s3:GetObject"],
@@ -821,7 +827,8 @@ def _dashboard_tags() -> dict[str, str] | None:
         if _missing(exc, "ResourceNotFound", "ResourceNotFoundException"):
             return None
         raise aws.translate(exc, DASHBOARD) from None
-    text = json.loads(body)["widgets"][0].get("properties", {}).get("markdown", "")
+    widgets = json.loads(body or "{}").get("widgets") or [{}]
+    text = str(widgets[0].get("properties", {}).get("markdown", ""))
     marker = f"({DEPLOYMENT_TAG}="
     return {DEPLOYMENT_TAG: text.split(marker, 1)[1].rstrip(")")} if marker in text else {}
 
@@ -849,7 +856,10 @@ def setup_resources(names: Names, settings: FunctionSettings, *,
         resources.append(_reference(names))
     resources.append(_function(names, settings))
     if trigger:
-        resources.append(_trigger(names))
+        trigger_resource = _trigger(names)
+        if settings.package is None:
+            trigger_resource.skip = "the first --trigger needs --package"
+        resources.append(trigger_resource)
     resources += [_database(names), _workgroup(names), _tables(names)]
     resources += [_alarm(names, d) for d in alarm_definitions(names)] + [_dashboard(names)]
     return resources
