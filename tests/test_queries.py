@@ -273,3 +273,14 @@ def test_script_refuses_two_statements_and_has_a_safe_mode(catalog, tmp_path, ca
     assert str(len(df)) in capsys.readouterr().out
     help_text = script.build_parser().format_help()
     assert "--safe" in help_text and "local file" in help_text
+
+
+def test_a_file_rewritten_with_another_schema_is_checked_again(catalog):
+    root, _ = catalog
+    sources, images = _tables("later", 5, 40)
+    path = _write(root, "sources", "later", sources)
+    _write(root, "images", "later", images)
+    run_named("total_sources", str(root))  # checked and remembered as good
+    pq.write_table(sources.append_column("extra", pa.array([1] * 5)), path)
+    with pytest.raises(QueryError, match="unexpected column extra"):
+        run_named("total_sources", str(root))

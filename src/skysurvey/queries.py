@@ -173,39 +173,50 @@ def dataset(catalog_uri: str, table: str, *, check: bool = True) -> pads.Dataset
 
 def schema_difference(found: pa.Schema, spec: Dataset) -> tuple[list[str], list[str]]:
     """``(problems, missing new columns)`` of one file's schema against the table's."""
-    expected = spec.schema
     problems, missing_new = [], []
+    if found.equals(spec.schema):  # the common case, fast
+        return problems, missing_new
+    expected = {f.name: f.type for f in spec.schema}
     for f in found:
-        if f.name not in expected.names:
+        if f.name not in expected:
             problems.append(f"unexpected column {f.name} ({f.type})")
-        elif not f.type.equals(expected.field(f.name).type):
-            problems.append(f"column {f.name} is {f.type}, expected "
-                            f"{expected.field(f.name).type}")
-    for f in expected:
-        if f.name not in found.names:
-            if f.name in spec.since_first:
-                missing_new.append(f.name)
+        elif not f.type.equals(expected[f.name]):
+            problems.append(f"column {f.name} is {f.type}, expected {expected[f.name]}")
+    present = set(found.names)
+    for name in expected:
+        if name not in present:
+            if name in spec.since_first:
+                missing_new.append(name)
             else:
-                problems.append(f"missing column {f.name}")
+                problems.append(f"missing column {name}")
     return problems, missing_new
 
 
 def check_schemas(data: pads.Dataset, spec: Dataset) -> list[str]:
     """Warnings for files of an older ``pipeline_version``; QueryError for any other drift.
 
-    Reads every file's footer (in threads: on S3 each is a request).
+    Reads every file's footer, in threads (on S3 each is a request), once per process: a file
+    found good is remembered by path (and, locally, modification time and size).
     """
+    from pyarrow import fs
+
+    local = isinstance(data.filesystem, fs.LocalFileSystem)
     fragments = list(data.get_fragments())
+    keys = [_file_key(frag.path, local) for frag in fragments]
+    todo = [(frag, key) for frag, key in zip(fragments, keys, strict=True)
+            if (spec.folder, key) not in _CHECKED]
     with ThreadPoolExecutor(max_workers=16) as pool:
-        schemas = list(pool.map(lambda frag: frag.physical_schema, fragments))
-    older: dict[tuple[str, ...], list[str]] = {}
-    for fragment, found in zip(fragments, schemas, strict=True):
+        schemas = list(pool.map(lambda item: item[0].physical_schema, todo))
+    for (fragment, key), found in zip(todo, schemas, strict=True):
         problems, missing_new = schema_difference(found, spec)
         if problems:
             raise QueryError(fragment.path, f"schema differs from {spec.folder}: "
                                             + "; ".join(problems))
-        if missing_new:
-            older.setdefault(tuple(missing_new), []).append(fragment.path)
+        _CHECKED[(spec.folder, key)] = tuple(missing_new)
+    older: dict[tuple[str, ...], list[str]] = {}
+    for fragment, key in zip(fragments, keys, strict=True):
+        if missing := _CHECKED[(spec.folder, key)]:
+            older.setdefault(missing, []).append(fragment.path)
     notes = []
     for missing, paths in older.items():
         files = (f"{len(paths)} {spec.folder} files (first {paths[0]})" if len(paths) > 1
@@ -213,6 +224,20 @@ def check_schemas(data: pads.Dataset, spec: Dataset) -> list[str]:
         notes.append(f"{files} from an older pipeline_version: {len(missing)} newer columns "
                      f"read as null ({', '.join(missing)})")
     return notes
+
+
+#: (table folder, file key) -> the newer columns that file lacks (empty: the current schema)
+_CHECKED: dict[tuple, tuple[str, ...]] = {}
+
+
+def _file_key(path: str, local: bool) -> tuple:
+    if local:
+        try:
+            info = os.stat(path)
+            return path, info.st_mtime_ns, info.st_size
+        except OSError:
+            pass
+    return (path,)
 
 
 _WARNED: set[str] = set()
