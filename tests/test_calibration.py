@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 
 import numpy as np
@@ -441,3 +442,30 @@ def test_demo_field_magnitudes_match_the_truth_after_calibration(tmp_path):
         assert row["zero_point"] == pytest.approx(m["zero_point"], abs=0.05)  # vs the truth
         offsets.append(offset)
     assert abs(float(np.median(offsets))) <= 0.005, offsets
+
+
+def test_hats_catalog_under_an_s3_prefix(field, ref_frame, tmp_path, moto_server):
+    """As the public Gaia DR3 HATS catalog is read: a prefix holding the HATS layout."""
+    from skysurvey import aws
+
+    sources, row, _, image = field
+    root = write_hats(ref_frame, tmp_path / "hats", order=5)
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="refs")
+    for path in root.rglob("*"):
+        if path.is_file():
+            s3.put_object(Bucket="refs", Key=f"gaia/{path.relative_to(root).as_posix()}",
+                          Body=path.read_bytes())
+    out, new_row = calibrate(sources, row, "r", ReferenceSpec.parse("s3://refs/gaia"))
+    _check_calibrated(out, new_row, image)
+
+
+def test_references_are_opened_once_per_process_and_reread_when_changed(ref_frame, tmp_path):
+    path = tmp_path / "ref.parquet"
+    _write(ref_frame, path, "parquet")
+    first = open_reference(str(path))
+    assert open_reference(str(path)) is first  # a warm container keeps it
+    _write(ref_frame.iloc[:10], path, "parquet")
+    os.utime(path, ns=(1, 1))  # a changed file (mtime and size) is read again
+    again = open_reference(str(path))
+    assert again is not first and again._table.num_rows == 10
