@@ -6,8 +6,8 @@
 
 By default it prices the run recorded in the catalog (BUCKET_CATALOG): the image count and the
 sum of the handler's measured ``images.seconds``, at the memory size of the deployed function
-(LAMBDA_FUNCTION; --memory when there is none). With --images it prices a hypothetical run
-instead, and says so.
+(LAMBDA_FUNCTION; 1024 MB, said to be assumed, when none can be read; --memory to set it). With
+--images it prices a hypothetical run instead, and says so.
 """
 
 from __future__ import annotations
@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
                 memory, where = args.memory, "--memory"
             else:
                 function = get_setting("LAMBDA_FUNCTION", args.function)
-                memory, where = deployed_memory_mb(function), f"deployed {function}"
+                try:
+                    memory, where = deployed_memory_mb(function), f"deployed {function}"
+                except SkySurveyError as exc:  # a local run, or no credentials here
+                    memory, where = 1024, f"assumed; no deployed function read: {exc.cause}"
             images, seconds = run.images, run.handler_seconds / run.images
             print(f"measured run: {images} images in {catalog}, {run.handler_seconds:,.2f} "
                   f"handler seconds in all, at {memory} MB ({where})")

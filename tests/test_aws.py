@@ -241,3 +241,12 @@ def test_a_failed_registration_is_an_error_reply_naming_it(buckets, tmp_path, mo
     assert reply["status"] == "error"
     assert reply["error"].startswith("written, but not registered for Athena: "
                                      "glue:no_such_database.sources_data")
+
+
+def test_estimate_cost_without_a_deployed_function_says_the_memory_is_assumed(
+        mocked_aws, tmp_path, capsys):
+    catalog = _images_catalog(tmp_path / "cat", [2.0])
+    assert _script("estimate_cost").main(["--catalog", str(catalog)]) == 0
+    out = capsys.readouterr().out
+    assert "at 1024 MB (assumed; no deployed function read: " in out
+    assert "Lambda: 2.0 GB-s and 1 requests" in out

@@ -873,15 +873,7 @@ def cleanup_resources(names: Names) -> list[Resource]:
 
 @dataclass
 class Plan:
-    states: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def created(self) -> int:
-        return sum(s in ("created", "adopted") or s.startswith("created") for _, s in self.states)
-
-    @property
-    def changed(self) -> int:
-        return sum(s != "unchanged" and s != "skipped" for _, s in self.states)
+    states: list[tuple[str, str]] = field(default_factory=list)  # (resource, what happened)
 
 
 def _check(resource: Resource, names: Names) -> tuple[dict | None, str | None]:
