@@ -283,3 +283,13 @@ def test_no_wcs_gives_null_positions_index_and_angle(tmp_path):
     assert table.num_rows > 3 and row["wcs_frame"] is None and row["ra_center"] is None
     for column in ("ra", "dec", "_healpix_29", "theta_world"):
         assert table[column].null_count == table.num_rows
+
+
+def test_healpix_29_is_the_index_hats_computes():
+    """The same integers as hats' own spatial index (what LSDB joins on), all over the sky."""
+    from hats.pixel_math.spatial_index import compute_spatial_index
+
+    rng = np.random.default_rng(0)
+    ra = rng.uniform(0, 360, 20_000)
+    dec = np.degrees(np.arcsin(rng.uniform(-1, 1, 20_000)))
+    assert np.array_equal(healpix_29(ra, dec), compute_spatial_index(ra, dec))
