@@ -1,0 +1,59 @@
+"""Step 6: export the survey as HATS catalogs that LSDB opens and cross-matches.
+
+    python scripts/export_hats.py --catalog data/catalog --output data/hats
+    python scripts/export_hats.py --catalog s3://my-catalog --output s3://my-catalog/hats
+
+Writes ``<output>/objects`` and ``<output>/sources`` (HATS collections, each with a 10" margin
+cache as its default margin) with hats-import; then ``lsdb.open_catalog("<output>/objects")``.
+Runs outside the Lambda. An existing output is replaced as a whole. Exit status 0, 1 on
+failure (an existing output is then left as it was), 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from skysurvey.config import get_setting
+from skysurvey.errors import SkySurveyError
+from skysurvey.hats_export import export_hats
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Export objects and sources as HATS catalogs (with margin caches).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: python scripts/export_hats.py --catalog data/catalog --output data/hats",
+    )
+    parser.add_argument("--catalog", default=None,
+                        help="catalog folder or s3:// URI (default: BUCKET_CATALOG)")
+    parser.add_argument("--output", required=True, help="folder or s3:// URI to write")
+    parser.add_argument("--workers", type=_positive_int, default=1,
+                        help="dask workers for hats-import")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    catalog = get_setting("BUCKET_CATALOG", args.catalog)
+    try:
+        report = export_hats(catalog, args.output, workers=args.workers)
+    except SkySurveyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    print(f"open with: lsdb.open_catalog({args.output.rstrip('/')!r} + '/objects')")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
