@@ -46,6 +46,7 @@ class FaultInjector:
 
     def __call__(self, request, **kwargs):
         from botocore.awsrequest import AWSResponse
+        from urllib3.response import HTTPResponse
 
         key = json.loads(request.body)["key"]
         with self.lock:
@@ -67,23 +68,13 @@ class FaultInjector:
             with self.lock:
                 self.injected[kind] += 1
                 self.faults[key] += 1
+            raw = HTTPResponse(body=io.BytesIO(json.dumps(body).encode()), status=status,
+                               preload_content=False)
             return AWSResponse(request.url, status, {"x-amzn-ErrorType": kind,
-                                                     "Content-Type": "application/json"},
-                               _Body(json.dumps(body).encode()))
+                                                     "Content-Type": "application/json"}, raw)
         finally:
             with self.lock:
                 self.in_flight -= 1
-
-
-class _Body:
-    def __init__(self, body: bytes):
-        self.body = body
-
-    def stream(self, **kwargs):
-        yield self.body
-
-    def read(self, *args):
-        return self.body
 
 
 def _post(endpoint: str, path: str, body: dict) -> None:

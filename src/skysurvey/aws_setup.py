@@ -101,11 +101,12 @@ class Names:
                   "ATHENA_OUTPUT": f"s3://{self.catalog}/athena-results/",
                   "FAILED_EVENTS_QUEUE": QUEUE_NAME,
                   "AWS_REGION": self.region, "SKYSURVEY_SUFFIX": self.suffix}
-        if self.reference:
-            values["REFERENCE_CATALOG"] = self.reference
-        if self.reference_bands:
-            values["REFERENCE_BANDS"] = self.reference_bands
-        return values
+        return values | self.reference_settings()
+
+    def reference_settings(self) -> dict[str, str]:
+        """``REFERENCE_CATALOG``/``REFERENCE_BANDS`` when a reference catalog is set."""
+        values = {"REFERENCE_CATALOG": self.reference, "REFERENCE_BANDS": self.reference_bands}
+        return {k: v for k, v in values.items() if v}
 
 
 def default_suffix(account: str, region: str) -> str:
@@ -512,12 +513,8 @@ def _code(names: Names, package: Path) -> dict:
 
 
 def function_environment(names: Names) -> dict[str, str]:
-    env = {"BUCKET_CATALOG": f"s3://{names.catalog}", "ATHENA_DATABASE": DATABASE}
-    if names.reference:
-        env["REFERENCE_CATALOG"] = names.reference
-    if names.reference_bands:
-        env["REFERENCE_BANDS"] = names.reference_bands
-    return env
+    return {"BUCKET_CATALOG": f"s3://{names.catalog}", "ATHENA_DATABASE": DATABASE,
+            **names.reference_settings()}
 
 
 def _function_configuration(names: Names, s: FunctionSettings) -> dict:
