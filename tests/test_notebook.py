@@ -9,6 +9,7 @@ from __future__ import annotations
 import nbformat
 import pandas as pd
 import pytest
+from astropy.table import Table
 from nbclient import NotebookClient
 
 from skysurvey.config import REPO_ROOT
@@ -64,8 +65,11 @@ def _run_notebook(tmp_path, monkeypatch):
         images = [o for o in cell.outputs if "image/png" in o.get("data", {})]
         assert len(images) == 1, (cell.id, cell.source, [o.get("output_type") for o in
                                                          cell.outputs])
-    exported = pd.read_parquet(tmp_path / "out" / "sources.parquet")
-    assert len(exported) > 20 and exported["image_id"].nunique() == 3
+    exported = Table.read(tmp_path / "out" / "sources.fits")
+    assert len(exported) > 20 and len(set(exported["image_id"])) == 3
+    assert exported["ra"].unit == "deg" and exported["flux"].unit == "adu"
+    assert Table.read(tmp_path / "out" / "sources.vot")["mag"].unit == "mag"
+    assert (tmp_path / "out" / "sky_g_001.reg").read_text().count("ellipse(") > 5
     stats = pd.read_csv(tmp_path / "out" / "source_statistics.csv")
     assert stats["n_sources"].sum() > 0
     # the statistics cell measured the catalog against the truth

@@ -374,18 +374,31 @@ fig = plots.plot_mag_vs_truth(matched)
 """)
 section("7. Export")
 md("""
-Save what you found. The catalog itself is already Parquet;
-here we save the sources and a query result where other tools read them.
+Save what you found where astronomy tools read it. `skysurvey.export.write_table` (the same
+code as `query_with_athena.py --output`) picks the format from the suffix and writes units,
+descriptions and UCDs from one table, `skysurvey/units.py`: a FITS table for TOPCAT or
+astropy (`TUNITn`, `TCOMMn`, `TUCDn`), a VOTable (`unit`, `ucd`, DESCRIPTION), and DS9 regions
+(ICRS ellipses oriented by `theta_world`) to lay over an image in DS9.
 
-**Look at:** the paths printed; open the Parquet file with `pandas.read_parquet` or DuckDB.
+**Look at:** astropy reads the FITS file back with units (`deg`, `adu`, `mag`), and the column
+descriptions travel with it. In TOPCAT, Views > Column Info shows the same; in DS9, open
+the first image and Region > Open the `.reg` file: the ellipses sit on the sources.
 """)
 code("""
-OUTPUT.mkdir(parents=True, exist_ok=True)
-sources.to_parquet(OUTPUT / "sources.parquet", index=False)
-results["source_statistics"].to_csv(OUTPUT / "source_statistics.csv", index=False)
-print("wrote", OUTPUT / "sources.parquet", "and", OUTPUT / "source_statistics.csv")
-""")
+from astropy.table import Table
 
+from skysurvey.export import write_table
+
+OUTPUT.mkdir(parents=True, exist_ok=True)
+paths = [write_table(sources, OUTPUT / "sources.fits"),
+         write_table(sources, OUTPUT / "sources.vot"),
+         write_table(on_image, OUTPUT / f"{image_id_from_name(first)}.reg"),
+         write_table(results["source_statistics"], OUTPUT / "source_statistics.csv")]
+print("wrote", *paths, sep="\\n  ")
+back = Table.read(OUTPUT / "sources.fits")
+print({name: str(back[name].unit) for name in ("ra", "dec", "flux", "mag", "a", "theta_world")})
+back["ra", "dec", "flux", "mag", "band", "night"][:3]
+""")
 
 def _cell(kind: str, text: str, cell_id: str):
     if kind == "md":
