@@ -33,6 +33,8 @@ CONCENTRATION_RADII = (0.5, 1.0)
 #: (chosen on synthetic Moffat fields, 0.9-1.4" seeing, Sersic r_eff 0.4-1.5").
 STAR_MARGIN = 0.08
 MIN_PSF_STARS = 3
+#: A step of the curve of growth measured less precisely than this comes from the model.
+STEP_PRECISION = 0.003
 #: At most this many (the brightest) PSF stars build the curve of growth.
 MAX_GROWTH_STARS = 100
 #: Outer radius of the residual-sky annulus around the curve of growth's last radius.
@@ -142,24 +144,31 @@ def moffat_enclosed(r, alpha, beta):
     return 1.0 - (1.0 + (np.asarray(r, float) / alpha) ** 2) ** (1.0 - beta)
 
 
-def moffat_tail(radii, log_steps, log_errors, fwhm):
-    """Fraction of the light beyond ``radii[-1]`` from a Moffat fitted to the curve's steps.
+def moffat_fit(radii, log_steps, log_errors, fwhm):
+    """The Moffat curve of growth that best fits the measured steps.
 
-    *log_steps* are the measured ``log(flux(r_k) / flux(r_k-1))``; the Moffat whose FWHM and
-    beta fit them best (grid search, beta 1.5-20: wide wings to nearly Gaussian) gives the
-    fraction missing beyond the last radius.
+    *log_steps* are the measured ``log(flux(r_k) / flux(r_k-1))`` (NaN where unmeasured);
+    the grid search (beta 1.5-20: wide wings to nearly Gaussian; FWHM 0.6-1.6 x *fwhm*)
+    minimises chi-square. Returns ``(model log steps, fraction of the light beyond
+    radii[-1])``, or ``(None, 0.0)`` with fewer than two measured steps.
     """
     betas = np.geomspace(1.5, 20.0, 60)[:, None, None]
     fwhms = fwhm * np.geomspace(0.6, 1.6, 50)[None, :, None]
     alphas = fwhms / (2.0 * np.sqrt(2.0 ** (1.0 / betas) - 1.0))
     enclosed = moffat_enclosed(np.asarray(radii)[None, None, :], alphas, betas)
     model = np.log(enclosed[..., 1:] / enclosed[..., :-1])
+    log_steps, log_errors = np.asarray(log_steps, float), np.asarray(log_errors, float)
     ok = np.isfinite(log_steps) & np.isfinite(log_errors) & (log_errors > 0)
     if ok.sum() < 2:
-        return 0.0
-    chi2 = np.sum(((model - log_steps) / log_errors)[..., ok] ** 2, axis=-1)
+        return None, 0.0
+    chi2 = np.sum(((model[..., ok] - log_steps[ok]) / log_errors[ok]) ** 2, axis=-1)
     i, j = np.unravel_index(int(np.argmin(chi2)), chi2.shape)
-    return float(1.0 - enclosed[i, j, -1])
+    return model[i, j], float(1.0 - enclosed[i, j, -1])
+
+
+def moffat_tail(radii, log_steps, log_errors, fwhm):
+    """Fraction of the light beyond ``radii[-1]`` from :func:`moffat_fit` (0 without a fit)."""
+    return moffat_fit(radii, log_steps, log_errors, fwhm)[1]
 
 
 def _own(segmap, mask, index):
@@ -198,12 +207,7 @@ def aperture_correction(sub, rms, segmap, mask, x, y, stars, radius, fwhm, gain=
         flux[:, k] = np.where(flag & sep.APER_TRUNC, np.nan, f)
         var[:, k] = e**2
         area[:, k] = _pixels(sub, xs, ys, r, own)
-    # the residual sky from the stars whose sky annulus holds no detected neighbour (their
-    # wings would raise it), or from all of them in a field too crowded for that
-    clear = nn > SKY_ANNULUS * radii[-1] + fwhm
-    sel = clear if clear.sum() >= MIN_PSF_STARS else np.ones(idx.size, bool)
-    flux -= residual_sky(sub, rms, xs[sel], ys[sel], radii[-1],
-                         _own(segmap, mask, idx[sel])) * area
+    flux -= _residual_level(sub, rms, segmap, mask, x, y, idx, nn, radii[-1], fwhm) * area
     log_steps = np.full(radii.size - 1, np.nan)
     log_errors = np.full(radii.size - 1, np.nan)
     used = np.zeros(idx.size, bool)
@@ -215,20 +219,37 @@ def aperture_correction(sub, rms, segmap, mask, x, y, stars, radius, fwhm, gain=
         err = np.sqrt(np.maximum(var[ok, k] - var[ok, k - 1], 0.0)) / flux[ok, k - 1]
         mean, mean_err, n = _weighted_clipped_mean(ratio, np.maximum(err, 1e-4))
         if n >= MIN_PSF_STARS and mean > 0:
-            log_steps[k - 1], log_errors[k - 1] = math.log(mean), mean_err / mean
+            # enclosed light cannot decrease outwards: a step below 1 is residual sky or a
+            # neighbour's masked pixels (seen on crowded fields): the curve has converged
+            log_steps[k - 1] = math.log(max(mean, 1.0))
+            log_errors[k - 1] = mean_err / mean
             used |= ok
-    # crowded fields may leave the outer steps without stars: the curve stops at the last
-    # measured radius and the Moffat fit supplies the light beyond it
-    n_steps = int(np.argmin(np.isfinite(log_steps))) if not np.isfinite(log_steps).all() \
-        else log_steps.size
-    if n_steps == 0:
+    # DAOGROW's blend of data and model: a step measured to better than STEP_PRECISION is
+    # kept; the others (the outer steps of a field with few bright stars, or none at all
+    # where crowding leaves no isolated star) come from the Moffat fitted to all the
+    # measured steps, which the precise inner ones dominate, with 30% of their size as error
+    if not np.isfinite(log_steps).any():
         return math.nan, math.nan, 0
-    log_steps, log_errors = log_steps[:n_steps], log_errors[:n_steps]
-    tail = moffat_tail(radii[:n_steps + 1], log_steps, log_errors, fwhm)
+    model, tail = moffat_fit(radii, log_steps, log_errors, fwhm)
+    if model is not None:
+        noisy = ~np.isfinite(log_steps) | (log_errors > STEP_PRECISION)
+        log_steps = np.where(noisy, model, log_steps)
+        log_errors = np.where(noisy, 0.3 * np.abs(model), log_errors)
+    elif not np.isfinite(log_steps).all():  # a single step: no model to go beyond it
+        return math.nan, math.nan, 0
     log_corr = float(np.sum(log_steps)) - math.log1p(-tail)
     var_corr = float(np.sum(log_errors**2)) + (0.3 * tail) ** 2
     corr = math.exp(log_corr)
     return corr, corr * math.sqrt(var_corr), int(used.sum())
+
+
+def _residual_level(sub, rms, segmap, mask, x, y, idx, nn, r_in, fwhm):
+    """The residual level per pixel around the stars *idx* (nearest neighbours *nn*), from
+    the sky annuli of those whose annulus holds no detected neighbour (their wings would
+    raise it), or of all of them in a field too crowded for that."""
+    clear = nn > SKY_ANNULUS * r_in + fwhm
+    sel = idx[clear] if clear.sum() >= MIN_PSF_STARS else idx
+    return residual_sky(sub, rms, x[sel], y[sel], r_in, _own(segmap, mask, sel))
 
 
 def residual_sky(sub, rms, x, y, r_in, own):
@@ -268,7 +289,8 @@ def seeing_fwhm(sub, rms, segmap, mask, x, y, stars, fwhm):
         idx = idx[nn > r_total + fwhm]
     xs, ys, own = x[idx], y[idx], _own(segmap, mask, idx)
     radii = fwhm * np.array([0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.3, 1.7, 2.2, 3.0, 4.0])
-    sky = residual_sky(sub, rms, xs, ys, r_total, own)
+    sky = _residual_level(sub, rms, segmap, mask, x, y, np.flatnonzero(stars),
+                          nearest_neighbour_distance(x, y, stars), r_total, fwhm)
 
     def enclosed(r):
         return (sep.sum_circle(sub, xs, ys, r, subpix=0, **own)[0]
@@ -417,17 +439,15 @@ def measure(sub, rms, segmap, mask, columns, radius, gain=None, min_snr=50.0):
     candidates = clean & (snr >= min_snr)
     if candidates.sum() < 10:  # few bright stars: fainter ones define the locus
         candidates = clean & (snr >= min_snr / 2.5)
-    fwhm_psf, _, stars = stellar_locus(fwhm, candidates)
-    if stars.sum() < MIN_PSF_STARS:
+    fwhm_psf, _, members = stellar_locus(fwhm, candidates)
+    if members.sum() < MIN_PSF_STARS:
         return None, empty
+    ratio, ratio_err = concentration(sub, rms, segmap, mask, x, y, fwhm_psf, gain)
+    stars, locus, scatter = _psf_stars(ratio, ratio_err, members)
     # the brightest PSF stars carry the curve of growth (more add time, not precision)
     growth = stars & (snr >= np.sort(snr[stars])[::-1][:MAX_GROWTH_STARS][-1])
     corr, corr_err, n_growth = aperture_correction(sub, rms, segmap, mask, x, y, growth,
                                                    radius, fwhm_psf, gain)
-    ratio, ratio_err = concentration(sub, rms, segmap, mask, x, y, fwhm_psf, gain)
-    locus = float(np.median(ratio[stars]))
-    noise = float(np.median(ratio_err[stars]))
-    scatter = math.sqrt(max(robust_sigma(ratio[stars]) ** 2 - noise**2, 0.0))
     seeing = seeing_fwhm(sub, rms, segmap, mask, x, y, growth, fwhm_psf)
     model = PsfModel(fwhm=seeing, n_stars=int(stars.sum()), aperture_correction=corr,
                      aperture_correction_err=corr_err, n_growth=n_growth,
@@ -439,6 +459,30 @@ def measure(sub, rms, segmap, mask, columns, radius, gain=None, min_snr=50.0):
     score = class_star(ratio, ratio_err, locus, scatter)
     return model, {"flux_apcorr": flux_apcorr, "flux_apcorr_err": flux_apcorr_err,
                    "class_star": score}
+
+
+def _psf_stars(ratio, ratio_err, members, clip=3.0):
+    """The FWHM-locus *members* whose concentration is also the stars' (within *clip* sigma
+    of its median): a compact galaxy of the same half-light size is less concentrated, and
+    a bright one would lead the inverse-variance curve of growth. Returns ``(stars,
+    concentration locus, its intrinsic scatter)``."""
+    stars = members & np.isfinite(ratio) & np.isfinite(ratio_err)
+    if stars.sum() < MIN_PSF_STARS:  # no concentration to judge by (class_star is null)
+        return members, math.nan, math.nan
+    members = stars
+    for _ in range(2):
+        locus = float(np.median(ratio[stars]))
+        noise = float(np.median(ratio_err[stars]))
+        scatter = math.sqrt(max(robust_sigma(ratio[stars]) ** 2 - noise**2, 0.0))
+        with np.errstate(invalid="ignore"):
+            # stars differ by ~0.5% among themselves (pixel phase, centring) even when the
+            # few at hand look identical
+            z = (ratio - locus) / np.sqrt(ratio_err**2 + max(scatter, 0.005 * locus) ** 2)
+        keep = members & (np.abs(z) < clip)
+        if keep.sum() < MIN_PSF_STARS:
+            break
+        stars = keep
+    return stars, locus, scatter
 
 
 def image_columns(model: PsfModel | None, row: dict) -> dict:
