@@ -51,7 +51,12 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import SkySurveyError
-from .schema import ASSOCIATIONS_SCHEMA, OBJECT_PHOTOMETRY_SCHEMA, OBJECTS_SCHEMA
+from .schema import (
+    ASSOCIATIONS_SCHEMA,
+    OBJECT_PHOTOMETRY_SCHEMA,
+    OBJECTS_SCHEMA,
+    catalog_keys,
+)
 from .storage import LocalStore, open_store
 
 log = logging.getLogger("skysurvey.objects")
@@ -66,6 +71,7 @@ ID_SHIFT = 33
 STATE_KEY = "objects/_build.json"  # skipped by Parquet readers (leading underscore)
 STAGING = ".objects-staging"  # <catalog>/.objects-staging/<token>/<table>/...
 LAYOUT = 1
+ROW_GROUP_ROWS = 4096
 ARCSEC = np.pi / (180 * 3600)
 
 #: flag bits that keep a detection out of the photometric statistics (blended or found inside
@@ -608,13 +614,16 @@ def run_unit(task: UnitTask, store=None) -> dict:
     redo = {img["image_id"] for img in task.images if img["redo"]}
     image_index = {img["image_id"]: i for i, img in enumerate(task.images)}
     if old_assoc.num_rows and len(det):
-        img_ids = old_assoc["image_id"].to_pylist()
-        a_img = np.array([image_index.get(i, -1) if i not in redo else -1 for i in img_ids],
-                         np.int64)
+        import pyarrow.compute as pc
+
+        kept_ids = [i for i in image_index if i not in redo]
+        a_img_kept = pc.index_in(old_assoc["image_id"], value_set=pa.array(kept_ids, pa.string()))
+        a_img_kept = a_img_kept.fill_null(-1).to_numpy(zero_copy_only=False)
+        lookup = np.array([image_index[i] for i in kept_ids] + [-1], np.int64)
+        a_img = lookup[a_img_kept]  # -1 -> the sentinel at the end
         a_src = old_assoc["source_id"].to_numpy(zero_copy_only=False).astype(np.int64)
         a_obj = old_assoc["object_id"].to_numpy(zero_copy_only=False)
-        pos = {int(v): k for k, v in enumerate(old_ids)}
-        a_idx = np.array([pos.get(int(v), -1) for v in a_obj], np.int64)
+        a_idx = link(old_ids, np.arange(len(old_ids)), a_obj)
         ok = (a_img >= 0) & (a_idx >= 0)
         det.obj = link(a_img[ok] * (1 << 32) + a_src[ok], a_idx[ok],
                        det.image * (1 << 32) + det.source_id.astype(np.int64))
@@ -716,7 +725,7 @@ def _write_unit(store, task: UnitTask, objects, phot, det: Detections, ids, own)
     o = det.obj[dsel]
     sep = separation_arcsec(det.ra[dsel], det.dec[dsel], objects["ra"][o], objects["dec"][o])
     image_ids = np.array([img["image_id"] for img in task.images] or [""], dtype=object)
-    aorder = np.lexsort((det.source_id[dsel], det.image[dsel]))
+    aorder = np.lexsort((det.source_id[dsel], det.image[dsel], ids[o]))  # light curves: by id
     atab = pa.table({
         "image_id": pa.array(image_ids[det.image[dsel][aorder]].tolist(), pa.string()),
         "source_id": pa.array(det.source_id[dsel][aorder], pa.int32()),
@@ -729,7 +738,10 @@ def _write_unit(store, task: UnitTask, objects, phot, det: Detections, ids, own)
             continue
         key = f"{task.staging}/{unit_key(name, task.unit, task.unit_order)}"
         sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd")
+        # rows sorted by object id (~ by position: ids start with the order-13 pixel), in
+        # small row groups, so that _healpix_29 and object_id statistics prune a cone search
+        # or a light curve to a few row groups
+        pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         store.write_bytes(key, sink.getvalue(), content_type="application/vnd.apache.parquet")
         keys.append(key)
     return keys
@@ -806,11 +818,9 @@ def read_images(catalog: str) -> list[dict]:
                                     "scripts/invoke_lambda.py first") from None
     cols = ["image_id", "has_wcs", "ra_center", "dec_center", "width", "height", "pixel_scale",
             "mjd", "n_sources", "processed_at", "pipeline_version", "band", "night"]
-    rows = []
-    for fragment in data.get_fragments():
-        sources_key = "sources/" + fragment.path.rsplit("/images/", 1)[1]
-        for row in fragment.to_table(schema=data.schema, columns=cols).to_pylist():
-            rows.append({**row, "key": sources_key})
+    rows = data.to_table(columns=cols).to_pylist()
+    for row in rows:  # the handler's own layout rule gives each image's sources file
+        row["key"] = catalog_keys(row["image_id"], row["band"], row["night"])["sources"]
     return rows
 
 
