@@ -11,7 +11,8 @@ STAMP  := $(VENV)/.installed-stamp
 help:
 	@echo "make demo       run the whole local pipeline (generate, upload, detect, query, plot)"
 	@echo "make test       lint and run the test suite (notebook included)"
-	@echo "make benchmark  performance benchmarks (writes benchmarks/RESULTS.md)"
+	@echo "make benchmark  performance benchmarks (writes data/output/benchmark_results.md;"
+	@echo "                benchmarks/run.py --update-results rewrites benchmarks/RESULTS.md)"
 	@echo "make clean-data remove generated data under data/"
 
 $(STAMP): requirements.txt pyproject.toml

@@ -4,7 +4,9 @@ local scaling, Lambda cost, queries over millions of sources, cold start.
     python benchmarks/run.py            # full run (about 2 minutes on 2 cores, 1 once cached)
     python benchmarks/run.py --quick    # smaller, about 30 seconds
 
-Prints each table and writes benchmarks/RESULTS.md. Medians over repeats; every comparison is
+Prints each table and writes data/output/benchmark_results.md (git-ignored, so a run never
+dirties the checkout); ``--update-results`` writes the tracked benchmarks/RESULTS.md instead,
+which the README quotes. Medians over repeats; every comparison is
 measured side by side in the same run.
 """
 
@@ -535,9 +537,19 @@ class _Printing(dict):
         super().__setitem__(key, value)
 
 
+def results_path(update_results: bool) -> Path:
+    """Where a run writes its tables: the tracked RESULTS.md only when asked to."""
+    from skysurvey.config import OUTPUT_DIR
+
+    return HERE / "RESULTS.md" if update_results else OUTPUT_DIR / "benchmark_results.md"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller cases, fewer repeats")
+    parser.add_argument("--update-results", action="store_true",
+                        help="write the tracked benchmarks/RESULTS.md (default: "
+                             "data/output/benchmark_results.md)")
     args = parser.parse_args(argv)
     WORK.mkdir(exist_ok=True)
     quick = args.quick
@@ -566,8 +578,10 @@ def main(argv=None) -> int:
            f"{time.strftime('%Y-%m-%d', time.gmtime())}.\n"]
     for title, body in sections.items():
         out.append(f"## {title}\n\n{body}\n")
-    (HERE / "RESULTS.md").write_text("\n".join(out))
-    print(json.dumps({"written": str(HERE / "RESULTS.md")}))
+    target = results_path(args.update_results)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join(out))
+    print(json.dumps({"written": str(target)}))
     return 0
 
 

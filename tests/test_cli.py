@@ -126,3 +126,17 @@ def test_sample_generation_shows_progress(tmp_path, capsys):
     assert script.main(["--output", str(tmp_path), "--count", "2", "--size", "96"]) == 0
     err = capsys.readouterr().err
     assert "[1/2] sky_g_001.fits" in err and "[2/2] sky_r_002.fits" in err
+
+
+def test_benchmarks_write_to_data_output_unless_asked_to_update_results():
+    import importlib.util
+
+    from skysurvey.config import OUTPUT_DIR
+
+    spec = importlib.util.spec_from_file_location("bench_run",
+                                                  REPO_ROOT / "benchmarks" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.results_path(False) == OUTPUT_DIR / "benchmark_results.md"
+    assert bench.results_path(True) == REPO_ROOT / "benchmarks" / "RESULTS.md"
+    assert "--update-results" in (REPO_ROOT / "benchmarks" / "README.md").read_text()
