@@ -205,3 +205,17 @@ def test_class_star_separates_stars_and_galaxies(seeing):
           f"{(sel & star).sum()}, galaxies {galaxies_ok:.3f} of {(sel & ~star).sum()}")
     assert stars_ok >= 0.97 and galaxies_ok >= 0.97
     assert row["fwhm_arcsec"] == pytest.approx(seeing, rel=0.05)
+
+
+def test_an_image_without_stars_gets_null_psf_columns():
+    """Pure noise: no PSF star, so no correction, no class and no seeing, but still a depth
+    (that of the uncorrected aperture) and no warning or error."""
+    rng = np.random.default_rng(5)
+    header = fits.Header({"FILTER": "r", "GAIN": 2.0, "MAGZERO": 30.0})
+    image = synth.SimImage(rng.normal(200, 7, (256, 256)).astype(np.float32), header,
+                           None, None)
+    sources, row = _measure(image)
+    assert sources["flux_apcorr"].isna().all() and sources["class_star"].isna().all()
+    assert row["aperture_correction"] is None and row["fwhm_arcsec"] is None
+    assert row["depth_5sigma"] == pytest.approx(psf.depth_5sigma(
+        30.0, row["bkg_rms"], row["aperture_radius"]))
