@@ -21,6 +21,7 @@ from skysurvey.config import get_setting, is_s3_uri
 from skysurvey.errors import SkySurveyError, printable
 from skysurvey.fitsread import default_memory_budget
 from skysurvey.pipeline import PipelineConfig
+from skysurvey.reference import reference_spec
 from skysurvey.runner import (
     Timer,
     catalogued_image_ids,
@@ -63,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse images that would need more memory than this "
                              "(default: half the machine's RAM shared by the workers)")
     parser.add_argument("--limit", type=int, default=None, help="process at most N images")
+    parser.add_argument("--reference", default=None,
+                        help="calibrate against this reference catalog: Parquet, CSV, FITS or "
+                             "VOTable file, or HATS catalog folder, local or s3:// "
+                             "(default: REFERENCE_CATALOG; none: header zero points)")
+    parser.add_argument("--reference-bands", default=None, metavar="BAND=COLUMN,...",
+                        help="reference magnitude column per band, e.g. g=gmag,r=rmag "
+                             "(default: REFERENCE_BANDS, else columns named <band>mag or "
+                             "<band>_mag)")
     parser.add_argument("--repair", action="store_true",
                         help="only repair the catalog: remove sources files without an image "
                              "record (killed runs) and older copies of re-processed images, "
@@ -114,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         print(text, file=sys.stderr if status == 2 else sys.stdout)
         return status
     try:
+        reference = reference_spec(args.reference, args.reference_bands)
+    except SkySurveyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if reference:
+        log.info("calibrating against %s", reference.uri)
+    try:
         inputs = find_inputs(resolve_input(args.input))
     except SkySurveyError as exc:
         print(f"error: cannot list images: {exc}", file=sys.stderr)
@@ -155,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.backend == "local":
                 config = PipelineConfig(
                     max_memory_bytes=(args.max_memory_mb * 2**20 if args.max_memory_mb else
-                                      default_memory_budget(args.workers or default_workers())))
+                                      default_memory_budget(args.workers or default_workers())),
+                    reference=reference)
                 replies = run_local(raw_uri, keys, catalog_uri,
                                     workers=args.workers or default_workers(),
                                     config=config, on_done=on_done)
@@ -168,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                 replies = run_lambda(raw_uri, keys, catalog_uri,
                                      function=get_setting("LAMBDA_FUNCTION", args.function),
                                      workers=args.workers or 4,
-                                     asynchronous=args.asynchronous, on_done=on_done)
+                                     asynchronous=args.asynchronous, on_done=on_done,
+                                     reference=reference)
         except SkySurveyError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
