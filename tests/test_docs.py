@@ -72,3 +72,15 @@ def test_cleanup_guide_says_how_to_confirm_nothing_bills():
                     "aws budgets create-budget"):
         assert command in section, command  # test_guides checks each is a real operation
     assert "Cost Explorer" in section and "skysurvey:deployment=" in section
+
+
+def test_data_readme_has_sources_limits_cleanup_and_every_truth_column():
+    from skysurvey.synth import make_image
+
+    text = (REPO_ROOT / "data" / "README.md").read_text()
+    for heading in ("## Data sources", "## Storage limits", "## Cleaning up locally"):
+        assert heading in text, heading
+    truth = make_image((64, 64), n_stars=3, n_galaxies=2, seed=1).truth
+    table = text.split("list every injected source", 1)[1].split("**Zero points", 1)[0]
+    for column in truth.columns:  # source_id, kind, x, y, ..., snr, r_eff, sersic_n, ellipticity
+        assert f"`{column}`" in table, column
