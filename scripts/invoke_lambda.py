@@ -14,26 +14,31 @@ import argparse
 import logging
 import sys
 
-from tqdm import tqdm
+try:
+    from tqdm import tqdm
 
-from skysurvey.catalog import check_writable, repair_catalog
-from skysurvey.config import get_setting, is_s3_uri
-from skysurvey.errors import SkySurveyError, printable
-from skysurvey.fitsread import default_memory_budget
-from skysurvey.pipeline import PipelineConfig
-from skysurvey.reference import reference_spec
-from skysurvey.runner import (
-    Timer,
-    catalogued_image_ids,
-    default_workers,
-    exit_status,
-    find_inputs,
-    run_local,
-    split_collisions,
-    summary_table,
-)
-from skysurvey.schema import image_id_from_name
-from skysurvey.storage import open_store
+    from skysurvey import cli
+    from skysurvey.catalog import check_writable, repair_catalog
+    from skysurvey.config import get_setting, is_s3_uri
+    from skysurvey.errors import SkySurveyError, printable
+    from skysurvey.fitsread import default_memory_budget
+    from skysurvey.pipeline import PipelineConfig
+    from skysurvey.reference import reference_spec
+    from skysurvey.runner import (
+        Timer,
+        catalogued_image_ids,
+        default_workers,
+        exit_status,
+        find_inputs,
+        run_local,
+        split_collisions,
+        summary_table,
+    )
+    from skysurvey.schema import image_id_from_name
+    from skysurvey.storage import open_store
+except ModuleNotFoundError as exc:  # run outside the project's environment
+    raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
+                     "first)") from None
 
 log = logging.getLogger("invoke_lambda")
 
@@ -41,7 +46,7 @@ log = logging.getLogger("invoke_lambda")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Run source detection over every FITS image and write the Parquet catalog.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
         epilog="example: python scripts/invoke_lambda.py --input data/sample --catalog /tmp/cat",
     )
     parser.add_argument("--backend", choices=("local", "lambda"), default="local",
@@ -81,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "waiting in the failed-events queue (FAILED_EVENTS_QUEUE), delete "
                              "those that now succeed, report, and exit")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    cli.add_version(parser)
     return parser
 
 
@@ -199,4 +205,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

@@ -18,7 +18,8 @@ from skysurvey.config import REPO_ROOT
 
 #: Scripts whose command line has been brought to the shared conventions (skysurvey.cli).
 SCRIPTS = ["build_lambda_package", "cleanup_aws", "download_sample_fits", "estimate_cost",
-           "lambda_function", "plot_catalog", "query_with_athena", "setup_aws", "upload_to_s3"]
+           "invoke_lambda", "lambda_function", "plot_catalog", "query_with_athena", "setup_aws",
+           "upload_to_s3"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
