@@ -469,3 +469,27 @@ def test_references_are_opened_once_per_process_and_reread_when_changed(ref_fram
     os.utime(path, ns=(1, 1))  # a changed file (mtime and size) is read again
     again = open_reference(str(path))
     assert again is not first and again._table.num_rows == 10
+
+
+@pytest.mark.parametrize("layout", ["no dataset folder", "no partition_info.csv",
+                                    "pixel folders"])
+def test_older_and_other_hats_layouts(field, ref_frame, tmp_path, layout):
+    """Older catalogs keep Norder=K/ at the top; partition_info.csv may be missing (the files
+    are listed instead); a large pixel may be a folder Npix=N/ of Parquet files."""
+    import shutil
+
+    sources, row, _, image = field
+    root = write_hats(ref_frame, tmp_path / "hats", order=5)
+    if layout == "no dataset folder":
+        for item in (root / "dataset").iterdir():
+            shutil.move(str(item), root / item.name)
+        (root / "dataset").rmdir()
+    elif layout == "no partition_info.csv":
+        (root / "partition_info.csv").unlink()
+    else:
+        for path in list((root / "dataset").rglob("Npix=*.parquet")):
+            folder = path.with_suffix("")
+            folder.mkdir()
+            path.rename(folder / "part0.parquet")
+    out, new_row = calibrate(sources, row, "r", ReferenceSpec.parse(str(root)))
+    _check_calibrated(out, new_row, image)
