@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from functools import partial
 
-from skysurvey.config import get_setting
+from skysurvey.config import get_setting, is_s3_uri
 from skysurvey.errors import SkySurveyError
-from skysurvey.objects import BuildConfig, build_objects
+from skysurvey.objects import BuildConfig, build_objects, run_units_lambda
 from skysurvey.runner import default_workers
 
 
@@ -51,16 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="processes (one HEALPix unit each at a time)")
     parser.add_argument("--rebuild", action="store_true",
                         help="start from scratch: every object is renumbered")
+    parser.add_argument("--backend", choices=("local", "lambda"), default="local",
+                        help="run the HEALPix units in a local process pool, or one AWS Lambda "
+                             "invocation per unit (s3:// catalog; --workers concurrent calls)")
+    parser.add_argument("--function", default=None,
+                        help="Lambda function (default: LAMBDA_FUNCTION)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     catalog = get_setting("BUCKET_CATALOG", args.catalog)
     config = BuildConfig(radius_arcsec=args.radius, workers=args.workers, rebuild=args.rebuild)
+    runner = None
+    if args.backend == "lambda":
+        if not is_s3_uri(catalog):
+            parser.error("--backend lambda needs an s3:// catalog (the function reads it)")
+        function = get_setting("LAMBDA_FUNCTION", args.function)
+        runner = partial(run_units_lambda, function=function, workers=args.workers)
     try:
-        report = build_objects(catalog, config)
+        report = build_objects(catalog, config, runner=runner)
     except SkySurveyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

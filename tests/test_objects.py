@@ -453,3 +453,81 @@ def test_survey_plots(tmp_path):
     with pytest.raises(plots.NothingToPlot, match="build_objects"):
         plots.plot_object_map(read(tmp_path, "objects")[:0])
     plt.close("all")
+
+
+class _LambdaInProcess:
+    """The Lambda service's wire format (JSON in, JSON out) around the real handler."""
+
+    def __init__(self):
+        from conftest import load_script
+
+        self.handler = load_script("lambda_function").lambda_handler
+        self.calls = 0
+
+    def invoke(self, FunctionName, InvocationType, Payload):  # boto3's argument names
+        import io
+
+        self.calls += 1
+        reply = self.handler(json.loads(Payload))
+        return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(reply).encode())}
+
+
+def test_units_through_the_lambda_handler(tmp_path):
+    ra, dec = stars(30, seed=18, spread_arcsec=150)
+    for k in range(2):
+        write_image(tmp_path, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k, size_deg=0.1)
+    client = _LambdaInProcess()
+    report = build_objects(str(tmp_path), BuildConfig(unit_order=11),
+                           runner=lambda ts: obj.run_units_lambda(ts, "fn", client=client))
+    assert report.status == "ok" and client.calls == report.n_units > 1
+    assert report.n_objects == 30 and len(read(tmp_path, "associations")) == 60
+
+    class Failing(_LambdaInProcess):
+        def invoke(self, FunctionName, InvocationType, Payload):
+            import io
+            return {"StatusCode": 200, "FunctionError": "Unhandled",
+                    "Payload": io.BytesIO(b'{"errorMessage": "Task timed out after 900 s"}')}
+    write_image(tmp_path, "n2", *jitter(ra, dec, 2), mjd=61132.1, size_deg=0.1)
+    failed = build_objects(str(tmp_path), runner=lambda ts: obj.run_units_lambda(
+        ts, "fn", client=Failing()))
+    assert failed.status == "error" and "Task timed out" in failed.errors[0]
+    assert (read(tmp_path, "objects")["n_detections"] == 2).all()  # previous tables intact
+
+
+def test_build_on_s3_catalog(tmp_path, moto_server):
+    import boto3
+
+    from skysurvey.storage import open_store
+
+    ra, dec = stars(8, seed=19)
+    local = tmp_path / "cat"
+    for k in range(2):
+        write_image(local, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
+    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket="cat")
+    store = open_store("s3://cat/survey")
+    for p in sorted(local.rglob("*.parquet")):
+        store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    report = build_objects("s3://cat/survey")
+    assert report.status == "ok" and report.n_objects == 8
+    keys = [i.key for i in store.list("")]
+    assert obj.STATE_KEY in keys and not [k for k in keys if k.startswith(obj.STAGING)]
+    assert sum(k.startswith("associations/hpx5=") for k in keys) == 1
+    write_image(local, "n2", *jitter(ra, dec, 2), mjd=61132.1)
+    for p in sorted(local.rglob("n2.parquet")):
+        store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    again = build_objects("s3://cat/survey")
+    assert again.n_new_images == 1 and again.n_new_objects == 0
+    assert build_objects("s3://cat/survey").status == "unchanged"
+
+
+def test_sources_outside_the_image_footprint_fail_the_build_by_name(tmp_path):
+    ra, dec = stars(30, seed=20, spread_arcsec=150)
+    write_image(tmp_path, "n0", ra, dec, mjd=61130.1, size_deg=0.1)
+    build_objects(str(tmp_path), BuildConfig(unit_order=11))
+    # an images record claiming a 36" field while its sources spread over 5'
+    write_image(tmp_path, "small", ra, dec, mjd=61131.1, size_deg=0.01)
+    report = build_objects(str(tmp_path))
+    assert report.status == "error"
+    assert any(e.startswith("small: ") and "outside the footprint" in e
+               for e in report.errors), report.errors
+    assert (read(tmp_path, "objects")["n_detections"] == 1).all()  # nothing half-written

@@ -406,7 +406,8 @@ def object_statistics(det: Detections, n_obj: int, bands: Sequence[str], floor: 
     o = det.obj
     vec = unit_vectors(det.ra, det.dec) * det.weight[:, None]
     sum_vec = np.stack([np.bincount(o, vec[:, i], minlength=n_obj) for i in range(3)], axis=1)
-    ra, dec = vectors_to_radec(sum_vec)
+    with np.errstate(invalid="ignore", divide="ignore"):  # objects left without detections
+        ra, dec = vectors_to_radec(sum_vec)
     sw = np.bincount(o, det.weight, minlength=n_obj)
     n_det = np.bincount(o, minlength=n_obj)
     pos_err = np.where(sw > 0, 1 / np.sqrt(np.maximum(sw, 1e-300)), np.nan)
@@ -574,9 +575,11 @@ def _list(store, prefix: str) -> list[str]:
         return []
 
 
-def _read_unit_detections(store, task: UnitTask) -> Detections:
-    """Sources of the task's images that lie in the unit or its margin."""
-    parts = []
+def _read_unit_detections(store, task: UnitTask) -> tuple[Detections, dict]:
+    """Sources of the task's images that lie in the unit or its margin, and per image
+    ``[sources with a position, those inside the unit itself]`` (the driver checks that every
+    source was inside some unit)."""
+    parts, coverage = [], {}
     for i, img in enumerate(task.images):
         table = read_parquet(store, img["key"], SOURCE_COLUMNS)
         cols = source_arrays(table, img.get("pixel_scale"))
@@ -589,6 +592,8 @@ def _read_unit_detections(store, task: UnitTask) -> Detections:
             fine[missing] = healpix(cols["ra"][missing], cols["dec"][missing],
                                     task.margin_order)
         keep = in_region(fine, task.margin_order, task.unit, task.unit_order)
+        core = (fine >> 2 * (task.margin_order - task.unit_order)) == task.unit
+        coverage[img["image_id"]] = [int(good.sum()), int(core.sum())]
         n = int(keep.sum())
         parts.append({"image": np.full(n, i, np.int64),
                       "mjd": np.full(n, np.nan if img["mjd"] is None else img["mjd"]),
@@ -598,17 +603,17 @@ def _read_unit_detections(store, task: UnitTask) -> Detections:
     if not parts:
         cols = {k: np.zeros(0) for k in ("ra", "dec", "weight", "mjd", "mag", "mag_err")}
         ints = {k: np.zeros(0, np.int64) for k in ("image", "night", "band", "source_id", "obj")}
-        return Detections(**cols, **ints)
+        return Detections(**cols, **ints), coverage
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     merged["obj"] = np.full(len(merged["ra"]), -1, np.int64)
-    return Detections(**merged)
+    return Detections(**merged), coverage
 
 
 def run_unit(task: UnitTask, store=None) -> dict:
     """Associate one unit and write its three tables under ``task.staging``; the reply."""
     start = time.perf_counter()
     store = store or open_store(task.catalog)
-    det = _read_unit_detections(store, task)
+    det, coverage = _read_unit_detections(store, task)
     old_ids, old_ra, old_dec, old_assoc = _read_existing(store, task)
     # existing associations of images that are not redone: fixed links
     redo = {img["image_id"] for img in task.images if img["redo"]}
@@ -634,7 +639,7 @@ def run_unit(task: UnitTask, store=None) -> dict:
     det.obj = associate(det, old_ra, old_dec, centre, task.radius_arcsec, order)
     # only objects that have detections survive (an object whose detections all vanished
     # on reprocessing is dropped, and counted)
-    n_obj = int(det.obj.max(initial=-1)) + 1
+    n_obj = max(int(det.obj.max(initial=-1)) + 1, len(old_ids))
     objects, phot = object_statistics(det, n_obj, task.bands, task.floor, task.false_alarm)
     alive = objects["n_detections"] > 0
     own = np.zeros(n_obj, bool)
@@ -654,7 +659,7 @@ def run_unit(task: UnitTask, store=None) -> dict:
     return {"status": "ok", "unit": task.unit, "unit_order": task.unit_order,
             "n_objects": int(own.sum()), "n_new_objects": len(new_owned),
             "n_associations": int(own[det.obj].sum()) if len(det) else 0,
-            "n_dropped_objects": dropped_own, "keys": keys,
+            "n_dropped_objects": dropped_own, "keys": keys, "coverage": coverage,
             "seconds": round(time.perf_counter() - start, 3), "error": None}
 
 
@@ -858,7 +863,7 @@ def _image_units(images: list[dict], order: int, margin_arcsec: float) -> list[n
     for r in images:
         scale = r["pixel_scale"] or 1.0
         half = 0.5 * np.hypot(r["width"] or 0, r["height"] or 0) * scale
-        radius = (half * 1.05 + margin_arcsec) / 3600
+        radius = (half * 1.2 + margin_arcsec) / 3600  # 1.2: distortion, rounding
         out.append(np.asarray(grid.cone_search_lonlat(r["ra_center"] * u.deg,
                                                       r["dec_center"] * u.deg,
                                                       radius * u.deg), np.int64))
@@ -1027,6 +1032,7 @@ def build_objects(catalog: str, config: BuildConfig | None = None, *,
     report.n_units, report.unit_order = len(tasks), unit_order
     replies = (runner or (lambda ts: run_units_local(ts, config.workers)))(tasks)
     failed = [r for r in replies if r.get("status") != "ok"]
+    failed += _uncovered(replies)
     if failed:
         _discard(store, staging)
         report.status = "error"
@@ -1051,6 +1057,20 @@ def build_objects(catalog: str, config: BuildConfig | None = None, *,
                             "(reprocessed or removed images) and were dropped")
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _uncovered(replies: list[dict]) -> list[dict]:
+    """Error replies for images with sources outside every unit that read them (a footprint
+    in ``images`` smaller than the sources' spread): never lose a source silently."""
+    found: dict[str, list[int]] = {}
+    for reply in replies:
+        for image_id, (n_pos, n_core) in (reply.get("coverage") or {}).items():
+            entry = found.setdefault(image_id, [n_pos, 0])
+            entry[1] += n_core
+    return [{"status": "error", "error": f"{image_id}: {n_pos - n_core} of its {n_pos} sources "
+                                         "lie outside the footprint its images record gives "
+                                         "(centre, size, pixel scale)"}
+            for image_id, (n_pos, n_core) in sorted(found.items()) if n_core < n_pos]
 
 
 def _run_task(task: UnitTask) -> dict:
@@ -1144,3 +1164,34 @@ def most_variable_light_curves(catalog: str, n: int = 4):
     frames = [run_named("light_curve", catalog, (int(i),)) for i in ids]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["object_id", "mjd", "band", "mag", "mag_err"])
+
+
+def run_units_lambda(tasks: list[UnitTask], function: str, workers: int = 8,
+                     client=None) -> list[dict]:
+    """One synchronous invocation of *function* per unit (threads: the work runs in Lambda).
+
+    A function error, a timeout or an unreadable reply becomes an error reply for that unit,
+    so the build fails as a whole and the previous tables stay (see :func:`build_objects`).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import aws
+
+    client = client or aws.client("lambda")
+
+    def invoke(task: UnitTask) -> dict:
+        try:
+            response = client.invoke(FunctionName=function, InvocationType="RequestResponse",
+                                     Payload=json.dumps(task.event()).encode())
+            payload = json.loads(response["Payload"].read() or b"null")
+        except Exception as exc:  # transport or service error: this unit failed
+            return {"status": "error", "unit": task.unit,
+                    "error": f"unit {task.unit}: {type(exc).__name__}: {exc}"}
+        if response.get("FunctionError") or not isinstance(payload, dict):
+            message = payload.get("errorMessage") if isinstance(payload, dict) else payload
+            return {"status": "error", "unit": task.unit,
+                    "error": f"unit {task.unit}: function error: {message}"}
+        return payload
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(invoke, tasks))
