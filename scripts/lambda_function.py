@@ -103,6 +103,11 @@ def pipeline_config(event: dict | None = None) -> PipelineConfig:
 
 
 def lambda_handler(event: dict, context=None) -> dict:
+    if isinstance(event, dict) and event.get("task") == "objects_unit":
+        # build_objects.py --backend lambda: one HEALPix unit of the association (README)
+        from skysurvey.objects import handle_unit_event
+
+        return handle_unit_event(event)
     # 1. Parse the event: a direct invocation or an S3 notification (URL-encoded keys).
     try:
         targets = parse_event(event)
