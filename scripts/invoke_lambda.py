@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     except SkySurveyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if reference and args.backend == "lambda" and not is_s3_uri(reference.uri):
+        print(f"error: --backend lambda reads the reference from S3, not {reference.uri}",
+              file=sys.stderr)
+        return 2
     if reference:
         log.info("calibrating against %s", reference.uri)
     try:

@@ -360,7 +360,7 @@ def test_few_matches_keep_the_header_zero_point(field, ref_frame, tmp_path):
 
 # ---------------------------------------------------------------- the pipeline, scripts, demo
 
-def test_pipeline_scripts_and_lambda_event_calibrate(field, ref_frame, tmp_path):
+def test_pipeline_scripts_and_lambda_event_calibrate(field, ref_frame, tmp_path, capsys):
     from conftest import load_script
 
     from skysurvey.lambda_backend import event_for
@@ -378,6 +378,10 @@ def test_pipeline_scripts_and_lambda_event_calibrate(field, ref_frame, tmp_path)
     assert images["zero_point"][0].as_py() == pytest.approx(30.0 - TRANSPARENCY, abs=0.03)
     assert invoke.main(["--input", str(tmp_path / "in"), "--catalog", str(tmp_path / "c2"),
                         "--reference", ref, "--reference-bands", "r"]) == 2
+    capsys.readouterr()
+    assert invoke.main(["--backend", "lambda", "--input", "s3://raw/images", "--catalog",
+                        "s3://cat", "--reference", ref]) == 2  # the Lambda cannot read it
+    assert "--backend lambda reads the reference from S3" in capsys.readouterr().err
     # the Lambda handler: the reference comes with the event
     handler = load_script("lambda_function")
     reply = handler.lambda_handler({"bucket": str(tmp_path / "in"), "key": "field.fits",
