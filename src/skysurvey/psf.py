@@ -184,6 +184,19 @@ def _pixels(sub, x, y, r, own):
     return sep.sum_circle(sub, x, y, r, err=1.0, subpix=0, **own)[1] ** 2
 
 
+def _areas(sub, x, y, radii, own):
+    """Pixels used within each of *radii* (rows: sources): pi r^2 where the largest circle
+    loses no pixel (the usual case for a PSF star), counted exactly elsewhere."""
+    radii = np.asarray(radii, float)
+    area = np.broadcast_to(np.pi * radii**2, (len(x), radii.size)).copy()
+    partial = _pixels(sub, x, y, radii[-1], own) < area[:, -1] - 1e-6
+    if partial.any():
+        sel = {**own, "seg_id": own["seg_id"][partial]} if "seg_id" in own else own
+        for k, r in enumerate(radii):
+            area[partial, k] = _pixels(sub, x[partial], y[partial], r, sel)
+    return area
+
+
 def aperture_correction(sub, rms, segmap, mask, x, y, stars, radius, fwhm, gain=None):
     """Total flux / flux within *radius* for point sources, from the curve of growth of *stars*.
 
@@ -201,13 +214,13 @@ def aperture_correction(sub, rms, segmap, mask, x, y, stars, radius, fwhm, gain=
     own = _own(segmap, mask, idx)
     xs, ys = x[idx], y[idx]
     flux = np.empty((idx.size, radii.size))
-    var, area = np.empty_like(flux), np.empty_like(flux)
+    var = np.empty_like(flux)
     for k, r in enumerate(radii):
         f, e, flag = sep.sum_circle(sub, xs, ys, r, err=rms, gain=gain, subpix=0, **own)
         flux[:, k] = np.where(flag & sep.APER_TRUNC, np.nan, f)
         var[:, k] = e**2
-        area[:, k] = _pixels(sub, xs, ys, r, own)
-    flux -= _residual_level(sub, rms, segmap, mask, x, y, idx, nn, radii[-1], fwhm) * area
+    flux -= (_residual_level(sub, rms, segmap, mask, x, y, idx, nn, radii[-1], fwhm)
+             * _areas(sub, xs, ys, radii, own))
     log_steps = np.full(radii.size - 1, np.nan)
     log_errors = np.full(radii.size - 1, np.nan)
     used = np.zeros(idx.size, bool)
@@ -292,16 +305,14 @@ def seeing_fwhm(sub, rms, segmap, mask, x, y, stars, fwhm):
     sky = _residual_level(sub, rms, segmap, mask, x, y, np.flatnonzero(stars),
                           nearest_neighbour_distance(x, y, stars), r_total, fwhm)
 
-    def enclosed(r):
-        return (sep.sum_circle(sub, xs, ys, r, subpix=0, **own)[0]
-                - sky * _pixels(sub, xs, ys, r, own))
-
-    total = enclosed(r_total)
-    good = total > 0
+    every = np.append(radii, r_total)
+    enclosed = np.stack([sep.sum_circle(sub, xs, ys, r, subpix=0, **own)[0] for r in every],
+                        axis=1) - sky * _areas(sub, xs, ys, every, own)
+    good = enclosed[:, -1] > 0
     if not good.any():
         return math.nan
     # the stack (sums over the stars) is led by the brightest, least noisy ones
-    curve = np.array([np.sum(enclosed(r)[good]) for r in radii]) / np.sum(total[good])
+    curve = np.sum(enclosed[good, :-1], axis=0) / np.sum(enclosed[good, -1])
     betas = np.geomspace(1.5, 20.0, 50)[:, None, None]
     fwhms = fwhm * np.geomspace(0.5, 1.2, 120)[None, :, None]
     alphas = fwhms / (2.0 * np.sqrt(2.0 ** (1.0 / betas) - 1.0))
