@@ -430,6 +430,35 @@ def bench_astrometry(repeats):
                   "ICRS + theta_world + _healpix_29 ms (now)", "added / handler"], rows)
 
 
+def bench_psf(repeats):
+    """The PSF step (psf.measure: aperture correction, class_star, seeing) beside the whole
+    handler, on the inputs measure_image hands it (2048², ~530 and ~2,400 sources)."""
+    from skysurvey import detect, psf
+
+    rows = []
+    for n in (2500, 12000):
+        raw = make_file(2048, n).read_bytes()
+        image = read_fits(raw, name="x")
+        captured = {}
+
+        def keep(*args, captured=captured, **kwargs):
+            captured["args"] = args
+            return psf.measure(*args, **kwargs)
+
+        detect.measure_psf = keep
+        try:
+            sources = measure_image(image, "x")[0]
+        finally:
+            detect.measure_psf = psf.measure
+        t_psf, t_handler = interleaved_times(
+            [lambda args=captured["args"]: psf.measure(*args), lambda raw=raw: handle(raw)],
+            repeats)
+        rows.append([sources.num_rows, f"{t_handler:.3f}", f"{t_psf * 1e3:.1f}",
+                     f"{t_psf / (t_handler - t_psf):.1%}"])
+    return table(["sources", "handler s", "psf.measure ms", "added / handler without it"],
+                 rows)
+
+
 def _moto_s3(frame, hats_root):
     """A moto S3 server on loopback holding *frame* as s3://bench-ref/ref.parquet and the HATS
     catalog at *hats_root* under s3://bench-ref/hats/."""
@@ -573,6 +602,7 @@ def main(argv=None) -> int:
     sections["Huge primary header"] = bench_huge_header(40_000, 3)
     sections["Astrometry: ICRS from any header frame"] = bench_astrometry(repeats)
     sections["Calibration against a reference catalog"] = bench_calibration(repeats)
+    sections["PSF: aperture correction, class_star, seeing"] = bench_psf(repeats)
     out = [f"# Benchmark results\n\nMachine: {machine()}\n",
            f"Command: `python benchmarks/run.py{' --quick' if quick else ''}`; "
            f"{time.strftime('%Y-%m-%d', time.gmtime())}.\n"]
