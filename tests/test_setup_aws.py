@@ -484,3 +484,14 @@ def test_a_hats_folder_with_a_dot_in_its_name_is_granted_as_a_prefix():
                             reference="s3://open-data/catalogs/gaia_dr3.hats")
     read = [s for s in aws_setup.lambda_policy(names)["Statement"] if s["Sid"] == "ReadReference"]
     assert read[0]["Resource"] == ["arn:aws:s3:::open-data/catalogs/gaia_dr3.hats/*"]
+
+
+def test_the_same_suffix_in_another_region_is_refused(mocked_aws, capsys):
+    assert _setup("--suffix", "t3st", "--region", "eu-west-1") == 0
+    aws.use_region(None)
+    capsys.readouterr()
+    assert _setup("--suffix", "t3st", "--region", "us-west-2") == 1
+    err = capsys.readouterr().err
+    assert f"error: s3://{RAW}: is in eu-west-1, not us-west-2" in err
+    assert "--region eu-west-1" in err
+    assert boto3.client("lambda", region_name="us-west-2").list_functions()["Functions"] == []

@@ -324,6 +324,19 @@ def _bucket_tags(name: str) -> dict[str, str] | None:
         raise aws.translate(exc, f"s3://{name}") from None
 
 
+def _bucket_tags_in(name: str, region: str) -> dict[str, str] | None:
+    """The bucket's tags; a bucket of this deployment's name in another region is refused (a
+    deployment lives in one region)."""
+    tags = _bucket_tags(name)
+    if tags is not None:
+        where = aws.client("s3").get_bucket_location(Bucket=name).get("LocationConstraint")
+        where = where or "us-east-1"  # S3 reports us-east-1 as no constraint
+        if where != region:
+            raise ConfigError(f"s3://{name}", f"is in {where}, not {region}: one deployment "
+                                              f"lives in one region (use --region {where})")
+    return tags
+
+
 def _create_bucket(name: str, names: Names, lifecycle: bool) -> None:
     kwargs = {} if names.region == "us-east-1" else {
         "CreateBucketConfiguration": {"LocationConstraint": names.region}}
@@ -369,7 +382,7 @@ def _empty_and_delete_bucket(name: str) -> None:
 
 def _bucket(name: str, names: Names, lifecycle: bool) -> Resource:
     return Resource(
-        f"bucket s3://{name}", lambda: _bucket_tags(name),
+        f"bucket s3://{name}", lambda: _bucket_tags_in(name, names.region),
         lambda: _create_bucket(name, names, lifecycle),
         apply=lambda: _apply_bucket(name, names, lifecycle),
         tag=lambda: _tag_bucket(name, names), delete=lambda: _empty_and_delete_bucket(name),
