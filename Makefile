@@ -27,7 +27,9 @@ demo: $(STAMP)
 	$(BIN)/python scripts/download_sample_fits.py --output data/sample
 	$(BIN)/python scripts/upload_to_s3.py --input data/sample
 	$(BIN)/python scripts/invoke_lambda.py --reference data/sample/reference.parquet
+	$(BIN)/python scripts/build_objects.py
 	$(BIN)/python scripts/query_with_athena.py --query all
+	$(BIN)/python scripts/query_with_athena.py --query light_curve
 	$(BIN)/python scripts/plot_catalog.py --truth data/sample/truth
 	@echo ""
 	@echo "Catalog: data/catalog/   Plots: data/output/plots/   Query exports: data/output/queries/"
