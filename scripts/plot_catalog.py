@@ -5,10 +5,11 @@
 Writes into data/output/plots/: detections drawn as ellipses on one image (RA/Dec axes with
 N/E arrows when it has a WCS), the magnitude distribution per band, a sky map (one colour per
 band, equal angular scales), the SNR distribution and, with ``--truth``, measured against true
-magnitudes (one-to-one matches, residual panel). A figure with nothing to show is skipped with
-one line saying why. Then data/output/report.html: the run summary, a quality table per image,
-every figure (embedded) and the named query results. Exit status 0, or 1 with one line when
-the catalog or image cannot be read.
+magnitudes (one-to-one matches, residual panel), and, once scripts/build_objects.py has run,
+the objects: their sky map, the variability diagram and the light curves of the most variable.
+A figure with nothing to show is skipped with one line saying why. Then data/output/report.html:
+the run summary, a quality table per image, every figure (embedded) and the named query results.
+Exit status 0, or 1 with one line when the catalog or image cannot be read.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ try:
     from skysurvey.config import OUTPUT_DIR, get_setting
     from skysurvey.errors import SkySurveyError
     from skysurvey.fitsread import read_fits
-    from skysurvey.plots import match_to_truth, read_catalog, save_all
+    from skysurvey.objects import most_variable_light_curves
+    from skysurvey.plots import (
+        match_to_truth,
+        plot_light_curves,
+        plot_object_map,
+        plot_variability,
+        read_catalog,
+        save_all,
+    )
+    from skysurvey.queries import run_named, run_query
     from skysurvey.report import write_report
     from skysurvey.runner import list_images
     from skysurvey.schema import image_id_from_name
@@ -75,6 +85,28 @@ def _truth_matches(sources: pd.DataFrame, truth_dir: Path) -> pd.DataFrame | Non
     return pd.concat(matches, ignore_index=True) if matches else None
 
 
+def _object_figures(catalog: str) -> dict:
+    """Figure makers for the survey objects (empty tables make them skip with a reason)."""
+    def table(sql):
+        try:
+            return run_query(sql, catalog)
+        except SkySurveyError:  # no objects table in this catalog
+            return pd.DataFrame()
+
+    def curves():  # the most variable objects; without any, the most detected one
+        try:
+            found = most_variable_light_curves(catalog)
+            return found if len(found) else run_named("light_curve", catalog)
+        except SkySurveyError:
+            return pd.DataFrame()
+
+    return {"objects_sky_map": lambda: plot_object_map(table("SELECT * FROM objects")),
+            "variability": lambda: plot_variability(table(
+                "SELECT p.*, o.variable FROM object_photometry p "
+                "JOIN objects o ON o.object_id = p.object_id")),
+            "light_curves": lambda: plot_light_curves(curves())}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     catalog = get_setting("BUCKET_CATALOG", args.catalog)
@@ -86,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     truth = _truth_matches(sources, Path(args.truth)) if args.truth else None
-    paths, skipped = save_all(sources, args.output, image=image, truth=truth)
+    paths, skipped = save_all(sources, args.output, image=image, truth=truth,
+                              extra=_object_figures(catalog))
     for path in paths:
         print(path)
     for line in skipped:

@@ -173,7 +173,9 @@ def test_plot_script_writes_pngs_and_fails_cleanly_without_catalog(tmp_path, cap
     pq.write_table(images_table, images_key)
     assert script.main(["--catalog", str(tmp_path / "cat"), "--images", str(images),
                         "--truth", str(truth), "--output", str(out), "--report", str(report)]) == 0
-    assert f"report: {report}" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert f"report: {report}" in captured.out
+    assert "skipped objects_sky_map.png: no objects: run scripts/build_objects.py" in captured.err
     page = report.read_text()
     assert page.count('src="data:image/png;base64,') == 5  # every figure, embedded
     assert "http://" not in page and "https://" not in page  # opens offline
