@@ -57,7 +57,9 @@ class Hidden:
                 block, seg = sub[y0:y1, x0:x1], segmap[y0:y1, x0:x1]
                 saved.append((y0, y1, x0, x1, block.copy(), seg.copy()))
                 block -= model.astype(block.dtype)
-                seg[(seg == label) & ~core] = 0
+                seg[seg == label] = 0
+                seg[core] = label  # the parent's protected pixels stay out, even a new
+                # source's own pixels there
             yield sub, segmap
         finally:
             for y0, y1, x0, x1, block, seg in reversed(saved):
@@ -86,6 +88,7 @@ def _binned(bins, values, nbins):
 # nodes of the radial profile (px): every 0.5 px in the core, where the profile bends most,
 # every px to 8, then 25% apart
 _STEP, _MID, _GROWTH = 0.5, 8.0, 1.25
+PROTECT = 5.0
 
 
 def _node(r):
@@ -125,7 +128,7 @@ def _fit_profiles(node, t, values, weights, count, k):
     return np.linalg.solve(normal, rhs[..., None])[..., 0].ravel()
 
 
-def radial_models(cuts, goods, peaks, sigmas, noise):
+def radial_models(cuts, goods, peaks, sigmas, noise, centring=None):
     """Smooth elliptical models of objects in their cutouts and the local noise around them.
 
     For each object: a piecewise-linear profile of the elliptical radius, centred and shaped by
@@ -133,6 +136,8 @@ def radial_models(cuts, goods, peaks, sigmas, noise):
     and moments of a blend are pulled by the companion), fitted to its *goods* pixels (its own
     and the sky's), then refitted without the pixels more than 3 robust sigma above it (a
     companion). All objects are fitted together (numpy over the concatenated cutouts).
+    *centring* (default *goods*) are the pixels the centre and shape come from: a refit that
+    leaves out one side of an object must not move its centre.
     Returns lists of per-pixel ``model``, ``scatter`` (rms of the kept residuals at that
     radius, never below the object's sky *noise*) and elliptical radius ``r`` (px), and per
     object the radius ``r`` where the profile falls to half its centre (half the FWHM).
@@ -148,7 +153,12 @@ def radial_models(cuts, goods, peaks, sigmas, noise):
     xx = np.concatenate([np.tile(np.arange(w, dtype=np.float64), h) for h, w in shapes])
     xc, yc = (np.array(v, dtype=np.float64) for v in zip(*peaks, strict=True))
     sig2 = np.asarray(sigmas, dtype=np.float64) ** 2
-    light = np.maximum(values, 0.0)
+    if centring is None:
+        light = np.maximum(values, 0.0)
+    else:
+        raw = np.concatenate([c.ravel() for c in cuts]).astype(np.float64)
+        light = np.where(np.concatenate([c.ravel() for c in centring]) & np.isfinite(raw),
+                         np.maximum(raw, 0.0), 0.0)
     for _ in range(3):  # two re-centrings, then the window's moments
         dx, dy = xx - xc[obj], yy - yc[obj]
         w = light * np.exp(-(dx * dx + dy * dy) / (2.0 * sig2[obj]))
@@ -163,9 +173,17 @@ def radial_models(cuts, goods, peaks, sigmas, noise):
     xy = np.bincount(obj, w * dx * dy, count) / total
     det = x2 * y2 - xy * xy
     ok = has & (det > 0)
-    scale = np.where(ok, 0.5 * (x2 + y2) / np.where(ok, det, 1.0), 0.0)
-    cxx, cyy, cxy = (np.where(ok, y2 * scale, 1.0), np.where(ok, x2 * scale, 1.0),
-                     np.where(ok, -2.0 * xy * scale, 0.0))
+    det = np.where(ok, det, 1.0)
+    # the window makes the moments rounder: take it out (Gaussian light and window, as
+    # SExtractor's windowed shapes), unless that leaves no ellipse
+    a00, a11, a01 = y2 / det, x2 / det, -xy / det
+    d00, d11 = a00 - 1.0 / sig2, a11 - 1.0 / sig2
+    deconvolved = (d00 > 0) & (d11 > 0) & (d00 * d11 - a01 * a01 > 0)
+    a00, a11 = np.where(deconvolved, d00, a00), np.where(deconvolved, d11, a11)
+    # unit radius at the mean of the two axes' variances: r in px along a round profile
+    scale = 0.5 * (a00 + a11) / (a00 * a11 - a01 * a01)
+    cxx, cyy, cxy = (np.where(ok, a00 * scale, 1.0), np.where(ok, a11 * scale, 1.0),
+                     np.where(ok, 2.0 * a01 * scale, 0.0))
     r = np.sqrt(np.maximum(cxx[obj] * dx * dx + cyy[obj] * dy * dy + cxy[obj] * dx * dy, 0.0))
     j, t = _node(r)
     k = int(j.max()) + 2
@@ -184,7 +202,8 @@ def radial_models(cuts, goods, peaks, sigmas, noise):
     rms = np.sqrt(np.bincount(node, keep * resid * resid, count * k) / np.maximum(kept, 1.0))
     rms = np.where(kept >= 5, np.maximum(rms, floor), spread)[node]
     profile = nodes.reshape(count, k)
-    below = profile < 0.5 * profile[:, :1]
+    top = profile.argmax(axis=1)[:, None]  # the centre, or the edge of a masked core
+    below = (profile < 0.5 * profile.max(axis=1, keepdims=True)) & (np.arange(k) > top)
     first = np.where(below.any(axis=1), below.argmax(axis=1), k - 1)
     knots = _radius(np.arange(k))
     half = knots[np.maximum(first, 1)]  # conservative: the node at or beyond half maximum
@@ -192,6 +211,19 @@ def radial_models(cuts, goods, peaks, sigmas, noise):
     return ([m.reshape(sh) for m, sh in zip(np.split(model, bounds), shapes, strict=True)],
             [e.reshape(sh) for e, sh in zip(np.split(rms, bounds), shapes, strict=True)],
             [q.reshape(sh) for q, sh in zip(np.split(r, bounds), shapes, strict=True)], half)
+
+
+def _grow(flags, times):
+    """A boolean map grown by one pixel (8-connected) *times* times."""
+    out = flags.copy()
+    for _ in range(times):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= grown[:, :-1].copy()
+        grown[:, :-1] |= grown[:, 1:].copy()
+        out = grown
+    return out
 
 
 def _box_sum(a):
@@ -234,8 +266,8 @@ def find_hidden(sub, objects, segmap, mask, noise, *, thresh, minarea, deblend_n
 
     *noise* is the noise the first pass used (a scalar, or a per-pixel map read at each
     object's peak); parents are the objects whose peak reaches ``parent_peak`` times it
-    (streaks, and objects with *saturated* pixels, whose clipped cores no smooth profile
-    fits, excepted); each is searched in its isophote's bounding box grown by *pad* px.
+    (streaks excepted; *saturated* pixels and their neighbours are left out of the fits and
+    the search); each is searched in its isophote's bounding box grown by *pad* px.
     Returns None when nothing is found.
     """
     n = len(objects)
@@ -256,18 +288,20 @@ def find_hidden(sub, objects, segmap, mask, noise, *, thresh, minarea, deblend_n
                            deblend_cont=deblend_cont, segmentation_map=True)
 
     extract.min_snr = min_snr
-    boxes, cuts, goods, peaks, sigmas, kept = [], [], [], [], [], []
+    boxes, cuts, goods, peaks, sigmas, kept, clipped = [], [], [], [], [], [], []
     for p in parents:
         o = objects[p]
         y0, y1 = max(int(o["ymin"]) - pad, 0), min(int(o["ymax"]) + pad + 1, ny)
         x0, x1 = max(int(o["xmin"]) - pad, 0), min(int(o["xmax"]) + pad + 1, nx)
-        if saturated is not None and saturated[y0:y1, x0:x1].any():
-            continue
         kept.append(p)
         seg = segmap[y0:y1, x0:x1]
         others = (seg != 0) & (seg != p + 1)
         if mask is not None:
             others |= mask[y0:y1, x0:x1]
+        n_sat = 0 if saturated is None else int(np.count_nonzero(saturated[y0:y1, x0:x1]))
+        if n_sat:  # a clipped core fits no profile: its pixels and their neighbours stay out
+            others |= _grow(saturated[y0:y1, x0:x1], 2)
+        clipped.append(n_sat)
         boxes.append((y0, y1, x0, x1))
         cuts.append(sub[y0:y1, x0:x1])
         goods.append(~others)
@@ -277,9 +311,10 @@ def find_hidden(sub, objects, segmap, mask, noise, *, thresh, minarea, deblend_n
         return None
     parents, noise = np.array(kept), noise[kept]
     models, scatters, radii, halves = radial_models(cuts, goods, peaks, sigmas, noise)
-    # the PSF's half width: the parents' median (mostly stars; cosmic rays are sharper,
-    # galaxies broader)
-    psf_half = float(np.median(halves))
+    # the PSF's half width: the sharp end of the parents' (galaxies are broader; cosmic rays,
+    # sharper than any sampled PSF, left out)
+    resolved = halves[halves >= 1.0]
+    psf_half = float(np.percentile(resolved if resolved.size else halves, 25))
     # SEP allocates its whole pixel stack on every call: size it for the largest cutout
     pixstack = sep.get_extract_pixstack()
     largest = max((c.size for c in cuts), default=0)
@@ -287,27 +322,36 @@ def find_hidden(sub, objects, segmap, mask, noise, *, thresh, minarea, deblend_n
     found, patches = [], {}
     try:
         for i, p in enumerate(parents):
+            if halves[i] < 0.5 * psf_half:  # sharper than the PSF: a cosmic ray, hot pixel
+                continue
             # the core (within 0.75 of the parent's FWHM), where a symmetric model of
             # pixel-integrated light is least exact, is not searched; a detection must lie
             # 1.3 FWHM out (the PSF's for a galaxy)
             core = radii[i] < 1.5 * halves[i]
+            h, w = cuts[i].shape
+            yy, xx = np.mgrid[:h, :w]
+            px, py = peaks[i]
+            if clipped[i]:  # around a saturated core the profile is extrapolated: 3 PSF
+                # half widths beyond its radius are not searched either
+                reach = np.sqrt(clipped[i] / np.pi) + 3.0 * psf_half
+                core |= (xx - px) ** 2 + (yy - py) ** 2 < reach**2
             cands = _candidates(cuts[i] - models[i], scatters[i], ~goods[i] | core, boxes[i],
                                 (ny, nx), extract)
-            h, w = cuts[i].shape
             cands = [(rec, pix) for rec, pix in cands
-                     if radii[i][min(round(rec["y"]), h - 1), min(round(rec["x"]), w - 1)]
-                     >= 2.6 * min(halves[i], psf_half)]
+                     if np.hypot(rec["x"] - px, rec["y"] - py) >= 2.6 * min(halves[i], psf_half)]
             if not cands:
                 continue
             # refit the parent without the pixels near its companions (their light lifted it)
-            yy, xx = np.mgrid[:h, :w]
             near = np.zeros((h, w), bool)
             for rec, _ in cands:
                 reach = 4.0 * max(float(np.sqrt(rec["a"] * rec["b"])), 1.0)
                 near |= (xx - rec["x"]) ** 2 + (yy - rec["y"]) ** 2 < reach**2
             model = radial_models([cuts[i]], [goods[i] & ~near], [peaks[i]], [sigmas[i]],
-                                  noise[i:i + 1])[0][0]
-            patches[p] = (*boxes[i], model, core)
+                                  noise[i:i + 1], centring=[goods[i]])[0][0]
+            # the new sources' measurement leaves out the core and where the parent is much
+            # brighter than the faintest of them (there its model's small errors dominate)
+            faintest = min(float(rec["peak"]) for rec, _ in cands)
+            patches[p] = (*boxes[i], model, core | ~goods[i] | (model > PROTECT * faintest))
             found += [(p, boxes[i][2], boxes[i][0], rec, pix) for rec, pix in cands]
     finally:
         sep.set_extract_pixstack(pixstack)

@@ -325,7 +325,10 @@ def _measure(sub, rms, background_at, mask, objects, segmap, gain, saturate, con
                                      saturate, config, nx, ny, labels=labels,
                                      reference=(fwhm_median, radius))
     new["flags"] |= SECOND_PASS
-    new["flags"] |= np.where(_saturated_nearby(table, hidden.objects), SATURATED_NEARBY, 0)
+    # a source found inside a saturated object is a fragment of it until shown otherwise
+    near_saturation = _saturated_nearby(table, hidden.objects)
+    near_saturation |= (cols["flags"][hidden.parents] & (SATURATED | SATURATED_NEARBY)) > 0
+    new["flags"] |= np.where(near_saturation, SATURATED_NEARBY, 0)
     return {k: np.concatenate([cols[k], new[k]]) for k in cols}, fwhm_median, radius
 
 
