@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/build_objects.py
 	$(BIN)/python scripts/query_with_athena.py --query all
 	$(BIN)/python scripts/query_with_athena.py --query light_curve
-	$(BIN)/python scripts/plot_catalog.py --truth data/sample/truth
+	$(BIN)/python scripts/plot_catalog.py --truth data/sample/truth --reference data/sample/reference.parquet
 	@echo ""
 	@echo "Catalog: data/catalog/   Plots: data/output/plots/   Query exports: data/output/queries/"
 	@echo "Report:  $(CURDIR)/data/output/report.html   (open it in a browser; works offline)"

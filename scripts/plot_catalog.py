@@ -5,7 +5,9 @@
 Writes into data/output/plots/: detections drawn as ellipses on one image (RA/Dec axes with
 N/E arrows when it has a WCS), the magnitude distribution per band, a sky map (one colour per
 band, equal angular scales), the SNR distribution and, with ``--truth``, measured against true
-magnitudes (one-to-one matches, residual panel), and, once scripts/build_objects.py has run,
+magnitudes (one-to-one matches, residual panel), seeing, depth and zero point per image, with
+``--reference`` the calibrated magnitudes against the reference stars, and, once
+scripts/build_objects.py has run,
 the objects: their sky map, the variability diagram and the light curves of the most variable.
 A figure with nothing to show is skipped with one line saying why. Then data/output/report.html:
 the run summary, a quality table per image, every figure (embedded) and the named query results.
@@ -27,7 +29,10 @@ try:
     from skysurvey.fitsread import read_fits
     from skysurvey.objects import most_variable_light_curves
     from skysurvey.plots import (
+        match_to_reference,
         match_to_truth,
+        plot_calibration_residuals,
+        plot_image_quality,
         plot_light_curves,
         plot_object_map,
         plot_variability,
@@ -35,7 +40,8 @@ try:
         save_all,
     )
     from skysurvey.queries import run_named, run_query
-    from skysurvey.report import write_report
+    from skysurvey.reference import reference_spec
+    from skysurvey.report import quality_table, write_report
     from skysurvey.runner import list_images
     from skysurvey.schema import image_id_from_name
     from skysurvey.storage import open_store
@@ -58,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image for the detection overlay (default: the first)")
     parser.add_argument("--truth", default=None,
                         help="folder of truth CSVs <image_id>.csv (synthetic images)")
+    parser.add_argument("--reference", default=None,
+                        help="reference catalog to plot the calibration residuals against "
+                             "(default: REFERENCE_CATALOG, none when unset)")
+    parser.add_argument("--reference-bands", default=None, metavar="BAND=COLUMN,...",
+                        help="reference magnitude column per band (default: REFERENCE_BANDS, "
+                             "else <band>mag)")
     parser.add_argument("--output", default=str(OUTPUT_DIR / "plots"), help="PNG folder")
     parser.add_argument("--report", default=None,
                         help="the run report; 'none' to skip it (default: report.html beside "
@@ -118,8 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     truth = _truth_matches(sources, Path(args.truth)) if args.truth else None
+    try:
+        images_table = read_catalog(catalog, "images")
+        reference = reference_spec(args.reference, args.reference_bands)
+    except SkySurveyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    extra = {"image_quality": lambda: plot_image_quality(quality_table(images_table))}
+    if reference is not None:
+        extra["calibration_residuals"] = lambda: plot_calibration_residuals(
+            match_to_reference(sources, images_table, reference))
     paths, skipped = save_all(sources, args.output, image=image, truth=truth,
-                              extra=_object_figures(catalog))
+                              extra={**extra, **_object_figures(catalog)})
     for path in paths:
         print(path)
     for line in skipped:

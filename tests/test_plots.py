@@ -177,15 +177,15 @@ def test_plot_script_writes_pngs_and_fails_cleanly_without_catalog(tmp_path, cap
     assert f"report: {report}" in captured.out
     assert "skipped objects_sky_map.png: no objects: run scripts/build_objects.py" in captured.err
     page = report.read_text()
-    assert page.count('src="data:image/png;base64,') == 5  # every figure, embedded
+    assert page.count('src="data:image/png;base64,') == 6  # every figure, embedded
     assert "http://" not in page and "https://" not in page  # opens offline
     assert "<td>a</td>" in page and "seeing [arcsec]" in page and "<td>1</td>" in page
     assert "no &lt;celestial&gt; WCS" in page  # warnings shown, escaped
     for name in ("total_sources", "source_statistics", "bright_sources", "snr_distribution"):
         assert f"<h3>{name}</h3>" in page
     names = sorted(p.name for p in out.glob("*.png"))
-    assert names == ["detections_a.png", "mag_vs_truth.png", "magnitudes.png", "sky_map.png",
-                     "snr.png"]
+    assert names == ["detections_a.png", "image_quality.png", "mag_vs_truth.png",
+                     "magnitudes.png", "sky_map.png", "snr.png"]
     assert all((out / n).stat().st_size > 5000 for n in names)
     capsys.readouterr()
 
@@ -197,11 +197,71 @@ def test_plot_script_writes_pngs_and_fails_cleanly_without_catalog(tmp_path, cap
     out2 = tmp_path / "plots2"
     assert script.main(["--catalog", str(tmp_path / "cat"), "--images", str(images),
                         "--output", str(out2), "--report", str(report)]) == 0
-    assert sorted(p.name for p in out2.glob("*.png")) == ["detections_a.png", "snr.png"]
+    assert sorted(p.name for p in out2.glob("*.png")) == ["detections_a.png", "image_quality.png",
+                                                          "snr.png"]
     err = capsys.readouterr().err
     assert "skipped magnitudes.png: no magnitudes" in err
     assert "skipped sky_map.png: no source has RA/Dec" in err
     page = report.read_text()
-    assert page.count("data:image/png") == 2 and "skipped sky_map.png: no source" in page
+    assert page.count("data:image/png") == 3 and "skipped sky_map.png: no source" in page
     assert script.main(["--catalog", str(tmp_path / "none"), "--output", str(out)]) == 1
     assert "no catalog here" in capsys.readouterr().err
+
+
+def _catalogued(tmp_path, band="r"):
+    """A small image catalogued by the pipeline, with a reference made from its truth."""
+    from conftest import draw_fits
+
+    from skysurvey.pipeline import catalog_image
+    from skysurvey.storage import open_store
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    truth = draw_fits(raw / "a.fits", size=96, n_stars=10, seed=3, band=band)
+    assert catalog_image(open_store(raw), "a.fits",
+                         open_store(tmp_path / "cat"))["status"] == "ok"
+    return plots.read_catalog(tmp_path / "cat"), plots.read_catalog(tmp_path / "cat", "images"), \
+        truth
+
+
+def test_match_to_reference_pairs_each_image_with_its_band_column(tmp_path):
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    sources, images, truth = _catalogued(tmp_path)
+    wcs = WCS(fits.getheader(tmp_path / "raw" / "a.fits"))
+    xs, ys, fluxes = (np.array(v) for v in zip(*truth, strict=True))
+    ra, dec = wcs.all_pix2world(xs, ys, 0)
+    reference = pd.DataFrame({"ra": ra, "dec": dec, "gmag": 0.0,
+                              "rmag": 30.0 - 2.5 * np.log10(fluxes) + 0.5})  # 0.5 mag fainter
+    path = tmp_path / "ref.parquet"
+    reference.to_parquet(path)
+    pairs = plots.match_to_reference(sources, images, str(path))
+    assert 8 <= len(pairs) <= 10 and set(pairs["band"]) == {"r"}
+    assert pairs["sep_arcsec"].max() < 0.1
+    bright = pairs[pairs["ref_mag"] < 20]
+    assert abs(bright["residual"].median() + 0.5) < 0.05  # the header's MAGZERO against rmag
+    fig = plots.plot_calibration_residuals(pairs)
+    assert len(fig.axes[0].collections[0].get_offsets()) == len(pairs)
+    with pytest.raises(plots.NothingToPlot):
+        plots.plot_calibration_residuals(pairs[:0])
+
+
+def test_image_quality_shows_seeing_depth_and_zero_point_per_image():
+    from skysurvey.report import quality_table
+
+    images = pd.DataFrame({"image_id": ["a", "b", "c"], "band": ["g", "r", "g"],
+                           "night": ["n"] * 3, "fwhm_arcsec": [1.0, 0.9, np.nan],
+                           "fwhm_median": [4.0, 3.6, 4.4], "pixel_scale": [0.25] * 3,
+                           "depth_5sigma": [22.5, 22.8, 22.1], "zero_point": [29.6, 30.0, 29.5],
+                           "zero_point_err": [0.01, 0.02, 0.01]})
+    quality = quality_table(images)
+    assert quality["seeing_arcsec"].tolist() == [1.0, 1.1, 0.9]  # a, c (from fwhm_median), b
+    fig = plots.plot_image_quality(quality)
+    seeing, depth, zp = fig.axes
+    assert depth.get_ylabel() == "5-sigma depth [mag]"
+    assert zp.get_ylabel() == "zero point [mag]"
+    assert [t.get_text() for t in seeing.get_xticklabels()] == ["a", "c", "b"]
+    with pytest.raises(plots.NothingToPlot):
+        plots.plot_image_quality(quality.assign(seeing_arcsec=np.nan, depth_5sigma=np.nan,
+                                                zero_point=np.nan))

@@ -313,6 +313,113 @@ def plot_mag_vs_truth(matched: pd.DataFrame, ax=None):
     return fig
 
 
+def match_to_reference(sources: pd.DataFrame, images: pd.DataFrame, reference, *,
+                       radius_arcsec: float = 1.0, mag_column: str = "mag_apcorr"
+                       ) -> pd.DataFrame:
+    """Each image's sources matched one-to-one to the reference stars around it.
+
+    *reference* is a :class:`skysurvey.reference.ReferenceSpec` (or a URI): any format the
+    calibration reads (Parquet, CSV, FITS, VOTable, HATS, local or ``s3://``), the stars taken
+    in the image's band as the calibration takes them (``--reference-bands`` mapping, else a
+    ``<band>mag`` column), moved to the image's epoch when the catalog has proper motions.
+    Pairs are kept closest first within *radius_arcsec* on the tangent plane. One row per
+    pair: image_id, band, the measured magnitude (*mag_column*, ``mag`` where it is null),
+    ``ref_mag``, ``residual`` (measured - reference), ``class_star``, ``flags``,
+    ``sep_arcsec``. Images without a position, band or reference stars are left out.
+    """
+    from .calibrate import tangent_plane
+    from .reference import ReferenceError, ReferenceSpec, julian_year, open_reference
+
+    spec = reference if isinstance(reference, ReferenceSpec) else ReferenceSpec.parse(
+        str(reference))
+    catalog = open_reference(spec.uri)
+    columns_out = ["image_id", "band", "mag", "ref_mag", "residual", "class_star", "flags",
+                   "sep_arcsec"]
+    rows = []
+    for image in images.to_dict("records"):
+        found = sources[sources["image_id"] == image["image_id"]].dropna(subset=["ra", "dec"])
+        centre = (image.get("ra_center"), image.get("dec_center"))
+        if found.empty or not all(np.isfinite(pd.to_numeric(pd.Series(centre)))):
+            continue
+        half_diagonal = np.hypot(image["width"], image["height"]) / 2 * (
+            image.get("pixel_scale") or 1.0) / 3600
+        try:
+            stars = catalog.stars(image.get("band"), centre[0], centre[1], 1.05 * half_diagonal,
+                                  spec, julian_year(image.get("mjd")))
+        except ReferenceError:  # no magnitude column for this band
+            continue
+        sx, sy = tangent_plane(found["ra"], found["dec"], *centre)
+        rx, ry = tangent_plane(stars.ra, stars.dec, *centre)
+        i, j, sep = match_one_to_one(np.column_stack([sx, sy]), np.column_stack([rx, ry]),
+                                     radius_arcsec)
+        picked = found.iloc[i]
+        measured = picked[mag_column] if mag_column in picked else picked["mag"]
+        rows.append(pd.DataFrame({
+            "image_id": image["image_id"], "band": image.get("band"),
+            "mag": measured.fillna(picked["mag"]).to_numpy(), "ref_mag": stars.mag[j],
+            "class_star": picked["class_star"].to_numpy() if "class_star" in picked else np.nan,
+            "flags": picked["flags"].to_numpy() if "flags" in picked else 0,
+            "sep_arcsec": sep}))
+    if not rows:
+        return pd.DataFrame(columns=columns_out)
+    out = pd.concat(rows, ignore_index=True)
+    out["residual"] = out["mag"] - out["ref_mag"]
+    return out[columns_out]
+
+
+def plot_calibration_residuals(pairs: pd.DataFrame, ax=None):
+    """Calibrated minus reference magnitude of matched stars against the reference magnitude,
+    one colour per band, with each image's median residual in the legend."""
+    ok = pairs.dropna(subset=["residual", "ref_mag"]) if len(pairs) else pairs
+    if ok.empty:
+        raise NothingToPlot("no source matched to a reference star with a magnitude "
+                            "(no reference catalog, or no zero point)")
+    fig, ax = _new_axes(ax, (7.5, 4.5))
+    for i, (band, group) in enumerate(_by_band(ok)):
+        medians = ", ".join(f"{iid} {m:+.3f}" for iid, m in
+                            group.groupby("image_id")["residual"].median().items())
+        ax.scatter(group["ref_mag"], group["residual"], s=6, alpha=0.6, lw=0,
+                   color=band_color(band, i), label=f"{band}: median {medians}")
+    ax.axhline(0, color="k", lw=0.8)
+    spread = max(0.2, float(np.nanpercentile(np.abs(ok["residual"]), 95)) * 1.2)
+    ax.set_ylim(-spread, spread)
+    ax.set(xlabel="reference magnitude", ylabel="calibrated - reference [mag]",
+           title=f"Calibration residuals: {len(ok)} stars matched to the reference")
+    ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def plot_image_quality(quality: pd.DataFrame, axes=None):
+    """Seeing, 5-sigma depth and zero point (with its error) per image, coloured by band.
+
+    *quality* is :func:`skysurvey.report.quality_table` (or the ``images`` table with
+    ``seeing_arcsec``); *axes*, when given, three axes.
+    """
+    names = [c for c in ("seeing_arcsec", "depth_5sigma", "zero_point") if c in quality]
+    if quality.empty or not names or quality[names].isna().all().all():
+        raise NothingToPlot("no image with a seeing, depth or zero point")
+    if axes is None:
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    fig = axes[0].figure
+    labels = {"seeing_arcsec": "seeing (FWHM) [arcsec]", "depth_5sigma": "5-sigma depth [mag]",
+              "zero_point": "zero point [mag]"}
+    ids = list(quality["image_id"])
+    for ax, name in zip(axes, ("seeing_arcsec", "depth_5sigma", "zero_point"), strict=True):
+        for i, (band, group) in enumerate(_by_band(quality)):
+            x = [ids.index(v) for v in group["image_id"]]
+            with_err = name == "zero_point" and "zero_point_err" in group
+            err = group["zero_point_err"] if with_err else None
+            values = group[name] if name in group else pd.Series(np.nan, index=group.index)
+            ax.errorbar(x, values, yerr=err, fmt="o", color=band_color(band, i),
+                        label=str(band), capsize=2)
+        ax.set_xticks(range(len(ids)), ids, rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel(labels[name])
+    axes[0].legend(title="band", fontsize=8)
+    fig.suptitle("Image quality")
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig, path) -> Path:
     """Write *fig* as PNG and close it (pyplot keeps figures alive until closed)."""
     path = Path(path)
