@@ -34,8 +34,9 @@ def test_ddl_parses_and_matches_the_arrow_schemas():
     assert "PARTITIONED BY (`band` string, `night` string)" in tables[0]
     assert "PARTITIONED BY (`hpx5` int)" in tables[4]
     assert statements[6] == ('CREATE OR REPLACE VIEW "astronomy"."sources" AS SELECT t.* FROM '
-                             '"astronomy"."sources_data" t WHERE t.image_id IN '
-                             '(SELECT image_id FROM "astronomy"."images")')
+                             '"astronomy"."sources_data" t WHERE EXISTS (SELECT 1 FROM '
+                             '"astronomy"."images" i WHERE i.image_id = t.image_id AND '
+                             'i.band = t.band AND i.night = t.night)')
 
 
 def test_glue_tables_have_the_arrow_columns_and_partition_keys():

@@ -169,6 +169,17 @@ def test_sources_without_an_image_record_are_not_counted(catalog):
     assert stats["n_sources"].sum() == len(df)
 
 
+def test_sources_left_in_an_earlier_partition_are_not_counted(catalog):
+    """Re-processing after a FILTER fix moves an image to another band: until its earlier
+    sources file is deleted, only the copy that matches the image record counts."""
+    root, df = catalog
+    image_id, band, night, n = IMAGES[0]
+    stale, _ = _tables(image_id, n, 0)
+    _write(root, "sources", image_id, stale, band="z", night=night)
+    got = run_named("total_sources", str(root))
+    assert got.to_dict("records") == [{"total_sources": len(df), "total_images": 3, "bands": 2}]
+
+
 def _older(table: pa.Table, new_columns) -> pa.Table:
     return table.drop_columns(sorted(new_columns))
 

@@ -96,10 +96,12 @@ def glue_table_input(spec: TableSpec, catalog_uri: str) -> dict:
 
 
 def view_statements(database: str) -> list[str]:
-    """``sources`` and ``associations``: rows of images that have an ``images`` record."""
-    return [f'CREATE OR REPLACE VIEW "{database}"."{view}" AS SELECT t.* FROM '
-            f'"{database}"."{table}" t WHERE t.image_id IN '
-            f'(SELECT image_id FROM "{database}"."images")'
+    """``sources`` and ``associations``: rows of images that have an ``images`` record (the
+    same rule and SQL text as DuckDB's, :func:`skysurvey.queries.view_sql`)."""
+    from .queries import view_sql
+
+    return [f'CREATE OR REPLACE VIEW "{database}"."{view}" AS '
+            + view_sql(view, f'"{database}"."{table}"', f'"{database}"."images"')
             for view, table in VIEWS.items()]
 
 

@@ -250,6 +250,20 @@ def _warn_once(note: str) -> None:
         log.warning("%s", note)
 
 
+#: The columns that tie a view's rows to their image record. ``sources`` matches band and
+#: night too: while a re-processed image moves to another partition, its earlier sources stop
+#: counting as soon as the earlier image record is deleted (one DELETE), not at the last one.
+VIEW_KEYS: dict[str, tuple[str, ...]] = {"sources": ("image_id", "band", "night"),
+                                         "associations": ("image_id",)}
+
+
+def view_sql(view: str, table: str, images: str) -> str:
+    """The SELECT behind *view* (DuckDB and Athena alike): the rows of *table* whose image has
+    a record in *images*."""
+    match = " AND ".join(f"i.{k} = t.{k}" for k in VIEW_KEYS[view])
+    return f"SELECT t.* FROM {table} t WHERE EXISTS (SELECT 1 FROM {images} i WHERE {match})"
+
+
 def connect(catalog_uri: str, *, safe: bool = False):
     """A DuckDB connection with every table of :data:`DATASETS` and the :data:`VIEWS`.
 
@@ -262,8 +276,7 @@ def connect(catalog_uri: str, *, safe: bool = False):
     for name in DATASETS:
         con.register(name, dataset(catalog_uri, name))
     for view, table in VIEWS.items():
-        con.execute(f"CREATE VIEW {view} AS SELECT t.* FROM {table} t "
-                    "WHERE t.image_id IN (SELECT image_id FROM images)")
+        con.execute(f"CREATE VIEW {view} AS {view_sql(view, table, 'images')}")
     if safe:
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
