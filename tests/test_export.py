@@ -234,3 +234,15 @@ def test_script_says_why_a_result_is_empty_and_lists_default_thresholds(catalog,
     assert script.main(["--list"]) == 0
     listed = capsys.readouterr().out
     assert "source_statistics" in listed and "(default: ? = 5.0)" in listed
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".vot"])
+def test_images_table_with_null_text_timestamps_and_booleans_exports(catalog, tmp_path, suffix):
+    """`warnings` (all null), `processed_at` (timestamp) and `has_wcs` (bool) in FITS/VOTable."""
+    df = run_query("SELECT * FROM images ORDER BY image_id", str(catalog))
+    assert df["warnings"].isna().all()
+    table = Table.read(write_table(df, tmp_path / f"images{suffix}"))
+    assert len(table) == 2 and table["exptime"].unit == u.s
+    assert str(table["processed_at"][0]).startswith(str(df["processed_at"][0].year))
+    assert list(table["has_wcs"]) == [True, True]
+    assert list(np.asarray(table["image_id"]).astype(str)) == ["img_g", "img_r"]

@@ -53,20 +53,37 @@ def export_format(path: str | os.PathLike) -> str:
 
 
 def _plain(df: pd.DataFrame) -> pd.DataFrame:
-    """Datetimes as ISO strings (FITS and VOTable have no datetime column type)."""
+    """Columns FITS and VOTable can hold: datetimes as ISO strings, and object columns of
+    strings or booleans with missing values as pandas' nullable types (astropy makes them
+    masked columns instead of variable-length object arrays)."""
     out = df.copy()
     for name in out.columns:
-        if pd.api.types.is_datetime64_any_dtype(out[name]):
-            out[name] = out[name].dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3].astype(object)
-            out.loc[df[name].isna(), name] = None
+        column = out[name]
+        if pd.api.types.is_datetime64_any_dtype(column):
+            text = column.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3]
+            out[name] = text.where(column.notna(), None).astype("string")
+        elif column.dtype == object:
+            present = column.dropna()
+            if present.map(lambda v: isinstance(v, bool)).all() and len(present):
+                out[name] = column.astype("boolean")
+            elif present.map(lambda v: isinstance(v, str)).all():
+                out[name] = column.astype("string")
     return out
 
 
 def to_astropy(df: pd.DataFrame):
     """An astropy Table of *df* with units, descriptions and ``meta['ucd']`` on known columns."""
-    from astropy.table import Table
+    import numpy as np
+    from astropy.table import MaskedColumn, Table
 
     table = Table.from_pandas(_plain(df), index=False)
+    for name in table.colnames:  # object columns left (all-null text): fixed-width, masked
+        if table[name].dtype.kind == "O":
+            column = table[name]
+            missing = np.array([v is None or v is np.ma.masked or v is pd.NA for v in column])
+            text = ["" if gone else str(v) for v, gone in zip(column, missing, strict=True)]
+            table[name] = MaskedColumn(text, mask=missing,
+                                       dtype=f"U{max([1, *(len(t) for t in text)])}")
     annotate(table)
     return table
 
