@@ -488,6 +488,7 @@ def plot_light_curves(light_curves: pd.DataFrame, ax=None):
                         fmt="o", ms=4, capsize=2, color=band_color(band, i), label=label)
         ax.annotate(str(oid), (rows["mjd"].min(), k * 1.0 - 0.35), fontsize=7)
     ax.invert_yaxis()
+    ax.ticklabel_format(axis="x", useOffset=False, style="plain")  # MJD as written, no offset
     ax.set(xlabel="MJD", ylabel="magnitude - median (+1 per object)",
            title=f"Light curves of {len(ids)} object(s)")
     ax.legend(title="band", fontsize=8)
