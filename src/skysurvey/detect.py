@@ -91,7 +91,7 @@ class DetectionConfig:
     # times the noise; a residual detection is kept from isophotal S/N second_pass_snr
     second_pass: bool = True
     second_pass_peak: float = 10.0
-    second_pass_snr: float = 5.0
+    second_pass_snr: float = 7.0
 
 
 def _extract(sub, err, mask, config):

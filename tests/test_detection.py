@@ -1,0 +1,266 @@
+"""Detection beyond SExtractor's reach, judged against the generator's truth.
+
+Issue 18: faint sources beside bright stars and galaxies (the second pass, deblend.py).
+Issue 14 part 5: a frame under a giant saturated halo (detection against the local noise).
+The measured values are printed (``pytest -s``) so they can be quoted.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+from science_field import GAIN, READ_NOISE, SIGMA, draw_field
+from scipy.spatial import cKDTree
+
+from skysurvey.detect import (
+    COSMIC_RAY,
+    MASKED,
+    OBJ_MERGED,
+    SATURATED_NEARBY,
+    SECOND_PASS,
+    DetectionConfig,
+    measure_image,
+)
+from skysurvey.fitsread import read_fits
+from skysurvey.synth import make_image, make_sky_sources
+
+FWHM = 4.0  # px: the generator's r band, 1.0" seeing at 0.25"/px
+RATIOS = (5, 10, 30, 100)
+DISTANCES = (2, 3, 4, 5)  # in FWHM
+COMPANION_FLUX = 3000.0  # ADU: SNR ~40 on the generator's sky
+
+
+def _measure(data, header, config=None):
+    buf = io.BytesIO()
+    fits.PrimaryHDU(data, header).writeto(buf)
+    table, row = measure_image(read_fits(buf.getvalue(), name="t.fits"), "t",
+                               config or DetectionConfig())
+    return table.to_pandas(), row
+
+
+def _planted(seed, companions=True, size=512, zero_point=30.0):
+    """Bright stars and Sersic galaxies on a grid, each with one faint star (Moffat PSF)
+    2-5 FWHM away at flux ratios 1:5 to 1:100; the truth says which is which."""
+    rng = np.random.default_rng(seed)
+    wcs = make_image((size, size), n_stars=0, n_galaxies=0, seed=seed).wcs
+    rows = []
+    for k, (kind, ratio, dist) in enumerate((kind, ratio, dist) for kind in ("star", "galaxy")
+                                            for ratio in RATIOS for dist in DISTANCES):
+        px = 40 + 62 * (k % 8) + rng.uniform(-0.5, 0.5)
+        py = 40 + 62 * (k // 8) + rng.uniform(-0.5, 0.5)
+        galaxy = kind == "galaxy"
+        rows.append(dict(kind=kind, px=px, py=py, flux=COMPANION_FLUX * ratio,
+                         r_eff=1.0 if galaxy else 0.0, sersic_n=1.0 if galaxy else 0.0,
+                         ellipticity=0.3 if galaxy else 0.0, angle=rng.uniform(0, np.pi),
+                         role="parent", ratio=ratio, dist=dist, parent_kind=kind))
+        if companions:
+            angle = rng.uniform(0, 2 * np.pi)
+            rows.append(dict(kind="star", px=px + dist * FWHM * np.cos(angle),
+                             py=py + dist * FWHM * np.sin(angle), flux=COMPANION_FLUX,
+                             r_eff=0.0, sersic_n=0.0, ellipticity=0.0, angle=0.0,
+                             role="companion", ratio=ratio, dist=dist, parent_kind=kind))
+    plan = pd.DataFrame(rows)
+    ra, dec = wcs.all_pix2world(plan["px"], plan["py"], 0)
+    sources = pd.DataFrame({"kind": plan["kind"], "ra": ra, "dec": dec,
+                            "mag_r": zero_point - 2.5 * np.log10(plan["flux"]), "colour": 0.0,
+                            "r_eff": plan["r_eff"], "sersic_n": plan["sersic_n"],
+                            "ellipticity": plan["ellipticity"], "angle": plan["angle"]})
+    image = make_image((size, size), seed=seed, sources=sources, zero_point=zero_point)
+    truth = image.truth.assign(**{c: plan[c].to_numpy() for c in
+                                  ("role", "ratio", "dist", "parent_kind")})
+    return image, truth
+
+
+def _match(truth, sources, radius):
+    dist, idx = cKDTree(sources[["x", "y"]].to_numpy()).query(truth[["x", "y"]].to_numpy())
+    return dist < radius, idx
+
+
+@pytest.fixture(scope="module")
+def planted():
+    out = []
+    for seed in (0, 1, 2, 3):
+        image, truth = _planted(seed)
+        out.append((truth, _measure(image.data, image.header)[0],
+                    _measure(image.data, image.header, DetectionConfig(second_pass=False))[0]))
+    return out
+
+
+def test_planted_faint_neighbours_are_found_at_their_position_and_flux(planted):
+    """Faint stars 2-5 FWHM from stars and galaxies 5-100x brighter: found within 0.4 FWHM,
+    median Kron flux / true within 0.97-1.03; single-pass detection misses a third."""
+    found = single = total = 0
+    ratios, apcorr, offsets, parents, kinds = [], [], [], [], []
+    for truth, sources, first_pass in planted:
+        comp = truth[truth["role"] == "companion"]
+        ok, idx = _match(comp, sources, 1.5)
+        found += ok.sum()
+        single += _match(comp, first_pass, 1.5)[0].sum()
+        total += len(comp)
+        ratios += list(sources["flux"].to_numpy()[idx[ok]] / comp["flux"].to_numpy()[ok])
+        apcorr += list(sources["flux_apcorr"].to_numpy()[idx[ok]] / comp["flux"].to_numpy()[ok])
+        kinds += list(comp["parent_kind"].to_numpy()[ok])
+        offsets += list(np.hypot(*(sources[["x", "y"]].to_numpy()[idx[ok]]
+                                   - comp[["x", "y"]].to_numpy()[ok]).T))
+        star_parents = comp["parent_kind"].to_numpy() == "star"
+        assert ok[star_parents].all(), comp[star_parents & ~ok]
+        par = truth[truth["role"] == "parent"]
+        pok, pidx = _match(par, sources, 1.5)
+        assert pok.all()
+        parents += list(sources["flux"].to_numpy()[pidx] / par["flux"].to_numpy())
+    ratios, apcorr, kinds = np.array(ratios), np.array(apcorr), np.array(kinds)
+    beside = {k: (np.median(ratios[kinds == k]), np.nanmedian(apcorr[kinds == k]))
+              for k in ("star", "galaxy")}
+    print(f"\nplanted neighbours: found {found}/{total} (single pass {single}/{total}); "
+          f"median flux_apcorr / true {np.nanmedian(apcorr):.3f} (beside stars "
+          f"{beside['star'][1]:.3f}, galaxies {beside['galaxy'][1]:.3f}), Kron flux / true "
+          f"{np.median(ratios):.3f} (beside stars {beside['star'][0]:.3f}, galaxies "
+          f"{beside['galaxy'][0]:.3f}; the bright objects' Kron {np.median(parents):.3f}); "
+          f"median offset {np.median(offsets):.2f} px")
+    assert found >= 0.95 * total
+    assert single <= 0.75 * total  # the blind spot this pass exists for
+    # the planted stars' total flux (aperture-corrected, the flux for point sources)
+    assert 0.97 <= np.nanmedian(apcorr) <= 1.03
+    # Kron misses a Moffat star's wings even alone (the bright stars': ~0.96)
+    assert 0.93 <= np.median(ratios) <= 1.03
+    assert np.median(offsets) < 0.25
+
+
+def test_second_pass_flags_new_sources_and_their_bright_neighbours(planted):
+    truth, sources, _ = planted[0]
+    new = (sources["flags"].to_numpy() & SECOND_PASS) > 0
+    assert new.sum() >= 8
+    comp = truth[truth["role"] == "companion"]
+    ok, idx = _match(comp, sources, 1.5)
+    assert new[idx[ok]].sum() == new.sum()  # every new source is a planted star
+    par = truth[truth["role"] == "parent"]
+    _, pidx = _match(par, sources, 1.5)
+    merged = (sources["flags"].to_numpy()[pidx] & OBJ_MERGED) > 0
+    # each bright object that hid a companion is flagged as blended (in the truth table a
+    # companion's row follows its parent's)
+    hid = np.isin(par.index.to_numpy() + 1, comp.index.to_numpy()[new[idx] & ok])
+    assert merged[hid].all()
+
+
+def test_second_pass_turns_no_bright_wing_into_a_source():
+    """Without companions, the same bright stars and galaxies give no new source."""
+    image, truth = _planted(2, companions=False)
+    sources, _ = _measure(image.data, image.header)
+    new = sources[(sources["flags"] & SECOND_PASS) > 0]
+    print(f"\nbright objects alone: {len(new)} second-pass detections")
+    assert len(new) == 0
+    assert len(sources) == len(truth)
+
+
+def _isolated_completeness(truth, sources, size, min_snr, fwhm=FWHM):
+    pts = truth[["x", "y"]].to_numpy()
+    visible = cKDTree(pts[truth["snr"].to_numpy() >= 3])
+    nearest = visible.query(pts, k=2)[0]
+    neighbour = np.where(nearest[:, 0] < 1e-6, nearest[:, 1], nearest[:, 0])
+    inside = ((pts > 5) & (pts < size - 6)).all(axis=1)
+    sel = (truth["snr"].to_numpy() >= min_snr) & inside
+    iso = sel & (neighbour > 2 * fwhm)
+    found = _match(truth, sources, 0.6 * fwhm)[0]
+    return found[iso].mean(), found[sel].mean(), iso.sum()
+
+
+def _purity(truth, sources, fwhm=FWHM):
+    clean = sources[(sources["flags"] & (COSMIC_RAY | MASKED)) == 0]
+    real = cKDTree(truth[truth["snr"] >= 1][["x", "y"]].to_numpy()).query(
+        clean[["x", "y"]].to_numpy())[0] < 0.6 * fwhm
+    return real.mean()
+
+
+@pytest.mark.parametrize("n_stars", [600, 1500])
+def test_completeness_and_purity_on_a_synthetic_field(n_stars):
+    """Sparse and crowded (~6,000 stars per 2048²) 1024² fields: >= 99.5% of sources with
+    SNR >= 20 and no neighbour within 2 FWHM found, completeness at SNR >= 10 not lower than
+    a single pass, purity of detections not flagged as artefacts >= 0.99."""
+    size = 1024
+    half = size * 0.25 / 3600 / 2 * 0.98
+    sky = make_sky_sources(np.random.default_rng(n_stars), n_stars, n_stars // 3, 150.1, 2.2,
+                           half)
+    image = make_image((size, size), seed=n_stars, sources=sky)
+    sources, _ = _measure(image.data, image.header)
+    single, _ = _measure(image.data, image.header, DetectionConfig(second_pass=False))
+    iso20, all10, n = _isolated_completeness(image.truth, sources, size, 20)
+    _, single10, _ = _isolated_completeness(image.truth, single, size, 10)
+    _, all10, _ = _isolated_completeness(image.truth, sources, size, 10)
+    purity = _purity(image.truth, sources)
+    print(f"\n{n_stars} stars on 1024²: SNR>=20 isolated {iso20:.4f} of {n}; SNR>=10 {all10:.4f} "
+          f"(single pass {single10:.4f}); purity {purity:.4f}")
+    assert iso20 >= 0.995
+    assert all10 >= single10
+    assert purity >= 0.99
+
+
+@pytest.mark.slow
+def test_without_local_noise_the_halo_frame_is_lost(monkeypatch):
+    """The global-RMS path alone (the fix switched off) cannot extract this frame at all."""
+    from skysurvey import detect
+    from skysurvey.errors import ImageDataError
+
+    monkeypatch.setattr(detect, "_detection_inputs",
+                        lambda data, mask, sat, config, notes: _global_only(data, mask, config))
+    _, data, header, _ = _halo_field()
+    with pytest.raises(ImageDataError):
+        _measure(data, header)
+
+
+def _global_only(data, mask, config):
+    """The detection inputs before issue 14: the global RMS whatever the frame."""
+    from skysurvey.detect import _background
+
+    bkg = _background(data, mask, config)
+    sub = data.copy()
+    bkg.subfrom(sub)
+    return bkg, bkg.rms(), sub, mask, bkg.globalrms
+
+
+def _halo_field(size=2048, n_stars=200, seed=3):
+    """Issue 14's frame: 200 stars under a Gaussian halo of peak 1e5 ADU and sigma 900 px,
+    clipped at 65,535. Truth gets each star's SNR against its local noise (sky + halo)."""
+    field = draw_field(size=size, n_stars=n_stars, seed=seed, min_flux=3000, max_flux=3e5,
+                       saturate=1e9)
+    yy, xx = np.mgrid[:size, :size]
+    halo = 1e5 * np.exp(-((xx - size / 2) ** 2 + (yy - size / 2) ** 2) / (2 * 900.0**2))
+    data = field.data + np.random.default_rng(seed).poisson(halo * GAIN) / GAIN
+    data = np.minimum(data, 65535.0).astype(np.float32)
+    header = field.header.copy()
+    header["SATURATE"] = 65535.0
+    truth = field.truth.copy()
+    xi = np.clip(np.rint(truth["x"]).astype(int), 0, size - 1)
+    yi = np.clip(np.rint(truth["y"]).astype(int), 0, size - 1)
+    variance = (halo[yi, xi] + 200.0) / GAIN + (READ_NOISE / GAIN) ** 2
+    truth["local_snr"] = truth["flux"] / np.sqrt(truth["flux"] / GAIN
+                                                 + 4 * np.pi * SIGMA**2 * variance)
+    truth["off_core"] = halo[yi, xi] + 200.0 + field.model[yi, xi] < 0.98 * 65535
+    return field, data, header, truth
+
+
+def _spurious(truth, sources):
+    dist = cKDTree(truth[["x", "y"]].to_numpy()).query(sources[["x", "y"]].to_numpy())[0]
+    return sources[dist >= 2.0]
+
+
+@pytest.mark.slow
+def test_stars_under_a_giant_saturated_halo_are_found_against_their_local_noise():
+    _, data, header, truth = _halo_field()
+    sources, row = _measure(data, header)
+    wanted = truth[truth["off_core"] & (truth["local_snr"] >= 10)]
+    found = _match(wanted, sources, 1.5)[0]
+    spurious = _spurious(truth, sources)
+    # fragments against the saturated core are flagged; what is left is noise at threshold
+    loose = spurious[((spurious["flags"] & SATURATED_NEARBY) == 0) & (spurious["snr"] >= 5)]
+    print(f"\nhalo: found {found.sum()}/{len(wanted)} stars off the saturated core with local "
+          f"SNR >= 10; {len(spurious)} spurious, {len(spurious) - len(loose)} flagged "
+          f"SATURATED_NEARBY or below SNR 5; {row['warnings']}")
+    assert found.mean() >= 0.9
+    # measured: 9 at SNR 6-14 (0 on the same stars without the halo): thin noise blobs
+    # where the halo's background model leaves structure; none is bright
+    assert len(loose) <= 10 and (loose["snr"] < 15).all()
+    assert "local noise" in row["warnings"]
