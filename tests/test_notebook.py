@@ -75,6 +75,9 @@ def _run_notebook(tmp_path, monkeypatch):
     # the statistics cell measured the catalog against the truth
     outputs = "".join(str(o) for c in nb.cells for o in c.get("outputs", []))
     assert "completeness" in outputs
+    # the calibration, objects and LSDB sections ran on what the others built
+    assert "calibrated - true [mmag]" in outputs and "variable objects" in outputs
+    assert "objects matched a reference star" in outputs and "HATS export" in outputs
     return outputs
 
 
