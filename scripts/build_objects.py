@@ -17,10 +17,15 @@ import logging
 import sys
 from functools import partial
 
-from skysurvey.config import get_setting, is_s3_uri
-from skysurvey.errors import SkySurveyError
-from skysurvey.objects import BuildConfig, build_objects, run_units_lambda
-from skysurvey.runner import default_workers
+try:
+    from skysurvey import cli
+    from skysurvey.config import get_setting, is_s3_uri
+    from skysurvey.errors import SkySurveyError
+    from skysurvey.objects import BuildConfig, build_objects, run_units_lambda
+    from skysurvey.runner import default_workers
+except ModuleNotFoundError as exc:  # run outside the project's environment
+    raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
+                     "first)") from None
 
 
 def _positive_float(text: str) -> float:
@@ -40,7 +45,7 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Associate the catalog's sources into objects with light-curve statistics.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
         epilog="example: python scripts/build_objects.py --catalog data/catalog --workers 2",
     )
     parser.add_argument("--catalog", default=None,
@@ -57,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "invocation per unit (s3:// catalog; --workers concurrent calls)")
     parser.add_argument("--function", default=None,
                         help="Lambda function (default: LAMBDA_FUNCTION)")
+    cli.add_version(parser)
     return parser
 
 
@@ -82,4 +88,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

@@ -15,9 +15,14 @@ import argparse
 import logging
 import sys
 
-from skysurvey.config import get_setting
-from skysurvey.errors import SkySurveyError
-from skysurvey.hats_export import export_hats
+try:
+    from skysurvey import cli
+    from skysurvey.config import get_setting
+    from skysurvey.errors import SkySurveyError
+    from skysurvey.hats_export import export_hats
+except ModuleNotFoundError as exc:  # run outside the project's environment
+    raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
+                     "first)") from None
 
 
 def _positive_int(text: str) -> int:
@@ -30,7 +35,7 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Export objects and sources as HATS catalogs (with margin caches).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
         epilog="example: python scripts/export_hats.py --catalog data/catalog --output data/hats",
     )
     parser.add_argument("--catalog", default=None,
@@ -38,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="folder or s3:// URI to write")
     parser.add_argument("--workers", type=_positive_int, default=1,
                         help="dask workers for hats-import")
+    cli.add_version(parser)
     return parser
 
 
@@ -56,4 +62,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))
