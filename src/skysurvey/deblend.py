@@ -67,24 +67,6 @@ class Hidden:
                 segmap[y0:y1, x0:x1] = seg
 
 
-def _sorted_by_bin(bins, values):
-    """Order sorting by bin, then by value within each bin (one argsort of a combined key)."""
-    lo, hi = values.min(), values.max()
-    scaled = (values - lo) / (hi - lo) * 0.999 if hi > lo else np.zeros_like(values)
-    return np.argsort(bins + scaled, kind="stable")
-
-
-def _binned(bins, values, nbins):
-    """Median and robust scatter (1.4826 MAD) of *values* in each integer bin."""
-    counts = np.bincount(bins, minlength=nbins)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    mid = np.minimum(starts + np.maximum(counts - 1, 0) // 2, max(len(values) - 1, 0))
-    med = np.where(counts > 0, values[_sorted_by_bin(bins, values)][mid], np.nan)
-    dev = np.abs(values - med[bins])
-    mad = np.where(counts > 0, dev[_sorted_by_bin(bins, dev)][mid], np.nan)
-    return med, 1.4826 * mad, counts
-
-
 # nodes of the radial profile (px): every 0.5 px in the core, where the profile bends most,
 # every px to 8, then 25% apart
 _STEP, _MID, _GROWTH = 0.5, 8.0, 1.25
@@ -159,18 +141,22 @@ def radial_models(cuts, goods, peaks, sigmas, noise, centring=None):
         raw = np.concatenate([c.ravel() for c in cuts]).astype(np.float64)
         light = np.where(np.concatenate([c.ravel() for c in centring]) & np.isfinite(raw),
                          np.maximum(raw, 0.0), 0.0)
+    # the window only reaches 4 sigma around the peak: compute it there
+    win = ((xx - xc[obj]) ** 2 + (yy - yc[obj]) ** 2 < 16.0 * sig2[obj]) & (light > 0)
+    wobj, wx, wy, wlight = obj[win], xx[win], yy[win], light[win]
     for _ in range(3):  # two re-centrings, then the window's moments
-        dx, dy = xx - xc[obj], yy - yc[obj]
-        w = light * np.exp(-(dx * dx + dy * dy) / (2.0 * sig2[obj]))
-        total = np.bincount(obj, w, count)
+        dx, dy = wx - xc[wobj], wy - yc[wobj]
+        w = wlight * np.exp(-(dx * dx + dy * dy) / (2.0 * sig2[wobj]))
+        total = np.bincount(wobj, w, count)
         has = total > 0
         total = np.where(has, total, 1.0)
-        mx, my = np.bincount(obj, w * xx, count) / total, np.bincount(obj, w * yy, count) / total
+        mx = np.bincount(wobj, w * wx, count) / total
+        my = np.bincount(wobj, w * wy, count) / total
         if _ < 2:
             xc, yc = np.where(has, mx, xc), np.where(has, my, yc)
-    x2 = np.bincount(obj, w * dx * dx, count) / total
-    y2 = np.bincount(obj, w * dy * dy, count) / total
-    xy = np.bincount(obj, w * dx * dy, count) / total
+    x2 = np.bincount(wobj, w * dx * dx, count) / total
+    y2 = np.bincount(wobj, w * dy * dy, count) / total
+    xy = np.bincount(wobj, w * dx * dy, count) / total
     det = x2 * y2 - xy * xy
     ok = has & (det > 0)
     det = np.where(ok, det, 1.0)
@@ -184,6 +170,7 @@ def radial_models(cuts, goods, peaks, sigmas, noise, centring=None):
     scale = 0.5 * (a00 + a11) / (a00 * a11 - a01 * a01)
     cxx, cyy, cxy = (np.where(ok, a00 * scale, 1.0), np.where(ok, a11 * scale, 1.0),
                      np.where(ok, 2.0 * a01 * scale, 0.0))
+    dx, dy = xx - xc[obj], yy - yc[obj]
     r = np.sqrt(np.maximum(cxx[obj] * dx * dx + cyy[obj] * dy * dy + cxy[obj] * dx * dy, 0.0))
     j, t = _node(r)
     k = int(j.max()) + 2
@@ -192,8 +179,15 @@ def radial_models(cuts, goods, peaks, sigmas, noise, centring=None):
     nodes = _fit_profiles(node, t, values, weights, count, k)
     resid = values - (nodes[node] * (1.0 - t) + nodes[node + 1] * t)
     floor = np.repeat(np.asarray(noise, dtype=np.float64), k)  # per object, per node
-    _, spread, counts = _binned(node[good], resid[good], count * k)
-    spread = np.where(counts >= 5, np.maximum(spread, floor), 3.0 * floor)
+    # the scatter at each radius: an rms, then an rms without what lies beyond 3 of it (a
+    # companion's core), which is what the refit leaves out too
+    keep = weights
+    for _ in range(2):
+        counts = np.bincount(node, keep, count * k)
+        spread = np.sqrt(np.bincount(node, keep * resid * resid, count * k)
+                         / np.maximum(counts, 1.0))
+        spread = np.where(counts >= 5, np.maximum(spread, floor), 3.0 * floor)
+        keep = weights * (np.abs(resid) < 3.0 * spread[node])
     keep = weights * (resid < 3.0 * spread[node])
     nodes = _fit_profiles(node, t, values, keep, count, k)
     model = nodes[node] * (1.0 - t) + nodes[node + 1] * t
@@ -230,26 +224,35 @@ def harmonic_model(cut, fit, r, phi, noise, iterations=2):
     """A parent's model for measuring its companions: the piecewise-linear radial profile
     plus an m = 2 term (cos 2phi, sin 2phi, each with its own profile), which takes up the
     ellipticity a Gaussian-window shape gets wrong on a Sersic galaxy; fitted by least squares
-    to the *fit* pixels, refitted without those more than 3 sigma above it."""
-    j, t = _node(r)
+    to the *fit* pixels, refitted without those more than 3 sigma above it.
+
+    The normal equations are built with bincount (six basis functions touch each pixel):
+    no large matrix product, so no BLAS threads (they multiply the CPU time on a busy host).
+    """
+    j, t = _node(r.ravel())
     k = int(j.max()) + 2
-    rows = np.flatnonzero(fit.ravel() & np.isfinite(cut.ravel()))
-    jj, tt = j.ravel(), t.ravel()
-    c2, s2 = np.cos(2 * phi).ravel(), np.sin(2 * phi).ravel()
-    design = np.zeros((cut.size, 3 * k))
-    pix = np.arange(cut.size)
-    for m, angular in enumerate((np.ones(cut.size), c2, s2)):
-        design[pix, m * k + jj] += (1.0 - tt) * angular
-        design[pix, m * k + jj + 1] += tt * angular
+    size = 3 * k
+    angular = (np.ones(j.size), np.cos(2 * phi).ravel(), np.sin(2 * phi).ravel())
+    cols = np.stack([m * k + j + step for m in range(3) for step in (0, 1)], axis=1)
+    vals = np.stack([a * w for a in angular for w in (1.0 - t, t)], axis=1)
     values = cut.ravel().astype(np.float64)
-    keep = rows
-    for _ in range(iterations):
-        coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
-        resid = values[rows] - design[rows] @ coef
-        spread = max(1.4826 * float(np.median(np.abs(resid))), noise)
-        keep = rows[resid < 3.0 * spread]
-    coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
-    return (design @ coef).reshape(cut.shape)
+    rows = fit.ravel() & np.isfinite(values)
+    values = np.where(rows, values, 0.0)
+    pairs = (cols[:, :, None] * size + cols[:, None, :]).ravel()
+    products = (vals[:, :, None] * vals[:, None, :]).reshape(len(values), -1)
+    weights = rows.astype(np.float64)
+    for step in range(iterations + 1):
+        normal = np.bincount(pairs, (weights[:, None] * products).ravel(), size * size)
+        normal = normal.reshape(size, size)
+        normal[np.diag_indices(size)] += 1e-9 * max(normal.diagonal().max(), 1.0)
+        rhs = np.bincount(cols.ravel(), ((weights * values)[:, None] * vals).ravel(), size)
+        coef = np.linalg.solve(normal, rhs)
+        model = (vals * coef[cols]).sum(axis=1)
+        if step < iterations:
+            resid = values - model
+            spread = max(1.4826 * float(np.median(np.abs(resid[rows]))), noise)
+            weights = (rows & (resid < 3.0 * spread)).astype(np.float64)
+    return model.reshape(cut.shape)
 
 
 def _box_sum(a):
