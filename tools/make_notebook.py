@@ -49,8 +49,9 @@ images, the source catalog the handler writes, the named SQL queries, figures, h
 catalog is against the generator's truth, and exports that TOPCAT, DS9 and astropy open.
 
 **Summary.** The notebook runs top to bottom on a fresh clone: when the raw bucket is empty it
-draws a small synthetic sample (three 1024x1024 images, g, r, i, of one patch of sky) and
-catalogues it, which takes a few seconds. Settings come from the environment or
+draws a small synthetic sample (three 1024x1024 images, g, r, i, of one patch of sky, and a
+small six-night survey for the light curves) and catalogues it: about a minute on two cores,
+half of it the HATS export of section 9. Settings come from the environment or
 `.skysurvey.env`, exactly as for the scripts: with `s3://` buckets the same cells read and
 write S3 instead of local folders.
 
