@@ -45,8 +45,10 @@ md("""
 # Sky survey analysis: from FITS images to a catalog you can trust
 
 **Goal.** Walk through the whole pipeline with the same functions the scripts call: the raw
-images, the source catalog the handler writes, the named SQL queries, figures, how good the
-catalog is against the generator's truth, and exports that TOPCAT, DS9 and astropy open.
+images, the source catalog the handler writes, its calibration against a reference catalog,
+the named SQL queries, figures, how good the catalog is against the generator's truth, objects
+and light curves across nights, HATS and a cross-match in LSDB, and exports that TOPCAT, DS9 and
+astropy open.
 
 **Summary.** The notebook runs top to bottom on a fresh clone: when the raw bucket is empty it
 draws a small synthetic sample (three 1024x1024 images, g, r, i, of one patch of sky, and a
@@ -55,9 +57,10 @@ half of it the HATS export of section 9. Settings come from the environment or
 `.skysurvey.env`, exactly as for the scripts: with `s3://` buckets the same cells read and
 write S3 instead of local folders.
 
-**How to run it.** `make install`, then `.venv/bin/pip install jupyterlab` (an optional extra,
-about 120 MB, not needed by the tests) and `.venv/bin/jupyter lab notebooks/sky_analysis.ipynb`.
-Headless: `.venv/bin/jupyter execute notebooks/sky_analysis.ipynb`, or nbclient as
+**How to run it.** `make install`, then `.venv/bin/pip install -e '.[notebook]'` (JupyterLab,
+an optional extra of about 120 MB, not needed by the tests) and
+`.venv/bin/jupyter lab notebooks/sky_analysis.ipynb`. Headless:
+`.venv/bin/jupyter execute notebooks/sky_analysis.ipynb`, or nbclient as
 `tests/test_notebook.py` does.
 """)
 section("1. Configuration", "config")
