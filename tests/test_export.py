@@ -246,3 +246,29 @@ def test_images_table_with_null_text_timestamps_and_booleans_exports(catalog, tm
     assert str(table["processed_at"][0]).startswith(str(df["processed_at"][0].year))
     assert list(table["has_wcs"]) == [True, True]
     assert list(np.asarray(table["image_id"]).astype(str)) == ["img_g", "img_r"]
+
+
+def test_athena_empty_result_says_so_and_why(moto_server, capsys):
+    """On Athena (moto over HTTP, which runs no SQL), an empty result is explained, not printed
+    as a bare `Empty DataFrame`."""
+    import json
+    import urllib.request
+
+    import boto3
+
+    boto3.client("athena").create_work_group(
+        Name="astronomy-workgroup",
+        Configuration={"ResultConfiguration": {"OutputLocation": "s3://cat/athena-results/"}})
+    boto3.client("s3").create_bucket(Bucket="cat")
+    for _ in range(6):  # whatever DDL comes first, then the query: all empty
+        body = json.dumps({"results": [{"rows": [], "column_info": []}]}).encode()
+        request = urllib.request.Request(f"{moto_server}/moto-api/static/athena/query-results",
+                                         data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        assert urllib.request.urlopen(request).status == 201
+    script = load_script("query_with_athena")
+    assert script.main(["--engine", "athena", "--catalog", "s3://cat", "--query",
+                        "total_sources"]) == 0
+    out = capsys.readouterr().out
+    assert "Empty DataFrame" not in out
+    assert "(no rows) Athena returned an empty result" in out and "moto" in out
