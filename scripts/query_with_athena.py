@@ -161,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         names = list(NAMED_QUERIES) if args.query in (None, "all") else [args.query]
         try:
-            jobs = [(n, get_named(n).sql,
-                     params if params is not None else get_named(n).params) for n in names]
+            jobs = [(n, get_named(n).sql, get_named(n).bind(params)) for n in names]
         except SkySurveyError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -29,7 +30,13 @@ import pyarrow.dataset as pads
 
 from .config import is_s3_uri, parse_s3_uri
 from .errors import QueryError
-from .schema import IMAGES_SCHEMA, SOURCES_SCHEMA
+from .schema import (
+    ASSOCIATIONS_SCHEMA,
+    IMAGES_SCHEMA,
+    OBJECT_PHOTOMETRY_SCHEMA,
+    OBJECTS_SCHEMA,
+    SOURCES_SCHEMA,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +75,19 @@ IMAGES_SINCE_FIRST = frozenset({"zero_point_err", "zero_point_rms", "n_calib", "
 #: The tables DuckDB registers, by SQL name. Append new ones here (``objects``...); a table
 #: that must hide rows of images without a record is registered as ``<name>_data`` and named
 #: in :data:`VIEWS`, as on Athena (athena.TABLES / athena.VIEWS).
+#: objects, object_photometry, associations (scripts/build_objects.py): partitioned by hpx5
+HPX_PARTITIONS = pa.schema([pa.field("hpx5", pa.int32())])
 DATASETS: dict[str, Dataset] = {
     "sources_data": Dataset("sources", SOURCES_SCHEMA, since_first=SOURCES_SINCE_FIRST),
     "images": Dataset("images", IMAGES_SCHEMA, since_first=IMAGES_SINCE_FIRST),
+    "objects": Dataset("objects", OBJECTS_SCHEMA, HPX_PARTITIONS, required=False),
+    "object_photometry": Dataset("object_photometry", OBJECT_PHOTOMETRY_SCHEMA, HPX_PARTITIONS,
+                                 required=False),
+    "associations_data": Dataset("associations", ASSOCIATIONS_SCHEMA, HPX_PARTITIONS,
+                                 required=False),
 }
 #: SQL views over a registered table: only rows whose ``image_id`` has an ``images`` record.
-VIEWS: dict[str, str] = {"sources": "sources_data"}
+VIEWS: dict[str, str] = {"sources": "sources_data", "associations": "associations_data"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,12 @@ class NamedQuery:
     description: str
     sql: str
     params: tuple = ()
+    prepare: Callable[[tuple], tuple] | None = None  # user values -> bound values
+
+    def bind(self, params=None) -> list:
+        """The values bound to the ``?`` of :attr:`sql` (the defaults when *params* is None)."""
+        values = tuple(self.params if params is None else params)
+        return list(self.prepare(values) if self.prepare else values)
 
 
 NAMED_QUERIES: dict[str, NamedQuery] = {
@@ -110,6 +130,81 @@ NAMED_QUERIES: dict[str, NamedQuery] = {
         "FROM sources WHERE snr IS NOT NULL GROUP BY 1 ORDER BY min(snr)",
     ),
 }
+
+# Survey tables (scripts/build_objects.py): objects, object_photometry, associations.
+_ARCSEC_PER_RADIAN = "206264.80624709636"
+
+
+def _distance_sql(ra1: str, dec1: str, ra2: str, dec2: str) -> str:
+    """Exact angular distance in arcsec (haversine), in SQL both DuckDB and Trino accept."""
+    return (f"2 * {_ARCSEC_PER_RADIAN} * asin(sqrt(power(sin(radians({dec2} - {dec1}) / 2), 2)"
+            f" + cos(radians({dec1})) * cos(radians({dec2}))"
+            f" * power(sin(radians({ra2} - {ra1}) / 2), 2)))")
+
+
+def _cone_parameters(params: tuple) -> tuple:
+    from .objects import cone_parameters
+
+    return cone_parameters(params)
+
+
+NAMED_QUERIES.update({
+    "cone": NamedQuery(
+        "Objects within radius_arcsec of (ra, dec): parameters ra, dec, radius_arcsec; pruned "
+        "by order-5 partition and _healpix_29 ranges (computed in Python), then exact distance",
+        "WITH cone AS (SELECT CAST(? AS DOUBLE) AS ra0, CAST(? AS DOUBLE) AS dec0, "
+        "CAST(? AS DOUBLE) AS radius), "
+        "near AS (SELECT o.object_id, o.ra, o.dec, o.n_detections, o.n_nights, o.variable, "
+        "o.transient_candidate, c.radius, " + _distance_sql("c.ra0", "c.dec0", "o.ra", "o.dec")
+        + " AS distance_arcsec FROM objects o CROSS JOIN cone c "
+        "WHERE o.hpx5 IN (?, ?, ?, ?) AND ("
+        + " OR ".join(["o._healpix_29 BETWEEN ? AND ?"] * 8) + ")) "
+        "SELECT object_id, ra, dec, distance_arcsec, n_detections, n_nights, variable, "
+        "transient_candidate FROM near WHERE distance_arcsec <= radius "
+        "ORDER BY distance_arcsec, object_id",
+        (150.1, 2.2, 60.0), _cone_parameters,
+    ),
+    "light_curve": NamedQuery(
+        "Light curve of object_id ? (-1: the variable object with most detections): one row "
+        "per detection, calibrated magnitude (mag_apcorr when measured, else mag)",
+        "SELECT a.object_id, i.mjd, s.band, s.image_id, s.source_id, "
+        "COALESCE(s.mag_apcorr, s.mag) AS mag, "
+        "CASE WHEN s.mag_apcorr IS NOT NULL THEN s.mag_apcorr_err ELSE s.mag_err END AS mag_err, "
+        "s.flags, a.separation_arcsec FROM associations a "
+        "JOIN sources s ON s.image_id = a.image_id AND s.source_id = a.source_id "
+        "JOIN images i ON i.image_id = a.image_id "
+        "WHERE a.object_id = COALESCE(NULLIF(CAST(? AS BIGINT), -1), (SELECT object_id FROM "
+        "objects ORDER BY variable DESC, n_detections DESC, object_id LIMIT 1)) "
+        "ORDER BY i.mjd, s.band, s.image_id",
+        (-1,),
+    ),
+    "variables": NamedQuery(
+        "Objects flagged variable (chi2 test with a systematic floor), most significant first",
+        "SELECT o.object_id, o.ra, o.dec, o.n_detections, o.n_nights, p.band, p.n, p.mean_mag, "
+        "p.scatter, p.chi2_reduced FROM objects o JOIN object_photometry p "
+        "ON p.object_id = o.object_id WHERE o.variable = true "
+        "ORDER BY p.chi2_reduced DESC, o.object_id, p.band LIMIT 100",
+    ),
+    "transients": NamedQuery(
+        "Transient candidates (seen on one night only) detected at least ? times",
+        "SELECT object_id, ra, dec, n_detections, first_mjd, last_mjd FROM objects "
+        "WHERE transient_candidate = true AND n_detections >= ? ORDER BY first_mjd, object_id",
+        (2,),
+    ),
+    "crossmatch_reference": NamedQuery(
+        "Objects matched to the `reference` table within ? arcsec, nearest first (DuckDB: the "
+        "REFERENCE_CATALOG Parquet; Athena: a `reference` table, see the README)",
+        "WITH r AS (SELECT CAST(? AS DOUBLE) AS radius), pairs AS (SELECT o.object_id, o.ra, "
+        "o.dec, f.ra AS ref_ra, f.dec AS ref_dec, r.radius, "
+        + _distance_sql("o.ra", "o.dec", "f.ra", "f.dec") + " AS distance_arcsec "
+        "FROM objects o CROSS JOIN r JOIN reference f "
+        "ON f.dec BETWEEN o.dec - r.radius / 3600 AND o.dec + r.radius / 3600) "
+        "SELECT object_id, ra, dec, ref_ra, ref_dec, distance_arcsec FROM pairs "
+        "WHERE distance_arcsec <= radius ORDER BY object_id, distance_arcsec LIMIT 1000",
+        (1.0,),
+    ),
+})
+
 
 def s3_filesystem():
     """pyarrow's S3 filesystem with boto3's credentials, region and endpoint."""
@@ -277,6 +372,9 @@ def connect(catalog_uri: str, *, safe: bool = False):
         con.register(name, dataset(catalog_uri, name))
     for view, table in VIEWS.items():
         con.execute(f"CREATE VIEW {view} AS {view_sql(view, table, 'images')}")
+    from .objects import register_reference
+
+    register_reference(con)  # the REFERENCE_CATALOG Parquet as `reference` (else empty)
     if safe:
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
@@ -329,4 +427,4 @@ def get_named(name: str) -> NamedQuery:
 
 def run_named(name: str, catalog_uri: str, params=None):
     query = get_named(name)
-    return run_query(query.sql, catalog_uri, query.params if params is None else params)
+    return run_query(query.sql, catalog_uri, query.bind(params))
