@@ -1,18 +1,32 @@
 """Second detection pass: faint sources hidden inside a bright neighbour's isophote (issue 18).
 
 SEP's and SExtractor's multi-threshold deblending misses a faint peak sitting on a bright
-wing: the bright object's detection absorbs it. Here every bright first-pass object is
-replaced by a smooth model of itself, the median of its own pixels in elliptical annuli
-(median, so a companion covering a small part of an annulus barely moves it; elliptical, from
-the object's isophotal moments, so it fits stars and Sersic galaxies alike), and SEP detects
-again on the residual with the same threshold semantics (``thresh`` times the noise, same
-filter and minimum area). The noise is the local one: the robust scatter of each annulus
-(Poisson noise of the wing, model mismatch) or the sky noise, whichever is larger, so noise in
-a bright wing is not turned into sources. A residual detection is kept when its isophotal S/N
-against that noise reaches ``second_pass_snr`` and it lies outside the parent's core.
+wing: the bright object's detection absorbs it. Here every bright first-pass object (peak at
+least ``second_pass_peak`` times the noise; not a streak, not sharper than the PSF) is
+replaced by a smooth model of itself: a piecewise-linear profile of the elliptical radius,
+least-squares fitted to its own and the sky's pixels (then refitted without those 3 sigma
+above it: a companion), centred and shaped by the light within a Gaussian window (the
+isophotal barycentre and moments of a blend are pulled by the companion), so it fits stars
+and Sersic galaxies alike. SEP detects again on the residual with the same threshold
+semantics (``thresh`` times the noise, same filter and minimum area) against the local noise:
+the clipped scatter of the residuals at each radius (Poisson noise of the wing, model
+mismatch) or the sky noise, whichever is larger, so noise in a bright wing is not turned into
+sources. A residual detection is kept when its isophotal S/N reaches ``second_pass_snr``, it
+lies 1.3 PSF FWHM or more from the parent's centre (its core is not searched) and it still
+stands out of a closer model of the parent (profile plus an m = 2 harmonic, fitted without
+the companions). Saturated pixels (and 3 PSF half widths around a clipped core) are left out.
 
-The pass is numpy + SEP only (it runs inside the Lambda) and looks only at cutouts around
-bright objects, so its cost is a small fraction of the first extraction.
+Approach, measured against splitting segments at secondary peaks of the filtered image (the
+other way issue 18 names): on faint stars planted 2-5 FWHM from objects 5-100x brighter the
+residual search found 125-126 of 128, peak splitting 101 (at its threshold with no false
+source beside the same bright objects alone; a single pass 77-78): a faint star on a steep
+wing makes a shoulder, not a peak. On the generator's 2048² fields both gain about as much
+(crowded: SNR >= 10 completeness 0.976 -> 0.979 here, 0.979-0.983 splitting at 3-2 sigma of
+prominence, which also made 2 false sources on the sparse field); peak splitting costs less
+(12 ms against ~60 ms at 1,300 sources).
+
+The pass is numpy + SEP only (it runs inside the Lambda), without large matrix products (no
+BLAS threads), and looks only at cutouts around bright objects.
 """
 
 from __future__ import annotations
@@ -70,7 +84,7 @@ class Hidden:
 # nodes of the radial profile (px): every 0.5 px in the core, where the profile bends most,
 # every px to 8, then 25% apart
 _STEP, _MID, _GROWTH = 0.5, 8.0, 1.25
-PROTECT = 5.0
+PROTECT = 5.0  # a new source is measured without where its parent is this many times its peak
 
 
 def _node(r):
