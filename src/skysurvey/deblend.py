@@ -303,40 +303,33 @@ def _candidates(residual, err, hide, bounds, shape, extract):
                                                              & ~cut_edge)]
 
 
-def find_hidden(sub, objects, segmap, mask, noise, *, thresh, minarea, deblend_nthresh,
-                deblend_cont, parent_peak, min_snr, pad=5, saturated=None) -> Hidden | None:
-    """Detect the sources hidden in bright first-pass objects (see the module docstring).
+@dataclass
+class _Parent:
+    """One bright first-pass object as the second pass sees it: its cutout *box*
+    ``(y0, y1, x0, x1)``, the pixels fitted (*good*: its own and the sky's), its peak in the
+    cutout, window sigma, sky noise and number of saturated pixels."""
 
-    *noise* is the noise the first pass used (a scalar, or a per-pixel map read at each
-    object's peak); parents are the objects whose peak reaches ``parent_peak`` times it
-    (streaks excepted; *saturated* pixels and their neighbours are left out of the fits and
-    the search); each is searched in its isophote's bounding box grown by *pad* px.
-    Returns None when nothing is found.
-    """
-    n = len(objects)
-    if n == 0:
-        return None
+    index: int
+    box: tuple
+    cut: np.ndarray
+    good: np.ndarray
+    peak: tuple
+    sigma: float
+    noise: float
+    clipped: int
+
+
+def _parents(sub, objects, segmap, mask, noise, saturated, parent_peak, pad):
+    """The first-pass objects to search: peak >= *parent_peak* x noise, no streak (a hot
+    column or trail has no radial profile), each in its isophote's box grown by *pad* px."""
     ny, nx = sub.shape
-    if np.ndim(noise):
-        noise = noise[np.clip(objects["ypeak"], 0, ny - 1), np.clip(objects["xpeak"], 0, nx - 1)]
-    else:
-        noise = np.full(n, float(noise))
-    # a streak (hot column, trail) is no object with a radial profile: a/b < 5 only
-    parents = np.flatnonzero((objects["peak"] >= parent_peak * noise)
-                             & (objects["a"] < 5.0 * objects["b"]))
-
-    def extract(residual, err, mask):
-        return sep.extract(residual, thresh, err=err, mask=mask, minarea=minarea,
-                           filter_type="conv", deblend_nthresh=deblend_nthresh,
-                           deblend_cont=deblend_cont, segmentation_map=True)
-
-    extract.min_snr = min_snr
-    boxes, cuts, goods, peaks, sigmas, kept, clipped = [], [], [], [], [], [], []
-    for p in parents:
+    chosen = np.flatnonzero((objects["peak"] >= parent_peak * noise)
+                            & (objects["a"] < 5.0 * objects["b"]))
+    out = []
+    for p in chosen:
         o = objects[p]
         y0, y1 = max(int(o["ymin"]) - pad, 0), min(int(o["ymax"]) + pad + 1, ny)
         x0, x1 = max(int(o["xmin"]) - pad, 0), min(int(o["xmax"]) + pad + 1, nx)
-        kept.append(p)
         seg = segmap[y0:y1, x0:x1]
         others = (seg != 0) & (seg != p + 1)
         if mask is not None:
@@ -344,73 +337,59 @@ def find_hidden(sub, objects, segmap, mask, noise, *, thresh, minarea, deblend_n
         n_sat = 0 if saturated is None else int(np.count_nonzero(saturated[y0:y1, x0:x1]))
         if n_sat:  # a clipped core fits no profile: its pixels and their neighbours stay out
             others |= _grow(saturated[y0:y1, x0:x1], 2)
-        clipped.append(n_sat)
-        boxes.append((y0, y1, x0, x1))
-        cuts.append(sub[y0:y1, x0:x1])
-        goods.append(~others)
-        peaks.append((float(o["xpeak"]) - x0, float(o["ypeak"]) - y0))
-        sigmas.append(max(float(np.sqrt(o["a"] * o["b"])), 1.0))
-    if not kept:
+        out.append(_Parent(int(p), (y0, y1, x0, x1), sub[y0:y1, x0:x1], ~others,
+                           (float(o["xpeak"]) - x0, float(o["ypeak"]) - y0),
+                           max(float(np.sqrt(o["a"] * o["b"])), 1.0), float(noise[p]), n_sat))
+    return out
+
+
+def _companions(parent, model, scatter, r, half, psf_half, shape, extract):
+    """The new sources hidden in one parent and the patch to measure them with, or None.
+
+    The core (within 0.75 of the parent's FWHM; around a clipped core, 3 PSF half widths
+    beyond it), where a symmetric model of pixel-integrated light is least exact, is not
+    searched, and a detection must lie 1.3 FWHM out (the PSF's, for a galaxy). The parent is
+    then refitted without the pixels near its companions (their light lifted it), with an
+    m = 2 term; a detection must still stand out of that closer model.
+    """
+    h, w = parent.cut.shape
+    yy, xx = np.mgrid[:h, :w]
+    px, py = parent.peak
+    core = r < 1.5 * half
+    if parent.clipped:
+        reach = np.sqrt(parent.clipped / np.pi) + 3.0 * psf_half
+        core |= (xx - px) ** 2 + (yy - py) ** 2 < reach**2
+    cands = _candidates(parent.cut - model, scatter, ~parent.good | core, parent.box, shape,
+                        extract)
+    cands = [(rec, pix) for rec, pix in cands
+             if np.hypot(rec["x"] - px, rec["y"] - py) >= 2.6 * min(half, psf_half)]
+    if not cands:
         return None
-    parents, noise = np.array(kept), noise[kept]
-    models, scatters, radii, halves = radial_models(cuts, goods, peaks, sigmas, noise)
-    # the PSF's half width: the sharp end of the parents' (galaxies are broader; cosmic rays,
-    # sharper than any sampled PSF, left out)
-    resolved = halves[halves >= 1.0]
-    psf_half = float(np.percentile(resolved if resolved.size else halves, 25))
-    # SEP allocates its whole pixel stack on every call: size it for the largest cutout
-    pixstack = sep.get_extract_pixstack()
-    largest = max((c.size for c in cuts), default=0)
-    sep.set_extract_pixstack(max(min(pixstack, largest), 1024))
-    found, patches = [], {}
-    try:
-        for i, p in enumerate(parents):
-            if halves[i] < 0.5 * psf_half:  # sharper than the PSF: a cosmic ray, hot pixel
-                continue
-            # the core (within 0.75 of the parent's FWHM), where a symmetric model of
-            # pixel-integrated light is least exact, is not searched; a detection must lie
-            # 1.3 FWHM out (the PSF's for a galaxy)
-            core = radii[i] < 1.5 * halves[i]
-            h, w = cuts[i].shape
-            yy, xx = np.mgrid[:h, :w]
-            px, py = peaks[i]
-            if clipped[i]:  # around a saturated core the profile is extrapolated: 3 PSF
-                # half widths beyond its radius are not searched either
-                reach = np.sqrt(clipped[i] / np.pi) + 3.0 * psf_half
-                core |= (xx - px) ** 2 + (yy - py) ** 2 < reach**2
-            cands = _candidates(cuts[i] - models[i], scatters[i], ~goods[i] | core, boxes[i],
-                                (ny, nx), extract)
-            cands = [(rec, pix) for rec, pix in cands
-                     if np.hypot(rec["x"] - px, rec["y"] - py) >= 2.6 * min(halves[i], psf_half)]
-            if not cands:
-                continue
-            # refit the parent without the pixels near its companions (their light lifted it)
-            near = np.zeros((h, w), bool)
-            for rec, _ in cands:
-                reach = max(4.0 * float(np.sqrt(rec["a"] * rec["b"])), 4.0 * psf_half)
-                near |= (xx - rec["x"]) ** 2 + (yy - rec["y"]) ** 2 < reach**2
-            model = harmonic_model(cuts[i], goods[i] & ~near, radii[i],
-                                   np.arctan2(yy - py, xx - px), float(noise[i]))
-            # a detection must still stand out of this closer model (an elliptical galaxy's
-            # mismatched wings do not)
-            residual, var = cuts[i] - model, scatters[i].astype(np.float64) ** 2
-            cands = [(rec, pix) for rec, pix in cands
-                     if residual[pix].sum() >= min_snr * np.sqrt(var[pix].sum())]
-            if not cands:
-                continue
-            # the new sources' measurement leaves out the core and where the parent is much
-            # brighter than the faintest of them (there its model's small errors dominate)
-            faintest = min(float(rec["peak"]) for rec, _ in cands)
-            inner = radii[i] < 1.5 * min(halves[i], psf_half)
-            if clipped[i]:
-                inner |= core
-            patches[p] = (*boxes[i], model, inner | ~goods[i] | (model > PROTECT * faintest))
-            found += [(p, boxes[i][2], boxes[i][0], rec, pix) for rec, pix in cands]
-    finally:
-        sep.set_extract_pixstack(pixstack)
-    if not found:
+    near = np.zeros((h, w), bool)
+    for rec, _ in cands:
+        reach = max(4.0 * float(np.sqrt(rec["a"] * rec["b"])), 4.0 * psf_half)
+        near |= (xx - rec["x"]) ** 2 + (yy - rec["y"]) ** 2 < reach**2
+    model = harmonic_model(parent.cut, parent.good & ~near, r, np.arctan2(yy - py, xx - px),
+                           parent.noise)
+    residual, var = parent.cut - model, scatter.astype(np.float64) ** 2
+    cands = [(rec, pix) for rec, pix in cands
+             if residual[pix].sum() >= extract.min_snr * np.sqrt(var[pix].sum())]
+    if not cands:
         return None
-    # one record per source: a companion seen from two overlapping parents is kept once
+    # the new sources' measurement leaves out the core and where the parent is much
+    # brighter than the faintest of them (there its model's small errors dominate)
+    faintest = min(float(rec["peak"]) for rec, _ in cands)
+    inner = r < 1.5 * min(half, psf_half)
+    if parent.clipped:
+        inner |= core
+    return cands, (*parent.box, model, inner | ~parent.good | (model > PROTECT * faintest))
+
+
+def _records(found, objects, segmap):
+    """SEP-style records of the new sources in image coordinates (one per source: a companion
+    seen from two overlapping parents is kept once), their parents, and their labels
+    ``n + 1 ...`` written into *segmap*."""
+    n = len(objects)
     keep, positions = [], []
     for item in found:
         xy = (item[3]["x"] + item[1], item[3]["y"] + item[2])
@@ -429,7 +408,63 @@ def find_hidden(sub, objects, segmap, mask, noise, *, thresh, minarea, deblend_n
         new[k] = rec
         parent_of[k] = p
         h, w = pixels.shape
-        label = n + k + 1
-        segmap[y0:y0 + h, x0:x0 + w][pixels] = label
+        segmap[y0:y0 + h, x0:x0 + w][pixels] = n + k + 1
+    return new, parent_of
+
+
+def find_hidden(sub, objects, segmap, mask, noise, *, thresh, minarea, deblend_nthresh,
+                deblend_cont, parent_peak, min_snr, pad=5, saturated=None) -> Hidden | None:
+    """Detect the sources hidden in bright first-pass objects (see the module docstring).
+
+    *noise* is the noise the first pass used (a scalar, or a per-pixel map read at each
+    object's peak); parents are the objects whose peak reaches ``parent_peak`` times it
+    (streaks excepted; *saturated* pixels and their neighbours are left out of the fits and
+    the search); each is searched in its isophote's bounding box grown by *pad* px.
+    Returns None when nothing is found.
+    """
+    if len(objects) == 0:
+        return None
+    ny, nx = sub.shape
+    if np.ndim(noise):
+        noise = noise[np.clip(objects["ypeak"], 0, ny - 1), np.clip(objects["xpeak"], 0, nx - 1)]
+    else:
+        noise = np.full(len(objects), float(noise))
+    parents = _parents(sub, objects, segmap, mask, noise, saturated, parent_peak, pad)
+    if not parents:
+        return None
+
+    def extract(residual, err, mask):
+        return sep.extract(residual, thresh, err=err, mask=mask, minarea=minarea,
+                           filter_type="conv", deblend_nthresh=deblend_nthresh,
+                           deblend_cont=deblend_cont, segmentation_map=True)
+
+    extract.min_snr = min_snr
+    models, scatters, radii, halves = radial_models(
+        [q.cut for q in parents], [q.good for q in parents], [q.peak for q in parents],
+        [q.sigma for q in parents], np.array([q.noise for q in parents]))
+    # the PSF's half width: the sharp end of the parents' (galaxies are broader; cosmic rays,
+    # sharper than any sampled PSF, left out)
+    resolved = halves[halves >= 1.0]
+    psf_half = float(np.percentile(resolved if resolved.size else halves, 25))
+    # SEP allocates its whole pixel stack on every call: size it for the largest cutout
+    pixstack = sep.get_extract_pixstack()
+    sep.set_extract_pixstack(max(min(pixstack, max(q.cut.size for q in parents)), 1024))
+    found, patches = [], {}
+    try:
+        for i, parent in enumerate(parents):
+            if halves[i] < 0.5 * psf_half:  # sharper than the PSF: a cosmic ray, hot pixel
+                continue
+            hit = _companions(parent, models[i], scatters[i], radii[i], halves[i], psf_half,
+                              (ny, nx), extract)
+            if hit is None:
+                continue
+            cands, patches[parent.index] = hit
+            found += [(parent.index, parent.box[2], parent.box[0], rec, pix)
+                      for rec, pix in cands]
+    finally:
+        sep.set_extract_pixstack(pixstack)
+    if not found:
+        return None
+    new, parent_of = _records(found, objects, segmap)
     # the parent's core stays labelled (out of the new sources' measurement)
     return Hidden(new, parent_of, [(*patches[p], p + 1) for p in np.unique(parent_of)])
