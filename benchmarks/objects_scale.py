@@ -137,6 +137,8 @@ def cone_bytes(catalog: Path, ra: float, dec: float, radius_arcsec: float) -> tu
                "transient_candidate", "_healpix_29"}
     pruned = full = 0
     for path in sorted((catalog / "objects").rglob("*.parquet")):
+        if path.name.startswith("_"):  # statistics sidecars: not part of the table
+            continue
         part = int(path.parent.name.split("=")[1])
         meta = pq.ParquetFile(path).metadata
         for g in range(meta.num_row_groups):
