@@ -5,20 +5,23 @@ one image (mutual-nearest matching within the radius, image by image in time ord
 left unmatched starts a new object (a transient, or a star seen for the first time).
 
 Work is split by NESTED HEALPix pixel (a *unit*, order ``unit_order`` >= 5, fixed at the first
-build). A unit task reads the sources of the images overlapping its pixel plus a margin
-(8-12.8 arcsec at the default radius), the existing objects and associations of its pixel and
-its 8 neighbours, associates the new images, and keeps the objects whose mean position falls
-inside its pixel. Since the margin is many radii wide, the two tasks on either side of a border
-see all detections of a border object and reach the same result: the owner keeps it, the other
-drops it, so it is neither split nor duplicated. Units run in a local process pool, or one
-AWS Lambda invocation per unit (:func:`handle_unit_event`; numpy and astropy-healpix only, no
-scipy). Tables are written per unit:
+build). A unit task reads the sources of the images overlapping its pixel plus a margin (one
+to two order-15 pixels, 6-13 arcsec, at the default radius), the existing objects of its pixel
+and its 8 neighbours, associates the new images, and keeps the objects whose mean position
+falls inside its pixel. Since the margin is many radii wide, the two tasks on either side of a
+border see all detections of a border object and reach the same result: the owner keeps it,
+the other drops it, so it is neither split nor duplicated. Units run in a local process pool,
+or one AWS Lambda invocation per unit (:func:`handle_unit_event`; numpy and astropy-healpix
+only, no scipy). Tables are written per unit:
 ``<catalog>/<table>/hpx5=<order-5 pixel>/k<unit order>-<unit pixel>.parquet``.
 
 Incremental: existing associations are kept as they are; only images that are new, or whose
 catalog changed since the last build (reprocessed: another ``processed_at`` or pipeline
 version), are matched, in time order, against the existing objects (whose ids never change).
-Statistics are recomputed from all of an object's detections. A build writes its tables into a
+When all the changes are new images, each unit merges them into the sufficient statistics it
+stored beside its files (``_stats-*.parquet``, :class:`Stats`) and reads no old source; a
+reprocessed or removed image makes every unit re-read its images and recompute the statistics
+from all detections. Only the units new images touch are rewritten. A build writes its tables into a
 staging folder; after every unit has succeeded a ``_complete`` marker is written and the folders
 are swapped in (locally an atomic exchange of directories; on S3 a copy, during which a reader
 may see some units old and some new: a window of seconds, documented in the README). A build
