@@ -580,3 +580,20 @@ def test_incremental_night_on_part_of_the_sky_keeps_the_other_units(tmp_path):
     assert set(after.index) == set(before.index)
     assert sorted(after["n_detections"]) == sorted([2] * (~east).sum() + [3] * east.sum())
     assert len(read(tmp_path, "associations")) == 80 + east.sum()
+
+
+def test_removed_images_drop_their_objects_by_count(tmp_path):
+    ra, dec = stars(10, seed=25, spread_arcsec=150)
+    east = ra > RA0
+    write_image(tmp_path, "west", ra[~east], dec[~east], mjd=61130.1, size_deg=0.045,
+                centre=(RA0 - 0.021, DEC0))
+    write_image(tmp_path, "east", ra[east], dec[east], mjd=61130.2, size_deg=0.045,
+                centre=(RA0 + 0.021, DEC0))
+    build_objects(str(tmp_path), BuildConfig(unit_order=11))
+    for path in tmp_path.rglob("east.parquet"):
+        path.unlink()
+    report = build_objects(str(tmp_path))
+    assert report.n_removed_images == 1
+    assert report.n_dropped_objects == east.sum() and report.n_objects == (~east).sum()
+    assert any("were dropped" in n for n in report.notes)
+    assert len(read(tmp_path, "objects")) == (~east).sum()

@@ -1246,6 +1246,16 @@ def unit_of_key(key: str) -> int | None:
         return None
 
 
+def _orphan_objects(store, units: set[int]) -> int:
+    """Objects in the current tables' unit files outside *units* (the build drops them)."""
+    n = 0
+    for key in _list(store, "objects/"):
+        unit = unit_of_key(key)
+        if unit is not None and unit not in units and not key.rsplit("/", 1)[-1].startswith("_"):
+            n += pq.ParquetFile(pa.BufferReader(store.read_bytes(key))).metadata.num_rows
+    return n
+
+
 def _carry_over(store, staging: str, touched: set[int]) -> None:
     """Locally: hard links, in the staged tables, to the files of the units not rebuilt."""
     if not isinstance(store, LocalStore):
@@ -1381,6 +1391,8 @@ def build_objects(catalog: str, config: BuildConfig | None = None, *,
     touched = sorted(t.unit for t in tasks) if fast else None
     if fast:
         _carry_over(store, staging, set(touched))
+    else:  # units no image covers any more (all removed): their objects go, counted
+        report.n_dropped_objects += _orphan_objects(store, {t.unit for t in tasks})
     store.write_bytes(f"{staging}/_complete", json.dumps({"touched": touched}).encode())
     _commit(store, staging)
     if report.n_dropped_objects:
