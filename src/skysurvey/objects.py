@@ -150,7 +150,9 @@ def neighbours(pixels: np.ndarray, order: int) -> np.ndarray:
     pixels = np.asarray(pixels, np.int64)
     if pixels.size == 0:
         return np.zeros((9, 0), np.int64)
-    return np.vstack([pixels, np.asarray(_neighbours(pixels, 2**order, order="nested"))])
+    with np.errstate(invalid="ignore"):  # the 8 pixels with 7 neighbours give -1 (and a warning)
+        near = np.asarray(_neighbours(pixels, 2**order, order="nested"))
+    return np.vstack([pixels, near])
 
 
 def units_touched(fine: np.ndarray, fine_order: int, unit_order: int) -> np.ndarray:
