@@ -521,6 +521,38 @@ def test_build_on_s3_catalog(tmp_path, moto_server):
     assert build_objects("s3://cat/survey").status == "unchanged"
 
 
+def test_build_script_registers_its_partitions_in_glue(tmp_path, moto_server, capsys):
+    """DESIGN: partitions are registered as they are written (Athena sees the new objects
+    without a repair step); the script does it after an s3:// build."""
+    import boto3
+    from conftest import load_script
+
+    from skysurvey import athena
+    from skysurvey.storage import open_store
+
+    ra, dec = stars(8, seed=21)
+    local = tmp_path / "cat"
+    for k in range(2):
+        write_image(local, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
+    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket="cat")
+    store = open_store("s3://cat/survey")
+    for p in sorted(local.rglob("*.parquet")):
+        store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    glue = boto3.client("glue", endpoint_url=moto_server)
+    glue.create_database(DatabaseInput={"Name": "astronomy"})
+    for folder in ("objects", "object_photometry", "associations"):
+        glue.create_table(DatabaseName="astronomy", TableInput=athena.glue_table_input(
+            athena.TABLES[folder], "s3://cat/survey"))
+    assert load_script("build_objects").main(["--catalog", "s3://cat/survey"]) == 0
+    written = {k.split("/")[1] for k in (i.key for i in store.list("objects/"))
+               if k.split("/")[1].startswith("hpx5=")}
+    assert written
+    for folder in ("objects", "object_photometry", "associations"):
+        name = athena.TABLES[folder].name
+        parts = glue.get_partitions(DatabaseName="astronomy", TableName=name)["Partitions"]
+        assert {f"hpx5={p['Values'][0]}" for p in parts} == written, folder
+
+
 def test_sources_outside_the_image_footprint_fail_the_build_by_name(tmp_path):
     ra, dec = stars(30, seed=20, spread_arcsec=150)
     write_image(tmp_path, "n0", ra, dec, mjd=61130.1, size_deg=0.1)

@@ -111,7 +111,7 @@ IMAGES_SCHEMA = pa.schema(
 )
 
 # Survey tables written by scripts/build_objects.py (partitioned by a coarse HEALPix pixel,
-# ``<catalog>/<table>/hpx=<pixel>/part-*.parquet``; see objects.py for the partition order).
+# ``<catalog>/<table>/hpx5=<order-5 pixel>/k<order>-<pixel>.parquet``; see objects.py).
 OBJECTS_SCHEMA = pa.schema(
     [
         pa.field("object_id", pa.int64(), nullable=False),
