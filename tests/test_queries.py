@@ -173,7 +173,7 @@ def test_sources_left_in_an_earlier_partition_are_not_counted(catalog):
     """Re-processing after a FILTER fix moves an image to another band: until its earlier
     sources file is deleted, only the copy that matches the image record counts."""
     root, df = catalog
-    image_id, band, night, n = IMAGES[0]
+    image_id, _band, night, n = IMAGES[0]
     stale, _ = _tables(image_id, n, 0)
     _write(root, "sources", image_id, stale, band="z", night=night)
     got = run_named("total_sources", str(root))
