@@ -423,6 +423,24 @@ def test_crossmatch_reference_query(tmp_path, monkeypatch):
     out = run_named("crossmatch_reference", str(tmp_path), (1.0,))
     assert len(out) == 5 and np.allclose(out["distance_arcsec"], 0.3, atol=0.01)
     assert run_named("crossmatch_reference", str(tmp_path), (0.2,)).empty
+    # any format the calibration reads, position columns renamed to ra/dec
+    csv = tmp_path / "reference.csv"
+    csv.write_text("RA_ICRS,DE_ICRS,gmag\n" + "".join(
+        f"{r + 0.3 / 3600 / c:.10f},{d:.10f},{m}\n" for r, d, c, m in zip(
+            ra[:5], dec[:5], cosd, range(5), strict=True)))
+    monkeypatch.setenv("REFERENCE_CATALOG", str(csv))
+    assert len(run_named("crossmatch_reference", str(tmp_path), (1.0,))) == 5
+
+
+def test_an_unreadable_reference_is_named_not_an_empty_table(tmp_path, monkeypatch, caplog):
+    from skysurvey.queries import run_named
+
+    ra, dec = stars(3, seed=17)
+    write_image(tmp_path, "n0", ra, dec, mjd=61130.1)
+    build_objects(str(tmp_path))
+    monkeypatch.setenv("REFERENCE_CATALOG", str(tmp_path / "missing.parquet"))
+    assert run_named("crossmatch_reference", str(tmp_path), (1.0,)).empty
+    assert "missing.parquet" in caplog.text and "reference" in caplog.text
 
 
 def test_survey_plots(tmp_path):

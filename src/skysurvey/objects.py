@@ -1444,16 +1444,22 @@ CONE_RANGES = 8
 
 
 def register_reference(con) -> bool:
-    """Register ``reference`` in a DuckDB connection: the REFERENCE_CATALOG setting when it is
-    a local Parquet file, else an empty (ra, dec) table. True when it holds the reference."""
+    """Register ``reference`` in a DuckDB connection: the REFERENCE_CATALOG setting read by
+    :mod:`skysurvey.reference` (local or ``s3://`` Parquet, CSV, FITS, VOTable or HATS; its
+    position columns as ``ra``/``dec``), else an empty (ra, dec) table. A setting that cannot be
+    read is a warning naming it, never a silent empty table. True when it holds the reference."""
     from .config import get_setting
+    from .reference import open_reference
 
     uri = get_setting("REFERENCE_CATALOG")
     table = pa.table({"ra": pa.array([], pa.float64()), "dec": pa.array([], pa.float64())})
     found = False
-    if uri and uri.endswith(".parquet") and not uri.startswith("s3://"):
-        with contextlib.suppress(OSError, pa.ArrowInvalid):
-            table, found = pq.read_table(os.path.expanduser(uri)), True
+    if uri:
+        try:
+            ref = open_reference(uri)
+            table, found = ref.as_table(), True
+        except SkySurveyError as exc:
+            log.warning("table `reference` is empty: %s", exc)
     con.register("reference", table)
     return found
 

@@ -193,6 +193,22 @@ class ReferenceCatalog:
         self.columns: list[str] = list(names)
         self.ra_col, self.dec_col = ra_dec or self._positions()
 
+    def as_table(self) -> pa.Table:
+        """The whole reference as one table, its position columns renamed ``ra`` and ``dec``
+        (for SQL: the ``reference`` table of ``query_with_athena.py``)."""
+        if self._hats is not None:  # a survey-sized catalog never goes whole into memory
+            raise ReferenceError(self.uri, "a HATS catalog is not loaded whole into SQL: "
+                                           "cross-match with LSDB (scripts/export_hats.py)")
+        try:
+            table = self._table if self._table is not None else self._dataset.to_table()
+        except Exception as exc:
+            raise _reading(self.uri, exc) from None
+        names = [n for n in table.column_names if n.lower() not in ("ra", "dec")
+                 or n in (self.ra_col, self.dec_col)]
+        table = table.select(names)
+        return table.rename_columns([{self.ra_col: "ra", self.dec_col: "dec"}.get(n, n)
+                                     for n in names])
+
     def _positions(self) -> tuple[str, str]:
         for ra, dec in POSITION_NAMES:
             found = _find(self.columns, ra), _find(self.columns, dec)
