@@ -17,6 +17,7 @@ Exit status 0, or 1 with one line when the catalog or image cannot be read.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -138,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     extra = {"image_quality": lambda: plot_image_quality(quality_table(images_table))}
     if reference is not None:
+        # the flag overrides the setting for this run, also for the report's queries (the
+        # crossmatch_reference query reads the reference table from REFERENCE_CATALOG)
+        os.environ["REFERENCE_CATALOG"] = reference.uri
         extra["calibration_residuals"] = lambda: plot_calibration_residuals(
             match_to_reference(sources, images_table, reference))
     paths, skipped = save_all(sources, args.output, image=image, truth=truth,

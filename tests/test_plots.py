@@ -265,3 +265,13 @@ def test_image_quality_shows_seeing_depth_and_zero_point_per_image():
     with pytest.raises(plots.NothingToPlot):
         plots.plot_image_quality(quality.assign(seeing_arcsec=np.nan, depth_5sigma=np.nan,
                                                 zero_point=np.nan))
+
+
+def test_report_tables_keep_coordinate_digits():
+    from skysurvey.report import render_html
+
+    page = render_html({"images": 1}, pd.DataFrame(), {},
+                       {"bright": pd.DataFrame({"ra": [150.2012345678], "mjd": [61114.158333],
+                                                "dist": [0.0035]})})
+    assert "<td>150.201235</td>" in page and "<td>61114.158333</td>" in page
+    assert "<td>0.0035</td>" in page

@@ -79,8 +79,14 @@ def run_summary(sources: pd.DataFrame, images: pd.DataFrame, catalog_uri: str) -
 
 def _table_html(df: pd.DataFrame, headers: Mapping[str, str] | None = None) -> str:
     shown = df.rename(columns=dict(headers or {}))
-    return shown.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}",
-                         border=0, escape=True)
+    return shown.to_html(index=False, na_rep="-", float_format=_number, border=0, escape=True)
+
+
+def _number(value: float) -> str:
+    """Up to 6 decimals, trailing zeros dropped: RA/Dec keep their digits (150.123457), small
+    numbers stay readable (0.0035), no exponent for MJD (61114.158333)."""
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"
 
 
 def render_html(summary: Mapping[str, object], quality: pd.DataFrame,
