@@ -28,20 +28,6 @@ except ModuleNotFoundError as exc:  # run outside the project's environment
                      "first)") from None
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Associate the catalog's sources into objects with light-curve statistics.",
@@ -51,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--catalog", default=None,
                         help="catalog folder or s3:// URI (default: BUCKET_CATALOG, else "
                              "data/catalog)")
-    parser.add_argument("--radius", type=_positive_float, default=1.0,
+    parser.add_argument("--radius", type=cli.positive_float, default=1.0,
                         help="association radius, arcsec")
-    parser.add_argument("--workers", type=_positive_int, default=default_workers(),
+    parser.add_argument("--workers", type=cli.positive_int, default=default_workers(),
                         help="processes (one HEALPix unit each at a time)")
     parser.add_argument("--rebuild", action="store_true",
                         help="start from scratch: every object is renumbered")

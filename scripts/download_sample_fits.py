@@ -29,13 +29,6 @@ except ModuleNotFoundError as exc:  # run outside the project's environment
                      "first)") from None
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
-
-
 def _size(text: str) -> int:
     value = int(text)
     if value < 64:
@@ -59,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: python scripts/download_sample_fits.py --count 3 --size 1024",
     )
     parser.add_argument("--output", default=str(SAMPLE_DIR), help="folder to write into")
-    parser.add_argument("--count", type=_positive, default=6, help="number of images")
+    parser.add_argument("--count", type=cli.positive_int, default=6, help="number of images")
     parser.add_argument("--size", type=_size, default=2048, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=42, help="random seed")
     parser.add_argument("--bands", default="g,r,i", help="comma-separated filters")
@@ -67,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="file compression (fz: lossless tile-compressed, extension 1)")
     parser.add_argument("--real", action="store_true",
                         help="historical flag: no internet here, so images are generated anyway")
-    parser.add_argument("--survey", type=_positive, metavar="NIGHTS", default=None,
+    parser.add_argument("--survey", type=cli.positive_int, metavar="NIGHTS", default=None,
                         help="instead: one field observed on NIGHTS nights (dithers, seeing, "
                              "variable stars, one-night transients; bands g,r and 512 px unless "
                              "--bands/--size are given), truth in truth/objects.csv")

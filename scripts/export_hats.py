@@ -25,13 +25,6 @@ except ModuleNotFoundError as exc:  # run outside the project's environment
                      "first)") from None
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Export objects and sources as HATS catalogs (with margin caches).",
@@ -41,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--catalog", default=None,
                         help="catalog folder or s3:// URI (default: BUCKET_CATALOG)")
     parser.add_argument("--output", required=True, help="folder or s3:// URI to write")
-    parser.add_argument("--workers", type=_positive_int, default=1,
+    parser.add_argument("--workers", type=cli.positive_int, default=1,
                         help="dask workers for hats-import")
     cli.add_version(parser)
     return parser
