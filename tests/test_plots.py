@@ -275,3 +275,15 @@ def test_report_tables_keep_coordinate_digits():
                                                 "dist": [0.0035]})})
     assert "<td>150.201235</td>" in page and "<td>61114.158333</td>" in page
     assert "<td>0.0035</td>" in page
+
+
+def test_read_catalog_sees_what_sql_sees(tmp_path):
+    """A killed run's orphan sources file (no images record) is not plotted, as SQL skips it."""
+    sources, _, _ = _catalogued(tmp_path)
+    done = next((tmp_path / "cat" / "sources").rglob("*.parquet"))
+    table = pq.read_table(done)
+    table = table.set_column(0, "image_id", pa.array(["killed"] * table.num_rows))
+    pq.write_table(table, done.with_name("killed.parquet"))  # sources, no image record
+    again = plots.read_catalog(tmp_path / "cat")
+    assert len(again) == len(sources) > 0
+    assert set(again["image_id"]) == {"a"} and set(again["band"]) == {"r"}

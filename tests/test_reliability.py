@@ -615,3 +615,17 @@ def test_catalog_from_before_entries_is_still_guarded_and_repaired(tmp_path):
 
     assert repair_catalog(cat).entries_written == 1
     assert read_entry(cat, "a")["source_key"] == str(tmp_path / "in1" / "a.fits")
+
+
+def test_local_catalog_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    """A catalog folder shared with a group must be readable by it: the atomic write's
+    temporary file (mkstemp, 0600) takes the mode any new file gets under the umask."""
+    from skysurvey.storage import open_store
+
+    old = os.umask(0o022)
+    try:
+        store = open_store(tmp_path)
+        store.write_bytes("sources/x.parquet", b"data")
+        assert (tmp_path / "sources" / "x.parquet").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import SkySurveyError
+from .storage import new_file_mode
 from .units import annotate, meta_for, with_astropy_metadata
 
 FORMATS: dict[str, str] = {".csv": "csv", ".parquet": "parquet", ".fits": "fits",
@@ -206,13 +207,6 @@ def _pixel_scale(row: dict, scales) -> float | None:
     return None
 
 
-def _readable_mode() -> int:
-    """The mode a new file gets under the current umask (mkstemp makes 0600 files)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def atomic_write(path: Path, data: bytes, overwrite: bool = True) -> Path:
     """Write *data* to *path* through a temporary file renamed into place (never half-written);
     an existing file is kept, with :class:`ExportError`, unless *overwrite*."""
@@ -223,7 +217,7 @@ def atomic_write(path: Path, data: bytes, overwrite: bool = True) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.chmod(tmp, _readable_mode())
+        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.patches import Ellipse
 
 from .export import ELLIPSE_SCALE  # the DS9 regions draw the same ellipses
-from .queries import dataset
+from .queries import VIEWS, dataset, run_query
 
 #: One colour per common band (the Rubin Observatory's scheme: blue to dark red with
 #: wavelength, readable side by side); other bands cycle through matplotlib's colours.
@@ -37,7 +37,12 @@ class NothingToPlot(ValueError):
 
 
 def read_catalog(catalog_uri: str, table: str = "sources") -> pd.DataFrame:
-    """A catalog table as a DataFrame (with ``band`` and ``night``); a missing catalog raises."""
+    """A catalog table as a DataFrame (with ``band`` and ``night``); a missing catalog raises.
+
+    ``sources`` (and ``associations``) hold the rows SQL sees: only images with an ``images``
+    record, so a killed run's orphan file is not plotted (``queries.VIEWS``)."""
+    if table in VIEWS:
+        return run_query(f"SELECT * FROM {table}", str(catalog_uri))
     return dataset(catalog_uri, table).to_table().to_pandas()
 
 

@@ -67,6 +67,13 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def new_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def open_store(uri: str | os.PathLike) -> LocalStore | S3Store:
     """The store for *uri*: ``s3://bucket[/prefix]`` or a local folder."""
     if is_s3_uri(uri):
@@ -209,6 +216,8 @@ class LocalStore:
         yield path
 
     def _atomic(self, key: str, fill: Callable[[Path], None]) -> None:
+        """Fill a temporary file beside *key* and rename it into place; it gets the mode any
+        new file gets under the umask (mkstemp's 0600 hid catalogs from other users)."""
         dest = self._path(key)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -218,6 +227,7 @@ class LocalStore:
         os.close(fd)
         try:
             fill(Path(tmp))
+            os.chmod(tmp, new_file_mode())
             os.replace(tmp, dest)
         except OSError as exc:
             Path(tmp).unlink(missing_ok=True)
