@@ -175,13 +175,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{out_dir} already holds {', '.join(existing)}.csv: add --force to "
                          "replace them, or leave out --output-dir for a new run folder")
     run = _duckdb(catalog, args.safe) if args.engine == "duckdb" else _athena(args, catalog)
-    saved = []
-    for name, sql, bound in jobs:
+    saved, failed = [], []
+    for name, sql, bound in jobs:  # one failing query is named; the others still run
         try:
             df, note = run(sql, bound)
         except SkySurveyError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            print(f"error: {name}: {exc}", file=sys.stderr)
+            failed.append(name)
+            continue
         print(f"\n== {name} ==")
         print(df.to_string(index=False) if len(df) else _why_empty(args.engine))
         if note:
@@ -197,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     for path in saved:
         print(f"saved {path}")
-    return 0
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -132,6 +132,22 @@ def test_script_all_sql_list_and_outputs(catalog, tmp_path, capsys):
     assert script.main(["--catalog", str(tmp_path / "none"), "--query", "total_sources"]) == 1
 
 
+def test_query_all_runs_every_query_past_a_failing_one(catalog, tmp_path, monkeypatch, capsys):
+    """One query failing is named; the others still run; the exit status is 1."""
+    from skysurvey import queries
+
+    root, _ = catalog
+    broken = queries.NamedQuery("broken on purpose", "SELECT no_such_column FROM sources")
+    monkeypatch.setattr(queries, "NAMED_QUERIES", {"aa_broken": broken, **queries.NAMED_QUERIES})
+    out = tmp_path / "out"
+    assert _script().main(["--catalog", str(root), "--query", "all",
+                           "--output-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "aa_broken" in err and "no_such_column" in err
+    assert sorted(p.stem for p in out.glob("*.csv")) == sorted(
+        n for n in queries.NAMED_QUERIES if n != "aa_broken")
+
+
 def test_s3_catalog_through_a_real_http_endpoint(catalog, moto_server):
     import boto3
 
