@@ -29,7 +29,7 @@ def test_readme_cost_table_is_the_cost_modules_breakdown():
     from skysurvey.cost import breakdown, estimate
 
     text = (REPO_ROOT / "README.md").read_text()
-    tutorial = {"mb_per_image": 16.8, "seconds_per_image": 0.24, "memory_mb": 1024,
+    tutorial = {"mb_per_image": 16.8, "seconds_per_image": 0.31, "memory_mb": 1024,
                 "queries": 10}
     rows = breakdown(6, **tutorial)
     for service, quantity, usd in rows:
