@@ -21,7 +21,7 @@ import pyarrow as pa
 import sep
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from .astrometry import celestial_wcs, frame_name, healpix_29, pixel_to_icrs, sky_positions
+from .astrometry import celestial_wcs, healpix_29, pixel_to_icrs, sky_positions
 from .deblend import find_hidden
 from .errors import ImageDataError
 from .fitsread import FitsImage, observation_time
@@ -222,11 +222,6 @@ def _detection_inputs(data, mask, sat, config, notes):
     return bkg, noise, sub, mask, noise
 
 
-def _celestial(header, warnings_out):
-    """The celestial WCS (None without one; the reason goes to *warnings_out*)."""
-    return celestial_wcs(header, warnings_out)[0]
-
-
 def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | None = None):
     """Detect and measure every source; returns ``(sources table, images row dict)``."""
     config = config or DetectionConfig()
@@ -245,7 +240,7 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
     gain, _ = _first(header, GAIN_KEYS)
     gain = gain if gain and gain > 0 else None
     zp, zp_key = zero_point(header)
-    wcs = _celestial(header, notes)
+    wcs, frame = celestial_wcs(header, notes)  # (None, None) without one; reason in notes
 
     background_at = partial(_background_at, bkg, data, sub, mask)
     columns, fwhm_median, radius = _measure(sub, rms, background_at, mask, objects, segmap, gain,
@@ -285,7 +280,7 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
         "flags": pa.array(np.asarray(columns["flags"], dtype=np.int32)),
         **{name: col(values) for name, values in psf_columns.items()},
     }, n)
-    row = _image_row(image, image_id, header, wcs, bkg, n, fwhm_median, zp, zp_key, gain,
+    row = _image_row(image, image_id, header, wcs, frame, bkg, n, fwhm_median, zp, zp_key, gain,
                      saturate, radius, config, notes)
     row.update(psf_image_columns(psf_model, row))
     return table, row
@@ -522,7 +517,7 @@ def _float(header, key):
         return None
 
 
-def _image_row(image, image_id, header, wcs, bkg, n, fwhm_median, zp, zp_key, gain,
+def _image_row(image, image_id, header, wcs, frame, bkg, n, fwhm_median, zp, zp_key, gain,
                saturate, radius, config, notes):
     ny, nx = image.data.shape
     ra_c = dec_c = scale = None
@@ -539,7 +534,7 @@ def _image_row(image, image_id, header, wcs, bkg, n, fwhm_median, zp, zp_key, ga
         "bkg_median": float(bkg.globalback), "bkg_rms": float(bkg.globalrms),
         "fwhm_median": fwhm_median, "zero_point": zp, "zero_point_source": zp_key,
         "gain": gain, "saturate": saturate, "has_wcs": wcs is not None,
-        "wcs_frame": frame_name(wcs) if wcs is not None else None,
+        "wcs_frame": frame,
         "ra_center": ra_c, "dec_center": dec_c, "pixel_scale": scale,
         "exptime": _float(header, "EXPTIME"), "mjd": mjd,
         "date_obs": str(date_obs) if date_obs else None,
