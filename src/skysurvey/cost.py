@@ -35,29 +35,27 @@ class Estimate:
         return self.lambda_usd + self.s3_usd + self.athena_usd + self.logs_usd
 
 
-def lambda_cost(gb_seconds: float, requests: int) -> float:
-    return gb_seconds * PRICES["lambda_gb_second"] + requests * PRICES["lambda_request"]
-
-
 def estimate(images: int, *, mb_per_image: float = 16.8, seconds_per_image: float = 0.3,
              memory_mb: int = 1024, queries: int = 10, catalog_mb_per_image: float = 0.2,
              months: float = 1.0) -> Estimate:
-    """A run's bill: Lambda (GB-s and requests), S3 storage and requests, Athena, logs."""
-    gb_seconds = images * seconds_per_image * memory_mb / 1024
-    lam = lambda_cost(gb_seconds, images)
-    stored_gb = images * (mb_per_image + catalog_mb_per_image) / 1024
-    s3 = (stored_gb * PRICES["s3_gb_month"] * months
-          + images * 3 * PRICES["s3_put"] + images * 2 * PRICES["s3_get"])
-    scanned = max(images * catalog_mb_per_image * 2**20 * 0.3, PRICES["athena_min_bytes"])
-    athena = queries * scanned / 2**40 * PRICES["athena_tb"]
-    logs = images * 600 / 2**30 * PRICES["logs_gb"]  # one JSON line (~600 bytes) per image
-    return Estimate(images, gb_seconds, lam, s3, athena, logs)
+    """A run's bill: Lambda (GB-s and requests), S3 storage and requests, Athena, logs.
+
+    The sums of :func:`breakdown`'s lines, so the two cannot disagree.
+    """
+    usd = {service: usd for service, _, usd in breakdown(
+        images, mb_per_image=mb_per_image, seconds_per_image=seconds_per_image,
+        memory_mb=memory_mb, queries=queries, catalog_mb_per_image=catalog_mb_per_image,
+        months=months)}
+    return Estimate(images, images * seconds_per_image * memory_mb / 1024,
+                    usd["Lambda invocations"] + usd["Lambda compute"],
+                    usd["S3 storage"] + usd["S3 requests"], usd["Athena"],
+                    usd["CloudWatch Logs"])
 
 
 def breakdown(images: int, *, mb_per_image: float = 16.8, seconds_per_image: float = 0.3,
               memory_mb: int = 1024, queries: int = 10, catalog_mb_per_image: float = 0.2,
               months: float = 1.0) -> list[tuple[str, str, float]]:
-    """The bill of :func:`estimate` line by line: ``(service, quantity, usd)``.
+    """A run's bill line by line: ``(service, quantity, usd)`` (:func:`estimate` sums them).
 
     Data transfer is listed at $0: uploads into S3 are free, and S3 to Lambda and Athena stay
     in the region; what you download (query results, a few kB) is far inside the free 100 GB
