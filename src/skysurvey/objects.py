@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
+from .calibrate import tangent_plane
 from .errors import SkySurveyError
 from .schema import (
     ASSOCIATIONS_SCHEMA,
@@ -205,16 +206,6 @@ def separation_arcsec(ra1, dec1, ra2, dec2) -> np.ndarray:
     h = (np.sin((dec2 - dec1) / 2) ** 2
          + np.cos(dec1) * np.cos(dec2) * np.sin((ra2 - ra1) / 2) ** 2)
     return 2 * np.arcsin(np.sqrt(np.clip(h, 0, 1))) / ARCSEC
-
-
-def tangent_plane(ra, dec, ra0: float, dec0: float) -> tuple[np.ndarray, np.ndarray]:
-    """Gnomonic projection about (ra0, dec0), arcsec (standard coordinates xi, eta)."""
-    a, d = np.radians(ra), np.radians(dec)
-    a0, d0 = np.radians(ra0), np.radians(dec0)
-    cosc = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(a - a0)
-    xi = np.cos(d) * np.sin(a - a0) / cosc
-    eta = (np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(a - a0)) / cosc
-    return xi / ARCSEC, eta / ARCSEC
 
 
 # ---------------------------------------------------------------------------------------
