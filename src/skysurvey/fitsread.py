@@ -211,15 +211,16 @@ def _image_shape(header: fits.Header, index: int) -> tuple[int, ...] | None:
     return None
 
 
-def _find_image(stream: _Stream) -> tuple[int, fits.Header, bytes, fits.Header | None]:
-    """Read HDUs until the first 2-D image: its index, header, raw header and the primary."""
+def _find_image(stream: _Stream) -> tuple[int, fits.Header, bytes, int, fits.Header | None]:
+    """Read HDUs until the first 2-D image: its index, header, raw header, data size (bytes,
+    unpadded) and the primary header."""
     found, primary, index = [], None, 0
     while (hdu := _read_header(stream, index)) is not None:
         header, raw = hdu
         size = _data_bytes(header, index, stream.name)
         shape = _image_shape(header, index)
         if shape is not None and len(shape) == 2 and min(shape) > 0:
-            return index, header, raw, primary
+            return index, header, raw, size, primary
         if shape:
             found.append(f"{len(shape)}-D data in HDU {index}")
         if index == 0:
@@ -233,8 +234,7 @@ def _find_image(stream: _Stream) -> tuple[int, fits.Header, bytes, fits.Header |
 def _image_hdu_bytes(stream: _Stream) -> tuple[int, bytes, fits.Header | None]:
     """The image HDU's index, its header and data as a FITS file's bytes, and the primary
     header; the budget is checked before any pixel is read."""
-    index, header, raw_header, primary = _find_image(stream)
-    size = _data_bytes(header, index, stream.name)
+    index, header, raw_header, size, primary = _find_image(stream)
     needed = estimate_memory_bytes(header)
     if header.get("ZIMAGE") is True:
         needed += size  # the compressed tiles are held while astropy decompresses them
