@@ -19,10 +19,8 @@ half-written, and an existing file is replaced only when ``overwrite`` is set.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import SkySurveyError
-from .storage import new_file_mode
+from .storage import LocalStore
 from .units import annotate, meta_for, with_astropy_metadata
 
 FORMATS: dict[str, str] = {".csv": "csv", ".parquet": "parquet", ".fits": "fits",
@@ -208,21 +206,12 @@ def _pixel_scale(row: dict, scales) -> float | None:
 
 
 def atomic_write(path: Path, data: bytes, overwrite: bool = True) -> Path:
-    """Write *data* to *path* through a temporary file renamed into place (never half-written);
-    an existing file is kept, with :class:`ExportError`, unless *overwrite*."""
+    """Write *data* to *path* through a temporary file renamed into place (never half-written,
+    see :meth:`skysurvey.storage.LocalStore.write_bytes`); an existing file is kept, with
+    :class:`ExportError`, unless *overwrite*."""
     if path.exists() and not overwrite:
         raise ExportError(str(path), "already exists (use --force to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".export-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    LocalStore(path.parent).write_bytes(path.name, data)
     return path
 
 
