@@ -184,7 +184,7 @@ def make_image(shape=(512, 512), *, n_stars=300, n_galaxies=80, seed=0, band="r"
     image's true zero point is ``zero_point - transparency`` (truth magnitudes use it).
     """
     rng = np.random.default_rng(seed)
-    zp_band, sky_band, seeing_band, colour = BANDS.get(band, BANDS["r"])
+    zp_band, sky_band, seeing_band, _ = BANDS.get(band, BANDS["r"])
     zero_point = zp_band if zero_point is None else zero_point
     sky = sky_band if sky is None else sky
     fwhm_arcsec = seeing_band if fwhm_arcsec is None else fwhm_arcsec
@@ -200,7 +200,7 @@ def make_image(shape=(512, 512), *, n_stars=300, n_galaxies=80, seed=0, band="r"
     x, y = wcs.all_world2pix(sources["ra"].to_numpy(), sources["dec"].to_numpy(), 0, quiet=True)
     inside = (x > -3) & (x < nx + 2) & (y > -3) & (y < ny + 2)
     sources, x, y = sources[inside].reset_index(drop=True), x[inside], y[inside]
-    mags = sources["mag_r"].to_numpy() + colour * (1 + sources["colour"].to_numpy())
+    mags = band_magnitudes(sources, band)
     true_zp = zero_point - transparency
     flux_nominal = 10 ** (-0.4 * (mags - true_zp))
     fwhm = fwhm_arcsec / pixel_scale
