@@ -701,9 +701,7 @@ def _read_unit_detections(store, task: UnitTask) -> tuple[Detections, dict]:
                       "band": np.full(n, img["band"], np.int64),
                       **{k: v[keep] for k, v in cols.items() if k != "hp29"}})
     if not parts:
-        cols = {k: np.zeros(0) for k in ("ra", "dec", "weight", "mjd", "mag", "mag_err")}
-        ints = {k: np.zeros(0, np.int64) for k in ("image", "night", "band", "source_id", "obj")}
-        return Detections(**cols, **ints), coverage
+        return _no_detections(), coverage
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     merged["obj"] = np.full(len(merged["ra"]), -1, np.int64)
     return Detections(**merged), coverage
