@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from . import aws
+from .aws_setup import QUEUE_NAME as DEFAULT_QUEUE
 from .config import is_s3_uri, parse_s3_uri
 from .errors import ConfigError, SkySurveyError
 from .pipeline import make_reply
@@ -32,7 +33,6 @@ from .schema import RAW_IMAGES_PREFIX
 log = logging.getLogger(__name__)
 READ_TIMEOUT_MARGIN = 60  # seconds beyond the function's timeout before the client gives up
 MAX_FUNCTION_TIMEOUT = 900  # Lambda's limit: the read timeout when the function's is unknown
-DEFAULT_QUEUE = "astronomy-failed-events"  # aws_setup.QUEUE_NAME
 
 
 def _reply(key: str, status: str, error: str | None = None, **extra) -> dict:
