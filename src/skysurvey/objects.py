@@ -1110,9 +1110,7 @@ def read_images(catalog: str) -> list[dict]:
 def _load_state(store) -> dict | None:
     try:
         return json.loads(store.read_bytes(STATE_KEY))
-    except SkySurveyError:
-        return None
-    except ValueError:
+    except (SkySurveyError, ValueError):  # no state yet, or not JSON
         return None
 
 
