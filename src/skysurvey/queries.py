@@ -405,18 +405,25 @@ def single_statement(sql: str, engine: str = "duckdb") -> str:
     return sql
 
 
-def run_query(sql: str, catalog_uri: str, params=None, *, safe: bool = False):
-    """Run one SQL statement with bound *params* on DuckDB over the catalog; a DataFrame."""
+def run_query(sql: str, catalog_uri: str, params=None, *, safe: bool = False, con=None):
+    """Run one SQL statement with bound *params* on DuckDB over the catalog; a DataFrame.
+
+    *con*: a connection from :func:`connect` to reuse (several queries, one listing of the
+    catalog); the caller closes it. Without it, one is opened and closed here.
+    """
     import duckdb
 
     single_statement(sql)
-    con = connect(catalog_uri, safe=safe)
+    own = con is None
+    if own:
+        con = connect(catalog_uri, safe=safe)
     try:
         return con.execute(sql, list(params or [])).fetch_df()
     except duckdb.Error as exc:
         raise QueryError("sql", str(exc).splitlines()[0]) from None
     finally:
-        con.close()
+        if own:
+            con.close()
 
 
 def get_named(name: str) -> NamedQuery:
@@ -425,6 +432,6 @@ def get_named(name: str) -> NamedQuery:
     return NAMED_QUERIES[name]
 
 
-def run_named(name: str, catalog_uri: str, params=None):
+def run_named(name: str, catalog_uri: str, params=None, *, con=None):
     query = get_named(name)
-    return run_query(query.sql, catalog_uri, query.bind(params))
+    return run_query(query.sql, catalog_uri, query.bind(params), con=con)

@@ -127,11 +127,15 @@ def write_report(path: str | os.PathLike, catalog_uri: str, *,
                  sources: pd.DataFrame | None = None) -> Path:
     """Read the catalog (images table, named queries on DuckDB) and write the report."""
     from .plots import read_catalog
-    from .queries import NAMED_QUERIES, run_named
+    from .queries import NAMED_QUERIES, connect, run_named
 
     sources = read_catalog(catalog_uri) if sources is None else sources
     images = read_catalog(catalog_uri, "images")
-    results = {name: run_named(name, catalog_uri) for name in NAMED_QUERIES}
+    con = connect(catalog_uri)  # one listing of the catalog for every named query
+    try:
+        results = {name: run_named(name, catalog_uri, con=con) for name in NAMED_QUERIES}
+    finally:
+        con.close()
     figures = {Path(p).stem: Path(p).read_bytes() for p in png_paths}
     text = render_html(run_summary(sources, images, catalog_uri), quality_table(images),
                        figures, results, skipped=skipped,
