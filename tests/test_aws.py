@@ -92,15 +92,29 @@ def test_clients_are_created_once_per_container(buckets, tmp_path):
 
 
 def test_large_objects_go_through_tmp_and_are_cleaned(buckets, tmp_path, monkeypatch):
+    import contextlib
+
+    from skysurvey.storage import S3Store
+
     handler = _script("lambda_function")
     _put_image(buckets, tmp_path, "images/big.fits")
     staging = tmp_path / "lambda-tmp"
     staging.mkdir()
     monkeypatch.setenv("TMPDIR", str(staging))
+    staged, local_file = [], S3Store.local_file
+
+    @contextlib.contextmanager
+    def recording(self, key, **kw):  # the real download, its path noted
+        with local_file(self, key, **kw) as path:
+            staged.append((path.parent, path.is_file()))
+            yield path
+
+    monkeypatch.setattr(S3Store, "local_file", recording)
     reply = handler.lambda_handler({"bucket": "raw", "key": "images/big.fits",
                                     "catalog_bucket": "catalog"})
     assert reply["status"] == "ok"
-    assert list(staging.iterdir()) == []
+    assert staged == [(staging, True)]  # it did go through TMPDIR...
+    assert list(staging.iterdir()) == []  # ...and was removed
 
 
 @pytest.mark.slow
