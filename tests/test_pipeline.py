@@ -166,3 +166,12 @@ def test_listing_a_missing_folder_is_an_error_not_an_empty_list(tmp_path):
 def test_exit_status_counts_queued_as_success():
     assert runner.exit_status([{"status": "ok"}, {"status": "queued"}]) == 0
     assert runner.exit_status([{"status": "ok"}, {"status": "error"}]) == 1
+
+
+def test_summary_does_not_count_queued_invocations_as_succeeded():
+    """An async invocation is accepted, not catalogued: no query shows it yet."""
+    replies = [{"status": "ok", "n_sources": 3}, {"status": "queued", "n_sources": 0},
+               {"status": "queued", "n_sources": 0}]
+    rows = dict(line.rsplit(None, 1) for line in runner.summary_table(replies, 1.0).splitlines()
+                if line.startswith(("succeeded", "queued")))
+    assert rows == {"succeeded": "1", "queued (async)": "2"}

@@ -314,7 +314,8 @@ def summary_table(replies: Sequence[dict], seconds: float, backend: str = "local
     *notes* (entries skipped for a reason that is not a failure) are listed, never counted as
     failures. Every name is printed escaped (one line per entry, no terminal escapes).
     """
-    ok = [r for r in replies if r["status"] in OK_STATUSES]
+    ok = [r for r in replies if r["status"] == "ok"]
+    queued = [r for r in replies if r["status"] == "queued"]  # not in the catalog yet
     failed = [r for r in replies if r["status"] not in OK_STATUSES]
     n_sources = sum(int(r.get("n_sources") or 0) for r in ok)
     rate = len(replies) / seconds if seconds > 0 else 0.0
@@ -322,6 +323,7 @@ def summary_table(replies: Sequence[dict], seconds: float, backend: str = "local
         ("backend", backend),
         ("images", str(len(replies))),
         ("succeeded", str(len(ok))),
+        *([("queued (async)", str(len(queued)))] if queued else []),
         ("failed", str(len(failed))),
         ("sources", f"{n_sources:,}"),
         ("seconds", f"{seconds:.1f}"),
