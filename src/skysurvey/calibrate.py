@@ -121,6 +121,16 @@ def tangent_plane(ra, dec, ra0, dec0) -> tuple[np.ndarray, np.ndarray]:
     return np.degrees(xi) * 3600.0, np.degrees(eta) * 3600.0
 
 
+def _window_pairs(xs, x, radius) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair ``(i, k)`` with ``|x[i] - xs[k]| <= radius`` (*xs* sorted ascending)."""
+    lo = np.searchsorted(xs, x - radius, side="left")
+    hi = np.searchsorted(xs, x + radius, side="right")
+    counts = hi - lo
+    owner = np.repeat(np.arange(x.size), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return owner, np.repeat(lo, counts) + offsets
+
+
 def nearest(x1, y1, x2, y2, radius) -> tuple[np.ndarray, np.ndarray]:
     """For each point 1, the index of the nearest point 2 within *radius* (-1: none) and the
     distance (inf: none). Numpy only: points 2 sorted by x, candidates in the x-window."""
@@ -130,15 +140,10 @@ def nearest(x1, y1, x2, y2, radius) -> tuple[np.ndarray, np.ndarray]:
     if x1.size == 0 or x2.size == 0:
         return best, dist
     order = np.argsort(x2, kind="stable")
-    xs = x2[order]
-    lo = np.searchsorted(xs, x1 - radius, side="left")
-    hi = np.searchsorted(xs, x1 + radius, side="right")
-    counts = hi - lo
-    if counts.sum() == 0:
+    owner, cand = _window_pairs(x2[order], x1, radius)
+    if owner.size == 0:
         return best, dist
-    owner = np.repeat(np.arange(x1.size), counts)
-    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    cand = order[np.repeat(lo, counts) + offsets]
+    cand = order[cand]
     d = np.hypot(x2[cand] - x1[owner], y2[cand] - y1[owner])
     ok = d <= radius
     owner, cand, d = owner[ok], cand[ok], d[ok]
@@ -171,12 +176,7 @@ def isolated(x, y, radius) -> np.ndarray:
     # every pair within the x-window, self-pairs excluded
     order = np.argsort(x, kind="stable")
     xs, ys = x[order], y[order]
-    lo = np.searchsorted(xs, xs - radius, side="left")
-    hi = np.searchsorted(xs, xs + radius, side="right")
-    counts = hi - lo
-    owner = np.repeat(np.arange(x.size), counts)
-    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    other = np.repeat(lo, counts) + offsets
+    owner, other = _window_pairs(xs, xs, radius)
     close = (np.hypot(xs[other] - xs[owner], ys[other] - ys[owner]) <= radius) & (other != owner)
     crowded = np.zeros(x.size, bool)
     crowded[order[np.unique(owner[close])]] = True
