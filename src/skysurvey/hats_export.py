@@ -131,8 +131,9 @@ def export_hats(catalog: str, output: str, *, workers: int = 1) -> ExportReport:
     work = Path(tempfile.mkdtemp(prefix="hats-export-"))
     try:
         built = work / "export"
+        inputs = {}
         for name, reader in (("objects", _objects_input), ("sources", _sources_input)):
-            files, n = reader(catalog, work / f"input-{name}")
+            inputs[name], n = reader(catalog, work / f"input-{name}")
             if not n:
                 hint = ("run scripts/build_objects.py first" if name == "objects"
                         else "run scripts/invoke_lambda.py first")
@@ -141,8 +142,7 @@ def export_hats(catalog: str, output: str, *, workers: int = 1) -> ExportReport:
         with Client(n_workers=workers, threads_per_worker=1, processes=workers > 1,
                     dashboard_address=None) as client:
             for name, kind in (("objects", "object"), ("sources", "source")):
-                files = sorted(str(p) for p in (work / f"input-{name}").glob("*.parquet"))
-                _import(name, files, built, work / "tmp", kind, client)
+                _import(name, inputs[name], built, work / "tmp", kind, client)
         _publish(built, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
