@@ -56,6 +56,8 @@ FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "c
 POSITION_NAMES = (("ra", "dec"), ("ra_icrs", "de_icrs"), ("raj2000", "dej2000"),
                   ("ra_deg", "dec_deg"), ("ra_j2000", "dec_j2000"), ("alpha_j2000", "delta_j2000"))
 PROPER_MOTION = ("pmra", "pmdec", "ref_epoch")
+#: Cone margin for stars that moved into it: 10 arcsec (a century at 100 mas/yr).
+MAX_MOTION_DEG = 10.0 / 3600.0
 
 
 class ReferenceError(SkySurveyError):
@@ -254,7 +256,7 @@ class ReferenceCatalog:
         use_pm = epoch is not None and all(pm)
         wanted = [self.ra_col, self.dec_col, column] + ([error] if error else []) + (
             pm if use_pm else [])
-        table = self._cone(wanted, ra, dec, radius_deg + (_max_motion_deg() if use_pm else 0))
+        table = self._cone(wanted, ra, dec, radius_deg + (MAX_MOTION_DEG if use_pm else 0))
         arrays = {name: _numpy(table[name]) for name in dict.fromkeys(wanted)}
         r, d = arrays[self.ra_col], arrays[self.dec_col]
         if use_pm:
@@ -281,11 +283,6 @@ class ReferenceCatalog:
             raise
         except Exception as exc:
             raise _reading(self.uri, exc) from None
-
-
-def _max_motion_deg() -> float:
-    """Margin for stars that moved into the cone: 10 arcsec (a century at 100 mas/yr)."""
-    return 10.0 / 3600.0
 
 
 def _numpy(column) -> np.ndarray:
