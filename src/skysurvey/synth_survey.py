@@ -211,7 +211,6 @@ def evaluate_objects(catalog: str, survey_dir, *, isolation_arcsec: float = 3.0,
                                                      if s.notna().any() else -1))
     per_true = per_true.join(truth.set_index("true_id"))
     per_true["isolated"] = ~crowded[per_true.index.to_numpy()]
-    per_true.attrs["crowded"] = crowded
     seen2 = per_true[(per_true["n"] >= 2) & per_true["isolated"]]
     one = (seen2["n_obj"] == 1) & (seen2["unassociated"] == 0)
     per_obj = det.dropna(subset=["object_id"]).groupby("object_id")["true_id"].nunique()
