@@ -166,11 +166,6 @@ def moffat_fit(radii, log_steps, log_errors, fwhm):
     return model[i, j], float(1.0 - enclosed[i, j, -1])
 
 
-def moffat_tail(radii, log_steps, log_errors, fwhm):
-    """Fraction of the light beyond ``radii[-1]`` from :func:`moffat_fit` (0 without a fit)."""
-    return moffat_fit(radii, log_steps, log_errors, fwhm)[1]
-
-
 def _own(segmap, mask, index):
     """SEP arguments leaving out other sources' pixels (segmentation label = index + 1)."""
     if segmap is None:
