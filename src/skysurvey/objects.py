@@ -1310,8 +1310,8 @@ def build_objects(catalog: str, config: BuildConfig | None = None, *,
     mixed = sorted({r["pipeline_version"] for r in images if r["pipeline_version"]})
     if len(mixed) > 1:
         report.notes.append("images from several pipeline versions: " + ", ".join(mixed))
-    if (state and state.get("layout") == LAYOUT and not new and not redone and not removed
-            and not config.rebuild):
+    layout_ok = bool(state and state.get("layout") == LAYOUT)  # state is None on --rebuild
+    if layout_ok and not new and not redone and not removed:
         report.status = "unchanged"
         report.unit_order = state["unit_order"]
         report.n_objects = state.get("n_objects", 0)
@@ -1328,9 +1328,8 @@ def build_objects(catalog: str, config: BuildConfig | None = None, *,
     band_index = {b: i for i, b in enumerate(bands)}
     new_set = set(new)
     redo_set = new_set | set(redone)
-    layout_ok = bool(state and state.get("layout") == LAYOUT)
     # only new images: merge them into the stored statistics without re-reading old sources
-    fast = layout_ok and has_tables and not config.rebuild and not redone and not removed
+    fast = layout_ok and has_tables and not redone and not removed
     scan = [r for r in usable if r["image_id"] in new_set] if fast else usable
     per_unit: dict[int, list[dict]] = {}
     reach = 2.2 * pixel_size_arcsec(mo)  # what in_region() may add around a unit
