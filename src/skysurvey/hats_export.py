@@ -163,20 +163,11 @@ def _publish(built: Path, output: str) -> None:
                 if info.key not in new:
                     store.delete(info.key)
         return
-    from .objects import _exchange
+    from .objects import replace_dir
 
     target = Path(output).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{target.name}-new-", dir=target.parent))
     shutil.rmtree(staged)
     shutil.copytree(built, staged)  # same file system as the target: renames are atomic
-    if target.exists():
-        if _exchange(staged, target):
-            shutil.rmtree(staged)
-            return
-        old = target.with_name(f".{target.name}-old-{time.time_ns()}")
-        target.rename(old)
-        staged.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staged.rename(target)
+    replace_dir(staged, target, target.with_name(f".{target.name}-old-{time.time_ns()}"))

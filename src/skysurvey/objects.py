@@ -1187,24 +1187,29 @@ def _exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
+def replace_dir(new: Path, target: Path, old: Path) -> None:
+    """Put the directory *new* in place of *target* and delete the previous version: an atomic
+    exchange where Linux has one, else two renames through *old* (a path beside *target*)."""
+    if not target.exists():
+        new.rename(target)
+        return
+    if _exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # now the previous version
+        return
+    shutil.rmtree(old, ignore_errors=True)
+    target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _commit(store, prefix: str) -> None:
     """Swap the staged tables in, table by table; idempotent (safe to redo after a crash)."""
     if isinstance(store, LocalStore):
         staged = store.root / prefix
         for table in TABLES:
-            src, dst = staged / table, store.root / table
-            if not src.exists():  # swapped already (an interrupted commit being finished)
-                continue
-            if dst.exists():
-                if not _exchange(src, dst):
-                    old = staged / f"old-{table}"
-                    shutil.rmtree(old, ignore_errors=True)
-                    dst.rename(old)
-                    src.rename(dst)
-                else:
-                    shutil.rmtree(src, ignore_errors=True)  # now the old version
-            else:
-                src.rename(dst)
+            src = staged / table
+            if src.exists():  # else swapped already (an interrupted commit being finished)
+                replace_dir(src, store.root / table, staged / f"old-{table}")
         shutil.rmtree(staged, ignore_errors=True)
         with contextlib.suppress(OSError):
             staged.parent.rmdir()  # only when no other build is staged
