@@ -125,7 +125,10 @@ def timed_build(catalog: Path, workers: int) -> dict:
             "  'rss_worker_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["status"] != "ok":  # a failed build is fast: its time is no measurement
+        raise SystemExit(f"build of {catalog} ended {result['status']!r}: {out.stderr[-2000:]}")
+    return result
 
 
 def cone_bytes(catalog: Path, ra: float, dec: float, radius_arcsec: float) -> tuple[int, int]:
