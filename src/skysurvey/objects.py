@@ -1425,8 +1425,6 @@ def run_units_local(tasks: list[UnitTask], workers: int = 1) -> list[dict]:
         return list(pool.map(_run_task, ordered, chunksize=1))
 
 
-
-
 # ---------------------------------------------------------------------------------------
 # SQL side: the tables for DuckDB, the cone's HEALPix ranges
 
