@@ -432,7 +432,7 @@ def test_crossmatch_reference_query(tmp_path, monkeypatch):
     assert len(run_named("crossmatch_reference", str(tmp_path), (1.0,))) == 5
 
 
-def test_an_unreadable_reference_is_named_not_an_empty_table(tmp_path, monkeypatch, caplog):
+def test_an_unreadable_reference_is_named_in_a_warning(tmp_path, monkeypatch, caplog):
     from skysurvey.queries import run_named
 
     ra, dec = stars(3, seed=17)
