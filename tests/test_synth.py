@@ -88,6 +88,20 @@ def test_compressed_files_hold_the_same_data(tmp_path, compress):
         assert hdul[0].header["FILTER"] == "r"
 
 
+def test_fz_tiles_carry_no_clock_time(tmp_path):
+    """Two writes a second apart could differ only in the gzip headers' mtime: every tile's
+    must be 0 (astropy's codec would stamp the time), so the same seed gives the same bytes."""
+    image = make_image((128, 128), n_stars=20, n_galaxies=5, seed=7)
+    path = image.write(tmp_path / "x.fits", compress="fz")
+    with fits.open(path, disable_image_compression=True) as hdul:
+        assert hdul[1].header["ZCMPTYPE"] == "GZIP_2"
+        tiles = list(hdul[1].data["COMPRESSED_DATA"])
+    assert len(tiles) == 128
+    for tile in tiles:
+        assert bytes(tile[:3]) == b"\x1f\x8b\x08"  # a gzip member
+        assert int.from_bytes(bytes(tile[4:8]), "little") == 0
+
+
 def test_bright_isolated_star_aperture_flux_matches_truth():
     image = make_image((256, 256), n_stars=0, n_galaxies=0, seed=8, sky=100.0)
     sources = pd.DataFrame({"kind": ["star"], "ra": [image.header["CRVAL1"]],

@@ -12,7 +12,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +67,31 @@ class SimImage:
             self.to_hdulist().writeto(buffer)
             path.write_bytes(gzip.compress(buffer.getvalue(), mtime=0))
         else:
-            self.to_hdulist(compress=path.name.endswith(".fz")).writeto(path, overwrite=True)
+            with _gzip_tiles_without_clock():
+                self.to_hdulist(compress=path.name.endswith(".fz")).writeto(path, overwrite=True)
         return path
+
+
+@contextmanager
+def _gzip_tiles_without_clock():
+    """While writing: astropy's GZIP_1/GZIP_2 tile codec calls ``gzip.compress`` without an
+    mtime, which stamps the clock into every tile's gzip header (no FITS reader looks at it;
+    fpack writes 0). Give it ``mtime=0`` so the same image gives the same bytes; with an
+    astropy whose codec is elsewhere nothing changes (tests/test_synth.py checks the tiles)."""
+    try:
+        from astropy.io.fits.hdu.compressed import _codecs
+    except ImportError:  # pragma: no cover - another astropy layout
+        yield
+        return
+    original = getattr(_codecs, "gzip_compress", None)
+    if original is not gzip.compress:
+        yield
+        return
+    _codecs.gzip_compress = partial(gzip.compress, mtime=0)
+    try:
+        yield
+    finally:
+        _codecs.gzip_compress = original
 
 
 def _wcs(shape, ra, dec, pixel_scale, rotation_deg, sip) -> WCS:
