@@ -145,3 +145,18 @@ def test_benchmarks_write_to_data_output_unless_asked_to_update_results():
     assert bench.results_path(False) == OUTPUT_DIR / "benchmark_results.md"
     assert bench.results_path(True) == REPO_ROOT / "benchmarks" / "RESULTS.md"
     assert "--update-results" in (REPO_ROOT / "benchmarks" / "README.md").read_text()
+
+
+def test_benchmark_results_keep_the_sections_a_run_did_not_measure():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_run",
+                                                  REPO_ROOT / "benchmarks" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    old = ("# Benchmark results\n\nMachine: old\n\n## A\n\n| a |\n\n## Burst (other script)"
+           "\n\nCommand: x\n\n| b |\n\n## C\n\n| c |\n")
+    merged = bench.merge_sections(old, {"A": "| new a |", "D": "| d |"}, ["# Benchmark results\n"])
+    assert merged == ("# Benchmark results\n\n## A\n\n| new a |\n\n## Burst (other script)\n\n"
+                      "Command: x\n\n| b |\n\n## C\n\n| c |\n\n## D\n\n| d |\n")
+    assert bench.merge_sections("", {"A": "| a |"}, ["# H\n"]) == "# H\n\n## A\n\n| a |\n"
