@@ -22,7 +22,7 @@ from skysurvey.calibrate import (
     calibrate,
     fit_zero_point,
     isolated,
-    match_one_to_one,
+    mutual_nearest,
     tangent_plane,
 )
 from skysurvey.detect import measure_image
@@ -102,16 +102,16 @@ def test_one_to_one_match_by_hand():
     # source 0 and 1 both nearest to reference 0; only the closer pair survives
     sx, sy = np.array([0.0, 0.3, 5.0, 20.0]), np.array([0.0, 0.0, 5.0, 20.0])
     rx, ry = np.array([0.2, 5.1, 40.0]), np.array([0.0, 5.0, 40.0])
-    i, j = match_one_to_one(sx, sy, rx, ry, 1.0)
+    i, j = mutual_nearest(sx, sy, rx, ry, 1.0)
     assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == [(1, 0), (2, 1)]
-    assert match_one_to_one(sx, sy, rx[:0], ry[:0], 1.0)[0].size == 0
+    assert mutual_nearest(sx, sy, rx[:0], ry[:0], 1.0)[0].size == 0
 
 
 def test_one_to_one_match_agrees_with_brute_force():
     rng = np.random.default_rng(0)
     rx, ry = rng.uniform(0, 100, (2, 400))
     sx, sy = rx + rng.normal(0, 0.3, 400), ry + rng.normal(0, 0.3, 400)
-    i, j = match_one_to_one(sx, sy, rx, ry, 1.0)
+    i, j = mutual_nearest(sx, sy, rx, ry, 1.0)
     d = np.hypot(sx[:, None] - rx[None], sy[:, None] - ry[None])
     d[d > 1.0] = np.inf
     to_r, to_s = d.argmin(axis=1), d.argmin(axis=0)

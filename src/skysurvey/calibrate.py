@@ -157,9 +157,11 @@ def nearest(x1, y1, x2, y2, radius) -> tuple[np.ndarray, np.ndarray]:
     return best, dist
 
 
-def match_one_to_one(x1, y1, x2, y2, radius) -> tuple[np.ndarray, np.ndarray]:
+def mutual_nearest(x1, y1, x2, y2, radius) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i1, i2) of mutual nearest neighbours within *radius*: each point in at most one
-    pair."""
+    pair. (Numpy only, for the Lambda; ``plots.match_one_to_one`` pairs closest-first instead,
+    which also pairs a point whose nearest neighbour is taken: right for scoring against a
+    truth catalog, too permissive for fitting a zero point.)"""
     to2, _ = nearest(x1, y1, x2, y2, radius)
     to1, _ = nearest(x2, y2, x1, y1, radius)
     i1 = np.flatnonzero(to2 >= 0)
@@ -189,7 +191,7 @@ def match_reference(sx, sy, rx, ry, fwhm_arcsec, config: CalibrationConfig) -> M
     per-axis scatter sigma (the median 2-D distance of a 2-D Gaussian is 1.1774 sigma); the
     second, offset removed, within clip(5 sigma, min_radius, first radius)."""
     r1 = max(config.first_radius, fwhm_arcsec or 0.0)
-    i1, j1 = match_one_to_one(sx, sy, rx, ry, r1)
+    i1, j1 = mutual_nearest(sx, sy, rx, ry, r1)
     ox = oy = 0.0
     r2 = r1
     if i1.size >= 3:
@@ -197,7 +199,7 @@ def match_reference(sx, sy, rx, ry, fwhm_arcsec, config: CalibrationConfig) -> M
         ox, oy = float(np.median(dx)), float(np.median(dy))
         sigma = float(np.median(np.hypot(dx - ox, dy - oy))) / 1.1774
         r2 = float(np.clip(5.0 * sigma, config.min_radius, r1))
-    i, j = match_one_to_one(sx - ox, sy - oy, rx, ry, r2)
+    i, j = mutual_nearest(sx - ox, sy - oy, rx, ry, r2)
     return Match(i, j, sx[i] - rx[j], sy[i] - ry[j], r2)
 
 
