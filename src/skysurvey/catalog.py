@@ -23,8 +23,9 @@ no-op). The lists grow only when an image moves to another partition; ``--repair
 afresh.
 
 Requests per image on S3: 3 PUTs the first time (entry, sources, record), 2 when re-processed
-in place (as without entries); a HEAD and a GET for the entry (or two HEADs when there is none:
-the entry, then the record at the new keys); free DELETEs when a partition moved.
+in place (as without entries); one GET for the entry (a missing key is a 404 reply to that GET,
+never a HEAD before it), and when there is none a second GET for the record at the new keys;
+free DELETEs when a partition moved.
 
 What a reader sees: only when a re-processed image moved to another partition, it is there
 twice from the end of 3 until its earlier sources are deleted (two DELETE round trips, a few
@@ -67,11 +68,11 @@ def entry_key(image_id: str) -> str:
 
 def read_entry(store, image_id: str) -> dict | None:
     """The image's entry, or None when it has none (a new image, or an older catalog)."""
-    key = entry_key(image_id)
-    if not store.exists(key):
+    data = store.read_bytes_or_none(entry_key(image_id))
+    if data is None:
         return None
     try:
-        entry = json.loads(store.read_bytes(key))
+        entry = json.loads(data)
     except ValueError:
         return None  # unreadable entry: treated as missing, rewritten below
     return entry if isinstance(entry, dict) else None
@@ -86,9 +87,10 @@ def write_entry(store, image_id: str, source_key: str, files, pending=()) -> Non
 
 def record_source_key(store, key: str) -> str | None:
     """The ``source_key`` of the image record at *key* (None if there is none)."""
-    if not store.exists(key):
+    data = store.read_bytes_or_none(key)
+    if data is None:
         return None
-    table = pq.read_table(io.BytesIO(store.read_bytes(key)), columns=["source_key"])
+    table = pq.read_table(io.BytesIO(data), columns=["source_key"])
     values = table["source_key"].to_pylist()
     return values[0] if values else None
 

@@ -1216,11 +1216,13 @@ def _commit(store, prefix: str) -> None:
         return
     marker = json.loads(store.read_bytes(f"{prefix}/_complete") or b"{}")
     touched = marker.get("touched")  # an incremental build rewrote only these units
-    staged_keys = [k for k in _list(store, f"{prefix}/") if not k.endswith("/_complete")]
-    new_keys = {k[len(prefix) + 1:] for k in staged_keys}
-    for key in staged_keys:  # the window: readers may see some units old, some new
-        store.write_bytes(key[len(prefix) + 1:], store.read_bytes(key),
-                          content_type="application/vnd.apache.parquet")
+    # listed with store.list, not _list: a failed listing must stop here, not look empty and
+    # let the loop below delete the current tables
+    staged = [i for i in store.list(f"{prefix}/") if not i.key.endswith("/_complete")]
+    new_keys = {i.key[len(prefix) + 1:] for i in staged}
+    for info in staged:  # the window: readers may see some units old, some new
+        # server-side copy (one CopyObject each; content type and sha256 metadata come along)
+        store.copy(info.key, info.key[len(prefix) + 1:], size=info.size)
     for table in TABLES:
         for key in _list(store, f"{table}/"):
             unit = unit_of_key(key)
@@ -1267,31 +1269,64 @@ def _carry_over(store, staging: str, touched: set[int]) -> None:
                     shutil.copy2(path, dest)
 
 
-def build_objects(catalog: str, config: BuildConfig | None = None, *,
-                  runner: Callable[[list[UnitTask]], list[dict]] | None = None) -> BuildReport:
-    """Associate the catalog's sources into objects; incremental unless ``config.rebuild``.
+@dataclass
+class Changes:
+    """The catalog against the last build's record: what a build has to (re)do.
 
-    *runner* runs the unit tasks (default: :func:`run_units_local` with ``config.workers``).
+    *state* is that record (None on the first build, with ``--rebuild``, or beside tables of an
+    older version, *has_tables* then True); *current* maps every image to its fingerprint.
     """
-    config = config or BuildConfig()
-    start = time.perf_counter()
-    report = BuildReport()
+
+    state: dict | None
+    has_tables: bool
+    current: dict[str, str]
+    new: list[str]
+    redone: list[str]
+    removed: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def layout_ok(self) -> bool:
+        """The existing tables are in this version's layout (False on ``--rebuild``)."""
+        return bool(self.state and self.state.get("layout") == LAYOUT)
+
+    @property
+    def unchanged(self) -> bool:
+        return self.layout_ok and not self.new and not self.redone and not self.removed
+
+    @property
+    def fast(self) -> bool:
+        """Only new images: merge them into the stored statistics, re-read no old source."""
+        return self.layout_ok and self.has_tables and not self.redone and not self.removed
+
+
+@dataclass
+class BuildPlan:
+    """The unit tasks of one build and the staging prefix they write under."""
+
+    unit_order: int
+    staging: str
+    tasks: list[UnitTask]
+
+
+def _open_catalog(catalog: str):
     store = open_store(catalog)
     if isinstance(store, LocalStore) and not store.root.is_dir():
         raise ObjectsError(catalog, "no catalog folder here: run scripts/invoke_lambda.py first")
-    report.notes += recover(store)
-    images = read_images(catalog)
-    if not images:
-        raise ObjectsError(catalog, "catalog without images: nothing to associate")
-    report.n_images = len(images)
+    return store
+
+
+def classify_changes(catalog: str, store, images: list[dict], config: BuildConfig) -> Changes:
+    """New, reprocessed and removed images since the last build (ObjectsError: radius differs)."""
     state = None if config.rebuild else _load_state(store)
     has_tables = bool(_list(store, "objects/")) and not config.rebuild
+    notes = []
     if has_tables and state is None:
-        report.notes.append("objects table without a build record (an older version): its "
-                            "ids are kept, its statistics recomputed")
+        notes.append("objects table without a build record (an older version): its "
+                     "ids are kept, its statistics recomputed")
     elif state and state.get("layout") != LAYOUT:
-        report.notes.append(f"objects table of layout {state.get('layout')} (older version): "
-                            "ids kept, tables rewritten")
+        notes.append(f"objects table of layout {state.get('layout')} (older version): "
+                     "ids kept, tables rewritten")
     if state and abs(state.get("radius_arcsec", config.radius_arcsec)
                      - config.radius_arcsec) > 1e-9:
         raise ObjectsError(catalog, f"objects were built with --radius "
@@ -1304,38 +1339,47 @@ def build_objects(catalog: str, config: BuildConfig | None = None, *,
     removed = [i for i in seen if i not in current]
     if has_tables and state is None:  # old tables: images they hold are taken as done
         new, redone, removed = [], [], []
-    report.n_new_images, report.n_redone_images = len(new), len(redone)
-    report.n_removed_images = len(removed)
-    usable = [r for r in images if r["has_wcs"] and r["ra_center"] is not None]
-    report.n_images_without_wcs = len(images) - len(usable)
-    if report.n_images_without_wcs:
+    return Changes(state, has_tables, current, new, redone, removed, notes)
+
+
+def _usable_images(images: list[dict]) -> list[dict]:
+    """The images whose sources can be associated (a celestial WCS and a centre)."""
+    return [r for r in images if r["has_wcs"] and r["ra_center"] is not None]
+
+
+def _input_notes(images: list[dict], usable: list[dict]) -> list[str]:
+    """Notes on images left out (no WCS) and on a catalog of several pipeline versions."""
+    notes = []
+    if len(images) - len(usable):
         names = sorted(r["image_id"] for r in images if r not in usable)
-        report.notes.append(f"{len(names)} image(s) without WCS, sources left unassociated: "
-                            + ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
+        notes.append(f"{len(names)} image(s) without WCS, sources left unassociated: "
+                     + ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
     mixed = sorted({r["pipeline_version"] for r in images if r["pipeline_version"]})
     if len(mixed) > 1:
-        report.notes.append("images from several pipeline versions: " + ", ".join(mixed))
-    layout_ok = bool(state and state.get("layout") == LAYOUT)  # state is None on --rebuild
-    if layout_ok and not new and not redone and not removed:
-        report.status = "unchanged"
-        report.unit_order = state["unit_order"]
-        report.n_objects = state.get("n_objects", 0)
-        report.seconds = time.perf_counter() - start
-        return report
+        notes.append("images from several pipeline versions: " + ", ".join(mixed))
+    return notes
+
+
+def _unit_order(catalog: str, images: list[dict], usable: list[dict], changes: Changes,
+                config: BuildConfig) -> int:
+    """The unit order: the setting, else the last build's, else chosen from the data; never
+    finer than the margin's order (ObjectsError when it differs from the last build's)."""
+    state = changes.state
     unit_order = (config.unit_order or (state or {}).get("unit_order")
                   or _choose_unit_order(usable or images, config.workers))
-    mo = margin_order(config.margin_arcsec)
-    unit_order = min(unit_order, mo)
+    unit_order = min(unit_order, margin_order(config.margin_arcsec))
     if state and state.get("unit_order") not in (None, unit_order):
         raise ObjectsError(catalog, "unit order differs from the last build: use --rebuild")
-    bands = sorted({r["band"] or "unknown" for r in images})
-    nights = sorted({r["night"] for r in images if r["night"] and r["night"] != "unknown"})
+    return unit_order
+
+
+def _unit_images(usable: list[dict], changes: Changes, unit_order: int, mo: int,
+                 bands: list[str]) -> dict[int, list[dict]]:
+    """Per unit, the entries of the images it reads (only the new ones on the fast path)."""
     band_index = {b: i for i, b in enumerate(bands)}
-    new_set = set(new)
-    redo_set = new_set | set(redone)
-    # only new images: merge them into the stored statistics without re-reading old sources
-    fast = layout_ok and has_tables and not redone and not removed
-    scan = [r for r in usable if r["image_id"] in new_set] if fast else usable
+    new_set = set(changes.new)
+    redo_set = new_set | set(changes.redone)
+    scan = [r for r in usable if r["image_id"] in new_set] if changes.fast else usable
     per_unit: dict[int, list[dict]] = {}
     reach = 2.2 * pixel_size_arcsec(mo)  # what in_region() may add around a unit
     for r, units in zip(scan, _image_units(scan, unit_order, reach), strict=True):
@@ -1346,48 +1390,114 @@ def build_objects(catalog: str, config: BuildConfig | None = None, *,
                  "redo": r["image_id"] in redo_set, "new": r["image_id"] in new_set}
         for u in units:
             per_unit.setdefault(int(u), []).append(entry)
-    # units that held objects before must be rewritten too (their images may be gone)
+    return per_unit
+
+
+def plan_units(catalog: str, images: list[dict], usable: list[dict], changes: Changes,
+               config: BuildConfig) -> BuildPlan:
+    """The unit tasks of this build, writing under a new staging prefix."""
+    unit_order = _unit_order(catalog, images, usable, changes, config)
+    mo = margin_order(config.margin_arcsec)
+    bands = sorted({r["band"] or "unknown" for r in images})
+    nights = sorted({r["night"] for r in images if r["night"] and r["night"] != "unknown"})
+    per_unit = _unit_images(usable, changes, unit_order, mo, bands)
     token = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     staging = f"{STAGING}/{token}"
     tasks = [UnitTask(catalog=catalog, staging=staging, unit=u, unit_order=unit_order,
                       radius_arcsec=config.radius_arcsec, margin_order=mo, floor=config.floor,
                       false_alarm=config.false_alarm, images=imgs, nights=nights, bands=bands,
-                      existing_layout=layout_ok, rebuild=config.rebuild or not has_tables,
-                      fast=fast)
+                      existing_layout=changes.layout_ok,
+                      rebuild=config.rebuild or not changes.has_tables, fast=changes.fast)
              for u, imgs in sorted(per_unit.items())]
-    report.n_units, report.unit_order = len(tasks), unit_order
-    replies = (runner or (lambda ts: run_units_local(ts, config.workers)))(tasks)
+    return BuildPlan(unit_order, staging, tasks)
+
+
+def _failures(replies: list[dict]) -> list[str]:
+    """One message per failed unit, and per image with sources outside every unit."""
     failed = [r for r in replies if r.get("status") != "ok"]
     failed += _uncovered(replies)
-    if failed:
-        _discard(store, staging)
-        report.status = "error"
-        report.errors = [r.get("error") or f"unit {r.get('unit')} failed" for r in failed]
-        report.errors.append("nothing was changed: the previous tables are intact")
-        report.seconds = time.perf_counter() - start
-        return report
+    return [r.get("error") or f"unit {r.get('unit')} failed" for r in failed]
+
+
+def _tally(report: BuildReport, replies: list[dict], changes: Changes) -> None:
+    """The report's object and association counts from the units' replies."""
     for r in replies:
         report.n_objects += r["n_objects"]
         report.n_new_objects += r["n_new_objects"]
         report.n_associations += r["n_associations"]
         report.n_dropped_objects += r["n_dropped_objects"]
-    if fast:  # the untouched units keep their objects: totals = before + this night's
-        report.n_objects = state.get("n_objects", 0) + report.n_new_objects
-        report.n_associations = state.get("n_associations", 0) + sum(
+    if changes.fast:  # the untouched units keep their objects: totals = before + this night's
+        report.n_objects = changes.state.get("n_objects", 0) + report.n_new_objects
+        report.n_associations = changes.state.get("n_associations", 0) + sum(
             r.get("n_new_associations", 0) for r in replies)
-    report.partitions = sorted({partition_of(t.unit, unit_order) for t in tasks})
+
+
+def commit_build(store, plan: BuildPlan, changes: Changes, config: BuildConfig,
+                 report: BuildReport) -> int:
+    """Stage the build record, complete the staged tables (the units not rebuilt, locally),
+    mark them complete and swap them in. Returns the objects dropped with units no image
+    covers any more (a full build only)."""
+    staging = plan.staging
     new_state = {"layout": LAYOUT, "version": __version__, "radius_arcsec": config.radius_arcsec,
-                 "unit_order": unit_order, "floor": config.floor,
+                 "unit_order": plan.unit_order, "floor": config.floor,
                  "n_objects": report.n_objects, "n_associations": report.n_associations,
-                 "images": current}
+                 "images": changes.current}
     store.write_bytes(f"{staging}/{STATE_KEY}", json.dumps(new_state, indent=1).encode())
-    touched = sorted(t.unit for t in tasks) if fast else None
-    if fast:
+    touched = sorted(t.unit for t in plan.tasks) if changes.fast else None
+    dropped = 0
+    if changes.fast:
         _carry_over(store, staging, set(touched))
     else:  # units no image covers any more (all removed): their objects go, counted
-        report.n_dropped_objects += _orphan_objects(store, {t.unit for t in tasks})
+        dropped = _orphan_objects(store, {t.unit for t in plan.tasks})
     store.write_bytes(f"{staging}/_complete", json.dumps({"touched": touched}).encode())
     _commit(store, staging)
+    return dropped
+
+
+def build_objects(catalog: str, config: BuildConfig | None = None, *,
+                  runner: Callable[[list[UnitTask]], list[dict]] | None = None) -> BuildReport:
+    """Associate the catalog's sources into objects; incremental unless ``config.rebuild``.
+
+    *runner* runs the unit tasks (default: :func:`run_units_local` with ``config.workers``).
+    Steps: finish or drop an interrupted build (:func:`recover`), compare the catalog with the
+    last build (:func:`classify_changes`), plan the units (:func:`plan_units`), run them, then
+    swap their tables in (:func:`commit_build`); a failed unit changes nothing.
+    """
+    config = config or BuildConfig()
+    start = time.perf_counter()
+    report = BuildReport()
+    store = _open_catalog(catalog)
+    report.notes += recover(store)
+    images = read_images(catalog)
+    if not images:
+        raise ObjectsError(catalog, "catalog without images: nothing to associate")
+    report.n_images = len(images)
+    changes = classify_changes(catalog, store, images, config)
+    report.notes += changes.notes
+    report.n_new_images, report.n_redone_images = len(changes.new), len(changes.redone)
+    report.n_removed_images = len(changes.removed)
+    usable = _usable_images(images)
+    report.n_images_without_wcs = len(images) - len(usable)
+    report.notes += _input_notes(images, usable)
+    if changes.unchanged:
+        report.status = "unchanged"
+        report.unit_order = changes.state["unit_order"]
+        report.n_objects = changes.state.get("n_objects", 0)
+        report.seconds = time.perf_counter() - start
+        return report
+    plan = plan_units(catalog, images, usable, changes, config)
+    report.n_units, report.unit_order = len(plan.tasks), plan.unit_order
+    replies = (runner or (lambda ts: run_units_local(ts, config.workers)))(plan.tasks)
+    errors = _failures(replies)
+    if errors:
+        _discard(store, plan.staging)
+        report.status = "error"
+        report.errors = [*errors, "nothing was changed: the previous tables are intact"]
+        report.seconds = time.perf_counter() - start
+        return report
+    _tally(report, replies, changes)
+    report.partitions = sorted({partition_of(t.unit, plan.unit_order) for t in plan.tasks})
+    report.n_dropped_objects += commit_build(store, plan, changes, config, report)
     if report.n_dropped_objects:
         report.notes.append(f"{report.n_dropped_objects} object(s) lost all their detections "
                             "(reprocessed or removed images) and were dropped")

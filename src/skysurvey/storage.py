@@ -9,7 +9,9 @@ like "no images"); a file the listing cannot follow (a symlink loop, a link out 
 an unreadable subfolder, a name that is not UTF-8) is reported to ``on_skip``, never dropped
 in silence. Both stores have the same methods, so nothing outside this module asks which one
 it has: ``with store.local_file(key) as path`` is the file itself locally and a temporary
-download on S3. S3 failures become :class:`StorageError` (:class:`TransientStorageError` for
+download on S3. ``read_bytes_or_none(key)`` reads a key that may be missing in one request (a GET,
+no HEAD before it); ``copy(src, dst)`` copies inside the store (S3: server side, no byte passes
+through the caller). S3 failures become :class:`StorageError` (:class:`TransientStorageError` for
 throttling, 5xx and timeouts); only botocore's and boto3's own exceptions are translated, so a
 bug is never reported as a storage error.
 """
@@ -33,6 +35,12 @@ from .config import is_s3_uri, parse_s3_uri
 from .errors import StorageError
 
 CHUNK = 8 * 1024 * 1024
+#: Objects above this size go to S3 in parts (upload) or are copied in parts (copy).
+MULTIPART = 16 * 1024 * 1024
+#: The largest object one CopyObject request can copy (5 GiB); above it, a multipart copy.
+COPY_OBJECT_MAX = 5 * 1024**3
+#: S3 error codes of a missing key (a HEAD has no body, so only its status code says it).
+NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 #: Temporary names of atomic local writes: ``.tmp-<random>.partial``. Only names with both
 #: the prefix and the suffix are the store's own (a user's ``.tmp-x.fits`` is listed).
 TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".partial"
@@ -97,7 +105,10 @@ class LocalStore:
         return str(self.root / key)
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
+        try:
+            path = (self.root / key).resolve()
+        except RuntimeError:  # Python < 3.13 reports a symlink loop so, not as an OSError
+            raise StorageError(str(self.root / key), "symlink loop") from None
         if self.root != path and self.root not in path.parents:
             raise StorageError(str(self.root / key), "key escapes the store's folder")
         return path
@@ -200,10 +211,19 @@ class LocalStore:
         return self._path(key).is_file()
 
     def read_bytes(self, key: str) -> bytes:
+        data = self.read_bytes_or_none(key)
+        if data is None:
+            raise StorageError(self.url(key), "no such file")
+        return data
+
+    def read_bytes_or_none(self, key: str) -> bytes | None:
+        """The file's bytes, or None when nothing is at *key* (no file, a broken symlink, or a
+        file where a folder of the key should be). A folder at *key* or a file that cannot be
+        read (permissions, a symlink loop) raises StorageError."""
         try:
             return self._path(key).read_bytes()
-        except FileNotFoundError:
-            raise StorageError(self.url(key), "no such file") from None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
         except OSError as exc:
             raise StorageError(self.url(key), _why(exc)) from None
 
@@ -250,6 +270,14 @@ class LocalStore:
                     if callback:
                         callback(len(chunk))
         self._atomic(key, fill)
+
+    def copy(self, src_key: str, dst_key: str, *, size: int | None = None) -> None:
+        """Copy *src_key* to *dst_key*, atomically (a temporary file renamed into place), with
+        the mode a new file gets. *size* is for the S3 store's sake (unused here)."""
+        src = self._path(src_key)
+        if not src.is_file():
+            raise StorageError(self.url(src_key), "no such file")
+        self._atomic(dst_key, lambda tmp: shutil.copyfile(src, tmp))
 
     def delete(self, key: str) -> None:
         try:
@@ -319,7 +347,7 @@ class S3Store:
         try:
             resp = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except aws.botocore_errors() as exc:
-            if aws.error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if aws.error_code(exc) in NOT_FOUND:
                 return None
             raise aws.translate(exc, self.url(key)) from None
         meta = resp.get("Metadata", {})
@@ -329,10 +357,20 @@ class S3Store:
         return self.head(key) is not None
 
     def read_bytes(self, key: str) -> bytes:
+        data = self.read_bytes_or_none(key)
+        if data is None:
+            raise StorageError(self.url(key), "no such object")
+        return data
+
+    def read_bytes_or_none(self, key: str) -> bytes | None:
+        """The object's bytes, or None when the key does not exist: one GET (no HEAD first).
+        A missing bucket, a denied access or any other failure raises StorageError."""
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             return resp["Body"].read()
         except aws.botocore_errors() as exc:
+            if aws.error_code(exc) in NOT_FOUND:
+                return None
             raise aws.translate(exc, self.url(key)) from None
 
     @contextlib.contextmanager
@@ -371,13 +409,36 @@ class S3Store:
                  "ServerSideEncryption": "AES256", "ChecksumAlgorithm": "SHA256"}
         if content_type:
             extra["ContentType"] = content_type
-        config = TransferConfig(multipart_threshold=16 * 1024 * 1024,
-                                multipart_chunksize=16 * 1024 * 1024)
+        config = TransferConfig(multipart_threshold=MULTIPART, multipart_chunksize=MULTIPART)
         try:
             self.client.upload_file(str(path), self.bucket, self._key(key), ExtraArgs=extra,
                                     Config=config, Callback=callback)
         except aws.botocore_errors() as exc:
             raise aws.translate(exc, self.url(key)) from None
+
+    def copy(self, src_key: str, dst_key: str, *, size: int | None = None) -> None:
+        """Copy *src_key* to *dst_key* inside S3 (no byte passes through this machine); the
+        copy keeps the object's content type and metadata (its ``sha256``) and is encrypted.
+
+        With *size* known (from a listing) and at most 5 GiB: one CopyObject request. Else
+        boto3's managed copy, which asks the size first (a HEAD) and copies in parts
+        (UploadPartCopy) above :data:`MULTIPART`.
+        """
+        from boto3.s3.transfer import TransferConfig
+
+        source = {"Bucket": self.bucket, "Key": self._key(src_key)}
+        extra = {"ServerSideEncryption": "AES256", "ChecksumAlgorithm": "SHA256"}
+        try:
+            if size is not None and size <= COPY_OBJECT_MAX:
+                self.client.copy_object(CopySource=source, Bucket=self.bucket,
+                                        Key=self._key(dst_key), **extra)
+            else:
+                config = TransferConfig(multipart_threshold=MULTIPART,
+                                        multipart_chunksize=MULTIPART)
+                self.client.copy(source, self.bucket, self._key(dst_key), ExtraArgs=extra,
+                                 Config=config)
+        except aws.botocore_errors() as exc:
+            raise aws.translate(exc, f"{self.url(src_key)} (copy to {dst_key})") from None
 
     def delete(self, key: str) -> None:
         try:
