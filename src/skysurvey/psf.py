@@ -39,6 +39,9 @@ STEP_PRECISION = 0.003
 MAX_GROWTH_STARS = 100
 #: Outer radius of the residual-sky annulus around the curve of growth's last radius.
 SKY_ANNULUS = 1.3
+#: class_star measures a source as if alone when a detected neighbour is within this many
+#: stellar FWHM (its light, or its pixels left out, bias the concentration).
+NEIGHBOUR_REACH = 3.0
 
 
 @dataclass(frozen=True)
@@ -280,17 +283,23 @@ def residual_sky(sub, rms, x, y, r_in, own):
 
 
 def seeing_fwhm(sub, rms, segmap, mask, x, y, stars, fwhm):
-    """The PSF's true FWHM (pixels) from the stars' stacked curve of growth.
+    """The PSF's true FWHM (pixels) from the stars' stacked curve of growth (the first value
+    of :func:`seeing_moffat`)."""
+    return seeing_moffat(sub, rms, segmap, mask, x, y, stars, fwhm)[0]
+
+
+def seeing_moffat(sub, rms, segmap, mask, x, y, stars, fwhm):
+    """The PSF's true FWHM (pixels) and Moffat beta from the stars' stacked curve of growth.
 
     *fwhm* (twice the half-light radius, detect's ``fwhm``) overestimates the FWHM of a
     winged profile (by 26% for a Moffat with beta = 3): the median curve of growth of the
     isolated PSF stars, normalised at GROWTH_REACH_FWHM x *fwhm* after the residual sky, is
     fitted with a Moffat profile (beta 1.5-20: wide wings to nearly Gaussian); its beta gives
-    the ratio of FWHM to half-light diameter for that profile (NaN without stars).
+    the ratio of FWHM to half-light diameter for that profile (``(nan, nan)`` without stars).
     """
     idx = np.flatnonzero(stars)
     if idx.size == 0 or not np.isfinite(fwhm):
-        return math.nan
+        return math.nan, math.nan
     r_total = GROWTH_REACH_FWHM * fwhm
     nn = nearest_neighbour_distance(x, y, stars)
     if (nn > r_total + fwhm).sum() >= MIN_PSF_STARS:
@@ -305,7 +314,7 @@ def seeing_fwhm(sub, rms, segmap, mask, x, y, stars, fwhm):
                         axis=1) - sky * _areas(sub, xs, ys, every, own)
     good = enclosed[:, -1] > 0
     if not good.any():
-        return math.nan
+        return math.nan, math.nan
     # the stack (sums over the stars) is led by the brightest, least noisy ones
     curve = np.sum(enclosed[good, :-1], axis=0) / np.sum(enclosed[good, -1])
     betas = np.geomspace(1.5, 20.0, 50)[:, None, None]
@@ -318,7 +327,7 @@ def seeing_fwhm(sub, rms, segmap, mask, x, y, stars, fwhm):
     # diameter into the FWHM; the fit's own FWHM rests on a few undersampled core pixels
     beta = float(betas[i, 0, 0])
     return float(fwhm * math.sqrt(2.0 ** (1.0 / beta) - 1.0)
-                 / math.sqrt(2.0 ** (1.0 / (beta - 1.0)) - 1.0))
+                 / math.sqrt(2.0 ** (1.0 / (beta - 1.0)) - 1.0)), beta
 
 
 def empty_aperture_excess(sub, rms, segmap, mask, radius, n=500, seed=0):
@@ -354,13 +363,14 @@ def apply_aperture_correction(flux_aper, flux_aper_err, correction, correction_e
     return flux, err
 
 
-def concentration(sub, rms, segmap, mask, x, y, fwhm, gain=None):
+def concentration(sub, rms, segmap, mask, x, y, fwhm, gain=None, index=None):
     """``flux(r_in) / flux(r_out)`` of every source (radii CONCENTRATION_RADII x *fwhm*) and
-    its 1-sigma error (the outer annulus' noise is independent of the inner disc's)."""
+    its 1-sigma error (the outer annulus' noise is independent of the inner disc's); *index*
+    (default all) gives the sources' numbers when *x*, *y* are those of a subset."""
     n = len(x)
     if n == 0 or not np.isfinite(fwhm):
         return np.full(n, np.nan), np.full(n, np.nan)
-    own = _own(segmap, mask, np.arange(n))
+    own = _own(segmap, mask, np.arange(n) if index is None else index)
     r_in, r_out = (c * fwhm for c in CONCENTRATION_RADII)
     f_in, e_in, _ = sep.sum_circle(sub, x, y, r_in, err=rms, gain=gain, subpix=0, **own)
     f_out, e_out, _ = sep.sum_circle(sub, x, y, r_out, err=rms, gain=gain, subpix=0, **own)
@@ -370,6 +380,132 @@ def concentration(sub, rms, segmap, mask, x, y, fwhm, gain=None):
         ratio = np.where(f_out > 0, f_in / f_out, np.nan)
         err = np.sqrt(annulus**2 * e_in**2 + f_in**2 * var_annulus) / f_out**2
     return ratio, np.where(f_out > 0, err, np.nan)
+
+
+def close_pairs(x, y, distance):
+    """Every ordered pair ``(i, j)``, ``i != j``, of sources closer than *distance* (numpy
+    only: the sources sorted by x, each against those within *distance* in x)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    order = np.argsort(x)
+    lo = np.searchsorted(x[order], x - distance)
+    count = np.searchsorted(x[order], x + distance) - lo
+    i = np.repeat(np.arange(x.size), count)
+    j = order[np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())]
+    keep = (i != j) & ((x[i] - x[j]) ** 2 + (y[i] - y[j]) ** 2 < distance**2)
+    return i[keep], j[keep]
+
+
+def moffat_pixels(dx, dy, fwhm, beta):
+    """A unit-flux Moffat profile (FWHM *fwhm*) sampled at offsets *dx*, *dy* (pixels)."""
+    alpha2 = fwhm**2 / (4.0 * (2.0 ** (1.0 / beta) - 1.0))
+    return (beta - 1.0) / (math.pi * alpha2) * (1.0 + (dx * dx + dy * dy) / alpha2) ** -beta
+
+
+def _stamps(sub, segmap, mask, x, y, index, half):
+    """Square cutouts (side 2 *half* + 1) around the sources *index*: pixel coordinates
+    ``px`` (n, 1, side) and ``py`` (n, side, 1), values, the pixels each source's own
+    measurement may use (not another source's, not masked) and those inside the image."""
+    side = 2 * half + 1
+    step = np.arange(side)
+    px = (np.round(x[index]).astype(int) - half)[:, None, None] + step[None, None, :]
+    py = (np.round(y[index]).astype(int) - half)[:, None, None] + step[None, :, None]
+    ny, nx = sub.shape
+    inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+    cx, cy = np.clip(px, 0, nx - 1), np.clip(py, 0, ny - 1)
+    values = sub[cy, cx].astype(float)
+    usable = inside.copy()
+    if segmap is not None:
+        label = segmap[cy, cx]
+        usable &= (label == 0) | (label == (np.asarray(index) + 1)[:, None, None])
+    if mask is not None:
+        usable &= ~mask[cy, cx]
+    return px, py, values, usable, inside
+
+
+def _peak_centre(values, usable, px, py, x, y, reach=1.5):
+    """The centre of the brightest usable pixel within *reach* of (*x*, *y*), refined by
+    parabolas through its 3x3 block's row and column sums: a neighbour's light, which pulls
+    a windowed centroid by up to a pixel in a blend, hardly tilts a star's core. Where the
+    peak is no maximum the old centre stays."""
+    n, side, _ = values.shape
+    px, py = np.broadcast_to(px, values.shape), np.broadcast_to(py, values.shape)
+    near = usable & ((px - x[:, None, None]) ** 2 + (py - y[:, None, None]) ** 2 <= reach**2)
+    peak = np.argmax(np.where(near, values, -np.inf).reshape(n, -1), axis=1)
+    ky = np.clip(peak // side, 1, side - 2)
+    kx = np.clip(peak % side, 1, side - 2)
+    rows = np.arange(n)[:, None, None]
+    dy_, dx_ = np.arange(-1, 2)[None, :, None], np.arange(-1, 2)[None, None, :]
+    block = np.where(usable, values, np.nan)[rows, ky[:, None, None] + dy_,
+                                             kx[:, None, None] + dx_]
+
+    def vertex(f):
+        curve = f[:, 0] - 2.0 * f[:, 1] + f[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            offset = 0.5 * (f[:, 0] - f[:, 2]) / curve
+        return np.where((curve < 0) & (np.abs(offset) <= 1.0), offset, np.nan)
+
+    cx = px[np.arange(n), ky, kx] + vertex(block.sum(axis=1))
+    cy = py[np.arange(n), ky, kx] + vertex(block.sum(axis=2))
+    good = np.isfinite(cx) & np.isfinite(cy)
+    return np.where(good, cx, x), np.where(good, cy, y)
+
+
+def _disc_weights(radius, r):
+    """Approximate fraction of each pixel (centre at *radius*) within a circle of radius *r*:
+    a linear ramp over the pixel's width (the factor of :func:`deblended_concentration` is
+    a ratio of sums with the same weights, so their errors cancel)."""
+    return np.clip(r + 0.5 - radius, 0.0, 1.0)
+
+
+def _profile_filled(values, usable, radius, step=0.5):
+    """*values* with each unusable pixel (another source's, masked) replaced by the mean of
+    the usable ones at its radius (rings *step* px wide) in the same cutout, 0 where a ring
+    has none: a symmetric source's light where its neighbour's pixels were left out."""
+    n = values.shape[0]
+    ring = (radius / step).astype(int)
+    rings = int(ring.max()) + 1
+    key = np.arange(n)[:, None, None] * rings + ring
+    total = np.bincount(key[usable], weights=values[usable], minlength=n * rings)
+    count = np.bincount(key[usable], minlength=n * rings)
+    mean = total / np.maximum(count, 1)
+    return np.where(usable, values, mean[key])
+
+
+def deblended_concentration(sub, segmap, mask, x, y, index, neighbours, model_flux, fwhm,
+                            psf_fwhm, beta):
+    """``(x, y, factor)`` for the sources *index*: a centre from their peak and the factor
+    turning the concentration measured there (SEP, neighbours' pixels left out) into that of
+    the source alone.
+
+    In a crowded field a source's own pixels hold its neighbours' light and its annulus
+    loses the pixels of the neighbours' segments: a star looks extended (and, its centroid
+    pulled, off-centre), a galaxy beside a star concentrated. In a cutout around each, the
+    detected *neighbours* (pairs ``(k, j)``, k indexing *index*) are modelled out as
+    Moffat point sources (*psf_fwhm*, *beta*) of flux *model_flux*, the pixels of their
+    segments filled from the source's own mean profile at the same radius, and the
+    concentration of the cleaned cutout is divided by that of the raw one (same pixel
+    weights, whose sub-sampling errors cancel).
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    r_in, r_out = (c * fwhm for c in CONCENTRATION_RADII)
+    half = math.ceil(r_out) + 2
+    px, py, values, usable, inside = _stamps(sub, segmap, mask, x, y, index, half)
+    k, j = neighbours
+    model = np.zeros(values.shape)
+    if k.size:
+        light = moffat_pixels(px[k] - x[j][:, None, None], py[k] - y[j][:, None, None],
+                              psf_fwhm, beta) * model_flux[j][:, None, None]
+        np.add.at(model, k, light)
+    clean = values - model
+    xc, yc = _peak_centre(clean, usable, px, py, x[index], y[index])
+    radius = np.hypot(px - xc[:, None, None], py - yc[:, None, None])
+    w_in, w_out = _disc_weights(radius, r_in), _disc_weights(radius, r_out)
+    filled = _profile_filled(clean, usable, radius) * inside
+    raw = np.where(usable, values, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = ((np.sum(w_in * filled, axis=(1, 2)) / np.sum(w_out * filled, axis=(1, 2)))
+                  / (np.sum(w_in * raw, axis=(1, 2)) / np.sum(w_out * raw, axis=(1, 2))))
+    return xc, yc, factor
 
 
 def class_star(ratio, ratio_err, locus, scatter, margin=STAR_MARGIN):
@@ -454,7 +590,7 @@ def measure(sub, rms, segmap, mask, columns, radius, gain=None, min_snr=50.0):
     growth = stars & (snr >= np.sort(snr[stars])[::-1][:MAX_GROWTH_STARS][-1])
     corr, corr_err, n_growth = aperture_correction(sub, rms, segmap, mask, x, y, growth,
                                                    radius, fwhm_psf, gain)
-    seeing = seeing_fwhm(sub, rms, segmap, mask, x, y, growth, fwhm_psf)
+    seeing, beta = seeing_moffat(sub, rms, segmap, mask, x, y, growth, fwhm_psf)
     model = PsfModel(fwhm=seeing, n_stars=int(stars.sum()), aperture_correction=corr,
                      aperture_correction_err=corr_err, n_growth=n_growth,
                      concentration=locus,
@@ -462,9 +598,33 @@ def measure(sub, rms, segmap, mask, columns, radius, gain=None, min_snr=50.0):
     flux_apcorr, flux_apcorr_err = apply_aperture_correction(
         columns["flux_aper"], columns["flux_aper_err"], corr, corr_err,
         empty_aperture_excess(sub, rms, segmap, mask, radius))
+    if math.isfinite(locus) and math.isfinite(seeing):
+        flux_model = np.asarray(columns["flux_aper"], float) * (corr if math.isfinite(corr)
+                                                                else 1.0)
+        ratio = _unblended(sub, rms, segmap, mask, x, y, ratio, fwhm_psf, seeing, beta,
+                           np.where(np.isfinite(flux_model), np.maximum(flux_model, 0.0), 0.0),
+                           gain)
     score = class_star(ratio, ratio_err, locus, scatter)
     return model, {"flux_apcorr": flux_apcorr, "flux_apcorr_err": flux_apcorr_err,
                    "class_star": score}
+
+
+def _unblended(sub, rms, segmap, mask, x, y, ratio, fwhm, psf_fwhm, beta, model_flux, gain):
+    """*ratio* with the concentration of every source that has a detected neighbour within
+    NEIGHBOUR_REACH x *fwhm* measured as if alone (:func:`deblended_concentration`)."""
+    i, j = close_pairs(x, y, NEIGHBOUR_REACH * fwhm)
+    if i.size == 0:
+        return ratio
+    index = np.unique(i)
+    xc, yc, factor = deblended_concentration(sub, segmap, mask, x, y, index,
+                                             (np.searchsorted(index, i), j), model_flux,
+                                             fwhm, psf_fwhm, beta)
+    at_peak, _ = concentration(sub, rms, segmap, mask, xc, yc, fwhm, gain, index)
+    alone = at_peak * factor
+    ok = np.isfinite(alone) & (alone > 0)
+    ratio = ratio.copy()
+    ratio[index[ok]] = alone[ok]
+    return ratio
 
 
 def _psf_stars(ratio, ratio_err, members, clip=3.0):
