@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
@@ -75,8 +74,40 @@ def jitter(ra, dec, seed: int, sigma_arcsec: float = 0.1):
             dec + rng.normal(0, sigma_arcsec, len(ra)) / 3600)
 
 
-def read(root: Path, table: str):
-    return pads.dataset(root / table, format="parquet", partitioning="hive").to_table().to_pandas()
+#: the rows of each table in a fixed order (DuckDB scans files in parallel)
+ORDER = {"objects": "object_id", "object_photometry": "object_id, band",
+         "associations": "object_id, image_id, source_id"}
+
+
+def read(root, table: str):
+    """A table as a user queries it: SQL on DuckDB through skysurvey.queries' tables and views
+    (``associations`` keeps only the images with a record), as query_with_athena.py runs it."""
+    from skysurvey.queries import run_query
+
+    return run_query(f"SELECT * FROM {table} ORDER BY {ORDER[table]}", str(root))
+
+
+def users_see(root) -> dict[str, int]:
+    """What a user counts with SQL: rows of each table, and their distinct keys."""
+    from skysurvey.queries import run_query
+
+    sql = ("SELECT (SELECT count(*) FROM objects) AS objects, "
+           "(SELECT count(DISTINCT object_id) FROM objects) AS object_ids, "
+           "(SELECT count(*) FROM associations) AS associations, "
+           "(SELECT count(*) FROM (SELECT DISTINCT image_id, source_id FROM associations)) "
+           "AS detections, "
+           "(SELECT count(*) FROM object_photometry) AS photometry, "
+           "(SELECT count(*) FROM (SELECT DISTINCT object_id, band FROM object_photometry)) "
+           "AS object_bands")
+    return {k: int(v) for k, v in run_query(sql, str(root)).iloc[0].items()}
+
+
+def assert_visible_once(root, report) -> None:
+    """Succeeded means: every object and link the build reports is seen by SQL, once."""
+    seen = users_see(root)
+    assert seen["objects"] == seen["object_ids"] == report.n_objects, seen
+    assert seen["associations"] == seen["detections"] == report.n_associations, seen
+    assert seen["photometry"] == seen["object_bands"], seen
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -90,6 +121,7 @@ def test_same_stars_on_three_nights_are_three_detections_of_each_object(tmp_path
         write_image(tmp_path, f"img{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
     report = build_objects(str(tmp_path))
     assert report.status == "ok" and report.n_objects == 12 and report.n_associations == 36
+    assert_visible_once(tmp_path, report)
     objects = read(tmp_path, "objects")
     assert (objects["n_detections"] == 3).all() and (objects["n_nights"] == 3).all()
     assert not objects["transient_candidate"].any()
@@ -135,6 +167,7 @@ def test_incremental_night_keeps_ids_and_rerun_changes_nothing(tmp_path):
     write_image(tmp_path, "n2", *jitter(tra, tdec, 5), mjd=61132.1)
     report = build_objects(str(tmp_path))
     assert report.n_new_images == 1 and report.n_new_objects == 1
+    assert_visible_once(tmp_path, report)
     after = read(tmp_path, "objects").set_index("object_id")
     assert set(before.index) <= set(after.index)
     assert (after.loc[before.index, "n_detections"] == 3).all()
@@ -148,6 +181,7 @@ def test_incremental_night_keeps_ids_and_rerun_changes_nothing(tmp_path):
     mtimes = {p: (tmp_path / p).stat().st_mtime_ns for p in files}
     again = build_objects(str(tmp_path))
     assert again.status == "unchanged"
+    assert_visible_once(tmp_path, again)  # the reply counts what is there, not what changed
     assert tree_bytes(tmp_path) == files
     assert {p: (tmp_path / p).stat().st_mtime_ns for p in files} == mtimes
 
@@ -164,6 +198,7 @@ def test_reprocessed_image_replaces_its_own_associations(tmp_path):
                 processed="2026-06-01")
     report = build_objects(str(tmp_path))
     assert report.n_redone_images == 1 and report.n_new_objects == 0
+    assert_visible_once(tmp_path, report)
     assert any("pipeline versions" in n for n in report.notes)
     assoc = read(tmp_path, "associations")
     assert len(assoc) == 29 and not assoc.duplicated(["image_id", "source_id"]).any()
@@ -191,6 +226,7 @@ def test_failed_unit_leaves_previous_tables_and_next_run_completes(tmp_path):
     report = build_objects(str(tmp_path))
     assert report.status == "ok" and report.n_new_images == 1
     assert (read(tmp_path, "objects")["n_detections"] == 2).all()
+    assert_visible_once(tmp_path, report)
 
 
 def test_build_interrupted_during_the_swap_is_finished_by_the_next_run(tmp_path, monkeypatch):
@@ -233,6 +269,7 @@ def test_objects_on_healpix_unit_borders_are_neither_split_nor_duplicated(tmp_pa
     assert straddling.sum() >= 10  # the test means something
     report = build_objects(str(tmp_path), BuildConfig(unit_order=12, workers=2))
     assert report.n_units >= 9
+    assert_visible_once(tmp_path, report)
     objects, assoc = read(tmp_path, "objects"), read(tmp_path, "associations")
     assert len(objects) == len(ra) and objects["object_id"].is_unique
     assert len(assoc) == 4 * len(ra) and not assoc.duplicated(["image_id", "source_id"]).any()
@@ -287,6 +324,7 @@ def test_object_table_of_an_older_version_keeps_its_ids(tmp_path):
     write_image(tmp_path, "n1", *jitter(ra, dec, 1), mjd=61131.1)
     report = build_objects(str(tmp_path))
     assert any("older version" in n for n in report.notes)
+    assert_visible_once(tmp_path, report)
     new = read(tmp_path, "objects")
     assert set(new["object_id"]) == set(old["object_id"])
     assert (new["n_detections"] == 2).all()
@@ -536,6 +574,7 @@ def test_build_on_s3_catalog(tmp_path, moto_server):
         store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
     again = build_objects("s3://cat/survey")
     assert again.n_new_images == 1 and again.n_new_objects == 0
+    assert_visible_once("s3://cat/survey", again)  # the users' SQL over S3 (pyarrow + DuckDB)
     assert build_objects("s3://cat/survey").status == "unchanged"
 
 
@@ -626,6 +665,7 @@ def test_incremental_night_on_part_of_the_sky_keeps_the_other_units(tmp_path):
     report = build_objects(str(tmp_path))
     assert report.status == "ok" and report.n_units < first.n_units  # only touched units ran
     assert report.n_objects == 40 and report.n_associations == 80 + east.sum()
+    assert_visible_once(tmp_path, report)
     after = read(tmp_path, "objects").set_index("object_id")
     assert set(after.index) == set(before.index)
     assert sorted(after["n_detections"]) == sorted([2] * (~east).sum() + [3] * east.sum())
@@ -645,8 +685,63 @@ def test_removed_images_drop_their_objects_by_count(tmp_path):
     report = build_objects(str(tmp_path))
     assert report.n_removed_images == 1
     assert report.n_dropped_objects == east.sum() and report.n_objects == (~east).sum()
+    assert_visible_once(tmp_path, report)
     assert any("were dropped" in n for n in report.notes)
     assert len(read(tmp_path, "objects")) == (~east).sum()
+
+
+def _largest_unit_file(folder: Path) -> Path:
+    return max(folder.rglob("k*.parquet"), key=lambda f: pq.read_metadata(f).num_rows)
+
+
+def test_a_stray_copy_of_a_table_file_is_counted_by_users_until_a_build_removes_it(tmp_path):
+    """Every Parquet reader (pyarrow, DuckDB, Athena) reads every file of a table's folders:
+    a copy left beside a unit file (a file manager's "(1)", an `aws s3 cp` backup) makes users
+    count its rows twice. A build, even one with nothing new to associate, leaves exactly the
+    files it wrote (it used to answer 'unchanged' and keep the copy)."""
+    import shutil
+
+    ra, dec = stars(30, seed=26, spread_arcsec=150)
+    for k in range(2):
+        write_image(tmp_path, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k, size_deg=0.1)
+    first = build_objects(str(tmp_path), BuildConfig(unit_order=11))
+    assert_visible_once(tmp_path, first)
+    unit_file = _largest_unit_file(tmp_path / "objects")
+    copy = unit_file.with_name(f"{unit_file.stem} (1).parquet")
+    shutil.copy(unit_file, copy)
+    n_copied = pq.read_metadata(unit_file).num_rows
+    seen = users_see(tmp_path)  # what a user sees now: some objects twice
+    assert seen["objects"] == 30 + n_copied and seen["object_ids"] == 30
+    again = build_objects(str(tmp_path))
+    assert again.status == "ok" and again.n_units == 0  # no unit ran, the copy went
+    assert any("removed 1 file" in n and copy.name in n for n in again.notes), again.notes
+    assert_visible_once(tmp_path, again)
+    assert not copy.exists() and unit_file.exists()
+    assert build_objects(str(tmp_path)).status == "unchanged"
+
+
+def test_an_incremental_build_does_not_carry_a_misplaced_copy_over(tmp_path):
+    """A unit file copied into another partition's folder has a unit file's name: the
+    incremental build linked it into the new tables with the untouched units' files."""
+    import shutil
+
+    ra, dec = stars(40, seed=27, spread_arcsec=150)
+    for k in range(2):
+        write_image(tmp_path, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k, size_deg=0.1)
+    build_objects(str(tmp_path), BuildConfig(unit_order=11))
+    west = min((tmp_path / "associations").rglob("k*.parquet"),  # the westmost unit's file
+               key=lambda f: obj.pixel_centre(obj.unit_of_key(f.name), 11)[0])
+    before = read(tmp_path, "objects")
+    misplaced = tmp_path / "associations" / "hpx5=0" / west.name
+    misplaced.parent.mkdir()
+    shutil.copy(west, misplaced)
+    east = ra > RA0  # the new night covers the east only: the west units are carried over
+    write_image(tmp_path, "n2", *jitter(ra[east], dec[east], 2), mjd=61132.1, size_deg=0.045,
+                centre=(RA0 + 0.021, DEC0))
+    report = build_objects(str(tmp_path))
+    assert report.n_new_images == 1 and report.n_units > 0
+    assert_visible_once(tmp_path, report)
+    assert not misplaced.exists() and len(read(tmp_path, "objects")) == len(before)
 
 
 def test_neighbours_of_a_pixel_with_seven_neighbours():

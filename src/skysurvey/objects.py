@@ -1269,6 +1269,34 @@ def _carry_over(store, staging: str, touched: set[int]) -> None:
                     shutil.copy2(path, dest)
 
 
+def stray_keys(store, unit_order: int) -> list[str]:
+    """Files of the three tables that Parquet readers count but no build wrote: anything but
+    ``<table>/hpx5=<partition of N>/k<unit order>-<N>.parquet`` (a copy beside a unit file, a
+    unit file in another partition's folder or of another order). Names starting with ``_``
+    or ``.`` (the build record, the statistics sidecars) are skipped by readers, and here."""
+    strays = []
+    for table in TABLES:
+        for key in _list(store, f"{table}/"):
+            if any(part.startswith(("_", ".")) for part in key.split("/")[1:]):
+                continue
+            unit = unit_of_key(key)
+            if unit is None or key != unit_key(table, unit, unit_order):
+                strays.append(key)
+    return strays
+
+
+def remove_strays(store, unit_order: int) -> list[str]:
+    """Delete the :func:`stray_keys` (their rows were counted twice, or belong to no build):
+    a finished build leaves exactly its own files. Returns a note, or nothing."""
+    strays = stray_keys(store, unit_order)
+    for key in strays:
+        store.delete(key)
+    if not strays:
+        return []
+    return [f"removed {len(strays)} file(s) no build wrote from the tables (readers counted "
+            "their rows too): " + ", ".join(strays[:5]) + (" ..." if len(strays) > 5 else "")]
+
+
 @dataclass
 class Changes:
     """The catalog against the last build's record: what a build has to (re)do.
@@ -1480,9 +1508,12 @@ def build_objects(catalog: str, config: BuildConfig | None = None, *,
     report.n_images_without_wcs = len(images) - len(usable)
     report.notes += _input_notes(images, usable)
     if changes.unchanged:
-        report.status = "unchanged"
+        repaired = remove_strays(store, changes.state["unit_order"])
+        report.notes += repaired
+        report.status = "ok" if repaired else "unchanged"
         report.unit_order = changes.state["unit_order"]
         report.n_objects = changes.state.get("n_objects", 0)
+        report.n_associations = changes.state.get("n_associations", 0)
         report.seconds = time.perf_counter() - start
         return report
     plan = plan_units(catalog, images, usable, changes, config)
@@ -1498,6 +1529,7 @@ def build_objects(catalog: str, config: BuildConfig | None = None, *,
     _tally(report, replies, changes)
     report.partitions = sorted({partition_of(t.unit, plan.unit_order) for t in plan.tasks})
     report.n_dropped_objects += commit_build(store, plan, changes, config, report)
+    report.notes += remove_strays(store, plan.unit_order)  # e.g. carried over with the units
     if report.n_dropped_objects:
         report.notes.append(f"{report.n_dropped_objects} object(s) lost all their detections "
                             "(reprocessed or removed images) and were dropped")
