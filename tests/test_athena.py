@@ -13,7 +13,7 @@ from botocore.stub import Stubber
 from conftest import load_script
 
 from skysurvey import athena
-from skysurvey.errors import QueryError
+from skysurvey.errors import QueryError, StorageError
 from skysurvey.queries import NAMED_QUERIES
 from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA
 
@@ -94,6 +94,28 @@ def test_named_queries_parse_in_trino_and_bind_with_question_marks(name):
 def test_cost_has_a_10_mb_minimum():
     assert athena.cost_usd(0) == athena.cost_usd(10 * 2**20) == pytest.approx(4.77e-5, rel=1e-2)
     assert athena.cost_usd(2**40) == 5.0
+
+
+def test_the_query_cost_athena_reports_is_cost_pys_price(monkeypatch):
+    """One price table: a query's reported cost is cost.py's formula for its bytes, and
+    follows cost.PRICES when a price changes."""
+    from skysurvey import cost
+
+    scanned = 3 * 2**30
+    client = boto3.client("athena", region_name="us-east-1")
+    monkeypatch.setitem(cost.PRICES, "athena_tb", 6.25)
+    with Stubber(client) as stub:
+        stub.add_response("start_query_execution", {"QueryExecutionId": "q1"})
+        stub.add_response("get_query_execution", {"QueryExecution": {
+            "Status": {"State": "SUCCEEDED"}, "Statistics": {"DataScannedInBytes": scanned}}})
+        stub.add_response("get_query_results", {"ResultSet": {
+            "Rows": [], "ResultSetMetadata": {"ColumnInfo": []}}})
+        result = athena.run_athena("SELECT 1", database="d", workgroup="w", client=client)
+    assert result.bytes_scanned == scanned
+    assert result.cost_usd == cost.athena_query_usd(scanned) == 3 / 1024 * 6.25
+    assert athena.cost_usd(1) == cost.athena_query_usd(10 * 2**20)  # the same minimum
+    athena_line = {s: usd for s, _, usd in cost.breakdown(1, queries=1)}["Athena"]
+    assert athena_line == athena.cost_usd(0)  # one tiny image: one minimum-billed query
 
 
 def test_parameters_are_sql_literals():
@@ -250,3 +272,68 @@ def test_any_band_and_any_valid_night_is_registered(moto_server, workgroup):
     assert athena.register_partitions("s3://cat", "sources", [{"band": "y",
                                                                "night": "2026-01-02"}],
                                       database="astronomy") == 0
+
+
+def _count_glue_calls():
+    """Table names of the BatchCreatePartition calls the cached Glue client sends."""
+    import json as _json
+
+    from skysurvey import aws
+
+    calls = []
+    aws.client("glue").meta.events.register(
+        "before-call.glue.BatchCreatePartition",
+        lambda params, **_: calls.append(_json.loads(params["body"])["TableName"]))
+    return calls
+
+
+def test_partitions_seen_to_exist_are_not_sent_again_and_failures_are_not_cached(mocked_aws):
+    glue = boto3.client("glue")
+    glue.create_database(DatabaseInput={"Name": "astronomy"})
+    calls = _count_glue_calls()
+    night = {"band": "r", "night": "2026-03-14"}
+    with pytest.raises(StorageError, match=r"glue:astronomy\.images: EntityNotFoundException"):
+        athena.register_partitions("s3://cat", "images", [night], database="astronomy")
+    spec = athena.TABLES["images"]
+    glue.create_table(DatabaseName="astronomy",
+                      TableInput=athena.glue_table_input(spec, "s3://cat"))
+    glue.create_partition(DatabaseName="astronomy", TableName="images", PartitionInput={
+        "Values": ["r", "2026-03-14"], "StorageDescriptor": athena.storage_descriptor(
+            spec, athena.partition_location("s3://cat", "images", night))})  # someone else
+    new = {"band": "g", "night": "2026-03-14"}
+    assert athena.register_partitions("s3://cat", "images", [night, new],
+                                      database="astronomy") == 1  # the failure was not cached
+    assert athena.register_partitions("s3://cat", "images", [night, new, night],
+                                      database="astronomy") == 0
+    assert calls == ["images"] * 2  # the third: both known (one created, one AlreadyExists)
+    assert _partitions("images") == [("g", "2026-03-14"), ("r", "2026-03-14")]
+
+
+def test_a_partition_deleted_by_someone_else_is_registered_by_a_new_process_or_setup(
+        moto_server, workgroup):
+    import subprocess
+    import sys
+
+    s3, glue = boto3.client("s3"), boto3.client("glue")
+    s3.create_bucket(Bucket="cat")
+    athena.ensure_tables("astronomy", "astronomy-workgroup", "s3://cat", poll=0.01)
+    key = "s3://cat/sources/band=y/night=2026-01-02/new.parquet"
+    for folder in ("sources", "images"):
+        _put(s3, f"{folder}/band=y/night=2026-01-02/new.parquet")
+    athena.register_written(key, database="astronomy")
+    assert _partitions("images") == [("y", "2026-01-02")]
+
+    def delete():
+        glue.delete_partition(DatabaseName="astronomy", TableName="images",
+                              PartitionValues=["y", "2026-01-02"])
+
+    delete()
+    calls = _count_glue_calls()
+    athena.register_written(key, database="astronomy")
+    assert calls == [] and _partitions("images") == []  # a warm process trusts its cache
+    code = f"from skysurvey import athena; athena.register_written({key!r}, database='astronomy')"
+    subprocess.run([sys.executable, "-c", code], check=True)  # a cold start: asks Glue again
+    assert _partitions("images") == [("y", "2026-01-02")]
+    delete()
+    athena.ensure_tables("astronomy", "astronomy-workgroup", "s3://cat", poll=0.01)
+    assert _partitions("images") == [("y", "2026-01-02")]  # setup / query runs always ask

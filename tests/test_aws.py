@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from urllib.parse import quote_plus
 
 import boto3
@@ -235,6 +236,32 @@ def test_handler_registers_the_partitions_it_writes(buckets, tmp_path, monkeypat
                                   PartitionValues=["ks", "2026-03-14"])["Partition"]
     assert location["StorageDescriptor"]["Location"] == \
         "s3://catalog/images/band=ks/night=2026-03-14/"
+
+
+def test_a_warm_handler_calls_glue_once_per_new_partition(buckets, tmp_path, monkeypatch):
+    """Images of one band and night in one container: one BatchCreatePartition per table
+    (it was one per table per image), a new night one more; Glue holds them all."""
+    glue = _glue_tables("s3://catalog")
+    monkeypatch.setenv("ATHENA_DATABASE", "astronomy")
+    handler = _script("lambda_function")
+    calls = []
+    aws.client("glue").meta.events.register(  # the client the handler uses (cached)
+        "before-call.glue.BatchCreatePartition",
+        lambda params, **_: calls.append(json.loads(params["body"])["TableName"]))
+    for seed in range(3):
+        _put_image(buckets, tmp_path, f"images/same{seed}.fits", seed=seed)
+    draw_fits(tmp_path / "next.fits", date_obs="2026-03-15T04:00:00")
+    buckets.upload_file(str(tmp_path / "next.fits"), "raw", "images/next.fits")
+    for seed in range(3):
+        reply = handler.lambda_handler({"bucket": "raw", "key": f"images/same{seed}.fits",
+                                        "catalog_bucket": "catalog"})
+        assert reply["status"] == "ok", reply
+    assert calls == ["sources_data", "images"]
+    assert handler.lambda_handler({"bucket": "raw", "key": "images/next.fits",
+                                   "catalog_bucket": "catalog"})["status"] == "ok"
+    assert calls == ["sources_data", "images"] * 2
+    expected = [("r", "2026-03-14"), ("r", "2026-03-15")]
+    assert _partitions(glue, "sources_data") == _partitions(glue, "images") == expected
 
 
 def test_handler_without_a_database_setting_registers_nothing(buckets, tmp_path, monkeypatch):

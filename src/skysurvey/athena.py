@@ -3,9 +3,10 @@ a query runner.
 
 Tables live in the Glue Data Catalog (created through the Glue API, so they can be checked and
 owned like any resource); their partitions are registered when files are written (Glue
-``BatchCreatePartition``: the handler after each image, ``ensure_tables`` for what is already in
-the bucket), never by a fixed projection list, so any band (``f606w``, ``ks``, ``irac1``) and any
-night (1850-01-01 .. today + 1, or ``unknown``) is queryable. In SQL, ``images``, ``objects`` and
+``BatchCreatePartition``: the handler after each image, skipping those its process already
+registered; ``ensure_tables`` for what is already in the bucket), never by a fixed projection
+list, so any band (``f606w``, ``ks``, ``irac1``) and any night (1850-01-01 .. today + 1, or
+``unknown``) is queryable. In SQL, ``images``, ``objects`` and
 ``object_photometry`` are tables; ``sources`` and ``associations`` are views over
 ``sources_data`` and ``associations_data`` that keep only images with an ``images`` record
 (an image whose write was interrupted between its two files stays invisible, as on DuckDB).
@@ -23,6 +24,7 @@ import pyarrow as pa
 
 from . import aws
 from .config import is_s3_uri, parse_s3_uri
+from .cost import athena_query_usd
 from .errors import QueryError, SkySurveyError, StorageError, TransientStorageError
 from .schema import (
     ASSOCIATIONS_SCHEMA,
@@ -35,8 +37,6 @@ from .schema import (
 if TYPE_CHECKING:  # pandas only where query results are read (not in the Lambda)
     import pandas as pd
 
-PRICE_PER_TB = 5.0  # USD per TB scanned (us-east-1, checked 2026-11)
-MIN_BYTES = 10 * 2**20  # every query is billed at least 10 MB
 _TYPES = {pa.string(): "string", pa.int32(): "int", pa.int64(): "bigint", pa.float64(): "double",
           pa.bool_(): "boolean", pa.timestamp("ms"): "timestamp"}
 HPX_KEY = "hpx5"  # objects, object_photometry, associations: nested HEALPix pixel at order 5
@@ -130,18 +130,29 @@ def partition_location(catalog_uri: str, folder: str, values: dict) -> str:
     return f"{_base(catalog_uri)}{folder}/{path}/"
 
 
+#: Partitions this process registered or found to exist, by (region, endpoint, database,
+#: table, values): a warm Lambda container calls Glue once per new band and night, not once
+#: per image. A new process starts empty, so a partition deleted by someone else is registered
+#: again at the next cold start (or by ``ensure_tables``, which always asks Glue).
+_registered: set[tuple] = set()
+aws.on_clear_clients(_registered.clear)
+
+
 def register_partitions(catalog_uri: str, folder: str, partitions: list[dict], *,
-                        database: str | None = None) -> int:
+                        database: str | None = None, recheck: bool = False) -> int:
     """Register *partitions* (``[{"band": "r", "night": "2026-03-14"}]``, or ``{"hpx5": 1234}``)
     of the table stored under ``<catalog>/<folder>/`` in Glue; existing ones are kept.
-    Returns how many were new."""
+    Partitions this process already registered or saw to exist are skipped without a Glue
+    call unless *recheck*. Returns how many were new."""
     from .config import get_setting
 
     spec = TABLES[folder]
     database = database or get_setting("ATHENA_DATABASE")
     glue, new = aws.client("glue"), 0
-    unique = list({tuple(str(p[k]) for k, _ in spec.partition_keys): p
-                   for p in partitions}.items())
+    scope = (glue.meta.region_name, glue.meta.endpoint_url, database, spec.name)
+    unique = [(values, p) for values, p in
+              {tuple(str(p[k]) for k, _ in spec.partition_keys): p for p in partitions}.items()
+              if recheck or (*scope, values) not in _registered]
     for start in range(0, len(unique), 100):  # BatchCreatePartition takes 100 at a time
         batch = unique[start:start + 100]
         inputs = [{"Values": list(values), "StorageDescriptor": storage_descriptor(
@@ -150,10 +161,12 @@ def register_partitions(catalog_uri: str, folder: str, partitions: list[dict], *
             errors = glue.batch_create_partition(
                 DatabaseName=database, TableName=spec.name,
                 PartitionInputList=inputs).get("Errors", [])
-        except Exception as exc:
+        except aws.botocore_errors() as exc:
             raise aws.translate(exc, f"glue:{database}.{spec.name}") from None
         failed = [e for e in errors
                   if e.get("ErrorDetail", {}).get("ErrorCode") != "AlreadyExistsException"]
+        refused = {tuple(e.get("PartitionValues") or ()) for e in failed}
+        _registered.update((*scope, values) for values, _ in batch if values not in refused)
         if failed:
             detail = failed[0].get("ErrorDetail", {})
             raise StorageError(f"glue:{database}.{spec.name}",
@@ -210,8 +223,9 @@ def existing_partitions(catalog_uri: str, folder: str) -> list[dict]:
 
 
 def cost_usd(bytes_scanned: int) -> float:
-    """Athena's price for one query: $5 per TB, at least 10 MB."""
-    return max(int(bytes_scanned), MIN_BYTES) / 2**40 * PRICE_PER_TB
+    """Athena's price for one query (:func:`skysurvey.cost.athena_query_usd`: the prices live
+    in ``cost.PRICES`` only)."""
+    return athena_query_usd(int(bytes_scanned))
 
 
 def format_parameter(value) -> str:
@@ -280,7 +294,7 @@ def run_athena(sql: str, *, database: str, workgroup: str, output_location: str 
         request["ExecutionParameters"] = [format_parameter(p) for p in params]
     try:
         qid = client.start_query_execution(**request)["QueryExecutionId"]
-    except Exception as exc:
+    except aws.botocore_errors() as exc:
         raise aws.translate(exc, f"athena:{workgroup}") from None
     delay = poll
     while True:
@@ -307,7 +321,7 @@ def _glue_tables(database: str) -> dict[str, dict] | None:
     try:
         for page in glue.get_paginator("get_tables").paginate(DatabaseName=database):
             tables.update({t["Name"]: t for t in page["TableList"]})
-    except Exception as exc:
+    except aws.botocore_errors() as exc:
         if aws.error_code(exc) == "EntityNotFoundException":
             return None
         raise aws.translate(exc, f"glue:{database}") from None
@@ -344,13 +358,11 @@ def ensure_tables(database: str, workgroup: str, catalog_uri: str, **kw) -> None
                     "StorageDescriptor", {}).get("Location") != table["StorageDescriptor"][
                         "Location"]:
                 glue.update_table(DatabaseName=database, TableInput=table)
-    except SkySurveyError:
-        raise
-    except Exception as exc:
+    except aws.botocore_errors() as exc:  # _glue_tables' own errors are already translated
         raise aws.translate(exc, f"glue:{database}") from None
     for view, statement in zip(VIEWS, view_statements(database), strict=True):
         if found.get(view, {}).get("TableType") != "VIRTUAL_VIEW":
             run_athena(statement, database=database, workgroup=workgroup, **kw)
     for folder in TABLES:
         register_partitions(catalog_uri, folder, existing_partitions(catalog_uri, folder),
-                            database=database)
+                            database=database, recheck=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 from .errors import ConfigError, SkySurveyError, StorageError, TransientStorageError
 
@@ -67,9 +68,22 @@ def _client(service, profile, region, endpoint, mode, overrides):
     return session.client(service, region_name=region, endpoint_url=endpoint, config=config)
 
 
+_on_clear: list[Callable[[], None]] = []
+
+
+def on_clear_clients(forget: Callable[[], None]) -> None:
+    """Call *forget* (no arguments) whenever :func:`clear_clients` runs: for per-process
+    caches of what AWS holds (Glue partitions already registered), which are only valid for
+    the AWS the clients reach."""
+    _on_clear.append(forget)
+
+
 def clear_clients() -> None:
-    """Forget cached clients (tests start and stop moto around them)."""
+    """Forget cached clients and what was cached about the AWS they reach (tests start and
+    stop moto around them)."""
     _client.cache_clear()
+    for forget in _on_clear:
+        forget()
 
 
 def error_code(exc: BaseException) -> str:

@@ -1,8 +1,9 @@
 """What a run costs on AWS, from image count, sizes and measured handler seconds.
 
 List prices for us-east-1, x86, checked 2026-11 (https://aws.amazon.com/lambda/pricing/,
-/s3/pricing/, /athena/pricing/, /cloudwatch/pricing/). One dict, so the guides' table and this
-module cannot disagree (tests/test_guides.py checks the table).
+/s3/pricing/, /athena/pricing/, /cloudwatch/pricing/). One dict, so the guides' table, this
+module and the query costs ``athena.py`` reports cannot disagree (tests/test_guides.py checks
+the table).
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ PRICES = {
     "athena_min_bytes": 10 * 2**20,
     "logs_gb": 0.50,
 }
+
+
+def athena_query_usd(bytes_scanned: float) -> float:
+    """Athena's price for one query: ``athena_tb`` per TB (2**40 bytes) scanned, billed for at
+    least ``athena_min_bytes`` (10 MB). :func:`skysurvey.athena.cost_usd` reports this."""
+    return max(bytes_scanned, PRICES["athena_min_bytes"]) / 2**40 * PRICES["athena_tb"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,7 @@ def breakdown(images: int, *, mb_per_image: float = 16.8, seconds_per_image: flo
         ("Lambda compute", f"{gb_seconds:,.2f} GB-s ({seconds_per_image:g} s at {memory_mb} MB)",
          gb_seconds * PRICES["lambda_gb_second"]),
         ("Athena", f"{queries} queries x {scanned / 2**20:,.0f} MB scanned (10 MB minimum)",
-         queries * scanned / 2**40 * PRICES["athena_tb"]),
+         queries * athena_query_usd(scanned)),
         ("CloudWatch Logs", f"{log_bytes / 1e3:,.1f} kB ingested",
          log_bytes / 2**30 * PRICES["logs_gb"]),
         ("Data transfer", "in: free; out: query results, kB", 0.0),
@@ -102,6 +109,6 @@ def deployed_memory_mb(function: str) -> int:
 
     try:
         config = aws.client("lambda").get_function_configuration(FunctionName=function)
-    except Exception as exc:
+    except aws.botocore_errors() as exc:
         raise aws.translate(exc, f"Lambda function {function}") from None
     return int(config["MemorySize"])
