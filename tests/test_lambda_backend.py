@@ -317,3 +317,17 @@ def test_redrive_with_an_empty_queue_says_so(simple_lambda_server, capsys):
     boto3.client("sqs").create_queue(QueueName="astronomy-failed-events")
     assert load_script("invoke_lambda").main(["--redrive"]) == 0
     assert "No failed events waiting in astronomy-failed-events" in capsys.readouterr().out
+
+
+def test_an_aws_error_is_an_error_reply_and_a_bug_is_raised(lambda_env):
+    """invoke_payload turns what botocore raises into the image's error reply (the batch goes
+    on); a programming error (a payload JSON cannot encode) is raised, not a 'failed' line."""
+    client = boto3.client("lambda", region_name="us-east-1")
+    with Stubber(client) as stub:
+        stub.add_client_error("invoke", "InvalidRequestContentException", "bad body",
+                              http_status_code=400)
+        reply = lambda_backend.invoke_payload(client, "f", "a.fits", {"key": "a.fits"})
+    assert reply["status"] == "error"
+    assert reply["error"] == "a.fits: InvalidRequestContentException: bad body"
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        lambda_backend.invoke_payload(client, "f", "a.fits", {"key": object()})

@@ -495,3 +495,18 @@ def test_the_same_suffix_in_another_region_is_refused(mocked_aws, capsys):
     assert f"error: s3://{RAW}: is in eu-west-1, not us-west-2" in err
     assert "--region eu-west-1" in err
     assert boto3.client("lambda", region_name="us-west-2").list_functions()["Functions"] == []
+
+
+def test_a_missing_zip_is_reported_by_resource_and_a_bug_is_raised(mocked_aws, tmp_path):
+    """run_setup turns AWS and file errors into one line naming the resource; a programming
+    error (a str where a Path belongs) is raised as what it is."""
+    from skysurvey.errors import StorageError
+
+    names = aws_setup.Names("t3st", "us-east-1", "123456789012")
+    missing = aws_setup.FunctionSettings(tmp_path / "gone.zip")
+    with pytest.raises(StorageError, match=r"^Lambda function astronomy-source-detection: "
+                                           r"FileNotFoundError: .*gone\.zip"):
+        aws_setup.run_setup([aws_setup._role(names), aws_setup._function(names, missing)], names)
+    as_text = aws_setup.FunctionSettings(str(_zip(tmp_path / "lambda.zip")))
+    with pytest.raises(AttributeError, match="read_bytes"):
+        aws_setup.run_setup([aws_setup._function(names, as_text)], names)

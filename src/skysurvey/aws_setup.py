@@ -134,7 +134,7 @@ def resolve_names(suffix: str | None, region: str | None, saved: dict[str, str],
     region = resolve_region(region, saved)
     try:
         account = aws.client("sts").get_caller_identity()["Account"]
-    except Exception as exc:
+    except aws.botocore_errors() as exc:
         raise aws.translate(exc, "sts") from None
     suffix = suffix or saved.get("SKYSURVEY_SUFFIX") or default_suffix(account, region)
     adopt = saved.get("SKYSURVEY_SUFFIX") == suffix
@@ -295,7 +295,7 @@ def _quiet(_response) -> None:
 def _call_tags(resource: str, get: Callable[[], dict | None], *absent: str):
     try:
         return get()
-    except Exception as exc:
+    except aws.botocore_errors() as exc:
         if _missing(exc, *absent):
             return None
         raise aws.translate(exc, resource) from None
@@ -308,7 +308,7 @@ def _bucket_tags(name: str) -> dict[str, str] | None:
     s3 = aws.client("s3")
     try:
         s3.head_bucket(Bucket=name)
-    except Exception as exc:
+    except aws.botocore_errors() as exc:
         code = aws.error_code(exc)
         if code in ("404", "NoSuchBucket", "NotFound"):
             return None
@@ -318,7 +318,7 @@ def _bucket_tags(name: str) -> dict[str, str] | None:
         raise aws.translate(exc, f"s3://{name}") from None
     try:
         return _tag_dict(s3.get_bucket_tagging(Bucket=name)["TagSet"])
-    except Exception as exc:
+    except aws.botocore_errors() as exc:
         if _missing(exc, "NoSuchTagSet", "NoSuchTagSetError"):
             return {}
         raise aws.translate(exc, f"s3://{name}") from None
@@ -368,7 +368,7 @@ def _empty_and_delete_bucket(name: str) -> None:
     s3 = aws.client("s3")
     try:  # first: a deny-everything policy (or moto, which ignores its condition) blocks emptying
         s3.delete_bucket_policy(Bucket=name)
-    except Exception as exc:
+    except aws.botocore_errors() as exc:
         if not _missing(exc, "NoSuchBucketPolicy"):
             raise
     paginator = s3.get_paginator("list_object_versions")
@@ -549,14 +549,14 @@ def _wait_updated() -> None:
 
 
 def _create_function(names: Names, s: FunctionSettings) -> None:
-    config = _function_configuration(names, s)
+    config, code = _function_configuration(names, s), _code(names, s.package)  # zip sent once
     for attempt in range(10):  # a new role takes a few seconds to become assumable
         try:
             aws.client("lambda").create_function(
-                FunctionName=FUNCTION_NAME, Code=_code(names, s.package), Tags=names.tags,
+                FunctionName=FUNCTION_NAME, Code=code, Tags=names.tags,
                 Description="FITS image -> Parquet source catalog", **config)
             break
-        except Exception as exc:
+        except aws.botocore_errors() as exc:
             if "cannot be assumed" not in str(exc) or attempt == 9:
                 raise
             time.sleep(3)
@@ -572,7 +572,7 @@ def _apply_invocation_settings(names: Names, s: FunctionSettings) -> list[str]:
               "DestinationConfig": {"OnFailure": {"Destination": names.queue_arn}}}
     try:
         current = lam.get_function_event_invoke_config(FunctionName=FUNCTION_NAME)
-    except Exception as exc:
+    except aws.botocore_errors() as exc:
         if not _missing(exc, "ResourceNotFoundException"):
             raise
         current = {}
@@ -625,7 +625,7 @@ def _function(names: Names, s: FunctionSettings) -> Resource:
 def _trigger_present(names: Names) -> bool:
     try:
         config = aws.client("s3").get_bucket_notification_configuration(Bucket=names.raw)
-    except Exception as exc:
+    except aws.botocore_errors() as exc:
         if _missing(exc, "NoSuchBucket"):
             return False  # the bucket is made first
         raise
@@ -639,7 +639,7 @@ def _apply_trigger(names: Names) -> None:
             FunctionName=FUNCTION_NAME, StatementId="s3-invoke-astronomy-images",
             Action="lambda:InvokeFunction", Principal="s3.amazonaws.com",
             SourceArn=f"arn:aws:s3:::{names.raw}", SourceAccount=names.account)
-    except Exception as exc:
+    except aws.botocore_errors() as exc:
         if not _missing(exc, "ResourceConflictException"):
             raise
     s3 = aws.client("s3")
@@ -833,7 +833,7 @@ def dashboard_body(names: Names) -> dict:
 def _dashboard_tags() -> dict[str, str] | None:
     try:
         body = aws.client("cloudwatch").get_dashboard(DashboardName=DASHBOARD)["DashboardBody"]
-    except Exception as exc:
+    except aws.botocore_errors() as exc:
         if _missing(exc, "ResourceNotFound", "ResourceNotFoundException"):
             return None
         raise aws.translate(exc, DASHBOARD) from None
@@ -920,9 +920,7 @@ def run_setup(resources: list[Resource], names: Names, dry_run: bool = False) ->
                 state = "adopted (tagged)" if owner == "adopt" else (note or "unchanged")
                 if owner == "adopt" and note:
                     state += f"; {note}"
-        except ConfigError:
-            raise
-        except Exception as exc:
+        except (*aws.botocore_errors(), OSError) as exc:  # OSError: the zip or reference file
             raise aws.translate(exc, resource.name) from None
         plan.states.append((resource.name, state))
     return plan
@@ -955,7 +953,7 @@ def run_cleanup(resources: list[Resource], names: Names,
         else:
             try:
                 resource.delete()
-            except Exception as exc:
+            except aws.botocore_errors() as exc:
                 raise aws.translate(exc, resource.name) from None
             states.append((resource.name, "deleted"))
     return states

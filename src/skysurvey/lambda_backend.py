@@ -88,7 +88,7 @@ def invoke_payload(client, function: str, key: str, payload: dict,
             FunctionName=function,
             InvocationType="Event" if asynchronous else "RequestResponse",
             Payload=json.dumps(payload).encode())
-    except Exception as exc:
+    except aws.botocore_errors() as exc:
         if aws.error_code(exc) == "ResourceNotFoundException":
             raise ConfigError(function, "Lambda function not found: run "
                                         "scripts/setup_aws.py or set LAMBDA_FUNCTION") from None
@@ -116,7 +116,7 @@ def function_limits(function: str) -> FunctionLimits:
         timeout = int(client.get_function_configuration(FunctionName=function)["Timeout"])
         reserved = client.get_function_concurrency(FunctionName=function).get(
             "ReservedConcurrentExecutions")
-    except Exception as exc:
+    except aws.botocore_errors() as exc:
         if aws.error_code(exc) == "ResourceNotFoundException":
             raise ConfigError(function, "Lambda function not found: run "
                                         "scripts/setup_aws.py or set LAMBDA_FUNCTION") from None
@@ -234,7 +234,7 @@ def run_redrive(queue: str | None = None, *, function: str, workers: int = 4,
     sqs = aws.client("sqs")
     try:
         url = sqs.get_queue_url(QueueName=queue or DEFAULT_QUEUE)["QueueUrl"]
-    except Exception as exc:
+    except aws.botocore_errors() as exc:
         raise aws.translate(exc, f"queue {queue or DEFAULT_QUEUE}") from None
     limits = function_limits(function)
     workers = pool_size(workers, limits)
