@@ -403,12 +403,64 @@ def test_survey_targets(tmp_path):
     assert all(r["status"] == "ok" for r in replies)
     build_objects(str(catalog), BuildConfig(workers=1))
     score = evaluate_objects(str(catalog), survey)
+    assert score["duplicate_objects"] == score["duplicate_associations"] == 0
+    assert score["unassociated_detections"] == 0
     assert score["isolated_seen_twice"] >= 150 and score["variables"] >= 20
     assert score["one_object_fraction"] >= 0.99
     assert score["mixed_fraction"] <= 0.01
     assert score["variable_recovery"] >= 0.90
     assert score["bright_constant"] >= 40 and score["constant_false_positive"] <= 0.02
     assert score["transient_recovery"] >= 0.8
+
+
+def _truth_files(survey: Path, ra, dec, image_ids) -> Path:
+    """The truth evaluate_objects reads (as synth_survey writes it), for write_image catalogs:
+    every star constant, isolated, drawn in every image at its true position."""
+    import pandas as pd
+
+    (survey / "truth").mkdir(parents=True)
+    true_id = np.arange(len(ra))
+    pd.DataFrame({"true_id": true_id, "kind": "star", "ra": ra, "dec": dec, "mag_r": 19.0,
+                  "amplitude": 0.0, "transient_night": -1}).to_csv(
+        survey / "truth" / "objects.csv", index=False)
+    for image_id in image_ids:
+        pd.DataFrame({"true_id": true_id, "ra": ra, "dec": dec, "flux": 1000.0}).to_csv(
+            survey / "truth" / f"{image_id}.csv", index=False)
+    return survey
+
+
+def test_the_survey_score_counts_what_users_see(tmp_path):
+    """The scorer reads the tables through the users' SQL views: a stray copy of a table file
+    shows in the score as in every query, and so does an image record gone missing."""
+    import shutil
+
+    from skysurvey.synth_survey import evaluate_objects
+
+    catalog = tmp_path / "catalog"
+    ra, dec = stars(12, seed=28)
+    for k in range(2):
+        write_image(catalog, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
+    survey = _truth_files(tmp_path / "survey", ra, dec, ["n0", "n1"])
+    build_objects(str(catalog))
+    score = evaluate_objects(str(catalog), survey)
+    assert score["objects"] == score["isolated_seen_twice"] == 12
+    assert score["one_object_fraction"] == 1.0 and score["mixed_fraction"] == 0.0
+    assert score["duplicate_objects"] == score["duplicate_associations"] == 0
+    assert score["unassociated_detections"] == 0
+    for table in ("objects", "associations"):  # one unit: one file per table, copied
+        (unit_file,) = (catalog / table).rglob("k*.parquet")
+        shutil.copy(unit_file, unit_file.with_name(f"{unit_file.stem} (1).parquet"))
+    score = evaluate_objects(str(catalog), survey)
+    assert score["objects"] == 24 and score["duplicate_objects"] == 12
+    assert score["duplicate_associations"] == 24
+    build_objects(str(catalog))  # removes the copies
+    score = evaluate_objects(str(catalog), survey)
+    assert score["objects"] == 12 and score["duplicate_objects"] == 0
+    assert score["duplicate_associations"] == 0
+    # n1's record deleted (a re-run killed between its two files): users see n0 only
+    next((catalog / "images").rglob("n1.parquet")).unlink()
+    score = evaluate_objects(str(catalog), survey)
+    assert score["isolated_seen_twice"] == 0 and score["unassociated_detections"] == 0
 
 
 def test_named_queries_on_objects(tmp_path):

@@ -155,30 +155,49 @@ def _attribute(near, blend, flux, ids) -> int:
     return int(ids[best])
 
 
+#: What the scorer reads, as a user reads it: SQL on the catalog's DuckDB tables and views
+#: (``sources`` and ``associations`` keep only the images with a record). A duplicated or
+#: orphaned table file counts in the scores as it counts in every user's query.
+SCORER_SQL = {
+    "sources": "SELECT image_id, source_id, ra, dec FROM sources ORDER BY image_id, source_id",
+    "associations": "SELECT image_id, source_id, object_id FROM associations",
+    "objects": "SELECT object_id, variable, transient_candidate FROM objects",
+    "photometry": "SELECT object_id, n FROM object_photometry",
+}
+
+
+def read_as_user(catalog: str) -> dict[str, pd.DataFrame]:
+    """The :data:`SCORER_SQL` tables, through one :func:`skysurvey.queries.connect`."""
+    from .queries import connect, run_query
+
+    con = connect(catalog)
+    try:
+        return {name: run_query(sql, catalog, con=con) for name, sql in SCORER_SQL.items()}
+    finally:
+        con.close()
+
+
 def evaluate_objects(catalog: str, survey_dir, *, isolation_arcsec: float = 3.0,
                      bright_mag: float = 21.0, match_arcsec: float = 1.0,
                      blend_arcsec: float = 2.0) -> dict:
-    """Score a built objects table against the survey's truth (local catalog folder).
+    """Score a built objects table against the survey's truth (the catalog as users query it,
+    local folder or ``s3://``, see :func:`read_as_user`).
 
     Each detection is given the brightest true object drawn within *match_arcsec* of it in its
     image; it is ambiguous (left out of the mixing figure) when another true object within
     *blend_arcsec* has at least a quarter of that flux: an unresolved blend holds both.
     "Seen 6 times" for variables and constant stars counts the measurements the
     variability test can use (``object_photometry.n`` summed over bands: blended or truncated
-    detections are left out of it). Returns the figures of the targets and their denominators.
+    detections are left out of it). Returns the figures of the targets and their denominators,
+    and what should be zero: object rows sharing an id, detections linked twice, detections
+    with a position linked to no object.
     """
-    import pyarrow.dataset as pads
     from scipy.spatial import cKDTree
 
     survey = Path(survey_dir)
     truth = pd.read_csv(survey / "truth" / "objects.csv")
-    root = Path(catalog)
-    assoc = pads.dataset(root / "associations", format="parquet",
-                         partitioning="hive").to_table().to_pandas()
-    objects = pads.dataset(root / "objects", format="parquet",
-                           partitioning="hive").to_table().to_pandas()
-    sources = pads.dataset(root / "sources", format="parquet", partitioning="hive").to_table(
-        columns=["image_id", "source_id", "ra", "dec"]).to_pandas()
+    tables = read_as_user(str(catalog))
+    sources, assoc, objects = tables["sources"], tables["associations"], tables["objects"]
     rows = []
     for image_id, group in sources.groupby("image_id"):
         drawn = pd.read_csv(survey / "truth" / f"{image_id}.csv")
@@ -216,8 +235,7 @@ def evaluate_objects(catalog: str, survey_dir, *, isolation_arcsec: float = 3.0,
     per_obj = det.dropna(subset=["object_id"]).groupby("object_id")["true_id"].nunique()
     flags = objects.set_index("object_id")
     per_true = per_true.join(flags[["variable", "transient_candidate"]], on="object_id")
-    phot = pads.dataset(root / "object_photometry", format="parquet",
-                        partitioning="hive").to_table().to_pandas()
+    phot = tables["photometry"]
     per_true = per_true.join(phot.groupby("object_id")["n"].sum().rename("n_phot"),
                              on="object_id")
     variables = per_true[(per_true["amplitude"] >= 0.3) & (per_true["n_phot"] >= 6)]
@@ -225,7 +243,13 @@ def evaluate_objects(catalog: str, survey_dir, *, isolation_arcsec: float = 3.0,
                         & (per_true["transient_night"] < 0) & (per_true["mag_r"] < bright_mag)
                         & (per_true["n_phot"] >= 6)]
     transients = per_true[per_true["transient_night"] >= 0]
+    positioned = sources[sources["ra"].notna()][["image_id", "source_id"]]
+    linked = positioned.merge(assoc[["image_id", "source_id"]].drop_duplicates(), how="left",
+                              on=["image_id", "source_id"], indicator=True)
     return {
+        "duplicate_objects": int(objects["object_id"].duplicated().sum()),
+        "duplicate_associations": int(assoc.duplicated(["image_id", "source_id"]).sum()),
+        "unassociated_detections": int((linked["_merge"] == "left_only").sum()),
         "ambiguous_detections": len(ambiguous),
         "isolated_seen_twice": len(seen2),
         "one_object_fraction": float(one.mean()) if len(seen2) else float("nan"),
