@@ -128,7 +128,23 @@ def timed_build(catalog: Path, workers: int) -> dict:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if result["status"] != "ok":  # a failed build is fast: its time is no measurement
         raise SystemExit(f"build of {catalog} ended {result['status']!r}: {out.stderr[-2000:]}")
+    seen = users_see(catalog)  # (untimed) a build succeeded only if SQL sees it, once
+    if seen != (result["objects"], result["objects"], result["associations"]):
+        raise SystemExit(f"build of {catalog}: it reported {result['objects']:,} objects and "
+                         f"{result['associations']:,} associations, SQL sees (rows, distinct "
+                         f"ids, associations) {seen}")
     return result
+
+
+def users_see(catalog: Path) -> tuple[int, int, int]:
+    """Rows and distinct ids of ``objects``, rows of ``associations``, through the DuckDB
+    tables and views users query (skysurvey.queries)."""
+    from skysurvey.queries import run_query
+
+    row = run_query("SELECT (SELECT count(*) FROM objects) AS n, (SELECT count(DISTINCT "
+                    "object_id) FROM objects) AS ids, (SELECT count(*) FROM associations) AS a",
+                    str(catalog)).iloc[0]
+    return int(row["n"]), int(row["ids"]), int(row["a"])
 
 
 def cone_bytes(catalog: Path, ra: float, dec: float, radius_arcsec: float) -> tuple[int, int]:
