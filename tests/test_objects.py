@@ -342,6 +342,19 @@ def test_radius_change_needs_rebuild_and_rebuild_renumbers(tmp_path):
     assert report.status == "ok" and report.n_objects == 5
 
 
+def test_a_rebuild_at_another_unit_order_reports_no_dropped_object(tmp_path):
+    """--rebuild starts over: no object of the previous tables is 'dropped' (it counted every
+    object of the old order's files as lost, with a note blaming removed images)."""
+    ra, dec = stars(20, seed=29, spread_arcsec=150)
+    for k in range(2):
+        write_image(tmp_path, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k, size_deg=0.1)
+    build_objects(str(tmp_path), BuildConfig(unit_order=11))
+    report = build_objects(str(tmp_path), BuildConfig(rebuild=True))
+    assert report.status == "ok" and report.unit_order != 11 and report.n_objects == 20
+    assert report.n_dropped_objects == 0 and not any("dropped" in n for n in report.notes)
+    assert_visible_once(tmp_path, report)
+
+
 def test_chi2_threshold_matches_tabulated_quantiles():
     # chi2 upper quantiles (tables): dof 9 at p=1e-3: 27.877; dof 19 at p=1e-3: 43.820
     assert obj.chi2_threshold(np.array([9]), 1e-3)[0] == pytest.approx(27.877, rel=0.02)

@@ -1464,7 +1464,7 @@ def commit_build(store, plan: BuildPlan, changes: Changes, config: BuildConfig,
                  report: BuildReport) -> int:
     """Stage the build record, complete the staged tables (the units not rebuilt, locally),
     mark them complete and swap them in. Returns the objects dropped with units no image
-    covers any more (a full build only)."""
+    covers any more (a full build over kept tables)."""
     staging = plan.staging
     new_state = {"layout": LAYOUT, "version": __version__, "radius_arcsec": config.radius_arcsec,
                  "unit_order": plan.unit_order, "floor": config.floor,
@@ -1475,7 +1475,8 @@ def commit_build(store, plan: BuildPlan, changes: Changes, config: BuildConfig,
     dropped = 0
     if changes.fast:
         _carry_over(store, staging, set(touched))
-    else:  # units no image covers any more (all removed): their objects go, counted
+    elif changes.has_tables:  # units no image covers any more (all removed): their objects
+        # go, counted (not on --rebuild: it starts over, maybe at another unit order)
         dropped = _orphan_objects(store, {t.unit for t in plan.tasks})
     store.write_bytes(f"{staging}/_complete", json.dumps({"touched": touched}).encode())
     _commit(store, staging)
