@@ -641,6 +641,12 @@ def test_build_on_s3_catalog(tmp_path, moto_server):
     assert again.n_new_images == 1 and again.n_new_objects == 0
     assert_visible_once("s3://cat/survey", again)  # the users' SQL over S3 (pyarrow + DuckDB)
     assert build_objects("s3://cat/survey").status == "unchanged"
+    (unit_file,) = [k for k in keys if k.startswith("objects/hpx5=") and "/k" in k]
+    store.copy(unit_file, unit_file.replace(".parquet", ".parquet.bak"))  # a backup, read too
+    assert users_see("s3://cat/survey")["objects"] == 16
+    repaired = build_objects("s3://cat/survey")
+    assert repaired.status == "ok" and any(".parquet.bak" in n for n in repaired.notes)
+    assert_visible_once("s3://cat/survey", repaired)
 
 
 def test_build_script_registers_its_partitions_in_glue(tmp_path, moto_server, capsys):
