@@ -26,7 +26,9 @@ staging folder; after every unit has succeeded a ``_complete`` marker is written
 are swapped in (locally an atomic exchange of directories; on S3 a copy, during which a reader
 may see some units old and some new: a window of seconds, documented in the README). A build
 interrupted before the marker leaves the previous tables untouched and is started over; one
-interrupted after it is finished by the next run.
+interrupted after it is finished by the next run. Every reader counts every file of a table's
+folders, so each build (even one with nothing new) ends by deleting the files no build wrote
+(:func:`stray_keys`: a copy beside a unit file, a unit file in another partition's folder).
 
 Object ids: ``(order-13 pixel of the object's position when it was created) << 33 | sequence``,
 so a unit allocates ids without asking anybody, and they stay unique across units and runs.
