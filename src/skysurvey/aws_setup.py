@@ -183,10 +183,14 @@ def _reference_statements(uri: str) -> list[dict]:
 
 
 def lambda_policy(names: Names) -> dict:
-    """Least privilege: read raw images, write catalog files, register their Athena
-    partitions, write its own logs, send failed events to its queue (the on-failure
-    destination), read the reference catalog if one is set."""
+    """Least privilege: read raw images, write catalog files (and read back an image's own
+    files when it is re-processed), register their Athena partitions, run objects units
+    (read the objects tables, write the staging area), write its own logs, send failed events
+    to its queue (the on-failure destination), read the reference catalog if one is set.
+    ``tests/test_iam.py`` checks every request the function makes against this."""
     from .athena import PARTITIONED_TABLES
+    from .objects import STAGING as OBJECTS_STAGING
+    from .objects import TABLES as OBJECT_TABLES
 
     raw, cat = f"arn:aws:s3:::{names.raw}", f"arn:aws:s3:::{names.catalog}"
     glue = [names.arn("glue", "catalog"), names.arn("glue", f"database/{DATABASE}")]
@@ -194,9 +198,18 @@ def lambda_policy(names: Names) -> dict:
     statements = [
         {"Sid": "ReadRawImages", "Effect": "Allow", "Action": ["s3:GetObject"],
          "Resource": [f"{raw}/images/*"]},
+        # an image's files, its record and its entry (image_ids/: which files it has, read
+        # before re-processing); delete: earlier files of a re-processed image, or undo a
+        # half-written one
         {"Sid": "WriteCatalog", "Effect": "Allow",
-         "Action": ["s3:PutObject", "s3:DeleteObject"],  # delete: undo a half-written image
-         "Resource": [f"{cat}/sources/*", f"{cat}/images/*"]},
+         "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+         "Resource": [f"{cat}/sources/*", f"{cat}/images/*", f"{cat}/image_ids/*"]},
+        # build_objects.py --backend lambda: a unit reads the objects it extends and writes
+        # only to the staging area (the driver, with the user's credentials, commits)
+        {"Sid": "ReadObjects", "Effect": "Allow", "Action": ["s3:GetObject"],
+         "Resource": [f"{cat}/{table}/*" for table in OBJECT_TABLES]},
+        {"Sid": "StageObjectUnits", "Effect": "Allow", "Action": ["s3:PutObject"],
+         "Resource": [f"{cat}/{OBJECTS_STAGING}/*"]},
         {"Sid": "ListBuckets", "Effect": "Allow", "Action": ["s3:ListBucket"],
          "Resource": [raw, cat]},
         {"Sid": "RegisterPartitions", "Effect": "Allow", "Action": ["glue:BatchCreatePartition"],
