@@ -242,20 +242,24 @@ def _resolved(truth, everything, sources, radius):
 def test_class_star_measures_blended_sources_as_if_alone():
     """A crowded field (the density of 12,000 sources on 2048², 60-70% blended): a star's
     neighbours' light made it look extended and a galaxy whose annulus lost a neighbour's
-    segment looked concentrated (stars 0.91, galaxies 0.93 right before). Counted over the
-    sources the detection resolved (:func:`_resolved`), SNR >= 20."""
+    segment looked concentrated. SNR >= 20, over the sources the detection resolved
+    (:func:`_resolved`): stars 0.967 -> 0.973, galaxies 0.951 -> 0.986; all stars (unresolved
+    pairs included) 0.898 -> 0.927."""
     truth, found, _, everything, sources = _field(1.0, seed=21, size=768, n_stars=1265,
                                                   n_galaxies=422, bright=(17.5, 23.0),
                                                   full=True)
-    sel = (found["snr"] >= 20).to_numpy() & _resolved(truth, everything, sources, 1.5 * 4.0)
+    bright = (found["snr"] >= 20).to_numpy()
+    sel = bright & _resolved(truth, everything, sources, 1.5 * 4.0)
     star = (truth["kind"] == "star").to_numpy()
     blended = (sources["flags"].to_numpy() & (1 | 8192)) > 0
     cs = found["class_star"].to_numpy()
     stars_ok, galaxies_ok = np.mean(cs[sel & star] >= 0.5), np.mean(cs[sel & ~star] < 0.5)
+    every_star = np.mean(cs[bright & star] >= 0.5)
     print(f"\ncrowded: {blended.mean():.2f} blended; resolved, SNR >= 20: stars {stars_ok:.3f} "
-          f"of {(sel & star).sum()}, galaxies {galaxies_ok:.3f} of {(sel & ~star).sum()}")
+          f"of {(sel & star).sum()}, galaxies {galaxies_ok:.3f} of {(sel & ~star).sum()}; "
+          f"all stars {every_star:.3f} of {(bright & star).sum()}")
     assert blended.mean() > 0.5
-    assert stars_ok >= 0.96 and galaxies_ok >= 0.97
+    assert stars_ok >= 0.965 and galaxies_ok >= 0.975 and every_star >= 0.915
 
 
 def _true_correction(fwhm_px, radius):

@@ -453,14 +453,14 @@ def _stamps(sub, segmap, mask, x, y, index, half):
     py = (np.round(y[index]).astype(int) - half)[:, None, None] + step[None, :, None]
     ny, nx = sub.shape
     inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-    cx, cy = np.clip(px, 0, nx - 1), np.clip(py, 0, ny - 1)
-    values = sub[cy, cx].astype(float)
+    flat = np.clip(py, 0, ny - 1) * nx + np.clip(px, 0, nx - 1)  # flat takes: 2x faster
+    values = np.take(sub, flat).astype(float)
     usable = inside.copy()
     if segmap is not None:
-        label = segmap[cy, cx]
+        label = np.take(segmap, flat)
         usable &= (label == 0) | (label == (np.asarray(index) + 1)[:, None, None])
     if mask is not None:
-        usable &= ~mask[cy, cx]
+        usable &= ~np.take(mask, flat)
     return px, py, values, usable, inside
 
 
@@ -513,8 +513,40 @@ def _profile_filled(values, usable, radius, step=0.5):
     return np.where(usable, values, mean[key])
 
 
-def deblended_concentration(sub, segmap, mask, x, y, index, neighbours, model_flux, fwhm,
-                            psf_fwhm, beta):
+def _noise(rms, shape, px, py):
+    """The RMS (a scalar or a map of *shape*) at the cutouts' pixels."""
+    if np.ndim(rms) == 0:
+        return float(rms)
+    ny, nx = shape
+    return np.take(rms, np.clip(py, 0, ny - 1) * nx + np.clip(px, 0, nx - 1))
+
+
+def _symmetric(values, usable, px, py, xc, yc, noise, clip=3.0, tolerance=0.1):
+    """*values* with every usable pixel brighter than its mirror image through the centre
+    (*xc*, *yc*; bilinear between usable pixels) by more than *clip* sigma of the pair plus
+    *tolerance* of its value replaced by that mirror value: a star or galaxy is point-symmetric,
+    the light of a neighbour (detected or not) on one side is not (SDSS's deblender's idea).
+    The tolerance covers the interpolation's error in a star's core."""
+    n, side, _ = values.shape
+    mx, my = np.broadcast_arrays(2.0 * xc[:, None, None] - px - px[:, :1, :1],
+                                 2.0 * yc[:, None, None] - py - py[:, :1, :1])
+    ix, iy = np.floor(mx).astype(int), np.floor(my).astype(int)
+    fx, fy = mx - ix, my - iy
+    within = (ix >= 0) & (iy >= 0) & (ix < side - 1) & (iy < side - 1)
+    flat = (np.arange(n)[:, None, None] * side + np.clip(iy, 0, side - 2)) * side \
+        + np.clip(ix, 0, side - 2)
+    known = np.where(usable, values, np.nan)
+    mirror = ((1 - fx) * (1 - fy) * np.take(known, flat) + fx * (1 - fy) * np.take(known, flat + 1)
+              + (1 - fx) * fy * np.take(known, flat + side)
+              + fx * fy * np.take(known, flat + side + 1))
+    with np.errstate(invalid="ignore"):
+        excess = (within & usable & np.isfinite(mirror)
+                  & (values - mirror > clip * math.sqrt(2.0) * noise + tolerance * np.abs(values)))
+    return np.where(excess, mirror, values)
+
+
+def deblended_concentration(sub, rms, segmap, mask, x, y, index, neighbours, model_flux,
+                            fwhm, psf_fwhm, beta):
     """``(x, y, factor)`` for the sources *index*: a centre from their peak and the factor
     turning the concentration measured there (SEP, neighbours' pixels left out) into that of
     the source alone.
@@ -523,14 +555,16 @@ def deblended_concentration(sub, segmap, mask, x, y, index, neighbours, model_fl
     loses the pixels of the neighbours' segments: a star looks extended (and, its centroid
     pulled, off-centre), a galaxy beside a star concentrated. In a cutout around each, the
     detected *neighbours* (pairs ``(k, j)``, k indexing *index*) are modelled out as
-    Moffat point sources (*psf_fwhm*, *beta*) of flux *model_flux*, the pixels of their
-    segments filled from the source's own mean profile at the same radius, and the
-    concentration of the cleaned cutout is divided by that of the raw one (same pixel
-    weights, whose sub-sampling errors cancel).
+    Moffat point sources (*psf_fwhm*, *beta*) of flux *model_flux*, what light is left on
+    one side only (a galaxy's wings, an undetected neighbour) is replaced by its mirror image
+    through the centre (:func:`_symmetric`), the pixels of the neighbours' segments are filled
+    from the source's own mean profile at the same radius, and the concentration of the
+    cleaned cutout is divided by that of the raw one (same pixel weights, whose errors
+    cancel). *rms* is the noise (scalar or map).
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
     r_in, r_out = (c * fwhm for c in CONCENTRATION_RADII)
-    half = math.ceil(r_out) + 2
+    half = math.ceil(r_out) + 1
     px, py, values, usable, inside = _stamps(sub, segmap, mask, x, y, index, half)
     k, j = neighbours
     model = np.zeros(values.shape)
@@ -540,6 +574,7 @@ def deblended_concentration(sub, segmap, mask, x, y, index, neighbours, model_fl
         np.add.at(model, k, light)
     clean = values - model
     xc, yc = _peak_centre(clean, usable, px, py, x[index], y[index])
+    clean = _symmetric(clean, usable, px, py, xc, yc, _noise(rms, sub.shape, px, py))
     radius = np.hypot(px - xc[:, None, None], py - yc[:, None, None])
     w_in, w_out = _disc_weights(radius, r_in), _disc_weights(radius, r_out)
     filled = _profile_filled(clean, usable, radius) * inside
@@ -658,7 +693,7 @@ def _unblended(sub, rms, segmap, mask, x, y, ratio, fwhm, psf_fwhm, beta, model_
     if i.size == 0:
         return ratio
     index = np.unique(i)
-    xc, yc, factor = deblended_concentration(sub, segmap, mask, x, y, index,
+    xc, yc, factor = deblended_concentration(sub, rms, segmap, mask, x, y, index,
                                              (np.searchsorted(index, i), j), model_flux,
                                              fwhm, psf_fwhm, beta)
     at_peak, _ = concentration(sub, rms, segmap, mask, xc, yc, fwhm, gain, index)
