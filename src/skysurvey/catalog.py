@@ -9,39 +9,41 @@ JSON entry, ``image_ids/<file stem>.json``: ``{"image_id", "source_key", "files"
 
 Replacing an image's catalog (:func:`replace_catalog`) goes:
 
-1. read the entry; refuse (:class:`ImageIdConflictError`) when it, or an image record already
-   at the new keys, names another source file;
-2. write the entry: the earlier keys as ``files``, the new ones as ``pending`` (a run killed from
-   here on leaves an entry that names every file it may have written);
+1. read the entry (and its version: the ETag on S3); refuse (:class:`ImageIdConflictError`)
+   when it, or an image record already at the new keys, names another source file;
+2. claim the entry: write it with the earlier keys as ``files`` and the new ones as ``pending``,
+   only if it still has the version read (S3's conditional write; a lock file locally), else
+   go back to 1. A run killed from here on leaves an entry that names every file it may have
+   written;
 3. write the new sources file, then the new image record;
-4. delete the earlier files that are not at the new keys: image records first, then sources.
+4. read the entry again: if another run of the same image id claimed it meanwhile, remove this
+   run's files that the other one does not write and raise
+   :class:`~skysurvey.errors.TransientStorageError` (Lambda retries the image; the local runner
+   names it as failed);
+5. delete the earlier files that are not at the new keys: image records first, then sources.
 
-The entry is not rewritten after step 4, nor in step 2 when it already names the new keys (a
-PUT costs about as much as the image's Lambda time): a run treats ``files`` and ``pending``
-alike as "may exist" and deletes what is not at its own keys (deleting a missing key is a
-no-op). The lists grow only when an image moves to another partition; ``--repair`` writes them
-afresh.
+Two runs of one image id at once (an object overwritten while it is processed: two S3
+notifications) therefore never leave both catalogs: the later claim sees the earlier one's
+files as earlier files and deletes them after writing its own, and the earlier run, seeing the
+later claim in step 4, removes whatever of its own it wrote after that deletion. A run treats
+``files`` and ``pending`` alike as "may exist" and deletes what is not at its own keys
+(deleting a missing key is a no-op). The lists grow only when an image moves to another
+partition; ``--repair`` writes them afresh.
 
-Requests per image on S3: 3 PUTs the first time (entry, sources, record), 2 when re-processed
-in place (as without entries); one GET for the entry (a missing key is a 404 reply to that GET,
-never a HEAD before it), and when there is none a second GET for the record at the new keys;
-free DELETEs when a partition moved.
+Requests per image on S3: 3 PUTs (entry, sources, record); two GETs of the entry (steps 1 and
+4; a missing key is a 404 reply to the GET, never a HEAD before it), and when there is none a
+GET for the record at the new keys; free DELETEs when a partition moved. (Re-processing in
+place once skipped the entry PUT; every run claims now, so that step 4 sees every other run.)
 
-What a reader sees: only when a re-processed image moved to another partition, it is there
-twice from the end of 3 until its earlier sources are deleted (two DELETE round trips, a few
-milliseconds on S3); its earlier image record goes first, so ``images`` is right after one.
-Nothing is ever missing: the new files are complete before the old ones go. (A ``sources``
-view that keeps rows whose ``(image_id, band, night)`` has an image record would close the
-window at the first DELETE.) The image-record-first order also means that a run killed during
-4 leaves orphan sources, which the next run and ``--repair`` remove, never a record without its
-sources; a run killed between 3 and 4 leaves the earlier files, which the next run of that image
-removes (the entry names them), and :func:`repair_catalog` removes every orphan and duplicate on
-demand.
-
-Two runs writing the same image id at the same moment are not serialised (S3 has no lock): the
-runner never starts two (it refuses two inputs with one id); two S3 notifications of one key at
-once (an object overwritten while it is processed) can leave an earlier copy that ``--repair``
-removes.
+What a reader sees: only when a re-processed image moved to another partition, its files are
+there twice from the end of 3 until its earlier image record is deleted (a few milliseconds on
+S3), and the ``sources`` view counts its rows once even then (it keeps rows whose
+``(image_id, band, night)`` has an image record); its earlier image record goes first.
+Nothing is ever missing: the new files are complete before the old ones go. The
+image-record-first order also means that a run killed during 5 leaves orphan sources, which the
+next run and ``--repair`` remove, never a record without its sources; a run killed between 3
+and 5 leaves the earlier files, which the next run of that image removes (the entry names
+them), and :func:`repair_catalog` removes every orphan and duplicate on demand.
 """
 
 from __future__ import annotations
@@ -53,7 +55,12 @@ from pathlib import PurePosixPath
 
 import pyarrow.parquet as pq
 
-from .errors import ImageIdConflictError, SkySurveyError, StorageError
+from .errors import (
+    ImageIdConflictError,
+    SkySurveyError,
+    StorageError,
+    TransientStorageError,
+)
 from .schema import catalog_file_stem, image_id_from_file_stem
 
 #: Folder of the per-image entries (not a table: Parquet readers never see it).
@@ -68,20 +75,29 @@ def entry_key(image_id: str) -> str:
 
 def read_entry(store, image_id: str) -> dict | None:
     """The image's entry, or None when it has none (a new image, or an older catalog)."""
-    data = store.read_bytes_or_none(entry_key(image_id))
+    return _read_entry(store, image_id)[0]
+
+
+def _read_entry(store, image_id: str) -> tuple[dict | None, str | None]:
+    """The entry and its version (None, None when there is no entry)."""
+    data, version = store.read_versioned(entry_key(image_id))
     if data is None:
-        return None
+        return None, None
     try:
         entry = json.loads(data)
     except ValueError:
-        return None  # unreadable entry: treated as missing, rewritten below
-    return entry if isinstance(entry, dict) else None
+        entry = None  # unreadable entry: treated as missing, rewritten below
+    return (entry if isinstance(entry, dict) else None), version
+
+
+def _entry_body(image_id: str, source_key: str, files, pending=()) -> bytes:
+    body = {"image_id": image_id, "source_key": source_key, "files": sorted(set(files)),
+            "pending": sorted(set(pending))}
+    return json.dumps(body, ensure_ascii=False).encode()
 
 
 def write_entry(store, image_id: str, source_key: str, files, pending=()) -> None:
-    body = {"image_id": image_id, "source_key": source_key, "files": sorted(set(files)),
-            "pending": sorted(set(pending))}
-    store.write_bytes(entry_key(image_id), json.dumps(body, ensure_ascii=False).encode(),
+    store.write_bytes(entry_key(image_id), _entry_body(image_id, source_key, files, pending),
                       content_type="application/json")
 
 
@@ -106,19 +122,12 @@ def replace_catalog(store, image_id: str, source_key: str, files: dict[str, byte
     and remove its earlier files wherever they are (see the module docstring for the order).
 
     Raises ImageIdConflictError, without writing, when the catalog of *image_id* came from
-    another source file. On a write failure the new files are removed again.
+    another source file. On a write failure the new files are removed again. When another
+    run of the same image id claimed the entry while this one wrote, this run's files that
+    the other run does not write are removed and TransientStorageError is raised (a retry
+    processes the image again, after the other run).
     """
-    entry = read_entry(store, image_id)
-    if entry is not None and entry.get("source_key") not in (None, source_key):
-        raise _conflict(image_id, source_key, entry["source_key"])
-    images_key = next(k for k in files if k.startswith("images/"))
-    if entry is None:  # an older catalog, without entries: the record at the new keys
-        other = record_source_key(store, images_key)
-        if other is not None and other != source_key:
-            raise _conflict(image_id, source_key, other)
-    earlier = set(entry.get("files", []) + entry.get("pending", [])) if entry else set()
-    if entry is None or not set(files) <= earlier:  # else the entry names them already
-        write_entry(store, image_id, source_key, earlier, pending=files)
+    version = _claim(store, image_id, source_key, files)
     written = []
     try:
         for key, data in files.items():
@@ -127,7 +136,43 @@ def replace_catalog(store, image_id: str, source_key: str, files: dict[str, byte
     except SkySurveyError:
         _delete(store, written)
         raise
-    _delete(store, earlier - set(files))
+    latest, now = _read_entry(store, image_id)
+    if now != version:  # claimed by another run meanwhile: the files it writes win
+        _delete(store, set(files) - set((latest or {}).get("pending", [])))
+        raise TransientStorageError(
+            store.url(entry_key(image_id)), f"image id {image_id!r} was re-processed by "
+            "another run at the same time; this run's files were removed (retry it)")
+    _delete(store, _earlier(latest) - set(files))
+
+
+def _earlier(entry: dict | None) -> set[str]:
+    """The files an entry says may exist (``files`` and ``pending``)."""
+    return set(entry.get("files", []) + entry.get("pending", [])) if entry else set()
+
+
+def _claim(store, image_id: str, source_key: str, files: dict[str, bytes],
+           attempts: int = 5) -> str:
+    """Write the entry with *files* as ``pending`` (compare-and-swap on the version read: a
+    run of the same image id that claimed it first is seen, and its files counted as
+    earlier); returns the version written. Every run claims, even when the entry names
+    *files* already, so that a run can tell that another one claimed after it."""
+    for _ in range(attempts):
+        entry, version = _read_entry(store, image_id)
+        if entry is not None and entry.get("source_key") not in (None, source_key):
+            raise _conflict(image_id, source_key, entry["source_key"])
+        if entry is None:  # an older catalog, without entries: the record at the new keys
+            images_key = next(k for k in files if k.startswith("images/"))
+            other = record_source_key(store, images_key)
+            if other is not None and other != source_key:
+                raise _conflict(image_id, source_key, other)
+        earlier = _earlier(entry) - set(files)
+        body = _entry_body(image_id, source_key, earlier, pending=files)
+        written = store.write_bytes_if(entry_key(image_id), body, version=version,
+                                       content_type="application/json")
+        if written is not None:
+            return written
+    raise TransientStorageError(store.url(entry_key(image_id)),
+                                f"changed by other runs {attempts} times in a row")
 
 
 def _delete(store, keys) -> None:

@@ -11,8 +11,10 @@ in silence. Both stores have the same methods, so nothing outside this module as
 it has: ``with store.local_file(key) as path`` is the file itself locally and a temporary
 download on S3. ``read_bytes_or_none(key)`` reads a key that may be missing in one request (a GET,
 no HEAD before it); ``copy(src, dst)`` copies inside the store (S3: server side, no byte passes
-through the caller). S3 failures become :class:`StorageError` (:class:`TransientStorageError` for
-throttling, 5xx and timeouts); only botocore's and boto3's own exceptions are translated, so a
+through the caller). ``read_versioned`` and ``write_bytes_if`` are a compare-and-swap (S3's
+conditional writes; a lock file locally) for what several runs may update at once. S3
+failures become :class:`StorageError` (:class:`TransientStorageError` for throttling, 5xx and
+timeouts); only botocore's and boto3's own exceptions are translated, so a
 bug is never reported as a storage error.
 """
 
@@ -25,6 +27,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,7 +35,7 @@ from pathlib import Path, PurePosixPath
 
 from . import aws
 from .config import is_s3_uri, parse_s3_uri
-from .errors import StorageError
+from .errors import StorageError, TransientStorageError
 
 CHUNK = 8 * 1024 * 1024
 #: Objects above this size go to S3 in parts (upload) or are copied in parts (copy).
@@ -41,6 +44,13 @@ MULTIPART = 16 * 1024 * 1024
 COPY_OBJECT_MAX = 5 * 1024**3
 #: S3 error codes of a missing key (a HEAD has no body, so only its status code says it).
 NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+#: S3 replies to a conditional write whose condition no longer holds: the ETag changed (412),
+#: another conditional write is in flight (409), or the object is gone (an If-Match on a
+#: deleted key).
+CHANGED_MEANWHILE = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict",
+                               "409"}) | NOT_FOUND
+#: A local lock file older than this is from a killed process (a write takes milliseconds).
+LOCK_STALE_SECONDS = 60.0
 #: Temporary names of atomic local writes: ``.tmp-<random>.partial``. Only names with both
 #: the prefix and the suffix are the store's own (a user's ``.tmp-x.fits`` is listed).
 TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".partial"
@@ -227,6 +237,29 @@ class LocalStore:
         except OSError as exc:
             raise StorageError(self.url(key), _why(exc)) from None
 
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        """The bytes at *key* and their version (here the SHA-256 of the content), or
+        ``(None, None)``: what :meth:`write_bytes_if` compares against."""
+        data = self.read_bytes_or_none(key)
+        return (None, None) if data is None else (data, hashlib.sha256(data).hexdigest())
+
+    def write_bytes_if(self, key: str, data: bytes, *, version: str | None,
+                       content_type: str | None = None) -> str | None:
+        """Write *data* only if *key* still holds *version* (None: only if nothing is there);
+        returns the new version, or None when another writer changed *key* first. Atomic
+        between processes through a lock file beside *key* (``O_EXCL``; one left behind by a
+        killed process is taken over after :data:`LOCK_STALE_SECONDS`)."""
+        dest = self._path(key)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(str(dest), f"cannot write ({_why(exc)})") from None
+        with _exclusive(dest.with_name(f"{TMP_PREFIX}{dest.name}.lock{TMP_SUFFIX}")):
+            if self.read_versioned(key)[1] != version:
+                return None
+            self.write_bytes(key, data, content_type=content_type)
+        return hashlib.sha256(data).hexdigest()
+
     @contextlib.contextmanager
     def local_file(self, key: str, *, tmp_dir: str | None = None) -> Iterator[Path]:
         """The file itself (no copy is needed locally)."""
@@ -292,6 +325,34 @@ class LocalStore:
 
 def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path, wait: float = 10.0) -> Iterator[None]:
+    """Hold *lock* (a file created with ``O_EXCL``) for the block: one process at a time."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            break
+        except FileExistsError:
+            try:
+                stale = time.time() - lock.stat().st_mtime > LOCK_STALE_SECONDS
+            except FileNotFoundError:
+                continue  # released meanwhile
+            if stale:
+                lock.unlink(missing_ok=True)
+            elif time.monotonic() > deadline:
+                raise TransientStorageError(str(lock.parent), f"locked by another process "
+                                            f"({lock.name})") from None
+            else:
+                time.sleep(0.01)
+        except OSError as exc:
+            raise StorageError(str(lock.parent), f"cannot lock ({_why(exc)})") from None
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 class S3Store:
@@ -365,13 +426,36 @@ class S3Store:
     def read_bytes_or_none(self, key: str) -> bytes | None:
         """The object's bytes, or None when the key does not exist: one GET (no HEAD first).
         A missing bucket, a denied access or any other failure raises StorageError."""
+        return self.read_versioned(key)[0]
+
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        """The object's bytes and ETag (one GET), or ``(None, None)`` when there is none."""
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return resp["Body"].read()
+            return resp["Body"].read(), resp["ETag"]
         except aws.botocore_errors() as exc:
             if aws.error_code(exc) in NOT_FOUND:
+                return None, None
+            raise aws.translate(exc, self.url(key)) from None
+
+    def write_bytes_if(self, key: str, data: bytes, *, version: str | None,
+                       content_type: str | None = None) -> str | None:
+        """Write *data* only if the object still has ETag *version* (None: only if there is
+        no object): S3's conditional write (``If-Match`` / ``If-None-Match: *``), one PUT.
+        Returns the new ETag, or None when another writer changed the key first (412, or 409
+        for a conditional write racing another)."""
+        condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
+        extra = {"ContentType": content_type} if content_type else {}
+        try:
+            resp = self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, ChecksumAlgorithm="SHA256",
+                Metadata={"sha256": hashlib.sha256(data).hexdigest()},
+                ServerSideEncryption="AES256", **condition, **extra)
+        except aws.botocore_errors() as exc:
+            if aws.error_code(exc) in CHANGED_MEANWHILE:
                 return None
             raise aws.translate(exc, self.url(key)) from None
+        return resp["ETag"]
 
     @contextlib.contextmanager
     def local_file(self, key: str, *, tmp_dir: str | None = None) -> Iterator[Path]:
