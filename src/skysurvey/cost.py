@@ -59,6 +59,12 @@ def estimate(images: int, *, mb_per_image: float = 16.8, seconds_per_image: floa
                     usd["CloudWatch Logs"])
 
 
+#: Requests one image costs (tests/test_requests.py counts them): the upload and the catalog's
+#: entry, sources and image record; reading the raw image (boto3's download: HEAD + GET), the
+#: entry before and after writing, and the record at the new keys the first time.
+PUTS_PER_IMAGE, GETS_PER_IMAGE = 4, 5
+
+
 def breakdown(images: int, *, mb_per_image: float = 16.8, seconds_per_image: float = 0.3,
               memory_mb: int = 1024, queries: int = 10, catalog_mb_per_image: float = 0.2,
               months: float = 1.0) -> list[tuple[str, str, float]]:
@@ -75,8 +81,8 @@ def breakdown(images: int, *, mb_per_image: float = 16.8, seconds_per_image: flo
     return [
         ("S3 storage", f"{stored_gb:,.3f} GB for {months:g} month",
          stored_gb * PRICES["s3_gb_month"] * months),
-        ("S3 requests", f"{images * 3:,} PUT + {images * 2:,} GET",
-         images * 3 * PRICES["s3_put"] + images * 2 * PRICES["s3_get"]),
+        ("S3 requests", f"{images * PUTS_PER_IMAGE:,} PUT + {images * GETS_PER_IMAGE:,} GET",
+         images * (PUTS_PER_IMAGE * PRICES["s3_put"] + GETS_PER_IMAGE * PRICES["s3_get"])),
         ("Lambda invocations", f"{images:,} requests", images * PRICES["lambda_request"]),
         ("Lambda compute", f"{gb_seconds:,.2f} GB-s ({seconds_per_image:g} s at {memory_mb} MB)",
          gb_seconds * PRICES["lambda_gb_second"]),
