@@ -11,7 +11,11 @@ columns :mod:`skysurvey.detect` has measured (numpy and SEP only: this runs in t
   to the measured curve (DAOGROW's idea). ``flux_apcorr = flux_aper * correction``.
 - ``class_star``: the concentration ``flux(r_in) / flux(r_out)`` of each source against the same
   ratio on the PSF stars, in units of its own noise plus the stars' scatter, turned into a
-  probability.
+  probability. A source with a detected neighbour within NEIGHBOUR_REACH FWHM is measured as
+  if alone: centred on its peak, neighbours modelled out, one-sided light replaced by its
+  mirror image, the neighbours' pixels filled from its own profile.
+- The aperture correction's error, with fewer than JACKKNIFE_BELOW stars, is at least the
+  jackknife error over them plus the residual sky's uncertainty.
 - Image figures: the seeing (median stellar FWHM) and the 5-sigma point-source depth.
 """
 
