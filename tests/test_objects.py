@@ -822,3 +822,41 @@ def test_neighbours_of_a_pixel_with_seven_neighbours():
     near = obj.neighbours(np.array([corner]), 12)
     assert near.shape == (9, 1) and (near == -1).sum() == 1
     assert obj.in_region(np.array([corner << 6]), 15, corner, 12).all()
+
+
+def test_a_second_build_while_one_runs_is_refused_and_touches_nothing(tmp_path):
+    """Two builds at once: the second would discard the first's staging area (an unfinished
+    build, as it sees it) and the first would swap in incomplete tables. The build lock makes
+    the second fail by name while the first runs; the first ends with its tables visible once."""
+    ra, dec = stars(6, seed=21)
+    for k in range(3):
+        write_image(tmp_path, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
+    second = []
+
+    def runner(tasks):  # the units have staged their files when the second build starts
+        replies = obj.run_units_local(tasks)
+        staged = sorted((tmp_path / obj.STAGING).rglob("*"))
+        with pytest.raises(ObjectsError, match="another build is running") as refused:
+            build_objects(str(tmp_path))
+        second.append(str(refused.value))
+        assert staged and sorted((tmp_path / obj.STAGING).rglob("*")) == staged  # untouched
+        return replies
+
+    report = build_objects(str(tmp_path), runner=runner)
+    assert report.status == "ok" and report.n_objects == 6
+    assert str(tmp_path / obj.LOCK) in second[0]
+    assert_visible_once(tmp_path, report)
+    assert not (tmp_path / obj.LOCK).exists()  # released
+    assert build_objects(str(tmp_path)).status == "unchanged"  # and free again
+
+
+def test_the_lock_of_a_killed_build_is_taken_over(tmp_path):
+    ra, dec = stars(4, seed=22)
+    write_image(tmp_path, "n0", ra, dec, mjd=61130.1)
+    stale = {"since": datetime(2026, 1, 1).timestamp(), "started": "2026-01-01T00:00:00Z",
+             "host": "gone", "pid": 1}
+    (tmp_path / obj.LOCK).write_text(json.dumps(stale))
+    report = build_objects(str(tmp_path))
+    assert report.status == "ok" and report.n_objects == 4
+    assert any("took over the lock" in n for n in report.notes)
+    assert not (tmp_path / obj.LOCK).exists()

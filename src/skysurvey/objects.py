@@ -29,6 +29,8 @@ interrupted before the marker leaves the previous tables untouched and is starte
 interrupted after it is finished by the next run. Every reader counts every file of a table's
 folders, so each build (even one with nothing new) ends by deleting the files no build wrote
 (:func:`stray_keys`: a copy beside a unit file, a unit file in another partition's folder).
+One build runs at a time per catalog (:func:`build_lock`): a second one would take the first's
+staging folder for an interrupted build and discard it.
 
 Object ids: ``(order-13 pixel of the object's position when it was created) << 33 | sequence``,
 so a unit allocates ids without asking anybody, and they stay unique across units and runs.
@@ -76,6 +78,9 @@ ID_ORDER = 13  # object ids carry the order-13 pixel where the object was create
 ID_SHIFT = 33
 STATE_KEY = "objects/_build.json"  # skipped by Parquet readers (leading underscore)
 STAGING = ".objects-staging"  # <catalog>/.objects-staging/<token>/<table>/...
+#: One build at a time per catalog: ``<catalog>/.objects-build.lock`` (JSON: when, where),
+#: created by a conditional write; one older than this is from a killed build.
+LOCK, LOCK_STALE_SECONDS = ".objects-build.lock", 6 * 3600.0
 LAYOUT = 2  # 2: statistics sidecars (_stats-*.parquet) beside the unit files
 ROW_GROUP_ROWS = 4096
 ARCSEC = np.pi / (180 * 3600)
@@ -1495,9 +1500,52 @@ def build_objects(catalog: str, config: BuildConfig | None = None, *,
     swap their tables in (:func:`commit_build`); a failed unit changes nothing.
     """
     config = config or BuildConfig()
+    store = _open_catalog(catalog)
+    with build_lock(store) as notes:
+        report = _build(catalog, store, config, runner)
+        report.notes[:0] = notes
+        return report
+
+
+@contextlib.contextmanager
+def build_lock(store):
+    """Hold the catalog's build lock (:data:`LOCK`) for the block; yields notes. Another build
+    running (a lock younger than :data:`LOCK_STALE_SECONDS`) is an ObjectsError naming it:
+    its staging area must not be recovered or discarded under it. An older lock (a killed
+    build) is taken over; both claims are conditional writes, so two builds starting at once
+    cannot both win."""
+    import socket
+
+    key, notes = LOCK, []
+    data, version = store.read_versioned(key)
+    if data is not None:
+        try:
+            held = json.loads(data)
+            age = time.time() - float(held["since"])
+        except (ValueError, KeyError, TypeError):
+            held, age = {}, float("inf")  # unreadable: treat as left over
+        if age < LOCK_STALE_SECONDS:
+            raise ObjectsError(store.url(key), f"another build is running (since "
+                               f"{held.get('started')}, {held.get('host')} pid "
+                               f"{held.get('pid')}); if it was killed, delete this lock")
+        notes.append(f"took over the lock of a build that did not finish ({held.get('started')})")
+    body = json.dumps({"since": time.time(), "started": time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname(), "pid": os.getpid()})
+    mine = store.write_bytes_if(key, body.encode(), version=version,
+                                content_type="application/json")
+    if mine is None:
+        raise ObjectsError(store.url(key), "another build took the lock at the same moment")
+    try:
+        yield notes
+    finally:
+        if store.read_versioned(key)[1] == mine:
+            store.delete(key)
+
+
+def _build(catalog: str, store, config: BuildConfig, runner) -> BuildReport:
+    """:func:`build_objects` under the build lock."""
     start = time.perf_counter()
     report = BuildReport()
-    store = _open_catalog(catalog)
     report.notes += recover(store)
     images = read_images(catalog)
     if not images:
