@@ -181,6 +181,27 @@ def test_failed_query_and_timeout_are_query_errors():
                               timeout=0.0, sleep=lambda s: None)
 
 
+def test_an_aws_error_while_polling_or_paging_names_the_query():
+    """Not a raw botocore traceback: the one-line error the start of a query gives too."""
+    from skysurvey.errors import StorageError, TransientStorageError
+
+    client = boto3.client("athena", region_name="us-east-1")
+    with Stubber(client) as stub:
+        stub.add_response("start_query_execution", {"QueryExecutionId": "q3"})
+        stub.add_client_error("get_query_execution", "InvalidRequestException",
+                              "QueryExecution q3 was not found")
+        with pytest.raises(StorageError, match=r"athena:q3: .*was not found"):
+            athena.run_athena("SELECT 1", database="d", workgroup="w", client=client)
+    with Stubber(client) as stub:
+        stub.add_response("start_query_execution", {"QueryExecutionId": "q4"})
+        stub.add_response("get_query_execution",
+                          {"QueryExecution": {"Status": {"State": "SUCCEEDED"}}})
+        stub.add_client_error("get_query_results", "ThrottlingException", "Rate exceeded",
+                              http_status_code=400)
+        with pytest.raises(TransientStorageError, match="athena:q4"):
+            athena.run_athena("SELECT 1", database="d", workgroup="w", client=client)
+
+
 def test_script_on_athena_reports_scan_and_cost(moto_server, workgroup, capsys):
     for _ in range(2):  # the two views come first (the tables are made through Glue)
         _inject(moto_server, [], [])

@@ -296,12 +296,25 @@ def run_athena(sql: str, *, database: str, workgroup: str, output_location: str 
         qid = client.start_query_execution(**request)["QueryExecutionId"]
     except aws.botocore_errors() as exc:
         raise aws.translate(exc, f"athena:{workgroup}") from None
+    try:  # polling and paging fail like the start: one line naming the query
+        execution = _wait(client, qid, start, timeout, poll, max_poll, sleep)
+        pages = list(client.get_paginator("get_query_results").paginate(QueryExecutionId=qid))
+    except aws.botocore_errors() as exc:
+        raise aws.translate(exc, f"athena:{qid}") from None
+    scanned = int(execution.get("Statistics", {}).get("DataScannedInBytes", 0))
+    return AthenaResult(results_to_dataframe(pages), qid, scanned, cost_usd(scanned),
+                        time.monotonic() - start)
+
+
+def _wait(client, qid: str, start: float, timeout: float, poll: float, max_poll: float,
+          sleep) -> dict:
+    """Poll query *qid* with backoff until it succeeds (its execution) or fails (QueryError)."""
     delay = poll
     while True:
         execution = client.get_query_execution(QueryExecutionId=qid)["QueryExecution"]
         state = execution["Status"]["State"]
         if state == "SUCCEEDED":
-            break
+            return execution
         if state in ("FAILED", "CANCELLED"):
             reason = execution["Status"].get("StateChangeReason", "no reason given")
             raise QueryError(f"athena:{qid}", f"query {state.lower()}: {reason}")
@@ -310,10 +323,6 @@ def run_athena(sql: str, *, database: str, workgroup: str, output_location: str 
             raise QueryError(f"athena:{qid}", f"timed out after {timeout:.0f} s (cancelled)")
         sleep(delay * random.uniform(0.8, 1.2))
         delay = min(delay * 2, max_poll)
-    pages = list(client.get_paginator("get_query_results").paginate(QueryExecutionId=qid))
-    scanned = int(execution.get("Statistics", {}).get("DataScannedInBytes", 0))
-    return AthenaResult(results_to_dataframe(pages), qid, scanned, cost_usd(scanned),
-                        time.monotonic() - start)
 
 
 def _glue_tables(database: str) -> dict[str, dict] | None:
