@@ -569,7 +569,19 @@ SOURCE_COLUMNS = ("source_id", "ra", "dec", "mag", "mag_err", "mag_apcorr", "mag
 
 def read_parquet(store, key: str, columns: Sequence[str] | None = None) -> pa.Table:
     """One Parquet file of *store*; columns missing from an older file come back null."""
-    pf = pq.ParquetFile(pa.BufferReader(store.read_bytes(key)))
+    return _parquet_table(store.read_bytes(key), columns)
+
+
+def read_parquet_or_none(store, key: str,
+                         columns: Sequence[str] | None = None) -> pa.Table | None:
+    """:func:`read_parquet`, or None when there is no file at *key* (one GET on S3, no HEAD
+    before it)."""
+    data = store.read_bytes_or_none(key)
+    return None if data is None else _parquet_table(data, columns)
+
+
+def _parquet_table(data: bytes, columns: Sequence[str] | None) -> pa.Table:
+    pf = pq.ParquetFile(pa.BufferReader(data))
     names = pf.schema_arrow.names
     present = [c for c in columns if c in names] if columns else names
     table = pf.read(columns=present)
@@ -644,13 +656,15 @@ def _read_existing(store, task: UnitTask):
     if task.existing_layout:
         near = neighbours(np.array([task.unit]), task.unit_order)[:, 0]
         for u in near[near >= 0]:
-            okey = unit_key("objects", int(u), task.unit_order)
-            if store.exists(okey):
-                objs.append(read_parquet(store, okey, ["object_id", "ra", "dec"]))
-                akey = unit_key("associations", int(u), task.unit_order)
-                if store.exists(akey):
-                    assocs.append(read_parquet(store, akey,
-                                               ["image_id", "source_id", "object_id"]))
+            found = read_parquet_or_none(store, unit_key("objects", int(u), task.unit_order),
+                                         ["object_id", "ra", "dec"])
+            if found is not None:
+                objs.append(found)
+                found = read_parquet_or_none(
+                    store, unit_key("associations", int(u), task.unit_order),
+                    ["image_id", "source_id", "object_id"])
+                if found is not None:
+                    assocs.append(found)
     else:
         for info in _list(store, "objects/"):
             if info.endswith(".parquet"):
@@ -914,18 +928,20 @@ def _read_stats(store, task: UnitTask, bands: list[str], full_units: set[int]):
     otabs, ptabs, homes = [], [], []
     near = neighbours(np.array([task.unit]), task.unit_order)[:, 0]
     for u in near[near >= 0]:
-        key = unit_key("objects/_stats", int(u), task.unit_order)
-        if store.exists(key):
-            full = int(u) in full_units
-            t = read_parquet(store, key, None if full else _POSITION_COLUMNS)
+        full = int(u) in full_units
+        t = read_parquet_or_none(store, unit_key("objects/_stats", int(u), task.unit_order),
+                                 None if full else _POSITION_COLUMNS)
+        if t is not None:
             if not full:
                 t = t.append_column("nights", pa.array([[]] * t.num_rows,
                                                        pa.list_(pa.int32())))
             otabs.append(t.select([*_POSITION_COLUMNS, "nights"]))
             homes.append(np.full(t.num_rows, int(u), np.int64))
-            pkey = unit_key("object_photometry/_stats", int(u), task.unit_order)
-            if full and store.exists(pkey):
-                ptabs.append(read_parquet(store, pkey))
+            if full:
+                p = read_parquet_or_none(
+                    store, unit_key("object_photometry/_stats", int(u), task.unit_order))
+                if p is not None:
+                    ptabs.append(p)
     if not otabs:
         empty = detection_stats(_no_detections(), 0, task.floor)
         return np.zeros(0, np.int64), np.zeros(0, np.int64), empty
@@ -975,9 +991,8 @@ def _kept_associations(store, task: UnitTask, ids: np.ndarray, homes: np.ndarray
 
     tables = []
     for home in np.unique(homes[owned_old]):
-        key = unit_key("associations", int(home), task.unit_order)
-        if store.exists(key):
-            t = read_parquet(store, key)
+        t = read_parquet_or_none(store, unit_key("associations", int(home), task.unit_order))
+        if t is not None:
             mine = pa.array(ids[owned_old & (homes == home)], pa.int64())
             tables.append(t.filter(pc.is_in(t["object_id"], value_set=mine)))
     return pa.concat_tables(tables) if tables else None
