@@ -6,8 +6,10 @@ object across images and nights, and writes ``objects``, ``object_photometry`` a
     python scripts/build_objects.py --catalog s3://my-catalog --workers 4 --radius 1.5
 
 Incremental: a second run associates only new or reprocessed images; object ids never change
-(``--rebuild`` renumbers). Exit status 0, 1 when the build failed (the previous tables are
-then intact), 2 on bad usage.
+(``--rebuild`` renumbers). Every run first checks the tables against the files the last build
+recorded (``objects/_build.json``): a unit whose files were lost or changed is rebuilt from
+the sources and named in a ``note:`` line (``--verify`` compares checksums too). Exit status 0,
+1 when the build failed (the previous tables are then intact), 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="processes (one HEALPix unit each at a time)")
     parser.add_argument("--rebuild", action="store_true",
                         help="start from scratch: every object is renumbered")
+    parser.add_argument("--verify", action="store_true",
+                        help="also compare every table file's SHA-256 with the build record "
+                             "(reads them all locally, one HEAD each on S3); sizes are always "
+                             "compared, and a lost or changed unit is rebuilt from the sources")
     parser.add_argument("--backend", choices=("local", "lambda"), default="local",
                         help="run the HEALPix units in a local process pool, or one AWS Lambda "
                              "invocation per unit (s3:// catalog; --workers concurrent calls)")
@@ -57,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     catalog = get_setting("BUCKET_CATALOG", args.catalog)
-    config = BuildConfig(radius_arcsec=args.radius, workers=args.workers, rebuild=args.rebuild)
+    config = BuildConfig(radius_arcsec=args.radius, workers=args.workers, rebuild=args.rebuild,
+                         verify=args.verify)
     runner = None
     if args.backend == "lambda":
         if not is_s3_uri(catalog):

@@ -860,3 +860,206 @@ def test_the_lock_of_a_killed_build_is_taken_over(tmp_path):
     assert report.status == "ok" and report.n_objects == 4
     assert any("took over the lock" in n for n in report.notes)
     assert not (tmp_path / obj.LOCK).exists()
+
+
+# ---------------------------------------------------------------------------------------
+# The build record lists the files it committed; a lost or changed unit file is rebuilt
+
+
+def _units_catalog(root: Path, n_nights: int = 2, n: int = 30, seed: int = 30):
+    """*n* stars over 5' seen on *n_nights* nights, built at unit order 11 (several units)."""
+    ra, dec = stars(n, seed=seed, spread_arcsec=150)
+    for k in range(n_nights):
+        write_image(root, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k, size_deg=0.1)
+    report = build_objects(str(root), BuildConfig(unit_order=11))
+    assert report.status == "ok" and report.n_units > 3
+    return ra, dec, report
+
+
+def _tables(root) -> dict:
+    return {t: read(root, t).reset_index(drop=True) for t in obj.TABLES}
+
+
+def _same_tables(a: dict, b: dict) -> None:
+    import pandas as pd
+
+    for table in obj.TABLES:
+        pd.testing.assert_frame_equal(a[table], b[table], check_exact=False, rtol=1e-12)
+
+
+def test_a_lost_associations_file_is_restored_from_the_sources(tmp_path):
+    """An associations file deleted by hand: its objects had no light curve, and every later
+    build said ok. The build record lists the files; the next build rebuilds that unit alone
+    from the sources, and users see every association again, once."""
+    _units_catalog(tmp_path)
+    before, files = _tables(tmp_path), tree_bytes(tmp_path)
+    lost = _largest_unit_file(tmp_path / "associations")
+    key = lost.relative_to(tmp_path).as_posix()
+    lost.unlink()
+    assert users_see(tmp_path)["associations"] < 60  # what users saw until now
+    report = build_objects(str(tmp_path))
+    assert report.status == "ok" and report.n_units == 1  # that unit only
+    assert any(n.startswith("restored 1 unit") and f"{key} missing" in n
+               for n in report.notes), report.notes
+    assert_visible_once(tmp_path, report)
+    assert report.n_associations == 60
+    _same_tables(_tables(tmp_path), before)  # the same links, objects and statistics
+    after = tree_bytes(tmp_path)
+    assert after.keys() == files.keys()
+    changed = {k for k in files if after[k] != files[k]} - {obj.STATE_KEY}
+    assert {obj.unit_of_key(k) for k in changed} <= {obj.unit_of_key(key)}  # others untouched
+    assert build_objects(str(tmp_path)).status == "unchanged"
+
+
+def test_a_truncated_or_replaced_objects_file_is_detected_and_rebuilt(tmp_path, capsys):
+    """A truncated objects file (a failed copy) breaks every query; one replaced by another
+    unit's file shows objects twice. Both differ in size from the record: the unit is rebuilt,
+    its ids kept (its associations name them). A same-size change needs --verify (checksums)."""
+    import shutil
+
+    from conftest import load_script
+
+    _units_catalog(tmp_path)
+    before = _tables(tmp_path)
+    files = sorted((tmp_path / "objects").rglob("k*.parquet"), key=lambda f: f.stat().st_size)
+    target = files[-1]
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    report = build_objects(str(tmp_path))
+    name = target.relative_to(tmp_path).as_posix()
+    assert report.status == "ok" and report.n_units == 1
+    assert any(f"{name} changed since the build wrote it" in n for n in report.notes)
+    assert_visible_once(tmp_path, report)
+    _same_tables(_tables(tmp_path), before)
+    shutil.copy(files[0], target)  # another unit's objects, under this unit's name
+    assert users_see(tmp_path)["objects"] != 30
+    report = build_objects(str(tmp_path))
+    assert report.status == "ok" and any(name in n for n in report.notes)
+    assert_visible_once(tmp_path, report)
+    _same_tables(_tables(tmp_path), before)
+    # same size, other content (one position moved by a few ulp): sizes cannot tell
+    table = pq.read_table(target)
+    ra = table["ra"].to_numpy().copy()
+    ra[len(ra) // 2] = np.nextafter(ra[len(ra) // 2], 400.0)
+    size = target.stat().st_size
+    pq.write_table(table.set_column(1, "ra", pa.array(ra)), target, compression="zstd",
+                   use_dictionary=["pipeline_version"], row_group_size=obj.ROW_GROUP_ROWS)
+    assert target.stat().st_size == size and pq.read_table(target) != table
+    assert build_objects(str(tmp_path)).status == "unchanged"
+    script = load_script("build_objects")
+    assert script.main(["--catalog", str(tmp_path), "--workers", "1", "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: restored 1 unit(s) from the sources: {name} changed" in out
+    assert pq.read_table(target) == table
+    _same_tables(_tables(tmp_path), before)
+
+
+def test_a_lost_statistics_sidecar_is_rebuilt_before_a_new_night_merges_into_it(tmp_path):
+    """A new night merges into the statistics stored beside the unit files: with the sidecar
+    lost, the unit silently restarted its objects from that night (2 of 3 detections gone)."""
+    ra, dec = stars(20, seed=31)
+    for k in range(2):
+        write_image(tmp_path, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
+    build_objects(str(tmp_path))
+    ids = set(read(tmp_path, "objects")["object_id"])
+    (sidecar,) = (tmp_path / "objects").rglob("_stats-*.parquet")
+    sidecar.unlink()
+    write_image(tmp_path, "n2", *jitter(ra, dec, 2), mjd=61132.1)
+    report = build_objects(str(tmp_path))
+    objects = read(tmp_path, "objects")
+    assert set(objects["object_id"]) == ids and (objects["n_detections"] == 3).all()
+    assert (objects["n_nights"] == 3).all() and sidecar.exists()
+    assert report.status == "ok" and report.n_new_images == 1
+    assert any(sidecar.name in n and "missing" in n for n in report.notes), report.notes
+    assert_visible_once(tmp_path, report)
+
+
+def test_a_unit_file_no_build_wrote_is_removed_with_its_unit_rebuilt(tmp_path):
+    """A unit file with a valid name that the last build did not write (a unit with no
+    objects, a file copied in under its name): readers count its rows."""
+    import shutil
+
+    _units_catalog(tmp_path)
+    source = _largest_unit_file(tmp_path / "objects")
+    unit = obj.unit_of_key(source.name)
+    empty = next(int(u) for u in obj.neighbours(np.array([unit]), 11)[1:, 0]
+                 if not any((tmp_path / "objects").rglob(f"k11-{u}.parquet")))
+    orphan = tmp_path / obj.unit_key("objects", empty, 11)
+    orphan.parent.mkdir(exist_ok=True)
+    shutil.copy(source, orphan)
+    assert users_see(tmp_path)["objects"] > 30
+    report = build_objects(str(tmp_path))
+    assert report.status == "ok"
+    assert any(f"{orphan.relative_to(tmp_path).as_posix()} not written by the last build" in n
+               for n in report.notes), report.notes
+    assert not orphan.exists() and source.exists()
+    assert_visible_once(tmp_path, report)
+    assert report.n_objects == 30
+
+
+def test_damage_that_cannot_be_rebuilt_stops_with_one_line_naming_the_files(tmp_path):
+    _units_catalog(tmp_path)
+    lost = _largest_unit_file(tmp_path / "associations")
+    lost.unlink()
+    files = tree_bytes(tmp_path)
+    gone = next((tmp_path / "sources").rglob("n1.parquet"))
+    gone.unlink()  # the sources it would be rebuilt from
+    report = build_objects(str(tmp_path))
+    assert report.status == "error" and len(report.errors) == 1
+    line = report.errors[0]
+    assert "\n" not in line and lost.relative_to(tmp_path).as_posix() in line
+    assert "n1.parquet" in line and "--rebuild" in line
+    assert tree_bytes(tmp_path) == files and not (tmp_path / obj.STAGING).exists()
+
+
+def test_a_partially_committed_s3_build_is_detected_and_repaired(tmp_path, moto_server,
+                                                                monkeypatch):
+    """The S3 swap copies the staged files one by one: killed midway and its staging gone (a
+    lifecycle rule, a cleanup), the tables mix two builds while the record names one. The next
+    build rebuilds the units that differ; then an unchanged build writes nothing but its lock."""
+    from collections import Counter
+
+    import boto3
+
+    from skysurvey import aws
+    from skysurvey.storage import S3Store, open_store
+
+    ra, dec = stars(16, seed=32, spread_arcsec=100)
+    local = tmp_path / "cat"
+    for k in range(3):
+        write_image(local, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k, size_deg=0.07)
+    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket="cat")
+    store, uri = open_store("s3://cat/survey"), "s3://cat/survey"
+    for p in sorted(local.rglob("*.parquet")):
+        if "n2" not in p.name:
+            store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    first = build_objects(uri, BuildConfig(unit_order=11))
+    assert first.n_units > 2
+    for p in sorted(local.rglob("n2.parquet")):
+        store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    copied, real_copy = [], S3Store.copy
+
+    def killed_midway(self, src, dst, **kwargs):  # the driver dies 2 copies after the record
+        if obj.STATE_KEY in copied and len(copied) - copied.index(obj.STATE_KEY) > 2:
+            raise KeyboardInterrupt
+        real_copy(self, src, dst, **kwargs)
+        copied.append(dst)
+
+    monkeypatch.setattr(S3Store, "copy", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        build_objects(uri)
+    monkeypatch.setattr(S3Store, "copy", real_copy)
+    store.clear(f"{obj.STAGING}/")  # its staging expired
+    seen = users_see(uri)  # new record and associations, old objects files
+    assert seen["associations"] == seen["detections"] == 48 and seen["objects"] == 16
+    assert (read(uri, "objects")["n_detections"] == 2).any()
+    report = build_objects(uri)
+    assert report.status == "ok" and any(n.startswith("restored") and "did not finish" in n
+                                         for n in report.notes), report.notes
+    assert_visible_once(uri, report)
+    objects = read(uri, "objects")
+    assert len(objects) == 16 and (objects["n_detections"] == 3).all()
+    calls = Counter()
+    aws.client("s3").meta.events.register(
+        "before-parameter-build.s3", lambda model, params, **kw: calls.update([model.name]))
+    assert build_objects(uri).status == "unchanged"
+    assert calls == {"GetObject": 3, "PutObject": 1, "DeleteObject": 1, "ListObjectsV2": 4}

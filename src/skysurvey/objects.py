@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import io
 import itertools
 import json
@@ -77,6 +78,8 @@ ID_ORDER = 13  # object ids carry the order-13 pixel where the object was create
 #: than any unit, so one unit allocates all ids of a prefix)
 ID_SHIFT = 33
 STATE_KEY = "objects/_build.json"  # skipped by Parquet readers (leading underscore)
+#: on S3, present in the tables while a build's staged files are copied over them
+SWAP_KEY = "objects/_swapping.json"
 STAGING = ".objects-staging"  # <catalog>/.objects-staging/<token>/<table>/...
 #: One build at a time per catalog: ``<catalog>/.objects-build.lock`` (JSON: when, where),
 #: created by a conditional write; one older than this is from a killed build.
@@ -110,6 +113,7 @@ class BuildConfig:
     floor: float = SYSTEMATIC_FLOOR
     false_alarm: float = VARIABLE_FALSE_ALARM
     unit_order: int | None = None  # None: chosen from the data at the first build (5..12)
+    verify: bool = False  # also compare the tables' checksums with the build record's
 
     @property
     def margin_arcsec(self) -> float:
@@ -360,12 +364,17 @@ def associate(det: Detections, obj_ra: np.ndarray, obj_dec: np.ndarray, centre, 
     index.add(0, ox, oy)
     n_obj = n_old
     images = det.image[order]
+    # an object that keeps a detection of an image takes no other source of it
+    taken = sorted_unique(det.image[kept] * (1 << 32) + result[kept]) if kept.any() else None
     bounds = np.r_[0, np.nonzero(images[1:] != images[:-1])[0] + 1, len(order)]
     for lo, hi in itertools.pairwise(bounds):
         members = order[lo:hi]
         mx, my, mw = x[members], y[members], det.weight[members]
         px, py = sx[:n_obj] / sw[:n_obj], sy[:n_obj] / sw[:n_obj]
         s, o, d2 = index.candidates(mx, my, px, py, radius)
+        if taken is not None and s.size:
+            free = ~np.isin(images[lo] * (1 << 32) + o, taken)
+            s, o, d2 = s[free], o[free], d2[free]
         s, o = mutual_nearest(s, o, d2)
         result[members[s]] = o
         sw[o] += mw[s]
@@ -637,6 +646,10 @@ class UnitTask:
     existing_layout: bool  # existing tables are in this layout (else: scan them whole)
     rebuild: bool = False
     fast: bool = False  # only new images: merge into the stored statistics (no old sources)
+    #: a repair (:func:`plan_repair`): the units restored together, and the table files
+    #: (keys under the catalog) not to read, lost or changed since the build that wrote them
+    repair: list[int] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)
 
     def event(self) -> dict:
         return {"task": "objects_unit", **asdict(self)}
@@ -648,6 +661,11 @@ def _empty_existing():
                       "object_id": pa.array([], pa.int64())}))
 
 
+def _empty_existing_objects() -> pa.Table:
+    return pa.table({"object_id": pa.array([], pa.int64()), "ra": pa.array([], pa.float64()),
+                     "dec": pa.array([], pa.float64())})
+
+
 def _read_existing(store, task: UnitTask):
     """Existing objects (id, ra, dec) and associations around the unit."""
     if task.rebuild:
@@ -655,14 +673,16 @@ def _read_existing(store, task: UnitTask):
     objs, assocs = [], []
     if task.existing_layout:
         near = neighbours(np.array([task.unit]), task.unit_order)[:, 0]
+        skip = set(task.skip)
         for u in near[near >= 0]:
-            found = read_parquet_or_none(store, unit_key("objects", int(u), task.unit_order),
-                                         ["object_id", "ra", "dec"])
+            okey, akey = (unit_key(t, int(u), task.unit_order) for t in ("objects", "associations"))
+            found = (None if okey in skip
+                     else read_parquet_or_none(store, okey, ["object_id", "ra", "dec"]))
             if found is not None:
                 objs.append(found)
-                found = read_parquet_or_none(
-                    store, unit_key("associations", int(u), task.unit_order),
-                    ["image_id", "source_id", "object_id"])
+            if (found is not None or okey in skip) and akey not in skip:
+                # (a lost objects file: its associations still give the ids, see _lost_objects)
+                found = read_parquet_or_none(store, akey, ["image_id", "source_id", "object_id"])
                 if found is not None:
                     assocs.append(found)
     else:
@@ -672,8 +692,9 @@ def _read_existing(store, task: UnitTask):
         for info in _list(store, "associations/"):
             if info.endswith(".parquet"):
                 assocs.append(read_parquet(store, info, ["image_id", "source_id", "object_id"]))
-    if not objs:
+    if not objs and not assocs:
         return _empty_existing()
+    objs = objs or [_empty_existing_objects()]
     o = pa.concat_tables([t.cast(pa.schema([("object_id", pa.int64()), ("ra", pa.float64()),
                                             ("dec", pa.float64())])) for t in objs])
     ids = o["object_id"].to_numpy()
@@ -736,6 +757,9 @@ def run_unit(task: UnitTask, store=None) -> dict:
         return _run_unit_fast(task, store, start)
     det, coverage = _read_unit_detections(store, task)
     old_ids, old_ra, old_dec, old_assoc = _read_existing(store, task)
+    if task.repair:  # objects of a lost objects file keep their ids
+        old_ids, old_ra, old_dec = _lost_objects(det, task.images, old_ids, old_ra, old_dec,
+                                                 old_assoc)
     # existing associations of images that are not redone: fixed links
     redo = {img["image_id"] for img in task.images if img["redo"]}
     image_index = {img["image_id"]: i for i, img in enumerate(task.images)}
@@ -777,12 +801,57 @@ def run_unit(task: UnitTask, store=None) -> dict:
     if dropped:
         old_pix = healpix(old_ra, old_dec, task.unit_order)
         dropped_own = int(((~alive[:n_old]) & (old_pix == task.unit)).sum())
-    keys = _write_unit(store, task, objects, phot, det, ids, own, stats)
+    if task.repair:
+        _check_relinked(task, det.obj[todo], own, objects)
+    files = _write_unit(store, task, objects, phot, det, ids, own, stats)
     return {"status": "ok", "unit": task.unit, "unit_order": task.unit_order,
             "n_objects": int(own.sum()), "n_new_objects": len(new_owned),
             "n_associations": int(own[det.obj].sum()) if len(det) else 0,
-            "n_dropped_objects": dropped_own, "keys": keys, "coverage": coverage,
+            "n_dropped_objects": dropped_own, "files": files,
+            "keys": [f"{task.staging}/{k}" for k in files], "coverage": coverage,
             "seconds": round(time.perf_counter() - start, 3), "error": None}
+
+
+def _lost_objects(det: Detections, images: list[dict], ids: np.ndarray, ra: np.ndarray,
+                  dec: np.ndarray, assoc: pa.Table):
+    """The objects that associations name but no objects file holds (their file was lost):
+    appended to (ids, ra, dec), each at the weighted mean of its linked detections, so the
+    links are kept and the ids too."""
+    import pyarrow.compute as pc
+
+    a_obj = assoc["object_id"].to_numpy(zero_copy_only=False)
+    lost = ~np.isin(a_obj, ids)
+    if not lost.any() or not len(det):
+        return ids, ra, dec
+    names = pa.array([img["image_id"] for img in images], pa.string())
+    a_img = pc.index_in(assoc["image_id"], value_set=names).fill_null(-1).to_numpy(
+        zero_copy_only=False).astype(np.int64)[lost]
+    a_src = assoc["source_id"].to_numpy(zero_copy_only=False).astype(np.int64)[lost]
+    row = link(det.image * (1 << 32) + det.source_id.astype(np.int64), np.arange(len(det)),
+               a_img * (1 << 32) + a_src)
+    ok = (a_img >= 0) & (row >= 0)
+    found, inv = _group(a_obj[lost][ok])
+    rows = row[ok]
+    vec = unit_vectors(det.ra[rows], det.dec[rows]) * det.weight[rows, None]
+    sums = np.stack([np.bincount(inv, vec[:, i], minlength=len(found)) for i in range(3)], 1)
+    lra, ldec = vectors_to_radec(sums)
+    return np.r_[ids, found], np.r_[ra, lra], np.r_[dec, ldec]
+
+
+def _check_relinked(task: UnitTask, relinked: np.ndarray, own: np.ndarray,
+                    objects: dict) -> None:
+    """A repair re-links the detections of the lost files; one that now joins an object of a
+    unit not being restored would be written by nobody: ObjectsError (never lost silently)."""
+    other = relinked[~own[relinked]]
+    if not other.size:
+        return
+    home = healpix(objects["ra"][other], objects["dec"][other], task.unit_order)
+    away = sorted(set(home.tolist()) - set(task.repair))
+    if away:
+        n = int(np.isin(home, away).sum())
+        raise ObjectsError(f"unit {task.unit}", f"{n} detection(s) of its lost files now "
+                           f"match objects of unit(s) {away[:5]}, which are not being restored: "
+                           "run with --rebuild")
 
 
 def link(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -820,9 +889,11 @@ def _new_ids(objects: dict, new: np.ndarray, old_ids: np.ndarray) -> np.ndarray:
 
 
 def _write_unit(store, task: UnitTask, objects, phot, det: Detections, ids, own,
-                stats: Stats, kept_assoc: pa.Table | None = None) -> list[str]:
-    """The unit's three tables (objects it owns) and its statistics sidecars."""
-    keys = []
+                stats: Stats, kept_assoc: pa.Table | None = None) -> dict[str, dict]:
+    """The unit's three tables (objects it owns) and its statistics sidecars, written under
+    ``task.staging``; returns what the build record lists of each (:func:`file_entry`), by
+    table key."""
+    files = {}
     idx = np.nonzero(own)[0]
     idx = idx[np.argsort(ids[idx])]
     hp29 = healpix(objects["ra"][idx], objects["dec"][idx], 29)
@@ -871,7 +942,7 @@ def _write_unit(store, task: UnitTask, objects, phot, det: Detections, ids, own,
                         ("object_photometry/_stats", sides[1])):
         if table.num_rows == 0:
             continue
-        key = f"{task.staging}/{unit_key(name, task.unit, task.unit_order)}"
+        key = unit_key(name, task.unit, task.unit_order)
         sink = io.BytesIO()
         # rows sorted by object id (~ by position: ids start with the order-13 pixel), in
         # small row groups, so that _healpix_29 and object_id statistics prune a cone search
@@ -879,9 +950,17 @@ def _write_unit(store, task: UnitTask, objects, phot, det: Detections, ids, own,
         strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
         pq.write_table(table, sink, compression="zstd", use_dictionary=strings,
                        row_group_size=ROW_GROUP_ROWS * (4 if name == "associations" else 1))
-        store.write_bytes(key, sink.getvalue(), content_type="application/vnd.apache.parquet")
-        keys.append(key)
-    return keys
+        data = sink.getvalue()
+        store.write_bytes(f"{task.staging}/{key}", data,
+                          content_type="application/vnd.apache.parquet")
+        files[key] = file_entry(data, table.num_rows)
+    return files
+
+
+def file_entry(data: bytes, rows: int | None) -> dict:
+    """What the build record keeps of a file it wrote: size, SHA-256 (what an S3 object's
+    ``sha256`` metadata holds) and rows."""
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------
@@ -1032,13 +1111,14 @@ def _run_unit_fast(task: UnitTask, store, start: float) -> dict:
     new_owned = np.nonzero(own[n_old:])[0] + n_old
     ids[new_owned] = _new_ids(objects, new_owned, old_ids)
     kept = _kept_associations(store, task, old_ids, homes, own[:n_old])
-    keys = _write_unit(store, task, objects, phot, det, ids, own, stats, kept)
+    files = _write_unit(store, task, objects, phot, det, ids, own, stats, kept)
     n_kept = kept.num_rows if kept is not None else 0
     return {"status": "ok", "unit": task.unit, "unit_order": task.unit_order,
             "n_objects": int(own.sum()), "n_new_objects": len(new_owned),
             "n_associations": n_kept + (int(own[det.obj].sum()) if len(det) else 0),
             "n_new_associations": int(own[det.obj].sum()) if len(det) else 0,
-            "n_dropped_objects": 0, "keys": keys, "coverage": coverage,
+            "n_dropped_objects": 0, "files": files,
+            "keys": [f"{task.staging}/{k}" for k in files], "coverage": coverage,
             "seconds": round(time.perf_counter() - start, 3), "error": None}
 
 
@@ -1236,20 +1316,26 @@ def _commit(store, prefix: str) -> None:
         with contextlib.suppress(OSError):
             staged.parent.rmdir()  # only when no other build is staged
         return
-    marker = json.loads(store.read_bytes(f"{prefix}/_complete") or b"{}")
-    touched = marker.get("touched")  # an incremental build rewrote only these units
+    complete = store.read_bytes(f"{prefix}/_complete")
+    touched = json.loads(complete or b"{}").get("touched")  # an incremental build rewrote
+    # only these units
     # listed with store.list, not _list: a failed listing must stop here, not look empty and
     # let the loop below delete the current tables
     staged = [i for i in store.list(f"{prefix}/") if not i.key.endswith("/_complete")]
     new_keys = {i.key[len(prefix) + 1:] for i in staged}
+    # while the copies run, the tables hold the marker (a copy of _complete: the units being
+    # replaced); one still there once the staging is gone marks a swap that did not finish
+    store.copy(f"{prefix}/_complete", SWAP_KEY, size=len(complete))
     for info in staged:  # the window: readers may see some units old, some new
         # server-side copy (one CopyObject each; content type and sha256 metadata come along)
         store.copy(info.key, info.key[len(prefix) + 1:], size=info.size)
     for table in TABLES:
         for key in _list(store, f"{table}/"):
             unit = unit_of_key(key)
-            if key not in new_keys and (touched is None or unit is None or unit in touched):
+            if key != SWAP_KEY and key not in new_keys and (
+                    touched is None or unit is None or unit in touched):
                 store.delete(key)
+    store.delete(SWAP_KEY)
     store.clear(f"{prefix}/")
 
 
@@ -1291,32 +1377,183 @@ def _carry_over(store, staging: str, touched: set[int]) -> None:
                     shutil.copy2(path, dest)
 
 
-def stray_keys(store, unit_order: int) -> list[str]:
+def stray_keys(store, unit_order: int, listing: dict[str, int] | None = None) -> list[str]:
     """Files of the three tables that Parquet readers count but no build wrote: anything but
     ``<table>/hpx5=<partition of N>/k<unit order>-<N>.parquet`` (a copy beside a unit file, a
     unit file in another partition's folder or of another order). Names starting with ``_``
     or ``.`` (the build record, the statistics sidecars) are skipped by readers, and here."""
+    keys = listing if listing is not None else [k for t in TABLES for k in _list(store, f"{t}/")]
     strays = []
-    for table in TABLES:
-        for key in _list(store, f"{table}/"):
-            if any(part.startswith(("_", ".")) for part in key.split("/")[1:]):
-                continue
-            unit = unit_of_key(key)
-            if unit is None or key != unit_key(table, unit, unit_order):
-                strays.append(key)
+    for key in keys:
+        table = key.split("/", 1)[0]
+        if any(part.startswith(("_", ".")) for part in key.split("/")[1:]):
+            continue
+        unit = unit_of_key(key)
+        if unit is None or key != unit_key(table, unit, unit_order):
+            strays.append(key)
     return strays
 
 
-def remove_strays(store, unit_order: int) -> list[str]:
+def remove_strays(store, unit_order: int, listing: dict[str, int] | None = None) -> list[str]:
     """Delete the :func:`stray_keys` (their rows were counted twice, or belong to no build):
-    a finished build leaves exactly its own files. Returns a note, or nothing."""
-    strays = stray_keys(store, unit_order)
+    a finished build leaves exactly its own files. Returns a note, or nothing. *listing*
+    (:func:`table_listing`; else the tables are listed) loses the keys deleted."""
+    strays = stray_keys(store, unit_order, listing)
     for key in strays:
         store.delete(key)
+        if listing is not None:
+            del listing[key]
     if not strays:
         return []
     return [f"removed {len(strays)} file(s) no build wrote from the tables (readers counted "
             "their rows too): " + ", ".join(strays[:5]) + (" ..." if len(strays) > 5 else "")]
+
+
+#: the files a unit writes (:func:`unit_key`'s first argument)
+UNIT_FILES = ("objects", "object_photometry", "associations", "objects/_stats",
+              "object_photometry/_stats")
+
+
+def is_unit_file(key: str, unit_order: int) -> bool:
+    """True for a unit file's key at *unit_order* (tables and statistics sidecars)."""
+    unit = unit_of_key(key)
+    return unit is not None and any(key == unit_key(n, unit, unit_order) for n in UNIT_FILES)
+
+
+def table_listing(store) -> dict[str, int]:
+    """Every file in the three tables' folders and its size: one listing per table. A listing
+    that fails raises (it must never look like lost files)."""
+    return {i.key: i.size for t in TABLES for i in store.list(f"{t}/")}
+
+
+def recorded_files(state: dict, listing: dict[str, int]) -> dict[str, dict]:
+    """The files the build record lists (:func:`file_entry` by key); for a record of an
+    older version, which lists none, the unit files there now (sizes only)."""
+    if state.get("files") is not None:
+        return state["files"]
+    return {k: {"size": size, "sha256": None, "rows": None} for k, size in listing.items()
+            if is_unit_file(k, state["unit_order"])}
+
+
+@dataclass
+class Damage:
+    """Unit files that differ from the build record: lost, changed, or not written by it."""
+
+    missing: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)  # of a swap that did not finish
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted({*self.missing, *self.changed, *self.unknown, *self.unfinished})
+
+    @property
+    def units(self) -> set[int]:
+        return {unit_of_key(k) for k in self.keys}
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def describe(self) -> str:
+        def names(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        parts = ((self.missing, "missing"), (self.changed, "changed since the build wrote it"),
+                 (self.unknown, "not written by the last build"),
+                 (self.unfinished, "old or new: a swap of staged files did not finish and its "
+                                   "staging is gone"))
+        return "; ".join(f"{names(keys)} {what}" for keys, what in parts if keys)
+
+
+def check_tables(store, state: dict, listing: dict[str, int], *, verify: bool = False) -> Damage:
+    """The tables' unit files (*listing*: :func:`table_listing`) against those the last build
+    recorded: missing, of another size, or (*verify*) another SHA-256 (reads every file
+    locally, one HEAD each on S3; a file without the ``sha256`` metadata differs), and unit
+    files the record does not list. Nothing to compare for a record that lists no files."""
+    files = state.get("files")
+    damage = Damage()
+    if SWAP_KEY in listing:  # after recover(): the swap's staged files are gone
+        touched = json.loads(store.read_bytes(SWAP_KEY) or b"{}").get("touched")
+        damage.unfinished = sorted(
+            k for k in {*listing, *(files or ())} if is_unit_file(k, state["unit_order"])
+            and (touched is None or unit_of_key(k) in touched))
+    if files is None:
+        return damage
+    done = set(damage.unfinished)
+    for key, entry in sorted(files.items()):
+        if key in done:
+            continue
+        if key not in listing:
+            damage.missing.append(key)
+        elif listing[key] != entry["size"] or (verify and not _same_sha256(store, key, entry)):
+            damage.changed.append(key)
+    damage.unknown = sorted(k for k in listing if k not in files and k not in done
+                            and is_unit_file(k, state["unit_order"]))
+    return damage
+
+
+def _same_sha256(store, key: str, entry: dict) -> bool:
+    if not entry.get("sha256"):
+        return True  # not recorded (a record made from a listing)
+    info = store.head(key)
+    return info is not None and info.sha256 == entry["sha256"]
+
+
+def repair(catalog: str, store, usable: list[dict], changes: Changes, listing: dict[str, int],
+           damage: Damage, config: BuildConfig, run, report: BuildReport) -> bool:
+    """Rebuild the damaged units from the sources (:func:`plan_repair`) and swap them in with
+    a new build record, as a build of its own; a note names the files. False (the report
+    holds a one-line error naming them; nothing changed) when they cannot be rebuilt."""
+    plan = plan_repair(catalog, usable, changes, damage, config)
+    replies = run(plan.tasks)
+    errors = [r.get("error") or f"unit {r.get('unit')} failed" for r in replies
+              if r.get("status") != "ok"]
+    if errors:
+        _discard(store, plan.staging)
+        report.status = "error"
+        report.errors = [f"objects tables damaged ({damage.describe()}) and not rebuilt from "
+                         f"the sources ({'; '.join(errors[:3])}); nothing was changed: fix the "
+                         "cause or run with --rebuild"]
+        return False
+    touched = damage.units
+    dropped = sum(r.get("n_dropped_objects", 0) for r in replies)
+    if dropped:
+        report.n_dropped_objects += dropped
+        report.notes.append(f"{dropped} object(s) of the restored units found no detection "
+                            "again and were dropped")
+    files = {k: v for k, v in recorded_files(changes.state, listing).items()
+             if unit_of_key(k) not in touched}
+    files.update(_written_files(store, plan.staging, replies))
+    state = {**changes.state, "files": files, **_totals(store, files)}
+    stage_and_commit(store, plan.staging, state, touched)
+    report.n_units += len(plan.tasks)
+    report.unit_order = plan.unit_order
+    report.partitions = sorted({partition_of(u, plan.unit_order) for u in touched})
+    report.notes.append(f"restored {len(touched)} unit(s) from the sources: {damage.describe()}")
+    return True
+
+
+def _totals(store, files: dict[str, dict]) -> dict[str, int]:
+    """``n_objects`` and ``n_associations``: the rows of the listed table files (a Parquet
+    footer is read where the record does not know them)."""
+    totals = {"n_objects": 0, "n_associations": 0}
+    for key, entry in files.items():
+        table, name = key.split("/", 1)[0], key.rsplit("/", 1)[-1]
+        if table in ("objects", "associations") and not name.startswith("_"):
+            rows = entry.get("rows")
+            if rows is None:
+                rows = pq.ParquetFile(pa.BufferReader(store.read_bytes(key))).metadata.num_rows
+            totals[f"n_{table}"] += rows
+    return totals
+
+
+def record_files(store, state: dict, listing: dict[str, int]) -> str:
+    """Write the build record of an older version again, with the files there now (from here
+    on a lost file is detected); returns a note."""
+    files = recorded_files(state, listing)
+    store.write_bytes(STATE_KEY, json.dumps({**state, "files": files}, indent=1).encode())
+    return (f"the build record listed no files (older version): it now lists the {len(files)} "
+            "unit files found; a file lost before this build cannot be detected")
 
 
 @dataclass
@@ -1366,10 +1603,14 @@ def _open_catalog(catalog: str):
     return store
 
 
-def classify_changes(catalog: str, store, images: list[dict], config: BuildConfig) -> Changes:
-    """New, reprocessed and removed images since the last build (ObjectsError: radius differs)."""
+def classify_changes(catalog: str, store, images: list[dict], config: BuildConfig,
+                     listing: dict[str, int] | None = None) -> Changes:
+    """New, reprocessed and removed images since the last build (ObjectsError: radius differs).
+    *listing*: the tables' files (:func:`table_listing`), else ``objects/`` is listed."""
     state = None if config.rebuild else _load_state(store)
-    has_tables = bool(_list(store, "objects/")) and not config.rebuild
+    found = (any(k.startswith("objects/") for k in listing) if listing is not None
+             else bool(_list(store, "objects/")))
+    has_tables = found and not config.rebuild
     notes = []
     if has_tables and state is None:
         notes.append("objects table without a build record (an older version): its "
@@ -1423,13 +1664,10 @@ def _unit_order(catalog: str, images: list[dict], usable: list[dict], changes: C
     return unit_order
 
 
-def _unit_images(usable: list[dict], changes: Changes, unit_order: int, mo: int,
-                 bands: list[str]) -> dict[int, list[dict]]:
-    """Per unit, the entries of the images it reads (only the new ones on the fast path)."""
+def _unit_images(scan: list[dict], unit_order: int, mo: int, bands: list[str],
+                 new_set: set[str], redo_set: set[str]) -> dict[int, list[dict]]:
+    """Per unit, the entries of the images of *scan* it reads."""
     band_index = {b: i for i, b in enumerate(bands)}
-    new_set = set(changes.new)
-    redo_set = new_set | set(changes.redone)
-    scan = [r for r in usable if r["image_id"] in new_set] if changes.fast else usable
     per_unit: dict[int, list[dict]] = {}
     reach = 2.2 * pixel_size_arcsec(mo)  # what in_region() may add around a unit
     for r, units in zip(scan, _image_units(scan, unit_order, reach), strict=True):
@@ -1450,15 +1688,43 @@ def plan_units(catalog: str, images: list[dict], usable: list[dict], changes: Ch
     mo = margin_order(config.margin_arcsec)
     bands = sorted({r["band"] or "unknown" for r in images})
     nights = sorted({r["night"] for r in images if r["night"] and r["night"] != "unknown"})
-    per_unit = _unit_images(usable, changes, unit_order, mo, bands)
-    token = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    staging = f"{STAGING}/{token}"
+    new_set = set(changes.new)
+    # only the new images on the fast path
+    scan = [r for r in usable if r["image_id"] in new_set] if changes.fast else usable
+    per_unit = _unit_images(scan, unit_order, mo, bands, new_set, new_set | set(changes.redone))
+    staging = _new_staging()
     tasks = [UnitTask(catalog=catalog, staging=staging, unit=u, unit_order=unit_order,
                       radius_arcsec=config.radius_arcsec, margin_order=mo, floor=config.floor,
                       false_alarm=config.false_alarm, images=imgs, nights=nights, bands=bands,
                       existing_layout=changes.layout_ok,
                       rebuild=config.rebuild or not changes.has_tables, fast=changes.fast)
              for u, imgs in sorted(per_unit.items())]
+    return BuildPlan(unit_order, staging, tasks)
+
+
+def _new_staging() -> str:
+    return f"{STAGING}/{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def plan_repair(catalog: str, usable: list[dict], changes: Changes, damage: Damage,
+                config: BuildConfig) -> BuildPlan:
+    """Unit tasks that rebuild the damaged units (:func:`check_tables`) from the sources of
+    the images the last build associated (those unchanged since; the next phase of the build
+    does the others), reading the kept associations around them but not the damaged files."""
+    state = changes.state
+    unit_order, mo = state["unit_order"], margin_order(config.margin_arcsec)
+    seen = state.get("images", {})
+    done = [r for r in usable if seen.get(r["image_id"]) == changes.current[r["image_id"]]]
+    bands = sorted({r["band"] or "unknown" for r in done})
+    nights = sorted({r["night"] for r in done if r["night"] and r["night"] != "unknown"})
+    units = damage.units
+    per_unit = _unit_images(done, unit_order, mo, bands, set(), set())
+    staging = _new_staging()
+    tasks = [UnitTask(catalog=catalog, staging=staging, unit=u, unit_order=unit_order,
+                      radius_arcsec=config.radius_arcsec, margin_order=mo, floor=config.floor,
+                      false_alarm=config.false_alarm, images=imgs, nights=nights, bands=bands,
+                      existing_layout=True, repair=sorted(units), skip=damage.keys)
+             for u, imgs in sorted(per_unit.items()) if u in units]
     return BuildPlan(unit_order, staging, tasks)
 
 
@@ -1483,26 +1749,51 @@ def _tally(report: BuildReport, replies: list[dict], changes: Changes) -> None:
 
 
 def commit_build(store, plan: BuildPlan, changes: Changes, config: BuildConfig,
-                 report: BuildReport) -> int:
-    """Stage the build record, complete the staged tables (the units not rebuilt, locally),
-    mark them complete and swap them in. Returns the objects dropped with units no image
-    covers any more (a full build over kept tables)."""
-    staging = plan.staging
+                 report: BuildReport, replies: list[dict], listing: dict[str, int]) -> int:
+    """Stage the build record (with the files of the new tables), complete the staged tables
+    (the units not rebuilt, locally), mark them complete and swap them in. Returns the objects
+    dropped with units no image covers any more (a full build over kept tables)."""
+    touched = {t.unit for t in plan.tasks} if changes.fast else None
+    files = {}
+    if changes.fast:  # the units not rebuilt keep their files
+        files = {k: v for k, v in recorded_files(changes.state, listing).items()
+                 if unit_of_key(k) not in touched}
+    files.update(_written_files(store, plan.staging, replies))
     new_state = {"layout": LAYOUT, "version": __version__, "radius_arcsec": config.radius_arcsec,
                  "unit_order": plan.unit_order, "floor": config.floor,
                  "n_objects": report.n_objects, "n_associations": report.n_associations,
-                 "images": changes.current}
-    store.write_bytes(f"{staging}/{STATE_KEY}", json.dumps(new_state, indent=1).encode())
-    touched = sorted(t.unit for t in plan.tasks) if changes.fast else None
+                 "images": changes.current, "files": files}
     dropped = 0
-    if changes.fast:
-        _carry_over(store, staging, set(touched))
-    elif changes.has_tables:  # units no image covers any more (all removed): their objects
-        # go, counted (not on --rebuild: it starts over, maybe at another unit order)
+    if not changes.fast and changes.has_tables:  # units no image covers any more (all
+        # removed): their objects go, counted (not on --rebuild: it starts over)
         dropped = _orphan_objects(store, {t.unit for t in plan.tasks})
-    store.write_bytes(f"{staging}/_complete", json.dumps({"touched": touched}).encode())
-    _commit(store, staging)
+    stage_and_commit(store, plan.staging, new_state, touched)
     return dropped
+
+
+def stage_and_commit(store, staging: str, state: dict, touched: set[int] | None) -> None:
+    """Write the build record into *staging*, complete the staged tables with the files of the
+    units not in *touched* (None: every unit was rebuilt; locally hard links, on S3 they stay
+    where they are), mark them complete and swap them in."""
+    store.write_bytes(f"{staging}/{STATE_KEY}", json.dumps(state, indent=1).encode())
+    if touched is not None:
+        _carry_over(store, staging, touched)
+    if isinstance(store, LocalStore):  # a table left with no file is swapped in empty
+        for table in TABLES:
+            (store.root / staging / table).mkdir(parents=True, exist_ok=True)
+    marker = {"touched": None if touched is None else sorted(touched)}
+    store.write_bytes(f"{staging}/_complete", json.dumps(marker).encode())
+    _commit(store, staging)
+
+
+def _written_files(store, staging: str, replies: list[dict]) -> dict[str, dict]:
+    """The record's entries of the files the units wrote (from their replies; from a listing
+    of the staged files, sizes only, if a unit of an older version did not say)."""
+    if all("files" in r for r in replies):
+        return {k: v for r in replies for k, v in r["files"].items()}
+    prefix = f"{staging}/"
+    return {i.key[len(prefix):]: {"size": i.size, "sha256": None, "rows": None}
+            for i in store.list(prefix) if i.key.endswith(".parquet")}
 
 
 def build_objects(catalog: str, config: BuildConfig | None = None, *,
@@ -1566,17 +1857,29 @@ def _build(catalog: str, store, config: BuildConfig, runner) -> BuildReport:
     if not images:
         raise ObjectsError(catalog, "catalog without images: nothing to associate")
     report.n_images = len(images)
-    changes = classify_changes(catalog, store, images, config)
+    run = runner or (lambda ts: run_units_local(ts, config.workers))
+    listing = table_listing(store)
+    changes = classify_changes(catalog, store, images, config, listing)
     report.notes += changes.notes
-    report.n_new_images, report.n_redone_images = len(changes.new), len(changes.redone)
-    report.n_removed_images = len(changes.removed)
     usable = _usable_images(images)
     report.n_images_without_wcs = len(images) - len(usable)
     report.notes += _input_notes(images, usable)
+    n_notes = len(report.notes)
+    if changes.layout_ok and changes.has_tables:  # the tables against the last build's record
+        report.notes += remove_strays(store, changes.state["unit_order"], listing)
+        damage = check_tables(store, changes.state, listing, verify=config.verify)
+        if damage:
+            if not repair(catalog, store, usable, changes, listing, damage, config, run, report):
+                report.seconds = time.perf_counter() - start
+                return report
+            listing = table_listing(store)
+            changes = classify_changes(catalog, store, images, config, listing)
+        elif "files" not in changes.state and changes.unchanged:
+            report.notes.append(record_files(store, changes.state, listing))
+    report.n_new_images, report.n_redone_images = len(changes.new), len(changes.redone)
+    report.n_removed_images = len(changes.removed)
     if changes.unchanged:
-        repaired = remove_strays(store, changes.state["unit_order"])
-        report.notes += repaired
-        report.status = "ok" if repaired else "unchanged"
+        report.status = "ok" if len(report.notes) > n_notes else "unchanged"
         report.unit_order = changes.state["unit_order"]
         report.n_objects = changes.state.get("n_objects", 0)
         report.n_associations = changes.state.get("n_associations", 0)
@@ -1584,7 +1887,7 @@ def _build(catalog: str, store, config: BuildConfig, runner) -> BuildReport:
         return report
     plan = plan_units(catalog, images, usable, changes, config)
     report.n_units, report.unit_order = len(plan.tasks), plan.unit_order
-    replies = (runner or (lambda ts: run_units_local(ts, config.workers)))(plan.tasks)
+    replies = run(plan.tasks)
     errors = _failures(replies)
     if errors:
         _discard(store, plan.staging)
@@ -1593,8 +1896,10 @@ def _build(catalog: str, store, config: BuildConfig, runner) -> BuildReport:
         report.seconds = time.perf_counter() - start
         return report
     _tally(report, replies, changes)
-    report.partitions = sorted({partition_of(t.unit, plan.unit_order) for t in plan.tasks})
-    report.n_dropped_objects += commit_build(store, plan, changes, config, report)
+    report.partitions = sorted({*report.partitions,
+                                *(partition_of(t.unit, plan.unit_order) for t in plan.tasks)})
+    report.n_dropped_objects += commit_build(store, plan, changes, config, report, replies,
+                                             listing)
     report.notes += remove_strays(store, plan.unit_order)  # e.g. carried over with the units
     if report.n_dropped_objects:
         report.notes.append(f"{report.n_dropped_objects} object(s) lost all their detections "
