@@ -1063,3 +1063,68 @@ def test_a_partially_committed_s3_build_is_detected_and_repaired(tmp_path, moto_
         "before-parameter-build.s3", lambda model, params, **kw: calls.update([model.name]))
     assert build_objects(uri).status == "unchanged"
     assert calls == {"GetObject": 3, "PutObject": 1, "DeleteObject": 1, "ListObjectsV2": 4}
+
+
+def test_a_record_of_an_older_version_gets_its_file_list_and_then_guards_the_tables(tmp_path):
+    _units_catalog(tmp_path)
+    state = json.loads((tmp_path / obj.STATE_KEY).read_text())
+    listed = state.pop("files")
+    (tmp_path / obj.STATE_KEY).write_text(json.dumps(state))  # as the previous version wrote
+    report = build_objects(str(tmp_path))
+    assert report.status == "ok" and any("listed no files" in n for n in report.notes)
+    recorded = json.loads((tmp_path / obj.STATE_KEY).read_text())["files"]
+    assert recorded.keys() == listed.keys()
+    assert all(recorded[k]["size"] == v["size"] for k, v in listed.items())
+    assert build_objects(str(tmp_path)).status == "unchanged"
+    _largest_unit_file(tmp_path / "associations").unlink()
+    report = build_objects(str(tmp_path))
+    assert report.status == "ok" and any(n.startswith("restored 1 unit") for n in report.notes)
+    assert_visible_once(tmp_path, report)
+    assert report.n_objects == 30 and report.n_associations == 60
+
+
+def test_a_source_does_not_join_an_object_that_keeps_a_detection_of_its_image():
+    """Re-linking part of an image (a repair) against objects that keep links of the same
+    image: an object never takes two sources of one image."""
+    det = obj.Detections(
+        image=np.array([0, 0]), source_id=np.array([0, 1]), ra=np.array([RA0, RA0 + 0.3 / 3600]),
+        dec=np.array([DEC0, DEC0]), weight=np.ones(2), mjd=np.full(2, 61130.1),
+        night=np.zeros(2, np.int64), band=np.zeros(2, np.int64), mag=np.full(2, 20.0),
+        mag_err=np.full(2, 0.02), obj=np.array([0, -1]))  # source 0 kept on object 0
+    linked = obj.associate(det, np.array([RA0]), np.array([DEC0]), (RA0, DEC0), 1.0,
+                           order=np.array([1]))
+    assert list(linked) == [0, 1]  # source 1 (0.3" away) starts a new object
+
+
+def test_a_repair_that_would_move_a_detection_to_a_kept_unit_stops_by_name(tmp_path):
+    """Stars X and Y 0.8" apart on either side of a unit border, Y missing from the first
+    image. With X's unit's objects and associations files both lost, X's first detection now
+    joins Y, whose unit is not rebuilt: nobody would write that link, so the repair stops."""
+    cosd = np.cos(np.radians(DEC0))
+    step = 0.2 / 3600 / cosd
+    unit0 = obj.healpix([RA0], [DEC0], 11)[0]
+    k = next(k for k in range(1, 5000) if obj.healpix([RA0 + k * step], [DEC0], 11)[0] != unit0)
+    border = RA0 + (k - 0.5) * step
+    x, y = border - 0.4 / 3600 / cosd, border + 0.4 / 3600 / cosd
+    ra, dec = stars(10, seed=33, spread_arcsec=150, min_sep=10)
+    far = obj.separation_arcsec(ra, dec, border, DEC0) > 10
+    ra, dec = np.r_[ra[far], x, y], np.r_[dec[far], DEC0, DEC0]
+    for k in range(3):
+        keep = slice(None, -1) if k == 0 else slice(None)  # Y not seen in image 0
+        write_image(tmp_path, f"n{k}", ra[keep], dec[keep], mjd=61130.1 + k, size_deg=0.1)
+    built = build_objects(str(tmp_path), BuildConfig(unit_order=11))
+    assert built.n_objects == len(ra)
+    unit_x = obj.healpix([x], [DEC0], 11)[0]
+    assert obj.healpix([y], [DEC0], 11)[0] != unit_x
+    lost = [obj.unit_key(t, int(unit_x), 11) for t in ("objects", "associations")]
+    for key in lost:
+        (tmp_path / key).unlink()
+    files = tree_bytes(tmp_path)
+    report = build_objects(str(tmp_path))
+    assert report.status == "error" and len(report.errors) == 1
+    assert all(key in report.errors[0] for key in lost) and "--rebuild" in report.errors[0]
+    assert "now match objects of unit(s)" in report.errors[0], report.errors
+    assert tree_bytes(tmp_path) == files
+    rebuilt = build_objects(str(tmp_path), BuildConfig(unit_order=11, rebuild=True))
+    assert rebuilt.status == "ok" and rebuilt.n_objects == len(ra)
+    assert_visible_once(tmp_path, rebuilt)

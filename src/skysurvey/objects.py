@@ -32,6 +32,16 @@ folders, so each build (even one with nothing new) ends by deleting the files no
 One build runs at a time per catalog (:func:`build_lock`): a second one would take the first's
 staging folder for an interrupted build and discard it.
 
+The build record (``objects/_build.json``) lists every unit file the build committed (size,
+SHA-256, rows). Every build, even one with nothing new, first compares the tables' listing with
+it (:func:`check_tables`: sizes, free with the listing; SHA-256 with ``verify``): a unit whose
+files are missing, of another size, or not written by the last build (and, on S3, every unit a
+swap was replacing when it stopped with its staging gone: :data:`SWAP_KEY`) is rebuilt from the
+sources before anything else (:func:`repair`: the images of the record, the kept associations
+around it, not the damaged files; its object ids come back from its associations), and a note
+names the files. When they cannot be rebuilt (a sources file gone too) the build stops with one
+line naming them, and changes nothing.
+
 Object ids: ``(order-13 pixel of the object's position when it was created) << 33 | sequence``,
 so a unit allocates ids without asking anybody, and they stay unique across units and runs.
 """
@@ -652,7 +662,10 @@ class UnitTask:
     skip: list[str] = field(default_factory=list)
 
     def event(self) -> dict:
-        return {"task": "objects_unit", **asdict(self)}
+        """The Lambda event; ``repair`` and ``skip`` only in a repair (a function of the
+        previous version runs the other units as before)."""
+        fields = {k: v for k, v in asdict(self).items() if v or k not in ("repair", "skip")}
+        return {"task": "objects_unit", **fields}
 
 
 def _empty_existing():
@@ -1802,8 +1815,9 @@ def build_objects(catalog: str, config: BuildConfig | None = None, *,
 
     *runner* runs the unit tasks (default: :func:`run_units_local` with ``config.workers``).
     Steps: finish or drop an interrupted build (:func:`recover`), compare the catalog with the
-    last build (:func:`classify_changes`), plan the units (:func:`plan_units`), run them, then
-    swap their tables in (:func:`commit_build`); a failed unit changes nothing.
+    last build (:func:`classify_changes`) and the tables with its record (:func:`check_tables`;
+    damaged units are rebuilt first: :func:`repair`), plan the units (:func:`plan_units`), run
+    them, then swap their tables in (:func:`commit_build`); a failed unit changes nothing.
     """
     config = config or BuildConfig()
     store = _open_catalog(catalog)
