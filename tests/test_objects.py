@@ -1034,6 +1034,7 @@ def test_a_partially_committed_s3_build_is_detected_and_repaired(tmp_path, moto_
             store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
     first = build_objects(uri, BuildConfig(unit_order=11))
     assert first.n_units > 2
+    ids = set(read(uri, "objects")["object_id"])
     for p in sorted(local.rglob("n2.parquet")):
         store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
     copied, real_copy = [], S3Store.copy
@@ -1055,9 +1056,16 @@ def test_a_partially_committed_s3_build_is_detected_and_repaired(tmp_path, moto_
     report = build_objects(uri)
     assert report.status == "ok" and any(n.startswith("restored") and "did not finish" in n
                                          for n in report.notes), report.notes
+    assert not any("new ids" in n for n in report.notes), report.notes
     assert_visible_once(uri, report)
     objects = read(uri, "objects")
     assert len(objects) == 16 and (objects["n_detections"] == 3).all()
+    assert set(objects["object_id"]) == ids  # kept (the new associations name them)
+    # a marker whose swap had copied everything: each file's sha256 (HEAD) is as recorded
+    store.write_bytes(obj.SWAP_KEY, b'{"touched": null}')
+    marker = build_objects(uri)
+    assert marker.status == "ok" and marker.n_units == 0
+    assert any("removed its marker" in n for n in marker.notes), marker.notes
     calls = Counter()
     aws.client("s3").meta.events.register(
         "before-parameter-build.s3", lambda model, params, **kw: calls.update([model.name]))

@@ -1456,6 +1456,7 @@ class Damage:
     changed: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)  # of a swap that did not finish
+    swap: bool = False  # a swap marker was found (its staging gone)
 
     @property
     def keys(self) -> list[str]:
@@ -1472,36 +1473,39 @@ class Damage:
         def names(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
         parts = ((self.missing, "missing"), (self.changed, "changed since the build wrote it"),
-                 (self.unknown, "not written by the last build"),
-                 (self.unfinished, "old or new: a swap of staged files did not finish and its "
-                                   "staging is gone"))
-        return "; ".join(f"{names(keys)} {what}" for keys, what in parts if keys)
+                 (self.unknown, "not written by the last build"), (self.unfinished, "old or new"))
+        found = "; ".join(f"{names(keys)} {what}" for keys, what in parts if keys)
+        return ("a swap of staged files did not finish and its staging is gone: "
+                if self.swap else "") + found
 
 
 def check_tables(store, state: dict, listing: dict[str, int], *, verify: bool = False) -> Damage:
     """The tables' unit files (*listing*: :func:`table_listing`) against those the last build
     recorded: missing, of another size, or (*verify*) another SHA-256 (reads every file
     locally, one HEAD each on S3; a file without the ``sha256`` metadata differs), and unit
-    files the record does not list. Nothing to compare for a record that lists no files."""
-    files = state.get("files")
-    damage = Damage()
-    if SWAP_KEY in listing:  # after recover(): the swap's staged files are gone
+    files the record does not list. Nothing to compare for a record that lists no files.
+
+    A swap marker (:data:`SWAP_KEY`; :func:`recover` has finished every swap whose staging is
+    still there) names units whose files may be old or new: their SHA-256 are compared (one
+    HEAD each on S3), or, for a record without files, they are all taken as damaged."""
+    files, order = state.get("files"), state["unit_order"]
+    damage, touched = Damage(swap=SWAP_KEY in listing), None
+    if damage.swap:
         touched = json.loads(store.read_bytes(SWAP_KEY) or b"{}").get("touched")
-        damage.unfinished = sorted(
-            k for k in {*listing, *(files or ())} if is_unit_file(k, state["unit_order"])
-            and (touched is None or unit_of_key(k) in touched))
+
+    def swapped(key: str) -> bool:
+        return damage.swap and (touched is None or unit_of_key(key) in touched)
+
     if files is None:
+        damage.unfinished = sorted(k for k in listing if is_unit_file(k, order) and swapped(k))
         return damage
-    done = set(damage.unfinished)
     for key, entry in sorted(files.items()):
-        if key in done:
-            continue
         if key not in listing:
             damage.missing.append(key)
-        elif listing[key] != entry["size"] or (verify and not _same_sha256(store, key, entry)):
+        elif listing[key] != entry["size"] or (
+                (verify or swapped(key)) and not _same_sha256(store, key, entry)):
             damage.changed.append(key)
-    damage.unknown = sorted(k for k in listing if k not in files and k not in done
-                            and is_unit_file(k, state["unit_order"]))
+    damage.unknown = sorted(k for k in listing if k not in files and is_unit_file(k, order))
     return damage
 
 
@@ -1529,6 +1533,10 @@ def repair(catalog: str, store, usable: list[dict], changes: Changes, listing: d
                          "cause or run with --rebuild"]
         return False
     touched = damage.units
+    renumbered = sum(r.get("n_new_objects", 0) for r in replies)
+    if renumbered:  # no file named their ids any more
+        report.notes.append(f"{renumbered} object(s) of the restored units have new ids (the "
+                            "files that named theirs were lost)")
     dropped = sum(r.get("n_dropped_objects", 0) for r in replies)
     if dropped:
         report.n_dropped_objects += dropped
@@ -1888,6 +1896,10 @@ def _build(catalog: str, store, config: BuildConfig, runner) -> BuildReport:
                 return report
             listing = table_listing(store)
             changes = classify_changes(catalog, store, images, config, listing)
+        elif damage.swap:  # its files are all as recorded: only the marker is left
+            store.delete(SWAP_KEY)
+            report.notes.append("a swap of staged files did not finish, but every file is as "
+                                "the build record lists: removed its marker")
         elif "files" not in changes.state and changes.unchanged:
             report.notes.append(record_files(store, changes.state, listing))
     report.n_new_images, report.n_redone_images = len(changes.new), len(changes.redone)
