@@ -1886,7 +1886,7 @@ def _build(catalog: str, store, config: BuildConfig, runner) -> BuildReport:
     usable = _usable_images(images)
     report.n_images_without_wcs = len(images) - len(usable)
     report.notes += _input_notes(images, usable)
-    n_notes = len(report.notes)
+    n_notes, restored = len(report.notes), False
     if changes.layout_ok and changes.has_tables:  # the tables against the last build's record
         report.notes += remove_strays(store, changes.state["unit_order"], listing)
         damage = check_tables(store, changes.state, listing, verify=config.verify)
@@ -1894,6 +1894,7 @@ def _build(catalog: str, store, config: BuildConfig, runner) -> BuildReport:
             if not repair(catalog, store, usable, changes, listing, damage, config, run, report):
                 report.seconds = time.perf_counter() - start
                 return report
+            restored = True
             listing = table_listing(store)
             changes = classify_changes(catalog, store, images, config, listing)
         elif damage.swap:  # its files are all as recorded: only the marker is left
@@ -1918,18 +1919,20 @@ def _build(catalog: str, store, config: BuildConfig, runner) -> BuildReport:
     if errors:
         _discard(store, plan.staging)
         report.status = "error"
-        report.errors = [*errors, "nothing was changed: the previous tables are intact"]
+        report.errors = [*errors, "nothing was changed: the previous tables are intact" + (
+            " (but for the units restored first)" if restored else "")]
         report.seconds = time.perf_counter() - start
         return report
+    restored_dropped = report.n_dropped_objects  # noted by repair()
     _tally(report, replies, changes)
     report.partitions = sorted({*report.partitions,
                                 *(partition_of(t.unit, plan.unit_order) for t in plan.tasks)})
     report.n_dropped_objects += commit_build(store, plan, changes, config, report, replies,
                                              listing)
     report.notes += remove_strays(store, plan.unit_order)  # e.g. carried over with the units
-    if report.n_dropped_objects:
-        report.notes.append(f"{report.n_dropped_objects} object(s) lost all their detections "
-                            "(reprocessed or removed images) and were dropped")
+    if report.n_dropped_objects > restored_dropped:
+        report.notes.append(f"{report.n_dropped_objects - restored_dropped} object(s) lost all "
+                            "their detections (reprocessed or removed images) and were dropped")
     report.seconds = time.perf_counter() - start
     return report
 
