@@ -8,21 +8,27 @@ columns :mod:`skysurvey.detect` has measured (numpy and SEP only: this runs in t
 - Aperture correction: a curve of growth built step by step from those stars, each step from
   the stars with no detected neighbour within its radius (neighbours' pixels are left out as in
   every other measurement), out to six FWHM; the light beyond comes from a Moffat profile fitted
-  to the measured curve (DAOGROW's idea). ``flux_apcorr = flux_aper * correction``.
+  to the measured curve (DAOGROW's idea). ``flux_apcorr = flux_aper * correction``. The
+  residual level (undetected sources, neighbours' wings) in each ring comes from random points
+  as isolated as the stars, calibrated on the wings their neighbours predict
+  (:func:`ring_levels`), not from a sky annulus around the stars, which on crowded fields
+  holds their neighbours' wings (the correction was 2% low there).
 - ``class_star``: the concentration ``flux(r_in) / flux(r_out)`` of each source against the same
   ratio on the PSF stars, in units of its own noise plus the stars' scatter, turned into a
   probability. A source with a detected neighbour within NEIGHBOUR_REACH FWHM is measured as
   if alone: centred on its peak, neighbours modelled out, one-sided light replaced by its
   mirror image, the neighbours' pixels filled from its own profile.
-- The aperture correction's error, with fewer than JACKKNIFE_BELOW stars, is at least the
-  jackknife error over them plus the residual sky's uncertainty.
-- Image figures: the seeing (median stellar FWHM) and the 5-sigma point-source depth.
+- The aperture correction's error holds the residual level's; with fewer than
+  JACKKNIFE_BELOW stars it is at least the jackknife error over them.
+- Image figures: the seeing (the stars' half-light diameter turned into a FWHM by the Moffat
+  beta of the curve of growth) and the 5-sigma point-source depth.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import sep
@@ -41,8 +47,14 @@ MIN_PSF_STARS = 3
 STEP_PRECISION = 0.003
 #: At most this many (the brightest) PSF stars build the curve of growth.
 MAX_GROWTH_STARS = 100
-#: Outer radius of the residual-sky annulus around the curve of growth's last radius.
-SKY_ANNULUS = 1.3
+#: Random points whose rings measure the residual level of the curve of growth
+#: (:func:`ring_levels`), and at most how many of them (the first isolated enough) per ring.
+CONTROL_POINTS = 1000
+CONTROLS_PER_RING = 60
+MIN_CONTROLS = 5
+#: Detected sources up to this many FWHM beyond the curve of growth's last radius predict
+#: the light of their wings in its rings (:func:`wing_light`).
+WING_REACH = 3.0
 #: With fewer PSF stars than this, the correction's error is at least its jackknife error
 #: over them (the formal error of a few stars' mean misses their scatter).
 JACKKNIFE_BELOW = 20
@@ -202,65 +214,115 @@ def _areas(sub, x, y, radii, own):
     return area
 
 
-def aperture_correction(sub, rms, segmap, mask, x, y, stars, radius, fwhm, gain=None):
-    """Total flux / flux within *radius* for point sources, from the curve of growth of *stars*.
+@dataclass(frozen=True)
+class Growth:
+    """The PSF stars' curve of growth: sums within *radii* (rows: stars), their variance and
+    pixel counts, each star's nearest-neighbour distance, and the residual level of each step's
+    ring (:func:`ring_levels`): per star ``fit[k, 0] + fit[k, 1] * wings[:, k]``, covariance
+    ``cov[k]``, and the variance of one place's level about it beyond the pixels' noise
+    ``scatter[k]``."""
 
-    Each step ``r_k-1 -> r_k`` of :func:`growth_radii` is the clipped inverse-variance mean of
-    ``flux(r_k) / flux(r_k-1)`` over the stars with no detected source within ``r_k + fwhm``
-    (annulus noise from the RMS map; other sources' pixels left out); the correction is their
-    product times the Moffat tail beyond the last radius (:func:`growth_correction`). With
-    fewer than JACKKNIFE_BELOW stars the error is at least the jackknife error over them,
-    plus the residual sky's uncertainty: on 256²-384² fields with 4-14 PSF stars the formal
-    error alone was 2x too small. Returns ``(correction,
-    error, stars used)``; ``(nan, nan, 0)`` when no step can be measured.
-    """
+    radii: np.ndarray
+    flux: np.ndarray
+    var: np.ndarray
+    areas: np.ndarray
+    nn: np.ndarray
+    wings: np.ndarray  # (stars, steps): detected neighbours' predicted light per ring pixel
+    fit: np.ndarray  # (steps, 2): residual level = fit[0] + fit[1] * wings
+    cov: np.ndarray  # (steps, 2, 2)
+    scatter: np.ndarray  # (steps,)
+
+    def rows(self, keep):
+        """The same curve for the stars *keep* only (a jackknife sample)."""
+        return Growth(self.radii, self.flux[keep], self.var[keep], self.areas[keep],
+                      self.nn[keep], self.wings[keep], self.fit, self.cov, self.scatter)
+
+    def level(self, k):
+        """Each star's residual level per pixel in the ring of step *k* (1..)."""
+        return self.fit[k - 1, 0] + self.fit[k - 1, 1] * self.wings[:, k - 1]
+
+
+def curve_of_growth(sub, rms, segmap, mask, x, y, stars, radius, fwhm, gain=None, nn=None,
+                    flux=None):
+    """The :class:`Growth` of *stars* at :func:`growth_radii` (other sources' pixels left out,
+    noise from the RMS map); *nn* their nearest-neighbour distances (computed if None),
+    *flux* every source's flux (their wings predict the residual level; None: not used)."""
     idx = np.flatnonzero(stars)
-    if idx.size == 0 or not np.isfinite(fwhm):
-        return math.nan, math.nan, 0
     radii = growth_radii(radius, fwhm)
-    nn = nearest_neighbour_distance(x, y, stars)
+    nn = nearest_neighbour_distance(x, y, stars) if nn is None else nn
     own = _own(segmap, mask, idx)
     xs, ys = x[idx], y[idx]
-    flux = np.empty((idx.size, radii.size))
-    var = np.empty_like(flux)
+    sums = np.empty((idx.size, radii.size))
+    var = np.empty_like(sums)
     for k, r in enumerate(radii):
         f, e, flag = sep.sum_circle(sub, xs, ys, r, err=rms, gain=gain, subpix=0, **own)
-        flux[:, k] = np.where(flag & sep.APER_TRUNC, np.nan, f)
+        sums[:, k] = np.where(flag & sep.APER_TRUNC, np.nan, f)
         var[:, k] = e**2
-    level, level_err = _residual_level(sub, rms, segmap, mask, x, y, idx, nn, radii[-1], fwhm)
-    areas = _areas(sub, xs, ys, radii, own)
-    corr, corr_err, used = growth_correction(flux - level * areas, var, nn, radii, fwhm)
+    flux = np.zeros(x.size) if flux is None else np.nan_to_num(np.maximum(flux, 0.0))
+    wings = partial(wing_light, x=x, y=y, flux=flux, radii=radii, fwhm=fwhm)
+    fit, cov, scatter = ring_levels(sub, rms, segmap, mask, x, y, radii, radii[1:] + fwhm,
+                                    wings)
+    return Growth(radii, sums, var, _areas(sub, xs, ys, radii, own), nn, wings(xs, ys, idx),
+                  fit, cov, scatter)
+
+
+def aperture_correction(sub, rms, segmap, mask, x, y, stars, radius, fwhm, gain=None,
+                        flux=None):
+    """Total flux / flux within *radius* for point sources, from the curve of growth of *stars*
+    (:func:`curve_of_growth`, :func:`growth_correction`). Returns ``(correction, error, stars
+    used)``; ``(nan, nan, 0)`` when no step can be measured."""
+    if not np.any(stars) or not np.isfinite(fwhm):
+        return math.nan, math.nan, 0
+    growth = curve_of_growth(sub, rms, segmap, mask, x, y, stars, radius, fwhm, gain,
+                             flux=flux)
+    return correction_with_error(growth, fwhm)[:3]
+
+
+def correction_with_error(growth, fwhm):
+    """``(correction, error, stars used, log steps)`` of :func:`growth_correction`; with fewer
+    than JACKKNIFE_BELOW stars the error is at least the jackknife error over them: on
+    256²-384² fields with 4-14 PSF stars the formal error alone was 2x too small."""
+    corr, corr_err, used, steps = growth_correction(growth, fwhm)
     if not math.isfinite(corr):
-        return corr, corr_err, 0
+        return corr, corr_err, 0, steps
     if used.sum() < JACKKNIFE_BELOW:
-        corr_err = max(corr_err, _jackknife_error(flux - level * areas, var, nn, radii, fwhm,
-                                                  used))
-        # and the uncertainty of the residual sky, common to every star and radius
-        shifted = growth_correction(flux - (level + level_err) * areas, var, nn, radii,
-                                    fwhm)[0]
-        if math.isfinite(shifted):
-            corr_err = math.hypot(corr_err, shifted - corr)
-    return corr, corr_err, int(used.sum())
+        corr_err = max(corr_err, _jackknife_error(growth, fwhm, used))
+    return corr, corr_err, int(used.sum()), steps
 
 
-def growth_correction(flux, var, nn, radii, fwhm):
-    """The aperture correction from the curve of growth of the stars: *flux* and its
-    variance *var* (rows: stars, columns: *radii*, residual sky removed), *nn* the distance to
-    each star's nearest neighbour. Returns ``(correction, error, stars used)`` (a boolean
-    row mask); ``(nan, nan, none)`` when no step can be measured."""
+def growth_correction(growth, fwhm):
+    """The aperture correction from the curve of growth of the stars (a :class:`Growth`).
+
+    Step ``r_k-1 -> r_k`` is the clipped inverse-variance mean of ``flux(r_k) / flux(r_k-1)``
+    over the stars with no detected source within ``r_k + fwhm``, each sum less each star's
+    residual level of that step's ring times its pixels; the level's error, common to all the
+    stars, is added to the step's. Returns ``(correction, error, stars used (a boolean row
+    mask), log steps)``; ``(nan, nan, none, None)`` when no step can be measured.
+    """
+    radii, flux, var, areas, nn = growth.radii, growth.flux, growth.var, growth.areas, growth.nn
     log_steps = np.full(radii.size - 1, np.nan)
     log_errors = np.full(radii.size - 1, np.nan)
     used = np.zeros(flux.shape[0], bool)
     for k in range(1, radii.size):
-        ok = (nn > radii[k] + fwhm) & (flux[:, k - 1] > 0) & np.isfinite(flux[:, k])
+        level = growth.level(k)
+        inner = flux[:, k - 1] - level * areas[:, k - 1]
+        ring_area = areas[:, k] - areas[:, k - 1]
+        ring = flux[:, k] - flux[:, k - 1] - level * ring_area
+        ok = (nn > radii[k] + fwhm) & (inner > 0) & np.isfinite(ring)
         if ok.sum() < MIN_PSF_STARS:
             continue
-        ratio = flux[ok, k] / flux[ok, k - 1]
-        err = np.sqrt(np.maximum(var[ok, k] - var[ok, k - 1], 0.0)) / flux[ok, k - 1]
-        mean, mean_err, n = _weighted_clipped_mean(ratio, np.maximum(err, 1e-4))
+        # each star's own place adds its scatter about the level to its ring's pixel noise
+        ring_var = np.maximum(var[ok, k] - var[ok, k - 1], 0.0) + (growth.scatter[k - 1]
+                                                                   * ring_area[ok] ** 2)
+        err = np.maximum(np.sqrt(ring_var) / inner[ok], 1e-4)
+        mean, mean_err, n = _weighted_clipped_mean(1.0 + ring[ok] / inner[ok], err)
         if n >= MIN_PSF_STARS and mean > 0:
-            # enclosed light cannot decrease outwards: a step below 1 is residual sky or a
-            # neighbour's masked pixels (seen on crowded fields): the curve has converged
+            # the level's error moves every star's step by its ring's pixels / inner flux
+            w = err**-2 * ring_area[ok] / inner[ok]
+            g = np.array([np.sum(w), np.sum(w * growth.wings[ok, k - 1])]) / np.sum(err**-2)
+            mean_err = math.hypot(mean_err, math.sqrt(max(float(g @ growth.cov[k - 1] @ g), 0)))
+            # enclosed light cannot decrease outwards: a step below 1 is noise in the
+            # residual level or a neighbour's masked pixels: the curve has converged
             log_steps[k - 1] = math.log(max(mean, 1.0))
             log_errors[k - 1] = mean_err / mean
             used |= ok
@@ -269,27 +331,27 @@ def growth_correction(flux, var, nn, radii, fwhm):
     # where crowding leaves no isolated star) come from the Moffat fitted to all the
     # measured steps, which the precise inner ones dominate, with 30% of their size as error
     if not np.isfinite(log_steps).any():
-        return math.nan, math.nan, used & False
+        return math.nan, math.nan, used & False, None
     model, tail = moffat_fit(radii, log_steps, log_errors, fwhm)
     if model is not None:
         noisy = ~np.isfinite(log_steps) | (log_errors > STEP_PRECISION)
         log_steps = np.where(noisy, model, log_steps)
         log_errors = np.where(noisy, 0.3 * np.abs(model), log_errors)
     elif not np.isfinite(log_steps).all():  # a single step: no model to go beyond it
-        return math.nan, math.nan, used & False
+        return math.nan, math.nan, used & False, None
     log_corr = float(np.sum(log_steps)) - math.log1p(-tail)
     var_corr = float(np.sum(log_errors**2)) + (0.3 * tail) ** 2
     corr = math.exp(log_corr)
-    return corr, corr * math.sqrt(var_corr), used
+    return corr, corr * math.sqrt(var_corr), used, log_steps
 
 
-def _jackknife_error(flux, var, nn, radii, fwhm, used):
+def _jackknife_error(growth, fwhm, used):
     """Jackknife standard error of :func:`growth_correction` over the *used* stars."""
     values = []
     for i in np.flatnonzero(used):
-        keep = np.ones(flux.shape[0], bool)
+        keep = np.ones(growth.flux.shape[0], bool)
         keep[i] = False
-        value = growth_correction(flux[keep], var[keep], nn[keep], radii, fwhm)[0]
+        value = growth_correction(growth.rows(keep), fwhm)[0]
         if math.isfinite(value):
             values.append(value)
     n = len(values)
@@ -299,74 +361,168 @@ def _jackknife_error(flux, var, nn, radii, fwhm, used):
     return float(math.sqrt((n - 1) / n * np.sum((values - values.mean()) ** 2)))
 
 
-def _residual_level(sub, rms, segmap, mask, x, y, idx, nn, r_in, fwhm):
-    """The residual level per pixel around the stars *idx* (nearest neighbours *nn*), from
-    the sky annuli of those whose annulus holds no detected neighbour (their wings would
-    raise it), or of all of them in a field too crowded for that."""
-    clear = nn > SKY_ANNULUS * r_in + fwhm
-    sel = idx[clear] if clear.sum() >= MIN_PSF_STARS else idx
-    return residual_sky(sub, rms, x[sel], y[sel], r_in, _own(segmap, mask, sel))
+def pairs_within(x, y, px, py, reach):
+    """Every pair ``(i, j)`` of point *i* (*px*, *py*) and source *j* (*x*, *y*) closer than
+    *reach*, and their squared distance (numpy only: the sources sorted by x, each point
+    against those within *reach* in x)."""
+    order = np.argsort(x)
+    lo = np.searchsorted(x[order], px - reach)
+    count = np.searchsorted(x[order], px + reach) - lo
+    j = order[np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())]
+    i = np.repeat(np.arange(px.size), count)
+    d2 = (px[i] - x[j]) ** 2 + (py[i] - y[j]) ** 2
+    near = d2 < reach**2
+    return i[near], j[near], d2[near]
 
 
-def residual_sky(sub, rms, x, y, r_in, own):
-    """Mean level left around the stars after background subtraction, per pixel.
+def wing_light(px, py, index=None, *, x, y, flux, radii, fwhm):
+    """The light per pixel the detected sources (*x*, *y*, *flux*; *index*: the source each
+    point is, left out) predict in each ring ``radii[k-1]..radii[k]`` around the points
+    (*px*, *py*): Moffat (beta 3) point sources whose half-light diameter is *fwhm*, at the
+    ring's rms distance, within WING_REACH x *fwhm* beyond the last ring. Shape (points,
+    steps). Only a predictor: :func:`ring_levels` calibrates it on random points."""
+    px, py = np.asarray(px, float), np.asarray(py, float)
+    out = np.zeros((px.size, radii.size - 1))
+    i, j, d2 = pairs_within(x, y, px, py, radii[-1] + WING_REACH * fwhm)
+    if index is not None:
+        keep = j != np.asarray(index)[i]
+        i, j, d2 = i[keep], j[keep], d2[keep]
+    if i.size == 0:
+        return out
+    mid2 = (0.5 * (radii[1:] + radii[:-1])) ** 2
+    light = moffat_pixels(np.sqrt(d2[:, None] + mid2[None, :]), 0.0, fwhm / 1.26, 3.0)
+    for k in range(radii.size - 1):
+        out[:, k] = np.bincount(i, weights=light[:, k] * flux[j], minlength=px.size)
+    return out
 
-    The background estimate (a clipped mode) leaves out most of the light of sources too
-    faint to detect, which the wide apertures of the curve of growth would take in (0.2 ADU
-    per pixel on a 2048x2048 synthetic field, 0.5% of a bright star's flux within 6 FWHM).
-    Measured in the annulus ``r_in``-``SKY_ANNULUS * r_in`` around each star (other sources'
-    pixels left out), combined by a clipped mean over the stars.
+
+def ring_levels(sub, rms, segmap, mask, x, y, radii, isolation, wings, n=CONTROL_POINTS,
+                per_ring=CONTROLS_PER_RING, seed=0):
+    """The residual level per pixel in each ring ``radii[k-1] < r <= radii[k]`` (k >= 1)
+    around the PSF stars used for that step of the curve of growth, as a line in the light
+    their detected neighbours' wings predict there (*wings*: :func:`wing_light` of points).
+
+    The background (a clipped mode) leaves out the light of sources too faint to detect and
+    the wings of detected ones beyond their segments; both grow with crowding, and a star's
+    apertures take them in. A sky annulus around the stars holds their neighbours' wings,
+    which their isolated apertures do not (on a crowded 2048² field the correction came out
+    2% low); random points as isolated (no detected source within ``isolation[k-1]``) hold
+    more than the PSF stars, which are clean and unblended (2x on that field). So the same
+    ring is measured around random points (*n*, at pixel centres, a fixed *seed*; the first
+    *per_ring* isolated ones in random order; other sources' pixels left out) and its level
+    fitted, clipped at 3 sigma, with a line in their *wings*: the intercept is the sky the
+    background missed, the slope calibrates the prediction. The points' scatter about the
+    line beyond their pixels' noise (*rms*: scalar or map) is that of one star's level: on
+    crowded fields it, not the pixels, limits the brightest stars. Returns ``(fit, cov,
+    scatter)``: shapes (steps, 2), (steps, 2, 2) and (steps,); a ring with fewer than
+    MIN_CONTROLS points takes the previous ring's, zeros with none.
     """
-    r_out = SKY_ANNULUS * r_in
-    total, err, _ = sep.sum_circann(sub, x, y, r_in, r_out, err=rms, subpix=0, **own)
-    count = sep.sum_circann(sub, x, y, r_in, r_out, err=1.0, subpix=0, **own)[1] ** 2
-    ok = count > 0
-    if not ok.any():
-        return 0.0, 0.0
-    level, level_err, _ = _weighted_clipped_mean(total[ok] / count[ok], err[ok] / count[ok],
-                                                 clip=5.0)
-    return (level, level_err) if math.isfinite(level) else (0.0, 0.0)
+    ny, nx = sub.shape
+    steps = radii.size - 1
+    fit, cov, scatter = np.zeros((steps, 2)), np.zeros((steps, 2, 2)), np.zeros(steps)
+    reach = math.ceil(radii[-1])
+    if nx <= 2 * reach + 1 or ny <= 2 * reach + 1:
+        return fit, cov, scatter
+    rng = np.random.default_rng(seed)
+    cx = rng.integers(reach, nx - reach, n)
+    cy = rng.integers(reach, ny - reach, n)
+    i, _, d2 = pairs_within(x, y, cx.astype(float), cy.astype(float), float(np.max(isolation)))
+    nearest = np.full(n, np.inf)
+    np.minimum.at(nearest, i, d2)
+    oy, ox = np.mgrid[-reach:reach + 1, -reach:reach + 1]
+    r = np.hypot(ox, oy)
+    points = np.flatnonzero(nearest > np.min(isolation) ** 2)
+    predicted = wings(cx[points].astype(float), cy[points].astype(float))
+    for k in range(1, radii.size):
+        chosen = np.flatnonzero(nearest[points] > isolation[k - 1] ** 2)[:per_ring]
+        if chosen.size < MIN_CONTROLS:
+            if k > 1:
+                fit[k - 1], cov[k - 1], scatter[k - 1] = fit[k - 2], cov[k - 2], scatter[k - 2]
+            continue
+        ring = (r > radii[k - 1]) & (r <= radii[k])
+        c = points[chosen]
+        flat = (cy[c, None] + oy[ring]) * nx + cx[c, None] + ox[ring]
+        free = np.ones(flat.shape, bool) if segmap is None else np.take(segmap, flat) == 0
+        if mask is not None:
+            free &= ~np.take(mask, flat)
+        count = free.sum(axis=1)
+        good = count > 0
+        level = np.sum(np.where(free, np.take(sub, flat), 0.0), axis=1)[good] / count[good]
+        fit[k - 1], cov[k - 1], resid2 = _clipped_line(predicted[chosen[good], k - 1], level)
+        noise2 = (np.take(rms, cy[c] * nx + cx[c]) ** 2 if np.ndim(rms) else rms**2) / count
+        scatter[k - 1] = max(resid2 - float(np.median(noise2[good])), 0.0)
+    return fit, cov, scatter
 
 
-def seeing_fwhm(sub, rms, segmap, mask, x, y, stars, fwhm):
-    """The PSF's true FWHM (pixels) from the stars' stacked curve of growth (the first value
-    of :func:`seeing_moffat`)."""
-    return seeing_moffat(sub, rms, segmap, mask, x, y, stars, fwhm)[0]
+def _clipped_line(u, v, clip=3.0, n_iter=5):
+    """Least-squares line ``v = a + b u`` clipped at *clip* robust sigma: ``([a, b], cov,
+    residual variance)``; a constant (b = 0) when *u* has no spread."""
+    keep = np.isfinite(u) & np.isfinite(v)
+    if keep.sum() < 2:
+        return np.zeros(2), np.zeros((2, 2)), 0.0
+    spread = np.ptp(u[keep]) > 0 and keep.sum() >= MIN_CONTROLS
+    for _ in range(n_iter):
+        design = np.stack([np.ones(keep.sum()), u[keep] if spread else np.zeros(keep.sum())], 1)
+        normal = design.T @ design
+        if not spread:
+            normal[1, 1] = 1.0
+        inverse = np.linalg.inv(normal)
+        coef = inverse @ design.T @ v[keep]
+        resid = v - coef[0] - coef[1] * u
+        scale = robust_sigma(resid[keep])
+        new = keep & (np.abs(resid) <= clip * scale) if scale > 0 else keep
+        if new.sum() < MIN_CONTROLS or np.array_equal(new, keep):
+            break
+        keep = new
+    dof = max(int(keep.sum()) - (2 if spread else 1), 1)
+    sigma2 = float(np.sum(resid[keep] ** 2)) / dof
+    cov = sigma2 * inverse
+    if not spread:
+        cov[1, 1] = 0.0
+    return coef, cov, sigma2
 
 
-def seeing_moffat(sub, rms, segmap, mask, x, y, stars, fwhm):
-    """The PSF's true FWHM (pixels) and Moffat beta from the stars' stacked curve of growth.
+def seeing_moffat(sub, rms, segmap, mask, x, y, stars, fwhm, growth, steps, correction):
+    """The PSF's true FWHM (pixels) and Moffat beta from the stars' curve of growth.
 
     *fwhm* (twice the half-light radius, detect's ``fwhm``) overestimates the FWHM of a
-    winged profile (by 26% for a Moffat with beta = 3): the median curve of growth of the
-    isolated PSF stars, normalised at GROWTH_REACH_FWHM x *fwhm* after the residual sky, is
-    fitted with a Moffat profile (beta 1.5-20: wide wings to nearly Gaussian); its beta gives
-    the ratio of FWHM to half-light diameter for that profile (``(nan, nan)`` without stars).
+    winged profile (by 26% for a Moffat with beta = 3). The enclosed fraction of the light:
+    within the catalog's aperture ``1 / correction``, beyond it the curve of growth's
+    *steps* (:func:`growth_correction`, neighbours' light out with the residual level),
+    inside it the stacked sums of the stars isolated there; a Moffat profile (beta 1.5-20:
+    wide wings to nearly Gaussian) is fitted to it, and its beta gives the ratio of FWHM to
+    half-light diameter for that profile (``(nan, nan)`` without stars or steps). Measured
+    with a sky annulus around the stars, beta came out 4.1-4.3 instead of 3 on crowded
+    fields (their neighbours' wings in it) and the seeing 5% wide.
     """
     idx = np.flatnonzero(stars)
-    if idx.size == 0 or not np.isfinite(fwhm):
+    if idx.size == 0 or not np.isfinite(fwhm) or steps is None or not np.isfinite(correction):
         return math.nan, math.nan
-    r_total = GROWTH_REACH_FWHM * fwhm
-    nn = nearest_neighbour_distance(x, y, stars)
-    if (nn > r_total + fwhm).sum() >= MIN_PSF_STARS:
-        idx = idx[nn > r_total + fwhm]
+    radii = growth.radii
+    level = growth.level(1)
+    near = growth.nn > radii[0] + fwhm
+    if near.sum() < MIN_PSF_STARS:
+        near = np.ones(idx.size, bool)
+    idx, level = idx[near], level[near]
+    base = growth.flux[near, 0] - level * growth.areas[near, 0]
     xs, ys, own = x[idx], y[idx], _own(segmap, mask, idx)
-    radii = fwhm * np.array([0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.3, 1.7, 2.2, 3.0, 4.0])
-    sky, _ = _residual_level(sub, rms, segmap, mask, x, y, np.flatnonzero(stars),
-                             nearest_neighbour_distance(x, y, stars), r_total, fwhm)
-
-    every = np.append(radii, r_total)
-    enclosed = np.stack([sep.sum_circle(sub, xs, ys, r, subpix=0, **own)[0] for r in every],
-                        axis=1) - sky * _areas(sub, xs, ys, every, own)
-    good = enclosed[:, -1] > 0
+    inside = fwhm * np.array([0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.3])
+    inside = inside[inside < radii[0]]
+    enclosed = np.stack([sep.sum_circle(sub, xs, ys, r, subpix=0, **own)[0] - level * math.pi
+                         * r**2 for r in inside], axis=1)
+    good = np.isfinite(base) & (base > 0)
     if not good.any():
         return math.nan, math.nan
-    # the stack (sums over the stars) is led by the brightest, least noisy ones
-    curve = np.sum(enclosed[good, :-1], axis=0) / np.sum(enclosed[good, -1])
+    # the stack (sums over the stars) is led by the brightest, least noisy ones; beyond the
+    # aperture the enclosed fraction is 1 / correction times the steps
+    curve = np.concatenate([np.sum(enclosed[good], axis=0) / np.sum(base[good]),
+                            np.exp(np.concatenate([[0.0], np.cumsum(steps)]))])
+    every = np.concatenate([inside, radii])
+    curve = curve / curve[-1]
     betas = np.geomspace(1.5, 20.0, 50)[:, None, None]
     fwhms = fwhm * np.geomspace(0.5, 1.2, 120)[None, :, None]
     alphas = fwhms / (2.0 * np.sqrt(2.0 ** (1.0 / betas) - 1.0))
-    model = moffat_enclosed(radii, alphas, betas) / moffat_enclosed(r_total, alphas, betas)
+    model = moffat_enclosed(every, alphas, betas) / moffat_enclosed(radii[-1], alphas, betas)
     cost = np.sum((model - curve) ** 2, axis=-1)
     i, _ = np.unravel_index(int(np.argmin(cost)), cost.shape)
     # the fit's beta (from the wings, well measured) converts the measured half-light
@@ -669,9 +825,11 @@ def measure(sub, rms, segmap, mask, columns, radius, gain=None, min_snr=50.0):
     stars, locus, scatter = _psf_stars(ratio, ratio_err, members)
     # the brightest PSF stars carry the curve of growth (more add time, not precision)
     growth = stars & (snr >= np.sort(snr[stars])[::-1][:MAX_GROWTH_STARS][-1])
-    corr, corr_err, n_growth = aperture_correction(sub, rms, segmap, mask, x, y, growth,
-                                                   radius, fwhm_psf, gain)
-    seeing, beta = seeing_moffat(sub, rms, segmap, mask, x, y, growth, fwhm_psf)
+    curve = curve_of_growth(sub, rms, segmap, mask, x, y, growth, radius, fwhm_psf, gain,
+                            flux=flux)
+    corr, corr_err, n_growth, steps = correction_with_error(curve, fwhm_psf)
+    seeing, beta = seeing_moffat(sub, rms, segmap, mask, x, y, growth, fwhm_psf, curve, steps,
+                                 corr)
     model = PsfModel(fwhm=seeing, n_stars=int(stars.sum()), aperture_correction=corr,
                      aperture_correction_err=corr_err, n_growth=n_growth,
                      concentration=locus,
