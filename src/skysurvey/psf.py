@@ -55,6 +55,7 @@ MIN_CONTROLS = 5
 #: Detected sources up to this many FWHM beyond the curve of growth's last radius predict
 #: the light of their wings in its rings (:func:`wing_light`).
 WING_REACH = 3.0
+WING_AZIMUTHS = 8
 #: With fewer PSF stars than this, the correction's error is at least its jackknife error
 #: over them (the formal error of a few stars' mean misses their scatter).
 JACKKNIFE_BELOW = 20
@@ -389,8 +390,13 @@ def wing_light(px, py, index=None, *, x, y, flux, radii, fwhm):
         i, j, d2 = i[keep], j[keep], d2[keep]
     if i.size == 0:
         return out
-    mid2 = (0.5 * (radii[1:] + radii[:-1])) ** 2
-    light = moffat_pixels(np.sqrt(d2[:, None] + mid2[None, :]), 0.0, fwhm / 1.26, 3.0)
+    # averaged over WING_AZIMUTHS points on the ring's middle circle
+    mid = 0.5 * (radii[1:] + radii[:-1])
+    cos = np.cos((np.arange(WING_AZIMUTHS) + 0.5) * 2.0 * math.pi / WING_AZIMUTHS)
+    d = np.sqrt(d2)
+    dist2 = (d2[:, None, None] + mid[None, :, None] ** 2
+             - 2.0 * d[:, None, None] * mid[None, :, None] * cos[None, None, :])
+    light = moffat_pixels(np.sqrt(dist2), 0.0, fwhm / 1.26, 3.0).mean(axis=2)
     for k in range(radii.size - 1):
         out[:, k] = np.bincount(i, weights=light[:, k] * flux[j], minlength=px.size)
     return out
@@ -431,10 +437,11 @@ def ring_levels(sub, rms, segmap, mask, x, y, radii, isolation, wings, n=CONTROL
     np.minimum.at(nearest, i, d2)
     oy, ox = np.mgrid[-reach:reach + 1, -reach:reach + 1]
     r = np.hypot(ox, oy)
-    points = np.flatnonzero(nearest > np.min(isolation) ** 2)
+    first = [np.flatnonzero(nearest > d**2)[:per_ring] for d in isolation]
+    points = np.unique(np.concatenate(first))
     predicted = wings(cx[points].astype(float), cy[points].astype(float))
     for k in range(1, radii.size):
-        chosen = np.flatnonzero(nearest[points] > isolation[k - 1] ** 2)[:per_ring]
+        chosen = np.searchsorted(points, first[k - 1])
         if chosen.size < MIN_CONTROLS:
             if k > 1:
                 fit[k - 1], cov[k - 1], scatter[k - 1] = fit[k - 2], cov[k - 2], scatter[k - 2]
@@ -466,7 +473,7 @@ def _clipped_line(u, v, clip=3.0, n_iter=5):
         normal = design.T @ design
         if not spread:
             normal[1, 1] = 1.0
-        inverse = np.linalg.inv(normal)
+        inverse = np.linalg.pinv(normal)
         coef = inverse @ design.T @ v[keep]
         resid = v - coef[0] - coef[1] * u
         scale = robust_sigma(resid[keep])
