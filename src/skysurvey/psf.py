@@ -450,10 +450,6 @@ def ring_levels(sub, rms, segmap, mask, x, y, radii, isolation, wings, n=CONTROL
     predicted = wings(cx[points].astype(float), cy[points].astype(float))
     for k in range(1, radii.size):
         chosen = np.searchsorted(points, first[k - 1])
-        if chosen.size < MIN_CONTROLS:
-            if k > 1:
-                fit[k - 1], cov[k - 1], scatter[k - 1] = fit[k - 2], cov[k - 2], scatter[k - 2]
-            continue
         ring = (r > radii[k - 1]) & (r <= radii[k])
         c = points[chosen]
         flat = (cy[c, None] + oy[ring]) * nx + cx[c, None] + ox[ring]
@@ -461,11 +457,16 @@ def ring_levels(sub, rms, segmap, mask, x, y, radii, isolation, wings, n=CONTROL
         if mask is not None:
             free &= ~np.take(mask, flat)
         count = free.sum(axis=1)
-        good = count > 0
+        good = count > 0  # a point amid a mask or a large segment has no pixel in the ring
+        if good.sum() < MIN_CONTROLS:  # too few isolated points: the previous ring's level
+            if k > 1:
+                fit[k - 1], cov[k - 1], scatter[k - 1] = fit[k - 2], cov[k - 2], scatter[k - 2]
+            continue
         level = np.sum(np.where(free, np.take(sub, flat), 0.0), axis=1)[good] / count[good]
         fit[k - 1], cov[k - 1], resid2 = _clipped_line(predicted[chosen[good], k - 1], level)
-        noise2 = (np.take(rms, cy[c] * nx + cx[c]) ** 2 if np.ndim(rms) else rms**2) / count
-        scatter[k - 1] = max(resid2 - float(np.median(noise2[good])), 0.0)
+        at = cy[c[good]] * nx + cx[c[good]]
+        noise2 = (np.take(rms, at) ** 2 if np.ndim(rms) else rms**2) / count[good]
+        scatter[k - 1] = max(resid2 - float(np.median(noise2)), 0.0)
     return fit, cov, scatter
 
 
