@@ -248,14 +248,13 @@ class Growth:
         return self.fit[k - 1, 0] + self.fit[k - 1, 1] * self.wings[:, k - 1]
 
 
-def curve_of_growth(sub, rms, segmap, mask, x, y, stars, radius, fwhm, gain=None, nn=None,
-                    flux=None):
+def curve_of_growth(sub, rms, segmap, mask, x, y, stars, radius, fwhm, gain=None, flux=None):
     """The :class:`Growth` of *stars* at :func:`growth_radii` (other sources' pixels left out,
-    noise from the RMS map); *nn* their nearest-neighbour distances (computed if None),
-    *flux* every source's flux (their wings predict the residual level; None: not used)."""
+    noise from the RMS map); *flux* every source's flux (their wings predict the residual
+    level; None: not used)."""
     idx = np.flatnonzero(stars)
     radii = growth_radii(radius, fwhm)
-    nn = nearest_neighbour_distance(x, y, stars) if nn is None else nn
+    nn = nearest_neighbour_distance(x, y, stars)
     own = _own(segmap, mask, idx)
     xs, ys = x[idx], y[idx]
     sums = np.empty((idx.size, radii.size))
@@ -387,9 +386,10 @@ def pairs_within(x, y, px, py, reach):
 def wing_light(px, py, index=None, *, x, y, flux, radii, fwhm):
     """The light per pixel the detected sources (*x*, *y*, *flux*; *index*: the source each
     point is, left out) predict in each ring ``radii[k-1]..radii[k]`` around the points
-    (*px*, *py*): Moffat (beta 3) point sources whose half-light diameter is *fwhm*, at the
-    ring's rms distance, within WING_REACH x *fwhm* beyond the last ring. Shape (points,
-    steps). Only a predictor: :func:`ring_levels` calibrates it on random points."""
+    (*px*, *py*): Moffat (beta 3) point sources whose half-light diameter is *fwhm*, averaged
+    over WING_AZIMUTHS points of the ring's middle circle, from the sources within WING_REACH x
+    *fwhm* beyond the last ring. Shape (points, steps). Only a predictor: :func:`ring_levels`
+    calibrates it on random points."""
     px, py = np.asarray(px, float), np.asarray(py, float)
     out = np.zeros((px.size, radii.size - 1))
     i, j, d2 = pairs_within(x, y, px, py, radii[-1] + WING_REACH * fwhm)
