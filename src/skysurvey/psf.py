@@ -59,7 +59,7 @@ WING_AZIMUTHS = 8
 #: The PSF stars' places may differ from the random points' beyond what the predicted wings
 #: say (clean, unblended stars sit in emptier places): the residual level's error common to a
 #: step's stars is at least this many times one place's scatter about the fit (on crowded
-#: 768²-2048² fields, 25 seeds: pull rms 1.05 with it, 1.5 without).
+#: 768²-2048² fields, 25 seeds: pull rms 1.08 with it, 1.7 without).
 MISMATCH = 0.5
 #: With fewer PSF stars than this, the correction's error is at least its jackknife error
 #: over them (the formal error of a few stars' mean misses their scatter).
