@@ -108,6 +108,18 @@ def test_moffat_tail_is_the_light_beyond_the_last_radius():
     assert tail == pytest.approx(1 - enclosed[-1], rel=0.1)
 
 
+def test_fast_median_is_numpys_bit_for_bit():
+    """psf's median (thousands of small ones per image) equals np.median exactly, odd and
+    even sizes, NaN included."""
+    rng = np.random.default_rng(0)
+    for n in range(1, 41):
+        values = rng.normal(size=n) * 10.0 ** rng.integers(-3, 4)
+        assert psf._median(values) == np.median(values)
+        values[rng.integers(n)] = np.nan
+        assert math.isnan(psf._median(values))
+    assert math.isnan(psf._median(np.array([])))
+
+
 def test_noiseless_moffat_stars_get_the_exact_correction():
     """Isolated beta = 3 stars without noise: the correction is the ratio of the profile's
     light within its rendered stamp to the light within the aperture (exact overlap). The

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 import sep
@@ -82,12 +82,23 @@ class PsfModel:
     concentration_scatter: float  # intrinsic scatter of that ratio among them
 
 
+def _median(values) -> float:
+    """``np.median`` of a 1-d array (NaN if it holds one), without its overhead: the curve of
+    growth's clipped means and fits take thousands of medians of a few dozen values."""
+    ordered = np.sort(values)
+    n = ordered.size
+    if n == 0 or np.isnan(ordered[-1]):
+        return math.nan
+    mid = n // 2
+    return float(ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0)
+
+
 def robust_sigma(values) -> float:
     """1.4826 x the median absolute deviation (the standard deviation for Gaussian data)."""
-    values = np.asarray(values, dtype=float)
+    values = np.asarray(values, dtype=float).ravel()
     if values.size == 0:
         return math.nan
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+    return float(1.4826 * _median(np.abs(values - _median(values))))
 
 
 def stellar_locus(fwhm, candidates, width_dex=0.05):
@@ -180,18 +191,28 @@ def moffat_fit(radii, log_steps, log_errors, fwhm):
     minimises chi-square. Returns ``(model log steps, fraction of the light beyond
     radii[-1])``, or ``(None, 0.0)`` with fewer than two measured steps.
     """
+    log_steps, log_errors = np.asarray(log_steps, float), np.asarray(log_errors, float)
+    ok = np.isfinite(log_steps) & np.isfinite(log_errors) & (log_errors > 0)
+    if ok.sum() < 2:
+        return None, 0.0
+    model, last = _moffat_grid(tuple(np.asarray(radii, float).tolist()), float(fwhm))
+    chi2 = np.sum(((model[..., ok] - log_steps[ok]) / log_errors[ok]) ** 2, axis=-1)
+    i, j = np.unravel_index(int(np.argmin(chi2)), chi2.shape)
+    return model[i, j].copy(), float(1.0 - last[i, j])
+
+
+@lru_cache(maxsize=4)
+def _moffat_grid(radii, fwhm):
+    """:func:`moffat_fit`'s grid of Moffat log steps at *radii* and enclosed fractions at the
+    last one (read-only; cached: the jackknife fits the same grid once per star)."""
     betas = np.geomspace(1.5, 20.0, 60)[:, None, None]
     fwhms = fwhm * np.geomspace(0.6, 1.6, 50)[None, :, None]
     alphas = fwhms / (2.0 * np.sqrt(2.0 ** (1.0 / betas) - 1.0))
     enclosed = moffat_enclosed(np.asarray(radii)[None, None, :], alphas, betas)
     model = np.log(enclosed[..., 1:] / enclosed[..., :-1])
-    log_steps, log_errors = np.asarray(log_steps, float), np.asarray(log_errors, float)
-    ok = np.isfinite(log_steps) & np.isfinite(log_errors) & (log_errors > 0)
-    if ok.sum() < 2:
-        return None, 0.0
-    chi2 = np.sum(((model[..., ok] - log_steps[ok]) / log_errors[ok]) ** 2, axis=-1)
-    i, j = np.unravel_index(int(np.argmin(chi2)), chi2.shape)
-    return model[i, j], float(1.0 - enclosed[i, j, -1])
+    last = enclosed[..., -1]
+    model.flags.writeable = last.flags.writeable = False
+    return model, last
 
 
 def _own(segmap, mask, index):
