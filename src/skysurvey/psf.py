@@ -183,22 +183,32 @@ def moffat_enclosed(r, alpha, beta):
     return 1.0 - (1.0 + (np.asarray(r, float) / alpha) ** 2) ** (1.0 - beta)
 
 
-def moffat_fit(radii, log_steps, log_errors, fwhm):
+def moffat_fit(radii, log_steps, log_errors, fwhm, replaced=None):
     """The Moffat curve of growth that best fits the measured steps.
 
     *log_steps* are the measured ``log(flux(r_k) / flux(r_k-1))`` (NaN where unmeasured);
     the grid search (beta 1.5-20: wide wings to nearly Gaussian; FWHM 0.6-1.6 x *fwhm*)
     minimises chi-square. Returns ``(model log steps, fraction of the light beyond
-    radii[-1])``, or ``(None, 0.0)`` with fewer than two measured steps.
+    radii[-1], spread)``, or ``(None, 0.0, nan)`` with fewer than two measured steps.
+    *spread* is the fit's own uncertainty on the log of the light it supplies (the steps
+    *replaced*, a boolean row, and the tail): half the range of that over the models within
+    chi-square + 1 of the best. Where no step is precise every model fits and it is large
+    (the model's 30% errors alone let a curve of growth whose steps all came out ~0 claim a
+    correction of 1.00001 +- 0.000002).
     """
     log_steps, log_errors = np.asarray(log_steps, float), np.asarray(log_errors, float)
     ok = np.isfinite(log_steps) & np.isfinite(log_errors) & (log_errors > 0)
     if ok.sum() < 2:
-        return None, 0.0
+        return None, 0.0, math.nan
     model, last = _moffat_grid(tuple(np.asarray(radii, float).tolist()), float(fwhm))
     chi2 = np.sum(((model[..., ok] - log_steps[ok]) / log_errors[ok]) ** 2, axis=-1)
     i, j = np.unravel_index(int(np.argmin(chi2)), chi2.shape)
-    return model[i, j].copy(), float(1.0 - last[i, j])
+    supplied = -np.log(last)
+    if replaced is not None:
+        supplied = supplied + np.sum(model[..., np.asarray(replaced, bool)], axis=-1)
+    within = supplied[chi2 <= chi2[i, j] + 1.0]
+    spread = 0.5 * float(within.max() - within.min())
+    return model[i, j].copy(), float(1.0 - last[i, j]), spread
 
 
 @lru_cache(maxsize=4)
@@ -359,17 +369,19 @@ def growth_correction(growth, fwhm):
     # kept; the others (the outer steps of a field with few bright stars, or none at all
     # where crowding leaves no isolated star) come from the Moffat fitted to all the
     # measured steps, which the precise inner ones dominate, with 30% of their size as error
+    # plus the fit's own uncertainty on them (large when no step is precise)
     if not np.isfinite(log_steps).any():
         return math.nan, math.nan, used & False, None
-    model, tail = moffat_fit(radii, log_steps, log_errors, fwhm)
+    noisy = ~np.isfinite(log_steps) | (log_errors > STEP_PRECISION)
+    model, tail, spread = moffat_fit(radii, log_steps, log_errors, fwhm, noisy)
     if model is not None:
-        noisy = ~np.isfinite(log_steps) | (log_errors > STEP_PRECISION)
         log_steps = np.where(noisy, model, log_steps)
         log_errors = np.where(noisy, 0.3 * np.abs(model), log_errors)
     elif not np.isfinite(log_steps).all():  # a single step: no model to go beyond it
         return math.nan, math.nan, used & False, None
     log_corr = float(np.sum(log_steps)) - math.log1p(-tail)
-    var_corr = float(np.sum(log_errors**2)) + (0.3 * tail) ** 2
+    var_corr = (float(np.sum(log_errors**2)) + (0.3 * tail) ** 2
+                + (spread**2 if math.isfinite(spread) else 0.0))
     corr = math.exp(log_corr)
     return corr, corr * math.sqrt(var_corr), used, log_steps
 
