@@ -239,6 +239,19 @@ def test_an_image_without_stars_gets_null_psf_columns():
         30.0, row["bkg_rms"], row["aperture_radius"]))
 
 
+def test_a_tiny_image_without_a_curve_of_growth_keeps_its_seeing():
+    """64²: PSF stars (class_star measured) but no room for the curve of growth's rings, so
+    no correction and no seeing from it; the seeing is then the median FWHM (it was null)."""
+    rng = np.random.default_rng(3)
+    sky = synth.make_sky_sources(rng, 5, 0, 150.1, 2.2, 64 * 0.25 / 7200)
+    sky["mag_r"] = rng.uniform(17.5, 21, len(sky))
+    image = synth.make_image((64, 64), sources=sky, seed=3, fwhm_arcsec=1.0)
+    sources, row = _measure(image)
+    assert sources["class_star"].notna().any()
+    assert row["aperture_correction"] is None
+    assert row["fwhm_arcsec"] == pytest.approx(1.0, rel=0.25)
+
+
 def _resolved(truth, everything, sources, radius):
     """Whether each matched true source is alone in its detection: the other true sources
     (*everything*, detected or not) within *radius* px whose nearest detection is the same

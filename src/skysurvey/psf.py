@@ -943,10 +943,12 @@ def image_columns(model: PsfModel | None, row: dict) -> dict:
     """``aperture_correction(_err)``, ``fwhm_arcsec`` and ``depth_5sigma`` for the ``images``
     row *row* (which holds ``pixel_scale``, ``zero_point``, ``bkg_rms``, ``aperture_radius``).
     Without PSF stars the aperture correction is null and the depth is that of the aperture
-    flux."""
+    flux; without a seeing from them (no curve of growth: too few stars, or an image too small
+    for its rings) the seeing is the sources' median FWHM (``fwhm_median``)."""
     corr = err = fwhm = None
     if model is not None:
-        fwhm = model.fwhm
+        if math.isfinite(model.fwhm):
+            fwhm = model.fwhm
         if math.isfinite(model.aperture_correction):
             corr, err = model.aperture_correction, model.aperture_correction_err
     fwhm = fwhm if fwhm is not None else row.get("fwhm_median")
