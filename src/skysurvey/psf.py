@@ -634,15 +634,11 @@ def concentration(sub, rms, segmap, mask, x, y, fwhm, gain=None, index=None):
 
 
 def close_pairs(x, y, distance):
-    """Every ordered pair ``(i, j)``, ``i != j``, of sources closer than *distance* (numpy
-    only: the sources sorted by x, each against those within *distance* in x)."""
+    """Every ordered pair ``(i, j)``, ``i != j``, of sources closer than *distance*
+    (:func:`pairs_within` of the sources with themselves)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
-    order = np.argsort(x)
-    lo = np.searchsorted(x[order], x - distance)
-    count = np.searchsorted(x[order], x + distance) - lo
-    i = np.repeat(np.arange(x.size), count)
-    j = order[np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())]
-    keep = (i != j) & ((x[i] - x[j]) ** 2 + (y[i] - y[j]) ** 2 < distance**2)
+    i, j, _ = pairs_within(x, y, x, y, distance)
+    keep = i != j
     return i[keep], j[keep]
 
 
