@@ -235,7 +235,7 @@ def test_build_interrupted_during_the_swap_is_finished_by_the_next_run(tmp_path,
     build_objects(str(tmp_path))
     write_image(tmp_path, "n1", *jitter(ra, dec, 1), mjd=61131.1)
 
-    def killed(store, prefix):
+    def killed(store, prefix, listing=None):
         raise KeyboardInterrupt  # the process dies after the _complete marker
     monkeypatch.setattr(obj, "_commit", killed)
     with pytest.raises(KeyboardInterrupt):
@@ -1136,3 +1136,80 @@ def test_a_repair_that_would_move_a_detection_to_a_kept_unit_stops_by_name(tmp_p
     rebuilt = build_objects(str(tmp_path), BuildConfig(unit_order=11, rebuild=True))
     assert rebuilt.status == "ok" and rebuilt.n_objects == len(ra)
     assert_visible_once(tmp_path, rebuilt)
+
+
+def test_a_local_swap_killed_while_deleting_the_previous_tables_is_finished_not_undone(
+        tmp_path, monkeypatch):
+    """The local swap exchanges the staged folder with the table's, then deletes the previous
+    version, which sat at the staged folder's path: killed during that deletion, the next
+    run's recover swapped the half-deleted previous version back in (here: an objects folder
+    emptied, build record included, so the next run built everything again as a first build:
+    with other data, other ids)."""
+    ra, dec = stars(12, seed=34)
+    for k in range(2):
+        write_image(tmp_path, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
+    build_objects(str(tmp_path))
+    ids = set(read(tmp_path, "objects")["object_id"])
+    write_image(tmp_path, "n2", *jitter(ra, dec, 2), mjd=61132.1)
+    real_rmtree = obj.shutil.rmtree
+    staging = tmp_path / obj.STAGING
+
+    def killed_while_deleting(path, *args, **kwargs):
+        path = Path(path)
+        if path.is_dir() and staging in path.parents:  # the previous tables, being deleted
+            for f in path.rglob("*"):
+                if f.is_file():
+                    f.unlink()
+            raise KeyboardInterrupt
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(obj.shutil, "rmtree", killed_while_deleting)
+    with pytest.raises(KeyboardInterrupt):
+        build_objects(str(tmp_path))
+    monkeypatch.setattr(obj.shutil, "rmtree", real_rmtree)
+    report = build_objects(str(tmp_path))
+    assert any("finished the swap" in n for n in report.notes), report.notes
+    assert not any("restored" in n or "record" in n for n in report.notes), report.notes
+    assert report.status == "unchanged"  # the finished swap holds n2 (was: built again)
+    objects = read(tmp_path, "objects")
+    assert set(objects["object_id"]) == ids and (objects["n_detections"] == 3).all()
+    assert_visible_once(tmp_path, report)
+    assert build_objects(str(tmp_path)).status == "unchanged"
+
+
+def test_s3_requests_of_a_first_build_and_a_new_night(tmp_path, moto_server):
+    """The tables are listed once per build (3 LIST) and that listing serves the check
+    against the record, the stray files, the swap's deletions and the dropped-objects count;
+    they were listed again by the swap and by a stray removal after it (12 LIST, was 10
+    before the build record's check)."""
+    from collections import Counter
+
+    import boto3
+
+    from skysurvey import aws
+    from skysurvey.storage import open_store
+
+    ra, dec = stars(16, seed=35, spread_arcsec=100)
+    local = tmp_path / "cat"
+    for k in range(2):
+        write_image(local, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k, size_deg=0.07)
+    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket="cat")
+    store, uri = open_store("s3://cat/survey"), "s3://cat/survey"
+    for p in sorted(local.rglob("*.parquet")):
+        if "n1" not in p.name:
+            store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    calls = Counter()
+    aws.client("s3").meta.events.register(
+        "before-parameter-build.s3", lambda model, params, **kw: calls.update([model.name]))
+    first = build_objects(uri, BuildConfig(unit_order=11))
+    assert first.status == "ok" and first.n_units > 2
+    # LIST: the staging (recover), images, the 3 tables, the staging again (the swap)
+    assert calls["ListObjectsV2"] == 6
+    assert calls["DeleteObject"] == 2  # the lock, the swap marker
+    for p in sorted(local.rglob("n1.parquet")):
+        store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    calls.clear()
+    night = build_objects(uri)
+    assert night.status == "ok" and night.n_new_images == 1
+    assert calls["ListObjectsV2"] == 6 and calls["DeleteObject"] == 2
+    assert_visible_once(uri, night)

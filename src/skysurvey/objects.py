@@ -27,8 +27,9 @@ are swapped in (locally an atomic exchange of directories; on S3 a copy, during 
 may see some units old and some new: a window of seconds, documented in the README). A build
 interrupted before the marker leaves the previous tables untouched and is started over; one
 interrupted after it is finished by the next run. Every reader counts every file of a table's
-folders, so each build (even one with nothing new) ends by deleting the files no build wrote
-(:func:`stray_keys`: a copy beside a unit file, a unit file in another partition's folder).
+folders, so each build over tables of this layout (even one with nothing new) starts by deleting
+the files no build wrote (:func:`stray_keys`: a copy beside a unit file, a unit file in another
+partition's folder); a build that rebuilds every unit swaps in only its own files.
 One build runs at a time per catalog (:func:`build_lock`): a second one would take the first's
 staging folder for an interrupted build and discard it.
 
@@ -1309,7 +1310,11 @@ def replace_dir(new: Path, target: Path, old: Path) -> None:
         new.rename(target)
         return
     if _exchange(new, target):
-        shutil.rmtree(new, ignore_errors=True)  # now the previous version
+        # *new* now holds the previous version: renamed first (one syscall), so a process
+        # killed while it is deleted leaves nothing at *new* that a retry would swap back in
+        shutil.rmtree(old, ignore_errors=True)
+        new.rename(old)
+        shutil.rmtree(old, ignore_errors=True)
         return
     shutil.rmtree(old, ignore_errors=True)
     target.rename(old)
@@ -1317,8 +1322,10 @@ def replace_dir(new: Path, target: Path, old: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _commit(store, prefix: str) -> None:
-    """Swap the staged tables in, table by table; idempotent (safe to redo after a crash)."""
+def _commit(store, prefix: str, listing: dict[str, int] | None = None) -> None:
+    """Swap the staged tables in, table by table; idempotent (safe to redo after a crash).
+    On S3, *listing* (:func:`table_listing`, taken under the build lock) gives the current
+    files, else the tables are listed."""
     if isinstance(store, LocalStore):
         staged = store.root / prefix
         for table in TABLES:
@@ -1330,8 +1337,7 @@ def _commit(store, prefix: str) -> None:
             staged.parent.rmdir()  # only when no other build is staged
         return
     complete = store.read_bytes(f"{prefix}/_complete")
-    touched = json.loads(complete or b"{}").get("touched")  # an incremental build rewrote
-    # only these units
+    touched = json.loads(complete or b"{}").get("touched")  # None: every unit was rebuilt
     # listed with store.list, not _list: a failed listing must stop here, not look empty and
     # let the loop below delete the current tables
     staged = [i for i in store.list(f"{prefix}/") if not i.key.endswith("/_complete")]
@@ -1342,12 +1348,13 @@ def _commit(store, prefix: str) -> None:
     for info in staged:  # the window: readers may see some units old, some new
         # server-side copy (one CopyObject each; content type and sha256 metadata come along)
         store.copy(info.key, info.key[len(prefix) + 1:], size=info.size)
-    for table in TABLES:
-        for key in _list(store, f"{table}/"):
-            unit = unit_of_key(key)
-            if key != SWAP_KEY and key not in new_keys and (
-                    touched is None or unit is None or unit in touched):
-                store.delete(key)
+    current = list(listing) if listing is not None else [
+        k for t in TABLES for k in _list(store, f"{t}/")]
+    for key in current:
+        unit = unit_of_key(key)
+        if key != SWAP_KEY and key not in new_keys and (
+                touched is None or unit is None or unit in touched):
+            store.delete(key)
     store.delete(SWAP_KEY)
     store.clear(f"{prefix}/")
 
@@ -1363,13 +1370,19 @@ def unit_of_key(key: str) -> int | None:
         return None
 
 
-def _orphan_objects(store, units: set[int]) -> int:
-    """Objects in the current tables' unit files outside *units* (the build drops them)."""
+def _orphan_objects(store, units: set[int], state: dict | None,
+                   listing: dict[str, int]) -> int:
+    """Objects in the current tables' unit files (*listing*) outside *units* (the build drops
+    them): the rows *state* records, else read from the file's footer."""
+    recorded = (state or {}).get("files") or {}
     n = 0
-    for key in _list(store, "objects/"):
+    for key in listing:
         unit = unit_of_key(key)
-        if unit is not None and unit not in units and not key.rsplit("/", 1)[-1].startswith("_"):
-            n += pq.ParquetFile(pa.BufferReader(store.read_bytes(key))).metadata.num_rows
+        if (key.startswith("objects/") and unit is not None and unit not in units
+                and not key.rsplit("/", 1)[-1].startswith("_")):
+            rows = recorded.get(key, {}).get("rows")
+            n += rows if rows is not None else pq.ParquetFile(
+                pa.BufferReader(store.read_bytes(key))).metadata.num_rows
     return n
 
 
@@ -1542,11 +1555,9 @@ def repair(catalog: str, store, usable: list[dict], changes: Changes, listing: d
         report.n_dropped_objects += dropped
         report.notes.append(f"{dropped} object(s) of the restored units found no detection "
                             "again and were dropped")
-    files = {k: v for k, v in recorded_files(changes.state, listing).items()
-             if unit_of_key(k) not in touched}
-    files.update(_written_files(store, plan.staging, replies))
+    files = _files_after(store, plan.staging, changes.state, listing, touched, replies)
     state = {**changes.state, "files": files, **_totals(store, files)}
-    stage_and_commit(store, plan.staging, state, touched)
+    stage_and_commit(store, plan.staging, state, touched, listing)
     report.n_units += len(plan.tasks)
     report.unit_order = plan.unit_order
     report.partitions = sorted({partition_of(u, plan.unit_order) for u in touched})
@@ -1625,13 +1636,11 @@ def _open_catalog(catalog: str):
 
 
 def classify_changes(catalog: str, store, images: list[dict], config: BuildConfig,
-                     listing: dict[str, int] | None = None) -> Changes:
+                     listing: dict[str, int]) -> Changes:
     """New, reprocessed and removed images since the last build (ObjectsError: radius differs).
-    *listing*: the tables' files (:func:`table_listing`), else ``objects/`` is listed."""
+    *listing*: the tables' files (:func:`table_listing`)."""
     state = None if config.rebuild else _load_state(store)
-    found = (any(k.startswith("objects/") for k in listing) if listing is not None
-             else bool(_list(store, "objects/")))
-    has_tables = found and not config.rebuild
+    has_tables = any(k.startswith("objects/") for k in listing) and not config.rebuild
     notes = []
     if has_tables and state is None:
         notes.append("objects table without a build record (an older version): its "
@@ -1706,25 +1715,12 @@ def plan_units(catalog: str, images: list[dict], usable: list[dict], changes: Ch
                config: BuildConfig) -> BuildPlan:
     """The unit tasks of this build, writing under a new staging prefix."""
     unit_order = _unit_order(catalog, images, usable, changes, config)
-    mo = margin_order(config.margin_arcsec)
-    bands = sorted({r["band"] or "unknown" for r in images})
-    nights = sorted({r["night"] for r in images if r["night"] and r["night"] != "unknown"})
     new_set = set(changes.new)
     # only the new images on the fast path
     scan = [r for r in usable if r["image_id"] in new_set] if changes.fast else usable
-    per_unit = _unit_images(scan, unit_order, mo, bands, new_set, new_set | set(changes.redone))
-    staging = _new_staging()
-    tasks = [UnitTask(catalog=catalog, staging=staging, unit=u, unit_order=unit_order,
-                      radius_arcsec=config.radius_arcsec, margin_order=mo, floor=config.floor,
-                      false_alarm=config.false_alarm, images=imgs, nights=nights, bands=bands,
-                      existing_layout=changes.layout_ok,
-                      rebuild=config.rebuild or not changes.has_tables, fast=changes.fast)
-             for u, imgs in sorted(per_unit.items())]
-    return BuildPlan(unit_order, staging, tasks)
-
-
-def _new_staging() -> str:
-    return f"{STAGING}/{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    return _plan(catalog, config, unit_order, images, scan, new_set,
+                 new_set | set(changes.redone), existing_layout=changes.layout_ok,
+                 rebuild=config.rebuild or not changes.has_tables, fast=changes.fast)
 
 
 def plan_repair(catalog: str, usable: list[dict], changes: Changes, damage: Damage,
@@ -1733,19 +1729,28 @@ def plan_repair(catalog: str, usable: list[dict], changes: Changes, damage: Dama
     the images the last build associated (those unchanged since; the next phase of the build
     does the others), reading the kept associations around them but not the damaged files."""
     state = changes.state
-    unit_order, mo = state["unit_order"], margin_order(config.margin_arcsec)
     seen = state.get("images", {})
     done = [r for r in usable if seen.get(r["image_id"]) == changes.current[r["image_id"]]]
-    bands = sorted({r["band"] or "unknown" for r in done})
-    nights = sorted({r["night"] for r in done if r["night"] and r["night"] != "unknown"})
-    units = damage.units
-    per_unit = _unit_images(done, unit_order, mo, bands, set(), set())
-    staging = _new_staging()
+    return _plan(catalog, config, state["unit_order"], done, done, set(), set(),
+                 units=damage.units, existing_layout=True, repair=sorted(damage.units),
+                 skip=damage.keys)
+
+
+def _plan(catalog: str, config: BuildConfig, unit_order: int, images: list[dict],
+          scan: list[dict], new_set: set[str], redo_set: set[str],
+          units: set[int] | None = None, **flags) -> BuildPlan:
+    """One task per unit the images of *scan* touch (only *units*, when given), its bands
+    and nights those of *images*; *flags*: the remaining :class:`UnitTask` fields."""
+    mo = margin_order(config.margin_arcsec)
+    bands = sorted({r["band"] or "unknown" for r in images})
+    nights = sorted({r["night"] for r in images if r["night"] and r["night"] != "unknown"})
+    per_unit = _unit_images(scan, unit_order, mo, bands, new_set, redo_set)
+    staging = f"{STAGING}/{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     tasks = [UnitTask(catalog=catalog, staging=staging, unit=u, unit_order=unit_order,
                       radius_arcsec=config.radius_arcsec, margin_order=mo, floor=config.floor,
                       false_alarm=config.false_alarm, images=imgs, nights=nights, bands=bands,
-                      existing_layout=True, repair=sorted(units), skip=damage.keys)
-             for u, imgs in sorted(per_unit.items()) if u in units]
+                      **flags)
+             for u, imgs in sorted(per_unit.items()) if units is None or u in units]
     return BuildPlan(unit_order, staging, tasks)
 
 
@@ -1775,11 +1780,7 @@ def commit_build(store, plan: BuildPlan, changes: Changes, config: BuildConfig,
     (the units not rebuilt, locally), mark them complete and swap them in. Returns the objects
     dropped with units no image covers any more (a full build over kept tables)."""
     touched = {t.unit for t in plan.tasks} if changes.fast else None
-    files = {}
-    if changes.fast:  # the units not rebuilt keep their files
-        files = {k: v for k, v in recorded_files(changes.state, listing).items()
-                 if unit_of_key(k) not in touched}
-    files.update(_written_files(store, plan.staging, replies))
+    files = _files_after(store, plan.staging, changes.state, listing, touched, replies)
     new_state = {"layout": LAYOUT, "version": __version__, "radius_arcsec": config.radius_arcsec,
                  "unit_order": plan.unit_order, "floor": config.floor,
                  "n_objects": report.n_objects, "n_associations": report.n_associations,
@@ -1787,15 +1788,17 @@ def commit_build(store, plan: BuildPlan, changes: Changes, config: BuildConfig,
     dropped = 0
     if not changes.fast and changes.has_tables:  # units no image covers any more (all
         # removed): their objects go, counted (not on --rebuild: it starts over)
-        dropped = _orphan_objects(store, {t.unit for t in plan.tasks})
-    stage_and_commit(store, plan.staging, new_state, touched)
+        dropped = _orphan_objects(store, {t.unit for t in plan.tasks}, changes.state, listing)
+    stage_and_commit(store, plan.staging, new_state, touched, listing)
     return dropped
 
 
-def stage_and_commit(store, staging: str, state: dict, touched: set[int] | None) -> None:
+def stage_and_commit(store, staging: str, state: dict, touched: set[int] | None,
+                     listing: dict[str, int]) -> None:
     """Write the build record into *staging*, complete the staged tables with the files of the
     units not in *touched* (None: every unit was rebuilt; locally hard links, on S3 they stay
-    where they are), mark them complete and swap them in."""
+    where they are), mark them complete and swap them in (*listing*: the current files,
+    :func:`table_listing`)."""
     store.write_bytes(f"{staging}/{STATE_KEY}", json.dumps(state, indent=1).encode())
     if touched is not None:
         _carry_over(store, staging, touched)
@@ -1804,7 +1807,16 @@ def stage_and_commit(store, staging: str, state: dict, touched: set[int] | None)
             (store.root / staging / table).mkdir(parents=True, exist_ok=True)
     marker = {"touched": None if touched is None else sorted(touched)}
     store.write_bytes(f"{staging}/_complete", json.dumps(marker).encode())
-    _commit(store, staging)
+    _commit(store, staging, listing)
+
+
+def _files_after(store, staging: str, state: dict | None, listing: dict[str, int],
+                 touched: set[int] | None, replies: list[dict]) -> dict[str, dict]:
+    """The new build record's file list: the files *state* recorded of the units not in
+    *touched* (None: no unit is kept), and those the units wrote."""
+    kept = {} if touched is None else {k: v for k, v in recorded_files(state, listing).items()
+                                       if unit_of_key(k) not in touched}
+    return {**kept, **_written_files(store, staging, replies)}
 
 
 def _written_files(store, staging: str, replies: list[dict]) -> dict[str, dict]:
@@ -1929,7 +1941,6 @@ def _build(catalog: str, store, config: BuildConfig, runner) -> BuildReport:
                                 *(partition_of(t.unit, plan.unit_order) for t in plan.tasks)})
     report.n_dropped_objects += commit_build(store, plan, changes, config, report, replies,
                                              listing)
-    report.notes += remove_strays(store, plan.unit_order)  # e.g. carried over with the units
     if report.n_dropped_objects > restored_dropped:
         report.notes.append(f"{report.n_dropped_objects - restored_dropped} object(s) lost all "
                             "their detections (reprocessed or removed images) and were dropped")
