@@ -269,11 +269,6 @@ class Growth:
     cov: np.ndarray  # (steps, 2, 2)
     scatter: np.ndarray  # (steps,)
 
-    def rows(self, keep):
-        """The same curve for the stars *keep* only (a jackknife sample)."""
-        return Growth(self.radii, self.flux[keep], self.var[keep], self.areas[keep],
-                      self.nn[keep], self.wings[keep], self.fit, self.cov, self.scatter)
-
     def level(self, k):
         """Each star's residual level per pixel in the ring of step *k* (1..)."""
         return self.fit[k - 1, 0] + self.fit[k - 1, 1] * self.wings[:, k - 1]
@@ -318,27 +313,22 @@ def correction_with_error(growth, fwhm):
     """``(correction, error, stars used, log steps)`` of :func:`growth_correction`; with fewer
     than JACKKNIFE_BELOW stars the error is at least the jackknife error over them: on
     256²-384² fields with 4-14 PSF stars the formal error alone was 2x too small."""
-    corr, corr_err, used, steps = growth_correction(growth, fwhm)
+    terms = _step_terms(growth, fwhm)
+    corr, corr_err, used, steps = growth_correction(growth, fwhm, terms)
     if not math.isfinite(corr):
         return corr, corr_err, 0, steps
     if used.sum() < JACKKNIFE_BELOW:
-        corr_err = max(corr_err, _jackknife_error(growth, fwhm, used))
+        corr_err = max(corr_err, _jackknife_error(growth, fwhm, terms, used))
     return corr, corr_err, int(used.sum()), steps
 
 
-def growth_correction(growth, fwhm):
-    """The aperture correction from the curve of growth of the stars (a :class:`Growth`).
-
-    Step ``r_k-1 -> r_k`` is the clipped inverse-variance mean of ``flux(r_k) / flux(r_k-1)``
-    over the stars with no detected source within ``r_k + fwhm``, each sum less each star's
-    residual level of that step's ring times its pixels; the level's error, common to all the
-    stars, is added to the step's. Returns ``(correction, error, stars used (a boolean row
-    mask), log steps)``; ``(nan, nan, none, None)`` when no step can be measured.
-    """
+def _step_terms(growth, fwhm):
+    """Each step's terms for :func:`growth_correction` (None where fewer than MIN_PSF_STARS
+    stars measure it): the stars (row numbers), their ``flux(r_k) / flux(r_k-1)`` less the
+    residual level, its error, their ring's pixels and inner flux, and the wings predicted
+    in the ring. Computed once for the jackknife's samples."""
     radii, flux, var, areas, nn = growth.radii, growth.flux, growth.var, growth.areas, growth.nn
-    log_steps = np.full(radii.size - 1, np.nan)
-    log_errors = np.full(radii.size - 1, np.nan)
-    used = np.zeros(flux.shape[0], bool)
+    terms = []
     for k in range(1, radii.size):
         level = growth.level(k)
         inner = flux[:, k - 1] - level * areas[:, k - 1]
@@ -346,16 +336,46 @@ def growth_correction(growth, fwhm):
         ring = flux[:, k] - flux[:, k - 1] - level * ring_area
         ok = (nn > radii[k] + fwhm) & (inner > 0) & np.isfinite(ring)
         if ok.sum() < MIN_PSF_STARS:
+            terms.append(None)
             continue
         # each star's own place adds its scatter about the level to its ring's pixel noise
         ring_var = np.maximum(var[ok, k] - var[ok, k - 1], 0.0) + (growth.scatter[k - 1]
                                                                    * ring_area[ok] ** 2)
         err = np.maximum(np.sqrt(ring_var) / inner[ok], 1e-4)
-        mean, mean_err, n = _weighted_clipped_mean(1.0 + ring[ok] / inner[ok], err)
+        terms.append((np.flatnonzero(ok), 1.0 + ring[ok] / inner[ok], err, ring_area[ok],
+                      inner[ok], growth.wings[ok, k - 1]))
+    return terms
+
+
+def growth_correction(growth, fwhm, terms=None, drop=None):
+    """The aperture correction from the curve of growth of the stars (a :class:`Growth`).
+
+    Step ``r_k-1 -> r_k`` is the clipped inverse-variance mean of ``flux(r_k) / flux(r_k-1)``
+    over the stars with no detected source within ``r_k + fwhm``, each sum less each star's
+    residual level of that step's ring times its pixels; the level's error, common to all the
+    stars, is added to the step's. *terms*: :func:`_step_terms` (computed if None); *drop*: a
+    star (row number) left out. Returns ``(correction, error, stars used (a boolean row
+    mask), log steps)``; ``(nan, nan, none, None)`` when no step can be measured.
+    """
+    radii = growth.radii
+    terms = _step_terms(growth, fwhm) if terms is None else terms
+    log_steps = np.full(radii.size - 1, np.nan)
+    log_errors = np.full(radii.size - 1, np.nan)
+    used = np.zeros(growth.flux.shape[0], bool)
+    for k, term in enumerate(terms, start=1):
+        if term is None:
+            continue
+        if drop is not None:
+            keep = term[0] != drop
+            if keep.sum() < MIN_PSF_STARS:
+                continue
+            term = tuple(a[keep] for a in term)
+        rows, values, err, ring_area, inner, wings = term
+        mean, mean_err, n = _weighted_clipped_mean(values, err)
         if n >= MIN_PSF_STARS and mean > 0:
             # the level's error moves every star's step by its ring's pixels / inner flux
-            w = err**-2 * ring_area[ok] / inner[ok]
-            g = np.array([np.sum(w), np.sum(w * growth.wings[ok, k - 1])]) / np.sum(err**-2)
+            w = err**-2 * ring_area / inner
+            g = np.array([np.sum(w), np.sum(w * wings)]) / np.sum(err**-2)
             # and the stars' places may differ from the random points' (MISMATCH)
             common = (float(g @ growth.cov[k - 1] @ g)
                       + (MISMATCH * g[0]) ** 2 * growth.scatter[k - 1])
@@ -364,7 +384,7 @@ def growth_correction(growth, fwhm):
             # residual level or a neighbour's masked pixels: the curve has converged
             log_steps[k - 1] = math.log(max(mean, 1.0))
             log_errors[k - 1] = mean_err / mean
-            used |= ok
+            used[rows] = True
     # DAOGROW's blend of data and model: a step measured to better than STEP_PRECISION is
     # kept; the others (the outer steps of a field with few bright stars, or none at all
     # where crowding leaves no isolated star) come from the Moffat fitted to all the
@@ -386,13 +406,12 @@ def growth_correction(growth, fwhm):
     return corr, corr * math.sqrt(var_corr), used, log_steps
 
 
-def _jackknife_error(growth, fwhm, used):
-    """Jackknife standard error of :func:`growth_correction` over the *used* stars."""
+def _jackknife_error(growth, fwhm, terms, used):
+    """Jackknife standard error of :func:`growth_correction` (its *terms*) over the *used*
+    stars."""
     values = []
     for i in np.flatnonzero(used):
-        keep = np.ones(growth.flux.shape[0], bool)
-        keep[i] = False
-        value = growth_correction(growth.rows(keep), fwhm)[0]
+        value = growth_correction(growth, fwhm, terms, drop=i)[0]
         if math.isfinite(value):
             values.append(value)
     n = len(values)
