@@ -1213,3 +1213,40 @@ def test_s3_requests_of_a_first_build_and_a_new_night(tmp_path, moto_server):
     assert night.status == "ok" and night.n_new_images == 1
     assert calls["ListObjectsV2"] == 6 and calls["DeleteObject"] == 2
     assert_visible_once(uri, night)
+
+
+def test_a_repair_while_an_image_was_reprocessed_keeps_the_ids_of_its_objects(tmp_path):
+    """A unit's associations file lost while image n1 was reprocessed (same sources, another
+    processed_at). The repair read only the images unchanged since the last build: a transient
+    seen in n1 alone found no detection and was dropped, then the next phase created it again
+    under another id (the sequence of its order-13 pixel had moved on: a later object there)."""
+    ra, dec = stars(30, seed=30, spread_arcsec=150)
+    t_ra, t_dec = RA0 + 0.001, DEC0 + 0.001  # the transient (n1), a later object 5" away (n2)
+    late_ra, late_dec = t_ra + 5 / 3600, t_dec
+    assert obj.healpix([late_ra], [late_dec], obj.ID_ORDER) == obj.healpix(
+        [t_ra], [t_dec], obj.ID_ORDER)
+
+    def night(k: int, processed: str = "2026-05-01") -> None:
+        r, d = jitter(ra, dec, k)
+        if k == 1:
+            r, d = np.r_[r, t_ra], np.r_[d, t_dec]
+        if k == 2:
+            r, d = np.r_[r, late_ra], np.r_[d, late_dec]
+        write_image(tmp_path, f"n{k}", r, d, mjd=61130.1 + k, size_deg=0.1, processed=processed)
+
+    for k in range(3):
+        night(k)
+    built = build_objects(str(tmp_path), BuildConfig(unit_order=11))
+    assert built.n_objects == 32
+    before = read(tmp_path, "objects")
+    night(1, processed="2026-06-01")  # reprocessed
+    unit = obj.healpix([t_ra], [t_dec], 11)[0]
+    (tmp_path / obj.unit_key("associations", int(unit), 11)).unlink()
+    report = build_objects(str(tmp_path))
+    assert report.status == "ok" and report.n_redone_images == 1
+    assert any(n.startswith("restored 1 unit") for n in report.notes), report.notes
+    assert report.n_new_objects == 0 and report.n_dropped_objects == 0, report.notes
+    after = read(tmp_path, "objects")
+    assert set(after["object_id"]) == set(before["object_id"])
+    assert_visible_once(tmp_path, report)
+    assert report.n_objects == 32 and report.n_associations == 92

@@ -36,12 +36,13 @@ staging folder for an interrupted build and discard it.
 The build record (``objects/_build.json``) lists every unit file the build committed (size,
 SHA-256, rows). Every build, even one with nothing new, first compares the tables' listing with
 it (:func:`check_tables`: sizes, free with the listing; SHA-256 with ``verify``): a unit whose
-files are missing, of another size, or not written by the last build (and, on S3, every unit a
-swap was replacing when it stopped with its staging gone: :data:`SWAP_KEY`) is rebuilt from the
-sources before anything else (:func:`repair`: the images of the record, the kept associations
-around it, not the damaged files; its object ids come back from its associations), and a note
-names the files. When they cannot be rebuilt (a sources file gone too) the build stops with one
-line naming them, and changes nothing.
+files are missing, of another size, or not written by the last build (and, on S3, among the
+units a swap was replacing when it stopped with its staging gone, :data:`SWAP_KEY`, those whose
+files' SHA-256 differ from the record) is rebuilt from the sources before anything else
+(:func:`repair`: the images of the record, the kept associations around it, not the damaged
+files; its object ids come back from its associations), and a note names the files. When they
+cannot be rebuilt (a sources file gone too) the build stops with one line naming them, and
+changes nothing.
 
 Object ids: ``(order-13 pixel of the object's position when it was created) << 33 | sequence``,
 so a unit allocates ids without asking anybody, and they stay unique across units and runs.
@@ -815,8 +816,9 @@ def run_unit(task: UnitTask, store=None) -> dict:
     if dropped:
         old_pix = healpix(old_ra, old_dec, task.unit_order)
         dropped_own = int(((~alive[:n_old]) & (old_pix == task.unit)).sum())
-    if task.repair:
-        _check_relinked(task, det.obj[todo], own, objects)
+    if task.repair:  # (a redone image's detections: the next phase redoes every unit)
+        redone = np.array([img["redo"] for img in task.images], bool)
+        _check_relinked(task, det.obj[todo[~redone[det.image[todo]]]], own, objects)
     files = _write_unit(store, task, objects, phot, det, ids, own, stats)
     return {"status": "ok", "unit": task.unit, "unit_order": task.unit_order,
             "n_objects": int(own.sum()), "n_new_objects": len(new_owned),
@@ -829,15 +831,16 @@ def run_unit(task: UnitTask, store=None) -> dict:
 def _lost_objects(det: Detections, images: list[dict], ids: np.ndarray, ra: np.ndarray,
                   dec: np.ndarray, assoc: pa.Table):
     """The objects that associations name but no objects file holds (their file was lost):
-    appended to (ids, ra, dec), each at the weighted mean of its linked detections, so the
-    links are kept and the ids too."""
+    appended to (ids, ra, dec), each at the weighted mean of its linked detections (of images
+    not redone: a reprocessed image's source ids name other sources), so the links are kept
+    and the ids too."""
     import pyarrow.compute as pc
 
     a_obj = assoc["object_id"].to_numpy(zero_copy_only=False)
     lost = ~np.isin(a_obj, ids)
     if not lost.any() or not len(det):
         return ids, ra, dec
-    names = pa.array([img["image_id"] for img in images], pa.string())
+    names = pa.array([None if img["redo"] else img["image_id"] for img in images], pa.string())
     a_img = pc.index_in(assoc["image_id"], value_set=names).fill_null(-1).to_numpy(
         zero_copy_only=False).astype(np.int64)[lost]
     a_src = assoc["source_id"].to_numpy(zero_copy_only=False).astype(np.int64)[lost]
@@ -1726,12 +1729,16 @@ def plan_units(catalog: str, images: list[dict], usable: list[dict], changes: Ch
 def plan_repair(catalog: str, usable: list[dict], changes: Changes, damage: Damage,
                 config: BuildConfig) -> BuildPlan:
     """Unit tasks that rebuild the damaged units (:func:`check_tables`) from the sources of
-    the images the last build associated (those unchanged since; the next phase of the build
-    does the others), reading the kept associations around them but not the damaged files."""
+    the images the last build associated, reading the kept associations around them but not
+    the damaged files. An image reprocessed since is matched again (``redo``: its objects keep
+    their ids) and the next phase of the build redoes it everywhere; new images are left to
+    that phase."""
     state = changes.state
     seen = state.get("images", {})
-    done = [r for r in usable if seen.get(r["image_id"]) == changes.current[r["image_id"]]]
-    return _plan(catalog, config, state["unit_order"], done, done, set(), set(),
+    known = [r for r in usable if r["image_id"] in seen]
+    redone = {r["image_id"] for r in known
+              if seen[r["image_id"]] != changes.current[r["image_id"]]}
+    return _plan(catalog, config, state["unit_order"], known, known, set(), redone,
                  units=damage.units, existing_layout=True, repair=sorted(damage.units),
                  skip=damage.keys)
 
