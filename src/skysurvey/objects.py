@@ -1907,21 +1907,13 @@ def _build(catalog: str, store, config: BuildConfig, runner) -> BuildReport:
     report.notes += _input_notes(images, usable)
     n_notes, restored = len(report.notes), False
     if changes.layout_ok and changes.has_tables:  # the tables against the last build's record
-        report.notes += remove_strays(store, changes.state["unit_order"], listing)
-        damage = check_tables(store, changes.state, listing, verify=config.verify)
-        if damage:
-            if not repair(catalog, store, usable, changes, listing, damage, config, run, report):
-                report.seconds = time.perf_counter() - start
-                return report
-            restored = True
-            listing = table_listing(store)
-            changes = classify_changes(catalog, store, images, config, listing)
-        elif damage.swap:  # its files are all as recorded: only the marker is left
-            store.delete(SWAP_KEY)
-            report.notes.append("a swap of staged files did not finish, but every file is as "
-                                "the build record lists: removed its marker")
-        elif "files" not in changes.state and changes.unchanged:
-            report.notes.append(record_files(store, changes.state, listing))
+        checked = _check_and_repair(catalog, store, images, usable, changes, listing, config,
+                                    run, report)
+        if checked is None:
+            report.seconds = time.perf_counter() - start
+            return report
+        restored = checked[0] is not changes  # (classified again after a repair)
+        changes, listing = checked
     report.n_new_images, report.n_redone_images = len(changes.new), len(changes.redone)
     report.n_removed_images = len(changes.removed)
     if changes.unchanged:
@@ -1953,6 +1945,28 @@ def _build(catalog: str, store, config: BuildConfig, runner) -> BuildReport:
                             "their detections (reprocessed or removed images) and were dropped")
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _check_and_repair(catalog: str, store, images: list[dict], usable: list[dict],
+                      changes: Changes, listing: dict[str, int], config: BuildConfig, run,
+                      report: BuildReport) -> tuple[Changes, dict[str, int]] | None:
+    """Remove the stray files, check the tables against the build record and rebuild the
+    damaged units (:func:`repair`); notes go to *report*. The changes and the listing to build
+    on from here, or None when the damage could not be repaired (*report* says why)."""
+    report.notes += remove_strays(store, changes.state["unit_order"], listing)
+    damage = check_tables(store, changes.state, listing, verify=config.verify)
+    if damage:
+        if not repair(catalog, store, usable, changes, listing, damage, config, run, report):
+            return None
+        listing = table_listing(store)
+        return classify_changes(catalog, store, images, config, listing), listing
+    if damage.swap:  # its files are all as recorded: only the marker is left
+        store.delete(SWAP_KEY)
+        report.notes.append("a swap of staged files did not finish, but every file is as the "
+                            "build record lists: removed its marker")
+    elif "files" not in changes.state and changes.unchanged:
+        report.notes.append(record_files(store, changes.state, listing))
+    return changes, listing
 
 
 def _uncovered(replies: list[dict]) -> list[dict]:
