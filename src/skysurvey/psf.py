@@ -73,7 +73,8 @@ NEIGHBOUR_REACH = 3.0
 class PsfModel:
     """What the image's stars say about its PSF."""
 
-    fwhm: float  # pixels, the PSF's FWHM (Moffat fit to the stars' curve of growth)
+    fwhm: float  # pixels: the stars' half-light diameter turned into a FWHM by the Moffat beta
+    #              of their curve of growth (:func:`seeing_moffat`); NaN without one
     n_stars: int  # PSF stars (bright, clean, on the stellar locus)
     aperture_correction: float  # total flux / flux in the catalog's aperture, point sources
     aperture_correction_err: float
@@ -106,9 +107,8 @@ def stellar_locus(fwhm, candidates, width_dex=0.05):
 
     Stars share one FWHM (the PSF's), galaxies and blends are spread above it; the smallest
     window of +-*width_dex* holding at least half as many candidates as the densest one is
-    the locus, then refined
-    by three clipped medians. Returns ``(fwhm, robust scatter in dex, members)``, or
-    ``(nan, nan, all-False)`` when fewer than MIN_PSF_STARS candidates.
+    the locus, then refined by three clipped medians. Returns ``(fwhm, robust scatter in
+    dex, members)``, or ``(nan, nan, all-False)`` when fewer than MIN_PSF_STARS candidates.
     """
     fwhm = np.asarray(fwhm, dtype=float)
     ok = np.asarray(candidates, bool) & np.isfinite(fwhm) & (fwhm > 0)
@@ -318,7 +318,9 @@ def correction_with_error(growth, fwhm):
     if not math.isfinite(corr):
         return corr, corr_err, 0, steps
     if used.sum() < JACKKNIFE_BELOW:
-        corr_err = max(corr_err, _jackknife_error(growth, fwhm, terms, used))
+        jackknife = _jackknife_error(growth, fwhm, terms, used)  # NaN: too few samples
+        if math.isfinite(jackknife):
+            corr_err = max(corr_err, jackknife)
     return corr, corr_err, int(used.sum()), steps
 
 
