@@ -670,15 +670,15 @@ class UnitTask:
         return {"task": "objects_unit", **fields}
 
 
+#: what a unit reads of the existing objects and associations around it
+EXISTING_OBJECTS = pa.schema([("object_id", pa.int64()), ("ra", pa.float64()),
+                              ("dec", pa.float64())])
+EXISTING_ASSOCIATIONS = pa.schema([("image_id", pa.string()), ("source_id", pa.int32()),
+                                   ("object_id", pa.int64())])
+
+
 def _empty_existing():
-    return (np.zeros(0, np.int64), np.zeros(0), np.zeros(0),
-            pa.table({"image_id": pa.array([], pa.string()), "source_id": pa.array([], pa.int32()),
-                      "object_id": pa.array([], pa.int64())}))
-
-
-def _empty_existing_objects() -> pa.Table:
-    return pa.table({"object_id": pa.array([], pa.int64()), "ra": pa.array([], pa.float64()),
-                     "dec": pa.array([], pa.float64())})
+    return (np.zeros(0, np.int64), np.zeros(0), np.zeros(0), EXISTING_ASSOCIATIONS.empty_table())
 
 
 def _read_existing(store, task: UnitTask):
@@ -709,19 +709,16 @@ def _read_existing(store, task: UnitTask):
                 assocs.append(read_parquet(store, info, ["image_id", "source_id", "object_id"]))
     if not objs and not assocs:
         return _empty_existing()
-    objs = objs or [_empty_existing_objects()]
-    o = pa.concat_tables([t.cast(pa.schema([("object_id", pa.int64()), ("ra", pa.float64()),
-                                            ("dec", pa.float64())])) for t in objs])
+    o = pa.concat_tables([EXISTING_OBJECTS.empty_table(),
+                          *(t.cast(EXISTING_OBJECTS) for t in objs)])
     ids = o["object_id"].to_numpy()
     ra, dec = _floats(o, "ra"), _floats(o, "dec")
     ok = np.isfinite(ra) & np.isfinite(dec)
     if not task.existing_layout:  # whole table read: keep what lies around the unit
         fine = healpix(ra[ok], dec[ok], task.margin_order)
         ok[ok] = in_region(fine, task.margin_order, task.unit, task.unit_order)
-    a = (pa.concat_tables([t.cast(pa.schema([("image_id", pa.string()),
-                                             ("source_id", pa.int32()),
-                                             ("object_id", pa.int64())])) for t in assocs])
-         if assocs else _empty_existing()[3])
+    a = pa.concat_tables([EXISTING_ASSOCIATIONS.empty_table(),
+                          *(t.cast(EXISTING_ASSOCIATIONS) for t in assocs)])
     return ids[ok], ra[ok], dec[ok], a
 
 
