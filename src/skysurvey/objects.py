@@ -376,16 +376,20 @@ def associate(det: Detections, obj_ra: np.ndarray, obj_dec: np.ndarray, centre, 
     index.add(0, ox, oy)
     n_obj = n_old
     images = det.image[order]
-    # an object that keeps a detection of an image takes no other source of it
-    taken = sorted_unique(det.image[kept] * (1 << 32) + result[kept]) if kept.any() else None
+    # an object that keeps a detection of an image takes no other source of it: (image,
+    # object) pairs of the images that also have detections to match (a repair, a margin
+    # source no association read names), usually none
+    mixed = kept & np.isin(det.image, sorted_unique(images))
+    taken = sorted_unique(det.image[mixed] * (1 << 32) + result[mixed])
     bounds = np.r_[0, np.nonzero(images[1:] != images[:-1])[0] + 1, len(order)]
     for lo, hi in itertools.pairwise(bounds):
         members = order[lo:hi]
         mx, my, mw = x[members], y[members], det.weight[members]
         px, py = sx[:n_obj] / sw[:n_obj], sy[:n_obj] / sw[:n_obj]
         s, o, d2 = index.candidates(mx, my, px, py, radius)
-        if taken is not None and s.size:
-            free = ~np.isin(images[lo] * (1 << 32) + o, taken)
+        if taken.size and s.size:
+            pair = images[lo] * (1 << 32) + o
+            free = taken[np.minimum(np.searchsorted(taken, pair), taken.size - 1)] != pair
             s, o, d2 = s[free], o[free], d2[free]
         s, o = mutual_nearest(s, o, d2)
         result[members[s]] = o
