@@ -1583,7 +1583,7 @@ def _totals(store, files: dict[str, dict]) -> dict[str, int]:
     return totals
 
 
-def record_files(store, state: dict, listing: dict[str, int]) -> str:
+def list_files_in_record(store, state: dict, listing: dict[str, int]) -> str:
     """Write the build record of an older version again, with the files there now (from here
     on a lost file is detected); returns a note."""
     files = recorded_files(state, listing)
@@ -1966,7 +1966,7 @@ def _check_and_repair(catalog: str, store, images: list[dict], usable: list[dict
         report.notes.append("a swap of staged files did not finish, but every file is as the "
                             "build record lists: removed its marker")
     elif "files" not in changes.state and changes.unchanged:
-        report.notes.append(record_files(store, changes.state, listing))
+        report.notes.append(list_files_in_record(store, changes.state, listing))
     return changes, listing
 
 
