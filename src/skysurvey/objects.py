@@ -817,12 +817,16 @@ def run_unit(task: UnitTask, store=None) -> dict:
     if dropped:
         old_pix = healpix(old_ra, old_dec, task.unit_order)
         dropped_own = int(((~alive[:n_old]) & (old_pix == task.unit)).sum())
+    repair = {}
     if task.repair:  # (a redone image's detections: the next phase redoes every unit)
-        redone = np.array([img["redo"] for img in task.images], bool)
-        _check_relinked(task, det.obj[todo[~redone[det.image[todo]]]], own, objects)
+        redone = np.array([img["redo"] for img in task.images], bool)[det.image]
+        _check_relinked(task, det.obj[todo[~redone[todo]]], own, objects)
+        # new objects with a detection of an image not redone: an object whose id was lost
+        linked = np.bincount(det.obj[~redone], minlength=n_obj) > 0
+        repair = {"n_renumbered": int(linked[new_owned].sum())}
     files = _write_unit(store, task, objects, phot, det, ids, own, stats)
     return {"status": "ok", "unit": task.unit, "unit_order": task.unit_order,
-            "n_objects": int(own.sum()), "n_new_objects": len(new_owned),
+            "n_objects": int(own.sum()), "n_new_objects": len(new_owned), **repair,
             "n_associations": int(own[det.obj].sum()) if len(det) else 0,
             "n_dropped_objects": dropped_own, "files": files,
             "keys": [f"{task.staging}/{k}" for k in files], "coverage": coverage,
@@ -1550,8 +1554,8 @@ def repair(catalog: str, store, usable: list[dict], changes: Changes, listing: d
                          "cause or run with --rebuild"]
         return False
     touched = damage.units
-    renumbered = sum(r.get("n_new_objects", 0) for r in replies)
-    if renumbered:  # no file named their ids any more
+    renumbered = sum(r.get("n_renumbered", r.get("n_new_objects", 0)) for r in replies)
+    if renumbered:  # no file named their ids any more (not: new in a reprocessed image)
         report.notes.append(f"{renumbered} object(s) of the restored units have new ids (the "
                             "files that named theirs were lost)")
     dropped = sum(r.get("n_dropped_objects", 0) for r in replies)
