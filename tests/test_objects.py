@@ -1294,3 +1294,33 @@ def test_matching_new_images_costs_no_more_with_many_kept_links_of_other_images(
         seconds.setdefault(kept, []).append(time.perf_counter() - start)
         assert (linked[order] == src[order]).all()  # every source joins its own star
     assert min(seconds[True]) < 2 * min(seconds[False]) + 0.05, seconds
+
+
+def test_a_local_swap_killed_just_after_an_exchange_is_finished_not_undone(tmp_path,
+                                                                           monkeypatch):
+    """Killed between the exchange of the objects folder and anything after it, the staged
+    path holds the previous objects table: the next run's recover took it for the staged one
+    and swapped it back in (old objects and record beside the new associations), then saw
+    damage everywhere and rebuilt every unit. The staged folders' inodes tell them apart."""
+    ra, dec = stars(12, seed=37)
+    for k in range(2):
+        write_image(tmp_path, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
+    build_objects(str(tmp_path))
+    ids = set(read(tmp_path, "objects")["object_id"])
+    write_image(tmp_path, "n2", *jitter(ra, dec, 2), mjd=61132.1)
+    real_exchange = obj._exchange
+
+    def killed_after(a, b):
+        assert real_exchange(a, b)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(obj, "_exchange", killed_after)
+    with pytest.raises(KeyboardInterrupt):
+        build_objects(str(tmp_path))
+    monkeypatch.setattr(obj, "_exchange", real_exchange)
+    report = build_objects(str(tmp_path))
+    assert any("finished the swap" in n for n in report.notes), report.notes
+    assert report.status == "unchanged", report.notes  # the finished swap holds n2
+    objects = read(tmp_path, "objects")
+    assert set(objects["object_id"]) == ids and (objects["n_detections"] == 3).all()
+    assert_visible_once(tmp_path, report)

@@ -1336,9 +1336,14 @@ def _commit(store, prefix: str, listing: dict[str, int] | None = None) -> None:
     files, else the tables are listed."""
     if isinstance(store, LocalStore):
         staged = store.root / prefix
+        # the staged folders' inodes (``_complete``): after an exchange killed before the
+        # previous version moved out of the way, the folder there is that previous version
+        complete = store.read_bytes_or_none(f"{prefix}/_complete")
+        inodes = json.loads(complete or b"{}").get("inodes", {})
         for table in TABLES:
             src = staged / table
-            if src.exists():  # else swapped already (an interrupted commit being finished)
+            # else swapped already (an interrupted commit being finished)
+            if src.exists() and inodes.get(table, src.stat().st_ino) == src.stat().st_ino:
                 replace_dir(src, store.root / table, staged / f"old-{table}")
         shutil.rmtree(staged, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -1814,10 +1819,12 @@ def stage_and_commit(store, staging: str, state: dict, touched: set[int] | None,
     store.write_bytes(f"{staging}/{STATE_KEY}", json.dumps(state, indent=1).encode())
     if touched is not None:
         _carry_over(store, staging, touched)
-    if isinstance(store, LocalStore):  # a table left with no file is swapped in empty
+    marker = {"touched": None if touched is None else sorted(touched)}
+    if isinstance(store, LocalStore):  # a table folder left with no file is swapped in empty
+        marker["inodes"] = {}
         for table in TABLES:
             (store.root / staging / table).mkdir(parents=True, exist_ok=True)
-    marker = {"touched": None if touched is None else sorted(touched)}
+            marker["inodes"][table] = (store.root / staging / table).stat().st_ino
     store.write_bytes(f"{staging}/_complete", json.dumps(marker).encode())
     _commit(store, staging, listing)
 
