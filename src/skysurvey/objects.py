@@ -1318,11 +1318,7 @@ def replace_dir(new: Path, target: Path, old: Path) -> None:
         new.rename(target)
         return
     if _exchange(new, target):
-        # *new* now holds the previous version: renamed first (one syscall), so a process
-        # killed while it is deleted leaves nothing at *new* that a retry would swap back in
-        shutil.rmtree(old, ignore_errors=True)
-        new.rename(old)
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(new, ignore_errors=True)  # now the previous version
         return
     shutil.rmtree(old, ignore_errors=True)
     target.rename(old)
