@@ -1011,6 +1011,30 @@ def test_damage_that_cannot_be_rebuilt_stops_with_one_line_naming_the_files(tmp_
     assert tree_bytes(tmp_path) == files and not (tmp_path / obj.STAGING).exists()
 
 
+def _s3_nights(tmp_path: Path, endpoint: str, n_nights: int, seed: int):
+    """16 stars over 100" seen on *n_nights* nights, in ``s3://cat/survey`` (moto) but for the
+    last night: ``(store, uri, a function that uploads the last night)``."""
+    import boto3
+
+    from skysurvey.storage import open_store
+
+    ra, dec = stars(16, seed=seed, spread_arcsec=100)
+    local = tmp_path / "cat"
+    for k in range(n_nights):
+        write_image(local, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k, size_deg=0.07)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="cat")
+    store, uri = open_store("s3://cat/survey"), "s3://cat/survey"
+    last = f"n{n_nights - 1}.parquet"
+
+    def upload(last_night: bool) -> None:
+        for p in sorted(local.rglob("*.parquet")):
+            if (p.name == last) == last_night:
+                store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+
+    upload(False)
+    return store, uri, lambda: upload(True)
+
+
 def test_a_partially_committed_s3_build_is_detected_and_repaired(tmp_path, moto_server,
                                                                 monkeypatch):
     """The S3 swap copies the staged files one by one: killed midway and its staging gone (a
@@ -1018,25 +1042,14 @@ def test_a_partially_committed_s3_build_is_detected_and_repaired(tmp_path, moto_
     build rebuilds the units that differ; then an unchanged build writes nothing but its lock."""
     from collections import Counter
 
-    import boto3
-
     from skysurvey import aws
-    from skysurvey.storage import S3Store, open_store
+    from skysurvey.storage import S3Store
 
-    ra, dec = stars(16, seed=32, spread_arcsec=100)
-    local = tmp_path / "cat"
-    for k in range(3):
-        write_image(local, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k, size_deg=0.07)
-    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket="cat")
-    store, uri = open_store("s3://cat/survey"), "s3://cat/survey"
-    for p in sorted(local.rglob("*.parquet")):
-        if "n2" not in p.name:
-            store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    store, uri, last_night = _s3_nights(tmp_path, moto_server, 3, seed=32)
     first = build_objects(uri, BuildConfig(unit_order=11))
     assert first.n_units > 2
     ids = set(read(uri, "objects")["object_id"])
-    for p in sorted(local.rglob("n2.parquet")):
-        store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    last_night()
     copied, real_copy = [], S3Store.copy
 
     def killed_midway(self, src, dst, **kwargs):  # the driver dies 2 copies after the record
@@ -1138,6 +1151,16 @@ def test_a_repair_that_would_move_a_detection_to_a_kept_unit_stops_by_name(tmp_p
     assert_visible_once(tmp_path, rebuilt)
 
 
+def _built_then_a_night(root: Path, seed: int) -> set[int]:
+    """12 stars built from 2 nights, a third night waiting: the object ids."""
+    ra, dec = stars(12, seed=seed)
+    for k in range(2):
+        write_image(root, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
+    build_objects(str(root))
+    write_image(root, "n2", *jitter(ra, dec, 2), mjd=61132.1)
+    return set(read(root, "objects")["object_id"])
+
+
 def test_a_local_swap_killed_while_deleting_the_previous_tables_is_finished_not_undone(
         tmp_path, monkeypatch):
     """The local swap exchanges the staged folder with the table's, then deletes the previous
@@ -1145,12 +1168,7 @@ def test_a_local_swap_killed_while_deleting_the_previous_tables_is_finished_not_
     run's recover swapped the half-deleted previous version back in (here: an objects folder
     emptied, build record included, so the next run built everything again as a first build:
     with other data, other ids)."""
-    ra, dec = stars(12, seed=34)
-    for k in range(2):
-        write_image(tmp_path, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
-    build_objects(str(tmp_path))
-    ids = set(read(tmp_path, "objects")["object_id"])
-    write_image(tmp_path, "n2", *jitter(ra, dec, 2), mjd=61132.1)
+    ids = _built_then_a_night(tmp_path, seed=34)
     real_rmtree = obj.shutil.rmtree
     staging = tmp_path / obj.STAGING
 
@@ -1184,20 +1202,9 @@ def test_s3_requests_of_a_first_build_and_a_new_night(tmp_path, moto_server):
     before the build record's check)."""
     from collections import Counter
 
-    import boto3
-
     from skysurvey import aws
-    from skysurvey.storage import open_store
 
-    ra, dec = stars(16, seed=35, spread_arcsec=100)
-    local = tmp_path / "cat"
-    for k in range(2):
-        write_image(local, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k, size_deg=0.07)
-    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket="cat")
-    store, uri = open_store("s3://cat/survey"), "s3://cat/survey"
-    for p in sorted(local.rglob("*.parquet")):
-        if "n1" not in p.name:
-            store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    _, uri, last_night = _s3_nights(tmp_path, moto_server, 2, seed=35)
     calls = Counter()
     aws.client("s3").meta.events.register(
         "before-parameter-build.s3", lambda model, params, **kw: calls.update([model.name]))
@@ -1206,8 +1213,7 @@ def test_s3_requests_of_a_first_build_and_a_new_night(tmp_path, moto_server):
     # LIST: the staging (recover), images, the 3 tables, the staging again (the swap)
     assert calls["ListObjectsV2"] == 6
     assert calls["DeleteObject"] == 2  # the lock, the swap marker
-    for p in sorted(local.rglob("n1.parquet")):
-        store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    last_night()
     calls.clear()
     night = build_objects(uri)
     assert night.status == "ok" and night.n_new_images == 1
@@ -1302,12 +1308,7 @@ def test_a_local_swap_killed_just_after_an_exchange_is_finished_not_undone(tmp_p
     path holds the previous objects table: the next run's recover took it for the staged one
     and swapped it back in (old objects and record beside the new associations), then saw
     damage everywhere and rebuilt every unit. The staged folders' inodes tell them apart."""
-    ra, dec = stars(12, seed=37)
-    for k in range(2):
-        write_image(tmp_path, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
-    build_objects(str(tmp_path))
-    ids = set(read(tmp_path, "objects")["object_id"])
-    write_image(tmp_path, "n2", *jitter(ra, dec, 2), mjd=61132.1)
+    ids = _built_then_a_night(tmp_path, seed=37)
     real_exchange = obj._exchange
 
     def killed_after(a, b):
