@@ -379,8 +379,10 @@ def associate(det: Detections, obj_ra: np.ndarray, obj_dec: np.ndarray, centre, 
     # an object that keeps a detection of an image takes no other source of it: (image,
     # object) pairs of the images that also have detections to match (a repair, a margin
     # source no association read names), usually none
-    mixed = kept & np.isin(det.image, sorted_unique(images))
-    taken = sorted_unique(det.image[mixed] * (1 << 32) + result[mixed])
+    taken = np.zeros(0, np.int64)
+    if kept.any():
+        mixed = kept & np.isin(det.image, sorted_unique(images))
+        taken = sorted_unique(det.image[mixed] * (1 << 32) + result[mixed])
     bounds = np.r_[0, np.nonzero(images[1:] != images[:-1])[0] + 1, len(order)]
     for lo, hi in itertools.pairwise(bounds):
         members = order[lo:hi]
