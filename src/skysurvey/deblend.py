@@ -160,17 +160,23 @@ class Profiles:
     shapes: list
     start: np.ndarray
 
-    def of(self, i):
-        """Object *i*'s model, scatter and radius as cutout-shaped views."""
+    def part(self, i) -> slice:
+        """Object *i*'s pixels in the flat arrays."""
         h, w = self.shapes[i]
-        part = slice(self.start[i], self.start[i] + h * w)
-        return tuple(a[part].reshape(h, w) for a in (self.model, self.scatter, self.r))
+        return slice(self.start[i], self.start[i] + h * w)
+
+    def of(self, i, *more):
+        """Object *i*'s model, scatter and radius (and any per-pixel arrays in *more*) as
+        cutout-shaped views."""
+        part = self.part(i)
+        return tuple(a[part].reshape(self.shapes[i])
+                     for a in (self.model, self.scatter, self.r, *more))
 
     def bright_boxes(self, core):
         """Per object: whether a 3x3 box sum of the residual reaches 4 sigma (12 times the
-        scatter) on an inner pixel that was fitted and lies *core* px (per object) or more
-        out: :func:`_candidates`' test before SEP, for all cutouts at once (the same sums in
-        the same order)."""
+        scatter) on an inner pixel that was fitted and is not in the *core* (per pixel), for
+        all cutouts at once. SEP runs only on those: an S/N 10 source's brightest box is at
+        ~8 sigma; pure noise reaches 4 sigma in ~3e-5 of the boxes."""
         residual = self.residual
         n = residual.size
         index = np.arange(n)
@@ -183,7 +189,7 @@ class Profiles:
         box[1:-1] = rows[:-2] + rows[1:-1] + rows[2:]
         inner = ((self.x >= 1) & (self.x <= width - 2) & (self.y >= 1)
                  & (self.y <= height - 2))
-        hits = inner & self.good & (self.r >= core[self.obj]) & (box > 12.0 * self.scatter)
+        hits = inner & self.good & ~core & (box > 12.0 * self.scatter)
         return np.bincount(self.obj[hits], minlength=len(self.shapes)) > 0
 
 
@@ -329,18 +335,8 @@ def harmonic_model(cut, fit, r, phi, noise, iterations=2):
     return model.reshape(cut.shape)
 
 
-def _box_sum(a):
-    """Sums over the 3x3 boxes centred on each inner pixel."""
-    rows = a[:-2] + a[1:-1] + a[2:]
-    return rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
-
-
 def _candidates(residual, err, hide, bounds, shape, extract):
     """SEP's detections on one parent's residual that pass the S/N cut, with their pixels."""
-    # skip SEP where no 3x3 box sum of the residual reaches 4 sigma (an S/N 10 source's
-    # brightest box is at ~8 sigma; pure noise reaches 4 sigma in ~3e-5 of the boxes)
-    if not np.any((_box_sum(residual) > 12.0 * err[1:-1, 1:-1]) & ~hide[1:-1, 1:-1]):
-        return []
     try:
         cand, cseg = extract(np.ascontiguousarray(residual, dtype=np.float32),
                              err=np.ascontiguousarray(err, dtype=np.float32),
@@ -407,22 +403,17 @@ def _parents(sub, objects, segmap, mask, noise, saturated, parent_peak, pad):
     return out
 
 
-def _companions(parent, model, scatter, r, half, psf_half, shape, extract):
+def _companions(parent, model, scatter, r, core, half, psf_half, shape, extract):
     """The new sources hidden in one parent and the patch to measure them with, or None.
 
-    The core (within 0.75 of the parent's FWHM; around a clipped core, 3 PSF half widths
-    beyond it), where a symmetric model of pixel-integrated light is least exact, is not
-    searched, and a detection must lie 1.3 FWHM out (the PSF's, for a galaxy). The parent is
-    then refitted without the pixels near its companions (their light lifted it), with an
-    m = 2 term; a detection must still stand out of that closer model.
+    The *core* (:func:`_cores`), where a symmetric model of pixel-integrated light is least
+    exact, is not searched, and a detection must lie 1.3 FWHM out (the PSF's, for a galaxy).
+    The parent is then refitted without the pixels near its companions (their light lifted
+    it), with an m = 2 term; a detection must still stand out of that closer model.
     """
     h, w = parent.cut.shape
     yy, xx = np.arange(h)[:, None], np.arange(w)[None, :]
     px, py = parent.peak
-    core = r < 1.5 * half
-    if parent.clipped:
-        reach = np.sqrt(parent.clipped / np.pi) + 3.0 * psf_half
-        core |= (xx - px) ** 2 + (yy - py) ** 2 < reach**2
     cands = _candidates(parent.cut - model, scatter, ~parent.good | core, parent.box, shape,
                         extract)
     cands = [(rec, pix) for rec, pix in cands
@@ -447,6 +438,18 @@ def _companions(parent, model, scatter, r, half, psf_half, shape, extract):
     if parent.clipped:
         inner |= core
     return cands, (*parent.box, model, inner | ~parent.good | (model > PROTECT * faintest))
+
+
+def _cores(fits: Profiles, parents: list, psf_half: float) -> np.ndarray:
+    """Per pixel, whether it is in its parent's core, which is not searched: within 0.75 of
+    the parent's FWHM and, around a clipped core, 3 PSF half widths beyond it."""
+    core = fits.r < 1.5 * fits.half[fits.obj]
+    for i, parent in enumerate(parents):
+        if parent.clipped:
+            part, (px, py) = fits.part(i), parent.peak
+            reach = np.sqrt(parent.clipped / np.pi) + 3.0 * psf_half
+            core[part] |= (fits.x[part] - px) ** 2 + (fits.y[part] - py) ** 2 < reach**2
+    return core
 
 
 def _records(found, objects, segmap):
@@ -511,10 +514,8 @@ def find_hidden(sub, objects, segmap, mask, noise, *, thresh, minarea, deblend_n
     # sharper than any sampled PSF, left out)
     resolved = halves[halves >= 1.0]
     psf_half = float(np.percentile(resolved if resolved.size else halves, 25))
-    # SEP only runs on parents whose residual has a 4 sigma 3x3 box outside the core (tested
-    # here on all cutouts at once); a clipped core's wider exclusion is left to _companions
-    search = fits.bright_boxes(1.5 * halves)
-    search |= np.array([q.clipped > 0 for q in parents])
+    core = _cores(fits, parents, psf_half)
+    search = fits.bright_boxes(core)
     search &= halves >= 0.5 * psf_half  # sharper than the PSF: a cosmic ray, hot pixel
     # SEP allocates its whole pixel stack on every call: size it for the largest cutout
     pixstack = sep.get_extract_pixstack()
@@ -523,7 +524,8 @@ def find_hidden(sub, objects, segmap, mask, noise, *, thresh, minarea, deblend_n
     try:
         for i in np.flatnonzero(search):
             parent = parents[i]
-            hit = _companions(parent, *fits.of(i), halves[i], psf_half, (ny, nx), extract)
+            hit = _companions(parent, *fits.of(i, core), halves[i], psf_half, (ny, nx),
+                              extract)
             if hit is None:
                 continue
             cands, patches[parent.index] = hit
