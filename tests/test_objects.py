@@ -617,26 +617,21 @@ def test_units_through_the_lambda_handler(tmp_path):
 
 
 def test_build_on_s3_catalog(tmp_path, moto_server):
-    import boto3
 
-    from skysurvey.storage import open_store
 
     ra, dec = stars(8, seed=19)
     local = tmp_path / "cat"
     for k in range(2):
         write_image(local, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
-    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket="cat")
-    store = open_store("s3://cat/survey")
-    for p in sorted(local.rglob("*.parquet")):
-        store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    store = _s3_survey(moto_server)
+    _upload(local, store)
     report = build_objects("s3://cat/survey")
     assert report.status == "ok" and report.n_objects == 8
     keys = [i.key for i in store.list("")]
     assert obj.STATE_KEY in keys and not [k for k in keys if k.startswith(obj.STAGING)]
     assert sum(k.startswith("associations/hpx5=") for k in keys) == 1
     write_image(local, "n2", *jitter(ra, dec, 2), mjd=61132.1)
-    for p in sorted(local.rglob("n2.parquet")):
-        store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    _upload(local, store, lambda name: name == "n2.parquet")
     again = build_objects("s3://cat/survey")
     assert again.n_new_images == 1 and again.n_new_objects == 0
     assert_visible_once("s3://cat/survey", again)  # the users' SQL over S3 (pyarrow + DuckDB)
@@ -656,16 +651,13 @@ def test_build_script_registers_its_partitions_in_glue(tmp_path, moto_server, ca
     from conftest import load_script
 
     from skysurvey import athena
-    from skysurvey.storage import open_store
 
     ra, dec = stars(8, seed=21)
     local = tmp_path / "cat"
     for k in range(2):
         write_image(local, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k)
-    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket="cat")
-    store = open_store("s3://cat/survey")
-    for p in sorted(local.rglob("*.parquet")):
-        store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
+    store = _s3_survey(moto_server)
+    _upload(local, store)
     glue = boto3.client("glue", endpoint_url=moto_server)
     glue.create_database(DatabaseInput={"Name": "astronomy"})
     for folder in ("objects", "object_photometry", "associations"):
@@ -1014,25 +1006,33 @@ def test_damage_that_cannot_be_rebuilt_stops_with_one_line_naming_the_files(tmp_
 def _s3_nights(tmp_path: Path, endpoint: str, n_nights: int, seed: int):
     """16 stars over 100" seen on *n_nights* nights, in ``s3://cat/survey`` (moto) but for the
     last night: ``(store, uri, a function that uploads the last night)``."""
-    import boto3
 
-    from skysurvey.storage import open_store
 
     ra, dec = stars(16, seed=seed, spread_arcsec=100)
     local = tmp_path / "cat"
     for k in range(n_nights):
         write_image(local, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k, size_deg=0.07)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="cat")
-    store, uri = open_store("s3://cat/survey"), "s3://cat/survey"
+    store, uri = _s3_survey(endpoint), "s3://cat/survey"
     last = f"n{n_nights - 1}.parquet"
+    _upload(local, store, lambda name: name != last)
+    return store, uri, lambda: _upload(local, store, lambda name: name == last)
 
-    def upload(last_night: bool) -> None:
-        for p in sorted(local.rglob("*.parquet")):
-            if (p.name == last) == last_night:
-                store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
 
-    upload(False)
-    return store, uri, lambda: upload(True)
+def _s3_survey(endpoint: str):
+    """The store of ``s3://cat/survey`` on the moto server, its bucket created."""
+    import boto3
+
+    from skysurvey.storage import open_store
+
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="cat")
+    return open_store("s3://cat/survey")
+
+
+def _upload(local: Path, store, keep=lambda name: True) -> None:
+    """The local catalog's Parquet files whose name *keep* accepts, at the same keys."""
+    for p in sorted(local.rglob("*.parquet")):
+        if keep(p.name):
+            store.write_bytes(p.relative_to(local).as_posix(), p.read_bytes())
 
 
 def test_a_partially_committed_s3_build_is_detected_and_repaired(tmp_path, moto_server,
