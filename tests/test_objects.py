@@ -617,8 +617,6 @@ def test_units_through_the_lambda_handler(tmp_path):
 
 
 def test_build_on_s3_catalog(tmp_path, moto_server):
-
-
     ra, dec = stars(8, seed=19)
     local = tmp_path / "cat"
     for k in range(2):
@@ -1006,8 +1004,6 @@ def test_damage_that_cannot_be_rebuilt_stops_with_one_line_naming_the_files(tmp_
 def _s3_nights(tmp_path: Path, endpoint: str, n_nights: int, seed: int):
     """16 stars over 100" seen on *n_nights* nights, in ``s3://cat/survey`` (moto) but for the
     last night: ``(store, uri, a function that uploads the last night)``."""
-
-
     ra, dec = stars(16, seed=seed, spread_arcsec=100)
     local = tmp_path / "cat"
     for k in range(n_nights):
