@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from skysurvey import aws
+from skysurvey import aws, storage
 from skysurvey.catalog import entry_key, read_entry, replace_catalog
 from skysurvey.errors import TransientStorageError
 from skysurvey.queries import run_query
@@ -147,9 +147,7 @@ def test_a_local_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     assert store.write_bytes_if(entry_key("x"), b"{}", version=None)
     assert not lock.exists()
     lock.write_bytes(b"")  # a live lock: the writer waits, then gives up with a transient error
-    with pytest.raises(TransientStorageError, match="locked by another process"):
-        from skysurvey import storage
-
-        with storage._exclusive(lock, wait=0.05):
-            pass
+    with (pytest.raises(TransientStorageError, match="locked by another process"),
+          storage._exclusive(lock, wait=0.05)):
+        pass
     assert [o.key for o in store.list("image_ids/")] == ["image_ids/x.json"]

@@ -59,6 +59,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -1871,8 +1872,6 @@ def build_lock(store):
     its staging area must not be recovered or discarded under it. An older lock (a killed
     build) is taken over; both claims are conditional writes, so two builds starting at once
     cannot both win."""
-    import socket
-
     key, notes = LOCK, []
     data, version = store.read_versioned(key)
     if data is not None:
