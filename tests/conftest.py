@@ -6,8 +6,6 @@ cached boto3 clients are dropped around each test (a client made outside moto es
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from skysurvey import aws
@@ -48,20 +46,15 @@ def mocked_aws():
     aws.clear_clients()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def _moto_server():
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # Port 0: the OS picks a free port while binding (no race with other test runs).
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    host, port = server._server.server_address[:2]
+    yield f"http://{host}:{port}"
     server.stop()
 
 

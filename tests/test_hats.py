@@ -3,6 +3,9 @@ cross-matches them; a second export replaces the first; s3:// outputs go through
 
 from __future__ import annotations
 
+import contextlib
+import socket
+
 import numpy as np
 import pytest
 from test_objects import jitter, read, stars, write_image
@@ -27,7 +30,20 @@ def exported(survey_catalog, tmp_path_factory):
     from skysurvey.hats_export import export_hats
 
     out = tmp_path_factory.mktemp("export") / "hats"
-    return out, export_hats(str(survey_catalog), str(out))
+    with _dask_default_port_taken():
+        return out, export_hats(str(survey_catalog), str(out))
+
+
+@contextlib.contextmanager
+def _dask_default_port_taken():
+    """Hold dask's default HTTP port 8787, as a second export or test run would."""
+    with socket.socket() as held:
+        try:
+            held.bind(("127.0.0.1", 8787))
+            held.listen()
+        except OSError:
+            pass  # another process holds it already: the same situation
+        yield
 
 
 def test_export_opens_in_lsdb_and_crossmatches(survey_catalog, exported):

@@ -139,8 +139,10 @@ def export_hats(catalog: str, output: str, *, workers: int = 1) -> ExportReport:
                         else "run scripts/invoke_lambda.py first")
                 raise ExportError(catalog, f"no {name} with a position to export: {hint}")
             report.rows[name] = n
+        # Port 0: dask's scheduler serves HTTP even without a dashboard, on 8787 by default,
+        # and warns when another process holds it (two exports, two test runs at once).
         with Client(n_workers=workers, threads_per_worker=1, processes=workers > 1,
-                    dashboard_address=None) as client:
+                    dashboard_address="127.0.0.1:0") as client:
             for name, kind in (("objects", "object"), ("sources", "source")):
                 _import(name, inputs[name], built, work / "tmp", kind, client)
         _publish(built, output)
