@@ -1,0 +1,362 @@
+"""Hostile inputs (issue 23): nothing a user points us at is destroyed, nothing wrong is
+reported as fine.
+
+Each table below is one family of attacks: a row is the attack (its id), what it runs, and the
+expected answer, either the one-line error (the input named, the cause) or the correct result.
+To add an attack, add a row; the test under the table runs it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from conftest import load_script
+
+from skysurvey import hats_export
+from skysurvey.hats_export import ExportError, check_output
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file below *root* and its bytes (what an attack must leave as it was)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def _one_error_line(err: str, *needles: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1-4. export_hats.py --output: writers create only what they own (local folders)
+
+@pytest.fixture
+def catalog(tmp_path) -> Path:
+    """A folder standing in for a catalog: the refusals come before anything is read."""
+    root = tmp_path / "work" / "catalog"
+    (root / "sources" / "band=r" / "night=2026-04-01").mkdir(parents=True)
+    (root / "sources" / "band=r" / "night=2026-04-01" / "a.parquet").write_bytes(b"PAR1 data")
+    (root / "images").mkdir()
+    (root / "images" / "a.parquet").write_bytes(b"PAR1 record")
+    return root
+
+
+def _user_folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "thesis.tex").write_text("three years of work")
+    return path
+
+
+def _user_file(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("notes")
+    return path
+
+
+HATS_OUTPUT_ATTACKS = [
+    # (attack, output made from (tmp_path, catalog), expected in the one-line error)
+    ("output is the catalog", lambda t, c: c, "is the catalog"),
+    ("output is the catalog's parent", lambda t, c: c.parent, "contains the catalog"),
+    ("output inside the catalog", lambda t, c: c / "hats", "lies inside the catalog"),
+    ("output is the catalog via ..", lambda t, c: c / "sources" / "..", "is the catalog"),
+    ("output is the file system root", lambda t, c: Path("/"), "contains the catalog"),
+    ("output is an existing file", lambda t, c: _user_file(t / "notes.txt"),
+     "is an existing file"),
+    ("output holds the user's files", lambda t, c: _user_folder(t / "mine"),
+     "non-empty folder this export did not make (holds thesis.tex)"),
+]
+
+
+@pytest.mark.parametrize("attack, output, expected", HATS_OUTPUT_ATTACKS,
+                         ids=[a[0] for a in HATS_OUTPUT_ATTACKS])
+def test_export_hats_refuses_outputs_it_does_not_own(tmp_path, catalog, capsys, attack,
+                                                     output, expected):
+    out = output(tmp_path, catalog)
+    before, root_before = _tree(tmp_path), sorted(os.listdir("/"))
+    script = load_script("export_hats")
+    assert script.main(["--catalog", str(catalog), "--output", str(out)]) == 1
+    _one_error_line(capsys.readouterr().err, str(out), expected)
+    assert _tree(tmp_path) == before  # nothing deleted, nothing added
+    assert sorted(os.listdir("/")) == root_before  # no staging folder left at the root
+
+
+def _built(tmp_path: Path) -> Path:
+    """What hats-import leaves in the export's work folder."""
+    built = tmp_path / "built"
+    for name in ("objects", "sources"):
+        (built / name / "dataset").mkdir(parents=True)
+        (built / name / "dataset" / "part.parquet").write_bytes(f"new {name}".encode())
+        (built / name / "collection.properties").write_text(name)
+    return built
+
+
+def test_force_replaces_only_objects_and_sources_locally(tmp_path, catalog):
+    out = _user_folder(tmp_path / "mine")
+    (out / "objects").mkdir()
+    (out / "objects" / "stale.parquet").write_bytes(b"old export")
+    with pytest.raises(ExportError, match="non-empty folder"):
+        check_output(str(catalog), str(out))
+    check_output(str(catalog), str(out), force=True)
+    hats_export._publish(_built(tmp_path), str(out))
+    assert (out / "thesis.tex").read_text() == "three years of work"  # the user's file stays
+    assert not (out / "objects" / "stale.parquet").exists()  # the old export's file goes
+    assert (out / "objects" / "dataset" / "part.parquet").read_bytes() == b"new objects"
+    assert (out / "sources" / "collection.properties").read_text() == "sources"
+    assert sorted(p.name for p in out.iterdir()) == [hats_export.MARKER, "objects", "sources",
+                                                     "thesis.tex"]
+    check_output(str(catalog), str(out))  # marked as an export's folder: no --force next time
+
+
+def test_a_new_or_empty_output_needs_no_force(tmp_path, catalog):
+    (tmp_path / "empty").mkdir()
+    check_output(str(catalog), str(tmp_path / "empty"))
+    check_output(str(catalog), str(tmp_path / "new" / "hats"))
+    hats_export._publish(_built(tmp_path), str(tmp_path / "new" / "hats"))
+    assert sorted(p.name for p in (tmp_path / "new" / "hats").iterdir()) == [
+        hats_export.MARKER, "objects", "sources"]
+
+
+# 1-4 on s3://: the same rule, the same messages
+
+S3_OUTPUT_ATTACKS = [
+    ("s3 output is the catalog", "s3://survey/catalog", "is the catalog"),
+    ("s3 output is the catalog's bucket", "s3://survey", "contains the catalog"),
+    ("s3 output inside the catalog", "s3://survey/catalog/hats", "lies inside the catalog"),
+    ("s3 output is an object", "s3://survey/notes.txt", "is an existing object"),
+    ("s3 output holds the user's objects", "s3://survey/mine",
+     "non-empty folder this export did not make (holds thesis.tex)"),
+    ("s3 bucket holds the user's objects", "s3://other", "non-empty folder this export did "
+                                                         "not make (holds mine)"),
+]
+
+
+@pytest.fixture
+def survey_bucket(mocked_aws):
+    s3 = boto3.client("s3", region_name="us-east-1")
+    for bucket in ("survey", "other"):
+        s3.create_bucket(Bucket=bucket)
+    for bucket, key in (("survey", "catalog/images/a.parquet"), ("survey", "notes.txt"),
+                        ("survey", "mine/thesis.tex"), ("other", "mine/thesis.tex")):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"user data")
+    return s3
+
+
+def _keys(s3, bucket: str) -> set[str]:
+    return {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+@pytest.mark.parametrize("attack, output, expected", S3_OUTPUT_ATTACKS,
+                         ids=[a[0] for a in S3_OUTPUT_ATTACKS])
+def test_s3_outputs_follow_the_same_rule(survey_bucket, attack, output, expected):
+    with pytest.raises(ExportError) as info:
+        check_output("s3://survey/catalog", output)
+    assert str(info.value).startswith(f"{output}: ") and expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_force_on_s3_replaces_only_objects_and_sources(survey_bucket, tmp_path):
+    s3 = survey_bucket
+    s3.put_object(Bucket="survey", Key="mine/objects/stale.parquet", Body=b"old export")
+    check_output("s3://survey/catalog", "s3://survey/mine", force=True)
+    hats_export._publish(_built(tmp_path), "s3://survey/mine")
+    keys = _keys(s3, "survey")
+    assert "mine/thesis.tex" in keys and "notes.txt" in keys  # the user's objects stay
+    assert "mine/objects/stale.parquet" not in keys
+    assert {"mine/objects/dataset/part.parquet", "mine/sources/collection.properties",
+            f"mine/{hats_export.MARKER}"} <= keys
+    check_output("s3://survey/catalog", "s3://survey/mine")  # ours now: no --force needed
+
+
+# ---------------------------------------------------------------------------------------------
+# 1-4 for query_with_athena.py --output / --output-dir: the same rule
+
+QUERY_OUTPUT_ATTACKS = [
+    # (attack, flags made from (tmp_path, catalog), expected in the one-line error)
+    ("--output is a folder", lambda t, c: ["--output", str(_user_folder(t / "d.csv"))],
+     "is a folder"),
+    ("--output is a folder, with --force",
+     lambda t, c: ["--output", str(_user_folder(t / "d.csv")), "--force"], "is a folder"),
+    ("--output inside the catalog",
+     lambda t, c: ["--output", str(c / "sources" / "x.parquet"), "--force"],
+     "lies inside the catalog"),
+    ("--output-dir is the catalog", lambda t, c: ["--query", "all", "--output-dir", str(c)],
+     "lies inside the catalog"),
+    ("--output-dir is a file",
+     lambda t, c: ["--query", "all", "--output-dir", str(_user_file(t / "f.txt"))],
+     "is an existing file"),
+]
+
+
+@pytest.mark.parametrize("attack, flags, expected", QUERY_OUTPUT_ATTACKS,
+                         ids=[a[0] for a in QUERY_OUTPUT_ATTACKS])
+def test_query_outputs_follow_the_same_rule(tmp_path, catalog, capsys, attack, flags, expected):
+    argv = ["--catalog", str(catalog), *flags(tmp_path, catalog)]
+    if "--query" not in argv:
+        argv += ["--sql", "SELECT 1 AS one"]
+    before = _tree(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        load_script("query_with_athena").main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert expected in err
+    assert _tree(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# 5, 15. The cone query: bad parameters are one line; a large radius errors, never 0 rows
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    """A catalog with objects: 30 stars over +-0.5 deg, seen on 2 nights."""
+    from test_objects import jitter, stars, write_image
+
+    from skysurvey.objects import build_objects
+
+    root = tmp_path_factory.mktemp("survey")
+    ra, dec = stars(30, seed=5, spread_arcsec=1800, min_sep=5)
+    for k in range(2):
+        write_image(root, f"n{k}", *jitter(ra, dec, k), mjd=61130.1 + k, size_deg=1.2)
+    build_objects(str(root))
+    return root
+
+
+CONE_ATTACKS = [
+    # (attack, --param values, expected in the one-line error)
+    ("radius 10 deg", ["150.1", "2.2", "36000"], "radius 36000.0 arcsec must be > 0 and at most"),
+    ("radius 0", ["150.1", "2.2", "0"], "radius 0.0 arcsec must be > 0"),
+    ("negative radius", ["150.1", "2.2", "-5"], "radius -5.0 arcsec must be > 0"),
+    ("NaN radius", ["150.1", "2.2", "nan"], "radius nan arcsec must be > 0"),
+    ("infinite radius", ["150.1", "2.2", "inf"], "radius inf arcsec"),
+    ("dec 91", ["150.1", "91", "60"], "dec 91.0 is outside [-90, 90]"),
+    ("dec NaN", ["150.1", "nan", "60"], "dec nan is outside [-90, 90]"),
+    ("ra infinite", ["inf", "2.2", "60"], "ra inf is not a finite number"),
+    ("two parameters", ["150.1", "2.2"], "expects 3 parameters (ra, dec, radius_arcsec), got 2"),
+    ("four parameters", ["150.1", "2.2", "60", "1"], "got 4"),
+    ("not a number", ["abc", "2.2", "60"], "parameters must be numbers"),
+]
+
+
+@pytest.mark.parametrize("attack, params, expected", CONE_ATTACKS,
+                         ids=[a[0] for a in CONE_ATTACKS])
+def test_cone_parameters_are_checked(survey, capsys, attack, params, expected):
+    argv = ["--catalog", str(survey), "--query", "cone"]
+    for value in params:
+        argv += ["--param", value]
+    assert load_script("query_with_athena").main(argv) == 2
+    captured = capsys.readouterr()
+    _one_error_line(captured.err, "error: cone: ", expected)
+    assert "(no rows)" not in captured.out
+
+
+@pytest.mark.parametrize("radius", [30.0, 600.0, 1800.0, 3600.0])
+def test_cone_finds_every_object_within_the_radius(survey, radius):
+    """Known answer: the exact distances of every object (brute force over the table)."""
+    from skysurvey.queries import run_named, run_query
+
+    everything = run_query("SELECT object_id, ra, dec FROM objects ORDER BY object_id",
+                           str(survey))
+    ra0, dec0 = everything["ra"][0] + 0.001, everything["dec"][0]  # 3.6" from an object
+    d = np.radians
+    sep = 2 * np.degrees(np.arcsin(np.sqrt(
+        np.sin(d(everything["dec"] - dec0) / 2) ** 2 + np.cos(d(dec0))
+        * np.cos(d(everything["dec"])) * np.sin(d(everything["ra"] - ra0) / 2) ** 2))) * 3600
+    expected = set(everything["object_id"][sep <= radius])
+    found = run_named("cone", str(survey), (ra0, dec0, radius))
+    assert set(found["object_id"]) == expected
+    assert len(expected) >= (1 if radius < 100 else 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# 15, 16. Query results: exports of odd columns, regions from hostile ids, terminal escapes
+
+QUERY_RESULT_ATTACKS = [
+    # (attack, SQL, output suffix or None, expected status, expected in stdout/stderr/file)
+    ("ESC bytes in an image id reach the terminal escaped",
+     "SELECT chr(27) || '[2J' || 'field' AS image_id", None, 0,
+     {"out": "\\x1b[2Jfield", "not out": "\x1b"}),
+    ("newline in an image id cannot inject a region",
+     "SELECT 'a' || chr(10) || 'circle(1,2,3)' AS image_id, 150.0 AS ra, 2.0 AS dec", ".reg", 0,
+     {"file": "circle(150.0000000,2.0000000,1\") # text={a\\ncircle(1,2,3)}",
+      "not file": "\ncircle(1,2,3)"}),
+    ("a region file without any position is an error, not an empty file",
+     "SELECT 'x' AS image_id, CAST(NULL AS DOUBLE) AS ra, CAST(NULL AS DOUBLE) AS dec", ".reg",
+     1, {"err": "none of the 1 rows has a finite position", "no file": True}),
+    ("an INTERVAL column exports to VOTable as seconds", "SELECT INTERVAL 3 DAY AS d", ".vot",
+     0, {"table": ("d", 259200.0, "s")}),
+    ("an INTERVAL column exports to FITS as seconds", "SELECT INTERVAL 1 HOUR AS d", ".fits",
+     0, {"table": ("d", 3600.0, "s")}),
+]
+
+
+@pytest.mark.parametrize("attack, sql, suffix, status, expected", QUERY_RESULT_ATTACKS,
+                         ids=[a[0] for a in QUERY_RESULT_ATTACKS])
+def test_query_results_are_written_and_shown_safely(survey, tmp_path, capsys, attack, sql,
+                                                    suffix, status, expected):
+    out = tmp_path / f"result{suffix}" if suffix else None
+    argv = ["--catalog", str(survey), "--sql", sql] + (["--output", str(out)] if out else [])
+    assert load_script("query_with_athena").main(argv) == status
+    captured = capsys.readouterr()
+    if "out" in expected:
+        assert expected["out"] in captured.out and expected["not out"] not in captured.out
+    if "file" in expected:
+        text = out.read_text()
+        assert expected["file"] in text and expected["not file"] not in text
+        assert sum(line.startswith("circle(") for line in text.splitlines()) == 1
+    if "err" in expected:
+        _one_error_line(captured.err, str(out), expected["err"])
+    if expected.get("no file"):
+        assert not out.exists()
+    if "table" in expected:
+        from astropy.table import Table
+
+        column, value, unit = expected["table"]
+        table = Table.read(out)
+        assert table[column][0] == value and str(table[column].unit) == unit
+
+
+# ---------------------------------------------------------------------------------------------
+# 15, 17. Command-line values with surprising meanings are refused at the command line
+
+ARGUMENT_ATTACKS = [
+    # (attack, script, argv, expected in the last line of stderr)
+    ("--limit 0", "invoke_lambda", ["--limit", "0"],
+     "argument --limit: must be a positive integer, not 0"),
+    ("--limit -1", "invoke_lambda", ["--limit", "-1"],
+     "argument --limit: must be a positive integer, not -1"),
+    ("--max-memory-mb 0", "invoke_lambda", ["--max-memory-mb", "0"],
+     "argument --max-memory-mb: must be a positive integer, not 0"),
+    ("--max-memory-mb -5", "invoke_lambda", ["--max-memory-mb", "-5"],
+     "argument --max-memory-mb: must be a positive integer, not -5"),
+    ("--workers 0", "invoke_lambda", ["--workers", "0"],
+     "argument --workers: must be a positive integer, not 0"),
+    ("--limit x", "invoke_lambda", ["--limit", "x"], "argument --limit: 'x' is not an integer"),
+    ("a band mapped twice", "invoke_lambda",
+     ["--reference", "ref.csv", "--reference-bands", "g=gmag,g=rmag"],
+     "reference band 'g' is mapped twice (gmag and rmag)"),
+    ("--radius inf", "build_objects", ["--rebuild", "--radius", "inf"],
+     "argument --radius: must be a positive finite number"),
+    ("--radius nan", "build_objects", ["--radius", "nan"],
+     "argument --radius: must be a positive finite number"),
+    ("--radius 3600", "build_objects", ["--radius", "3600"],
+     "argument --radius: must be at most 30 arcsec"),
+]
+
+
+@pytest.mark.parametrize("attack, script, argv, expected", ARGUMENT_ATTACKS,
+                         ids=[a[0] for a in ARGUMENT_ATTACKS])
+def test_surprising_arguments_are_refused(tmp_path, capsys, attack, script, argv, expected):
+    argv = [*argv, "--catalog", str(tmp_path / "cat")]
+    try:
+        status = load_script(script).main(argv)
+    except SystemExit as exc:
+        status = exc.code
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert expected in err[-1], err
+    assert not (tmp_path / "cat").exists()
