@@ -20,6 +20,7 @@ catalogs and SQL shared with others.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -142,10 +143,52 @@ def _distance_sql(ra1: str, dec1: str, ra2: str, dec2: str) -> str:
             f" * power(sin(radians({ra2} - {ra1}) / 2), 2)))")
 
 
+#: The largest cone radius (arcsec) the named query accepts: 1 degree. Larger cones span more
+#: order-5 partitions than the query binds; a catalog-wide search is plain SQL (--sql).
+MAX_CONE_ARCSEC = 3600.0
+#: bits between an order-29 HEALPix index and its order-5 partition (hpx5)
+_HPX5_SHIFT = 2 * (29 - 5)
+
+
+def check_cone(params) -> tuple[float, float, float]:
+    """``(ra, dec, radius_arcsec)`` as floats, or a one-line :class:`QueryError`: three
+    numbers, RA finite, Dec within [-90, 90], radius in (0, :data:`MAX_CONE_ARCSEC`]."""
+    values = tuple(params)
+    if len(values) != 3:
+        raise QueryError("cone", f"expects 3 parameters (ra, dec, radius_arcsec), got "
+                                 f"{len(values)}")
+    try:
+        ra, dec, radius = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise QueryError("cone", f"parameters must be numbers (ra, dec, radius_arcsec), got "
+                                 f"{', '.join(repr(v) for v in values)}") from None
+    if not math.isfinite(ra):
+        raise QueryError("cone", f"ra {ra} is not a finite number of degrees")
+    if not -90.0 <= dec <= 90.0:  # NaN fails too
+        raise QueryError("cone", f"dec {dec} is outside [-90, 90] degrees")
+    if not 0.0 < radius <= MAX_CONE_ARCSEC:
+        raise QueryError("cone", f"radius {radius} arcsec must be > 0 and at most "
+                                 f"{MAX_CONE_ARCSEC:g} (a wider search: --sql over objects)")
+    return ra % 360.0, dec, radius
+
+
+def _check_cone_cover(bound: tuple) -> tuple:
+    """*bound* (the cone's bound values) when its 4 partitions hold every ``_healpix_29``
+    range it searches; a range spanning a partition the query does not read would lose rows
+    silently, so that is a :class:`QueryError` instead."""
+    parts, ranges = set(bound[3:7]), bound[7:]
+    for lo, hi in zip(ranges[::2], ranges[1::2], strict=True):
+        if (hi >> _HPX5_SHIFT) - (lo >> _HPX5_SHIFT) >= 4 or not set(
+                range(lo >> _HPX5_SHIFT, (hi >> _HPX5_SHIFT) + 1)) <= parts:
+            raise QueryError("cone", f"radius {bound[2]} arcsec spans more order-5 partitions "
+                                     "than the cone query reads: use a smaller radius")
+    return bound
+
+
 def _cone_parameters(params: tuple) -> tuple:
     from .objects import cone_parameters
 
-    return cone_parameters(params)
+    return _check_cone_cover(cone_parameters(check_cone(params)))
 
 
 NAMED_QUERIES.update({
