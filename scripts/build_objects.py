@@ -30,6 +30,11 @@ except ModuleNotFoundError as exc:  # run outside the project's environment
                      "first)") from None
 
 
+#: The widest association radius accepted: seeing-limited positions agree within a few arcsec;
+#: 3600" made every unit compare every pair of its sources (minutes, no output).
+MAX_RADIUS_ARCSEC = 30.0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Associate the catalog's sources into objects with light-curve statistics.",
@@ -39,8 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--catalog", default=None,
                         help="catalog folder or s3:// URI (default: BUCKET_CATALOG, else "
                              "data/catalog)")
-    parser.add_argument("--radius", type=cli.positive_float, default=1.0,
-                        help="association radius, arcsec")
+    parser.add_argument("--radius", type=cli.bounded_float(MAX_RADIUS_ARCSEC, " arcsec"),
+                        default=1.0,
+                        help=f"association radius, arcsec (0 < radius <= {MAX_RADIUS_ARCSEC:g}: "
+                             "wider radii merge unrelated stars and take minutes per unit)")
     parser.add_argument("--workers", type=cli.positive_int, default=default_workers(),
                         help="processes (one HEALPix unit each at a time)")
     parser.add_argument("--rebuild", action="store_true",

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "the paths below the folder (default: BUCKET_RAW's images/)")
     parser.add_argument("--catalog", default=None,
                         help="folder or s3:// URI for the catalog (default: BUCKET_CATALOG)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=cli.positive_int, default=None,
                         help="parallel images (default: cores for local, 4 for lambda)")
     parser.add_argument("--function", default=None,
                         help="Lambda function name (default: LAMBDA_FUNCTION)")
@@ -65,10 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="lambda backend: fire-and-forget invocations (InvocationType Event)")
     parser.add_argument("--only-new", action="store_true",
                         help="skip images that already have a catalog")
-    parser.add_argument("--max-memory-mb", type=int, default=None,
+    parser.add_argument("--max-memory-mb", type=cli.positive_int, default=None,
                         help="refuse images that would need more memory than this "
                              "(default: half the machine's RAM shared by the workers)")
-    parser.add_argument("--limit", type=int, default=None, help="process at most N images")
+    parser.add_argument("--limit", type=cli.positive_int, default=None,
+                        help="process at most N images (N >= 1)")
     parser.add_argument("--reference", default=None,
                         help="calibrate against this reference catalog: Parquet, CSV, FITS or "
                              "VOTable file, or HATS catalog folder, local or s3:// "
@@ -114,9 +115,6 @@ def repair(catalog_uri: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    if args.workers is not None and args.workers < 1:
-        print("error: --workers must be at least 1", file=sys.stderr)
-        return 2
     catalog_uri = get_setting("BUCKET_CATALOG", args.catalog)
     if args.repair:
         return repair(catalog_uri)

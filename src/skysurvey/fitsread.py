@@ -432,6 +432,9 @@ def observation_time(header: fits.Header, today=None) -> ObservationTime:
             parsed["DATE-OBS"] = _parse_date_obs(str(date_obs))
         except Exception:  # any failure to read user text means unparseable
             notes.append(f"unparseable DATE-OBS {str(date_obs).strip()!r}")
+    elif date_obs is not None:  # the keyword is there, its value blank: say so
+        notes.append("empty DATE-OBS" + ("" if mjd_obs is not None and str(mjd_obs).strip()
+                                          else ": night unknown"))
     if mjd_obs is not None and str(mjd_obs).strip():
         try:
             value = float(mjd_obs)

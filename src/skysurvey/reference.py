@@ -103,7 +103,11 @@ def parse_bands(text: str | None) -> tuple[tuple[str, str], ...]:
         band, sep_, column = item.partition("=")
         if not sep_ or not band.strip() or not column.strip():
             raise ValueError(f"reference band mapping {item.strip()!r} is not BAND=COLUMN")
-        pairs.append((band.strip().lower(), column.strip()))
+        band = band.strip().lower()
+        if band in dict(pairs):
+            raise ValueError(f"reference band {band!r} is mapped twice ({dict(pairs)[band]} "
+                             f"and {column.strip()}): map each band once")
+        pairs.append((band, column.strip()))
     return tuple(pairs)
 
 
