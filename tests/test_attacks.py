@@ -13,8 +13,9 @@ from pathlib import Path
 
 import boto3
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
-from conftest import load_script
+from conftest import draw_fits, load_script
 
 from skysurvey import hats_export
 from skysurvey.hats_export import ExportError, check_output
@@ -360,3 +361,64 @@ def test_surprising_arguments_are_refused(tmp_path, capsys, attack, script, argv
     err = capsys.readouterr().err.strip().splitlines()
     assert expected in err[-1], err
     assert not (tmp_path / "cat").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Positions are never written from a WCS that cannot be trusted: null, flagged, warned
+
+def _set_cards(path: Path, cards: dict[str, str]) -> None:
+    """Put raw cards (``KEY = <text as written>``) into the primary header, bytes-level, so
+    that values astropy refuses to write (NaN) can be planted."""
+    raw = bytearray(path.read_bytes())
+    end = raw.index(b"END" + b" " * 77)
+    for key, text in cards.items():
+        card = f"{key:<8}= {text:>20}".ljust(80).encode()
+        at = raw.find(f"{key:<8}=".encode(), 0, end)
+        if at >= 0 and at % 80 == 0:
+            raw[at:at + 80] = card
+        else:  # a new card where END was (the header has room in its last block)
+            raw[end:end + 80] = card
+            end += 80
+            raw[end:end + 80] = b"END" + b" " * 77
+    path.write_bytes(bytes(raw))
+
+
+WCS_ATTACKS = [
+    # (attack, raw cards, expected in images.warnings; None: a good WCS, positions kept)
+    ("CRVAL1 = NaN", {"CRVAL1": "NaN"}, "unusable WCS (CRVAL1 = NaN is not a finite number)"),
+    ("CRPIX2 is text", {"CRPIX2": "'middle'"}, "CRPIX2 = middle is not a finite number"),
+    ("singular PC matrix", {"PC1_1": "1.0", "PC1_2": "1.0", "PC2_1": "1.0", "PC2_2": "1.0"},
+     "unusable WCS (its PC/CD matrix is singular)"),
+    ("zero CDELT", {"CDELT1": "0.0"}, "WCS ("),
+    ("LONPOLE 175 rotates the field", {"LONPOLE": "175.0"},
+     "unusable WCS (LONPOLE = 175.0 moves positions by up to"),
+    ("LONPOLE 180 is the default: fine", {"LONPOLE": "180.0"}, None),
+    ("LATPOLE is ignored by TAN: fine", {"LATPOLE": "30.0"}, None),
+]
+
+
+@pytest.mark.parametrize("attack, cards, expected", WCS_ATTACKS, ids=[a[0] for a in WCS_ATTACKS])
+def test_untrustworthy_wcs_gives_null_positions_a_flag_and_a_warning(tmp_path, attack, cards,
+                                                                    expected):
+    from skysurvey.detect import BAD_WCS
+    from skysurvey.pipeline import catalog_image
+    from skysurvey.storage import LocalStore
+
+    (tmp_path / "raw").mkdir()
+    draw_fits(tmp_path / "raw" / "x.fits", seed=3)
+    _set_cards(tmp_path / "raw" / "x.fits", cards)
+    reply = catalog_image(LocalStore(tmp_path / "raw"), "x.fits", LocalStore(tmp_path / "cat"))
+    assert reply["status"] == "ok" and reply["n_sources"] >= 8, reply
+    sources = pq.read_table(next((tmp_path / "cat" / "sources").rglob("*.parquet")))
+    image = pq.read_table(next((tmp_path / "cat" / "images").rglob("*.parquet"))).to_pylist()[0]
+    flags = np.asarray(sources["flags"].to_pylist())
+    if expected is None:
+        assert sources["ra"].null_count == 0 and not (flags & BAD_WCS).any()
+        assert abs(np.median(sources["ra"].to_numpy()) - 150.0) < 0.01
+        assert not image["warnings"] or "WCS" not in image["warnings"]
+        return
+    assert sources["ra"].null_count == sources.num_rows == sources["dec"].null_count
+    assert sources["_healpix_29"].null_count == sources.num_rows
+    assert (flags & BAD_WCS).all()
+    assert expected in image["warnings"] and "ra/dec null" in image["warnings"]
+    assert image["has_wcs"] is False
