@@ -24,6 +24,7 @@ try:
     from skysurvey.config import get_setting, is_s3_uri
     from skysurvey.errors import SkySurveyError
     from skysurvey.objects import BuildConfig, build_objects, run_units_lambda
+    from skysurvey.queries import dataset
     from skysurvey.runner import default_workers
 except ModuleNotFoundError as exc:  # run outside the project's environment
     raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         function = get_setting("LAMBDA_FUNCTION", args.function)
         runner = partial(run_units_lambda, function=function, workers=args.workers)
     try:
+        for table in ("images", "sources"):  # every file's footer: a damaged one is named here
+            dataset(catalog, table)
         report = build_objects(catalog, config, runner=runner)
     except SkySurveyError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repair", action="store_true",
                         help="only repair the catalog: remove sources files without an image "
                              "record (killed runs) and older copies of re-processed images, "
-                             "print what was removed, and exit")
+                             "print what was removed, name empty or truncated Parquet files "
+                             "(exit 1; they are left for you), and exit")
     parser.add_argument("--redrive", action="store_true",
                         help="lambda: invoke again the failed asynchronous (S3-triggered) events "
                              "waiting in the failed-events queue (FAILED_EVENTS_QUEUE), delete "
@@ -107,9 +108,13 @@ def repair(catalog_uri: str) -> int:
         return 1
     for line in report.removed:
         print(f"removed {printable(line)}")
+    for line in report.unreadable:  # left in place: re-process the image or delete the file
+        print(f"unreadable {printable(line)}", file=sys.stderr)
     print(f"Repair of {printable(catalog_uri)}: {len(report.removed)} files removed, "
-          f"{report.entries_written} image entries written")
-    return 0
+          f"{report.entries_written} image entries written"
+          + (f", {len(report.unreadable)} unreadable files left (re-process their images or "
+             "delete them)" if report.unreadable else ""))
+    return 1 if report.unreadable else 0
 
 
 def main(argv: list[str] | None = None) -> int:

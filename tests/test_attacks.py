@@ -422,3 +422,107 @@ def test_untrustworthy_wcs_gives_null_positions_a_flag_and_a_warning(tmp_path, a
     assert (flags & BAD_WCS).all()
     assert expected in image["warnings"] and "ra/dec null" in image["warnings"]
     assert image["has_wcs"] is False
+
+
+# ---------------------------------------------------------------------------------------------
+# 13. Lambda events: a malformed event is one error reply, never a crash or a write elsewhere
+
+def _records(n: int) -> dict:
+    return {"Records": [{"s3": {"bucket": {"name": "raw"}, "object": {"key": f"images/{i}.fits"}}}
+                        for i in range(n)]}
+
+
+EVENT_ATTACKS = [
+    # (attack, event, expected in the reply's error)
+    ("input_prefix is a number", {"bucket": "raw", "key": "images/x.fits", "input_prefix": 5},
+     "'input_prefix' must be a non-empty string, not 5"),
+    ("catalog_bucket climbs out with ..",
+     {"bucket": "raw", "key": "images/x.fits", "catalog_bucket": "s3://bucket/../victim"},
+     "'catalog_bucket' has a '..' segment"),
+    ("key climbs out with ..", {"bucket": "raw", "key": "images/../../etc/x.fits"},
+     "'key' has a '..' segment"),
+    ("a URL-encoded .. in a notification", {"Records": [{"s3": {
+        "bucket": {"name": "raw"}, "object": {"key": "images/%2E%2E/x.fits"}}}]},
+     "'key' has a '..' segment"),
+    ("a control character in the catalog",
+     {"bucket": "raw", "key": "x.fits", "catalog_bucket": "s3://cat/a\nb"},
+     "'catalog_bucket' holds a control character"),
+    ("reference is a list", {"bucket": "raw", "key": "x.fits", "reference": ["a"]},
+     "'reference' must be a non-empty string"),
+    ("Records is not a list", {"Records": "x"}, "'Records' must be a non-empty list"),
+    ("2,000 records in one event", _records(2000),
+     "2000 records in one event, at most 10"),
+]
+
+
+@pytest.mark.parametrize("attack, event, expected", EVENT_ATTACKS,
+                         ids=[a[0] for a in EVENT_ATTACKS])
+def test_malformed_events_get_one_error_reply(tmp_path, monkeypatch, attack, event, expected):
+    import time
+
+    handler = load_script("lambda_function")
+    monkeypatch.setenv("BUCKET_CATALOG", str(tmp_path / "cat"))
+    start = time.perf_counter()
+    reply = handler.lambda_handler(event)
+    assert time.perf_counter() - start < 2  # refused before any image is read
+    assert reply["status"] == "error" and reply["error"].startswith("bad event: ")
+    assert expected in reply["error"] and "\n" not in reply["error"]
+    assert not (tmp_path / "cat").exists()
+
+
+def test_ten_records_still_run_each_image(tmp_path, monkeypatch):
+    """The cap refuses only what cannot finish: ten records are ten replies."""
+    handler = load_script("lambda_function")
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    event = {"Records": [{"s3": {"bucket": {"name": str(raw)},
+                                 "object": {"key": f"images/{i}.fits"}}} for i in range(10)]}
+    monkeypatch.setenv("BUCKET_CATALOG", str(tmp_path / "cat"))
+    reply = handler.lambda_handler(event)
+    assert [r["image_id"] for r in reply["results"]] == [str(i) for i in range(10)]
+    assert all("no such" in r["error"].lower() or "not found" in r["error"].lower()
+               for r in reply["results"]), reply
+
+
+# ---------------------------------------------------------------------------------------------
+# 14. An empty, truncated or foreign file in a table is one line naming it, everywhere
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes({"zero bytes": b"", "truncated": data[: len(data) // 2],
+                      "not Parquet": b"name,ra\nx,1\n"}[how])
+
+
+PARQUET_ATTACKS = [
+    # (table folder, damage); every one: the query, --repair and build_objects name the file
+    (table, how) for table in ("sources", "images", "objects")
+    for how in ("zero bytes", "truncated", "not Parquet")
+]
+
+
+@pytest.mark.parametrize("table, how", PARQUET_ATTACKS,
+                         ids=[f"{how} in {table}" for table, how in PARQUET_ATTACKS])
+def test_damaged_parquet_files_are_named_in_one_line(survey, tmp_path, capsys, table, how):
+    import shutil
+
+    root = tmp_path / "catalog"
+    shutil.copytree(survey, root)
+    victim = next(p for p in sorted((root / table).rglob("*.parquet"))
+                  if not p.name.startswith("_"))  # a file the table's readers read
+    _damage(victim, how)
+    name = victim.name
+    query = load_script("query_with_athena")
+    for sql in ("SELECT count(*) AS n FROM sources", "SELECT count(*) AS n FROM objects"):
+        assert query.main(["--catalog", str(root), "--sql", sql]) == 1
+        _one_error_line(capsys.readouterr().err.replace("failed: custom", ""), name,
+                        "unreadable Parquet file")
+    if table == "objects":
+        return  # build_objects.py's own check rebuilds a changed unit (tests/test_objects.py)
+    assert load_script("invoke_lambda").main(["--repair", "--catalog", str(root)]) == 1
+    captured = capsys.readouterr()
+    assert f"unreadable {victim.relative_to(root).as_posix()} (" in captured.err
+    assert "1 unreadable files left" in captured.out
+    assert victim.exists() and victim.with_suffix("").name in {
+        p.stem for p in (root / ("images" if table == "sources" else "sources")).rglob("*")}
+    assert load_script("build_objects").main(["--catalog", str(root), "--workers", "1"]) == 1
+    _one_error_line(capsys.readouterr().err, name, "unreadable Parquet file")

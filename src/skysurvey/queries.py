@@ -344,7 +344,7 @@ def check_schemas(data: pads.Dataset, spec: Dataset) -> list[str]:
     todo = [(frag, key) for frag, key in zip(fragments, keys, strict=True)
             if (spec.folder, key) not in _CHECKED]
     with ThreadPoolExecutor(max_workers=16) as pool:
-        schemas = list(pool.map(lambda item: item[0].physical_schema, todo))
+        schemas = list(pool.map(lambda item: _physical_schema(item[0]), todo))
     for (fragment, key), found in zip(todo, schemas, strict=True):
         problems, missing_new = schema_difference(found, spec)
         if problems:
@@ -362,6 +362,18 @@ def check_schemas(data: pads.Dataset, spec: Dataset) -> list[str]:
         notes.append(f"{files} from an older pipeline_version: {len(missing)} newer columns "
                      f"read as null ({', '.join(missing)})")
     return notes
+
+
+def _physical_schema(fragment) -> pa.Schema:
+    """The schema in one file's footer; an empty, truncated or non-Parquet file is one line
+    naming it (not pyarrow's traceback)."""
+    try:
+        return fragment.physical_schema
+    except (pa.ArrowException, OSError) as exc:
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise QueryError(fragment.path, f"unreadable Parquet file ({cause}): re-process its "
+                                        "image or delete it (scripts/invoke_lambda.py --repair "
+                                        "lists every such file)") from None
 
 
 #: (table folder, file key) -> the newer columns that file lacks (empty: the current schema)
