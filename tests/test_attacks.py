@@ -8,6 +8,7 @@ To add an attack, add a row; the test under the table runs it.
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import boto3
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from astropy.io import fits
 from conftest import draw_fits, load_script
 
 from skysurvey import hats_export
@@ -526,3 +528,82 @@ def test_damaged_parquet_files_are_named_in_one_line(survey, tmp_path, capsys, t
         p.stem for p in (root / ("images" if table == "sources" else "sources")).rglob("*")}
     assert load_script("build_objects").main(["--catalog", str(root), "--workers", "1"]) == 1
     _one_error_line(capsys.readouterr().err, name, "unreadable Parquet file")
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. Memory stays within the budget for every part of a file, the header included
+
+_PRIMARY = (fits.Header({"SIMPLE": True, "BITPIX": -32, "NAXIS": 2, "NAXIS1": 32, "NAXIS2": 32})
+            .tostring(endcard=False, padding=False).encode())
+
+
+def _history_bomb(path: Path) -> None:
+    """3.9 million HISTORY cards (312 MB of header) in a ~1 MB .fits.gz, then a real image."""
+    chunk = b"HISTORY " + b"x" * 72
+    with gzip.open(path, "wb", compresslevel=9) as out:
+        out.write(_PRIMARY)
+        for _ in range(39):
+            out.write(chunk * 100_000)
+        size = len(_PRIMARY) + 39 * 100_000 * 80
+        out.write(b"END".ljust(80) + b" " * (-(size + 80) % 2880))
+        out.write(np.random.default_rng(0).normal(size=(32, 32)).astype(">f4").tobytes())
+        out.write(b"\0" * (-4096 % 2880))
+
+
+def _endless_header(path: Path) -> None:
+    """A header without END, followed by 4 GiB of spaces (blank cards): gzip members of 1 MiB
+    of spaces each, so the file is small and quick to write."""
+    spaces = gzip.compress(b" " * 2**20, compresslevel=9)
+    with open(path, "wb") as out:
+        out.write(gzip.compress(_PRIMARY))
+        for _ in range(4096):
+            out.write(spaces)
+
+
+MEMORY_ATTACKS = [
+    # (attack, writer, budget MB, expected in the one-line error)
+    ("3.9 million HISTORY cards in a 1 MB .fits.gz", _history_bomb, 1000,
+     "header of HDU 0 reaches"),
+    ("a header without END and 4 GiB of spaces", _endless_header, 1000,
+     "header of HDU 0 reaches"),
+    ("the same with a 300 MB budget", _endless_header, 300, "memory budget of 300 MB"),
+]
+
+_MEASURE = """
+import resource, sys
+from skysurvey.fitsread import read_fits
+from skysurvey.errors import SkySurveyError
+try:
+    read_fits(sys.argv[1], name=sys.argv[1], max_memory_bytes=int(sys.argv[2]) * 2**20)
+    print("read")
+except SkySurveyError as exc:
+    print(exc)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.parametrize("attack, writer, budget, expected", MEMORY_ATTACKS,
+                         ids=[a[0] for a in MEMORY_ATTACKS])
+def test_headers_are_read_within_the_memory_budget(tmp_path, attack, writer, budget, expected):
+    import subprocess
+    import sys
+
+    path = tmp_path / "bomb.fits.gz"
+    writer(path)
+    assert path.stat().st_size < 5 * 2**20  # deflate tops out at ~1032:1
+    done = subprocess.run([sys.executable, "-c", _MEASURE, str(path), str(budget)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    message, peak_mb = done.stdout.strip().splitlines()
+    assert message.startswith(f"{path}: ") and expected in message, message
+    assert int(peak_mb) < budget, f"peak {peak_mb} MB over the {budget} MB budget"
+
+
+def test_an_empty_date_obs_is_a_warning(tmp_path):
+    from skysurvey.fitsread import observation_time
+
+    header = fits.Header({"DATE-OBS": ""})
+    assert observation_time(header).night == "unknown"
+    assert observation_time(header).warnings == ("empty DATE-OBS: night unknown",)
+    header["MJD-OBS"] = 61130.25
+    when = observation_time(header)
+    assert when.night == "2026-03-31" and when.warnings == ("empty DATE-OBS",)

@@ -44,6 +44,10 @@ BYTES_PER_PIXEL = 40
 BASE_BYTES = 150 * 2**20
 #: FITS files are made of 2880-byte blocks.
 BLOCK = 2880
+#: Peak memory of a header per byte of it: astropy's parse (a Card object per 80 bytes) and
+#: the copies the reading makes (the raw blocks, the parsed header, astropy's own parse of
+#: the HDU, the merged header). Measured 15-20x on 100,000-300,000 HISTORY cards.
+HEADER_BYTES_FACTOR = 20
 #: Skipped (non-image) HDUs of compressed files are decompressed and dropped in chunks this big.
 _CHUNK = 2**20
 #: Keywords of the primary header that never describe the image in an extension.
@@ -148,6 +152,21 @@ def _has_end(block: bytes) -> bool:
     return any(block[i:i + 8] == b"END     " for i in range(0, len(block), 80))
 
 
+def header_memory_bytes(n_bytes: int) -> int:
+    """Memory that reading a header of *n_bytes* needs (:data:`HEADER_BYTES_FACTOR`)."""
+    return BASE_BYTES + HEADER_BYTES_FACTOR * n_bytes
+
+
+def _charge_header(stream: _Stream, index: int, n_bytes: int) -> None:
+    """Stop reading a header, before astropy parses it, once parsing it would need more than
+    the budget: millions of HISTORY cards (or blank cards and no END) in a small .fits.gz."""
+    if stream.limit is not None and header_memory_bytes(n_bytes) > stream.limit:
+        raise ImageTooLargeError(
+            stream.name, f"header of HDU {index} reaches {n_bytes / 2**20:.1f} MB "
+                         f"({n_bytes // 80:,} cards, no END yet): parsing it would need more "
+                         f"than the memory budget of {stream.limit / 2**20:.0f} MB")
+
+
 def _read_header(stream: _Stream, index: int) -> tuple[fits.Header, bytes] | None:
     """The next HDU's header and its raw blocks; None at a clean end of file."""
     blocks = []
@@ -161,6 +180,7 @@ def _read_header(stream: _Stream, index: int) -> tuple[fits.Header, bytes] | Non
             raise FITSReadError(stream.name, f"truncated FITS file (header of HDU {index} "
                                              "ends before its END card)")
         blocks.append(block)
+        _charge_header(stream, index, len(blocks) * BLOCK)
         if _has_end(block):
             break
     raw = b"".join(blocks)
@@ -235,7 +255,7 @@ def _image_hdu_bytes(stream: _Stream) -> tuple[int, bytes, fits.Header | None]:
     """The image HDU's index, its header and data as a FITS file's bytes, and the primary
     header; the budget is checked before any pixel is read."""
     index, header, raw_header, size, primary = _find_image(stream)
-    needed = estimate_memory_bytes(header)
+    needed = estimate_memory_bytes(header) + HEADER_BYTES_FACTOR * len(raw_header)
     if header.get("ZIMAGE") is True:
         needed += size  # the compressed tiles are held while astropy decompresses them
     limit = stream.limit
