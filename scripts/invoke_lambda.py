@@ -23,7 +23,7 @@ try:
     from skysurvey.errors import SkySurveyError, printable
     from skysurvey.fitsread import default_memory_budget
     from skysurvey.pipeline import PipelineConfig
-    from skysurvey.reference import reference_spec
+    from skysurvey.reference import check_reference, reference_spec
     from skysurvey.runner import (
         Timer,
         catalogued_image_ids,
@@ -141,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if reference:
+        try:  # before any image: a reference that cannot be used fails the run, in one line
+            check_reference(reference)
+        except SkySurveyError as exc:
+            print(f"error: reference {exc}", file=sys.stderr)
+            return 2
         log.info("calibrating against %s", reference.uri)
     try:
         inputs = find_inputs(resolve_input(args.input))

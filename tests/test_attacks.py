@@ -607,3 +607,136 @@ def test_an_empty_date_obs_is_a_warning(tmp_path):
     header["MJD-OBS"] = 61130.25
     when = observation_time(header)
     assert when.night == "2026-03-31" and when.warnings == ("empty DATE-OBS",)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6, 7. A reference that cannot be used fails the run; one that misleads is refused or said
+
+def _bad_csv(t: Path) -> str:
+    (t / "bad.csv").write_text("ra,dec,rmag\n150.1,2.2\n150.2,2.3,17,extra\n")
+    return str(t / "bad.csv")
+
+
+def _bad_bytes(t: Path, name: str, data: bytes) -> str:
+    (t / name).write_bytes(data)
+    return str(t / name)
+
+
+def _not_hats(t: Path) -> str:
+    (t / "hats").mkdir()
+    (t / "hats" / "partition_info.csv").write_text("Norder,Npix\n5,123\n")
+    return str(t / "hats")
+
+
+def _no_r_column(t: Path, ref_frame) -> str:
+    ref_frame.drop(columns=["rmag"]).to_parquet(t / "no_r.parquet", index=False)
+    return str(t / "no_r.parquet")
+
+
+def _good(t: Path, ref_frame) -> str:
+    ref_frame.to_parquet(t / "ref.parquet", index=False)
+    return str(t / "ref.parquet")
+
+
+REFERENCE_ATTACKS = [
+    # (attack, --reference made from (tmp_path, ref_frame), --reference-bands, exit status,
+    #  expected in the one error line)
+    ("missing file", lambda t, f: str(t / "nope.parquet"), None, 2, "no such file or object"),
+    ("malformed CSV", lambda t, f: _bad_csv(t), None, 2, "cannot read"),
+    ("FITS that is not FITS", lambda t, f: _bad_bytes(t, "bad.fits", b"SIMPLE = nonsense" * 9),
+     None, 2, "cannot read"),
+    ("broken VOTable", lambda t, f: _bad_bytes(t, "bad.vot", b"<?xml version='1.0'?><VOTABLE"),
+     None, 2, "cannot read"),
+    ("Parquet that is empty", lambda t, f: _bad_bytes(t, "empty.parquet", b""), None, 2,
+     "cannot read"),
+    ("a HATS folder without its files", lambda t, f: _not_hats(t), None, 2,
+     "partition Norder=5 Npix=123 has no file"),
+    ("a mapped column that does not exist", _good, "r=kmag", 2,
+     "no column 'kmag' (mapped to band r)"),
+    ("no column for the image's band", _no_r_column, None, 1,
+     "no magnitude column for band 'r'"),
+]
+
+
+@pytest.fixture(scope="module")
+def calib_field():
+    from test_calibration import _sky
+
+    from skysurvey.detect import measure_image
+    from skysurvey.fitsread import FitsImage
+    from skysurvey.synth import make_image, reference_catalog
+
+    sky = _sky()
+    image = make_image((512, 512), seed=5, sources=sky, transparency=0.23, rotation_deg=10.0)
+    sources, row = measure_image(FitsImage(image.data, None, image.header, 0, "x"), "x")
+    return sources, row, image, reference_catalog(sky, seed=1)
+
+
+@pytest.mark.parametrize("attack, make, bands, status, expected", REFERENCE_ATTACKS,
+                         ids=[a[0] for a in REFERENCE_ATTACKS])
+def test_a_reference_that_cannot_be_used_fails_the_run(calib_field, tmp_path, capsys, attack,
+                                                       make, bands, status, expected):
+    from skysurvey.reference import clear_cache
+
+    clear_cache()
+    image, ref_frame = calib_field[2], calib_field[3]
+    (tmp_path / "in").mkdir()
+    image.write(tmp_path / "in" / "field.fits")
+    uri = make(tmp_path, ref_frame)
+    argv = ["--input", str(tmp_path / "in"), "--catalog", str(tmp_path / "cat"), "--workers",
+            "1", "--no-progress", "--reference", uri] + (["--reference-bands", bands]
+                                                         if bands else [])
+    assert load_script("invoke_lambda").main(argv) == status
+    captured = capsys.readouterr()
+    if status == 2:  # before any image: one line, nothing written
+        _one_error_line(captured.err.replace("INFO ", "\nINFO ").split("\nINFO")[0],
+                        f"error: reference {uri}: ", expected)
+        assert not (tmp_path / "cat").exists()
+    else:  # the image fails by name; the rest of a batch would go on
+        failed = captured.out.split("Failed images:")[1].strip().splitlines()[0]
+        assert "field.fits" in failed and uri in failed and expected in failed
+        assert not list((tmp_path / "cat").rglob("*.parquet"))
+
+
+def test_a_missing_reference_bucket_fails_the_run(moto_server, calib_field, tmp_path, capsys):
+    from skysurvey.reference import clear_cache
+
+    clear_cache()
+    (tmp_path / "in").mkdir()
+    calib_field[2].write(tmp_path / "in" / "field.fits")
+    uri = "s3://no-such-bucket/ref.parquet"
+    assert load_script("invoke_lambda").main([
+        "--input", str(tmp_path / "in"), "--catalog", str(tmp_path / "cat"), "--workers", "1",
+        "--no-progress", "--reference", uri]) == 2
+    assert f"error: reference {uri}: " in capsys.readouterr().err
+    assert not (tmp_path / "cat").exists()
+
+
+CALIBRATION_ATTACKS = [
+    # (attack, reference frame from the true one, expected zero point source,
+    #  expected zero point (None: the header's 30.0), expected in images.warnings or None)
+    ("every row five times", lambda f: f.loc[f.index.repeat(5)], "reference", 30.0 - 0.23, None),
+    ("every magnitude 8", lambda f: f.assign(rmag=8.0, rmag_err=0.01), "MAGZERO", None,
+     "magnitudes in column rmag over the image are 8: not photometry"),
+    ("magnitudes 3 mag off the header's", lambda f: f.assign(rmag=f["rmag"] + 3), "reference",
+     30.0 - 0.23 + 3, "mag from the header's 30.00 (MAGZERO): check the reference's band"),
+]
+
+
+@pytest.mark.parametrize("attack, change, source, zero_point, warning", CALIBRATION_ATTACKS,
+                         ids=[a[0] for a in CALIBRATION_ATTACKS])
+def test_misleading_references_are_refused_or_said(calib_field, tmp_path, attack, change,
+                                                   source, zero_point, warning):
+    from skysurvey.calibrate import calibrate
+    from skysurvey.reference import ReferenceSpec, clear_cache
+
+    clear_cache()
+    sources, row, _, ref_frame = calib_field
+    change(ref_frame).to_parquet(tmp_path / "ref.parquet", index=False)
+    _, new = calibrate(sources, row, "r", ReferenceSpec.parse(str(tmp_path / "ref.parquet")))
+    assert new["zero_point_source"] == source
+    assert new["zero_point"] == pytest.approx(zero_point or 30.0, abs=0.03)
+    if warning is None:
+        assert not new.get("warnings") or "reference" not in new["warnings"]
+    else:
+        assert warning in new["warnings"]
