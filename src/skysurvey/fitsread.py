@@ -94,6 +94,7 @@ class _Stream:
 
     def __init__(self, fileobj, name: str, limit: int | None):
         self.name, self.limit, self.pos = name, limit, 0
+        self.header_bytes = 0  # of the headers read so far (each is held, parsed, in memory)
         head = fileobj.read(3)
         fileobj.seek(0)
         if not head:
@@ -158,13 +159,15 @@ def header_memory_bytes(n_bytes: int) -> int:
 
 
 def _charge_header(stream: _Stream, index: int, n_bytes: int) -> None:
-    """Stop reading a header, before astropy parses it, once parsing it would need more than
-    the budget: millions of HISTORY cards (or blank cards and no END) in a small .fits.gz."""
+    """Stop reading a header, before astropy parses it, once parsing the headers read so far
+    (*n_bytes* in all) would need more than the budget: millions of HISTORY cards (or blank
+    cards and no END) in a small .fits.gz."""
     if stream.limit is not None and header_memory_bytes(n_bytes) > stream.limit:
         raise ImageTooLargeError(
-            stream.name, f"header of HDU {index} reaches {n_bytes / 2**20:.1f} MB "
-                         f"({n_bytes // 80:,} cards, no END yet): parsing it would need more "
-                         f"than the memory budget of {stream.limit / 2**20:.0f} MB")
+            stream.name, f"header of HDU {index} reaches {n_bytes / 2**20:.1f} MB with the "
+                         f"ones before it ({n_bytes // 80:,} cards, no END yet): parsing it "
+                         f"would need more than the memory budget of "
+                         f"{stream.limit / 2**20:.0f} MB")
 
 
 def _read_header(stream: _Stream, index: int) -> tuple[fits.Header, bytes] | None:
@@ -180,10 +183,11 @@ def _read_header(stream: _Stream, index: int) -> tuple[fits.Header, bytes] | Non
             raise FITSReadError(stream.name, f"truncated FITS file (header of HDU {index} "
                                              "ends before its END card)")
         blocks.append(block)
-        _charge_header(stream, index, len(blocks) * BLOCK)
+        _charge_header(stream, index, stream.header_bytes + len(blocks) * BLOCK)
         if _has_end(block):
             break
     raw = b"".join(blocks)
+    stream.header_bytes += len(raw)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -255,7 +259,7 @@ def _image_hdu_bytes(stream: _Stream) -> tuple[int, bytes, fits.Header | None]:
     """The image HDU's index, its header and data as a FITS file's bytes, and the primary
     header; the budget is checked before any pixel is read."""
     index, header, raw_header, size, primary = _find_image(stream)
-    needed = estimate_memory_bytes(header) + HEADER_BYTES_FACTOR * len(raw_header)
+    needed = estimate_memory_bytes(header) + HEADER_BYTES_FACTOR * stream.header_bytes
     if header.get("ZIMAGE") is True:
         needed += size  # the compressed tiles are held while astropy decompresses them
     limit = stream.limit
