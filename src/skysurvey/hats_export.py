@@ -91,7 +91,7 @@ def _write_chunks(batches, folder: Path, prefix: str) -> tuple[list[str], int]:
 def _objects_input(catalog: str, folder: Path) -> tuple[list[str], int]:
     from .queries import dataset
 
-    data = dataset(catalog, "objects", check=False)
+    data = dataset(catalog, "objects")  # every file's footer: a damaged one is named
     columns = [c for c in data.schema.names if c not in ("hpx5", "_healpix_29")]  # recomputed
     return _write_chunks(data.to_batches(columns=columns), folder, "objects")
 
@@ -103,8 +103,8 @@ def _sources_input(catalog: str, folder: Path) -> tuple[list[str], int]:
 
     from .queries import dataset
 
-    images = dataset(catalog, "images", check=False).to_table(columns=["image_id", "mjd"])
-    data = dataset(catalog, "sources", check=False)
+    images = dataset(catalog, "images").to_table(columns=["image_id", "mjd"])
+    data = dataset(catalog, "sources")
     columns = [c for c in data.schema.names if c != "_healpix_29"]  # hats-import recomputes it
     keep = pads.field("ra").is_valid() & pads.field("dec").is_valid()
     ids, mjds = images["image_id"], images["mjd"]
