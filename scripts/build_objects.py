@@ -22,7 +22,7 @@ from functools import partial
 try:
     from skysurvey import cli
     from skysurvey.config import get_setting, is_s3_uri
-    from skysurvey.errors import SkySurveyError
+    from skysurvey.errors import QueryError, SkySurveyError, printable
     from skysurvey.objects import BuildConfig, build_objects, run_units_lambda
     from skysurvey.queries import dataset
     from skysurvey.runner import default_workers
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         function = get_setting("LAMBDA_FUNCTION", args.function)
         runner = partial(run_units_lambda, function=function, workers=args.workers)
     try:
-        for table in ("images", "sources"):  # every file's footer: a damaged one is named here
-            dataset(catalog, table)
+        check_files(catalog)
         report = build_objects(catalog, config, runner=runner)
     except SkySurveyError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -90,6 +89,18 @@ def main(argv: list[str] | None = None) -> int:
         register_partitions_in_glue(catalog, report.partitions)
     print(report.summary())
     return 0 if report.status in ("ok", "unchanged") else 1
+
+
+def check_files(catalog: str) -> None:
+    """Read the footer of every ``images`` and ``sources`` file (a build that has nothing new
+    reads none of them): an empty or truncated file is a QueryError naming it. A catalog that
+    is missing as a whole is left to build_objects, which names it its own way."""
+    for table in ("images", "sources"):
+        try:
+            dataset(catalog, table)
+        except QueryError as exc:
+            if exc.source != printable(str(catalog)):  # a file of the catalog, not the catalog
+                raise
 
 
 def register_partitions_in_glue(catalog: str, partitions: list[int]) -> None:
