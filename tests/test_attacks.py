@@ -116,6 +116,15 @@ def test_force_replaces_only_objects_and_sources_locally(tmp_path, catalog):
     check_output(str(catalog), str(out))  # marked as an export's folder: no --force next time
 
 
+def test_a_killed_exports_staging_folders_are_its_own(tmp_path, catalog):
+    out = tmp_path / "hats"
+    (out / ".objects-new-abc123" / "dataset").mkdir(parents=True)  # killed mid-swap
+    (out / ".sources-old-1765000000").mkdir()
+    check_output(str(catalog), str(out))  # only an export's own leftovers: no --force
+    hats_export._publish(_built(tmp_path), str(out))
+    assert sorted(p.name for p in out.iterdir()) == [hats_export.MARKER, "objects", "sources"]
+
+
 def test_a_new_or_empty_output_needs_no_force(tmp_path, catalog):
     (tmp_path / "empty").mkdir()
     check_output(str(catalog), str(tmp_path / "empty"))

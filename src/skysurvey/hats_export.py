@@ -196,9 +196,16 @@ def _overlap(catalog: str, output: str) -> str | None:
     return None
 
 
+def _staging(name: str) -> bool:
+    """Whether *name* is a folder a local export stages or retires (``.objects-new-...``,
+    ``.sources-old-...``), left behind when an export was killed mid-swap."""
+    return any(name.startswith(f".{owned}-{kind}-") for owned in OWNED
+               for kind in ("new", "old"))
+
+
 def _foreign_entries(names: set[str]) -> list[str]:
     """The entries of an output folder that no export made (empty: the folder is ours)."""
-    return sorted(n for n in names if n not in OWNED and n != MARKER)
+    return sorted(n for n in names if n not in OWNED and n != MARKER and not _staging(n))
 
 
 def check_output(catalog: str, output: str, *, force: bool = False) -> None:
@@ -259,6 +266,8 @@ def _publish(built: Path, output: str) -> None:
 
     target = Path(output).expanduser()
     target.mkdir(parents=True, exist_ok=True)
+    for leftover in [p for p in target.iterdir() if _staging(p.name)]:  # a killed export's
+        shutil.rmtree(leftover, ignore_errors=True)
     for name in OWNED:
         # staged inside the target: the same file system, so the swap is a rename
         staged = Path(tempfile.mkdtemp(prefix=f".{name}-new-", dir=target))
