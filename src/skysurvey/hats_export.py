@@ -7,10 +7,12 @@ collection's default margin. ``lsdb.open_catalog("<output>/objects")`` opens it 
 
 Runs outside the Lambda (hats-import, dask and lsdb weigh ~310 MB). hats writes local files only
 here (S3 needs s3fs, which breaks the boto3 pin): the export is built in a local temporary folder,
-then moved into place (local output: an atomic exchange of folders, so a reader sees the old or
-the new export, never a mix) or uploaded with the project's S3 store (S3 output: the new files
-are written over the old keys, then the keys the new export no longer has are deleted; during
-the upload a reader may see both, a window of the upload's length).
+then moved into place or uploaded. Local output: an atomic exchange of ``objects/``, then of
+``sources/``, so a reader of either collection sees its old or its new version, never a mix of
+files (between the two exchanges the new objects stand beside the old sources). S3 output,
+through the project's S3 store: the new files are written over the old keys, then the keys the
+new export no longer has are deleted; during the upload a reader may see both, a window of the
+upload's length.
 
 Writers create only what they own (DESIGN.md): :func:`check_output` runs before any work and
 refuses an output that is an existing file, a folder that is, contains or lies inside the
