@@ -238,31 +238,37 @@ def survey(tmp_path_factory):
     return root
 
 
-CONE_ATTACKS = [
-    # (attack, --param values, expected in the one-line error)
-    ("radius 10 deg", ["150.1", "2.2", "36000"], "radius 36000.0 arcsec must be > 0 and at most"),
-    ("radius 0", ["150.1", "2.2", "0"], "radius 0.0 arcsec must be > 0"),
-    ("negative radius", ["150.1", "2.2", "-5"], "radius -5.0 arcsec must be > 0"),
-    ("NaN radius", ["150.1", "2.2", "nan"], "radius nan arcsec must be > 0"),
-    ("infinite radius", ["150.1", "2.2", "inf"], "radius inf arcsec"),
-    ("dec 91", ["150.1", "91", "60"], "dec 91.0 is outside [-90, 90]"),
-    ("dec NaN", ["150.1", "nan", "60"], "dec nan is outside [-90, 90]"),
-    ("ra infinite", ["inf", "2.2", "60"], "ra inf is not a finite number"),
-    ("two parameters", ["150.1", "2.2"], "expects 3 parameters (ra, dec, radius_arcsec), got 2"),
-    ("four parameters", ["150.1", "2.2", "60", "1"], "got 4"),
-    ("not a number", ["abc", "2.2", "60"], "parameters must be numbers"),
+QUERY_PARAMETER_ATTACKS = [
+    # (attack, named query, --param values, expected in the one-line error)
+    ("radius 10 deg", "cone", ["150.1", "2.2", "36000"],
+     "radius 36000.0 arcsec must be > 0 and at most"),
+    ("radius 0", "cone", ["150.1", "2.2", "0"], "radius 0.0 arcsec must be > 0"),
+    ("negative radius", "cone", ["150.1", "2.2", "-5"], "radius -5.0 arcsec must be > 0"),
+    ("NaN radius", "cone", ["150.1", "2.2", "nan"], "radius nan arcsec must be > 0"),
+    ("infinite radius", "cone", ["150.1", "2.2", "inf"], "radius inf arcsec"),
+    ("dec 91", "cone", ["150.1", "91", "60"], "dec 91.0 is outside [-90, 90]"),
+    ("dec NaN", "cone", ["150.1", "nan", "60"], "dec nan is outside [-90, 90]"),
+    ("ra infinite", "cone", ["inf", "2.2", "60"], "ra inf is not a finite number"),
+    ("two parameters", "cone", ["150.1", "2.2"],
+     "expects 3 parameters (ra, dec, radius_arcsec), got 2"),
+    ("four parameters", "cone", ["150.1", "2.2", "60", "1"], "got 4"),
+    ("not a number", "cone", ["abc", "2.2", "60"], "parameters must be numbers"),
+    ("negative match radius", "crossmatch_reference", ["-1"],
+     "radius -1.0 arcsec must be > 0 and at most 3600"),
+    ("match radius not a number", "crossmatch_reference", ["near"],
+     "radius_arcsec must be a number, got 'near'"),
 ]
 
 
-@pytest.mark.parametrize("attack, params, expected", CONE_ATTACKS,
-                         ids=[a[0] for a in CONE_ATTACKS])
-def test_cone_parameters_are_checked(survey, capsys, attack, params, expected):
-    argv = ["--catalog", str(survey), "--query", "cone"]
+@pytest.mark.parametrize("attack, query, params, expected", QUERY_PARAMETER_ATTACKS,
+                         ids=[a[0] for a in QUERY_PARAMETER_ATTACKS])
+def test_query_parameters_are_checked(survey, capsys, attack, query, params, expected):
+    argv = ["--catalog", str(survey), "--query", query]
     for value in params:
         argv += ["--param", value]
     assert load_script("query_with_athena").main(argv) == 2
     captured = capsys.readouterr()
-    _one_error_line(captured.err, "error: cone: ", expected)
+    _one_error_line(captured.err, f"error: {query}: ", expected)
     assert "(no rows)" not in captured.out
 
 

@@ -172,6 +172,23 @@ def check_cone(params) -> tuple[float, float, float]:
     return ra % 360.0, dec, radius
 
 
+def _match_radius(params) -> float:
+    """The one parameter of ``crossmatch_reference``: a radius in (0, 3600] arcsec."""
+    values = tuple(params)
+    if len(values) != 1:
+        raise QueryError("crossmatch_reference", f"expects 1 parameter (radius_arcsec), got "
+                                                 f"{len(values)}")
+    try:
+        radius = float(values[0])
+    except (TypeError, ValueError):
+        raise QueryError("crossmatch_reference",
+                         f"radius_arcsec must be a number, got {values[0]!r}") from None
+    if not 0.0 < radius <= MAX_CONE_ARCSEC:
+        raise QueryError("crossmatch_reference", f"radius {radius} arcsec must be > 0 and at "
+                                                 f"most {MAX_CONE_ARCSEC:g}")
+    return radius
+
+
 def _check_cone_cover(bound: tuple) -> tuple:
     """*bound* (the cone's bound values) when its 4 partitions hold every ``_healpix_29``
     range it searches; a range spanning a partition the query does not read would lose rows
@@ -244,7 +261,7 @@ NAMED_QUERIES.update({
         "ON f.dec BETWEEN o.dec - r.radius / 3600 AND o.dec + r.radius / 3600) "
         "SELECT object_id, ra, dec, ref_ra, ref_dec, distance_arcsec FROM pairs "
         "WHERE distance_arcsec <= radius ORDER BY object_id, distance_arcsec LIMIT 1000",
-        (1.0,),
+        (1.0,), lambda params: (_match_radius(params),),
     ),
 })
 
