@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     for path in saved:
-        print(f"saved {path}")
+        print(f"saved {printable(str(path))}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
