@@ -38,7 +38,7 @@ REJECTED_WCS = ("broken WCS", "unusable WCS", "unsupported celestial frame")
 ROUND_TRIP_PIXELS = 0.01
 #: LONPOLE/LATPOLE may move positions by at most this much from wcslib's defaults (arcsec).
 POLE_TOLERANCE_ARCSEC = 0.01
-_WCS_NUMBERS = re.compile(r"^(CRVAL|CRPIX|CDELT|CROTA|PC\d*_|CD\d*_|LONPOLE|LATPOLE)")
+_WCS_NUMBERS = re.compile(r"^(CRVAL\d|CRPIX\d|CDELT\d|CROTA\d|PC\d+_\d|CD\d+_\d|LONPOLE|LATPOLE)")
 
 
 def celestial_wcs(header, notes: list[str] | None = None) -> tuple[WCS | None, str | None]:
@@ -125,9 +125,9 @@ def wcs_problem(header, wcs: WCS) -> str | None:
     world = wcs.all_pix2world(pixels, 0)
     if not np.isfinite(world).all():
         return "no finite sky position for part of the image"
-    try:
-        back = wcs.all_world2pix(world, 0, tolerance=1e-6, maxiter=50)
-    except Exception as exc:  # astropy's NoConvergence and wcslib's errors
+    try:  # quiet: the best solution where the iteration did not converge, judged below
+        back = wcs.all_world2pix(world, 0, tolerance=1e-6, maxiter=100, quiet=True)
+    except Exception as exc:  # wcslib's errors
         return f"sky positions do not map back to pixels ({type(exc).__name__})"
     error = float(np.abs(back - pixels).max()) if np.isfinite(back).all() else math.inf
     if not error <= ROUND_TRIP_PIXELS:
