@@ -73,6 +73,8 @@ HATS_OUTPUT_ATTACKS = [
      "is an existing file"),
     ("output holds the user's files", lambda t, c: _user_folder(t / "mine"),
      "non-empty folder this export did not make (holds thesis.tex)"),
+    ("output below an existing file", lambda t, c: _user_file(t / "notes.txt") / "hats",
+     "cannot be created: "),
 ]
 
 

@@ -25,6 +25,7 @@ user's other files there are never touched, on a local folder and on ``s3://`` a
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -210,6 +211,18 @@ def _foreign_entries(names: set[str]) -> list[str]:
     return sorted(n for n in names if n not in OWNED and n != MARKER and not _staging(n))
 
 
+def _check_creatable(target: Path, output: str) -> None:
+    """Refuse, before the export's work, a local output that cannot be written: below an
+    existing file, or in a folder this user cannot write to."""
+    folder = target.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ExportError(output, f"cannot be created: {folder} is a file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(output, f"cannot be written: no write permission in {folder}")
+
+
 def check_output(catalog: str, output: str, *, force: bool = False) -> None:
     """Refuse an output this export does not own (:class:`ExportError`, one line).
 
@@ -240,6 +253,7 @@ def check_output(catalog: str, output: str, *, force: bool = False) -> None:
             names = {p.name for p in target.iterdir()} if target.is_dir() else set()
         except OSError as exc:
             raise ExportError(output, f"cannot list it ({exc.strerror or exc})") from None
+        _check_creatable(target, output)
     foreign = _foreign_entries(names)
     if foreign and MARKER not in names and not force:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
@@ -266,7 +280,15 @@ def _publish(built: Path, output: str) -> None:
         return
     from .objects import replace_dir
 
-    target = Path(output).expanduser()
+    try:
+        _publish_local(built, Path(output).expanduser(), replace_dir)
+    except OSError as exc:  # a disk full or a permission changed during the export
+        raise ExportError(output, f"cannot write the export ({exc.strerror or exc}); "
+                                  "nothing of the catalog was touched") from None
+
+
+def _publish_local(built: Path, target: Path, replace_dir) -> None:
+    """Swap *built*'s ``objects/`` and ``sources/`` into *target* with *replace_dir*."""
     target.mkdir(parents=True, exist_ok=True)
     for leftover in [p for p in target.iterdir() if _staging(p.name)]:  # a killed export's
         shutil.rmtree(leftover, ignore_errors=True)
