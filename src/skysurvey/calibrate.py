@@ -46,6 +46,8 @@ from .reference import (
 
 log = logging.getLogger("skysurvey.calibrate")
 
+#: A reference zero point further than this (mag) from the header's is kept, with a warning.
+HEADER_ZP_TOLERANCE = 1.0
 #: Reference bands whose auto-picked column was already logged in this process.
 _SAID: set[tuple[str, str, str]] = set()
 MAD_TO_SIGMA = 1.4826
@@ -366,5 +368,10 @@ def _calibrate_against(sources, row, band, spec, config) -> None:
         _add_warning(row, f"only {fit.n} reference calibration stars (< {config.min_matches})"
                           f": {fallback}")
         return
+    if header_zp is not None and abs(fit.value - header_zp) > HEADER_ZP_TOLERANCE:
+        _add_warning(row, f"reference zero point {fit.value:.2f} is {fit.value - header_zp:+.2f} "
+                          f"mag from the header's {header_zp:.2f} "
+                          f"({row.get('zero_point_source')}): check the reference's band, "
+                          "system and units")
     row.update(zero_point=fit.value, zero_point_source="reference", zero_point_err=fit.error,
                zero_point_rms=fit.rms, n_calib=fit.n)

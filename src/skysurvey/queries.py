@@ -20,6 +20,7 @@ catalogs and SQL shared with others.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -142,10 +143,69 @@ def _distance_sql(ra1: str, dec1: str, ra2: str, dec2: str) -> str:
             f" * power(sin(radians({ra2} - {ra1}) / 2), 2)))")
 
 
+#: The largest cone radius (arcsec) the named query accepts: 1 degree. Larger cones span more
+#: order-5 partitions than the query binds; a catalog-wide search is plain SQL (--sql).
+MAX_CONE_ARCSEC = 3600.0
+#: bits between an order-29 HEALPix index and its order-5 partition (hpx5)
+_HPX5_SHIFT = 2 * (29 - 5)
+
+
+def check_cone(params) -> tuple[float, float, float]:
+    """``(ra, dec, radius_arcsec)`` as floats, or a one-line :class:`QueryError`: three
+    numbers, RA finite, Dec within [-90, 90], radius in (0, :data:`MAX_CONE_ARCSEC`]."""
+    values = tuple(params)
+    if len(values) != 3:
+        raise QueryError("cone", f"expects 3 parameters (ra, dec, radius_arcsec), got "
+                                 f"{len(values)}")
+    try:
+        ra, dec, radius = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise QueryError("cone", f"parameters must be numbers (ra, dec, radius_arcsec), got "
+                                 f"{', '.join(repr(v) for v in values)}") from None
+    if not math.isfinite(ra):
+        raise QueryError("cone", f"ra {ra} is not a finite number of degrees")
+    if not -90.0 <= dec <= 90.0:  # NaN fails too
+        raise QueryError("cone", f"dec {dec} is outside [-90, 90] degrees")
+    if not 0.0 < radius <= MAX_CONE_ARCSEC:
+        raise QueryError("cone", f"radius {radius} arcsec must be > 0 and at most "
+                                 f"{MAX_CONE_ARCSEC:g} (a wider search: --sql over objects)")
+    return ra % 360.0, dec, radius
+
+
+def _match_radius(params) -> float:
+    """The one parameter of ``crossmatch_reference``: a radius in (0, 3600] arcsec."""
+    values = tuple(params)
+    if len(values) != 1:
+        raise QueryError("crossmatch_reference", f"expects 1 parameter (radius_arcsec), got "
+                                                 f"{len(values)}")
+    try:
+        radius = float(values[0])
+    except (TypeError, ValueError):
+        raise QueryError("crossmatch_reference",
+                         f"radius_arcsec must be a number, got {values[0]!r}") from None
+    if not 0.0 < radius <= MAX_CONE_ARCSEC:
+        raise QueryError("crossmatch_reference", f"radius {radius} arcsec must be > 0 and at "
+                                                 f"most {MAX_CONE_ARCSEC:g}")
+    return radius
+
+
+def _check_cone_cover(bound: tuple) -> tuple:
+    """*bound* (the cone's bound values) when its 4 partitions hold every ``_healpix_29``
+    range it searches; a range spanning a partition the query does not read would lose rows
+    silently, so that is a :class:`QueryError` instead."""
+    parts, ranges = set(bound[3:7]), bound[7:]
+    for lo, hi in zip(ranges[::2], ranges[1::2], strict=True):
+        if (hi >> _HPX5_SHIFT) - (lo >> _HPX5_SHIFT) >= 4 or not set(
+                range(lo >> _HPX5_SHIFT, (hi >> _HPX5_SHIFT) + 1)) <= parts:
+            raise QueryError("cone", f"radius {bound[2]} arcsec spans more order-5 partitions "
+                                     "than the cone query reads: use a smaller radius")
+    return bound
+
+
 def _cone_parameters(params: tuple) -> tuple:
     from .objects import cone_parameters
 
-    return cone_parameters(params)
+    return _check_cone_cover(cone_parameters(check_cone(params)))
 
 
 NAMED_QUERIES.update({
@@ -201,7 +261,7 @@ NAMED_QUERIES.update({
         "ON f.dec BETWEEN o.dec - r.radius / 3600 AND o.dec + r.radius / 3600) "
         "SELECT object_id, ra, dec, ref_ra, ref_dec, distance_arcsec FROM pairs "
         "WHERE distance_arcsec <= radius ORDER BY object_id, distance_arcsec LIMIT 1000",
-        (1.0,),
+        (1.0,), lambda params: (_match_radius(params),),
     ),
 })
 
@@ -301,7 +361,7 @@ def check_schemas(data: pads.Dataset, spec: Dataset) -> list[str]:
     todo = [(frag, key) for frag, key in zip(fragments, keys, strict=True)
             if (spec.folder, key) not in _CHECKED]
     with ThreadPoolExecutor(max_workers=16) as pool:
-        schemas = list(pool.map(lambda item: item[0].physical_schema, todo))
+        schemas = list(pool.map(lambda item: _physical_schema(item[0]), todo))
     for (fragment, key), found in zip(todo, schemas, strict=True):
         problems, missing_new = schema_difference(found, spec)
         if problems:
@@ -319,6 +379,18 @@ def check_schemas(data: pads.Dataset, spec: Dataset) -> list[str]:
         notes.append(f"{files} from an older pipeline_version: {len(missing)} newer columns "
                      f"read as null ({', '.join(missing)})")
     return notes
+
+
+def _physical_schema(fragment) -> pa.Schema:
+    """The schema in one file's footer; an empty, truncated or non-Parquet file is one line
+    naming it (not pyarrow's traceback)."""
+    try:
+        return fragment.physical_schema
+    except (pa.ArrowException, OSError) as exc:
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise QueryError(fragment.path, f"unreadable Parquet file ({cause}): re-process its "
+                                        "image or delete it (scripts/invoke_lambda.py --repair "
+                                        "lists every such file)") from None
 
 
 #: (table folder, file key) -> the newer columns that file lacks (empty: the current schema)
