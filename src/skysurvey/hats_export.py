@@ -163,7 +163,7 @@ def _publish(built: Path, output: str) -> None:
                 if info.key not in new:
                     store.delete(info.key)
         return
-    from .objects import replace_dir
+    from .storage import replace_dir
 
     target = Path(output).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
