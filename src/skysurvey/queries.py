@@ -424,10 +424,22 @@ CONE_RANGES = 8
 
 
 def register_reference(con) -> bool:
-    """Register ``reference`` in a DuckDB connection: the REFERENCE_CATALOG setting read by
-    :mod:`skysurvey.reference` (local or ``s3://`` Parquet, CSV, FITS, VOTable or HATS; its
-    position columns as ``ra``/``dec``), else an empty (ra, dec) table. A setting that cannot be
-    read is a warning naming it, never a silent empty table. True when it holds the reference."""
+    """Register the table ``reference`` in a DuckDB connection.
+
+    The REFERENCE_CATALOG setting read by :mod:`skysurvey.reference` (local or ``s3://`` Parquet,
+    CSV, FITS, VOTable or HATS; its position columns as ``ra``/``dec``), else an empty (ra, dec)
+    table. A setting that cannot be read is a warning naming it, never a silent empty table.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection
+        The connection (:func:`connect`).
+
+    Returns
+    -------
+    bool
+        True when the table holds the reference catalog.
+    """
     from .config import get_setting
     from .reference import open_reference
 
@@ -445,8 +457,24 @@ def register_reference(con) -> bool:
 
 
 def cone_parameters(params) -> tuple:
-    """``(ra, dec, radius_arcsec)`` -> the cone query's bound values: the three, the order-5
-    partitions (4), then CONE_RANGES pairs of ``_healpix_29`` bounds."""
+    """The cone query's bound values.
+
+    Parameters
+    ----------
+    params : sequence
+        ``(ra, dec, radius_arcsec)``, degrees and arcsec.
+
+    Returns
+    -------
+    tuple
+        The three, the order-5 partitions (4, the last repeated), then :data:`CONE_RANGES` pairs
+        of ``_healpix_29`` bounds (:func:`skysurvey.geometry.cone_ranges`, the last repeated).
+
+    Raises
+    ------
+    QueryError
+        The cone spans more than 4 order-5 pixels.
+    """
     ra, dec, radius = (float(v) for v in params)
     ranges = cone_ranges(ra, dec, radius, CONE_RANGES)
     parts = sorted({lo >> 48 for lo, _ in ranges} | {hi >> 48 for _, hi in ranges})
@@ -458,7 +486,20 @@ def cone_parameters(params) -> tuple:
 
 
 def most_variable_light_curves(catalog: str, n: int = 4):
-    """The ``light_curve`` rows of the *n* most significant variables (``variables`` order)."""
+    """The ``light_curve`` rows of the *n* most significant variables (``variables`` order).
+
+    Parameters
+    ----------
+    catalog : str
+        The catalog: a local folder or an ``s3://`` URI.
+    n : int
+        How many objects.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Their light curves, one row per detection (empty, with the columns, when none).
+    """
     import pandas as pd
 
     variables = run_named("variables", catalog)

@@ -84,7 +84,20 @@ class CellIndex:
 
 
 def mutual_nearest(src: np.ndarray, obj: np.ndarray, d2: np.ndarray) -> tuple[np.ndarray, ...]:
-    """One-to-one pairs: repeatedly keep the pairs that are each other's nearest."""
+    """One-to-one pairs: repeatedly keep the pairs that are each other's nearest.
+
+    Parameters
+    ----------
+    src, obj : numpy.ndarray
+        Candidate pairs (source index, object index).
+    d2 : numpy.ndarray
+        Their squared distances.
+
+    Returns
+    -------
+    src, obj : numpy.ndarray
+        The pairs kept; no source and no object twice.
+    """
     keep_s, keep_o = [], []
     while src.size:
         by_src = np.lexsort((d2, src))
@@ -105,10 +118,25 @@ def associate(det: Detections, obj_ra: np.ndarray, obj_dec: np.ndarray, centre, 
               order: np.ndarray, obj_weight: np.ndarray | None = None) -> np.ndarray:
     """Link every detection with ``obj == -1`` to an object, image by image.
 
-    *obj_ra/obj_dec*: the existing objects (seed positions), *obj_weight* their stored position
-    weights (else those of their kept detections); *order*: detection indices to match,
-    sorted by time then image. Returns ``obj`` for every detection; indices beyond the existing
-    objects are new objects.
+    Parameters
+    ----------
+    det : Detections
+        The unit's detections; ``det.obj`` holds the kept links (-1: to be matched).
+    obj_ra, obj_dec : numpy.ndarray
+        The existing objects (seed positions), degrees.
+    centre : tuple of float
+        The tangent point (the unit's centre), degrees.
+    radius : float
+        The match radius, arcsec.
+    order : numpy.ndarray
+        Detection indices to match, sorted by time then image.
+    obj_weight : numpy.ndarray, optional
+        The existing objects' stored position weights (else those of their kept detections).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``obj`` for every detection; indices beyond the existing objects are new objects.
     """
     ra0, dec0 = centre
     x, y = tangent_plane(det.ra, det.dec, ra0, dec0)
@@ -170,7 +198,20 @@ def associate(det: Detections, obj_ra: np.ndarray, obj_dec: np.ndarray, centre, 
 
 
 def link(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """values[keys == query] for each query (-1 where absent)."""
+    """``values[keys == query]`` for each query (-1 where absent).
+
+    Parameters
+    ----------
+    keys, values : numpy.ndarray
+        A lookup table (unique keys).
+    query : numpy.ndarray
+        The keys to look up.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64, one value per query.
+    """
     out = np.full(len(query), -1, np.int64)
     if not len(keys):
         return out

@@ -48,11 +48,31 @@ def build_objects(catalog: str, config: BuildConfig | None = None, *,
                   runner: Callable[[list[UnitTask]], list[dict]] | None = None) -> BuildReport:
     """Associate the catalog's sources into objects; incremental unless ``config.rebuild``.
 
-    *runner* runs the unit tasks (default: :func:`run_units_local` with ``config.workers``).
     Steps: finish or drop an interrupted build (:func:`recover`), compare the catalog with the
     last build (:func:`classify_changes`) and the tables with its record (:func:`check_tables`;
     damaged units are rebuilt first: :func:`repair`), plan the units (:func:`plan_units`), run
     them, then swap their tables in (:func:`commit_build`); a failed unit changes nothing.
+
+    Parameters
+    ----------
+    catalog : str
+        The catalog: a local folder or an ``s3://`` URI.
+    config : BuildConfig, optional
+        The settings (default: ``BuildConfig()``).
+    runner : callable, optional
+        Runs the unit tasks, one reply each (default: :func:`run_units_local` with
+        ``config.workers``; :func:`run_units_lambda` on AWS).
+
+    Returns
+    -------
+    BuildReport
+        What was built, with notes; ``status`` is ``error`` when a unit failed.
+
+    Raises
+    ------
+    ObjectsError
+        No catalog or no images there, another build running, settings that differ from the
+        last build's (radius, unit order).
     """
     config = config or BuildConfig()
     store = open_catalog(catalog)
@@ -144,9 +164,38 @@ def _check_and_repair(catalog: str, store, images: list[dict], usable: list[dict
 
 def repair(catalog: str, store, usable: list[dict], changes: Changes, listing: dict[str, int],
            damage: Damage, config: BuildConfig, run, report: BuildReport) -> bool:
-    """Rebuild the damaged units from the sources (:func:`plan_repair`) and swap them in with
-    a new build record, as a build of its own; a note names the files. False (the report
-    holds a one-line error naming them; nothing changed) when they cannot be rebuilt."""
+    """Rebuild the damaged units from the sources and swap them in, as a build of its own.
+
+    The units of :func:`plan_repair` run, then their tables are committed with a new build
+    record; a note names the files.
+
+    Parameters
+    ----------
+    catalog : str
+        The catalog.
+    store : LocalStore or S3Store
+        Its store.
+    usable : list of dict
+        The images with a WCS.
+    changes : Changes
+        The catalog against the last build's record.
+    listing : dict of str to int
+        The tables' files (:func:`table_listing`).
+    damage : Damage
+        What :func:`check_tables` found.
+    config : BuildConfig
+        The settings.
+    run : callable
+        Runs unit tasks (the build's runner).
+    report : BuildReport
+        Receives the notes, counts and, on failure, the error.
+
+    Returns
+    -------
+    bool
+        False (the report holds a one-line error naming the files; nothing changed) when they
+        cannot be rebuilt.
+    """
     plan = plan_repair(catalog, usable, changes, damage, config)
     replies = run(plan.tasks)
     errors = [r.get("error") or f"unit {r.get('unit')} failed" for r in replies
@@ -179,9 +228,23 @@ def repair(catalog: str, store, usable: list[dict], changes: Changes, listing: d
 
 
 def remove_strays(store, unit_order: int, listing: dict[str, int] | None = None) -> list[str]:
-    """Delete the :func:`stray_keys` (their rows were counted twice, or belong to no build):
-    a finished build leaves exactly its own files. Returns a note, or nothing. *listing*
-    (:func:`table_listing`; else the tables are listed) loses the keys deleted."""
+    """Delete the :func:`stray_keys`: a finished build leaves exactly its own files.
+
+    Parameters
+    ----------
+    store : LocalStore or S3Store
+        The catalog's store.
+    unit_order : int
+        The tables' unit order.
+    listing : dict of str to int, optional
+        The tables' files (:func:`table_listing`; loses the keys deleted); else the tables are
+        listed.
+
+    Returns
+    -------
+    list of str
+        A note naming the files (their rows were counted twice, or belong to no build), or none.
+    """
     strays = stray_keys(store, unit_order, listing)
     for key in strays:
         store.delete(key)
@@ -268,9 +331,33 @@ def _tally(report: BuildReport, replies: list[dict], changes: Changes) -> None:
 
 def commit_build(store, plan: BuildPlan, changes: Changes, config: BuildConfig,
                  report: BuildReport, replies: list[dict], listing: dict[str, int]) -> int:
-    """Stage the build record (with the files of the new tables), complete the staged tables
-    (the units not rebuilt, locally), mark them complete and swap them in. Returns the objects
-    dropped with units no image covers any more (a full build over kept tables)."""
+    """Stage the build record and swap the build's tables in.
+
+    The record lists the files of the new tables; the staged tables are completed with the
+    units not rebuilt (locally), marked complete and swapped in (:func:`stage_and_commit`).
+
+    Parameters
+    ----------
+    store : LocalStore or S3Store
+        The catalog's store.
+    plan : BuildPlan
+        The build's tasks and staging prefix.
+    changes : Changes
+        What the build did (the fast path keeps the units it did not touch).
+    config : BuildConfig
+        The settings recorded.
+    report : BuildReport
+        The totals recorded.
+    replies : list of dict
+        The units' replies (the files they wrote).
+    listing : dict of str to int
+        The tables' files before the build (:func:`table_listing`).
+
+    Returns
+    -------
+    int
+        The objects dropped with units no image covers any more (a full build over kept tables).
+    """
     touched = {t.unit for t in plan.tasks} if changes.fast else None
     files = _files_after(store, plan.staging, changes.state, listing, touched, replies)
     new_state = {"layout": LAYOUT, "version": __version__, "radius_arcsec": config.radius_arcsec,

@@ -190,7 +190,18 @@ def build_lock(store):
 
 
 def recover(store) -> list[str]:
-    """Finish a build interrupted after its ``_complete`` marker; drop unfinished ones."""
+    """Finish a build interrupted after its ``_complete`` marker; drop unfinished ones.
+
+    Parameters
+    ----------
+    store : LocalStore or S3Store
+        The catalog's store (under the build lock).
+
+    Returns
+    -------
+    list of str
+        One note per staged build finished or discarded.
+    """
     notes = []
     for token in committer(store).staging_tokens():
         prefix = f"{STAGING}/{token}"
@@ -217,10 +228,22 @@ def _commit(store, prefix: str, listing: dict[str, int] | None = None) -> None:
 
 def stage_and_commit(store, staging: str, state: dict, touched: set[int] | None,
                      listing: dict[str, int]) -> None:
-    """Write the build record into *staging*, complete the staged tables with the files of the
-    units not in *touched* (None: every unit was rebuilt; locally hard links, on S3 they stay
-    where they are), mark them complete and swap them in (*listing*: the current files,
-    :func:`table_listing`)."""
+    """Write the build record into *staging*, complete the staged tables, mark them, swap them in.
+
+    Parameters
+    ----------
+    store : LocalStore or S3Store
+        The catalog's store.
+    staging : str
+        The build's staging prefix.
+    state : dict
+        The new build record.
+    touched : set of int or None
+        The units rebuilt; the others' files are carried over (locally hard links, on S3 they
+        stay where they are). None: every unit was rebuilt.
+    listing : dict of str to int
+        The current files (:func:`table_listing`).
+    """
     store.write_bytes(f"{staging}/{STATE_KEY}", json.dumps(state, indent=1).encode())
     kind = committer(store)
     if touched is not None:

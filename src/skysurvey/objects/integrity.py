@@ -15,10 +15,27 @@ __all__ = ["check_tables", "stray_keys"]
 
 
 def stray_keys(store, unit_order: int, listing: dict[str, int] | None = None) -> list[str]:
-    """Files of the three tables that Parquet readers count but no build wrote: anything but
-    ``<table>/hpx5=<partition of N>/k<unit order>-<N>.parquet`` (a copy beside a unit file, a
-    unit file in another partition's folder or of another order). Names starting with ``_``
-    or ``.`` (the build record, the statistics sidecars) are skipped by readers, and here."""
+    """Files of the three tables that Parquet readers count but no build wrote.
+
+    Anything but ``<table>/hpx5=<partition of N>/k<unit order>-<N>.parquet`` (a copy beside a
+    unit file, a unit file in another partition's folder or of another order). Names starting
+    with ``_`` or ``.`` (the build record, the statistics sidecars) are skipped by readers, and
+    here.
+
+    Parameters
+    ----------
+    store : LocalStore or S3Store
+        The catalog's store.
+    unit_order : int
+        The tables' unit order.
+    listing : dict of str to int, optional
+        The tables' files (:func:`table_listing`); else the tables are listed.
+
+    Returns
+    -------
+    list of str
+        The keys.
+    """
     keys = listing if listing is not None else [
         k for t in TABLES for k in list_keys(store, f"{t}/")]
     strays = []
@@ -33,14 +50,32 @@ def stray_keys(store, unit_order: int, listing: dict[str, int] | None = None) ->
 
 
 def check_tables(store, state: dict, listing: dict[str, int], *, verify: bool = False) -> Damage:
-    """The tables' unit files (*listing*: :func:`table_listing`) against those the last build
-    recorded: missing, of another size, or (*verify*) another SHA-256 (reads every file
-    locally, one HEAD each on S3; a file without the ``sha256`` metadata differs), and unit
-    files the record does not list. Nothing to compare for a record that lists no files.
+    """The tables' unit files against those the last build recorded.
+
+    Missing, of another size, or (*verify*) another SHA-256 (reads every file locally, one
+    HEAD each on S3; a file without the ``sha256`` metadata differs), and unit files the record
+    does not list. Nothing to compare for a record that lists no files.
 
     A swap marker (:data:`SWAP_KEY`; :func:`recover` has finished every swap whose staging is
     still there) names units whose files may be old or new: their SHA-256 are compared (one
-    HEAD each on S3), or, for a record without files, they are all taken as damaged."""
+    HEAD each on S3), or, for a record without files, they are all taken as damaged.
+
+    Parameters
+    ----------
+    store : LocalStore or S3Store
+        The catalog's store.
+    state : dict
+        The last build's record.
+    listing : dict of str to int
+        The tables' files and sizes (:func:`table_listing`).
+    verify : bool
+        Also compare every file's SHA-256 with the record's.
+
+    Returns
+    -------
+    Damage
+        False when nothing differs.
+    """
     files, order = state.get("files"), state["unit_order"]
     damage, touched = Damage(swap=SWAP_KEY in listing), None
     if damage.swap:

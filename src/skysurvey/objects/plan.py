@@ -42,7 +42,23 @@ def _fingerprint(row: dict) -> str:
 
 
 def read_images(catalog: str) -> list[dict]:
-    """Rows of the ``images`` table with ``band``, ``night`` and the sources file key."""
+    """Rows of the ``images`` table with ``band``, ``night`` and the sources file key.
+
+    Parameters
+    ----------
+    catalog : str
+        The catalog: a local folder or an ``s3://`` URI.
+
+    Returns
+    -------
+    list of dict
+        One per image; ``key`` is its ``sources`` file (the handler's layout rule).
+
+    Raises
+    ------
+    ObjectsError
+        The catalog has no ``images`` table.
+    """
     from ..errors import QueryError
     from ..queries import dataset
 
@@ -69,8 +85,30 @@ def open_catalog(catalog: str):
 
 def classify_changes(catalog: str, store, images: list[dict], config: BuildConfig,
                      listing: dict[str, int]) -> Changes:
-    """New, reprocessed and removed images since the last build (ObjectsError: radius differs).
-    *listing*: the tables' files (:func:`table_listing`)."""
+    """New, reprocessed and removed images since the last build.
+
+    Parameters
+    ----------
+    catalog : str
+        The catalog (for messages).
+    store : LocalStore or S3Store
+        Its store (the build record is read from it).
+    images : list of dict
+        :func:`read_images`'s rows.
+    config : BuildConfig
+        The settings (``rebuild`` ignores the record).
+    listing : dict of str to int
+        The tables' files (:func:`table_listing`).
+
+    Returns
+    -------
+    Changes
+
+    Raises
+    ------
+    ObjectsError
+        The record's radius differs from ``config.radius_arcsec``.
+    """
     state = None if config.rebuild else load_state(store)
     has_tables = any(k.startswith("objects/") for k in listing) and not config.rebuild
     notes = []
@@ -178,7 +216,30 @@ def _unit_images(scan: list[dict], unit_order: int, mo: int, bands: list[str],
 
 def plan_units(catalog: str, images: list[dict], usable: list[dict], changes: Changes,
                config: BuildConfig) -> BuildPlan:
-    """The unit tasks of this build, writing under a new staging prefix."""
+    """The unit tasks of this build, writing under a new staging prefix.
+
+    Parameters
+    ----------
+    catalog : str
+        The catalog.
+    images : list of dict
+        Every image (:func:`read_images`); *usable*: those with a WCS (:func:`usable_images`).
+    usable : list of dict
+        The images whose sources are associated.
+    changes : Changes
+        What to (re)do; on the fast path only the new images are read.
+    config : BuildConfig
+        The settings.
+
+    Returns
+    -------
+    BuildPlan
+
+    Raises
+    ------
+    ObjectsError
+        The unit order differs from the last build's.
+    """
     unit_order = _unit_order(catalog, images, usable, changes, config)
     new_set = set(changes.new)
     # only the new images on the fast path
@@ -190,11 +251,30 @@ def plan_units(catalog: str, images: list[dict], usable: list[dict], changes: Ch
 
 def plan_repair(catalog: str, usable: list[dict], changes: Changes, damage: Damage,
                 config: BuildConfig) -> BuildPlan:
-    """Unit tasks that rebuild the damaged units (:func:`check_tables`) from the sources of
-    the images the last build associated, reading the kept associations around them but not
-    the damaged files. An image reprocessed since is matched again (``redo``: its objects keep
-    their ids) and the next phase of the build redoes it everywhere; new images are left to
-    that phase."""
+    """Unit tasks that rebuild the damaged units from the sources.
+
+    The sources of the images the last build associated, reading the kept associations around
+    the units but not the damaged files. An image reprocessed since is matched again (``redo``:
+    its objects keep their ids) and the next phase of the build redoes it everywhere; new
+    images are left to that phase.
+
+    Parameters
+    ----------
+    catalog : str
+        The catalog.
+    usable : list of dict
+        The images with a WCS.
+    changes : Changes
+        The catalog against the record (``changes.state`` is that record).
+    damage : Damage
+        What :func:`check_tables` found.
+    config : BuildConfig
+        The settings.
+
+    Returns
+    -------
+    BuildPlan
+    """
     state = changes.state
     seen = state.get("images", {})
     known = [r for r in usable if r["image_id"] in seen]

@@ -17,7 +17,20 @@ def _run_task(task: UnitTask) -> dict:
 
 
 def run_units_local(tasks: list[UnitTask], workers: int = 1) -> list[dict]:
-    """Run unit tasks in this process (workers=1) or a process pool."""
+    """Run unit tasks in this process (workers=1) or a process pool.
+
+    Parameters
+    ----------
+    tasks : list of UnitTask
+        The build's tasks.
+    workers : int
+        Processes; the biggest units go first, so the pool ends together.
+
+    Returns
+    -------
+    list of dict
+        One reply per task (:func:`handle_unit_event`).
+    """
     if workers <= 1 or len(tasks) <= 1:
         return [_run_task(t) for t in tasks]
     from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +47,22 @@ def run_units_lambda(tasks: list[UnitTask], function: str, workers: int = 8,
 
     A function error, a timeout or an unreadable reply becomes an error reply for that unit,
     so the build fails as a whole and the previous tables stay (see :func:`build_objects`).
+
+    Parameters
+    ----------
+    tasks : list of UnitTask
+        The build's tasks.
+    function : str
+        The Lambda function's name (its handler routes ``objects_unit`` events).
+    workers : int
+        Invocations in flight.
+    client : optional
+        A boto3 Lambda client (default: :func:`skysurvey.aws.client`).
+
+    Returns
+    -------
+    list of dict
+        One reply per task, in the tasks' order.
     """
     from concurrent.futures import ThreadPoolExecutor
 

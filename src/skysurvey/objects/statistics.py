@@ -33,7 +33,20 @@ N_BANDS_MAX = 1 << 12
 
 
 def chi2_threshold(dof: np.ndarray, false_alarm: float) -> np.ndarray:
-    """Upper chi2 quantile (Wilson-Hilferty), so no scipy is needed; dof >= 1."""
+    """Upper chi2 quantile (Wilson-Hilferty), so no scipy is needed.
+
+    Parameters
+    ----------
+    dof : numpy.ndarray
+        Degrees of freedom (values below 1 count as 1).
+    false_alarm : float
+        The probability of exceeding the quantile.
+
+    Returns
+    -------
+    numpy.ndarray
+        The chi2 values exceeded with probability *false_alarm*.
+    """
     from statistics import NormalDist
 
     z = NormalDist().inv_cdf(1 - false_alarm)
@@ -44,8 +57,20 @@ def chi2_threshold(dof: np.ndarray, false_alarm: float) -> np.ndarray:
 def error_scale(phot: dict, n_bands: int, min_objects: int = 20) -> np.ndarray:
     """Per band: how much the quoted errors understate the scatter of (mostly constant) objects.
 
-    The median reduced chi2 of the objects with enough points (at least 1: errors are never
-    shrunk); 1 when fewer than *min_objects* objects can tell.
+    Parameters
+    ----------
+    phot : dict
+        :func:`derive`'s photometry columns (``n``, ``band``, ``chi2_reduced``).
+    n_bands : int
+        The number of band indices.
+    min_objects : int
+        Fewer objects with enough points than this cannot tell: 1.
+
+    Returns
+    -------
+    numpy.ndarray
+        Per band, the median reduced chi2 of the objects with at least
+        :data:`MIN_VARIABLE_POINTS` points, never below 1 (errors are never shrunk).
     """
     scale = np.ones(max(n_bands, 1))
     enough = phot["n"] >= MIN_VARIABLE_POINTS
@@ -83,7 +108,21 @@ class Stats:
 
 
 def detection_stats(det: Detections, n_obj: int, floor: float) -> Stats:
-    """The statistics of *det* (``det.obj`` set; ``det.band`` a band index)."""
+    """The sufficient statistics of a set of detections.
+
+    Parameters
+    ----------
+    det : Detections
+        With ``det.obj`` set and ``det.band`` a band index.
+    n_obj : int
+        The number of objects (indices ``0 .. n_obj - 1``).
+    floor : float
+        The systematic magnitude error added in quadrature to the photometric weights.
+
+    Returns
+    -------
+    Stats
+    """
     o = det.obj
     vec = unit_vectors(det.ra, det.dec) * det.weight[:, None]
     first = np.full(n_obj, np.inf)
@@ -111,8 +150,19 @@ def detection_stats(det: Detections, n_obj: int, floor: float) -> Stats:
 
 
 def merge_stats(a: Stats, b: Stats) -> Stats:
-    """Statistics of the union of two sets of detections (same object indexing; *b* may
-    hold more objects). Means and squared deviations merge exactly (Chan et al.)."""
+    """Statistics of the union of two sets of detections.
+
+    Means and squared deviations merge exactly (Chan et al.'s pairwise update).
+
+    Parameters
+    ----------
+    a, b : Stats
+        The same object indexing; *b* may hold more objects.
+
+    Returns
+    -------
+    Stats
+    """
     n_obj = max(len(a), len(b))
 
     def pad(x, fill):
@@ -150,7 +200,26 @@ def merge_stats(a: Stats, b: Stats) -> Stats:
 
 
 def derive(stats: Stats, n_bands: int, false_alarm: float) -> tuple[dict, dict]:
-    """The published columns of ``objects`` and ``object_photometry`` from the statistics."""
+    """The published columns of ``objects`` and ``object_photometry`` from the statistics.
+
+    Parameters
+    ----------
+    stats : Stats
+        Per object and (object, band).
+    n_bands : int
+        The number of band indices.
+    false_alarm : float
+        The false-alarm probability of the chi2 variability test.
+
+    Returns
+    -------
+    objects : dict
+        Per object: ``ra``, ``dec``, errors, ``n_detections``, ``n_nights``, first/last mjd,
+        ``variable``, ``transient_candidate``.
+    phot : dict
+        Per (object, band): ``obj``, ``band``, ``n``, ``mean_mag``, ``mean_mag_err``,
+        ``scatter``, ``chi2_reduced``.
+    """
     n_obj = len(stats)
     with np.errstate(invalid="ignore", divide="ignore"):  # objects left without detections
         ra, dec = vectors_to_radec(stats.vec)
@@ -180,5 +249,22 @@ def derive(stats: Stats, n_bands: int, false_alarm: float) -> tuple[dict, dict]:
 
 def object_statistics(det: Detections, n_obj: int, bands: Sequence[str], floor: float,
                       false_alarm: float) -> tuple[dict, dict]:
-    """Per-object columns and the per-(object, band) photometry of all detections."""
+    """Per-object columns and the per-(object, band) photometry of all detections.
+
+    Parameters
+    ----------
+    det : Detections
+        With ``det.obj`` set.
+    n_obj : int
+        The number of objects.
+    bands : sequence of str
+        The band names (``det.band`` indexes them).
+    floor, false_alarm : float
+        As in :class:`BuildConfig`.
+
+    Returns
+    -------
+    objects, phot : dict
+        :func:`derive`'s columns.
+    """
     return derive(detection_stats(det, n_obj, floor), len(bands), false_alarm)

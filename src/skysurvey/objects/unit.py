@@ -74,7 +74,21 @@ SOURCE_COLUMNS = ("source_id", "ra", "dec", "mag", "mag_err", "mag_apcorr", "mag
 
 
 def source_arrays(table: pa.Table, pixel_scale: float | None) -> dict[str, np.ndarray]:
-    """Positions, position weights and calibrated magnitudes of one image's sources."""
+    """Positions, position weights and calibrated magnitudes of one image's sources.
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        The image's ``sources`` columns :data:`SOURCE_COLUMNS`.
+    pixel_scale : float or None
+        Arcsec per pixel (None: a 0.3" position error is assumed).
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``source_id``, ``ra``, ``dec``, ``weight`` (1 / sigma^2, arcsec^-2), ``mag`` and
+        ``mag_err`` (``mag_apcorr`` where measured; NaN for :data:`PHOT_BAD_FLAGS`), ``hp29``.
+    """
     ra, dec = floats(table, "ra"), floats(table, "dec")
     mag_ap, err_ap = floats(table, "mag_apcorr"), floats(table, "mag_apcorr_err")
     mag, err = floats(table, "mag"), floats(table, "mag_err")
@@ -180,7 +194,22 @@ def _read_unit_detections(store, task: UnitTask) -> tuple[Detections, dict]:
 
 
 def run_unit(task: UnitTask, store=None) -> dict:
-    """Associate one unit and write its three tables under ``task.staging``; the reply."""
+    """Associate one unit and write its three tables under ``task.staging``.
+
+    Parameters
+    ----------
+    task : UnitTask
+        The unit, its images and settings.
+    store : LocalStore or S3Store, optional
+        The catalog's store (default: opened from ``task.catalog``).
+
+    Returns
+    -------
+    dict
+        The reply: ``status``, counts, ``files`` (what the build record lists of each file
+        written), ``keys``, ``coverage`` (per image: sources with a position, those inside the
+        unit), ``seconds``.
+    """
     start = time.perf_counter()
     store = store or open_store(task.catalog)
     if task.fast:
@@ -531,7 +560,18 @@ def _run_unit_fast(task: UnitTask, store, start: float) -> dict:
 
 
 def handle_unit_event(event: dict) -> dict:
-    """The Lambda entry for one unit: ``{"task": "objects_unit", ...}`` (see README)."""
+    """The Lambda entry for one unit: ``{"task": "objects_unit", ...}`` (see README).
+
+    Parameters
+    ----------
+    event : dict
+        :meth:`UnitTask.event`'s dict.
+
+    Returns
+    -------
+    dict
+        :func:`run_unit`'s reply, or an error reply naming the unit (never raises).
+    """
     fields = {k: v for k, v in event.items() if k != "task"}
     try:
         task = UnitTask(**fields)
