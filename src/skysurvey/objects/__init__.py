@@ -59,7 +59,8 @@ The package, one concept per module (each imports only those listed after it):
 - :mod:`.model`: the value types; :mod:`.tables`: the tables' layout and reading.
 
 Sky geometry lives in :mod:`skysurvey.geometry`, the SQL helpers in :mod:`skysurvey.queries`;
-the names of both that this module used to hold are still importable from it.
+those of their names that callers took from the former ``objects.py`` (:data:`MOVED`) are
+still importable from here.
 """
 
 # moved out of this package, re-exported for existing callers (see MOVED)
@@ -71,7 +72,6 @@ from ..geometry import separation_arcsec as separation_arcsec
 from ..queries import CONE_RANGES as CONE_RANGES
 from ..queries import cone_parameters as cone_parameters
 from ..queries import most_variable_light_curves as most_variable_light_curves
-from ..queries import register_reference as register_reference
 from . import association, build, commit, integrity, model, plan, runners, statistics, tables, unit
 from .association import *  # noqa: F403
 from .build import *  # noqa: F403
@@ -86,7 +86,7 @@ from .unit import *  # noqa: F403
 
 #: Names that moved out of this package and are re-exported for existing callers.
 MOVED = ("CONE_RANGES", "cone_parameters", "healpix", "in_region", "most_variable_light_curves",
-         "neighbours", "pixel_centre", "register_reference", "separation_arcsec")
+         "neighbours", "pixel_centre", "separation_arcsec")
 
 __all__ = [
     *model.__all__, *tables.__all__, *association.__all__, *statistics.__all__,
