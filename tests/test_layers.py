@@ -108,6 +108,10 @@ def import_graph(sources: dict[str, tuple[str, bool]]) -> dict[str, list[tuple[s
     return {m: imported_modules(text, m, pkg, known) for m, (text, pkg) in sources.items()}
 
 
+def _layer_name(index: int | None) -> str:
+    return "undeclared" if index is None else LAYERS[index][0]
+
+
 def upward_imports(graph: dict[str, list[tuple[str, int]]]) -> list[str]:
     """One line per import of a higher layer's module (or of an undeclared one)."""
     found = []
@@ -116,9 +120,8 @@ def upward_imports(graph: dict[str, list[tuple[str, int]]]) -> list[str]:
         for target, line in targets:
             there = layer_index(target)
             if here is None or there is None or there > here:
-                where = lambda i: "undeclared" if i is None else LAYERS[i][0]  # noqa: E731
-                found.append(f"{module}:{line} ({where(here)}) imports {target} "
-                             f"({where(there)})")
+                found.append(f"{module}:{line} ({_layer_name(here)}) imports {target} "
+                             f"({_layer_name(there)})")
     return found
 
 
