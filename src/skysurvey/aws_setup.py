@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from . import aws
-from .config import is_s3_uri, parse_s3_uri
+from .config import QUEUE_NAME, is_s3_uri, parse_s3_uri
 from .errors import ConfigError
 
 ROLE_NAME = "lambda-astronomy-role"
@@ -33,7 +33,6 @@ FUNCTION_NAME = "astronomy-source-detection"
 LOG_GROUP = f"/aws/lambda/{FUNCTION_NAME}"
 WORKGROUP = "astronomy-workgroup"
 DATABASE = "astronomy"
-QUEUE_NAME = "astronomy-failed-events"
 DASHBOARD = "astronomy-pipeline"
 ALARM_ERRORS = f"{FUNCTION_NAME}-errors"
 ALARM_THROTTLES = f"{FUNCTION_NAME}-throttles"
@@ -189,8 +188,7 @@ def lambda_policy(names: Names) -> dict:
     to its queue (the on-failure destination), read the reference catalog if one is set.
     ``tests/test_iam.py`` checks every request the function makes against this."""
     from .athena import PARTITIONED_TABLES
-    from .objects import STAGING as OBJECTS_STAGING
-    from .objects import TABLES as OBJECT_TABLES
+    from .schema import OBJECT_TABLES, OBJECTS_STAGING
 
     raw, cat = f"arn:aws:s3:::{names.raw}", f"arn:aws:s3:::{names.catalog}"
     glue = [names.arn("glue", "catalog"), names.arn("glue", f"database/{DATABASE}")]

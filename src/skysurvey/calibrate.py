@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from .geometry import tangent_plane
 from .reference import (
     ReferenceError,
     ReferenceSpec,
@@ -111,16 +112,6 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
     if name not in table.column_names:
         return np.full(table.num_rows, np.nan)
     return np.asarray(table[name].to_numpy(zero_copy_only=False), dtype=float)
-
-
-def tangent_plane(ra, dec, ra0, dec0) -> tuple[np.ndarray, np.ndarray]:
-    """Gnomonic projection about (ra0, dec0): (east, north) in arcsec."""
-    r, d = np.radians(np.asarray(ra, float)), np.radians(np.asarray(dec, float))
-    r0, d0 = math.radians(ra0), math.radians(dec0)
-    cosc = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(r - r0)
-    xi = np.cos(d) * np.sin(r - r0) / cosc
-    eta = (np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(r - r0)) / cosc
-    return np.degrees(xi) * 3600.0, np.degrees(eta) * 3600.0
 
 
 def _window_pairs(xs, x, radius) -> tuple[np.ndarray, np.ndarray]:

@@ -280,7 +280,7 @@ def _publish(built: Path, output: str) -> None:
                     store.delete(info.key)
         store.write_bytes(MARKER, b"written by skysurvey export_hats\n")
         return
-    from .objects import replace_dir
+    from .storage import replace_dir
 
     try:
         _publish_local(built, Path(output).expanduser(), replace_dir)

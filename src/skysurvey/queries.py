@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from .aws import s3_filesystem
 from .config import is_s3_uri, parse_s3_uri
-from .errors import QueryError
+from .errors import QueryError, SkySurveyError
+from .geometry import cone_ranges
 from .schema import (
     ASSOCIATIONS_SCHEMA,
     IMAGES_SCHEMA,
@@ -203,8 +205,6 @@ def _check_cone_cover(bound: tuple) -> tuple:
 
 
 def _cone_parameters(params: tuple) -> tuple:
-    from .objects import cone_parameters
-
     return _check_cone_cover(cone_parameters(check_cone(params)))
 
 
@@ -264,25 +264,6 @@ NAMED_QUERIES.update({
         (1.0,), lambda params: (_match_radius(params),),
     ),
 })
-
-
-def s3_filesystem():
-    """pyarrow's S3 filesystem with boto3's credentials, region and endpoint."""
-    import boto3
-    from pyarrow import fs
-
-    session = boto3.Session()
-    creds = session.get_credentials()
-    kwargs = {"region": session.region_name or os.environ.get("AWS_REGION", "us-east-1")}
-    if creds is not None:
-        frozen = creds.get_frozen_credentials()
-        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key,
-                      session_token=frozen.token)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme)
-    return fs.S3FileSystem(**kwargs)
 
 
 def _spec(table: str) -> Dataset:
@@ -444,8 +425,6 @@ def connect(catalog_uri: str, *, safe: bool = False):
         con.register(name, dataset(catalog_uri, name))
     for view, table in VIEWS.items():
         con.execute(f"CREATE VIEW {view} AS {view_sql(view, table, 'images')}")
-    from .objects import register_reference
-
     register_reference(con)  # the REFERENCE_CATALOG Parquet as `reference` (else empty)
     if safe:
         con.execute("SET enable_external_access = false")
@@ -507,3 +486,96 @@ def get_named(name: str) -> NamedQuery:
 def run_named(name: str, catalog_uri: str, params=None, *, con=None):
     query = get_named(name)
     return run_query(query.sql, catalog_uri, query.bind(params), con=con)
+
+
+# ---------------------------------------------------------------------------------------
+# The survey tables' helpers: the `reference` table, the cone's bound values, light curves
+
+#: the cone query binds this many _healpix_29 ranges (unused ones repeat the last)
+CONE_RANGES = 8
+
+
+def register_reference(con) -> bool:
+    """Register the table ``reference`` in a DuckDB connection.
+
+    The REFERENCE_CATALOG setting read by :mod:`skysurvey.reference` (local or ``s3://`` Parquet,
+    CSV, FITS, VOTable or HATS; its position columns as ``ra``/``dec``), else an empty (ra, dec)
+    table. A setting that cannot be read is a warning naming it, never a silent empty table.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection
+        The connection (:func:`connect`).
+
+    Returns
+    -------
+    bool
+        True when the table holds the reference catalog.
+    """
+    from .config import get_setting
+    from .reference import open_reference
+
+    uri = get_setting("REFERENCE_CATALOG")
+    table = pa.table({"ra": pa.array([], pa.float64()), "dec": pa.array([], pa.float64())})
+    found = False
+    if uri:
+        try:
+            ref = open_reference(uri)
+            table, found = ref.as_table(), True
+        except SkySurveyError as exc:
+            log.warning("table `reference` is empty: %s", exc)
+    con.register("reference", table)
+    return found
+
+
+def cone_parameters(params) -> tuple:
+    """The cone query's bound values.
+
+    Parameters
+    ----------
+    params : sequence
+        ``(ra, dec, radius_arcsec)``, degrees and arcsec.
+
+    Returns
+    -------
+    tuple
+        The three, the order-5 partitions (4, the last repeated), then :data:`CONE_RANGES` pairs
+        of ``_healpix_29`` bounds (:func:`skysurvey.geometry.cone_ranges`, the last repeated).
+
+    Raises
+    ------
+    QueryError
+        The cone spans more than 4 order-5 pixels.
+    """
+    ra, dec, radius = (float(v) for v in params)
+    ranges = cone_ranges(ra, dec, radius, CONE_RANGES)
+    parts = sorted({lo >> 48 for lo, _ in ranges} | {hi >> 48 for _, hi in ranges})
+    if len(parts) > 4:
+        raise QueryError("cone", f"radius {radius} arcsec spans more than 4 order-5 pixels")
+    parts += [parts[-1]] * (4 - len(parts))
+    ranges += [ranges[-1]] * (CONE_RANGES - len(ranges))
+    return (ra, dec, radius, *parts, *(v for r in ranges for v in r))
+
+
+def most_variable_light_curves(catalog: str, n: int = 4):
+    """The ``light_curve`` rows of the *n* most significant variables (``variables`` order).
+
+    Parameters
+    ----------
+    catalog : str
+        The catalog: a local folder or an ``s3://`` URI.
+    n : int
+        How many objects.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Their light curves, one row per detection (empty, with the columns, when none).
+    """
+    import pandas as pd
+
+    variables = run_named("variables", catalog)
+    ids = list(dict.fromkeys(variables["object_id"]))[:n]
+    frames = [run_named("light_curve", catalog, (int(i),)) for i in ids]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["object_id", "mjd", "band", "mag", "mag_err"])

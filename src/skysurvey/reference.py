@@ -134,7 +134,7 @@ def _filesystem(uri: str):
     from pyarrow import fs
 
     if is_s3_uri(uri):
-        from .queries import s3_filesystem
+        from .aws import s3_filesystem
 
         loc = parse_s3_uri(uri)
         return s3_filesystem(), f"{loc.bucket}/{loc.prefix}".rstrip("/")
