@@ -411,11 +411,19 @@ class ObservationTime:
     warnings: tuple[str, ...] = ()
 
 
+#: DATE-OBS in the form FITS used before 1997 (Hanisch et al. 2001, sec. 4.4.2): DD/MM/YY
+_OLD_DATE = re.compile(r"(\d{2})/(\d{2})/(\d{2})")
+
+
 def _parse_date_obs(text: str) -> Time:
     """DATE-OBS as astropy reads it; a trailing ``Z`` or ``+hh:mm`` offset is applied first
     (astropy's ISO formats take neither), so ``23:30-05:00`` is 04:30 UTC the next day, and a
     leap second (``23:59:60``) stays on its own day."""
     text = text.strip()
+    old_style = _OLD_DATE.fullmatch(text)
+    if old_style:  # the FITS standard's original 'DD/MM/YY' form, legal for 1900-1999
+        day, month, year = (int(g) for g in old_style.groups())
+        text = f"{1900 + year:04d}-{month:02d}-{day:02d}"
     match = _OFFSET.search(text)
     offset = 0
     if match and re.search(r"\d[T ]\d", text[:match.start()]):
