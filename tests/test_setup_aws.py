@@ -278,7 +278,7 @@ def _legacy_deployment(suffix):
                                           tags={"project": "skysurvey"})
     boto3.client("glue").create_database(DatabaseInput={"Name": "astronomy"})  # by SQL: no tags
     boto3.client("athena").create_work_group(  # (moto has no update_work_group to repair it)
-        Name=aws_setup.WORKGROUP, Configuration=aws_setup._workgroup_configuration(
+        Name=aws_setup.WORKGROUP, Configuration=aws_setup.workgroup_configuration(
             aws_setup.Names(suffix, "us-east-1", "123456789012")),
         Tags=[{"Key": "project", "Value": "skysurvey"}])
 
