@@ -1,0 +1,174 @@
+"""scripts/check_aws.py against the moto server: what moto can answer passes, the rest says
+"cannot be checked on this endpoint" (never ok); broken settings fail by name."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from conftest import load_script
+
+from skysurvey import aws, aws_check, aws_setup
+
+SUFFIX = "t3st"
+RAW = f"astronomy-raw-{SUFFIX}"
+NEEDS_REAL_AWS = ("one image through the function", "Athena counts",
+                  "plain HTTP refused", "a broken file reaches")
+MOTO_CAN = ("alarms and dashboard present", "buckets private, encrypted",
+            "function's failed events go to")
+
+
+@pytest.fixture(autouse=True)
+def _no_region_left_behind():
+    yield
+    aws.use_region(None)
+
+
+@pytest.fixture
+def deployed(moto_server, tmp_path):
+    """setup_aws.py's whole deployment on the moto server (over HTTP)."""
+    package = tmp_path / "lambda.zip"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("lambda_function.py", "def lambda_handler(event, context):\n    return {}\n")
+    package.write_bytes(buf.getvalue())
+    assert load_script("setup_aws").main(["--suffix", SUFFIX, "--package", str(package),
+                                          "--trigger"]) == 0
+    aws.clear_clients()
+    return moto_server
+
+
+def _check(*args):
+    return load_script("check_aws").main(list(args))
+
+
+def _lines(out: str) -> dict[str, str]:
+    """check name -> the rest of its line (the first line names the target)."""
+    lines = out.strip().splitlines()[1:]
+    return dict(line.split(": ", 1) for line in lines)
+
+
+@pytest.mark.slow
+def test_on_moto_what_moto_can_answer_passes_and_the_rest_cannot_be_checked(
+        deployed, capsys):
+    status = _check("--wait", "0")
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert f"at {deployed}" in out.splitlines()[0]
+    lines = _lines(out)
+    assert len(lines) == len(aws_check.CHECKS)
+    for name, rest in lines.items():
+        if name.startswith(NEEDS_REAL_AWS):
+            assert rest.startswith("cannot be checked on this endpoint: "), (name, rest)
+            assert "ok" not in rest.split(": ")[0]
+        else:
+            assert name.startswith(MOTO_CAN), name
+            assert rest.startswith("ok"), (name, rest)
+    assert sum(rest.startswith("ok") for rest in lines.values()) == len(MOTO_CAN)
+    # nothing was uploaded: the raw bucket is as setup left it
+    assert boto3.client("s3").list_objects_v2(Bucket=RAW).get("KeyCount", 0) == 0
+
+
+@pytest.mark.slow
+def test_broken_settings_fail_by_name_and_the_exit_status_says_so(deployed, capsys):
+    cw, s3, lam = boto3.client("cloudwatch"), boto3.client("s3"), boto3.client("lambda")
+    cw.delete_alarms(AlarmNames=[aws_setup.ALARM_ERRORS])
+    s3.delete_bucket_policy(Bucket=RAW)
+    s3.delete_public_access_block(Bucket=f"astronomy-catalog-{SUFFIX}")
+    lam.delete_function_event_invoke_config(FunctionName=aws_setup.FUNCTION_NAME)
+    status = _check("--only", "alarms", "buckets", "destination", "tls")
+    lines = _lines(capsys.readouterr().out)
+    assert status == 1
+    assert lines["alarms and dashboard present"] == \
+        f"failed: missing alarm(s) {aws_setup.ALARM_ERRORS}"
+    buckets = lines["buckets private, encrypted, TLS-only policy attached"]
+    assert buckets.startswith("failed: ") and f"{RAW}: NoSuchBucketPolicy" in buckets
+    assert f"astronomy-catalog-{SUFFIX}: NoSuchPublicAccessBlockConfiguration" in buckets
+    assert lines["function's failed events go to the failed-events queue"].startswith("failed: ")
+    assert lines["plain HTTP refused (TLS-only policy)"].startswith("cannot be checked on this")
+    assert len(lines) == 4  # --only
+
+
+def test_without_a_deployment_it_says_what_is_missing(moto_server, capsys):
+    assert _check() == 2
+    err = capsys.readouterr().err
+    assert "BUCKET_RAW" in err and "not an s3:// bucket" in err
+
+
+def _destination_record(key, condition="RetriesExhausted"):
+    return json.dumps({
+        "version": "1.0", "requestContext": {"condition": condition,
+                                             "approximateInvokeCount": 3},
+        "requestPayload": {"Records": [{"s3": {"bucket": {"name": RAW},
+                                               "object": {"key": key}}}]},
+        "responseContext": {"functionError": "Unhandled"},
+        "responsePayload": {"errorMessage": "not a FITS file"}})
+
+
+def test_the_failed_event_is_found_as_redrive_parses_it_and_only_it_is_removed(moto_server):
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName="astronomy-failed-events")["QueueUrl"]
+    key = "images/skysurvey-check/broken-abc.FITS"
+    sqs.send_message(QueueUrl=url, MessageBody=_destination_record("images/real/a.fits"))
+    sqs.send_message(QueueUrl=url, MessageBody=_destination_record(key, "EventAgeExceeded"))
+    found = aws_check.find_failed_event(url, key, wait=0)
+    assert (found.key, found.condition, found.error) == (key, "EventAgeExceeded",
+                                                         "not a FITS file")
+    left = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert [json.loads(m["Body"])["requestPayload"]["Records"][0]["s3"]["object"]["key"]
+            for m in left] == ["images/real/a.fits"]  # a real failure stays for --redrive
+    assert aws_check.find_failed_event(url, "images/none.FITS", wait=0,
+                                       sleep=lambda s: None) is None
+
+
+def _target(endpoint=None):
+    return aws_check.Target(RAW, f"astronomy-catalog-{SUFFIX}", aws_setup.FUNCTION_NAME,
+                            aws_setup.DATABASE, aws_setup.WORKGROUP, aws_setup.QUEUE_NAME,
+                            "eu-west-1", endpoint)
+
+
+class _Answers:
+    """An S3 client whose head_object answers with a status per scheme."""
+
+    def __init__(self, codes: dict[str, str]):
+        self.codes, self.endpoints = codes, []
+
+    def __call__(self, endpoint, use_ssl):
+        self.endpoints.append((endpoint, use_ssl))
+        code = self.codes[endpoint.split(":")[0]]
+
+        class Client:
+            def head_object(self, **kwargs):
+                raise ClientError({"Error": {"Code": code}}, "HeadObject")
+
+        return Client()
+
+
+@pytest.mark.parametrize("https,http,status,words", [
+    ("404", "403", "ok", "plain HTTP 403"),
+    ("404", "404", "failed", "served, not denied"),
+    ("403", "403", "cannot", "these credentials cannot read"),
+])
+def test_tls_check_reads_the_two_answers(https, http, status, words):
+    answers = _Answers({"https": https, "http": http})
+    result = aws_check.check_tls_only(_target(), client_factory=answers)
+    assert result.status == status and words in result.line()
+    assert answers.endpoints == [("https://s3.eu-west-1.amazonaws.com", True),
+                                 ("http://s3.eu-west-1.amazonaws.com", False)]
+    on_moto = aws_check.check_tls_only(_target("http://127.0.0.1:5000"),
+                                       client_factory=answers)
+    assert on_moto.line() == ("plain HTTP refused (TLS-only policy): cannot be checked on "
+                              "this endpoint: moto ignores policy conditions")
+    assert len(answers.endpoints) == 2  # no request at all on a custom endpoint
+
+
+def test_exit_status_counts_only_checks_that_ran():
+    assert aws_check.exit_status([aws_check.ok("a"), aws_check.cannot("b", "why")]) == 0
+    assert aws_check.exit_status([aws_check.ok("a"), aws_check.failed("c", "why")]) == 1
+    assert aws_check.cannot("b", "why", aws_check.ENDPOINT).line() == \
+        "b: cannot be checked on this endpoint: why"
+    assert aws_check.failed("c", "why").line() == "c: failed: why"
