@@ -8,10 +8,13 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
+import shlex
 import zipfile
 
 import boto3
+import jmespath
 import pytest
 import yaml
 from conftest import load_script
@@ -397,3 +400,146 @@ def test_stack_deploys_on_moto_and_deletes_cleanly(mocked_aws, tmp_path):
     assert lam.list_functions()["Functions"] == []
     assert logs.describe_log_groups()["logGroups"] == []
     assert cw.list_dashboards()["DashboardEntries"] == []
+
+
+# ---- setup_guide.md, "Deploy with CloudFormation", followed on moto --------------------------
+
+
+def _guide_commands() -> list[str]:
+    from skysurvey.config import REPO_ROOT
+
+    text = (REPO_ROOT / "setup_guide.md").read_text()
+    section = text.split("## Deploy with CloudFormation\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def _options(words: list[str]) -> dict[str, list[str]]:
+    """``--name value...`` -> {"name": [values]} (the AWS CLI's way)."""
+    options, current = {}, None
+    for word in words:
+        if word.startswith("--"):
+            current = word[2:]
+            options[current] = []
+        elif current is not None:
+            options[current].append(word)
+    return options
+
+
+@pytest.mark.slow
+def test_the_guide_section_deploys_reads_outputs_and_deletes_on_moto(mocked_aws, tmp_path,
+                                                                     monkeypatch):
+    """Every command of the section, in order, as far as moto allows: the template written by
+    setup_aws.py, the zip uploaded, the stack deployed (moto's part), the env file written from
+    the outputs with the guide's own --query and awk program, the buckets emptied, the stack
+    deleted and waited for, the artifacts bucket and the env file removed."""
+    from skysurvey.config import env_file_path, get_setting, read_env_file
+
+    region = "eu-west-1"  # not us-east-1: the location constraint and the region pseudo-parameter
+    variables = {"SUFFIX": SUFFIX, "REGION": region}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "build").mkdir()
+    env_file = env_file_path()
+
+    def expand(text):
+        return re.sub(r"\$([A-Z_]+)", lambda m: variables[m.group(1)], text)
+
+    def client(service):
+        return boto3.client(service, region_name=region)
+
+    ran, not_on_moto = [], []
+    for line in _guide_commands():
+        words = shlex.split(expand(line.split(" | ")[0]))
+        if line.startswith("python scripts/build_lambda_package.py"):
+            # the real build downloads Linux wheels (~65 MB): a small zip in its place
+            (tmp_path / _options(words)["output"][0]).write_bytes(_zip_bytes())
+            not_on_moto.append("build_lambda_package.py (a small zip instead)")
+        elif line.startswith("python scripts/setup_aws.py"):
+            assert load_script("setup_aws").main(words[2:]) == 0
+            ran.append("template")
+        elif line.startswith(("python scripts/query_with_athena.py",
+                              "python scripts/check_aws.py")):
+            not_on_moto.append(words[1])  # Athena SQL; the real-account checks (test_check_aws)
+        elif line.startswith("export CODE_KEY="):
+            m = re.fullmatch(r"export CODE_KEY=(.*)\$\(sha256sum (\S+) \| cut -c1-16\)(.*)", line)
+            digest = hashlib.sha256((tmp_path / m.group(2)).read_bytes()).hexdigest()[:16]
+            variables["CODE_KEY"] = m.group(1) + digest + m.group(3)
+        elif words[:3] == ["aws", "s3api", "create-bucket"]:
+            o = _options(words[3:])
+            constraint = dict(kv.split("=") for kv in o["create-bucket-configuration"])
+            assert o["region"] == [region] and constraint == {"LocationConstraint": region}
+            client("s3").create_bucket(Bucket=o["bucket"][0],
+                                       CreateBucketConfiguration=constraint)
+        elif words[:3] == ["aws", "s3api", "put-public-access-block"]:
+            o = _options(words[3:])
+            block = {k: v == "true" for k, v in (kv.split("=") for kv in
+                     o["public-access-block-configuration"][0].split(","))}
+            assert block == aws_setup.PUBLIC_ACCESS_BLOCK
+            client("s3").put_public_access_block(Bucket=o["bucket"][0],
+                                                 PublicAccessBlockConfiguration=block)
+        elif words[:3] == ["aws", "s3", "cp"]:
+            bucket, key = words[4].removeprefix("s3://").split("/", 1)
+            client("s3").put_object(Bucket=bucket, Key=key,
+                                    Body=(tmp_path / words[3]).read_bytes())
+        elif words[:3] == ["aws", "cloudformation", "deploy"]:
+            o = _options(words[3:])
+            template = yaml.safe_load((tmp_path / o["template-file"][0]).read_text())
+            overrides = dict(kv.split("=", 1) for kv in o["parameter-overrides"])
+            required = {k for k, p in template["Parameters"].items() if "Default" not in p}
+            assert required <= set(overrides) <= set(template["Parameters"])
+            part, _ = _moto_part(template)
+            client("cloudformation").create_stack(
+                StackName=o["stack-name"][0], TemplateBody=yaml.safe_dump(part),
+                Capabilities=o["capabilities"],
+                Parameters=[{"ParameterKey": k, "ParameterValue": v}
+                            for k, v in overrides.items()])
+            assert client("cloudformation").describe_stacks(StackName=o["stack-name"][0])[
+                "Stacks"][0]["StackStatus"] == "CREATE_COMPLETE"
+            ran.append("deploy")
+        elif words[:3] == ["aws", "cloudformation", "describe-stacks"]:
+            o = _options(words[3:])
+            assert o["output"] == ["text"]
+            rows = jmespath.search(o["query"][0], client("cloudformation").describe_stacks(
+                StackName=o["stack-name"][0]))
+            awk = line.split(" | ", 1)[1]
+            assert awk == ("""awk -F'\\t' '{print "export " $1 "=" $2}' > .skysurvey.env""")
+            env_file.write_text("".join(f"export {d}={v}\n" for d, v in rows))
+            ran.append("outputs")
+        elif words[:3] == ["aws", "s3", "rm"]:
+            assert words[4:] == ["--recursive"]
+            bucket = words[3].removeprefix("s3://")
+            for item in client("s3").list_objects_v2(Bucket=bucket).get("Contents", []):
+                client("s3").delete_object(Bucket=bucket, Key=item["Key"])
+        elif words[:3] == ["aws", "cloudformation", "delete-stack"]:
+            client("cloudformation").delete_stack(StackName=_options(words[3:])["stack-name"][0])
+        elif words[:3] == ["aws", "cloudformation", "wait"]:
+            assert words[3] == "stack-delete-complete"
+            client("cloudformation").get_waiter("stack_delete_complete").wait(
+                StackName=_options(words[4:])["stack-name"][0],
+                WaiterConfig={"Delay": 1, "MaxAttempts": 5})
+            ran.append("deleted")
+        elif words[:3] == ["aws", "s3", "rb"]:
+            assert words[4:] == ["--force"]
+            bucket = words[3].removeprefix("s3://")
+            for item in client("s3").list_objects_v2(Bucket=bucket).get("Contents", []):
+                client("s3").delete_object(Bucket=bucket, Key=item["Key"])
+            client("s3").delete_bucket(Bucket=bucket)
+        elif words == ["rm", ".skysurvey.env"]:
+            # the env file the scripts read is the one the guide wrote
+            assert read_env_file(env_file) == aws_setup.Names(SUFFIX, region, ACCOUNT).env()
+            assert get_setting("BUCKET_CATALOG") == f"s3://{CAT}"
+            env_file.unlink()
+        else:
+            raise AssertionError(f"a command this test does not follow yet: {line}")
+        if "deploy" in ran and "deleted" not in ran and "filled" not in ran:
+            # between deploy and delete, a run writes into the buckets: the guide empties them
+            client("s3").put_object(Bucket=RAW, Key="images/a.fits", Body=b"SIMPLE")
+            ran.append("filled")
+
+    assert ran == ["template", "deploy", "filled", "outputs", "deleted"]
+    assert not_on_moto == ["build_lambda_package.py (a small zip instead)",
+                           "scripts/query_with_athena.py", "scripts/check_aws.py"]
+    assert client("s3").list_buckets()["Buckets"] == []
+    assert client("lambda").list_functions()["Functions"] == []
+    assert boto3.client("iam").list_roles()["Roles"] == []
+    assert not env_file.exists() and not os.path.exists(".skysurvey.env")

@@ -40,6 +40,7 @@ ALARM_THROTTLES = f"{FUNCTION_NAME}-throttles"
 ALARM_QUEUE = f"{QUEUE_NAME}-depth"
 RAW_PREFIX, CATALOG_PREFIX = "astronomy-raw-", "astronomy-catalog-"
 DEPLOYMENT_TAG = "skysurvey:deployment"
+STACK_TAG = "aws:cloudformation:stack-name"  # what a CloudFormation stack made (cfn_template)
 PROJECT_TAGS = {"project": "skysurvey"}  # all that deployments made before tagging carry
 RUNTIME = "python3.12"  # Amazon Linux 2023: loads numpy>=2.3's manylinux_2_28 wheels
 LOG_RETENTION_DAYS = 14
@@ -293,6 +294,9 @@ def ownership(resource: str, tags: dict[str, str], names: Names, fix: str,
     """``'ours'`` or ``'adopt'`` (a pre-tagging deployment of this suffix); else ConfigError
     naming *resource* and what to do (*fix*). *legacy_untagged*: the setup of before tagging
     made this resource without any tag (the database, through Athena SQL)."""
+    stack = tags.get(STACK_TAG)
+    if stack:
+        raise ConfigError(resource, stack_message(stack))
     owner = tags.get(DEPLOYMENT_TAG)
     if owner == names.suffix:
         return "ours"
@@ -310,6 +314,12 @@ def ownership(resource: str, tags: dict[str, str], names: Names, fix: str,
                                     "with --suffix to adopt it")
     raise ConfigError(resource, f"exists and is not tagged {DEPLOYMENT_TAG}={names.suffix}, "
                                 f"so setup will not adopt it: {fix}")
+
+
+def stack_message(stack: str) -> str:
+    return (f"belongs to CloudFormation stack '{stack}': change it with aws cloudformation "
+            f"deploy, delete it with aws cloudformation delete-stack --stack-name {stack} "
+            "(setup_guide.md, Deploy with CloudFormation)")
 
 
 @dataclass
@@ -995,7 +1005,15 @@ def run_setup(resources: list[Resource], names: Names, dry_run: bool = False) ->
 
 def run_cleanup(resources: list[Resource], names: Names,
                 dry_run: bool = False) -> list[tuple[str, str]]:
-    """Delete what carries this deployment's tag; list and leave everything else."""
+    """Delete what carries this deployment's tag; list and leave everything else. A
+    deployment a CloudFormation stack made is refused whole, before anything is deleted."""
+    for resource in resources:
+        try:
+            stack = (resource.tags() or {}).get(STACK_TAG)
+        except ConfigError:
+            continue
+        if stack:
+            raise ConfigError(resource.name, stack_message(stack))
     states = []
     for resource in resources:
         try:
