@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import zipfile
@@ -28,16 +29,20 @@ def _no_region_left_behind():
     aws.use_region(None)
 
 
-@pytest.fixture
-def deployed(moto_server, tmp_path):
-    """setup_aws.py's whole deployment on the moto server (over HTTP)."""
+def _package(tmp_path):
     package = tmp_path / "lambda.zip"
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("lambda_function.py", "def lambda_handler(event, context):\n    return {}\n")
     package.write_bytes(buf.getvalue())
-    assert load_script("setup_aws").main(["--suffix", SUFFIX, "--package", str(package),
-                                          "--trigger"]) == 0
+    return package
+
+
+@pytest.fixture
+def deployed(moto_server, tmp_path):
+    """setup_aws.py's whole deployment on the moto server (over HTTP)."""
+    assert load_script("setup_aws").main(["--suffix", SUFFIX, "--package",
+                                          str(_package(tmp_path)), "--trigger"]) == 0
     aws.clear_clients()
     return moto_server
 
@@ -172,3 +177,102 @@ def test_exit_status_counts_only_checks_that_ran():
     assert aws_check.cannot("b", "why", aws_check.ENDPOINT).line() == \
         "b: cannot be checked on this endpoint: why"
     assert aws_check.failed("c", "why").line() == "c: failed: why"
+
+
+# ---- the real-account checks' own logic, on the moto server posing as AWS --------------------
+
+
+def _post(endpoint, path, body):
+    import urllib.request
+
+    request = urllib.request.Request(f"{endpoint}{path}", data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request).read()
+
+
+@pytest.fixture
+def posing_as_aws(moto_server, tmp_path, monkeypatch):
+    """The deployment on the moto server with its docker-less Lambda (replies from a queue),
+    and a Target that believes it is real AWS (no endpoint): the checks' logic runs whole.
+    No TLS-only policy: moto would refuse the test image's upload (it ignores conditions)."""
+    monkeypatch.setattr(aws_setup, "TLS_ONLY", False)
+    _post(moto_server, "/moto-api/config", {"lambda": {"use_docker": False}})  # before setup
+    try:
+        assert load_script("setup_aws").main(["--suffix", SUFFIX, "--package",
+                                              str(_package(tmp_path))]) == 0
+        aws.clear_clients()
+        logs = boto3.client("logs")
+        logs.create_log_stream(logGroupName=aws_setup.LOG_GROUP, logStreamName="2026/12/07/x")
+        yield moto_server, dataclasses.replace(_target(), region="us-east-1")
+    finally:
+        _post(moto_server, "/moto-api/config", {"lambda": {"use_docker": True}})
+
+
+def _log(message):
+    import time
+
+    boto3.client("logs").put_log_events(
+        logGroupName=aws_setup.LOG_GROUP, logStreamName="2026/12/07/x",
+        logEvents=[{"timestamp": int(time.time() * 1000), "message": message}])
+
+
+def test_function_check_invokes_finds_its_log_line_and_removes_what_it_made(posing_as_aws):
+    from skysurvey.catalog import entry_key, write_entry
+    from skysurvey.storage import open_store
+
+    endpoint, target = posing_as_aws
+    image_id = "skysurvey-check__check-t1"
+    s3 = boto3.client("s3")
+    # what the function writes for the image (moto runs no code): its two files and entry
+    written = [f"{table}/band=r/night=2026-03-14/{image_id}.parquet"
+               for table in ("sources", "images")]
+    catalog = open_store(target.catalog_uri)
+    for key in written:
+        catalog.write_bytes(key, b"PAR1")
+    write_entry(catalog, image_id, "skysurvey-check/check-t1.FITS", written)
+    catalog.write_bytes("sources/band=r/night=2026-03-14/real.parquet", b"PAR1")  # not ours
+    reply = {"status": "ok", "image_id": image_id, "key": "skysurvey-check/check-t1.FITS",
+             "n_sources": 12, "catalog_key": written[0], "seconds": 0.31, "error": None}
+    _post(endpoint, "/moto-api/static/lambda-simple/response",
+          {"results": [json.dumps(reply)], "region": "us-east-1"})
+    _log(f"[INFO]\t2026-12-07T10:00:00Z\treq-1\t{json.dumps(reply)}")
+
+    result = aws_check.check_function(target, log_wait=0, token="check-t1")
+    assert result.line() == ("one image through the function, and its log line: ok "
+                             "(12 sources in 0.31 s; log line found)")
+    assert s3.list_objects_v2(Bucket=RAW).get("KeyCount", 0) == 0  # the test image is gone
+    left = [o["Key"] for o in s3.list_objects_v2(Bucket=target.catalog)["Contents"]]
+    assert left == ["sources/band=r/night=2026-03-14/real.parquet"]
+    assert entry_key(image_id) not in left
+
+    # no log line: failed, and the image is removed all the same
+    _post(endpoint, "/moto-api/static/lambda-simple/response",
+          {"results": [json.dumps({**reply, "image_id": "skysurvey-check__check-t2"})],
+           "region": "us-east-1"})
+    result = aws_check.check_function(target, log_wait=0, token="check-t2")
+    assert result.status == "failed" and "no log line naming skysurvey-check__check-t2" in \
+        result.detail
+    assert s3.list_objects_v2(Bucket=RAW).get("KeyCount", 0) == 0
+
+
+def test_failed_events_check_finds_the_record_or_says_why_none_came(posing_as_aws):
+    _, target = posing_as_aws
+    sqs = boto3.client("sqs")
+    url = sqs.get_queue_url(QueueName=aws_setup.QUEUE_NAME)["QueueUrl"]
+    key = "images/skysurvey-check/broken-t1.FITS"
+    # what Lambda sends after the retries (moto never runs the function)
+    sqs.send_message(QueueUrl=url, MessageBody=_destination_record(key, "RetriesExhausted"))
+    result = aws_check.check_failed_events(target, wait=0, token="broken-t1")
+    assert result.line() == ("a broken file reaches the failed-events queue (--redrive lists "
+                             "it): ok (RetriesExhausted: not a FITS file)")
+    assert sqs.receive_message(QueueUrl=url).get("Messages", []) == []  # its own, removed
+    assert boto3.client("s3").list_objects_v2(Bucket=RAW).get("KeyCount", 0) == 0
+
+    # the handler's error *reply*: a successful invocation, so nothing reaches the queue
+    _log(json.dumps({"status": "error", "image_id": "skysurvey-check__broken-t2",
+                     "error": "not a FITS file"}))
+    result = aws_check.check_failed_events(target, wait=0, token="broken-t2")
+    assert result.status == "failed"
+    assert "answered status=error (a reply, not a function error)" in result.detail
+    result = aws_check.check_failed_events(target, wait=0, token="broken-t3")
+    assert result.line().endswith("failed: nothing in astronomy-failed-events after 0 s")

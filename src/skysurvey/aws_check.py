@@ -222,31 +222,34 @@ def _remove_catalog_files(t: Target, image_id: str) -> list[str]:
     return keys
 
 
-def _log_line(t: Target, needle: str, since_ms: int, wait: float,
+def _log_line(t: Target, needle: str, since_ms: int, wait: float, *, status: str,
               sleep: Callable[[float], None] = time.sleep) -> str | None:
-    """The first log message of the function since *since_ms* that holds *needle*."""
+    """The function's JSON log line (the handler's reply) since *since_ms* that names
+    *needle* and says ``"status": "<status>"``; None when none came within *wait*."""
     logs = aws.client("logs")
     deadline = time.monotonic() + wait
     while True:
         events = logs.filter_log_events(
             logGroupName=f"/aws/lambda/{t.function}", startTime=since_ms,
             filterPattern=f'"{needle}"').get("events", [])
-        if events:
-            return events[0]["message"]
+        for event in events:
+            if f'"status": "{status}"' in event["message"]:
+                return event["message"]
         if time.monotonic() > deadline:
             return None
         sleep(5)
 
 
-def check_function(t: Target, *, log_wait: float = 120.0) -> Check:
-    """One test image through the function (a synchronous invocation), and its JSON log line."""
+def check_function(t: Target, *, log_wait: float = 120.0, token: str | None = None) -> Check:
+    """One test image through the function (a synchronous invocation), and its JSON log line.
+    *token* names the test image (default: a random one)."""
     name = "one image through the function, and its log line"
     if not t.real:
         return cannot(name, "moto runs no Lambda code", ENDPOINT)
     from .lambda_backend import function_limits, invoke_one, lambda_client
     from .schema import image_id_from_name
 
-    token = f"check-{uuid.uuid4().hex[:12]}"
+    token = token or f"check-{uuid.uuid4().hex[:12]}"
     key = f"{CHECK_PREFIX}{token}.FITS"  # upper case: the trigger does not fire
     relative = key.removeprefix("images/")
     image_id = image_id_from_name(relative)
@@ -262,10 +265,10 @@ def check_function(t: Target, *, log_wait: float = 120.0) -> Check:
             return failed(name, f"the function answered {reply['status']}: {reply.get('error')}")
         if reply.get("n_sources", 0) < 1:
             return failed(name, "the function found no source in the test image")
-        line = _log_line(t, image_id, since, log_wait)
+        line = _log_line(t, image_id, since, log_wait, status="ok")
         if line is None:
-            return failed(name, f"no log line naming {image_id} in /aws/lambda/{t.function} "
-                                f"after {log_wait:.0f} s")
+            return failed(name, f"no log line naming {image_id} with status ok in "
+                                f"/aws/lambda/{t.function} after {log_wait:.0f} s")
         return ok(name, f"{reply['n_sources']} sources in {reply.get('seconds')} s; log line "
                         "found")
     except SkySurveyError as exc:
@@ -370,14 +373,16 @@ def find_failed_event(queue_url: str, key: str, *, wait: float,
         sleep(10)
 
 
-def check_failed_events(t: Target, *, wait: float = 600.0) -> Check:
+def check_failed_events(t: Target, *, wait: float = 600.0, token: str | None = None) -> Check:
     """A broken file, invoked asynchronously as S3 would, reaches the failed-events queue
-    after Lambda's retries, and ``--redrive`` would list it."""
+    after Lambda's retries, and ``--redrive`` would list it. *token* names the file."""
     name = "a broken file reaches the failed-events queue (--redrive lists it)"
     if not t.real:
         return cannot(name, "moto runs no Lambda code, so nothing fails into the queue",
                       ENDPOINT)
-    key = f"{CHECK_PREFIX}broken-{uuid.uuid4().hex[:12]}.FITS"
+    from .schema import image_id_from_name
+
+    key = f"{CHECK_PREFIX}{token or 'broken-' + uuid.uuid4().hex[:12]}.FITS"
     s3, sqs, lam = aws.client("s3"), aws.client("sqs"), aws.client("lambda")
     since = int(time.time() * 1000) - 5000
     try:
@@ -392,8 +397,8 @@ def check_failed_events(t: Target, *, wait: float = 600.0) -> Check:
         found = find_failed_event(url, key, wait=wait)
         if found is not None:
             return ok(name, f"{found.condition or 'failed'}: {found.error or '?'}")
-        line = _log_line(t, key.rsplit("/", 1)[1].split(".")[0], since, 0)
-        if line and '"status": "error"' in line:
+        if _log_line(t, image_id_from_name(key.removeprefix("images/")), since, 0,
+                     status="error"):
             return failed(name, f"nothing in {t.queue} after {wait:.0f} s: the function "
                                 "answered status=error (a reply, not a function error), which "
                                 "Lambda counts as a success and never sends to the on-failure "
