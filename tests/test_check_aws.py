@@ -276,3 +276,43 @@ def test_failed_events_check_finds_the_record_or_says_why_none_came(posing_as_aw
     assert "answered status=error (a reply, not a function error)" in result.detail
     result = aws_check.check_failed_events(target, wait=0, token="broken-t3")
     assert result.line().endswith("failed: nothing in astronomy-failed-events after 0 s")
+
+
+def _athena_answer(endpoint, sources, images):
+    column = {"CatalogName": "hive", "SchemaName": "", "TableName": "", "Precision": 0,
+              "Scale": 0, "Nullable": "UNKNOWN", "CaseSensitive": False, "Type": "bigint"}
+    header = ["total_sources", "total_images", "bands"]
+    rows = [header, [str(sources), str(images), "1"]]
+    _post(endpoint, "/moto-api/static/athena/query-results", {"results": [{
+        "rows": [{"Data": [{"VarCharValue": v} for v in r]} for r in rows],
+        "column_info": [{**column, "Name": n, "Label": n} for n in header]}]})
+
+
+@pytest.mark.slow
+def test_athena_check_compares_athena_with_the_catalog_files(posing_as_aws, tmp_path,
+                                                             fits_factory, capsys):
+    from skysurvey.queries import run_named
+
+    endpoint, target = posing_as_aws
+    empty = aws_check.check_athena_count(target)
+    assert (empty.status, empty.detail) == (
+        "cannot", "the catalog holds no image yet (run invoke_lambda.py first)")
+    images = tmp_path / "in"
+    images.mkdir()
+    fits_factory(images / "a.fits", n_stars=8)
+    assert load_script("invoke_lambda").main([
+        "--input", str(images), "--catalog", target.catalog_uri, "--workers", "1",
+        "--no-progress"]) == 0
+    capsys.readouterr()
+    counted = run_named("total_sources", target.catalog_uri).iloc[0]
+    n = int(counted["total_sources"])
+    assert n >= 5 and int(counted["total_images"]) == 1
+
+    _athena_answer(endpoint, n, 1)
+    assert aws_check.check_athena_count(target).line() == \
+        f"Athena counts what the catalog holds: ok ({n} sources in 1 images)"
+    _athena_answer(endpoint, n - 2, 1)  # a partition Athena does not know
+    result = aws_check.check_athena_count(target)
+    assert result.line().startswith(
+        f"Athena counts what the catalog holds: failed: Athena counts {n - 2} sources in 1 "
+        f"images, the catalog {n} in 1")

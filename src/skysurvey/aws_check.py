@@ -296,13 +296,16 @@ def check_athena_count(t: Target) -> Check:
     from .queries import NAMED_QUERIES, run_named
 
     try:
-        local = run_named("total_sources", t.catalog_uri).iloc[0]
-        if int(local["total_images"]) == 0:
+        listed = aws.client("s3").list_objects_v2(Bucket=t.catalog, Prefix="images/", MaxKeys=1)
+        if not listed.get("KeyCount"):
             return cannot(name, "the catalog holds no image yet (run invoke_lambda.py first)")
+        local = run_named("total_sources", t.catalog_uri).iloc[0]
         athena = run_athena(NAMED_QUERIES["total_sources"].sql, database=t.database,
                             workgroup=t.workgroup).dataframe.iloc[0]
     except SkySurveyError as exc:
         return failed(name, str(exc))
+    except aws.botocore_errors() as exc:
+        return failed(name, _error(exc, t.catalog_uri))
     seen = (int(athena["total_sources"]), int(athena["total_images"]))
     want = (int(local["total_sources"]), int(local["total_images"]))
     if seen != want:
