@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import load_script
 
-from skysurvey import aws, aws_setup
+from skysurvey import aws, aws_setup, cfn_template
 
 SUFFIX, REGION, ACCOUNT = "t3st", "us-east-1", "123456789012"
 RAW, CAT = f"astronomy-raw-{SUFFIX}", f"astronomy-catalog-{SUFFIX}"
@@ -95,6 +95,8 @@ def test_cfn_lint_reports_no_error_or_warning(tmp_path, name, args):
     serious = [f"{m.rule.id} {m.message} ({m.linenumber})" for m in matches
                if m.rule.id[0] in "EW"]
     assert serious == []
+    # deployable inline (aws cloudformation deploy without --s3-bucket, as the guide does)
+    assert len(text.encode()) < cfn_template.INLINE_LIMIT
     # the linter does look: a retention CloudWatch Logs does not offer is an error
     template["Resources"]["FunctionLogGroup"]["Properties"]["RetentionInDays"] = 15
     broken = lint(json.dumps(template), config=ManualArgs(regions=["us-east-1"]))

@@ -240,10 +240,15 @@ def build_template(settings: s.FunctionSettings | None = None, *, suffix: str | 
     }
 
 
+#: CloudFormation takes a template body up to this size inline (``aws cloudformation deploy``
+#: without ``--s3-bucket``); tests/test_cfn.py keeps both formats under it.
+INLINE_LIMIT = 51_200
+
+
 def dumps(template: dict, fmt: str) -> str:
     """The template as ``json`` or ``yaml`` text (YAML needs PyYAML)."""
     if fmt == "json":
-        return json.dumps(template, indent=2) + "\n"
+        return json.dumps(template, indent=1) + "\n"
     import yaml
 
     return yaml.safe_dump(template, sort_keys=False, width=100)
