@@ -4,10 +4,10 @@ Pure: names and settings in, a template (a dict) out; no AWS call. Every name, p
 setting comes from :mod:`skysurvey.aws_setup` (``lambda_policy``, ``bucket_settings``,
 ``function_configuration``, ``event_invoke_config``, ``glue_tables``, ``alarm_definitions``,
 ``dashboard_body``, ``Names.env``...), evaluated with CloudFormation's own placeholders as the
-suffix, region and account (``${Suffix}``, ``${AWS::Region}``, ``${AWS::AccountId}``); every
-string that holds one becomes an ``Fn::Sub``. What the API and CloudFormation spell
-differently (bucket encryption, lifecycle and notifications, queue attributes, tag lists) is
-translated here, and only that.
+suffix, region and account (``${Suffix}``, ``${AWS::Region}``, ``${AWS::AccountId}``; ARNs get
+``${AWS::Partition}``); every string that holds one becomes an ``Fn::Sub``. What the API and
+CloudFormation spell differently (bucket encryption, lifecycle and notifications, queue
+attributes, tag lists) is translated here, and only that.
 
 The S3 trigger has no circular dependency: the permission's source is the raw bucket's ARN
 built from its name (not a ``Ref``), and the raw bucket ``DependsOn`` that permission.
@@ -54,8 +54,10 @@ def logical_id(name: str) -> str:
 
 
 def sub(value: Any) -> Any:
-    """*value* with every string that holds a ``${...}`` placeholder wrapped in ``Fn::Sub``."""
+    """*value* with every string that holds a ``${...}`` placeholder wrapped in ``Fn::Sub``;
+    ARNs take the stack's partition (``arn:${AWS::Partition}:``) instead of ``arn:aws:``."""
     if isinstance(value, str):
+        value = value.replace("arn:aws:", "arn:${AWS::Partition}:")
         return {"Fn::Sub": value} if "${" in value else value
     if isinstance(value, dict):
         return {k: sub(v) for k, v in value.items()}
@@ -202,6 +204,10 @@ def resources(names: s.Names, *, trigger: bool) -> dict:
             "Type": "AWS::CloudWatch::Alarm", "Properties": {**alarm, "Tags": names.tags}}
     out[DASHBOARD] = {"Type": "AWS::CloudWatch::Dashboard", "Properties": {
         "DashboardName": s.DASHBOARD, "DashboardBody": json.dumps(s.dashboard_body(names))}}
+    for logical in (RAW_BUCKET, CATALOG_BUCKET, QUEUE, LOG_GROUP):
+        # stateful: deleted with the stack, as cleanup_aws.py deletes them (a bucket that
+        # still holds objects makes the deletion fail instead: empty it first)
+        out[logical].update(DeletionPolicy="Delete", UpdateReplacePolicy="Delete")
     for resource in out.values():  # placeholders -> Fn::Sub; tag dicts -> tag lists
         properties = resource["Properties"]
         tags = properties.pop("Tags", None)
