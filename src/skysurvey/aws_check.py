@@ -7,7 +7,9 @@ function: one small test image (and a broken file) uploaded under
 for the test image and the check's own message in the failed-events queue. Both are named
 ``.FITS`` (upper case), which the S3 trigger's case-sensitive suffixes ignore, so only the
 check's own invocations process them. Athena writes its result files under
-``athena-results/`` as for any query (the lifecycle rule expires them).
+``athena-results/`` as for any query (the lifecycle rule expires them), and the function
+registers the Glue partition of the test image's band and night (``r``, 2026-03-14), which
+stays (empty unless images of yours share it).
 
 Against a custom endpoint (``AWS_ENDPOINT_URL``: moto, LocalStack, MinIO), the checks that
 need real AWS behaviour (running the function's code, Athena SQL, policy conditions) say
