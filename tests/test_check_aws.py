@@ -316,3 +316,19 @@ def test_athena_check_compares_athena_with_the_catalog_files(posing_as_aws, tmp_
     assert result.line().startswith(
         f"Athena counts what the catalog holds: failed: Athena counts {n - 2} sources in 1 "
         f"images, the catalog {n} in 1")
+
+
+def test_the_check_image_is_one_the_pipeline_finds_sources_in(tmp_path):
+    """What check_function uploads, run through the handler here (local folders): named
+    .FITS as the check names it, it gives an ok reply with sources."""
+    raw = tmp_path / "raw" / "skysurvey-check"
+    raw.mkdir(parents=True)
+    (raw / "check-local.FITS").write_bytes(aws_check.check_image_bytes())
+    handler = load_script("lambda_function")
+    reply = handler.lambda_handler({"bucket": str(tmp_path / "raw"),
+                                    "key": "skysurvey-check/check-local.FITS",
+                                    "catalog_bucket": str(tmp_path / "catalog")})
+    assert reply["status"] == "ok", reply
+    assert reply["n_sources"] >= 5 and reply["image_id"] == "skysurvey-check__check-local"
+    assert reply["catalog_key"].endswith(  # the partition the docs say stays in Glue
+        "sources/band=r/night=2026-03-14/skysurvey-check__check-local.parquet")

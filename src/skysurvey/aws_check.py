@@ -201,10 +201,18 @@ def check_alarms_and_dashboard(t: Target) -> Check:
 
 
 def check_image_bytes(seed: int = 7) -> bytes:
-    """A small FITS image with a dozen stars (well above the detection threshold)."""
-    from .synth import make_image
+    """A small FITS image (128 x 128, 70 kB) with a dozen stars of magnitude 16.5-19.5, all
+    inside it: well above the detection threshold."""
+    import numpy as np
 
-    sim = make_image((128, 128), n_stars=12, n_galaxies=0, seed=seed, band="r")
+    from .synth import make_image, make_sky_sources
+
+    rng = np.random.default_rng(seed)
+    ra, dec, size, scale = 150.1, 2.2, 128, 0.25
+    sources = make_sky_sources(rng, 12, 0, ra, dec, 0.4 * size * scale / 3600)
+    sources["mag_r"] = rng.uniform(16.5, 19.5, len(sources))
+    sim = make_image((size, size), sources=sources, seed=seed, band="r", ra=ra, dec=dec,
+                     pixel_scale=scale)
     buf = io.BytesIO()
     sim.to_hdulist().writeto(buf)
     return buf.getvalue()
