@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import time
 import zipfile
 
 import boto3
@@ -209,8 +210,6 @@ def posing_as_aws(moto_server, tmp_path, monkeypatch):
 
 
 def _log(message):
-    import time
-
     boto3.client("logs").put_log_events(
         logGroupName=aws_setup.LOG_GROUP, logStreamName="2026/12/07/x",
         logEvents=[{"timestamp": int(time.time() * 1000), "message": message}])
@@ -271,9 +270,11 @@ def test_failed_events_check_finds_the_record_or_says_why_none_came(posing_as_aw
     # the handler's error *reply*: a successful invocation, so nothing reaches the queue
     _log(json.dumps({"status": "error", "image_id": "skysurvey-check__broken-t2",
                      "error": "not a FITS file"}))
-    result = aws_check.check_failed_events(target, wait=0, token="broken-t2")
+    started = time.monotonic()
+    result = aws_check.check_failed_events(target, wait=120, token="broken-t2")
     assert result.status == "failed"
     assert "answered status=error (a reply, not a function error)" in result.detail
+    assert time.monotonic() - started < 20  # known at once: no waiting for the queue
     result = aws_check.check_failed_events(target, wait=0, token="broken-t3")
     assert result.line().endswith("failed: nothing in astronomy-failed-events after 0 s")
 

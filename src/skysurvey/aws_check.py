@@ -365,10 +365,12 @@ def _trigger_on(t: Target) -> bool:
 
 
 def find_failed_event(queue_url: str, key: str, *, wait: float,
-                      sleep: Callable[[float], None] = time.sleep):
+                      sleep: Callable[[float], None] = time.sleep,
+                      hopeless: Callable[[], bool] = lambda: False):
     """The failed-events message naming *key*, parsed as ``invoke_lambda.py --redrive``
-    parses it, and deleted (it is the check's own); None when none came within *wait*.
-    Other messages are left as they were (received with no visibility timeout)."""
+    parses it, and deleted (it is the check's own); None when none came within *wait*, or
+    as soon as *hopeless* says none will. Other messages are left as they were (received
+    with no visibility timeout)."""
     from .lambda_backend import parse_failed_event
 
     sqs = aws.client("sqs")
@@ -381,7 +383,7 @@ def find_failed_event(queue_url: str, key: str, *, wait: float,
             if key in event.key.split(", "):
                 sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
                 return event
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or hopeless():
             return None
         sleep(10)
 
@@ -407,15 +409,18 @@ def check_failed_events(t: Target, *, wait: float = 600.0, token: str | None = N
                               "s3": {"bucket": {"name": t.raw}, "object": {"key": key}}}]}
         lam.invoke(FunctionName=t.function, InvocationType="Event",
                    Payload=json.dumps(event).encode())
-        found = find_failed_event(url, key, wait=wait)
+        image_id = image_id_from_name(key.removeprefix("images/"))
+
+        def replied() -> bool:  # the invocation returned a reply: Lambda will not retry it
+            return _log_line(t, image_id, since, 0, status="error") is not None
+
+        found = find_failed_event(url, key, wait=wait, hopeless=replied)
         if found is not None:
             return ok(name, f"{found.condition or 'failed'}: {found.error or '?'}")
-        if _log_line(t, image_id_from_name(key.removeprefix("images/")), since, 0,
-                     status="error"):
-            return failed(name, f"nothing in {t.queue} after {wait:.0f} s: the function "
-                                "answered status=error (a reply, not a function error), which "
-                                "Lambda counts as a success and never sends to the on-failure "
-                                "destination")
+        if replied():
+            return failed(name, f"nothing in {t.queue}: the function answered status=error "
+                                "(a reply, not a function error), which Lambda counts as a "
+                                "success and never sends to the on-failure destination")
         return failed(name, f"nothing in {t.queue} after {wait:.0f} s")
     except aws.botocore_errors() as exc:
         return failed(name, _error(exc, key))
