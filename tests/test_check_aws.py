@@ -333,3 +333,13 @@ def test_the_check_image_is_one_the_pipeline_finds_sources_in(tmp_path):
     assert reply["n_sources"] >= 5 and reply["image_id"] == "skysurvey-check__check-local"
     assert reply["catalog_key"].endswith(  # the partition the docs say stays in Glue
         "sources/band=r/night=2026-03-14/skysurvey-check__check-local.parquet")
+
+
+def test_any_custom_endpoint_variable_means_not_real_aws(monkeypatch):
+    import os
+
+    for key in [k for k in os.environ if k.startswith("AWS_ENDPOINT_URL")]:
+        monkeypatch.delenv(key)
+    assert aws_check.custom_endpoint() is None
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000")
+    assert aws_check.custom_endpoint() == "http://127.0.0.1:9000"

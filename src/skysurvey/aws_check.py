@@ -111,7 +111,13 @@ def target_from_settings() -> Target:
         database=get_setting("ATHENA_DATABASE") or aws_setup.DATABASE,
         workgroup=get_setting("ATHENA_WORKGROUP") or aws_setup.WORKGROUP,
         queue=get_setting("FAILED_EVENTS_QUEUE") or aws_setup.QUEUE_NAME,
-        region=region, endpoint=os.environ.get("AWS_ENDPOINT_URL") or None)
+        region=region, endpoint=custom_endpoint())
+
+
+def custom_endpoint() -> str | None:
+    """``AWS_ENDPOINT_URL`` (or a service's ``AWS_ENDPOINT_URL_<SERVICE>``): not real AWS."""
+    found = sorted(k for k, v in os.environ.items() if k.startswith("AWS_ENDPOINT_URL") and v)
+    return os.environ[found[0]] if found else None
 
 
 def _error(exc: BaseException, source: str) -> str:

@@ -173,6 +173,7 @@ def resources(names: s.Names, *, trigger: bool) -> dict:
     out[LOG_GROUP] = {"Type": "AWS::Logs::LogGroup", "Properties": {
         "LogGroupName": s.LOG_GROUP, "RetentionInDays": s.LOG_RETENTION_DAYS,
         "Tags": names.tags}}
+    # the function's settings are the stack's parameters: Refs where setup has numbers
     settings = s.FunctionSettings(None, ref("MemorySize"), ref("Timeout"),
                                   ref("EphemeralStorage"), ref("ReservedConcurrency"))
     configuration = s.function_configuration(names, settings, get_att(ROLE, "Arn"))
