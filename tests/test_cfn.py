@@ -160,6 +160,35 @@ def test_trigger_has_no_circular_dependency(tmp_path):
 
 # ---- the template is what setup makes --------------------------------------------------------
 
+#: What each of setup's resources is in the template (setup_resources' names, by prefix).
+SETUP_TO_TEMPLATE = {
+    "bucket s3://": ["AWS::S3::Bucket", "AWS::S3::BucketPolicy"],
+    "failed-events queue": ["AWS::SQS::Queue"], "IAM role": ["AWS::IAM::Role"],
+    "log group": ["AWS::Logs::LogGroup"],
+    "Lambda function": ["AWS::Lambda::Function", "AWS::Lambda::EventInvokeConfig"],
+    "S3 trigger": ["AWS::Lambda::Permission"], "Glue/Athena database": ["AWS::Glue::Database"],
+    "Athena workgroup": ["AWS::Athena::WorkGroup"], "Athena tables": ["AWS::Glue::Table"],
+    "CloudWatch alarm": ["AWS::CloudWatch::Alarm"],
+    "CloudWatch dashboard": ["AWS::CloudWatch::Dashboard"],
+}
+
+
+def test_every_resource_setup_makes_is_in_the_template(tmp_path):
+    """A resource kind added to setup_resources and not to the template fails here."""
+    names = aws_setup.Names(SUFFIX, REGION, ACCOUNT)
+    made = aws_setup.setup_resources(names, aws_setup.FunctionSettings(None), trigger=True)
+    _, template = _write_template(tmp_path, "stack.yaml", "--trigger")
+    kinds = [r["Type"] for r in template["Resources"].values()]
+    expected = []
+    for resource in made:
+        prefix = next((p for p in SETUP_TO_TEMPLATE if resource.name.startswith(p)), None)
+        assert prefix, f"setup makes {resource.name}: what is it in the template?"
+        if prefix == "Athena tables":  # one setup step, one Glue table each
+            expected += ["AWS::Glue::Table"] * len(aws_setup.glue_tables(names))
+        else:
+            expected += SETUP_TO_TEMPLATE[prefix]
+    assert sorted(kinds) == sorted(expected)
+
 
 @pytest.mark.slow
 def test_template_matches_what_setup_creates_on_moto(mocked_aws, tmp_path, capsys):
