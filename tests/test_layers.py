@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("orchestration", ("pipeline", "catalog", "runner", "lambda_backend", "upload")),
     ("catalog products", ("objects", "queries", "athena", "export", "hats_export")),
     ("presentation", ("plots", "report", "cost", "synth_survey")),
-    ("deployment", ("aws_setup", "cli")),
+    ("deployment", ("aws_setup", "cfn_template", "aws_check", "cli")),
 )
 #: The store classes: only storage.py asks which one it has.
 STORE_CLASSES = frozenset({"LocalStore", "S3Store"})
