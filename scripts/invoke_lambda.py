@@ -23,7 +23,7 @@ try:
     from skysurvey.errors import SkySurveyError, printable
     from skysurvey.fitsread import default_memory_budget
     from skysurvey.pipeline import PipelineConfig
-    from skysurvey.reference import check_reference, reference_spec
+    from skysurvey.reference import check_reference, picked_columns, reference_spec
     from skysurvey.runner import (
         Timer,
         catalogued_image_ids,
@@ -34,7 +34,7 @@ try:
         split_collisions,
         summary_table,
     )
-    from skysurvey.schema import image_id_from_name
+    from skysurvey.schema import band_of_key, image_id_from_name
     from skysurvey.storage import open_store
 except ModuleNotFoundError as exc:  # run outside the project's environment
     raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
@@ -140,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --backend lambda reads the reference from S3, not {reference.uri}",
               file=sys.stderr)
         return 2
+    opened = None
     if reference:
         try:  # before any image: a reference that cannot be used fails the run, in one line
-            check_reference(reference)
+            opened = check_reference(reference)
         except SkySurveyError as exc:
             print(f"error: reference {exc}", file=sys.stderr)
             return 2
@@ -210,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         finally:
             bar.close()
+    if opened is not None:
+        bands = [band_of_key(r["catalog_key"]) for r in replies if r.get("catalog_key")]
+        for band, column in picked_columns(opened, reference, bands).items():
+            log.info("reference %s: band %s uses column %s (picked by name; map it with "
+                     "--reference-bands %s=COLUMN)", printable(reference.uri), band, column,
+                     band)
     replies = refused + replies
     print(summary_table(replies, timer.seconds, args.backend, already_done=already,
                         not_fits=len(inputs.not_fits), notes=inputs.notes()))

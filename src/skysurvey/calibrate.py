@@ -49,8 +49,6 @@ log = logging.getLogger("skysurvey.calibrate")
 
 #: A reference zero point further than this (mag) from the header's is kept, with a warning.
 HEADER_ZP_TOLERANCE = 1.0
-#: Reference bands whose auto-picked column was already logged in this process.
-_SAID: set[tuple[str, str, str]] = set()
 MAD_TO_SIGMA = 1.4826
 LN10_FACTOR = 2.5 / math.log(10.0)
 
@@ -264,10 +262,9 @@ def _reference_stars(spec: ReferenceSpec, band: str, row: dict) -> ReferenceStar
     radius = 0.5 * math.hypot(row["width"], row["height"]) * scale / 3600.0 + 5.0 / 3600.0
     stars = ref.stars(band, row["ra_center"], row["dec_center"], radius, spec,
                       julian_year(row.get("mjd")))
-    if stars.auto_picked and (spec.uri, band, stars.column) not in _SAID:
-        _SAID.add((spec.uri, band, stars.column))
-        log.info("reference %s: band %s uses column %s (picked by name; map it with "
-                 "--reference-bands %s=COLUMN)", spec.uri, band, stars.column, band)
+    if stars.auto_picked:  # the run's summary names it once (picked_columns); here: debug
+        log.debug("reference %s: band %s uses column %s (picked by name)", spec.uri, band,
+                  stars.column)
     return stars
 
 

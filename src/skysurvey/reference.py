@@ -325,6 +325,20 @@ def check_reference(spec: ReferenceSpec, band: str | None = None) -> ReferenceCa
     return ref
 
 
+def picked_columns(ref: ReferenceCatalog, spec: ReferenceSpec, bands) -> dict[str, str]:
+    """``band -> column`` for the *bands* whose magnitude column *ref* picks by name (no
+    ``--reference-bands`` mapping), so a run can say so once rather than once per worker."""
+    picked = {}
+    for band in sorted(set(bands)):
+        try:
+            column, auto = ref.magnitude_column(band, spec)
+        except ReferenceError:
+            continue  # that band's images failed by name already
+        if auto:
+            picked[band] = column
+    return picked
+
+
 def _numpy(column) -> np.ndarray:
     return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=float)
 

@@ -233,6 +233,14 @@ def catalog_keys(image_id: str, band: str | None, night: str | None) -> dict[str
     }
 
 
+def band_of_key(key: str) -> str | None:
+    """The ``band=`` partition value of a catalog key or URL (:func:`catalog_keys`), or None."""
+    for part in str(key).split("/"):
+        if part.startswith("band="):
+            return part.removeprefix("band=")
+    return None
+
+
 def empty_table(schema: pa.Schema) -> pa.Table:
     """A table with no rows and exactly *schema*."""
     return schema.empty_table()
