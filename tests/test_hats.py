@@ -103,3 +103,24 @@ def test_export_without_objects_is_named(tmp_path):
     write_image(tmp_path, "n0", *stars(3, seed=22), mjd=61130.1)
     with pytest.raises(ExportError, match=r"build_objects\.py"):
         export_hats(str(tmp_path), str(tmp_path.parent / f"{tmp_path.name}-hats"))
+
+
+def test_the_export_leaves_dask_chatter_and_hats_collection_note_out(caplog):
+    import logging
+
+    from skysurvey.hats_export import _quiet_dask
+
+    def say():
+        logging.getLogger("distributed.scheduler").info("State start")
+        logging.getLogger("distributed.worker").warning("Worker is at 85% memory")
+        logging.warning("Looking for catalog - found collection.")
+        logging.warning("something else")
+
+    caplog.set_level(logging.INFO)
+    with _quiet_dask():
+        say()
+    quiet = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    say()  # and everything comes back afterwards
+    assert quiet == ["Worker is at 85% memory", "something else"]
+    assert len(caplog.records) == 4

@@ -24,6 +24,7 @@ user's other files there are never touched, on a local folder and on ``s3://`` a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -159,8 +160,9 @@ def export_hats(catalog: str, output: str, *, workers: int = 1,
             report.rows[name] = n
         # Port 0: dask's scheduler serves HTTP even without a dashboard, on 8787 by default,
         # and warns when another process holds it (two exports, two test runs at once).
-        with Client(n_workers=workers, threads_per_worker=1, processes=workers > 1,
-                    dashboard_address="127.0.0.1:0") as client:
+        with _quiet_dask(), Client(n_workers=workers, threads_per_worker=1,
+                                   processes=workers > 1,
+                                   dashboard_address="127.0.0.1:0") as client:
             for name, kind in (("objects", "object"), ("sources", "source")):
                 _import(name, inputs[name], built, work / "tmp", kind, client)
         _publish(built, output)
@@ -168,6 +170,27 @@ def export_hats(catalog: str, output: str, *, workers: int = 1,
         shutil.rmtree(work, ignore_errors=True)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _hats_collection_note(record: logging.LogRecord) -> bool:
+    """False for hats' root-logger warning on opening a collection it was asked to open."""
+    return not record.getMessage().startswith("Looking for catalog - found collection")
+
+
+@contextlib.contextmanager
+def _quiet_dask():
+    """During the export: dask's INFO chatter (cluster start, workers, connections, the
+    jupyter-server-proxy hint; ~35 lines with the scripts' INFO logging) and hats' warning that
+    it found the collection it was pointed at are left out; dask's warnings and errors stay."""
+    chatty = logging.getLogger("distributed")
+    level = chatty.level
+    chatty.setLevel(max(level, logging.WARNING))
+    logging.getLogger().addFilter(_hats_collection_note)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(_hats_collection_note)
+        chatty.setLevel(level)
 
 
 def _local_path(uri: str) -> Path:
