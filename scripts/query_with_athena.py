@@ -36,6 +36,9 @@ except ModuleNotFoundError as exc:  # run outside the project's environment
                      "first)") from None
 
 
+#: rows printed when --output writes the whole result to a file
+PREVIEW_ROWS = 10
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Run the named queries or custom SQL over the Parquet catalog.",
@@ -204,7 +207,12 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             continue
         print(f"\n== {name} ==")
-        print(_for_terminal(df).to_string(index=False) if len(df) else _why_empty(args.engine))
+        shown = df.head(PREVIEW_ROWS) if args.output else df  # the file has them all
+        print(_for_terminal(shown).to_string(index=False) if len(df) else
+              _why_empty(args.engine))
+        if len(shown) < len(df):
+            print(f"... {len(df) - len(shown)} more rows ({len(df)} in all) in "
+                  f"{printable(args.output)}")
         if note:
             print(note)
         try:
