@@ -18,12 +18,22 @@ try:
     from tqdm import tqdm
 
     from skysurvey import cli
-    from skysurvey.catalog import check_writable, repair_catalog
+    from skysurvey.catalog import (
+        check_writable,
+        record_reference,
+        recorded_reference,
+        repair_catalog,
+    )
     from skysurvey.config import get_setting, is_s3_uri
     from skysurvey.errors import SkySurveyError, printable
     from skysurvey.fitsread import default_memory_budget
     from skysurvey.pipeline import PipelineConfig
-    from skysurvey.reference import check_reference, picked_columns, reference_spec
+    from skysurvey.reference import (
+        ReferenceSpec,
+        check_reference,
+        picked_columns,
+        reference_spec,
+    )
     from skysurvey.runner import (
         Timer,
         catalogued_image_ids,
@@ -72,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="process at most N images (N >= 1)")
     parser.add_argument("--reference", default=None,
                         help="calibrate against this reference catalog: Parquet, CSV, FITS or "
-                             "VOTable file, or HATS catalog folder, local or s3:// "
-                             "(default: REFERENCE_CATALOG; none: header zero points)")
+                             "VOTable file, or HATS catalog folder, local or s3://; 'none': "
+                             "header zero points (default: REFERENCE_CATALOG, else the "
+                             "reference the catalog was calibrated against before, else none)")
     parser.add_argument("--reference-bands", default=None, metavar="BAND=COLUMN,...",
                         help="reference magnitude column per band, e.g. g=gmag,r=rmag "
                              "(default: REFERENCE_BANDS, else columns named <band>mag or "
@@ -136,12 +147,24 @@ def main(argv: list[str] | None = None) -> int:
     except SkySurveyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if reference and args.backend == "lambda" and not is_s3_uri(reference.uri):
+    try:
+        recorded = recorded_reference(open_store(catalog_uri))
+    except SkySurveyError:
+        recorded = None  # an unreadable catalog fails below, by name
+    if reference is None and recorded:  # later commands keep the catalog's calibration
+        reference = ReferenceSpec.parse(*recorded)
+        log.info("calibrating against %s, the reference this catalog was calibrated against "
+                 "(--reference none: header zero points)", printable(reference.uri))
+    elif reference is not None and reference.is_none and recorded:
+        log.warning("--reference none: images catalogued again lose their calibration against "
+                    "%s (header zero points instead)", printable(recorded[0]))
+    if (reference and not reference.is_none and args.backend == "lambda"
+            and not is_s3_uri(reference.uri)):
         print(f"error: --backend lambda reads the reference from S3, not {reference.uri}",
               file=sys.stderr)
         return 2
     opened = None
-    if reference:
+    if reference and not reference.is_none:
         try:  # before any image: a reference that cannot be used fails the run, in one line
             opened = check_reference(reference)
         except SkySurveyError as exc:
@@ -213,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             bar.close()
     if opened is not None:
         bands = [band_of_key(r["catalog_key"]) for r in replies if r.get("catalog_key")]
+        if bands and (reference.uri, reference.bands_text) != recorded:
+            record_reference(open_store(catalog_uri), reference.uri, reference.bands_text)
         for band, column in picked_columns(opened, reference, bands).items():
             log.info("reference %s: band %s uses column %s (picked by name; map it with "
                      "--reference-bands %s=COLUMN)", printable(reference.uri), band, column,

@@ -394,6 +394,36 @@ def test_pipeline_scripts_and_lambda_event_calibrate(field, ref_frame, tmp_path,
     assert event["reference"] == "s3://r/ref.parquet" and event["reference_bands"] == "g=gmag"
 
 
+def test_later_commands_keep_the_catalogs_reference_unless_told_none(field, ref_frame,
+                                                                     tmp_path, caplog):
+    from conftest import load_script
+
+    field[3].write((tmp_path / "in").mkdir() or tmp_path / "in" / "field.fits")
+    ref = _write(ref_frame, tmp_path / "ref.parquet", "parquet")
+    cat = tmp_path / "cat"
+    invoke, handler = load_script("invoke_lambda"), load_script("lambda_function")
+    base = ["--input", str(tmp_path / "in"), "--catalog", str(cat), "--no-progress"]
+
+    def zero_point():
+        images = pads.dataset(cat / "images", format="parquet").to_table().to_pylist()
+        return images[0]["zero_point_source"], round(images[0]["zero_point"], 6)
+
+    assert invoke.main([*base, "--reference", ref, "--reference-bands", "r=rmag"]) == 0
+    calibrated = zero_point()
+    assert calibrated[0] == "reference"
+    # the handler on one image, no reference in the event (lambda_function.py --help's example)
+    reply = handler.lambda_handler({"bucket": str(tmp_path / "in"), "key": "field.fits",
+                                    "catalog_bucket": str(cat)})
+    assert reply["status"] == "ok" and zero_point() == calibrated
+    caplog.set_level("INFO")
+    assert invoke.main(base) == 0 and zero_point() == calibrated
+    assert "the reference this catalog was calibrated against" in caplog.text
+    caplog.clear()
+    assert invoke.main([*base, "--reference", "none"]) == 0  # asked for: said, then done
+    assert zero_point() == ("MAGZERO", 30.0)
+    assert "lose their calibration against" in caplog.text and ref in caplog.text
+
+
 def test_a_column_picked_by_name_is_said_once_per_band_not_per_worker(field, ref_frame,
                                                                        tmp_path):
     import subprocess

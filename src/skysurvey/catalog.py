@@ -70,6 +70,28 @@ TABLES = ("sources", "images")
 PARQUET = "application/vnd.apache.parquet"
 
 
+#: The catalog's own record of the settings its runs used (a reference catalog), so that a
+#: later command on the same catalog calibrates the same way without being told again.
+SETTINGS_KEY = "catalog_settings.json"
+
+
+def recorded_reference(store) -> tuple[str, str] | None:
+    """``(uri, bands)`` of the reference this catalog was last calibrated against, or None."""
+    data = store.read_bytes_or_none(SETTINGS_KEY)
+    try:
+        settings = json.loads(data) if data else {}
+    except ValueError:
+        return None
+    uri = settings.get("reference") if isinstance(settings, dict) else None
+    return (uri, settings.get("reference_bands") or "") if isinstance(uri, str) and uri else None
+
+
+def record_reference(store, uri: str, bands: str) -> None:
+    """Record *uri*/*bands* as the reference of the catalog in *store* (see SETTINGS_KEY)."""
+    body = {"reference": uri, "reference_bands": bands}
+    store.write_bytes(SETTINGS_KEY, json.dumps(body).encode(), content_type="application/json")
+
+
 def entry_key(image_id: str) -> str:
     return f"{ENTRIES}{catalog_file_stem(image_id)}.json"
 

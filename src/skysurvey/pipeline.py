@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .calibrate import calibrate
-from .catalog import replace_catalog
+from .catalog import recorded_reference, replace_catalog
 from .detect import DetectionConfig, measure_image
 from .errors import SkySurveyError, TransientStorageError, one_line, printable
 from .fitsread import observation_partition, read_fits
@@ -33,7 +33,18 @@ class PipelineConfig:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     max_memory_bytes: int | None = None  # refuse images that would need more (None: no limit)
     tmp_dir: str | None = None  # where S3 objects are staged (Lambda: /tmp)
-    reference: ReferenceSpec | None = None  # calibrate against this catalog (calibrate.py)
+    # calibrate against this catalog (calibrate.py); None: the one the catalog records
+    # (catalog.recorded_reference), if any; ReferenceSpec "none": header zero points
+    reference: ReferenceSpec | None = None
+
+
+def run_reference(reference: ReferenceSpec | None, catalog_store) -> ReferenceSpec | None:
+    """The reference an image is calibrated against: *reference* (None for ``none``), else
+    the one the catalog was made with, so a later command keeps its calibration."""
+    if reference is not None:
+        return None if reference.is_none else reference
+    recorded = recorded_reference(catalog_store)
+    return ReferenceSpec.parse(*recorded) if recorded else None
 
 
 def make_reply(key, status: str = "error", *, image_id: str | None = None, n_sources: int = 0,
@@ -75,13 +86,14 @@ def catalog_image(raw_store, key: str, catalog_store, config: PipelineConfig | N
         with raw_store.local_file(key, tmp_dir=config.tmp_dir) as path:
             image = read_fits(path, name=source_key, max_memory_bytes=config.max_memory_bytes)
         band, night = observation_partition(image.header)
-        if config.reference is not None:  # a reference that cannot be used fails the image
+        reference = run_reference(config.reference, catalog_store)
+        if reference is not None:  # a reference that cannot be used fails the image
             try:
-                check_reference(config.reference, band)
+                check_reference(reference, band)
             except ReferenceError as exc:
                 raise ReferenceError(source_key, f"cannot calibrate: reference {exc}") from None
         sources, row = measure_image(image, image_id, config.detection)
-        sources, row = calibrate(sources, row, band, config.reference)
+        sources, row = calibrate(sources, row, band, reference)
         keys = catalog_keys(image_id, band, night)
         row = {**row, "source_key": source_key,
                "seconds": round(time.perf_counter() - start, 4),

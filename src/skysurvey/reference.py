@@ -69,6 +69,10 @@ class ReferenceError(SkySurveyError):
     """The reference catalog cannot be used: missing, unreadable, unknown format, no columns."""
 
 
+#: ``--reference none`` (or ``"reference": "none"`` in an event): header zero points.
+NO_REFERENCE = "none"
+
+
 @dataclass(frozen=True)
 class ReferenceSpec:
     """What to calibrate against: a catalog URI and the band -> magnitude column mapping."""
@@ -78,13 +82,26 @@ class ReferenceSpec:
 
     @classmethod
     def parse(cls, uri: str | None, bands: str | None = None) -> ReferenceSpec | None:
-        """``ReferenceSpec.parse("ref.parquet", "g=gmag,r=rmag")``; None without a URI."""
+        """``ReferenceSpec.parse("ref.parquet", "g=gmag,r=rmag")``; None without a URI;
+        ``"none"``: header zero points, asked for explicitly (:attr:`is_none`)."""
         if not uri:
             return None
+        if str(uri).strip().lower() == NO_REFERENCE:
+            return cls(NO_REFERENCE)
         return cls(str(uri), parse_bands(bands))
+
+    @property
+    def is_none(self) -> bool:
+        """``--reference none``: no reference, not even the one the catalog records."""
+        return self.uri == NO_REFERENCE
 
     def column_for(self, band: str) -> str | None:
         return dict(self.bands).get(str(band).lower())
+
+    @property
+    def bands_text(self) -> str:
+        """The mapping as ``--reference-bands`` takes it (``g=gmag,r=rmag``)."""
+        return ",".join(f"{band}={column}" for band, column in self.bands)
 
 
 def reference_spec(uri: str | None = None, bands: str | None = None) -> ReferenceSpec | None:
