@@ -23,6 +23,7 @@ from .catalog import replace_catalog
 from .detect import DetectionConfig, measure_image
 from .errors import SkySurveyError, TransientStorageError, one_line, printable
 from .fitsread import observation_partition, read_fits
+from .forced import image_footprint
 from .reference import ReferenceSpec
 from .schema import IMAGES_SCHEMA, SOURCES_SCHEMA, catalog_keys, image_id_from_name
 from .units import with_astropy_metadata
@@ -77,6 +78,7 @@ def catalog_image(raw_store, key: str, catalog_store, config: PipelineConfig | N
         sources, row = measure_image(image, image_id, config.detection)
         band, night = observation_partition(image.header)
         sources, row = calibrate(sources, row, band, config.reference)
+        row["footprint_hpx12"] = image_footprint(image.header, image.data, image.mask)
         keys = catalog_keys(image_id, band, night)
         row = {**row, "source_key": source_key,
                "seconds": round(time.perf_counter() - start, 4),

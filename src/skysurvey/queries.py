@@ -32,6 +32,7 @@ from .config import is_s3_uri, parse_s3_uri
 from .errors import QueryError
 from .schema import (
     ASSOCIATIONS_SCHEMA,
+    FORCED_PHOTOMETRY_SCHEMA,
     IMAGES_SCHEMA,
     OBJECT_PHOTOMETRY_SCHEMA,
     OBJECTS_SCHEMA,
@@ -70,7 +71,7 @@ SOURCES_SINCE_FIRST = frozenset({"flux_apcorr", "flux_apcorr_err", "mag_apcorr",
 IMAGES_SINCE_FIRST = frozenset({"zero_point_err", "zero_point_rms", "n_calib", "astrom_offset_ra",
                                 "astrom_offset_dec", "astrom_rms", "aperture_correction",
                                 "aperture_correction_err", "fwhm_arcsec", "depth_5sigma",
-                                "wcs_frame"})
+                                "wcs_frame", "footprint_hpx12"})
 
 #: The tables DuckDB registers, by SQL name. Append new ones here (``objects``...); a table
 #: that must hide rows of images without a record is registered as ``<name>_data`` and named
@@ -85,6 +86,8 @@ DATASETS: dict[str, Dataset] = {
                                  required=False),
     "associations_data": Dataset("associations", ASSOCIATIONS_SCHEMA, HPX_PARTITIONS,
                                  required=False),
+    # scripts/forced_photometry.py: partitioned by band and night like sources
+    "forced_photometry": Dataset("forced_photometry", FORCED_PHOTOMETRY_SCHEMA, required=False),
 }
 #: SQL views over a registered table: only rows whose ``image_id`` has an ``images`` record.
 VIEWS: dict[str, str] = {"sources": "sources_data", "associations": "associations_data"}
