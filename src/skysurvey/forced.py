@@ -45,6 +45,7 @@ __all__ = [
     "forced_photometry",
     "icrs_to_pixel",
     "image_footprint",
+    "position_cell",
     "sample_valid_pixels",
 ]
 
@@ -269,6 +270,15 @@ def image_footprint(header, data, mask=None, *, order: int = HPX_ORDER) -> list[
     if mask is not None:
         valid &= ~np.asarray(mask, bool)
     return footprint_hpx12(wcs, data.shape, valid, order=order).tolist()
+
+
+def position_cell(ra: float, dec: float, order: int = HPX_ORDER) -> int:
+    """The NESTED cell at *order* holding ICRS (*ra*, *dec*) in degrees (the ``coverage``
+    query's parameter); ValueError for a position that is not on the sky."""
+    ra, dec = float(ra), float(dec)
+    if not (math.isfinite(ra) and math.isfinite(dec) and -90.0 <= dec <= 90.0):
+        raise ValueError(f"({ra}, {dec}) is not a sky position (ra, dec in degrees)")
+    return int(_lonlat_cells(np.array([ra % 360.0]), np.array([dec]), order)[0])
 
 
 def _neighbour_cells(cells: np.ndarray, order: int) -> np.ndarray:
