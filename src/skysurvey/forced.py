@@ -440,9 +440,9 @@ def calibrate_fluxes(flux, flux_err, sky_err, zero_point, correction=1.0, correc
     dict of ndarray
         ``flux``, ``flux_err``, ``snr``, ``mag``, ``mag_err``, ``mag_limit``.
     """
-    flux = np.asarray(flux, float) * correction
-    err = np.hypot(np.asarray(flux_err, float) * correction,
-                   np.asarray(flux, float) * correction_err)
+    measured = np.asarray(flux, float)
+    flux = measured * correction
+    err = np.hypot(np.asarray(flux_err, float) * correction, measured * correction_err)
     sky = np.asarray(sky_err, float) * correction
     nan = np.full(flux.shape, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):

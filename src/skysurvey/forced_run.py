@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import SkySurveyError, TransientStorageError, one_line, printable
-from .forced import HPX_ORDER, ImagePhotometry, forced_photometry
+from .forced import HPX_ORDER, ImagePhotometry, forced_photometry, icrs_to_pixel
 from .schema import (
     FORCED_PHOTOMETRY_SCHEMA,
     forced_key,
@@ -149,15 +149,50 @@ def objects_in_footprint(store, cells) -> tuple[np.ndarray, np.ndarray, np.ndarr
 # ---- one image -------------------------------------------------------------------------------
 
 
-def _background_subtracted(image):
-    """The detection's background-subtracted image, noise map, mask and saturated pixels
-    (detect.py's own steps, so forced and detected fluxes share their background)."""
-    from .detect import SATURATE_KEYS, DetectionConfig, _detection_inputs, _first, _saturated
+#: Known objects are masked out to this many aperture radii while the background is measured.
+MASK_RADII = 1.5
+
+
+def object_mask(shape, x, y, radius) -> np.ndarray:
+    """True within *radius* pixels of any position (x, y) (numpy; positions off the image
+    and NaN are ignored)."""
+    mask = np.zeros(shape, bool)
+    ny, nx = shape
+    r = int(np.ceil(radius))
+    off = np.arange(-r, r + 1)
+    oy, ox = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
+    keep = np.isfinite(x) & np.isfinite(y)
+    cx, cy = np.rint(np.asarray(x)[keep]).astype(np.int64), np.rint(np.asarray(y)[keep]).astype(
+        np.int64)
+    px, py = cx[:, None] + ox, cy[:, None] + oy
+    near = (np.hypot(px - np.asarray(x)[keep, None], py - np.asarray(y)[keep, None]) <= radius)
+    near &= (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+    mask[py[near], px[near]] = True
+    return mask
+
+
+def _background_subtracted(image, x, y, radius):
+    """Background-subtracted image, its noise map, the bad-pixel mask and saturated pixels.
+
+    The background is detection's (SEP's meshes, detect.py's mesh size and filter), measured
+    with the known objects masked out to :data:`MASK_RADII` aperture radii: the objects' wings
+    otherwise raise the sky level (measured: -0.5 sigma on blank apertures, fluxes 1-3% low on
+    a field of stars 32 px apart).
+    """
+    from .detect import SATURATE_KEYS, DetectionConfig, _background, _first, _saturated
 
     saturate, _ = _first(image.header, SATURATE_KEYS)
     sat = _saturated(image.data, saturate)
-    _, rms, sub, mask, _ = _detection_inputs(image.data, image.mask, sat, DetectionConfig(), [])
-    return sub, rms, mask, sat
+    mask = image.mask
+    sources = object_mask(image.data.shape, x, y, MASK_RADII * radius)
+    bad = sources if mask is None else (sources | mask)
+    if bad.mean() > 0.4:  # crowded: SEP meshes need most of their pixels
+        bad = mask
+    if sat is not None:
+        bad = sat if bad is None else (bad | sat)
+    bkg = _background(image.data, bad, DetectionConfig())
+    sub = image.data.astype(np.float32) - bkg.back()
+    return sub, bkg.rms(), mask, sat
 
 
 def measure_task(task: ForcedTask, image, ids, ra, dec) -> pa.Table:
@@ -168,9 +203,10 @@ def measure_task(task: ForcedTask, image, ids, ra, dec) -> pa.Table:
     wcs, _ = celestial_wcs(image.header)
     if wcs is None:
         raise ValueError("no celestial WCS in the FITS header")
-    sub, rms, mask, sat = _background_subtracted(image)
-    result = forced_photometry(sub, rms, wcs, ra, dec, ImagePhotometry.from_row(task.image),
-                               mask=mask, saturated=sat)
+    phot = ImagePhotometry.from_row(task.image)
+    x, y = icrs_to_pixel(wcs, ra, dec)
+    sub, rms, mask, sat = _background_subtracted(image, x, y, phot.aperture_radius)
+    result = forced_photometry(sub, rms, wcs, ra, dec, phot, mask=mask, saturated=sat)
     keep = result["covered"]
     n = int(keep.sum())
 
