@@ -223,3 +223,42 @@ def test_with_the_images_own_aperture_correction_fluxes_are_those_of_sources(tmp
     detected_ratio = np.median(sources["flux_apcorr"].to_numpy()[ok] / truth["flux"].to_numpy()[
         j[ok]])
     assert abs(forced_ratio - detected_ratio) < 0.01
+
+
+# ---- object-level summaries (lightcurves.py) -------------------------------------------------
+
+
+def test_lightcurve_summaries_on_arrays():
+    from skysurvey import lightcurves as lc
+
+    oid = np.array([7, 7, 7, 7, 3, 3, 9])
+    detected = np.array([True, True, False, False, True, False, True])
+    assert lc.n_covering(oid).tolist() == [2, 4, 1]  # ids 3, 7, 9
+    assert lc.n_covering(oid, ids=[9, 5]).tolist() == [1, 0]
+    assert lc.n_forced_nondetections(oid, detected).tolist() == [1, 2, 0]
+    # constant fluxes with unit errors: chi2 follows chi2(dof); a variable one is far above
+    rng = np.random.default_rng(0)
+    ids = np.repeat(np.arange(2000), 10)
+    flux = 100 + rng.normal(0, 1, ids.size)
+    chi2, dof, mean = lc.chi2_constant(ids, flux, np.ones(ids.size))
+    assert (dof == 9).all() and abs(np.mean(chi2) - 9) < 0.3 and np.allclose(mean, 100, atol=2)
+    var = lc.chi2_constant([1] * 6, [100, 130, 70, 100, 140, 60], [2] * 6)[0]
+    assert var[0] > 100
+    assert np.isnan(lc.chi2_constant([1], [1.0], [1.0])[0][0])
+
+
+def test_transient_rule_needs_a_deep_quiet_epoch():
+    from skysurvey.lightcurves import transient_candidate
+
+    # object 1: detected at 20.0 (SNR 30), two later images reach 21.0 and show nothing
+    # object 2: detected at 20.0, the non-detection image only reaches 20.3 (not deep enough)
+    # object 3: detected at 20.0, the other image shows flux (SNR 8) without a detection
+    # object 4: a constant star, detected everywhere
+    oid = [1, 1, 1, 2, 2, 3, 3, 4, 4]
+    det = [True, False, False, True, False, True, False, True, True]
+    snr = [30, 0.5, -1.0, 30, 0.2, 30, 8.0, 30, 30]
+    mag = [20.0, np.nan, np.nan, 20.0, np.nan, 20.0, 22.0, 20.0, 20.0]
+    limit = [22.0, 21.0, 21.0, 22.0, 20.3, 22.0, 22.0, 22.0, 22.0]
+    candidate, n_quiet = transient_candidate(oid, det, snr, mag, limit)
+    assert candidate.tolist() == [True, False, False, False]
+    assert n_quiet.tolist() == [2, 0, 0, 0]
