@@ -1,0 +1,204 @@
+"""Coverage: image footprints (order-12 HEALPix cells), the coverage query, and the forced step
+round trip (local process pool, and S3 through the moto server)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from skysurvey.astrometry import pixel_to_icrs
+from skysurvey.forced import _lonlat_cells, _neighbour_cells, footprint_hpx12, image_footprint
+from skysurvey.synth import _wcs
+
+RA0, DEC0 = 150.1, 2.2
+
+
+def _pixel_cells(wcs, valid):
+    yy, xx = np.nonzero(valid)
+    ra, dec = pixel_to_icrs(wcs, xx, yy)
+    return np.unique(_lonlat_cells(ra, dec, 12))
+
+
+@pytest.mark.parametrize("shape,scale,rotation,sip", [
+    ((512, 512), 0.25, 1.0, False), ((512, 400), 0.25, 30.0, True),
+    ((400, 512), 1.0, 10.0, False), ((300, 300), 3.0, -45.0, False)])
+def test_footprint_holds_every_valid_pixels_cell_and_nothing_far(shape, scale, rotation, sip):
+    wcs = _wcs(shape, RA0, DEC0, scale, rotation, sip)
+    valid = np.ones(shape, bool)
+    valid[100:180, 50:300] = False  # a masked block
+    valid[:, :7] = False  # a masked edge
+    cells = footprint_hpx12(wcs, shape, valid)
+    truth = _pixel_cells(wcs, valid)
+    assert set(truth) <= set(cells)
+    # extra cells only where valid pixels reach without a pixel centre: neighbours of true ones
+    assert set(cells) <= set(truth) | set(_neighbour_cells(truth, 12))
+    assert len(set(cells) - set(truth)) <= max(2, len(truth) // 10)
+
+
+def test_footprint_leaves_out_a_fully_masked_half():
+    shape = (512, 512)
+    wcs = _wcs(shape, RA0, DEC0, 1.0, 0.0, False)  # 8.5 arcmin: many cells
+    valid = np.ones(shape, bool)
+    valid[:, 256:] = False
+    half = footprint_hpx12(wcs, shape, valid)
+    full = footprint_hpx12(wcs, shape)
+    assert set(half) < set(full) and len(half) < 0.7 * len(full)
+    assert footprint_hpx12(wcs, shape, np.zeros(shape, bool)).size == 0
+
+
+def test_footprint_cost_on_a_2048_image_and_no_wcs():
+    shape = (2048, 2048)
+    wcs = _wcs(shape, RA0, DEC0, 0.25, 1.0, False)
+    valid = np.ones(shape, bool)
+    start = time.perf_counter()
+    cells = footprint_hpx12(wcs, shape, valid)
+    seconds = time.perf_counter() - start
+    assert seconds < 1.0  # measured: 11-15 ms on the shared 2-core machine
+    assert set(_pixel_cells(wcs, valid)) == set(cells)
+    from astropy.io import fits
+
+    assert image_footprint(fits.Header(), np.zeros((10, 10))) is None
+
+
+# ---- the catalog: coverage query and the forced step -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    """Two nights, one band, 256 x 256, catalogued and associated (local folders)."""
+    from skysurvey.objects import build_objects
+    from skysurvey.runner import run_local
+    from skysurvey.synth_survey import write_survey
+
+    root = tmp_path_factory.mktemp("survey")
+    raw, catalog = root / "raw", root / "cat"
+    paths = write_survey(raw, nights=2, bands=("r",), size=256, n_transients=2, seed=5)
+    replies = run_local(str(raw), [p.name for p in paths], str(catalog), workers=1)
+    assert all(r["status"] == "ok" for r in replies), replies
+    build_objects(str(catalog))
+    return raw, catalog
+
+
+def test_coverage_query_finds_the_images_holding_a_position(survey):
+    from skysurvey.queries import dataset, get_named, run_named
+
+    _, catalog = survey
+    images = dataset(str(catalog), "images").to_table().to_pandas()
+    assert images["footprint_hpx12"].map(len).min() >= 1
+    found = run_named("coverage", str(catalog), (RA0, DEC0))
+    assert sorted(found["image_id"]) == sorted(images["image_id"])
+    assert list(found.columns) == ["image_id", "band", "night", "mjd", "depth_5sigma"]
+    assert run_named("coverage", str(catalog), (RA0 + 1.0, DEC0)).empty
+    # one cell bound as a parameter, never pasted into the text
+    assert "?" in get_named("coverage").sql and len(get_named("coverage").bind((1, 2))) == 1
+    from skysurvey.errors import QueryError
+
+    with pytest.raises(QueryError, match="not a sky position"):
+        get_named("coverage").bind((10.0, 95.0))
+
+
+def test_coverage_query_text_runs_on_trino():
+    import sqlglot
+
+    from skysurvey import athena
+    from skysurvey.queries import NAMED_QUERIES
+
+    for name in ("coverage", "light_curve"):
+        sqlglot.parse_one(NAMED_QUERIES[name].sql, read="trino")
+    spec = athena.TABLES["forced_photometry"]
+    assert spec.partition_keys == (("band", "string"), ("night", "string"))
+    columns = athena.glue_table_input(athena.TABLES["images"], "s3://c/x")["StorageDescriptor"][
+        "Columns"]
+    assert {"Name": "footprint_hpx12", "Type": "array<bigint>"} in columns
+
+
+def _forced_rows(catalog):
+    from skysurvey.queries import run_query
+
+    return run_query("SELECT * FROM forced_photometry ORDER BY image_id, object_id", str(catalog))
+
+
+def test_forced_step_round_trip_locally(survey, tmp_path):
+    import shutil
+
+    from skysurvey.forced_run import MANIFEST_KEY, run_forced
+    from skysurvey.queries import run_named, run_query
+
+    raw, original = survey
+    catalog = tmp_path / "cat"
+    shutil.copytree(original, catalog)
+    report = run_forced(str(catalog), str(raw), workers=2)
+    assert not report.failed, report.summary()
+    assert len(report.replies) == 2 and report.unchanged == 0
+    rows = _forced_rows(catalog)
+    objects = run_query("SELECT object_id, ra, dec FROM objects", str(catalog))
+    assoc = run_query("SELECT image_id, object_id FROM associations", str(catalog))
+    # every detection has its forced row (detections included), no duplicates
+    pairs = set(zip(rows["image_id"], rows["object_id"], strict=True))
+    assert len(pairs) == len(rows)
+    assert set(zip(assoc["image_id"], assoc["object_id"], strict=True)) <= pairs
+    assert set(rows["object_id"]) <= set(objects["object_id"])
+    assert set(rows["band"]) == {"r"} and rows["mjd"].notna().all()
+    assert ((rows["mag"].isna()) == (rows["flux"] <= 0)).all()
+    assert (catalog / MANIFEST_KEY).exists()
+    # a second run measures nothing; --rebuild measures all and replaces (no duplicates)
+    again = run_forced(str(catalog), str(raw), workers=1)
+    assert again.replies == [] and again.unchanged == 2
+    run_forced(str(catalog), str(raw), workers=1, rebuild=True)
+    assert len(_forced_rows(catalog)) == len(rows)
+    # new objects in a partition back-fill the images covering it
+    build = json.loads((catalog / "objects" / "_build.json").read_text())
+    key = next(k for k in build["files"] if k.startswith("objects/hpx5="))
+    build["files"][key]["sha256"] = "changed"
+    (catalog / "objects" / "_build.json").write_text(json.dumps(build))
+    assert len(run_forced(str(catalog), str(raw)).replies) == 2
+    # the light curve: every covering epoch, detections marked
+    oid = int(assoc["object_id"].iloc[0])
+    lc = run_named("light_curve", str(catalog), (oid,))
+    assert len(lc) == (rows["object_id"] == oid).sum()
+    assert lc["is_detection"].sum() == (assoc["object_id"] == oid).sum()
+    assert {"mjd", "band", "mag", "mag_err", "flags", "forced_flux", "mag_limit",
+            "is_upper_limit"} <= set(lc.columns)
+
+
+def test_forced_step_names_an_image_without_its_fits(survey, tmp_path):
+    import shutil
+
+    from skysurvey.forced_run import run_forced
+
+    raw, original = survey
+    catalog = tmp_path / "cat"
+    shutil.copytree(original, catalog)
+    partial = tmp_path / "raw"
+    partial.mkdir()
+    first = sorted(raw.glob("*.fits"))[0]
+    shutil.copy(first, partial / first.name)
+    report = run_forced(str(catalog), str(partial))
+    assert len(report.failed) == 1 and "no FITS file" in report.failed[0]["error"]
+
+
+@pytest.mark.slow
+def test_forced_step_on_s3_through_the_moto_server(survey, moto_server):
+    from skysurvey import aws
+    from skysurvey.forced_run import run_forced
+    from skysurvey.storage import open_store
+
+    raw, catalog = survey
+    s3 = aws.client("s3")
+    for bucket in ("raw", "cat"):
+        s3.create_bucket(Bucket=bucket)
+    raw_store, cat_store = open_store("s3://raw/images"), open_store("s3://cat")
+    for path in raw.glob("*.fits"):
+        raw_store.upload_file(path, path.name)
+    for path in catalog.rglob("*"):
+        if path.is_file() and not path.name.startswith(".") and ".objects-staging" not in str(
+                path):
+            cat_store.upload_file(path, str(path.relative_to(catalog)))
+    report = run_forced("s3://cat", "s3://raw/images", workers=1)
+    assert not report.failed, report.summary()
+    rows = _forced_rows("s3://cat")
+    assert len(rows) > 0 and set(rows["image_id"]) == {p.stem for p in raw.glob("*.fits")}
+    assert run_forced("s3://cat", "s3://raw/images").unchanged == 2
