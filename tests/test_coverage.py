@@ -202,3 +202,46 @@ def test_forced_step_on_s3_through_the_moto_server(survey, moto_server):
     rows = _forced_rows("s3://cat")
     assert len(rows) > 0 and set(rows["image_id"]) == {p.stem for p in raw.glob("*.fits")}
     assert run_forced("s3://cat", "s3://raw/images").unchanged == 2
+
+
+def test_older_images_files_read_without_footprint_and_are_skipped(survey, tmp_path, caplog):
+    """An images file of an earlier pipeline_version (no footprint_hpx12): read as null,
+    named once; the coverage query does not list it; the forced step skips it with a note."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from skysurvey.forced_run import run_forced
+    from skysurvey.queries import run_named
+
+    raw, original = survey
+    catalog = tmp_path / "cat"
+    shutil.copytree(original, catalog)
+    first = sorted((catalog / "images").rglob("*.parquet"))[0]
+    table = pq.read_table(first)
+    pq.write_table(table.drop_columns(["footprint_hpx12"]), first)
+    found = run_named("coverage", str(catalog), (RA0, DEC0))
+    assert len(found) == 1 and first.stem not in set(found["image_id"])
+    assert "footprint_hpx12" in caplog.text and "older pipeline_version" in caplog.text
+    report = run_forced(str(catalog), str(raw))
+    assert len(report.replies) == 1 and any("without footprint_hpx12" in n for n in report.notes)
+
+
+def test_handler_runs_a_forced_event_here(survey, tmp_path):
+    """The Lambda handler takes ``{"task": "forced_image"}`` events (same function as images)."""
+    import shutil
+
+    from conftest import load_script
+
+    from skysurvey.forced_run import plan_forced
+
+    raw, original = survey
+    catalog = tmp_path / "cat"
+    shutil.copytree(original, catalog)
+    task = plan_forced(str(catalog), str(raw)).tasks[0]
+    event = json.loads(json.dumps(task.event()))  # what Lambda would receive
+    reply = load_script("lambda_function").lambda_handler(event)
+    assert reply["status"] == "ok", reply
+    assert reply["n_objects"] > 0 and reply["forced_key"].endswith(".parquet")
+    bad = load_script("lambda_function").lambda_handler({"task": "forced_image"})
+    assert bad["status"] == "error" and "bad forced event" in bad["error"]
