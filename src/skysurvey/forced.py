@@ -250,7 +250,7 @@ def footprint_hpx12(wcs, shape, valid=None, *, order: int = HPX_ORDER) -> np.nda
     cells = np.unique(_lonlat_cells(ra, dec, order))
     candidates = np.setdiff1d(_neighbour_cells(cells, order), cells)
     if candidates.size:
-        per_edge = max(int(math.ceil(cell_px / 3)), 4)  # boundary points ~3 px apart
+        per_edge = max(int(math.ceil(cell_px / 6)), 4)  # boundary points ~6 px apart
         lon, lat = boundaries_lonlat(candidates, per_edge, 2**order, order="nested")
         bx, by = icrs_to_pixel(wcs, np.asarray(lon.deg).ravel(), np.asarray(lat.deg).ravel())
         hit = covered(bx, by, shape, valid).reshape(candidates.size, -1).any(axis=1)
