@@ -7,6 +7,7 @@ import json
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from skysurvey.astrometry import pixel_to_icrs
@@ -245,3 +246,87 @@ def test_handler_runs_a_forced_event_here(survey, tmp_path):
     assert reply["n_objects"] > 0 and reply["forced_key"].endswith(".parquet")
     bad = load_script("lambda_function").lambda_handler({"task": "forced_image"})
     assert bad["status"] == "error" and "bad forced event" in bad["error"]
+
+
+@pytest.mark.slow
+def test_coverage_on_athena_sends_the_same_text_and_binds_the_cell(moto_server, capsys):
+    """Through query_with_athena.py over the moto server (moto runs no SQL: the reply is
+    queued): the Glue tables include forced_photometry and images.footprint_hpx12 as
+    array<bigint>; the coverage text is DuckDB's, the cell a bound parameter."""
+    import urllib.request
+
+    import boto3
+    from conftest import load_script
+
+    from skysurvey.forced import position_cell
+    from skysurvey.queries import NAMED_QUERIES
+
+    boto3.client("athena").create_work_group(
+        Name="astronomy-workgroup",
+        Configuration={"ResultConfiguration": {"OutputLocation": "s3://cat/athena-results/"}})
+    boto3.client("s3").create_bucket(Bucket="cat")
+    columns = [{"CatalogName": "hive", "SchemaName": "", "TableName": "", "Name": n, "Label": n,
+                "Type": t, "Precision": 0, "Scale": 0, "Nullable": "UNKNOWN",
+                "CaseSensitive": False}
+               for n, t in (("image_id", "varchar"), ("band", "varchar"), ("night", "varchar"),
+                            ("mjd", "double"), ("depth_5sigma", "double"))]
+    for rows, info in (([], []), ([], []), ([["image_id", "band", "night", "mjd",
+                                              "depth_5sigma"],
+                                             ["n00_r", "r", "2026-04-01", "61131.1", "23.1"]],
+                                            columns)):
+        body = {"results": [{"rows": [{"Data": [{"VarCharValue": v} for v in r]} for r in rows],
+                             "column_info": info}]}
+        urllib.request.urlopen(urllib.request.Request(
+            f"{moto_server}/moto-api/static/athena/query-results", data=json.dumps(body).encode(),
+            method="POST", headers={"Content-Type": "application/json"}))
+    script = load_script("query_with_athena")
+    assert script.main(["--engine", "athena", "--catalog", "s3://cat", "--query", "coverage",
+                        "--param", "150.1", "--param", "2.2"]) == 0
+    assert "n00_r" in capsys.readouterr().out
+    client = boto3.client("athena")
+    sent = [client.get_query_execution(QueryExecutionId=q)["QueryExecution"]
+            for q in client.list_query_executions()["QueryExecutionIds"]]
+    query = [q for q in sent if "footprint_hpx12" in q["Query"]]
+    assert len(query) == 1 and query[0]["Query"] == NAMED_QUERIES["coverage"].sql
+    assert query[0]["ExecutionParameters"] == [str(position_cell(150.1, 2.2))]
+    glue = boto3.client("glue")
+    tables = {t["Name"]: t for t in glue.get_tables(DatabaseName="astronomy")["TableList"]}
+    assert tables["forced_photometry"]["PartitionKeys"] == [
+        {"Name": "band", "Type": "string"}, {"Name": "night", "Type": "string"}]
+    images = {c["Name"]: c["Type"] for c in tables["images"]["StorageDescriptor"]["Columns"]}
+    assert images["footprint_hpx12"] == "array<bigint>"
+
+
+def test_forced_step_through_the_lambda_backend_gives_the_local_rows(survey, tmp_path):
+    """--backend lambda: each task travels as a JSON event to the handler (here a client that
+    runs lambda_function.lambda_handler in this process: moto never runs Lambda code); the
+    rows are those of the local run."""
+    import io
+    import shutil
+    from functools import partial
+
+    from conftest import load_script
+
+    from skysurvey.forced_run import run_forced, run_lambda
+
+    handler = load_script("lambda_function").lambda_handler
+    calls = []
+
+    class Client:
+        def invoke(self, FunctionName, InvocationType, Payload):  # noqa: N803 (boto3 names)
+            calls.append(FunctionName)
+            reply = handler(json.loads(Payload))
+            return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(reply).encode()),
+                    "ResponseMetadata": {"RetryAttempts": 0}}
+
+    raw, original = survey
+    catalogs = []
+    for name, runner in (("local", None),
+                         ("lambda", partial(run_lambda, function="fn", client=Client()))):
+        catalog = tmp_path / name
+        shutil.copytree(original, catalog)
+        report = run_forced(str(catalog), str(raw), runner=runner)
+        assert not report.failed and len(report.replies) == 2, report.summary()
+        catalogs.append(_forced_rows(catalog).drop(columns=["pipeline_version"]))
+    assert calls == ["fn", "fn"]
+    pd.testing.assert_frame_equal(catalogs[0], catalogs[1])
