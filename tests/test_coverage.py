@@ -182,7 +182,7 @@ def test_forced_step_names_an_image_without_its_fits(survey, tmp_path):
 
 
 @pytest.mark.slow
-def test_forced_step_on_s3_through_the_moto_server(survey, moto_server):
+def test_forced_step_on_s3_through_the_moto_server(survey, moto_server, monkeypatch, capsys):
     from skysurvey import aws
     from skysurvey.forced_run import run_forced
     from skysurvey.storage import open_store
@@ -203,6 +203,23 @@ def test_forced_step_on_s3_through_the_moto_server(survey, moto_server):
     rows = _forced_rows("s3://cat")
     assert len(rows) > 0 and set(rows["image_id"]) == {p.stem for p in raw.glob("*.fits")}
     assert run_forced("s3://cat", "s3://raw/images").unchanged == 2
+    # the script: measures again (--rebuild) and registers the band/night partitions in Glue
+    from conftest import load_script
+
+    from skysurvey import athena
+
+    glue = aws.client("glue")
+    glue.create_database(DatabaseInput={"Name": "astronomy"})
+    glue.create_table(DatabaseName="astronomy", TableInput=athena.glue_table_input(
+        athena.TABLES["forced_photometry"], "s3://cat"))
+    monkeypatch.setenv("ATHENA_DATABASE", "astronomy")
+    script = load_script("forced_photometry")
+    assert script.main(["--catalog", "s3://cat", "--input", "s3://raw/images", "--workers", "1",
+                        "--rebuild"]) == 0
+    assert "2 images measured" in capsys.readouterr().out
+    parts = glue.get_partitions(DatabaseName="astronomy", TableName="forced_photometry")
+    assert {tuple(p["Values"]) for p in parts["Partitions"]} == {
+        ("r", night) for night in set(rows["night"])}
 
 
 def test_older_images_files_read_without_footprint_and_are_skipped(survey, tmp_path, caplog):

@@ -133,12 +133,10 @@ def objects_in_footprint(store, cells) -> tuple[np.ndarray, np.ndarray, np.ndarr
         for key in _object_files(store, partition):
             table = pq.read_table(io.BytesIO(store.read_bytes(key)),
                                   columns=["object_id", "ra", "dec", "_healpix_29"])
-            hpx = table["_healpix_29"].to_numpy(zero_copy_only=False)
+            hpx = table["_healpix_29"].fill_null(-1).to_numpy().astype(np.int64)  # exact
             ra = table["ra"].to_numpy(zero_copy_only=False).astype(float)
             dec = table["dec"].to_numpy(zero_copy_only=False).astype(float)
-            with np.errstate(invalid="ignore"):
-                cell = np.where(np.isfinite(hpx), hpx, -1).astype(np.int64) >> (
-                    2 * (29 - HPX_ORDER))
+            cell = np.where(hpx >= 0, hpx >> (2 * (29 - HPX_ORDER)), -1)
             keep = np.isin(cell, cells) & np.isfinite(ra) & np.isfinite(dec)
             ids.append(table["object_id"].to_numpy(zero_copy_only=False)[keep].astype(np.int64))
             ras.append(ra[keep])
