@@ -262,3 +262,25 @@ def test_transient_rule_needs_a_deep_quiet_epoch():
     candidate, n_quiet = transient_candidate(oid, det, snr, mag, limit)
     assert candidate.tolist() == [True, False, False, False]
     assert n_quiet.tolist() == [2, 0, 0, 0]
+
+
+def test_a_psf_flux_can_replace_the_aperture():
+    """``measure=``: a PSF photometry function's total flux goes through the same calibration
+    (no aperture correction applied to it), flags and coverage."""
+    shape = (100, 100)
+    wcs = _wcs(shape, RA0, DEC0, SCALE, 0.0, False)
+    ra, dec = wcs.all_pix2world([50.0, 500.0], [50.0, 50.0], 0)
+    seen = {}
+
+    def psf_flux(data, rms, x, y, *, mask, gain, saturated):
+        seen["x"] = x
+        n = len(x)
+        return np.full(n, 1000.0), np.full(n, 10.0), np.full(n, 8.0), np.zeros(n, np.int32)
+
+    out = forced_photometry(np.zeros(shape), 1.0, wcs, ra, dec,
+                            ImagePhotometry(4.0, aperture_correction=1.5, zero_point=25.0),
+                            measure=psf_flux)
+    assert out["flux"][0] == 1000.0 and out["snr"][0] == 100.0
+    assert out["mag"][0] == pytest.approx(25.0 - 7.5)
+    assert np.isnan(seen["x"][1]) and out["flags"][1] & OFF_IMAGE
+    assert np.isnan(out["flux"][1]) and np.isnan(out["mag_limit"][1])

@@ -461,7 +461,7 @@ def calibrate_fluxes(flux, flux_err, sky_err, zero_point, correction=1.0, correc
 
 
 def forced_photometry(data, rms, wcs, ra, dec, phot: ImagePhotometry, *, mask=None,
-                      saturated=None) -> dict[str, np.ndarray]:
+                      saturated=None, measure=None) -> dict[str, np.ndarray]:
     """Forced photometry of one image at ICRS positions.
 
     Parameters
@@ -478,6 +478,11 @@ def forced_photometry(data, rms, wcs, ra, dec, phot: ImagePhotometry, *, mask=No
         Aperture radius, aperture correction, zero point, gain (the image's record).
     mask, saturated : ndarray of bool, optional
         Pixels to leave out; saturated pixels (flag only).
+    measure : callable, optional
+        Replaces the aperture: ``measure(data, rms, x, y, mask=, gain=, saturated=)`` returns
+        ``(flux, flux_err, sky_err, flags)`` already total (a PSF flux), so no aperture
+        correction is applied to it. None: :func:`aperture_flux` with ``phot``'s radius and
+        correction.
 
     Returns
     -------
@@ -492,11 +497,17 @@ def forced_photometry(data, rms, wcs, ra, dec, phot: ImagePhotometry, *, mask=No
     on_image = covered(x, y, shape)
     valid = None if mask is None else ~np.asarray(mask, bool)
     cover = covered(x, y, shape, valid) & on_image
-    flux, err, sky, flags = aperture_flux(data, rms, np.where(cover, x, np.nan),
-                                          np.where(cover, y, np.nan), phot.aperture_radius,
-                                          mask=mask, gain=phot.gain, saturated=saturated)
-    correction, correction_err = phot.correction
+    xc, yc = np.where(cover, x, np.nan), np.where(cover, y, np.nan)
+    if measure is None:
+        flux, err, sky, flags = aperture_flux(data, rms, xc, yc, phot.aperture_radius,
+                                              mask=mask, gain=phot.gain, saturated=saturated)
+        correction, correction_err = phot.correction
+    else:
+        flux, err, sky, flags = measure(data, rms, xc, yc, mask=mask, gain=phot.gain,
+                                        saturated=saturated)
+        correction, correction_err = 1.0, 0.0
     out = calibrate_fluxes(flux, err, sky, phot.zero_point, correction, correction_err)
+    out = {k: np.where(cover, v, np.nan) for k, v in out.items()}  # not covered: no photometry
     flags = flags | np.where(~on_image, OFF_IMAGE, 0) | np.where(on_image & ~cover,
                                                                   CENTRE_MASKED, 0)
     return {"x": x, "y": y, "covered": cover, **out, "flags": flags.astype(np.int32)}
