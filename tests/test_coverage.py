@@ -330,7 +330,7 @@ def test_forced_step_through_the_lambda_backend_gives_the_local_rows(survey, tmp
     calls = []
 
     class Client:
-        def invoke(self, FunctionName, InvocationType, Payload):  # noqa: N803 (boto3 names)
+        def invoke(self, FunctionName, InvocationType, Payload):  # boto3's names
             calls.append(FunctionName)
             reply = handler(json.loads(Payload))
             return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(reply).encode()),

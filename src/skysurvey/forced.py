@@ -239,7 +239,6 @@ def footprint_hpx12(wcs, shape, valid=None, *, order: int = HPX_ORDER) -> np.nda
 
     from .astrometry import pixel_to_icrs, sky_frame
 
-    ny, nx = shape
     valid = np.ones(shape, bool) if valid is None else np.asarray(valid, bool)
     if not valid.any():
         return np.zeros(0, np.int64)
@@ -250,7 +249,7 @@ def footprint_hpx12(wcs, shape, valid=None, *, order: int = HPX_ORDER) -> np.nda
     cells = np.unique(_lonlat_cells(ra, dec, order))
     candidates = np.setdiff1d(_neighbour_cells(cells, order), cells)
     if candidates.size:
-        per_edge = max(int(math.ceil(cell_px / 6)), 4)  # boundary points ~6 px apart
+        per_edge = max(math.ceil(cell_px / 6), 4)  # boundary points ~6 px apart
         lon, lat = boundaries_lonlat(candidates, per_edge, 2**order, order="nested")
         bx, by = icrs_to_pixel(wcs, np.asarray(lon.deg).ravel(), np.asarray(lat.deg).ravel())
         hit = covered(bx, by, shape, valid).reshape(candidates.size, -1).any(axis=1)
@@ -393,7 +392,7 @@ def aperture_flux(data, rms, x, y, radius, *, mask=None, gain=None, saturated=No
     x, y = np.asarray(x, float), np.asarray(y, float)
     n = x.size
     flux, var, flags = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, np.int32)
-    half = int(math.ceil(radius + 0.5))
+    half = math.ceil(radius + 0.5)
     off = np.arange(-half, half + 1)
     oy, ox = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
     rms_map = np.ndim(rms) == 2
