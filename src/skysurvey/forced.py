@@ -360,7 +360,8 @@ def circle_overlap(dx, dy, r) -> np.ndarray:
     return np.clip(area, 0.0, 1.0)
 
 
-def aperture_flux(data, rms, x, y, radius, *, mask=None, gain=None, saturated=None):
+def aperture_flux(data, rms, x, y, radius, *, mask=None, gain=None, saturated=None,
+                  sky_level_err=0.0):
     """Circular aperture sums at (x, y): exact pixel/circle overlap, bad pixels left out.
 
     Parameters
@@ -379,6 +380,9 @@ def aperture_flux(data, rms, x, y, radius, *, mask=None, gain=None, saturated=No
         e-/ADU: adds the source's Poisson noise (positive flux only).
     saturated : ndarray of bool, optional
         True for saturated pixels (flags only).
+    sky_level_err : float
+        Uncertainty of the subtracted background level per pixel (common to the aperture's
+        pixels: it adds ``(sum of weights * sky_level_err)**2`` to the variance).
 
     Returns
     -------
@@ -418,7 +422,7 @@ def aperture_flux(data, rms, x, y, radius, *, mask=None, gain=None, saturated=No
         wg = np.where(good, w, 0.0)
         sigma2 = (rms[pyc, pxc].astype(float) ** 2) if rms_map else float(rms) ** 2
         flux[idx] = (wg * np.where(good, values, 0.0)).sum(axis=1)
-        var[idx] = (wg**2 * sigma2).sum(axis=1)
+        var[idx] = (wg**2 * sigma2).sum(axis=1) + (wg.sum(axis=1) * sky_level_err) ** 2
         flags[idx] = f
     sky_err = np.sqrt(var)
     total = var + (np.maximum(flux, 0.0) / gain if gain and gain > 0 else 0.0)
@@ -460,7 +464,7 @@ def calibrate_fluxes(flux, flux_err, sky_err, zero_point, correction=1.0, correc
 
 
 def forced_photometry(data, rms, wcs, ra, dec, phot: ImagePhotometry, *, mask=None,
-                      saturated=None, measure=None) -> dict[str, np.ndarray]:
+                      saturated=None, measure=None, sky_level_err=0.0) -> dict[str, np.ndarray]:
     """Forced photometry of one image at ICRS positions.
 
     Parameters
@@ -477,6 +481,8 @@ def forced_photometry(data, rms, wcs, ra, dec, phot: ImagePhotometry, *, mask=No
         Aperture radius, aperture correction, zero point, gain (the image's record).
     mask, saturated : ndarray of bool, optional
         Pixels to leave out; saturated pixels (flag only).
+    sky_level_err : float
+        Uncertainty of the subtracted background level per pixel (:func:`aperture_flux`).
     measure : callable, optional
         Replaces the aperture: ``measure(data, rms, x, y, mask=, gain=, saturated=)`` returns
         ``(flux, flux_err, sky_err, flags)`` already total (a PSF flux), so no aperture
@@ -499,7 +505,8 @@ def forced_photometry(data, rms, wcs, ra, dec, phot: ImagePhotometry, *, mask=No
     xc, yc = np.where(cover, x, np.nan), np.where(cover, y, np.nan)
     if measure is None:
         flux, err, sky, flags = aperture_flux(data, rms, xc, yc, phot.aperture_radius,
-                                              mask=mask, gain=phot.gain, saturated=saturated)
+                                              mask=mask, gain=phot.gain, saturated=saturated,
+                                              sky_level_err=sky_level_err)
         correction, correction_err = phot.correction
     else:
         flux, err, sky, flags = measure(data, rms, xc, yc, mask=mask, gain=phot.gain,
