@@ -144,6 +144,14 @@ def test_forced_step_round_trip_locally(survey, tmp_path):
     assert set(rows["object_id"]) <= set(objects["object_id"])
     assert set(rows["band"]) == {"r"} and rows["mjd"].notna().all()
     assert ((rows["mag"].isna()) == (rows["flux"] <= 0)).all()
+    # on detected point sources the forced flux is the detection's flux_apcorr
+    both = run_query(
+        "SELECT f.flux AS forced, s.flux_apcorr AS detected FROM forced_photometry f "
+        "JOIN associations a ON a.object_id = f.object_id AND a.image_id = f.image_id "
+        "JOIN sources s ON s.image_id = a.image_id AND s.source_id = a.source_id "
+        "WHERE s.snr > 50 AND s.flags = 0 AND f.flags = 0 AND s.class_star > 0.8", str(catalog))
+    assert len(both) >= 10
+    assert abs(np.median(both["forced"] / both["detected"]) - 1) < 0.02
     assert (catalog / MANIFEST_KEY).exists()
     # a second run measures nothing; --rebuild measures all and replaces (no duplicates)
     again = run_forced(str(catalog), str(raw), workers=1)
