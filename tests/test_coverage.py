@@ -164,6 +164,19 @@ def test_forced_step_round_trip_locally(survey, tmp_path):
     build["files"][key]["sha256"] = "changed"
     (catalog / "objects" / "_build.json").write_text(json.dumps(build))
     assert len(run_forced(str(catalog), str(raw)).replies) == 2
+    # a copy in another partition (an image re-processed into another night) and a file of
+    # an image that is gone: both removed, the rows stay unique
+    first = sorted((catalog / "forced_photometry").rglob("*.parquet"))[0]
+    moved = catalog / "forced_photometry" / "band=r" / "night=unknown" / first.name
+    moved.parent.mkdir(parents=True)
+    shutil.copy(first, moved)
+    orphan = first.parent / "gone_image.parquet"
+    shutil.copy(first, orphan)
+    cleanup = run_forced(str(catalog), str(raw))
+    assert len(cleanup.replies) == 1 and cleanup.removed == [
+        str(orphan.relative_to(catalog))]
+    assert not moved.exists() and not orphan.exists() and first.exists()
+    assert len(_forced_rows(catalog)) == len(rows)
     # the light curve: every covering epoch, detections marked
     oid = int(assoc["object_id"].iloc[0])
     lc = run_named("light_curve", str(catalog), (oid,))
