@@ -368,3 +368,26 @@ def test_forced_step_through_the_lambda_backend_gives_the_local_rows(survey, tmp
         catalogs.append(_forced_rows(catalog).drop(columns=["pipeline_version"]))
     assert calls == ["fn", "fn"]
     pd.testing.assert_frame_equal(catalogs[0], catalogs[1])
+
+
+@pytest.mark.parametrize("frame", ["galactic", "fk4"])
+def test_footprint_and_positions_in_a_header_of_another_frame(frame):
+    """A galactic or FK4 header: the footprint cells are ICRS cells, and ICRS positions map
+    to the pixels they came from (forced.icrs_to_pixel honours the header's frame)."""
+    from skysurvey.astrometry import celestial_wcs
+    from skysurvey.forced import icrs_to_pixel
+    from skysurvey.synth import header_in_frame
+
+    shape = (300, 300)
+    icrs = _wcs(shape, RA0, DEC0, 1.0, 15.0, False)
+    header = header_in_frame(icrs.to_header(), shape, frame)
+    wcs, name = celestial_wcs(header)
+    assert name.startswith(frame)
+    valid = np.ones(shape, bool)
+    assert set(footprint_hpx12(wcs, shape, valid)) >= set(_pixel_cells(wcs, valid))
+    assert set(footprint_hpx12(wcs, shape, valid)) == set(footprint_hpx12(icrs, shape, valid))
+    x = np.array([0.0, 150.3, 299.0])
+    y = np.array([10.0, 120.7, 299.0])
+    ra, dec = pixel_to_icrs(icrs, x, y)
+    px, py = icrs_to_pixel(wcs, ra, dec)
+    assert np.allclose(px, x, atol=1e-3) and np.allclose(py, y, atol=1e-3)
