@@ -391,3 +391,30 @@ def test_footprint_and_positions_in_a_header_of_another_frame(frame):
     ra, dec = pixel_to_icrs(icrs, x, y)
     px, py = icrs_to_pixel(wcs, ra, dec)
     assert np.allclose(px, x, atol=1e-3) and np.allclose(py, y, atol=1e-3)
+
+
+def test_the_forced_event_runs_without_scipy(survey, tmp_path):
+    """The Lambda package has no scipy (112 MB): the footprint and the forced task never
+    import it (a fresh interpreter where importing scipy fails)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from skysurvey.config import REPO_ROOT
+    from skysurvey.forced_run import plan_forced
+
+    raw, original = survey
+    catalog = tmp_path / "cat"
+    shutil.copytree(original, catalog)
+    event = plan_forced(str(catalog), str(raw)).tasks[0].event()
+    code = ("import json, sys; sys.modules['scipy'] = None; sys.path.insert(0, sys.argv[2]); "
+            "import lambda_function; "
+            "from skysurvey.forced import image_footprint; "
+            "r = lambda_function.lambda_handler(json.loads(sys.argv[1])); "
+            "print(json.dumps(r)); assert 'scipy' not in [m.split('.')[0] for m in sys.modules "
+            "if sys.modules[m] is not None]")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(event),
+                          str(REPO_ROOT / "scripts")], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["status"] == "ok"
