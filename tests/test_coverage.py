@@ -418,3 +418,56 @@ def test_the_forced_event_runs_without_scipy(survey, tmp_path):
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_transients_found_from_forced_light_curves_against_truth(tmp_path):
+    """End to end on a two-night survey with 12 injected transients: forced photometry, then
+    lightcurves.transient_candidate on its rows. The isolated transients (one night only) that
+    were detected are candidates; isolated constant stars detected on both nights are not."""
+    from skysurvey.calibrate import nearest
+    from skysurvey.forced_run import run_forced
+    from skysurvey.lightcurves import n_covering, transient_candidate
+    from skysurvey.objects import build_objects
+    from skysurvey.queries import run_query
+    from skysurvey.runner import run_local
+    from skysurvey.synth_survey import write_survey
+
+    raw, catalog = tmp_path / "raw", tmp_path / "cat"
+    paths = write_survey(raw, nights=2, bands=("r",), size=256, n_transients=12, seed=9)
+    assert all(r["status"] == "ok" for r in run_local(str(raw), [p.name for p in paths],
+                                                       str(catalog), workers=1))
+    build_objects(str(catalog))
+    assert not run_forced(str(catalog), str(raw)).failed
+    rows = run_query(
+        "SELECT f.object_id, f.snr, f.mag, f.mag_limit, a.source_id IS NOT NULL AS detected "
+        "FROM forced_photometry f LEFT JOIN associations a ON a.object_id = f.object_id AND "
+        "a.image_id = f.image_id", str(catalog))
+    objects = run_query("SELECT object_id, ra, dec, n_detections FROM objects ORDER BY "
+                        "object_id", str(catalog))
+    ids = objects["object_id"].to_numpy()
+    candidate, _ = transient_candidate(rows["object_id"], rows["detected"], rows["snr"],
+                                       rows["mag"], rows["mag_limit"], ids)
+    covering = n_covering(rows["object_id"], ids)
+    truth = pd.read_csv(raw / "truth" / "objects.csv")
+    cosd = np.cos(np.radians(DEC0))
+    j, _ = nearest(objects["ra"] * cosd * 3600, objects["dec"] * 3600,
+                   truth["ra"] * cosd * 3600, truth["dec"] * 3600, 1.0)
+    matched = j >= 0
+    kind = np.where(matched, truth["transient_night"].to_numpy()[np.maximum(j, 0)], -9)
+    # isolated: no other true object within 3" brighter than 24 (a transient on top of a
+    # star shows that star's flux on the other night: not quiet, by design)
+    tx, ty = truth["ra"].to_numpy() * cosd * 3600, truth["dec"].to_numpy() * 3600
+    crowded = np.array([((np.hypot(tx - tx[k], ty - ty[k]) < 3.0)
+                         & (truth["mag_r"].to_numpy() < 24)).sum() > 1 for k in range(len(truth))])
+    alone = ~crowded[np.maximum(j, 0)]
+    transient = matched & (kind >= 0) & (covering == 2) & alone
+    assert transient.sum() >= 1, "no isolated injected transient was detected and covered twice"
+    assert candidate[transient].all(), rows[rows["object_id"].isin(ids[transient])].to_string()
+    constant = (matched & alone & (kind == -1) & (objects["n_detections"].to_numpy() == 2)
+                & (truth["amplitude"].to_numpy()[np.maximum(j, 0)] == 0))
+    assert constant.sum() >= 5
+    assert not candidate[constant].any()
+    # and among all objects, candidates are the injected transients (matched or not) only
+    others = candidate & ~(matched & (kind >= 0))
+    assert others.sum() <= 1, objects[others].to_string()
