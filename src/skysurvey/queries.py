@@ -212,8 +212,11 @@ NAMED_QUERIES.update({
     "coverage": NamedQuery(
         "Images whose footprint (images.footprint_hpx12, order-12 HEALPix cells of their valid "
         "pixels) holds the position: parameters ra, dec (degrees)",
+        # CROSS JOIN UNNEST: Trino's form, and DuckDB's from 1.0 (whose contains() takes no
+        # list); footprint cells are unique, so an image comes out once
         "SELECT i.image_id, i.band, i.night, i.mjd, i.depth_5sigma FROM images i "
-        "WHERE contains(i.footprint_hpx12, CAST(? AS BIGINT)) ORDER BY i.mjd, i.band, i.image_id",
+        "CROSS JOIN UNNEST(i.footprint_hpx12) AS t(cell) WHERE t.cell = CAST(? AS BIGINT) "
+        "ORDER BY i.mjd, i.band, i.image_id",
         (150.1, 2.2), lambda params: _coverage_parameters(params),
     ),
     "variables": NamedQuery(
