@@ -471,3 +471,17 @@ def test_transients_found_from_forced_light_curves_against_truth(tmp_path):
     # and among all objects, candidates are the injected transients (matched or not) only
     others = candidate & ~(matched & (kind >= 0))
     assert others.sum() <= 1, objects[others].to_string()
+
+
+def test_without_objects_nothing_is_read_or_written(tmp_path, fits_factory):
+    from skysurvey.forced_run import FOLDER, run_forced
+    from skysurvey.pipeline import catalog_image
+    from skysurvey.storage import open_store
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    fits_factory(raw / "x.fits")
+    assert catalog_image(open_store(raw), "x.fits", open_store(tmp_path / "cat"))["status"] == "ok"
+    report = run_forced(str(tmp_path / "cat"), str(raw))
+    assert report.replies == [] and "no objects yet" in report.summary()
+    assert not (tmp_path / "cat" / FOLDER).exists()

@@ -383,8 +383,9 @@ def plan_forced(catalog_uri: str, input_uri: str, *, rebuild: bool = False) -> F
     images = read_image_records(catalog_uri)
     plan = ForcedPlan(manifest=_read_manifest(store))
     objects_files = _objects_files(store)
-    if not objects_files:
+    if not objects_files:  # nothing to measure: no image is read
         plan.notes.append("no objects yet: run scripts/build_objects.py first")
+        return plan
     existing: dict[str, list[str]] = {}
     for info in store.list(FOLDER):
         name = PurePosixPath(info.key).name
