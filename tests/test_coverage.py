@@ -485,3 +485,33 @@ def test_without_objects_nothing_is_read_or_written(tmp_path, fits_factory):
     report = run_forced(str(tmp_path / "cat"), str(raw))
     assert report.replies == [] and "no objects yet" in report.summary()
     assert not (tmp_path / "cat" / FOLDER).exists()
+
+
+def test_footprint_of_pixels_larger_than_cells_and_of_a_too_large_image():
+    """Pixels of 20" and 60" (cells are ~52"): sampled inside the pixels, so the footprint
+    holds every cell that any part of a valid pixel reaches (checked against 8 x 8 samples
+    per pixel); an image spanning more than MAX_CELLS cells gets none, with a note."""
+    from astropy.io import fits
+
+    from skysurvey.forced import MAX_CELLS
+
+    for shape, scale in (((120, 100), 20.0), ((60, 50), 60.0)):
+        wcs = _wcs(shape, RA0, DEC0, scale, 10.0, False)
+        valid = np.ones(shape, bool)
+        valid[20:30, 10:40] = False
+        cells = footprint_hpx12(wcs, shape, valid)
+        yy, xx = np.nonzero(valid)
+        sub = (np.arange(8) + 0.5) / 8 - 0.5
+        ox, oy = (a.ravel() for a in np.meshgrid(sub, sub))
+        ra, dec = pixel_to_icrs(wcs, (xx[:, None] + ox).ravel(), (yy[:, None] + oy).ravel())
+        truth = np.unique(_lonlat_cells(ra, dec, 12))
+        assert set(truth) <= set(cells)
+        assert len(set(cells) - set(truth)) <= 0.02 * len(truth)
+    huge = _wcs((180, 360), RA0, DEC0, 3600.0, 0.0, False)  # 1 degree pixels
+    header = huge.to_header()
+    notes = []
+    assert image_footprint(header, np.zeros((180, 360)), None, notes) is None
+    assert "more than" in notes[0] and str(MAX_CELLS) in notes[0]
+    with pytest.raises(ValueError, match="no footprint"):
+        footprint_hpx12(huge, (180, 360))
+    assert image_footprint(fits.Header(), np.zeros((4, 4))) is None  # no WCS: no note needed

@@ -33,6 +33,7 @@ __all__ = [
     "CENTRE_MASKED",
     "FLAG_DESCRIPTIONS",
     "HPX_ORDER",
+    "MAX_CELLS",
     "MASKED",
     "NEAR_EDGE",
     "OFF_IMAGE",
@@ -169,23 +170,32 @@ def _pixel_scale_arcsec(wcs) -> float:
     return float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
 
 
-def sample_valid_pixels(valid: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_valid_pixels(valid: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
     """Pixel positions of valid pixels: a grid *step* apart plus every edge pixel.
 
     Parameters
     ----------
     valid : ndarray of bool, shape (ny, nx)
         True for finite, unmasked pixels.
-    step : int
-        Grid spacing in pixels (>= 1).
+    step : float
+        Grid spacing in pixels. From 1 up: whole pixels, plus every pixel of the four edges.
+        Below 1 (pixels larger than a quarter cell): positions inside the pixels, *step* apart,
+        from a half step inside each edge, so that every part of a pixel is sampled.
 
     Returns
     -------
-    x, y : ndarray of int
-        The valid samples, without duplicates.
+    x, y : ndarray
+        The valid samples (0-based pixel coordinates), without duplicates.
     """
     ny, nx = valid.shape
-    step = max(int(step), 1)
+    if step < 1:
+        xs = np.arange(-0.5 + step / 2, nx - 0.5, step)
+        ys = np.arange(-0.5 + step / 2, ny - 0.5, step)
+        gx, gy = (a.ravel() for a in np.meshgrid(xs, ys))
+        keep = valid[np.clip(np.rint(gy).astype(np.int64), 0, ny - 1),
+                     np.clip(np.rint(gx).astype(np.int64), 0, nx - 1)]
+        return gx[keep], gy[keep]
+    step = int(step)
     xs = np.unique(np.r_[np.arange(0, nx, step), nx - 1])
     ys = np.unique(np.r_[np.arange(0, ny, step), ny - 1])
     gx, gy = np.meshgrid(xs, ys)
@@ -210,7 +220,12 @@ def _lonlat_cells(lon, lat, order: int) -> np.ndarray:
                                         order="nested"), np.int64)
 
 
-def footprint_hpx12(wcs, shape, valid=None, *, order: int = HPX_ORDER) -> np.ndarray:
+#: Largest footprint (cells) written: ~50 square degrees at order 12, 2 MB in a Lambda reply.
+MAX_CELLS = 250_000
+
+
+def footprint_hpx12(wcs, shape, valid=None, *, order: int = HPX_ORDER,
+                    max_cells: int = MAX_CELLS) -> np.ndarray:
     """The sorted NESTED HEALPix cells at *order* that the image's valid pixels touch.
 
     Valid pixels are sampled a quarter of a cell apart, plus every pixel of the four edges, and
@@ -230,6 +245,9 @@ def footprint_hpx12(wcs, shape, valid=None, *, order: int = HPX_ORDER) -> np.nda
         True for finite, unmasked pixels; None: all pixels.
     order : int
         HEALPix order (default 12, the ``footprint_hpx12`` column).
+    max_cells : int
+        ValueError when the valid pixels span more cells than this (estimated from the pixel
+        scale before any cell is computed).
 
     Returns
     -------
@@ -245,7 +263,11 @@ def footprint_hpx12(wcs, shape, valid=None, *, order: int = HPX_ORDER) -> np.nda
         return np.zeros(0, np.int64)
     frame = sky_frame(wcs)
     cell_px = _cell_arcsec(order) / max(_pixel_scale_arcsec(wcs), 1e-9)
-    x, y = sample_valid_pixels(valid, max(int(cell_px / 4), 1))
+    expected = float(np.count_nonzero(valid)) / cell_px**2
+    if not expected <= max_cells:
+        raise ValueError(f"the image spans ~{expected:.3g} order-{order} cells (more than "
+                         f"{max_cells}): no footprint")
+    x, y = sample_valid_pixels(valid, cell_px / 4 if cell_px < 4 else int(cell_px / 4))
     ra, dec = pixel_to_icrs(wcs, x, y, frame)
     cells = np.unique(_lonlat_cells(ra, dec, order))
     candidates = np.setdiff1d(_neighbour_cells(cells, order), cells)
@@ -258,9 +280,12 @@ def footprint_hpx12(wcs, shape, valid=None, *, order: int = HPX_ORDER) -> np.nda
     return cells.astype(np.int64)
 
 
-def image_footprint(header, data, mask=None, *, order: int = HPX_ORDER) -> list[int] | None:
+def image_footprint(header, data, mask=None, notes: list[str] | None = None, *,
+                    order: int = HPX_ORDER) -> list[int] | None:
     """``images.footprint_hpx12`` of a FITS image: :func:`footprint_hpx12` over its finite,
-    unmasked pixels; None without a celestial WCS (the column is then null)."""
+    unmasked pixels; None (the column is then null) without a celestial WCS, or when the
+    footprint cannot be made (too many cells, a WCS that fails): the reason goes to *notes*,
+    and the image is still catalogued."""
     from .astrometry import celestial_wcs
 
     wcs, _ = celestial_wcs(header)
@@ -269,7 +294,12 @@ def image_footprint(header, data, mask=None, *, order: int = HPX_ORDER) -> list[
     valid = np.isfinite(data)
     if mask is not None:
         valid &= ~np.asarray(mask, bool)
-    return footprint_hpx12(wcs, data.shape, valid, order=order).tolist()
+    try:
+        return footprint_hpx12(wcs, data.shape, valid, order=order).tolist()
+    except Exception as exc:  # the catalog is still good: the reason is recorded, not raised
+        if notes is not None:
+            notes.append(f"no footprint_hpx12 ({type(exc).__name__}: {exc})")
+        return None
 
 
 def position_cell(ra: float, dec: float, order: int = HPX_ORDER) -> int:

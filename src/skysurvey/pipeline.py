@@ -78,7 +78,10 @@ def catalog_image(raw_store, key: str, catalog_store, config: PipelineConfig | N
         sources, row = measure_image(image, image_id, config.detection)
         band, night = observation_partition(image.header)
         sources, row = calibrate(sources, row, band, config.reference)
-        row["footprint_hpx12"] = image_footprint(image.header, image.data, image.mask)
+        notes: list[str] = []
+        row["footprint_hpx12"] = image_footprint(image.header, image.data, image.mask, notes)
+        if notes:
+            row["warnings"] = "; ".join(filter(None, [row.get("warnings"), *notes]))
         keys = catalog_keys(image_id, band, night)
         row = {**row, "source_key": source_key,
                "seconds": round(time.perf_counter() - start, 4),
