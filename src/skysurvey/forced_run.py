@@ -54,13 +54,22 @@ from .storage import open_store
 __all__ = [
     "FOLDER",
     "MANIFEST_KEY",
+    "ForcedPlan",
     "ForcedReport",
     "ForcedTask",
+    "fingerprint",
     "forced_image",
     "handle_forced_event",
+    "level_error",
+    "measure_task",
+    "object_mask",
     "objects_in_footprint",
     "plan_forced",
+    "read_image_records",
     "run_forced",
+    "run_lambda",
+    "run_local",
+    "sky_offset",
 ]
 
 log = logging.getLogger(__name__)
