@@ -160,7 +160,7 @@ def test_forced_step_round_trip_locally(survey, tmp_path):
     assert len(_forced_rows(catalog)) == len(rows)
     # new objects in a partition back-fill the images covering it
     build = json.loads((catalog / "objects" / "_build.json").read_text())
-    key = next(k for k in build["files"] if k.startswith("objects/hpx5="))
+    key = next(k for k in build["files"] if k.startswith("objects/hpx5=") and "/k" in k)
     build["files"][key]["sha256"] = "changed"
     (catalog / "objects" / "_build.json").write_text(json.dumps(build))
     assert len(run_forced(str(catalog), str(raw)).replies) == 2
@@ -515,3 +515,16 @@ def test_footprint_of_pixels_larger_than_cells_and_of_a_too_large_image():
     with pytest.raises(ValueError, match="no footprint"):
         footprint_hpx12(huge, (180, 360))
     assert image_footprint(fits.Header(), np.zeros((4, 4))) is None  # no WCS: no note needed
+
+
+def test_objects_files_are_read_only_for_the_units_under_a_footprint():
+    from skysurvey.forced_run import file_touches
+
+    cells = np.array([(7 << 14) + 5, (7 << 14) + 6])  # two order-12 cells of order-5 pixel 7
+    assert file_touches("objects/hpx5=7/k5-7.parquet", cells)
+    assert not file_touches("objects/hpx5=8/k5-8.parquet", cells)
+    assert file_touches(f"objects/hpx5=7/k12-{(7 << 14) + 6}.parquet", cells)
+    assert not file_touches(f"objects/hpx5=7/k12-{(7 << 14) + 7}.parquet", cells)
+    assert file_touches(f"objects/hpx5=7/k10-{((7 << 14) + 5) >> 4}.parquet", cells)
+    assert file_touches(f"objects/hpx5=7/k13-{(((7 << 14) + 5) << 2) + 3}.parquet", cells)
+    assert file_touches("objects/hpx5=7/other.parquet", cells)  # unknown names are read

@@ -15,8 +15,9 @@ handled by the same function as the images: numpy, astropy and SEP's background 
 
 Incremental: after a run, ``forced_photometry/_manifest.json`` records, per image, a
 fingerprint of what its file was made from: the image's record (``processed_at``,
-``pipeline_version``), the objects files of the partitions its footprint touches (size and
-SHA-256 from the objects build record ``objects/_build.json``) and this step's version. A
+``pipeline_version``), the objects unit files whose HEALPix unit holds cells of its footprint
+(size and SHA-256 from the objects build record ``objects/_build.json``) and this step's
+version. A
 later run skips the images whose fingerprint is unchanged and whose file exists, and
 measures again those whose partitions gained objects (back-fill) or that were re-processed.
 Parquet readers skip the manifest (leading underscore). One forced run per catalog at a time.
@@ -28,6 +29,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -57,6 +59,7 @@ __all__ = [
     "ForcedPlan",
     "ForcedReport",
     "ForcedTask",
+    "file_touches",
     "fingerprint",
     "forced_image",
     "handle_forced_event",
@@ -123,23 +126,45 @@ def _partitions(cells: np.ndarray) -> np.ndarray:
     return np.unique(np.asarray(cells, np.int64) >> (2 * (HPX_ORDER - PARTITION_ORDER)))
 
 
-def _object_files(store, partition: int) -> list[str]:
-    """The objects table's files of one ``hpx5`` partition (sidecars ``_*`` left out)."""
+_UNIT_FILE = re.compile(r"^k(\d+)-(\d+)\.parquet$")
+
+
+def file_touches(key: str, cells: np.ndarray) -> bool:
+    """Whether the objects file *key* can hold objects in the order-12 *cells* (sorted).
+
+    Unit files (``k<order>-<pixel>.parquet``, objects.py) hold the objects of one HEALPix
+    pixel: kept when a cell lies in it. Files of another name: kept (read to be sure).
+    """
+    match = _UNIT_FILE.match(PurePosixPath(key).name)
+    if match is None:
+        return True
+    order, pixel = int(match[1]), int(match[2])
+    if order <= HPX_ORDER:
+        parents = np.asarray(cells, np.int64) >> (2 * (HPX_ORDER - order))
+        return bool(np.any(parents == pixel))
+    return bool(np.isin(pixel >> (2 * (order - HPX_ORDER)), cells))
+
+
+def _object_files(store, partition: int, cells: np.ndarray) -> list[str]:
+    """The objects table's files of one ``hpx5`` partition (sidecars ``_*`` left out) whose
+    unit holds some of *cells*."""
     return sorted(i.key for i in store.list(f"objects/hpx5={int(partition)}/")
                   if i.key.endswith(".parquet")
-                  and not PurePosixPath(i.key).name.startswith(("_", ".")))
+                  and not PurePosixPath(i.key).name.startswith(("_", "."))
+                  and file_touches(i.key, cells))
 
 
 def objects_in_footprint(store, cells) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(object_id, ra, dec)`` of the catalog's objects whose order-12 cell is in *cells*.
 
-    Reads only the ``objects/hpx5=P/`` partitions the cells fall in (an order-12 cell lies in
-    one order-5 pixel), columns ``object_id``, ``ra``, ``dec``, ``_healpix_29``.
+    Reads only the unit files (:func:`file_touches`) of the ``objects/hpx5=P/`` partitions
+    the cells fall in (an order-12 cell lies in one order-5 pixel and in one unit), columns
+    ``object_id``, ``ra``, ``dec``, ``_healpix_29``.
     """
     cells = np.unique(np.asarray(cells, np.int64))
     ids, ras, decs = [np.zeros(0, np.int64)], [np.zeros(0)], [np.zeros(0)]
     for partition in _partitions(cells):
-        for key in _object_files(store, partition):
+        for key in _object_files(store, partition, cells):
             table = pq.read_table(io.BytesIO(store.read_bytes(key)),
                                   columns=["object_id", "ra", "dec", "_healpix_29"])
             hpx = table["_healpix_29"].fill_null(-1).to_numpy().astype(np.int64)  # exact
@@ -355,10 +380,13 @@ def _objects_files(store) -> dict[str, dict]:
 
 
 def fingerprint(image: dict, objects_files: dict[str, dict]) -> str:
-    """What an image's forced file is made of (see the module docstring), as a SHA-256."""
-    parts = {f"objects/hpx5={int(p)}/" for p in _partitions(image.get("footprint_hpx12") or [])}
+    """What an image's forced file is made of (see the module docstring), as a SHA-256: the
+    objects files that can hold objects of its footprint (:func:`file_touches`) count."""
+    cells = np.unique(np.asarray(image.get("footprint_hpx12") or [], np.int64))
+    parts = {f"objects/hpx5={int(p)}/" for p in _partitions(cells)}
     used = sorted((k, v.get("size"), v.get("sha256")) for k, v in objects_files.items()
-                  if k[:k.rfind("/") + 1] in parts)
+                  if k[:k.rfind("/") + 1] in parts and file_touches(k, cells)
+                  and not PurePosixPath(k).name.startswith(("_", ".")))
     body = json.dumps([STEP_VERSION, image.get("image_id"), image.get("processed_at"),
                        image.get("pipeline_version"), used], default=str)
     return hashlib.sha256(body.encode()).hexdigest()
