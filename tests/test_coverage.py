@@ -528,3 +528,49 @@ def test_objects_files_are_read_only_for_the_units_under_a_footprint():
     assert file_touches(f"objects/hpx5=7/k10-{((7 << 14) + 5) >> 4}.parquet", cells)
     assert file_touches(f"objects/hpx5=7/k13-{(((7 << 14) + 5) << 2) + 3}.parquet", cells)
     assert file_touches("objects/hpx5=7/other.parquet", cells)  # unknown names are read
+
+
+@pytest.mark.slow
+def test_a_new_night_back_fills_its_new_objects_on_the_earlier_image(tmp_path):
+    """Night 0 catalogued, associated, forced; then night 1 arrives (incremental build): the
+    forced run measures night 1 and measures night 0 again, which now holds rows for the
+    objects first seen on night 1 that it covers (its transients among them), as
+    non-detections."""
+    from skysurvey.forced_run import run_forced
+    from skysurvey.objects import build_objects
+    from skysurvey.queries import run_query
+    from skysurvey.runner import run_local
+    from skysurvey.synth_survey import write_survey
+
+    raw, catalog = tmp_path / "raw", tmp_path / "cat"
+    paths = write_survey(raw, nights=2, bands=("r",), size=256, n_transients=12, seed=9)
+    night0, night1 = (p.name for p in sorted(paths))
+    assert run_local(str(raw), [night0], str(catalog), workers=1)[0]["status"] == "ok"
+    build_objects(str(catalog))
+    first = run_forced(str(catalog), str(raw))
+    assert len(first.replies) == 1
+    before = set(_forced_rows(catalog)["object_id"])
+    assert run_local(str(raw), [night1], str(catalog), workers=1)[0]["status"] == "ok"
+    build_objects(str(catalog))
+    second = run_forced(str(catalog), str(raw))
+    assert sorted(r["image_id"] for r in second.replies) == ["n00_r", "n01_r"]
+    rows = _forced_rows(catalog)
+    new = run_query("SELECT object_id, ra, dec FROM objects WHERE first_mjd > (SELECT "
+                    "min(mjd) + 0.5 FROM images)", str(catalog))
+    assert not set(new["object_id"]) & before
+    # the new objects that night 0's image covers (its WCS, 2 px inside the edges)
+    from astropy.io import fits
+
+    from skysurvey.astrometry import celestial_wcs
+    from skysurvey.forced import icrs_to_pixel
+
+    wcs, _ = celestial_wcs(fits.getheader(raw / night0))
+    x, y = icrs_to_pixel(wcs, new["ra"], new["dec"])
+    inside = (x > 2) & (x < 253) & (y > 2) & (y < 253)
+    assert inside.sum() >= 3
+    on_night0 = set(rows[rows["image_id"] == "n00_r"]["object_id"])
+    assert set(new["object_id"][inside]) <= on_night0  # back-filled
+    new = new["object_id"][inside]
+    assoc = run_query("SELECT image_id, object_id FROM associations", str(catalog))
+    assert not set(zip(assoc["image_id"], assoc["object_id"], strict=True)) & {
+        ("n00_r", o) for o in new}
