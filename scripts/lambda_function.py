@@ -143,6 +143,11 @@ def lambda_handler(event: dict, context=None) -> dict:
         from skysurvey.objects import handle_unit_event
 
         return handle_unit_event(event)
+    if isinstance(event, dict) and event.get("task") == "forced_image":
+        # forced_photometry.py --backend lambda: one image's forced photometry (README)
+        from skysurvey.forced_run import handle_forced_event
+
+        return handle_forced_event(event)
     # 1. Parse the event: a direct invocation or an S3 notification (URL-encoded keys).
     try:
         targets = parse_event(event)

@@ -20,10 +20,10 @@ from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA
 
 def test_ddl_parses_and_matches_the_arrow_schemas():
     statements = athena.ddl_statements("astronomy", "s3://cat/survey")
-    assert len(statements) == 8  # database, five tables, two views
+    assert len(statements) == 9  # database, six tables, two views
     for statement in statements:
         sqlglot.parse_one(statement, read="athena")
-    tables = statements[1:6]
+    tables = statements[1:7]
     for statement, spec in zip(tables, athena.TABLES.values(), strict=True):
         columns = statement.split("(\n", 1)[1].split("\n)", 1)[0]
         declared = [line.strip().rstrip(",").split() for line in columns.splitlines()]
@@ -33,7 +33,7 @@ def test_ddl_parses_and_matches_the_arrow_schemas():
         assert f"LOCATION 's3://cat/survey/{spec.folder}/'" in statement
     assert "PARTITIONED BY (`band` string, `night` string)" in tables[0]
     assert "PARTITIONED BY (`hpx5` int)" in tables[4]
-    assert statements[6] == ('CREATE OR REPLACE VIEW "astronomy"."sources" AS SELECT t.* FROM '
+    assert statements[7] == ('CREATE OR REPLACE VIEW "astronomy"."sources" AS SELECT t.* FROM '
                              '"astronomy"."sources_data" t WHERE EXISTS (SELECT 1 FROM '
                              '"astronomy"."images" i WHERE i.image_id = t.image_id AND '
                              'i.band = t.band AND i.night = t.night)')

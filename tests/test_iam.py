@@ -271,6 +271,18 @@ def test_the_lambda_policy_allows_every_request_the_function_makes(deployment, t
     assert report.status == "ok", report
     read = {r for a, r, _ in permissions(recording.requests) if a == "s3:GetObject"}
     assert any("/objects/hpx5=" in r for r in read), "the incremental units read no objects"
+    # forced_photometry.py --backend lambda: each image's task in the function (recorded)
+    from skysurvey.forced_run import run_forced
+
+    def lambda_forced(tasks):
+        with recording:
+            return [handler.lambda_handler(json.loads(json.dumps(t.event()))) for t in tasks]
+
+    forced = run_forced(f"s3://{names.catalog}", f"s3://{names.raw}/images",
+                        runner=lambda_forced)
+    assert forced.replies and not forced.failed, forced.summary()
+    written = {r for a, r, _ in permissions(recording.requests) if a == "s3:PutObject"}
+    assert any("/forced_photometry/" in r for r in written)
 
     services = {_service(r) for r in recording.requests}
     assert services == {"s3", "glue"}, services

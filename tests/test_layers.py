@@ -25,9 +25,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("errors", "config", "schema", "units", "geometry", "aws", "storage",
                     "prices")),
     ("per-image science", ("fitsread", "astrometry", "detect", "deblend", "psf", "reference",
-                           "calibrate", "synth")),
+                           "calibrate", "synth", "forced")),
     ("orchestration", ("pipeline", "catalog", "runner", "lambda_backend", "upload")),
-    ("catalog products", ("objects", "queries", "athena", "export", "hats_export")),
+    ("catalog products", ("objects", "queries", "athena", "export", "hats_export", "forced_run",
+                          "lightcurves")),
     ("presentation", ("plots", "report", "cost", "synth_survey")),
     ("deployment", ("aws_setup", "cfn_template", "aws_check", "cli")),
 )

@@ -83,6 +83,7 @@ def test_setup_creates_everything_tagged_least_privilege_then_changes_nothing(
     allowed = {f"arn:aws:s3:::{RAW}/images/*", f"arn:aws:s3:::{CAT}/sources/*",
                f"arn:aws:s3:::{CAT}/images/*", f"arn:aws:s3:::{RAW}", f"arn:aws:s3:::{CAT}",
                f"arn:aws:s3:::{CAT}/image_ids/*", f"arn:aws:s3:::{CAT}/.objects-staging/*",
+               f"arn:aws:s3:::{CAT}/forced_photometry/*",
                *(f"arn:aws:s3:::{CAT}/{t}/*"
                  for t in ("objects", "object_photometry", "associations")),
                f"arn:aws:logs:{region_account}:log-group:/aws/lambda/astronomy-source-detection:*",

@@ -28,6 +28,7 @@ from .errors import QueryError, SkySurveyError, StorageError, TransientStorageEr
 from .prices import athena_query_usd
 from .schema import (
     ASSOCIATIONS_SCHEMA,
+    FORCED_PHOTOMETRY_SCHEMA,
     IMAGES_SCHEMA,
     OBJECT_PHOTOMETRY_SCHEMA,
     OBJECTS_SCHEMA,
@@ -38,7 +39,8 @@ if TYPE_CHECKING:  # pandas only where query results are read (not in the Lambda
     import pandas as pd
 
 _TYPES = {pa.string(): "string", pa.int32(): "int", pa.int64(): "bigint", pa.float64(): "double",
-          pa.bool_(): "boolean", pa.timestamp("ms"): "timestamp"}
+          pa.bool_(): "boolean", pa.timestamp("ms"): "timestamp",
+          pa.list_(pa.int64()): "array<bigint>"}
 HPX_KEY = "hpx5"  # objects, object_photometry, associations: nested HEALPix pixel at order 5
 _OBSERVATION = (("band", "string"), ("night", "string"))
 _SKY = ((HPX_KEY, "int"),)
@@ -58,6 +60,7 @@ TABLES = {spec.folder: spec for spec in (
     TableSpec("objects", "objects", OBJECTS_SCHEMA, _SKY),
     TableSpec("object_photometry", "object_photometry", OBJECT_PHOTOMETRY_SCHEMA, _SKY),
     TableSpec("associations_data", "associations", ASSOCIATIONS_SCHEMA, _SKY),
+    TableSpec("forced_photometry", "forced_photometry", FORCED_PHOTOMETRY_SCHEMA, _OBSERVATION),
 )}
 #: The tables whose partitions the Lambda function registers (its role may do exactly that).
 PARTITIONED_TABLES = (TABLES["sources"].name, TABLES["images"].name)

@@ -218,6 +218,11 @@ def lambda_policy(names: Names) -> dict:
          "Resource": [f"{cat}/{table}/*" for table in OBJECT_TABLES]},
         {"Sid": "StageObjectUnits", "Effect": "Allow", "Action": ["s3:PutObject"],
          "Resource": [f"{cat}/{OBJECTS_STAGING}/*"]},
+        # forced_photometry.py --backend lambda: an image's forced file (and its copy in an
+        # earlier partition, deleted); objects are read through ReadObjects
+        {"Sid": "WriteForcedPhotometry", "Effect": "Allow",
+         "Action": ["s3:PutObject", "s3:DeleteObject"],
+         "Resource": [f"{cat}/forced_photometry/*"]},
         {"Sid": "ListBuckets", "Effect": "Allow", "Action": ["s3:ListBucket"],
          "Resource": [raw, cat]},
         {"Sid": "RegisterPartitions", "Effect": "Allow", "Action": ["glue:BatchCreatePartition"],

@@ -23,6 +23,7 @@ from .catalog import recorded_reference, replace_catalog
 from .detect import DetectionConfig, measure_image
 from .errors import SkySurveyError, TransientStorageError, one_line, printable
 from .fitsread import observation_partition, read_fits
+from .forced import image_footprint
 from .reference import ReferenceError, ReferenceSpec, check_reference
 from .schema import IMAGES_SCHEMA, SOURCES_SCHEMA, catalog_keys, image_id_from_name
 from .units import with_astropy_metadata
@@ -94,6 +95,10 @@ def catalog_image(raw_store, key: str, catalog_store, config: PipelineConfig | N
                 raise ReferenceError(source_key, f"cannot calibrate: reference {exc}") from None
         sources, row = measure_image(image, image_id, config.detection)
         sources, row = calibrate(sources, row, band, reference)
+        notes: list[str] = []
+        row["footprint_hpx12"] = image_footprint(image.header, image.data, image.mask, notes)
+        if notes:
+            row["warnings"] = "; ".join(filter(None, [row.get("warnings"), *notes]))
         keys = catalog_keys(image_id, band, night)
         row = {**row, "source_key": source_key,
                "seconds": round(time.perf_counter() - start, 4),

@@ -35,6 +35,7 @@ from .errors import QueryError, SkySurveyError
 from .geometry import cone_ranges
 from .schema import (
     ASSOCIATIONS_SCHEMA,
+    FORCED_PHOTOMETRY_SCHEMA,
     IMAGES_SCHEMA,
     OBJECT_PHOTOMETRY_SCHEMA,
     OBJECTS_SCHEMA,
@@ -73,7 +74,7 @@ SOURCES_SINCE_FIRST = frozenset({"flux_apcorr", "flux_apcorr_err", "mag_apcorr",
 IMAGES_SINCE_FIRST = frozenset({"zero_point_err", "zero_point_rms", "n_calib", "astrom_offset_ra",
                                 "astrom_offset_dec", "astrom_rms", "aperture_correction",
                                 "aperture_correction_err", "fwhm_arcsec", "depth_5sigma",
-                                "wcs_frame"})
+                                "wcs_frame", "footprint_hpx12"})
 
 #: The tables DuckDB registers, by SQL name. Append new ones here (``objects``...); a table
 #: that must hide rows of images without a record is registered as ``<name>_data`` and named
@@ -88,6 +89,8 @@ DATASETS: dict[str, Dataset] = {
                                  required=False),
     "associations_data": Dataset("associations", ASSOCIATIONS_SCHEMA, HPX_PARTITIONS,
                                  required=False),
+    # scripts/forced_photometry.py: partitioned by band and night like sources
+    "forced_photometry": Dataset("forced_photometry", FORCED_PHOTOMETRY_SCHEMA, required=False),
 }
 #: SQL views over a registered table: only rows whose ``image_id`` has an ``images`` record.
 VIEWS: dict[str, str] = {"sources": "sources_data", "associations": "associations_data"}
@@ -143,6 +146,18 @@ def _distance_sql(ra1: str, dec1: str, ra2: str, dec2: str) -> str:
     return (f"2 * {_ARCSEC_PER_RADIAN} * asin(sqrt(power(sin(radians({dec2} - {dec1}) / 2), 2)"
             f" + cos(radians({dec1})) * cos(radians({dec2}))"
             f" * power(sin(radians({ra2} - {ra1}) / 2), 2)))")
+
+
+def _coverage_parameters(params: tuple) -> tuple:
+    """``(ra, dec)`` -> the order-12 cell bound to the ``coverage`` query."""
+    from .forced import position_cell
+
+    if len(params) != 2:
+        raise QueryError("coverage", f"expected 2 parameters (ra, dec), got {len(params)}")
+    try:
+        return (position_cell(*params),)
+    except (TypeError, ValueError) as exc:
+        raise QueryError("coverage", str(exc)) from None
 
 
 #: The largest cone radius (arcsec) the named query accepts: 1 degree. Larger cones span more
@@ -226,17 +241,43 @@ NAMED_QUERIES.update({
     ),
     "light_curve": NamedQuery(
         "Light curve of object_id ? (-1: the variable object with most detections): one row "
-        "per detection, calibrated magnitude (mag_apcorr when measured, else mag)",
-        "SELECT a.object_id, i.mjd, s.band, s.image_id, s.source_id, "
+        "per covering image (forced photometry, scripts/forced_photometry.py) and per "
+        "detection without one; mag is the detection's calibrated magnitude (mag_apcorr when "
+        "measured, else mag; null when not detected), forced_* the forced measurement, "
+        "is_detection and is_upper_limit (not detected and forced SNR < 3: mag_limit bounds it)",
+        "WITH target AS (SELECT COALESCE(NULLIF(CAST(? AS BIGINT), -1), (SELECT object_id FROM "
+        "objects ORDER BY variable DESC, n_detections DESC, object_id LIMIT 1)) AS object_id), "
+        "det AS (SELECT a.object_id, a.image_id, a.source_id, a.separation_arcsec, s.band, "
         "COALESCE(s.mag_apcorr, s.mag) AS mag, "
         "CASE WHEN s.mag_apcorr IS NOT NULL THEN s.mag_apcorr_err ELSE s.mag_err END AS mag_err, "
-        "s.flags, a.separation_arcsec FROM associations a "
-        "JOIN sources s ON s.image_id = a.image_id AND s.source_id = a.source_id "
-        "JOIN images i ON i.image_id = a.image_id "
-        "WHERE a.object_id = COALESCE(NULLIF(CAST(? AS BIGINT), -1), (SELECT object_id FROM "
-        "objects ORDER BY variable DESC, n_detections DESC, object_id LIMIT 1)) "
-        "ORDER BY i.mjd, s.band, s.image_id",
+        "s.flags FROM associations a JOIN target t ON a.object_id = t.object_id "
+        "JOIN sources s ON s.image_id = a.image_id AND s.source_id = a.source_id), "
+        "fp AS (SELECT f.* FROM forced_photometry f JOIN target t ON f.object_id = t.object_id "
+        "WHERE EXISTS (SELECT 1 FROM images i WHERE i.image_id = f.image_id)) "
+        "SELECT fp.object_id, fp.mjd, fp.band, fp.image_id, d.source_id, d.mag, d.mag_err, "
+        "d.flags, d.separation_arcsec, fp.flux AS forced_flux, fp.flux_err AS forced_flux_err, "
+        "fp.snr AS forced_snr, fp.mag AS forced_mag, fp.mag_err AS forced_mag_err, "
+        "fp.mag_limit, fp.flags AS forced_flags, d.source_id IS NOT NULL AS is_detection, "
+        "(d.source_id IS NULL AND (fp.snr IS NULL OR fp.snr < 3)) AS is_upper_limit "
+        "FROM fp LEFT JOIN det d ON d.image_id = fp.image_id "
+        "UNION ALL "
+        "SELECT d.object_id, i.mjd, d.band, d.image_id, d.source_id, d.mag, d.mag_err, d.flags, "
+        "d.separation_arcsec, CAST(NULL AS DOUBLE), CAST(NULL AS DOUBLE), CAST(NULL AS DOUBLE), "
+        "CAST(NULL AS DOUBLE), CAST(NULL AS DOUBLE), CAST(NULL AS DOUBLE), CAST(NULL AS INTEGER), "
+        "true, false FROM det d JOIN images i ON i.image_id = d.image_id "
+        "WHERE NOT EXISTS (SELECT 1 FROM fp WHERE fp.image_id = d.image_id) "
+        "ORDER BY mjd, band, image_id",
         (-1,),
+    ),
+    "coverage": NamedQuery(
+        "Images whose footprint (images.footprint_hpx12, order-12 HEALPix cells of their valid "
+        "pixels) holds the position: parameters ra, dec (degrees)",
+        # CROSS JOIN UNNEST: Trino's form, and DuckDB's from 1.0 (whose contains() takes no
+        # list); footprint cells are unique, so an image comes out once
+        "SELECT i.image_id, i.band, i.night, i.mjd, i.depth_5sigma FROM images i "
+        "CROSS JOIN UNNEST(i.footprint_hpx12) AS t(cell) WHERE t.cell = CAST(? AS BIGINT) "
+        "ORDER BY i.mjd, i.band, i.image_id",
+        (150.1, 2.2), lambda params: _coverage_parameters(params),
     ),
     "variables": NamedQuery(
         "Objects flagged variable (chi2 test with a systematic floor), most significant first",

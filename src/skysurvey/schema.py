@@ -107,6 +107,8 @@ IMAGES_SCHEMA = pa.schema(
         pa.field("seconds", pa.float64()),  # handler wall time for this image
         pa.field("processed_at", pa.timestamp("ms")),  # UTC
         pa.field("pipeline_version", pa.string()),
+        # NESTED order-12 HEALPix cells touched by the valid pixels (forced.footprint_hpx12)
+        pa.field("footprint_hpx12", pa.list_(pa.int64())),
     ]
 )
 
@@ -254,3 +256,31 @@ OBJECT_TABLES = ("objects", "object_photometry", "associations")
 OBJECT_PARTITION_ORDER = 5
 #: A build stages its tables under ``<catalog>/<OBJECTS_STAGING>/<token>/<table>/...``.
 OBJECTS_STAGING = ".objects-staging"
+
+
+# Forced photometry (scripts/forced_photometry.py, forced_run.py): one row per object and image
+# that covers it, Hive-partitioned like sources:
+# ``<catalog>/forced_photometry/band=<band>/night=<night>/<file stem>.parquet``.
+FORCED_PHOTOMETRY_SCHEMA = pa.schema(
+    [
+        pa.field("object_id", pa.int64(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("mjd", pa.float64()),
+        pa.field("x", pa.float64()),  # pixel position measured (0-based)
+        pa.field("y", pa.float64()),
+        pa.field("flux", pa.float64()),  # aperture flux x aperture correction (total, stars)
+        pa.field("flux_err", pa.float64()),
+        pa.field("snr", pa.float64()),
+        pa.field("mag", pa.float64()),  # null when flux <= 0 or without a zero point
+        pa.field("mag_err", pa.float64()),
+        pa.field("mag_limit", pa.float64()),  # 5-sigma point-source limit at this place
+        pa.field("flags", pa.int32()),  # forced.FLAG_DESCRIPTIONS
+        pa.field("pipeline_version", pa.string()),
+    ]
+)
+
+
+def forced_key(image_id: str, band: str | None, night: str | None) -> str:
+    """Relative key of an image's forced photometry file (same partitions as its sources)."""
+    return (f"forced_photometry/band={partition_value(band)}/night={partition_value(night)}/"
+            f"{catalog_file_stem(image_id)}.parquet")

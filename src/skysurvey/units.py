@@ -124,6 +124,9 @@ COLUMN_META: dict[str, ColumnMeta] = {
     "scatter": _m("mag", "stat.stdev;phot.mag", "Scatter of the magnitudes"),
     "chi2_reduced": _m(None, "stat.fit.chi2", "Reduced chi-square against a constant"),
     "separation_arcsec": _m("arcsec", "pos.angDistance", "Distance to the object position"),
+    # coverage and forced photometry (forced.py)
+    "footprint_hpx12": _m(None, "pos.healpix", "NESTED order-12 HEALPix cells of valid pixels"),
+    "mag_limit": _m("mag", "phot.mag;stat.max", "5-sigma point-source limit at the position"),
 }
 
 
@@ -149,6 +152,8 @@ def annotate(table) -> None:
 
 
 def _ecsv_datatype(arrow_type: pa.DataType) -> str:
+    if pa.types.is_list(arrow_type):  # ECSV's variable-length arrays: a string with a subtype
+        return "string\n  subtype: " + _ecsv_datatype(arrow_type.value_type) + "[null]"
     if pa.types.is_boolean(arrow_type):
         return "bool"
     if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
