@@ -24,7 +24,13 @@ try:
     from skysurvey.config import OUTPUT_DIR, get_setting
     from skysurvey.errors import SkySurveyError
     from skysurvey.export import FORMATS, export_format, write_table
-    from skysurvey.queries import NAMED_QUERIES, get_named, run_query, single_statement
+    from skysurvey.queries import (
+        NAMED_QUERIES,
+        get_named,
+        run_query,
+        single_statement,
+        why_empty,
+    )
 except ModuleNotFoundError as exc:  # run outside the project's environment
     raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
                      "first)") from None
@@ -100,14 +106,14 @@ def _pixel_scales(run, df) -> dict | None:
     return dict(zip(scales["image_id"], scales["pixel_scale"], strict=True))
 
 
-def _why_empty(engine: str) -> str:
+def _why_empty(engine: str, sql: str = "", catalog: str = "") -> str:
     if engine == "athena":
         return ("(no rows) Athena returned an empty result. Possible reasons: the catalog "
                 "has no images yet (run scripts/invoke_lambda.py --backend lambda), the "
                 "tables point at another bucket or prefix (--catalog, BUCKET_CATALOG), a "
                 "partition was never registered, a typo in a value; under moto, Athena runs "
                 "no SQL and answers only what a test queued.")
-    return "(no rows) nothing in the catalog matches this query."
+    return f"(no rows) {why_empty(sql, catalog)}."
 
 
 def _duckdb(catalog: str, safe: bool = False):
@@ -184,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             continue
         print(f"\n== {name} ==")
-        print(df.to_string(index=False) if len(df) else _why_empty(args.engine))
+        print(df.to_string(index=False) if len(df) else _why_empty(args.engine, sql, catalog))
         if note:
             print(note)
         try:

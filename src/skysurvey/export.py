@@ -151,7 +151,7 @@ def ds9_regions(df: pd.DataFrame, pixel_scales: Mapping[str, float] | float | No
     if "ra" not in df.columns and "x" not in df.columns:
         raise ValueError("regions need ra/dec or x/y columns (select them in the SQL)")
     lines = ["# Region file format: DS9 version 4.1",
-             f"# skysurvey export: {len(df)} rows; ellipses at {ELLIPSE_SCALE:g} x (a, b), "
+             f"# skysurvey export: {len(df)} rows, ellipses at {ELLIPSE_SCALE:g} x (a, b), "
              "about the Kron aperture",
              f"global color={color} width=1 font=\"helvetica 9 normal roman\""]
     current = None

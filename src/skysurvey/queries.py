@@ -252,6 +252,10 @@ def dataset(catalog_uri: str, table: str, *, check: bool = True) -> pads.Dataset
                                 format="parquet", partitioning=partitioning,
                                 schema=spec.full_schema)
     except (FileNotFoundError, OSError) as exc:
+        if _network_error(exc):  # not "no catalog": S3 was never reached
+            raise QueryError(str(catalog_uri), f"cannot reach S3, network or TLS error ({exc}): "
+                             "check the connection, AWS_ENDPOINT_URL and any proxy or "
+                             "certificate settings") from None
         if not spec.required:
             return pads.dataset(spec.full_schema.empty_table())
         raise QueryError(str(catalog_uri),
@@ -264,6 +268,17 @@ def dataset(catalog_uri: str, table: str, *, check: bool = True) -> pads.Dataset
         for note in check_schemas(data, spec):
             _warn_once(note)
     return data
+
+
+#: What pyarrow's S3 filesystem (curl) says when the request never got an answer.
+_NETWORK_MARKERS = ("NETWORK_CONNECTION", "curlCode", "SSL", "TLS", "timed out",
+                    "Could not resolve", "Connection refused")
+
+
+def _network_error(exc: OSError) -> bool:
+    """True for a connection, DNS or TLS failure (as opposed to a missing bucket or prefix)."""
+    return not isinstance(exc, FileNotFoundError) and any(m in str(exc)
+                                                           for m in _NETWORK_MARKERS)
 
 
 def schema_difference(found: pa.Schema, spec: Dataset) -> tuple[list[str], list[str]]:
@@ -435,3 +450,34 @@ def get_named(name: str) -> NamedQuery:
 def run_named(name: str, catalog_uri: str, params=None, *, con=None):
     query = get_named(name)
     return run_query(query.sql, catalog_uri, query.bind(params), con=con)
+
+
+#: Tables that a later workflow step writes: empty means "not run yet", not "no match".
+OBJECT_TABLES = ("objects", "object_photometry", "associations")
+
+
+def why_empty(sql: str, catalog_uri: str) -> str:
+    """One line saying why *sql* returned no rows on DuckDB: a step not run yet (the objects
+    tables of ``build_objects.py``), no reference catalog for ``reference``, or no match."""
+    import duckdb
+
+    from .config import get_setting
+
+    try:
+        # the parser refuses prepared parameters; only the table names matter here
+        names = {n.lower() for n in duckdb.get_table_names(sql.replace("?", "NULL"))}
+    except duckdb.Error:
+        names = set()
+    try:
+        unbuilt = [t for t in OBJECT_TABLES if t in names
+                   and dataset(catalog_uri, t, check=False).count_rows() == 0]
+    except QueryError:
+        unbuilt = []
+    if unbuilt:
+        return (f"the catalog has no {unbuilt[0]} table yet: run the objects step, "
+                "scripts/build_objects.py (after scripts/invoke_lambda.py)")
+    if "reference" in names and not get_setting("REFERENCE_CATALOG"):
+        return ("no reference catalog: the `reference` table is empty. Pass one with "
+                "REFERENCE_CATALOG=<Parquet, CSV, FITS, VOTable or HATS, local or s3://> "
+                "(the sample's is data/sample/reference.parquet)")
+    return "nothing in the catalog matches this query"
