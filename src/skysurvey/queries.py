@@ -105,9 +105,10 @@ class NamedQuery:
 
 NAMED_QUERIES: dict[str, NamedQuery] = {
     "total_sources": NamedQuery(
-        "How many sources, images and bands the catalog holds",
-        "SELECT count(*) AS total_sources, count(DISTINCT image_id) AS total_images, "
-        "count(DISTINCT band) AS bands FROM sources",
+        "How many sources, images and bands the catalog holds (images counted from their "
+        "records, so an image without any source counts too)",
+        "SELECT (SELECT count(*) FROM sources) AS total_sources, count(*) AS total_images, "
+        "count(DISTINCT band) AS bands FROM images",
     ),
     "source_statistics": NamedQuery(
         "Per band: sources, magnitudes, SNR and FWHM (sources with SNR >= ?)",
@@ -123,11 +124,12 @@ NAMED_QUERIES: dict[str, NamedQuery] = {
         (10.0,),
     ),
     "snr_distribution": NamedQuery(
-        "Number of sources per SNR bin",
+        "Number of sources per SNR bin (sources with flux > 0: a negative flux, flagged, "
+        "has no meaningful SNR)",
         "SELECT CASE WHEN snr < 5 THEN '0-5' WHEN snr < 10 THEN '5-10' "
         "WHEN snr < 20 THEN '10-20' WHEN snr < 50 THEN '20-50' WHEN snr < 100 THEN '50-100' "
         "ELSE '100+' END AS snr_bin, count(*) AS n_sources, min(snr) AS min_snr "
-        "FROM sources WHERE snr IS NOT NULL GROUP BY 1 ORDER BY min(snr)",
+        "FROM sources WHERE snr IS NOT NULL AND flux > 0 GROUP BY 1 ORDER BY min(snr)",
     ),
 }
 

@@ -29,6 +29,11 @@ QUALITY_COLUMNS = {  # column in the quality table: its header
     "seconds": "seconds", "warnings": "warnings",
 }
 
+#: Decimals shown per quality column: what the measurement supports (seeing to 0.01",
+#: zero points to a millimagnitude), not the 6-9 digits of a float.
+QUALITY_DECIMALS = {"seeing_arcsec": 2, "bkg_median": 1, "bkg_rms": 2, "zero_point": 3,
+                    "depth_5sigma": 2, "seconds": 2}
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
@@ -53,7 +58,8 @@ def quality_table(images: pd.DataFrame) -> pd.DataFrame:
     df["seeing_arcsec"] = seeing
     columns = [c for c in QUALITY_COLUMNS if c in df.columns]
     out = df[columns].sort_values([c for c in ("band", "night", "image_id") if c in columns])
-    return out.reset_index(drop=True)
+    return out.reset_index(drop=True).round(
+        {c: d for c, d in QUALITY_DECIMALS.items() if c in columns})
 
 
 def run_summary(sources: pd.DataFrame, images: pd.DataFrame, catalog_uri: str) -> dict:
@@ -77,9 +83,31 @@ def run_summary(sources: pd.DataFrame, images: pd.DataFrame, catalog_uri: str) -
     }
 
 
-def _table_html(df: pd.DataFrame, headers: Mapping[str, str] | None = None) -> str:
-    shown = df.rename(columns=dict(headers or {}))
-    return shown.to_html(index=False, na_rep="-", float_format=_number, border=0, escape=True)
+def _table_html(df: pd.DataFrame, headers: Mapping[str, str] | None = None,
+                decimals: Mapping[str, int] | None = None) -> str:
+    """*df* as an HTML table; *decimals* fixes the digits of some columns (others: _number)."""
+    headers = dict(headers or {})
+    formatters = {headers.get(c, c): _fixed(d) for c, d in (decimals or {}).items()
+                  if c in df.columns}
+    shown = df.rename(columns=headers)
+    return shown.to_html(index=False, na_rep="-", float_format=_number, border=0, escape=True,
+                         formatters=formatters)
+
+
+def _fixed(digits: int):
+    return lambda v: "-" if v is None or pd.isna(v) else f"{v:.{digits}f}"
+
+
+def query_caption(description: str, values: Sequence = ()) -> str:
+    """The query's description with its ``?`` replaced by the values bound to them
+    (``SNR >= ?`` -> ``SNR >= 5``); values without a ``?`` of their own are listed after it."""
+    words = [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+    parts = description.split("?")
+    text = parts[0]
+    for k, rest in enumerate(parts[1:]):
+        text += (words[k] if k < len(words) else "?") + rest
+    extra = words[len(parts) - 1:]
+    return text + (f" (bound values: {', '.join(extra)})" if extra else "")
 
 
 def _number(value: float) -> str:
@@ -104,7 +132,7 @@ def render_html(summary: Mapping[str, object], quality: pd.DataFrame,
     if quality.empty:
         parts.append("<p>No image record in the catalog.</p>")
     else:
-        parts.append(_table_html(quality, QUALITY_COLUMNS))
+        parts.append(_table_html(quality, QUALITY_COLUMNS, QUALITY_DECIMALS))
     parts.append("<h2>Figures</h2>")
     for name, png in figures.items():
         data = base64.b64encode(png).decode("ascii")
@@ -139,5 +167,6 @@ def write_report(path: str | os.PathLike, catalog_uri: str, *,
     figures = {Path(p).stem: Path(p).read_bytes() for p in png_paths}
     text = render_html(run_summary(sources, images, catalog_uri), quality_table(images),
                        figures, results, skipped=skipped,
-                       query_descriptions={n: q.description for n, q in NAMED_QUERIES.items()})
+                       query_descriptions={n: query_caption(q.description, q.params)
+                                           for n, q in NAMED_QUERIES.items()})
     return atomic_write(Path(path), text.encode("utf-8"))
