@@ -83,6 +83,48 @@ def run_summary(sources: pd.DataFrame, images: pd.DataFrame, catalog_uri: str) -
     }
 
 
+def count_pointings(images: pd.DataFrame, tolerance: float = 0.05) -> int:
+    """How many distinct pointings the images were taken at: image centres closer than
+    *tolerance* x the field's width (``width`` x ``pixel_scale``) count as one pointing."""
+    cols = {"ra_center", "dec_center"}
+    if images.empty or not cols <= set(images.columns):
+        return 0
+    rows = images.dropna(subset=list(cols))
+    centres: list[tuple[float, float, float]] = []
+    for row in rows.to_dict("records"):
+        scale = row.get("pixel_scale") or np.nan
+        width = (row.get("width") or 0) * scale / 3600 if np.isfinite(scale) else 0.0
+        ra, dec = float(row["ra_center"]), float(row["dec_center"])
+        for ra0, dec0, w in centres:
+            dra = ((ra - ra0 + 180) % 360 - 180) * np.cos(np.radians(dec0))
+            if np.hypot(dra, dec - dec0) <= tolerance * max(w, width, 1e-6):
+                break
+        else:
+            centres.append((ra, dec, width))
+    return len(centres)
+
+
+def describe_images(images: pd.DataFrame) -> dict:
+    """What a run's images are, computed from the ``images`` table: how many, the bands and
+    nights, the pointings, and the sources per image (min, median, max, total)."""
+    def values(column):
+        return sorted(str(v) for v in images[column].dropna().unique()) if column in images \
+            else []
+
+    n = images["n_sources"].dropna() if "n_sources" in images else pd.Series(dtype=float)
+    return {"images": len(images), "bands": values("band"), "nights": values("night"),
+            "pointings": count_pointings(images),
+            "sources": int(n.sum()) if len(n) else 0,
+            "sources_min": int(n.min()) if len(n) else 0,
+            "sources_median": round(float(n.median())) if len(n) else 0,
+            "sources_max": int(n.max()) if len(n) else 0}
+
+
+def plural(n: int, word: str) -> str:
+    """``1 night``, ``2 nights``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def _table_html(df: pd.DataFrame, headers: Mapping[str, str] | None = None,
                 decimals: Mapping[str, int] | None = None) -> str:
     """*df* as an HTML table; *decimals* fixes the digits of some columns (others: _number)."""
