@@ -6,6 +6,9 @@ The committed .ipynb is exactly what tools/make_notebook.py generates."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import nbformat
 import pandas as pd
 import pytest
@@ -37,6 +40,14 @@ def test_committed_notebook_is_the_generators_output_with_stable_ids():
     assert len(set(ids)) == len(ids) and ids[:3] == ["intro-0", "config-0", "config-1"]
     assert all(c.get("outputs", []) == [] and c.get("execution_count") is None
                for c in nb.cells if c.cell_type == "code")
+    # counts are computed, never written into the prose: a static "three images" or "one night"
+    # was wrong as soon as the buckets held the demo's six images on two nights
+    count_words = r"\b(?:one|two|three|four|five|six|twelve|\d+) (?:images?|nights?|pointings?|" \
+                  r"bands?|sample images)\b"
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            assert not re.search(count_words, cell.source), (cell.id, re.findall(
+                count_words, cell.source))
     headings = [c.source.splitlines()[0] for c in nb.cells
                 if c.cell_type == "markdown" and c.source.startswith("## ")]
     assert len(headings) >= 7
@@ -50,7 +61,15 @@ def _figure_cells(nb):
     return [c for c in nb.cells if "figure" in c.metadata.get("tags", [])]
 
 
+def _markdown_outputs(nb) -> str:
+    """The Markdown the code cells displayed (prose rendered from computed values)."""
+    return "\n".join(o["data"]["text/markdown"] for c in nb.cells for o in c.get("outputs", [])
+                     if "text/markdown" in o.get("data", {}))
+
+
 def _run_notebook(tmp_path, monkeypatch):
+    from skysurvey.upload import find_fits
+
     monkeypatch.setenv("SKYSURVEY_SAMPLE_DIR", str(tmp_path / "sample"))
     monkeypatch.setenv("SKYSURVEY_SAMPLE_SIZE", "384")
     monkeypatch.setenv("SKYSURVEY_OUTPUT_DIR", str(tmp_path / "out"))
@@ -78,6 +97,23 @@ def _run_notebook(tmp_path, monkeypatch):
     # the calibration, objects and LSDB sections ran on what the others built
     assert "calibrated - true [mmag]" in outputs and "variable objects" in outputs
     assert "objects matched a reference star" in outputs and "HATS export" in outputs
+    # the light-curve survey sits beside the sample, not in it: `upload_to_s3.py --input
+    # data/sample` (make demo) still finds exactly the sample's images
+    sample = json.loads((tmp_path / "sample" / "metadata.json").read_text())
+    assert sorted(p.name for p in find_fits(tmp_path / "sample")) == sorted(
+        m["file"] for m in sample["images"])
+    assert len(find_fits(tmp_path / "survey")) == 12  # 6 nights x 2 bands
+    # the prose's numbers are the data's: the generator drew 3 images, g, r, i, one night,
+    # one pointing; the survey 6 nights in g and r
+    said = _markdown_outputs(nb)
+    nights = sorted({m["date_obs"][:10] for m in sample["images"]})
+    assert nights == ["2026-03-14"] and len(sample["images"]) == 3
+    assert ("**This catalog:** 3 images in 3 bands (g, i, r), taken on 1 night (2026-03-14) "
+            "at 1 pointing;") in said
+    assert "The 3 images were taken at 1 pointing on 1 night in 3 bands; 3 of them overlap" \
+        in said
+    assert "the survey: 12 images, 6 nights x 2 bands (g, r)" in said
+    assert re.search(r"Median measured - true magnitude: \+0\.0[1-7]\d mag", said), said
     return outputs
 
 

@@ -78,7 +78,6 @@ import os
 from pathlib import Path
 
 import pandas as pd
-
 from IPython.display import Markdown, display
 
 from skysurvey import plots, queries, report, runner
@@ -237,11 +236,12 @@ section("4. Calibration", "calibration")
 md("""
 Why calibrate: a magnitude is `zero_point - 2.5 log10(flux)`, and the header's `MAGZERO` is
 only the nominal zero point of the band. On a real night thin cloud and airmass dim every
-star by an unknown amount; the sample's nights lost 0 to 0.35 mag this way, and one image in
-four has no `MAGZERO` at all. So the pipeline matched each image's clean, unsaturated point
-sources one-to-one to the reference catalog's stars and fitted the zero point on them (a
-3-sigma-clipped mean of reference magnitude minus instrumental magnitude of
-`flux_apcorr`, the aperture flux corrected to total). `images` records how: `zero_point_source`
+star by an unknown amount; the sample's nights lost 0 to 0.35 mag this way, and the
+generator leaves `MAGZERO` out of every fourth image (the 2nd, 6th, ...). So the pipeline
+matched each image's clean, unsaturated point sources one-to-one to the reference
+catalog's stars and fitted the zero point on them (a 3-sigma-clipped mean of reference
+magnitude minus instrumental magnitude of `flux_apcorr`, the aperture flux corrected to
+total). `images` records how: `zero_point_source`
 is `reference`, `n_calib` stars were used, `zero_point_err` is the zero point's error and
 `zero_point_rms` the stars' scatter; `astrom_rms` is the scatter of our positions against
 the reference (arcsec).
@@ -274,7 +274,7 @@ Seeing and depth go together: a sharper image concentrates a star's light in few
 so it reaches fainter stars at the same exposure time.
 
 **Look at:** the zero points differ per band (each filter and detector passes a different
-fraction of the light) and between the images of one band (the nights' transparency).
+fraction of the light) and between the images of the same band (the nights' transparency).
 """)
 figure("""
 fig = plots.plot_image_quality(quality)
@@ -329,7 +329,7 @@ md("""
 Step 6: the figures `plot_catalog.py` writes, drawn here
 inline. Each plot function takes data and an optional `ax`, and returns the figure.
 
-First the detections of one image, drawn as ellipses at 3 times their measured size (about
+First the detections of the first image, drawn as ellipses at 3 times their measured size (about
 the Kron aperture the flux is measured in). With a WCS the axes are RA and Dec, and the arrows
 point north and east.
 
@@ -607,8 +607,6 @@ our_objects = lsdb.open_catalog(OUTPUT / "hats" / "objects")
 our_objects
 """)
 code("""
-from IPython.display import display
-
 if reference is None:
     print("no reference catalog: set REFERENCE_CATALOG to cross-match with it")
 else:
