@@ -129,8 +129,9 @@ def test_quickstart_checklist_is_what_make_demo_prints(tmp_path, monkeypatch, ca
     assert int(stated.group(1)) == 6 and _number(stated.group(2)) == round(6 * megabytes, 1)
     upload_out, _ = printed["upload_to_s3"][0]
     assert re.search(r"\b6 uploaded \([\d.]+ MB\), 0 already there, 0 failed", upload_out)
-    assert "all six are `already there`" in check[2]
-    assert re.search(r"\b0 uploaded .*\b6 already there, 0 failed", again_out), again_out
+    second = re.search(r"all six are `already there` \(`([^`]+)`\)", check[2]).group(1)
+    assert second == "0 uploaded (0.0 MB), 6 already there, 0 failed"
+    assert second in again_out, again_out
 
     # 3. detection summary
     summary, _ = printed["invoke_lambda"][0]
@@ -265,3 +266,45 @@ def test_unreachable_s3_is_named_a_network_error_not_a_missing_catalog(monkeypat
     err = capsys.readouterr().err
     assert "cannot reach S3, network or TLS error" in err and "SSL" in err
     assert "no catalog here" not in err
+
+
+def test_total_sources_counts_an_image_without_sources(tmp_path):
+    """9 images catalogued, one of them with no source: 9 images, not 8."""
+    from skysurvey.queries import run_named
+
+    catalog = _catalog_without_objects(tmp_path)
+    from conftest import draw_fits
+
+    from skysurvey.pipeline import catalog_image
+    from skysurvey.storage import open_store
+
+    draw_fits(tmp_path / "raw" / "blank.fits", size=96, n_stars=0, seed=4)
+    assert catalog_image(open_store(tmp_path / "raw"), "blank.fits",
+                         open_store(catalog))["n_sources"] == 0
+    got = run_named("total_sources", str(catalog)).to_dict("records")
+    n = len(plots.read_catalog(catalog))
+    assert n > 0 and got == [{"total_sources": n, "total_images": 2, "bands": 1}]
+
+
+def test_region_files_read_without_warnings(tmp_path):
+    """The .reg header's comment line has no ';' (astropy-regions splits a line there and
+    warned "ellipses ... is not a valid frame or region shape" on every file)."""
+    import warnings
+
+    catalog = _catalog_without_objects(tmp_path)
+    out = tmp_path / "sources.reg"
+    assert load_script("query_with_athena").main(
+        ["--catalog", str(catalog), "--sql", "SELECT * FROM sources", "--output", str(out)]) == 0
+    text = out.read_text()
+    n = len(plots.read_catalog(catalog))
+    comments = [line for line in text.splitlines() if line.startswith("#")]
+    assert comments and not any(";" in line for line in comments), comments
+    assert text.count("ellipse(") == n
+    try:
+        from regions import Regions
+    except ModuleNotFoundError:  # not a dependency: the check above is what it tripped on
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        regions = Regions.read(out, format="ds9")
+    assert len(regions) == n
