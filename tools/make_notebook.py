@@ -539,8 +539,10 @@ The objects on the sky, coloured by how many times each was detected. Objects ne
 field's edges are seen less often (the pointings are dithered by a few arcseconds), faint
 ones only when the seeing was good.
 
-**Look at:** most objects detected once per survey image (the cell below gives the counts);
-the ones with few detections are faint or on the edge, or transients.
+**Look at:** how many of the survey images found each object (the cell below gives the
+median and how many objects are in every image): bright objects inside the field in every
+image, faint ones only on the nights with good seeing, those near the edges only when the
+dither keeps them in, transients on one night.
 """)
 code("""
 objects_table = queries.run_query("SELECT * FROM objects", survey_catalog)
