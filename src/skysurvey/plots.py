@@ -8,7 +8,10 @@ turns that into a "skipped" line.
 
 Pixel coordinates are 0-based and images are drawn with ``origin="lower"``; RA grows to the
 left on sky maps, as on the sky, and one degree of RA is drawn ``cos(Dec)`` as wide as one
-degree of Dec, so the map has the shape the sky has.
+degree of Dec, so the map has the shape the sky has. Sources with a flux <= 0 (noise or an
+over-subtracted background on crowded fields, flagged; 8-9% of some real fields) have no
+magnitude and no meaningful SNR: the detection overlay, the magnitude and SNR histograms and the
+sky map leave them out and their captions say how many (:func:`positive_flux`).
 """
 
 from __future__ import annotations
@@ -244,7 +247,9 @@ def plot_sky_map(sources: pd.DataFrame, ax=None):
     """Detections on the sky, one colour per band, RA to the left, equal angular scales.
 
     When images overlap (the same field in several bands or nights), a star is drawn once per
-    image: the title says how many images overlap.
+    image: the title says how many images overlap (:func:`overlapping_images`, from each
+    image's field, not its RA/Dec box). Sources with flux <= 0 are left out (counted in the
+    title).
     """
     sky = sources.dropna(subset=["ra", "dec"]) if {"ra", "dec"} <= set(sources) else sources[:0]
     if sky.empty:
@@ -271,7 +276,8 @@ def plot_sky_map(sources: pd.DataFrame, ax=None):
 
 
 def plot_snr_histogram(sources: pd.DataFrame, ax=None):
-    """Signal-to-noise distribution on a log axis, per band."""
+    """Signal-to-noise distribution on a log axis, per band (sources with flux > 0; the title
+    counts the others)."""
     sources, dropped = positive_flux(sources)
     snr = sources["snr"].dropna() if "snr" in sources else pd.Series(dtype=float)
     snr = snr[snr > 0]
