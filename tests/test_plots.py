@@ -389,6 +389,10 @@ def test_report_shows_bound_values_and_sensible_decimals(tmp_path):
     assert len(captions) == len(NAMED_QUERIES)
     assert not any("?" in c for c in captions), captions
     assert "(sources with SNR &gt;= 5)" in page and "with SNR &gt;= 10" in page
+    # no objects step yet: the empty survey queries say so
+    assert "<h3>variables</h3>" in page
+    assert page.split("<h3>variables</h3>", 1)[1].split("<h3>", 1)[0].count(
+        "(no rows): the catalog has no objects table yet: run the objects step") == 1
     images = plots.read_catalog(tmp_path / "cat", "images")
     quality = quality_table(images)
     for column, decimals in QUALITY_DECIMALS.items():

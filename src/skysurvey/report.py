@@ -162,8 +162,10 @@ def _number(value: float) -> str:
 def render_html(summary: Mapping[str, object], quality: pd.DataFrame,
                 figures: Mapping[str, bytes], query_results: Mapping[str, pd.DataFrame], *,
                 skipped: Sequence[str] = (), query_descriptions: Mapping[str, str] | None = None,
+                empty_reasons: Mapping[str, str] | None = None,
                 title: str = "Sky survey run report") -> str:
-    """The report page; *figures* maps names to PNG bytes (embedded as base64)."""
+    """The report page; *figures* maps names to PNG bytes (embedded as base64); an empty
+    query result shows its *empty_reasons* entry (a step not run yet...) when there is one."""
     esc = html.escape
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
@@ -187,7 +189,9 @@ def render_html(summary: Mapping[str, object], quality: pd.DataFrame,
     for name, df in query_results.items():
         about = (query_descriptions or {}).get(name, "")
         parts.append(f"<h3>{esc(name)}</h3>" + (f"<p>{esc(about)}</p>" if about else ""))
-        parts.append(_table_html(df) if len(df) else "<p>(no rows)</p>")
+        reason = (empty_reasons or {}).get(name)
+        parts.append(_table_html(df) if len(df) else
+                     f"<p>(no rows){': ' + esc(reason) if reason else ''}</p>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -197,7 +201,7 @@ def write_report(path: str | os.PathLike, catalog_uri: str, *,
                  sources: pd.DataFrame | None = None) -> Path:
     """Read the catalog (images table, named queries on DuckDB) and write the report."""
     from .plots import read_catalog
-    from .queries import NAMED_QUERIES, connect, run_named
+    from .queries import NAMED_QUERIES, connect, run_named, why_empty
 
     sources = read_catalog(catalog_uri) if sources is None else sources
     images = read_catalog(catalog_uri, "images")
@@ -206,9 +210,12 @@ def write_report(path: str | os.PathLike, catalog_uri: str, *,
         results = {name: run_named(name, catalog_uri, con=con) for name in NAMED_QUERIES}
     finally:
         con.close()
+    empty = {name: why_empty(NAMED_QUERIES[name].sql, catalog_uri)
+             for name, df in results.items() if not len(df)}
     figures = {Path(p).stem: Path(p).read_bytes() for p in png_paths}
     text = render_html(run_summary(sources, images, catalog_uri), quality_table(images),
                        figures, results, skipped=skipped,
                        query_descriptions={n: query_caption(q.description, q.params)
-                                           for n, q in NAMED_QUERIES.items()})
+                                           for n, q in NAMED_QUERIES.items()},
+                       empty_reasons=empty)
     return atomic_write(Path(path), text.encode("utf-8"))
