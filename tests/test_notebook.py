@@ -67,8 +67,25 @@ def _markdown_outputs(nb) -> str:
                      if "text/markdown" in o.get("data", {}))
 
 
-def _run_notebook(tmp_path, monkeypatch):
+def _expected_counts(sample: dict):
+    """``(images, nights, pointings)`` from the generator's metadata.json, and what the
+    generator was asked for: 3 images on one night at one pointing (the notebook's own
+    sample), or the demo's 6 on two nights at two pointings."""
+    images = sample["images"]
+    nights = sorted({m["date_obs"][:10] for m in images})
+    pointings = len({(m["ra_center"], m["dec_center"]) for m in images})
+    expected = {3: (3, ["2026-03-14"], 1), 6: (6, ["2026-03-14", "2026-03-15"], 2)}
+    return len(images), nights, pointings, expected[len(images)]
+
+
+def _run_notebook(tmp_path, monkeypatch, n_images=3):
+    """Run the notebook; with ``n_images=6`` the sample folder holds the demo's six images
+    (two nights, two pointings) first, as after `make demo`."""
+    from skysurvey.synth import write_sample
     from skysurvey.upload import find_fits
+
+    if n_images != 3:
+        write_sample(tmp_path / "sample", count=n_images, size=768)
 
     monkeypatch.setenv("SKYSURVEY_SAMPLE_DIR", str(tmp_path / "sample"))
     monkeypatch.setenv("SKYSURVEY_SAMPLE_SIZE", "384")
@@ -85,10 +102,11 @@ def _run_notebook(tmp_path, monkeypatch):
         assert len(images) == 1, (cell.id, cell.source, [o.get("output_type") for o in
                                                          cell.outputs])
     exported = Table.read(tmp_path / "out" / "sources.fits")
-    assert len(exported) > 20 and len(set(exported["image_id"])) == 3
+    assert len(exported) > 20 and len(set(exported["image_id"])) == n_images
     assert exported["ra"].unit == "deg" and exported["flux"].unit == "adu"
     assert Table.read(tmp_path / "out" / "sources.vot")["mag"].unit == "mag"
-    assert (tmp_path / "out" / "sky_g_001.reg").read_text().count("ellipse(") > 5
+    on_first = int((exported["image_id"] == "sky_g_001").sum())
+    assert (tmp_path / "out" / "sky_g_001.reg").read_text().count("ellipse(") == on_first > 3
     stats = pd.read_csv(tmp_path / "out" / "source_statistics.csv")
     assert stats["n_sources"].sum() > 0
     # the statistics cell measured the catalog against the truth
@@ -106,11 +124,13 @@ def _run_notebook(tmp_path, monkeypatch):
     # the prose's numbers are the data's: the generator drew 3 images, g, r, i, one night,
     # one pointing; the survey 6 nights in g and r
     said = _markdown_outputs(nb)
-    nights = sorted({m["date_obs"][:10] for m in sample["images"]})
-    assert nights == ["2026-03-14"] and len(sample["images"]) == 3
-    assert ("**This catalog:** 3 images in 3 bands (g, i, r), taken on 1 night (2026-03-14) "
-            "at 1 pointing;") in said
-    assert "The 3 images were taken at 1 pointing on 1 night in 3 bands; 3 of them overlap" \
+    n, nights, pointings, expected = _expected_counts(sample)
+    assert (n, nights, pointings) == expected
+    assert (f"**This catalog:** {n} images in 3 bands (g, i, r), taken on {len(nights)} "
+            f"night{'s' * (len(nights) > 1)} ({', '.join(nights)}) at {pointings} "
+            f"pointing{'s' * (pointings > 1)};") in said, said
+    assert (f"The {n} images were taken at {pointings} pointing{'s' * (pointings > 1)} on "
+            f"{len(nights)} night{'s' * (len(nights) > 1)} in 3 bands; {n} of them overlap") \
         in said
     assert "the survey: 12 images, 6 nights x 2 bands (g, r)" in said
     assert re.search(r"Median measured - true magnitude: \+0\.0[1-7]\d mag", said), said
@@ -135,9 +155,9 @@ def test_notebook_on_s3_buckets(tmp_path, monkeypatch, moto_server):
     s3.create_bucket(Bucket="nb-catalog")
     monkeypatch.setenv("BUCKET_RAW", "s3://nb-raw")
     monkeypatch.setenv("BUCKET_CATALOG", "s3://nb-catalog")
-    outputs = _run_notebook(tmp_path, monkeypatch)
+    outputs = _run_notebook(tmp_path, monkeypatch, n_images=6)  # as after `make demo`
     assert "mode: AWS" in outputs
     raw = s3.list_objects_v2(Bucket="nb-raw", Prefix="images/")["Contents"]
     catalog = s3.list_objects_v2(Bucket="nb-catalog", Prefix="sources/")["Contents"]
-    assert len(raw) == 3 and len(catalog) == 3
+    assert len(raw) == 6 and len(catalog) == 6
     assert not (tmp_path / "raw").exists() and not (tmp_path / "catalog").exists()

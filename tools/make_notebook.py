@@ -251,7 +251,8 @@ night's transparency), so we can check the calibration, and compare with what th
 `MAGZERO` alone would have given.
 
 **Look at:** `calibrated - true` within about 10 millimagnitudes (0.01 mag) for every image,
-where `header - true` is off by up to 350 (or missing).
+where `header - true` is off by up to the night's transparency loss (or missing); the line
+above the table gives both.
 """)
 code("""
 import json
@@ -266,6 +267,11 @@ if metadata.is_file():
         lambda i: truth_zp.get(i, {}).get("header_zero_point"))
     calibration["calibrated - true [mmag]"] = 1000 * (calibration["zero_point"] - true)
     calibration["header - true [mmag]"] = 1000 * (header_zp.astype(float) - true)
+    say(f"Calibrated - true: at most "
+        f"{calibration['calibrated - true [mmag]'].abs().max():.1f} mmag over "
+        f"{report.plural(len(calibration), 'image')}; header - true: up to "
+        f"{calibration['header - true [mmag]'].abs().max():.0f} mmag, and "
+        f"{report.plural(int(header_zp.isna().sum()), 'image')} without `MAGZERO`.")
 calibration.round(4)
 """)
 md("""
@@ -542,7 +548,7 @@ ones only when the seeing was good.
 **Look at:** how many of the survey images found each object (the cell below gives the
 median and how many objects are in every image): bright objects inside the field in every
 image, faint ones only on the nights with good seeing, those near the edges only when the
-dither keeps them in, transients on one night.
+dither keeps them in, transients on a single night.
 """)
 code("""
 objects_table = queries.run_query("SELECT * FROM objects", survey_catalog)
