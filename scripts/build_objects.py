@@ -22,12 +22,18 @@ from functools import partial
 try:
     from skysurvey import cli
     from skysurvey.config import get_setting, is_s3_uri
-    from skysurvey.errors import SkySurveyError
+    from skysurvey.errors import QueryError, SkySurveyError, printable
     from skysurvey.objects import BuildConfig, build_objects, run_units_lambda
+    from skysurvey.queries import dataset
     from skysurvey.runner import default_workers
 except ModuleNotFoundError as exc:  # run outside the project's environment
     raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
                      "first)") from None
+
+
+#: The widest association radius accepted: seeing-limited positions agree within a few arcsec;
+#: 3600" made every unit compare every pair of its sources (minutes, no output).
+MAX_RADIUS_ARCSEC = 30.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--catalog", default=None,
                         help="catalog folder or s3:// URI (default: BUCKET_CATALOG, else "
                              "data/catalog)")
-    parser.add_argument("--radius", type=cli.positive_float, default=1.0,
-                        help="association radius, arcsec")
+    parser.add_argument("--radius", type=cli.bounded_float(MAX_RADIUS_ARCSEC, " arcsec"),
+                        default=1.0,
+                        help=f"association radius, arcsec (0 < radius <= {MAX_RADIUS_ARCSEC:g}: "
+                             "wider radii merge unrelated stars and take minutes per unit)")
     parser.add_argument("--workers", type=cli.positive_int, default=default_workers(),
                         help="processes (one HEALPix unit each at a time)")
     parser.add_argument("--rebuild", action="store_true",
@@ -72,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         function = get_setting("LAMBDA_FUNCTION", args.function)
         runner = partial(run_units_lambda, function=function, workers=args.workers)
     try:
+        check_files(catalog)
         report = build_objects(catalog, config, runner=runner)
     except SkySurveyError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -80,6 +89,18 @@ def main(argv: list[str] | None = None) -> int:
         register_partitions_in_glue(catalog, report.partitions)
     print(report.summary())
     return 0 if report.status in ("ok", "unchanged") else 1
+
+
+def check_files(catalog: str) -> None:
+    """Read the footer of every ``images`` and ``sources`` file (a build that has nothing new
+    reads none of them): an empty or truncated file is a QueryError naming it. A catalog that
+    is missing as a whole is left to build_objects, which names it its own way."""
+    for table in ("images", "sources"):
+        try:
+            dataset(catalog, table)
+        except QueryError as exc:
+            if exc.source != printable(str(catalog)):  # a file of the catalog, not the catalog
+                raise
 
 
 def register_partitions_in_glue(catalog: str, partitions: list[int]) -> None:

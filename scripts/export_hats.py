@@ -5,8 +5,10 @@
 
 Writes ``<output>/objects`` and ``<output>/sources`` (HATS collections, each with a 10" margin
 cache as its default margin) with hats-import; then ``lsdb.open_catalog("<output>/objects")``.
-Runs outside the Lambda. An existing output is replaced as a whole. Exit status 0, 1 on
-failure (an existing output is then left as it was), 2 on bad usage.
+Runs outside the Lambda. The export writes only what it owns: an existing file, a folder that is,
+holds or lies inside the catalog, and a non-empty folder an earlier export did not make are
+refused (``--force`` takes such a folder, and still replaces only its objects/ and sources/).
+Exit status 0, 1 on failure (an existing output is then left as it was), 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="folder or s3:// URI to write")
     parser.add_argument("--workers", type=cli.positive_int, default=1,
                         help="dask workers for hats-import")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty folder an earlier export did not make "
+                             "(only its objects/ and sources/ are replaced; never a file or "
+                             "the catalog)")
     cli.add_version(parser)
     return parser
 
@@ -45,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     catalog = get_setting("BUCKET_CATALOG", args.catalog)
     try:
-        report = export_hats(catalog, args.output, workers=args.workers)
+        report = export_hats(catalog, args.output, workers=args.workers,
+                             force=args.force)
     except SkySurveyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -23,7 +23,7 @@ try:
     from skysurvey.errors import SkySurveyError, printable
     from skysurvey.fitsread import default_memory_budget
     from skysurvey.pipeline import PipelineConfig
-    from skysurvey.reference import reference_spec
+    from skysurvey.reference import check_reference, picked_columns, reference_spec
     from skysurvey.runner import (
         Timer,
         catalogued_image_ids,
@@ -34,7 +34,7 @@ try:
         split_collisions,
         summary_table,
     )
-    from skysurvey.schema import image_id_from_name
+    from skysurvey.schema import band_of_key, image_id_from_name
     from skysurvey.storage import open_store
 except ModuleNotFoundError as exc:  # run outside the project's environment
     raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "the paths below the folder (default: BUCKET_RAW's images/)")
     parser.add_argument("--catalog", default=None,
                         help="folder or s3:// URI for the catalog (default: BUCKET_CATALOG)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=cli.positive_int, default=None,
                         help="parallel images (default: cores for local, 4 for lambda)")
     parser.add_argument("--function", default=None,
                         help="Lambda function name (default: LAMBDA_FUNCTION)")
@@ -65,10 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="lambda backend: fire-and-forget invocations (InvocationType Event)")
     parser.add_argument("--only-new", action="store_true",
                         help="skip images that already have a catalog")
-    parser.add_argument("--max-memory-mb", type=int, default=None,
+    parser.add_argument("--max-memory-mb", type=cli.positive_int, default=None,
                         help="refuse images that would need more memory than this "
                              "(default: half the machine's RAM shared by the workers)")
-    parser.add_argument("--limit", type=int, default=None, help="process at most N images")
+    parser.add_argument("--limit", type=cli.positive_int, default=None,
+                        help="process at most N images (N >= 1)")
     parser.add_argument("--reference", default=None,
                         help="calibrate against this reference catalog: Parquet, CSV, FITS or "
                              "VOTable file, or HATS catalog folder, local or s3:// "
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repair", action="store_true",
                         help="only repair the catalog: remove sources files without an image "
                              "record (killed runs) and older copies of re-processed images, "
-                             "print what was removed, and exit")
+                             "print what was removed, name empty or truncated Parquet files "
+                             "(exit 1; they are left for you), and exit")
     parser.add_argument("--redrive", action="store_true",
                         help="lambda: invoke again the failed asynchronous (S3-triggered) events "
                              "waiting in the failed-events queue (FAILED_EVENTS_QUEUE), delete "
@@ -106,17 +108,18 @@ def repair(catalog_uri: str) -> int:
         return 1
     for line in report.removed:
         print(f"removed {printable(line)}")
+    for line in report.unreadable:  # left in place: re-process the image or delete the file
+        print(f"unreadable {printable(line)}", file=sys.stderr)
     print(f"Repair of {printable(catalog_uri)}: {len(report.removed)} files removed, "
-          f"{report.entries_written} image entries written")
-    return 0
+          f"{report.entries_written} image entries written"
+          + (f", {len(report.unreadable)} unreadable files left (re-process their images or "
+             "delete them)" if report.unreadable else ""))
+    return 1 if report.unreadable else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    if args.workers is not None and args.workers < 1:
-        print("error: --workers must be at least 1", file=sys.stderr)
-        return 2
     catalog_uri = get_setting("BUCKET_CATALOG", args.catalog)
     if args.repair:
         return repair(catalog_uri)
@@ -137,7 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --backend lambda reads the reference from S3, not {reference.uri}",
               file=sys.stderr)
         return 2
+    opened = None
     if reference:
+        try:  # before any image: a reference that cannot be used fails the run, in one line
+            opened = check_reference(reference)
+        except SkySurveyError as exc:
+            print(f"error: reference {exc}", file=sys.stderr)
+            return 2
         log.info("calibrating against %s", reference.uri)
     try:
         inputs = find_inputs(resolve_input(args.input))
@@ -202,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         finally:
             bar.close()
+    if opened is not None:
+        bands = [band_of_key(r["catalog_key"]) for r in replies if r.get("catalog_key")]
+        for band, column in picked_columns(opened, reference, bands).items():
+            log.info("reference %s: band %s uses column %s (picked by name; map it with "
+                     "--reference-bands %s=COLUMN)", printable(reference.uri), band, column,
+                     band)
     replies = refused + replies
     print(summary_table(replies, timer.seconds, args.backend, already_done=already,
                         not_fits=len(inputs.not_fits), notes=inputs.notes()))

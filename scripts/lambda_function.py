@@ -47,25 +47,47 @@ def _as_uri(bucket: str) -> str:
     return f"s3://{bucket}"
 
 
+#: Images one event may name. S3 sends one record per notification (an SQS batch, ten): an
+#: event naming more would run them one after the other and outlive the function's timeout,
+#: so it is refused whole, with one error reply, before any image is read.
+MAX_RECORDS = 10
+#: Optional fields of a direct event: strings when present.
+_OPTIONAL_TEXT = ("catalog_bucket", "input_prefix", "reference", "reference_bands")
+
+
 def parse_event(event: dict) -> list[tuple[str, str, str | None]]:
     """``(raw store URI, key below it, catalog URI or None)`` for every image the event names.
 
     The raw store is rooted at the input folder (see :func:`raw_root`), so the key below it is
-    what the image id is made of. A missing or non-string field raises ValueError.
+    what the image id is made of. A missing or non-string field, a path with a ``..`` segment
+    or a control character, or more than :data:`MAX_RECORDS` records raise ValueError.
     """
     if not isinstance(event, dict):
         raise ValueError(f"the event is a {type(event).__name__}, not an object")
+    for field in _OPTIONAL_TEXT:
+        if event.get(field) is None:
+            continue
+        if field == "reference_bands":
+            _text(event[field], field)
+        else:
+            _path(event[field], field)
     if "Records" in event:
+        records = event["Records"]
+        if not isinstance(records, list) or not records:
+            raise ValueError("'Records' must be a non-empty list")
+        if len(records) > MAX_RECORDS:
+            raise ValueError(f"{len(records)} records in one event, at most {MAX_RECORDS} "
+                             "(invoke once per image, as invoke_lambda.py does); none was run")
         return [
-            (*raw_root(_as_uri(_text(r["s3"]["bucket"]["name"], "bucket")),
-                       unquote_plus(_text(r["s3"]["object"]["key"], "key"))), None)
-            for r in event["Records"]
+            (*raw_root(_as_uri(_path(r["s3"]["bucket"]["name"], "bucket")),
+                       _path(unquote_plus(_text(r["s3"]["object"]["key"], "key")), "key")), None)
+            for r in records
         ]
     if "bucket" in event and "key" in event:
         catalog = event.get("catalog_bucket")
-        return [(*raw_root(_as_uri(_text(event["bucket"], "bucket")), _text(event["key"], "key"),
+        return [(*raw_root(_as_uri(_path(event["bucket"], "bucket")), _path(event["key"], "key"),
                            event.get("input_prefix")),
-                 None if catalog is None else _text(catalog, "catalog_bucket"))]
+                 None if catalog is None else _path(catalog, "catalog_bucket"))]
     raise ValueError("the event has neither 'Records' nor 'bucket' and 'key'")
 
 
@@ -73,6 +95,19 @@ def _text(value, field: str) -> str:
     """*value* when it is a non-empty string; a ValueError naming *field* otherwise."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{field!r} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _path(value, field: str) -> str:
+    """*value* when it is a non-empty string naming a bucket, prefix, folder or key without a
+    ``..`` segment (``s3://bucket/../victim`` would write keys under ``../victim/``) and
+    without control characters; a ValueError naming *field* otherwise."""
+    value = _text(value, field)
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError(f"{field!r} holds a control character: {value!r}")
+    rest = value[len("s3://"):] if value.startswith("s3://") else value
+    if ".." in rest.split("/"):
+        raise ValueError(f"{field!r} has a '..' segment: {value!r}")
     return value
 
 

@@ -29,7 +29,6 @@ try:
     from skysurvey.config import OUTPUT_DIR, get_setting
     from skysurvey.errors import SkySurveyError
     from skysurvey.fitsread import read_fits
-    from skysurvey.objects import most_variable_light_curves
     from skysurvey.plots import (
         match_to_reference,
         match_to_truth,
@@ -41,7 +40,7 @@ try:
         read_catalog,
         save_all,
     )
-    from skysurvey.queries import run_named, run_query
+    from skysurvey.queries import most_variable_light_curves, run_named, run_query
     from skysurvey.reference import reference_spec
     from skysurvey.report import quality_table, write_report
     from skysurvey.runner import list_images

@@ -22,8 +22,14 @@ from pathlib import Path
 try:
     from skysurvey import cli
     from skysurvey.config import OUTPUT_DIR, get_setting
-    from skysurvey.errors import SkySurveyError
-    from skysurvey.export import FORMATS, export_format, write_table
+    from skysurvey.errors import SkySurveyError, printable
+    from skysurvey.export import (
+        FORMATS,
+        check_output_file,
+        check_output_folder,
+        export_format,
+        write_table,
+    )
     from skysurvey.queries import (
         NAMED_QUERIES,
         get_named,
@@ -35,6 +41,9 @@ except ModuleNotFoundError as exc:  # run outside the project's environment
     raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
                      "first)") from None
 
+
+#: rows printed when --output writes the whole result to a file
+PREVIEW_ROWS = 10
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -106,6 +115,17 @@ def _pixel_scales(run, df) -> dict | None:
     return dict(zip(scales["image_id"], scales["pixel_scale"], strict=True))
 
 
+def _for_terminal(df):
+    """*df* with control characters in its text shown escaped (``\\x1b``, ``\\n``): a value
+    from the catalog (an image id) never moves the cursor or recolours the terminal."""
+    out = df.rename(columns=lambda c: printable(str(c)))
+    for name in out.columns:
+        column = out[name]
+        if column.dtype == object or str(column.dtype) in ("string", "str"):
+            out[name] = column.map(lambda v: printable(v) if isinstance(v, str) else v)
+    return out
+
+
 def _why_empty(engine: str, sql: str = "", catalog: str = "") -> str:
     if engine == "athena":
         return ("(no rows) Athena returned an empty result. Possible reasons: the catalog "
@@ -149,14 +169,17 @@ def main(argv: list[str] | None = None) -> int:
                         if q.params else "")
             print(f"{name:<20} {q.description}{defaults}")
         return 0
-    if args.output:
-        try:
-            export_format(args.output)
-        except SkySurveyError as exc:
-            parser.error(f"--output: {exc.cause}")
-        if Path(args.output).exists() and not args.force:
-            parser.error(f"--output {args.output} already exists: add --force to replace it")
     catalog = get_setting("BUCKET_CATALOG", args.catalog)
+    # writers create only what they own: never a folder, never a file inside the catalog
+    checks = [("--output", args.output, lambda v: (export_format(v), check_output_file(
+        v, catalog, force=args.force))), ("--output-dir", args.output_dir,
+                                          lambda v: check_output_folder(v, catalog))]
+    for flag, value, check in checks:
+        if value:
+            try:
+                check(value)
+            except SkySurveyError as exc:
+                parser.error(f"{flag}: {exc}")
     params = [_value(p) for p in args.param] if args.param is not None else None
     if args.sql:
         try:
@@ -190,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             continue
         print(f"\n== {name} ==")
-        print(df.to_string(index=False) if len(df) else _why_empty(args.engine, sql, catalog))
+        shown = df.head(PREVIEW_ROWS) if args.output else df  # the file has them all
+        print(_for_terminal(shown).to_string(index=False) if len(df) else
+              _why_empty(args.engine, sql, catalog))
+        if len(shown) < len(df):
+            print(f"... {len(df) - len(shown)} more rows ({len(df)} in all) in "
+                  f"{printable(args.output)}")
         if note:
             print(note)
         try:
@@ -203,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     for path in saved:
-        print(f"saved {path}")
+        print(f"saved {printable(str(path))}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

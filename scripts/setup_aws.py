@@ -3,6 +3,7 @@
     python scripts/build_lambda_package.py     # optional first: the function's zip
     python scripts/setup_aws.py --dry-run      # the plan (the same suffix), nothing made
     python scripts/setup_aws.py --package build/lambda.zip --trigger
+    python scripts/setup_aws.py --template build/skysurvey.yaml --trigger   # CloudFormation
 
 Makes, all tagged ``skysurvey:deployment=<suffix>`` and all in one region: two private,
 encrypted, TLS-only buckets (raw and catalog), the encrypted failed-events queue, the
@@ -10,6 +11,10 @@ least-privilege IAM role, the log group, the Lambda function (with --package; re
 concurrency, asynchronous retries <= 2 and the queue as its on-failure destination), the S3
 trigger (with --trigger), the Glue/Athena database, workgroup and tables, CloudWatch alarms and a
 dashboard. Refuses to adopt anything it did not make. Writes the env file the other scripts read.
+
+With --template FILE (.yaml, .yml or .json) it makes nothing and needs no credentials: it writes
+the same deployment as a CloudFormation template, from the same definitions
+(src/skysurvey/cfn_template.py); setup_guide.md, "Deploy with CloudFormation", deploys it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ try:
         run_setup,
         setup_resources,
     )
-    from skysurvey.config import env_file_path, read_env_file, write_env_file
+    from skysurvey.config import env_file_path, is_s3_uri, read_env_file, write_env_file
     from skysurvey.errors import SkySurveyError
 except ModuleNotFoundError as exc:  # run outside the project's environment
     raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
@@ -59,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference-bands", default=None,
                         help="band=column pairs of the reference, e.g. g=phot_g_mean_mag")
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
+    parser.add_argument("--template", default=None, metavar="FILE",
+                        help="write the deployment as a CloudFormation template (.yaml, .yml "
+                             "or .json) instead of making it; --suffix and the function flags "
+                             "give the parameters' defaults, --trigger adds the S3 trigger")
     cli.add_version(parser)
     return parser
 
@@ -73,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--concurrency must be at least 1")
     env_path = env_file_path()
     saved = read_env_file(env_path)
+    if args.template:
+        return write_template(parser, args, saved)
     try:
         names = resolve_names(args.suffix, args.region, saved, reference=args.reference,
                               reference_bands=args.reference_bands)
@@ -95,6 +106,41 @@ def main(argv: list[str] | None = None) -> int:
                and not s.startswith("skipped")]
     print(f"{len(changed)} created or changed" if changed else "nothing to change")
     print(f"settings written to {env_path} (source it, or the scripts read it themselves)")
+    return 0
+
+
+def write_template(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   saved: dict[str, str]) -> int:
+    """``--template FILE``: the CloudFormation template of the same deployment; no AWS call."""
+    from skysurvey.cfn_template import build_template, dumps
+
+    path = Path(args.template)
+    formats = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+    if path.suffix.lower() not in formats:
+        parser.error(f"--template {path}: name it .yaml, .yml or .json")
+    if args.package:
+        parser.error("--template: the stack takes the zip from S3 (parameters CodeBucket and "
+                     "CodeKey), not --package")
+    reference = args.reference or saved.get("REFERENCE_CATALOG")
+    if reference and not is_s3_uri(reference):
+        parser.error(f"--template: the reference must be an s3:// URI (upload {reference} "
+                     "first), not a local path")
+    settings = FunctionSettings(None, args.memory, args.timeout, args.ephemeral,
+                                args.concurrency)
+    template = build_template(settings, suffix=args.suffix or saved.get("SKYSURVEY_SUFFIX"),
+                              trigger=args.trigger, reference=reference,
+                              reference_bands=args.reference_bands or saved.get(
+                                  "REFERENCE_BANDS"))
+    try:
+        text = dumps(template, formats[path.suffix.lower()])
+    except ModuleNotFoundError:
+        print("error: writing YAML needs PyYAML (pip install pyyaml), or name the file .json",
+              file=sys.stderr)
+        return 1
+    if path.parent != Path():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"CloudFormation template written to {path} ({len(template['Resources'])} resources)")
     return 0
 
 

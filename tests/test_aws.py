@@ -291,3 +291,20 @@ def test_estimate_cost_without_a_deployed_function_says_the_memory_is_assumed(
     out = capsys.readouterr().out
     assert "at 1024 MB (assumed; no deployed function read: " in out
     assert "Lambda: 2.0 GB-s and 1 requests" in out
+
+
+def test_s3_filesystem_takes_the_clients_region(tmp_path, monkeypatch):
+    """pyarrow's S3 filesystem (s3:// catalogs in DuckDB, reference catalogs) is built with
+    the region the boto3 clients use: --region first, then the env file, then AWS_REGION."""
+    env_file = tmp_path / "setup.env"
+    env_file.write_text("export AWS_REGION=eu-west-3\n")
+    monkeypatch.setenv("SKYSURVEY_ENV_FILE", str(env_file))
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    assert aws.s3_filesystem().region == "eu-west-3"
+    try:
+        aws.use_region("ap-south-1")
+        assert aws.s3_filesystem().region == "ap-south-1"
+    finally:
+        aws.use_region(None)
+    env_file.write_text("")
+    assert aws.s3_filesystem().region == "us-east-1"

@@ -394,6 +394,29 @@ def test_pipeline_scripts_and_lambda_event_calibrate(field, ref_frame, tmp_path,
     assert event["reference"] == "s3://r/ref.parquet" and event["reference_bands"] == "g=gmag"
 
 
+def test_a_column_picked_by_name_is_said_once_per_band_not_per_worker(field, ref_frame,
+                                                                       tmp_path):
+    import subprocess
+    import sys
+
+    from skysurvey.config import REPO_ROOT
+
+    image = field[3]
+    (tmp_path / "in").mkdir()
+    for k in range(4):  # four r-band images over two worker processes
+        image.write(tmp_path / "in" / f"field{k}.fits")
+    ref = _write(ref_frame, tmp_path / "ref.parquet", "parquet")
+    run = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "invoke_lambda.py"),
+                          "--input", str(tmp_path / "in"), "--catalog", str(tmp_path / "cat"),
+                          "--workers", "2", "--no-progress", "--reference", ref],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    err = run.stderr
+    assert err.count("picked by name") == 1, err
+    assert "band r uses column rmag (picked by name; map it with --reference-bands r=COLUMN)" \
+        in err
+
+
 def test_the_demo_writes_a_reference_and_the_true_zero_points(tmp_path):
     from skysurvey.synth import write_sample
 

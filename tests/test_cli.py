@@ -17,9 +17,9 @@ from skysurvey import __version__
 from skysurvey.config import REPO_ROOT
 
 #: Scripts whose command line has been brought to the shared conventions (skysurvey.cli).
-SCRIPTS = ["build_lambda_package", "build_objects", "cleanup_aws", "download_sample_fits",
-           "estimate_cost", "export_hats", "invoke_lambda", "lambda_function", "plot_catalog",
-           "query_with_athena", "setup_aws", "upload_to_s3"]
+SCRIPTS = ["build_lambda_package", "build_objects", "check_aws", "cleanup_aws",
+           "download_sample_fits", "estimate_cost", "export_hats", "invoke_lambda",
+           "lambda_function", "plot_catalog", "query_with_athena", "setup_aws", "upload_to_s3"]
 
 
 def test_every_script_is_covered():

@@ -12,10 +12,12 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
+import sep
 from astropy.io import fits
 from science_field import GAIN, READ_NOISE, SIGMA, draw_field
 from scipy.spatial import cKDTree
 
+from skysurvey.deblend import _candidates, sep_buffer_full
 from skysurvey.detect import (
     COSMIC_RAY,
     MASKED,
@@ -355,3 +357,32 @@ def test_stars_under_a_giant_halo_are_found_against_their_local_noise(halo):
     # measured: 0 (saturated) and 2 at SNR 6.5 or less (unsaturated), against 0 without halo
     assert len(loose) <= len(baseline) + 2 and (loose["snr"] < 10).all()
     assert "local noise" in row["warnings"]
+
+
+def test_the_second_pass_skips_a_parent_only_when_sep_buffers_overflow():
+    """SEP's buffer limits (plain Exceptions) leave a parent as the first pass found it; any
+    other error propagates instead of silently dropping the second pass."""
+    rng = np.random.default_rng(3)
+    crowded = rng.normal(0, 1, (120, 120)).astype(np.float32) + 20.0  # all above threshold
+    stack = sep.get_extract_pixstack()
+    sep.set_extract_pixstack(100)
+    try:
+        with pytest.raises(Exception, match="pixel buffer full") as full:
+            sep.extract(crowded, 1.5)
+    finally:
+        sep.set_extract_pixstack(stack)
+    assert sep_buffer_full(full.value)
+    assert not sep_buffer_full(ValueError("invalid aperture parameters"))
+
+    def extract_raising(error):
+        def extract(residual, err, mask):
+            raise error
+        extract.min_snr = 5.0
+        return extract
+
+    residual, err = np.zeros((8, 8)), np.ones((8, 8))
+    hide, bounds = np.zeros((8, 8), bool), (0, 8, 0, 8)
+    assert _candidates(residual, err, hide, bounds, (8, 8), extract_raising(full.value)) == []
+    with pytest.raises(ValueError, match="not SEP's buffers"):
+        _candidates(residual, err, hide, bounds, (8, 8),
+                    extract_raising(ValueError("not SEP's buffers")))

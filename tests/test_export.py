@@ -197,6 +197,10 @@ def test_script_exports_formats_and_keeps_earlier_runs(catalog, tmp_path, capsys
     assert f"saved {fits_path}" in capsys.readouterr().out
     reg = tmp_path / "all.reg"
     assert script.main([*base, "--sql", "SELECT * FROM sources", "--output", str(reg)]) == 0
+    out = capsys.readouterr().out.splitlines()  # a preview, not the whole result
+    rows = out[out.index("== custom ==") + 2:]
+    more = next(line for line in rows if line.startswith("... "))
+    assert rows.index(more) == script.PREVIEW_ROWS and more.endswith(f"in all) in {reg}")
     text = reg.read_text()
     assert text.count("ellipse(") >= 10 and "\nicrs\n" in text and "image" not in text.split(
         "\n", 3)[3]

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.time import Time
 
 from skysurvey.errors import FITSReadError, ImageDataError, ImageTooLargeError
 from skysurvey.fitsread import (
@@ -364,7 +365,9 @@ def _utc(text):
         ({"MJD-OBS": 1e9}, "unknown", "MJD-OBS 1000000000.0 outside"),
         ({"MJD-OBS": -1e300}, "unknown", "outside"),
         ({"DATE-OBS": "garbage", "MJD-OBS": 61113.5}, "2026-03-14", "unparseable DATE-OBS"),
-        ({"DATE-OBS": "14/03/26"}, "unknown", "unparseable DATE-OBS '14/03/26'"),
+        ({"DATE-OBS": "garbage"}, "unknown", "unparseable DATE-OBS 'garbage'"),
+        ({"DATE-OBS": "14/03/2026"}, "unknown", "unparseable DATE-OBS '14/03/2026'"),
+        ({"DATE-OBS": "31/02/51"}, "unknown", "unparseable DATE-OBS '31/02/51'"),
         ({"DATE-OBS": "2099-01-01", "MJD-OBS": 61113.5}, "2026-03-14", "2099-01-01 outside"),
     ],
 )
@@ -383,6 +386,18 @@ def test_nights_follow_astropy_within_the_valid_range(cards, night, warning):
     else:
         assert any(warning in w for w in when.warnings), when.warnings
         assert (when.mjd is None) == (night == "unknown")
+
+
+@pytest.mark.parametrize(("text", "night"), [("29/11/51", "1951-11-29"),
+                                            ("01/02/99", "1999-02-01"),
+                                            ("14/03/26", "1926-03-14")])
+def test_the_old_dd_mm_yy_form_means_the_twentieth_century(text, night):
+    # FITS before 1997: DATE-OBS = 'DD/MM/YY', years 1900-1999 (a 1951 plate)
+    when = observation_time(fits.Header({"DATE-OBS": text}), today=TODAY)
+    assert (when.night, when.warnings) == (night, ())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ERFA's "dubious year": UTC before 1960
+        assert when.mjd == pytest.approx(Time(night, scale="utc").mjd)
 
 
 def test_partitions_use_the_same_nights():

@@ -17,7 +17,11 @@ GUIDES = ["README.md", "QUICKSTART.md", "setup_guide.md", "cleanup_guide.md"]
 CLI_SERVICES = {"s3api": "s3", "iam": "iam", "lambda": "lambda", "logs": "logs",
                 "athena": "athena", "sts": "sts", "sqs": "sqs", "glue": "glue",
                 "cloudwatch": "cloudwatch", "ce": "ce", "budgets": "budgets",
-                "resourcegroupstaggingapi": "resourcegroupstaggingapi"}
+                "resourcegroupstaggingapi": "resourcegroupstaggingapi",
+                "cloudformation": "cloudformation"}
+#: The AWS CLI's own commands (no API operation of that name): s3's, cloudformation's.
+CLI_COMMANDS = {"s3": {"cp", "rm", "ls", "sync", "mb", "rb"},
+                "cloudformation": {"deploy", "package"}}
 
 
 def _commands(prefix):
@@ -52,9 +56,16 @@ def test_every_aws_cli_command_is_a_real_operation():
     for guide, line in _commands("aws "):
         words = line.split()
         if words[1] == "s3":  # the high-level s3 commands
-            assert words[2] in {"cp", "rm", "ls", "sync", "mb", "rb"}, (guide, line)
+            assert words[2] in CLI_COMMANDS["s3"], (guide, line)
+            continue
+        if words[2] in CLI_COMMANDS.get(words[1], ()):
             continue
         model = session.get_service_model(CLI_SERVICES[words[1]])
+        if words[2] == "wait":  # `aws <service> wait <waiter>`
+            waiters = session.get_waiter_model(CLI_SERVICES[words[1]]).waiter_names
+            assert words[3] in {re.sub(r"(?<!^)(?=[A-Z])", "-", w).lower() for w in waiters}, \
+                (guide, line)
+            continue
         operations = {re.sub(r"(?<!^)(?=[A-Z])", "-", op).lower() for op in model.operation_names}
         assert words[2] in operations, (guide, line)
         seen += 1

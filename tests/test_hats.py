@@ -1,5 +1,6 @@
 """HATS export: hats-import writes objects and sources with margins; lsdb opens and
-cross-matches them; a second export replaces the first; s3:// outputs go through the S3 store."""
+cross-matches them; a second export replaces the first's objects/ and sources/ (and nothing
+else); s3:// outputs go through the S3 store. Refused outputs: tests/test_attacks.py."""
 
 from __future__ import annotations
 
@@ -72,9 +73,12 @@ def test_second_export_replaces_the_first(survey_catalog, exported):
     out, _ = exported
     stale = out / "objects" / "stale.txt"
     stale.write_text("from an older export")
-    export_hats(str(survey_catalog), str(out))
-    assert not stale.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(".hats-")]
+    mine = out / "README.txt"  # a file of the user's beside the export: never touched
+    mine.write_text("keep me")
+    export_hats(str(survey_catalog), str(out))  # an earlier export's folder: no --force needed
+    assert not stale.exists() and mine.read_text() == "keep me"
+    assert sorted(p.name for p in out.iterdir()) == [".skysurvey-hats-export", "README.txt",
+                                                     "objects", "sources"]
 
 
 def test_export_to_s3_uploads_through_the_store(survey_catalog, mocked_aws):
@@ -98,4 +102,25 @@ def test_export_without_objects_is_named(tmp_path):
 
     write_image(tmp_path, "n0", *stars(3, seed=22), mjd=61130.1)
     with pytest.raises(ExportError, match=r"build_objects\.py"):
-        export_hats(str(tmp_path), str(tmp_path / "hats"))
+        export_hats(str(tmp_path), str(tmp_path.parent / f"{tmp_path.name}-hats"))
+
+
+def test_the_export_leaves_dask_chatter_and_hats_collection_note_out(caplog):
+    import logging
+
+    from skysurvey.hats_export import _quiet_dask
+
+    def say():
+        logging.getLogger("distributed.scheduler").info("State start")
+        logging.getLogger("distributed.worker").warning("Worker is at 85% memory")
+        logging.warning("Looking for catalog - found collection.")
+        logging.warning("something else")
+
+    caplog.set_level(logging.INFO)
+    with _quiet_dask():
+        say()
+    quiet = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    say()  # and everything comes back afterwards
+    assert quiet == ["Worker is at 85% memory", "something else"]
+    assert len(caplog.records) == 4

@@ -17,7 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from skysurvey import objects as obj
+from skysurvey import storage
 from skysurvey.objects import BuildConfig, ObjectsError, build_objects
+from skysurvey.objects import commit as objects_commit
 from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA
 
 RA0, DEC0 = 150.1, 2.2
@@ -237,7 +239,7 @@ def test_build_interrupted_during_the_swap_is_finished_by_the_next_run(tmp_path,
 
     def killed(store, prefix, listing=None):
         raise KeyboardInterrupt  # the process dies after the _complete marker
-    monkeypatch.setattr(obj, "_commit", killed)
+    monkeypatch.setattr(objects_commit, "_commit", killed)
     with pytest.raises(KeyboardInterrupt):
         build_objects(str(tmp_path))
     assert (read(tmp_path, "objects")["n_detections"] == 1).all()  # still the old version
@@ -1165,7 +1167,7 @@ def test_a_local_swap_killed_while_deleting_the_previous_tables_is_finished_not_
     emptied, build record included, so the next run built everything again as a first build:
     with other data, other ids)."""
     ids = _built_then_a_night(tmp_path, seed=34)
-    real_rmtree = obj.shutil.rmtree
+    real_rmtree = storage.shutil.rmtree
     staging = tmp_path / obj.STAGING
 
     def killed_while_deleting(path, *args, **kwargs):
@@ -1177,10 +1179,10 @@ def test_a_local_swap_killed_while_deleting_the_previous_tables_is_finished_not_
             raise KeyboardInterrupt
         real_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(obj.shutil, "rmtree", killed_while_deleting)
+    monkeypatch.setattr(storage.shutil, "rmtree", killed_while_deleting)
     with pytest.raises(KeyboardInterrupt):
         build_objects(str(tmp_path))
-    monkeypatch.setattr(obj.shutil, "rmtree", real_rmtree)
+    monkeypatch.setattr(storage.shutil, "rmtree", real_rmtree)
     report = build_objects(str(tmp_path))
     assert any("finished the swap" in n for n in report.notes), report.notes
     assert not any("restored" in n or "record" in n for n in report.notes), report.notes
@@ -1305,16 +1307,16 @@ def test_a_local_swap_killed_just_after_an_exchange_is_finished_not_undone(tmp_p
     and swapped it back in (old objects and record beside the new associations), then saw
     damage everywhere and rebuilt every unit. The staged folders' inodes tell them apart."""
     ids = _built_then_a_night(tmp_path, seed=37)
-    real_exchange = obj._exchange
+    real_exchange = storage._exchange
 
     def killed_after(a, b):
         assert real_exchange(a, b)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(obj, "_exchange", killed_after)
+    monkeypatch.setattr(storage, "_exchange", killed_after)
     with pytest.raises(KeyboardInterrupt):
         build_objects(str(tmp_path))
-    monkeypatch.setattr(obj, "_exchange", real_exchange)
+    monkeypatch.setattr(storage, "_exchange", real_exchange)
     report = build_objects(str(tmp_path))
     assert any("finished the swap" in n for n in report.notes), report.notes
     assert report.status == "unchanged", report.notes  # the finished swap holds n2

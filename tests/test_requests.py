@@ -23,6 +23,7 @@ from skysurvey import aws, storage
 from skysurvey import objects as obj
 from skysurvey.catalog import entry_key, read_entry, record_source_key, replace_catalog
 from skysurvey.errors import ImageIdConflictError, StorageError
+from skysurvey.objects import commit as objects_commit
 from skysurvey.pipeline import catalog_image
 from skysurvey.storage import LocalStore, S3Store, new_file_mode
 
@@ -250,7 +251,7 @@ def test_objects_commit_on_s3_copies_server_side(s3, requests):
     prefix = f"{obj.STAGING}/tok"
     _stage(store, prefix, new)
     requests.clear()
-    obj._commit(store, prefix)
+    objects_commit._commit(store, prefix)
     calls = requests["cat"]
     assert calls["CopyObject"] == len(new) + 1 == 5  # + the swap marker (obj.SWAP_KEY)
     assert calls["GetObject"] == 1  # the _complete marker; no staged file is read
@@ -272,7 +273,7 @@ def test_objects_commit_on_s3_keeps_the_units_an_incremental_build_did_not_touch
     store.write_bytes(rebuilt, b"unit 100 before")
     prefix = f"{obj.STAGING}/tok"
     _stage(store, prefix, {rebuilt: b"unit 100 after"}, touched=[100])
-    obj._commit(store, prefix)
+    objects_commit._commit(store, prefix)
     assert store.read_bytes(kept) == b"unit 300"
     assert store.read_bytes(rebuilt) == b"unit 100 after"
     assert [i.key for i in store.list(obj.STAGING)] == []
@@ -293,8 +294,8 @@ def test_objects_commit_on_s3_stops_when_the_staging_cannot_be_listed(s3):
 
     s3.meta.events.register("before-send.s3.ListObjectsV2", deny_staging_listing)
     with pytest.raises(StorageError, match="access denied"):
-        obj._commit(store, prefix)
+        objects_commit._commit(store, prefix)
     assert store.read_bytes(current) == b"current tables"  # not taken for an empty build
     s3.meta.events.unregister("before-send.s3.ListObjectsV2", deny_staging_listing)
-    obj._commit(store, prefix)  # the next run finishes it
+    objects_commit._commit(store, prefix)  # the next run finishes it
     assert store.read_bytes(current) == b"new tables"

@@ -278,7 +278,7 @@ def _legacy_deployment(suffix):
                                           tags={"project": "skysurvey"})
     boto3.client("glue").create_database(DatabaseInput={"Name": "astronomy"})  # by SQL: no tags
     boto3.client("athena").create_work_group(  # (moto has no update_work_group to repair it)
-        Name=aws_setup.WORKGROUP, Configuration=aws_setup._workgroup_configuration(
+        Name=aws_setup.WORKGROUP, Configuration=aws_setup.workgroup_configuration(
             aws_setup.Names(suffix, "us-east-1", "123456789012")),
         Tags=[{"Key": "project", "Value": "skysurvey"}])
 
@@ -513,3 +513,28 @@ def test_a_missing_zip_is_reported_by_resource_and_a_bug_is_raised(mocked_aws, t
     as_text = aws_setup.FunctionSettings(str(_zip(tmp_path / "lambda.zip")))
     with pytest.raises(AttributeError, match="read_bytes"):
         aws_setup.run_setup([aws_setup._function(names, as_text)], names)
+
+
+def test_a_deployment_made_by_a_cloudformation_stack_is_left_to_the_stack():
+    """setup refuses (before changing anything) and cleanup deletes nothing when a resource
+    carries CloudFormation's stack tag: the stack owns it (setup_guide.md)."""
+    from skysurvey.errors import ConfigError
+
+    names = aws_setup.Names("t3st", "us-east-1", "123456789012")
+    stack_tags = {aws_setup.STACK_TAG: "skysurvey", **DEPLOYMENT}
+    done = []
+    resources = [
+        aws_setup.Resource("IAM role", lambda: dict(DEPLOYMENT), lambda: done.append("create"),
+                           apply=lambda: done.append("apply"),
+                           delete=lambda: done.append("delete role")),
+        aws_setup.Resource("bucket s3://astronomy-raw-t3st", lambda: stack_tags,
+                           lambda: done.append("create"), apply=lambda: done.append("apply"),
+                           delete=lambda: done.append("delete bucket"))]
+    with pytest.raises(ConfigError, match=r"CloudFormation stack 'skysurvey'.*delete-stack "
+                                          r"--stack-name skysurvey"):
+        aws_setup.run_setup(resources, names)
+    with pytest.raises(ConfigError, match=r"bucket s3://astronomy-raw-t3st.*CloudFormation"):
+        aws_setup.run_cleanup(resources, names)
+    assert done == []
+    assert aws_setup.run_cleanup(resources[:1], names, dry_run=True) == [
+        ("IAM role", "would delete")]  # without the stack's resources, cleanup goes on

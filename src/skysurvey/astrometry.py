@@ -17,6 +17,8 @@ equinox (J2000 when none is given).
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
 
 import numpy as np
@@ -29,13 +31,24 @@ HEALPIX_ORDER = 29
 _AXIS_FRAMES = {"GLON": "galactic", "ELON": "ecliptic", "SLON": "supergalactic"}
 
 
+#: Every note of a celestial WCS that was there but not used starts with one of these
+#: (detect.py then sets the BAD_WCS flag on the image's sources: their ra/dec are null).
+REJECTED_WCS = ("broken WCS", "unusable WCS", "unsupported celestial frame")
+#: A WCS that does not map its own sky positions back within this many pixels is not used.
+ROUND_TRIP_PIXELS = 0.01
+#: LONPOLE/LATPOLE may move positions by at most this much from wcslib's defaults (arcsec).
+POLE_TOLERANCE_ARCSEC = 0.01
+_WCS_NUMBERS = re.compile(r"^(CRVAL\d|CRPIX\d|CDELT\d|CROTA\d|PC\d+_\d|CD\d+_\d|LONPOLE|LATPOLE)")
+
+
 def celestial_wcs(header, notes: list[str] | None = None) -> tuple[WCS | None, str | None]:
     """The image's 2-D celestial WCS and the name of its sky frame.
 
     Returns ``(None, None)`` when the header has no usable celestial WCS; the reason (no
-    celestial axes, a broken WCS, a frame we cannot convert) is appended to *notes*.
-    Frame names: ``icrs``, ``fk5``, ``fk4``, ``fk4-no-e``, ``galactic``, ``ecliptic``,
-    ``supergalactic``.
+    celestial axes, a broken WCS, a frame we cannot convert, a WCS that cannot be trusted:
+    see :func:`wcs_problem`) is appended to *notes*. Positions are never computed from a WCS
+    that was rejected. Frame names: ``icrs``, ``fk5``, ``fk4``, ``fk4-no-e``, ``galactic``,
+    ``ecliptic``, ``supergalactic``.
     """
     notes = [] if notes is None else notes
     try:
@@ -46,14 +59,90 @@ def celestial_wcs(header, notes: list[str] | None = None) -> tuple[WCS | None, s
                 notes.append("no celestial WCS")
                 return None, None
             wcs.all_pix2world([[0.0, 0.0]], 0)  # a broken WCS fails here
+            problem = wcs_problem(header, wcs)
     except Exception as exc:
-        notes.append(f"broken WCS ({type(exc).__name__})")
+        notes.append(f"broken WCS ({type(exc).__name__}): ra/dec null")
+        return None, None
+    if problem:
+        notes.append(f"unusable WCS ({problem}): ra/dec null")
         return None, None
     name = frame_name(wcs)
     if name is None:
         notes.append(f"unsupported celestial frame ({wcs.wcs.ctype[wcs.wcs.lng][:4].strip('-')})")
         return None, None
     return wcs, name
+
+
+def _image_points(header) -> np.ndarray:
+    """0-based pixel positions spanning the image: corners, edge middles and the centre."""
+    nx = header.get("ZNAXIS1", header.get("NAXIS1"))
+    ny = header.get("ZNAXIS2", header.get("NAXIS2"))
+    nx = float(nx) if isinstance(nx, int) and nx > 1 else 2.0
+    ny = float(ny) if isinstance(ny, int) and ny > 1 else 2.0
+    xs, ys = np.meshgrid([0.0, (nx - 1) / 2, nx - 1], [0.0, (ny - 1) / 2, ny - 1])
+    return np.column_stack([xs.ravel(), ys.ravel()])
+
+
+def _separation_arcsec(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest angular distance between the (lon, lat) rows of *a* and *b*, arcsec."""
+    la, ba, lb, bb = (np.radians(v) for v in (a[:, 0], a[:, 1], b[:, 0], b[:, 1]))
+    h = (np.sin((bb - ba) / 2) ** 2
+         + np.cos(ba) * np.cos(bb) * np.sin((lb - la) / 2) ** 2)
+    return float(np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0, 1)))).max() * 3600)
+
+
+def _without(header, *keys: str):
+    plain = header.copy()
+    for key in keys:
+        plain.remove(key, ignore_missing=True, remove_all=True)
+    return plain
+
+
+def wcs_problem(header, wcs: WCS) -> str | None:
+    """Why *wcs* (read from *header*) must not give positions, or None when it may.
+
+    - a WCS keyword whose value is not a finite number (``CRVAL1 = NaN`` reads as 0: RA 0);
+    - a singular linear transformation (PC/CD rows proportional: every source on a line);
+    - sky positions over the image that are not finite, or that do not map back to their
+      pixels within :data:`ROUND_TRIP_PIXELS`;
+    - LONPOLE/LATPOLE that move positions away from wcslib's defaults for this projection
+      (more than :data:`POLE_TOLERANCE_ARCSEC`): almost always a wrong value, which shifts
+      and rotates the whole field silently.
+    """
+    for card in header.cards:
+        key = str(card.keyword)
+        if _WCS_NUMBERS.match(key):
+            value = card.value
+            if isinstance(value, bool) or not isinstance(value, int | float) or not \
+                    math.isfinite(value):
+                return f"{key} = {str(value).strip() or 'blank'} is not a finite number"
+    matrix = wcs.celestial.pixel_scale_matrix
+    scale = float(np.abs(matrix).max())
+    if not np.isfinite(matrix).all() or scale == 0 or \
+            abs(float(np.linalg.det(matrix))) <= 1e-9 * scale**2:
+        return "its PC/CD matrix is singular"
+    pixels = _image_points(header)
+    world = wcs.all_pix2world(pixels, 0)
+    if not np.isfinite(world).all():
+        return "no finite sky position for part of the image"
+    try:  # quiet: the best solution where the iteration did not converge, judged below
+        back = wcs.all_world2pix(world, 0, tolerance=1e-6, maxiter=100, quiet=True)
+    except Exception as exc:  # wcslib's errors
+        return f"sky positions do not map back to pixels ({type(exc).__name__})"
+    error = float(np.abs(back - pixels).max()) if np.isfinite(back).all() else math.inf
+    if not error <= ROUND_TRIP_PIXELS:
+        return f"pixel -> sky -> pixel is off by {error:.3g} px"
+    poles = [k for k in ("LONPOLE", "LATPOLE") if k in header]
+    if poles:
+        default = WCS(_without(header, *poles), naxis=2).all_pix2world(pixels, 0)
+        shift = _separation_arcsec(world, default)
+        if shift > POLE_TOLERANCE_ARCSEC:
+            guilty = [k for k in poles if _separation_arcsec(world, WCS(
+                _without(header, k), naxis=2).all_pix2world(pixels, 0)) > POLE_TOLERANCE_ARCSEC]
+            values = ", ".join(f"{k} = {header[k]}" for k in guilty or poles)
+            return (f"{values} moves positions by up to {shift:.3g} arcsec from the "
+                    "projection's defaults")
+    return None
 
 
 def frame_name(wcs: WCS) -> str | None:

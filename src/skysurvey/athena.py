@@ -24,8 +24,8 @@ import pyarrow as pa
 
 from . import aws
 from .config import is_s3_uri, parse_s3_uri
-from .cost import athena_query_usd
 from .errors import QueryError, SkySurveyError, StorageError, TransientStorageError
+from .prices import athena_query_usd
 from .schema import (
     ASSOCIATIONS_SCHEMA,
     IMAGES_SCHEMA,
@@ -223,8 +223,8 @@ def existing_partitions(catalog_uri: str, folder: str) -> list[dict]:
 
 
 def cost_usd(bytes_scanned: int) -> float:
-    """Athena's price for one query (:func:`skysurvey.cost.athena_query_usd`: the prices live
-    in ``cost.PRICES`` only)."""
+    """Athena's price for one query (:func:`skysurvey.prices.athena_query_usd`: the prices live
+    in ``prices.PRICES`` only)."""
     return athena_query_usd(int(bytes_scanned))
 
 

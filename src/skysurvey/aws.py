@@ -68,6 +68,42 @@ def _client(service, profile, region, endpoint, mode, overrides):
     return session.client(service, region_name=region, endpoint_url=endpoint, config=config)
 
 
+def s3_filesystem():
+    """pyarrow's S3 filesystem under the same settings as :func:`client`.
+
+    The same profile, region (:func:`configured_region`: ``--region``, the env file, AWS_REGION
+    / AWS_DEFAULT_REGION, then the profile's config), credentials and ``AWS_ENDPOINT_URL``.
+
+    Returns
+    -------
+    pyarrow.fs.S3FileSystem
+        For reading ``s3://`` catalogs with ``pyarrow.dataset`` (DuckDB reads them through it).
+
+    Raises
+    ------
+    ConfigError
+        When no setting names a region (as :func:`client` does).
+    """
+    import boto3
+    from pyarrow import fs
+
+    profile, region, endpoint, _ = _settings()
+    session = boto3.session.Session(profile_name=profile)
+    region = region or session.region_name
+    if not region:
+        raise ConfigError("s3", NO_REGION)
+    kwargs = {"region": region}
+    creds = session.get_credentials()
+    if creds is not None:
+        frozen = creds.get_frozen_credentials()
+        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key,
+                      session_token=frozen.token)
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme)
+    return fs.S3FileSystem(**kwargs)
+
+
 _on_clear: list[Callable[[], None]] = []
 
 

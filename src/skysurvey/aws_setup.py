@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from . import aws
-from .config import is_s3_uri, parse_s3_uri
+from .config import QUEUE_NAME, is_s3_uri, parse_s3_uri
 from .errors import ConfigError
 
 ROLE_NAME = "lambda-astronomy-role"
@@ -33,13 +33,13 @@ FUNCTION_NAME = "astronomy-source-detection"
 LOG_GROUP = f"/aws/lambda/{FUNCTION_NAME}"
 WORKGROUP = "astronomy-workgroup"
 DATABASE = "astronomy"
-QUEUE_NAME = "astronomy-failed-events"
 DASHBOARD = "astronomy-pipeline"
 ALARM_ERRORS = f"{FUNCTION_NAME}-errors"
 ALARM_THROTTLES = f"{FUNCTION_NAME}-throttles"
 ALARM_QUEUE = f"{QUEUE_NAME}-depth"
 RAW_PREFIX, CATALOG_PREFIX = "astronomy-raw-", "astronomy-catalog-"
 DEPLOYMENT_TAG = "skysurvey:deployment"
+STACK_TAG = "aws:cloudformation:stack-name"  # what a CloudFormation stack made (cfn_template)
 PROJECT_TAGS = {"project": "skysurvey"}  # all that deployments made before tagging carry
 RUNTIME = "python3.12"  # Amazon Linux 2023: loads numpy>=2.3's manylinux_2_28 wheels
 LOG_RETENTION_DAYS = 14
@@ -55,6 +55,15 @@ TRIGGER_ID = "astronomy-images"
 LIFECYCLE = {"Rules": [{"ID": "expire-athena-results", "Status": "Enabled",  # catalog bucket
                         "Filter": {"Prefix": "athena-results/"}, "Expiration": {"Days": 7}}]}
 TLS_ONLY = True  # tests that then move objects through moto switch it off (moto ignores conditions)
+PUBLIC_ACCESS_BLOCK = {"BlockPublicAcls": True, "IgnorePublicAcls": True,
+                       "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
+BUCKET_ENCRYPTION = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
+ROLE_DESCRIPTION = "Sky survey source detection (least privilege)"
+FUNCTION_DESCRIPTION = "FITS image -> Parquet source catalog"
+HANDLER = "lambda_function.lambda_handler"
+DATABASE_DESCRIPTION = "Sky survey catalog (skysurvey)"
+WORKGROUP_DESCRIPTION = "Sky survey catalog queries"
+TRIGGER_STATEMENT_ID = "s3-invoke-astronomy-images"
 
 
 @dataclass(frozen=True)
@@ -189,8 +198,7 @@ def lambda_policy(names: Names) -> dict:
     to its queue (the on-failure destination), read the reference catalog if one is set.
     ``tests/test_iam.py`` checks every request the function makes against this."""
     from .athena import PARTITIONED_TABLES
-    from .objects import STAGING as OBJECTS_STAGING
-    from .objects import TABLES as OBJECT_TABLES
+    from .schema import OBJECT_TABLES, OBJECTS_STAGING
 
     raw, cat = f"arn:aws:s3:::{names.raw}", f"arn:aws:s3:::{names.catalog}"
     glue = [names.arn("glue", "catalog"), names.arn("glue", f"database/{DATABASE}")]
@@ -234,6 +242,29 @@ def tls_only_policy(bucket: str) -> dict:
         "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}
 
 
+def bucket_settings(name: str, names: Names, lifecycle: bool) -> dict:
+    """Everything one bucket gets, as the S3 API takes it (setup applies it, the
+    CloudFormation template translates it): private, encrypted, tagged, TLS-only, and the
+    lifecycle rule on the catalog bucket (None on the raw one)."""
+    return {"PublicAccessBlockConfiguration": PUBLIC_ACCESS_BLOCK,
+            "ServerSideEncryptionConfiguration": BUCKET_ENCRYPTION,
+            "Tags": names.tags, "LifecycleConfiguration": LIFECYCLE if lifecycle else None,
+            "Policy": tls_only_policy(name)}
+
+
+def buckets(names: Names) -> list[tuple[str, bool]]:
+    """``(bucket, has the lifecycle rule)``: the raw bucket, then the catalog bucket."""
+    return [(names.raw, False), (names.catalog, True)]
+
+
+def trigger_permission(names: Names) -> dict:
+    """The resource policy statement that lets S3 (the raw bucket, this account) invoke the
+    function (``lambda:AddPermission`` arguments)."""
+    return {"StatementId": TRIGGER_STATEMENT_ID, "Action": "lambda:InvokeFunction",
+            "Principal": "s3.amazonaws.com", "SourceArn": f"arn:aws:s3:::{names.raw}",
+            "SourceAccount": names.account}
+
+
 def trigger_configurations(function_arn: str) -> list[dict]:
     """One notification per FITS suffix (S3 filters take one prefix and one suffix each)."""
     return [{"Id": f"{TRIGGER_ID}{suffix}", "LambdaFunctionArn": function_arn,
@@ -261,6 +292,9 @@ def ownership(resource: str, tags: dict[str, str], names: Names, fix: str,
     """``'ours'`` or ``'adopt'`` (a pre-tagging deployment of this suffix); else ConfigError
     naming *resource* and what to do (*fix*). *legacy_untagged*: the setup of before tagging
     made this resource without any tag (the database, through Athena SQL)."""
+    stack = tags.get(STACK_TAG)
+    if stack:
+        raise ConfigError(resource, stack_message(stack))
     owner = tags.get(DEPLOYMENT_TAG)
     if owner == names.suffix:
         return "ours"
@@ -278,6 +312,12 @@ def ownership(resource: str, tags: dict[str, str], names: Names, fix: str,
                                     "with --suffix to adopt it")
     raise ConfigError(resource, f"exists and is not tagged {DEPLOYMENT_TAG}={names.suffix}, "
                                 f"so setup will not adopt it: {fix}")
+
+
+def stack_message(stack: str) -> str:
+    return (f"belongs to CloudFormation stack '{stack}': change it with aws cloudformation "
+            f"deploy, delete it with aws cloudformation delete-stack --stack-name {stack} "
+            "(setup_guide.md, Deploy with CloudFormation)")
 
 
 @dataclass
@@ -364,17 +404,17 @@ def _tag_bucket(name: str, names: Names) -> None:
 
 
 def _apply_bucket(name: str, names: Names, lifecycle: bool) -> None:
-    s3 = aws.client("s3")
-    s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration={
-        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
-        "RestrictPublicBuckets": True})
-    s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": [
-        {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
+    s3, wanted = aws.client("s3"), bucket_settings(name, names, lifecycle)
+    s3.put_public_access_block(
+        Bucket=name, PublicAccessBlockConfiguration=wanted["PublicAccessBlockConfiguration"])
+    s3.put_bucket_encryption(
+        Bucket=name, ServerSideEncryptionConfiguration=wanted["ServerSideEncryptionConfiguration"])
     _tag_bucket(name, names)
-    if lifecycle:
-        s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration=LIFECYCLE)
+    if wanted["LifecycleConfiguration"]:
+        s3.put_bucket_lifecycle_configuration(
+            Bucket=name, LifecycleConfiguration=wanted["LifecycleConfiguration"])
     if TLS_ONLY:
-        s3.put_bucket_policy(Bucket=name, Policy=json.dumps(tls_only_policy(name)))
+        s3.put_bucket_policy(Bucket=name, Policy=json.dumps(wanted["Policy"]))
 
 
 def _empty_and_delete_bucket(name: str) -> None:
@@ -460,7 +500,7 @@ def _apply_role(names: Names) -> str | None:
 def _create_role(names: Names) -> None:
     aws.client("iam").create_role(
         RoleName=ROLE_NAME, AssumeRolePolicyDocument=json.dumps(trust_policy()),
-        Description="Sky survey source detection (least privilege)",
+        Description=ROLE_DESCRIPTION,
         Tags=_tag_list(names.tags))
     _apply_role(names)
 
@@ -543,12 +583,24 @@ def function_environment(names: Names) -> dict[str, str]:
             **names.reference_settings()}
 
 
-def _function_configuration(names: Names, s: FunctionSettings) -> dict:
-    role = aws.client("iam").get_role(RoleName=ROLE_NAME)["Role"]["Arn"]
-    return {"Runtime": RUNTIME, "Role": role, "Handler": "lambda_function.lambda_handler",
+def function_configuration(names: Names, s: FunctionSettings, role_arn) -> dict:
+    """The function's configuration (``CreateFunction``/``UpdateFunctionConfiguration``)."""
+    return {"Runtime": RUNTIME, "Role": role_arn, "Handler": HANDLER,
             "MemorySize": s.memory, "Timeout": s.timeout,
             "EphemeralStorage": {"Size": s.ephemeral},
             "Environment": {"Variables": function_environment(names)}}
+
+
+def _function_configuration(names: Names, s: FunctionSettings) -> dict:
+    role = aws.client("iam").get_role(RoleName=ROLE_NAME)["Role"]["Arn"]
+    return function_configuration(names, s, role)
+
+
+def event_invoke_config(names: Names) -> dict:
+    """Asynchronous invocations: at most 2 retries, 6 hours, then the failed-events queue."""
+    return {"MaximumRetryAttempts": MAX_RETRY_ATTEMPTS,
+            "MaximumEventAgeInSeconds": MAX_EVENT_AGE_SECONDS,
+            "DestinationConfig": {"OnFailure": {"Destination": names.queue_arn}}}
 
 
 def _wait_updated() -> None:
@@ -567,7 +619,7 @@ def _create_function(names: Names, s: FunctionSettings) -> None:
         try:
             aws.client("lambda").create_function(
                 FunctionName=FUNCTION_NAME, Code=code, Tags=names.tags,
-                Description="FITS image -> Parquet source catalog", **config)
+                Description=FUNCTION_DESCRIPTION, **config)
             break
         except aws.botocore_errors() as exc:
             if "cannot be assumed" not in str(exc) or attempt == 9:
@@ -580,9 +632,7 @@ def _create_function(names: Names, s: FunctionSettings) -> None:
 def _apply_invocation_settings(names: Names, s: FunctionSettings) -> list[str]:
     """Asynchronous retries, event age, on-failure queue, reserved concurrency."""
     lam, notes = aws.client("lambda"), []
-    wanted = {"MaximumRetryAttempts": MAX_RETRY_ATTEMPTS,
-              "MaximumEventAgeInSeconds": MAX_EVENT_AGE_SECONDS,
-              "DestinationConfig": {"OnFailure": {"Destination": names.queue_arn}}}
+    wanted = event_invoke_config(names)
     try:
         current = lam.get_function_event_invoke_config(FunctionName=FUNCTION_NAME)
     except aws.botocore_errors() as exc:
@@ -648,10 +698,8 @@ def _trigger_present(names: Names) -> bool:
 
 def _apply_trigger(names: Names) -> None:
     try:
-        aws.client("lambda").add_permission(
-            FunctionName=FUNCTION_NAME, StatementId="s3-invoke-astronomy-images",
-            Action="lambda:InvokeFunction", Principal="s3.amazonaws.com",
-            SourceArn=f"arn:aws:s3:::{names.raw}", SourceAccount=names.account)
+        aws.client("lambda").add_permission(FunctionName=FUNCTION_NAME,
+                                            **trigger_permission(names))
     except aws.botocore_errors() as exc:
         if not _missing(exc, "ResourceConflictException"):
             raise
@@ -704,19 +752,31 @@ def _database_tags(names: Names) -> dict[str, str] | None:
         "EntityNotFoundException")
 
 
+def database_input() -> dict:
+    return {"Name": DATABASE, "Description": DATABASE_DESCRIPTION}
+
+
+def glue_tables(names: Names) -> list[dict]:
+    """The Glue ``TableInput`` of every table (Parquet under the catalog bucket, with its
+    partition keys): what ``athena.ensure_tables`` creates. The views over them are Athena
+    SQL, made on first use (``ensure_tables``)."""
+    from .athena import TABLES, glue_table_input
+
+    return [glue_table_input(spec, f"s3://{names.catalog}") for spec in TABLES.values()]
+
+
 def _database(names: Names) -> Resource:
     glue = aws.client
     arn = names.arn("glue", f"database/{DATABASE}")
     return Resource(
         f"Glue/Athena database {DATABASE}", lambda: _database_tags(names),
-        lambda: glue("glue").create_database(DatabaseInput={
-            "Name": DATABASE, "Description": "Sky survey catalog (skysurvey)"}, Tags=names.tags),
+        lambda: glue("glue").create_database(DatabaseInput=database_input(), Tags=names.tags),
         tag=lambda: glue("glue").tag_resource(ResourceArn=arn, TagsToAdd=names.tags),
         delete=lambda: glue("glue").delete_database(Name=DATABASE),  # its tables and views too
         legacy_untagged=True)
 
 
-def _workgroup_configuration(names: Names) -> dict:
+def workgroup_configuration(names: Names) -> dict:
     return {"ResultConfiguration": {
         "OutputLocation": f"s3://{names.catalog}/athena-results/",
         "EncryptionConfiguration": {"EncryptionOption": "SSE_S3"}},
@@ -741,7 +801,7 @@ def _workgroup_tags(names: Names) -> dict[str, str] | None:
 
 
 def _apply_workgroup(names: Names) -> str | None:
-    c = _workgroup_configuration(names)
+    c = workgroup_configuration(names)
     have = aws.client("athena").get_work_group(WorkGroup=WORKGROUP)["WorkGroup"].get(
         "Configuration", {})
     if all(have.get(k) == v for k, v in c.items()):
@@ -760,8 +820,8 @@ def _workgroup(names: Names) -> Resource:
     return Resource(
         f"Athena workgroup {WORKGROUP}", lambda: _workgroup_tags(names),
         lambda: athena("athena").create_work_group(
-            Name=WORKGROUP, Description="Sky survey catalog queries",
-            Configuration=_workgroup_configuration(names), Tags=_tag_list(names.tags)),
+            Name=WORKGROUP, Description=WORKGROUP_DESCRIPTION,
+            Configuration=workgroup_configuration(names), Tags=_tag_list(names.tags)),
         apply=lambda: _apply_workgroup(names),
         tag=lambda: athena("athena").tag_resource(ResourceARN=arn, Tags=_tag_list(names.tags)),
         delete=lambda: athena("athena").delete_work_group(WorkGroup=WORKGROUP,
@@ -872,9 +932,8 @@ def _dashboard(names: Names) -> Resource:
 
 def setup_resources(names: Names, settings: FunctionSettings, *,
                     trigger: bool = False) -> list[Resource]:
-    resources = [_bucket(names.raw, names, lifecycle=False),
-                 _bucket(names.catalog, names, lifecycle=True),
-                 _queue(names), _role(names), _log_group(names)]
+    resources = [_bucket(name, names, lifecycle) for name, lifecycle in buckets(names)]
+    resources += [_queue(names), _role(names), _log_group(names)]
     if names.reference_local:
         resources.append(_reference(names))
     resources.append(_function(names, settings))
@@ -944,7 +1003,15 @@ def run_setup(resources: list[Resource], names: Names, dry_run: bool = False) ->
 
 def run_cleanup(resources: list[Resource], names: Names,
                 dry_run: bool = False) -> list[tuple[str, str]]:
-    """Delete what carries this deployment's tag; list and leave everything else."""
+    """Delete what carries this deployment's tag; list and leave everything else. A
+    deployment a CloudFormation stack made is refused whole, before anything is deleted."""
+    for resource in resources:
+        try:
+            stack = (resource.tags() or {}).get(STACK_TAG)
+        except ConfigError:
+            continue
+        if stack:
+            raise ConfigError(resource.name, stack_message(stack))
     states = []
     for resource in resources:
         try:
@@ -1015,10 +1082,7 @@ def guide_documents() -> dict[str, dict]:
             n.function_arn)},
         "tls-raw.json": tls_only_policy(n.raw),
         "tls-catalog.json": tls_only_policy(n.catalog),
-        "event-invoke-config.json": {
-            "MaximumRetryAttempts": MAX_RETRY_ATTEMPTS,
-            "MaximumEventAgeInSeconds": MAX_EVENT_AGE_SECONDS,
-            "DestinationConfig": {"OnFailure": {"Destination": n.queue_arn}}},
+        "event-invoke-config.json": event_invoke_config(n),
         "dashboard.json": dashboard_body(n),
     }
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from .geometry import tangent_plane
 from .reference import (
     ReferenceError,
     ReferenceSpec,
@@ -46,8 +47,8 @@ from .reference import (
 
 log = logging.getLogger("skysurvey.calibrate")
 
-#: Reference bands whose auto-picked column was already logged in this process.
-_SAID: set[tuple[str, str, str]] = set()
+#: A reference zero point further than this (mag) from the header's is kept, with a warning.
+HEADER_ZP_TOLERANCE = 1.0
 MAD_TO_SIGMA = 1.4826
 LN10_FACTOR = 2.5 / math.log(10.0)
 
@@ -109,16 +110,6 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
     if name not in table.column_names:
         return np.full(table.num_rows, np.nan)
     return np.asarray(table[name].to_numpy(zero_copy_only=False), dtype=float)
-
-
-def tangent_plane(ra, dec, ra0, dec0) -> tuple[np.ndarray, np.ndarray]:
-    """Gnomonic projection about (ra0, dec0): (east, north) in arcsec."""
-    r, d = np.radians(np.asarray(ra, float)), np.radians(np.asarray(dec, float))
-    r0, d0 = math.radians(ra0), math.radians(dec0)
-    cosc = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(r - r0)
-    xi = np.cos(d) * np.sin(r - r0) / cosc
-    eta = (np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(r - r0)) / cosc
-    return np.degrees(xi) * 3600.0, np.degrees(eta) * 3600.0
 
 
 def _window_pairs(xs, x, radius) -> tuple[np.ndarray, np.ndarray]:
@@ -271,10 +262,9 @@ def _reference_stars(spec: ReferenceSpec, band: str, row: dict) -> ReferenceStar
     radius = 0.5 * math.hypot(row["width"], row["height"]) * scale / 3600.0 + 5.0 / 3600.0
     stars = ref.stars(band, row["ra_center"], row["dec_center"], radius, spec,
                       julian_year(row.get("mjd")))
-    if stars.auto_picked and (spec.uri, band, stars.column) not in _SAID:
-        _SAID.add((spec.uri, band, stars.column))
-        log.info("reference %s: band %s uses column %s (picked by name; map it with "
-                 "--reference-bands %s=COLUMN)", spec.uri, band, stars.column, band)
+    if stars.auto_picked:  # the run's summary names it once (picked_columns); here: debug
+        log.debug("reference %s: band %s uses column %s (picked by name)", spec.uri, band,
+                  stars.column)
     return stars
 
 
@@ -366,5 +356,10 @@ def _calibrate_against(sources, row, band, spec, config) -> None:
         _add_warning(row, f"only {fit.n} reference calibration stars (< {config.min_matches})"
                           f": {fallback}")
         return
+    if header_zp is not None and abs(fit.value - header_zp) > HEADER_ZP_TOLERANCE:
+        _add_warning(row, f"reference zero point {fit.value:.2f} is {fit.value - header_zp:+.2f} "
+                          f"mag from the header's {header_zp:.2f} "
+                          f"({row.get('zero_point_source')}): check the reference's band, "
+                          "system and units")
     row.update(zero_point=fit.value, zero_point_source="reference", zero_point_err=fit.error,
                zero_point_rms=fit.rms, n_calib=fit.n)

@@ -53,6 +53,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import (
@@ -185,6 +186,7 @@ def _delete(store, keys) -> None:
 class RepairReport:
     removed: list[str] = field(default_factory=list)  # catalog files deleted, with the reason
     entries_written: int = 0
+    unreadable: list[str] = field(default_factory=list)  # "key (cause)": left for the user
 
 
 def _by_stem(store, table: str) -> dict[str, list[str]]:
@@ -194,6 +196,16 @@ def _by_stem(store, table: str) -> dict[str, list[str]]:
             found.setdefault(PurePosixPath(info.key).name.removesuffix(".parquet"), []).append(
                 info.key)
     return found
+
+
+def _unreadable(store, key: str, report: RepairReport) -> bool:
+    """True (and *key* named in *report*) when the file has no readable Parquet footer."""
+    try:
+        pq.read_metadata(io.BytesIO(store.read_bytes(key)))
+        return False
+    except (pa.ArrowException, OSError) as exc:
+        report.unreadable.append(f"{key} ({str(exc).splitlines()[0] if str(exc) else exc!r})")
+        return True
 
 
 def _processed_at(store, key: str):
@@ -213,6 +225,12 @@ def repair_catalog(store) -> RepairReport:
     if not store.root_exists():
         return report
     sources, images = _by_stem(store, "sources"), _by_stem(store, "images")
+    # an empty or truncated file is named and left alone, with everything of its image id
+    # (its other file may be the only good copy): never read further, never deleted here
+    broken = {stem for table in (sources, images) for stem, keys in table.items()
+              for key in keys if _unreadable(store, key, report)}
+    sources = {k: v for k, v in sources.items() if k not in broken}
+    images = {k: v for k, v in images.items() if k not in broken}
 
     def remove(key: str, why: str) -> None:
         store.delete(key)

@@ -36,18 +36,33 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
     return value
 
 
 def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
+    """argparse type: a finite number > 0 (``inf`` and ``nan`` are refused)."""
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be positive")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive finite number")
     return value
+
+
+def bounded_float(high: float, unit: str = "") -> Callable[[str], float]:
+    """argparse type: a number in (0, *high*]; the message names the bound (and *unit*)."""
+    def parse(text: str) -> float:
+        value = positive_float(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:g}{unit}")
+        return value
+
+    parse.__name__ = "number"  # argparse's "invalid number value: 'x'"
+    return parse
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:

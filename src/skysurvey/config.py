@@ -30,6 +30,10 @@ DEFAULTS: dict[str, str] = {
     "REFERENCE_BANDS": "",  # band=column mapping for it, e.g. g=gmag,r=rmag (optional)
 }
 
+#: The failed-events queue (SQS) of the deployment: setup creates it, the Lambda function's
+#: on-failure destination sends to it, ``invoke_lambda.py --redrive`` reads it.
+QUEUE_NAME = "astronomy-failed-events"
+
 #: Where the sample generator writes and where plots and query exports go by default.
 SAMPLE_DIR = DATA_DIR / "sample"
 OUTPUT_DIR = DATA_DIR / "output"

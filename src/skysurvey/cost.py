@@ -1,8 +1,7 @@
 """What a run costs on AWS, from image count, sizes and measured handler seconds.
 
-List prices for us-east-1, x86, checked 2026-11 (https://aws.amazon.com/lambda/pricing/,
-/s3/pricing/, /athena/pricing/, /cloudwatch/pricing/). One dict, so the guides' table, this
-module and the query costs ``athena.py`` reports cannot disagree (tests/test_guides.py checks
+The list prices are :data:`skysurvey.prices.PRICES` (one dict, so the guides' table, this
+module and the query costs ``athena.py`` reports cannot disagree; tests/test_guides.py checks
 the table).
 """
 
@@ -10,22 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PRICES = {
-    "lambda_gb_second": 0.0000166667,
-    "lambda_request": 0.20 / 1e6,
-    "s3_gb_month": 0.023,
-    "s3_put": 0.005 / 1000,
-    "s3_get": 0.0004 / 1000,
-    "athena_tb": 5.0,
-    "athena_min_bytes": 10 * 2**20,
-    "logs_gb": 0.50,
-}
-
-
-def athena_query_usd(bytes_scanned: float) -> float:
-    """Athena's price for one query: ``athena_tb`` per TB (2**40 bytes) scanned, billed for at
-    least ``athena_min_bytes`` (10 MB). :func:`skysurvey.athena.cost_usd` reports this."""
-    return max(bytes_scanned, PRICES["athena_min_bytes"]) / 2**40 * PRICES["athena_tb"]
+from .prices import PRICES, athena_query_usd
 
 
 @dataclass(frozen=True)

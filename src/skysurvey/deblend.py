@@ -37,6 +37,27 @@ from dataclasses import dataclass
 import numpy as np
 import sep
 
+#: The messages of SEP's buffer limits (its pixel stack, its sub-objects while deblending),
+#: which it raises as plain ``Exception``: a parent whose residual overflows them is left as
+#: the first pass found it. Any other error is a bug and propagates.
+SEP_BUFFER_FULL = ("internal pixel buffer full", "object deblending overflow")
+
+
+def sep_buffer_full(exc: BaseException) -> bool:
+    """True when *exc* is one of SEP's buffer-limit errors (:data:`SEP_BUFFER_FULL`).
+
+    Parameters
+    ----------
+    exc : BaseException
+        What ``sep.extract`` raised.
+
+    Returns
+    -------
+    bool
+        False for anything else (a bad argument, a bug), which must not be swallowed.
+    """
+    return any(m in str(exc) for m in SEP_BUFFER_FULL)
+
 
 @dataclass
 class Hidden:
@@ -341,8 +362,10 @@ def _candidates(residual, err, hide, bounds, shape, extract):
         cand, cseg = extract(np.ascontiguousarray(residual, dtype=np.float32),
                              err=np.ascontiguousarray(err, dtype=np.float32),
                              mask=np.ascontiguousarray(hide))
-    except Exception:  # SEP raises bare Exceptions (buffer limits): leave this parent as is
-        return []
+    except Exception as exc:  # SEP raises bare Exceptions
+        if not sep_buffer_full(exc):
+            raise
+        return []  # its buffers overflowed on this residual: leave this parent as is
     if len(cand) == 0:
         return []
     labels = cseg.ravel()

@@ -21,7 +21,13 @@ import pyarrow as pa
 import sep
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from .astrometry import celestial_wcs, healpix_29, pixel_to_icrs, sky_positions
+from .astrometry import (
+    REJECTED_WCS,
+    celestial_wcs,
+    healpix_29,
+    pixel_to_icrs,
+    sky_positions,
+)
 from .deblend import find_hidden
 from .errors import ImageDataError
 from .fitsread import FitsImage, observation_time
@@ -46,6 +52,7 @@ COSMIC_RAY = 2048
 KRON_FALLBACK = 4096
 SECOND_PASS = 8192
 SATURATED_NEARBY = 16384
+BAD_WCS = 65536  # (32768 is PSF_SPLIT, DESIGN.md)
 
 FLAG_DESCRIPTIONS: dict[int, str] = {
     OBJ_MERGED: "SEP: blended with another object (deblended)",
@@ -65,6 +72,9 @@ FLAG_DESCRIPTIONS: dict[int, str] = {
                  "(measured with that object modelled out; the brighter one gets OBJ_MERGED)",
     SATURATED_NEARBY: "pipeline: saturated pixels within 2 px of its isophote's bounding box "
                       "(a saturated star, a fragment of its wings or halo, or beside one)",
+    BAD_WCS: "pipeline: the header has a celestial WCS that cannot be trusted (NaN or "
+             "non-numeric values, a singular matrix, no round trip, odd LONPOLE/LATPOLE): ra, "
+             "dec null; images.warnings says why",
 }
 
 ZERO_POINT_KEYS = ("MAGZERO", "MAGZP", "PHOTZP", "ZEROPNT", "ZP")
@@ -241,6 +251,7 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
     gain = gain if gain and gain > 0 else None
     zp, zp_key = zero_point(header)
     wcs, frame = celestial_wcs(header, notes)  # (None, None) without one; reason in notes
+    bad_wcs = BAD_WCS if wcs is None and any(n.startswith(REJECTED_WCS) for n in notes) else 0
 
     background_at = partial(_background_at, bkg, data, sub, mask)
     columns, fwhm_median, radius = _measure(sub, rms, background_at, mask, objects, segmap, gain,
@@ -277,7 +288,7 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
         "a": col(columns["a"]), "b": col(columns["b"]), "theta": col(columns["theta"]),
         "fwhm": col(columns["fwhm"]), "ellipticity": col(columns["ellipticity"]),
         "npix": pa.array(np.asarray(columns["npix"], dtype=np.int32)),
-        "flags": pa.array(np.asarray(columns["flags"], dtype=np.int32)),
+        "flags": pa.array(np.asarray(columns["flags"], dtype=np.int32) | bad_wcs),
         **{name: col(values) for name, values in psf_columns.items()},
     }, n)
     row = _image_row(image, image_id, header, wcs, frame, bkg, n, fwhm_median, zp, zp_key, gain,

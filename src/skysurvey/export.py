@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import SkySurveyError
+from .errors import SkySurveyError, printable
 from .storage import LocalStore
 from .units import annotate, meta_for, with_astropy_metadata
 
@@ -58,7 +58,9 @@ def _plain(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     for name in out.columns:
         column = out[name]
-        if pd.api.types.is_datetime64_any_dtype(column):
+        if pd.api.types.is_timedelta64_dtype(column):  # SQL INTERVAL: seconds (unit set below)
+            out[name] = column.dt.total_seconds()
+        elif pd.api.types.is_datetime64_any_dtype(column):
             text = column.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3]
             out[name] = text.where(column.notna(), None).astype("string")
         elif column.dtype == object:
@@ -84,6 +86,9 @@ def to_astropy(df: pd.DataFrame):
             table[name] = MaskedColumn(text, mask=missing,
                                        dtype=f"U{max([1, *(len(t) for t in text)])}")
     annotate(table)
+    for name in df.columns:  # durations became seconds in _plain
+        if pd.api.types.is_timedelta64_dtype(df[name]) and table[name].unit is None:
+            table[name].unit = "s"
     return table
 
 
@@ -150,11 +155,7 @@ def ds9_regions(df: pd.DataFrame, pixel_scales: Mapping[str, float] | float | No
     """
     if "ra" not in df.columns and "x" not in df.columns:
         raise ValueError("regions need ra/dec or x/y columns (select them in the SQL)")
-    lines = ["# Region file format: DS9 version 4.1",
-             f"# skysurvey export: {len(df)} rows, ellipses at {ELLIPSE_SCALE:g} x (a, b), "
-             "about the Kron aperture",
-             f"global color={color} width=1 font=\"helvetica 9 normal roman\""]
-    current = None
+    body, current = [], None
     for row in df.to_dict("records"):
         label = _label(row)
         scale = _pixel_scale(row, pixel_scales)
@@ -175,9 +176,19 @@ def ds9_regions(df: pd.DataFrame, pixel_scales: Mapping[str, float] | float | No
         else:
             continue
         if system != current:
-            lines.append(system)
+            body.append(system)
             current = system
-        lines.append(f"{region} # text={{{label}}}" if label else region)
+        body.append(f"{region} # text={{{label}}}" if label else region)
+    n_regions = sum(1 for line in body if line not in ("icrs", "image"))
+    if len(df) and not n_regions:
+        raise ValueError(f"none of the {len(df)} rows has a finite position (ra and dec, or "
+                         "x, y, a, b and theta): no region to write")
+    skipped = len(df) - n_regions
+    lines = ["# Region file format: DS9 version 4.1",
+             f"# skysurvey export: {n_regions} regions from {len(df)} rows"
+             + (f" ({skipped} without a position left out)" if skipped else "")
+             + f", ellipses at {ELLIPSE_SCALE:g} x (a, b), about the Kron aperture",
+             f"global color={color} width=1 font=\"helvetica 9 normal roman\"", *body]
     return "\n".join(lines) + "\n"
 
 
@@ -192,7 +203,9 @@ def _label(row: dict) -> str:
     parts = [str(row[k]) for k in ("image_id", "source_id", "object_id")
              if k in row and row[k] is not None and not (isinstance(row[k], float)
                                                          and math.isnan(row[k]))]
-    return ":".join(parts).replace("{", "(").replace("}", ")")
+    # one line, no braces: a control character (a newline in an image id) would end the
+    # region's line and start one of the text's choosing; escapes keep it visible instead
+    return printable(":".join(parts)).replace("{", "(").replace("}", ")")
 
 
 def _pixel_scale(row: dict, scales) -> float | None:
@@ -205,10 +218,51 @@ def _pixel_scale(row: dict, scales) -> float | None:
     return None
 
 
+def _inside_catalog(path: Path, catalog: str | os.PathLike | None) -> bool:
+    """Whether the local *path* is the local *catalog* folder or lies below it."""
+    if not catalog or str(catalog).startswith("s3://"):
+        return False
+    root = Path(catalog).expanduser().resolve()
+    target = path.expanduser().resolve()
+    return target == root or root in target.parents
+
+
+def check_output_file(path: str | os.PathLike, catalog: str | os.PathLike | None = None, *,
+                      force: bool = False) -> Path:
+    """*path* as a :class:`~pathlib.Path` when an export may write that file; else
+    :class:`ExportError` naming it: a folder (never replaced by a file), a path inside the
+    catalog the result was read from (a stray file there would join its tables), or an existing
+    file without *force*."""
+    path = Path(path)
+    if path.is_dir():
+        raise ExportError(str(path), "is a folder: give a file name")
+    if _inside_catalog(path, catalog):
+        raise ExportError(str(path), f"lies inside the catalog {catalog}: an export never "
+                                     "writes into the catalog it reads")
+    if path.exists() and not force:
+        raise ExportError(str(path), "already exists (use --force to replace it)")
+    return path
+
+
+def check_output_folder(path: str | os.PathLike, catalog: str | os.PathLike | None = None
+                        ) -> Path:
+    """*path* as a Path when an export may write files into that folder: not an existing
+    file, and not the catalog nor inside it (:class:`ExportError` otherwise)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ExportError(str(path), "is an existing file, not a folder")
+    if _inside_catalog(path, catalog):
+        raise ExportError(str(path), f"lies inside the catalog {catalog}: an export never "
+                                     "writes into the catalog it reads")
+    return path
+
+
 def atomic_write(path: Path, data: bytes, overwrite: bool = True) -> Path:
     """Write *data* to *path* through a temporary file renamed into place (never half-written,
     see :meth:`skysurvey.storage.LocalStore.write_bytes`); an existing file is kept, with
     :class:`ExportError`, unless *overwrite*."""
+    if path.is_dir():
+        raise ExportError(str(path), "is a folder: give a file name")
     if path.exists() and not overwrite:
         raise ExportError(str(path), "already exists (use --force to replace it)")
     LocalStore(path.parent).write_bytes(path.name, data)
@@ -238,5 +292,7 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike, *, overwrite: bool = 
         data = export_bytes(df, fmt, pixel_scales=pixel_scales)
     except (ValueError, TypeError, pa.ArrowException) as exc:
         raise ExportError(str(path), f"cannot write {fmt}: {exc}") from None
+    except Exception as exc:  # a column type the format's writer does not know: still one line
+        raise ExportError(str(path), f"cannot write {fmt}: {type(exc).__name__}: {exc}") from None
     return atomic_write(path, data, overwrite)
 

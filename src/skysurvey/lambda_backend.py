@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from . import aws
-from .aws_setup import QUEUE_NAME as DEFAULT_QUEUE
+from .config import QUEUE_NAME as DEFAULT_QUEUE
 from .config import is_s3_uri, parse_s3_uri
 from .errors import ConfigError, SkySurveyError
 from .pipeline import make_reply

@@ -23,7 +23,7 @@ from .catalog import replace_catalog
 from .detect import DetectionConfig, measure_image
 from .errors import SkySurveyError, TransientStorageError, one_line, printable
 from .fitsread import observation_partition, read_fits
-from .reference import ReferenceSpec
+from .reference import ReferenceError, ReferenceSpec, check_reference
 from .schema import IMAGES_SCHEMA, SOURCES_SCHEMA, catalog_keys, image_id_from_name
 from .units import with_astropy_metadata
 
@@ -74,8 +74,13 @@ def catalog_image(raw_store, key: str, catalog_store, config: PipelineConfig | N
         source_key = raw_store.url(key)
         with raw_store.local_file(key, tmp_dir=config.tmp_dir) as path:
             image = read_fits(path, name=source_key, max_memory_bytes=config.max_memory_bytes)
-        sources, row = measure_image(image, image_id, config.detection)
         band, night = observation_partition(image.header)
+        if config.reference is not None:  # a reference that cannot be used fails the image
+            try:
+                check_reference(config.reference, band)
+            except ReferenceError as exc:
+                raise ReferenceError(source_key, f"cannot calibrate: reference {exc}") from None
+        sources, row = measure_image(image, image_id, config.detection)
         sources, row = calibrate(sources, row, band, config.reference)
         keys = catalog_keys(image_id, band, night)
         row = {**row, "source_key": source_key,

@@ -200,7 +200,7 @@ def overlapping_images(sources: pd.DataFrame, min_fraction: float = 0.02
     does not count); two images overlap when at least *min_fraction* of either one's detections
     fall inside the other's field.
     """
-    from .calibrate import tangent_plane
+    from .geometry import tangent_plane
 
     sky = sources.dropna(subset=["ra", "dec"])
     fields = {}

@@ -20,6 +20,7 @@ catalogs and SQL shared with others.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +29,10 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from .aws import s3_filesystem
 from .config import is_s3_uri, parse_s3_uri
-from .errors import QueryError
+from .errors import QueryError, SkySurveyError
+from .geometry import cone_ranges
 from .schema import (
     ASSOCIATIONS_SCHEMA,
     IMAGES_SCHEMA,
@@ -144,10 +147,67 @@ def _distance_sql(ra1: str, dec1: str, ra2: str, dec2: str) -> str:
             f" * power(sin(radians({ra2} - {ra1}) / 2), 2)))")
 
 
-def _cone_parameters(params: tuple) -> tuple:
-    from .objects import cone_parameters
+#: The largest cone radius (arcsec) the named query accepts: 1 degree. Larger cones span more
+#: order-5 partitions than the query binds; a catalog-wide search is plain SQL (--sql).
+MAX_CONE_ARCSEC = 3600.0
+#: bits between an order-29 HEALPix index and its order-5 partition (hpx5)
+_HPX5_SHIFT = 2 * (29 - 5)
 
-    return cone_parameters(params)
+
+def check_cone(params) -> tuple[float, float, float]:
+    """``(ra, dec, radius_arcsec)`` as floats, or a one-line :class:`QueryError`: three
+    numbers, RA finite, Dec within [-90, 90], radius in (0, :data:`MAX_CONE_ARCSEC`]."""
+    values = tuple(params)
+    if len(values) != 3:
+        raise QueryError("cone", f"expects 3 parameters (ra, dec, radius_arcsec), got "
+                                 f"{len(values)}")
+    try:
+        ra, dec, radius = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise QueryError("cone", f"parameters must be numbers (ra, dec, radius_arcsec), got "
+                                 f"{', '.join(repr(v) for v in values)}") from None
+    if not math.isfinite(ra):
+        raise QueryError("cone", f"ra {ra} is not a finite number of degrees")
+    if not -90.0 <= dec <= 90.0:  # NaN fails too
+        raise QueryError("cone", f"dec {dec} is outside [-90, 90] degrees")
+    if not 0.0 < radius <= MAX_CONE_ARCSEC:
+        raise QueryError("cone", f"radius {radius} arcsec must be > 0 and at most "
+                                 f"{MAX_CONE_ARCSEC:g} (a wider search: --sql over objects)")
+    return ra % 360.0, dec, radius
+
+
+def _match_radius(params) -> float:
+    """The one parameter of ``crossmatch_reference``: a radius in (0, 3600] arcsec."""
+    values = tuple(params)
+    if len(values) != 1:
+        raise QueryError("crossmatch_reference", f"expects 1 parameter (radius_arcsec), got "
+                                                 f"{len(values)}")
+    try:
+        radius = float(values[0])
+    except (TypeError, ValueError):
+        raise QueryError("crossmatch_reference",
+                         f"radius_arcsec must be a number, got {values[0]!r}") from None
+    if not 0.0 < radius <= MAX_CONE_ARCSEC:
+        raise QueryError("crossmatch_reference", f"radius {radius} arcsec must be > 0 and at "
+                                                 f"most {MAX_CONE_ARCSEC:g}")
+    return radius
+
+
+def _check_cone_cover(bound: tuple) -> tuple:
+    """*bound* (the cone's bound values) when its 4 partitions hold every ``_healpix_29``
+    range it searches; a range spanning a partition the query does not read would lose rows
+    silently, so that is a :class:`QueryError` instead."""
+    parts, ranges = set(bound[3:7]), bound[7:]
+    for lo, hi in zip(ranges[::2], ranges[1::2], strict=True):
+        if (hi >> _HPX5_SHIFT) - (lo >> _HPX5_SHIFT) >= 4 or not set(
+                range(lo >> _HPX5_SHIFT, (hi >> _HPX5_SHIFT) + 1)) <= parts:
+            raise QueryError("cone", f"radius {bound[2]} arcsec spans more order-5 partitions "
+                                     "than the cone query reads: use a smaller radius")
+    return bound
+
+
+def _cone_parameters(params: tuple) -> tuple:
+    return _check_cone_cover(cone_parameters(check_cone(params)))
 
 
 NAMED_QUERIES.update({
@@ -203,28 +263,9 @@ NAMED_QUERIES.update({
         "ON f.dec BETWEEN o.dec - r.radius / 3600 AND o.dec + r.radius / 3600) "
         "SELECT object_id, ra, dec, ref_ra, ref_dec, distance_arcsec FROM pairs "
         "WHERE distance_arcsec <= radius ORDER BY object_id, distance_arcsec LIMIT 1000",
-        (1.0,),
+        (1.0,), lambda params: (_match_radius(params),),
     ),
 })
-
-
-def s3_filesystem():
-    """pyarrow's S3 filesystem with boto3's credentials, region and endpoint."""
-    import boto3
-    from pyarrow import fs
-
-    session = boto3.Session()
-    creds = session.get_credentials()
-    kwargs = {"region": session.region_name or os.environ.get("AWS_REGION", "us-east-1")}
-    if creds is not None:
-        frozen = creds.get_frozen_credentials()
-        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key,
-                      session_token=frozen.token)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme)
-    return fs.S3FileSystem(**kwargs)
 
 
 def _spec(table: str) -> Dataset:
@@ -318,7 +359,7 @@ def check_schemas(data: pads.Dataset, spec: Dataset) -> list[str]:
     todo = [(frag, key) for frag, key in zip(fragments, keys, strict=True)
             if (spec.folder, key) not in _CHECKED]
     with ThreadPoolExecutor(max_workers=16) as pool:
-        schemas = list(pool.map(lambda item: item[0].physical_schema, todo))
+        schemas = list(pool.map(lambda item: _physical_schema(item[0]), todo))
     for (fragment, key), found in zip(todo, schemas, strict=True):
         problems, missing_new = schema_difference(found, spec)
         if problems:
@@ -336,6 +377,18 @@ def check_schemas(data: pads.Dataset, spec: Dataset) -> list[str]:
         notes.append(f"{files} from an older pipeline_version: {len(missing)} newer columns "
                      f"read as null ({', '.join(missing)})")
     return notes
+
+
+def _physical_schema(fragment) -> pa.Schema:
+    """The schema in one file's footer; an empty, truncated or non-Parquet file is one line
+    naming it (not pyarrow's traceback)."""
+    try:
+        return fragment.physical_schema
+    except (pa.ArrowException, OSError) as exc:
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise QueryError(fragment.path, f"unreadable Parquet file ({cause}): re-process its "
+                                        "image or delete it (scripts/invoke_lambda.py --repair "
+                                        "lists every such file)") from None
 
 
 #: (table folder, file key) -> the newer columns that file lacks (empty: the current schema)
@@ -389,8 +442,6 @@ def connect(catalog_uri: str, *, safe: bool = False):
         con.register(name, dataset(catalog_uri, name))
     for view, table in VIEWS.items():
         con.execute(f"CREATE VIEW {view} AS {view_sql(view, table, 'images')}")
-    from .objects import register_reference
-
     register_reference(con)  # the REFERENCE_CATALOG Parquet as `reference` (else empty)
     if safe:
         con.execute("SET enable_external_access = false")
@@ -452,6 +503,99 @@ def get_named(name: str) -> NamedQuery:
 def run_named(name: str, catalog_uri: str, params=None, *, con=None):
     query = get_named(name)
     return run_query(query.sql, catalog_uri, query.bind(params), con=con)
+
+
+# ---------------------------------------------------------------------------------------
+# The survey tables' helpers: the `reference` table, the cone's bound values, light curves
+
+#: the cone query binds this many _healpix_29 ranges (unused ones repeat the last)
+CONE_RANGES = 8
+
+
+def register_reference(con) -> bool:
+    """Register the table ``reference`` in a DuckDB connection.
+
+    The REFERENCE_CATALOG setting read by :mod:`skysurvey.reference` (local or ``s3://`` Parquet,
+    CSV, FITS, VOTable or HATS; its position columns as ``ra``/``dec``), else an empty (ra, dec)
+    table. A setting that cannot be read is a warning naming it, never a silent empty table.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection
+        The connection (:func:`connect`).
+
+    Returns
+    -------
+    bool
+        True when the table holds the reference catalog.
+    """
+    from .config import get_setting
+    from .reference import open_reference
+
+    uri = get_setting("REFERENCE_CATALOG")
+    table = pa.table({"ra": pa.array([], pa.float64()), "dec": pa.array([], pa.float64())})
+    found = False
+    if uri:
+        try:
+            ref = open_reference(uri)
+            table, found = ref.as_table(), True
+        except SkySurveyError as exc:
+            log.warning("table `reference` is empty: %s", exc)
+    con.register("reference", table)
+    return found
+
+
+def cone_parameters(params) -> tuple:
+    """The cone query's bound values.
+
+    Parameters
+    ----------
+    params : sequence
+        ``(ra, dec, radius_arcsec)``, degrees and arcsec.
+
+    Returns
+    -------
+    tuple
+        The three, the order-5 partitions (4, the last repeated), then :data:`CONE_RANGES` pairs
+        of ``_healpix_29`` bounds (:func:`skysurvey.geometry.cone_ranges`, the last repeated).
+
+    Raises
+    ------
+    QueryError
+        The cone spans more than 4 order-5 pixels.
+    """
+    ra, dec, radius = (float(v) for v in params)
+    ranges = cone_ranges(ra, dec, radius, CONE_RANGES)
+    parts = sorted({lo >> 48 for lo, _ in ranges} | {hi >> 48 for _, hi in ranges})
+    if len(parts) > 4:
+        raise QueryError("cone", f"radius {radius} arcsec spans more than 4 order-5 pixels")
+    parts += [parts[-1]] * (4 - len(parts))
+    ranges += [ranges[-1]] * (CONE_RANGES - len(ranges))
+    return (ra, dec, radius, *parts, *(v for r in ranges for v in r))
+
+
+def most_variable_light_curves(catalog: str, n: int = 4):
+    """The ``light_curve`` rows of the *n* most significant variables (``variables`` order).
+
+    Parameters
+    ----------
+    catalog : str
+        The catalog: a local folder or an ``s3://`` URI.
+    n : int
+        How many objects.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Their light curves, one row per detection (empty, with the columns, when none).
+    """
+    import pandas as pd
+
+    variables = run_named("variables", catalog)
+    ids = list(dict.fromkeys(variables["object_id"]))[:n]
+    frames = [run_named("light_curve", catalog, (int(i),)) for i in ids]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["object_id", "mjd", "band", "mag", "mag_err"])
 
 
 #: Tables that a later workflow step writes: empty means "not run yet", not "no match".

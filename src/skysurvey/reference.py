@@ -56,6 +56,11 @@ FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".csv.gz": "c
 POSITION_NAMES = (("ra", "dec"), ("ra_icrs", "de_icrs"), ("raj2000", "dej2000"),
                   ("ra_deg", "dec_deg"), ("ra_j2000", "dec_j2000"), ("alpha_j2000", "delta_j2000"))
 PROPER_MOTION = ("pmra", "pmdec", "ref_epoch")
+#: A reference whose magnitudes over an image span less than this (mag) is not photometry
+#: (every star 8.0: the zero point would follow the instrumental magnitudes, 12 mag off)...
+MIN_MAG_SPREAD = 0.01
+#: ...when it has at least this many stars there.
+MIN_SPREAD_STARS = 3
 #: Cone margin for stars that moved into it: 10 arcsec (a century at 100 mas/yr).
 MAX_MOTION_DEG = 10.0 / 3600.0
 
@@ -103,7 +108,11 @@ def parse_bands(text: str | None) -> tuple[tuple[str, str], ...]:
         band, sep_, column = item.partition("=")
         if not sep_ or not band.strip() or not column.strip():
             raise ValueError(f"reference band mapping {item.strip()!r} is not BAND=COLUMN")
-        pairs.append((band.strip().lower(), column.strip()))
+        band = band.strip().lower()
+        if band in dict(pairs):
+            raise ValueError(f"reference band {band!r} is mapped twice ({dict(pairs)[band]} "
+                             f"and {column.strip()}): map each band once")
+        pairs.append((band, column.strip()))
     return tuple(pairs)
 
 
@@ -125,7 +134,7 @@ def _filesystem(uri: str):
     from pyarrow import fs
 
     if is_s3_uri(uri):
-        from .queries import s3_filesystem
+        from .aws import s3_filesystem
 
         loc = parse_s3_uri(uri)
         return s3_filesystem(), f"{loc.bucket}/{loc.prefix}".rstrip("/")
@@ -265,7 +274,13 @@ class ReferenceCatalog:
         mag_err = arrays[error] if error else np.full(mag.shape, np.nan)
         keep = (np.isfinite(r) & np.isfinite(d) & np.isfinite(mag)
                 & (angular_distance(r, d, ra, dec) <= radius_deg))
-        return ReferenceStars(r[keep], d[keep], mag[keep], mag_err[keep], column, auto, use_pm)
+        keep[np.flatnonzero(keep)[~_first_of_each(r[keep], d[keep])]] = False
+        stars = ReferenceStars(r[keep], d[keep], mag[keep], mag_err[keep], column, auto, use_pm)
+        if stars.mag.size >= MIN_SPREAD_STARS and np.ptp(stars.mag) < MIN_MAG_SPREAD:
+            raise ReferenceError(self.uri, f"all {stars.mag.size} magnitudes in column {column} "
+                                           f"over the image are {stars.mag[0]:g}: not "
+                                           "photometry a zero point can be fitted to")
+        return stars
 
     def _cone(self, columns, ra, dec, radius_deg) -> pa.Table:
         try:
@@ -283,6 +298,45 @@ class ReferenceCatalog:
             raise
         except Exception as exc:
             raise _reading(self.uri, exc) from None
+
+
+def _first_of_each(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    """True for the first row of each position (to 1e-8 deg, 0.04 mas): a catalog whose rows
+    repeat would otherwise have every star "blended" with its own copies, and none isolated
+    enough to calibrate on."""
+    first = np.zeros(ra.size, bool)
+    if ra.size:
+        _, index = np.unique(np.column_stack([np.round(ra, 8), np.round(dec, 8)]), axis=0,
+                             return_index=True)
+        first[index] = True
+    return first
+
+
+def check_reference(spec: ReferenceSpec, band: str | None = None) -> ReferenceCatalog:
+    """The opened reference of *spec* when it can be used: it opens (exists, readable, a
+    known format, ra/dec columns), every mapped band's column exists, and so does *band*'s
+    when given. Otherwise one :class:`ReferenceError` naming the reference and the cause: a
+    run asked to calibrate against it fails instead of falling back without a word."""
+    ref = open_reference(spec.uri)
+    for mapped, _ in spec.bands:
+        ref.magnitude_column(mapped, spec)
+    if band is not None:
+        ref.magnitude_column(band, spec)
+    return ref
+
+
+def picked_columns(ref: ReferenceCatalog, spec: ReferenceSpec, bands) -> dict[str, str]:
+    """``band -> column`` for the *bands* whose magnitude column *ref* picks by name (no
+    ``--reference-bands`` mapping), so a run can say so once rather than once per worker."""
+    picked = {}
+    for band in sorted(set(bands)):
+        try:
+            column, auto = ref.magnitude_column(band, spec)
+        except ReferenceError:
+            continue  # that band's images failed by name already
+        if auto:
+            picked[band] = column
+    return picked
 
 
 def _numpy(column) -> np.ndarray:

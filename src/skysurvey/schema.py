@@ -111,7 +111,7 @@ IMAGES_SCHEMA = pa.schema(
 )
 
 # Survey tables written by scripts/build_objects.py (partitioned by a coarse HEALPix pixel,
-# ``<catalog>/<table>/hpx5=<order-5 pixel>/k<order>-<pixel>.parquet``; see objects.py).
+# ``<catalog>/<table>/hpx5=<order-5 pixel>/k<order>-<pixel>.parquet``; see objects/).
 OBJECTS_SCHEMA = pa.schema(
     [
         pa.field("object_id", pa.int64(), nullable=False),
@@ -233,6 +233,24 @@ def catalog_keys(image_id: str, band: str | None, night: str | None) -> dict[str
     }
 
 
+def band_of_key(key: str) -> str | None:
+    """The ``band=`` partition value of a catalog key or URL (:func:`catalog_keys`), or None."""
+    for part in str(key).split("/"):
+        if part.startswith("band="):
+            return part.removeprefix("band=")
+    return None
+
+
 def empty_table(schema: pa.Schema) -> pa.Table:
     """A table with no rows and exactly *schema*."""
     return schema.empty_table()
+
+
+# Layout of the survey tables (scripts/build_objects.py; the objects package writes them, the
+# deployment's policy names their folders).
+#: The three tables, each ``<catalog>/<table>/hpx5=<pixel>/k<unit order>-<unit>.parquet``.
+OBJECT_TABLES = ("objects", "object_photometry", "associations")
+#: The order of the NESTED HEALPix pixel in their partition key ``hpx5=``.
+OBJECT_PARTITION_ORDER = 5
+#: A build stages its tables under ``<catalog>/<OBJECTS_STAGING>/<token>/<table>/...``.
+OBJECTS_STAGING = ".objects-staging"

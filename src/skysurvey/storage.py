@@ -21,6 +21,7 @@ bug is never reported as a storage error.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import os
@@ -538,3 +539,62 @@ class S3Store:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
             except aws.botocore_errors() as exc:
                 raise aws.translate(exc, self.url(prefix)) from None
+
+
+# ---------------------------------------------------------------------------------------
+# Folders swapped whole (a local store's tables; a HATS export)
+
+
+def local_root(store: LocalStore | S3Store) -> Path | None:
+    """The folder behind *store* when it is local (its folders can be renamed, its files
+    hard-linked), None for S3: what a caller needing whole folders asks instead of the type.
+
+    Parameters
+    ----------
+    store : LocalStore or S3Store
+        A store from :func:`open_store`.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The store's resolved root folder, or None.
+    """
+    return store.root if isinstance(store, LocalStore) else None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Exchange two directories atomically (Linux renameat2 RENAME_EXCHANGE); False if not."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def replace_dir(new: Path, target: Path, old: Path) -> None:
+    """Put the directory *new* in place of *target* and delete the previous version.
+
+    An atomic exchange where Linux has one, else two renames through *old*.
+
+    Parameters
+    ----------
+    new : pathlib.Path
+        The finished directory (it is gone afterwards).
+    target : pathlib.Path
+        Where it goes; need not exist.
+    old : pathlib.Path
+        A free path beside *target*, used only without an atomic exchange.
+    """
+    if not target.exists():
+        new.rename(target)
+        return
+    if _exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # now the previous version
+        return
+    shutil.rmtree(old, ignore_errors=True)
+    target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

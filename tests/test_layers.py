@@ -1,0 +1,275 @@
+"""The package's layers (DESIGN.md, "Shape"): no import goes up a layer or round a circle,
+imports inside functions included; the store classes are told apart in storage.py only.
+
+Imports are read with :mod:`ast` from the source of every module under ``src/skysurvey``
+(nothing is imported), so a lazy ``from .queries import x`` inside a function counts as much
+as one at the top.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "skysurvey"
+SOURCE = Path(__file__).resolve().parents[1] / "src" / PACKAGE
+
+#: Lowest first. A module may import its own layer's modules (without a circle) and lower
+#: layers'. ``synth`` (sky images with known truth) and ``synth_survey`` (which scores a built
+#: catalog against that truth) are not in DESIGN's list: they stand with the science and the
+#: presentation; ``prices`` (the AWS list prices that cost.py and athena.py share) is
+#: foundation; ``cli`` (what every script's command line shares) is a front, with setup.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("foundation", ("errors", "config", "schema", "units", "geometry", "aws", "storage",
+                    "prices")),
+    ("per-image science", ("fitsread", "astrometry", "detect", "deblend", "psf", "reference",
+                           "calibrate", "synth")),
+    ("orchestration", ("pipeline", "catalog", "runner", "lambda_backend", "upload")),
+    ("catalog products", ("objects", "queries", "athena", "export", "hats_export")),
+    ("presentation", ("plots", "report", "cost", "synth_survey")),
+    ("deployment", ("aws_setup", "cfn_template", "aws_check", "cli")),
+)
+#: The store classes: only storage.py asks which one it has.
+STORE_CLASSES = frozenset({"LocalStore", "S3Store"})
+
+
+# ---------------------------------------------------------------------------------------
+# The checker (pure functions of source text, so a planted module can be checked too)
+
+
+def layer_index(module: str) -> int | None:
+    """The layer of a dotted module name (a subpackage's modules take the subpackage's);
+    None when undeclared. The package's own ``__init__`` (``__version__``) is foundation."""
+    parts = module.split(".")
+    if parts == [PACKAGE]:
+        return 0
+    for index, (_, names) in enumerate(LAYERS):
+        if parts[1] in names:
+            return index
+    return None
+
+
+def module_name(path: Path, root: Path = SOURCE) -> str:
+    """``src/skysurvey/objects/unit.py`` -> ``skysurvey.objects.unit``."""
+    rel = path.relative_to(root).with_suffix("")
+    parts = [PACKAGE, *rel.parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _resolve(module: str, is_package: bool, level: int, target: str | None) -> str:
+    """The absolute name of a relative import's base (``from ..x import``)."""
+    if level == 0:
+        return target or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[:len(base) - (level - 1)]
+    return ".".join([*base, target] if target else base)
+
+
+def imported_modules(source: str, module: str, is_package: bool,
+                     known: set[str]) -> list[tuple[str, int]]:
+    """The package's modules that *source* (the module *module*) imports, with line numbers:
+    every ``import`` and ``from ... import`` anywhere (functions, ``TYPE_CHECKING`` blocks).
+
+    ``from PKG import name`` names the module ``PKG.name`` when it is one, else ``PKG``.
+    Importing ``a.b.c`` also imports the packages ``a.b`` and ``a`` (their ``__init__``
+    runs): those the importer is not itself inside of count as imported too.
+    """
+    found: list[tuple[str, int]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(module, is_package, node.level, node.module)
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
+                     for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name != PACKAGE and not name.startswith(f"{PACKAGE}."):
+                continue
+            while name not in known and "." in name:  # an attribute, not a module
+                name = name.rsplit(".", 1)[0]
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):
+                target = ".".join(parts[:depth])
+                inside = module == target or module.startswith(f"{target}.")
+                if target != module and target in known and (depth == len(parts)
+                                                              or not inside):
+                    found.append((target, node.lineno))
+    return sorted(set(found), key=lambda item: (item[1], item[0]))
+
+
+def import_graph(sources: dict[str, tuple[str, bool]]) -> dict[str, list[tuple[str, int]]]:
+    """``{module: [(imported module, line), ...]}`` of *sources* ``{module: (text, is
+    package)}``."""
+    known = set(sources) | {PACKAGE}
+    return {m: imported_modules(text, m, pkg, known) for m, (text, pkg) in sources.items()}
+
+
+def _layer_name(index: int | None) -> str:
+    return "undeclared" if index is None else LAYERS[index][0]
+
+
+def upward_imports(graph: dict[str, list[tuple[str, int]]]) -> list[str]:
+    """One line per import of a higher layer's module (or of an undeclared one)."""
+    found = []
+    for module, targets in sorted(graph.items()):
+        here = layer_index(module)
+        for target, line in targets:
+            there = layer_index(target)
+            if here is None or there is None or there > here:
+                found.append(f"{module}:{line} ({_layer_name(here)}) imports {target} "
+                             f"({_layer_name(there)})")
+    return found
+
+
+def circles(graph: dict[str, list[tuple[str, int]]]) -> list[list[str]]:
+    """The import circles: strongly connected groups of two modules or more, and a module
+    importing itself (Tarjan's algorithm)."""
+    edges = {m: sorted({t for t, _ in targets}) for m, targets in graph.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in edges.get(node, []):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                group.append(top)
+                if top == node:
+                    break
+            if len(group) > 1 or node in edges.get(node, []):
+                found.append(sorted(group))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def store_type_checks(source: str) -> list[int]:
+    """Lines of ``isinstance(x, <a store class>)`` in *source*."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id == "isinstance" and len(node.args) == 2):
+            named = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+            named |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
+            if named & STORE_CLASSES:
+                lines.append(node.lineno)
+    return lines
+
+
+def package_sources(root: Path = SOURCE) -> dict[str, tuple[str, bool]]:
+    """Every module of the package: ``{dotted name: (source, is a package's __init__)}``."""
+    return {module_name(p, root): (p.read_text(encoding="utf-8"), p.name == "__init__.py")
+            for p in sorted(root.rglob("*.py"))}
+
+
+# ---------------------------------------------------------------------------------------
+# The package as it is
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return import_graph(package_sources())
+
+
+def test_every_module_has_a_layer():
+    undeclared = sorted(m for m in package_sources() if layer_index(m) is None)
+    assert not undeclared, f"add these modules to LAYERS: {undeclared}"
+
+
+def test_no_import_goes_up_a_layer(graph):
+    assert not upward_imports(graph), "\n".join(upward_imports(graph))
+
+
+def test_no_import_goes_round_a_circle(graph):
+    assert not circles(graph), circles(graph)
+
+
+def test_the_checker_reads_the_package(graph):
+    """Guards the checker itself: imports of every form are seen (a checker that reads none
+    would pass the tests above)."""
+    def targets(module):
+        return {t for t, _ in graph[module]}
+
+    assert "skysurvey.geometry" in targets("skysurvey.calibrate")  # from .geometry import
+    assert {"skysurvey.objects.build", "skysurvey.objects.unit",  # from . import / from .x
+            "skysurvey.queries"} <= targets("skysurvey.objects")  # from ..queries import
+    assert "skysurvey.storage" in targets("skysurvey.hats_export")  # inside a function
+    assert "skysurvey" in targets("skysurvey.synth")  # from skysurvey import __version__
+    assert "skysurvey.objects" not in targets("skysurvey.objects.build")  # its own package
+
+
+def test_only_storage_tells_the_store_classes_apart():
+    found = {m: store_type_checks(text) for m, (text, _) in package_sources().items()}
+    others = {m: lines for m, lines in found.items() if lines and m != "skysurvey.storage"}
+    assert not others, f"isinstance on a store class outside storage.py: {others}"
+    assert found["skysurvey.storage"], "the checker found none in storage.py either"
+
+
+# ---------------------------------------------------------------------------------------
+# The checker on planted modules
+
+
+def _planted(modules: dict[str, str]) -> dict[str, list[tuple[str, int]]]:
+    """The real package plus *modules* (``{dotted name: source}``), as one graph."""
+    sources = package_sources()
+    sources.update({m: (text, False) for m, text in modules.items()})
+    return import_graph(sources)
+
+
+@pytest.mark.parametrize(("source", "target"), [
+    ("from .aws_setup import QUEUE_NAME\n", "skysurvey.aws_setup"),
+    ("def queue():\n    from . import aws_setup\n\n    return aws_setup.QUEUE_NAME\n",
+     "skysurvey.aws_setup"),
+    ("import skysurvey.aws_setup\n", "skysurvey.aws_setup"),
+    ("from .objects.unit import run_unit\n", "skysurvey.objects.unit"),
+    ("from skysurvey.objects import build_objects\n", "skysurvey.objects"),
+])
+def test_a_planted_upward_import_is_flagged(source, target):
+    """A foundation module (geometry.py, its source replaced) importing higher layers."""
+    found = upward_imports(_planted({"skysurvey.geometry": source}))
+    assert found and all(line.startswith("skysurvey.geometry:") for line in found), found
+    assert any(f"(foundation) imports {target} " in line for line in found), found
+
+
+def test_a_planted_undeclared_module_is_flagged():
+    found = upward_imports(_planted({"skysurvey.newcomer": "from . import errors\n"}))
+    assert found == ["skysurvey.newcomer:1 (undeclared) imports skysurvey.errors (foundation)"]
+
+
+def test_a_planted_upward_import_from_foundation_is_flagged():
+    graph = _planted({"skysurvey.geometry": "import numpy\n\ndef f():\n"
+                                            "    from .calibrate import calibrate\n"})
+    assert upward_imports(graph) == [
+        "skysurvey.geometry:4 (foundation) imports skysurvey.calibrate (per-image science)"]
+
+
+def test_a_planted_circle_is_flagged():
+    graph = _planted({"skysurvey.objects.model": "from .build import build_objects\n"})
+    assert any({"skysurvey.objects.model", "skysurvey.objects.build"} <= set(c)
+               for c in circles(graph))
+
+
+def test_a_planted_store_type_check_is_flagged():
+    source = "def f(store):\n    return isinstance(store, storage.LocalStore)\n"
+    assert store_type_checks(source) == [2]
+    assert store_type_checks("isinstance(x, (int, S3Store))\n") == [1]
+    assert store_type_checks("isinstance(x, dict)\n") == []
