@@ -13,6 +13,7 @@ import nbformat
 import pandas as pd
 import pytest
 from astropy.table import Table
+from conftest import load_script
 from nbclient import NotebookClient
 
 from skysurvey.config import REPO_ROOT
@@ -118,7 +119,11 @@ def _run_notebook(tmp_path, monkeypatch, n_images=3):
     # the light-curve survey sits beside the sample, not in it: `upload_to_s3.py --input
     # data/sample` (make demo) still finds exactly the sample's images
     sample = json.loads((tmp_path / "sample" / "metadata.json").read_text())
-    assert sorted(p.name for p in find_fits(tmp_path / "sample")) == sorted(
+    demo_raw = tmp_path / "demo-raw"
+    assert load_script("upload_to_s3").main(["--input", str(tmp_path / "sample"), "--bucket",
+                                             str(demo_raw), "--no-progress"]) == 0
+    assert sorted(p.relative_to(demo_raw / "images").as_posix()
+                  for p in (demo_raw / "images").rglob("*") if p.is_file()) == sorted(
         m["file"] for m in sample["images"])
     assert len(find_fits(tmp_path / "survey")) == 12  # 6 nights x 2 bands
     # the prose's numbers are the data's: the generator drew 3 images, g, r, i, one night,
