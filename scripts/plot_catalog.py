@@ -9,8 +9,9 @@ magnitudes (one-to-one matches, residual panel), seeing, depth and zero point pe
 ``--reference`` the calibrated magnitudes against the reference stars, and, once
 scripts/build_objects.py has run,
 the objects: their sky map, the variability diagram and the light curves of the most variable.
-A figure with nothing to show is skipped with one line saying why. Then data/output/report.html:
-the run summary, a quality table per image, every figure (embedded) and the named query results.
+A figure with nothing to show is skipped with one line saying why. Then data/output/report.html
+(with ``--output DIR``: DIR/report.html): the run summary, a quality table per image, every
+figure (embedded) and the named query results.
 Exit status 0, or 1 with one line when the catalog or image cannot be read.
 """
 
@@ -72,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "else <band>mag)")
     parser.add_argument("--output", default=str(OUTPUT_DIR / "plots"), help="PNG folder")
     parser.add_argument("--report", default=None,
-                        help="the run report; 'none' to skip it (default: report.html beside "
-                             "the PNG folder, data/output/report.html)")
+                        help="the run report; 'none' to skip it (default: "
+                             "data/output/report.html; with --output DIR, DIR/report.html, "
+                             "inside the folder you named)")
     return parser
 
 
@@ -119,6 +121,14 @@ def _object_figures(catalog: str) -> dict:
             "light_curves": lambda: plot_light_curves(curves())}
 
 
+def _default_report(output: str) -> Path:
+    """data/output/report.html for the default PNG folder (what the demo prints); with another
+    --output, report.html inside that folder: nothing is written where the user did not ask."""
+    if Path(output).resolve() == (OUTPUT_DIR / "plots").resolve():
+        return OUTPUT_DIR / "report.html"
+    return Path(output) / "report.html"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     catalog = get_setting("BUCKET_CATALOG", args.catalog)
@@ -149,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(path)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
-    report_path = args.report or str(Path(args.output).parent / "report.html")
+    report_path = args.report or str(_default_report(args.output))
     if report_path.lower() != "none":
         try:
             report = write_report(report_path, catalog, png_paths=paths, skipped=skipped,

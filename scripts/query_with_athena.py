@@ -30,7 +30,13 @@ try:
         export_format,
         write_table,
     )
-    from skysurvey.queries import NAMED_QUERIES, get_named, run_query, single_statement
+    from skysurvey.queries import (
+        NAMED_QUERIES,
+        get_named,
+        run_query,
+        single_statement,
+        why_empty,
+    )
 except ModuleNotFoundError as exc:  # run outside the project's environment
     raise SystemExit(f"{exc}: run .venv/bin/python {' '.join(sys.argv)} (or `make install` "
                      "first)") from None
@@ -120,14 +126,14 @@ def _for_terminal(df):
     return out
 
 
-def _why_empty(engine: str) -> str:
+def _why_empty(engine: str, sql: str = "", catalog: str = "") -> str:
     if engine == "athena":
         return ("(no rows) Athena returned an empty result. Possible reasons: the catalog "
                 "has no images yet (run scripts/invoke_lambda.py --backend lambda), the "
                 "tables point at another bucket or prefix (--catalog, BUCKET_CATALOG), a "
                 "partition was never registered, a typo in a value; under moto, Athena runs "
                 "no SQL and answers only what a test queued.")
-    return "(no rows) nothing in the catalog matches this query."
+    return f"(no rows) {why_empty(sql, catalog)}."
 
 
 def _duckdb(catalog: str, safe: bool = False):
@@ -209,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== {name} ==")
         shown = df.head(PREVIEW_ROWS) if args.output else df  # the file has them all
         print(_for_terminal(shown).to_string(index=False) if len(df) else
-              _why_empty(args.engine))
+              _why_empty(args.engine, sql, catalog))
         if len(shown) < len(df):
             print(f"... {len(df) - len(shown)} more rows ({len(df)} in all) in "
                   f"{printable(args.output)}")
