@@ -539,3 +539,34 @@ def test_a_deployment_made_by_a_cloudformation_stack_is_left_to_the_stack():
     assert done == []
     assert aws_setup.run_cleanup(resources[:1], names, dry_run=True) == [
         ("IAM role", "would delete")]  # without the stack's resources, cleanup goes on
+
+
+def test_every_name_conflict_is_named_in_one_line_before_anything_is_made(
+        mocked_aws, package, capsys):
+    """A user's role, log group, database and alarm of setup's names: one refusal naming all
+    four, and not one bucket, queue, function, workgroup or alarm made (issue 23 #11)."""
+    iam, logs, glue = boto3.client("iam"), boto3.client("logs"), boto3.client("glue")
+    cw, s3 = boto3.client("cloudwatch"), boto3.client("s3")
+    iam.create_role(RoleName="lambda-astronomy-role",
+                    AssumeRolePolicyDocument=json.dumps(aws_setup.trust_policy()))
+    logs.create_log_group(logGroupName=aws_setup.LOG_GROUP)
+    glue.create_database(DatabaseInput={"Name": "astronomy"})
+    cw.put_metric_alarm(AlarmName=aws_setup.ALARM_THROTTLES, Namespace="Mine",
+                        MetricName="Mine", Statistic="Sum", Period=60, EvaluationPeriods=1,
+                        Threshold=1.0, ComparisonOperator="GreaterThanThreshold")
+    assert _setup("--suffix", "t3st", "--package", str(package), "--trigger") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for name in ("IAM role lambda-astronomy-role", f"log group {aws_setup.LOG_GROUP}",
+                 "Glue/Athena database astronomy",
+                 f"CloudWatch alarm {aws_setup.ALARM_THROTTLES}"):
+        assert f"{name}: exists and is not tagged skysurvey:deployment=t3st" in err, name
+    assert "4 name conflicts" in err and "nothing was made" in err
+    assert s3.list_buckets()["Buckets"] == []
+    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
+    assert boto3.client("lambda").list_functions()["Functions"] == []
+    assert [g["Name"] for g in boto3.client("athena").list_work_groups()["WorkGroups"]] in (
+        [], ["primary"])
+    assert [a["AlarmName"] for a in cw.describe_alarms()["MetricAlarms"]] == [
+        aws_setup.ALARM_THROTTLES]
+    assert not env_file_path().exists()
