@@ -374,9 +374,9 @@ def test_cleanup_without_a_terminal_and_without_yes_refuses(mocked_aws, capsys, 
 
 
 def test_cleanup_without_setup_names_options_that_exist(mocked_aws, capsys):
-    assert _cleanup("--yes") == 1
-    err = capsys.readouterr().err
-    assert "nothing was set up" in err
+    assert _cleanup("--yes") == 0  # nothing recorded: nothing to delete (a second run too)
+    err = capsys.readouterr().out
+    assert "nothing left to clean up" in err and "nothing was set up" in err
     flags = {o for a in load_script("cleanup_aws").build_parser()._actions
              for o in a.option_strings}
     hinted = {w.strip("(),") for w in err.split() if w.startswith("--")}
@@ -570,3 +570,75 @@ def test_every_name_conflict_is_named_in_one_line_before_anything_is_made(
     assert [a["AlarmName"] for a in cw.describe_alarms()["MetricAlarms"]] == [
         aws_setup.ALARM_THROTTLES]
     assert not env_file_path().exists()
+
+
+def test_package_upload_refused_by_moto_names_the_s3_upload_then_no_tls_policy_works(
+        moto_server, package, tmp_path, fits_factory, capsys, monkeypatch):
+    """issue 27 #10: over the direct-upload limit the zip goes through the catalog bucket, which
+    moto refuses once the TLS-only policy is on (no condition). The error names the S3 upload
+    (bucket/key, cause, what to do); --no-tls-policy, the guide's moto walkthrough, works end to
+    end: the zip is in S3, the function made from it, an upload lands in the raw bucket."""
+    monkeypatch.setattr(aws_setup, "DIRECT_UPLOAD_LIMIT", 10)  # any zip goes through S3
+    assert _setup("--suffix", "t3st", "--package", str(package), "--trigger") == 1
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert first.startswith(f"error: S3 upload of the Lambda package {package} ")
+    assert f"to s3://{CAT}/lambda/package.zip: access denied (" in first
+    assert "--no-tls-policy" in first and "Lambda function" not in first
+
+    assert _setup("--suffix", "t3st", "--package", str(package), "--trigger",
+                  "--no-tls-policy") == 0
+    captured = capsys.readouterr()
+    assert "WARNING: --no-tls-policy" in captured.err
+    s3 = boto3.client("s3")
+    for bucket in (RAW, CAT):  # the policy of the failed run is taken off again
+        with pytest.raises(s3.exceptions.ClientError, match="NoSuchBucketPolicy"):
+            s3.get_bucket_policy(Bucket=bucket)
+    body = s3.get_object(Bucket=CAT, Key="lambda/package.zip")["Body"].read()
+    assert body == package.read_bytes()
+    code = boto3.client("lambda").get_function(FunctionName=aws_setup.FUNCTION_NAME)
+    assert code["Configuration"]["CodeSha256"] == aws_setup.code_sha256(package)
+    images = tmp_path / "images"
+    images.mkdir()
+    fits_factory(images / "a.fits")
+    # (into the catalog bucket: the raw bucket's trigger would make moto look for Docker)
+    assert load_script("upload_to_s3").main(["--input", str(images), "--bucket",
+                                             f"s3://{CAT}"]) == 0
+    assert s3.get_object(Bucket=CAT, Key="images/a.fits")["Body"].read() == \
+        (images / "a.fits").read_bytes()
+
+
+def test_no_tls_policy_is_refused_without_a_test_endpoint(mocked_aws, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _setup("--suffix", "t3st", "--no-tls-policy")
+    assert stop.value.code == 2
+    assert "AWS_ENDPOINT_URL" in capsys.readouterr().err
+    assert boto3.client("s3").list_buckets()["Buckets"] == []
+
+
+def test_a_setup_failing_half_way_is_found_and_removed_by_cleanup_twice(
+        moto_server, package, capsys, monkeypatch):
+    """issue 27 #10: setup fails after the buckets, queue, role and log group exist; its env
+    file records the deployment (marked incomplete), cleanup removes all of it, and a second
+    cleanup says nothing is left, status 0."""
+    monkeypatch.setattr(aws_setup, "DIRECT_UPLOAD_LIMIT", 10)
+    assert _setup("--suffix", "t3st", "--package", str(package)) == 1
+    assert "setup did not finish" in capsys.readouterr().err
+    saved = read_env_file(env_file_path())
+    assert saved["SKYSURVEY_SUFFIX"] == "t3st" and saved["SKYSURVEY_SETUP"] == "incomplete"
+    assert "BUCKET_RAW" not in saved  # the other scripts keep their local default
+    s3, iam = boto3.client("s3"), boto3.client("iam")
+    assert sorted(b["Name"] for b in s3.list_buckets()["Buckets"]) == [CAT, RAW]
+    assert iam.get_role(RoleName=aws_setup.ROLE_NAME)
+
+    assert _cleanup("--yes") == 0
+    out = capsys.readouterr().out
+    assert "did not finish" in out and "STILL THERE" not in out
+    assert s3.list_buckets()["Buckets"] == []
+    assert iam.list_roles()["Roles"] == []
+    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
+    assert boto3.client("logs").describe_log_groups()["logGroups"] == []
+    assert not env_file_path().exists()
+
+    assert _cleanup("--yes") == 0  # cleanup_guide.md: safe to run twice
+    assert "nothing left to clean up" in capsys.readouterr().out

@@ -65,6 +65,9 @@ HANDLER = "lambda_function.lambda_handler"
 DATABASE_DESCRIPTION = "Sky survey catalog (skysurvey)"
 WORKGROUP_DESCRIPTION = "Sky survey catalog queries"
 TRIGGER_STATEMENT_ID = "s3-invoke-astronomy-images"
+#: In the env file while a setup runs (``incomplete``): a setup that fails half-way leaves the
+#: suffix and region there, so cleanup_aws.py finds (by tag) and removes what it made.
+SETUP_MARKER = "SKYSURVEY_SETUP"
 
 
 @dataclass(frozen=True)
