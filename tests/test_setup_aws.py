@@ -642,3 +642,73 @@ def test_a_setup_failing_half_way_is_found_and_removed_by_cleanup_twice(
 
     assert _cleanup("--yes") == 0  # cleanup_guide.md: safe to run twice
     assert "nothing left to clean up" in capsys.readouterr().out
+
+
+def _price(*args):
+    return load_script("estimate_cost").main(list(args))
+
+
+def test_estimate_cost_takes_the_image_size_from_the_images(mocked_aws, tmp_path,
+                                                             fits_factory, capsys):
+    """issue 27 #10: 256 x 256 survey images are priced at their own size (~0.27 MB), not at
+    16.8 MB: from their files on S3 (--input), from --pixels, and from the measured run's
+    recorded width x height."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from skysurvey.cost import estimate, fits_mb
+    from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA, empty_table
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=RAW)
+    fits_factory(tmp_path / "a.fits", size=256)
+    data = (tmp_path / "a.fits").read_bytes()
+    for key in ("images/a.fits", "images/n1/b.fits", "images/notes.txt"):
+        s3.put_object(Bucket=RAW, Key=key, Body=data if key.endswith(".fits") else b"x" * 10**7)
+    assert _price("--images", "1000", "--input", f"s3://{RAW}/images/") == 0
+    out = capsys.readouterr().out
+    mb = len(data) / 1e6
+    assert f"S3 at {mb:,.3g} MB per image (mean of 2 FITS files in s3://{RAW}/images/)" in out
+    usd = estimate(1000, mb_per_image=mb, seconds_per_image=0.3).s3_usd
+    assert f"S3 (one month + requests)      ${usd:,.4f}" in out
+    assert usd < estimate(1000, seconds_per_image=0.3).s3_usd / 10
+
+    assert _price("--images", "1000", "--pixels", "256") == 0
+    assert f"S3 at {fits_mb(256 * 256):,.3g} MB per image" in capsys.readouterr().out
+    assert abs(fits_mb(256 * 256) - mb) < 0.01  # the file is 256 x 256 x 4 bytes + header
+
+    folder = tmp_path / "cat" / "images" / "band=r" / "night=2026-03-14"
+    folder.mkdir(parents=True)
+    row = {name: [None] for name in IMAGES_SCHEMA.names}
+    row.update(image_id=["a"], seconds=[1.0], n_sources=[0], width=[256], height=[256])
+    pq.write_table(pa.table(row, schema=IMAGES_SCHEMA), folder / "a.parquet")
+    sources = tmp_path / "cat" / "sources" / "band=r" / "night=2026-03-14"
+    sources.mkdir(parents=True)
+    pq.write_table(empty_table(SOURCES_SCHEMA), sources / "a.parquet")
+    assert _price("--catalog", str(tmp_path / "cat"), "--memory", "1024") == 0
+    out = capsys.readouterr().out
+    assert f"S3 at {fits_mb(256 * 256):,.3g} MB per image (the catalog's images: 65,536" in out
+
+    assert _price("--images", "10") == 0  # nothing known: the documented default, said
+    assert "S3 at 16.8 MB per image (default: a 2048x2048 32-bit image" in \
+        capsys.readouterr().out
+    assert _price("--images", "10", "--input", str(tmp_path / "cat")) == 1
+    assert "no FITS files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("script", "args"), [
+    ("estimate_cost", ["--images", "0"]), ("estimate_cost", ["--images", "-5"]),
+    ("estimate_cost", ["--mb", "0"]), ("estimate_cost", ["--seconds", "-1"]),
+    ("estimate_cost", ["--memory", "0"]), ("estimate_cost", ["--queries", "-1"]),
+    ("estimate_cost", ["--pixels", "0x256"]),
+    ("setup_aws", ["--memory", "0"]), ("setup_aws", ["--timeout", "-1"]),
+    ("setup_aws", ["--ephemeral", "0"]), ("setup_aws", ["--concurrency", "0"]),
+    ("download_sample_fits", ["--count", "0"]), ("download_sample_fits", ["--size", "-64"]),
+    ("download_sample_fits", ["--seed", "-1"]), ("download_sample_fits", ["--survey", "0"]),
+])
+def test_counts_and_sizes_must_be_positive(script, args, capsys):
+    with pytest.raises(SystemExit) as stop:
+        load_script(script).build_parser().parse_args(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {args[0]}" in err and "Traceback" not in err
