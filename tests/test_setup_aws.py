@@ -590,6 +590,7 @@ def test_package_upload_refused_by_moto_names_the_s3_upload_then_no_tls_policy_w
                   "--no-tls-policy") == 0
     captured = capsys.readouterr()
     assert "WARNING: --no-tls-policy" in captured.err
+    assert "updated: TLS-only policy removed (--no-tls-policy)" in captured.out
     s3 = boto3.client("s3")
     for bucket in (RAW, CAT):  # the policy of the failed run is taken off again
         with pytest.raises(s3.exceptions.ClientError, match="NoSuchBucketPolicy"):

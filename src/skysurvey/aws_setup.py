@@ -413,7 +413,7 @@ def _tag_bucket(name: str, names: Names) -> None:
     s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": _tag_list(tags)})
 
 
-def _apply_bucket(name: str, names: Names, lifecycle: bool) -> None:
+def _apply_bucket(name: str, names: Names, lifecycle: bool) -> str | None:
     s3, wanted = aws.client("s3"), bucket_settings(name, names, lifecycle)
     s3.put_public_access_block(
         Bucket=name, PublicAccessBlockConfiguration=wanted["PublicAccessBlockConfiguration"])
@@ -426,20 +426,23 @@ def _apply_bucket(name: str, names: Names, lifecycle: bool) -> None:
     if TLS_ONLY and names.tls_only:
         s3.put_bucket_policy(Bucket=name, Policy=json.dumps(wanted["Policy"]))
     elif not names.tls_only:
-        _remove_tls_only_policy(name)
+        return _remove_tls_only_policy(name)
+    return None
 
 
-def _remove_tls_only_policy(name: str) -> None:
+def _remove_tls_only_policy(name: str) -> str | None:
     """--no-tls-policy: take off setup's own TLS-only policy (any other policy stays)."""
     s3 = aws.client("s3")
     try:
         policy = json.loads(s3.get_bucket_policy(Bucket=name)["Policy"])
     except aws.botocore_errors() as exc:
         if _missing(exc, "NoSuchBucketPolicy"):
-            return
+            return None
         raise
-    if policy == tls_only_policy(name):
-        s3.delete_bucket_policy(Bucket=name)
+    if policy != tls_only_policy(name):
+        return None
+    s3.delete_bucket_policy(Bucket=name)
+    return "updated: TLS-only policy removed (--no-tls-policy)"
 
 
 def _empty_and_delete_bucket(name: str) -> None:
