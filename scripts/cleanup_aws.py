@@ -84,8 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             if not confirmed:
                 print("nothing deleted")
                 return 1
-        for name, state in run_cleanup(resources, names, dry_run=args.dry_run):
+        states = run_cleanup(resources, names, dry_run=args.dry_run)
+        for name, state in states:
             print(f"  {name}: {state}")
+        if all(state == "already gone" for _, state in states):
+            print(f"nothing left to clean up: nothing of deployment {names.suffix} exists in "
+                  f"{names.region}")
         if args.dry_run:
             return 0
         results = checklist(resources, names)

@@ -10,7 +10,14 @@ encrypted, TLS-only buckets (raw and catalog), the encrypted failed-events queue
 least-privilege IAM role, the log group, the Lambda function (with --package; reserved
 concurrency, asynchronous retries <= 2 and the queue as its on-failure destination), the S3
 trigger (with --trigger), the Glue/Athena database, workgroup and tables, CloudWatch alarms and a
-dashboard. Refuses to adopt anything it did not make. Writes the env file the other scripts read.
+dashboard. Refuses to adopt anything it did not make: every name is checked before anything is
+created, and one line names every conflict. Writes the env file the other scripts read; before
+its first change it records the suffix there with SKYSURVEY_SETUP=incomplete, so a setup that
+fails half-way is found (and removed, by tag) by cleanup_aws.py.
+
+On an S3-compatible test endpoint (AWS_ENDPOINT_URL: moto), --no-tls-policy leaves the TLS-only
+bucket policy off: moto applies its deny without the aws:SecureTransport condition and would
+refuse every object call (setup_guide.md, "Trying it on a moto server").
 
 With --template FILE (.yaml, .yml or .json) it makes nothing and needs no credentials: it writes
 the same deployment as a CloudFormation template, from the same definitions

@@ -713,3 +713,13 @@ def test_counts_and_sizes_must_be_positive(script, args, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {args[0]}" in err and "Traceback" not in err
+
+
+def test_cleanup_by_suffix_twice_says_nothing_is_left(mocked_aws, capsys):
+    assert _setup("--suffix", "t3st") == 0
+    assert _cleanup("--suffix", "t3st", "--yes") == 0
+    assert "nothing left" not in capsys.readouterr().out
+    assert _cleanup("--suffix", "t3st", "--yes") == 0
+    out = capsys.readouterr().out
+    assert "nothing left to clean up: nothing of deployment t3st exists in us-east-1" in out
+    assert "STILL THERE" not in out
