@@ -496,8 +496,8 @@ def test_the_same_suffix_in_another_region_is_refused(mocked_aws, capsys):
     capsys.readouterr()
     assert _setup("--suffix", "t3st", "--region", "us-west-2") == 1
     err = capsys.readouterr().err
-    assert f"error: s3://{RAW}: is in eu-west-1, not us-west-2" in err
-    assert "--region eu-west-1" in err
+    assert f"error: s3://{RAW}, s3://{CAT}: is in eu-west-1, not us-west-2" in err  # both
+    assert "--region eu-west-1" in err and "nothing was made" in err
     assert boto3.client("lambda", region_name="us-west-2").list_functions()["Functions"] == []
 
 
@@ -557,11 +557,11 @@ def test_every_name_conflict_is_named_in_one_line_before_anything_is_made(
     assert _setup("--suffix", "t3st", "--package", str(package), "--trigger") == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    for name in ("IAM role lambda-astronomy-role", f"log group {aws_setup.LOG_GROUP}",
-                 "Glue/Athena database astronomy",
-                 f"CloudWatch alarm {aws_setup.ALARM_THROTTLES}"):
-        assert f"{name}: exists and is not tagged skysurvey:deployment=t3st" in err, name
-    assert "4 name conflicts" in err and "nothing was made" in err
+    names = ("IAM role lambda-astronomy-role", f"log group {aws_setup.LOG_GROUP}",
+             "Glue/Athena database astronomy", f"CloudWatch alarm {aws_setup.ALARM_THROTTLES}")
+    assert err.startswith(f"error: {', '.join(names)}: exists and is not tagged "
+                          "skysurvey:deployment=t3st, so setup will not adopt it: delete or "
+                          "rename it (4 name conflicts; nothing was made)"), err
     assert s3.list_buckets()["Buckets"] == []
     assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
     assert boto3.client("lambda").list_functions()["Functions"] == []
@@ -723,3 +723,15 @@ def test_cleanup_by_suffix_twice_says_nothing_is_left(mocked_aws, capsys):
     out = capsys.readouterr().out
     assert "nothing left to clean up: nothing of deployment t3st exists in us-east-1" in out
     assert "STILL THERE" not in out
+
+
+def test_a_second_deployment_is_refused_on_one_short_line(mocked_aws, capsys):
+    """Every resource of the first deployment conflicts: they share one cause, said once."""
+    assert _setup("--suffix", "first") == 0
+    capsys.readouterr()
+    assert _setup("--suffix", "second") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.count("belongs to skysurvey deployment 'first'") == 1, err
+    assert "IAM role lambda-astronomy-role" in err and "nothing was made" in err
+    assert len(boto3.client("s3").list_buckets()["Buckets"]) == 2

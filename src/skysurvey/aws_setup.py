@@ -1025,10 +1025,13 @@ def run_setup(resources: list[Resource], names: Names, dry_run: bool = False,
             conflicts.append(exc)
     if len(conflicts) == 1:
         raise conflicts[0]
-    if conflicts:
-        raise ConfigError(conflicts[0].source, "; ".join(
-            [conflicts[0].cause] + [str(c) for c in conflicts[1:]])
-            + f" ({len(conflicts)} name conflicts; nothing was made)")
+    if conflicts:  # resources refused for the same reason share it: "a, b: cause; c: cause"
+        groups: dict[str, list[str]] = {}
+        for conflict in conflicts:
+            groups.setdefault(conflict.cause, []).append(conflict.source)
+        first, *rest = [(", ".join(sources), cause) for cause, sources in groups.items()]
+        raise ConfigError(first[0], "; ".join([first[1]] + [f"{s}: {c}" for s, c in rest])
+                          + f" ({len(conflicts)} name conflicts; nothing was made)")
     if before_changes is not None and not dry_run:
         before_changes()
     plan = Plan()
