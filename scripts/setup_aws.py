@@ -116,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                   "it on AWS", file=sys.stderr)
 
         def record_start() -> None:  # before the first change: cleanup can find a partial setup
-            write_env_file(env_path, {**saved, "SKYSURVEY_SUFFIX": names.suffix,
+            same = saved.get("SKYSURVEY_SUFFIX") == names.suffix and saved.get(
+                "AWS_REGION", names.region) == names.region
+            kept = saved if same else {}  # a repair keeps the working settings; another
+            # deployment's bucket names would point the scripts at the wrong one
+            write_env_file(env_path, {**kept, "SKYSURVEY_SUFFIX": names.suffix,
                                       "AWS_REGION": names.region, SETUP_MARKER: "incomplete"})
 
         plan = run_setup(setup_resources(names, settings, trigger=args.trigger), names,

@@ -735,3 +735,25 @@ def test_a_second_deployment_is_refused_on_one_short_line(mocked_aws, capsys):
     assert err.count("belongs to skysurvey deployment 'first'") == 1, err
     assert "IAM role lambda-astronomy-role" in err and "nothing was made" in err
     assert len(boto3.client("s3").list_buckets()["Buckets"]) == 2
+
+
+def test_a_failed_setup_of_another_suffix_keeps_no_stale_bucket_names(moto_server, package,
+                                                                      capsys, monkeypatch):
+    """The env file named an older deployment (gone): a half-way setup of a new suffix records
+    the new suffix only, not the old buckets beside it; a failed repair keeps its settings."""
+    write_env_file(env_file_path(), {"SKYSURVEY_SUFFIX": "old", "AWS_REGION": "us-east-1",
+                                     "BUCKET_RAW": "s3://astronomy-raw-old"})
+    monkeypatch.setattr(aws_setup, "DIRECT_UPLOAD_LIMIT", 10)
+    assert _setup("--suffix", "t3st", "--package", str(package)) == 1
+    saved = read_env_file(env_file_path())
+    assert saved == {"SKYSURVEY_SUFFIX": "t3st", "AWS_REGION": "us-east-1",
+                     "SKYSURVEY_SETUP": "incomplete"}
+    monkeypatch.setattr(aws_setup, "DIRECT_UPLOAD_LIMIT", 50 * 2**20)
+    assert _setup("--package", str(package)) == 0  # the suffix from the file; completes
+    saved = read_env_file(env_file_path())
+    assert saved["BUCKET_RAW"] == f"s3://{RAW}" and "SKYSURVEY_SETUP" not in saved
+    monkeypatch.setattr(aws_setup, "DIRECT_UPLOAD_LIMIT", 10)
+    _zip(package, body="return 1")  # new code: goes through S3 again, refused
+    assert _setup("--package", str(package)) == 1
+    saved = read_env_file(env_file_path())
+    assert saved["BUCKET_RAW"] == f"s3://{RAW}" and saved["SKYSURVEY_SETUP"] == "incomplete"
