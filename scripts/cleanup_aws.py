@@ -8,7 +8,9 @@ env file, or --suffix/--region): the dashboard and alarms, the Glue database wit
 the workgroup, the function (and its trigger), the log group, the role (detaching any managed
 policy), the failed-events queue, both buckets (policy first, then all versions). Anything of
 the same name without that tag is listed and left. Safe to run twice; removes the env file when
-everything of the deployment is gone, so the scripts work on the local default again.
+everything of the deployment is gone, so the scripts work on the local default again (a second
+run then says there is nothing left to clean up, status 0). A setup that failed half-way left
+the env file with its suffix (``SKYSURVEY_SETUP=incomplete``): cleanup removes what it made.
 Exit status 0 when the checklist is all green, 1 otherwise, 2 when not confirmed.
 """
 
@@ -19,7 +21,13 @@ import sys
 
 try:
     from skysurvey import cli
-    from skysurvey.aws_setup import checklist, cleanup_resources, require_names, run_cleanup
+    from skysurvey.aws_setup import (
+        SETUP_MARKER,
+        checklist,
+        cleanup_resources,
+        require_names,
+        run_cleanup,
+    )
     from skysurvey.config import env_file_path, read_env_file
     from skysurvey.errors import SkySurveyError
 except ModuleNotFoundError as exc:  # run outside the project's environment
@@ -55,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env_path = env_file_path()
     saved = read_env_file(env_path)
+    if not args.suffix and not saved.get("SKYSURVEY_SUFFIX"):
+        print(f"nothing left to clean up: {env_path} records no deployment (already cleaned "
+              "up, or nothing was set up from here); to delete a deployment by name pass "
+              "--suffix SUFFIX (and --region REGION)")
+        return 0
+    if saved.get(SETUP_MARKER) == "incomplete" and args.suffix in (None, saved.get(
+            "SKYSURVEY_SUFFIX")):
+        print(f"{env_path}: the setup of deployment {saved['SKYSURVEY_SUFFIX']} did not finish; "
+              "removing whatever of it exists")
     try:
         names = require_names(saved, args.suffix, args.region)
         resources = cleanup_resources(names)
@@ -67,8 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             if not confirmed:
                 print("nothing deleted")
                 return 1
-        for name, state in run_cleanup(resources, names, dry_run=args.dry_run):
+        states = run_cleanup(resources, names, dry_run=args.dry_run)
+        for name, state in states:
             print(f"  {name}: {state}")
+        if all(state == "already gone" for _, state in states):
+            print(f"nothing left to clean up: nothing of deployment {names.suffix} exists in "
+                  f"{names.region}")
         if args.dry_run:
             return 0
         results = checklist(resources, names)

@@ -10,7 +10,14 @@ encrypted, TLS-only buckets (raw and catalog), the encrypted failed-events queue
 least-privilege IAM role, the log group, the Lambda function (with --package; reserved
 concurrency, asynchronous retries <= 2 and the queue as its on-failure destination), the S3
 trigger (with --trigger), the Glue/Athena database, workgroup and tables, CloudWatch alarms and a
-dashboard. Refuses to adopt anything it did not make. Writes the env file the other scripts read.
+dashboard. Refuses to adopt anything it did not make: every name is checked before anything is
+created, and one line names every conflict. Writes the env file the other scripts read; before
+its first change it records the suffix there with SKYSURVEY_SETUP=incomplete, so a setup that
+fails half-way is found (and removed, by tag) by cleanup_aws.py.
+
+On an S3-compatible test endpoint (AWS_ENDPOINT_URL: moto), --no-tls-policy leaves the TLS-only
+bucket policy off: moto applies its deny without the aws:SecureTransport condition and would
+refuse every object call (setup_guide.md, "Trying it on a moto server").
 
 With --template FILE (.yaml, .yml or .json) it makes nothing and needs no credentials: it writes
 the same deployment as a CloudFormation template, from the same definitions
@@ -20,13 +27,16 @@ the same deployment as a CloudFormation template, from the same definitions
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 try:
     from skysurvey import cli
     from skysurvey.aws_setup import (
         DEFAULT_CONCURRENCY,
+        SETUP_MARKER,
         FunctionSettings,
         resolve_names,
         run_setup,
@@ -53,10 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--package", default=None, help="Lambda zip to deploy (or redeploy)")
     parser.add_argument("--trigger", action="store_true",
                         help="invoke the function for every new FITS file under images/")
-    parser.add_argument("--memory", type=int, default=1024, help="Lambda memory, MB")
-    parser.add_argument("--timeout", type=int, default=300, help="Lambda timeout, s")
-    parser.add_argument("--ephemeral", type=int, default=2048, help="Lambda /tmp size, MB")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+    parser.add_argument("--memory", type=cli.positive_int, default=1024,
+                        help="Lambda memory, MB")
+    parser.add_argument("--timeout", type=cli.positive_int, default=300, help="Lambda timeout, s")
+    parser.add_argument("--ephemeral", type=cli.positive_int, default=2048,
+                        help="Lambda /tmp size, MB")
+    parser.add_argument("--concurrency", type=cli.positive_int, default=DEFAULT_CONCURRENCY,
                         help="reserved concurrency: the most copies of the function at once")
     parser.add_argument("--reference", default=None,
                         help="reference catalog (local file/folder, uploaded under reference/, "
@@ -64,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference-bands", default=None,
                         help="band=column pairs of the reference, e.g. g=phot_g_mean_mag")
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
+    parser.add_argument("--no-tls-policy", action="store_true",
+                        help="S3-compatible TEST endpoints only (AWS_ENDPOINT_URL set, e.g. "
+                             "moto): leave the TLS-only bucket policy off (and take setup's "
+                             "off), since moto applies its deny without the condition; refused "
+                             "without AWS_ENDPOINT_URL")
     parser.add_argument("--template", default=None, metavar="FILE",
                         help="write the deployment as a CloudFormation template (.yaml, .yml "
                              "or .json) instead of making it; --suffix and the function flags "
@@ -78,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     package = Path(args.package) if args.package else None
     if package is not None and not package.is_file():
         parser.error(f"--package {package}: no such file")
-    if args.concurrency < 1:
-        parser.error("--concurrency must be at least 1")
+    if args.no_tls_policy and not os.environ.get("AWS_ENDPOINT_URL"):
+        parser.error("--no-tls-policy is for S3-compatible test endpoints (set "
+                     "AWS_ENDPOINT_URL); on AWS the buckets keep their TLS-only policy")
     env_path = env_file_path()
     saved = read_env_file(env_path)
     if args.template:
@@ -87,13 +105,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         names = resolve_names(args.suffix, args.region, saved, reference=args.reference,
                               reference_bands=args.reference_bands)
+        if args.no_tls_policy:
+            names = replace(names, tls_only=False)
         settings = FunctionSettings(package, args.memory, args.timeout, args.ephemeral,
                                     args.concurrency)
         print(f"deployment {names.suffix} in {names.region} (account {names.account})")
+        if args.no_tls_policy:
+            print(f"WARNING: --no-tls-policy: the buckets get NO TLS-only policy and accept "
+                  f"plain HTTP (test endpoint {os.environ['AWS_ENDPOINT_URL']}); never use "
+                  "it on AWS", file=sys.stderr)
+
+        def record_start() -> None:  # before the first change: cleanup can find a partial setup
+            same = saved.get("SKYSURVEY_SUFFIX") == names.suffix and saved.get(
+                "AWS_REGION", names.region) == names.region
+            kept = saved if same else {}  # a repair keeps the working settings; another
+            # deployment's bucket names would point the scripts at the wrong one
+            write_env_file(env_path, {**kept, "SKYSURVEY_SUFFIX": names.suffix,
+                                      "AWS_REGION": names.region, SETUP_MARKER: "incomplete"})
+
         plan = run_setup(setup_resources(names, settings, trigger=args.trigger), names,
-                         dry_run=args.dry_run)
+                         dry_run=args.dry_run, before_changes=record_start)
     except SkySurveyError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if read_env_file(env_path).get(SETUP_MARKER) == "incomplete":
+            print(f"setup did not finish: {env_path} records deployment "
+                  f"{read_env_file(env_path)['SKYSURVEY_SUFFIX']} ({SETUP_MARKER}=incomplete); "
+                  "fix the cause and run setup_aws.py again, or remove what it made with "
+                  "scripts/cleanup_aws.py --yes", file=sys.stderr)
         return 1
     width = max(len(n) for n, _ in plan.states)
     for name, state in plan.states:
@@ -101,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("dry run: nothing was made")
         return 0
-    write_env_file(env_path, names.env())
+    write_env_file(env_path, names.env())  # complete: the marker goes
     changed = [s for _, s in plan.states if s not in ("unchanged", "ensured")
                and not s.startswith("skipped")]
     print(f"{len(changed)} created or changed" if changed else "nothing to change")
