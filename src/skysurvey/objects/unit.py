@@ -237,9 +237,14 @@ def run_unit(task: UnitTask, store=None) -> dict:
         det.obj = link(a_img[ok] * (1 << 32) + a_src[ok], a_idx[ok],
                        det.image * (1 << 32) + det.source_id.astype(np.int64))
     todo = np.nonzero(det.obj < 0)[0]
-    order = todo[np.lexsort((det.source_id[todo], det.image[todo],
-                             np.nan_to_num(det.mjd[todo], nan=np.inf)))]
     centre = pixel_centre(task.unit, task.unit_order)
+    recorded = None
+    if task.repair:  # the lost links: back to the objects whose recorded statistics they make
+        recorded = _recorded_objects(store, task, old_ids)
+        _relink_to_recorded(task, det, todo, recorded, centre)
+    rest = todo[det.obj[todo] < 0]
+    order = rest[np.lexsort((det.source_id[rest], det.image[rest],
+                             np.nan_to_num(det.mjd[rest], nan=np.inf)))]
     det.obj = associate(det, old_ra, old_dec, centre, task.radius_arcsec, order)
     # only objects that have detections survive (an object whose detections all vanished
     # on reprocessing is dropped, and counted)
@@ -263,10 +268,14 @@ def run_unit(task: UnitTask, store=None) -> dict:
     repair = {}
     if task.repair:  # (a redone image's detections: the next phase redoes every unit)
         redone = np.array([img["redo"] for img in task.images], bool)[det.image]
-        _check_relinked(task, det.obj[todo[~redone[todo]]], own, objects)
+        relinked = todo[~redone[todo]]
+        _check_relinked(task, det.obj[relinked], own, objects)
         # new objects with a detection of an image not redone: an object whose id was lost
+        # (its objects file lost too), else detections that found no recorded object
         linked = np.bincount(det.obj[~redone], minlength=n_obj) > 0
-        repair = {"n_renumbered": int(linked[new_owned].sum())}
+        lost_ids = unit_key("objects", task.unit, task.unit_order) in set(task.skip)
+        repair = {"n_renumbered": int(linked[new_owned].sum()) if lost_ids else 0,
+                  **_relink_summary(det, relinked, recorded, own, n_old, bool(redone.any()))}
     files = _write_unit(store, task, objects, phot, det, ids, own, stats)
     return {"status": "ok", "unit": task.unit, "unit_order": task.unit_order,
             "n_objects": int(own.sum()), "n_new_objects": len(new_owned), **repair,
@@ -301,6 +310,114 @@ def _lost_objects(det: Detections, images: list[dict], ids: np.ndarray, ra: np.n
     sums = np.stack([np.bincount(inv, vec[:, i], minlength=len(found)) for i in range(3)], 1)
     lra, ldec = vectors_to_radec(sums)
     return np.r_[ids, found], np.r_[ra, lra], np.r_[dec, ldec]
+
+
+def _recorded_objects(store, task: UnitTask, old_ids: np.ndarray) -> dict | None:
+    """The unit's objects as its statistics sidecar recorded them (the last build): index in
+    *old_ids*, final position, detections, nights, first/last mjd. None without a usable
+    sidecar (lost or damaged too)."""
+    key = unit_key("objects/_stats", task.unit, task.unit_order)
+    if key in set(task.skip):
+        return None
+    t = read_parquet_or_none(store, key)
+    if t is None or not t.num_rows:
+        return None
+    import pyarrow.compute as pc
+
+    index = link(old_ids, np.arange(len(old_ids)), t["object_id"].to_numpy())
+    vec = np.stack([t[c].to_numpy() for c in ("vx", "vy", "vz")], axis=1)
+    lists = t["nights"].combine_chunks()
+    parents = np.asarray(pc.list_parent_indices(lists), np.int64)
+    nights = sorted_unique(parents * NIGHT_SPAN + np.asarray(lists.flatten(), np.int64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ra, dec = vectors_to_radec(vec)
+    return {"index": index, "ra": ra, "dec": dec, "vec": vec, "sw": t["sw"].to_numpy(),
+            "n_det": t["n_det"].to_numpy().astype(np.int64), "nights": nights,
+            "first": t["first"].to_numpy(), "last": t["last"].to_numpy()}
+
+
+def _relink_to_recorded(task: UnitTask, det: Detections, todo: np.ndarray,
+                        recorded: dict | None, centre) -> None:
+    """Link the detections *todo* (those of the lost files) to the unit's recorded objects,
+    image by image: each detection to the nearest recorded object (final mean position, within
+    the radius) observed on its night, within its first..last mjd, with detections left to
+    take and none of that image yet; mutual nearest pairs, as :func:`associate` does. A
+    matching from scratch (running means from the first detection) moved detections to
+    neighbours and made new objects."""
+    from ..geometry import tangent_plane
+    from .association import CellIndex, mutual_nearest
+
+    if recorded is None or not todo.size:
+        return
+    redo = np.array([img["redo"] for img in task.images] or [False], bool)
+    todo = todo[~redo[det.image[todo]]]  # (a reprocessed image's sources: matched afresh)
+    target = np.nonzero((recorded["index"] >= 0) & np.isfinite(recorded["ra"]))[0]
+    if not todo.size or not target.size:
+        return
+    ra0, dec0 = centre
+    ox, oy = tangent_plane(recorded["ra"][target], recorded["dec"][target], ra0, dec0)
+    x, y = tangent_plane(det.ra[todo], det.dec[todo], ra0, dec0)
+    radius = task.radius_arcsec
+    allx, ally = np.r_[x, ox], np.r_[y, oy]
+    pad = 4 * radius
+    grid = CellIndex(allx.min() - pad, ally.min() - pad, np.ptp(allx) + 2 * pad,
+                     np.ptp(ally) + 2 * pad, radius)
+    grid.add(0, ox, oy)
+    old_index = recorded["index"][target]
+    have = det.obj >= 0  # kept links: (image, object) pairs taken, detections already held
+    taken = sorted_unique(det.image[have] * (1 << 32) + det.obj[have])
+    left = recorded["n_det"][target] - np.bincount(
+        link(old_index, np.arange(len(target)), det.obj[have]) + 1,
+        minlength=len(target) + 1)[1:]
+    for image in np.unique(det.image[todo]):
+        mine = np.nonzero(det.image[todo] == image)[0]
+        s, o, d2 = grid.candidates(x[mine], y[mine], ox, oy, radius)
+        d = todo[mine[s]]
+        obj = old_index[o]
+        ok = left[o] > 0
+        night = det.night[d]
+        pair = target[o] * NIGHT_SPAN + night
+        pos = np.minimum(np.searchsorted(recorded["nights"], pair),
+                         max(len(recorded["nights"]) - 1, 0))
+        seen = (recorded["nights"][pos] == pair) if len(recorded["nights"]) else ok & False
+        ok &= (night < 0) | seen
+        mjd = det.mjd[d]
+        ok &= ~np.isfinite(mjd) | ((mjd >= recorded["first"][target[o]] - 1e-9)
+                                   & (mjd <= recorded["last"][target[o]] + 1e-9))
+        if taken.size:
+            key = image * (1 << 32) + obj
+            ok &= taken[np.minimum(np.searchsorted(taken, key), taken.size - 1)] != key
+        s, o = mutual_nearest(s[ok], o[ok], d2[ok])
+        det.obj[todo[mine[s]]] = old_index[o]
+        left[o] -= 1
+
+
+def _relink_summary(det: Detections, relinked: np.ndarray, recorded: dict | None,
+                    own: np.ndarray, n_old: int, redone: bool) -> dict:
+    """What a repair did to the lost links: detections re-linked, those that went to another
+    object than a recorded one of the unit (a neighbour's or a new one), and the unit's
+    recorded objects whose statistics they do not reproduce (count and sum of weighted
+    positions; not checked when an image was reprocessed since)."""
+    out = {"n_relinked": int(relinked.size), "n_relinked_elsewhere": int(relinked.size),
+           "n_objects_differ": None}
+    if recorded is None:
+        return out
+    mine = recorded["index"][recorded["index"] >= 0]
+    out["n_relinked_elsewhere"] = int((~np.isin(det.obj[relinked], mine)).sum())
+    if redone:
+        return out
+    index = recorded["index"]
+    ok = index >= 0
+    n = np.bincount(det.obj, minlength=n_old)[:n_old] if len(det) else np.zeros(n_old, int)
+    vec = unit_vectors(det.ra, det.dec) * det.weight[:, None] if len(det) else np.zeros((0, 3))
+    sums = np.stack([np.bincount(det.obj, vec[:, i], minlength=n_old)[:n_old]
+                     for i in range(3)], 1) if len(det) else np.zeros((n_old, 3))
+    same = np.zeros(len(index), bool)
+    same[ok] = (n[index[ok]] == recorded["n_det"][ok]) & np.all(
+        np.abs(sums[index[ok]] - recorded["vec"][ok])
+        <= 1e-9 * np.maximum(recorded["sw"][ok], 1e-300)[:, None], axis=1)
+    out["n_objects_differ"] = int((~same).sum())
+    return out
 
 
 def _check_relinked(task: UnitTask, relinked: np.ndarray, own: np.ndarray,
