@@ -8,6 +8,7 @@ correctness targets against its truth.
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -852,6 +853,93 @@ def test_the_lock_of_a_killed_build_is_taken_over(tmp_path):
     assert report.status == "ok" and report.n_objects == 4
     assert any("took over the lock" in n for n in report.notes)
     assert not (tmp_path / obj.LOCK).exists()
+
+
+_HOLD_LOCK = """
+import sys, time
+from skysurvey.objects.commit import build_lock
+from skysurvey.objects.plan import open_catalog
+with build_lock(open_catalog(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def _killed_while_holding_the_lock(root: Path, alive=lambda pid: None) -> int:
+    """Start a process that takes *root*'s build lock, call *alive* with its pid while it
+    holds it, then kill it (SIGKILL: nothing cleans up); returns its pid."""
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(root)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        alive(child.pid)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+    assert (root / obj.LOCK).exists()  # left behind
+    return child.pid
+
+
+def test_the_lock_of_a_build_killed_on_this_host_is_taken_over_at_once(tmp_path):
+    """Issue 23, item 10: a killed build's lock made every run refuse for 6 hours ("if it was
+    killed, delete this lock") without looking whether its process was alive. The lock
+    records host, pid and process start time: a live holder is refused by name, a dead one
+    (a real process, killed) is taken over with one note."""
+    import socket
+
+    ra, dec = stars(4, seed=22)
+    write_image(tmp_path, "n0", ra, dec, mjd=61130.1)
+    refusals = []
+
+    def refused_while_alive(pid: int) -> None:
+        with pytest.raises(ObjectsError, match="another build is running") as refused:
+            build_objects(str(tmp_path))
+        refusals.append(str(refused.value))
+
+    pid = _killed_while_holding_the_lock(tmp_path, refused_while_alive)
+    held = json.loads((tmp_path / obj.LOCK).read_text())
+    report = build_objects(str(tmp_path))  # at once (was: refused for 6 hours)
+    assert report.status == "ok" and report.n_objects == 4
+    took = [n for n in report.notes if "lock" in n]
+    assert len(took) == 1 and f"pid {pid}" in took[0] and "no longer running" in took[0], took
+    assert not (tmp_path / obj.LOCK).exists()
+    assert held["host"] == socket.gethostname() and held["pid"] == pid
+    assert held["pid_started"] > 0
+    assert f"host {socket.gethostname()} pid {pid} since {held['started']}" in refusals[0]
+    assert "alive" in refusals[0] and "\n" not in refusals[0]
+    # a pid reused by another process (here: this one, started at another time) is gone too
+    (tmp_path / obj.LOCK).write_text(json.dumps({**held, "pid": os.getpid(),
+                                                 "pid_started": held["pid_started"] - 1e5}))
+    report = build_objects(str(tmp_path))
+    assert any("no longer running" in n for n in report.notes), report.notes
+    # another host's lock: liveness unknown, the 6-hour rule, the holder named
+    (tmp_path / obj.LOCK).write_text(json.dumps({**held, "host": "elsewhere"}))
+    with pytest.raises(ObjectsError, match=r"host elsewhere pid .* since .*another "
+                                           r"host.*delete this lock.*taken over in 6.0 h"):
+        build_objects(str(tmp_path))
+
+
+def test_a_killed_builds_lock_on_s3_keeps_the_time_rule_and_names_its_holder(tmp_path,
+                                                                              moto_server):
+    """On S3 the holder's liveness cannot be checked (any machine may run the build): even
+    a lock of this host whose process is dead is refused until it is 6 hours old, by name."""
+    local = tmp_path / "cat"
+    write_image(local, "n0", *stars(4, seed=23), mjd=61130.1)
+    pid = _killed_while_holding_the_lock(local)
+    store = _s3_survey(moto_server)
+    _upload(local, store)
+    store.write_bytes(obj.LOCK, (local / obj.LOCK).read_bytes())
+    with pytest.raises(ObjectsError, match=rf"pid {pid} since .*an S3 catalog.*delete this lock"):
+        build_objects("s3://cat/survey")
+    assert store.exists(obj.LOCK)
 
 
 # ---------------------------------------------------------------------------------------
