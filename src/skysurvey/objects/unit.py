@@ -369,12 +369,15 @@ def _relink_to_recorded(task: UnitTask, det: Detections, todo: np.ndarray,
     left = recorded["n_det"][target] - np.bincount(
         link(old_index, np.arange(len(target)), det.obj[have]) + 1,
         minlength=len(target) + 1)[1:]
+    pairs_d, pairs_t = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for image in np.unique(det.image[todo]):
         mine = np.nonzero(det.image[todo] == image)[0]
-        s, o, d2 = grid.candidates(x[mine], y[mine], ox, oy, radius)
+        # (twice the radius: a detection was within it of the running mean when it was
+        # linked, not necessarily of the final one; only _settle uses the farther pairs)
+        s, o, d2 = grid.candidates(x[mine], y[mine], ox, oy, 2 * radius)
         d = todo[mine[s]]
         obj = old_index[o]
-        ok = left[o] > 0
+        ok = np.ones(len(d), bool)
         night = det.night[d]
         pair = target[o] * NIGHT_SPAN + night
         pos = np.minimum(np.searchsorted(recorded["nights"], pair),
@@ -387,9 +390,80 @@ def _relink_to_recorded(task: UnitTask, det: Detections, todo: np.ndarray,
         if taken.size:
             key = image * (1 << 32) + obj
             ok &= taken[np.minimum(np.searchsorted(taken, key), taken.size - 1)] != key
+        pairs_d.append(d[ok])
+        pairs_t.append(o[ok])
+        ok &= (d2 <= radius * radius) & (left[o] > 0)
         s, o = mutual_nearest(s[ok], o[ok], d2[ok])
         det.obj[todo[mine[s]]] = old_index[o]
         left[o] -= 1
+    _settle(det, todo, recorded, target, np.concatenate(pairs_d), np.concatenate(pairs_t))
+
+
+def _settle(det: Detections, todo: np.ndarray, recorded: dict, target: np.ndarray,
+            pair_d: np.ndarray, pair_t: np.ndarray, max_passes: int = 20) -> None:
+    """Where nearest matching left objects whose recorded statistics are not reproduced (a
+    crowded field: two objects within the radius of each other's detections), move or swap
+    detections of one image between the candidate objects (*pair_d*, *pair_t*: the allowed
+    links, ``t`` a position in *target*) while that brings the objects closer to their
+    recorded detection counts, then their recorded sums of weighted positions."""
+    n_t = len(target)
+    old_index = recorded["index"][target]
+    cur = link(old_index, np.arange(n_t), det.obj)  # per detection: its target, or -1
+    u = unit_vectors(det.ra, det.dec) * det.weight[:, None]
+    has = cur >= 0
+    cnt = np.bincount(cur[has], minlength=n_t)
+    sums = np.zeros((n_t, 3))
+    np.add.at(sums, cur[has], u[has])
+    want_n, want_v = recorded["n_det"][target], recorded["vec"][target]
+    scale = np.maximum(recorded["sw"][target], 1e-300)
+
+    def cost(t: int, dn: int = 0, dv=0.0) -> tuple[int, float]:
+        resid = np.linalg.norm(want_v[t] - sums[t] - dv) / scale[t]
+        return abs(int(want_n[t]) - int(cnt[t]) - dn), resid if resid > 1e-9 else 0.0
+
+    bad = {t for t in range(n_t) if cost(t) != (0, 0.0)}
+    if not bad:
+        return
+    movable = set(todo.tolist())
+    holder = {(int(det.image[d]), int(cur[d])): int(d) for d in np.nonzero(has)[0]}
+    allowed = set(zip(pair_d.tolist(), pair_t.tolist(), strict=True))
+    for _ in range(max_passes):
+        changed = False
+        for d, t in zip(pair_d.tolist(), pair_t.tolist(), strict=True):
+            a = int(cur[d])
+            if a == t or not ({a, t} & bad):
+                continue
+            image = int(det.image[d])
+            d2 = holder.get((image, t))
+            if d2 is not None and (d2 not in movable or a < 0 or (d2, a) not in allowed):
+                continue
+            moved_t = u[d] - (u[d2] if d2 is not None else 0.0)
+            before = [cost(t)] + ([cost(a)] if a >= 0 else [])
+            after = [cost(t, 1 - (d2 is not None), moved_t)]
+            if a >= 0:
+                after.append(cost(a, (d2 is not None) - 1, -moved_t))
+            if (sum(c[0] for c in after), sum(c[1] for c in after)) >= (
+                    sum(c[0] for c in before), sum(c[1] for c in before)):
+                continue
+            sums[t] += moved_t
+            cnt[t] += 1 - (d2 is not None)
+            cur[d] = t
+            holder[(image, t)] = d
+            if a >= 0:
+                sums[a] -= moved_t
+                cnt[a] -= 1 - (d2 is not None)
+                holder.pop((image, a), None)
+                if d2 is not None:
+                    cur[d2] = a
+                    holder[(image, a)] = d2
+            changed = True
+            for x in (t, a):
+                if x >= 0:
+                    (bad.discard if cost(x) == (0, 0.0) else bad.add)(x)
+        if not changed or not bad:
+            break
+    moved = todo[cur[todo] >= 0]
+    det.obj[moved] = old_index[cur[moved]]
 
 
 def _relink_summary(det: Detections, relinked: np.ndarray, recorded: dict | None,
