@@ -319,21 +319,24 @@ def _recorded_objects(store, task: UnitTask, old_ids: np.ndarray) -> dict | None
     key = unit_key("objects/_stats", task.unit, task.unit_order)
     if key in set(task.skip):
         return None
-    t = read_parquet_or_none(store, key)
-    if t is None or not t.num_rows:
-        return None
     import pyarrow.compute as pc
 
-    index = link(old_ids, np.arange(len(old_ids)), t["object_id"].to_numpy())
-    vec = np.stack([t[c].to_numpy() for c in ("vx", "vy", "vz")], axis=1)
-    lists = t["nights"].combine_chunks()
-    parents = np.asarray(pc.list_parent_indices(lists), np.int64)
-    nights = sorted_unique(parents * NIGHT_SPAN + np.asarray(lists.flatten(), np.int64))
+    try:
+        t = read_parquet_or_none(store, key)
+        if t is None or not t.num_rows:
+            return None
+        index = link(old_ids, np.arange(len(old_ids)), t["object_id"].to_numpy())
+        vec = np.stack([t[c].to_numpy() for c in ("vx", "vy", "vz")], axis=1)
+        lists = t["nights"].combine_chunks()
+        parents = np.asarray(pc.list_parent_indices(lists), np.int64)
+        nights = sorted_unique(parents * NIGHT_SPAN + np.asarray(lists.flatten(), np.int64))
+        found = {"sw": t["sw"].to_numpy(), "n_det": t["n_det"].to_numpy().astype(np.int64),
+                 "first": t["first"].to_numpy(), "last": t["last"].to_numpy()}
+    except (KeyError, ValueError, TypeError, pa.ArrowException):  # (not usable: matched as
+        return None  # before, from scratch)
     with np.errstate(invalid="ignore", divide="ignore"):
         ra, dec = vectors_to_radec(vec)
-    return {"index": index, "ra": ra, "dec": dec, "vec": vec, "sw": t["sw"].to_numpy(),
-            "n_det": t["n_det"].to_numpy().astype(np.int64), "nights": nights,
-            "first": t["first"].to_numpy(), "last": t["last"].to_numpy()}
+    return {"index": index, "ra": ra, "dec": dec, "vec": vec, "nights": nights, **found}
 
 
 def _relink_to_recorded(task: UnitTask, det: Detections, todo: np.ndarray,
@@ -429,7 +432,9 @@ def _settle(det: Detections, todo: np.ndarray, recorded: dict, target: np.ndarra
     allowed = set(zip(pair_d.tolist(), pair_t.tolist(), strict=True))
     for _ in range(max_passes):
         changed = False
-        for d, t in zip(pair_d.tolist(), pair_t.tolist(), strict=True):
+        near = sorted(bad)  # only pairs touching an object not reproduced can help
+        some = np.isin(pair_t, near) | np.isin(cur[pair_d], near)
+        for d, t in zip(pair_d[some].tolist(), pair_t[some].tolist(), strict=True):
             a = int(cur[d])
             if a == t or not ({a, t} & bad):
                 continue
