@@ -243,8 +243,9 @@ def _relink_notes(replies: list[dict], renumbered: int) -> list[str]:
                 "belonged to (every object's recorded statistics reproduced; no id changed)"]
     checked = sum(d for d in differ if d is not None)
     return [f"re-linked {relinked} detection(s) of the lost files: {relinked - elsewhere} to "
-            f"objects of the restored units, {elsewhere} to other objects ({max(new, 0)} new "
-            f"id(s)); {checked} object(s) differ from the statistics the last build recorded"
+            f"their unit's recorded objects, {elsewhere} matched afresh (to a neighbour's object "
+            f"or a new one; {max(new, 0)} new id(s)); {checked} object(s) differ from the "
+            "statistics the last build recorded"
             + ("" if all(d is not None for d in differ) else " (not checked in units with a "
                "reprocessed image or without statistics)")]
 
