@@ -1028,8 +1028,9 @@ def test_a_lost_associations_file_in_a_crowded_field_gets_back_the_same_links(
     # from the object's position now)
     _same_tables({**after, "associations": None}, {**before, "associations": None},
                  ("objects", "object_photometry"))
-    assert f"re-linked {n_lost} detection(s) of the lost files to the objects they belonged " \
-           "to (every object's recorded statistics reproduced; no id changed)" in report.notes
+    assert f"re-linked {n_lost} detection(s) of the lost or changed files to the objects " \
+           "they belonged to (every object's recorded statistics reproduced; no id changed)" \
+           in report.notes
     assert not any("new ids" in n for n in report.notes), report.notes
 
 

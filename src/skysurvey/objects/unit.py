@@ -478,6 +478,7 @@ def _relink_summary(det: Detections, relinked: np.ndarray, recorded: dict | None
     recorded objects whose statistics they do not reproduce (count and sum of weighted
     positions; not checked when an image was reprocessed since)."""
     out = {"n_relinked": int(relinked.size), "n_relinked_elsewhere": int(relinked.size),
+           "n_relinked_new_ids": int(np.unique(det.obj[relinked][det.obj[relinked] >= n_old]).size),
            "n_objects_differ": None}
     if recorded is None:
         return out
