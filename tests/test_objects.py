@@ -920,6 +920,10 @@ def test_the_lock_of_a_build_killed_on_this_host_is_taken_over_at_once(tmp_path)
                                                  "pid_started": held["pid_started"] - 1e5}))
     report = build_objects(str(tmp_path))
     assert any("no longer running" in n for n in report.notes), report.notes
+    # the same host name in another pid namespace (a container): its pids are not ours
+    (tmp_path / obj.LOCK).write_text(json.dumps({**held, "pid_namespace": "container"}))
+    with pytest.raises(ObjectsError, match="another machine or container"):
+        build_objects(str(tmp_path))
     # another host's lock: liveness unknown, the 6-hour rule, the holder named
     (tmp_path / obj.LOCK).write_text(json.dumps({**held, "host": "elsewhere"}))
     with pytest.raises(ObjectsError, match=r"host elsewhere pid .* since .*another "

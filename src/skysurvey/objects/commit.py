@@ -187,7 +187,7 @@ def build_lock(store):
                          f"older than {LOCK_STALE_SECONDS / 3600:g} h)")
     body = json.dumps({"since": time.time(), "started": time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname(), "pid": os.getpid(),
-        "pid_started": _process_start(os.getpid())})
+        "pid_started": _process_start(os.getpid()), "pid_namespace": _pid_namespace()})
     mine = store.write_bytes_if(key, body.encode(), version=version,
                                 content_type="application/json")
     if mine is None:
@@ -213,6 +213,8 @@ def _refusal(store, held: dict, holder: str, alive: bool | None, age: float) -> 
     left = max(LOCK_STALE_SECONDS - age, 0.0)
     where = ("an S3 catalog" if local_root(store) is None
              else "another host" if held.get("host") != socket.gethostname()
+             else "another machine or container of this host name"
+             if held.get("pid_namespace") != _pid_namespace()
              else "the lock does not record its process start time")
     return (f"another build is running ({holder}), or was killed: its liveness cannot be "
             f"checked from here ({where}); if it was killed, delete this lock, else it is "
@@ -243,6 +245,16 @@ def _process_start(pid: int) -> float | None:
         return 0.0
 
 
+def _pid_namespace() -> str | None:
+    """This process's pid namespace and boot (Linux; None elsewhere): a pid means the same
+    process only within both."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
+
+
 def _holder_alive(store, held: dict) -> bool | None:
     """Whether the lock's holder still runs: True or False for a lock of this host in a local
     catalog (a pid reused by another process counts as gone: its start time differs), None
@@ -250,6 +262,8 @@ def _holder_alive(store, held: dict) -> bool | None:
     time of a process that exists)."""
     if local_root(store) is None or held.get("host") != socket.gethostname():
         return None
+    if held.get("pid_namespace") != _pid_namespace():  # (a container or another machine
+        return None  # under the same host name: its pids are not ours to look up)
     try:
         pid = int(held["pid"])
     except (KeyError, TypeError, ValueError):
