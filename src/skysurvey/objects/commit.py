@@ -41,8 +41,9 @@ __all__ = [
     "stage_and_commit",
 ]
 
-#: One build at a time per catalog: ``<catalog>/.objects-build.lock`` (JSON: when, where),
-#: created by a conditional write; one older than this is from a killed build.
+#: One build at a time per catalog: ``<catalog>/.objects-build.lock`` (JSON: when, host, pid,
+#: process start time, pid namespace), created by a conditional write; one whose holder's
+#: liveness cannot be checked (another host, S3) and older than this is from a killed build.
 LOCK, LOCK_STALE_SECONDS = ".objects-build.lock", 6 * 3600.0
 
 
