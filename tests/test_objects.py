@@ -645,9 +645,10 @@ def test_build_on_s3_catalog(tmp_path, moto_server):
     assert_visible_once("s3://cat/survey", repaired)
 
 
-def test_build_script_registers_its_partitions_in_glue(tmp_path, moto_server, capsys):
+@pytest.mark.parametrize("caller", ["library", "script"])
+def test_a_build_registers_its_partitions_in_glue(tmp_path, moto_server, caller):
     """DESIGN: partitions are registered as they are written (Athena sees the new objects
-    without a repair step); the script does it after an s3:// build."""
+    without a repair step): build_objects() does it, so the notebook's call does too."""
     import boto3
     from conftest import load_script
 
@@ -664,7 +665,10 @@ def test_build_script_registers_its_partitions_in_glue(tmp_path, moto_server, ca
     for folder in ("objects", "object_photometry", "associations"):
         glue.create_table(DatabaseName="astronomy", TableInput=athena.glue_table_input(
             athena.TABLES[folder], "s3://cat/survey"))
-    assert load_script("build_objects").main(["--catalog", "s3://cat/survey"]) == 0
+    if caller == "library":
+        assert build_objects("s3://cat/survey").status == "ok"
+    else:
+        assert load_script("build_objects").main(["--catalog", "s3://cat/survey"]) == 0
     written = {k.split("/")[1] for k in (i.key for i in store.list("objects/"))
                if k.split("/")[1].startswith("hpx5=")}
     assert written

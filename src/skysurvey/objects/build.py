@@ -12,6 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__
+from ..config import is_s3_uri
+from ..errors import SkySurveyError
+from ..schema import OBJECT_TABLES
 from .commit import build_lock, discard, recover, stage_and_commit
 from .integrity import check_tables, stray_keys
 from .model import BuildConfig, BuildPlan, BuildReport, Changes, Damage, ObjectsError, UnitTask
@@ -39,6 +42,7 @@ __all__ = [
     "build_objects",
     "commit_build",
     "list_files_in_record",
+    "register_partitions",
     "remove_strays",
     "repair",
 ]
@@ -79,7 +83,29 @@ def build_objects(catalog: str, config: BuildConfig | None = None, *,
     with build_lock(store) as notes:
         report = _build(catalog, store, config, runner)
         report.notes[:0] = notes
-        return report
+    if report.status == "ok" and report.partitions and is_s3_uri(catalog):
+        report.notes += register_partitions(catalog, report.partitions)
+    return report
+
+
+def register_partitions(catalog: str, partitions: list[int]) -> list[str]:
+    """Register the ``hpx5`` partitions a build wrote with the Athena database (DESIGN:
+    partitions are registered as they are written), so that any caller of
+    :func:`build_objects` (the script, the notebook) leaves Athena seeing them.
+
+    Returns the notes: none, or one line when Glue is not there (another S3-compatible store):
+    the tables are written, and the next ``query_with_athena.py --engine athena`` registers
+    whatever it finds.
+    """
+    from ..athena import register_partitions as glue_register
+
+    values = [{"hpx5": int(p)} for p in partitions]
+    try:
+        for folder in OBJECT_TABLES:
+            glue_register(catalog, folder, values)
+    except SkySurveyError as exc:
+        return [f"partitions not registered in Glue: {exc}"]
+    return []
 
 
 def _build(catalog: str, store, config: BuildConfig, runner) -> BuildReport:

@@ -80,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     except SkySurveyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if report.status == "ok" and report.partitions and is_s3_uri(catalog):
-        register_partitions_in_glue(catalog, report.partitions)
-    print(report.summary())
+    print(report.summary())  # build_objects registered its partitions with Glue (notes)
     return 0 if report.status in ("ok", "unchanged") else 1
 
 
@@ -96,21 +94,6 @@ def check_files(catalog: str) -> None:
         except QueryError as exc:
             if exc.source != printable(str(catalog)):  # a file of the catalog, not the catalog
                 raise
-
-
-def register_partitions_in_glue(catalog: str, partitions: list[int]) -> None:
-    """Register the ``hpx5`` partitions just written with the Athena database (DESIGN: partitions
-    are registered as they are written). Without Glue (another S3-compatible store) this is a
-    warning: the tables are written, and the next ``query_with_athena.py --engine athena``
-    registers whatever it finds."""
-    from skysurvey.athena import register_partitions
-
-    values = [{"hpx5": int(p)} for p in partitions]
-    try:
-        for folder in ("objects", "object_photometry", "associations"):
-            register_partitions(catalog, folder, values)
-    except SkySurveyError as exc:
-        logging.getLogger("build_objects").warning("partitions not registered in Glue: %s", exc)
 
 
 def run() -> int:
