@@ -24,6 +24,10 @@ import warnings
 import numpy as np
 from astropy.wcs import WCS
 
+__all__ = ["HEALPIX_ORDER", "POLE_TOLERANCE_ARCSEC", "REJECTED_WCS", "ROUND_TRIP_PIXELS",
+           "celestial_wcs", "frame_name", "healpix_29", "pixel_to_icrs", "position_angle",
+           "sky_frame", "sky_positions", "wcs_problem"]
+
 #: Order-29 HEALPix (the HATS ``_healpix_29`` column): nside = 2**29.
 HEALPIX_ORDER = 29
 

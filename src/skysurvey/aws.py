@@ -15,6 +15,10 @@ from collections.abc import Callable
 
 from .errors import ConfigError, SkySurveyError, StorageError, TransientStorageError
 
+__all__ = ["MAX_ATTEMPTS", "NO_REGION", "TRANSIENT_CODES", "botocore_errors", "clear_clients",
+           "client", "configured_region", "error_code", "is_transient", "on_clear_clients",
+           "s3_filesystem", "translate", "use_region"]
+
 #: Attempts in total per request (the first one included): botocore's ``total_max_attempts``.
 #: (Its ``max_attempts`` counts retries only: 8 there would mean 9 attempts.)
 MAX_ATTEMPTS = 8

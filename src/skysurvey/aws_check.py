@@ -30,6 +30,31 @@ from . import aws, aws_setup
 from .config import get_setting, is_s3_uri, parse_s3_uri
 from .errors import ConfigError, SkySurveyError
 
+__all__ = [
+    "CHECKS",
+    "CHECK_PREFIX",
+    "ENDPOINT",
+    "HERE",
+    "Check",
+    "Target",
+    "cannot",
+    "check_alarms_and_dashboard",
+    "check_athena_count",
+    "check_buckets",
+    "check_failed_events",
+    "check_failure_destination",
+    "check_function",
+    "check_image_bytes",
+    "check_tls_only",
+    "custom_endpoint",
+    "exit_status",
+    "failed",
+    "find_failed_event",
+    "ok",
+    "run_checks",
+    "target_from_settings",
+]
+
 CHECK_PREFIX = "images/skysurvey-check/"
 ENDPOINT = "on this endpoint"
 HERE = "here"

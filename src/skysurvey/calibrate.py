@@ -45,6 +45,26 @@ from .reference import (
     open_reference,
 )
 
+__all__ = [
+    "HEADER_ZP_TOLERANCE",
+    "LN10_FACTOR",
+    "MAD_TO_SIGMA",
+    "CalibrationConfig",
+    "Match",
+    "ZeroPoint",
+    "apply_zero_point",
+    "astrometric_figures",
+    "calibrate",
+    "calibration_flux",
+    "fit_zero_point",
+    "isolated",
+    "magnitudes",
+    "match_reference",
+    "mutual_nearest",
+    "nearest",
+    "point_sources",
+]
+
 log = logging.getLogger("skysurvey.calibrate")
 
 #: A reference zero point further than this (mag) from the header's is kept, with a warning.

@@ -64,6 +64,23 @@ from .errors import (
 )
 from .schema import catalog_file_stem, image_id_from_file_stem
 
+__all__ = [
+    "ENTRIES",
+    "PARQUET",
+    "SETTINGS_KEY",
+    "TABLES",
+    "RepairReport",
+    "check_writable",
+    "entry_key",
+    "read_entry",
+    "record_reference",
+    "record_source_key",
+    "recorded_reference",
+    "repair_catalog",
+    "replace_catalog",
+    "write_entry",
+]
+
 #: Folder of the per-image entries (not a table: Parquet readers never see it).
 ENTRIES = "image_ids/"
 TABLES = ("sources", "images")

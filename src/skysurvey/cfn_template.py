@@ -27,6 +27,11 @@ from typing import Any
 
 from . import aws_setup as s
 
+__all__ = ["INLINE_LIMIT", "PLACEHOLDERS", "SUFFIX_PATTERN", "TEMPLATE_VERSION",
+           "bucket_properties", "build_template", "dumps", "get_att", "logical_id",
+           "notification_configuration", "outputs", "parameters", "queue_properties", "ref",
+           "resources", "stack_names", "sub", "tag_list"]
+
 TEMPLATE_VERSION = "2010-09-09"
 #: The suffix goes into bucket names (lower case, digits, hyphens; 63 characters at most with
 #: the longer prefix ``astronomy-catalog-``).

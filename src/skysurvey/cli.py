@@ -16,6 +16,9 @@ from collections.abc import Callable
 
 from . import __version__
 
+__all__ = ["HelpFormatter", "add_version", "bounded_float", "positive_float", "positive_int",
+           "run"]
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows ``(default: X)`` once: not when the help already says it, nor for None/False.

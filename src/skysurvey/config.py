@@ -14,6 +14,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = [
+    "DATA_DIR",
+    "DEFAULTS",
+    "ENV_FILE_NAME",
+    "OUTPUT_DIR",
+    "QUEUE_NAME",
+    "REPO_ROOT",
+    "SAMPLE_DIR",
+    "S3Location",
+    "env_file_path",
+    "get_setting",
+    "is_s3_uri",
+    "parse_s3_uri",
+    "read_env_file",
+    "write_env_file",
+]
+
 #: The repository root (two levels above this file: src/skysurvey/config.py).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO_ROOT / "data"

@@ -11,6 +11,20 @@ from dataclasses import dataclass
 
 from .prices import PRICES, athena_query_usd
 
+__all__ = [
+    "BYTES_PER_PIXEL",
+    "DEFAULT_MB_PER_IMAGE",
+    "FITS_BLOCK",
+    "Estimate",
+    "MeasuredRun",
+    "breakdown",
+    "deployed_memory_mb",
+    "estimate",
+    "fits_mb",
+    "mean_file_mb",
+    "measured_run",
+]
+
 #: FITS size per image (MB = 10**6 bytes) when nothing better is known: a 2048 x 2048 image of
 #: 32-bit pixels (what ``download_sample_fits.py`` writes by default). estimate_cost.py takes the
 #: real size from --input (the files), --pixels, or the catalog's recorded image sizes instead.

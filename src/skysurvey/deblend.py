@@ -37,6 +37,17 @@ from dataclasses import dataclass
 import numpy as np
 import sep
 
+__all__ = [
+    "PROTECT",
+    "SEP_BUFFER_FULL",
+    "Hidden",
+    "Profiles",
+    "find_hidden",
+    "harmonic_model",
+    "radial_models",
+    "sep_buffer_full",
+]
+
 #: The messages of SEP's buffer limits (its pixel stack, its sub-objects while deblending),
 #: which it raises as plain ``Exception``: a parent whose residual overflows them is left as
 #: the first pass found it. Any other error is a bug and propagates.

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import unicodedata
 
+__all__ = ["ConfigError", "FITSReadError", "ImageDataError", "ImageIdConflictError",
+           "ImageTooLargeError", "QueryError", "SkySurveyError", "StorageError",
+           "TransientStorageError", "one_line", "printable"]
+
 #: Format characters that reorder or hide text on a terminal (bidirectional overrides).
 _BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 

@@ -32,6 +32,20 @@ from .errors import SkySurveyError, printable
 from .storage import LocalStore
 from .units import annotate, meta_for, with_astropy_metadata
 
+__all__ = [
+    "ELLIPSE_SCALE",
+    "FORMATS",
+    "ExportError",
+    "atomic_write",
+    "check_output_file",
+    "check_output_folder",
+    "ds9_regions",
+    "export_bytes",
+    "export_format",
+    "to_astropy",
+    "write_table",
+]
+
 FORMATS: dict[str, str] = {".csv": "csv", ".parquet": "parquet", ".fits": "fits",
                            ".fit": "fits", ".vot": "votable", ".xml": "votable", ".reg": "ds9"}
 #: Ellipses (plots and DS9 regions) are drawn at this many times a, b: about the Kron aperture.

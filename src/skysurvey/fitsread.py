@@ -33,6 +33,24 @@ from astropy.time import Time, TimeDelta
 from .errors import FITSReadError, ImageDataError, ImageTooLargeError
 from .schema import partition_value
 
+__all__ = [
+    "BASE_BYTES",
+    "BLOCK",
+    "BYTES_PER_PIXEL",
+    "HEADER_BYTES_FACTOR",
+    "MIN_SIDE",
+    "NIGHTS_FROM",
+    "FitsImage",
+    "ObservationTime",
+    "default_memory_budget",
+    "estimate_memory_bytes",
+    "header_memory_bytes",
+    "merge_headers",
+    "observation_partition",
+    "observation_time",
+    "read_fits",
+]
+
 #: Smallest image side we measure (SEP's background mesh needs room).
 MIN_SIDE = 16
 #: Bytes of working memory per pixel: float32 data + mask + SEP's RMS map + the subtracted

@@ -40,6 +40,17 @@ from .config import is_s3_uri, parse_s3_uri
 from .errors import SkySurveyError
 from .storage import open_store
 
+__all__ = [
+    "MARGIN_ARCSEC",
+    "MARKER",
+    "OWNED",
+    "ROWS_PER_CHUNK",
+    "ExportError",
+    "ExportReport",
+    "check_output",
+    "export_hats",
+]
+
 log = logging.getLogger("skysurvey.hats_export")
 
 #: margin width: the association radius is 1", LSDB's cross-match radii are a few arcsec

@@ -30,6 +30,25 @@ from .errors import ConfigError, SkySurveyError
 from .pipeline import make_reply
 from .schema import RAW_IMAGES_PREFIX
 
+__all__ = [
+    "MAX_FUNCTION_TIMEOUT",
+    "READ_TIMEOUT_MARGIN",
+    "FailedEvent",
+    "FunctionLimits",
+    "event_for",
+    "failed_events",
+    "function_limits",
+    "invoke_one",
+    "invoke_payload",
+    "lambda_client",
+    "parse_failed_event",
+    "parse_response",
+    "pool_size",
+    "redrive_report",
+    "run_lambda",
+    "run_redrive",
+]
+
 log = logging.getLogger(__name__)
 READ_TIMEOUT_MARGIN = 60  # seconds beyond the function's timeout before the client gives up
 MAX_FUNCTION_TIMEOUT = 900  # Lambda's limit: the read timeout when the function's is unknown

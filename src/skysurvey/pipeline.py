@@ -28,6 +28,9 @@ from .reference import ReferenceError, ReferenceSpec, check_reference
 from .schema import IMAGES_SCHEMA, SOURCES_SCHEMA, catalog_keys, image_id_from_name
 from .units import with_astropy_metadata
 
+__all__ = ["PipelineConfig", "catalog_image", "make_reply", "run_reference",
+           "table_to_parquet_bytes"]
+
 
 @dataclass(frozen=True)
 class PipelineConfig:

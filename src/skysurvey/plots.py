@@ -27,6 +27,34 @@ from matplotlib.patches import Ellipse
 from .export import ELLIPSE_SCALE  # the DS9 regions draw the same ellipses
 from .queries import VIEWS, dataset, run_query
 
+__all__ = [
+    "BAND_COLORS",
+    "BAND_ORDER",
+    "QUALITY_MIN_SPAN",
+    "NothingToPlot",
+    "band_color",
+    "image_wcs",
+    "match_one_to_one",
+    "match_to_reference",
+    "match_to_truth",
+    "overlapping_images",
+    "plot_calibration_residuals",
+    "plot_image_quality",
+    "plot_image_with_sources",
+    "plot_light_curves",
+    "plot_mag_vs_truth",
+    "plot_magnitude_histogram",
+    "plot_object_map",
+    "plot_sky_map",
+    "plot_snr_histogram",
+    "plot_variability",
+    "positive_flux",
+    "read_catalog",
+    "robust_limits",
+    "save_all",
+    "save_figure",
+]
+
 #: One colour per common band (the Rubin Observatory's scheme: blue to dark red with
 #: wavelength, readable side by side); other bands cycle through matplotlib's colours.
 BAND_COLORS = {"u": "#56b4e9", "g": "#008060", "r": "#ff4000", "i": "#850000",

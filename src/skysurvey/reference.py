@@ -45,6 +45,12 @@ import pyarrow.parquet as pq
 from .config import get_setting, is_s3_uri, parse_s3_uri
 from .errors import ConfigError, SkySurveyError
 
+__all__ = ["FORMATS", "IN_MEMORY_BYTES", "MAX_MOTION_DEG", "MIN_MAG_SPREAD", "MIN_SPREAD_STARS",
+           "NO_REFERENCE", "PIXEL_CACHE", "POSITION_NAMES", "PROPER_MOTION", "ReferenceCatalog",
+           "ReferenceError", "ReferenceSpec", "ReferenceStars", "angular_distance",
+           "check_reference", "clear_cache", "julian_year", "open_reference", "parse_bands",
+           "picked_columns", "propagate", "reference_spec", "write_hats"]
+
 #: Parquet files up to this size are read whole once and kept in memory.
 IN_MEMORY_BYTES = 64 * 2**20
 #: HATS pixels kept in memory per catalog (a warm container calibrating nearby images).

@@ -21,6 +21,9 @@ import pandas as pd
 from . import __version__
 from .export import atomic_write
 
+__all__ = ["QUALITY_COLUMNS", "QUALITY_DECIMALS", "count_pointings", "describe_images", "plural",
+           "quality_table", "query_caption", "render_html", "run_summary", "write_report"]
+
 QUALITY_COLUMNS = {  # column in the quality table: its header
     "image_id": "image", "band": "band", "night": "night", "n_sources": "sources",
     "seeing_arcsec": "seeing [arcsec]", "bkg_median": "background [ADU]",

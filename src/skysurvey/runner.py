@@ -26,6 +26,21 @@ from .schema import (
 )
 from .storage import Skipped, open_store
 
+__all__ = [
+    "OK_STATUSES",
+    "Inputs",
+    "Timer",
+    "catalogued_image_ids",
+    "colliding_ids",
+    "default_workers",
+    "exit_status",
+    "find_inputs",
+    "list_images",
+    "run_local",
+    "split_collisions",
+    "summary_table",
+]
+
 _GLOB_CHARS = frozenset("*?[")
 
 

@@ -17,6 +17,13 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 
+__all__ = ["ASSOCIATIONS_SCHEMA", "FITS_SUFFIXES", "FORCED_PHOTOMETRY_SCHEMA", "ID_SEPARATOR",
+           "IMAGES_SCHEMA", "OBJECTS_SCHEMA", "OBJECTS_STAGING", "OBJECT_PARTITION_ORDER",
+           "OBJECT_PHOTOMETRY_SCHEMA", "OBJECT_TABLES", "RAW_IMAGES_PREFIX", "SOURCES_SCHEMA",
+           "band_of_key", "catalog_file_stem", "catalog_keys", "empty_table", "forced_key",
+           "image_id_from_file_stem", "image_id_from_name", "is_fits_name", "partition_value",
+           "split_fits_name"]
+
 #: Suffixes recognised as FITS files, longest first so ``.fits.fz`` wins over ``.fz``.
 FITS_SUFFIXES: tuple[str, ...] = tuple(
     sorted(

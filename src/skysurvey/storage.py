@@ -38,6 +38,24 @@ from . import aws
 from .config import is_s3_uri, parse_s3_uri
 from .errors import StorageError, TransientStorageError
 
+__all__ = [
+    "CHANGED_MEANWHILE",
+    "CHUNK",
+    "COPY_OBJECT_MAX",
+    "LOCK_STALE_SECONDS",
+    "MULTIPART",
+    "NOT_FOUND",
+    "LocalStore",
+    "ObjectInfo",
+    "S3Store",
+    "Skipped",
+    "local_root",
+    "new_file_mode",
+    "open_store",
+    "replace_dir",
+    "sha256_file",
+]
+
 CHUNK = 8 * 1024 * 1024
 #: Objects above this size go to S3 in parts (upload) or are copied in parts (copy).
 MULTIPART = 16 * 1024 * 1024

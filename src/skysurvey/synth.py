@@ -25,6 +25,9 @@ from astropy.wcs import WCS
 
 from skysurvey import __version__
 
+__all__ = ["BANDS", "MOFFAT_BETA", "OVERSAMPLE", "SimImage", "band_magnitudes", "header_in_frame",
+           "make_image", "make_sky_sources", "power_law_mags", "reference_catalog", "write_sample"]
+
 BANDS = {  # zero point, sky (ADU), seeing (arcsec), colour offset from r (mag)
     "g": (29.6, 120.0, 1.1, 0.5),
     "r": (30.0, 200.0, 1.0, 0.0),

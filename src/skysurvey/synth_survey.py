@@ -27,6 +27,9 @@ from skysurvey import __version__
 
 from .synth import make_image, make_sky_sources
 
+__all__ = ["FIRST_NIGHT", "SCORER_SQL", "epoch_sources", "evaluate_objects", "read_as_user",
+           "survey_sky", "write_survey"]
+
 FIRST_NIGHT = "2026-04-01T03:00:00"
 
 

@@ -20,6 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+__all__ = ["COLUMN_META", "ColumnMeta", "annotate", "meta_for", "table_meta_yaml",
+           "with_astropy_metadata"]
+
 
 @dataclass(frozen=True)
 class ColumnMeta:

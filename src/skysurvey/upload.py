@@ -18,6 +18,9 @@ from .runner import colliding_ids, find_inputs
 from .schema import image_id_from_name
 from .storage import open_store, sha256_file
 
+__all__ = ["CONTENT_TYPES", "UploadResult", "content_type", "find_fits", "metadata_value",
+           "upload_files", "upload_one"]
+
 CONTENT_TYPES = {".gz": "application/gzip", ".bz2": "application/x-bzip2"}
 
 

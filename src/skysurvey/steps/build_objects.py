@@ -26,6 +26,8 @@ from skysurvey.objects import BuildConfig, build_objects, run_units_lambda
 from skysurvey.queries import dataset
 from skysurvey.runner import default_workers
 
+__all__ = ["MAX_RADIUS_ARCSEC", "build_parser", "check_files", "main", "run"]
+
 #: The widest association radius accepted: seeing-limited positions agree within a few arcsec;
 #: 3600" made every unit compare every pair of its sources (minutes, no output).
 MAX_RADIUS_ARCSEC = 30.0

@@ -24,6 +24,8 @@ from skysurvey import cli
 from skysurvey.aws_check import CHECKS, exit_status, run_checks, target_from_settings
 from skysurvey.errors import SkySurveyError
 
+__all__ = ["build_parser", "main", "run"]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -30,6 +30,8 @@ from skysurvey.aws_setup import (
 from skysurvey.config import env_file_path, read_env_file
 from skysurvey.errors import SkySurveyError
 
+__all__ = ["build_parser", "main", "run"]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -24,6 +24,8 @@ from skysurvey import cli
 from skysurvey.config import SAMPLE_DIR
 from skysurvey.synth import write_sample
 
+__all__ = ["build_parser", "main", "run"]
+
 
 def _size(text: str) -> int:
     value = cli.positive_int(text)

@@ -34,6 +34,8 @@ from skysurvey.cost import (
 )
 from skysurvey.errors import SkySurveyError
 
+__all__ = ["build_parser", "main", "run"]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Price an AWS run of the pipeline.",

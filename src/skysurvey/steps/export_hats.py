@@ -22,6 +22,8 @@ from skysurvey.config import get_setting
 from skysurvey.errors import SkySurveyError
 from skysurvey.hats_export import export_hats
 
+__all__ = ["build_parser", "main", "run"]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

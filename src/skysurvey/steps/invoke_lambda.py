@@ -46,6 +46,8 @@ from skysurvey.runner import (
 from skysurvey.schema import band_of_key, image_id_from_name
 from skysurvey.storage import open_store
 
+__all__ = ["build_parser", "main", "repair", "resolve_input", "run"]
+
 log = logging.getLogger("invoke_lambda")
 
 

@@ -46,6 +46,8 @@ from skysurvey.runner import list_images
 from skysurvey.schema import image_id_from_name
 from skysurvey.storage import open_store
 
+__all__ = ["build_parser", "main", "run"]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -37,6 +37,8 @@ from skysurvey.queries import (
     why_empty,
 )
 
+__all__ = ["PREVIEW_ROWS", "build_parser", "main", "run"]
+
 #: rows printed when --output writes the whole result to a file
 PREVIEW_ROWS = 10
 

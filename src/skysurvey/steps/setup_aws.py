@@ -44,6 +44,8 @@ from skysurvey.aws_setup import (
 from skysurvey.config import env_file_path, is_s3_uri, read_env_file, write_env_file
 from skysurvey.errors import SkySurveyError
 
+__all__ = ["build_parser", "main", "run", "write_template"]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -21,6 +21,8 @@ from skysurvey.errors import SkySurveyError, one_line, printable
 from skysurvey.runner import find_inputs
 from skysurvey.upload import upload_files
 
+__all__ = ["build_parser", "main", "run"]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
