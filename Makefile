@@ -29,7 +29,7 @@ $(STAMP): requirements.txt pyproject.toml requirements.lock
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python scripts/download_sample_fits.py --output data/sample
+	$(BIN)/python scripts/download_sample_fits.py --output-dir data/sample
 	$(BIN)/python scripts/upload_to_s3.py --input data/sample
 	$(BIN)/python scripts/invoke_lambda.py --reference data/sample/reference.parquet
 	$(BIN)/python scripts/build_objects.py

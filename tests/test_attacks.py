@@ -86,7 +86,7 @@ def test_export_hats_refuses_outputs_it_does_not_own(tmp_path, catalog, capsys, 
     out = output(tmp_path, catalog)
     before, root_before = _tree(tmp_path), sorted(os.listdir("/"))
     script = load_script("export_hats")
-    assert script.main(["--catalog", str(catalog), "--output", str(out)]) == 1
+    assert script.main(["--catalog", str(catalog), "--output-dir", str(out)]) == 1
     _one_error_line(capsys.readouterr().err, str(out), expected)
     assert _tree(tmp_path) == before  # nothing deleted, nothing added
     added = set(os.listdir("/")) - set(root_before)  # (others may write there meanwhile)

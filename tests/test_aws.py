@@ -189,7 +189,7 @@ def test_estimate_cost_prices_the_run_that_happened_at_the_deployed_memory(
 
 
 def test_estimate_cost_says_when_a_run_is_hypothetical(capsys):
-    assert _script("estimate_cost").main(["--images", "1500", "--seconds", "1"]) == 0
+    assert _script("estimate_cost").main(["--count", "1500", "--seconds", "1"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("hypothetical run (not measured): 1500 images")
     assert "1,500.0 GB-s" in out
@@ -199,7 +199,7 @@ def test_estimate_cost_without_a_recorded_run_says_what_to_do(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     status = _script("estimate_cost").main(["--catalog", str(tmp_path / "empty")])
     assert status == 1
-    assert "--images N" in capsys.readouterr().err
+    assert "--count N" in capsys.readouterr().err
 
 
 def _glue_tables(catalog_uri):

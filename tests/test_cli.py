@@ -132,7 +132,7 @@ def test_lambda_lock_pins_every_package_within_its_range():
 
 def test_sample_generation_shows_progress(tmp_path, capsys):
     script = load_script("download_sample_fits")
-    assert script.main(["--output", str(tmp_path), "--count", "2", "--size", "96"]) == 0
+    assert script.main(["--output-dir", str(tmp_path), "--count", "2", "--size", "96"]) == 0
     err = capsys.readouterr().err
     assert "[1/2] sky_g_001.fits" in err and "[2/2] sky_r_002.fits" in err
 

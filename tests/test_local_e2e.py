@@ -39,7 +39,7 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys):
 
     # 1. generate
     assert _script("download_sample_fits").main(
-        ["--output", str(sample), "--count", "3", "--size", "768", "--seed", "7"]) == 0
+        ["--output-dir", str(sample), "--count", "3", "--size", "768", "--seed", "7"]) == 0
     fits_files = sorted(p.name for p in sample.glob("*.fits"))
     assert len(fits_files) == 3
 
@@ -87,7 +87,7 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys):
     # 6. plots against the truth
     plots = out / "plots"
     assert _script("plot_catalog").main(
-        ["--catalog", str(catalog), "--images", str(raw / "images"),
-         "--truth", str(sample / "truth"), "--output", str(plots)]) == 0
+        ["--catalog", str(catalog), "--input", str(raw / "images"),
+         "--truth", str(sample / "truth"), "--output-dir", str(plots)]) == 0
     pngs = list(plots.glob("*.png"))
     assert len(pngs) >= 5 and all(p.stat().st_size > 5000 for p in pngs)

@@ -173,8 +173,9 @@ def test_plot_script_writes_pngs_and_fails_cleanly_without_catalog(tmp_path, cap
     images_key = tmp_path / "cat" / catalog_keys("a", "r", "2026-03-14")["images"]
     images_key.parent.mkdir(parents=True)
     pq.write_table(images_table, images_key)
-    assert script.main(["--catalog", str(tmp_path / "cat"), "--images", str(images),
-                        "--truth", str(truth), "--output", str(out), "--report", str(report)]) == 0
+    assert script.main(["--catalog", str(tmp_path / "cat"), "--input", str(images),
+                        "--truth", str(truth), "--output-dir", str(out),
+                        "--report", str(report)]) == 0
     captured = capsys.readouterr()
     assert f"report: {report}" in captured.out
     assert "skipped objects_sky_map.png: no objects: run scripts/build_objects.py" in captured.err
@@ -197,8 +198,8 @@ def test_plot_script_writes_pngs_and_fails_cleanly_without_catalog(tmp_path, cap
         SOURCES_SCHEMA.get_field_index("ra"), "ra", pa.nulls(4, pa.float64())),
         tmp_path / "cat" / key)
     out2 = tmp_path / "plots2"
-    assert script.main(["--catalog", str(tmp_path / "cat"), "--images", str(images),
-                        "--output", str(out2), "--report", str(report)]) == 0
+    assert script.main(["--catalog", str(tmp_path / "cat"), "--input", str(images),
+                        "--output-dir", str(out2), "--report", str(report)]) == 0
     assert sorted(p.name for p in out2.glob("*.png")) == ["detections_a.png", "image_quality.png",
                                                           "snr.png"]
     err = capsys.readouterr().err
@@ -206,7 +207,7 @@ def test_plot_script_writes_pngs_and_fails_cleanly_without_catalog(tmp_path, cap
     assert "skipped sky_map.png: no source has RA/Dec" in err
     page = report.read_text()
     assert page.count("data:image/png") == 3 and "skipped sky_map.png: no source" in page
-    assert script.main(["--catalog", str(tmp_path / "none"), "--output", str(out)]) == 1
+    assert script.main(["--catalog", str(tmp_path / "none"), "--output-dir", str(out)]) == 1
     assert "no catalog here" in capsys.readouterr().err
 
 
@@ -409,8 +410,8 @@ def test_plot_script_puts_the_report_in_the_folder_it_was_given(tmp_path, capsys
     _catalogued(tmp_path)
     script = load_script("plot_catalog")
     out = tmp_path / "x" / "plots"
-    assert script.main(["--catalog", str(tmp_path / "cat"), "--images", str(tmp_path / "raw"),
-                        "--output", str(out)]) == 0
+    assert script.main(["--catalog", str(tmp_path / "cat"), "--input", str(tmp_path / "raw"),
+                        "--output-dir", str(out)]) == 0
     assert f"report: {out / 'report.html'}" in capsys.readouterr().out
     assert (out / "report.html").is_file()
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["plots"]

@@ -666,7 +666,7 @@ def test_estimate_cost_takes_the_image_size_from_the_images(mocked_aws, tmp_path
     data = (tmp_path / "a.fits").read_bytes()
     for key in ("images/a.fits", "images/n1/b.fits", "images/notes.txt"):
         s3.put_object(Bucket=RAW, Key=key, Body=data if key.endswith(".fits") else b"x" * 10**7)
-    assert _price("--images", "1000", "--input", f"s3://{RAW}/images/") == 0
+    assert _price("--count", "1000", "--input", f"s3://{RAW}/images/") == 0
     out = capsys.readouterr().out
     mb = len(data) / 1e6
     assert f"S3 at {mb:,.3g} MB per image (mean of 2 FITS files in s3://{RAW}/images/)" in out
@@ -674,7 +674,7 @@ def test_estimate_cost_takes_the_image_size_from_the_images(mocked_aws, tmp_path
     assert f"S3 (one month + requests)      ${usd:,.4f}" in out
     assert usd < estimate(1000, seconds_per_image=0.3).s3_usd / 10
 
-    assert _price("--images", "1000", "--pixels", "256") == 0
+    assert _price("--count", "1000", "--pixels", "256") == 0
     assert f"S3 at {fits_mb(256 * 256):,.3g} MB per image" in capsys.readouterr().out
     assert abs(fits_mb(256 * 256) - mb) < 0.01  # the file is 256 x 256 x 4 bytes + header
 
@@ -690,16 +690,16 @@ def test_estimate_cost_takes_the_image_size_from_the_images(mocked_aws, tmp_path
     out = capsys.readouterr().out
     assert f"S3 at {fits_mb(256 * 256):,.3g} MB per image (the catalog's images: 65,536" in out
 
-    assert _price("--images", "10") == 0  # nothing known: the documented default, said
+    assert _price("--count", "10") == 0  # nothing known: the documented default, said
     assert "S3 at 16.8 MB per image (default: a 2048x2048 32-bit image" in \
         capsys.readouterr().out
-    assert _price("--images", "10", "--input", str(tmp_path / "cat")) == 1
+    assert _price("--count", "10", "--input", str(tmp_path / "cat")) == 1
     assert "no FITS files" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("script", "args"), [
-    ("estimate_cost", ["--images", "0"]), ("estimate_cost", ["--images", "-5"]),
-    ("estimate_cost", ["--mb", "0"]), ("estimate_cost", ["--seconds", "-1"]),
+    ("estimate_cost", ["--count", "0"]), ("estimate_cost", ["--count", "-5"]),
+    ("estimate_cost", ["--image-mb", "0"]), ("estimate_cost", ["--seconds", "-1"]),
     ("estimate_cost", ["--memory", "0"]), ("estimate_cost", ["--queries", "-1"]),
     ("estimate_cost", ["--pixels", "0x256"]),
     ("setup_aws", ["--memory", "0"]), ("setup_aws", ["--timeout", "-1"]),

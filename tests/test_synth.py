@@ -121,7 +121,7 @@ def test_script_writes_sample_and_rejects_bad_usage(tmp_path, capsys):
     from conftest import load_script
 
     module = load_script("download_sample_fits")
-    assert module.main(["--output", str(tmp_path), "--count", "2", "--size", "256"]) == 0
+    assert module.main(["--output-dir", str(tmp_path), "--count", "2", "--size", "256"]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.fits")) == ["sky_g_001.fits",
                                                                 "sky_r_002.fits"]
     assert len(list((tmp_path / "truth").glob("*.csv"))) == 2

@@ -1,7 +1,7 @@
 """Step 1: make the sample images. Nothing is downloaded: the images are synthetic, drawn with
 a known truth (realistic WCS, Moffat PSF, stars and Sersic galaxies, sky gradient, noise).
 
-    python scripts/download_sample_fits.py --output data/sample
+    python scripts/download_sample_fits.py --output-dir data/sample
     python scripts/download_sample_fits.py --count 3 --size 1024 --bands r
 
 Writes ``sky_<band>_<NNN>.fits``, ``truth/<image_id>.csv``, ``metadata.json`` (with each image's
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=cli.HelpFormatter,
         epilog="example: python scripts/download_sample_fits.py --count 3 --size 1024",
     )
-    parser.add_argument("--output", default=str(SAMPLE_DIR), help="folder to write into")
+    parser.add_argument("--output-dir", default=str(SAMPLE_DIR), help="folder to write into")
     parser.add_argument("--count", type=cli.positive_int, default=6, help="number of images")
     parser.add_argument("--size", type=_size, default=2048, help="image side in pixels")
     parser.add_argument("--seed", type=_seed, default=42, help="random seed")
@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["scripts/download_sample_fits.py", *given])
     if args.survey:
         return _survey(args, given, command, start)
-    print(f"drawing {args.count} images of {args.size}x{args.size} px into {args.output} ...",
+    print(f"drawing {args.count} images of {args.size}x{args.size} px into {args.output_dir} ...",
           file=sys.stderr, flush=True)
-    paths = write_sample(args.output, count=args.count, size=args.size, bands=bands,
+    paths = write_sample(args.output_dir, count=args.count, size=args.size, bands=bands,
                          seed=args.seed, compress=None if args.compress == "none" else
                          args.compress, command=command, progress=_progress(start))
     rows = []
@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                      "galaxies": int((truth["kind"] == "galaxy").sum()),
                      "MB": round(path.stat().st_size / 1e6, 1)})
     print(pd.DataFrame(rows).to_string(index=False))
-    print(f"{len(paths)} images of {args.size}x{args.size} px in {args.output} "
-          f"({time.perf_counter() - start:.1f} s); truth in {args.output}/truth/; "
-          f"reference catalog {args.output}/reference.parquet")
+    print(f"{len(paths)} images of {args.size}x{args.size} px in {args.output_dir} "
+          f"({time.perf_counter() - start:.1f} s); truth in {args.output_dir}/truth/; "
+          f"reference catalog {args.output_dir}/reference.parquet")
     return 0
 
 
@@ -117,15 +117,15 @@ def _survey(args, given: list[str], command: str, start: float) -> int:
     if not any(a.startswith("--bands") for a in given):
         bands = ("g", "r")
     size = args.size if any(a.startswith("--size") for a in given) else 512
-    paths = write_survey(args.output, nights=args.survey, bands=bands, size=size,
+    paths = write_survey(args.output_dir, nights=args.survey, bands=bands, size=size,
                          seed=args.seed, command=command,
                          compress=None if args.compress == "none" else args.compress)
-    truth = pd.read_csv(f"{args.output}/truth/objects.csv")
+    truth = pd.read_csv(f"{args.output_dir}/truth/objects.csv")
     print(f"{len(paths)} images ({args.survey} nights x {len(bands)} bands, {size}x{size} px) in "
-          f"{args.output} ({time.perf_counter() - start:.1f} s): {len(truth)} true objects, "
+          f"{args.output_dir} ({time.perf_counter() - start:.1f} s): {len(truth)} true objects, "
           f"{int((truth['amplitude'] > 0).sum())} variables, "
           f"{int((truth['transient_night'] >= 0).sum())} transients; truth in "
-          f"{args.output}/truth/")
+          f"{args.output_dir}/truth/")
     return 0
 
 

@@ -2,15 +2,15 @@
 
     python scripts/estimate_cost.py                          # the run that happened
     python scripts/estimate_cost.py --catalog s3://astronomy-catalog-SUFFIX
-    python scripts/estimate_cost.py --images 100000 --seconds 0.3 --memory 1024   # what-if
-    python scripts/estimate_cost.py --images 100000 --input data/sample      # their file sizes
+    python scripts/estimate_cost.py --count 100000 --seconds 0.3 --memory 1024   # what-if
+    python scripts/estimate_cost.py --count 100000 --input data/sample      # their file sizes
 
 By default it prices the run recorded in the catalog (BUCKET_CATALOG): the image count and the
 sum of the handler's measured ``images.seconds``, at the memory size of the deployed function
 (LAMBDA_FUNCTION; 1024 MB, said to be assumed, when none can be read; --memory to set it). With
---images it prices a hypothetical run instead, and says so.
+--count it prices a hypothetical run instead, and says so.
 
-The stored size per image (S3) comes from, first found: --mb; --input (the mean size of the
+The stored size per image (S3) comes from, first found: --image-mb; --input (the mean size of the
 FITS files in a folder or s3:// prefix); --pixels (WIDTHxHEIGHT or SIDE, 32-bit pixels); the
 measured run's recorded image sizes (images.width x height, 32-bit pixels); else 16.8 MB (a
 2048 x 2048 32-bit image). The output says which.
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--function", default=None,
                         help="the deployed function whose memory prices the run "
                              "(default: LAMBDA_FUNCTION)")
-    parser.add_argument("--images", type=cli.positive_int, default=None,
+    parser.add_argument("--count", type=cli.positive_int, default=None,
                         help="price a hypothetical run of this many images instead")
     parser.add_argument("--seconds", type=cli.positive_float, default=0.3,
                         help="hypothetical run: handler seconds per image")
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Lambda memory, MB (default: the deployed function's; 1024 for a "
                              "hypothetical run)")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--mb", type=cli.positive_float, default=None,
+    size.add_argument("--image-mb", type=cli.positive_float, default=None,
                       help="FITS size per image, MB (default: from --input or --pixels, else "
                            "the measured run's image sizes, else "
                            f"{DEFAULT_MB_PER_IMAGE} MB, a 2048x2048 32-bit image)")
@@ -79,8 +79,8 @@ def _pixels(text: str) -> int:
 
 def _mb_per_image(args, run) -> tuple[float, str]:
     """(MB per image, where it comes from), in the order the module docstring gives."""
-    if args.mb:
-        return args.mb, "--mb"
+    if args.image_mb:
+        return args.image_mb, "--image-mb"
     if args.input:
         mb, n = mean_file_mb(args.input)
         return mb, f"mean of {n} FITS file{'s' * (n != 1)} in {args.input}"
@@ -90,15 +90,15 @@ def _mb_per_image(args, run) -> tuple[float, str]:
         return fits_mb(run.mean_pixels), (f"the catalog's images: {run.mean_pixels:,.0f} "
                                           "pixels of 32 bits on average")
     return DEFAULT_MB_PER_IMAGE, ("default: a 2048x2048 32-bit image; --input, --pixels or "
-                                  "--mb for yours")
+                                  "--image-mb for yours")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run = None
     try:
-        if args.images is not None:
-            images, seconds, memory = args.images, args.seconds, args.memory or 1024
+        if args.count is not None:
+            images, seconds, memory = args.count, args.seconds, args.memory or 1024
             print(f"hypothetical run (not measured): {images} images, {seconds:.3f} s each "
                   f"at {memory} MB")
         else:
@@ -106,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 run = measured_run(catalog)
             except SkySurveyError as exc:
-                print(f"error: {exc} (or price a hypothetical run with --images N)",
+                print(f"error: {exc} (or price a hypothetical run with --count N)",
                       file=sys.stderr)
                 return 1
             if run.images == 0:
                 print(f"error: {catalog}: no images recorded: run invoke_lambda.py first, or "
-                      "price a hypothetical run with --images N", file=sys.stderr)
+                      "price a hypothetical run with --count N", file=sys.stderr)
                 return 1
             if args.memory:
                 memory, where = args.memory, "--memory"

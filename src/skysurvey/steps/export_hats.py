@@ -1,7 +1,7 @@
 """Step 6: export the survey as HATS catalogs that LSDB opens and cross-matches.
 
-    python scripts/export_hats.py --catalog data/catalog --output data/hats
-    python scripts/export_hats.py --catalog s3://my-catalog --output s3://my-catalog/hats
+    python scripts/export_hats.py --catalog data/catalog --output-dir data/hats
+    python scripts/export_hats.py --catalog s3://my-catalog --output-dir s3://my-catalog/hats
 
 Writes ``<output>/objects`` and ``<output>/sources`` (HATS collections, each with a 10" margin
 cache as its default margin) with hats-import; then ``lsdb.open_catalog("<output>/objects")``.
@@ -29,11 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Export objects and sources as HATS catalogs (with margin caches).",
         formatter_class=cli.HelpFormatter,
-        epilog="example: python scripts/export_hats.py --catalog data/catalog --output data/hats",
+        epilog="example: python scripts/export_hats.py --catalog data/catalog "
+               "--output-dir data/hats",
     )
     parser.add_argument("--catalog", default=None,
                         help="catalog folder or s3:// URI (default: BUCKET_CATALOG)")
-    parser.add_argument("--output", required=True, help="folder or s3:// URI to write")
+    parser.add_argument("--output-dir", required=True,
+                        help="folder or s3:// URI to write (objects/ and sources/ in it)")
     parser.add_argument("--workers", type=cli.positive_int, default=1,
                         help="dask workers for hats-import")
     parser.add_argument("--force", action="store_true",
@@ -49,13 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     catalog = get_setting("BUCKET_CATALOG", args.catalog)
     try:
-        report = export_hats(catalog, args.output, workers=args.workers,
+        report = export_hats(catalog, args.output_dir, workers=args.workers,
                              force=args.force)
     except SkySurveyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(report.summary())
-    print(f"open with: lsdb.open_catalog({args.output.rstrip('/')!r} + '/objects')")
+    print(f"open with: lsdb.open_catalog({args.output_dir.rstrip('/')!r} + '/objects')")
     return 0
 
 

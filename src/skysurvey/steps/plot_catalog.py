@@ -10,7 +10,7 @@ magnitudes (one-to-one matches, residual panel), seeing, depth and zero point pe
 scripts/build_objects.py has run,
 the objects: their sky map, the variability diagram and the light curves of the most variable.
 A figure with nothing to show is skipped with one line saying why. Then data/output/report.html
-(with ``--output DIR``: DIR/report.html): the run summary, a quality table per image, every
+(with ``--output-dir DIR``: DIR/report.html): the run summary, a quality table per image, every
 figure (embedded) and the named query results.
 Exit status 0, or 1 with one line when the catalog or image cannot be read.
 """
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cli.add_version(parser)
     parser.add_argument("--catalog", default=None, help="catalog (default: BUCKET_CATALOG)")
-    parser.add_argument("--images", default=None,
+    parser.add_argument("--input", default=None,
                         help="FITS folder or s3:// prefix (default: BUCKET_RAW/images)")
     parser.add_argument("--image-id", default=None,
                         help="image for the detection overlay (default: the first)")
@@ -69,10 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference-bands", default=None, metavar="BAND=COLUMN,...",
                         help="reference magnitude column per band (default: REFERENCE_BANDS, "
                              "else <band>mag)")
-    parser.add_argument("--output", default=str(OUTPUT_DIR / "plots"), help="PNG folder")
+    parser.add_argument("--output-dir", default=str(OUTPUT_DIR / "plots"), help="PNG folder")
     parser.add_argument("--report", default=None,
                         help="the run report; 'none' to skip it (default: "
-                             "data/output/report.html; with --output DIR, DIR/report.html, "
+                             "data/output/report.html; with --output-dir DIR, DIR/report.html, "
                              "inside the folder you named)")
     return parser
 
@@ -130,7 +130,7 @@ def _default_report(output: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     catalog = get_setting("BUCKET_CATALOG", args.catalog)
-    images = args.images or get_setting("BUCKET_RAW").rstrip("/") + "/images"
+    images = args.input or get_setting("BUCKET_RAW").rstrip("/") + "/images"
     try:
         sources = read_catalog(catalog)
         image = _overlay(images, set(sources["image_id"]), args.image_id)
@@ -151,13 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["REFERENCE_CATALOG"] = reference.uri
         extra["calibration_residuals"] = lambda: plot_calibration_residuals(
             match_to_reference(sources, images_table, reference))
-    paths, skipped = save_all(sources, args.output, image=image, truth=truth,
+    paths, skipped = save_all(sources, args.output_dir, image=image, truth=truth,
                               extra={**extra, **_object_figures(catalog)})
     for path in paths:
         print(path)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
-    report_path = args.report or str(_default_report(args.output))
+    report_path = args.report or str(_default_report(args.output_dir))
     if report_path.lower() != "none":
         try:
             report = write_report(report_path, catalog, png_paths=paths, skipped=skipped,
