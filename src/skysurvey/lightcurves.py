@@ -11,13 +11,18 @@ wires them in.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 __all__ = [
     "DEEP_MARGIN_MAG",
+    "OBJECT_VARIABILITY_SCHEMA",
     "QUIET_SNR",
     "chi2_constant",
+    "chi2_sigma",
+    "image_flux_scale",
     "n_covering",
     "n_forced_nondetections",
+    "summarize",
     "transient_candidate",
 ]
 
@@ -28,6 +33,28 @@ DEEP_MARGIN_MAG = 0.5
 QUIET_SNR = 3.0
 #: Detections this significant make an object a transient candidate (with quiet deep images).
 DETECTED_SNR = 5.0
+
+
+#: Table ``object_variability`` (forced_run.summarize_forced): one row per object, partitioned
+#: like ``objects`` (``<catalog>/object_variability/hpx5=<P>/variability.parquet``). The SQL
+#: view ``objects`` joins it (queries.objects_view_sql).
+OBJECT_VARIABILITY_SCHEMA = pa.schema(
+    [
+        pa.field("object_id", pa.int64(), nullable=False),
+        pa.field("n_covering", pa.int32()),  # forced rows: images that covered it
+        pa.field("n_forced_nondetections", pa.int32()),  # covering images without a detection
+        pa.field("forced_chi2", pa.float64()),  # vs a constant, summed over bands
+        pa.field("forced_dof", pa.int32()),
+        pa.field("forced_chi2_reduced", pa.float64()),
+        pa.field("variability_sigma", pa.float64()),  # chi2 excess in Gaussian sigma
+        pa.field("max_detected_snr", pa.float64()),  # forced SNR on images that detected it
+        pa.field("detected_mag", pa.float64()),  # brightest forced mag where detected, SNR>=5
+        pa.field("n_deep_quiet", pa.int32()),  # deep covering images with no flux (SNR < 3)
+        pa.field("variable", pa.bool_()),
+        pa.field("transient_candidate", pa.bool_()),
+        pa.field("pipeline_version", pa.string()),
+    ]
+)
 
 
 def _index(object_id, ids=None) -> tuple[np.ndarray, np.ndarray]:
@@ -128,3 +155,147 @@ def transient_candidate(object_id, detected, snr, mag, mag_limit, ids=None, *,
     n_deep_quiet = np.bincount(idx[deep], minlength=ids.size).astype(np.int32)
     has_detection = np.isfinite(brightest)
     return has_detection & (n_deep_quiet > 0), n_deep_quiet
+
+
+# ---- the per-object summary of a whole forced table (forced_run.summarize_forced) ----------
+
+#: Forced rows whose flux is not trusted for the constant-flux test or a "no flux" verdict:
+#: saturated pixels, masked pixels in the aperture, aperture truncated by the edge
+#: (forced.SATURATED | forced.MASKED | forced.NEAR_EDGE).
+UNTRUSTED_FLAGS = 4 | 512 | 1024
+#: A fractional systematic error added in quadrature to every forced flux (flat-field, PSF
+#: and aperture-correction errors the per-point errors do not hold).
+SYSTEMATIC_FLOOR = 0.01
+#: Objects with forced SNR at least this (per image) calibrate the per-image flux scale.
+CALIBRATION_SNR = 20.0
+#: Fewer calibration objects than this on an image: its scale is left at 1.
+MIN_CALIBRATION_OBJECTS = 10
+#: ``variable`` when the chi-square against a constant is this many Gaussian sigma above its
+#: expectation (Wilson-Hilferty), with at least :data:`MIN_VARIABLE_DOF` degrees of freedom.
+VARIABLE_SIGMA = 5.0
+MIN_VARIABLE_DOF = 2
+
+_SUMMARY_COLUMNS = ("n_covering", "n_forced_nondetections", "forced_chi2", "forced_dof",
+                    "forced_chi2_reduced", "variability_sigma", "max_detected_snr",
+                    "detected_mag", "n_deep_quiet", "variable", "transient_candidate")
+
+
+def chi2_sigma(chi2, dof) -> np.ndarray:
+    """How many Gaussian sigma *chi2* lies above a chi-square of *dof* degrees of freedom
+    (Wilson-Hilferty cube-root approximation; NaN where dof < 1)."""
+    chi2, dof = np.asarray(chi2, float), np.asarray(dof, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        k = np.where(dof >= 1, dof, np.nan)
+        v = 2.0 / (9.0 * k)
+        return (np.cbrt(chi2 / k) - (1.0 - v)) / np.sqrt(v)
+
+
+def image_flux_scale(row_image, row_key, flux, flux_err, snr, good, n_images, *,
+                     min_snr: float = CALIBRATION_SNR,
+                     min_objects: int = MIN_CALIBRATION_OBJECTS) -> np.ndarray:
+    """Per image, the median ratio of its bright forced fluxes to their (object, band) means.
+
+    A per-image calibration offset (zero point off by ~1%) moves every flux of the image by
+    the same factor; dividing it out keeps bright constant stars, whose errors are below 1%,
+    from looking variable. Images with fewer than *min_objects* bright objects get 1.
+    """
+    keys, inv = np.unique(row_key, return_inverse=True)
+    flux, err = np.asarray(flux, float), np.asarray(flux_err, float)
+    ok = good & np.isfinite(flux) & np.isfinite(err) & (err > 0)
+    w = np.where(ok, 1.0 / np.where(ok, err, 1.0) ** 2, 0.0)
+    sw = np.bincount(inv, w, minlength=keys.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.bincount(inv, w * np.where(ok, flux, 0.0), minlength=keys.size) / sw
+        ratio = flux / mean[inv]
+        use = ok & (np.asarray(snr, float) >= min_snr) & (mean[inv] > 0) & np.isfinite(ratio)
+    scale = np.ones(n_images)
+    image = np.asarray(row_image, np.int64)[use]
+    ratio = ratio[use]
+    order = np.argsort(image, kind="stable")
+    image, ratio = image[order], ratio[order]
+    bounds = np.searchsorted(image, np.arange(n_images + 1))
+    for i in range(n_images):
+        part = ratio[bounds[i]:bounds[i + 1]]
+        if part.size >= min_objects:
+            scale[i] = float(np.median(part))
+    return scale
+
+
+def summarize(ids, object_id, band, image, detected, flux, flux_err, snr, mag, mag_limit,
+              flags, *, floor: float = SYSTEMATIC_FLOOR, variable_sigma: float = VARIABLE_SIGMA,
+              detected_snr: float = DETECTED_SNR, margin: float = DEEP_MARGIN_MAG,
+              quiet_snr: float = QUIET_SNR) -> dict[str, np.ndarray]:
+    """The ``object_variability`` columns of objects *ids* from their forced rows.
+
+    Parameters
+    ----------
+    ids : array_like of int
+        The objects to report (one output row each, covered or not).
+    object_id, band, image, detected, flux, flux_err, snr, mag, mag_limit, flags : array_like
+        One per forced row; *band* and *image* as small integer codes, *detected*: a source
+        of that image is associated with the object.
+
+    Notes
+    -----
+    Fluxes are divided by their image's :func:`image_flux_scale`; the chi-square against a
+    constant is taken per (object, band) with *floor* added in quadrature, then errors of
+    each band are scaled by the square root of the band's median reduced chi-square (never
+    shrunk, as ``objects.statistics.error_scale``) and the bands' chi-squares are summed.
+    Rows with :data:`UNTRUSTED_FLAGS` take no part in the chi-square nor in "no flux" verdicts.
+    """
+    ids = np.asarray(ids, np.int64)
+    object_id = np.asarray(object_id, np.int64)
+    band = np.asarray(band, np.int64)
+    image = np.asarray(image, np.int64)
+    detected = np.asarray(detected, bool)
+    flux, err, snr = (np.asarray(v, float) for v in (flux, flux_err, snr))
+    good = (np.asarray(flags, np.int64) & UNTRUSTED_FLAGS) == 0
+    _, idx = _index(object_id, ids)
+    n_bands = int(band.max()) + 1 if band.size else 1
+    key = np.where(idx >= 0, idx, -1) * n_bands + band
+    scale = image_flux_scale(image, key, flux, err, snr, good & (idx >= 0),
+                             int(image.max()) + 1 if image.size else 0)
+    f = flux / scale[image] if image.size else flux
+    e = err / scale[image] if image.size else err
+    f_ok = np.where(good, f, np.nan)
+    keys = np.unique(key[idx >= 0])
+    chi2, dof, _ = chi2_constant(key, f_ok, e, keys, floor=floor)
+    key_band = keys % n_bands
+    key_obj = keys // n_bands
+    red = np.where(dof > 0, chi2 / np.maximum(dof, 1), np.nan)
+    band_scale = np.ones(n_bands)
+    for b in range(n_bands):
+        values = red[(key_band == b) & (dof >= MIN_VARIABLE_DOF) & np.isfinite(red)]
+        if values.size >= 20:
+            band_scale[b] = max(1.0, float(np.median(values)))
+    chi2 = np.where(np.isfinite(chi2), chi2, 0.0) / band_scale[key_band]
+    tot_chi2 = np.bincount(key_obj, chi2, minlength=ids.size)
+    tot_dof = np.bincount(key_obj, dof, minlength=ids.size).astype(np.int32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reduced = np.where(tot_dof > 0, tot_chi2 / np.maximum(tot_dof, 1), np.nan)
+    sigma = chi2_sigma(tot_chi2, tot_dof)
+    variable = (tot_dof >= MIN_VARIABLE_DOF) & (sigma >= variable_sigma)
+    quiet_snr_used = np.where(good | detected, snr, np.inf)  # untrusted: never "no flux"
+    candidate, n_deep_quiet = transient_candidate(
+        object_id, detected, quiet_snr_used, mag, mag_limit, ids, detected_snr=detected_snr,
+        margin=margin, quiet_snr=quiet_snr)
+    strong = (idx >= 0) & detected
+    max_snr = np.full(ids.size, -np.inf)
+    np.maximum.at(max_snr, idx[strong], np.where(np.isfinite(snr[strong]), snr[strong], -np.inf))
+    mag = np.asarray(mag, float)
+    brightest = np.full(ids.size, np.inf)
+    use = strong & (snr >= detected_snr) & np.isfinite(mag)
+    np.minimum.at(brightest, idx[use], mag[use])
+    return {
+        "n_covering": n_covering(object_id, ids),
+        "n_forced_nondetections": n_forced_nondetections(object_id, detected, ids),
+        "forced_chi2": np.where(tot_dof > 0, tot_chi2, np.nan),
+        "forced_dof": tot_dof,
+        "forced_chi2_reduced": reduced,
+        "variability_sigma": sigma,
+        "max_detected_snr": np.where(np.isfinite(max_snr), max_snr, np.nan),
+        "detected_mag": np.where(np.isfinite(brightest), brightest, np.nan),
+        "n_deep_quiet": n_deep_quiet,
+        "variable": variable,
+        "transient_candidate": candidate,
+    }
