@@ -163,9 +163,11 @@ def score(catalog: str, raw) -> dict:
     is_tr = (matched["transient_night"] >= 0).to_numpy()
     tr = is_tr & covered & (snr >= 10)
     candidate = obj["transient_candidate"].fillna(False).to_numpy(bool)
-    tr_objects = set(obj["object_id"][is_tr])
-    false_tr = objects[objects["transient_candidate"].fillna(False).astype(bool)
-                       & ~objects["object_id"].isin(tr_objects)]
+    # an object within 1" of a true transient is (a piece of) it, not a false candidate
+    transient_sky = truth[truth["transient_night"] >= 0]
+    near_tr = cKDTree(np.c_[transient_sky["ra"] * cosd, transient_sky["dec"]]).query(
+        np.c_[objects["ra"] * cosd, objects["dec"]])[0] * 3600 < 1.0
+    false_tr = objects[objects["transient_candidate"].fillna(False).astype(bool) & ~near_tr]
     false_tr_query = false_tr[false_tr["n_detections"] >= 2]
     return {
         "objects": len(objects),

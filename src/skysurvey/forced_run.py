@@ -624,9 +624,9 @@ def summarize_forced(catalog_uri: str) -> VariabilitySummary:
     summary = VariabilitySummary()
     objects = dataset(catalog_uri, "objects").to_table(columns=["object_id", "hpx5"])
     forced = dataset(catalog_uri, "forced_photometry").to_table(columns=FORCED_COLUMNS)
-    recorded = dataset(catalog_uri, "images").to_table(columns=["image_id"])["image_id"]
+    records = dataset(catalog_uri, "images").to_table(columns=["image_id", "aperture_radius"])
     forced = forced.filter(pc.is_in(forced["image_id"],
-                                    value_set=recorded.combine_chunks().unique()))
+                                    value_set=records["image_id"].combine_chunks().unique()))
     assoc = dataset(catalog_uri, "associations").to_table(columns=["image_id", "object_id"])
     ids = objects["object_id"].to_numpy().astype(np.int64)
     hpx5 = objects["hpx5"].to_numpy(zero_copy_only=False).astype(np.int64)
@@ -648,10 +648,15 @@ def summarize_forced(catalog_uri: str) -> VariabilitySummary:
     def num(name):
         return forced[name].to_numpy(zero_copy_only=False).astype(float)
 
+    radius = np.full(len(images), np.nan)  # per image code: the aperture radius (detrending)
+    where = _codes(records["image_id"], images)
+    radius[where[where >= 0]] = records["aperture_radius"].to_numpy(
+        zero_copy_only=False).astype(float)[where >= 0]
     cols = lightcurves.summarize(
         ids, row_obj, row_band, row_image, detected, num("flux"), num("flux_err"), num("snr"),
         num("mag"), num("mag_limit"),
-        forced["flags"].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64))
+        forced["flags"].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
+        image_x=radius)
     schema = lightcurves.OBJECT_VARIABILITY_SCHEMA
     written = set()
     for part in np.unique(hpx5):
