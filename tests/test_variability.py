@@ -132,6 +132,9 @@ def score(catalog: str, raw) -> dict:
     best_snr = run_query("SELECT a.object_id, max(s.snr) AS snr FROM associations a JOIN "
                          "sources s ON s.image_id = a.image_id AND s.source_id = a.source_id "
                          "GROUP BY a.object_id", catalog).set_index("object_id")["snr"]
+    n_good = run_query("SELECT object_id, count(*) AS n FROM forced_photometry WHERE "
+                       f"(flags & {lc.UNTRUSTED_FLAGS}) = 0 GROUP BY object_id",
+                       catalog).set_index("object_id")["n"]
     cosd = np.cos(np.radians(truth["dec"].mean()))
     tree = cKDTree(np.c_[objects["ra"] * cosd, objects["dec"]])
     dist, idx = tree.query(np.c_[truth["ra"] * cosd, truth["dec"]])
@@ -155,8 +158,10 @@ def score(catalog: str, raw) -> dict:
         hit = (t_amp[pairs[:, b]] > 0) & (t_mag[pairs[:, b]] < t_mag[pairs[:, a]] + 2.5)
         near_variable[pairs[hit, a]] = True
     near_variable = near_variable[matched["true_id"].to_numpy()]
-    is_var = star & static & bright & (amp >= 0.3)
-    constant = star & static & bright & (amp == 0)
+    # measured on at least 6 images with a trusted forced flux (3 per band)
+    seen6 = n_good.reindex(obj["object_id"]).fillna(0).to_numpy() >= 6
+    is_var = star & static & bright & (amp >= 0.3) & seen6
+    constant = star & static & bright & (amp == 0) & seen6
     # transients: detected at SNR >= 10 and covered by an image of another night
     covered = _covered_by_other_night(truth, raw)[matched["true_id"].to_numpy()]
     snr = best_snr.reindex(obj["object_id"]).to_numpy()

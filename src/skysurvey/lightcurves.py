@@ -204,7 +204,7 @@ MIN_VARIABLE_DOF = 2
 #: :func:`transient_candidate`.
 FADED_MAG = 1.0
 #: Of the deep images without a detection, at least this fraction must show no flux.
-QUIET_FRACTION = 0.5
+QUIET_FRACTION = 0.2
 
 _SUMMARY_COLUMNS = ("n_covering", "n_forced_nondetections", "forced_chi2", "forced_dof",
                     "forced_chi2_reduced", "variability_sigma", "max_detected_snr",
