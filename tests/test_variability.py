@@ -273,3 +273,109 @@ def test_variables_and_transients_against_injected_truth(lc_survey):
     assert s["constant_false"] <= 0.01
     assert s["transient_recall"] >= 0.95
     assert s["false_transient_fraction"] <= 0.002
+
+
+# ---- the table, the view, the queries ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_survey(tmp_path_factory):
+    """Two nights, one band, 256 x 256, catalogued and associated (no forced photometry)."""
+    from skysurvey.objects import build_objects
+    from skysurvey.runner import run_local
+    from skysurvey.synth_survey import write_survey
+
+    root = tmp_path_factory.mktemp("small")
+    raw, catalog = root / "raw", root / "cat"
+    paths = write_survey(raw, nights=2, bands=("r",), size=256, n_transients=2, seed=5)
+    replies = run_local(str(raw), [p.name for p in paths], str(catalog), workers=1)
+    assert all(r["status"] == "ok" for r in replies), replies
+    build_objects(str(catalog))
+    return raw, catalog
+
+
+def test_objects_view_without_and_with_forced_photometry(small_survey, tmp_path):
+    import shutil
+
+    from skysurvey.forced_run import VARIABILITY_FOLDER, run_forced, summarize_forced
+    from skysurvey.queries import OBJECTS_VIEW_EXTRA, run_named, run_query
+
+    raw, original = small_survey
+    catalog = tmp_path / "cat"
+    shutil.copytree(original, catalog)
+    # before the forced step: one night seen is no evidence, no transient is claimed
+    before = run_query("SELECT * FROM objects", str(catalog))
+    assert len(before) > 0 and not before["transient_candidate"].any()
+    assert before["n_covering"].isna().all()
+    assert set(OBJECTS_VIEW_EXTRA) <= set(before.columns)
+    assert run_named("transients", str(catalog), (1,)).empty
+    report = run_forced(str(catalog), str(raw), workers=1)
+    assert report.variability is not None and "object_variability:" in report.summary()
+    after = run_query("SELECT * FROM objects ORDER BY object_id", str(catalog))
+    assert len(after) == len(before)  # the join adds columns, never rows
+    forced = run_query("SELECT object_id, count(*) AS n FROM forced_photometry GROUP BY 1",
+                       str(catalog)).set_index("object_id")["n"]
+    n_cov = after.set_index("object_id")["n_covering"]
+    assert (n_cov.reindex(forced.index) == forced).all()
+    assert (after["n_forced_nondetections"] <= after["n_covering"]).all()
+    assert after["transient_candidate"].dtype == bool
+    # the queries show the reasons
+    transients = run_named("transients", str(catalog), (1,))
+    assert {"n_covering", "n_deep_quiet", "max_detected_snr", "detected_mag"} <= set(
+        transients.columns)
+    assert (transients["n_deep_quiet"] >= 1).all()
+    variables = run_named("variables", str(catalog))
+    assert {"variability_sigma", "forced_chi2_reduced", "forced_dof"} <= set(variables.columns)
+    # a re-run replaces (one file per partition, same rows); a stale partition goes
+    files = sorted((catalog / VARIABILITY_FOLDER).rglob("*.parquet"))
+    stale = catalog / VARIABILITY_FOLDER / "hpx5=1" / "variability.parquet"
+    stale.parent.mkdir()
+    shutil.copy(files[0], stale)
+    again = summarize_forced(str(catalog))
+    assert again.removed == [f"{VARIABILITY_FOLDER}hpx5=1/variability.parquet"]
+    assert sorted((catalog / VARIABILITY_FOLDER).rglob("*.parquet")) == files
+    assert run_query("SELECT count(*) AS n FROM object_variability",
+                     str(catalog))["n"][0] == len(after)
+
+
+@pytest.mark.slow
+def test_object_variability_on_s3_through_the_moto_server(small_survey, moto_server,
+                                                           monkeypatch, capsys):
+    from conftest import load_script
+
+    from skysurvey import athena, aws
+    from skysurvey.queries import run_query
+    from skysurvey.storage import open_store
+
+    raw, catalog = small_survey
+    s3 = aws.client("s3")
+    for bucket in ("raw", "cat"):
+        s3.create_bucket(Bucket=bucket)
+    raw_store, cat_store = open_store("s3://raw/images"), open_store("s3://cat")
+    for path in raw.glob("*.fits"):
+        raw_store.upload_file(path, path.name)
+    for path in catalog.rglob("*"):
+        if path.is_file() and not path.name.startswith(".") and ".objects-staging" not in str(
+                path):
+            cat_store.upload_file(path, str(path.relative_to(catalog)))
+    glue = aws.client("glue")
+    glue.create_database(DatabaseInput={"Name": "astronomy"})
+    for folder in ("forced_photometry", "object_variability"):
+        glue.create_table(DatabaseName="astronomy", TableInput=athena.glue_table_input(
+            athena.TABLES[folder], "s3://cat"))
+    monkeypatch.setenv("ATHENA_DATABASE", "astronomy")
+    script = load_script("forced_photometry")
+    argv = ["--catalog", "s3://cat", "--input", "s3://raw/images", "--workers", "1"]
+    assert script.main(argv) == 0
+    assert "object_variability:" in capsys.readouterr().out
+    objects = run_query("SELECT object_id, hpx5, n_covering, transient_candidate, variable "
+                        "FROM objects", "s3://cat")
+    assert len(objects) > 0 and objects["n_covering"].notna().all()
+    parts = glue.get_partitions(DatabaseName="astronomy", TableName="object_variability")
+    assert {tuple(p["Values"]) for p in parts["Partitions"]} == {
+        (str(h),) for h in set(objects["hpx5"])}
+    # a second run (nothing to measure) writes the summary again, replacing it
+    keys = sorted(i.key for i in cat_store.list("object_variability/"))
+    assert script.main(argv) == 0
+    assert sorted(i.key for i in cat_store.list("object_variability/")) == keys
+    assert len(run_query("SELECT * FROM object_variability", "s3://cat")) == len(objects)
