@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "data/catalog)")
     parser.add_argument("--input", default=None,
                         help="the FITS images the catalog was made from, folder or s3:// "
-                             "prefix (default: BUCKET_RAW, else data/raw)")
+                             "prefix (default: BUCKET_RAW's images/, where upload_to_s3.py "
+                             "puts them, as invoke_lambda.py)")
     parser.add_argument("--workers", type=cli.positive_int, default=default_workers(),
                         help="processes (local) or concurrent invocations (lambda)")
     parser.add_argument("--backend", choices=("local", "lambda"), default="local",
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     catalog = get_setting("BUCKET_CATALOG", args.catalog)
-    raw = get_setting("BUCKET_RAW", args.input)
+    raw = args.input or get_setting("BUCKET_RAW").rstrip("/") + "/images"
     runner = None
     if args.backend == "lambda":
         if not (is_s3_uri(catalog) and is_s3_uri(raw)):
