@@ -237,7 +237,7 @@ def test_summary_takes_out_per_image_calibration_and_keeps_blends():
     err = np.sqrt(true_flux[obj] + 400.0)
     flux = true_flux[obj] * amp * offsets[img] + rng.normal(0, 1, obj.size) * err
     flags = np.zeros(obj.size, int)
-    flags[(obj == 5) & (img == 3)] = 4  # saturated: its flux is wrong
+    flags[(obj == 5) & (img == 3)] = 256  # saturated: its flux is wrong
     flux[(obj == 5) & (img == 3)] *= 0.5
     det = np.ones(obj.size, bool)
     mag = -2.5 * np.log10(flux) + 30
