@@ -252,6 +252,47 @@ def test_summary_takes_out_per_image_calibration_and_keeps_blends():
     assert np.mean(plain[1:] > 3) > 0.3
 
 
+def test_a_flux_that_follows_the_seeing_is_not_variable_a_sinusoid_is():
+    """chi2_detrended: a constant star whose aperture takes in more of a neighbour as the
+    aperture grows (flux rising with the radius) fits a line; a variable does not."""
+    radius = np.array([6.5, 9.7, 6.6, 10.8, 6.9, 6.8, 6.5, 9.1])
+    err = np.full(8, 20.0)
+    blended = 10_000 + 900 * (radius - 6.5)
+    variable = 10_000 * 10 ** (-0.4 * 0.3 * np.sin(np.arange(8) * 1.3))
+    key = np.r_[np.zeros(8, int), np.ones(8, int)]
+    chi2, dof, _ = lc.chi2_detrended(key, np.r_[blended, variable], np.r_[err, err],
+                                     np.r_[radius, radius], [0, 1])
+    assert dof.tolist() == [6, 6] and chi2[0] < 1e-6 and chi2[1] > 1000
+    plain = lc.chi2_constant(key, np.r_[blended, variable], np.r_[err, err], [0, 1])[0]
+    assert plain[0] > 1000  # against a constant, the blend looked variable
+    # fewer than 4 points: a constant
+    assert lc.chi2_detrended([0] * 3, [1.0, 2.0, 3.0], [1.0] * 3, [1, 2, 3], [0])[1][0] == 2
+
+
+def test_transient_rule_per_band_beside_a_star_and_a_quiet_majority():
+    from skysurvey.lightcurves import transient_candidate
+
+    # object 1: detected at 18.0 in seeing 7 px; a star beside it: 20.0 in seeing 8 (faded,
+    #   poorer seeing: quiet) but not in seeing 6 (better seeing: its wing, not a fading)
+    # object 2: detected once at 20.0; 1 of 5 deep images quiet (a star's piece)
+    oid = [1, 1, 1, 2, 2, 2, 2, 2, 2]
+    det = [True, False, False, True, False, False, False, False, False]
+    snr = [80, 20, 20, 30, 1.0, 9, 9, 9, 9]
+    mag = [18.0, 20.0, 20.0, 20.0, np.nan, 20.5, 20.5, 20.5, 20.5]
+    limit = [23.0] * 9
+    seeing = [7, 8, 6, 7, 7, 7, 7, 7, 7]
+    plain = transient_candidate(oid, det, snr, mag, limit)
+    assert plain[0].tolist() == [False, True] and plain[1].tolist() == [0, 1]
+    faded = transient_candidate(oid, det, snr, mag, limit, faded_mag=1.0, seeing=seeing,
+                                quiet_fraction=0.5)
+    assert faded[0].tolist() == [True, False] and faded[1].tolist() == [1, 1]
+    # summarize applies it per band: a red object detected in r is not quiet in a deep g
+    out = lc.summarize([7], [7, 7, 7], [1, 1, 0], [0, 1, 2], [True, True, False],
+                       [1e4, 1e4, 50.0], [100.0, 100.0, 40.0], [100, 100, 1.25],
+                       [21.7, 21.7, 24.5], [23.0, 23.0, 22.4], [0, 0, 0])
+    assert not out["transient_candidate"][0] and out["n_deep_quiet"][0] == 0
+
+
 # ---- the survey -------------------------------------------------------------------------------
 
 
