@@ -291,13 +291,13 @@ NAMED_QUERIES.update({
         "(scripts/forced_photometry.py) the chi-square of the forced fluxes against a constant "
         "(variability_sigma, forced_chi2_reduced over forced_dof, per-image calibration and a 1% "
         "floor taken out; blended objects included), else the detections' chi2 test; one row "
-        "per band of the detections' photometry",
+        "per band of the detections' photometry; transient candidates (variable too) last",
         "SELECT o.object_id, o.ra, o.dec, o.n_detections, o.n_nights, o.n_covering, "
-        "o.forced_dof, o.forced_chi2_reduced, o.variability_sigma, p.band, p.n, p.mean_mag, "
-        "p.scatter, p.chi2_reduced FROM objects o LEFT JOIN object_photometry p "
-        "ON p.object_id = o.object_id WHERE o.variable = true "
-        "ORDER BY o.variability_sigma DESC NULLS LAST, p.chi2_reduced DESC NULLS LAST, "
-        "o.object_id, p.band LIMIT 100",
+        "o.forced_dof, o.forced_chi2_reduced, o.variability_sigma, o.transient_candidate, "
+        "p.band, p.n, p.mean_mag, p.scatter, p.chi2_reduced FROM objects o "
+        "LEFT JOIN object_photometry p ON p.object_id = o.object_id WHERE o.variable = true "
+        "ORDER BY o.transient_candidate, o.variability_sigma DESC NULLS LAST, "
+        "p.chi2_reduced DESC NULLS LAST, o.object_id, p.band LIMIT 100",
     ),
     "transients": NamedQuery(
         "Transient candidates detected at least ? times: detected with forced SNR >= 5 "
