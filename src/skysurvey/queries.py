@@ -33,7 +33,7 @@ from .aws import s3_filesystem
 from .config import is_s3_uri, parse_s3_uri
 from .errors import QueryError, SkySurveyError
 from .geometry import cone_ranges
-from .lightcurves import OBJECT_VARIABILITY_SCHEMA
+from .lightcurves import MIN_VARIABLE_DOF, OBJECT_VARIABILITY_SCHEMA
 from .schema import (
     ASSOCIATIONS_SCHEMA,
     FORCED_PHOTOMETRY_SCHEMA,
@@ -473,17 +473,19 @@ def objects_view_sql(table: str, variability: str) -> str:
     """The SELECT behind the ``objects`` view (DuckDB and Athena alike): the objects table
     with the forced-photometry summary joined (scripts/forced_photometry.py).
 
-    ``variable`` is the forced chi-square's verdict when the object has a summary row, else
-    the detections' (build_objects.py). ``transient_candidate`` is the forced rule's verdict,
-    and false without a summary row: seen on one night only is not evidence (93% of such
-    objects were not transients), only a deep covering image that shows no flux is.
+    ``variable`` is the forced chi-square's verdict when the object's summary has at least
+    2 degrees of freedom (3 trusted forced points in a band), else the detections'
+    (build_objects.py): an object no image covered keeps the build's flag.
+    ``transient_candidate`` is the forced rule's verdict, and false without a summary row:
+    seen on one night only is not evidence (93% of such objects were not transients), only
+    a deep covering image that shows no flux is.
     """
     own = [f.name for f in OBJECTS_SCHEMA]
     cols = []
     for name in own:
         if name == "variable":
-            cols.append("CASE WHEN v.object_id IS NULL THEN o.variable ELSE v.variable END "
-                        "AS variable")
+            cols.append(f"CASE WHEN v.forced_dof >= {int(MIN_VARIABLE_DOF)} THEN v.variable "
+                        "ELSE o.variable END AS variable")
         elif name == "transient_candidate":
             cols.append("COALESCE(v.transient_candidate, false) AS transient_candidate")
         else:
