@@ -61,4 +61,4 @@ upgrade-check: $(STAMP)
 	$(BIN)/python tools/upgrade_check.py $(UPGRADE_CHECK_FLAGS)
 
 clean-data:
-	rm -rf data/sample data/raw data/catalog data/output
+	rm -rf data/sample data/survey data/raw data/catalog data/output

@@ -115,11 +115,20 @@ def fits_factory():
 
 
 def load_script(name: str):
-    """Import ``scripts/<name>.py`` as a module (the scripts are not a package)."""
+    """The module of the step ``scripts/<name>.py`` runs: ``skysurvey.steps.<name>`` when the
+    step lives in the package (the script is its few-line entry point), else the script itself
+    imported as a module (the handler, the Lambda package builder)."""
+    import importlib
     import importlib.util
     import sys
 
     from skysurvey.config import REPO_ROOT
+
+    try:
+        return importlib.import_module(f"skysurvey.steps.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"skysurvey.steps.{name}":
+            raise
 
     spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

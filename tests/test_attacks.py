@@ -20,6 +20,7 @@ from astropy.io import fits
 from conftest import draw_fits, load_script
 
 from skysurvey import hats_export
+from skysurvey.handler import ImagesFailed
 from skysurvey.hats_export import ExportError, check_output
 
 
@@ -498,10 +499,11 @@ def test_ten_records_still_run_each_image(tmp_path, monkeypatch):
     event = {"Records": [{"s3": {"bucket": {"name": str(raw)},
                                  "object": {"key": f"images/{i}.fits"}}} for i in range(10)]}
     monkeypatch.setenv("BUCKET_CATALOG", str(tmp_path / "cat"))
-    reply = handler.lambda_handler(event)
-    assert [r["image_id"] for r in reply["results"]] == [str(i) for i in range(10)]
-    assert all("no such" in r["error"].lower() or "not found" in r["error"].lower()
-               for r in reply["results"]), reply
+    with pytest.raises(ImagesFailed) as failed:  # S3-triggered: failures raise (queue)
+        handler.lambda_handler(event)
+    keys, causes = str(failed.value).split(": ", 1)
+    assert keys.split(", ") == [f"{i}.fits" for i in range(10)]
+    assert causes.lower().count("no such") + causes.lower().count("not found") >= 10, causes
 
 
 # ---------------------------------------------------------------------------------------------

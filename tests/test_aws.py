@@ -63,11 +63,14 @@ def test_s3_event_with_encoded_keys_and_several_records(buckets, tmp_path, monke
     handler = _script("lambda_function")
     _put_image(buckets, tmp_path, "images/M31 ü+1.fits", seed=1)
     buckets.put_object(Bucket="raw", Key="images/bad.fits", Body=b"not a fits file at all")
-    reply = handler.lambda_handler(_s3_event("images/M31 ü+1.fits", "images/bad.fits"))
-    assert reply["status"] == "error"
-    ok, bad = reply["results"]
-    assert ok["status"] == "ok" and ok["image_id"] == "M31 ü+1"
-    assert bad["status"] == "error" and "s3://raw/images/bad.fits: not a FITS file" in bad["error"]
+    # an S3 notification is asynchronous: a failed image raises (Lambda retries it, then its
+    # on-failure destination, the failed-events queue, gets the event), after every record ran
+    from skysurvey.handler import ImagesFailed
+
+    with pytest.raises(ImagesFailed) as failed:
+        handler.lambda_handler(_s3_event("images/M31 ü+1.fits", "images/bad.fits"))
+    assert str(failed.value).startswith("bad.fits: s3://raw/images/bad.fits: not a FITS file")
+    assert "\n" not in str(failed.value) and "M31" not in str(failed.value)
     keys = [o["Key"] for o in buckets.list_objects_v2(Bucket="catalog")["Contents"]
             if o["Key"].endswith(".parquet")]
     assert sorted(keys) == ["images/band=r/night=2026-03-14/M31 ü+1.parquet",

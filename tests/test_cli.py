@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 from conftest import draw_fits, load_script
@@ -24,7 +25,7 @@ SCRIPTS = ["build_lambda_package", "build_objects", "check_aws", "cleanup_aws",
 
 
 def test_every_script_is_covered():
-    assert sorted(p.stem for p in (REPO_ROOT / "scripts").glob("*.py")) == SCRIPTS
+    assert sorted(p.stem for p in (REPO_ROOT / "scripts").glob("[!_]*.py")) == SCRIPTS
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -163,3 +164,25 @@ def test_benchmark_results_keep_the_sections_a_run_did_not_measure():
     assert merged == ("# Benchmark results\n\n## A\n\n| new a |\n\n## Burst (other script)\n\n"
                       "Command: x\n\n| b |\n\n## C\n\n| c |\n\n## D\n\n| d |\n")
     assert bench.merge_sections("", {"A": "| a |"}, ["# H\n"]) == "# H\n\n## A\n\n| a |\n"
+
+
+def test_one_command_runs_every_step_the_scripts_run():
+    """`skysurvey <step>` (pyproject's console script) and scripts/<module>.py are one step."""
+    from skysurvey.steps import STEPS
+
+    exe = Path(sys.executable).with_name("skysurvey")
+    help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert help_text.returncode == 0
+    listed = [line.split()[0] for line in help_text.stdout.splitlines()
+              if line.startswith("  ")]
+    assert listed == list(STEPS)
+    assert {m for m, _ in STEPS.values()} <= set(SCRIPTS)
+    same = [[exe, "query", "--list"], [sys.executable, "scripts/query_with_athena.py", "--list"]]
+    outs = [subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+            for cmd in same]
+    assert outs[0].returncode == outs[1].returncode == 0
+    assert outs[0].stdout == outs[1].stdout and "cone" in outs[0].stdout
+    version = subprocess.run([exe, "query", "--version"], capture_output=True, text=True)
+    assert version.stdout.strip() == f"skysurvey query (skysurvey {__version__})"
+    wrong = subprocess.run([exe, "quer"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and "unknown step 'quer'" in wrong.stderr

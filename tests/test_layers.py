@@ -28,9 +28,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                            "calibrate", "synth", "forced")),
     ("orchestration", ("pipeline", "catalog", "runner", "lambda_backend", "upload")),
     ("catalog products", ("objects", "queries", "athena", "export", "hats_export", "forced_run",
-                          "lightcurves")),
+                          "lightcurves", "handler")),
     ("presentation", ("plots", "report", "cost", "synth_survey")),
-    ("deployment", ("aws_setup", "cfn_template", "aws_check", "cli")),
+    ("deployment", ("aws_setup", "cfn_template", "aws_check", "cli", "steps")),
 )
 #: The store classes: only storage.py asks which one it has.
 STORE_CLASSES = frozenset({"LocalStore", "S3Store"})

@@ -8,6 +8,7 @@ correctness targets against its truth.
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -858,6 +859,97 @@ def test_the_lock_of_a_killed_build_is_taken_over(tmp_path):
     assert not (tmp_path / obj.LOCK).exists()
 
 
+_HOLD_LOCK = """
+import sys, time
+from skysurvey.objects.commit import build_lock
+from skysurvey.objects.plan import open_catalog
+with build_lock(open_catalog(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def _killed_while_holding_the_lock(root: Path, alive=lambda pid: None) -> int:
+    """Start a process that takes *root*'s build lock, call *alive* with its pid while it
+    holds it, then kill it (SIGKILL: nothing cleans up); returns its pid."""
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(root)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        alive(child.pid)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+    assert (root / obj.LOCK).exists()  # left behind
+    return child.pid
+
+
+def test_the_lock_of_a_build_killed_on_this_host_is_taken_over_at_once(tmp_path):
+    """Issue 23, item 10: a killed build's lock made every run refuse for 6 hours ("if it was
+    killed, delete this lock") without looking whether its process was alive. The lock
+    records host, pid and process start time: a live holder is refused by name, a dead one
+    (a real process, killed) is taken over with one note."""
+    import socket
+
+    ra, dec = stars(4, seed=22)
+    write_image(tmp_path, "n0", ra, dec, mjd=61130.1)
+    refusals = []
+
+    def refused_while_alive(pid: int) -> None:
+        with pytest.raises(ObjectsError, match="another build is running") as refused:
+            build_objects(str(tmp_path))
+        refusals.append(str(refused.value))
+
+    pid = _killed_while_holding_the_lock(tmp_path, refused_while_alive)
+    held = json.loads((tmp_path / obj.LOCK).read_text())
+    report = build_objects(str(tmp_path))  # at once (was: refused for 6 hours)
+    assert report.status == "ok" and report.n_objects == 4
+    took = [n for n in report.notes if "lock" in n]
+    assert len(took) == 1 and f"pid {pid}" in took[0] and "no longer running" in took[0], took
+    assert not (tmp_path / obj.LOCK).exists()
+    assert held["host"] == socket.gethostname() and held["pid"] == pid
+    assert held["pid_started"] > 0
+    assert f"host {socket.gethostname()} pid {pid} since {held['started']}" in refusals[0]
+    assert "alive" in refusals[0] and "\n" not in refusals[0]
+    # a pid reused by another process (here: this one, started at another time) is gone too
+    (tmp_path / obj.LOCK).write_text(json.dumps({**held, "pid": os.getpid(),
+                                                 "pid_started": held["pid_started"] - 1e5}))
+    report = build_objects(str(tmp_path))
+    assert any("no longer running" in n for n in report.notes), report.notes
+    # the same host name in another pid namespace (a container): its pids are not ours
+    (tmp_path / obj.LOCK).write_text(json.dumps({**held, "pid_namespace": "container"}))
+    with pytest.raises(ObjectsError, match="another machine or container"):
+        build_objects(str(tmp_path))
+    # another host's lock: liveness unknown, the 6-hour rule, the holder named
+    (tmp_path / obj.LOCK).write_text(json.dumps({**held, "host": "elsewhere"}))
+    with pytest.raises(ObjectsError, match=r"host elsewhere pid .* since .*another "
+                                           r"host.*delete this lock.*taken over in 6.0 h"):
+        build_objects(str(tmp_path))
+
+
+def test_a_killed_builds_lock_on_s3_keeps_the_time_rule_and_names_its_holder(tmp_path,
+                                                                              moto_server):
+    """On S3 the holder's liveness cannot be checked (any machine may run the build): even
+    a lock of this host whose process is dead is refused until it is 6 hours old, by name."""
+    local = tmp_path / "cat"
+    write_image(local, "n0", *stars(4, seed=23), mjd=61130.1)
+    pid = _killed_while_holding_the_lock(local)
+    store = _s3_survey(moto_server)
+    _upload(local, store)
+    store.write_bytes(obj.LOCK, (local / obj.LOCK).read_bytes())
+    with pytest.raises(ObjectsError, match=rf"pid {pid} since .*an S3 catalog.*delete this lock"):
+        build_objects("s3://cat/survey")
+    assert store.exists(obj.LOCK)
+
+
 # ---------------------------------------------------------------------------------------
 # The build record lists the files it committed; a lost or changed unit file is rebuilt
 
@@ -876,10 +968,10 @@ def _tables(root) -> dict:
     return {t: read(root, t).reset_index(drop=True) for t in obj.TABLES}
 
 
-def _same_tables(a: dict, b: dict) -> None:
+def _same_tables(a: dict, b: dict, tables=obj.TABLES) -> None:
     import pandas as pd
 
-    for table in obj.TABLES:
+    for table in tables:
         pd.testing.assert_frame_equal(a[table], b[table], check_exact=False, rtol=1e-12)
 
 
@@ -905,6 +997,49 @@ def test_a_lost_associations_file_is_restored_from_the_sources(tmp_path):
     changed = {k for k in files if after[k] != files[k]} - {obj.STATE_KEY}
     assert {obj.unit_of_key(k) for k in changed} <= {obj.unit_of_key(key)}  # others untouched
     assert build_objects(str(tmp_path)).status == "unchanged"
+
+
+@pytest.mark.parametrize("n, nights, min_sep, sigma", [(800, 6, 0.5, 0.5), (1200, 8, 0.3, 0.6)],
+                         ids=["crowded", "very crowded"])
+def test_a_lost_associations_file_in_a_crowded_field_gets_back_the_same_links(
+        tmp_path, n, nights, min_sep, sigma):
+    """Issue 23, item 9: a lost associations file was rebuilt by matching its detections from
+    scratch (running means seeded at the objects' final positions): in a crowded field 9
+    detections moved to other existing objects, 2 objects were added, and the note blamed
+    "new ids (the files that named theirs were lost)". The objects file and the statistics
+    sidecar still record every object (position sums, detections, nights): the detections
+    go back to the objects whose statistics they make, and the note says so. (Very crowded:
+    nearest matching alone still moved 3; detections are then swapped between candidates.)"""
+    ra, dec = stars(n, seed=5, spread_arcsec=150, min_sep=min_sep)
+    for k in range(nights):
+        r, d = jitter(ra, dec, k, sigma)
+        seen = np.random.default_rng(100 + k).random(len(ra)) < 0.85
+        write_image(tmp_path, f"n{k}", r[seen], d[seen], mjd=61130.1 + k, size_deg=0.1)
+        if k == 2:  # two builds: the sidecar's sums were merged once
+            build_objects(str(tmp_path), BuildConfig(unit_order=11))
+    assert build_objects(str(tmp_path), BuildConfig(unit_order=11)).status == "ok"
+    before = _tables(tmp_path)
+    lost = _largest_unit_file(tmp_path / "associations")
+    n_lost = pq.read_metadata(lost).num_rows
+    lost.unlink()
+    report = build_objects(str(tmp_path))
+    assert report.status == "ok" and report.n_units == 1
+    after = _tables(tmp_path)
+    links = ["image_id", "source_id", "object_id"]
+    moved = before["associations"][links].merge(after["associations"][links], how="outer",
+                                                on=["image_id", "source_id"], indicator=True)
+    assert (moved["_merge"] == "both").all()
+    assert (moved["object_id_x"] == moved["object_id_y"]).sum() == len(moved)  # none moved
+    assert list(after["objects"]["object_id"]) == list(before["objects"]["object_id"])
+    # objects and photometry as before (separation_arcsec is not compared: an incremental
+    # build keeps each link's separation from the night it was made, a repair measures them
+    # from the object's position now)
+    _same_tables({**after, "associations": None}, {**before, "associations": None},
+                 ("objects", "object_photometry"))
+    assert f"re-linked {n_lost} detection(s) of the lost or changed files to the objects " \
+           "they belonged to (every object's recorded statistics reproduced; no id changed)" \
+           in report.notes
+    assert not any("new ids" in n for n in report.notes), report.notes
 
 
 def test_a_truncated_or_replaced_objects_file_is_detected_and_rebuilt(tmp_path, capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -287,3 +289,130 @@ def test_read_catalog_sees_what_sql_sees(tmp_path):
     again = plots.read_catalog(tmp_path / "cat")
     assert len(again) == len(sources) > 0
     assert set(again["image_id"]) == {"a"} and set(again["band"]) == {"r"}
+
+
+def _field(ra, dec, n=200, side=0.1, seed=0):
+    """Detections spread over a square field of *side* degrees centred on (ra, dec)."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"ra": (ra + (rng.uniform(-side, side, n) / 2)
+                                / np.cos(np.radians(dec))) % 360,
+                         "dec": dec + rng.uniform(-side, side, n) / 2, "band": "r",
+                         "flux": 100.0, "snr": 10.0})
+
+
+def test_sky_map_overlap_comes_from_the_fields_not_their_ra_dec_boxes():
+    """Six disjoint fields, one across RA 0 (its RA/Dec box spans 0-360 and "overlapped" all
+    the others); then two dithered pointings half a field apart, which do overlap."""
+    disjoint = pd.concat([_field(ra, 2.0, seed=k).assign(image_id=f"f{k}")
+                          for k, ra in enumerate([0.0, 10.0, 20.0, 30.0, 40.0, 50.0])])
+    assert disjoint["ra"].max() > 359.9 and disjoint["ra"].min() < 0.1
+    assert plots.overlapping_images(disjoint) == []
+    title = plots.plot_sky_map(disjoint).axes[0].get_title()
+    assert "6 image(s), no overlap" in title
+    # side by side, touching, but not overlapping: still none
+    touching = pd.concat([_field(150.0, 2.0, seed=1).assign(image_id="a"),
+                          _field(150.0 + 0.1 / np.cos(np.radians(2.0)), 2.0, seed=2)
+                          .assign(image_id="b")])
+    assert plots.overlapping_images(touching) == []
+    dithered = pd.concat([_field(150.0, 2.0, seed=1).assign(image_id="a"),
+                          _field(150.05, 2.01, seed=2).assign(image_id="b"),
+                          _field(151.0, 2.0, seed=3).assign(image_id="c")])
+    assert plots.overlapping_images(dithered) == [("a", "b")]
+    assert "3 images, 2 overlapping" in plots.plot_sky_map(dithered).axes[0].get_title()
+
+
+def test_negative_fluxes_are_left_out_of_the_figures_and_said_so():
+    with_negative = pd.concat([SOURCES, SOURCES.iloc[:2].assign(flux=[-50.0, 0.0],
+                                                                 snr=[-2.0, 0.0])])
+    fig = plots.plot_snr_histogram(with_negative)
+    assert sum(p.get_height() for p in fig.axes[0].patches) == 4
+    assert "(2 with flux <= 0 left out)" in fig.axes[0].get_title()
+    sky = plots.plot_sky_map(with_negative).axes[0]
+    assert sum(len(c.get_offsets()) for c in sky.collections) == 3  # one has no RA/Dec
+    assert "(2 with flux <= 0 left out)" in sky.get_title()
+    assert "(2 with flux <= 0 left out)" in plots.plot_magnitude_histogram(
+        with_negative).axes[0].get_title()
+    overlay = plots.plot_image_with_sources(np.zeros((50, 50)), with_negative)
+    assert len([p for p in overlay.axes[0].patches if isinstance(p, Ellipse)]) == 4
+    assert "2 with flux <= 0 left out" in overlay.axes[0].get_legend().get_texts()[0].get_text()
+    # without any, the captions say nothing
+    assert "left out" not in plots.plot_snr_histogram(SOURCES).axes[0].get_title()
+
+
+def test_snr_distribution_leaves_out_negative_fluxes(tmp_path):
+    from skysurvey.queries import NAMED_QUERIES, run_named
+
+    sources, _, _ = _catalogued(tmp_path)
+    path = next((tmp_path / "cat" / "sources").rglob("*.parquet"))
+    table = pq.read_table(path)
+    flux = table["flux"].to_numpy().copy()
+    snr = table["snr"].to_numpy().copy()
+    flux[:2], snr[:2] = [-30.0, 0.0], [-1.5, 0.0]
+    table = table.set_column(table.schema.get_field_index("flux"), "flux", pa.array(flux))
+    table = table.set_column(table.schema.get_field_index("snr"), "snr", pa.array(snr))
+    pq.write_table(table, path)
+    got = run_named("snr_distribution", str(tmp_path / "cat"))
+    assert got["n_sources"].sum() == len(sources) - 2 and got["min_snr"].min() > 0
+    assert "flux > 0" in NAMED_QUERIES["snr_distribution"].description
+
+
+def test_image_quality_keeps_its_scale_with_an_outlier():
+    """One image with a 9,800-arcsec seeing (a broken PSF fit) no longer squashes the others."""
+    from skysurvey.report import quality_table
+
+    images = pd.DataFrame({"image_id": list("abcde"), "band": list("gggrr"), "night": ["n"] * 5,
+                           "fwhm_arcsec": [1.0, 1.1, 0.9, 9800.0, 1.05],
+                           "depth_5sigma": [22.5, 22.6, 22.4, 22.5, 22.7],
+                           "zero_point": [29.6, 29.7, 29.65, 29.6, 30.0]})
+    fig = plots.plot_image_quality(quality_table(images))
+    seeing, depth, zp = fig.axes
+    low, high = seeing.get_ylim()
+    assert 0.8 < low < 0.9 and 1.1 < high < 1.5
+    assert any(t.get_text() == "9800" for t in seeing.texts)
+    assert seeing.get_title() == "1 outlier(s) off scale (triangles)"
+    assert depth.get_title() == "" and zp.get_title() == ""  # nothing hidden there
+    assert depth.get_ylim()[0] < 22.4 and depth.get_ylim()[1] > 22.7
+    limits, outliers = plots.robust_limits(pd.Series([1.0, 1.1, np.nan, 9800.0]), 0.5)
+    assert outliers.tolist() == [9800.0] and limits[1] < 2
+
+
+def test_report_shows_bound_values_and_sensible_decimals(tmp_path):
+    from skysurvey.queries import NAMED_QUERIES
+    from skysurvey.report import QUALITY_DECIMALS, quality_table, query_caption, write_report
+
+    assert query_caption("sources with SNR >= ?", (5.0,)) == "sources with SNR >= 5"
+    assert query_caption("within ? arcsec of ?", (1.5,)) == "within 1.5 arcsec of ?"
+    assert query_caption("a cone", (150.1, 2.2)) == "a cone (bound values: 150.1, 2.2)"
+    _catalogued(tmp_path)
+    page = write_report(tmp_path / "report.html", str(tmp_path / "cat")).read_text()
+    captions = re.findall(r"</h3><p>(.*?)</p>", page)
+    assert len(captions) == len(NAMED_QUERIES)
+    assert not any("?" in c for c in captions), captions
+    assert "(sources with SNR &gt;= 5)" in page and "with SNR &gt;= 10" in page
+    # no objects step yet: the empty survey queries say so
+    assert "<h3>variables</h3>" in page
+    assert page.split("<h3>variables</h3>", 1)[1].split("<h3>", 1)[0].count(
+        "(no rows): the catalog has no objects table yet: run the objects step") == 1
+    images = plots.read_catalog(tmp_path / "cat", "images")
+    quality = quality_table(images)
+    for column, decimals in QUALITY_DECIMALS.items():
+        values = quality[column].dropna()
+        assert (values.round(decimals) == values).all(), column
+    table = page.split("<h2>Image quality</h2>", 1)[1].split("</table>", 1)[0]
+    cells = re.findall(r"<td>([-\d.]+)</td>", table)
+    assert cells and max(len(c.split(".")[1]) for c in cells if "." in c) <= 3, cells
+    seeing = f"{quality['seeing_arcsec'].iloc[0]:.2f}"
+    assert f"<td>{seeing}</td>" in table
+
+
+def test_plot_script_puts_the_report_in_the_folder_it_was_given(tmp_path, capsys):
+    _catalogued(tmp_path)
+    script = load_script("plot_catalog")
+    out = tmp_path / "x" / "plots"
+    assert script.main(["--catalog", str(tmp_path / "cat"), "--images", str(tmp_path / "raw"),
+                        "--output", str(out)]) == 0
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+    assert (out / "report.html").is_file()
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["plots"]
+    assert script._default_report(str(script.OUTPUT_DIR / "plots")) == (
+        script.OUTPUT_DIR / "report.html")  # the demo's data/output/report.html

@@ -138,7 +138,9 @@ def test_query_all_runs_every_query_past_a_failing_one(catalog, tmp_path, monkey
 
     root, _ = catalog
     broken = queries.NamedQuery("broken on purpose", "SELECT no_such_column FROM sources")
-    monkeypatch.setattr(queries, "NAMED_QUERIES", {"aa_broken": broken, **queries.NAMED_QUERIES})
+    patched = {"aa_broken": broken, **queries.NAMED_QUERIES}
+    monkeypatch.setattr(queries, "NAMED_QUERIES", patched)
+    monkeypatch.setattr(_script(), "NAMED_QUERIES", patched)  # the step's own name for it
     out = tmp_path / "out"
     assert _script().main(["--catalog", str(root), "--query", "all",
                            "--output-dir", str(out)]) == 1

@@ -24,7 +24,8 @@ from skysurvey import objects as obj
 from skysurvey.catalog import entry_key, read_entry, record_source_key, replace_catalog
 from skysurvey.errors import ImageIdConflictError, StorageError
 from skysurvey.objects import commit as objects_commit
-from skysurvey.pipeline import catalog_image
+from skysurvey.pipeline import PipelineConfig, catalog_image
+from skysurvey.reference import ReferenceSpec
 from skysurvey.storage import LocalStore, S3Store, new_file_mode
 
 PARQUET = "application/vnd.apache.parquet"
@@ -128,11 +129,16 @@ def test_catalog_image_on_s3_makes_no_head_on_the_catalog(tmp_path, s3, requests
     requests.clear()
     first = catalog_image(raw, "a.fits", cat)
     assert first["status"] == "ok", first
-    assert requests["cat"] == {"GetObject": 3, "PutObject": 3}
+    # + 1 GetObject without a configured reference: the catalog's recorded one (none here)
+    assert requests["cat"] == {"GetObject": 4, "PutObject": 3}
     requests.clear()
     again = catalog_image(raw, "a.fits", cat)
     assert again["status"] == "ok" and again["n_sources"] == first["n_sources"] >= 5
-    assert requests["cat"] == {"GetObject": 2, "PutObject": 3}
+    assert requests["cat"] == {"GetObject": 3, "PutObject": 3}
+    requests.clear()
+    assert catalog_image(raw, "a.fits", cat, PipelineConfig(
+        reference=ReferenceSpec.parse("none")))["status"] == "ok"
+    assert requests["cat"] == {"GetObject": 2, "PutObject": 3}  # told: nothing to look up
     key = first["catalog_key"].removeprefix("s3://cat/")
     assert pq.read_table(io.BytesIO(cat.read_bytes(key))).num_rows == first["n_sources"]
 

@@ -374,9 +374,9 @@ def test_cleanup_without_a_terminal_and_without_yes_refuses(mocked_aws, capsys, 
 
 
 def test_cleanup_without_setup_names_options_that_exist(mocked_aws, capsys):
-    assert _cleanup("--yes") == 1
-    err = capsys.readouterr().err
-    assert "nothing was set up" in err
+    assert _cleanup("--yes") == 0  # nothing recorded: nothing to delete (a second run too)
+    err = capsys.readouterr().out
+    assert "nothing left to clean up" in err and "nothing was set up" in err
     flags = {o for a in load_script("cleanup_aws").build_parser()._actions
              for o in a.option_strings}
     hinted = {w.strip("(),") for w in err.split() if w.startswith("--")}
@@ -496,8 +496,8 @@ def test_the_same_suffix_in_another_region_is_refused(mocked_aws, capsys):
     capsys.readouterr()
     assert _setup("--suffix", "t3st", "--region", "us-west-2") == 1
     err = capsys.readouterr().err
-    assert f"error: s3://{RAW}: is in eu-west-1, not us-west-2" in err
-    assert "--region eu-west-1" in err
+    assert f"error: s3://{RAW}, s3://{CAT}: is in eu-west-1, not us-west-2" in err  # both
+    assert "--region eu-west-1" in err and "nothing was made" in err
     assert boto3.client("lambda", region_name="us-west-2").list_functions()["Functions"] == []
 
 
@@ -539,3 +539,221 @@ def test_a_deployment_made_by_a_cloudformation_stack_is_left_to_the_stack():
     assert done == []
     assert aws_setup.run_cleanup(resources[:1], names, dry_run=True) == [
         ("IAM role", "would delete")]  # without the stack's resources, cleanup goes on
+
+
+def test_every_name_conflict_is_named_in_one_line_before_anything_is_made(
+        mocked_aws, package, capsys):
+    """A user's role, log group, database and alarm of setup's names: one refusal naming all
+    four, and not one bucket, queue, function, workgroup or alarm made (issue 23 #11)."""
+    iam, logs, glue = boto3.client("iam"), boto3.client("logs"), boto3.client("glue")
+    cw, s3 = boto3.client("cloudwatch"), boto3.client("s3")
+    iam.create_role(RoleName="lambda-astronomy-role",
+                    AssumeRolePolicyDocument=json.dumps(aws_setup.trust_policy()))
+    logs.create_log_group(logGroupName=aws_setup.LOG_GROUP)
+    glue.create_database(DatabaseInput={"Name": "astronomy"})
+    cw.put_metric_alarm(AlarmName=aws_setup.ALARM_THROTTLES, Namespace="Mine",
+                        MetricName="Mine", Statistic="Sum", Period=60, EvaluationPeriods=1,
+                        Threshold=1.0, ComparisonOperator="GreaterThanThreshold")
+    assert _setup("--suffix", "t3st", "--package", str(package), "--trigger") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    names = ("IAM role lambda-astronomy-role", f"log group {aws_setup.LOG_GROUP}",
+             "Glue/Athena database astronomy", f"CloudWatch alarm {aws_setup.ALARM_THROTTLES}")
+    assert err.startswith(f"error: {', '.join(names)}: exists and is not tagged "
+                          "skysurvey:deployment=t3st, so setup will not adopt it: delete or "
+                          "rename it (4 name conflicts; nothing was made)"), err
+    assert s3.list_buckets()["Buckets"] == []
+    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
+    assert boto3.client("lambda").list_functions()["Functions"] == []
+    assert [g["Name"] for g in boto3.client("athena").list_work_groups()["WorkGroups"]] in (
+        [], ["primary"])
+    assert [a["AlarmName"] for a in cw.describe_alarms()["MetricAlarms"]] == [
+        aws_setup.ALARM_THROTTLES]
+    assert not env_file_path().exists()
+
+
+def test_package_upload_refused_by_moto_names_the_s3_upload_then_no_tls_policy_works(
+        moto_server, package, tmp_path, fits_factory, capsys, monkeypatch):
+    """issue 27 #10: over the direct-upload limit the zip goes through the catalog bucket, which
+    moto refuses once the TLS-only policy is on (no condition). The error names the S3 upload
+    (bucket/key, cause, what to do); --no-tls-policy, the guide's moto walkthrough, works end to
+    end: the zip is in S3, the function made from it, an upload lands in the raw bucket."""
+    monkeypatch.setattr(aws_setup, "DIRECT_UPLOAD_LIMIT", 10)  # any zip goes through S3
+    assert _setup("--suffix", "t3st", "--package", str(package), "--trigger") == 1
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert first.startswith(f"error: S3 upload of the Lambda package {package} ")
+    assert f"to s3://{CAT}/lambda/package.zip: access denied (" in first
+    assert "--no-tls-policy" in first and "Lambda function" not in first
+
+    assert _setup("--suffix", "t3st", "--package", str(package), "--trigger",
+                  "--no-tls-policy") == 0
+    captured = capsys.readouterr()
+    assert "WARNING: --no-tls-policy" in captured.err
+    assert "updated: TLS-only policy removed (--no-tls-policy)" in captured.out
+    s3 = boto3.client("s3")
+    for bucket in (RAW, CAT):  # the policy of the failed run is taken off again
+        with pytest.raises(s3.exceptions.ClientError, match="NoSuchBucketPolicy"):
+            s3.get_bucket_policy(Bucket=bucket)
+    body = s3.get_object(Bucket=CAT, Key="lambda/package.zip")["Body"].read()
+    assert body == package.read_bytes()
+    code = boto3.client("lambda").get_function(FunctionName=aws_setup.FUNCTION_NAME)
+    assert code["Configuration"]["CodeSha256"] == aws_setup.code_sha256(package)
+    images = tmp_path / "images"
+    images.mkdir()
+    fits_factory(images / "a.fits")
+    # (into the catalog bucket: the raw bucket's trigger would make moto look for Docker)
+    assert load_script("upload_to_s3").main(["--input", str(images), "--bucket",
+                                             f"s3://{CAT}"]) == 0
+    assert s3.get_object(Bucket=CAT, Key="images/a.fits")["Body"].read() == \
+        (images / "a.fits").read_bytes()
+
+
+def test_no_tls_policy_is_refused_without_a_test_endpoint(mocked_aws, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _setup("--suffix", "t3st", "--no-tls-policy")
+    assert stop.value.code == 2
+    assert "AWS_ENDPOINT_URL" in capsys.readouterr().err
+    assert boto3.client("s3").list_buckets()["Buckets"] == []
+
+
+def test_a_setup_failing_half_way_is_found_and_removed_by_cleanup_twice(
+        moto_server, package, capsys, monkeypatch):
+    """issue 27 #10: setup fails after the buckets, queue, role and log group exist; its env
+    file records the deployment (marked incomplete), cleanup removes all of it, and a second
+    cleanup says nothing is left, status 0."""
+    monkeypatch.setattr(aws_setup, "DIRECT_UPLOAD_LIMIT", 10)
+    assert _setup("--suffix", "t3st", "--package", str(package)) == 1
+    assert "setup did not finish" in capsys.readouterr().err
+    saved = read_env_file(env_file_path())
+    assert saved["SKYSURVEY_SUFFIX"] == "t3st" and saved["SKYSURVEY_SETUP"] == "incomplete"
+    assert "BUCKET_RAW" not in saved  # the other scripts keep their local default
+    s3, iam = boto3.client("s3"), boto3.client("iam")
+    assert sorted(b["Name"] for b in s3.list_buckets()["Buckets"]) == [CAT, RAW]
+    assert iam.get_role(RoleName=aws_setup.ROLE_NAME)
+
+    assert _cleanup("--yes") == 0
+    out = capsys.readouterr().out
+    assert "did not finish" in out and "STILL THERE" not in out
+    assert s3.list_buckets()["Buckets"] == []
+    assert iam.list_roles()["Roles"] == []
+    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
+    assert boto3.client("logs").describe_log_groups()["logGroups"] == []
+    assert not env_file_path().exists()
+
+    assert _cleanup("--yes") == 0  # cleanup_guide.md: safe to run twice
+    assert "nothing left to clean up" in capsys.readouterr().out
+
+
+def _price(*args):
+    return load_script("estimate_cost").main(list(args))
+
+
+def test_estimate_cost_takes_the_image_size_from_the_images(mocked_aws, tmp_path,
+                                                             fits_factory, capsys):
+    """issue 27 #10: 256 x 256 survey images are priced at their own size (~0.27 MB), not at
+    16.8 MB: from their files on S3 (--input), from --pixels, and from the measured run's
+    recorded width x height."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from skysurvey.cost import estimate, fits_mb
+    from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA, empty_table
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=RAW)
+    fits_factory(tmp_path / "a.fits", size=256)
+    data = (tmp_path / "a.fits").read_bytes()
+    for key in ("images/a.fits", "images/n1/b.fits", "images/notes.txt"):
+        s3.put_object(Bucket=RAW, Key=key, Body=data if key.endswith(".fits") else b"x" * 10**7)
+    assert _price("--images", "1000", "--input", f"s3://{RAW}/images/") == 0
+    out = capsys.readouterr().out
+    mb = len(data) / 1e6
+    assert f"S3 at {mb:,.3g} MB per image (mean of 2 FITS files in s3://{RAW}/images/)" in out
+    usd = estimate(1000, mb_per_image=mb, seconds_per_image=0.3).s3_usd
+    assert f"S3 (one month + requests)      ${usd:,.4f}" in out
+    assert usd < estimate(1000, seconds_per_image=0.3).s3_usd / 10
+
+    assert _price("--images", "1000", "--pixels", "256") == 0
+    assert f"S3 at {fits_mb(256 * 256):,.3g} MB per image" in capsys.readouterr().out
+    assert abs(fits_mb(256 * 256) - mb) < 0.01  # the file is 256 x 256 x 4 bytes + header
+
+    folder = tmp_path / "cat" / "images" / "band=r" / "night=2026-03-14"
+    folder.mkdir(parents=True)
+    row = {name: [None] for name in IMAGES_SCHEMA.names}
+    row.update(image_id=["a"], seconds=[1.0], n_sources=[0], width=[256], height=[256])
+    pq.write_table(pa.table(row, schema=IMAGES_SCHEMA), folder / "a.parquet")
+    sources = tmp_path / "cat" / "sources" / "band=r" / "night=2026-03-14"
+    sources.mkdir(parents=True)
+    pq.write_table(empty_table(SOURCES_SCHEMA), sources / "a.parquet")
+    assert _price("--catalog", str(tmp_path / "cat"), "--memory", "1024") == 0
+    out = capsys.readouterr().out
+    assert f"S3 at {fits_mb(256 * 256):,.3g} MB per image (the catalog's images: 65,536" in out
+
+    assert _price("--images", "10") == 0  # nothing known: the documented default, said
+    assert "S3 at 16.8 MB per image (default: a 2048x2048 32-bit image" in \
+        capsys.readouterr().out
+    assert _price("--images", "10", "--input", str(tmp_path / "cat")) == 1
+    assert "no FITS files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("script", "args"), [
+    ("estimate_cost", ["--images", "0"]), ("estimate_cost", ["--images", "-5"]),
+    ("estimate_cost", ["--mb", "0"]), ("estimate_cost", ["--seconds", "-1"]),
+    ("estimate_cost", ["--memory", "0"]), ("estimate_cost", ["--queries", "-1"]),
+    ("estimate_cost", ["--pixels", "0x256"]),
+    ("setup_aws", ["--memory", "0"]), ("setup_aws", ["--timeout", "-1"]),
+    ("setup_aws", ["--ephemeral", "0"]), ("setup_aws", ["--concurrency", "0"]),
+    ("download_sample_fits", ["--count", "0"]), ("download_sample_fits", ["--size", "-64"]),
+    ("download_sample_fits", ["--seed", "-1"]), ("download_sample_fits", ["--survey", "0"]),
+])
+def test_counts_and_sizes_must_be_positive(script, args, capsys):
+    with pytest.raises(SystemExit) as stop:
+        load_script(script).build_parser().parse_args(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {args[0]}" in err and "Traceback" not in err
+
+
+def test_cleanup_by_suffix_twice_says_nothing_is_left(mocked_aws, capsys):
+    assert _setup("--suffix", "t3st") == 0
+    assert _cleanup("--suffix", "t3st", "--yes") == 0
+    assert "nothing left" not in capsys.readouterr().out
+    assert _cleanup("--suffix", "t3st", "--yes") == 0
+    out = capsys.readouterr().out
+    assert "nothing left to clean up: nothing of deployment t3st exists in us-east-1" in out
+    assert "STILL THERE" not in out
+
+
+def test_a_second_deployment_is_refused_on_one_short_line(mocked_aws, capsys):
+    """Every resource of the first deployment conflicts: they share one cause, said once."""
+    assert _setup("--suffix", "first") == 0
+    capsys.readouterr()
+    assert _setup("--suffix", "second") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.count("belongs to skysurvey deployment 'first'") == 1, err
+    assert "IAM role lambda-astronomy-role" in err and "nothing was made" in err
+    assert len(boto3.client("s3").list_buckets()["Buckets"]) == 2
+
+
+def test_a_failed_setup_of_another_suffix_keeps_no_stale_bucket_names(moto_server, package,
+                                                                      capsys, monkeypatch):
+    """The env file named an older deployment (gone): a half-way setup of a new suffix records
+    the new suffix only, not the old buckets beside it; a failed repair keeps its settings."""
+    write_env_file(env_file_path(), {"SKYSURVEY_SUFFIX": "old", "AWS_REGION": "us-east-1",
+                                     "BUCKET_RAW": "s3://astronomy-raw-old"})
+    monkeypatch.setattr(aws_setup, "DIRECT_UPLOAD_LIMIT", 10)
+    assert _setup("--suffix", "t3st", "--package", str(package)) == 1
+    saved = read_env_file(env_file_path())
+    assert saved == {"SKYSURVEY_SUFFIX": "t3st", "AWS_REGION": "us-east-1",
+                     "SKYSURVEY_SETUP": "incomplete"}
+    monkeypatch.setattr(aws_setup, "DIRECT_UPLOAD_LIMIT", 50 * 2**20)
+    assert _setup("--package", str(package)) == 0  # the suffix from the file; completes
+    saved = read_env_file(env_file_path())
+    assert saved["BUCKET_RAW"] == f"s3://{RAW}" and "SKYSURVEY_SETUP" not in saved
+    monkeypatch.setattr(aws_setup, "DIRECT_UPLOAD_LIMIT", 10)
+    _zip(package, body="return 1")  # new code: goes through S3 again, refused
+    assert _setup("--package", str(package)) == 1
+    saved = read_env_file(env_file_path())
+    assert saved["BUCKET_RAW"] == f"s3://{RAW}" and saved["SKYSURVEY_SETUP"] == "incomplete"

@@ -118,13 +118,9 @@ def test_bright_isolated_star_aperture_flux_matches_truth():
 
 
 def test_script_writes_sample_and_rejects_bad_usage(tmp_path, capsys):
-    from importlib.util import module_from_spec, spec_from_file_location
-    from pathlib import Path
+    from conftest import load_script
 
-    script = Path(__file__).parents[1] / "scripts" / "download_sample_fits.py"
-    spec = spec_from_file_location("download_sample_fits", script)
-    module = module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("download_sample_fits")
     assert module.main(["--output", str(tmp_path), "--count", "2", "--size", "256"]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.fits")) == ["sky_g_001.fits",
                                                                 "sky_r_002.fits"]

@@ -53,9 +53,11 @@ astropy open.
 **Summary.** The notebook runs top to bottom on a fresh clone: when the raw bucket is empty it
 draws a small synthetic sample (three 1024x1024 images, g, r, i, of one patch of sky, and a
 small six-night survey for the light curves) and catalogues it: about a minute on two cores,
-half of it the HATS export of section 9. Settings come from the environment or
-`.skysurvey.env`, exactly as for the scripts: with `s3://` buckets the same cells read and
-write S3 instead of local folders.
+half of it the HATS export of section 9. After `make demo` it reads the demo's images
+instead; wherever the text below gives a count (images, nights, pointings, sources), a cell
+computes it from the data, so it holds for whatever the buckets contain. Settings come
+from the environment or `.skysurvey.env`, exactly as for the scripts: with `s3://` buckets
+the same cells read and write S3 instead of local folders.
 
 **How to run it.** `make install`, then `.venv/bin/pip install -e '.[notebook]'` (JupyterLab,
 an optional extra of about 120 MB, not needed by the tests) and
@@ -76,8 +78,9 @@ import os
 from pathlib import Path
 
 import pandas as pd
+from IPython.display import Markdown, display
 
-from skysurvey import plots, queries, runner
+from skysurvey import plots, queries, report, runner
 from skysurvey.config import OUTPUT_DIR, SAMPLE_DIR, get_setting, is_s3_uri
 from skysurvey.fitsread import read_fits
 from skysurvey.storage import open_store
@@ -85,10 +88,17 @@ from skysurvey.storage import open_store
 BUCKET_RAW = get_setting("BUCKET_RAW")
 BUCKET_CATALOG = get_setting("BUCKET_CATALOG")
 SAMPLE = Path(os.environ.get("SKYSURVEY_SAMPLE_DIR", SAMPLE_DIR))
+# the light-curve survey of section 8: its own folder beside the sample, never inside it
+# (`upload_to_s3.py --input data/sample` searches the sample folder recursively)
+SURVEY = Path(os.environ.get("SKYSURVEY_SURVEY_DIR", SAMPLE.parent / "survey"))
 SAMPLE_SIZE = int(os.environ.get("SKYSURVEY_SAMPLE_SIZE", "1024"))
 OUTPUT = Path(os.environ.get("SKYSURVEY_OUTPUT_DIR", OUTPUT_DIR))
 ON_AWS = is_s3_uri(BUCKET_RAW)
 print(f"raw: {BUCKET_RAW}\\ncatalog: {BUCKET_CATALOG}\\nmode: {'AWS' if ON_AWS else 'local'}")
+
+
+def say(text):  # prose whose numbers come from the data, shown as Markdown
+    display(Markdown(text))
 """)
 section("2. Uploaded images", "images")
 md("""
@@ -136,8 +146,9 @@ image's zero point from its matched stars, not from the header's MAGZERO, which 
 nights got wrong by up to 0.35 mag or left out), and writes two Parquet files: `sources` (one
 row per detection) and `images` (one row per image).
 
-**Look at:** the summary table: every image `ok`, a few hundred sources each, a fraction of a
-second per image. A second run of this cell does nothing ("catalog up to date").
+**Look at:** the summary table: every image `ok`, how many sources each, and the seconds per
+image; the line under the table says what the catalog holds. A second run of this cell does
+nothing ("catalog up to date").
 """)
 code("""
 from skysurvey.pipeline import PipelineConfig
@@ -156,6 +167,13 @@ print(runner.summary_table(replies, 1.0) if replies else "catalog up to date")
 sources = plots.read_catalog(BUCKET_CATALOG)
 images = plots.read_catalog(BUCKET_CATALOG, "images")
 print(f"{len(sources)} sources in {len(images)} images, columns: {len(sources.columns)}")
+facts = report.describe_images(images)
+say(f"**This catalog:** {report.plural(facts['images'], 'image')} in "
+    f"{report.plural(len(facts['bands']), 'band')} ({', '.join(facts['bands'])}), taken on "
+    f"{report.plural(len(facts['nights']), 'night')} ({', '.join(facts['nights'])}) at "
+    f"{report.plural(facts['pointings'], 'pointing')}; {facts['sources']:,} sources, "
+    f"{facts['sources_min']:,} to {facts['sources_max']:,} per image (median "
+    f"{facts['sources_median']:,}).")
 """)
 md("""
 ### What the columns mean
@@ -218,11 +236,12 @@ section("4. Calibration", "calibration")
 md("""
 Why calibrate: a magnitude is `zero_point - 2.5 log10(flux)`, and the header's `MAGZERO` is
 only the nominal zero point of the band. On a real night thin cloud and airmass dim every
-star by an unknown amount; the sample's nights lost 0 to 0.35 mag this way, and one image in
-four has no `MAGZERO` at all. So the pipeline matched each image's clean, unsaturated point
-sources one-to-one to the reference catalog's stars and fitted the zero point on them (a
-3-sigma-clipped mean of reference magnitude minus instrumental magnitude of
-`flux_apcorr`, the aperture flux corrected to total). `images` records how: `zero_point_source`
+star by an unknown amount; the sample's nights lost 0 to 0.35 mag this way, and the
+generator leaves `MAGZERO` out of every fourth image (the 2nd, 6th, ...). So the pipeline
+matched each image's clean, unsaturated point sources one-to-one to the reference
+catalog's stars and fitted the zero point on them (a 3-sigma-clipped mean of reference
+magnitude minus instrumental magnitude of `flux_apcorr`, the aperture flux corrected to
+total). `images` records how: `zero_point_source`
 is `reference`, `n_calib` stars were used, `zero_point_err` is the zero point's error and
 `zero_point_rms` the stars' scatter; `astrom_rms` is the scatter of our positions against
 the reference (arcsec).
@@ -232,7 +251,8 @@ night's transparency), so we can check the calibration, and compare with what th
 `MAGZERO` alone would have given.
 
 **Look at:** `calibrated - true` within about 10 millimagnitudes (0.01 mag) for every image,
-where `header - true` is off by up to 350 (or missing).
+where `header - true` is off by up to the night's transparency loss (or missing); the line
+above the table gives both.
 """)
 code("""
 import json
@@ -247,6 +267,11 @@ if metadata.is_file():
         lambda i: truth_zp.get(i, {}).get("header_zero_point"))
     calibration["calibrated - true [mmag]"] = 1000 * (calibration["zero_point"] - true)
     calibration["header - true [mmag]"] = 1000 * (header_zp.astype(float) - true)
+    say(f"Calibrated - true: at most "
+        f"{calibration['calibrated - true [mmag]'].abs().max():.1f} mmag over "
+        f"{report.plural(len(calibration), 'image')}; header - true: up to "
+        f"{calibration['header - true [mmag]'].abs().max():.0f} mmag, and "
+        f"{report.plural(int(header_zp.isna().sum()), 'image')} without `MAGZERO`.")
 calibration.round(4)
 """)
 md("""
@@ -255,7 +280,7 @@ Seeing and depth go together: a sharper image concentrates a star's light in few
 so it reaches fainter stars at the same exposure time.
 
 **Look at:** the zero points differ per band (each filter and detector passes a different
-fraction of the light) and between the images of one band (the nights' transparency).
+fraction of the light) and between the images of the same band (the nights' transparency).
 """)
 figure("""
 fig = plots.plot_image_quality(quality)
@@ -310,7 +335,7 @@ md("""
 Step 6: the figures `plot_catalog.py` writes, drawn here
 inline. Each plot function takes data and an optional `ax`, and returns the figure.
 
-First the detections of one image, drawn as ellipses at 3 times their measured size (about
+First the detections of the first image, drawn as ellipses at 3 times their measured size (about
 the Kron aperture the flux is measured in). With a WCS the axes are RA and Dec, and the arrows
 point north and east.
 
@@ -336,18 +361,30 @@ fig = plots.plot_magnitude_histogram(sources)
 md("""
 The sky map: every detection at its RA/Dec, one colour per band, RA
 growing to the left as on the sky, and equal angular scales (a degree of RA is `cos(Dec)` of a
-degree of Dec). The three images cover the same field, so every star appears up to three
-times, once per band: the title says so.
+degree of Dec). Where images overlap, a star appears once per image that covers it: the
+title counts the overlapping images, and the cell below says what this catalog holds.
 
-**Look at:** the three bands overlap on the same pattern of stars (the WCS is consistent);
-a gap or offset would mean a broken WCS.
+**Look at:** where bands overlap, they show the same pattern of stars (the WCS is
+consistent); a gap or offset would mean a broken WCS.
+""")
+code("""
+overlaps = plots.overlapping_images(sources)
+in_overlap = sorted({i for pair in overlaps for i in pair})
+say(f"The {report.plural(facts['images'], 'image')} were taken at "
+    f"{report.plural(facts['pointings'], 'pointing')} on "
+    f"{report.plural(len(facts['nights']), 'night')} in "
+    f"{report.plural(len(facts['bands']), 'band')}; "
+    + (f"{len(in_overlap)} of them overlap another, so a star in an overlap is drawn once per "
+       "image." if overlaps else "no two of them overlap, so each star is drawn once."))
 """)
 figure("""
 fig = plots.plot_sky_map(sources)
 """)
 md("""
 The signal-to-noise distribution, stacked by band. The dashed line
-is SNR 5, a common reliability cut.
+is SNR 5, a common reliability cut. Sources with a flux <= 0 (noise or an over-subtracted
+background in a crowded field; flagged) have no meaningful SNR and are left out (the title
+says how many); `snr_distribution` leaves them out too.
 
 **Look at:** the peak just above the detection threshold, and the long tail of bright sources.
 """)
@@ -362,8 +399,8 @@ injected, so we can say how good the catalog is. Truth sources are matched to de
 sources). **Completeness** is the fraction of truth sources with an expected SNR >= 20 that
 were found; **flux ratio** is the median of measured Kron flux over injected flux.
 
-**Look at:** completeness near 1; the flux ratio, which is *below* 1 here (about 0.96): see
-the next cell for why, and why the README quotes 0.991.
+**Look at:** completeness near 1; the flux ratio, which is *below* 1 (the line under the table
+gives both): see the next cell for why, and why the README quotes 0.991.
 """)
 code("""
 rows, pairs = [], []
@@ -384,10 +421,14 @@ for image_id, found in sources.groupby("image_id"):
                  "median_flux_ratio": (pair["flux"] / pair["true_flux"]).median()})
 matched = pd.concat(pairs, ignore_index=True)
 stats = pd.DataFrame(rows)
+say(f"**Against the truth:** completeness {stats['completeness'].min():.3f} to "
+    f"{stats['completeness'].max():.3f}, median Kron flux / true flux "
+    f"{(matched['flux'] / matched['true_flux']).median():.3f} over {len(matched):,} matched "
+    f"sources of {report.plural(len(stats), 'image')}.")
 stats
 """)
 md("""
-### Why 0.96 here and 0.991 in the README
+### Why below 1 here and 0.991 in the README
 
 They are different measurements, and both are right:
 
@@ -397,10 +438,11 @@ They are different measurements, and both are right:
 * **This notebook's ratio** covers *every* source with SNR >= 20 (stars, galaxies, blends) in
   images drawn with a **Moffat PSF** (beta = 3.5), which is what real seeing looks like: its
   wings carry a few per cent of the light beyond the Kron aperture. The truth flux is the flux
-  drawn into the pixels, wings included, so the measured/true ratio comes out at 0.95-0.97.
+  drawn into the pixels, wings included, so the measured/true ratio comes out a few per cent
+  below 1 (the number above).
 
-The cell below checks it directly: the same generator, the same stars, once with each PSF.
-On this machine it gave 0.99 for the Gaussian and 0.97 for the Moffat. Those few per cent are
+The cell below checks it directly: the same generator, the same stars, once with each PSF:
+the Gaussian comes out close to 1, the Moffat a few per cent lower. Those few per cent are
 why the calibration fits its zero point on `flux_apcorr` (the aperture flux corrected to
 total with the image's own stars), and why the README recommends `mag_apcorr` for stars.
 """)
@@ -434,13 +476,21 @@ md("""
 Measured against true magnitudes, one point per matched source,
 coloured by band, with the residual (measured - true) below.
 
-**Look at:** the points follow the 1:1 line; the residual's median sits about 0.04 mag above
-zero for the Kron `mag` (the PSF wings again: less flux measured is a larger magnitude; the
-zero point itself is right, as the calibration section showed with `mag_apcorr`) and the
-scatter grows for fainter sources, as the noise does.
+**Look at:** the points lie along the 1:1 line, but the residual's median sits above zero
+for the Kron `mag` (the PSF wings again: less flux measured is a larger magnitude; the zero
+point itself is right, as the calibration section showed with `mag_apcorr`; the cell below
+gives the offset) and the scatter grows for fainter sources, as the noise does.
 """)
 figure("""
 fig = plots.plot_mag_vs_truth(matched)
+""")
+code("""
+residual = (matched["mag"] - matched["true_mag"]).dropna()
+bright_residual = residual[matched.loc[residual.index, "true_snr"] >= 50]
+say(f"Median measured - true magnitude: {residual.median():+.3f} mag over "
+    f"{len(residual):,} sources ({bright_residual.median():+.3f} for the "
+    f"{len(bright_residual):,} with a true SNR >= 50): the Kron magnitudes are that much too "
+    "faint, not on the 1:1 line itself.")
 """)
 section("8. Objects and light curves", "objects")
 md("""
@@ -449,10 +499,12 @@ A survey looks at the same sky again and again. `scripts/build_objects.py`
 (one per star or galaxy on the sky, matched within a radius), and per object and band computes
 the mean magnitude, its scatter and a chi-square against a constant: an object whose
 magnitudes scatter more than their errors allow is flagged `variable`; one seen on a single
-night only is a `transient_candidate`. The three sample images above are one night, so here
-we draw a small survey instead: six nights in g and r of a 256-pixel field with variable
+night only is a `transient_candidate`. The sample above spans too few nights for a light
+curve (the cell below says how many), so here we draw a small survey instead, with variable
 stars and transients in its truth (`download_sample_fits.py --survey` draws the same, larger),
-catalogue it into its own catalog (the `survey/` prefix of the buckets) and build its objects.
+into its own folder beside the sample (`data/survey/`, never inside `data/sample/`, so the
+demo's upload does not pick it up), catalogue it into its own catalog (the `survey/` prefix
+of the buckets) and build its objects.
 
 **Look at:** the build report (objects, associations), then the named queries `variables`
 and `transients` on the new tables.
@@ -461,7 +513,7 @@ code("""
 from skysurvey.objects import build_objects, most_variable_light_curves
 from skysurvey.synth_survey import write_survey
 
-SURVEY = SAMPLE / "survey"
+SURVEY_NIGHTS, SURVEY_BANDS, SURVEY_SIZE = 6, ("g", "r"), 256
 survey_raw = BUCKET_RAW.rstrip("/") + "/survey"
 survey_catalog = BUCKET_CATALOG.rstrip("/") + "/survey"
 if not ON_AWS:
@@ -469,11 +521,17 @@ if not ON_AWS:
 survey_keys = runner.list_images(survey_raw)
 if not survey_keys:
     if not SURVEY.is_dir() or not find_fits(SURVEY):
-        write_survey(SURVEY, nights=6, bands=("g", "r"), size=256)
+        write_survey(SURVEY, nights=SURVEY_NIGHTS, bands=SURVEY_BANDS, size=SURVEY_SIZE)
     upload_files(find_fits(SURVEY), BUCKET_RAW, prefix="survey/")
     survey_keys = runner.list_images(survey_raw)
     runner.run_local(survey_raw, survey_keys, survey_catalog)
 built = build_objects(survey_catalog)
+survey_facts = report.describe_images(plots.read_catalog(survey_catalog, "images"))
+say(f"The sample above spans {report.plural(len(facts['nights']), 'night')}; the survey: "
+    f"{report.plural(survey_facts['images'], 'image')}, "
+    f"{report.plural(len(survey_facts['nights']), 'night')} x "
+    f"{report.plural(len(survey_facts['bands']), 'band')} ({', '.join(survey_facts['bands'])}) "
+    f"of a {SURVEY_SIZE}-pixel field, in `{SURVEY}`.")
 print(f"{len(survey_keys)} survey images -> {built.n_objects} objects, "
       f"{built.n_associations} associations")
 variables = queries.run_named("variables", survey_catalog)
@@ -487,11 +545,19 @@ The objects on the sky, coloured by how many times each was detected. Objects ne
 field's edges are seen less often (the pointings are dithered by a few arcseconds), faint
 ones only when the seeing was good.
 
-**Look at:** most objects detected about 12 times (6 nights x 2 bands); the ones with few
-detections are faint or on the edge, or transients.
+**Look at:** how many of the survey images found each object (the cell below gives the
+median and how many objects are in every image): bright objects inside the field in every
+image, faint ones only on the nights with good seeing, those near the edges only when the
+dither keeps them in, transients on a single night.
+""")
+code("""
+objects_table = queries.run_query("SELECT * FROM objects", survey_catalog)
+say(f"Median detections per object: {objects_table['n_detections'].median():.0f} of "
+    f"{survey_facts['images']} survey images; "
+    f"{(objects_table['n_detections'] == survey_facts['images']).sum():,} of "
+    f"{len(objects_table):,} objects are in every image.")
 """)
 figure("""
-objects_table = queries.run_query("SELECT * FROM objects", survey_catalog)
 fig = plots.plot_object_map(objects_table)
 """)
 md("""
@@ -525,7 +591,7 @@ To compare with other surveys at scale, the astronomy community partitions catal
 catalogs cover and includes each pixel's margin so that pairs across a pixel border are not
 lost. `scripts/export_hats.py` (`skysurvey.hats_export.export_hats`) writes the catalog's
 `objects` and `sources` as HATS collections with a 10-arcsec margin. Here: the objects of the
-three sample images (built as in the previous section), exported, opened with
+sample images (built as in the previous section), exported, opened with
 `lsdb.open_catalog`, and cross-matched within 1 arcsec with the sample's reference catalog.
 HATS and LSDB run outside the Lambda (they add about 310 MB of packages).
 
@@ -549,8 +615,6 @@ our_objects = lsdb.open_catalog(OUTPUT / "hats" / "objects")
 our_objects
 """)
 code("""
-from IPython.display import display
-
 if reference is None:
     print("no reference catalog: set REFERENCE_CATALOG to cross-match with it")
 else:
@@ -591,9 +655,12 @@ descriptions and UCDs from one table, `skysurvey/units.py`: a FITS table for TOP
 astropy (`TUNITn`, `TCOMMn`, `TUCDn`), a VOTable (`unit`, `ucd`, DESCRIPTION), and DS9 regions
 (ICRS ellipses oriented by `theta_world`) to lay over an image in DS9.
 
-**Look at:** astropy reads the FITS file back with units (`deg`, `adu`, `mag`), and the column
-descriptions travel with it. In TOPCAT, Views > Column Info shows the same; in DS9, open
-the first image and Region > Open the `.reg` file: the ellipses sit on the sources.
+**Look at:** astropy reads the FITS file back with units (`deg`, `adu`, `mag`). The column
+descriptions are in the FITS header (`TCOMMn`) for TOPCAT and fitsio, but astropy's reader
+does not keep `TCOMMn`: in astropy they travel with the VOTable (and with the Parquet
+files' metadata), as the last line of the cell shows. In TOPCAT, Views > Column Info shows
+them; in DS9, open the first image and Region > Open the `.reg` file: the ellipses sit on
+the sources.
 """)
 code("""
 from astropy.table import Table
@@ -608,6 +675,8 @@ paths = [write_table(sources, OUTPUT / "sources.fits"),
 print("wrote", *paths, sep="\\n  ")
 back = Table.read(OUTPUT / "sources.fits")
 print({name: str(back[name].unit) for name in ("ra", "dec", "flux", "mag", "a", "theta_world")})
+print("FITS, description of flux:", back["flux"].description)
+print("VOTable, description of flux:", Table.read(OUTPUT / "sources.vot")["flux"].description)
 back["ra", "dec", "flux", "mag", "band", "night"][:3]
 """)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from . import aws
 from .config import QUEUE_NAME, is_s3_uri, parse_s3_uri
-from .errors import ConfigError
+from .errors import ConfigError, StorageError
 
 ROLE_NAME = "lambda-astronomy-role"
 POLICY_NAME = "astronomy-least-privilege"
@@ -64,6 +65,9 @@ HANDLER = "lambda_function.lambda_handler"
 DATABASE_DESCRIPTION = "Sky survey catalog (skysurvey)"
 WORKGROUP_DESCRIPTION = "Sky survey catalog queries"
 TRIGGER_STATEMENT_ID = "s3-invoke-astronomy-images"
+#: In the env file while a setup runs (``incomplete``): a setup that fails half-way leaves the
+#: suffix and region there, so cleanup_aws.py finds (by tag) and removes what it made.
+SETUP_MARKER = "SKYSURVEY_SETUP"
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class Names:
     reference: str | None = None  # s3:// URI of the reference catalog the function reads
     reference_bands: str | None = None
     reference_local: str | None = None  # local file or folder uploaded to `reference`
+    tls_only: bool = True  # False: --no-tls-policy (S3-compatible test endpoints such as moto)
 
     @property
     def raw(self) -> str:
@@ -408,7 +413,7 @@ def _tag_bucket(name: str, names: Names) -> None:
     s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": _tag_list(tags)})
 
 
-def _apply_bucket(name: str, names: Names, lifecycle: bool) -> None:
+def _apply_bucket(name: str, names: Names, lifecycle: bool) -> str | None:
     s3, wanted = aws.client("s3"), bucket_settings(name, names, lifecycle)
     s3.put_public_access_block(
         Bucket=name, PublicAccessBlockConfiguration=wanted["PublicAccessBlockConfiguration"])
@@ -418,8 +423,26 @@ def _apply_bucket(name: str, names: Names, lifecycle: bool) -> None:
     if wanted["LifecycleConfiguration"]:
         s3.put_bucket_lifecycle_configuration(
             Bucket=name, LifecycleConfiguration=wanted["LifecycleConfiguration"])
-    if TLS_ONLY:
+    if TLS_ONLY and names.tls_only:
         s3.put_bucket_policy(Bucket=name, Policy=json.dumps(wanted["Policy"]))
+    elif not names.tls_only:
+        return _remove_tls_only_policy(name)
+    return None
+
+
+def _remove_tls_only_policy(name: str) -> str | None:
+    """--no-tls-policy: take off setup's own TLS-only policy (any other policy stays)."""
+    s3 = aws.client("s3")
+    try:
+        policy = json.loads(s3.get_bucket_policy(Bucket=name)["Policy"])
+    except aws.botocore_errors() as exc:
+        if _missing(exc, "NoSuchBucketPolicy"):
+            return None
+        raise
+    if policy != tls_only_policy(name):
+        return None
+    s3.delete_bucket_policy(Bucket=name)
+    return "updated: TLS-only policy removed (--no-tls-policy)"
 
 
 def _empty_and_delete_bucket(name: str) -> None:
@@ -573,14 +596,30 @@ class FunctionSettings:
     concurrency: int = DEFAULT_CONCURRENCY
 
 
+PACKAGE_KEY = "lambda/package.zip"
+
+#: Added to a refused package upload when AWS_ENDPOINT_URL points at a test endpoint.
+TEST_ENDPOINT_HINT = ("an S3-compatible test endpoint such as moto applies the TLS-only bucket "
+                      "policy without its aws:SecureTransport condition and refuses every "
+                      "object call: run setup_aws.py with --no-tls-policy there (never on AWS)")
+
+
 def _code(names: Names, package: Path) -> dict:
     data = package.read_bytes()
     if len(data) <= DIRECT_UPLOAD_LIMIT:
         return {"ZipFile": data}
     # larger zips go through S3 (Lambda's direct upload limit is 50 MB)
-    aws.client("s3").put_object(Bucket=names.catalog, Key="lambda/package.zip", Body=data,
-                                ServerSideEncryption="AES256")
-    return {"S3Bucket": names.catalog, "S3Key": "lambda/package.zip"}
+    try:
+        aws.client("s3").put_object(Bucket=names.catalog, Key=PACKAGE_KEY, Body=data,
+                                    ServerSideEncryption="AES256")
+    except aws.botocore_errors() as exc:
+        cause = aws.translate(exc, "").cause
+        if aws.error_code(exc) in ("AccessDenied", "403") and os.environ.get("AWS_ENDPOINT_URL"):
+            cause += f" ({TEST_ENDPOINT_HINT})"
+        raise StorageError(f"S3 upload of the Lambda package {package} "
+                           f"({len(data) / 2**20:.1f} MB, over Lambda's direct limit) to "
+                           f"s3://{names.catalog}/{PACKAGE_KEY}", cause) from None
+    return {"S3Bucket": names.catalog, "S3Key": PACKAGE_KEY}
 
 
 def function_environment(names: Names) -> dict[str, str]:
@@ -971,10 +1010,30 @@ def _check(resource: Resource, names: Names) -> tuple[dict | None, str | None]:
     return tags, ownership(resource.name, tags, names, resource.fix, resource.legacy_untagged)
 
 
-def run_setup(resources: list[Resource], names: Names, dry_run: bool = False) -> Plan:
-    """Check every resource first (nothing is made when one is foreign), then make or repair
-    each: ``created``, ``adopted``, ``unchanged``, ``updated: ...`` (or ``would ...``)."""
-    checked = [(r, *_check(r, names)) for r in resources]
+def run_setup(resources: list[Resource], names: Names, dry_run: bool = False,
+              before_changes: Callable[[], None] | None = None) -> Plan:
+    """Check every resource first (nothing is made when one is foreign: one ConfigError names
+    every conflict), then make or repair each: ``created``, ``adopted``, ``unchanged``,
+    ``updated: ...`` (or ``would ...``). *before_changes* runs once, after the checks and
+    before the first change (setup_aws.py records the deployment there, so a setup that fails
+    half-way leaves an env file cleanup can find)."""
+    checked, conflicts = [], []
+    for resource in resources:  # every name first: one refusal names every conflict
+        try:
+            checked.append((resource, *_check(resource, names)))
+        except ConfigError as exc:
+            conflicts.append(exc)
+    if len(conflicts) == 1:
+        raise conflicts[0]
+    if conflicts:  # resources refused for the same reason share it: "a, b: cause; c: cause"
+        groups: dict[str, list[str]] = {}
+        for conflict in conflicts:
+            groups.setdefault(conflict.cause, []).append(conflict.source)
+        first, *rest = [(", ".join(sources), cause) for cause, sources in groups.items()]
+        raise ConfigError(first[0], "; ".join([first[1]] + [f"{s}: {c}" for s, c in rest])
+                          + f" ({len(conflicts)} name conflicts; nothing was made)")
+    if before_changes is not None and not dry_run:
+        before_changes()
     plan = Plan()
     for resource, tags, owner in checked:
         if tags is None and resource.skip:

@@ -11,6 +11,33 @@ from dataclasses import dataclass
 
 from .prices import PRICES, athena_query_usd
 
+#: FITS size per image (MB = 10**6 bytes) when nothing better is known: a 2048 x 2048 image of
+#: 32-bit pixels (what ``download_sample_fits.py`` writes by default). estimate_cost.py takes the
+#: real size from --input (the files), --pixels, or the catalog's recorded image sizes instead.
+DEFAULT_MB_PER_IMAGE = 16.8
+FITS_BLOCK = 2880  # FITS files are made of 2880-byte blocks
+BYTES_PER_PIXEL = 4  # 32-bit pixels (BITPIX -32 or 32), what the pipeline's images mostly are
+
+
+def fits_mb(pixels: float, bytes_per_pixel: int = BYTES_PER_PIXEL) -> float:
+    """MB (10**6 bytes) of an uncompressed FITS image of *pixels* pixels: one header block and
+    the data padded to whole blocks (2048 x 2048 x 4 bytes: 16.8 MB)."""
+    data = int(pixels * bytes_per_pixel)
+    return (1 + -(-data // FITS_BLOCK)) * FITS_BLOCK / 1e6
+
+
+def mean_file_mb(uri: str) -> tuple[float, int]:
+    """``(mean MB, how many)`` of the FITS files under a folder or ``s3://`` prefix (the same
+    files ``invoke_lambda.py --input`` would read); none at all is a StorageError."""
+    from .errors import StorageError
+    from .schema import is_fits_name
+    from .storage import open_store
+
+    sizes = [o.size for o in open_store(uri).list() if is_fits_name(o.key)]
+    if not sizes:
+        raise StorageError(str(uri), "no FITS files (.fits, .fit, .fts, with .gz, .bz2 or .fz)")
+    return sum(sizes) / len(sizes) / 1e6, len(sizes)
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -26,7 +53,8 @@ class Estimate:
         return self.lambda_usd + self.s3_usd + self.athena_usd + self.logs_usd
 
 
-def estimate(images: int, *, mb_per_image: float = 16.8, seconds_per_image: float = 0.3,
+def estimate(images: int, *, mb_per_image: float = DEFAULT_MB_PER_IMAGE,
+             seconds_per_image: float = 0.3,
              memory_mb: int = 1024, queries: int = 10, catalog_mb_per_image: float = 0.2,
              months: float = 1.0) -> Estimate:
     """A run's bill: Lambda (GB-s and requests), S3 storage and requests, Athena, logs.
@@ -49,7 +77,8 @@ def estimate(images: int, *, mb_per_image: float = 16.8, seconds_per_image: floa
 PUTS_PER_IMAGE, GETS_PER_IMAGE = 4, 5
 
 
-def breakdown(images: int, *, mb_per_image: float = 16.8, seconds_per_image: float = 0.3,
+def breakdown(images: int, *, mb_per_image: float = DEFAULT_MB_PER_IMAGE,
+              seconds_per_image: float = 0.3,
               memory_mb: int = 1024, queries: int = 10, catalog_mb_per_image: float = 0.2,
               months: float = 1.0) -> list[tuple[str, str, float]]:
     """A run's bill line by line: ``(service, quantity, usd)`` (:func:`estimate` sums them).
@@ -82,15 +111,22 @@ def breakdown(images: int, *, mb_per_image: float = 16.8, seconds_per_image: flo
 class MeasuredRun:
     images: int
     handler_seconds: float  # sum of images.seconds (what Lambda bills, to the millisecond)
+    mean_pixels: float | None = None  # mean width x height of the recorded images (None: unknown)
 
 
 def measured_run(catalog_uri: str) -> MeasuredRun:
     """Image count and total handler seconds of the run recorded in the catalog's ``images``."""
     from .queries import run_query
 
-    df = run_query("SELECT count(*) AS n, coalesce(sum(seconds), 0) AS s FROM images",
+    df = run_query("SELECT count(*) AS n, coalesce(sum(seconds), 0) AS s, "
+                   "avg(CAST(width AS DOUBLE) * CAST(height AS DOUBLE)) AS px FROM images",
                    catalog_uri)
-    return MeasuredRun(int(df["n"][0]), float(df["s"][0]))
+    try:
+        pixels = float(df["px"][0])
+    except (TypeError, ValueError):  # NULL (no width/height recorded)
+        pixels = None
+    pixels = None if pixels is None or pixels != pixels or pixels <= 0 else pixels  # NaN
+    return MeasuredRun(int(df["n"][0]), float(df["s"][0]), pixels)
 
 
 def deployed_memory_mb(function: str) -> int:

@@ -187,7 +187,7 @@ def ds9_regions(df: pd.DataFrame, pixel_scales: Mapping[str, float] | float | No
     lines = ["# Region file format: DS9 version 4.1",
              f"# skysurvey export: {n_regions} regions from {len(df)} rows"
              + (f" ({skipped} without a position left out)" if skipped else "")
-             + f"; ellipses at {ELLIPSE_SCALE:g} x (a, b), about the Kron aperture",
+             + f", ellipses at {ELLIPSE_SCALE:g} x (a, b), about the Kron aperture",
              f"global color={color} width=1 font=\"helvetica 9 normal roman\"", *body]
     return "\n".join(lines) + "\n"
 

@@ -59,8 +59,8 @@ HPX_ORDER = 12
 SATURATED = 256
 MASKED = 512
 NEAR_EDGE = 1024
-OFF_IMAGE = 65536
-CENTRE_MASKED = 131072
+OFF_IMAGE = 131072  # (65536 is BAD_WCS in sources)
+CENTRE_MASKED = 262144
 
 FLAG_DESCRIPTIONS: dict[int, str] = {
     SATURATED: "forced: a pixel of the aperture at or above 98% of the SATURATE level",

@@ -8,7 +8,10 @@ turns that into a "skipped" line.
 
 Pixel coordinates are 0-based and images are drawn with ``origin="lower"``; RA grows to the
 left on sky maps, as on the sky, and one degree of RA is drawn ``cos(Dec)`` as wide as one
-degree of Dec, so the map has the shape the sky has.
+degree of Dec, so the map has the shape the sky has. Sources with a flux <= 0 (noise or an
+over-subtracted background on crowded fields, flagged; 8-9% of some real fields) have no
+magnitude and no meaningful SNR: the detection overlay, the magnitude and SNR histograms and the
+sky map leave them out and their captions say how many (:func:`positive_flux`).
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ def plot_image_with_sources(data: np.ndarray, sources: pd.DataFrame, title: str 
         fig = plt.figure(figsize=(8, 8))
         ax = fig.add_subplot(projection=wcs) if wcs is not None else fig.add_subplot()
     fig = ax.figure
+    sources, dropped = positive_flux(sources)
     norm = ImageNormalize(data, interval=ZScaleInterval(), stretch=AsinhStretch())
     ax.imshow(data, origin="lower", cmap="gray", norm=norm)
     for row in sources.itertuples():
@@ -133,7 +137,7 @@ def plot_image_with_sources(data: np.ndarray, sources: pd.DataFrame, title: str 
     ax.set_ylim(-0.5, data.shape[0] - 0.5)
     proxy = Ellipse((0, 0), 1, 1, fill=False, color="tab:red", lw=1.0,
                     label=f"{len(sources)} sources: ellipses at {ELLIPSE_SCALE:g} x (a, b), "
-                          "about the Kron aperture")
+                          f"about the Kron aperture{_left_out(dropped)}")
     if hasattr(ax, "coords") and wcs is not None:
         ax.coords[0].set_axislabel("RA (ICRS)")
         ax.coords[1].set_axislabel("Dec (ICRS)")
@@ -149,6 +153,7 @@ def plot_image_with_sources(data: np.ndarray, sources: pd.DataFrame, title: str 
 
 def plot_magnitude_histogram(sources: pd.DataFrame, ax=None):
     """Magnitude distribution, one step histogram per band (log counts)."""
+    sources, dropped = positive_flux(sources)
     if "mag" not in sources or sources["mag"].dropna().empty:
         raise NothingToPlot("no magnitudes: no image has a zero point (MAGZERO/PHOTZP... or "
                             "a reference catalog)")
@@ -161,35 +166,95 @@ def plot_magnitude_histogram(sources: pd.DataFrame, ax=None):
             ax.hist(values, bins=bins, histtype="step", lw=1.5, color=band_color(band, i),
                     label=f"{band} ({len(values)})")
     ax.set(xlabel="magnitude", ylabel="sources per 0.25 mag", yscale="log",
-           title="Magnitude distribution")
+           title=f"Magnitude distribution{_left_out(dropped)}")
     ax.legend(title="band")
     return fig
 
 
-def overlapping_images(sources: pd.DataFrame) -> list[tuple[str, str]]:
-    """Pairs of images whose detections cover overlapping RA/Dec boxes."""
+def _unit_vectors(ra, dec) -> np.ndarray:
+    r, d = np.radians(np.asarray(ra, float)), np.radians(np.asarray(dec, float))
+    return np.column_stack([np.cos(d) * np.cos(r), np.cos(d) * np.sin(r), np.sin(d)])
+
+
+def _footprint(points: np.ndarray):
+    """The convex hull of *points* (tangent-plane arcsec) grown by 1% about its centre, as a
+    matplotlib Path; a box around them when they are fewer than 3 or on one line."""
+    from matplotlib.path import Path as Polygon
+    from scipy.spatial import ConvexHull, QhullError
+
+    try:
+        corners = points[ConvexHull(points).vertices]
+    except (QhullError, ValueError):
+        (x0, y0), (x1, y1) = points.min(axis=0) - 1.0, points.max(axis=0) + 1.0  # 1 arcsec
+        corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+    centre = corners.mean(axis=0)
+    return Polygon(centre + 1.01 * (corners - centre))
+
+
+def overlapping_images(sources: pd.DataFrame, min_fraction: float = 0.02
+                       ) -> list[tuple[str, str]]:
+    """Pairs of images whose fields overlap on the sky.
+
+    Each image's field is the convex hull of its detections on the tangent plane (so RA
+    wrapping at 0/360 and rotated fields are handled, and a box around a diagonal row of fields
+    does not count); two images overlap when at least *min_fraction* of either one's detections
+    fall inside the other's field.
+    """
+    from .geometry import tangent_plane
+
     sky = sources.dropna(subset=["ra", "dec"])
-    boxes = sky.groupby("image_id").agg(ra0=("ra", "min"), ra1=("ra", "max"),
-                                        dec0=("dec", "min"), dec1=("dec", "max"))
-    ids = list(boxes.index)
+    fields = {}
+    for image_id, group in sky.groupby("image_id", sort=True):
+        vectors = _unit_vectors(group["ra"], group["dec"])
+        centre = vectors.mean(axis=0)
+        centre /= np.linalg.norm(centre) or 1.0
+        radius = float(np.arccos(np.clip(vectors @ centre, -1, 1)).max())
+        fields[image_id] = (group, centre, radius)
     pairs = []
+    ids = list(fields)
     for i, a in enumerate(ids):
         for b in ids[i + 1:]:
-            p, q = boxes.loc[a], boxes.loc[b]
-            if p.ra0 <= q.ra1 and q.ra0 <= p.ra1 and p.dec0 <= q.dec1 and q.dec0 <= p.dec1:
+            (ga, ca, ra_), (gb, cb, rb) = fields[a], fields[b]
+            if np.arccos(np.clip(ca @ cb, -1, 1)) > ra_ + rb + 1e-9:
+                continue  # their circles do not even touch
+            mid = ca + cb
+            mid /= np.linalg.norm(mid) or 1.0
+            ra0, dec0 = np.degrees(np.arctan2(mid[1], mid[0])), np.degrees(np.arcsin(mid[2]))
+            pa = np.column_stack(tangent_plane(ga["ra"], ga["dec"], ra0, dec0))
+            pb = np.column_stack(tangent_plane(gb["ra"], gb["dec"], ra0, dec0))
+            inside_b = _footprint(pb).contains_points(pa).mean()
+            inside_a = _footprint(pa).contains_points(pb).mean()
+            if max(inside_a, inside_b) >= min_fraction:
                 pairs.append((a, b))
     return pairs
+
+
+def positive_flux(sources: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """``(rows with flux > 0, number left out)``: a negative or zero flux (noise, or an
+    over-subtracted background in a crowded field; flagged) has no magnitude and no meaningful
+    SNR, so the figures leave it out and say so (rows without a ``flux`` column are kept)."""
+    if "flux" not in sources:
+        return sources, 0
+    keep = sources["flux"].isna() | (sources["flux"] > 0)
+    return sources[keep], int((~keep).sum())
+
+
+def _left_out(n: int) -> str:
+    return f" ({n} with flux <= 0 left out)" if n else ""
 
 
 def plot_sky_map(sources: pd.DataFrame, ax=None):
     """Detections on the sky, one colour per band, RA to the left, equal angular scales.
 
     When images overlap (the same field in several bands or nights), a star is drawn once per
-    image: the title says how many images overlap.
+    image: the title says how many images overlap (:func:`overlapping_images`, from each
+    image's field, not its RA/Dec box). Sources with flux <= 0 are left out (counted in the
+    title).
     """
     sky = sources.dropna(subset=["ra", "dec"]) if {"ra", "dec"} <= set(sources) else sources[:0]
     if sky.empty:
         raise NothingToPlot("no source has RA/Dec: the images have no celestial WCS")
+    sky, dropped = positive_flux(sky)
     fig, ax = _new_axes(ax, (7, 6.5))
     bands = _by_band(sky)
     size = 10 if len(sky) > 2000 else 18
@@ -205,13 +270,15 @@ def plot_sky_map(sources: pd.DataFrame, ax=None):
     pairs = overlapping_images(sky) if "image_id" in sky else []
     note = (f"{n_images} images, {len({i for p in pairs for i in p})} overlapping: a star "
             "appears once per image" if pairs else f"{n_images} image(s), no overlap")
-    ax.set(xlabel="RA [deg]", ylabel="Dec [deg]", title=f"Sky map\n{note}")
+    ax.set(xlabel="RA [deg]", ylabel="Dec [deg]", title=f"Sky map\n{note}{_left_out(dropped)}")
     ax.legend(title="band", markerscale=2, fontsize=8)
     return fig
 
 
 def plot_snr_histogram(sources: pd.DataFrame, ax=None):
-    """Signal-to-noise distribution on a log axis, per band."""
+    """Signal-to-noise distribution on a log axis, per band (sources with flux > 0; the title
+    counts the others)."""
+    sources, dropped = positive_flux(sources)
     snr = sources["snr"].dropna() if "snr" in sources else pd.Series(dtype=float)
     snr = snr[snr > 0]
     if snr.empty:
@@ -225,7 +292,7 @@ def plot_snr_histogram(sources: pd.DataFrame, ax=None):
             color=[band_color(b, i) for i, (b, _) in enumerate(groups)])
     ax.axvline(5, color="k", lw=0.8, ls="--", label="SNR 5")
     ax.set(xscale="log", xlabel="SNR (flux / flux_err)", ylabel="sources",
-           title="SNR distribution (stacked by band)")
+           title=f"SNR distribution (stacked by band){_left_out(dropped)}")
     ax.legend(title="band", fontsize=8)
     return fig
 
@@ -394,6 +461,30 @@ def plot_calibration_residuals(pairs: pd.DataFrame, ax=None):
     return fig
 
 
+#: The smallest axis span of each image-quality panel: values within it of the median are
+#: never called outliers (0.5" of seeing, 1 mag of depth or zero point).
+QUALITY_MIN_SPAN = {"seeing_arcsec": 0.5, "depth_5sigma": 1.0, "zero_point": 1.0}
+
+
+def robust_limits(values: pd.Series, min_span: float, n_sigma: float = 5.0):
+    """``(axis limits, outliers)``: limits around the values within ``n_sigma`` robust sigmas
+    (1.4826 x MAD) of the median, or *min_span* of it, whichever is wider; the values outside
+    as a Series (same index). One 9,800-arcsec seeing then no longer squashes the others into
+    a line. ``(None, empty)`` when there is no finite value."""
+    finite = pd.to_numeric(values, errors="coerce").dropna()
+    finite = finite[np.isfinite(finite)]
+    if finite.empty:
+        return None, finite
+    median = float(finite.median())
+    sigma = 1.4826 * float((finite - median).abs().median())
+    half = max(n_sigma * sigma, min_span)
+    outliers = finite[(finite - median).abs() > half]
+    inliers = finite.drop(outliers.index)
+    lo, hi = float(inliers.min()), float(inliers.max())
+    pad = max(0.1 * (hi - lo), 0.05 * min_span)
+    return (lo - pad, hi + pad), outliers
+
+
 def plot_image_quality(quality: pd.DataFrame, axes=None):
     """Seeing, 5-sigma depth and zero point (with its error) per image, coloured by band.
 
@@ -410,13 +501,27 @@ def plot_image_quality(quality: pd.DataFrame, axes=None):
               "zero_point": "zero point [mag]"}
     ids = list(quality["image_id"])
     for ax, name in zip(axes, ("seeing_arcsec", "depth_5sigma", "zero_point"), strict=True):
+        column = quality[name] if name in quality else pd.Series(np.nan, index=quality.index)
+        limits, outliers = robust_limits(column, QUALITY_MIN_SPAN[name])
         for i, (band, group) in enumerate(_by_band(quality)):
             x = [ids.index(v) for v in group["image_id"]]
             with_err = name == "zero_point" and "zero_point_err" in group
             err = group["zero_point_err"] if with_err else None
             values = group[name] if name in group else pd.Series(np.nan, index=group.index)
-            ax.errorbar(x, values, yerr=err, fmt="o", color=band_color(band, i),
+            shown = values.where(~values.index.isin(outliers.index))
+            ax.errorbar(x, shown, yerr=err, fmt="o", color=band_color(band, i),
                         label=str(band), capsize=2)
+        if limits is not None:
+            ax.set_ylim(*limits)
+        for index, value in outliers.items():  # off the axis: a triangle at the edge, labelled
+            x = ids.index(quality.loc[index, "image_id"])
+            high = value > limits[1]
+            edge = limits[1] if high else limits[0]
+            ax.plot(x, edge, marker="^" if high else "v", color="k", ms=8, clip_on=False)
+            ax.annotate(f"{value:.4g}", (x, edge), xytext=(4, -10 if high else 4),
+                        textcoords="offset points", fontsize=7)
+        if len(outliers):
+            ax.set_title(f"{len(outliers)} outlier(s) off scale (triangles)", fontsize=8)
         ax.set_xticks(range(len(ids)), ids, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel(labels[name])
     axes[0].legend(title="band", fontsize=8)

@@ -118,9 +118,10 @@ class NamedQuery:
 
 NAMED_QUERIES: dict[str, NamedQuery] = {
     "total_sources": NamedQuery(
-        "How many sources, images and bands the catalog holds",
-        "SELECT count(*) AS total_sources, count(DISTINCT image_id) AS total_images, "
-        "count(DISTINCT band) AS bands FROM sources",
+        "How many sources, images and bands the catalog holds (images counted from their "
+        "records, so an image without any source counts too)",
+        "SELECT (SELECT count(*) FROM sources) AS total_sources, count(*) AS total_images, "
+        "count(DISTINCT band) AS bands FROM images",
     ),
     "source_statistics": NamedQuery(
         "Per band: sources, magnitudes, SNR and FWHM (sources with SNR >= ?)",
@@ -136,11 +137,12 @@ NAMED_QUERIES: dict[str, NamedQuery] = {
         (10.0,),
     ),
     "snr_distribution": NamedQuery(
-        "Number of sources per SNR bin",
+        "Number of sources per SNR bin (sources with flux > 0: a negative flux, flagged, "
+        "has no meaningful SNR)",
         "SELECT CASE WHEN snr < 5 THEN '0-5' WHEN snr < 10 THEN '5-10' "
         "WHEN snr < 20 THEN '10-20' WHEN snr < 50 THEN '20-50' WHEN snr < 100 THEN '50-100' "
         "ELSE '100+' END AS snr_bin, count(*) AS n_sources, min(snr) AS min_snr "
-        "FROM sources WHERE snr IS NOT NULL GROUP BY 1 ORDER BY min(snr)",
+        "FROM sources WHERE snr IS NOT NULL AND flux > 0 GROUP BY 1 ORDER BY min(snr)",
     ),
 }
 
@@ -351,6 +353,10 @@ def dataset(catalog_uri: str, table: str, *, check: bool = True) -> pads.Dataset
                                 format="parquet", partitioning=partitioning,
                                 schema=spec.full_schema)
     except (FileNotFoundError, OSError) as exc:
+        if _network_error(exc):  # not "no catalog": S3 was never reached
+            raise QueryError(str(catalog_uri), f"cannot reach S3, network or TLS error ({exc}): "
+                             "check the connection, AWS_ENDPOINT_URL and any proxy or "
+                             "certificate settings") from None
         if not spec.required:
             return pads.dataset(spec.full_schema.empty_table())
         raise QueryError(str(catalog_uri),
@@ -363,6 +369,17 @@ def dataset(catalog_uri: str, table: str, *, check: bool = True) -> pads.Dataset
         for note in check_schemas(data, spec):
             _warn_once(note)
     return data
+
+
+#: What pyarrow's S3 filesystem (curl) says when the request never got an answer.
+_NETWORK_MARKERS = ("NETWORK_CONNECTION", "curlCode", "SSL", "TLS", "timed out",
+                    "Could not resolve", "Connection refused")
+
+
+def _network_error(exc: OSError) -> bool:
+    """True for a connection, DNS or TLS failure (as opposed to a missing bucket or prefix)."""
+    return not isinstance(exc, FileNotFoundError) and any(m in str(exc)
+                                                           for m in _NETWORK_MARKERS)
 
 
 def schema_difference(found: pa.Schema, spec: Dataset) -> tuple[list[str], list[str]]:
@@ -673,3 +690,34 @@ def most_variable_light_curves(catalog: str, n: int = 4):
     frames = [run_named("light_curve", catalog, (int(i),)) for i in ids]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["object_id", "mjd", "band", "mag", "mag_err"])
+
+
+#: Tables that a later workflow step writes: empty means "not run yet", not "no match".
+OBJECT_TABLES = ("objects", "object_photometry", "associations")
+
+
+def why_empty(sql: str, catalog_uri: str) -> str:
+    """One line saying why *sql* returned no rows on DuckDB: a step not run yet (the objects
+    tables of ``build_objects.py``), no reference catalog for ``reference``, or no match."""
+    import duckdb
+
+    from .config import get_setting
+
+    try:
+        # the parser refuses prepared parameters; only the table names matter here
+        names = {n.lower() for n in duckdb.get_table_names(sql.replace("?", "NULL"))}
+    except duckdb.Error:
+        names = set()
+    try:
+        unbuilt = [t for t in OBJECT_TABLES if t in names
+                   and dataset(catalog_uri, t, check=False).count_rows() == 0]
+    except QueryError:
+        unbuilt = []
+    if unbuilt:
+        return (f"the catalog has no {unbuilt[0]} table yet: run the objects step, "
+                "scripts/build_objects.py (after scripts/invoke_lambda.py)")
+    if "reference" in names and not get_setting("REFERENCE_CATALOG"):
+        return ("no reference catalog: the `reference` table is empty. Pass one with "
+                "REFERENCE_CATALOG=<Parquet, CSV, FITS, VOTable or HATS, local or s3://> "
+                "(the sample's is data/sample/reference.parquet)")
+    return "nothing in the catalog matches this query"

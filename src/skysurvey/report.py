@@ -29,6 +29,11 @@ QUALITY_COLUMNS = {  # column in the quality table: its header
     "seconds": "seconds", "warnings": "warnings",
 }
 
+#: Decimals shown per quality column: what the measurement supports (seeing to 0.01",
+#: zero points to a millimagnitude), not the 6-9 digits of a float.
+QUALITY_DECIMALS = {"seeing_arcsec": 2, "bkg_median": 1, "bkg_rms": 2, "zero_point": 3,
+                    "depth_5sigma": 2, "seconds": 2}
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
@@ -53,7 +58,8 @@ def quality_table(images: pd.DataFrame) -> pd.DataFrame:
     df["seeing_arcsec"] = seeing
     columns = [c for c in QUALITY_COLUMNS if c in df.columns]
     out = df[columns].sort_values([c for c in ("band", "night", "image_id") if c in columns])
-    return out.reset_index(drop=True)
+    return out.reset_index(drop=True).round(
+        {c: d for c, d in QUALITY_DECIMALS.items() if c in columns})
 
 
 def run_summary(sources: pd.DataFrame, images: pd.DataFrame, catalog_uri: str) -> dict:
@@ -77,9 +83,73 @@ def run_summary(sources: pd.DataFrame, images: pd.DataFrame, catalog_uri: str) -
     }
 
 
-def _table_html(df: pd.DataFrame, headers: Mapping[str, str] | None = None) -> str:
-    shown = df.rename(columns=dict(headers or {}))
-    return shown.to_html(index=False, na_rep="-", float_format=_number, border=0, escape=True)
+def count_pointings(images: pd.DataFrame, tolerance: float = 0.05) -> int:
+    """How many distinct pointings the images were taken at: image centres closer than
+    *tolerance* x the field's width (``width`` x ``pixel_scale``) count as one pointing."""
+    cols = {"ra_center", "dec_center"}
+    if images.empty or not cols <= set(images.columns):
+        return 0
+    rows = images.dropna(subset=list(cols))
+    centres: list[tuple[float, float, float]] = []
+    for row in rows.to_dict("records"):
+        scale = row.get("pixel_scale") or np.nan
+        width = (row.get("width") or 0) * scale / 3600 if np.isfinite(scale) else 0.0
+        ra, dec = float(row["ra_center"]), float(row["dec_center"])
+        for ra0, dec0, w in centres:
+            dra = ((ra - ra0 + 180) % 360 - 180) * np.cos(np.radians(dec0))
+            if np.hypot(dra, dec - dec0) <= tolerance * max(w, width, 1e-6):
+                break
+        else:
+            centres.append((ra, dec, width))
+    return len(centres)
+
+
+def describe_images(images: pd.DataFrame) -> dict:
+    """What a run's images are, computed from the ``images`` table: how many, the bands and
+    nights, the pointings, and the sources per image (min, median, max, total)."""
+    def values(column):
+        return sorted(str(v) for v in images[column].dropna().unique()) if column in images \
+            else []
+
+    n = images["n_sources"].dropna() if "n_sources" in images else pd.Series(dtype=float)
+    return {"images": len(images), "bands": values("band"), "nights": values("night"),
+            "pointings": count_pointings(images),
+            "sources": int(n.sum()) if len(n) else 0,
+            "sources_min": int(n.min()) if len(n) else 0,
+            "sources_median": round(float(n.median())) if len(n) else 0,
+            "sources_max": int(n.max()) if len(n) else 0}
+
+
+def plural(n: int, word: str) -> str:
+    """``1 night``, ``2 nights``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _table_html(df: pd.DataFrame, headers: Mapping[str, str] | None = None,
+                decimals: Mapping[str, int] | None = None) -> str:
+    """*df* as an HTML table; *decimals* fixes the digits of some columns (others: _number)."""
+    headers = dict(headers or {})
+    formatters = {headers.get(c, c): _fixed(d) for c, d in (decimals or {}).items()
+                  if c in df.columns}
+    shown = df.rename(columns=headers)
+    return shown.to_html(index=False, na_rep="-", float_format=_number, border=0, escape=True,
+                         formatters=formatters)
+
+
+def _fixed(digits: int):
+    return lambda v: "-" if v is None or pd.isna(v) else f"{v:.{digits}f}"
+
+
+def query_caption(description: str, values: Sequence = ()) -> str:
+    """The query's description with its ``?`` replaced by the values bound to them
+    (``SNR >= ?`` -> ``SNR >= 5``); values without a ``?`` of their own are listed after it."""
+    words = [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+    parts = description.split("?")
+    text = parts[0]
+    for k, rest in enumerate(parts[1:]):
+        text += (words[k] if k < len(words) else "?") + rest
+    extra = words[len(parts) - 1:]
+    return text + (f" (bound values: {', '.join(extra)})" if extra else "")
 
 
 def _number(value: float) -> str:
@@ -92,8 +162,10 @@ def _number(value: float) -> str:
 def render_html(summary: Mapping[str, object], quality: pd.DataFrame,
                 figures: Mapping[str, bytes], query_results: Mapping[str, pd.DataFrame], *,
                 skipped: Sequence[str] = (), query_descriptions: Mapping[str, str] | None = None,
+                empty_reasons: Mapping[str, str] | None = None,
                 title: str = "Sky survey run report") -> str:
-    """The report page; *figures* maps names to PNG bytes (embedded as base64)."""
+    """The report page; *figures* maps names to PNG bytes (embedded as base64); an empty
+    query result shows its *empty_reasons* entry (a step not run yet...) when there is one."""
     esc = html.escape
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
@@ -104,7 +176,7 @@ def render_html(summary: Mapping[str, object], quality: pd.DataFrame,
     if quality.empty:
         parts.append("<p>No image record in the catalog.</p>")
     else:
-        parts.append(_table_html(quality, QUALITY_COLUMNS))
+        parts.append(_table_html(quality, QUALITY_COLUMNS, QUALITY_DECIMALS))
     parts.append("<h2>Figures</h2>")
     for name, png in figures.items():
         data = base64.b64encode(png).decode("ascii")
@@ -117,7 +189,9 @@ def render_html(summary: Mapping[str, object], quality: pd.DataFrame,
     for name, df in query_results.items():
         about = (query_descriptions or {}).get(name, "")
         parts.append(f"<h3>{esc(name)}</h3>" + (f"<p>{esc(about)}</p>" if about else ""))
-        parts.append(_table_html(df) if len(df) else "<p>(no rows)</p>")
+        reason = (empty_reasons or {}).get(name)
+        parts.append(_table_html(df) if len(df) else
+                     f"<p>(no rows){': ' + esc(reason) if reason else ''}</p>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -127,7 +201,7 @@ def write_report(path: str | os.PathLike, catalog_uri: str, *,
                  sources: pd.DataFrame | None = None) -> Path:
     """Read the catalog (images table, named queries on DuckDB) and write the report."""
     from .plots import read_catalog
-    from .queries import NAMED_QUERIES, connect, run_named
+    from .queries import NAMED_QUERIES, connect, run_named, why_empty
 
     sources = read_catalog(catalog_uri) if sources is None else sources
     images = read_catalog(catalog_uri, "images")
@@ -136,8 +210,12 @@ def write_report(path: str | os.PathLike, catalog_uri: str, *,
         results = {name: run_named(name, catalog_uri, con=con) for name in NAMED_QUERIES}
     finally:
         con.close()
+    empty = {name: why_empty(NAMED_QUERIES[name].sql, catalog_uri)
+             for name, df in results.items() if not len(df)}
     figures = {Path(p).stem: Path(p).read_bytes() for p in png_paths}
     text = render_html(run_summary(sources, images, catalog_uri), quality_table(images),
                        figures, results, skipped=skipped,
-                       query_descriptions={n: q.description for n, q in NAMED_QUERIES.items()})
+                       query_descriptions={n: query_caption(q.description, q.params)
+                                           for n, q in NAMED_QUERIES.items()},
+                       empty_reasons=empty)
     return atomic_write(Path(path), text.encode("utf-8"))

@@ -212,6 +212,7 @@ def repair(catalog: str, store, usable: list[dict], changes: Changes, listing: d
     if renumbered:  # no file named their ids any more (not: new in a reprocessed image)
         report.notes.append(f"{renumbered} object(s) of the restored units have new ids (the "
                             "files that named theirs were lost)")
+    report.notes += _relink_notes(replies)
     dropped = sum(r.get("n_dropped_objects", 0) for r in replies)
     if dropped:
         report.n_dropped_objects += dropped
@@ -225,6 +226,29 @@ def repair(catalog: str, store, usable: list[dict], changes: Changes, listing: d
     report.partitions = sorted({partition_of(u, plan.unit_order) for u in touched})
     report.notes.append(f"restored {len(touched)} unit(s) from the sources: {damage.describe()}")
     return True
+
+
+def _relink_notes(replies: list[dict]) -> list[str]:
+    """One note on the detections of the lost associations files a repair linked again: to
+    the objects they belonged to (the statistics sidecars recorded them) or, said with the
+    counts, to other objects (a neighbour's, or new ids)."""
+    relinked = sum(r.get("n_relinked", 0) for r in replies)
+    if not relinked:
+        return []
+    elsewhere = sum(r.get("n_relinked_elsewhere", 0) for r in replies)
+    new = sum(r.get("n_relinked_new_ids", 0) for r in replies)
+    differ = [r.get("n_objects_differ") for r in replies]
+    if not elsewhere and not new and differ and all(d == 0 for d in differ):
+        return [f"re-linked {relinked} detection(s) of the lost or changed files to the "
+                "objects they belonged to (every object's recorded statistics reproduced; no "
+                "id changed)"]
+    checked = sum(d for d in differ if d is not None)
+    return [f"re-linked {relinked} detection(s) of the lost or changed files: "
+            f"{relinked - elsewhere} to their unit's recorded objects, {elsewhere} matched "
+            f"afresh (to a neighbour's object or a new one; {max(new, 0)} new id(s)); "
+            f"{checked} object(s) differ from the statistics the last build recorded"
+            + ("" if all(d is not None for d in differ) else " (not checked in units with a "
+               "reprocessed image or without statistics)")]
 
 
 def remove_strays(store, unit_order: int, listing: dict[str, int] | None = None) -> list[str]:

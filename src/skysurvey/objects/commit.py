@@ -41,8 +41,9 @@ __all__ = [
     "stage_and_commit",
 ]
 
-#: One build at a time per catalog: ``<catalog>/.objects-build.lock`` (JSON: when, where),
-#: created by a conditional write; one older than this is from a killed build.
+#: One build at a time per catalog: ``<catalog>/.objects-build.lock`` (JSON: when, host, pid,
+#: process start time, pid namespace), created by a conditional write; one whose holder's
+#: liveness cannot be checked (another host, S3) and older than this is from a killed build.
 LOCK, LOCK_STALE_SECONDS = ".objects-build.lock", 6 * 3600.0
 
 
@@ -158,11 +159,15 @@ def committer(store) -> FolderCommitter | ObjectCommitter:
 
 @contextlib.contextmanager
 def build_lock(store):
-    """Hold the catalog's build lock (:data:`LOCK`) for the block; yields notes. Another build
-    running (a lock younger than :data:`LOCK_STALE_SECONDS`) is an ObjectsError naming it:
-    its staging area must not be recovered or discarded under it. An older lock (a killed
-    build) is taken over; both claims are conditional writes, so two builds starting at once
-    cannot both win."""
+    """Hold the catalog's build lock (:data:`LOCK`) for the block; yields notes.
+
+    The lock records the holder's host, pid and process start time. Another build running is
+    an ObjectsError naming it (host, pid, since when): its staging area must not be recovered
+    or discarded under it. A lock of this host whose process is gone (or is another process
+    that reused the pid) is taken over at once, with a note; a lock of another host, or any
+    lock on S3 (liveness cannot be checked there), is taken over once older than
+    :data:`LOCK_STALE_SECONDS`. Both claims are conditional writes, so two builds starting at
+    once cannot both win."""
     key, notes = LOCK, []
     data, version = store.read_versioned(key)
     if data is not None:
@@ -171,13 +176,19 @@ def build_lock(store):
             age = time.time() - float(held["since"])
         except (ValueError, KeyError, TypeError):
             held, age = {}, float("inf")  # unreadable: treat as left over
-        if age < LOCK_STALE_SECONDS:
-            raise ObjectsError(store.url(key), f"another build is running (since "
-                               f"{held.get('started')}, {held.get('host')} pid "
-                               f"{held.get('pid')}); if it was killed, delete this lock")
-        notes.append(f"took over the lock of a build that did not finish ({held.get('started')})")
+        holder = _holder(held)
+        alive = _holder_alive(store, held)
+        if alive is True or (alive is None and age < LOCK_STALE_SECONDS):
+            raise ObjectsError(store.url(key), _refusal(store, held, holder, alive, age))
+        if alive is False:
+            notes.append(f"took over the lock of a build that is no longer running ({holder}; "
+                         "killed or crashed on this host)")
+        else:
+            notes.append(f"took over the lock of a build that did not finish ({holder}; "
+                         f"older than {LOCK_STALE_SECONDS / 3600:g} h)")
     body = json.dumps({"since": time.time(), "started": time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname(), "pid": os.getpid()})
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname(), "pid": os.getpid(),
+        "pid_started": _process_start(os.getpid()), "pid_namespace": _pid_namespace()})
     mine = store.write_bytes_if(key, body.encode(), version=version,
                                 content_type="application/json")
     if mine is None:
@@ -187,6 +198,86 @@ def build_lock(store):
     finally:
         if store.read_versioned(key)[1] == mine:
             store.delete(key)
+
+
+def _holder(held: dict) -> str:
+    """Who holds a lock, for messages: ``host <h> pid <p> since <started>``."""
+    return (f"host {held.get('host', '?')} pid {held.get('pid', '?')} since "
+            f"{held.get('started', '?')}")
+
+
+def _refusal(store, held: dict, holder: str, alive: bool | None, age: float) -> str:
+    """The one-line refusal for a lock held by a build that is (or may be) running."""
+    if alive:
+        return (f"another build is running ({holder}; that process is alive on this host): "
+                "wait for it to finish")
+    left = max(LOCK_STALE_SECONDS - age, 0.0)
+    where = ("an S3 catalog" if local_root(store) is None
+             else "another host" if held.get("host") != socket.gethostname()
+             else "another machine or container of this host name"
+             if held.get("pid_namespace") != _pid_namespace()
+             else "the lock does not record its process start time")
+    return (f"another build is running ({holder}), or was killed: its liveness cannot be "
+            f"checked from here ({where}); if it was killed, delete this lock, else it is "
+            f"taken over in {left / 3600:.1f} h")
+
+
+def _process_start(pid: int) -> float | None:
+    """The start time (epoch seconds) of process *pid*, None when there is no such process
+    (or it is a zombie: exited, not yet reaped)."""
+    try:
+        import psutil
+    except ImportError:  # (a requirement; without it, a pid that exists counts as alive)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return 0.0
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc.create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        return 0.0
+
+
+def _pid_namespace() -> str | None:
+    """This process's pid namespace and boot (Linux; None elsewhere): a pid means the same
+    process only within both."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
+
+
+def _holder_alive(store, held: dict) -> bool | None:
+    """Whether the lock's holder still runs: True or False for a lock of this host in a local
+    catalog (a pid reused by another process counts as gone: its start time differs), None
+    when it cannot be known (another host, an S3 catalog, a lock without host, pid or start
+    time of a process that exists)."""
+    if local_root(store) is None or held.get("host") != socket.gethostname():
+        return None
+    if held.get("pid_namespace") != _pid_namespace():  # (a container or another machine
+        return None  # under the same host name: its pids are not ours to look up)
+    try:
+        pid = int(held["pid"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    started = _process_start(pid)
+    if started is None:
+        return False
+    recorded = held.get("pid_started")
+    if recorded is None or not started:  # an older lock, or a start time we may not read:
+        return None  # (the pid may be another process's by now)
+    return abs(float(recorded) - started) < 1.0
 
 
 def recover(store) -> list[str]:

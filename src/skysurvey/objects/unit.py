@@ -237,9 +237,14 @@ def run_unit(task: UnitTask, store=None) -> dict:
         det.obj = link(a_img[ok] * (1 << 32) + a_src[ok], a_idx[ok],
                        det.image * (1 << 32) + det.source_id.astype(np.int64))
     todo = np.nonzero(det.obj < 0)[0]
-    order = todo[np.lexsort((det.source_id[todo], det.image[todo],
-                             np.nan_to_num(det.mjd[todo], nan=np.inf)))]
     centre = pixel_centre(task.unit, task.unit_order)
+    recorded = None
+    if task.repair:  # the lost links: back to the objects whose recorded statistics they make
+        recorded = _recorded_objects(store, task, old_ids)
+        _relink_to_recorded(task, det, todo, recorded, centre)
+    rest = todo[det.obj[todo] < 0]
+    order = rest[np.lexsort((det.source_id[rest], det.image[rest],
+                             np.nan_to_num(det.mjd[rest], nan=np.inf)))]
     det.obj = associate(det, old_ra, old_dec, centre, task.radius_arcsec, order)
     # only objects that have detections survive (an object whose detections all vanished
     # on reprocessing is dropped, and counted)
@@ -263,10 +268,14 @@ def run_unit(task: UnitTask, store=None) -> dict:
     repair = {}
     if task.repair:  # (a redone image's detections: the next phase redoes every unit)
         redone = np.array([img["redo"] for img in task.images], bool)[det.image]
-        _check_relinked(task, det.obj[todo[~redone[todo]]], own, objects)
+        relinked = todo[~redone[todo]]
+        _check_relinked(task, det.obj[relinked], own, objects)
         # new objects with a detection of an image not redone: an object whose id was lost
+        # (its objects file lost too), else detections that found no recorded object
         linked = np.bincount(det.obj[~redone], minlength=n_obj) > 0
-        repair = {"n_renumbered": int(linked[new_owned].sum())}
+        lost_ids = unit_key("objects", task.unit, task.unit_order) in set(task.skip)
+        repair = {"n_renumbered": int(linked[new_owned].sum()) if lost_ids else 0,
+                  **_relink_summary(det, relinked, recorded, own, n_old, bool(redone.any()))}
     files = _write_unit(store, task, objects, phot, det, ids, own, stats)
     return {"status": "ok", "unit": task.unit, "unit_order": task.unit_order,
             "n_objects": int(own.sum()), "n_new_objects": len(new_owned), **repair,
@@ -301,6 +310,194 @@ def _lost_objects(det: Detections, images: list[dict], ids: np.ndarray, ra: np.n
     sums = np.stack([np.bincount(inv, vec[:, i], minlength=len(found)) for i in range(3)], 1)
     lra, ldec = vectors_to_radec(sums)
     return np.r_[ids, found], np.r_[ra, lra], np.r_[dec, ldec]
+
+
+def _recorded_objects(store, task: UnitTask, old_ids: np.ndarray) -> dict | None:
+    """The unit's objects as its statistics sidecar recorded them (the last build): index in
+    *old_ids*, final position, detections, nights, first/last mjd. None without a usable
+    sidecar (lost or damaged too)."""
+    key = unit_key("objects/_stats", task.unit, task.unit_order)
+    if key in set(task.skip):
+        return None
+    import pyarrow.compute as pc
+
+    try:
+        t = read_parquet_or_none(store, key)
+        if t is None or not t.num_rows:
+            return None
+        index = link(old_ids, np.arange(len(old_ids)), t["object_id"].to_numpy())
+        vec = np.stack([t[c].to_numpy() for c in ("vx", "vy", "vz")], axis=1)
+        lists = t["nights"].combine_chunks()
+        parents = np.asarray(pc.list_parent_indices(lists), np.int64)
+        nights = sorted_unique(parents * NIGHT_SPAN + np.asarray(lists.flatten(), np.int64))
+        found = {"sw": t["sw"].to_numpy(), "n_det": t["n_det"].to_numpy().astype(np.int64),
+                 "first": t["first"].to_numpy(), "last": t["last"].to_numpy()}
+    except (KeyError, ValueError, TypeError, pa.ArrowException):  # (not usable: matched as
+        return None  # before, from scratch)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ra, dec = vectors_to_radec(vec)
+    return {"index": index, "ra": ra, "dec": dec, "vec": vec, "nights": nights, **found}
+
+
+def _relink_to_recorded(task: UnitTask, det: Detections, todo: np.ndarray,
+                        recorded: dict | None, centre) -> None:
+    """Link the detections *todo* (those of the lost files) to the unit's recorded objects,
+    image by image: each detection to the nearest recorded object (final mean position, within
+    the radius) observed on its night, within its first..last mjd, with detections left to
+    take and none of that image yet; mutual nearest pairs, as :func:`associate` does. A
+    matching from scratch (running means from the first detection) moved detections to
+    neighbours and made new objects."""
+    from ..geometry import tangent_plane
+    from .association import CellIndex, mutual_nearest
+
+    if recorded is None or not todo.size:
+        return
+    redo = np.array([img["redo"] for img in task.images] or [False], bool)
+    todo = todo[~redo[det.image[todo]]]  # (a reprocessed image's sources: matched afresh)
+    target = np.nonzero((recorded["index"] >= 0) & np.isfinite(recorded["ra"]))[0]
+    if not todo.size or not target.size:
+        return
+    ra0, dec0 = centre
+    ox, oy = tangent_plane(recorded["ra"][target], recorded["dec"][target], ra0, dec0)
+    x, y = tangent_plane(det.ra[todo], det.dec[todo], ra0, dec0)
+    radius = task.radius_arcsec
+    allx, ally = np.r_[x, ox], np.r_[y, oy]
+    pad = 4 * radius
+    grid = CellIndex(allx.min() - pad, ally.min() - pad, np.ptp(allx) + 2 * pad,
+                     np.ptp(ally) + 2 * pad, radius)
+    grid.add(0, ox, oy)
+    old_index = recorded["index"][target]
+    have = det.obj >= 0  # kept links: (image, object) pairs taken, detections already held
+    taken = sorted_unique(det.image[have] * (1 << 32) + det.obj[have])
+    left = recorded["n_det"][target] - np.bincount(
+        link(old_index, np.arange(len(target)), det.obj[have]) + 1,
+        minlength=len(target) + 1)[1:]
+    pairs_d, pairs_t = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for image in np.unique(det.image[todo]):
+        mine = np.nonzero(det.image[todo] == image)[0]
+        # (twice the radius: a detection was within it of the running mean when it was
+        # linked, not necessarily of the final one; only _settle uses the farther pairs)
+        s, o, d2 = grid.candidates(x[mine], y[mine], ox, oy, 2 * radius)
+        d = todo[mine[s]]
+        obj = old_index[o]
+        ok = np.ones(len(d), bool)
+        night = det.night[d]
+        pair = target[o] * NIGHT_SPAN + night
+        pos = np.minimum(np.searchsorted(recorded["nights"], pair),
+                         max(len(recorded["nights"]) - 1, 0))
+        seen = (recorded["nights"][pos] == pair) if len(recorded["nights"]) else ok & False
+        ok &= (night < 0) | seen
+        mjd = det.mjd[d]
+        ok &= ~np.isfinite(mjd) | ((mjd >= recorded["first"][target[o]] - 1e-9)
+                                   & (mjd <= recorded["last"][target[o]] + 1e-9))
+        if taken.size:
+            key = image * (1 << 32) + obj
+            ok &= taken[np.minimum(np.searchsorted(taken, key), taken.size - 1)] != key
+        pairs_d.append(d[ok])
+        pairs_t.append(o[ok])
+        ok &= (d2 <= radius * radius) & (left[o] > 0)
+        s, o = mutual_nearest(s[ok], o[ok], d2[ok])
+        det.obj[todo[mine[s]]] = old_index[o]
+        left[o] -= 1
+    _settle(det, todo, recorded, target, np.concatenate(pairs_d), np.concatenate(pairs_t))
+
+
+def _settle(det: Detections, todo: np.ndarray, recorded: dict, target: np.ndarray,
+            pair_d: np.ndarray, pair_t: np.ndarray, max_passes: int = 20) -> None:
+    """Where nearest matching left objects whose recorded statistics are not reproduced (a
+    crowded field: two objects within the radius of each other's detections), move or swap
+    detections of one image between the candidate objects (*pair_d*, *pair_t*: the allowed
+    links, ``t`` a position in *target*) while that brings the objects closer to their
+    recorded detection counts, then their recorded sums of weighted positions."""
+    n_t = len(target)
+    old_index = recorded["index"][target]
+    cur = link(old_index, np.arange(n_t), det.obj)  # per detection: its target, or -1
+    u = unit_vectors(det.ra, det.dec) * det.weight[:, None]
+    has = cur >= 0
+    cnt = np.bincount(cur[has], minlength=n_t)
+    sums = np.zeros((n_t, 3))
+    np.add.at(sums, cur[has], u[has])
+    want_n, want_v = recorded["n_det"][target], recorded["vec"][target]
+    scale = np.maximum(recorded["sw"][target], 1e-300)
+
+    def cost(t: int, dn: int = 0, dv=0.0) -> tuple[int, float]:
+        resid = np.linalg.norm(want_v[t] - sums[t] - dv) / scale[t]
+        return abs(int(want_n[t]) - int(cnt[t]) - dn), resid if resid > 1e-9 else 0.0
+
+    bad = {t for t in range(n_t) if cost(t) != (0, 0.0)}
+    if not bad:
+        return
+    movable = set(todo.tolist())
+    holder = {(int(det.image[d]), int(cur[d])): int(d) for d in np.nonzero(has)[0]}
+    allowed = set(zip(pair_d.tolist(), pair_t.tolist(), strict=True))
+    for _ in range(max_passes):
+        changed = False
+        near = sorted(bad)  # only pairs touching an object not reproduced can help
+        some = np.isin(pair_t, near) | np.isin(cur[pair_d], near)
+        for d, t in zip(pair_d[some].tolist(), pair_t[some].tolist(), strict=True):
+            a = int(cur[d])
+            if a == t or not ({a, t} & bad):
+                continue
+            image = int(det.image[d])
+            d2 = holder.get((image, t))
+            if d2 is not None and (d2 not in movable or a < 0 or (d2, a) not in allowed):
+                continue
+            moved_t = u[d] - (u[d2] if d2 is not None else 0.0)
+            before = [cost(t)] + ([cost(a)] if a >= 0 else [])
+            after = [cost(t, 1 - (d2 is not None), moved_t)]
+            if a >= 0:
+                after.append(cost(a, (d2 is not None) - 1, -moved_t))
+            if (sum(c[0] for c in after), sum(c[1] for c in after)) >= (
+                    sum(c[0] for c in before), sum(c[1] for c in before)):
+                continue
+            sums[t] += moved_t
+            cnt[t] += 1 - (d2 is not None)
+            cur[d] = t
+            holder[(image, t)] = d
+            if a >= 0:
+                sums[a] -= moved_t
+                cnt[a] -= 1 - (d2 is not None)
+                holder.pop((image, a), None)
+                if d2 is not None:
+                    cur[d2] = a
+                    holder[(image, a)] = d2
+            changed = True
+            for x in (t, a):
+                if x >= 0:
+                    (bad.discard if cost(x) == (0, 0.0) else bad.add)(x)
+        if not changed or not bad:
+            break
+    moved = todo[cur[todo] >= 0]
+    det.obj[moved] = old_index[cur[moved]]
+
+
+def _relink_summary(det: Detections, relinked: np.ndarray, recorded: dict | None,
+                    own: np.ndarray, n_old: int, redone: bool) -> dict:
+    """What a repair did to the lost links: detections re-linked, those that went to another
+    object than a recorded one of the unit (a neighbour's or a new one), and the unit's
+    recorded objects whose statistics they do not reproduce (count and sum of weighted
+    positions; not checked when an image was reprocessed since)."""
+    out = {"n_relinked": int(relinked.size), "n_relinked_elsewhere": int(relinked.size),
+           "n_relinked_new_ids": int(np.unique(det.obj[relinked][det.obj[relinked] >= n_old]).size),
+           "n_objects_differ": None}
+    if recorded is None:
+        return out
+    mine = recorded["index"][recorded["index"] >= 0]
+    out["n_relinked_elsewhere"] = int((~np.isin(det.obj[relinked], mine)).sum())
+    if redone:
+        return out
+    index = recorded["index"]
+    ok = index >= 0
+    n = np.bincount(det.obj, minlength=n_old)[:n_old] if len(det) else np.zeros(n_old, int)
+    vec = unit_vectors(det.ra, det.dec) * det.weight[:, None] if len(det) else np.zeros((0, 3))
+    sums = np.stack([np.bincount(det.obj, vec[:, i], minlength=n_old)[:n_old]
+                     for i in range(3)], 1) if len(det) else np.zeros((n_old, 3))
+    same = np.zeros(len(index), bool)
+    same[ok] = (n[index[ok]] == recorded["n_det"][ok]) & np.all(
+        np.abs(sums[index[ok]] - recorded["vec"][ok])
+        <= 1e-9 * np.maximum(recorded["sw"][ok], 1e-300)[:, None], axis=1)
+    out["n_objects_differ"] = int((~same).sum())
+    return out
 
 
 def _check_relinked(task: UnitTask, relinked: np.ndarray, own: np.ndarray,
