@@ -33,6 +33,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/upload_to_s3.py --input data/sample
 	$(BIN)/python scripts/invoke_lambda.py --reference data/sample/reference.parquet
 	$(BIN)/python scripts/build_objects.py
+	$(BIN)/python scripts/forced_photometry.py
 	REFERENCE_CATALOG=data/sample/reference.parquet $(BIN)/python scripts/query_with_athena.py --query all
 	$(BIN)/python scripts/query_with_athena.py --query light_curve
 	$(BIN)/python scripts/plot_catalog.py --truth data/sample/truth --reference data/sample/reference.parquet

@@ -8,6 +8,9 @@ every image that covers it, detected there or not, and writes ``forced_photometr
 
 Incremental: images whose objects and record did not change since the last run are skipped;
 images whose sky gained objects are measured again (back-fill); ``--rebuild`` measures all.
+Then every object's light curve is summarised into ``object_variability`` (n_covering,
+forced chi-square, ``variable``, ``transient_candidate`` and their reasons), which the SQL
+view ``objects`` joins.
 Exit status 0, 1 when any image failed (the others are written), 2 on bad usage.
 """
 
@@ -42,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "data/catalog)")
     parser.add_argument("--input", default=None,
                         help="the FITS images the catalog was made from, folder or s3:// "
-                             "prefix (default: BUCKET_RAW, else data/raw)")
+                             "prefix (default: BUCKET_RAW's images/, where upload_to_s3.py "
+                             "puts them, as invoke_lambda.py)")
     parser.add_argument("--workers", type=cli.positive_int, default=default_workers(),
                         help="processes (local) or concurrent invocations (lambda)")
     parser.add_argument("--backend", choices=("local", "lambda"), default="local",
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     catalog = get_setting("BUCKET_CATALOG", args.catalog)
-    raw = get_setting("BUCKET_RAW", args.input)
+    raw = args.input or get_setting("BUCKET_RAW").rstrip("/") + "/images"
     runner = None
     if args.backend == "lambda":
         if not (is_s3_uri(catalog) and is_s3_uri(raw)):
@@ -75,19 +79,25 @@ def main(argv: list[str] | None = None) -> int:
     except SkySurveyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if report.partitions and is_s3_uri(catalog) and os.environ.get("ATHENA_DATABASE"):
-        register_partitions_in_glue(catalog, report.partitions)
+    if is_s3_uri(catalog) and os.environ.get("ATHENA_DATABASE"):
+        if report.partitions:
+            register_partitions_in_glue(catalog, report.partitions)
+        if report.variability is not None and report.variability.partitions:
+            register_partitions_in_glue(catalog, report.variability.partitions,
+                                        "object_variability")
     print(report.summary())
     return 1 if report.failed else 0
 
 
-def register_partitions_in_glue(catalog: str, partitions: list[dict]) -> None:
-    """Register the band/night partitions just written with Athena (a warning when Glue is
-    not reachable: the next ``query_with_athena.py --engine athena`` registers them)."""
+def register_partitions_in_glue(catalog: str, partitions: list[dict],
+                                folder: str = "forced_photometry") -> None:
+    """Register the partitions just written (band/night of ``forced_photometry``, hpx5 of
+    ``object_variability``) with Athena (a warning when Glue is not reachable: the next
+    ``query_with_athena.py --engine athena`` registers them)."""
     from skysurvey.athena import register_partitions
 
     try:
-        register_partitions(catalog, "forced_photometry", partitions)
+        register_partitions(catalog, folder, partitions)
     except SkySurveyError as exc:
         logging.getLogger("forced_photometry").warning("partitions not registered: %s", exc)
 

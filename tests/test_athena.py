@@ -20,10 +20,10 @@ from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA
 
 def test_ddl_parses_and_matches_the_arrow_schemas():
     statements = athena.ddl_statements("astronomy", "s3://cat/survey")
-    assert len(statements) == 9  # database, six tables, two views
+    assert len(statements) == 11  # database, seven tables, three views
     for statement in statements:
         sqlglot.parse_one(statement, read="athena")
-    tables = statements[1:7]
+    tables = statements[1:8]
     for statement, spec in zip(tables, athena.TABLES.values(), strict=True):
         columns = statement.split("(\n", 1)[1].split("\n)", 1)[0]
         declared = [line.strip().rstrip(",").split() for line in columns.splitlines()]
@@ -33,10 +33,14 @@ def test_ddl_parses_and_matches_the_arrow_schemas():
         assert f"LOCATION 's3://cat/survey/{spec.folder}/'" in statement
     assert "PARTITIONED BY (`band` string, `night` string)" in tables[0]
     assert "PARTITIONED BY (`hpx5` int)" in tables[4]
-    assert statements[7] == ('CREATE OR REPLACE VIEW "astronomy"."sources" AS SELECT t.* FROM '
+    assert statements[8] == ('CREATE OR REPLACE VIEW "astronomy"."sources" AS SELECT t.* FROM '
                              '"astronomy"."sources_data" t WHERE EXISTS (SELECT 1 FROM '
                              '"astronomy"."images" i WHERE i.image_id = t.image_id AND '
                              'i.band = t.band AND i.night = t.night)')
+    # objects: the objects table joined with the forced-photometry summary
+    assert statements[10].startswith('CREATE OR REPLACE VIEW "astronomy"."objects" AS SELECT ')
+    assert ('FROM "astronomy"."objects_data" o LEFT JOIN "astronomy"."object_variability" v '
+            'ON v.object_id = o.object_id AND v.hpx5 = o.hpx5') in statements[10]
 
 
 def test_glue_tables_have_the_arrow_columns_and_partition_keys():
@@ -76,6 +80,11 @@ def test_views_keep_only_images_with_an_images_record(tmp_path):
         con.execute(f"CREATE VIEW astronomy.{table} AS SELECT * FROM read_parquet("
                     f"'{tmp_path}/{folder}/*/*/*.parquet', hive_partitioning = true)")
     con.execute("CREATE VIEW astronomy.associations_data AS SELECT 'a' AS image_id")
+    from skysurvey.queries import DATASETS
+
+    for table in ("objects_data", "object_variability"):  # the objects view joins them
+        empty = DATASETS[table].full_schema.empty_table()  # noqa: F841 (read by DuckDB)
+        con.execute(f"CREATE TABLE astronomy.{table} AS SELECT * FROM empty")
     for statement in athena.view_statements("astronomy"):
         con.execute(statement)
     con.execute("USE astronomy")
@@ -203,7 +212,7 @@ def test_an_aws_error_while_polling_or_paging_names_the_query():
 
 
 def test_script_on_athena_reports_scan_and_cost(moto_server, workgroup, capsys):
-    for _ in range(2):  # the two views come first (the tables are made through Glue)
+    for _ in range(3):  # the three views come first (the tables are made through Glue)
         _inject(moto_server, [], [])
     _inject(moto_server, [["total_sources", "total_images", "bands"], ["100", "2", "1"]],
             [_col("total_sources", "bigint"), _col("total_images", "bigint"),
@@ -215,7 +224,7 @@ def test_script_on_athena_reports_scan_and_cost(moto_server, workgroup, capsys):
     out = capsys.readouterr().out
     assert "100" in out and "scanned" in out and "$" in out
     queries = boto3.client("athena").list_query_executions()["QueryExecutionIds"]
-    assert len(queries) == 3  # two views, the query
+    assert len(queries) == 4  # three views, the query
 
 
 def _sent_queries():
@@ -245,15 +254,18 @@ def test_ensure_tables_replaces_an_older_setup_and_is_quiet_the_second_time(
     assert not set(athena.LEGACY_TABLES) & set(tables)
     assert tables["images"] == "EXTERNAL_TABLE"
     assert "sources" not in tables  # the stale view is dropped; Athena SQL makes the new one
-    assert {"sources_data", "objects", "object_photometry", "associations_data"} <= set(tables)
+    assert {"sources_data", "objects_data", "object_photometry", "associations_data",
+            "object_variability"} <= set(tables)
     # the old sources view read the dropped tables: both views are (re)made
     assert [e["Query"] for e in _sent_queries()] == athena.view_statements("astronomy")
     glue.create_table(DatabaseName="astronomy", TableInput={"Name": "sources",
                                                             "TableType": "VIRTUAL_VIEW"})
     glue.create_table(DatabaseName="astronomy", TableInput={"Name": "associations",
                                                             "TableType": "VIRTUAL_VIEW"})
+    glue.create_table(DatabaseName="astronomy", TableInput={"Name": "objects",
+                                                            "TableType": "VIRTUAL_VIEW"})
     athena.ensure_tables("astronomy", "astronomy-workgroup", "s3://cat", poll=0.01)
-    assert len(_sent_queries()) == 2  # nothing more to create
+    assert len(_sent_queries()) == 3  # nothing more to create
 
 
 def _put(s3, key):
@@ -280,7 +292,7 @@ def test_any_band_and_any_valid_night_is_registered(moto_server, workgroup):
     _put(s3, "objects/hpx5=4321/part-0.parquet")
     athena.ensure_tables("astronomy", "astronomy-workgroup", "s3://cat", poll=0.01)
     assert _partitions("sources_data") == _partitions("images") == sorted(written)
-    assert _partitions("objects") == [("4321",)]
+    assert _partitions("objects_data") == [("4321",)]
     location = boto3.client("glue").get_partition(
         DatabaseName="astronomy", TableName="sources_data",
         PartitionValues=["ks", tomorrow])["Partition"]["StorageDescriptor"]["Location"]

@@ -288,9 +288,10 @@ def test_handler_runs_a_forced_event_here(survey, tmp_path):
 
 @pytest.mark.slow
 def test_coverage_on_athena_sends_the_same_text_and_binds_the_cell(moto_server, capsys):
-    """Through query_with_athena.py over the moto server (moto runs no SQL: the reply is
-    queued): the Glue tables include forced_photometry and images.footprint_hpx12 as
-    array<bigint>; the coverage text is DuckDB's, the cell a bound parameter."""
+    """Through query_with_athena.py over the moto server (moto runs no SQL: the replies are
+    queued, the three views' first): the Glue tables include forced_photometry and
+    images.footprint_hpx12 as array<bigint>; the coverage text is DuckDB's, the cell a bound
+    parameter."""
     import urllib.request
 
     import boto3
@@ -308,7 +309,7 @@ def test_coverage_on_athena_sends_the_same_text_and_binds_the_cell(moto_server, 
                 "CaseSensitive": False}
                for n, t in (("image_id", "varchar"), ("band", "varchar"), ("night", "varchar"),
                             ("mjd", "double"), ("depth_5sigma", "double"))]
-    for rows, info in (([], []), ([], []), ([["image_id", "band", "night", "mjd",
+    for rows, info in (([], []), ([], []), ([], []), ([["image_id", "band", "night", "mjd",
                                               "depth_5sigma"],
                                              ["n00_r", "r", "2026-04-01", "61131.1", "23.1"]],
                                             columns)):

@@ -51,7 +51,7 @@ def test_readme_and_quickstart_say_what_the_demo_does():
     assert [int(n) for n, _ in steps] == list(range(1, len(ran) + 1))
     assert {script for _, script in steps} == ran  # the table lists what make demo runs
     assert ("five steps" not in readme and "six steps" not in readme
-            and "seven steps" in readme)
+            and "seven steps" not in readme and "eight steps" in readme)
     assert "data/output/report.html" in readme and "data/output/queries/" in readme
     assert "jupyter lab" in readme and "jupyter execute" in readme and "120 MB" in readme
     for section in ("## Prerequisites", "## What it costs", "## Troubleshooting",

@@ -78,7 +78,8 @@ def jitter(ra, dec, seed: int, sigma_arcsec: float = 0.1):
 
 
 #: the rows of each table in a fixed order (DuckDB scans files in parallel)
-ORDER = {"objects": "object_id", "object_photometry": "object_id, band",
+ORDER = {"objects": "object_id", "objects_data": "object_id",
+         "object_photometry": "object_id, band",
          "associations": "object_id, image_id, source_id"}
 
 
@@ -152,7 +153,8 @@ def test_an_object_never_takes_two_sources_of_one_image(tmp_path):
     assert len(assoc) == 3
     assert assoc.groupby("object_id")["image_id"].apply(lambda s: s.is_unique).all()
     assert assoc["object_id"].nunique() == 2
-    objects = read(tmp_path, "objects").set_index("object_id")
+    # the build's own flag (objects_data; the objects view shows the forced verdict)
+    objects = read(tmp_path, "objects_data").set_index("object_id")
     # the nearer source joined the object seen before; the other one is new, one night only
     nearer = assoc[(assoc["image_id"] == "b") & (assoc["source_id"] == 0)]["object_id"].item()
     assert objects.loc[nearer, "n_detections"] == 2
@@ -171,7 +173,7 @@ def test_incremental_night_keeps_ids_and_rerun_changes_nothing(tmp_path):
     report = build_objects(str(tmp_path))
     assert report.n_new_images == 1 and report.n_new_objects == 1
     assert_visible_once(tmp_path, report)
-    after = read(tmp_path, "objects").set_index("object_id")
+    after = read(tmp_path, "objects_data").set_index("object_id")  # the build's own flag
     assert set(before.index) <= set(after.index)
     assert (after.loc[before.index, "n_detections"] == 3).all()
     new = after.drop(before.index)
@@ -426,7 +428,9 @@ def test_survey_targets(tmp_path):
     assert score["mixed_fraction"] <= 0.01
     assert score["variable_recovery"] >= 0.90
     assert score["bright_constant"] >= 40 and score["constant_false_positive"] <= 0.02
-    assert score["transient_recovery"] >= 0.8
+    # before forced photometry the objects view claims no transient (n_nights = 1 was 93%
+    # false); the forced rule's figures: tests/test_variability.py
+    assert score["transient_recovery"] == 0.0
 
 
 def _truth_files(survey: Path, ra, dec, image_ids) -> Path:

@@ -6,10 +6,11 @@ owned like any resource); their partitions are registered when files are written
 ``BatchCreatePartition``: the handler after each image, skipping those its process already
 registered; ``ensure_tables`` for what is already in the bucket), never by a fixed projection
 list, so any band (``f606w``, ``ks``, ``irac1``) and any night (1850-01-01 .. today + 1, or
-``unknown``) is queryable. In SQL, ``images``, ``objects`` and
-``object_photometry`` are tables; ``sources`` and ``associations`` are views over
+``unknown``) is queryable. In SQL, ``images``, ``object_photometry``, ``forced_photometry``
+and ``object_variability`` are tables; ``sources`` and ``associations`` are views over
 ``sources_data`` and ``associations_data`` that keep only images with an ``images`` record
-(an image whose write was interrupted between its two files stays invisible, as on DuckDB).
+(an image whose write was interrupted between its two files stays invisible, as on DuckDB);
+``objects`` is a view over ``objects_data`` joined with ``object_variability``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pyarrow as pa
 from . import aws
 from .config import is_s3_uri, parse_s3_uri
 from .errors import QueryError, SkySurveyError, StorageError, TransientStorageError
+from .lightcurves import OBJECT_VARIABILITY_SCHEMA
 from .prices import athena_query_usd
 from .schema import (
     ASSOCIATIONS_SCHEMA,
@@ -57,15 +59,18 @@ class TableSpec:
 TABLES = {spec.folder: spec for spec in (
     TableSpec("sources_data", "sources", SOURCES_SCHEMA, _OBSERVATION),
     TableSpec("images", "images", IMAGES_SCHEMA, _OBSERVATION),
-    TableSpec("objects", "objects", OBJECTS_SCHEMA, _SKY),
+    TableSpec("objects_data", "objects", OBJECTS_SCHEMA, _SKY),
     TableSpec("object_photometry", "object_photometry", OBJECT_PHOTOMETRY_SCHEMA, _SKY),
     TableSpec("associations_data", "associations", ASSOCIATIONS_SCHEMA, _SKY),
     TableSpec("forced_photometry", "forced_photometry", FORCED_PHOTOMETRY_SCHEMA, _OBSERVATION),
+    TableSpec("object_variability", "object_variability", OBJECT_VARIABILITY_SCHEMA, _SKY),
 )}
 #: The tables whose partitions the Lambda function registers (its role may do exactly that).
 PARTITIONED_TABLES = (TABLES["sources"].name, TABLES["images"].name)
-#: Views that hide rows of images without an ``images`` record.
-VIEWS = {"sources": "sources_data", "associations": "associations_data"}
+#: Views that hide rows of images without an ``images`` record, and ``objects`` joined with
+#: the forced-photometry summary ``object_variability`` (queries.objects_view_sql).
+VIEWS = {"sources": "sources_data", "associations": "associations_data",
+         "objects": "objects_data"}
 #: Names an older setup made (projected dated/undated tables, views, plain tables).
 LEGACY_TABLES = ("sources_dated", "sources_undated", "images_dated", "images_undated")
 _PARQUET = {
@@ -99,12 +104,14 @@ def glue_table_input(spec: TableSpec, catalog_uri: str) -> dict:
 
 
 def view_statements(database: str) -> list[str]:
-    """``sources`` and ``associations``: rows of images that have an ``images`` record (the
-    same rule and SQL text as DuckDB's, :func:`skysurvey.queries.view_sql`)."""
+    """``sources`` and ``associations``: rows of images that have an ``images`` record;
+    ``objects``: the objects with their forced-photometry summary (the same rules and SQL
+    text as DuckDB's, :func:`skysurvey.queries.view_sql`)."""
     from .queries import view_sql
 
     return [f'CREATE OR REPLACE VIEW "{database}"."{view}" AS '
-            + view_sql(view, f'"{database}"."{table}"', f'"{database}"."images"')
+            + view_sql(view, f'"{database}"."{table}"', f'"{database}"."images"',
+                       f'"{database}"."object_variability"')
             for view, table in VIEWS.items()]
 
 

@@ -33,6 +33,7 @@ from .aws import s3_filesystem
 from .config import is_s3_uri, parse_s3_uri
 from .errors import QueryError, SkySurveyError
 from .geometry import cone_ranges
+from .lightcurves import MIN_VARIABLE_DOF, OBJECT_VARIABILITY_SCHEMA
 from .schema import (
     ASSOCIATIONS_SCHEMA,
     FORCED_PHOTOMETRY_SCHEMA,
@@ -84,16 +85,22 @@ HPX_PARTITIONS = pa.schema([pa.field("hpx5", pa.int32())])
 DATASETS: dict[str, Dataset] = {
     "sources_data": Dataset("sources", SOURCES_SCHEMA, since_first=SOURCES_SINCE_FIRST),
     "images": Dataset("images", IMAGES_SCHEMA, since_first=IMAGES_SINCE_FIRST),
-    "objects": Dataset("objects", OBJECTS_SCHEMA, HPX_PARTITIONS, required=False),
+    "objects_data": Dataset("objects", OBJECTS_SCHEMA, HPX_PARTITIONS, required=False),
     "object_photometry": Dataset("object_photometry", OBJECT_PHOTOMETRY_SCHEMA, HPX_PARTITIONS,
                                  required=False),
     "associations_data": Dataset("associations", ASSOCIATIONS_SCHEMA, HPX_PARTITIONS,
                                  required=False),
     # scripts/forced_photometry.py: partitioned by band and night like sources
     "forced_photometry": Dataset("forced_photometry", FORCED_PHOTOMETRY_SCHEMA, required=False),
+    # forced_run.summarize_forced: per object, from the whole forced table; partitioned by hpx5
+    "object_variability": Dataset("object_variability", OBJECT_VARIABILITY_SCHEMA,
+                                  HPX_PARTITIONS, required=False),
 }
-#: SQL views over a registered table: only rows whose ``image_id`` has an ``images`` record.
-VIEWS: dict[str, str] = {"sources": "sources_data", "associations": "associations_data"}
+#: SQL views over a registered table: ``sources`` and ``associations`` keep only rows whose
+#: ``image_id`` has an ``images`` record; ``objects`` joins ``object_variability``
+#: (:func:`objects_view_sql`).
+VIEWS: dict[str, str] = {"sources": "sources_data", "associations": "associations_data",
+                         "objects": "objects_data"}
 
 
 @dataclass(frozen=True)
@@ -282,15 +289,25 @@ NAMED_QUERIES.update({
         (150.1, 2.2), lambda params: _coverage_parameters(params),
     ),
     "variables": NamedQuery(
-        "Objects flagged variable (chi2 test with a systematic floor), most significant first",
-        "SELECT o.object_id, o.ra, o.dec, o.n_detections, o.n_nights, p.band, p.n, p.mean_mag, "
-        "p.scatter, p.chi2_reduced FROM objects o JOIN object_photometry p "
-        "ON p.object_id = o.object_id WHERE o.variable = true "
-        "ORDER BY p.chi2_reduced DESC, o.object_id, p.band LIMIT 100",
+        "Objects flagged variable, most significant first: with forced photometry "
+        "(scripts/forced_photometry.py) the chi-square of the forced fluxes against a constant "
+        "(variability_sigma, forced_chi2_reduced over forced_dof, per-image calibration and a 1% "
+        "floor taken out; blended objects included), else the detections' chi2 test; one row "
+        "per band of the detections' photometry; transient candidates (variable too) last",
+        "SELECT o.object_id, o.ra, o.dec, o.n_detections, o.n_nights, o.n_covering, "
+        "o.forced_dof, o.forced_chi2_reduced, o.variability_sigma, o.transient_candidate, "
+        "p.band, p.n, p.mean_mag, p.scatter, p.chi2_reduced FROM objects o "
+        "LEFT JOIN object_photometry p ON p.object_id = o.object_id WHERE o.variable = true "
+        "ORDER BY o.transient_candidate, o.variability_sigma DESC NULLS LAST, "
+        "p.chi2_reduced DESC NULLS LAST, o.object_id, p.band LIMIT 100",
     ),
     "transients": NamedQuery(
-        "Transient candidates (seen on one night only) detected at least ? times",
-        "SELECT object_id, ra, dec, n_detections, first_mjd, last_mjd FROM objects "
+        "Transient candidates detected at least ? times: detected with forced SNR >= 5 "
+        "(max_detected_snr, at detected_mag) while n_deep_quiet covering images reaching 0.5 "
+        "mag fainter show no flux (forced SNR < 3). Needs forced photometry "
+        "(scripts/forced_photometry.py): without it no object is a candidate",
+        "SELECT object_id, ra, dec, n_detections, n_nights, first_mjd, last_mjd, n_covering, "
+        "n_forced_nondetections, n_deep_quiet, max_detected_snr, detected_mag FROM objects "
         "WHERE transient_candidate = true AND n_detections >= ? ORDER BY first_mjd, object_id",
         (2,),
     ),
@@ -463,9 +480,45 @@ VIEW_KEYS: dict[str, tuple[str, ...]] = {"sources": ("image_id", "band", "night"
                                          "associations": ("image_id",)}
 
 
-def view_sql(view: str, table: str, images: str) -> str:
+#: The ``object_variability`` columns the ``objects`` view adds (after the objects' own).
+OBJECTS_VIEW_EXTRA = ("n_covering", "n_forced_nondetections", "forced_chi2", "forced_dof",
+                      "forced_chi2_reduced", "variability_sigma", "max_detected_snr",
+                      "detected_mag", "n_deep_quiet")
+
+
+def objects_view_sql(table: str, variability: str) -> str:
+    """The SELECT behind the ``objects`` view (DuckDB and Athena alike): the objects table
+    with the forced-photometry summary joined (scripts/forced_photometry.py).
+
+    ``variable`` is the forced chi-square's verdict when the object's summary has at least
+    2 degrees of freedom (3 trusted forced points in a band), else the detections'
+    (build_objects.py): an object no image covered keeps the build's flag.
+    ``transient_candidate`` is the forced rule's verdict, and false without a summary row:
+    seen on one night only is not evidence (93% of such objects were not transients), only
+    a deep covering image that shows no flux is.
+    """
+    own = [f.name for f in OBJECTS_SCHEMA]
+    cols = []
+    for name in own:
+        if name == "variable":
+            cols.append(f"CASE WHEN v.forced_dof >= {int(MIN_VARIABLE_DOF)} THEN v.variable "
+                        "ELSE o.variable END AS variable")
+        elif name == "transient_candidate":
+            cols.append("COALESCE(v.transient_candidate, false) AS transient_candidate")
+        else:
+            cols.append(f"o.{name}")
+    cols.append("o.hpx5")
+    cols += [f"v.{name}" for name in OBJECTS_VIEW_EXTRA]
+    return (f"SELECT {', '.join(cols)} FROM {table} o LEFT JOIN {variability} v "
+            "ON v.object_id = o.object_id AND v.hpx5 = o.hpx5")
+
+
+def view_sql(view: str, table: str, images: str, variability: str = "object_variability"
+             ) -> str:
     """The SELECT behind *view* (DuckDB and Athena alike): the rows of *table* whose image has
-    a record in *images*."""
+    a record in *images* (``objects``: :func:`objects_view_sql` with *variability*)."""
+    if view == "objects":
+        return objects_view_sql(table, variability)
     match = " AND ".join(f"i.{k} = t.{k}" for k in VIEW_KEYS[view])
     return f"SELECT t.* FROM {table} t WHERE EXISTS (SELECT 1 FROM {images} i WHERE {match})"
 
