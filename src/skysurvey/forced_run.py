@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
+from .config import is_s3_uri
 from .errors import SkySurveyError, TransientStorageError, one_line, printable
 from .forced import HPX_ORDER, ImagePhotometry, forced_photometry, icrs_to_pixel
 from .schema import (
@@ -69,6 +70,7 @@ __all__ = [
     "objects_in_footprint",
     "plan_forced",
     "read_image_records",
+    "register_partitions",
     "run_forced",
     "run_lambda",
     "run_local",
@@ -566,8 +568,30 @@ def run_forced(catalog_uri: str, input_uri: str, *, workers: int = 1, rebuild: b
                           content_type="application/json")
     if summarize and _objects_files(store):  # the light curves are complete: summarise them
         report.variability = summarize_forced(catalog_uri)
+    if is_s3_uri(catalog_uri):  # Athena sees what was written, whoever called this
+        report.notes += register_partitions(catalog_uri, report)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def register_partitions(catalog_uri: str, report: ForcedReport) -> list[str]:
+    """Register the partitions a run wrote (band/night of ``forced_photometry``, hpx5 of
+    ``object_variability``) with the Athena database (DESIGN: registered as written).
+
+    Returns the notes: none, or one line when Glue is not there (another S3-compatible store):
+    the next ``query_with_athena.py --engine athena`` registers what it finds."""
+    from .athena import register_partitions as glue_register
+
+    written = [("forced_photometry", report.partitions)]
+    if report.variability is not None:
+        written.append(("object_variability", report.variability.partitions))
+    try:
+        for folder, partitions in written:
+            if partitions:
+                glue_register(catalog_uri, folder, partitions)
+    except SkySurveyError as exc:
+        return [f"partitions not registered in Glue: {exc}"]
+    return []
 
 
 # ---- the per-object summary: object_variability ----------------------------------------------
