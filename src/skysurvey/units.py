@@ -120,7 +120,8 @@ COLUMN_META: dict[str, ColumnMeta] = {
     "first_mjd": _m("d", "time.start", "First detection (MJD)"),
     "last_mjd": _m("d", "time.end", "Last detection (MJD)"),
     "variable": _m(None, "src.var", "Flux varies beyond its errors"),
-    "transient_candidate": _m(None, "src.var;meta.code", "Seen on one night only"),
+    "transient_candidate": _m(None, "src.var;meta.code",
+                              "Detected, and deep covering images show no flux there"),
     "n": _m(None, "meta.number", "Number of measurements"),
     "mean_mag": _m("mag", "phot.mag;stat.mean", "Error-weighted mean magnitude"),
     "mean_mag_err": _m("mag", "stat.error;phot.mag", "Error of mean_mag"),
@@ -130,6 +131,16 @@ COLUMN_META: dict[str, ColumnMeta] = {
     # coverage and forced photometry (forced.py)
     "footprint_hpx12": _m(None, "pos.healpix", "NESTED order-12 HEALPix cells of valid pixels"),
     "mag_limit": _m("mag", "phot.mag;stat.max", "5-sigma point-source limit at the position"),
+    # the forced light curves' summary (lightcurves.OBJECT_VARIABILITY_SCHEMA)
+    "n_covering": _m(None, "meta.number", "Images whose valid area covered the object"),
+    "n_forced_nondetections": _m(None, "meta.number", "Covering images without a detection"),
+    "forced_chi2": _m(None, "stat.fit.chi2", "Chi-square of the forced fluxes vs a constant"),
+    "forced_dof": _m(None, "stat.fit.dof", "Degrees of freedom of forced_chi2"),
+    "forced_chi2_reduced": _m(None, "stat.fit.chi2", "forced_chi2 / forced_dof"),
+    "variability_sigma": _m(None, "stat.value", "Chi-square excess in Gaussian sigma"),
+    "max_detected_snr": _m(None, "stat.snr;stat.max", "Largest forced SNR where it was detected"),
+    "detected_mag": _m("mag", "phot.mag", "Brightest forced magnitude where detected (SNR>=5)"),
+    "n_deep_quiet": _m(None, "meta.number", "Deep covering images with no flux (SNR < 3)"),
 }
 
 
