@@ -571,7 +571,8 @@ def test_survey_plots(tmp_path):
     lc = obj.most_variable_light_curves(str(tmp_path), n=3)
     assert lc["object_id"].nunique() == 2 and len(lc) == 24
     fig = plots.plot_light_curves(lc)
-    assert len(fig.axes[0].containers) == 4  # 2 objects x 2 bands, with error bars
+    assert len(fig.axes) == 2  # one panel per object, each 2 bands with error bars
+    assert [len(a.containers) for a in fig.axes] == [2, 2]
     phot = run_query("SELECT p.*, o.variable FROM object_photometry p JOIN objects o "
                      "ON o.object_id = p.object_id", str(tmp_path))
     fig2 = plots.plot_variability(phot)

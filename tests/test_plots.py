@@ -417,3 +417,34 @@ def test_plot_script_puts_the_report_in_the_folder_it_was_given(tmp_path, capsys
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["plots"]
     assert script._default_report(str(script.OUTPUT_DIR / "plots")) == (
         script.OUTPUT_DIR / "report.html")  # the demo's data/output/report.html
+
+
+def test_light_curves_one_panel_per_object_limits_as_downward_triangles():
+    """The `light_curve` rows of two objects: detections, a forced point where nothing was
+    detected, and non-detections drawn at their 5-sigma limit as downward triangles."""
+    rows = pd.DataFrame({
+        "object_id": [7, 7, 7, 7, 9, 9],
+        "mjd": [61130.1, 61131.1, 61132.1, 61132.2, 61130.1, 61131.1],
+        "band": ["g", "g", "r", "g", "r", "r"],
+        "mag": [20.1, None, None, None, 18.0, 18.1], "mag_err": [0.05, None, None, None, .02, .02],
+        "forced_mag": [20.1, 21.0, None, None, 18.0, 18.1],
+        "forced_mag_err": [0.05, 0.3, None, None, 0.02, 0.02],
+        "forced_snr": [20, 3.5, 1.0, None, 50, 50],
+        "mag_limit": [22.0, 22.1, 21.5, 21.9, 22.0, 22.0],
+        "is_detection": [True, False, False, False, True, True],
+        "is_upper_limit": [False, False, True, True, False, False]})
+    fig = plots.plot_light_curves(rows)
+    first, second = fig.axes
+    assert first.get_title() == "object 7" and second.get_title() == "object 9"
+    triangles = [c for c in first.collections if c.get_offsets().shape[0]
+                 and c.get_paths()[0].vertices[:, 1].min() < 0]  # "v" points down
+    limits = sorted(y for c in triangles for _, y in c.get_offsets())
+    assert limits == [21.5, 21.9]  # the r and g epochs without flux, at their limits
+    labels = sorted(t.get_text() for t in first.get_legend().get_texts())
+    assert labels == ["g detected", "g forced", "g limit (5σ, no flux)", "r limit (5σ, no flux)"]
+    assert first.yaxis_inverted()
+    colours = {c.get_label(): tuple(c.get_facecolor()[0]) for c in triangles}
+    assert colours["g limit (5σ, no flux)"] != colours["r limit (5σ, no flux)"]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -497,19 +497,30 @@ md("""
 A survey looks at the same sky again and again. `scripts/build_objects.py`
 (`skysurvey.objects.build_objects`) associates the detections of every image into **objects**
 (one per star or galaxy on the sky, matched within a radius), and per object and band computes
-the mean magnitude, its scatter and a chi-square against a constant: an object whose
-magnitudes scatter more than their errors allow is flagged `variable`; one seen on a single
-night only is a `transient_candidate`. The sample above spans too few nights for a light
+the mean magnitude, its scatter and a chi-square against a constant. Detections alone cannot
+say whether an object was *absent* from an image or just not looked for, so a second step,
+`scripts/forced_photometry.py` (`skysurvey.forced_run.run_forced`), measures every object on
+every image whose valid area covered it (its **coverage**: each image record carries the
+HEALPix cells it covers, `images.footprint_hpx12`, and its 5-sigma depth). Each object's
+light curve then holds every covering epoch: a detection, a forced flux, or an **upper
+limit**. From those complete light curves an object is `variable` when its forced fluxes
+scatter more than their errors allow (blended stars included), and a `transient_candidate`
+only when it was detected on some epochs while images that covered it deeply enough (limit at
+least 0.5 mag fainter than its detected magnitude) show no flux there: being seen on a single
+night is not enough, since the other nights may simply not have covered it. The sample above
+spans too few nights for a light
 curve (the cell below says how many), so here we draw a small survey instead, with variable
 stars and transients in its truth (`download_sample_fits.py --survey` draws the same, larger),
 into its own folder beside the sample (`data/survey/`, never inside `data/sample/`, so the
 demo's upload does not pick it up), catalogue it into its own catalog (the `survey/` prefix
-of the buckets) and build its objects.
+of the buckets), build its objects and measure their forced photometry.
 
-**Look at:** the build report (objects, associations), then the named queries `variables`
-and `transients` on the new tables.
+**Look at:** the build report (objects, associations), the forced photometry (rows, images),
+then the named queries `variables` and `transients` with their reasons (`n_covering`,
+`n_forced_nondetections`, `forced_chi2_reduced`, `n_deep_quiet`).
 """)
 code("""
+from skysurvey.forced_run import run_forced
 from skysurvey.objects import build_objects, most_variable_light_curves
 from skysurvey.synth_survey import write_survey
 
@@ -526,6 +537,7 @@ if not survey_keys:
     survey_keys = runner.list_images(survey_raw)
     runner.run_local(survey_raw, survey_keys, survey_catalog)
 built = build_objects(survey_catalog)
+forced = run_forced(survey_catalog, survey_raw)
 survey_facts = report.describe_images(plots.read_catalog(survey_catalog, "images"))
 say(f"The sample above spans {report.plural(len(facts['nights']), 'night')}; the survey: "
     f"{report.plural(survey_facts['images'], 'image')}, "
@@ -534,6 +546,7 @@ say(f"The sample above spans {report.plural(len(facts['nights']), 'night')}; the
     f"of a {SURVEY_SIZE}-pixel field, in `{SURVEY}`.")
 print(f"{len(survey_keys)} survey images -> {built.n_objects} objects, "
       f"{built.n_associations} associations")
+print(forced.summary())
 variables = queries.run_named("variables", survey_catalog)
 transients = queries.run_named("transients", survey_catalog)
 print(f"{variables['object_id'].nunique()} variable objects, {len(transients)} transient "
@@ -575,11 +588,32 @@ photometry = queries.run_query(
 fig = plots.plot_variability(photometry)
 """)
 md("""
-Light curves of the most significant variables: one row per object, magnitudes offset by one
-step per object, bands in colour, 1-sigma error bars (the `light_curve` named query, one
-detection per row, joins `associations`, `sources` and `images`).
+Coverage first: which images covered the most significant variable? The `coverage` named
+query answers for any position (ra, dec) from the images' footprints, on DuckDB as on Athena.
 
-**Look at:** changes much larger than the error bars, and the same change in both bands.
+**Look at:** one row per covering image, with its band, night and 5-sigma depth: these are the
+epochs its light curve must have, detected or not.
+""")
+code("""
+top = queries.run_named("variables", survey_catalog).head(1)
+if len(top):
+    where = objects_table.set_index("object_id").loc[int(top["object_id"].iloc[0])]
+    covering = queries.run_named("coverage", survey_catalog, (where["ra"], where["dec"]))
+    say(f"Object {int(top['object_id'].iloc[0])} at ({where['ra']:.5f}, {where['dec']:.5f}) "
+        f"was covered by {report.plural(len(covering), 'image')}.")
+    covering.head(12)
+""")
+md("""
+Light curves of the most significant variables, one panel per object, one colour per band
+(the `light_curve` named query: every covering epoch). Filled circles are detections with
+1-sigma error bars; open circles are forced measurements where nothing was detected but
+the forced flux is significant; downward triangles are **upper limits**: the object was
+covered, no flux was found (forced SNR < 3), and it was fainter than the image's 5-sigma
+limit drawn there.
+
+**Look at:** changes much larger than the error bars, the same change in both bands, and
+limits that agree with the faint points (a limit brighter than a detection at the same
+time would be a contradiction).
 """)
 figure("""
 fig = plots.plot_light_curves(most_variable_light_curves(survey_catalog))

@@ -605,31 +605,67 @@ def save_all(sources: pd.DataFrame, out_dir, *, image: tuple | None = None,
 # --- survey objects (scripts/build_objects.py) --------------------------------------------
 
 
+def _light_curve_points(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """A ``light_curve`` result split into what is drawn: ``detected`` (the detection's
+    magnitude), ``forced`` (not detected, a forced magnitude with SNR >= 3) and ``limits``
+    (not detected and no significant flux: the 5-sigma limit bounds it). Rows of the older
+    detections-only form are all ``detected``."""
+    if "is_detection" not in rows:
+        return {"detected": rows.dropna(subset=["mag"]), "forced": rows[:0], "limits": rows[:0]}
+    detected = rows["is_detection"].fillna(False).astype(bool)
+    limit = rows["is_upper_limit"].fillna(False).astype(bool) & ~detected
+    forced = ~detected & ~limit & rows["forced_mag"].notna()
+    return {"detected": rows[detected & rows["mag"].notna()],
+            "forced": rows[forced].assign(mag=rows["forced_mag"], mag_err=rows["forced_mag_err"]),
+            "limits": rows[limit & rows["mag_limit"].notna()]}
+
+
+def _of_band(rows: pd.DataFrame, band) -> pd.DataFrame:
+    return rows[rows["band"] == band] if "band" in rows and band != "all" else rows
+
+
 def plot_light_curves(light_curves: pd.DataFrame, ax=None):
-    """Light curves (``light_curve`` query rows: object_id, mjd, band, mag, mag_err), one
-    object per row of the plot, offset by 1 mag steps, bands in colour, 1-sigma error bars."""
-    lc = light_curves.dropna(subset=["mjd", "mag"]) if {"mjd", "mag"} <= set(light_curves) \
-        else light_curves[:0]
-    if lc.empty:
+    """Light curves from ``light_curve`` query rows, one panel per object, one colour per
+    band: detections as filled circles with 1-sigma error bars, forced measurements where
+    nothing was detected (SNR >= 3) as open circles, and the epochs with no flux as downward
+    triangles at their 5-sigma limiting magnitude. *ax*: one axes per object (or one axes
+    for a single object); default a new figure."""
+    lc = light_curves[light_curves["mjd"].notna()] if {"mjd", "object_id"} <= set(
+        light_curves) else light_curves[:0]
+    ids = [i for i in dict.fromkeys(lc["object_id"])
+           if any(len(v) for v in _light_curve_points(lc[lc["object_id"] == i]).values())]
+    if not ids:
         raise NothingToPlot("no light curve: run scripts/build_objects.py (no detection with "
                             "a date and a magnitude)")
-    ids = list(dict.fromkeys(lc["object_id"]))
-    fig, ax = _new_axes(ax, (8, 1.2 + 1.3 * len(ids)))
-    seen = set()
-    for k, oid in enumerate(ids):
-        rows = lc[lc["object_id"] == oid]
-        offset = k * 1.0 - float(np.nanmedian(rows["mag"]))
-        for i, (band, group) in enumerate(_by_band(rows)):
-            label = None if band in seen else f"{band}"
-            seen.add(band)
-            ax.errorbar(group["mjd"], group["mag"] + offset, yerr=group.get("mag_err"),
-                        fmt="o", ms=4, capsize=2, color=band_color(band, i), label=label)
-        ax.annotate(str(oid), (rows["mjd"].min(), k * 1.0 - 0.35), fontsize=7)
-    ax.invert_yaxis()
-    ax.ticklabel_format(axis="x", useOffset=False, style="plain")  # MJD as written, no offset
-    ax.set(xlabel="MJD", ylabel="magnitude - median (+1 per object)",
-           title=f"Light curves of {len(ids)} object(s)")
-    ax.legend(title="band", fontsize=8)
+    if ax is None:
+        fig, axes = plt.subplots(len(ids), 1, figsize=(8, 1.0 + 2.0 * len(ids)), sharex=True,
+                                 squeeze=False)
+        axes = list(axes[:, 0])
+    else:
+        axes = list(np.atleast_1d(ax))
+        fig = axes[0].figure
+    for a, oid in zip(axes, ids, strict=False):
+        parts = _light_curve_points(lc[lc["object_id"] == oid])
+        bands = pd.concat(list(parts.values()))
+        for i, (band, _) in enumerate(_by_band(bands)):
+            color = band_color(band, i)
+            det, forced, limits = (_of_band(parts[k], band)
+                                   for k in ("detected", "forced", "limits"))
+            if len(det):
+                a.errorbar(det["mjd"], det["mag"], yerr=det.get("mag_err"), fmt="o", ms=5,
+                           capsize=2, color=color, label=f"{band} detected")
+            if len(forced):
+                a.errorbar(forced["mjd"], forced["mag"], yerr=forced["mag_err"], fmt="o",
+                           ms=5, capsize=2, mfc="none", color=color, label=f"{band} forced")
+            if len(limits):
+                a.scatter(limits["mjd"], limits["mag_limit"], marker="v", s=36, color=color,
+                          label=f"{band} limit (5σ, no flux)")
+        a.invert_yaxis()
+        a.set(ylabel="magnitude", title=f"object {oid}")
+        a.legend(fontsize=7, loc="best")
+    axes[-1].ticklabel_format(axis="x", useOffset=False, style="plain")  # MJD as written
+    axes[-1].set(xlabel="MJD")
+    fig.tight_layout()
     return fig
 
 
