@@ -274,3 +274,4 @@ def test_a_planted_store_type_check_is_flagged():
     assert store_type_checks(source) == [2]
     assert store_type_checks("isinstance(x, (int, S3Store))\n") == [1]
     assert store_type_checks("isinstance(x, dict)\n") == []
+

@@ -40,6 +40,31 @@ from .schema import (
 if TYPE_CHECKING:  # pandas only where query results are read (not in the Lambda)
     import pandas as pd
 
+__all__ = [
+    "HPX_KEY",
+    "LEGACY_TABLES",
+    "PARTITIONED_TABLES",
+    "TABLES",
+    "VIEWS",
+    "AthenaResult",
+    "TableSpec",
+    "after_write",
+    "column_ddl",
+    "cost_usd",
+    "ddl_statements",
+    "ensure_tables",
+    "existing_partitions",
+    "format_parameter",
+    "glue_table_input",
+    "partition_location",
+    "register_partitions",
+    "register_written",
+    "results_to_dataframe",
+    "run_athena",
+    "storage_descriptor",
+    "view_statements",
+]
+
 _TYPES = {pa.string(): "string", pa.int32(): "int", pa.int64(): "bigint", pa.float64(): "double",
           pa.bool_(): "boolean", pa.timestamp("ms"): "timestamp",
           pa.list_(pa.int64()): "array<bigint>"}

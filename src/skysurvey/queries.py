@@ -43,6 +43,38 @@ from .schema import (
     SOURCES_SCHEMA,
 )
 
+__all__ = [
+    "CONE_RANGES",
+    "DATASETS",
+    "HPX_PARTITIONS",
+    "IMAGES_SINCE_FIRST",
+    "MAX_CONE_ARCSEC",
+    "NAMED_QUERIES",
+    "OBJECTS_VIEW_EXTRA",
+    "OBJECT_TABLES",
+    "PARTITIONS",
+    "SOURCES_SINCE_FIRST",
+    "VIEWS",
+    "VIEW_KEYS",
+    "Dataset",
+    "NamedQuery",
+    "check_cone",
+    "check_schemas",
+    "cone_parameters",
+    "connect",
+    "dataset",
+    "get_named",
+    "most_variable_light_curves",
+    "objects_view_sql",
+    "register_reference",
+    "run_named",
+    "run_query",
+    "schema_difference",
+    "single_statement",
+    "view_sql",
+    "why_empty",
+]
+
 log = logging.getLogger(__name__)
 
 PARTITIONS = pa.schema([pa.field("band", pa.string()), pa.field("night", pa.string())])
