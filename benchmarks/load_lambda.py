@@ -130,7 +130,6 @@ def run_load(endpoint: str, n_images: int, *, workers: int, concurrency: int, th
     """Deploy on the moto server at *endpoint* (AWS_ENDPOINT_URL points there, simple Lambda
     on), run ``invoke_lambda.py --backend lambda`` under faults, and count."""
     from skysurvey import lambda_backend
-    from skysurvey.config import REPO_ROOT
 
     deploy(endpoint, n_images, concurrency)
     limits = lambda_backend.function_limits(FUNCTION)
@@ -138,12 +137,8 @@ def run_load(endpoint: str, n_images: int, *, workers: int, concurrency: int, th
     injector = FaultInjector(throttle, server_error, seed)
     client.meta.events.register("before-send.lambda.Invoke", injector)
 
-    import importlib.util
+    from skysurvey.steps import invoke_lambda as script  # what scripts/invoke_lambda.py runs
 
-    spec = importlib.util.spec_from_file_location("invoke_lambda",
-                                                  REPO_ROOT / "scripts" / "invoke_lambda.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     out = io.StringIO()
     start = time.perf_counter()
     with redirect_stdout(out):
