@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import load_script
 
-from skysurvey import aws, aws_setup, cfn_template
+from skysurvey import aws, aws_resources, aws_setup, cfn_template
 
 SUFFIX, REGION, ACCOUNT = "t3st", "us-east-1", "123456789012"
 RAW, CAT = f"astronomy-raw-{SUFFIX}", f"astronomy-catalog-{SUFFIX}"
@@ -175,8 +175,8 @@ SETUP_TO_TEMPLATE = {
 
 def test_every_resource_setup_makes_is_in_the_template(tmp_path):
     """A resource kind added to setup_resources and not to the template fails here."""
-    names = aws_setup.Names(SUFFIX, REGION, ACCOUNT)
-    made = aws_setup.setup_resources(names, aws_setup.FunctionSettings(None), trigger=True)
+    names = aws_resources.Names(SUFFIX, REGION, ACCOUNT)
+    made = aws_setup.setup_resources(names, aws_resources.FunctionSettings(None), trigger=True)
     _, template = _write_template(tmp_path, "stack.yaml", "--trigger")
     kinds = [r["Type"] for r in template["Resources"].values()]
     expected = []
@@ -184,7 +184,7 @@ def test_every_resource_setup_makes_is_in_the_template(tmp_path):
         prefix = next((p for p in SETUP_TO_TEMPLATE if resource.name.startswith(p)), None)
         assert prefix, f"setup makes {resource.name}: what is it in the template?"
         if prefix == "Athena tables":  # one setup step, one Glue table each
-            expected += ["AWS::Glue::Table"] * len(aws_setup.glue_tables(names))
+            expected += ["AWS::Glue::Table"] * len(aws_resources.glue_tables(names))
         else:
             expected += SETUP_TO_TEMPLATE[prefix]
     assert sorted(kinds) == sorted(expected)
@@ -388,7 +388,7 @@ def test_stack_deploys_on_moto_and_deletes_cleanly(mocked_aws, tmp_path):
     assert made == dict.fromkeys(part["Resources"], "CREATE_COMPLETE")
 
     # outputs: the env file of this deployment, as setup would write it
-    names = aws_setup.Names(SUFFIX, REGION, ACCOUNT)
+    names = aws_resources.Names(SUFFIX, REGION, ACCOUNT)
     assert {o["Description"]: o["OutputValue"] for o in stack["Outputs"]} == names.env()
 
     for bucket in (RAW, CAT):  # moto keeps encryption and tags (not the access block)
@@ -400,32 +400,32 @@ def test_stack_deploys_on_moto_and_deletes_cleanly(mocked_aws, tmp_path):
     url = sqs.get_queue_url(QueueName=aws_setup.QUEUE_NAME)["QueueUrl"]
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     assert attributes["SqsManagedSseEnabled"] == "true"
-    assert attributes["MessageRetentionPeriod"] == str(aws_setup.QUEUE_RETENTION_SECONDS)
+    assert attributes["MessageRetentionPeriod"] == str(aws_resources.QUEUE_RETENTION_SECONDS)
     assert sqs.list_queue_tags(QueueUrl=url)["Tags"] == DEPLOYMENT
     iam = boto3.client("iam")
-    document = iam.get_role_policy(RoleName=aws_setup.ROLE_NAME,
-                                   PolicyName=aws_setup.POLICY_NAME)["PolicyDocument"]
+    document = iam.get_role_policy(RoleName=aws_resources.ROLE_NAME,
+                                   PolicyName=aws_resources.POLICY_NAME)["PolicyDocument"]
     # moto 5.2.6's CloudFormation stores an inline policy as Python's repr of the dict
-    assert ast.literal_eval(document) == aws_setup.lambda_policy(names)
-    assert _tags(iam.list_role_tags(RoleName=aws_setup.ROLE_NAME)["Tags"]) == DEPLOYMENT
+    assert ast.literal_eval(document) == aws_resources.lambda_policy(names)
+    assert _tags(iam.list_role_tags(RoleName=aws_resources.ROLE_NAME)["Tags"]) == DEPLOYMENT
     logs = boto3.client("logs")
-    [group] = logs.describe_log_groups(logGroupNamePrefix=aws_setup.LOG_GROUP)["logGroups"]
-    assert group["retentionInDays"] == aws_setup.LOG_RETENTION_DAYS
+    [group] = logs.describe_log_groups(logGroupNamePrefix=aws_resources.LOG_GROUP)["logGroups"]
+    assert group["retentionInDays"] == aws_resources.LOG_RETENTION_DAYS
     lam = boto3.client("lambda")
-    cfg = lam.get_function(FunctionName=aws_setup.FUNCTION_NAME)["Configuration"]
+    cfg = lam.get_function(FunctionName=aws_resources.FUNCTION_NAME)["Configuration"]
     assert (cfg["Runtime"], cfg["Handler"], cfg["MemorySize"], cfg["Timeout"]) == (
-        aws_setup.RUNTIME, aws_setup.HANDLER, 1536, 300)
-    assert cfg["Role"] == iam.get_role(RoleName=aws_setup.ROLE_NAME)["Role"]["Arn"]
-    assert cfg["Environment"]["Variables"] == aws_setup.function_environment(names)
+        aws_resources.RUNTIME, aws_resources.HANDLER, 1536, 300)
+    assert cfg["Role"] == iam.get_role(RoleName=aws_resources.ROLE_NAME)["Role"]["Arn"]
+    assert cfg["Environment"]["Variables"] == aws_resources.function_environment(names)
     assert cfg["CodeSha256"] == base64.b64encode(hashlib.sha256(code).digest()).decode()
-    assert lam.get_function_concurrency(FunctionName=aws_setup.FUNCTION_NAME)[
-        "ReservedConcurrentExecutions"] == aws_setup.DEFAULT_CONCURRENCY
-    [statement] = json.loads(lam.get_policy(FunctionName=aws_setup.FUNCTION_NAME)["Policy"])[
+    assert lam.get_function_concurrency(FunctionName=aws_resources.FUNCTION_NAME)[
+        "ReservedConcurrentExecutions"] == aws_resources.DEFAULT_CONCURRENCY
+    [statement] = json.loads(lam.get_policy(FunctionName=aws_resources.FUNCTION_NAME)["Policy"])[
         "Statement"]
     assert statement["Condition"]["ArnLike"]["AWS:SourceArn"] == f"arn:aws:s3:::{RAW}"
     cw = boto3.client("cloudwatch")
-    assert json.loads(cw.get_dashboard(DashboardName=aws_setup.DASHBOARD)["DashboardBody"]) == \
-        aws_setup.dashboard_body(names)
+    assert json.loads(cw.get_dashboard(DashboardName=aws_resources.DASHBOARD)["DashboardBody"]) == \
+        aws_resources.dashboard_body(names)
 
     cf.delete_stack(StackName="skysurvey")
     [summary] = cf.list_stacks()["StackSummaries"]
@@ -510,7 +510,7 @@ def test_the_guide_section_deploys_reads_outputs_and_deletes_on_moto(mocked_aws,
             o = _options(words[3:])
             block = {k: v == "true" for k, v in (kv.split("=") for kv in
                      o["public-access-block-configuration"][0].split(","))}
-            assert block == aws_setup.PUBLIC_ACCESS_BLOCK
+            assert block == aws_resources.PUBLIC_ACCESS_BLOCK
             client("s3").put_public_access_block(Bucket=o["bucket"][0],
                                                  PublicAccessBlockConfiguration=block)
         elif words[:3] == ["aws", "s3", "cp"]:
@@ -562,7 +562,7 @@ def test_the_guide_section_deploys_reads_outputs_and_deletes_on_moto(mocked_aws,
             client("s3").delete_bucket(Bucket=bucket)
         elif words == ["rm", ".skysurvey.env"]:
             # the env file the scripts read is the one the guide wrote
-            assert read_env_file(env_file) == aws_setup.Names(SUFFIX, region, ACCOUNT).env()
+            assert read_env_file(env_file) == aws_resources.Names(SUFFIX, region, ACCOUNT).env()
             assert get_setting("BUCKET_CATALOG") == f"s3://{CAT}"
             env_file.unlink()
         else:

@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 from conftest import load_script
 
-from skysurvey import aws, aws_check, aws_setup
+from skysurvey import aws, aws_check, aws_resources, aws_setup
 
 SUFFIX = "t3st"
 RAW = f"astronomy-raw-{SUFFIX}"
@@ -82,15 +82,15 @@ def test_on_moto_what_moto_can_answer_passes_and_the_rest_cannot_be_checked(
 @pytest.mark.slow
 def test_broken_settings_fail_by_name_and_the_exit_status_says_so(deployed, capsys):
     cw, s3, lam = boto3.client("cloudwatch"), boto3.client("s3"), boto3.client("lambda")
-    cw.delete_alarms(AlarmNames=[aws_setup.ALARM_ERRORS])
+    cw.delete_alarms(AlarmNames=[aws_resources.ALARM_ERRORS])
     s3.delete_bucket_policy(Bucket=RAW)
     s3.delete_public_access_block(Bucket=f"astronomy-catalog-{SUFFIX}")
-    lam.delete_function_event_invoke_config(FunctionName=aws_setup.FUNCTION_NAME)
+    lam.delete_function_event_invoke_config(FunctionName=aws_resources.FUNCTION_NAME)
     status = _check("--only", "alarms", "buckets", "destination", "tls")
     lines = _lines(capsys.readouterr().out)
     assert status == 1
     assert lines["alarms and dashboard present"] == \
-        f"failed: missing alarm(s) {aws_setup.ALARM_ERRORS}"
+        f"failed: missing alarm(s) {aws_resources.ALARM_ERRORS}"
     buckets = lines["buckets private, encrypted, TLS-only policy attached"]
     assert buckets.startswith("failed: ") and f"{RAW}: NoSuchBucketPolicy" in buckets
     assert f"astronomy-catalog-{SUFFIX}: NoSuchPublicAccessBlockConfiguration" in buckets
@@ -132,8 +132,8 @@ def test_the_failed_event_is_found_as_redrive_parses_it_and_only_it_is_removed(m
 
 
 def _target(endpoint=None):
-    return aws_check.Target(RAW, f"astronomy-catalog-{SUFFIX}", aws_setup.FUNCTION_NAME,
-                            aws_setup.DATABASE, aws_setup.WORKGROUP, aws_setup.QUEUE_NAME,
+    return aws_check.Target(RAW, f"astronomy-catalog-{SUFFIX}", aws_resources.FUNCTION_NAME,
+                            aws_resources.DATABASE, aws_resources.WORKGROUP, aws_setup.QUEUE_NAME,
                             "eu-west-1", endpoint)
 
 
@@ -203,7 +203,7 @@ def posing_as_aws(moto_server, tmp_path, monkeypatch):
                                               str(_package(tmp_path))]) == 0
         aws.clear_clients()
         logs = boto3.client("logs")
-        logs.create_log_stream(logGroupName=aws_setup.LOG_GROUP, logStreamName="2026/12/07/x")
+        logs.create_log_stream(logGroupName=aws_resources.LOG_GROUP, logStreamName="2026/12/07/x")
         yield moto_server, dataclasses.replace(_target(), region="us-east-1")
     finally:
         _post(moto_server, "/moto-api/config", {"lambda": {"use_docker": True}})
@@ -211,7 +211,7 @@ def posing_as_aws(moto_server, tmp_path, monkeypatch):
 
 def _log(message):
     boto3.client("logs").put_log_events(
-        logGroupName=aws_setup.LOG_GROUP, logStreamName="2026/12/07/x",
+        logGroupName=aws_resources.LOG_GROUP, logStreamName="2026/12/07/x",
         logEvents=[{"timestamp": int(time.time() * 1000), "message": message}])
 
 

@@ -5,7 +5,7 @@ real account. Here the moto server records every HTTP request (boto3's and pyarr
 while the function's code runs (the image handler, including a re-processing, a moved image, a
 corrupt file and a reference catalog on S3; and an objects unit of ``build_objects.py
 --backend lambda``); each request is turned into its IAM action and resource and checked
-against ``aws_setup.lambda_policy`` with IAM's matching rules (wildcards, ``s3:prefix``
+against ``aws_resources.lambda_policy`` with IAM's matching rules (wildcards, ``s3:prefix``
 conditions). Only the function's own requests are recorded: the driver's (the user's
 credentials) are not.
 """
@@ -26,7 +26,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from conftest import draw_fits, load_script
 
-from skysurvey import athena, aws, aws_setup
+from skysurvey import athena, aws, aws_resources
 from skysurvey.objects import BuildConfig, build_objects, handle_unit_event
 
 ACCOUNT = "123456789012"  # moto's
@@ -207,14 +207,14 @@ def deployment(moto_server, monkeypatch, tmp_path):
     from moto.moto_api import recorder
 
     monkeypatch.setattr(recorder, "_location", str(tmp_path / "recording.jsonl"))
-    names = aws_setup.Names("t3st", REGION, ACCOUNT,
-                            reference=f"s3://{aws_setup.CATALOG_PREFIX}t3st/reference/ref.parquet")
+    reference = f"s3://{aws_resources.CATALOG_PREFIX}t3st/reference/ref.parquet"
+    names = aws_resources.Names("t3st", REGION, ACCOUNT, reference=reference)
     s3, glue = aws.client("s3"), aws.client("glue")
     for bucket in (names.raw, names.catalog):
         s3.create_bucket(Bucket=bucket)
-    glue.create_database(DatabaseInput={"Name": aws_setup.DATABASE})
+    glue.create_database(DatabaseInput={"Name": aws_resources.DATABASE})
     for spec in athena.TABLES.values():
-        glue.create_table(DatabaseName=aws_setup.DATABASE,
+        glue.create_table(DatabaseName=aws_resources.DATABASE,
                           TableInput=athena.glue_table_input(spec, f"s3://{names.catalog}"))
     truth = draw_fits(tmp_path / "ref.fits", seed=5, n_stars=12)  # the stars of a.fits
     wcs = WCS(fits.getheader(tmp_path / "ref.fits"))
@@ -288,5 +288,5 @@ def test_the_lambda_policy_allows_every_request_the_function_makes(deployment, t
     assert services == {"s3", "glue"}, services
     assert {a for a, _, _ in permissions(recording.requests)} >= {
         "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "glue:BatchCreatePartition"}
-    refused = denied(aws_setup.lambda_policy(names), recording.requests)
+    refused = denied(aws_resources.lambda_policy(names), recording.requests)
     assert not refused, "the Lambda role lacks:\n" + "\n".join(map(str, refused))

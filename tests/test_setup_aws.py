@@ -10,7 +10,7 @@ import boto3
 import pytest
 from conftest import load_script
 
-from skysurvey import aws, aws_setup
+from skysurvey import aws, aws_resources, aws_setup
 from skysurvey.config import env_file_path, read_env_file, write_env_file
 
 RAW, CAT = "astronomy-raw-t3st", "astronomy-catalog-t3st"
@@ -67,7 +67,7 @@ def test_setup_creates_everything_tagged_least_privilege_then_changes_nothing(
         assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
         assert _tags(s3.get_bucket_tagging(Bucket=bucket)["TagSet"]) == DEPLOYMENT
         assert _doc(s3.get_bucket_policy(Bucket=bucket)["Policy"]) == \
-            aws_setup.tls_only_policy(bucket)
+            aws_resources.tls_only_policy(bucket)
     lifecycle = s3.get_bucket_lifecycle_configuration(Bucket=CAT)["Rules"][0]
     assert lifecycle["Filter"]["Prefix"] == "athena-results/"
 
@@ -117,7 +117,7 @@ def test_setup_creates_everything_tagged_least_privilege_then_changes_nothing(
                                                "ATHENA_DATABASE": "astronomy"}
     assert fn["Tags"] == DEPLOYMENT
     assert lam.get_function_concurrency(FunctionName="astronomy-source-detection")[
-        "ReservedConcurrentExecutions"] == aws_setup.DEFAULT_CONCURRENCY
+        "ReservedConcurrentExecutions"] == aws_resources.DEFAULT_CONCURRENCY
     invoke = lam.get_function_event_invoke_config(FunctionName="astronomy-source-detection")
     assert invoke["MaximumRetryAttempts"] <= 2 and invoke["MaximumEventAgeInSeconds"] == 21600
     queue_arn = f"arn:aws:sqs:{region_account}:astronomy-failed-events"
@@ -133,7 +133,7 @@ def test_setup_creates_everything_tagged_least_privilege_then_changes_nothing(
     filters = {tuple(sorted((r["Name"].lower(), r["Value"]) for r in
                             c["Filter"]["Key"]["FilterRules"])) for c in notif}
     assert (("prefix", "images/"), ("suffix", ".fits.fz")) in filters
-    assert {dict(f)["suffix"] for f in filters} == set(aws_setup.FITS_TRIGGER_SUFFIXES)
+    assert {dict(f)["suffix"] for f in filters} == set(aws_resources.FITS_TRIGGER_SUFFIXES)
     assert {dict(f)["prefix"] for f in filters} == {"images/"}
 
     wg = boto3.client("athena").get_work_group(WorkGroup="astronomy-workgroup")["WorkGroup"]
@@ -187,8 +187,8 @@ def test_drift_is_repaired_not_reported_as_exists(mocked_aws, package, capsys):
     assert "updated: configuration" in out
     doc = _doc(iam.get_role_policy(RoleName="lambda-astronomy-role",
                                    PolicyName="astronomy-least-privilege")["PolicyDocument"])
-    assert doc == json.loads(json.dumps(aws_setup.lambda_policy(
-        aws_setup.Names("t3st", "us-east-1", "123456789012"))))
+    assert doc == json.loads(json.dumps(aws_resources.lambda_policy(
+        aws_resources.Names("t3st", "us-east-1", "123456789012"))))
     assert s3.get_bucket_encryption(Bucket=RAW)["ServerSideEncryptionConfiguration"]
     assert all(s3.get_public_access_block(Bucket=CAT)["PublicAccessBlockConfiguration"].values())
     assert boto3.client("lambda").get_function_configuration(
@@ -200,7 +200,7 @@ def test_redeploy_updates_code_only_when_the_zip_changed(mocked_aws, tmp_path, c
     assert _setup("--suffix", "t3st", "--package", str(first)) == 0
     lam = boto3.client("lambda")
     sha = lam.get_function_configuration(FunctionName="astronomy-source-detection")["CodeSha256"]
-    assert sha == aws_setup.code_sha256(first)
+    assert sha == aws_resources.code_sha256(first)
     capsys.readouterr()
     assert _setup("--package", str(first)) == 0
     assert "nothing to change" in capsys.readouterr().out
@@ -210,7 +210,7 @@ def test_redeploy_updates_code_only_when_the_zip_changed(mocked_aws, tmp_path, c
     out = capsys.readouterr().out
     assert "updated: code, configuration, reserved concurrency 3" in out
     cfg = lam.get_function_configuration(FunctionName="astronomy-source-detection")
-    assert cfg["CodeSha256"] == aws_setup.code_sha256(second) != sha
+    assert cfg["CodeSha256"] == aws_resources.code_sha256(second) != sha
     assert (cfg["MemorySize"], cfg["Timeout"]) == (2048, 120)
     assert lam.get_function_concurrency(FunctionName="astronomy-source-detection")[
         "ReservedConcurrentExecutions"] == 3
@@ -252,7 +252,7 @@ def test_setup_refuses_a_users_bucket_and_cleanup_leaves_it(mocked_aws, capsys):
 def test_setup_refuses_an_untagged_role(mocked_aws, capsys):
     iam = boto3.client("iam")
     iam.create_role(RoleName="lambda-astronomy-role",
-                    AssumeRolePolicyDocument=json.dumps(aws_setup.trust_policy()))
+                    AssumeRolePolicyDocument=json.dumps(aws_resources.trust_policy()))
     iam.put_role_policy(RoleName="lambda-astronomy-role", PolicyName="admin",
                         PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
                             {"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
@@ -270,17 +270,17 @@ def _legacy_deployment(suffix):
         s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [
             {"Key": "project", "Value": "skysurvey"}, {"Key": "owner", "Value": "me"}]})
     iam.create_role(RoleName="lambda-astronomy-role",
-                    AssumeRolePolicyDocument=json.dumps(aws_setup.trust_policy()),
+                    AssumeRolePolicyDocument=json.dumps(aws_resources.trust_policy()),
                     Tags=[{"Key": "project", "Value": "skysurvey"}])
     iam.put_role_policy(RoleName="lambda-astronomy-role", PolicyName="too-broad",
                         PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
                             {"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
-    boto3.client("logs").create_log_group(logGroupName=aws_setup.LOG_GROUP,
+    boto3.client("logs").create_log_group(logGroupName=aws_resources.LOG_GROUP,
                                           tags={"project": "skysurvey"})
     boto3.client("glue").create_database(DatabaseInput={"Name": "astronomy"})  # by SQL: no tags
     boto3.client("athena").create_work_group(  # (moto has no update_work_group to repair it)
-        Name=aws_setup.WORKGROUP, Configuration=aws_setup.workgroup_configuration(
-            aws_setup.Names(suffix, "us-east-1", "123456789012")),
+        Name=aws_resources.WORKGROUP, Configuration=aws_resources.workgroup_configuration(
+            aws_resources.Names(suffix, "us-east-1", "123456789012")),
         Tags=[{"Key": "project", "Value": "skysurvey"}])
 
 
@@ -331,26 +331,26 @@ def test_cleanup_deletes_only_what_carries_its_tag(mocked_aws, package, capsys, 
     s3.delete_object(Bucket="astronomy-raw-c1", Key="notes/a.txt")
     # now the TLS-only policy (moto then refuses object calls: cleanup must delete it first)
     s3.put_bucket_policy(Bucket="astronomy-raw-c1",
-                         Policy=json.dumps(aws_setup.tls_only_policy("astronomy-raw-c1")))
+                         Policy=json.dumps(aws_resources.tls_only_policy("astronomy-raw-c1")))
     iam, logs = boto3.client("iam"), boto3.client("logs")
     extra = iam.create_policy(PolicyName="by-hand", PolicyDocument=json.dumps({
         "Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Action": "xray:PutTraceSegments", "Resource": "*"}]}))
     iam.attach_role_policy(RoleName="lambda-astronomy-role",  # attached by hand
                            PolicyArn=extra["Policy"]["Arn"])
-    logs.untag_log_group(logGroupName=aws_setup.LOG_GROUP, tags=["skysurvey:deployment"])
+    logs.untag_log_group(logGroupName=aws_resources.LOG_GROUP, tags=["skysurvey:deployment"])
     capsys.readouterr()
     assert _cleanup("--dry-run") == 0
     assert "would delete" in capsys.readouterr().out
     assert _cleanup("--yes") == 0
     out = capsys.readouterr().out
     assert "STILL THERE" not in out and "[x] bucket s3://astronomy-raw-c1 deleted" in out
-    assert f"[-] log group {aws_setup.LOG_GROUP} not this deployment's: left" in out
+    assert f"[-] log group {aws_resources.LOG_GROUP} not this deployment's: left" in out
     assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["someone-elses-bucket"]
     assert boto3.client("lambda").list_functions()["Functions"] == []
     assert "lambda-astronomy-role" not in [r["RoleName"] for r in iam.list_roles()["Roles"]]
     assert [g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]] == [
-        aws_setup.LOG_GROUP]  # untagged: left
+        aws_resources.LOG_GROUP]  # untagged: left
     groups = boto3.client("athena").list_work_groups()["WorkGroups"]
     assert "astronomy-workgroup" not in [g["Name"] for g in groups]
     assert boto3.client("glue").get_databases()["DatabaseList"] == []
@@ -429,7 +429,7 @@ def test_a_missing_region_is_an_error_saying_how_to_set_it(mocked_aws, capsys, m
 
 
 def test_tls_only_policy_denies_requests_without_tls():
-    policy = aws_setup.tls_only_policy("b")
+    policy = aws_resources.tls_only_policy("b")
     (statement,) = policy["Statement"]
     assert statement["Effect"] == "Deny" and statement["Principal"] == "*"
     assert statement["Action"] == "s3:*"
@@ -465,9 +465,9 @@ def test_reference_catalog_uploaded_granted_and_configured(mocked_aws, package, 
 
 
 def test_reference_prefix_in_a_public_bucket_is_granted_exactly():
-    names = aws_setup.Names("x", "us-west-2", "111122223333",
-                            reference="s3://gaia-public/hats/gaia_dr3/")
-    statements = [s for s in aws_setup.lambda_policy(names)["Statement"]
+    names = aws_resources.Names("x", "us-west-2", "111122223333",
+                                reference="s3://gaia-public/hats/gaia_dr3/")
+    statements = [s for s in aws_resources.lambda_policy(names)["Statement"]
                   if "Reference" in s["Sid"]]
     assert statements == [
         {"Sid": "ReadReference", "Effect": "Allow", "Action": ["s3:GetObject"],
@@ -478,15 +478,16 @@ def test_reference_prefix_in_a_public_bucket_is_granted_exactly():
 
 
 def test_policy_has_no_wildcard_resource():
-    names = aws_setup.Names("x", "eu-west-1", "111122223333")
-    resources = [r for s in aws_setup.lambda_policy(names)["Statement"] for r in s["Resource"]]
+    names = aws_resources.Names("x", "eu-west-1", "111122223333")
+    resources = [r for s in aws_resources.lambda_policy(names)["Statement"] for r in s["Resource"]]
     assert "*" not in resources and all(r.startswith("arn:aws:") for r in resources)
 
 
 def test_a_hats_folder_with_a_dot_in_its_name_is_granted_as_a_prefix():
-    names = aws_setup.Names("x", "us-west-2", "111122223333",
-                            reference="s3://open-data/catalogs/gaia_dr3.hats")
-    read = [s for s in aws_setup.lambda_policy(names)["Statement"] if s["Sid"] == "ReadReference"]
+    names = aws_resources.Names("x", "us-west-2", "111122223333",
+                                reference="s3://open-data/catalogs/gaia_dr3.hats")
+    read = [s for s in aws_resources.lambda_policy(names)["Statement"]
+            if s["Sid"] == "ReadReference"]
     assert read[0]["Resource"] == ["arn:aws:s3:::open-data/catalogs/gaia_dr3.hats/*"]
 
 
@@ -506,12 +507,12 @@ def test_a_missing_zip_is_reported_by_resource_and_a_bug_is_raised(mocked_aws, t
     error (a str where a Path belongs) is raised as what it is."""
     from skysurvey.errors import StorageError
 
-    names = aws_setup.Names("t3st", "us-east-1", "123456789012")
-    missing = aws_setup.FunctionSettings(tmp_path / "gone.zip")
+    names = aws_resources.Names("t3st", "us-east-1", "123456789012")
+    missing = aws_resources.FunctionSettings(tmp_path / "gone.zip")
     with pytest.raises(StorageError, match=r"^Lambda function astronomy-source-detection: "
                                            r"FileNotFoundError: .*gone\.zip"):
         aws_setup.run_setup([aws_setup._role(names), aws_setup._function(names, missing)], names)
-    as_text = aws_setup.FunctionSettings(str(_zip(tmp_path / "lambda.zip")))
+    as_text = aws_resources.FunctionSettings(str(_zip(tmp_path / "lambda.zip")))
     with pytest.raises(AttributeError, match="read_bytes"):
         aws_setup.run_setup([aws_setup._function(names, as_text)], names)
 
@@ -521,16 +522,16 @@ def test_a_deployment_made_by_a_cloudformation_stack_is_left_to_the_stack():
     carries CloudFormation's stack tag: the stack owns it (setup_guide.md)."""
     from skysurvey.errors import ConfigError
 
-    names = aws_setup.Names("t3st", "us-east-1", "123456789012")
-    stack_tags = {aws_setup.STACK_TAG: "skysurvey", **DEPLOYMENT}
+    names = aws_resources.Names("t3st", "us-east-1", "123456789012")
+    stack_tags = {aws_resources.STACK_TAG: "skysurvey", **DEPLOYMENT}
     done = []
     resources = [
-        aws_setup.Resource("IAM role", lambda: dict(DEPLOYMENT), lambda: done.append("create"),
-                           apply=lambda: done.append("apply"),
-                           delete=lambda: done.append("delete role")),
-        aws_setup.Resource("bucket s3://astronomy-raw-t3st", lambda: stack_tags,
-                           lambda: done.append("create"), apply=lambda: done.append("apply"),
-                           delete=lambda: done.append("delete bucket"))]
+        aws_resources.Resource("IAM role", lambda: dict(DEPLOYMENT), lambda: done.append("create"),
+                               apply=lambda: done.append("apply"),
+                               delete=lambda: done.append("delete role")),
+        aws_resources.Resource("bucket s3://astronomy-raw-t3st", lambda: stack_tags,
+                               lambda: done.append("create"), apply=lambda: done.append("apply"),
+                               delete=lambda: done.append("delete bucket"))]
     with pytest.raises(ConfigError, match=r"CloudFormation stack 'skysurvey'.*delete-stack "
                                           r"--stack-name skysurvey"):
         aws_setup.run_setup(resources, names)
@@ -548,17 +549,17 @@ def test_every_name_conflict_is_named_in_one_line_before_anything_is_made(
     iam, logs, glue = boto3.client("iam"), boto3.client("logs"), boto3.client("glue")
     cw, s3 = boto3.client("cloudwatch"), boto3.client("s3")
     iam.create_role(RoleName="lambda-astronomy-role",
-                    AssumeRolePolicyDocument=json.dumps(aws_setup.trust_policy()))
-    logs.create_log_group(logGroupName=aws_setup.LOG_GROUP)
+                    AssumeRolePolicyDocument=json.dumps(aws_resources.trust_policy()))
+    logs.create_log_group(logGroupName=aws_resources.LOG_GROUP)
     glue.create_database(DatabaseInput={"Name": "astronomy"})
-    cw.put_metric_alarm(AlarmName=aws_setup.ALARM_THROTTLES, Namespace="Mine",
+    cw.put_metric_alarm(AlarmName=aws_resources.ALARM_THROTTLES, Namespace="Mine",
                         MetricName="Mine", Statistic="Sum", Period=60, EvaluationPeriods=1,
                         Threshold=1.0, ComparisonOperator="GreaterThanThreshold")
     assert _setup("--suffix", "t3st", "--package", str(package), "--trigger") == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    names = ("IAM role lambda-astronomy-role", f"log group {aws_setup.LOG_GROUP}",
-             "Glue/Athena database astronomy", f"CloudWatch alarm {aws_setup.ALARM_THROTTLES}")
+    names = ("IAM role lambda-astronomy-role", f"log group {aws_resources.LOG_GROUP}",
+             "Glue/Athena database astronomy", f"CloudWatch alarm {aws_resources.ALARM_THROTTLES}")
     assert err.startswith(f"error: {', '.join(names)}: exists and is not tagged "
                           "skysurvey:deployment=t3st, so setup will not adopt it: delete or "
                           "rename it (4 name conflicts; nothing was made)"), err
@@ -568,7 +569,7 @@ def test_every_name_conflict_is_named_in_one_line_before_anything_is_made(
     assert [g["Name"] for g in boto3.client("athena").list_work_groups()["WorkGroups"]] in (
         [], ["primary"])
     assert [a["AlarmName"] for a in cw.describe_alarms()["MetricAlarms"]] == [
-        aws_setup.ALARM_THROTTLES]
+        aws_resources.ALARM_THROTTLES]
     assert not env_file_path().exists()
 
 
@@ -597,8 +598,8 @@ def test_package_upload_refused_by_moto_names_the_s3_upload_then_no_tls_policy_w
             s3.get_bucket_policy(Bucket=bucket)
     body = s3.get_object(Bucket=CAT, Key="lambda/package.zip")["Body"].read()
     assert body == package.read_bytes()
-    code = boto3.client("lambda").get_function(FunctionName=aws_setup.FUNCTION_NAME)
-    assert code["Configuration"]["CodeSha256"] == aws_setup.code_sha256(package)
+    code = boto3.client("lambda").get_function(FunctionName=aws_resources.FUNCTION_NAME)
+    assert code["Configuration"]["CodeSha256"] == aws_resources.code_sha256(package)
     images = tmp_path / "images"
     images.mkdir()
     fits_factory(images / "a.fits")
@@ -630,7 +631,7 @@ def test_a_setup_failing_half_way_is_found_and_removed_by_cleanup_twice(
     assert "BUCKET_RAW" not in saved  # the other scripts keep their local default
     s3, iam = boto3.client("s3"), boto3.client("iam")
     assert sorted(b["Name"] for b in s3.list_buckets()["Buckets"]) == [CAT, RAW]
-    assert iam.get_role(RoleName=aws_setup.ROLE_NAME)
+    assert iam.get_role(RoleName=aws_resources.ROLE_NAME)
 
     assert _cleanup("--yes") == 0
     out = capsys.readouterr().out

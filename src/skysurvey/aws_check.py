@@ -26,8 +26,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import aws, aws_setup
-from .config import get_setting, is_s3_uri, parse_s3_uri
+from . import aws, aws_resources
+from .config import QUEUE_NAME, get_setting, is_s3_uri, parse_s3_uri
 from .errors import ConfigError, SkySurveyError
 
 __all__ = [
@@ -132,10 +132,10 @@ def target_from_settings() -> Target:
         raise ConfigError("region", aws.NO_REGION)
     return Target(
         raw=_bucket("BUCKET_RAW"), catalog=_bucket("BUCKET_CATALOG"),
-        function=get_setting("LAMBDA_FUNCTION") or aws_setup.FUNCTION_NAME,
-        database=get_setting("ATHENA_DATABASE") or aws_setup.DATABASE,
-        workgroup=get_setting("ATHENA_WORKGROUP") or aws_setup.WORKGROUP,
-        queue=get_setting("FAILED_EVENTS_QUEUE") or aws_setup.QUEUE_NAME,
+        function=get_setting("LAMBDA_FUNCTION") or aws_resources.FUNCTION_NAME,
+        database=get_setting("ATHENA_DATABASE") or aws_resources.DATABASE,
+        workgroup=get_setting("ATHENA_WORKGROUP") or aws_resources.WORKGROUP,
+        queue=get_setting("FAILED_EVENTS_QUEUE") or QUEUE_NAME,
         region=region, endpoint=custom_endpoint())
 
 
@@ -158,7 +158,7 @@ def check_buckets(t: Target) -> Check:
     s3 = aws.client("s3")
     problems = []
     for bucket in (t.raw, t.catalog):
-        wanted = aws_setup.bucket_settings(bucket, aws_setup.GUIDE_NAMES, lifecycle=False)
+        wanted = aws_resources.bucket_settings(bucket, aws_resources.GUIDE_NAMES, lifecycle=False)
         try:
             block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
             if block != wanted["PublicAccessBlockConfiguration"]:
@@ -193,7 +193,7 @@ def check_failure_destination(t: Target) -> Check:
     destination = config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
     if destination != queue_arn:
         return failed(name, f"on-failure destination is {destination}, not {queue_arn}")
-    if config.get("MaximumRetryAttempts", 2) > aws_setup.MAX_RETRY_ATTEMPTS:
+    if config.get("MaximumRetryAttempts", 2) > aws_resources.MAX_RETRY_ATTEMPTS:
         return failed(name, f"{config['MaximumRetryAttempts']} retries")
     if reserved is None:
         return failed(name, "no reserved concurrency: a burst of uploads can take the account")
@@ -204,13 +204,13 @@ def check_failure_destination(t: Target) -> Check:
 def check_alarms_and_dashboard(t: Target) -> Check:
     name = "alarms and dashboard present"
     cw = aws.client("cloudwatch")
-    wanted = {d["AlarmName"]: d for d in aws_setup.alarm_definitions(aws_setup.GUIDE_NAMES)}
+    wanted = {d["AlarmName"]: d for d in aws_resources.alarm_definitions(aws_resources.GUIDE_NAMES)}
     try:
         found = {a["AlarmName"]: a for a in cw.describe_alarms(AlarmNames=list(wanted))[
             "MetricAlarms"]}
-        body = json.loads(cw.get_dashboard(DashboardName=aws_setup.DASHBOARD)["DashboardBody"])
+        body = json.loads(cw.get_dashboard(DashboardName=aws_resources.DASHBOARD)["DashboardBody"])
     except aws.botocore_errors() as exc:
-        return failed(name, _error(exc, aws_setup.DASHBOARD))
+        return failed(name, _error(exc, aws_resources.DASHBOARD))
     missing = sorted(set(wanted) - set(found))
     if missing:
         return failed(name, f"missing alarm(s) {', '.join(missing)}")
@@ -224,8 +224,9 @@ def check_alarms_and_dashboard(t: Target) -> Check:
     lacking = {"Invocations", "Errors", "Duration", "Throttles",
                "ApproximateNumberOfMessagesVisible"} - metrics
     if lacking:
-        return failed(name, f"dashboard {aws_setup.DASHBOARD} lacks {', '.join(sorted(lacking))}")
-    return ok(name, f"{len(found)} alarms, dashboard {aws_setup.DASHBOARD}")
+        return failed(name, f"dashboard {aws_resources.DASHBOARD} lacks "
+                            f"{', '.join(sorted(lacking))}")
+    return ok(name, f"{len(found)} alarms, dashboard {aws_resources.DASHBOARD}")
 
 
 # ---- checks that need real AWS ---------------------------------------------------------------
@@ -390,7 +391,7 @@ def _s3_client(endpoint: str, use_ssl: bool):
 
 def _trigger_on(t: Target) -> bool:
     config = aws.client("s3").get_bucket_notification_configuration(Bucket=t.raw)
-    return any(c.get("Id", "").startswith(aws_setup.TRIGGER_ID) or
+    return any(c.get("Id", "").startswith(aws_resources.TRIGGER_ID) or
                c.get("LambdaFunctionArn", "").endswith(f":function:{t.function}")
                for c in config.get("LambdaFunctionConfigurations", []))
 

@@ -33,14 +33,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from skysurvey import cli
-from skysurvey.aws_setup import (
-    DEFAULT_CONCURRENCY,
-    SETUP_MARKER,
-    FunctionSettings,
-    resolve_names,
-    run_setup,
-    setup_resources,
-)
+from skysurvey.aws_resources import DEFAULT_CONCURRENCY, SETUP_MARKER, FunctionSettings
+from skysurvey.aws_setup import resolve_names, run_setup, setup_resources
 from skysurvey.config import env_file_path, is_s3_uri, read_env_file, write_env_file
 from skysurvey.errors import SkySurveyError
 
