@@ -144,7 +144,7 @@ def test_setup_creates_everything_tagged_least_privilege_then_changes_nothing(
     db_arn = f"arn:aws:glue:{region_account}:database/astronomy"
     assert glue.get_tags(ResourceArn=db_arn)["Tags"] == DEPLOYMENT
     tables = {t["Name"] for t in glue.get_tables(DatabaseName="astronomy")["TableList"]}
-    assert {"sources_data", "images", "objects", "object_photometry",
+    assert {"sources_data", "images", "objects_data", "object_photometry",
             "associations_data"} <= tables
 
     cw = boto3.client("cloudwatch")
