@@ -84,7 +84,8 @@ def test_quickstart_checklist_is_what_make_demo_prints(tmp_path, monkeypatch, ca
 
     steps = _demo_commands()
     assert [s for _, s, _ in steps] == ["download_sample_fits", "upload_to_s3", "invoke_lambda",
-                                        "build_objects", "query_with_athena",
+                                        "build_objects", "forced_photometry",
+                                        "query_with_athena",
                                         "query_with_athena", "plot_catalog"]
     for env, script, argv in steps:
         argv = [a.replace("data/sample", str(sample)) for a in argv]
