@@ -27,6 +27,9 @@ from .errors import ImageDataError
 from .fitsread import FitsImage, observation_time
 from .psf import image_columns as psf_image_columns
 from .psf import measure as measure_psf
+from .psfmodel import quality as psf_quality
+from .psfphot import PSF_SPLIT
+from .psfphot import photometry as psf_photometry
 from .schema import SOURCES_SCHEMA
 
 # SEP's own flag bits (object and aperture flags share one mask in the catalog)
@@ -46,6 +49,8 @@ COSMIC_RAY = 2048
 KRON_FALLBACK = 4096
 SECOND_PASS = 8192
 SATURATED_NEARBY = 16384
+#: psfphot's columns of every source (flux_psf on flux_apcorr's scale; mag_psf from calibrate)
+PSF_COLUMNS = ("flux_psf", "flux_psf_err", "psf_chi2", "x_psf", "y_psf")
 
 FLAG_DESCRIPTIONS: dict[int, str] = {
     OBJ_MERGED: "SEP: blended with another object (deblended)",
@@ -247,6 +252,9 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
                                             saturate, config, nx, ny, hidden, sat)
     # point-source photometry and class_star from the image's own stars (psf.py)
     psf_model, psf_columns = measure_psf(sub, rms, segmap, mask, columns, radius, gain)
+    # PSF photometry with the image's own PSF model (psfphot.py); split detections append rows
+    psf_grid, phot = _psf_photometry(sub, rms, mask, segmap, columns, psf_model, radius, gain)
+    columns, psf_columns, phot = _with_split_sources(columns, psf_columns, phot)
     n = len(columns["x"])  # the first pass's objects, then the second pass's
     ra = dec = theta_world = np.full(n, np.nan)
     if wcs is not None and n:  # ICRS whatever the header's frame (astrometry.py)
@@ -279,11 +287,54 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
         "npix": pa.array(np.asarray(columns["npix"], dtype=np.int32)),
         "flags": pa.array(np.asarray(columns["flags"], dtype=np.int32)),
         **{name: col(values) for name, values in psf_columns.items()},
+        **{name: col(phot[name]) for name in PSF_COLUMNS},
     }, n)
     row = _image_row(image, image_id, header, wcs, frame, bkg, n, fwhm_median, zp, zp_key, gain,
                      saturate, radius, config, notes)
     row.update(psf_image_columns(psf_model, row))
+    row.update(psf_quality(psf_grid, nx, ny))
     return table, row
+
+
+def _psf_photometry(sub, rms, mask, segmap, columns, psf_model, radius, gain):
+    """The PSF model and PSF photometry columns (psfphot.py) of the detected sources; NaN
+    columns (and no model) without PSF stars."""
+    stars = None if psf_model is None else psf_model.stars
+    if stars is None or not np.any(stars):
+        grid, phot, new = psf_photometry(sub, rms, mask, segmap, columns,
+                                         np.zeros(len(columns["x"]), bool), fwhm=math.nan,
+                                         radius=radius)
+        return grid, (phot, new)
+    fwhm = psf_model.fwhm_locus if math.isfinite(psf_model.fwhm_locus) else psf_model.fwhm
+    grid, phot, new = psf_photometry(
+        sub, rms, mask, segmap, columns, stars, fwhm=fwhm, radius=radius, gain=gain,
+        aperture_correction=psf_model.aperture_correction,
+        aperture_correction_err=psf_model.aperture_correction_err)
+    return grid, (phot, new)
+
+
+def _with_split_sources(columns, psf_columns, phot):
+    """Detect's and psf.py's columns with one row appended per star that the PSF fit split
+    off a detection (position: the PSF fit's; other measurements NaN; flags PSF_SPLIT, also
+    set on the detection it came from), and the PSF columns for all rows."""
+    cols, new = phot
+    parent = new["parent"]
+    n, k = len(columns["x"]), len(parent)
+    flags = np.asarray(columns["flags"]).astype(np.int64)
+    flags = np.where(cols["split"], flags | PSF_SPLIT, flags)
+    columns = {**columns, "flags": flags}
+    out = {name: np.concatenate([np.asarray(cols[name], float),
+                                 np.asarray(new[name], float)]) for name in PSF_COLUMNS}
+    if k == 0:
+        return columns, psf_columns, out
+    extra = {name: np.full(k, np.nan) for name in columns}
+    extra.update(x=new["x_psf"], y=new["y_psf"], npix=np.zeros(k, np.int32),
+                 flags=np.full(k, PSF_SPLIT, np.int64))
+    columns = {name: np.concatenate([np.asarray(v), extra[name].astype(np.asarray(v).dtype)])
+               for name, v in columns.items()}
+    psf_columns = {name: np.concatenate([np.asarray(v, float), np.full(k, np.nan)])
+                   for name, v in psf_columns.items()}
+    return columns, psf_columns, out
 
 
 def _healpix_column(ra, dec) -> pa.Array:

@@ -27,7 +27,7 @@ columns :mod:`skysurvey.detect` has measured (numpy and SEP only: this runs in t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
 import numpy as np
@@ -81,6 +81,9 @@ class PsfModel:
     n_growth: int  # stars that measured at least one step of the curve of growth
     concentration: float  # median flux(r_in) / flux(r_out) of the PSF stars
     concentration_scatter: float  # intrinsic scatter of that ratio among them
+    fwhm_locus: float = math.nan  # pixels: the stellar locus's FWHM (half-light diameter x 2)
+    #: which sources are the PSF stars (the PSF model of psfmodel.py is built from them)
+    stars: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def _median(values) -> float:
@@ -899,7 +902,7 @@ def measure(sub, rms, segmap, mask, columns, radius, gain=None, min_snr=50.0):
     model = PsfModel(fwhm=seeing, n_stars=int(stars.sum()), aperture_correction=corr,
                      aperture_correction_err=corr_err, n_growth=n_growth,
                      concentration=locus,
-                     concentration_scatter=scatter)
+                     concentration_scatter=scatter, fwhm_locus=fwhm_psf, stars=stars)
     flux_apcorr, flux_apcorr_err = apply_aperture_correction(
         columns["flux_aper"], columns["flux_aper_err"], corr, corr_err,
         empty_aperture_excess(sub, rms, segmap, mask, radius))

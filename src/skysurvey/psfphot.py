@@ -1,0 +1,460 @@
+"""PSF photometry of every source with the image's own PSF model (numpy only: runs in the Lambda).
+
+- The model (:mod:`skysurvey.psfmodel`) is built from the PSF stars that :mod:`skysurvey.psf`
+  chose (bright, clean, on the stellar locus), their neighbours' segmentation pixels left out.
+- Fitting (:func:`fit_sources`): every source's flux, and the position of those bright enough,
+  by weighted least squares on the pixels within FIT_RADIUS_FWHM of it, all sources at once.
+  Neighbours are fitted together: each iteration fits every source on the image minus the
+  current model of all the others (block Jacobi, DAOPHOT/ALLSTAR's scheme), so a group of
+  overlapping stars converges to its joint least-squares solution without forming the groups;
+  the positions take Gauss-Newton steps (at most MAX_STEP px each) for the first POS_ITER
+  iterations, fluxes are linear. The weights come from the background RMS plus the Poisson
+  noise of the *model* (not the data, which would bias faint fluxes low).
+- Splitting (:func:`split_pairs`): a source whose single-PSF fit is poor is refitted as two
+  PSFs (6 parameters, Gauss-Newton, started at the residual's peak). It becomes two sources,
+  flag PSF_SPLIT, when the two-star fit is better by SPLIT_DCHI2 in units of the two-star
+  fit's reduced chi² (model errors of bright single stars inflate both alike) and both stars
+  have SNR >= SPLIT_MIN_SNR.
+- Normalisation: the model sums to 1 over its stamp (MODEL_HALF_FWHM); ``flux_psf`` is the
+  fitted amplitude times the image's aperture correction times the model's fraction within the
+  catalog's aperture, so it is a total flux on the same scale as ``flux_apcorr``.
+- Extendedness: ``flux_psf / flux_apcorr`` (Rubin's psf/model flux ratio): ~1 for stars, below
+  for galaxies (:func:`extendedness`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import sep
+
+from . import psfmodel as pm
+
+__all__ = [
+    "PSF_SPLIT", "FIT_RADIUS_FWHM", "MODEL_HALF_FWHM", "PsfFit", "model_from_stars",
+    "aperture_fraction", "fit_sources", "split_pairs", "extendedness", "photometry",
+]
+
+#: Flag bit: this source and another one were one detection that the PSF fit split in two.
+PSF_SPLIT = 32768
+#: Pixels within this many FWHM of a source are fitted.
+FIT_RADIUS_FWHM = 1.5
+#: Half-size of the model's stamp (and of the neighbours' models subtracted), in FWHM.
+MODEL_HALF_FWHM = 4.0
+#: Block-Jacobi iterations, the first POS_ITER of which also move the positions.
+N_ITER = 8
+POS_ITER = 5
+#: Largest position step per iteration and largest total move from the detection, pixels.
+MAX_STEP = 0.5
+MAX_MOVE = 1.5
+#: Positions are fitted for sources with at least this SNR (fainter: fixed at detection).
+POS_MIN_SNR = 5.0
+#: At most this many PSF stars (the brightest) build the model.
+MAX_MODEL_STARS = 400
+#: Splitting: candidates have reduced chi² above SPLIT_CHI2 and SNR above SPLIT_MIN_SNR_PARENT;
+#: accepted when Δχ² / (two-star reduced chi²) > SPLIT_DCHI2 and each star's SNR >= SPLIT_MIN_SNR.
+SPLIT_CHI2 = 1.3
+SPLIT_MIN_SNR_PARENT = 10.0
+SPLIT_DCHI2 = 40.0
+SPLIT_MIN_SNR = 5.0
+SPLIT_ITER = 8
+
+
+@dataclass
+class PsfFit:
+    """Result of :func:`fit_sources`: amplitudes (model units), positions, errors, chi²."""
+
+    amp: np.ndarray
+    amp_err: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    chi2: np.ndarray  # reduced, on the fit pixels, all sources' models subtracted
+    npix: np.ndarray
+
+
+def model_from_stars(sub, rms, mask, segmap, x, y, flux, stars, fwhm, gain=None,
+                     max_stars=MAX_MODEL_STARS):
+    """The image's :class:`~skysurvey.psfmodel.PsfGrid` from its PSF stars, or None.
+
+    *stars* is a boolean mask over the sources (segmentation label i + 1 for source i); the
+    brightest *max_stars* of them, away from the edge, build the model, with every other
+    source's segmentation pixels (and masked pixels) left out of their stamps.
+    """
+    ny, nx = sub.shape
+    half = max(3, int(math.ceil(MODEL_HALF_FWHM * fwhm)))
+    idx = np.flatnonzero(stars & np.isfinite(flux) & (flux > 0)
+                         & (x >= half) & (x <= nx - 1 - half) & (y >= half)
+                         & (y <= ny - 1 - half))
+    if idx.size == 0:
+        return None
+    idx = idx[np.argsort(-flux[idx])][:max_stars]
+    order = pm.choose_order(idx.size)
+    if idx.size < pm.STARS_PER_TERM // 2 + 1:
+        return None
+    ix, iy = np.rint(x[idx]).astype(int), np.rint(y[idx]).astype(int)
+    stamps, inside = pm.cutouts(sub, ix, iy, half)
+    noise, _ = pm.cutouts(rms, ix, iy, half, fill=np.inf)
+    seg, _ = pm.cutouts(segmap, ix, iy, half)
+    ok = inside & ((seg == 0) | (seg == (idx + 1)[:, None, None])) & np.isfinite(stamps)
+    if mask is not None:
+        bad, _ = pm.cutouts(mask, ix, iy, half, fill=True)
+        ok &= ~bad
+    var = noise.astype(float) ** 2
+    if gain:
+        var = var + np.maximum(stamps, 0.0) / gain
+    weights = np.where(ok & (var > 0), 1.0 / np.where(var > 0, var, 1.0), 0.0)
+    stamps = np.where(ok, stamps, 0.0)
+    return pm.build(stamps, weights, x[idx], y[idx], flux[idx], half=half, oversample=1,
+                    order=order, centre=((nx - 1) / 2, (ny - 1) / 2),
+                    scale=(max(nx / 2, 1.0), max(ny / 2, 1.0)))
+
+
+def aperture_fraction(grid, tables, x, y, radius) -> float:
+    """The model's flux within a circle of *radius* pixels (exact overlap, as the catalog's
+    ``flux_aper``) at image position (x, y)."""
+    ix, iy, psf = pm.render(grid, tables, np.array([x]), np.array([y]))
+    stamp = np.ascontiguousarray(psf[0])
+    h = tables.half_out
+    flux, _, _ = sep.sum_circle(stamp, [h + (x - ix[0])], [h + (y - iy[0])], radius, subpix=0)
+    return float(flux[0])
+
+
+def _scatter(shape, ix, iy, stamps):
+    """Sum of (N, S, S) *stamps* centred on pixels (ix, iy) into an image of *shape*."""
+    ny, nx = shape
+    h = stamps.shape[1] // 2
+    off = np.arange(-h, h + 1)
+    yy = iy[:, None, None] + off[None, :, None]
+    xx = ix[:, None, None] + off[None, None, :]
+    ok = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+    flat = (np.broadcast_to(yy, stamps.shape) * nx + np.broadcast_to(xx, stamps.shape))[ok]
+    return np.bincount(flat, stamps[ok], ny * nx).reshape(ny, nx)
+
+
+def _model_image(shape, grid, tables, amp, x, y, chunk=2000):
+    """All sources' models (amplitude x PSF) on one image."""
+    image = np.zeros(shape)
+    for start in range(0, len(amp), chunk):
+        sl = slice(start, start + chunk)
+        ix, iy, psf = pm.render(grid, tables, x[sl], y[sl])
+        image += _scatter(shape, ix, iy, psf * amp[sl, None, None])
+    return image
+
+
+def _crop(table: pm.PhaseTables, half: int) -> pm.PhaseTables:
+    """The central (2 half + 1)² pixels of phase tables (the fit stamp of the full model)."""
+    h0 = table.half_out
+    sl = slice(h0 - half, h0 + half + 1)
+    return pm.PhaseTables(np.ascontiguousarray(table.table[..., sl, sl]), half, table.n_phase)
+
+
+def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
+                n_iter=N_ITER, pos_iter=POS_ITER, tables=None) -> PsfFit:
+    """Fit every source's amplitude (and position, when bright enough) at once.
+
+    Parameters
+    ----------
+    sub, rms : 2-D arrays
+        Background-subtracted image and background RMS map.
+    mask : 2-D bool array or None
+        Pixels not to use.
+    grid : PsfGrid
+        The image's PSF model.
+    x, y : (N,) arrays
+        Starting positions (0-based pixels).
+    fwhm : float
+        Stellar FWHM, pixels (sets the fit radius).
+    gain : float or None
+        e-/ADU for the sources' Poisson noise (None: background noise only).
+    amp0 : (N,) array or None
+        Starting amplitudes (None: zero).
+    n_iter, pos_iter : int
+        Block-Jacobi iterations; positions move during the first *pos_iter*.
+    tables : PhaseTables or None
+        Full-stamp lookup tables of *grid* (made when None).
+
+    Returns
+    -------
+    PsfFit
+    """
+    x0, y0 = np.asarray(x, float), np.asarray(y, float)
+    x, y = x0.copy(), y0.copy()
+    n = x.size
+    shape = sub.shape
+    tables = tables or pm.phase_tables(grid, grid.half)
+    radius = max(FIT_RADIUS_FWHM * fwhm, 2.0)
+    hf = min(int(math.ceil(radius)), tables.half_out)
+    fit_tables = _crop(tables, hf)
+    amp = np.zeros(n) if amp0 is None else np.where(np.isfinite(amp0), amp0, 0.0)
+    noise = np.where(np.isfinite(rms), rms, np.inf).astype(float)
+    bad = ~np.isfinite(sub) if mask is None else (mask | ~np.isfinite(sub))
+    image = np.where(bad, 0.0, sub).astype(float)
+    free = np.ones(n, bool)
+    err = np.full(n, np.inf)
+    for it in range(n_iter + 1):
+        model = _model_image(shape, grid, tables, amp, x, y)
+        move = it < pos_iter
+        ix, iy, psf, dpx, dpy = pm.render(grid, fit_tables, x, y, derivatives=True)
+        data, inside = pm.cutouts(image, ix, iy, hf)
+        others, _ = pm.cutouts(model, ix, iy, hf)
+        sig, _ = pm.cutouts(noise, ix, iy, hf, fill=np.inf)
+        badpix, _ = pm.cutouts(bad, ix, iy, hf, fill=True)
+        off = np.arange(-hf, hf + 1)
+        r2 = ((off[None, None, :] + ix[:, None, None] - x[:, None, None]) ** 2
+              + (off[None, :, None] + iy[:, None, None] - y[:, None, None]) ** 2)
+        var = sig**2
+        if gain:
+            var = var + np.maximum(others, 0.0) / gain
+        use = inside & ~badpix & (r2 <= radius**2) & np.isfinite(var) & (var > 0)
+        w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
+        own = amp[:, None, None] * psf
+        target = data - others + own  # this source alone, the others' models taken out
+        if it == n_iter:  # final: chi² against all models, errors
+            resid = data - others
+            npix = use.sum(axis=(1, 2))
+            dof = np.maximum(npix - np.where(free, 3, 1), 1)
+            chi2 = np.sum(w * resid**2, axis=(1, 2)) / dof
+            return PsfFit(amp, err, x, y, chi2, npix)
+        wp = w * psf
+        den = np.sum(wp * psf, axis=(1, 2))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            new_amp = np.where(den > 0, np.sum(wp * target, axis=(1, 2)) / den, np.nan)
+            err = np.where(den > 0, 1.0 / np.sqrt(den), np.inf)
+        snr = np.where(np.isfinite(new_amp), new_amp / err, 0.0)
+        if move:
+            step = _position_step(target, w, psf, dpx, dpy, new_amp)
+            go = free & (snr >= POS_MIN_SNR) & np.isfinite(step).all(axis=1)
+            step = np.clip(np.where(go[:, None], step, 0.0), -MAX_STEP, MAX_STEP)
+            x, y = x + step[:, 0], y + step[:, 1]
+            far = np.hypot(x - x0, y - y0) > MAX_MOVE
+            x[far], y[far] = x0[far], y0[far]  # wandered off: back to the detection, fixed
+            free &= ~far
+        amp = np.where(np.isfinite(new_amp), new_amp, 0.0)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _position_step(target, w, psf, dpx, dpy, amp):
+    """One Gauss-Newton step (dx, dy) of every source's position, flux refitted alongside."""
+    a = amp[:, None, None]
+    jac = np.stack([psf, a * dpx, a * dpy], axis=-1)
+    resid = target - a * psf
+    jw = jac * w[..., None]
+    normal = np.einsum("nabi,nabj->nij", jw, jac)
+    rhs = np.einsum("nabi,nab->ni", jw, resid)
+    normal = normal + 1e-9 * np.eye(3) * normal[:, :1, :1]
+    step = np.full((amp.size, 3), np.nan)
+    ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 1e-300)
+    if ok.any():
+        step[ok] = np.linalg.solve(normal[ok], rhs[ok][..., None])[..., 0]
+    return step[:, 1:]
+
+
+def split_pairs(sub, rms, mask, grid, tables, fit: PsfFit, *, fwhm, gain=None,
+                candidates=None):
+    """Two-star fits of poorly fitted sources.
+
+    Returns ``(index, x1, y1, a1, x2, y2, a2)`` for the sources that are better described by
+    two PSFs (see the module's docstring for the criterion); *candidates* limits the search.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = fit.amp / fit.amp_err
+    cand = (fit.chi2 > SPLIT_CHI2) & (snr >= SPLIT_MIN_SNR_PARENT)
+    if candidates is not None:
+        cand &= candidates
+    idx = np.flatnonzero(cand)
+    empty = (np.zeros(0, int),) + (np.zeros(0),) * 6
+    if idx.size == 0:
+        return empty
+    shape = sub.shape
+    model = _model_image(shape, grid, tables, fit.amp, fit.x, fit.y)
+    radius = max((FIT_RADIUS_FWHM + 0.5) * fwhm, 2.5)
+    hf = min(int(math.ceil(radius)), tables.half_out)
+    ft = _crop(tables, hf)
+    bad = ~np.isfinite(sub) if mask is None else (mask | ~np.isfinite(sub))
+    image = np.where(bad, 0.0, sub).astype(float)
+    xc, yc = fit.x[idx], fit.y[idx]
+    ix, iy = np.rint(xc).astype(int), np.rint(yc).astype(int)
+    data, inside = pm.cutouts(image, ix, iy, hf)
+    others, _ = pm.cutouts(model, ix, iy, hf)
+    sig, _ = pm.cutouts(np.where(np.isfinite(rms), rms, np.inf), ix, iy, hf, fill=np.inf)
+    badpix, _ = pm.cutouts(bad, ix, iy, hf, fill=True)
+    _, _, own = pm.render(grid, ft, xc, yc)
+    own = own * fit.amp[idx, None, None]
+    target = data - others + own
+    off = np.arange(-hf, hf + 1)
+    py, px = np.meshgrid(off, off, indexing="ij")
+    px, py = px[None] + ix[:, None, None], py[None] + iy[:, None, None]
+    r2 = (px - xc[:, None, None]) ** 2 + (py - yc[:, None, None]) ** 2
+    var = sig**2 + (np.maximum(others + own, 0.0) / gain if gain else 0.0)
+    use = inside & ~badpix & (r2 <= radius**2) & (var > 0) & np.isfinite(var)
+    w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
+    chi2_1 = np.sum(w * (target - own) ** 2, axis=(1, 2))
+    # start: the second star at the residual's peak, the first moved the other way
+    resid = np.where(use & (r2 <= (fwhm * 1.5) ** 2), target - own, -np.inf)
+    peak = np.argmax(resid.reshape(len(idx), -1), axis=1)
+    x2, y2 = px.reshape(len(idx), -1)[np.arange(len(idx)), peak].astype(float), \
+        py.reshape(len(idx), -1)[np.arange(len(idx)), peak].astype(float)
+    x1, y1 = xc - 0.3 * (x2 - xc), yc - 0.3 * (y2 - yc)
+    a1, a2 = 0.7 * fit.amp[idx], 0.3 * fit.amp[idx]
+    for _ in range(SPLIT_ITER):
+        p1, d1x, d1y = _at(grid, ft, x1, y1, ix, iy)
+        p2, d2x, d2y = _at(grid, ft, x2, y2, ix, iy)
+        jac = np.stack([p1, a1[:, None, None] * d1x, a1[:, None, None] * d1y,
+                        p2, a2[:, None, None] * d2x, a2[:, None, None] * d2y], axis=-1)
+        res = target - a1[:, None, None] * p1 - a2[:, None, None] * p2
+        jw = jac * w[..., None]
+        normal = np.einsum("nabi,nabj->nij", jw, jac)
+        normal = normal + 1e-9 * np.eye(6) * (normal[:, :1, :1] + normal[:, 3:4, 3:4])
+        rhs = np.einsum("nabi,nab->ni", jw, res)
+        ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 1e-300)
+        step = np.zeros((len(idx), 6))
+        if ok.any():
+            step[ok] = np.linalg.solve(normal[ok], rhs[ok][..., None])[..., 0]
+        a1, a2 = a1 + step[:, 0], a2 + step[:, 3]
+        x1 = x1 + np.clip(step[:, 1], -MAX_STEP, MAX_STEP)
+        y1 = y1 + np.clip(step[:, 2], -MAX_STEP, MAX_STEP)
+        x2 = x2 + np.clip(step[:, 4], -MAX_STEP, MAX_STEP)
+        y2 = y2 + np.clip(step[:, 5], -MAX_STEP, MAX_STEP)
+    p1, _, _ = _at(grid, ft, x1, y1, ix, iy)
+    p2, _, _ = _at(grid, ft, x2, y2, ix, iy)
+    # final fluxes: linear 2x2 solve at the final positions
+    m11 = np.sum(w * p1 * p1, axis=(1, 2))
+    m22 = np.sum(w * p2 * p2, axis=(1, 2))
+    m12 = np.sum(w * p1 * p2, axis=(1, 2))
+    b1, b2 = np.sum(w * p1 * target, axis=(1, 2)), np.sum(w * p2 * target, axis=(1, 2))
+    det = m11 * m22 - m12**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a1 = (m22 * b1 - m12 * b2) / det
+        a2 = (m11 * b2 - m12 * b1) / det
+        e1, e2 = np.sqrt(m22 / det), np.sqrt(m11 / det)
+        chi2_2 = np.sum(w * (target - a1[:, None, None] * p1 - a2[:, None, None] * p2) ** 2,
+                        axis=(1, 2))
+        dof = np.maximum(use.sum(axis=(1, 2)) - 6, 1)
+        score = (chi2_1 - chi2_2) / np.maximum(chi2_2 / dof, 1.0)
+    sep_px = np.hypot(x2 - x1, y2 - y1)
+    inside2 = (np.hypot(x1 - xc, y1 - yc) < radius) & (np.hypot(x2 - xc, y2 - yc) < radius)
+    accept = (np.isfinite(score) & (score > SPLIT_DCHI2) & (a1 / e1 >= SPLIT_MIN_SNR)
+              & (a2 / e2 >= SPLIT_MIN_SNR) & (sep_px >= 0.5 * fwhm) & inside2)
+    k = accept
+    return idx[k], x1[k], y1[k], a1[k], x2[k], y2[k], a2[k]
+
+
+def _at(grid, tables, x, y, ix, iy):
+    """Model and derivatives of sources at (x, y) on stamps centred on pixels (ix, iy)
+    (which need not be the sources' nearest pixels: shifted by whole pixels)."""
+    jx, jy, p, dx, dy = pm.render(grid, tables, x, y, derivatives=True)
+    sx, sy = jx - ix, jy - iy
+    return (_shift(p, sx, sy), _shift(dx, sx, sy), _shift(dy, sx, sy))
+
+
+def _shift(stamps, sx, sy):
+    """Stamps moved by whole pixels (sx, sy) each, zero-filled."""
+    n, s, _ = stamps.shape
+    out = np.zeros_like(stamps)
+    for dy in np.unique(sy):
+        for dx in np.unique(sx):
+            sel = (sx == dx) & (sy == dy)
+            if not sel.any():
+                continue
+            src = stamps[sel]
+            dst = np.zeros_like(src)
+            ys, yd = (slice(0, s - dy), slice(dy, s)) if dy >= 0 else (slice(-dy, s),
+                                                                        slice(0, s + dy))
+            xs, xd = (slice(0, s - dx), slice(dx, s)) if dx >= 0 else (slice(-dx, s),
+                                                                        slice(0, s + dx))
+            dst[:, yd, xd] = src[:, ys, xs]
+            out[sel] = dst
+    return out
+
+
+def extendedness(flux_psf, flux_psf_err, flux_model, flux_model_err):
+    """``flux_psf / flux_model`` and its error (the errors added in quadrature, relative)."""
+    flux_psf, flux_model = np.asarray(flux_psf, float), np.asarray(flux_model, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = flux_psf / flux_model
+        err = np.abs(ratio) * np.hypot(np.asarray(flux_psf_err, float) / flux_psf,
+                                       np.asarray(flux_model_err, float) / flux_model)
+    ok = np.isfinite(ratio) & (flux_model > 0)
+    return np.where(ok, ratio, np.nan), np.where(ok, err, np.nan)
+
+
+def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=None,
+               aperture_correction=math.nan, aperture_correction_err=math.nan, split=True):
+    """PSF photometry of one image's sources.
+
+    Parameters
+    ----------
+    sub, rms, mask, segmap : 2-D arrays
+        Background-subtracted image, RMS map, bad-pixel mask (or None), SEP's segmentation.
+    columns : dict
+        Detect's columns: ``x``, ``y``, ``flux_aper`` (at least).
+    stars : (N,) bool array
+        The PSF stars (:func:`skysurvey.psf.measure`).
+    fwhm, radius : float
+        Stellar FWHM and the catalog's aperture radius, pixels.
+    aperture_correction, aperture_correction_err : float
+        The image's aperture correction (NaN: the model's own normalisation is the total).
+
+    Returns
+    -------
+    (grid, cols, new)
+        The PSF model (None: no columns), ``cols`` (flux_psf, flux_psf_err, psf_chi2, x_psf,
+        y_psf, split: bool) for the N sources, and ``new``: the sources split off
+        (``parent`` index, x_psf, y_psf, flux_psf, flux_psf_err, psf_chi2).
+    """
+    x, y = np.asarray(columns["x"], float), np.asarray(columns["y"], float)
+    n = x.size
+    nan = np.full(n, np.nan)
+    cols = {"flux_psf": nan, "flux_psf_err": nan, "psf_chi2": nan, "x_psf": nan,
+            "y_psf": nan, "split": np.zeros(n, bool)}
+    new = {k: np.zeros(0) for k in ("x_psf", "y_psf", "flux_psf", "flux_psf_err", "psf_chi2")}
+    new["parent"] = np.zeros(0, int)
+    if n == 0 or not math.isfinite(fwhm) or fwhm <= 0:
+        return None, cols, new
+    flux0 = np.asarray(columns["flux_aper"], float)
+    grid = model_from_stars(sub, rms, mask, segmap, x, y, flux0, np.asarray(stars, bool),
+                            fwhm, gain)
+    if grid is None:
+        return None, cols, new
+    tables = pm.phase_tables(grid, grid.half)
+    fit = fit_sources(sub, rms, mask, grid, x, y, fwhm=fwhm, gain=gain, amp0=None,
+                      tables=tables)
+    parent = np.zeros(0, int)
+    if split:
+        parent, x1, y1, a1, x2, y2, a2 = split_pairs(sub, rms, mask, grid, tables, fit,
+                                                     fwhm=fwhm, gain=gain)
+        if parent.size:
+            xs = np.concatenate([fit.x, x2])
+            ys = np.concatenate([fit.y, y2])
+            xs[parent], ys[parent] = x1, y1
+            amp = np.concatenate([fit.amp, a2])
+            amp[parent] = a1
+            fit = fit_sources(sub, rms, mask, grid, xs, ys, fwhm=fwhm, gain=gain, amp0=amp,
+                              n_iter=4, pos_iter=2, tables=tables)
+    scale, scale_rel = _normalisation(grid, tables, sub.shape, radius, aperture_correction,
+                                      aperture_correction_err)
+    flux = fit.amp * scale
+    flux_err = np.hypot(fit.amp_err * scale, np.abs(flux) * scale_rel)
+    split_mask = np.zeros(n, bool)
+    split_mask[parent] = True
+    cols = {"flux_psf": flux[:n], "flux_psf_err": flux_err[:n], "psf_chi2": fit.chi2[:n],
+            "x_psf": fit.x[:n], "y_psf": fit.y[:n], "split": split_mask}
+    new = {"parent": parent, "x_psf": fit.x[n:], "y_psf": fit.y[n:], "flux_psf": flux[n:],
+           "flux_psf_err": flux_err[n:], "psf_chi2": fit.chi2[n:]}
+    return grid, cols, new
+
+
+def _normalisation(grid, tables, shape, radius, corr, corr_err):
+    """Total flux per unit amplitude and its relative error: the aperture correction times the
+    model's fraction within the aperture (at the image centre) when the image has one, else 1
+    (the model's stamp holds the total)."""
+    if not (math.isfinite(corr) and corr > 0 and radius and radius > 0):
+        return 1.0, 0.0
+    ny, nx = shape
+    frac = aperture_fraction(grid, tables, (nx - 1) / 2, (ny - 1) / 2, radius)
+    if not (math.isfinite(frac) and frac > 0):
+        return 1.0, 0.0
+    rel = corr_err / corr if math.isfinite(corr_err) else 0.0
+    return corr * frac, rel
