@@ -34,30 +34,40 @@ from . import psfmodel as pm
 
 __all__ = [
     "PSF_SPLIT", "FIT_RADIUS_FWHM", "MODEL_HALF_FWHM", "PsfFit", "model_from_stars",
-    "aperture_fraction", "fit_sources", "split_pairs", "extendedness", "photometry",
+    "aperture_fraction", "fit_sources", "residual_background", "split_pairs", "extendedness",
+    "photometry",
 ]
 
 #: Flag bit: this source and another one were one detection that the PSF fit split in two.
 PSF_SPLIT = 32768
 #: Pixels within this many FWHM of a source are fitted.
 FIT_RADIUS_FWHM = 1.5
-#: Half-size of the model's stamp (and of the neighbours' models subtracted), in FWHM.
+#: Half-size of the model's stamp, in FWHM (Moffat beta 3.5: 0.1% of the light beyond).
 MODEL_HALF_FWHM = 4.0
+#: Half-size of the neighbours' models subtracted while fitting, in FWHM (0.4% beyond).
+NEIGHBOUR_HALF_FWHM = 3.0
 #: Block-Jacobi iterations, the first POS_ITER of which also move the positions.
-N_ITER = 8
-POS_ITER = 5
+N_ITER = 5
+POS_ITER = 3
 #: Largest position step per iteration and largest total move from the detection, pixels.
 MAX_STEP = 0.5
 MAX_MOVE = 1.5
 #: Positions are fitted for sources with at least this SNR (fainter: fixed at detection).
 POS_MIN_SNR = 5.0
+#: The model's own error, a fraction of the model in each pixel, added to the noise (DAOPHOT's
+#: profile error): bright stars' fits are limited by it, not by their photon noise.
+PROFILE_ERROR = 0.02
 #: At most this many PSF stars (the brightest) build the model.
-MAX_MODEL_STARS = 400
+MAX_MODEL_STARS = 200
 #: Splitting: candidates have reduced chi² above SPLIT_CHI2 and SNR above SPLIT_MIN_SNR_PARENT;
 #: accepted when Δχ² / (two-star reduced chi²) > SPLIT_DCHI2 and each star's SNR >= SPLIT_MIN_SNR.
 SPLIT_CHI2 = 1.3
-SPLIT_MIN_SNR_PARENT = 10.0
+SPLIT_MIN_SNR_PARENT = 20.0
 SPLIT_DCHI2 = 40.0
+#: ... and the two stars describe the pixels (reduced chi² at most SPLIT_MAX_CHI2, at most
+#: SPLIT_MAX_RATIO of the one star's chi²): a galaxy's two-PSF fit stays poor.
+SPLIT_MAX_CHI2 = 2.0
+SPLIT_MAX_RATIO = 0.6
 SPLIT_MIN_SNR = 5.0
 SPLIT_ITER = 8
 
@@ -75,12 +85,14 @@ class PsfFit:
 
 
 def model_from_stars(sub, rms, mask, segmap, x, y, flux, stars, fwhm, gain=None,
-                     max_stars=MAX_MODEL_STARS):
+                     max_stars=MAX_MODEL_STARS, others=None, start=None):
     """The image's :class:`~skysurvey.psfmodel.PsfGrid` from its PSF stars, or None.
 
     *stars* is a boolean mask over the sources (segmentation label i + 1 for source i); the
     brightest *max_stars* of them, away from the edge, build the model, with every other
-    source's segmentation pixels (and masked pixels) left out of their stamps.
+    source's segmentation pixels (and masked pixels) left out of their stamps. With *others*
+    ``(model_image, amp)`` (every source's fitted model, and the fitted amplitudes) the
+    neighbours are subtracted instead of left out; *start* is a model to start from.
     """
     ny, nx = sub.shape
     half = max(3, int(math.ceil(MODEL_HALF_FWHM * fwhm)))
@@ -96,8 +108,17 @@ def model_from_stars(sub, rms, mask, segmap, x, y, flux, stars, fwhm, gain=None,
     ix, iy = np.rint(x[idx]).astype(int), np.rint(y[idx]).astype(int)
     stamps, inside = pm.cutouts(sub, ix, iy, half)
     noise, _ = pm.cutouts(rms, ix, iy, half, fill=np.inf)
-    seg, _ = pm.cutouts(segmap, ix, iy, half)
-    ok = inside & ((seg == 0) | (seg == (idx + 1)[:, None, None])) & np.isfinite(stamps)
+    ok = inside & np.isfinite(stamps)
+    if others is None:
+        seg, _ = pm.cutouts(segmap, ix, iy, half)
+        ok &= (seg == 0) | (seg == (idx + 1)[:, None, None])
+    else:
+        image, amp = others
+        around, _ = pm.cutouts(image, ix, iy, half)
+        _, _, own = pm.render(start, x[idx], y[idx], min(half, _neighbour_half(start, fwhm)))
+        pad = half - own.shape[1] // 2
+        stamps = stamps - around + np.pad(own, ((0, 0), (pad, pad), (pad, pad))) \
+            * amp[idx, None, None]
     if mask is not None:
         bad, _ = pm.cutouts(mask, ix, iy, half, fill=True)
         ok &= ~bad
@@ -106,52 +127,30 @@ def model_from_stars(sub, rms, mask, segmap, x, y, flux, stars, fwhm, gain=None,
         var = var + np.maximum(stamps, 0.0) / gain
     weights = np.where(ok & (var > 0), 1.0 / np.where(var > 0, var, 1.0), 0.0)
     stamps = np.where(ok, stamps, 0.0)
+    warm = start is not None and start.order == order and start.half == half
     return pm.build(stamps, weights, x[idx], y[idx], flux[idx], half=half, oversample=1,
                     order=order, centre=((nx - 1) / 2, (ny - 1) / 2),
-                    scale=(max(nx / 2, 1.0), max(ny / 2, 1.0)))
+                    scale=(max(nx / 2, 1.0), max(ny / 2, 1.0)),
+                    n_iter=3 if warm else 6, start=start if warm else None)
 
 
-def aperture_fraction(grid, tables, x, y, radius) -> float:
+def _neighbour_half(grid, fwhm):
+    """Half-size of the neighbours' model stamps (NEIGHBOUR_HALF_FWHM, within the model)."""
+    return int(min(grid.half, max(3, math.ceil(NEIGHBOUR_HALF_FWHM * fwhm))))
+
+
+def aperture_fraction(grid, x, y, radius) -> float:
     """The model's flux within a circle of *radius* pixels (exact overlap, as the catalog's
     ``flux_aper``) at image position (x, y)."""
-    ix, iy, psf = pm.render(grid, tables, np.array([x]), np.array([y]))
+    h = grid.half
+    ix, iy, psf = pm.render(grid, np.array([x]), np.array([y]), h)
     stamp = np.ascontiguousarray(psf[0])
-    h = tables.half_out
     flux, _, _ = sep.sum_circle(stamp, [h + (x - ix[0])], [h + (y - iy[0])], radius, subpix=0)
     return float(flux[0])
 
 
-def _scatter(shape, ix, iy, stamps):
-    """Sum of (N, S, S) *stamps* centred on pixels (ix, iy) into an image of *shape*."""
-    ny, nx = shape
-    h = stamps.shape[1] // 2
-    off = np.arange(-h, h + 1)
-    yy = iy[:, None, None] + off[None, :, None]
-    xx = ix[:, None, None] + off[None, None, :]
-    ok = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-    flat = (np.broadcast_to(yy, stamps.shape) * nx + np.broadcast_to(xx, stamps.shape))[ok]
-    return np.bincount(flat, stamps[ok], ny * nx).reshape(ny, nx)
-
-
-def _model_image(shape, grid, tables, amp, x, y, chunk=2000):
-    """All sources' models (amplitude x PSF) on one image."""
-    image = np.zeros(shape)
-    for start in range(0, len(amp), chunk):
-        sl = slice(start, start + chunk)
-        ix, iy, psf = pm.render(grid, tables, x[sl], y[sl])
-        image += _scatter(shape, ix, iy, psf * amp[sl, None, None])
-    return image
-
-
-def _crop(table: pm.PhaseTables, half: int) -> pm.PhaseTables:
-    """The central (2 half + 1)² pixels of phase tables (the fit stamp of the full model)."""
-    h0 = table.half_out
-    sl = slice(h0 - half, h0 + half + 1)
-    return pm.PhaseTables(np.ascontiguousarray(table.table[..., sl, sl]), half, table.n_phase)
-
-
 def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
-                n_iter=N_ITER, pos_iter=POS_ITER, tables=None) -> PsfFit:
+                n_iter=N_ITER, pos_iter=POS_ITER) -> PsfFit:
     """Fit every source's amplitude (and position, when bright enough) at once.
 
     Parameters
@@ -172,8 +171,6 @@ def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
         Starting amplitudes (None: zero).
     n_iter, pos_iter : int
         Block-Jacobi iterations; positions move during the first *pos_iter*.
-    tables : PhaseTables or None
-        Full-stamp lookup tables of *grid* (made when None).
 
     Returns
     -------
@@ -183,34 +180,44 @@ def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
     x, y = x0.copy(), y0.copy()
     n = x.size
     shape = sub.shape
-    tables = tables or pm.phase_tables(grid, grid.half)
     radius = max(FIT_RADIUS_FWHM * fwhm, 2.0)
-    hf = min(int(math.ceil(radius)), tables.half_out)
-    fit_tables = _crop(tables, hf)
+    hf = min(int(math.ceil(radius)), _neighbour_half(grid, fwhm))
     amp = np.zeros(n) if amp0 is None else np.where(np.isfinite(amp0), amp0, 0.0)
     noise = np.where(np.isfinite(rms), rms, np.inf).astype(float)
     bad = ~np.isfinite(sub) if mask is None else (mask | ~np.isfinite(sub))
     image = np.where(bad, 0.0, sub).astype(float)
     free = np.ones(n, bool)
     err = np.full(n, np.inf)
+    off = np.arange(-hf, hf + 1)
+    # the fit stamps stay centred on the starting pixels (a source moves <= MAX_MOVE px)
+    ix, iy = np.rint(x0).astype(np.int64), np.rint(y0).astype(np.int64)
+    data, inside = pm.cutouts(image, ix, iy, hf)
+    sig, _ = pm.cutouts(noise, ix, iy, hf, fill=np.inf)
+    badpix, _ = pm.cutouts(bad, ix, iy, hf, fill=True)
+    inside &= ~badpix
+    nh = _neighbour_half(grid, fwhm)
+    full = _Rendered(shape, grid, x, y, nh)  # re-rendered once the positions settle
     for it in range(n_iter + 1):
-        model = _model_image(shape, grid, tables, amp, x, y)
         move = it < pos_iter
-        ix, iy, psf, dpx, dpy = pm.render(grid, fit_tables, x, y, derivatives=True)
-        data, inside = pm.cutouts(image, ix, iy, hf)
-        others, _ = pm.cutouts(model, ix, iy, hf)
-        sig, _ = pm.cutouts(noise, ix, iy, hf, fill=np.inf)
-        badpix, _ = pm.cutouts(bad, ix, iy, hf, fill=True)
-        off = np.arange(-hf, hf + 1)
+        if not move and full.moved(x, y):
+            full = _Rendered(shape, grid, x, y, nh)
         r2 = ((off[None, None, :] + ix[:, None, None] - x[:, None, None]) ** 2
               + (off[None, :, None] + iy[:, None, None] - y[:, None, None]) ** 2)
-        var = sig**2
+        near = inside & (r2 <= radius**2)
+        rendered_psf = full.crop(hf, ix, iy)  # this source's part of the model image
+        if move:
+            psf, dpx, dpy = _at(grid, hf, x, y, ix, iy)
+        else:
+            psf = rendered_psf
+        model = full.image(amp)
+        others, _ = pm.cutouts(model, ix, iy, hf)
+        var = sig**2 + (PROFILE_ERROR * others) ** 2
         if gain:
             var = var + np.maximum(others, 0.0) / gain
-        use = inside & ~badpix & (r2 <= radius**2) & np.isfinite(var) & (var > 0)
+        use = near & np.isfinite(var) & (var > 0)
         w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
-        own = amp[:, None, None] * psf
-        target = data - others + own  # this source alone, the others' models taken out
+        # this source alone: the model image minus this source's part of it
+        target = data - others + amp[:, None, None] * rendered_psf
         if it == n_iter:  # final: chi² against all models, errors
             resid = data - others
             npix = use.sum(axis=(1, 2))
@@ -235,6 +242,53 @@ def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+class _Rendered:
+    """Every source's model stamp at fixed positions, and where it lands in the image, so
+    the model image for new amplitudes is one weighted ``bincount``."""
+
+    def __init__(self, shape, grid, x, y, half):
+        self.shape = shape
+        self.x, self.y = np.array(x, float), np.array(y, float)
+        ix, iy, self.psf = pm.render(grid, x, y, half)
+        self.ix, self.iy = ix, iy
+        ny, nx = shape
+        h = self.psf.shape[1] // 2
+        off = np.arange(-h, h + 1)
+        yy = iy[:, None, None] + off[None, :, None]
+        xx = ix[:, None, None] + off[None, None, :]
+        self.ok = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+        self.flat = (np.broadcast_to(yy, self.psf.shape) * nx
+                     + np.broadcast_to(xx, self.psf.shape))[self.ok]
+        self.values = self.psf[self.ok]
+        self.rows = np.broadcast_to(np.arange(len(x))[:, None, None], self.psf.shape)[self.ok]
+
+    def image(self, amp):
+        """Sum of amplitude x PSF over all sources."""
+        ny, nx = self.shape
+        return np.bincount(self.flat, self.values * amp[self.rows], ny * nx).reshape(ny, nx)
+
+    def crop(self, half, ix, iy):
+        """Every stamp's (2 half + 1)² pixels around pixels (ix, iy) (within a few pixels of
+        the stamps' own centres)."""
+        h = self.psf.shape[1] // 2
+        part = self.psf[:, h - half:h + half + 1, h - half:h + half + 1]
+        return _shift(part, self.ix - ix, self.iy - iy)
+
+    def moved(self, x, y):
+        """Whether the positions differ from the rendered ones."""
+        return not (np.array_equal(x, self.x) and np.array_equal(y, self.y))
+
+
+def residual_background(residual, mask, fwhm, mesh_fwhm=16.0):
+    """The background left in *residual* (the image minus every fitted source): SEP's mesh
+    background of it (meshes of *mesh_fwhm* FWHM, at least 32 px, 3 x 3 median filter)."""
+    size = int(max(32, round(mesh_fwhm * fwhm)))
+    data = np.ascontiguousarray(np.where(np.isfinite(residual), residual, 0.0),
+                                dtype=np.float32)
+    bkg = sep.Background(data, mask=mask, bw=size, bh=size, fw=3, fh=3)
+    return bkg.back()
+
+
 def _position_step(target, w, psf, dpx, dpy, amp):
     """One Gauss-Newton step (dx, dy) of every source's position, flux refitted alongside."""
     a = amp[:, None, None]
@@ -251,7 +305,7 @@ def _position_step(target, w, psf, dpx, dpy, amp):
     return step[:, 1:]
 
 
-def split_pairs(sub, rms, mask, grid, tables, fit: PsfFit, *, fwhm, gain=None,
+def split_pairs(sub, rms, mask, grid, fit: PsfFit, *, fwhm, gain=None,
                 candidates=None):
     """Two-star fits of poorly fitted sources.
 
@@ -268,10 +322,9 @@ def split_pairs(sub, rms, mask, grid, tables, fit: PsfFit, *, fwhm, gain=None,
     if idx.size == 0:
         return empty
     shape = sub.shape
-    model = _model_image(shape, grid, tables, fit.amp, fit.x, fit.y)
+    model = _Rendered(shape, grid, fit.x, fit.y, _neighbour_half(grid, fwhm)).image(fit.amp)
     radius = max((FIT_RADIUS_FWHM + 0.5) * fwhm, 2.5)
-    hf = min(int(math.ceil(radius)), tables.half_out)
-    ft = _crop(tables, hf)
+    hf = min(int(math.ceil(radius)), grid.half)
     bad = ~np.isfinite(sub) if mask is None else (mask | ~np.isfinite(sub))
     image = np.where(bad, 0.0, sub).astype(float)
     xc, yc = fit.x[idx], fit.y[idx]
@@ -280,14 +333,15 @@ def split_pairs(sub, rms, mask, grid, tables, fit: PsfFit, *, fwhm, gain=None,
     others, _ = pm.cutouts(model, ix, iy, hf)
     sig, _ = pm.cutouts(np.where(np.isfinite(rms), rms, np.inf), ix, iy, hf, fill=np.inf)
     badpix, _ = pm.cutouts(bad, ix, iy, hf, fill=True)
-    _, _, own = pm.render(grid, ft, xc, yc)
+    _, _, own = pm.render(grid, xc, yc, hf)
     own = own * fit.amp[idx, None, None]
     target = data - others + own
     off = np.arange(-hf, hf + 1)
     py, px = np.meshgrid(off, off, indexing="ij")
     px, py = px[None] + ix[:, None, None], py[None] + iy[:, None, None]
     r2 = (px - xc[:, None, None]) ** 2 + (py - yc[:, None, None]) ** 2
-    var = sig**2 + (np.maximum(others + own, 0.0) / gain if gain else 0.0)
+    var = sig**2 + (PROFILE_ERROR * (others + own)) ** 2 \
+        + (np.maximum(others + own, 0.0) / gain if gain else 0.0)
     use = inside & ~badpix & (r2 <= radius**2) & (var > 0) & np.isfinite(var)
     w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
     chi2_1 = np.sum(w * (target - own) ** 2, axis=(1, 2))
@@ -299,8 +353,8 @@ def split_pairs(sub, rms, mask, grid, tables, fit: PsfFit, *, fwhm, gain=None,
     x1, y1 = xc - 0.3 * (x2 - xc), yc - 0.3 * (y2 - yc)
     a1, a2 = 0.7 * fit.amp[idx], 0.3 * fit.amp[idx]
     for _ in range(SPLIT_ITER):
-        p1, d1x, d1y = _at(grid, ft, x1, y1, ix, iy)
-        p2, d2x, d2y = _at(grid, ft, x2, y2, ix, iy)
+        p1, d1x, d1y = _at(grid, hf, x1, y1, ix, iy)
+        p2, d2x, d2y = _at(grid, hf, x2, y2, ix, iy)
         jac = np.stack([p1, a1[:, None, None] * d1x, a1[:, None, None] * d1y,
                         p2, a2[:, None, None] * d2x, a2[:, None, None] * d2y], axis=-1)
         res = target - a1[:, None, None] * p1 - a2[:, None, None] * p2
@@ -317,8 +371,8 @@ def split_pairs(sub, rms, mask, grid, tables, fit: PsfFit, *, fwhm, gain=None,
         y1 = y1 + np.clip(step[:, 2], -MAX_STEP, MAX_STEP)
         x2 = x2 + np.clip(step[:, 4], -MAX_STEP, MAX_STEP)
         y2 = y2 + np.clip(step[:, 5], -MAX_STEP, MAX_STEP)
-    p1, _, _ = _at(grid, ft, x1, y1, ix, iy)
-    p2, _, _ = _at(grid, ft, x2, y2, ix, iy)
+    p1, _, _ = _at(grid, hf, x1, y1, ix, iy)
+    p2, _, _ = _at(grid, hf, x2, y2, ix, iy)
     # final fluxes: linear 2x2 solve at the final positions
     m11 = np.sum(w * p1 * p1, axis=(1, 2))
     m22 = np.sum(w * p2 * p2, axis=(1, 2))
@@ -335,16 +389,20 @@ def split_pairs(sub, rms, mask, grid, tables, fit: PsfFit, *, fwhm, gain=None,
         score = (chi2_1 - chi2_2) / np.maximum(chi2_2 / dof, 1.0)
     sep_px = np.hypot(x2 - x1, y2 - y1)
     inside2 = (np.hypot(x1 - xc, y1 - yc) < radius) & (np.hypot(x2 - xc, y2 - yc) < radius)
-    accept = (np.isfinite(score) & (score > SPLIT_DCHI2) & (a1 / e1 >= SPLIT_MIN_SNR)
+    accept = (np.isfinite(score) & (score > SPLIT_DCHI2) & (chi2_2 / dof <= SPLIT_MAX_CHI2)
+              & (chi2_2 <= SPLIT_MAX_RATIO * chi2_1) & (a1 / e1 >= SPLIT_MIN_SNR)
               & (a2 / e2 >= SPLIT_MIN_SNR) & (sep_px >= 0.5 * fwhm) & inside2)
     k = accept
+    import os
+    if os.environ.get("SPLITDUMP"):
+        np.savez(os.environ["SPLITDUMP"], idx=idx, x=xc, y=yc, chi2_1=chi2_1, chi2_2=chi2_2, dof=dof, score=score, accept=accept, sep=sep_px, a1=a1, a2=a2, e1=e1, e2=e2)
     return idx[k], x1[k], y1[k], a1[k], x2[k], y2[k], a2[k]
 
 
-def _at(grid, tables, x, y, ix, iy):
+def _at(grid, half, x, y, ix, iy):
     """Model and derivatives of sources at (x, y) on stamps centred on pixels (ix, iy)
     (which need not be the sources' nearest pixels: shifted by whole pixels)."""
-    jx, jy, p, dx, dy = pm.render(grid, tables, x, y, derivatives=True)
+    jx, jy, p, dx, dy = pm.render(grid, x, y, half, derivatives=True)
     sx, sy = jx - ix, jy - iy
     return (_shift(p, sx, sy), _shift(dx, sx, sy), _shift(dy, sx, sy))
 
@@ -352,6 +410,8 @@ def _at(grid, tables, x, y, ix, iy):
 def _shift(stamps, sx, sy):
     """Stamps moved by whole pixels (sx, sy) each, zero-filled."""
     n, s, _ = stamps.shape
+    if not (np.any(sx) or np.any(sy)):
+        return stamps
     out = np.zeros_like(stamps)
     for dy in np.unique(sy):
         for dx in np.unique(sx):
@@ -418,12 +478,21 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
                             fwhm, gain)
     if grid is None:
         return None, cols, new
-    tables = pm.phase_tables(grid, grid.half)
-    fit = fit_sources(sub, rms, mask, grid, x, y, fwhm=fwhm, gain=gain, amp0=None,
-                      tables=tables)
+    fit = fit_sources(sub, rms, mask, grid, x, y, fwhm=fwhm, gain=gain, amp0=None)
+    # second pass: the background again without the stars' light (their wings raise a
+    # crowded field's background), the model again with the neighbours subtracted
+    model_image = _Rendered(sub.shape, grid, fit.x, fit.y, _neighbour_half(grid, fwhm)).image(
+        fit.amp)
+    sub = sub - residual_background(sub - model_image, mask, fwhm)
+    grid2 = model_from_stars(sub, rms, mask, segmap, fit.x, fit.y, fit.amp,
+                             np.asarray(stars, bool), fwhm, gain, others=(model_image, fit.amp),
+                             start=grid)
+    grid = grid2 if grid2 is not None else grid
+    fit = fit_sources(sub, rms, mask, grid, fit.x, fit.y, fwhm=fwhm, gain=gain, amp0=fit.amp,
+                      n_iter=3, pos_iter=1)
     parent = np.zeros(0, int)
     if split:
-        parent, x1, y1, a1, x2, y2, a2 = split_pairs(sub, rms, mask, grid, tables, fit,
+        parent, x1, y1, a1, x2, y2, a2 = split_pairs(sub, rms, mask, grid, fit,
                                                      fwhm=fwhm, gain=gain)
         if parent.size:
             xs = np.concatenate([fit.x, x2])
@@ -432,8 +501,8 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
             amp = np.concatenate([fit.amp, a2])
             amp[parent] = a1
             fit = fit_sources(sub, rms, mask, grid, xs, ys, fwhm=fwhm, gain=gain, amp0=amp,
-                              n_iter=4, pos_iter=2, tables=tables)
-    scale, scale_rel = _normalisation(grid, tables, sub.shape, radius, aperture_correction,
+                              n_iter=3, pos_iter=1)
+    scale, scale_rel = _normalisation(grid, sub.shape, radius, aperture_correction,
                                       aperture_correction_err)
     flux = fit.amp * scale
     flux_err = np.hypot(fit.amp_err * scale, np.abs(flux) * scale_rel)
@@ -446,14 +515,15 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
     return grid, cols, new
 
 
-def _normalisation(grid, tables, shape, radius, corr, corr_err):
+def _normalisation(grid, shape, radius, corr, corr_err):
     """Total flux per unit amplitude and its relative error: the aperture correction times the
     model's fraction within the aperture (at the image centre) when the image has one, else 1
     (the model's stamp holds the total)."""
-    if not (math.isfinite(corr) and corr > 0 and radius and radius > 0):
+    import os
+    if os.environ.get("SELFNORM") or not (math.isfinite(corr) and corr > 0 and radius and radius > 0):
         return 1.0, 0.0
     ny, nx = shape
-    frac = aperture_fraction(grid, tables, (nx - 1) / 2, (ny - 1) / 2, radius)
+    frac = aperture_fraction(grid, (nx - 1) / 2, (ny - 1) / 2, radius)
     if not (math.isfinite(frac) and frac > 0):
         return 1.0, 0.0
     rel = corr_err / corr if math.isfinite(corr_err) else 0.0
