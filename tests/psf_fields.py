@@ -4,7 +4,7 @@ crowding, artefacts, undersampling, each with its exact truth.
 Stars are elliptical Moffat profiles (beta 3.5) integrated over pixels (5 x 5 sub-samples per
 pixel), drawn on stamps of +-6 FWHM normalised to the star's flux, so the truth flux is what
 is in the image. The FWHM and ellipticity change linearly across the field:
-``fwhm(x, y) = fwhm * (1 + fwhm_slope * (r / r_corner))``, ellipticity ``ell * x / width``
+``fwhm(x, y) = fwhm * (1 + fwhm_slope * (r / r_corner)²)`` (focal-plane curvature), ellipticity ``ell * x / width``
 with the major axis along the x axis, so the model's corners differ from its centre.
 """
 
@@ -32,7 +32,7 @@ def psf_at(x, y, shape, fwhm, fwhm_slope, ell):
     """FWHM (px) and ellipticity of the field's PSF at (x, y)."""
     ny, nx = shape
     r = np.hypot(x - (nx - 1) / 2, y - (ny - 1) / 2) / np.hypot((nx - 1) / 2, (ny - 1) / 2)
-    return fwhm * (1 + fwhm_slope * r), ell * np.clip(x / nx, 0, 1)
+    return fwhm * (1 + fwhm_slope * r**2), ell * np.clip(x / nx, 0, 1)
 
 
 def moffat_stamp(dx, dy, fwhm, ell, half):

@@ -44,6 +44,9 @@ PSF_SPLIT = 32768
 FIT_RADIUS_FWHM = 1.5
 #: Half-size of the model's stamp, in FWHM (Moffat beta 3.5: 0.1% of the light beyond).
 MODEL_HALF_FWHM = 4.0
+#: ... at least this many pixels (undersampled images), and the fit radius at least this.
+MIN_MODEL_HALF = 8
+MIN_FIT_RADIUS = 3.0
 #: Half-size of the neighbours' models subtracted while fitting, in FWHM (0.4% beyond).
 NEIGHBOUR_HALF_FWHM = 3.0
 #: Block-Jacobi iterations, the first POS_ITER of which also move the positions.
@@ -95,7 +98,7 @@ def model_from_stars(sub, rms, mask, segmap, x, y, flux, stars, fwhm, gain=None,
     neighbours are subtracted instead of left out; *start* is a model to start from.
     """
     ny, nx = sub.shape
-    half = max(3, int(math.ceil(MODEL_HALF_FWHM * fwhm)))
+    half = max(MIN_MODEL_HALF, int(math.ceil(MODEL_HALF_FWHM * fwhm)))
     idx = np.flatnonzero(stars & np.isfinite(flux) & (flux > 0)
                          & (x >= half) & (x <= nx - 1 - half) & (y >= half)
                          & (y <= ny - 1 - half))
@@ -136,18 +139,22 @@ def model_from_stars(sub, rms, mask, segmap, x, y, flux, stars, fwhm, gain=None,
 
 def _neighbour_half(grid, fwhm):
     """Half-size of the neighbours' model stamps (NEIGHBOUR_HALF_FWHM, within the model)."""
-    return int(min(grid.half, max(3, math.ceil(NEIGHBOUR_HALF_FWHM * fwhm))))
+    return int(min(grid.half, max(MIN_MODEL_HALF - 2, math.ceil(NEIGHBOUR_HALF_FWHM * fwhm))))
 
 
-def aperture_fraction(grid, x, y, radius) -> float:
+def aperture_fraction(grid, x, y, radius) -> np.ndarray:
     """The model's flux within a circle of *radius* pixels (exact overlap, as the catalog's
-    ``flux_aper``) at image position (x, y)."""
+    ``flux_aper``) at image positions (x, y)."""
     h = grid.half
-    ix, iy, psf = pm.render(grid, np.array([x]), np.array([y]), h)
-    stamp = np.ascontiguousarray(psf[0])
-    flux, _, _ = sep.sum_circle(stamp, [h + (x - ix[0])], [h + (y - iy[0])], radius, subpix=0)
-    return float(flux[0])
-
+    x, y = np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float))
+    ix, iy, psf = pm.render(grid, x, y, h)
+    out = np.empty(x.size)
+    for i in range(x.size):
+        stamp = np.ascontiguousarray(psf[i])
+        flux, _, _ = sep.sum_circle(stamp, [h + (x[i] - ix[i])], [h + (y[i] - iy[i])], radius,
+                                    subpix=0)
+        out[i] = flux[0]
+    return out
 
 def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
                 n_iter=N_ITER, pos_iter=POS_ITER) -> PsfFit:
@@ -180,7 +187,7 @@ def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
     x, y = x0.copy(), y0.copy()
     n = x.size
     shape = sub.shape
-    radius = max(FIT_RADIUS_FWHM * fwhm, 2.0)
+    radius = max(FIT_RADIUS_FWHM * fwhm, MIN_FIT_RADIUS)
     hf = min(int(math.ceil(radius)), _neighbour_half(grid, fwhm))
     amp = np.zeros(n) if amp0 is None else np.where(np.isfinite(amp0), amp0, 0.0)
     noise = np.where(np.isfinite(rms), rms, np.inf).astype(float)
@@ -393,9 +400,6 @@ def split_pairs(sub, rms, mask, grid, fit: PsfFit, *, fwhm, gain=None,
               & (chi2_2 <= SPLIT_MAX_RATIO * chi2_1) & (a1 / e1 >= SPLIT_MIN_SNR)
               & (a2 / e2 >= SPLIT_MIN_SNR) & (sep_px >= 0.5 * fwhm) & inside2)
     k = accept
-    import os
-    if os.environ.get("SPLITDUMP"):
-        np.savez(os.environ["SPLITDUMP"], idx=idx, x=xc, y=yc, chi2_1=chi2_1, chi2_2=chi2_2, dof=dof, score=score, accept=accept, sep=sep_px, a1=a1, a2=a2, e1=e1, e2=e2)
     return idx[k], x1[k], y1[k], a1[k], x2[k], y2[k], a2[k]
 
 
@@ -502,7 +506,7 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
             amp[parent] = a1
             fit = fit_sources(sub, rms, mask, grid, xs, ys, fwhm=fwhm, gain=gain, amp0=amp,
                               n_iter=3, pos_iter=1)
-    scale, scale_rel = _normalisation(grid, sub.shape, radius, aperture_correction,
+    scale, scale_rel = _normalisation(grid, radius, aperture_correction,
                                       aperture_correction_err)
     flux = fit.amp * scale
     flux_err = np.hypot(fit.amp_err * scale, np.abs(flux) * scale_rel)
@@ -515,15 +519,17 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
     return grid, cols, new
 
 
-def _normalisation(grid, shape, radius, corr, corr_err):
+def _normalisation(grid, radius, corr, corr_err):
     """Total flux per unit amplitude and its relative error: the aperture correction times the
-    model's fraction within the aperture (at the image centre) when the image has one, else 1
-    (the model's stamp holds the total)."""
-    import os
-    if os.environ.get("SELFNORM") or not (math.isfinite(corr) and corr > 0 and radius and radius > 0):
+    model's fraction within the aperture, the median over the model's stars (the correction is
+    theirs), when the image has one; else 1 (the model's stamp holds the total)."""
+    if not (math.isfinite(corr) and corr > 0 and radius and radius > 0):
         return 1.0, 0.0
-    ny, nx = shape
-    frac = aperture_fraction(grid, (nx - 1) / 2, (ny - 1) / 2, radius)
+    used = grid.extra.get("used")
+    if used is None or not np.any(used):
+        return 1.0, 0.0
+    frac = float(np.median(aperture_fraction(grid, grid.extra["x"][used],
+                                             grid.extra["y"][used], radius)))
     if not (math.isfinite(frac) and frac > 0):
         return 1.0, 0.0
     rel = corr_err / corr if math.isfinite(corr_err) else 0.0
