@@ -306,6 +306,13 @@ def _psf_photometry(sub, rms, mask, segmap, columns, psf_model, radius, gain):
                                          radius=radius)
         return grid, (phot, new)
     fwhm = psf_model.fwhm_locus if math.isfinite(psf_model.fwhm_locus) else psf_model.fwhm
+    # cosmic rays' pixels are left out of the fits (a PSF fitted to a spike would subtract a
+    # PSF-shaped hole from its neighbours)
+    flags = np.asarray(columns["flags"])
+    spikes = np.flatnonzero((flags & COSMIC_RAY) > 0)  # labels i + 1 (first pass only)
+    if spikes.size:
+        hit = np.isin(segmap, spikes + 1)
+        mask = hit if mask is None else (mask | hit)
     grid, phot, new = psf_photometry(
         sub, rms, mask, segmap, columns, stars, fwhm=fwhm, radius=radius, gain=gain,
         aperture_correction=psf_model.aperture_correction,
@@ -316,7 +323,8 @@ def _psf_photometry(sub, rms, mask, segmap, columns, psf_model, radius, gain):
 def _with_split_sources(columns, psf_columns, phot):
     """Detect's and psf.py's columns with one row appended per star that the PSF fit split
     off a detection (position: the PSF fit's; other measurements NaN; flags PSF_SPLIT, also
-    set on the detection it came from), and the PSF columns for all rows."""
+    set on the detection it came from; class_star 1 for both), and the PSF columns for all
+    rows."""
     cols, new = phot
     parent = new["parent"]
     n, k = len(columns["x"]), len(parent)
@@ -334,6 +342,10 @@ def _with_split_sources(columns, psf_columns, phot):
                for name, v in columns.items()}
     psf_columns = {name: np.concatenate([np.asarray(v, float), np.full(k, np.nan)])
                    for name, v in psf_columns.items()}
+    # both stars of a split are point sources: two PSFs describe the pixels (reduced chi²
+    # <= psfphot.SPLIT_MAX_CHI2), where the blend's shape had looked extended
+    if "class_star" in psf_columns:
+        psf_columns["class_star"][np.concatenate([cols["split"], np.ones(k, bool)])] = 1.0
     return columns, psf_columns, out
 
 
