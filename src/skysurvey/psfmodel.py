@@ -167,18 +167,28 @@ def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False):
     gw = 2 * window + 1
     grids = (terms @ basis.reshape(k, gw * gw)).reshape(-1, gw, gw)
     size = 2 * half_out + 1
-    start = 0
+    # banded (N, size, gw) matrices of the taps: two batched matrix products per stamp
     if not derivatives:
-        tx, ty = _taps(x - ix), _taps(y - iy)
-        rows = _apply(ty, grids, 1, start, size)
-        return ix, iy, _apply(tx, rows, 2, start, size)
+        wx, wy = _banded(_taps(x - ix), size), _banded(_taps(y - iy), size)
+        return ix, iy, wy @ grids @ wx.transpose(0, 2, 1)
     tx, dtx = _taps(x - ix, True)
     ty, dty = _taps(y - iy, True)
-    rows = _apply(ty, grids, 1, start, size)
-    psf = _apply(tx, rows, 2, start, size)
-    dx = _apply(dtx, rows, 2, start, size)
-    dy = _apply(tx, _apply(dty, grids, 1, start, size), 2, start, size)
+    wxt = _banded(tx, size).transpose(0, 2, 1)
+    rows = _banded(ty, size) @ grids
+    psf = rows @ wxt
+    dx = rows @ _banded(dtx, size).transpose(0, 2, 1)
+    dy = _banded(dty, size) @ grids @ wxt
     return ix, iy, psf, dx, dy
+
+
+def _banded(taps, size):
+    """(N, size, size + 2 LANCZOS) matrices with each row's 7 *taps* on its band."""
+    n, k = taps.shape
+    out = np.zeros((n, size, size + k - 1))
+    rows = np.repeat(np.arange(size), k)
+    cols = rows + np.tile(np.arange(k), size)
+    out[:, rows, cols] = np.tile(taps, (1, size))
+    return out
 
 
 def choose_order(n_stars: int, max_order: int = 2) -> int:

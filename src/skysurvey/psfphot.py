@@ -50,8 +50,8 @@ MIN_FIT_RADIUS = 3.0
 #: Half-size of the neighbours' models subtracted while fitting, in FWHM (0.4% beyond).
 NEIGHBOUR_HALF_FWHM = 3.0
 #: Block-Jacobi iterations, the first POS_ITER of which also move the positions.
-N_ITER = 5
-POS_ITER = 3
+N_ITER = 4
+POS_ITER = 2
 #: Largest position step per iteration and largest total move from the detection, pixels.
 MAX_STEP = 0.5
 MAX_MOVE = 1.5
@@ -68,7 +68,7 @@ MODEL_NOISE = 0.03
 MAX_MODEL_STARS = 200
 #: Splitting: candidates have reduced chi² above SPLIT_CHI2 and SNR above SPLIT_MIN_SNR_PARENT;
 #: accepted when Δχ² / (two-star reduced chi²) > SPLIT_DCHI2 and each star's SNR >= SPLIT_MIN_SNR.
-SPLIT_CHI2 = 1.3
+SPLIT_CHI2 = 1.5
 SPLIT_MIN_SNR_PARENT = 20.0
 SPLIT_DCHI2 = 40.0
 #: ... and the two stars describe the pixels (reduced chi² at most SPLIT_MAX_CHI2, at most
@@ -79,7 +79,7 @@ SPLIT_MAX_RATIO = 0.6
 #: closer; the issue's pairs are 1-1.5 FWHM apart).
 SPLIT_MIN_SEP = 0.8
 SPLIT_MIN_SNR = 5.0
-SPLIT_ITER = 8
+SPLIT_ITER = 5
 
 
 @dataclass
@@ -141,7 +141,7 @@ def model_from_stars(sub, rms, mask, segmap, x, y, flux, stars, fwhm, gain=None,
     return pm.build(stamps, weights, x[idx], y[idx], flux[idx], half=half, oversample=1,
                     order=order, centre=((nx - 1) / 2, (ny - 1) / 2),
                     scale=(max(nx / 2, 1.0), max(ny / 2, 1.0)),
-                    n_iter=3 if warm else 6, start=start if warm else None)
+                    n_iter=2 if warm else 5, start=start if warm else None)
 
 
 def _neighbour_half(grid, fwhm):
@@ -500,7 +500,7 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
                              start=grid)
     grid = grid2 if grid2 is not None else grid
     fit = fit_sources(sub, rms, mask, grid, fit.x, fit.y, fwhm=fwhm, gain=gain, amp0=fit.amp,
-                      n_iter=3, pos_iter=1)
+                      n_iter=2, pos_iter=1)
     parent = np.zeros(0, int)
     if split:
         parent, x1, y1, a1, x2, y2, a2 = split_pairs(sub, rms, mask, grid, fit,
