@@ -92,6 +92,7 @@ class PsfFit:
     y: np.ndarray
     chi2: np.ndarray  # reduced, on the fit pixels, all sources' models subtracted
     npix: np.ndarray
+    rendered: object = None  # the model stamps at (x, y), for the next fit to start from
 
 
 def model_from_stars(sub, rms, mask, segmap, x, y, flux, stars, fwhm, gain=None,
@@ -164,7 +165,7 @@ def aperture_fraction(grid, x, y, radius) -> np.ndarray:
     return out
 
 def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
-                n_iter=N_ITER, pos_iter=POS_ITER) -> PsfFit:
+                n_iter=N_ITER, pos_iter=POS_ITER, rendered=None) -> PsfFit:
     """Fit every source's amplitude (and position, when bright enough) at once.
 
     Parameters
@@ -185,6 +186,8 @@ def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
         Starting amplitudes (None: zero).
     n_iter, pos_iter : int
         Block-Jacobi iterations; positions move during the first *pos_iter*.
+    rendered : _Rendered or None
+        An earlier fit's model stamps (used when the positions are the same).
 
     Returns
     -------
@@ -205,16 +208,23 @@ def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
     off = np.arange(-hf, hf + 1)
     # the fit stamps stay centred on the starting pixels (a source moves <= MAX_MOVE px)
     ix, iy = np.rint(x0).astype(np.int64), np.rint(y0).astype(np.int64)
-    data, inside = pm.cutouts(image, ix, iy, hf)
-    sig, _ = pm.cutouts(noise, ix, iy, hf, fill=np.inf)
-    badpix, _ = pm.cutouts(bad, ix, iy, hf, fill=True)
-    inside &= ~badpix
+    flat, inside = _stamp_index(shape, ix, iy, hf)  # fixed for the call: gathers only
+    data = np.where(inside, image.ravel()[flat], 0.0)
+    sig = np.where(inside, noise.ravel()[flat], np.inf)
+    inside &= ~bad.ravel()[flat]
     nh = _neighbour_half(grid, fwhm)
-    full = _Rendered(shape, grid, x, y, nh)  # re-rendered once the positions settle
+    edge = _edge_value(grid, hf)
+    level = float(np.median(noise[np.isfinite(noise)])) if np.isfinite(noise).any() else 0.0
+
+    def render_all():
+        return _Rendered(shape, grid, x, y, nh, small=hf, amp=amp, edge=edge, noise=level)
+
+    # re-rendered once the positions settle
+    full = rendered if rendered is not None and not rendered.moved(x, y) else render_all()
     for it in range(n_iter + 1):
         move = it < pos_iter
         if not move and full.moved(x, y):
-            full = _Rendered(shape, grid, x, y, nh)
+            full = render_all()
         r2 = ((off[None, None, :] + ix[:, None, None] - x[:, None, None]) ** 2
               + (off[None, :, None] + iy[:, None, None] - y[:, None, None]) ** 2)
         near = inside & (r2 <= radius**2)
@@ -223,8 +233,7 @@ def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
             psf, dpx, dpy = _at(grid, hf, x, y, ix, iy)
         else:
             psf = rendered_psf
-        model = full.image(amp)
-        others, _ = pm.cutouts(model, ix, iy, hf)
+        others = np.where(inside, full.image(amp).ravel()[flat], 0.0)
         var = sig**2 + (PROFILE_ERROR * others) ** 2
         if gain:
             var = var + np.maximum(others, 0.0) / gain
@@ -237,7 +246,7 @@ def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
             npix = use.sum(axis=(1, 2))
             dof = np.maximum(npix - np.where(free, 3, 1), 1)
             chi2 = np.sum(w * resid**2, axis=(1, 2)) / dof
-            return PsfFit(amp, err, x, y, chi2, npix)
+            return PsfFit(amp, err, x, y, chi2, npix, full)
         wp = w * psf
         den = np.sum(wp * psf, axis=(1, 2))
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -258,23 +267,42 @@ def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
 
 class _Rendered:
     """Every source's model stamp at fixed positions, and where it lands in the image, so
-    the model image for new amplitudes is one weighted ``bincount``."""
+    the model image for new amplitudes is one weighted ``bincount``.
 
-    def __init__(self, shape, grid, x, y, half):
+    Faint sources get the fit stamp's size (*small*), bright ones *half*: beyond the fit
+    stamp a source's light matters to its neighbours only if it exceeds a fifth of the
+    background noise there (*edge* is the model's value just outside the fit stamp)."""
+
+    def __init__(self, shape, grid, x, y, half, small=None, amp=None, edge=0.0, noise=0.0):
         self.shape = shape
         self.x, self.y = np.array(x, float), np.array(y, float)
-        ix, iy, self.psf = pm.render(grid, x, y, half)
-        self.ix, self.iy = ix, iy
+        n = self.x.size
+        big = np.ones(n, bool)
+        if small is not None and amp is not None and small < half:
+            big = np.abs(amp) * edge > 0.2 * noise
+        self.half_small = small if small is not None else half
+        self.groups = []
+        flat, values, rows = [], [], []
+        self.ix = np.rint(self.x).astype(np.int64)
+        self.iy = np.rint(self.y).astype(np.int64)
         ny, nx = shape
-        h = self.psf.shape[1] // 2
-        off = np.arange(-h, h + 1)
-        yy = iy[:, None, None] + off[None, :, None]
-        xx = ix[:, None, None] + off[None, None, :]
-        self.ok = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-        self.flat = (np.broadcast_to(yy, self.psf.shape) * nx
-                     + np.broadcast_to(xx, self.psf.shape))[self.ok]
-        self.values = self.psf[self.ok]
-        self.rows = np.broadcast_to(np.arange(len(x))[:, None, None], self.psf.shape)[self.ok]
+        for sel, h in ((big, half), (~big, self.half_small)):
+            idx = np.flatnonzero(sel)
+            if idx.size == 0:
+                continue
+            ix, iy, psf = pm.render(grid, self.x[idx], self.y[idx], h)
+            off = np.arange(-h, h + 1)
+            yy = iy[:, None, None] + off[None, :, None]
+            xx = ix[:, None, None] + off[None, None, :]
+            ok = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+            flat.append((np.broadcast_to(yy, psf.shape) * nx
+                         + np.broadcast_to(xx, psf.shape))[ok])
+            values.append(psf[ok])
+            rows.append(np.broadcast_to(idx[:, None, None], psf.shape)[ok])
+            self.groups.append((idx, psf))
+        self.flat = np.concatenate(flat) if flat else np.zeros(0, np.int64)
+        self.values = np.concatenate(values) if values else np.zeros(0)
+        self.rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
     def image(self, amp):
         """Sum of amplitude x PSF over all sources."""
@@ -283,14 +311,26 @@ class _Rendered:
 
     def crop(self, half, ix, iy):
         """Every stamp's (2 half + 1)² pixels around pixels (ix, iy) (within a few pixels of
-        the stamps' own centres)."""
-        h = self.psf.shape[1] // 2
-        part = self.psf[:, h - half:h + half + 1, h - half:h + half + 1]
-        return _shift(part, self.ix - ix, self.iy - iy)
+        the stamps' own centres; *half* at most the small stamps' half-size)."""
+        out = np.zeros((self.x.size, 2 * half + 1, 2 * half + 1))
+        for idx, psf in self.groups:
+            h = psf.shape[1] // 2
+            part = psf[:, h - half:h + half + 1, h - half:h + half + 1]
+            out[idx] = _shift(part, self.ix[idx] - ix[idx], self.iy[idx] - iy[idx])
+        return out
 
     def moved(self, x, y):
         """Whether the positions differ from the rendered ones."""
         return not (np.array_equal(x, self.x) and np.array_equal(y, self.y))
+
+
+def _edge_value(grid, half):
+    """The model's value (unit flux, image centre) one pixel beyond a stamp of *half*."""
+    h = min(half + 1, grid.half)
+    cx, cy = grid.centre
+    _, _, psf = pm.render(grid, np.array([float(round(cx))]), np.array([float(round(cy))]), h)
+    c = psf.shape[1] // 2
+    return float(max(psf[0, c, -1], psf[0, -1, c], psf[0, c, 0], psf[0, 0, c], 0.0))
 
 
 def residual_background(residual, mask, fwhm, mesh_fwhm=16.0):
@@ -303,14 +343,35 @@ def residual_background(residual, mask, fwhm, mesh_fwhm=16.0):
     return bkg.back()
 
 
+def _stamp_index(shape, ix, iy, half):
+    """Flat image indices (N, S, S) of stamps centred on pixels (ix, iy), clipped to the
+    image, and whether each stamp pixel is inside it."""
+    ny, nx = shape
+    off = np.arange(-half, half + 1)
+    yy = iy[:, None, None] + off[None, :, None]
+    xx = ix[:, None, None] + off[None, None, :]
+    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+    return np.clip(yy, 0, ny - 1) * nx + np.clip(xx, 0, nx - 1), inside
+
+
+def _gram(columns, w, resid):
+    """Per-source normal matrix ``J^T W J`` and ``J^T W r`` of (N, S, S) Jacobian *columns*."""
+    k = len(columns)
+    n = w.shape[0]
+    normal = np.empty((n, k, k))
+    rhs = np.empty((n, k))
+    for i in range(k):
+        wi = w * columns[i]
+        rhs[:, i] = np.sum(wi * resid, axis=(1, 2))
+        for j in range(i, k):
+            normal[:, i, j] = normal[:, j, i] = np.sum(wi * columns[j], axis=(1, 2))
+    return normal, rhs
+
+
 def _position_step(target, w, psf, dpx, dpy, amp):
     """One Gauss-Newton step (dx, dy) of every source's position, flux refitted alongside."""
     a = amp[:, None, None]
-    jac = np.stack([psf, a * dpx, a * dpy], axis=-1)
-    resid = target - a * psf
-    jw = jac * w[..., None]
-    normal = np.einsum("nabi,nabj->nij", jw, jac)
-    rhs = np.einsum("nabi,nab->ni", jw, resid)
+    normal, rhs = _gram([psf, a * dpx, a * dpy], w, target - a * psf)
     normal = normal + 1e-9 * np.eye(3) * normal[:, :1, :1]
     step = np.full((amp.size, 3), np.nan)
     ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 1e-300)
@@ -336,7 +397,7 @@ def split_pairs(sub, rms, mask, grid, fit: PsfFit, *, fwhm, gain=None,
     if idx.size == 0:
         return empty
     shape = sub.shape
-    model = _Rendered(shape, grid, fit.x, fit.y, _neighbour_half(grid, fwhm)).image(fit.amp)
+    model = fit.rendered.image(fit.amp)
     radius = max((FIT_RADIUS_FWHM + 0.5) * fwhm, 2.5)
     hf = min(int(math.ceil(radius)), grid.half)
     bad = ~np.isfinite(sub) if mask is None else (mask | ~np.isfinite(sub))
@@ -369,13 +430,10 @@ def split_pairs(sub, rms, mask, grid, fit: PsfFit, *, fwhm, gain=None,
     for _ in range(SPLIT_ITER):
         p1, d1x, d1y = _at(grid, hf, x1, y1, ix, iy)
         p2, d2x, d2y = _at(grid, hf, x2, y2, ix, iy)
-        jac = np.stack([p1, a1[:, None, None] * d1x, a1[:, None, None] * d1y,
-                        p2, a2[:, None, None] * d2x, a2[:, None, None] * d2y], axis=-1)
         res = target - a1[:, None, None] * p1 - a2[:, None, None] * p2
-        jw = jac * w[..., None]
-        normal = np.einsum("nabi,nabj->nij", jw, jac)
+        normal, rhs = _gram([p1, a1[:, None, None] * d1x, a1[:, None, None] * d1y,
+                             p2, a2[:, None, None] * d2x, a2[:, None, None] * d2y], w, res)
         normal = normal + 1e-9 * np.eye(6) * (normal[:, :1, :1] + normal[:, 3:4, 3:4])
-        rhs = np.einsum("nabi,nab->ni", jw, res)
         ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 1e-300)
         step = np.zeros((len(idx), 6))
         if ok.any():
@@ -492,15 +550,14 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
     fit = fit_sources(sub, rms, mask, grid, x, y, fwhm=fwhm, gain=gain, amp0=None)
     # second pass: the background again without the stars' light (their wings raise a
     # crowded field's background), the model again with the neighbours subtracted
-    model_image = _Rendered(sub.shape, grid, fit.x, fit.y, _neighbour_half(grid, fwhm)).image(
-        fit.amp)
+    model_image = fit.rendered.image(fit.amp)
     sub = sub - residual_background(sub - model_image, mask, fwhm)
     grid2 = model_from_stars(sub, rms, mask, segmap, fit.x, fit.y, fit.amp,
                              np.asarray(stars, bool), fwhm, gain, others=(model_image, fit.amp),
                              start=grid)
     grid = grid2 if grid2 is not None else grid
     fit = fit_sources(sub, rms, mask, grid, fit.x, fit.y, fwhm=fwhm, gain=gain, amp0=fit.amp,
-                      n_iter=2, pos_iter=1)
+                      n_iter=2, pos_iter=1, rendered=fit.rendered if grid2 is None else None)
     parent = np.zeros(0, int)
     if split:
         parent, x1, y1, a1, x2, y2, a2 = split_pairs(sub, rms, mask, grid, fit,
