@@ -70,6 +70,9 @@ FLAG_DESCRIPTIONS: dict[int, str] = {
                  "(measured with that object modelled out; the brighter one gets OBJ_MERGED)",
     SATURATED_NEARBY: "pipeline: saturated pixels within 2 px of its isophote's bounding box "
                       "(a saturated star, a fragment of its wings or halo, or beside one)",
+    PSF_SPLIT: "pipeline: one of two stars the PSF fit split one detection into (the "
+               "detection's row keeps its own measurements; the other star is a new row with "
+               "PSF photometry only)",
 }
 
 ZERO_POINT_KEYS = ("MAGZERO", "MAGZP", "PHOTZP", "ZEROPNT", "ZP")
