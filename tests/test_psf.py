@@ -18,7 +18,7 @@ from astropy.io import fits
 from skysurvey import psf, synth
 from skysurvey.detect import measure_image
 from skysurvey.fitsread import read_fits
-from skysurvey.psfphot import PSF_SPLIT
+from skysurvey.psfphot import PSF_RESIDUAL, PSF_SPLIT
 
 
 def _measure(image, header=None):
@@ -157,9 +157,10 @@ def small_field():
 
 def test_handler_fills_the_psf_columns(small_field):
     _, found, row = small_field
-    # a star the PSF fit split off a detection has PSF photometry only (test_psfphot.py)
+    # a star the PSF fit split off a detection or found in the residual image has PSF
+    # photometry only (test_psfphot.py)
     split_off = found["flux_aper"].isna()
-    assert ((found["flags"][split_off] & PSF_SPLIT) > 0).all()
+    assert ((found["flags"][split_off] & (PSF_SPLIT | PSF_RESIDUAL)) > 0).all()
     assert found["flux_psf"][split_off].notna().all()
     assert split_off.mean() < 0.1
     found = found[~split_off]

@@ -28,7 +28,7 @@ from .fitsread import FitsImage, observation_time
 from .psf import image_columns as psf_image_columns
 from .psf import measure as measure_psf
 from .psfmodel import quality as psf_quality
-from .psfphot import PSF_SPLIT
+from .psfphot import PSF_RESIDUAL, PSF_SPLIT
 from .psfphot import photometry as psf_photometry
 from .schema import SOURCES_SCHEMA
 
@@ -73,6 +73,8 @@ FLAG_DESCRIPTIONS: dict[int, str] = {
     PSF_SPLIT: "pipeline: one of two stars the PSF fit split one detection into (the "
                "detection's row keeps its own measurements; the other star is a new row with "
                "PSF photometry only)",
+    PSF_RESIDUAL: "pipeline: found in the image with every fitted source's PSF subtracted "
+                  "(a new row with PSF photometry only)",
 }
 
 ZERO_POINT_KEYS = ("MAGZERO", "MAGZP", "PHOTZP", "ZEROPNT", "ZP")
@@ -326,8 +328,8 @@ def _psf_photometry(sub, rms, mask, segmap, columns, psf_model, radius, gain):
 def _with_split_sources(columns, psf_columns, phot):
     """Detect's and psf.py's columns with one row appended per star that the PSF fit split
     off a detection (position: the PSF fit's; other measurements NaN; flags PSF_SPLIT, also
-    set on the detection it came from; class_star 1 for both), and the PSF columns for all
-    rows."""
+    set on the detection it came from; class_star 1 for both) and per star found in the
+    residual image (flags PSF_RESIDUAL), and the PSF columns for all rows."""
     cols, new = phot
     parent = new["parent"]
     n, k = len(columns["x"]), len(parent)
@@ -339,8 +341,10 @@ def _with_split_sources(columns, psf_columns, phot):
     if k == 0:
         return columns, psf_columns, out
     extra = {name: np.full(k, np.nan) for name in columns}
+    split_row = parent != -1  # split off a detection (>= 0) or a split residual find (-2)
+    found_row = parent < 0  # found in the residual image (-1, -2)
     extra.update(x=new["x_psf"], y=new["y_psf"], npix=np.zeros(k, np.int32),
-                 flags=np.full(k, PSF_SPLIT, np.int64))
+                 flags=np.where(split_row, PSF_SPLIT, 0) | np.where(found_row, PSF_RESIDUAL, 0))
     columns = {name: np.concatenate([np.asarray(v), extra[name].astype(np.asarray(v).dtype)])
                for name, v in columns.items()}
     psf_columns = {name: np.concatenate([np.asarray(v, float), np.full(k, np.nan)])
@@ -348,7 +352,7 @@ def _with_split_sources(columns, psf_columns, phot):
     # both stars of a split are point sources: two PSFs describe the pixels (reduced chi²
     # <= psfphot.SPLIT_MAX_CHI2), where the blend's shape had looked extended
     if "class_star" in psf_columns:
-        psf_columns["class_star"][np.concatenate([cols["split"], np.ones(k, bool)])] = 1.0
+        psf_columns["class_star"][np.concatenate([cols["split"], split_row])] = 1.0
     return columns, psf_columns, out
 
 

@@ -33,13 +33,27 @@ import sep
 from . import psfmodel as pm
 
 __all__ = [
-    "PSF_SPLIT", "FIT_RADIUS_FWHM", "MODEL_HALF_FWHM", "PsfFit", "model_from_stars",
+    "PSF_SPLIT", "PSF_RESIDUAL", "FIT_RADIUS_FWHM", "MODEL_HALF_FWHM", "PsfFit", "model_from_stars",
     "aperture_fraction", "fit_sources", "residual_background", "split_pairs", "extendedness",
     "photometry",
 ]
 
 #: Flag bit: this source and another one were one detection that the PSF fit split in two.
 PSF_SPLIT = 32768
+#: Flag bit: found in the image with every fitted source's PSF subtracted (PSF photometry only).
+PSF_RESIDUAL = 65536
+#: Residual search: SEP threshold (background RMS units, 3x3 'conv' filter: detection's own),
+#: minimum area; a find is kept when >= RESIDUAL_MIN_SEP FWHM from every source and
+#: >= RESIDUAL_AVOID FWHM from grossly misfitted ones (psf_chi2 > RESIDUAL_BAD_CHI2: galaxies,
+#: saturated stars, whose residuals are structure), and its PSF fit has SNR >= RESIDUAL_MIN_SNR
+RESIDUAL_THRESH = 1.5
+RESIDUAL_MINAREA = 5
+RESIDUAL_MIN_SEP = 1.0
+RESIDUAL_AVOID = 2.0
+RESIDUAL_BAD_CHI2 = 10.0
+RESIDUAL_MIN_SNR = 5.0
+#: ... and its PSF fit describes its pixels (a galaxy's leftover structure does not).
+RESIDUAL_MAX_CHI2 = 1.5
 #: Pixels within this many FWHM of a source are fitted.
 FIT_RADIUS_FWHM = 1.5
 #: Half-size of the model's stamp, in FWHM (Moffat beta 3.5: 0.1% of the light beyond).
@@ -333,6 +347,67 @@ def _edge_value(grid, half):
     return float(max(psf[0, c, -1], psf[0, -1, c], psf[0, c, 0], psf[0, 0, c], 0.0))
 
 
+def _residual_sources(sub, rms, mask, grid, fit, *, fwhm, gain=None):
+    """Stars the detection missed, found in the image minus every fitted source (DAOPHOT's
+    second FIND), fitted with all the others. Returns the new fit (the finds appended) and
+    the finds' indices in it."""
+    none = np.zeros(0, int)
+    resid = np.ascontiguousarray(sub - fit.rendered.image(fit.amp), dtype=np.float32)
+    finite = np.isfinite(rms)
+    noise = float(np.median(rms[finite])) if finite.any() else 0.0
+    if not noise > 0:
+        return fit, none
+    try:
+        objects = sep.extract(resid, RESIDUAL_THRESH, err=noise, mask=mask,
+                              minarea=RESIDUAL_MINAREA, filter_type="conv")
+    except Exception:  # SEP's buffers overflow on pathological residuals: no finds
+        return fit, none
+    ny, nx = sub.shape
+    cx, cy = objects["x"].astype(float), objects["y"].astype(float)
+    keep = (cx >= 2) & (cx <= nx - 3) & (cy >= 2) & (cy <= ny - 3)
+    keep &= _nearest_distance(cx, cy, fit.x, fit.y, RESIDUAL_MIN_SEP * fwhm) \
+        >= RESIDUAL_MIN_SEP * fwhm
+    bad = fit.chi2 > RESIDUAL_BAD_CHI2
+    if bad.any():
+        reach = RESIDUAL_AVOID * fwhm
+        keep &= _nearest_distance(cx, cy, fit.x[bad], fit.y[bad], reach) >= reach
+    if not keep.any():
+        return fit, none
+    n = fit.amp.size
+    xs, ys = np.concatenate([fit.x, cx[keep]]), np.concatenate([fit.y, cy[keep]])
+    amp = np.concatenate([fit.amp, np.zeros(keep.sum())])
+    new = fit_sources(sub, rms, mask, grid, xs, ys, fwhm=fwhm, gain=gain, amp0=amp,
+                      n_iter=3, pos_iter=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = new.amp[n:] / new.amp_err[n:]
+    good = np.isfinite(snr) & (snr >= RESIDUAL_MIN_SNR) & (new.chi2[n:] <= RESIDUAL_MAX_CHI2)
+    if not good.all():
+        kept = np.concatenate([np.ones(n, bool), good])
+        new = fit_sources(sub, rms, mask, grid, new.x[kept], new.y[kept], fwhm=fwhm,
+                          gain=gain, amp0=new.amp[kept], n_iter=1, pos_iter=0)
+    return new, np.arange(n, n + good.sum())
+
+
+def _nearest_distance(x, y, px, py, reach):
+    """Distance from each (x, y) to the nearest of (px, py) when within *reach* (cells of
+    that size), else at least *reach* (inf)."""
+    out = np.full(x.size, np.inf)
+    if px.size == 0 or x.size == 0:
+        return out
+    cell = max(float(reach), 1.0)
+    keys: dict = {}
+    for k, key in enumerate(zip(np.floor(px / cell).astype(int), np.floor(py / cell).astype(int),
+                                strict=True)):
+        keys.setdefault(key, []).append(k)
+    for i, (a, b) in enumerate(zip(np.floor(x / cell).astype(int),
+                                   np.floor(y / cell).astype(int), strict=True)):
+        idx = [k for da in (-1, 0, 1) for db in (-1, 0, 1) for k in keys.get((a + da, b + db), ())]
+        if idx:
+            idx = np.asarray(idx)
+            out[i] = np.min(np.hypot(px[idx] - x[i], py[idx] - y[i]))
+    return out
+
+
 def residual_background(residual, mask, fwhm, mesh_fwhm=16.0):
     """The background left in *residual* (the image minus every fitted source): SEP's mesh
     background of it (meshes of *mesh_fwhm* FWHM, at least 32 px, 3 x 3 median filter)."""
@@ -510,7 +585,8 @@ def extendedness(flux_psf, flux_psf_err, flux_model, flux_model_err):
 
 
 def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=None,
-               aperture_correction=math.nan, aperture_correction_err=math.nan, split=True):
+               aperture_correction=math.nan, aperture_correction_err=math.nan, split=True,
+               residual=True):
     """PSF photometry of one image's sources.
 
     Parameters
@@ -525,13 +601,17 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
         Stellar FWHM and the catalog's aperture radius, pixels.
     aperture_correction, aperture_correction_err : float
         The image's aperture correction (NaN: the model's own normalisation is the total).
+    split, residual : bool
+        Split detections that are two stars; add the stars found in the residual image.
 
     Returns
     -------
     (grid, cols, new)
         The PSF model (None: no columns), ``cols`` (flux_psf, flux_psf_err, psf_chi2, x_psf,
-        y_psf, split: bool) for the N sources, and ``new``: the sources split off
-        (``parent`` index, x_psf, y_psf, flux_psf, flux_psf_err, psf_chi2).
+        y_psf, split: bool) for the N sources, and ``new``: the sources added after them,
+        first those found in the residual image (``parent`` -1, or -2 when split too), then
+        those split off a source (``parent``: its row, N + k for a residual find), with
+        x_psf, y_psf, flux_psf, flux_psf_err, psf_chi2.
     """
     x, y = np.asarray(columns["x"], float), np.asarray(columns["y"], float)
     n = x.size
@@ -558,6 +638,9 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
     grid = grid2 if grid2 is not None else grid
     fit = fit_sources(sub, rms, mask, grid, fit.x, fit.y, fwhm=fwhm, gain=gain, amp0=fit.amp,
                       n_iter=2, pos_iter=1, rendered=fit.rendered if grid2 is None else None)
+    found = np.zeros(0, int)
+    if residual:
+        fit, found = _residual_sources(sub, rms, mask, grid, fit, fwhm=fwhm, gain=gain)
     parent = np.zeros(0, int)
     if split:
         parent, x1, y1, a1, x2, y2, a2 = split_pairs(sub, rms, mask, grid, fit,
@@ -576,10 +659,14 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
     rel = np.hypot(scale_rel, MODEL_NOISE / math.sqrt(max(grid.n_stars, 1)))
     flux_err = np.hypot(fit.amp_err * scale, np.abs(flux) * rel)
     split_mask = np.zeros(n, bool)
-    split_mask[parent] = True
+    split_mask[parent[parent < n]] = True
     cols = {"flux_psf": flux[:n], "flux_psf_err": flux_err[:n], "psf_chi2": fit.chi2[:n],
             "x_psf": fit.x[:n], "y_psf": fit.y[:n], "split": split_mask}
-    new = {"parent": parent, "x_psf": fit.x[n:], "y_psf": fit.y[n:], "flux_psf": flux[n:],
+    # rows after the detections: residual finds (parent -1; -2 when split themselves), then
+    # the stars split off a detection or a find (parent: its row)
+    parents = np.concatenate([np.full(found.size, -1), parent])
+    parents[parent[parent >= n] - n] = -2
+    new = {"parent": parents, "x_psf": fit.x[n:], "y_psf": fit.y[n:], "flux_psf": flux[n:],
            "flux_psf_err": flux_err[n:], "psf_chi2": fit.chi2[n:]}
     return grid, cols, new
 
