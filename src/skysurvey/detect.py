@@ -341,8 +341,8 @@ def _with_split_sources(columns, psf_columns, phot):
     if k == 0:
         return columns, psf_columns, out
     extra = {name: np.full(k, np.nan) for name in columns}
-    split_row = parent != -1  # split off a detection (>= 0) or a split residual find (-2)
-    found_row = parent < 0  # found in the residual image (-1, -2)
+    split_row = parent >= 0  # split off a detection
+    found_row = parent < 0  # found in the residual image
     extra.update(x=new["x_psf"], y=new["y_psf"], npix=np.zeros(k, np.int32),
                  flags=np.where(split_row, PSF_SPLIT, 0) | np.where(found_row, PSF_RESIDUAL, 0))
     columns = {name: np.concatenate([np.asarray(v), extra[name].astype(np.asarray(v).dtype)])

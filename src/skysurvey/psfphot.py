@@ -348,20 +348,21 @@ def _edge_value(grid, half):
 
 
 def _residual_sources(sub, rms, mask, grid, fit, *, fwhm, gain=None):
-    """Stars the detection missed, found in the image minus every fitted source (DAOPHOT's
-    second FIND), fitted with all the others. Returns the new fit (the finds appended) and
-    the finds' indices in it."""
-    none = np.zeros(0, int)
-    resid = np.ascontiguousarray(sub - fit.rendered.image(fit.amp), dtype=np.float32)
+    """Stars the detection missed (DAOPHOT's second FIND): found in the image minus every
+    fitted source, each fitted there alone (the others are already subtracted). Returns the
+    kept finds' x, y and amplitudes."""
+    none = (np.zeros(0),) * 3
+    resid = sub - fit.rendered.image(fit.amp)
     finite = np.isfinite(rms)
     noise = float(np.median(rms[finite])) if finite.any() else 0.0
     if not noise > 0:
-        return fit, none
+        return none
     try:
-        objects = sep.extract(resid, RESIDUAL_THRESH, err=noise, mask=mask,
-                              minarea=RESIDUAL_MINAREA, filter_type="conv")
+        objects = sep.extract(np.ascontiguousarray(resid, dtype=np.float32), RESIDUAL_THRESH,
+                              err=noise, mask=mask, minarea=RESIDUAL_MINAREA,
+                              filter_type="conv")
     except Exception:  # SEP's buffers overflow on pathological residuals: no finds
-        return fit, none
+        return none
     ny, nx = sub.shape
     cx, cy = objects["x"].astype(float), objects["y"].astype(float)
     keep = (cx >= 2) & (cx <= nx - 3) & (cy >= 2) & (cy <= ny - 3)
@@ -372,20 +373,15 @@ def _residual_sources(sub, rms, mask, grid, fit, *, fwhm, gain=None):
         reach = RESIDUAL_AVOID * fwhm
         keep &= _nearest_distance(cx, cy, fit.x[bad], fit.y[bad], reach) >= reach
     if not keep.any():
-        return fit, none
-    n = fit.amp.size
-    xs, ys = np.concatenate([fit.x, cx[keep]]), np.concatenate([fit.y, cy[keep]])
-    amp = np.concatenate([fit.amp, np.zeros(keep.sum())])
-    new = fit_sources(sub, rms, mask, grid, xs, ys, fwhm=fwhm, gain=gain, amp0=amp,
-                      n_iter=3, pos_iter=2)
+        return none
+    alone = fit_sources(resid, rms, mask, grid, cx[keep], cy[keep], fwhm=fwhm, gain=gain,
+                        n_iter=3, pos_iter=2)
     with np.errstate(divide="ignore", invalid="ignore"):
-        snr = new.amp[n:] / new.amp_err[n:]
-    good = np.isfinite(snr) & (snr >= RESIDUAL_MIN_SNR) & (new.chi2[n:] <= RESIDUAL_MAX_CHI2)
-    if not good.all():
-        kept = np.concatenate([np.ones(n, bool), good])
-        new = fit_sources(sub, rms, mask, grid, new.x[kept], new.y[kept], fwhm=fwhm,
-                          gain=gain, amp0=new.amp[kept], n_iter=1, pos_iter=0)
-    return new, np.arange(n, n + good.sum())
+        snr = alone.amp / alone.amp_err
+    # a find's light was partly in its neighbours' amplitudes: judged again after the joint fit
+    good = (np.isfinite(snr) & (snr >= RESIDUAL_MIN_SNR / 2)
+            & (alone.chi2 <= 2 * RESIDUAL_MAX_CHI2))
+    return alone.x[good], alone.y[good], alone.amp[good]
 
 
 def _nearest_distance(x, y, px, py, reach):
@@ -609,9 +605,8 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
     (grid, cols, new)
         The PSF model (None: no columns), ``cols`` (flux_psf, flux_psf_err, psf_chi2, x_psf,
         y_psf, split: bool) for the N sources, and ``new``: the sources added after them,
-        first those found in the residual image (``parent`` -1, or -2 when split too), then
-        those split off a source (``parent``: its row, N + k for a residual find), with
-        x_psf, y_psf, flux_psf, flux_psf_err, psf_chi2.
+        first those found in the residual image (``parent`` -1), then those split off a
+        detection (``parent``: its row), with x_psf, y_psf, flux_psf, flux_psf_err, psf_chi2.
     """
     x, y = np.asarray(columns["x"], float), np.asarray(columns["y"], float)
     n = x.size
@@ -638,21 +633,33 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
     grid = grid2 if grid2 is not None else grid
     fit = fit_sources(sub, rms, mask, grid, fit.x, fit.y, fwhm=fwhm, gain=gain, amp0=fit.amp,
                       n_iter=2, pos_iter=1, rendered=fit.rendered if grid2 is None else None)
-    found = np.zeros(0, int)
+    # the stars the detection missed (fitted alone on the residual image) and the detections
+    # that are two stars, then one joint fit of everything
+    fx, fy, famp = (np.zeros(0),) * 3
     if residual:
-        fit, found = _residual_sources(sub, rms, mask, grid, fit, fwhm=fwhm, gain=gain)
+        fx, fy, famp = _residual_sources(sub, rms, mask, grid, fit, fwhm=fwhm, gain=gain)
     parent = np.zeros(0, int)
+    xs, ys, amp = fit.x.copy(), fit.y.copy(), fit.amp.copy()
     if split:
         parent, x1, y1, a1, x2, y2, a2 = split_pairs(sub, rms, mask, grid, fit,
                                                      fwhm=fwhm, gain=gain)
-        if parent.size:
-            xs = np.concatenate([fit.x, x2])
-            ys = np.concatenate([fit.y, y2])
-            xs[parent], ys[parent] = x1, y1
-            amp = np.concatenate([fit.amp, a2])
-            amp[parent] = a1
-            fit = fit_sources(sub, rms, mask, grid, xs, ys, fwhm=fwhm, gain=gain, amp0=amp,
-                              n_iter=3, pos_iter=1)
+        xs[parent], ys[parent], amp[parent] = x1, y1, a1
+    else:
+        x2 = y2 = a2 = np.zeros(0)
+    found = np.arange(n, n + fx.size)
+    if fx.size or parent.size:
+        fit = fit_sources(sub, rms, mask, grid, np.concatenate([xs, fx, x2]),
+                          np.concatenate([ys, fy, y2]), fwhm=fwhm, gain=gain,
+                          amp0=np.concatenate([amp, famp, a2]), n_iter=3, pos_iter=1)
+        part = slice(n, n + fx.size)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            weak = ~((fit.amp[part] / fit.amp_err[part] >= RESIDUAL_MIN_SNR)
+                     & (fit.chi2[part] <= RESIDUAL_MAX_CHI2))
+        if weak.any():  # finds that the joint fit does not confirm are dropped
+            keep = np.concatenate([np.ones(n, bool), ~weak, np.ones(parent.size, bool)])
+            fit = PsfFit(*(v[keep] for v in (fit.amp, fit.amp_err, fit.x, fit.y, fit.chi2,
+                                             fit.npix)))
+            found = found[:int((~weak).sum())]
     scale, scale_rel = _normalisation(grid, radius, aperture_correction,
                                       aperture_correction_err)
     flux = fit.amp * scale
@@ -662,10 +669,9 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
     split_mask[parent[parent < n]] = True
     cols = {"flux_psf": flux[:n], "flux_psf_err": flux_err[:n], "psf_chi2": fit.chi2[:n],
             "x_psf": fit.x[:n], "y_psf": fit.y[:n], "split": split_mask}
-    # rows after the detections: residual finds (parent -1; -2 when split themselves), then
-    # the stars split off a detection or a find (parent: its row)
+    # rows after the detections: residual finds (parent -1), then the stars split off a
+    # detection (parent: its row)
     parents = np.concatenate([np.full(found.size, -1), parent])
-    parents[parent[parent >= n] - n] = -2
     new = {"parent": parents, "x_psf": fit.x[n:], "y_psf": fit.y[n:], "flux_psf": flux[n:],
            "flux_psf_err": flux_err[n:], "psf_chi2": fit.chi2[n:]}
     return grid, cols, new
