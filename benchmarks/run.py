@@ -607,8 +607,7 @@ def _photutils_runs(sub, rms, x, y, fwhm, beta):
 
     from astropy.table import QTable
     from photutils.detection import DAOStarFinder
-    from photutils.psf import (IterativePSFPhotometry, MoffatPSF, PSFPhotometry,
-                               SourceGrouper)
+    from photutils.psf import IterativePSFPhotometry, MoffatPSF, PSFPhotometry, SourceGrouper
 
     alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
     model = MoffatPSF(alpha=alpha, beta=beta)
@@ -670,10 +669,10 @@ children's CPU time of pass 1 (35x35 vignets, FITS_LDAC), PSFEx (PIXEL_AUTO basi
 variation, 33x33) and pass 2 (FLUX_PSF), one thread each. SExtractor's FLUX_PSF / true of
 0.88 matches PSFEx's convention rather than a failed fit: the stars are normalised by
 PHOTFLUX_KEY = FLUX_APER(1) (a 10 px aperture here, which holds ~0.88 of a 4 px Moffat), so
-FLUX_PSF is on that aperture's scale and its pulls measure the 12% scale. photutils is given the true Moffat (alpha, beta fixed; no
-model to build) and a background-only error array (no Poisson term: likely why its bright
-stars' pulls are ~3.5);
-MoffatPSF is evaluated at pixel centres, not integrated over them (flux / true 0.989).
+FLUX_PSF is on that aperture's scale and its pulls measure the 12% scale. photutils is
+given the true Moffat (alpha, beta fixed; no model to build) and a background-only error
+array (no Poisson term: likely why its bright stars' pulls are ~3.5); MoffatPSF is evaluated
+at pixel centres, not integrated over them (flux / true 0.989).
 PSFPhotometry starts from our detections, IterativePSFPhotometry from its DAOStarFinder (5
 sigma, two iterations), which finds fewer faint stars. "Matched": truth stars with a fitted
 position within 1 px."""

@@ -3,9 +3,10 @@ crowding, artefacts, undersampling, each with its exact truth.
 
 Stars are elliptical Moffat profiles (beta 3.5) integrated over pixels (5 x 5 sub-samples per
 pixel), drawn on stamps of +-6 FWHM normalised to the star's flux, so the truth flux is what
-is in the image. The FWHM and ellipticity change linearly across the field:
-``fwhm(x, y) = fwhm * (1 + fwhm_slope * (r / r_corner)²)`` (focal-plane curvature), ellipticity ``ell * x / width``
-with the major axis along the x axis, so the model's corners differ from its centre.
+is in the image. The FWHM and ellipticity change across the field:
+``fwhm(x, y) = fwhm * (1 + fwhm_slope * (r / r_corner)²)`` (focal-plane curvature),
+ellipticity ``ell * x / width`` with the major axis along the x axis, so the model's corners
+differ from its centre.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def draw(shape, x, y, flux, *, fwhm=4.0, fwhm_slope=0.0, ell=0.0, seed=0, cosmic
     drawn = np.zeros(x.size)
     for i in range(x.size):
         half = int(np.ceil(6 * f_at[i]))
-        cx, cy = int(round(x[i])), int(round(y[i]))
+        cx, cy = round(x[i]), round(y[i])
         stamp = flux[i] * moffat_stamp(x[i] - cx, y[i] - cy, f_at[i], e_at[i], half)
         y0, x0 = cy - half, cx - half
         sy = slice(max(y0, 0), min(y0 + stamp.shape[0], ny))

@@ -11,12 +11,12 @@ import io
 
 import numpy as np
 import pandas as pd
+import psf_fields as pf
 import pyarrow as pa
 import pytest
 from astropy.io import fits
 from scipy.spatial import cKDTree
 
-import psf_fields as pf
 from skysurvey import psfmodel as pm
 from skysurvey.calibrate import apply_zero_point, calibration_flux
 from skysurvey.detect import measure_image
@@ -92,7 +92,7 @@ def test_render_sums_to_one_and_its_derivative_is_the_finite_difference():
     _, _, psf, dx, dy = pm.render(grid, px, py, half, derivatives=True)
     assert np.allclose(psf.sum(axis=(1, 2)), 1.0, atol=2e-3)
     eps = 1e-3
-    ix, iy, p1 = pm.render(grid, px + eps, py, half)
+    ix, _iy, p1 = pm.render(grid, px + eps, py, half)
     assert np.array_equal(ix, np.rint(px))  # same stamps
     assert np.allclose((p1 - psf) / eps, dx, atol=2e-3 * psf.max())
     _, _, p2 = pm.render(grid, px, py + eps, half)
@@ -130,7 +130,7 @@ def varying():
 
 
 def _flux_figures(field, sources):
-    found, _, truth, matched = _matched(field.truth, sources)
+    _found, _, truth, matched = _matched(field.truth, sources)
     clean = _clean(matched)
     ratio = matched["flux_psf"].to_numpy() / truth["flux"].to_numpy()
     pull = (matched["flux_psf"].to_numpy() - truth["flux"].to_numpy()) \
@@ -152,7 +152,7 @@ def test_crowded_flux_psf_is_the_true_flux_with_honest_errors(crowded):
 
 def test_crowded_psf_positions_are_at_least_as_good_as_windowed(crowded):
     field, sources, _ = crowded
-    found, _, truth, matched = _matched(field.truth, sources)
+    _found, _, truth, matched = _matched(field.truth, sources)
     bright = truth["snr"].to_numpy() > 50
     err_psf = np.hypot(matched["x_psf"] - truth["x"], matched["y_psf"] - truth["y"])[bright]
     err_win = np.hypot(matched["x"] - truth["x"], matched["y"] - truth["y"])[bright]
@@ -164,7 +164,7 @@ def test_crowded_completeness_with_the_residual_search(crowded):
     """Stars of SNR >= 10 with a PSF position within 1 px; the residual image's finds are
     real stars (1024² crowded field: completeness 0.920 -> 0.956 with the search)."""
     field, sources, _ = crowded
-    found, idx, truth, _ = _matched(field.truth, sources)
+    found, _idx, _truth, _ = _matched(field.truth, sources)
     snr = field.truth["snr"].to_numpy()
     assert found[snr >= 10].mean() >= 0.94
     finds = sources[(sources["flags"].to_numpy() & PSF_RESIDUAL) > 0]
@@ -177,7 +177,7 @@ def test_crowded_completeness_with_the_residual_search(crowded):
 
 def test_crowded_chi2_is_near_one_for_stars(crowded):
     field, sources, _ = crowded
-    _, _, truth, matched = _matched(field.truth, sources)
+    _, _, _truth, matched = _matched(field.truth, sources)
     chi2 = matched["psf_chi2"].to_numpy()[_clean(matched)]
     assert 0.6 < np.median(chi2) < 1.3
 
@@ -205,7 +205,7 @@ def test_varying_psf_flux_psf_is_the_true_flux(varying):
     assert 0.995 <= np.median(ratio[bright]) <= 1.005
     assert 0.8 <= _robust_sigma(pull[bright]) <= 1.25
     # corners alone (the model's polynomial, not its average, measures them)
-    found, _, truth, _ = _matched(field.truth, sources)
+    _found, _, truth, _ = _matched(field.truth, sources)
     r = np.hypot(truth["x"] - 255.5, truth["y"] - 255.5) / np.hypot(255.5, 255.5)
     outer = bright & (r.to_numpy() > 0.7)
     assert outer.sum() > 15
@@ -219,7 +219,7 @@ def test_messy_field_cosmic_rays_hot_column_gradient():
     x, y, flux = pf.uniform_stars(rng, 190, shape)
     field = pf.draw(shape, x, y, flux, fwhm=4.0, seed=42, cosmic_rays=40, bad_column=True)
     sources, _ = _measure(field)
-    ratio, pull, bright, faint = _flux_figures(field, sources)
+    ratio, pull, bright, _faint = _flux_figures(field, sources)
     assert 0.995 <= np.median(ratio[bright]) <= 1.005
     assert 0.8 <= _robust_sigma(pull[bright]) <= 1.25
 
@@ -261,7 +261,7 @@ def test_close_pairs_are_split_into_two_sources(pair_field):
 def test_split_stars_have_their_own_flux(pair_field):
     field, sources, _ = pair_field
     truth = field.truth
-    found, _, t, matched = _matched(truth, sources)
+    _found, _, t, matched = _matched(truth, sources)
     in_pair = t["pair"].to_numpy() >= 0
     ratio = matched["flux_psf"].to_numpy() / t["flux"].to_numpy()
     assert 0.98 <= np.median(ratio[in_pair]) <= 1.02
@@ -269,7 +269,7 @@ def test_split_stars_have_their_own_flux(pair_field):
 
 def test_isolated_single_stars_are_not_split(pair_field):
     field, sources, _ = pair_field
-    found, _, t, matched = _matched(field.truth, sources)
+    _found, _, t, matched = _matched(field.truth, sources)
     single = t["pair"].to_numpy() < 0
     split = (matched["flags"].to_numpy() & PSF_SPLIT) > 0
     assert single.sum() > 50
@@ -292,7 +292,7 @@ def test_mag_psf_from_the_zero_point_and_calibration_uses_flux_psf():
     assert out["mag_psf"][0] == pytest.approx(25.0 - 7.5)
     assert out["mag_psf_err"][0] == pytest.approx(2.5 / np.log(10) * 0.01)
     assert pd.isna(out["mag_psf"][1]) and pd.isna(out["mag_psf"][2])
-    flux, err, name = calibration_flux(table)
+    flux, _err, name = calibration_flux(table)
     assert name == "flux_psf" and flux[0] == 1000.0
 
 

@@ -332,7 +332,7 @@ def _with_split_sources(columns, psf_columns, phot):
     residual image (flags PSF_RESIDUAL), and the PSF columns for all rows."""
     cols, new = phot
     parent = new["parent"]
-    n, k = len(columns["x"]), len(parent)
+    k = len(parent)
     flags = np.asarray(columns["flags"]).astype(np.int64)
     flags = np.where(cols["split"], flags | PSF_SPLIT, flags)
     columns = {**columns, "flags": flags}

@@ -34,8 +34,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
-    "LANCZOS", "PsfGrid", "poly_terms", "n_terms", "lanczos",
-    "cutouts", "render", "choose_order", "build", "shape_at", "quality",
+    "LANCZOS",
+    "PsfGrid",
+    "build",
+    "choose_order",
+    "cutouts",
+    "lanczos",
+    "n_terms",
+    "poly_terms",
+    "quality",
+    "render",
+    "shape_at",
 ]
 
 #: Lanczos kernel half-width (grid nodes).
@@ -370,7 +379,7 @@ def shape_at(grid: PsfGrid, x: float, y: float, fine: int = 4) -> tuple[float, f
     img = np.zeros((n * fine, n * fine))
     for k, (ox, oy) in enumerate(zip(sx.ravel(), sy.ravel(), strict=True)):
         # a source shifted by +o is the model sampled at pixel - o
-        i, j = int(round((oy - shifts[0]) * fine)), int(round((ox - shifts[0]) * fine))
+        i, j = round((oy - shifts[0]) * fine), round((ox - shifts[0]) * fine)
         img[fine - 1 - i::fine, fine - 1 - j::fine] = stamps[k]
     peak = img.max()
     if not peak > 0:

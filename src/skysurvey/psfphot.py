@@ -33,9 +33,18 @@ import sep
 from . import psfmodel as pm
 
 __all__ = [
-    "PSF_SPLIT", "PSF_RESIDUAL", "FIT_RADIUS_FWHM", "MODEL_HALF_FWHM", "PsfFit", "model_from_stars",
-    "aperture_fraction", "fit_sources", "residual_background", "split_pairs", "extendedness",
+    "FIT_RADIUS_FWHM",
+    "MODEL_HALF_FWHM",
+    "PSF_RESIDUAL",
+    "PSF_SPLIT",
+    "PsfFit",
+    "aperture_fraction",
+    "extendedness",
+    "fit_sources",
+    "model_from_stars",
     "photometry",
+    "residual_background",
+    "split_pairs",
 ]
 
 #: Flag bit: this source and another one were one detection that the PSF fit split in two.
@@ -120,7 +129,7 @@ def model_from_stars(sub, rms, mask, segmap, x, y, flux, stars, fwhm, gain=None,
     neighbours are subtracted instead of left out; *start* is a model to start from.
     """
     ny, nx = sub.shape
-    half = max(MIN_MODEL_HALF, int(math.ceil(MODEL_HALF_FWHM * fwhm)))
+    half = max(MIN_MODEL_HALF, math.ceil(MODEL_HALF_FWHM * fwhm))
     idx = np.flatnonzero(stars & np.isfinite(flux) & (flux > 0)
                          & (x >= half) & (x <= nx - 1 - half) & (y >= half)
                          & (y <= ny - 1 - half))
@@ -212,7 +221,7 @@ def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
     n = x.size
     shape = sub.shape
     radius = max(FIT_RADIUS_FWHM * fwhm, MIN_FIT_RADIUS)
-    hf = min(int(math.ceil(radius)), _neighbour_half(grid, fwhm))
+    hf = min(math.ceil(radius), _neighbour_half(grid, fwhm))
     amp = np.zeros(n) if amp0 is None else np.where(np.isfinite(amp0), amp0, 0.0)
     noise = np.where(np.isfinite(rms), rms, np.inf).astype(float)
     bad = ~np.isfinite(sub) if mask is None else (mask | ~np.isfinite(sub))
@@ -467,10 +476,9 @@ def split_pairs(sub, rms, mask, grid, fit: PsfFit, *, fwhm, gain=None,
     empty = (np.zeros(0, int),) + (np.zeros(0),) * 6
     if idx.size == 0:
         return empty
-    shape = sub.shape
     model = fit.rendered.image(fit.amp)
     radius = max((FIT_RADIUS_FWHM + 0.5) * fwhm, 2.5)
-    hf = min(int(math.ceil(radius)), grid.half)
+    hf = min(math.ceil(radius), grid.half)
     bad = ~np.isfinite(sub) if mask is None else (mask | ~np.isfinite(sub))
     image = np.where(bad, 0.0, sub).astype(float)
     xc, yc = fit.x[idx], fit.y[idx]
@@ -549,7 +557,7 @@ def _at(grid, half, x, y, ix, iy):
 
 def _shift(stamps, sx, sy):
     """Stamps moved by whole pixels (sx, sy) each, zero-filled."""
-    n, s, _ = stamps.shape
+    s = stamps.shape[1]
     if not (np.any(sx) or np.any(sy)):
         return stamps
     out = np.zeros_like(stamps)
