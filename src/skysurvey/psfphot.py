@@ -87,6 +87,9 @@ PROFILE_ERROR = 0.02
 #: MODEL_NOISE / sqrt(stars used), added in quadrature (synthetic 512²-1024² fields: bright
 #: stars' pulls had a robust sigma of 1.4-2.2 with 40-70 model stars without it).
 MODEL_NOISE = 0.03
+#: Plausible totals per unit model amplitude (aperture correction x the model's aperture
+#: fraction); outside, the model's own normalisation (its stamp) is the total.
+SCALE_RANGE = (0.99, 1.03)
 #: At most this many PSF stars (the brightest) build the model.
 MAX_MODEL_STARS = 200
 #: Splitting: candidates have reduced chi² above SPLIT_CHI2 and SNR above SPLIT_MIN_SNR_PARENT;
@@ -688,7 +691,8 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
 def _normalisation(grid, radius, corr, corr_err):
     """Total flux per unit amplitude and its relative error: the aperture correction times the
     model's fraction within the aperture, the median over the model's stars (the correction is
-    theirs), when the image has one; else 1 (the model's stamp holds the total)."""
+    theirs), when the image has one and the product is within SCALE_RANGE; else 1 (the
+    model's stamp holds the total)."""
     if not (math.isfinite(corr) and corr > 0 and radius and radius > 0):
         return 1.0, 0.0
     used = grid.extra.get("used")
@@ -696,6 +700,10 @@ def _normalisation(grid, radius, corr, corr_err):
         return 1.0, 0.0
     frac = float(np.median(aperture_fraction(grid, grid.extra["x"][used],
                                              grid.extra["y"][used], radius)))
+    # the model's stamp holds all but the far wings: a scale outside SCALE_RANGE means the
+    # aperture correction failed (undersampled stars: 1.13 for a true 1.03), not the model
+    if not (SCALE_RANGE[0] <= corr * frac <= SCALE_RANGE[1]):
+        return 1.0, 0.0
     if not (math.isfinite(frac) and frac > 0):
         return 1.0, 0.0
     rel = corr_err / corr if math.isfinite(corr_err) else 0.0
