@@ -329,7 +329,7 @@ def _with_split_sources(columns, psf_columns, phot):
     """Detect's and psf.py's columns with one row appended per star that the PSF fit split
     off a detection (position: the PSF fit's; other measurements NaN; flags PSF_SPLIT, also
     set on the detection it came from; class_star 1 for both) and per star found in the
-    residual image (flags PSF_RESIDUAL), and the PSF columns for all rows."""
+    residual image (flags PSF_RESIDUAL, class_star 1), and the PSF columns for all rows."""
     cols, new = phot
     parent = new["parent"]
     k = len(parent)
@@ -350,9 +350,10 @@ def _with_split_sources(columns, psf_columns, phot):
     psf_columns = {name: np.concatenate([np.asarray(v, float), np.full(k, np.nan)])
                    for name, v in psf_columns.items()}
     # both stars of a split are point sources: two PSFs describe the pixels (reduced chi²
-    # <= psfphot.SPLIT_MAX_CHI2), where the blend's shape had looked extended
+    # <= psfphot.SPLIT_MAX_CHI2), where the blend's shape had looked extended; so are the
+    # residual finds (kept only when a PSF describes them: psf_chi2 <= RESIDUAL_MAX_CHI2)
     if "class_star" in psf_columns:
-        psf_columns["class_star"][np.concatenate([cols["split"], split_row])] = 1.0
+        psf_columns["class_star"][np.concatenate([cols["split"], np.ones(k, bool)])] = 1.0
     return columns, psf_columns, out
 
 
