@@ -21,7 +21,7 @@ from skysurvey import psfmodel as pm
 from skysurvey.calibrate import apply_zero_point, calibration_flux
 from skysurvey.detect import measure_image
 from skysurvey.fitsread import read_fits
-from skysurvey.psfphot import PSF_RESIDUAL, PSF_SPLIT, extendedness
+from skysurvey.psfphot import PSF_RESIDUAL, PSF_SPLIT, _normalisation, extendedness
 from skysurvey.schema import IMAGES_SCHEMA, SOURCES_SCHEMA
 
 
@@ -302,3 +302,25 @@ def test_extendedness_ratio_and_error():
     assert ratio[0] == pytest.approx(1.0) and ratio[1] == pytest.approx(0.5)
     assert err[0] == pytest.approx(np.hypot(0.01, 0.01))
     assert np.isnan(ratio[2]) and np.isnan(err[2])
+
+
+def test_flux_scale_falls_back_on_the_model_when_the_aperture_correction_is_implausible():
+    x, y, flux, stamps, half = _noise_free_stars(4.0, n=40)
+    grid = pm.build(stamps, np.ones_like(stamps), x, y, flux, half=half, oversample=1,
+                    order=0, centre=(256, 256), scale=(256, 256))
+    radius = 6.0
+    frac = float(np.median(_stars_aperture_fraction(grid, radius)))
+    true_corr = 1.0 / frac  # the model's own total / aperture
+    scale, rel = _normalisation(grid, radius, true_corr * 1.01, 0.002)
+    assert scale == pytest.approx(1.01, rel=1e-6) and rel == pytest.approx(0.002 / (true_corr
+                                                                                    * 1.01))
+    assert _normalisation(grid, radius, true_corr * 1.10, 0.002) == (1.0, 0.0)
+    assert _normalisation(grid, radius, float("nan"), 0.002) == (1.0, 0.0)
+
+
+def _stars_aperture_fraction(grid, radius):
+    """The model's fraction within *radius* at the positions of the stars that built it."""
+    from skysurvey.psfphot import aperture_fraction
+
+    used = grid.extra["used"]
+    return aperture_fraction(grid, grid.extra["x"][used], grid.extra["y"][used], radius)

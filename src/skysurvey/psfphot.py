@@ -1,25 +1,38 @@
 """PSF photometry of every source with the image's own PSF model (numpy only: runs in the Lambda).
 
-- The model (:mod:`skysurvey.psfmodel`) is built from the PSF stars that :mod:`skysurvey.psf`
-  chose (bright, clean, on the stellar locus), their neighbours' segmentation pixels left out.
-- Fitting (:func:`fit_sources`): every source's flux, and the position of those bright enough,
-  by weighted least squares on the pixels within FIT_RADIUS_FWHM of it, all sources at once.
-  Neighbours are fitted together: each iteration fits every source on the image minus the
-  current model of all the others (block Jacobi, DAOPHOT/ALLSTAR's scheme), so a group of
-  overlapping stars converges to its joint least-squares solution without forming the groups;
-  the positions take Gauss-Newton steps (at most MAX_STEP px each) for the first POS_ITER
-  iterations, fluxes are linear. The weights come from the background RMS plus the Poisson
-  noise of the *model* (not the data, which would bias faint fluxes low).
-- Splitting (:func:`split_pairs`): a source whose single-PSF fit is poor is refitted as two
-  PSFs (6 parameters, Gauss-Newton, started at the residual's peak). It becomes two sources,
-  flag PSF_SPLIT, when the two-star fit is better by SPLIT_DCHI2 in units of the two-star
-  fit's reduced chi² (model errors of bright single stars inflate both alike) and both stars
-  have SNR >= SPLIT_MIN_SNR.
-- Normalisation: the model sums to 1 over its stamp (MODEL_HALF_FWHM); ``flux_psf`` is the
-  fitted amplitude times the image's aperture correction times the model's fraction within the
-  catalog's aperture, so it is a total flux on the same scale as ``flux_apcorr``.
-- Extendedness: ``flux_psf / flux_apcorr`` (Rubin's psf/model flux ratio): ~1 for stars, below
-  for galaxies (:func:`extendedness`).
+The steps of :func:`photometry`, each measured on synthetic fields (tests/test_psfphot.py):
+
+1. Model (:mod:`skysurvey.psfmodel`) from the PSF stars that :mod:`skysurvey.psf` chose
+   (bright, clean, on the stellar locus), their neighbours' segmentation pixels left out.
+2. Fit (:func:`fit_sources`): every source's flux, and the position of those with SNR >=
+   POS_MIN_SNR, by weighted least squares on the pixels within FIT_RADIUS_FWHM of it, all
+   sources at once. Neighbours are fitted together: each iteration fits every source on the
+   image minus the current model of all the others (block Jacobi, DAOPHOT/ALLSTAR's scheme),
+   so a group of overlapping stars converges to its joint least-squares solution without
+   forming the groups; the positions take Gauss-Newton steps (at most MAX_STEP px each) for
+   the first POS_ITER iterations, fluxes are linear. The weights come from the background RMS,
+   the Poisson noise of the *model* (not the data, which would bias faint fluxes low) and a
+   PROFILE_ERROR of the model per pixel. Cosmic rays' pixels are left out (detect.py).
+3. Second pass: the background again from the image minus every fitted source (the stars'
+   wings raise a crowded field's background: faint stars' flux_psf/true 0.97 -> 1.00), the
+   model again with the neighbours subtracted, the fit again.
+4. Residual search (:func:`_residual_sources`, DAOPHOT's second FIND): stars the detection
+   missed, found in the image minus every fitted source (flag PSF_RESIDUAL).
+5. Splits (:func:`split_pairs`): a source whose one-star fit is poor is refitted as two
+   PSFs (6 parameters, Gauss-Newton, started at the residual's peak). It becomes two sources,
+   flag PSF_SPLIT, when the two-star fit is better by SPLIT_DCHI2 in units of its own reduced
+   chi² (model errors of bright single stars inflate both alike), describes the pixels
+   (SPLIT_MAX_CHI2, SPLIT_MAX_RATIO: a galaxy's two-PSF fit stays poor), the stars are
+   SPLIT_MIN_SEP FWHM apart and both have SNR >= SPLIT_MIN_SNR.
+6. One joint fit of the detections, the finds and the split stars.
+7. Scale: the model sums to 1 over its stamp (MODEL_HALF_FWHM); ``flux_psf`` is the fitted
+   amplitude times the image's aperture correction times the model's fraction within the
+   catalog's aperture (so on ``flux_apcorr``'s total-flux scale), unless that product is
+   implausible (SCALE_RANGE: the aperture correction failed), then the amplitude itself.
+   ``flux_psf_err`` adds the correction's error and the model's noise (MODEL_NOISE).
+
+``flux_psf / flux_apcorr`` is an extendedness measure (Rubin's psf/model flux ratio): ~1 for
+stars, below for galaxies (:func:`extendedness`).
 """
 
 from __future__ import annotations
