@@ -16,8 +16,9 @@ The steps of :func:`photometry`, each measured on synthetic fields (tests/test_p
 3. Second pass: the background again from the image minus every fitted source (the stars'
    wings raise a crowded field's background: faint stars' flux_psf/true 0.97 -> 1.00), the
    model again with the neighbours subtracted, the fit again.
-4. Residual search (:func:`_residual_sources`, DAOPHOT's second FIND): stars the detection
-   missed, found in the image minus every fitted source (flag PSF_RESIDUAL).
+4. Residual search (:func:`_residual_sources`, DAOPHOT's second FIND; *residual*, off by
+   default: it costs purity): stars the detection missed, found in the image minus every
+   fitted source (flag PSF_RESIDUAL).
 5. Splits (:func:`split_pairs`): a source whose one-star fit is poor is refitted as two
    PSFs (6 parameters, Gauss-Newton, started at the residual's peak). It becomes two sources,
    flag PSF_SPLIT, when the two-star fit is better by SPLIT_DCHI2 in units of its own reduced
@@ -606,7 +607,7 @@ def extendedness(flux_psf, flux_psf_err, flux_model, flux_model_err):
 
 def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=None,
                aperture_correction=math.nan, aperture_correction_err=math.nan, split=True,
-               residual=True):
+               residual=False):
     """PSF photometry of one image's sources.
 
     Parameters
