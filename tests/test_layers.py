@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("errors", "config", "schema", "units", "geometry", "aws", "storage",
                     "prices")),
     ("per-image science", ("fitsread", "astrometry", "detect", "deblend", "psf", "reference",
-                           "calibrate", "synth", "forced")),
+                           "calibrate", "synth", "forced", "psfmodel", "psfphot")),
     ("orchestration", ("pipeline", "catalog", "runner", "lambda_backend", "upload")),
     ("catalog products", ("objects", "queries", "athena", "export", "hats_export", "forced_run",
                           "lightcurves", "handler")),
@@ -275,3 +275,22 @@ def test_a_planted_store_type_check_is_flagged():
     assert store_type_checks("isinstance(x, (int, S3Store))\n") == [1]
     assert store_type_checks("isinstance(x, dict)\n") == []
 
+
+
+def test_every_module_declares_its_public_names():
+    """``__all__`` in every module (a package's ``__init__`` may hand its modules' names on):
+    what it lists exists, and every public function and class the module defines is listed."""
+    import importlib
+
+    for name, (source, _) in package_sources().items():
+        if name == PACKAGE:
+            continue
+        module = importlib.import_module(name)
+        assert hasattr(module, "__all__"), f"{name}: no __all__"
+        missing = [n for n in module.__all__ if not hasattr(module, n)]
+        assert not missing, f"{name}.__all__ names what it does not have: {missing}"
+        defined = {node.name for node in ast.parse(source).body
+                   if isinstance(node, ast.FunctionDef | ast.ClassDef)
+                   and not node.name.startswith("_")}
+        unlisted = sorted(defined - set(module.__all__))
+        assert not unlisted, f"{name}: public but not in __all__: {unlisted}"

@@ -13,6 +13,8 @@ DESIGN_SOURCE_COLUMNS = [
     "flux_aper_err", "mag", "mag_err", "flux_apcorr", "flux_apcorr_err", "mag_apcorr",
     "mag_apcorr_err", "class_star", "_healpix_29", "snr", "peak", "background", "a", "b",
     "theta", "theta_world", "fwhm", "ellipticity", "npix", "flags",
+    # PSF photometry (DESIGN "PSF photometry", issue 25)
+    "flux_psf", "flux_psf_err", "mag_psf", "mag_psf_err", "psf_chi2", "x_psf", "y_psf",
 ]
 
 

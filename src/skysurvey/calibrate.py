@@ -106,8 +106,12 @@ class Match:
 
 
 def calibration_flux(sources: pa.Table) -> tuple[np.ndarray, np.ndarray, str]:
-    """The flux the zero point is fitted on: ``flux_apcorr`` (aperture flux corrected to total,
-    for point sources); while an image has none (no PSF stars), the Kron ``flux``."""
+    """The flux the zero point is fitted on: ``flux_psf`` (PSF fit, total flux) when the image
+    has a PSF model, else ``flux_apcorr`` (aperture flux corrected to total, for point
+    sources); while an image has neither (no PSF stars), the Kron ``flux``."""
+    psf = _column(sources, "flux_psf")
+    if np.isfinite(psf).any():
+        return psf, _column(sources, "flux_psf_err"), "flux_psf"
     apcorr = _column(sources, "flux_apcorr")
     if np.isfinite(apcorr).any():
         return apcorr, _column(sources, "flux_apcorr_err"), "flux_apcorr"
@@ -263,8 +267,10 @@ def _set(table: pa.Table, name: str, values) -> pa.Table:
 
 
 def apply_zero_point(sources: pa.Table, zero_point: float | None) -> pa.Table:
-    """Fill ``mag``/``mag_err`` (Kron flux) and ``mag_apcorr``/``mag_apcorr_err``."""
-    for prefix, flux in (("mag", "flux"), ("mag_apcorr", "flux_apcorr")):
+    """Fill ``mag``/``mag_err`` (Kron flux), ``mag_apcorr``/``mag_apcorr_err`` and
+    ``mag_psf``/``mag_psf_err``."""
+    for prefix, flux in (("mag", "flux"), ("mag_apcorr", "flux_apcorr"),
+                         ("mag_psf", "flux_psf")):
         mag, err = magnitudes(_column(sources, flux), _column(sources, f"{flux}_err"),
                               zero_point)
         sources = _set(_set(sources, prefix, mag), f"{prefix}_err", err)

@@ -33,7 +33,37 @@ from .errors import ImageDataError
 from .fitsread import FitsImage, observation_time
 from .psf import image_columns as psf_image_columns
 from .psf import measure as measure_psf
+from .psfmodel import quality as psf_quality
+from .psfphot import PSF_RESIDUAL, PSF_SPLIT
+from .psfphot import photometry as psf_photometry
 from .schema import SOURCES_SCHEMA
+
+__all__ = [
+    "APER_ALLMASKED",
+    "APER_HASMASKED",
+    "APER_NONPOSITIVE",
+    "APER_TRUNC",
+    "BAD_WCS",
+    "COSMIC_RAY",
+    "FLAG_DESCRIPTIONS",
+    "GAIN_KEYS",
+    "KRON_FALLBACK",
+    "MASKED",
+    "NEAR_EDGE",
+    "OBJ_DOVERFLOW",
+    "OBJ_MERGED",
+    "OBJ_SINGU",
+    "OBJ_TRUNC",
+    "PSF_COLUMNS",
+    "SATURATED",
+    "SATURATED_NEARBY",
+    "SATURATE_KEYS",
+    "SECOND_PASS",
+    "ZERO_POINT_KEYS",
+    "DetectionConfig",
+    "measure_image",
+    "zero_point",
+]
 
 # SEP's own flag bits (object and aperture flags share one mask in the catalog)
 OBJ_MERGED = sep.OBJ_MERGED
@@ -53,6 +83,8 @@ KRON_FALLBACK = 4096
 SECOND_PASS = 8192
 SATURATED_NEARBY = 16384
 BAD_WCS = 65536  # (32768 is PSF_SPLIT, DESIGN.md)
+#: psfphot's columns of every source (flux_psf on flux_apcorr's scale; mag_psf from calibrate)
+PSF_COLUMNS = ("flux_psf", "flux_psf_err", "psf_chi2", "x_psf", "y_psf")
 
 FLAG_DESCRIPTIONS: dict[int, str] = {
     OBJ_MERGED: "SEP: blended with another object (deblended)",
@@ -75,6 +107,11 @@ FLAG_DESCRIPTIONS: dict[int, str] = {
     BAD_WCS: "pipeline: the header has a celestial WCS that cannot be trusted (NaN or "
              "non-numeric values, a singular matrix, no round trip, odd LONPOLE/LATPOLE): ra, "
              "dec null; images.warnings says why",
+    PSF_SPLIT: "pipeline: one of two stars the PSF fit split one detection into (the "
+               "detection's row keeps its own measurements; the other star is a new row with "
+               "PSF photometry only)",
+    PSF_RESIDUAL: "pipeline: found in the image with every fitted source's PSF subtracted "
+                  "(a new row with PSF photometry only)",
 }
 
 ZERO_POINT_KEYS = ("MAGZERO", "MAGZP", "PHOTZP", "ZEROPNT", "ZP")
@@ -102,6 +139,14 @@ class DetectionConfig:
     second_pass: bool = True
     second_pass_peak: float = 10.0
     second_pass_snr: float = 7.0
+    # PSF photometry (psfphot.py): flux_psf and the PSF model's quality. Off by default for
+    # now: on a crowded 2048² field it takes 4.2 s CPU on top of a 3.3 s handler (SExtractor +
+    # PSFEx: 4.6 s); its columns are null when off (benchmarks/RESULTS.md, "PSF photometry").
+    psf_photometry: bool = False
+    # ... and also search the image with every fitted source subtracted
+    # (crowded 1024² star field: stars of SNR >= 10 found 0.920 -> 0.952; but 1-1.4% of the
+    # synthetic survey fields' sources become false, below the 0.99 purity of test_detection)
+    psf_residual_search: bool = False
 
 
 def _extract(sub, err, mask, config):
@@ -258,6 +303,14 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
                                             saturate, config, nx, ny, hidden, sat)
     # point-source photometry and class_star from the image's own stars (psf.py)
     psf_model, psf_columns = measure_psf(sub, rms, segmap, mask, columns, radius, gain)
+    # PSF photometry with the image's own PSF model (psfphot.py); split detections append rows
+    if config.psf_photometry:
+        psf_grid, phot = _psf_photometry(sub, rms, mask, segmap, columns, psf_model, radius,
+                                         gain, config.psf_residual_search)
+        columns, psf_columns, phot = _with_split_sources(columns, psf_columns, phot)
+    else:  # the columns exist, null (DetectionConfig.psf_photometry)
+        psf_grid = None
+        phot = {name: np.full(len(columns["x"]), np.nan) for name in PSF_COLUMNS}
     n = len(columns["x"])  # the first pass's objects, then the second pass's
     ra = dec = theta_world = np.full(n, np.nan)
     if wcs is not None and n:  # ICRS whatever the header's frame (astrometry.py)
@@ -290,11 +343,69 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
         "npix": pa.array(np.asarray(columns["npix"], dtype=np.int32)),
         "flags": pa.array(np.asarray(columns["flags"], dtype=np.int32) | bad_wcs),
         **{name: col(values) for name, values in psf_columns.items()},
+        **{name: col(phot[name]) for name in PSF_COLUMNS},
     }, n)
     row = _image_row(image, image_id, header, wcs, frame, bkg, n, fwhm_median, zp, zp_key, gain,
                      saturate, radius, config, notes)
     row.update(psf_image_columns(psf_model, row))
+    row.update(psf_quality(psf_grid, nx, ny))
     return table, row
+
+
+def _psf_photometry(sub, rms, mask, segmap, columns, psf_model, radius, gain, residual=False):
+    """The PSF model and PSF photometry columns (psfphot.py) of the detected sources; NaN
+    columns (and no model) without PSF stars."""
+    stars = None if psf_model is None else psf_model.stars
+    if stars is None or not np.any(stars):
+        grid, phot, new = psf_photometry(sub, rms, mask, segmap, columns,
+                                         np.zeros(len(columns["x"]), bool), fwhm=math.nan,
+                                         radius=radius)
+        return grid, (phot, new)
+    fwhm = psf_model.fwhm_locus if math.isfinite(psf_model.fwhm_locus) else psf_model.fwhm
+    # cosmic rays' pixels are left out of the fits (a PSF fitted to a spike would subtract a
+    # PSF-shaped hole from its neighbours)
+    flags = np.asarray(columns["flags"])
+    spikes = np.flatnonzero((flags & COSMIC_RAY) > 0)  # labels i + 1 (first pass only)
+    if spikes.size:
+        hit = np.isin(segmap, spikes + 1)
+        mask = hit if mask is None else (mask | hit)
+    grid, phot, new = psf_photometry(
+        sub, rms, mask, segmap, columns, stars, fwhm=fwhm, radius=radius, gain=gain,
+        aperture_correction=psf_model.aperture_correction,
+        aperture_correction_err=psf_model.aperture_correction_err, residual=residual)
+    return grid, (phot, new)
+
+
+def _with_split_sources(columns, psf_columns, phot):
+    """Detect's and psf.py's columns with one row appended per star that the PSF fit split
+    off a detection (position: the PSF fit's; other measurements NaN; flags PSF_SPLIT, also
+    set on the detection it came from; class_star 1 for both) and per star found in the
+    residual image (flags PSF_RESIDUAL, class_star 1), and the PSF columns for all rows."""
+    cols, new = phot
+    parent = new["parent"]
+    k = len(parent)
+    flags = np.asarray(columns["flags"]).astype(np.int64)
+    flags = np.where(cols["split"], flags | PSF_SPLIT, flags)
+    columns = {**columns, "flags": flags}
+    out = {name: np.concatenate([np.asarray(cols[name], float),
+                                 np.asarray(new[name], float)]) for name in PSF_COLUMNS}
+    if k == 0:
+        return columns, psf_columns, out
+    extra = {name: np.full(k, np.nan) for name in columns}
+    split_row = parent >= 0  # split off a detection
+    found_row = parent < 0  # found in the residual image
+    extra.update(x=new["x_psf"], y=new["y_psf"], npix=np.zeros(k, np.int32),
+                 flags=np.where(split_row, PSF_SPLIT, 0) | np.where(found_row, PSF_RESIDUAL, 0))
+    columns = {name: np.concatenate([np.asarray(v), extra[name].astype(np.asarray(v).dtype)])
+               for name, v in columns.items()}
+    psf_columns = {name: np.concatenate([np.asarray(v, float), np.full(k, np.nan)])
+                   for name, v in psf_columns.items()}
+    # both stars of a split are point sources: two PSFs describe the pixels (reduced chi²
+    # <= psfphot.SPLIT_MAX_CHI2), where the blend's shape had looked extended; so are the
+    # residual finds (kept only when a PSF describes them: psf_chi2 <= RESIDUAL_MAX_CHI2)
+    if "class_star" in psf_columns:
+        psf_columns["class_star"][np.concatenate([cols["split"], np.ones(k, bool)])] = 1.0
+    return columns, psf_columns, out
 
 
 def _healpix_column(ra, dec) -> pa.Array:

@@ -60,6 +60,7 @@ __all__ = [
     "ForcedPlan",
     "ForcedReport",
     "ForcedTask",
+    "VariabilitySummary",
     "file_touches",
     "fingerprint",
     "forced_image",

@@ -20,6 +20,7 @@ import os
 from urllib.parse import unquote_plus
 
 from .config import is_s3_uri
+from .detect import DetectionConfig
 from .errors import SkySurveyError
 from .pipeline import PipelineConfig, make_reply
 from .reference import reference_spec
@@ -163,6 +164,8 @@ def pipeline_config(event: dict | None = None) -> PipelineConfig:
     memory_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
     budget = int(int(memory_mb) * 0.8 * 2**20) if memory_mb else None
     event = event if isinstance(event, dict) else {}
-    return PipelineConfig(max_memory_bytes=budget, tmp_dir=os.environ.get("TMPDIR"),
+    detection = DetectionConfig(psf_photometry=event.get("psf_photometry") is True)
+    return PipelineConfig(detection=detection, max_memory_bytes=budget,
+                          tmp_dir=os.environ.get("TMPDIR"),
                           reference=reference_spec(event.get("reference"),
                                                    event.get("reference_bands")))

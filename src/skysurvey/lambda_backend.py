@@ -58,9 +58,11 @@ def _reply(key: str, status: str, error: str | None = None, **extra) -> dict:
     return make_reply(key, status, error=error, **extra)
 
 
-def event_for(raw_uri: str, key: str, catalog_uri: str, reference=None) -> dict:
+def event_for(raw_uri: str, key: str, catalog_uri: str, reference=None,
+              psf_photometry: bool = False) -> dict:
     """The direct-invocation event of DESIGN.md for one image; *reference* (a
-    ReferenceSpec) adds ``reference`` and ``reference_bands``."""
+    ReferenceSpec) adds ``reference`` and ``reference_bands``, *psf_photometry*
+    ``"psf_photometry": true`` (detect.DetectionConfig.psf_photometry)."""
     loc = parse_s3_uri(raw_uri)
     event = {"bucket": loc.bucket, "key": loc.prefix + key, "catalog_bucket": catalog_uri}
     if loc.prefix and not loc.prefix.startswith(RAW_IMAGES_PREFIX):
@@ -68,6 +70,8 @@ def event_for(raw_uri: str, key: str, catalog_uri: str, reference=None) -> dict:
     if reference is not None:
         event["reference"] = reference.uri
         event["reference_bands"] = ",".join(f"{b}={c}" for b, c in reference.bands)
+    if psf_photometry:
+        event["psf_photometry"] = True
     return event
 
 
@@ -117,9 +121,10 @@ def invoke_payload(client, function: str, key: str, payload: dict,
 
 
 def invoke_one(client, function: str, raw_uri: str, key: str, catalog_uri: str,
-               asynchronous: bool = False, reference=None) -> dict:
+               asynchronous: bool = False, reference=None, psf_photometry: bool = False) -> dict:
     return invoke_payload(client, function, key,
-                          event_for(raw_uri, key, catalog_uri, reference), asynchronous)
+                          event_for(raw_uri, key, catalog_uri, reference, psf_photometry),
+                          asynchronous)
 
 
 @dataclass(frozen=True)
@@ -165,7 +170,8 @@ def lambda_client(limits: FunctionLimits, workers: int):
 
 def run_lambda(raw_uri: str, keys: Sequence[str], catalog_uri: str, *, function: str,
                workers: int = 4, asynchronous: bool = False,
-               on_done: Callable[[dict], None] | None = None, reference=None) -> list[dict]:
+               on_done: Callable[[dict], None] | None = None, reference=None,
+               psf_photometry: bool = False) -> list[dict]:
     """Invoke *function* once per key; replies in the order of *keys*."""
     if not is_s3_uri(raw_uri) or not is_s3_uri(catalog_uri):
         raise ConfigError(raw_uri, "the Lambda backend needs s3:// input and catalog buckets")
@@ -175,7 +181,7 @@ def run_lambda(raw_uri: str, keys: Sequence[str], catalog_uri: str, *, function:
     replies: dict[str, dict] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(invoke_one, client, function, raw_uri, k, catalog_uri,
-                               asynchronous, reference): k for k in keys}
+                               asynchronous, reference, psf_photometry): k for k in keys}
         for future in as_completed(futures):
             key = futures[future]
             try:

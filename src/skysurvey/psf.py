@@ -27,11 +27,56 @@ columns :mod:`skysurvey.detect` has measured (numpy and SEP only: this runs in t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
 import numpy as np
 import sep
+
+__all__ = [
+    "CONCENTRATION_RADII",
+    "CONTROLS_PER_RING",
+    "CONTROL_POINTS",
+    "GROWTH_N",
+    "GROWTH_REACH_FWHM",
+    "JACKKNIFE_BELOW",
+    "MAX_GROWTH_STARS",
+    "MIN_CONTROLS",
+    "MIN_PSF_STARS",
+    "MISMATCH",
+    "NEIGHBOUR_REACH",
+    "STAR_MARGIN",
+    "STEP_PRECISION",
+    "WING_AZIMUTHS",
+    "WING_REACH",
+    "Growth",
+    "PsfModel",
+    "aperture_correction",
+    "apply_aperture_correction",
+    "class_star",
+    "close_pairs",
+    "concentration",
+    "correction_with_error",
+    "curve_of_growth",
+    "deblended_concentration",
+    "depth_5sigma",
+    "empty_aperture_excess",
+    "fwhm_arcsec",
+    "growth_correction",
+    "growth_radii",
+    "image_columns",
+    "measure",
+    "moffat_enclosed",
+    "moffat_fit",
+    "moffat_pixels",
+    "nearest_neighbour_distance",
+    "pairs_within",
+    "ring_levels",
+    "robust_sigma",
+    "seeing_moffat",
+    "stellar_locus",
+    "wing_light",
+]
 
 #: Number of radii of the curve of growth.
 GROWTH_N = 7
@@ -81,6 +126,9 @@ class PsfModel:
     n_growth: int  # stars that measured at least one step of the curve of growth
     concentration: float  # median flux(r_in) / flux(r_out) of the PSF stars
     concentration_scatter: float  # intrinsic scatter of that ratio among them
+    fwhm_locus: float = math.nan  # pixels: the stellar locus's FWHM (half-light diameter x 2)
+    #: which sources are the PSF stars (the PSF model of psfmodel.py is built from them)
+    stars: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def _median(values) -> float:
@@ -899,7 +947,7 @@ def measure(sub, rms, segmap, mask, columns, radius, gain=None, min_snr=50.0):
     model = PsfModel(fwhm=seeing, n_stars=int(stars.sum()), aperture_correction=corr,
                      aperture_correction_err=corr_err, n_growth=n_growth,
                      concentration=locus,
-                     concentration_scatter=scatter)
+                     concentration_scatter=scatter, fwhm_locus=fwhm_psf, stars=stars)
     flux_apcorr, flux_apcorr_err = apply_aperture_correction(
         columns["flux_aper"], columns["flux_aper_err"], corr, corr_err,
         empty_aperture_excess(sub, rms, segmap, mask, radius))

@@ -69,6 +69,15 @@ SOURCES_SCHEMA = pa.schema(
         pa.field("ellipticity", pa.float64()),
         pa.field("npix", pa.int32()),
         pa.field("flags", pa.int32()),
+        # PSF photometry (psfphot.py): total flux on flux_apcorr's scale, reduced chi² of the
+        # fit, fitted position (0-based pixels)
+        pa.field("flux_psf", pa.float64()),
+        pa.field("flux_psf_err", pa.float64()),
+        pa.field("mag_psf", pa.float64()),
+        pa.field("mag_psf_err", pa.float64()),
+        pa.field("psf_chi2", pa.float64()),
+        pa.field("x_psf", pa.float64()),
+        pa.field("y_psf", pa.float64()),
     ]
 )
 
@@ -116,6 +125,13 @@ IMAGES_SCHEMA = pa.schema(
         pa.field("pipeline_version", pa.string()),
         # NESTED order-12 HEALPix cells touched by the valid pixels (forced.footprint_hpx12)
         pa.field("footprint_hpx12", pa.list_(pa.int64())),
+        # the PSF model (psfmodel.py): stars used, RMS residual (fraction of the peak), FWHM
+        # (pixels) at the centre and worst corner, worst ellipticity (1 - b/a)
+        pa.field("psf_nstars", pa.int32()),
+        pa.field("psf_resid_rms", pa.float64()),
+        pa.field("psf_fwhm_center", pa.float64()),
+        pa.field("psf_fwhm_corner_max", pa.float64()),
+        pa.field("psf_ellipticity_max", pa.float64()),
     ]
 )
 

@@ -37,6 +37,7 @@ __all__ = [
     "TABLES",
     "UNIT_FILES",
     "file_entry",
+    "floats",
     "is_unit_file",
     "list_keys",
     "load_state",

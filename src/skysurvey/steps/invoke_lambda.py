@@ -24,6 +24,7 @@ from skysurvey.catalog import (
     repair_catalog,
 )
 from skysurvey.config import get_setting, is_s3_uri
+from skysurvey.detect import DetectionConfig
 from skysurvey.errors import SkySurveyError, printable
 from skysurvey.fitsread import default_memory_budget
 from skysurvey.pipeline import PipelineConfig
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reference magnitude column per band, e.g. g=gmag,r=rmag "
                              "(default: REFERENCE_BANDS, else columns named <band>mag or "
                              "<band>_mag)")
+    parser.add_argument("--psf-photometry", action="store_true",
+                        help="also fit every source with the image's own PSF model (flux_psf, "
+                             "mag_psf, psf_chi2, x_psf, y_psf; close pairs split): ~2x the "
+                             "handler's time on crowded fields, so off by default")
     parser.add_argument("--repair", action="store_true",
                         help="only repair the catalog: remove sources files without an image "
                              "record (killed runs) and older copies of re-processed images, "
@@ -212,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 config = PipelineConfig(
                     max_memory_bytes=(args.max_memory_mb * 2**20 if args.max_memory_mb else
                                       default_memory_budget(args.workers or default_workers())),
-                    reference=reference)
+                    reference=reference,
+                    detection=DetectionConfig(psf_photometry=args.psf_photometry))
                 replies = run_local(raw_uri, keys, catalog_uri,
                                     workers=args.workers or default_workers(),
                                     config=config, on_done=on_done)
@@ -226,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                                      function=get_setting("LAMBDA_FUNCTION", args.function),
                                      workers=args.workers or 4,
                                      asynchronous=args.asynchronous, on_done=on_done,
-                                     reference=reference)
+                                     reference=reference, psf_photometry=args.psf_photometry)
         except SkySurveyError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -1,0 +1,724 @@
+"""PSF photometry of every source with the image's own PSF model (numpy only: runs in the Lambda).
+
+The steps of :func:`photometry`, each measured on synthetic fields (tests/test_psfphot.py):
+
+1. Model (:mod:`skysurvey.psfmodel`) from the PSF stars that :mod:`skysurvey.psf` chose
+   (bright, clean, on the stellar locus), their neighbours' segmentation pixels left out.
+2. Fit (:func:`fit_sources`): every source's flux, and the position of those with SNR >=
+   POS_MIN_SNR, by weighted least squares on the pixels within FIT_RADIUS_FWHM of it, all
+   sources at once. Neighbours are fitted together: each iteration fits every source on the
+   image minus the current model of all the others (block Jacobi, DAOPHOT/ALLSTAR's scheme),
+   so a group of overlapping stars converges to its joint least-squares solution without
+   forming the groups; the positions take Gauss-Newton steps (at most MAX_STEP px each) for
+   the first POS_ITER iterations, fluxes are linear. The weights come from the background RMS,
+   the Poisson noise of the *model* (not the data, which would bias faint fluxes low) and a
+   PROFILE_ERROR of the model per pixel. Cosmic rays' pixels are left out (detect.py).
+3. Second pass: the background again from the image minus every fitted source (the stars'
+   wings raise a crowded field's background: faint stars' flux_psf/true 0.97 -> 1.00), the
+   model again with the neighbours subtracted, the fit again.
+4. Residual search (:func:`_residual_sources`, DAOPHOT's second FIND; *residual*, off by
+   default: it costs purity): stars the detection missed, found in the image minus every
+   fitted source (flag PSF_RESIDUAL).
+5. Splits (:func:`split_pairs`): a source whose one-star fit is poor is refitted as two
+   PSFs (6 parameters, Gauss-Newton, started at the residual's peak). It becomes two sources,
+   flag PSF_SPLIT, when the two-star fit is better by SPLIT_DCHI2 in units of its own reduced
+   chi² (model errors of bright single stars inflate both alike), describes the pixels
+   (SPLIT_MAX_CHI2, SPLIT_MAX_RATIO: a galaxy's two-PSF fit stays poor), the stars are
+   SPLIT_MIN_SEP FWHM apart and both have SNR >= SPLIT_MIN_SNR.
+6. One joint fit of the detections, the finds and the split stars.
+7. Scale: the model sums to 1 over its stamp (MODEL_HALF_FWHM); ``flux_psf`` is the fitted
+   amplitude times the image's aperture correction times the model's fraction within the
+   catalog's aperture (so on ``flux_apcorr``'s total-flux scale), unless that product is
+   implausible (SCALE_RANGE: the aperture correction failed), then the amplitude itself.
+   ``flux_psf_err`` adds the correction's error and the model's noise (MODEL_NOISE).
+
+``flux_psf / flux_apcorr`` is an extendedness measure (Rubin's psf/model flux ratio): ~1 for
+stars, below for galaxies (:func:`extendedness`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import sep
+
+from . import psfmodel as pm
+
+__all__ = [
+    "FIT_RADIUS_FWHM",
+    "MODEL_HALF_FWHM",
+    "PSF_RESIDUAL",
+    "PSF_SPLIT",
+    "PsfFit",
+    "aperture_fraction",
+    "extendedness",
+    "fit_sources",
+    "model_from_stars",
+    "photometry",
+    "residual_background",
+    "split_pairs",
+]
+
+#: Flag bit: this source and another one were one detection that the PSF fit split in two.
+PSF_SPLIT = 32768
+#: Flag bit: found in the image with every fitted source's PSF subtracted (PSF photometry only).
+PSF_RESIDUAL = 524288  # (65536 is BAD_WCS; 131072, 262144 forced photometry flags)
+#: Residual search: SEP threshold (background RMS units, 3x3 'conv' filter: detection's own),
+#: minimum area; a find is kept when >= RESIDUAL_MIN_SEP FWHM from every source and
+#: >= RESIDUAL_AVOID FWHM from grossly misfitted ones (psf_chi2 > RESIDUAL_BAD_CHI2: galaxies,
+#: saturated stars, whose residuals are structure), and its PSF fit has SNR >= RESIDUAL_MIN_SNR
+RESIDUAL_THRESH = 1.5
+RESIDUAL_MINAREA = 5
+RESIDUAL_MIN_SEP = 1.0
+RESIDUAL_AVOID = 2.0
+RESIDUAL_BAD_CHI2 = 10.0
+RESIDUAL_MIN_SNR = 5.0
+#: ... and its PSF fit describes its pixels (a galaxy's leftover structure does not).
+RESIDUAL_MAX_CHI2 = 1.5
+#: Pixels within this many FWHM of a source are fitted.
+FIT_RADIUS_FWHM = 1.5
+#: Half-size of the model's stamp, in FWHM (Moffat beta 3.5: 0.1% of the light beyond).
+MODEL_HALF_FWHM = 4.0
+#: ... at least this many pixels (undersampled images), and the fit radius at least this.
+MIN_MODEL_HALF = 8
+MIN_FIT_RADIUS = 3.0
+#: Half-size of the neighbours' models subtracted while fitting, in FWHM (0.4% beyond).
+NEIGHBOUR_HALF_FWHM = 3.0
+#: Block-Jacobi iterations, the first POS_ITER of which also move the positions.
+N_ITER = 4
+POS_ITER = 2
+#: Largest position step per iteration and largest total move from the detection, pixels.
+MAX_STEP = 0.5
+MAX_MOVE = 1.5
+#: Positions are fitted for sources with at least this SNR (fainter: fixed at detection).
+POS_MIN_SNR = 5.0
+#: The model's own error, a fraction of the model in each pixel, added to the noise (DAOPHOT's
+#: profile error): bright stars' fits are limited by it, not by their photon noise.
+PROFILE_ERROR = 0.02
+#: The model's own noise (built from a finite number of stars) as a relative flux error:
+#: MODEL_NOISE / sqrt(stars used), added in quadrature (synthetic 512²-1024² fields: bright
+#: stars' pulls had a robust sigma of 1.4-2.2 with 40-70 model stars without it).
+MODEL_NOISE = 0.03
+#: Plausible totals per unit model amplitude (aperture correction x the model's aperture
+#: fraction); outside, the model's own normalisation (its stamp) is the total.
+SCALE_RANGE = (0.99, 1.03)
+#: At most this many PSF stars (the brightest) build the model.
+MAX_MODEL_STARS = 200
+#: Splitting: candidates have reduced chi² above SPLIT_CHI2 and SNR above SPLIT_MIN_SNR_PARENT;
+#: accepted when Δχ² / (two-star reduced chi²) > SPLIT_DCHI2 and each star's SNR >= SPLIT_MIN_SNR.
+SPLIT_CHI2 = 1.5
+SPLIT_MIN_SNR_PARENT = 20.0
+SPLIT_DCHI2 = 40.0
+#: ... and the two stars describe the pixels (reduced chi² at most SPLIT_MAX_CHI2, at most
+#: SPLIT_MAX_RATIO of the one star's chi²): a galaxy's two-PSF fit stays poor.
+SPLIT_MAX_CHI2 = 1.5
+SPLIT_MAX_RATIO = 0.6
+#: ... and the two stars at least this many FWHM apart (a galaxy's two-PSF fit puts them
+#: closer; the issue's pairs are 1-1.5 FWHM apart).
+SPLIT_MIN_SEP = 0.8
+SPLIT_MIN_SNR = 5.0
+SPLIT_ITER = 5
+
+
+@dataclass
+class PsfFit:
+    """Result of :func:`fit_sources`: amplitudes (model units), positions, errors, chi²."""
+
+    amp: np.ndarray
+    amp_err: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    chi2: np.ndarray  # reduced, on the fit pixels, all sources' models subtracted
+    npix: np.ndarray
+    rendered: object = None  # the model stamps at (x, y), for the next fit to start from
+
+
+def model_from_stars(sub, rms, mask, segmap, x, y, flux, stars, fwhm, gain=None,
+                     max_stars=MAX_MODEL_STARS, others=None, start=None):
+    """The image's :class:`~skysurvey.psfmodel.PsfGrid` from its PSF stars, or None.
+
+    *stars* is a boolean mask over the sources (segmentation label i + 1 for source i); the
+    brightest *max_stars* of them, away from the edge, build the model, with every other
+    source's segmentation pixels (and masked pixels) left out of their stamps. With *others*
+    ``(model_image, amp)`` (every source's fitted model, and the fitted amplitudes) the
+    neighbours are subtracted instead of left out; *start* is a model to start from.
+    """
+    ny, nx = sub.shape
+    half = max(MIN_MODEL_HALF, math.ceil(MODEL_HALF_FWHM * fwhm))
+    idx = np.flatnonzero(stars & np.isfinite(flux) & (flux > 0)
+                         & (x >= half) & (x <= nx - 1 - half) & (y >= half)
+                         & (y <= ny - 1 - half))
+    if idx.size == 0:
+        return None
+    idx = idx[np.argsort(-flux[idx])][:max_stars]
+    order = pm.choose_order(idx.size)
+    if idx.size < pm.STARS_PER_TERM // 2 + 1:
+        return None
+    ix, iy = np.rint(x[idx]).astype(int), np.rint(y[idx]).astype(int)
+    stamps, inside = pm.cutouts(sub, ix, iy, half)
+    noise, _ = pm.cutouts(rms, ix, iy, half, fill=np.inf)
+    ok = inside & np.isfinite(stamps)
+    if others is None:
+        seg, _ = pm.cutouts(segmap, ix, iy, half)
+        ok &= (seg == 0) | (seg == (idx + 1)[:, None, None])
+    else:
+        image, amp = others
+        around, _ = pm.cutouts(image, ix, iy, half)
+        _, _, own = pm.render(start, x[idx], y[idx], min(half, _neighbour_half(start, fwhm)))
+        pad = half - own.shape[1] // 2
+        stamps = stamps - around + np.pad(own, ((0, 0), (pad, pad), (pad, pad))) \
+            * amp[idx, None, None]
+    if mask is not None:
+        bad, _ = pm.cutouts(mask, ix, iy, half, fill=True)
+        ok &= ~bad
+    var = noise.astype(float) ** 2
+    if gain:
+        var = var + np.maximum(stamps, 0.0) / gain
+    weights = np.where(ok & (var > 0), 1.0 / np.where(var > 0, var, 1.0), 0.0)
+    stamps = np.where(ok, stamps, 0.0)
+    warm = start is not None and start.order == order and start.half == half
+    return pm.build(stamps, weights, x[idx], y[idx], flux[idx], half=half, oversample=1,
+                    order=order, centre=((nx - 1) / 2, (ny - 1) / 2),
+                    scale=(max(nx / 2, 1.0), max(ny / 2, 1.0)),
+                    n_iter=2 if warm else 5, start=start if warm else None)
+
+
+def _neighbour_half(grid, fwhm):
+    """Half-size of the neighbours' model stamps (NEIGHBOUR_HALF_FWHM, within the model)."""
+    return int(min(grid.half, max(MIN_MODEL_HALF - 2, math.ceil(NEIGHBOUR_HALF_FWHM * fwhm))))
+
+
+def aperture_fraction(grid, x, y, radius) -> np.ndarray:
+    """The model's flux within a circle of *radius* pixels (exact overlap, as the catalog's
+    ``flux_aper``) at image positions (x, y)."""
+    h = grid.half
+    x, y = np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float))
+    ix, iy, psf = pm.render(grid, x, y, h)
+    out = np.empty(x.size)
+    for i in range(x.size):
+        stamp = np.ascontiguousarray(psf[i])
+        flux, _, _ = sep.sum_circle(stamp, [h + (x[i] - ix[i])], [h + (y[i] - iy[i])], radius,
+                                    subpix=0)
+        out[i] = flux[0]
+    return out
+
+def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
+                n_iter=N_ITER, pos_iter=POS_ITER, rendered=None) -> PsfFit:
+    """Fit every source's amplitude (and position, when bright enough) at once.
+
+    Parameters
+    ----------
+    sub, rms : 2-D arrays
+        Background-subtracted image and background RMS map.
+    mask : 2-D bool array or None
+        Pixels not to use.
+    grid : PsfGrid
+        The image's PSF model.
+    x, y : (N,) arrays
+        Starting positions (0-based pixels).
+    fwhm : float
+        Stellar FWHM, pixels (sets the fit radius).
+    gain : float or None
+        e-/ADU for the sources' Poisson noise (None: background noise only).
+    amp0 : (N,) array or None
+        Starting amplitudes (None: zero).
+    n_iter, pos_iter : int
+        Block-Jacobi iterations; positions move during the first *pos_iter*.
+    rendered : _Rendered or None
+        An earlier fit's model stamps (used when the positions are the same).
+
+    Returns
+    -------
+    PsfFit
+    """
+    x0, y0 = np.asarray(x, float), np.asarray(y, float)
+    x, y = x0.copy(), y0.copy()
+    n = x.size
+    shape = sub.shape
+    radius = max(FIT_RADIUS_FWHM * fwhm, MIN_FIT_RADIUS)
+    hf = min(math.ceil(radius), _neighbour_half(grid, fwhm))
+    amp = np.zeros(n) if amp0 is None else np.where(np.isfinite(amp0), amp0, 0.0)
+    noise = np.where(np.isfinite(rms), rms, np.inf).astype(float)
+    bad = ~np.isfinite(sub) if mask is None else (mask | ~np.isfinite(sub))
+    image = np.where(bad, 0.0, sub).astype(float)
+    free = np.ones(n, bool)
+    err = np.full(n, np.inf)
+    off = np.arange(-hf, hf + 1)
+    # the fit stamps stay centred on the starting pixels (a source moves <= MAX_MOVE px)
+    ix, iy = np.rint(x0).astype(np.int64), np.rint(y0).astype(np.int64)
+    flat, inside = _stamp_index(shape, ix, iy, hf)  # fixed for the call: gathers only
+    data = np.where(inside, image.ravel()[flat], 0.0)
+    sig = np.where(inside, noise.ravel()[flat], np.inf)
+    inside &= ~bad.ravel()[flat]
+    nh = _neighbour_half(grid, fwhm)
+    edge = _edge_value(grid, hf)
+    level = float(np.median(noise[np.isfinite(noise)])) if np.isfinite(noise).any() else 0.0
+
+    def render_all():
+        return _Rendered(shape, grid, x, y, nh, small=hf, amp=amp, edge=edge, noise=level)
+
+    # re-rendered once the positions settle
+    full = rendered if rendered is not None and not rendered.moved(x, y) else render_all()
+    for it in range(n_iter + 1):
+        move = it < pos_iter
+        if not move and full.moved(x, y):
+            full = render_all()
+        r2 = ((off[None, None, :] + ix[:, None, None] - x[:, None, None]) ** 2
+              + (off[None, :, None] + iy[:, None, None] - y[:, None, None]) ** 2)
+        near = inside & (r2 <= radius**2)
+        rendered_psf = full.crop(hf, ix, iy)  # this source's part of the model image
+        if move:
+            psf, dpx, dpy = _at(grid, hf, x, y, ix, iy)
+        else:
+            psf = rendered_psf
+        others = np.where(inside, full.image(amp).ravel()[flat], 0.0)
+        var = sig**2 + (PROFILE_ERROR * others) ** 2
+        if gain:
+            var = var + np.maximum(others, 0.0) / gain
+        use = near & np.isfinite(var) & (var > 0)
+        w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
+        # this source alone: the model image minus this source's part of it
+        target = data - others + amp[:, None, None] * rendered_psf
+        if it == n_iter:  # final: chi² against all models, errors
+            resid = data - others
+            npix = use.sum(axis=(1, 2))
+            dof = np.maximum(npix - np.where(free, 3, 1), 1)
+            chi2 = np.sum(w * resid**2, axis=(1, 2)) / dof
+            return PsfFit(amp, err, x, y, chi2, npix, full)
+        wp = w * psf
+        den = np.sum(wp * psf, axis=(1, 2))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            new_amp = np.where(den > 0, np.sum(wp * target, axis=(1, 2)) / den, np.nan)
+            err = np.where(den > 0, 1.0 / np.sqrt(den), np.inf)
+        snr = np.where(np.isfinite(new_amp), new_amp / err, 0.0)
+        if move:
+            step = _position_step(target, w, psf, dpx, dpy, new_amp)
+            go = free & (snr >= POS_MIN_SNR) & np.isfinite(step).all(axis=1)
+            step = np.clip(np.where(go[:, None], step, 0.0), -MAX_STEP, MAX_STEP)
+            x, y = x + step[:, 0], y + step[:, 1]
+            far = np.hypot(x - x0, y - y0) > MAX_MOVE
+            x[far], y[far] = x0[far], y0[far]  # wandered off: back to the detection, fixed
+            free &= ~far
+        amp = np.where(np.isfinite(new_amp), new_amp, 0.0)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Rendered:
+    """Every source's model stamp at fixed positions, and where it lands in the image, so
+    the model image for new amplitudes is one weighted ``bincount``.
+
+    Faint sources get the fit stamp's size (*small*), bright ones *half*: beyond the fit
+    stamp a source's light matters to its neighbours only if it exceeds a fifth of the
+    background noise there (*edge* is the model's value just outside the fit stamp)."""
+
+    def __init__(self, shape, grid, x, y, half, small=None, amp=None, edge=0.0, noise=0.0):
+        self.shape = shape
+        self.x, self.y = np.array(x, float), np.array(y, float)
+        n = self.x.size
+        big = np.ones(n, bool)
+        if small is not None and amp is not None and small < half:
+            big = np.abs(amp) * edge > 0.2 * noise
+        self.half_small = small if small is not None else half
+        self.groups = []
+        flat, values, rows = [], [], []
+        self.ix = np.rint(self.x).astype(np.int64)
+        self.iy = np.rint(self.y).astype(np.int64)
+        ny, nx = shape
+        for sel, h in ((big, half), (~big, self.half_small)):
+            idx = np.flatnonzero(sel)
+            if idx.size == 0:
+                continue
+            ix, iy, psf = pm.render(grid, self.x[idx], self.y[idx], h)
+            off = np.arange(-h, h + 1)
+            yy = iy[:, None, None] + off[None, :, None]
+            xx = ix[:, None, None] + off[None, None, :]
+            ok = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+            flat.append((np.broadcast_to(yy, psf.shape) * nx
+                         + np.broadcast_to(xx, psf.shape))[ok])
+            values.append(psf[ok])
+            rows.append(np.broadcast_to(idx[:, None, None], psf.shape)[ok])
+            self.groups.append((idx, psf))
+        self.flat = np.concatenate(flat) if flat else np.zeros(0, np.int64)
+        self.values = np.concatenate(values) if values else np.zeros(0)
+        self.rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+
+    def image(self, amp):
+        """Sum of amplitude x PSF over all sources."""
+        ny, nx = self.shape
+        return np.bincount(self.flat, self.values * amp[self.rows], ny * nx).reshape(ny, nx)
+
+    def crop(self, half, ix, iy):
+        """Every stamp's (2 half + 1)² pixels around pixels (ix, iy) (within a few pixels of
+        the stamps' own centres; *half* at most the small stamps' half-size)."""
+        out = np.zeros((self.x.size, 2 * half + 1, 2 * half + 1))
+        for idx, psf in self.groups:
+            h = psf.shape[1] // 2
+            part = psf[:, h - half:h + half + 1, h - half:h + half + 1]
+            out[idx] = _shift(part, self.ix[idx] - ix[idx], self.iy[idx] - iy[idx])
+        return out
+
+    def moved(self, x, y):
+        """Whether the positions differ from the rendered ones."""
+        return not (np.array_equal(x, self.x) and np.array_equal(y, self.y))
+
+
+def _edge_value(grid, half):
+    """The model's value (unit flux, image centre) one pixel beyond a stamp of *half*."""
+    h = min(half + 1, grid.half)
+    cx, cy = grid.centre
+    _, _, psf = pm.render(grid, np.array([float(round(cx))]), np.array([float(round(cy))]), h)
+    c = psf.shape[1] // 2
+    return float(max(psf[0, c, -1], psf[0, -1, c], psf[0, c, 0], psf[0, 0, c], 0.0))
+
+
+def _residual_sources(sub, rms, mask, grid, fit, *, fwhm, gain=None):
+    """Stars the detection missed (DAOPHOT's second FIND): found in the image minus every
+    fitted source, each fitted there alone (the others are already subtracted). Returns the
+    kept finds' x, y and amplitudes."""
+    none = (np.zeros(0),) * 3
+    resid = sub - fit.rendered.image(fit.amp)
+    finite = np.isfinite(rms)
+    noise = float(np.median(rms[finite])) if finite.any() else 0.0
+    if not noise > 0:
+        return none
+    try:
+        objects = sep.extract(np.ascontiguousarray(resid, dtype=np.float32), RESIDUAL_THRESH,
+                              err=noise, mask=mask, minarea=RESIDUAL_MINAREA,
+                              filter_type="conv")
+    except Exception:  # SEP's buffers overflow on pathological residuals: no finds
+        return none
+    ny, nx = sub.shape
+    cx, cy = objects["x"].astype(float), objects["y"].astype(float)
+    keep = (cx >= 2) & (cx <= nx - 3) & (cy >= 2) & (cy <= ny - 3)
+    keep &= _nearest_distance(cx, cy, fit.x, fit.y, RESIDUAL_MIN_SEP * fwhm) \
+        >= RESIDUAL_MIN_SEP * fwhm
+    bad = fit.chi2 > RESIDUAL_BAD_CHI2
+    if bad.any():
+        reach = RESIDUAL_AVOID * fwhm
+        keep &= _nearest_distance(cx, cy, fit.x[bad], fit.y[bad], reach) >= reach
+    if not keep.any():
+        return none
+    alone = fit_sources(resid, rms, mask, grid, cx[keep], cy[keep], fwhm=fwhm, gain=gain,
+                        n_iter=3, pos_iter=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = alone.amp / alone.amp_err
+    # a find's light was partly in its neighbours' amplitudes: judged again after the joint fit
+    good = (np.isfinite(snr) & (snr >= RESIDUAL_MIN_SNR / 2)
+            & (alone.chi2 <= 2 * RESIDUAL_MAX_CHI2))
+    return alone.x[good], alone.y[good], alone.amp[good]
+
+
+def _nearest_distance(x, y, px, py, reach):
+    """Distance from each (x, y) to the nearest of (px, py) when within *reach* (cells of
+    that size), else at least *reach* (inf)."""
+    out = np.full(x.size, np.inf)
+    if px.size == 0 or x.size == 0:
+        return out
+    cell = max(float(reach), 1.0)
+    keys: dict = {}
+    for k, key in enumerate(zip(np.floor(px / cell).astype(int), np.floor(py / cell).astype(int),
+                                strict=True)):
+        keys.setdefault(key, []).append(k)
+    for i, (a, b) in enumerate(zip(np.floor(x / cell).astype(int),
+                                   np.floor(y / cell).astype(int), strict=True)):
+        idx = [k for da in (-1, 0, 1) for db in (-1, 0, 1) for k in keys.get((a + da, b + db), ())]
+        if idx:
+            idx = np.asarray(idx)
+            out[i] = np.min(np.hypot(px[idx] - x[i], py[idx] - y[i]))
+    return out
+
+
+def residual_background(residual, mask, fwhm, mesh_fwhm=16.0):
+    """The background left in *residual* (the image minus every fitted source): SEP's mesh
+    background of it (meshes of *mesh_fwhm* FWHM, at least 32 px, 3 x 3 median filter)."""
+    size = int(max(32, round(mesh_fwhm * fwhm)))
+    data = np.ascontiguousarray(np.where(np.isfinite(residual), residual, 0.0),
+                                dtype=np.float32)
+    bkg = sep.Background(data, mask=mask, bw=size, bh=size, fw=3, fh=3)
+    return bkg.back()
+
+
+def _stamp_index(shape, ix, iy, half):
+    """Flat image indices (N, S, S) of stamps centred on pixels (ix, iy), clipped to the
+    image, and whether each stamp pixel is inside it."""
+    ny, nx = shape
+    off = np.arange(-half, half + 1)
+    yy = iy[:, None, None] + off[None, :, None]
+    xx = ix[:, None, None] + off[None, None, :]
+    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+    return np.clip(yy, 0, ny - 1) * nx + np.clip(xx, 0, nx - 1), inside
+
+
+def _gram(columns, w, resid):
+    """Per-source normal matrix ``J^T W J`` and ``J^T W r`` of (N, S, S) Jacobian *columns*."""
+    k = len(columns)
+    n = w.shape[0]
+    normal = np.empty((n, k, k))
+    rhs = np.empty((n, k))
+    for i in range(k):
+        wi = w * columns[i]
+        rhs[:, i] = np.sum(wi * resid, axis=(1, 2))
+        for j in range(i, k):
+            normal[:, i, j] = normal[:, j, i] = np.sum(wi * columns[j], axis=(1, 2))
+    return normal, rhs
+
+
+def _position_step(target, w, psf, dpx, dpy, amp):
+    """One Gauss-Newton step (dx, dy) of every source's position, flux refitted alongside."""
+    a = amp[:, None, None]
+    normal, rhs = _gram([psf, a * dpx, a * dpy], w, target - a * psf)
+    normal = normal + 1e-9 * np.eye(3) * normal[:, :1, :1]
+    step = np.full((amp.size, 3), np.nan)
+    ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 1e-300)
+    if ok.any():
+        step[ok] = np.linalg.solve(normal[ok], rhs[ok][..., None])[..., 0]
+    return step[:, 1:]
+
+
+def split_pairs(sub, rms, mask, grid, fit: PsfFit, *, fwhm, gain=None,
+                candidates=None):
+    """Two-star fits of poorly fitted sources.
+
+    Returns ``(index, x1, y1, a1, x2, y2, a2)`` for the sources that are better described by
+    two PSFs (see the module's docstring for the criterion); *candidates* limits the search.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = fit.amp / fit.amp_err
+    cand = (fit.chi2 > SPLIT_CHI2) & (snr >= SPLIT_MIN_SNR_PARENT)
+    if candidates is not None:
+        cand &= candidates
+    idx = np.flatnonzero(cand)
+    empty = (np.zeros(0, int),) + (np.zeros(0),) * 6
+    if idx.size == 0:
+        return empty
+    model = fit.rendered.image(fit.amp)
+    radius = max((FIT_RADIUS_FWHM + 0.5) * fwhm, 2.5)
+    hf = min(math.ceil(radius), grid.half)
+    bad = ~np.isfinite(sub) if mask is None else (mask | ~np.isfinite(sub))
+    image = np.where(bad, 0.0, sub).astype(float)
+    xc, yc = fit.x[idx], fit.y[idx]
+    ix, iy = np.rint(xc).astype(int), np.rint(yc).astype(int)
+    data, inside = pm.cutouts(image, ix, iy, hf)
+    others, _ = pm.cutouts(model, ix, iy, hf)
+    sig, _ = pm.cutouts(np.where(np.isfinite(rms), rms, np.inf), ix, iy, hf, fill=np.inf)
+    badpix, _ = pm.cutouts(bad, ix, iy, hf, fill=True)
+    _, _, own = pm.render(grid, xc, yc, hf)
+    own = own * fit.amp[idx, None, None]
+    target = data - others + own
+    off = np.arange(-hf, hf + 1)
+    py, px = np.meshgrid(off, off, indexing="ij")
+    px, py = px[None] + ix[:, None, None], py[None] + iy[:, None, None]
+    r2 = (px - xc[:, None, None]) ** 2 + (py - yc[:, None, None]) ** 2
+    var = sig**2 + (PROFILE_ERROR * (others + own)) ** 2 \
+        + (np.maximum(others + own, 0.0) / gain if gain else 0.0)
+    use = inside & ~badpix & (r2 <= radius**2) & (var > 0) & np.isfinite(var)
+    w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
+    chi2_1 = np.sum(w * (target - own) ** 2, axis=(1, 2))
+    # start: the second star at the residual's peak, the first moved the other way
+    resid = np.where(use & (r2 <= (fwhm * 1.5) ** 2), target - own, -np.inf)
+    peak = np.argmax(resid.reshape(len(idx), -1), axis=1)
+    x2, y2 = px.reshape(len(idx), -1)[np.arange(len(idx)), peak].astype(float), \
+        py.reshape(len(idx), -1)[np.arange(len(idx)), peak].astype(float)
+    x1, y1 = xc - 0.3 * (x2 - xc), yc - 0.3 * (y2 - yc)
+    a1, a2 = 0.7 * fit.amp[idx], 0.3 * fit.amp[idx]
+    for _ in range(SPLIT_ITER):
+        p1, d1x, d1y = _at(grid, hf, x1, y1, ix, iy)
+        p2, d2x, d2y = _at(grid, hf, x2, y2, ix, iy)
+        res = target - a1[:, None, None] * p1 - a2[:, None, None] * p2
+        normal, rhs = _gram([p1, a1[:, None, None] * d1x, a1[:, None, None] * d1y,
+                             p2, a2[:, None, None] * d2x, a2[:, None, None] * d2y], w, res)
+        normal = normal + 1e-9 * np.eye(6) * (normal[:, :1, :1] + normal[:, 3:4, 3:4])
+        ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 1e-300)
+        step = np.zeros((len(idx), 6))
+        if ok.any():
+            step[ok] = np.linalg.solve(normal[ok], rhs[ok][..., None])[..., 0]
+        a1, a2 = a1 + step[:, 0], a2 + step[:, 3]
+        x1 = x1 + np.clip(step[:, 1], -MAX_STEP, MAX_STEP)
+        y1 = y1 + np.clip(step[:, 2], -MAX_STEP, MAX_STEP)
+        x2 = x2 + np.clip(step[:, 4], -MAX_STEP, MAX_STEP)
+        y2 = y2 + np.clip(step[:, 5], -MAX_STEP, MAX_STEP)
+    p1, _, _ = _at(grid, hf, x1, y1, ix, iy)
+    p2, _, _ = _at(grid, hf, x2, y2, ix, iy)
+    # final fluxes: linear 2x2 solve at the final positions
+    m11 = np.sum(w * p1 * p1, axis=(1, 2))
+    m22 = np.sum(w * p2 * p2, axis=(1, 2))
+    m12 = np.sum(w * p1 * p2, axis=(1, 2))
+    b1, b2 = np.sum(w * p1 * target, axis=(1, 2)), np.sum(w * p2 * target, axis=(1, 2))
+    det = m11 * m22 - m12**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a1 = (m22 * b1 - m12 * b2) / det
+        a2 = (m11 * b2 - m12 * b1) / det
+        e1, e2 = np.sqrt(m22 / det), np.sqrt(m11 / det)
+        chi2_2 = np.sum(w * (target - a1[:, None, None] * p1 - a2[:, None, None] * p2) ** 2,
+                        axis=(1, 2))
+        dof = np.maximum(use.sum(axis=(1, 2)) - 6, 1)
+        score = (chi2_1 - chi2_2) / np.maximum(chi2_2 / dof, 1.0)
+    sep_px = np.hypot(x2 - x1, y2 - y1)
+    inside2 = (np.hypot(x1 - xc, y1 - yc) < radius) & (np.hypot(x2 - xc, y2 - yc) < radius)
+    accept = (np.isfinite(score) & (score > SPLIT_DCHI2) & (chi2_2 / dof <= SPLIT_MAX_CHI2)
+              & (chi2_2 <= SPLIT_MAX_RATIO * chi2_1) & (a1 / e1 >= SPLIT_MIN_SNR)
+              & (a2 / e2 >= SPLIT_MIN_SNR) & (sep_px >= SPLIT_MIN_SEP * fwhm) & inside2)
+    k = accept
+    return idx[k], x1[k], y1[k], a1[k], x2[k], y2[k], a2[k]
+
+
+def _at(grid, half, x, y, ix, iy):
+    """Model and derivatives of sources at (x, y) on stamps centred on pixels (ix, iy)
+    (which need not be the sources' nearest pixels: shifted by whole pixels)."""
+    jx, jy, p, dx, dy = pm.render(grid, x, y, half, derivatives=True)
+    sx, sy = jx - ix, jy - iy
+    return (_shift(p, sx, sy), _shift(dx, sx, sy), _shift(dy, sx, sy))
+
+
+def _shift(stamps, sx, sy):
+    """Stamps moved by whole pixels (sx, sy) each, zero-filled."""
+    s = stamps.shape[1]
+    if not (np.any(sx) or np.any(sy)):
+        return stamps
+    out = np.zeros_like(stamps)
+    for dy in np.unique(sy):
+        for dx in np.unique(sx):
+            sel = (sx == dx) & (sy == dy)
+            if not sel.any():
+                continue
+            src = stamps[sel]
+            dst = np.zeros_like(src)
+            ys, yd = (slice(0, s - dy), slice(dy, s)) if dy >= 0 else (slice(-dy, s),
+                                                                        slice(0, s + dy))
+            xs, xd = (slice(0, s - dx), slice(dx, s)) if dx >= 0 else (slice(-dx, s),
+                                                                        slice(0, s + dx))
+            dst[:, yd, xd] = src[:, ys, xs]
+            out[sel] = dst
+    return out
+
+
+def extendedness(flux_psf, flux_psf_err, flux_model, flux_model_err):
+    """``flux_psf / flux_model`` and its error (the errors added in quadrature, relative)."""
+    flux_psf, flux_model = np.asarray(flux_psf, float), np.asarray(flux_model, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = flux_psf / flux_model
+        err = np.abs(ratio) * np.hypot(np.asarray(flux_psf_err, float) / flux_psf,
+                                       np.asarray(flux_model_err, float) / flux_model)
+    ok = np.isfinite(ratio) & (flux_model > 0)
+    return np.where(ok, ratio, np.nan), np.where(ok, err, np.nan)
+
+
+def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=None,
+               aperture_correction=math.nan, aperture_correction_err=math.nan, split=True,
+               residual=False):
+    """PSF photometry of one image's sources.
+
+    Parameters
+    ----------
+    sub, rms, mask, segmap : 2-D arrays
+        Background-subtracted image, RMS map, bad-pixel mask (or None), SEP's segmentation.
+    columns : dict
+        Detect's columns: ``x``, ``y``, ``flux_aper`` (at least).
+    stars : (N,) bool array
+        The PSF stars (:func:`skysurvey.psf.measure`).
+    fwhm, radius : float
+        Stellar FWHM and the catalog's aperture radius, pixels.
+    aperture_correction, aperture_correction_err : float
+        The image's aperture correction (NaN: the model's own normalisation is the total).
+    split, residual : bool
+        Split detections that are two stars; add the stars found in the residual image.
+
+    Returns
+    -------
+    (grid, cols, new)
+        The PSF model (None: no columns), ``cols`` (flux_psf, flux_psf_err, psf_chi2, x_psf,
+        y_psf, split: bool) for the N sources, and ``new``: the sources added after them,
+        first those found in the residual image (``parent`` -1), then those split off a
+        detection (``parent``: its row), with x_psf, y_psf, flux_psf, flux_psf_err, psf_chi2.
+    """
+    x, y = np.asarray(columns["x"], float), np.asarray(columns["y"], float)
+    n = x.size
+    nan = np.full(n, np.nan)
+    cols = {"flux_psf": nan, "flux_psf_err": nan, "psf_chi2": nan, "x_psf": nan,
+            "y_psf": nan, "split": np.zeros(n, bool)}
+    new = {k: np.zeros(0) for k in ("x_psf", "y_psf", "flux_psf", "flux_psf_err", "psf_chi2")}
+    new["parent"] = np.zeros(0, int)
+    if n == 0 or not math.isfinite(fwhm) or fwhm <= 0:
+        return None, cols, new
+    flux0 = np.asarray(columns["flux_aper"], float)
+    grid = model_from_stars(sub, rms, mask, segmap, x, y, flux0, np.asarray(stars, bool),
+                            fwhm, gain)
+    if grid is None:
+        return None, cols, new
+    fit = fit_sources(sub, rms, mask, grid, x, y, fwhm=fwhm, gain=gain, amp0=None)
+    # second pass: the background again without the stars' light (their wings raise a
+    # crowded field's background), the model again with the neighbours subtracted
+    model_image = fit.rendered.image(fit.amp)
+    sub = sub - residual_background(sub - model_image, mask, fwhm)
+    grid2 = model_from_stars(sub, rms, mask, segmap, fit.x, fit.y, fit.amp,
+                             np.asarray(stars, bool), fwhm, gain, others=(model_image, fit.amp),
+                             start=grid)
+    grid = grid2 if grid2 is not None else grid
+    fit = fit_sources(sub, rms, mask, grid, fit.x, fit.y, fwhm=fwhm, gain=gain, amp0=fit.amp,
+                      n_iter=2, pos_iter=1, rendered=fit.rendered if grid2 is None else None)
+    # the stars the detection missed (fitted alone on the residual image) and the detections
+    # that are two stars, then one joint fit of everything
+    fx, fy, famp = (np.zeros(0),) * 3
+    if residual:
+        fx, fy, famp = _residual_sources(sub, rms, mask, grid, fit, fwhm=fwhm, gain=gain)
+    parent = np.zeros(0, int)
+    xs, ys, amp = fit.x.copy(), fit.y.copy(), fit.amp.copy()
+    if split:
+        parent, x1, y1, a1, x2, y2, a2 = split_pairs(sub, rms, mask, grid, fit,
+                                                     fwhm=fwhm, gain=gain)
+        xs[parent], ys[parent], amp[parent] = x1, y1, a1
+    else:
+        x2 = y2 = a2 = np.zeros(0)
+    found = np.arange(n, n + fx.size)
+    if fx.size or parent.size:
+        fit = fit_sources(sub, rms, mask, grid, np.concatenate([xs, fx, x2]),
+                          np.concatenate([ys, fy, y2]), fwhm=fwhm, gain=gain,
+                          amp0=np.concatenate([amp, famp, a2]), n_iter=3, pos_iter=1)
+        part = slice(n, n + fx.size)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            weak = ~((fit.amp[part] / fit.amp_err[part] >= RESIDUAL_MIN_SNR)
+                     & (fit.chi2[part] <= RESIDUAL_MAX_CHI2))
+        if weak.any():  # finds that the joint fit does not confirm are dropped
+            keep = np.concatenate([np.ones(n, bool), ~weak, np.ones(parent.size, bool)])
+            fit = PsfFit(*(v[keep] for v in (fit.amp, fit.amp_err, fit.x, fit.y, fit.chi2,
+                                             fit.npix)))
+            found = found[:int((~weak).sum())]
+    scale, scale_rel = _normalisation(grid, radius, aperture_correction,
+                                      aperture_correction_err)
+    flux = fit.amp * scale
+    rel = np.hypot(scale_rel, MODEL_NOISE / math.sqrt(max(grid.n_stars, 1)))
+    flux_err = np.hypot(fit.amp_err * scale, np.abs(flux) * rel)
+    split_mask = np.zeros(n, bool)
+    split_mask[parent[parent < n]] = True
+    cols = {"flux_psf": flux[:n], "flux_psf_err": flux_err[:n], "psf_chi2": fit.chi2[:n],
+            "x_psf": fit.x[:n], "y_psf": fit.y[:n], "split": split_mask}
+    # rows after the detections: residual finds (parent -1), then the stars split off a
+    # detection (parent: its row)
+    parents = np.concatenate([np.full(found.size, -1), parent])
+    new = {"parent": parents, "x_psf": fit.x[n:], "y_psf": fit.y[n:], "flux_psf": flux[n:],
+           "flux_psf_err": flux_err[n:], "psf_chi2": fit.chi2[n:]}
+    return grid, cols, new
+
+
+def _normalisation(grid, radius, corr, corr_err):
+    """Total flux per unit amplitude and its relative error: the aperture correction times the
+    model's fraction within the aperture, the median over the model's stars (the correction is
+    theirs), when the image has one and the product is within SCALE_RANGE; else 1 (the
+    model's stamp holds the total)."""
+    if not (math.isfinite(corr) and corr > 0 and radius and radius > 0):
+        return 1.0, 0.0
+    used = grid.extra.get("used")
+    if used is None or not np.any(used):
+        return 1.0, 0.0
+    frac = float(np.median(aperture_fraction(grid, grid.extra["x"][used],
+                                             grid.extra["y"][used], radius)))
+    # the model's stamp holds all but the far wings: a scale outside SCALE_RANGE means the
+    # aperture correction failed (undersampled stars: 1.13 for a true 1.03), not the model
+    if not (SCALE_RANGE[0] <= corr * frac <= SCALE_RANGE[1]):
+        return 1.0, 0.0
+    if not (math.isfinite(frac) and frac > 0):
+        return 1.0, 0.0
+    rel = corr_err / corr if math.isfinite(corr_err) else 0.0
+    return corr * frac, rel
