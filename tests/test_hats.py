@@ -108,7 +108,7 @@ def test_export_without_objects_is_named(tmp_path):
 def test_the_export_leaves_dask_chatter_and_hats_collection_note_out(caplog):
     import logging
 
-    from skysurvey.hats_export import _quiet_dask
+    from skysurvey.hats_export import quiet_hats_logs
 
     def say():
         logging.getLogger("distributed.scheduler").info("State start")
@@ -117,7 +117,7 @@ def test_the_export_leaves_dask_chatter_and_hats_collection_note_out(caplog):
         logging.warning("something else")
 
     caplog.set_level(logging.INFO)
-    with _quiet_dask():
+    with quiet_hats_logs():
         say()
     quiet = [r.getMessage() for r in caplog.records]
     caplog.clear()

@@ -116,6 +116,10 @@ def _run_notebook(tmp_path, monkeypatch, n_images=3):
     # the calibration, objects and LSDB sections ran on what the others built
     assert "calibrated - true [mmag]" in outputs and "variable objects" in outputs
     assert "objects matched a reference star" in outputs and "HATS export" in outputs
+    # no output line a reader must learn to ignore: dask's chatter, hats' root-logger note
+    streams = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
+                      if o.get("output_type") == "stream" and o.get("name") == "stderr")
+    assert "Looking for catalog" not in streams and "distributed." not in streams, streams
     # the light-curve survey sits beside the sample, not in it: `upload_to_s3.py --input
     # data/sample` (make demo) still finds exactly the sample's images
     sample = json.loads((tmp_path / "sample" / "metadata.json").read_text())

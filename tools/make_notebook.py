@@ -636,7 +636,7 @@ hundredths of an arcsecond: the same astrometric agreement the calibration measu
 code("""
 import warnings
 
-from skysurvey.hats_export import export_hats
+from skysurvey.hats_export import export_hats, quiet_hats_logs
 
 with warnings.catch_warnings():  # lsdb 0.11 warns on import about pandas 4 deprecations
     warnings.simplefilter("ignore")
@@ -645,7 +645,8 @@ with warnings.catch_warnings():  # lsdb 0.11 warns on import about pandas 4 depr
 sample_objects = build_objects(BUCKET_CATALOG)
 exported = export_hats(BUCKET_CATALOG, str(OUTPUT / "hats"))
 print(exported.summary())
-our_objects = lsdb.open_catalog(OUTPUT / "hats" / "objects")
+with quiet_hats_logs():  # hats says (on the root logger) that it found a collection there
+    our_objects = lsdb.open_catalog(OUTPUT / "hats" / "objects")
 our_objects
 """)
 code("""
@@ -654,8 +655,8 @@ if reference is None:
 else:
     stars = lsdb.from_dataframe(pd.read_parquet(reference.uri), ra_column="ra",
                                 dec_column="dec", margin_threshold=10.0)
-    with warnings.catch_warnings():  # lsdb 0.11: FutureWarning about crossmatch suffixes
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(), quiet_hats_logs():  # lsdb 0.11: FutureWarning about
+        warnings.simplefilter("ignore")                 # crossmatch suffixes
         matched = our_objects.crossmatch(stars, radius_arcsec=1.0, n_neighbors=1,
                                          suffixes=("", "_ref")).compute()
     print(f"{len(matched)} of {sample_objects.n_objects} objects matched a reference star; "

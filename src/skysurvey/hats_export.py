@@ -49,6 +49,7 @@ __all__ = [
     "ExportReport",
     "check_output",
     "export_hats",
+    "quiet_hats_logs",
 ]
 
 log = logging.getLogger("skysurvey.hats_export")
@@ -171,7 +172,7 @@ def export_hats(catalog: str, output: str, *, workers: int = 1,
             report.rows[name] = n
         # Port 0: dask's scheduler serves HTTP even without a dashboard, on 8787 by default,
         # and warns when another process holds it (two exports, two test runs at once).
-        with _quiet_dask(), Client(n_workers=workers, threads_per_worker=1,
+        with quiet_hats_logs(), Client(n_workers=workers, threads_per_worker=1,
                                    processes=workers > 1,
                                    dashboard_address="127.0.0.1:0") as client:
             for name, kind in (("objects", "object"), ("sources", "source")):
@@ -189,10 +190,11 @@ def _hats_collection_note(record: logging.LogRecord) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_dask():
-    """During the export: dask's INFO chatter (cluster start, workers, connections, the
-    jupyter-server-proxy hint; ~35 lines with the scripts' INFO logging) and hats' warning that
-    it found the collection it was pointed at are left out; dask's warnings and errors stay."""
+def quiet_hats_logs():
+    """While it is open: dask's INFO chatter (cluster start, workers, connections, the
+    jupyter-server-proxy hint; ~35 lines with the scripts' INFO logging) and hats' root-logger
+    warning that it found the collection it was pointed at are left out; dask's warnings and
+    errors stay. The export uses it, and so can a reader opening the export with LSDB."""
     chatty = logging.getLogger("distributed")
     level = chatty.level
     chatty.setLevel(max(level, logging.WARNING))
