@@ -148,3 +148,18 @@ class RawBody:
 
     def read(self, *args):
         return self.body
+
+
+def two_night_survey(root):
+    """``(raw, catalog)`` under *root*: a synthetic survey of two nights in one band,
+    256 x 256, with two transients, catalogued and associated locally (no forced photometry)."""
+    from skysurvey.objects import build_objects
+    from skysurvey.runner import run_local
+    from skysurvey.synth_survey import write_survey
+
+    raw, catalog = root / "raw", root / "cat"
+    paths = write_survey(raw, nights=2, bands=("r",), size=256, n_transients=2, seed=5)
+    replies = run_local(str(raw), [p.name for p in paths], str(catalog), workers=1)
+    assert all(r["status"] == "ok" for r in replies), replies
+    build_objects(str(catalog))
+    return raw, catalog

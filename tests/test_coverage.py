@@ -70,17 +70,9 @@ def test_footprint_cost_on_a_2048_image_and_no_wcs():
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory):
     """Two nights, one band, 256 x 256, catalogued and associated (local folders)."""
-    from skysurvey.objects import build_objects
-    from skysurvey.runner import run_local
-    from skysurvey.synth_survey import write_survey
+    from conftest import two_night_survey
 
-    root = tmp_path_factory.mktemp("survey")
-    raw, catalog = root / "raw", root / "cat"
-    paths = write_survey(raw, nights=2, bands=("r",), size=256, n_transients=2, seed=5)
-    replies = run_local(str(raw), [p.name for p in paths], str(catalog), workers=1)
-    assert all(r["status"] == "ok" for r in replies), replies
-    build_objects(str(catalog))
-    return raw, catalog
+    return two_night_survey(tmp_path_factory.mktemp("survey"))
 
 
 def test_coverage_query_finds_the_images_holding_a_position(survey):

@@ -348,17 +348,9 @@ def test_variables_and_transients_against_injected_truth(lc_survey):
 @pytest.fixture(scope="module")
 def small_survey(tmp_path_factory):
     """Two nights, one band, 256 x 256, catalogued and associated (no forced photometry)."""
-    from skysurvey.objects import build_objects
-    from skysurvey.runner import run_local
-    from skysurvey.synth_survey import write_survey
+    from conftest import two_night_survey
 
-    root = tmp_path_factory.mktemp("small")
-    raw, catalog = root / "raw", root / "cat"
-    paths = write_survey(raw, nights=2, bands=("r",), size=256, n_transients=2, seed=5)
-    replies = run_local(str(raw), [p.name for p in paths], str(catalog), workers=1)
-    assert all(r["status"] == "ok" for r in replies), replies
-    build_objects(str(catalog))
-    return raw, catalog
+    return two_night_survey(tmp_path_factory.mktemp("small"))
 
 
 def test_objects_view_without_and_with_forced_photometry(small_survey, tmp_path):

@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 from . import __version__
 
-__all__ = ["HelpFormatter", "add_version", "bounded_float", "positive_float", "positive_int",
-           "run"]
+__all__ = ["HelpFormatter", "add_version", "bounded_float", "nonnegative_int", "positive_float",
+           "positive_int", "run"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -37,15 +37,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return f"{text} (default: %(default)s)"
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+def _int_at_least(text: str, minimum: int, meaning: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {meaning}, not {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (a seed, an offset)."""
+    return _int_at_least(text, 0, "0 or more")
 
 
 def positive_float(text: str) -> float:

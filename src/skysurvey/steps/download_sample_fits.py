@@ -34,17 +34,6 @@ def _size(text: str) -> int:
     return value
 
 
-def _seed(text: str) -> int:
-    """argparse type: numpy's seeds are integers >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
-
-
 def _progress(start: float):
     """One stderr line per image written (a 2048² image takes a few seconds)."""
     def report(done: int, count: int, path) -> None:
@@ -63,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default=str(SAMPLE_DIR), help="folder to write into")
     parser.add_argument("--count", type=cli.positive_int, default=6, help="number of images")
     parser.add_argument("--size", type=_size, default=2048, help="image side in pixels")
-    parser.add_argument("--seed", type=_seed, default=42, help="random seed")
+    parser.add_argument("--seed", type=cli.nonnegative_int, default=42, help="random seed")
     parser.add_argument("--bands", default="g,r,i", help="comma-separated filters")
     parser.add_argument("--compress", choices=("none", "gz", "fz"), default="none",
                         help="file compression (fz: lossless tile-compressed, extension 1)")
