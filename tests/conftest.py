@@ -163,3 +163,23 @@ def two_night_survey(root):
     assert all(r["status"] == "ok" for r in replies), replies
     build_objects(str(catalog))
     return raw, catalog
+
+
+def upload_survey(raw, catalog):
+    """Copy a local survey (:func:`two_night_survey`) to the moto server's buckets: the FITS
+    files under ``s3://raw/images/``, the catalog's files (not staging or hidden) to
+    ``s3://cat``. Returns the two stores."""
+    from skysurvey import aws
+    from skysurvey.storage import open_store
+
+    s3 = aws.client("s3")
+    for bucket in ("raw", "cat"):
+        s3.create_bucket(Bucket=bucket)
+    raw_store, cat_store = open_store("s3://raw/images"), open_store("s3://cat")
+    for path in raw.glob("*.fits"):
+        raw_store.upload_file(path, path.name)
+    for path in catalog.rglob("*"):
+        if path.is_file() and not path.name.startswith(".") and ".objects-staging" not in str(
+                path):
+            cat_store.upload_file(path, str(path.relative_to(catalog)))
+    return raw_store, cat_store

@@ -198,19 +198,11 @@ def test_forced_step_names_an_image_without_its_fits(survey, tmp_path):
 def test_forced_step_on_s3_through_the_moto_server(survey, moto_server, monkeypatch, capsys):
     from skysurvey import aws
     from skysurvey.forced_run import run_forced
-    from skysurvey.storage import open_store
 
     raw, catalog = survey
-    s3 = aws.client("s3")
-    for bucket in ("raw", "cat"):
-        s3.create_bucket(Bucket=bucket)
-    raw_store, cat_store = open_store("s3://raw/images"), open_store("s3://cat")
-    for path in raw.glob("*.fits"):
-        raw_store.upload_file(path, path.name)
-    for path in catalog.rglob("*"):
-        if path.is_file() and not path.name.startswith(".") and ".objects-staging" not in str(
-                path):
-            cat_store.upload_file(path, str(path.relative_to(catalog)))
+    from conftest import upload_survey
+
+    upload_survey(raw, catalog)
     report = run_forced("s3://cat", "s3://raw/images", workers=1)
     assert not report.failed, report.summary()
     rows = _forced_rows("s3://cat")

@@ -404,19 +404,11 @@ def test_object_variability_on_s3_through_the_moto_server(small_survey, moto_ser
 
     from skysurvey import athena, aws
     from skysurvey.queries import run_query
-    from skysurvey.storage import open_store
 
     raw, catalog = small_survey
-    s3 = aws.client("s3")
-    for bucket in ("raw", "cat"):
-        s3.create_bucket(Bucket=bucket)
-    raw_store, cat_store = open_store("s3://raw/images"), open_store("s3://cat")
-    for path in raw.glob("*.fits"):
-        raw_store.upload_file(path, path.name)
-    for path in catalog.rglob("*"):
-        if path.is_file() and not path.name.startswith(".") and ".objects-staging" not in str(
-                path):
-            cat_store.upload_file(path, str(path.relative_to(catalog)))
+    from conftest import upload_survey
+
+    _, cat_store = upload_survey(raw, catalog)
     glue = aws.client("glue")
     glue.create_database(DatabaseInput={"Name": "astronomy"})
     for folder in ("forced_photometry", "object_variability"):
