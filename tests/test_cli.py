@@ -186,3 +186,11 @@ def test_one_command_runs_every_step_the_scripts_run():
     assert version.stdout.strip() == f"skysurvey query (skysurvey {__version__})"
     wrong = subprocess.run([exe, "quer"], capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 2 and "unknown step 'quer'" in wrong.stderr
+
+
+def test_the_one_command_leaves_the_callers_argv_alone(capsys, monkeypatch):
+    from skysurvey import steps
+
+    monkeypatch.setattr(sys, "argv", ["caller", "--flag"])
+    assert steps.main(["query", "--list"]) == 0
+    assert sys.argv == ["caller", "--flag"] and "cone" in capsys.readouterr().out

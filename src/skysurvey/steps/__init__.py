@@ -53,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in STEPS:
         print(f"skysurvey: unknown step {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = STEPS[name][0]
-    sys.argv = [f"skysurvey {name}", *rest]  # argparse's prog in usage lines and --version
-    step = importlib.import_module(f"{__name__}.{module}")
+    step = importlib.import_module(f"{__name__}.{STEPS[name][0]}")
     from ..cli import run
 
-    return run(lambda: step.main(rest))
+    saved, sys.argv = sys.argv, [f"skysurvey {name}", *rest]  # argparse's prog in usage
+    try:                                                        # lines and --version
+        return run(lambda: step.main(rest))
+    finally:
+        sys.argv = saved  # a caller in the same process (a test, a notebook) keeps its own
