@@ -24,7 +24,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("errors", "config", "schema", "units", "geometry", "aws", "storage",
                     "prices")),
-    ("per-image science", ("fitsread", "astrometry", "detect", "deblend", "psf", "reference",
+    ("per-image science", ("measurement", "fitsread", "astrometry", "detect", "deblend", "psf", "reference",
                            "calibrate", "synth", "forced", "psfmodel", "psfphot")),
     ("orchestration", ("pipeline", "catalog", "runner", "lambda_backend", "upload")),
     ("catalog products", ("objects", "queries", "athena", "export", "hats_export", "forced_run",

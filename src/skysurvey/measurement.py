@@ -1,0 +1,91 @@
+"""What every per-image measurement reads, as one object, and SEP's process-wide settings.
+
+:class:`Pixels` carries the background-subtracted image, its noise, SEP's segmentation, the
+bad-pixel mask, the gain and the saturation level, so a measurement function takes the pixels
+plus what it measures (positions, radii) instead of six arrays threaded through every call.
+
+SEP keeps two settings per process (the extraction pixel stack and the sub-object limit);
+:func:`sep_settings` is the one place that changes them, and it always puts them back.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+import numpy as np
+import sep
+
+__all__ = ["Pixels", "is_buffer_full", "sep_settings"]
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """One image's pixels as the measurements see them.
+
+    Attributes
+    ----------
+    sub : ndarray, shape (ny, nx)
+        Background-subtracted image (float, native byte order: SEP's requirement).
+    rms : float or ndarray
+        Background noise per pixel, a scalar or a map of ``sub``'s shape.
+    segmap : ndarray of int, optional
+        SEP's segmentation map (0: sky, ``i + 1``: source ``i``); None before detection.
+    mask : ndarray of bool, optional
+        Pixels to leave out (bad, masked, off the valid area); None: all valid.
+    gain : float, optional
+        Electrons per data unit, for the sources' Poisson noise; None: background noise only.
+    saturation : float, optional
+        The level above which pixels are saturated, in ``sub``'s units; None: unknown.
+    """
+
+    sub: np.ndarray
+    rms: float | np.ndarray
+    segmap: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    gain: float | None = None
+    saturation: float | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The image's ``(ny, nx)``."""
+        return self.sub.shape
+
+    def with_(self, **changes) -> "Pixels":
+        """A copy with some fields replaced (``pixels.with_(sub=residual)``)."""
+        return replace(self, **changes)
+
+
+def is_buffer_full(exc: BaseException) -> bool:
+    """True when *exc* is SEP's "pixel buffer full" (SEP raises bare Exceptions)."""
+    return "pixel buffer full" in str(exc)
+
+
+@contextmanager
+def sep_settings(*, pixstack: int | None = None,
+                 sub_object_limit: int | None = None) -> Iterator[None]:
+    """Set SEP's process-wide pixel stack and sub-object limit for a block, then restore them.
+
+    Parameters
+    ----------
+    pixstack : int, optional
+        ``sep.set_extract_pixstack`` for the block; None: unchanged.
+    sub_object_limit : int, optional
+        ``sep.set_sub_object_limit`` for the block; None: unchanged.
+
+    Examples
+    --------
+    >>> with sep_settings(pixstack=1_000_000):
+    ...     pass  # sep.extract here may use a million pixels
+    """
+    old_stack, old_limit = sep.get_extract_pixstack(), sep.get_sub_object_limit()
+    try:
+        if pixstack is not None:
+            sep.set_extract_pixstack(int(pixstack))
+        if sub_object_limit is not None:
+            sep.set_sub_object_limit(int(sub_object_limit))
+        yield
+    finally:
+        sep.set_extract_pixstack(old_stack)
+        sep.set_sub_object_limit(old_limit)
