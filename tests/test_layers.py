@@ -24,8 +24,9 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("errors", "config", "schema", "units", "geometry", "aws", "storage",
                     "prices")),
-    ("per-image science", ("measurement", "fitsread", "astrometry", "detect", "deblend", "psf", "reference",
-                           "calibrate", "synth", "forced", "psfmodel", "psfphot")),
+    ("per-image science", ("measurement", "profiles", "fitsread", "astrometry", "detect",
+                           "deblend", "classify", "psf", "reference", "calibrate", "synth",
+                           "forced", "psfmodel", "psfphot")),
     ("orchestration", ("pipeline", "catalog", "runner", "lambda_backend", "upload")),
     ("catalog products", ("objects", "queries", "athena", "export", "hats_export", "forced_run",
                           "lightcurves", "handler")),

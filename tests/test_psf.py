@@ -15,9 +15,10 @@ import pytest
 import sep
 from astropy.io import fits
 
-from skysurvey import psf, synth
+from skysurvey import classify, profiles, psf, synth
 from skysurvey.detect import DetectionConfig, measure_image
 from skysurvey.fitsread import read_fits
+from skysurvey.measurement import Pixels
 from skysurvey.psfphot import PSF_RESIDUAL, PSF_SPLIT
 
 
@@ -95,7 +96,7 @@ def test_stellar_locus_is_the_densest_fwhm_and_ignores_galaxies():
     stars = 3.0 * (1 + rng.normal(0, 0.02, 60))
     galaxies = rng.uniform(3.5, 12.0, 200)  # more galaxies than stars, spread above
     fwhm = np.concatenate([stars, galaxies])
-    value, scatter, members = psf.stellar_locus(fwhm, np.ones(fwhm.size, bool))
+    value, scatter, members = classify.stellar_locus(fwhm, np.ones(fwhm.size, bool))
     assert value == pytest.approx(3.0, rel=0.01)
     assert members[:60].mean() > 0.95 and members[60:].mean() < 0.05
     assert scatter == pytest.approx(0.02 / math.log(10), rel=0.35)
@@ -104,7 +105,7 @@ def test_stellar_locus_is_the_densest_fwhm_and_ignores_galaxies():
 def test_moffat_tail_is_the_light_beyond_the_last_radius():
     radii = np.geomspace(5.0, 24.0, 7)
     alpha = 4.0 / (2 * math.sqrt(2 ** (1 / 3.0) - 1))
-    enclosed = psf.moffat_enclosed(radii, alpha, 3.0)
+    enclosed = profiles.moffat_enclosed(radii, alpha, 3.0)
     steps = np.log(enclosed[1:] / enclosed[:-1])
     _, tail, _ = psf.moffat_fit(radii, steps, np.full(steps.size, 1e-4), 4.0)
     assert tail == pytest.approx(1 - enclosed[-1], rel=0.1)
@@ -116,10 +117,10 @@ def test_fast_median_is_numpys_bit_for_bit():
     rng = np.random.default_rng(0)
     for n in range(1, 41):
         values = rng.normal(size=n) * 10.0 ** rng.integers(-3, 4)
-        assert psf._median(values) == np.median(values)
+        assert profiles.fast_median(values) == np.median(values)
         values[rng.integers(n)] = np.nan
-        assert math.isnan(psf._median(values))
-    assert math.isnan(psf._median(np.array([])))
+        assert math.isnan(profiles.fast_median(values))
+    assert math.isnan(profiles.fast_median(np.array([])))
 
 
 def test_noiseless_moffat_stars_get_the_exact_correction():
@@ -139,10 +140,9 @@ def test_noiseless_moffat_stars_get_the_exact_correction():
     x, y = (np.array(c, float) for c in zip(*centres, strict=True))
     radius = 6.0
     in_aperture = sep.sum_circle(image, x, y, radius, subpix=0)[0]
-    corr, err, used = psf.aperture_correction(image, np.full(image.shape, 1.0),
-                                              np.zeros(image.shape, np.int32), None, x, y,
-                                              np.ones(4, bool), radius, 1.26 * fwhm,
-                                              flux=np.full(4, 1e5))
+    pixels = Pixels(image, np.full(image.shape, 1.0), np.zeros(image.shape, np.int32))
+    corr, err, used = psf.aperture_correction(pixels, {"x": x, "y": y, "flux": np.full(4, 1e5)},
+                                              np.ones(4, bool), radius, 1.26 * fwhm)
     assert used == 4
     assert corr == pytest.approx(1e5 / np.mean(in_aperture), rel=1e-3)
     assert 0 < err < 2e-3
@@ -207,7 +207,7 @@ def test_aperture_corrected_flux_of_stars_is_total(kind):
     ratio = (found["flux_apcorr"] / truth["flux"]).to_numpy()
     faint = star & (snr >= 10) & (snr < 50)
     pull = ((found["flux_apcorr"] - truth["flux"]) / found["flux_apcorr_err"]).to_numpy()[faint]
-    spread = psf.robust_sigma(pull)
+    spread = profiles.robust_sigma(pull)
     median = float(np.median(ratio[star & (snr >= 20)]))
     print(f"\n{kind}: aperture correction {row['aperture_correction']:.4f} "
           f"+- {row['aperture_correction_err']:.4f}; median flux_apcorr/true {median:.4f} "
@@ -350,7 +350,7 @@ def test_aperture_correction_error_is_honest_with_few_stars():
         ratios.append(row["aperture_correction"] / truth)
         pulls.append((row["aperture_correction"] - truth) / row["aperture_correction_err"])
     pulls, ratios = np.array(pulls), np.array(ratios)
-    spread = psf.robust_sigma(pulls)
+    spread = profiles.robust_sigma(pulls)
     print(f"\n{pulls.size} small fields: median correction / truth {np.median(ratios):.4f}, "
           f"pull median {np.median(pulls):+.2f}, robust spread {spread:.2f}")
     assert pulls.size >= 70

@@ -31,6 +31,7 @@ from .astrometry import (
 from .deblend import find_hidden
 from .errors import ImageDataError
 from .fitsread import FitsImage, observation_time
+from .measurement import Pixels
 from .psf import image_columns as psf_image_columns
 from .psf import measure as measure_psf
 from .psfmodel import quality as psf_quality
@@ -302,7 +303,7 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
     columns, fwhm_median, radius = _measure(sub, rms, background_at, mask, objects, segmap, gain,
                                             saturate, config, nx, ny, hidden, sat)
     # point-source photometry and class_star from the image's own stars (psf.py)
-    psf_model, psf_columns = measure_psf(sub, rms, segmap, mask, columns, radius, gain)
+    psf_model, psf_columns = measure_psf(Pixels(sub, rms, segmap, mask, gain), columns, radius)
     # PSF photometry with the image's own PSF model (psfphot.py); split detections append rows
     if config.psf_photometry:
         psf_grid, phot = _psf_photometry(sub, rms, mask, segmap, columns, psf_model, radius,

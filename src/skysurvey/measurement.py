@@ -10,9 +10,9 @@ SEP keeps two settings per process (the extraction pixel stack and the sub-objec
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 import numpy as np
 import sep
@@ -52,9 +52,28 @@ class Pixels:
         """The image's ``(ny, nx)``."""
         return self.sub.shape
 
-    def with_(self, **changes) -> "Pixels":
+    def with_(self, **changes) -> Pixels:
         """A copy with some fields replaced (``pixels.with_(sub=residual)``)."""
         return replace(self, **changes)
+
+    def own(self, index) -> dict:
+        """SEP's keyword arguments that measure sources *index* without other sources' pixels.
+
+        Parameters
+        ----------
+        index : array_like of int
+            The sources' numbers (segmentation label ``index + 1``).
+
+        Returns
+        -------
+        dict
+            ``segmap``, ``seg_id`` and ``mask`` for ``sep.sum_circle`` and the like; only
+            ``mask`` without a segmentation map.
+        """
+        if self.segmap is None:
+            return {"mask": self.mask}
+        return {"segmap": self.segmap, "seg_id": (np.asarray(index) + 1).astype(np.int32),
+                "mask": self.mask}
 
 
 def is_buffer_full(exc: BaseException) -> bool:
