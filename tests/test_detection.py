@@ -386,3 +386,40 @@ def test_the_second_pass_skips_a_parent_only_when_sep_buffers_overflow():
     with pytest.raises(ValueError, match="not SEP's buffers"):
         _candidates(residual, err, hide, bounds, (8, 8),
                     extract_raising(ValueError("not SEP's buffers")))
+
+
+def test_a_bug_in_the_second_pass_propagates_out_of_measure_image(monkeypatch):
+    """Issue 26: an error in deblend.py that is not SEP's buffer-full is not swallowed (it
+    used to return [], silently lowering completeness) nor turned into a data error."""
+    from skysurvey import deblend
+
+    def planted_bug(*args, **kwargs):
+        raise ValueError("planted bug")
+
+    image, _ = _planted(0)
+    monkeypatch.setattr(deblend, "radial_models", planted_bug)
+    with pytest.raises(ValueError, match="planted bug"):
+        _measure(image.data, image.header)
+
+
+def test_sep_buffer_full_in_the_second_pass_is_a_warning_and_the_sources_stay(monkeypatch):
+    """Issue 26: SEP's buffer-full on a parent's residual leaves the parent as the first pass
+    found it and is named in the image's warnings; the catalog is the first pass's."""
+    from skysurvey import deblend
+
+    image, _ = _planted(0)
+    first_pass, row = _measure(image.data, image.header, DetectionConfig(second_pass=False))
+    assert not row["warnings"] or "second pass" not in row["warnings"]
+    searched = []
+
+    def buffer_full(self, residual, err, mask):
+        searched.append(residual.shape)
+        raise Exception("internal pixel buffer full: planted")  # as SEP raises it
+
+    monkeypatch.setattr(deblend._Search, "__call__", buffer_full)
+    sources, row = _measure(image.data, image.header)
+    assert searched  # the planted field has parents to search
+    assert "second pass: SEP's buffers overflowed" in row["warnings"]
+    assert f"on {len(searched)} bright object(s)" in row["warnings"]
+    assert row["n_sources"] == len(first_pass) > 0
+    pd.testing.assert_frame_equal(sources, first_pass)

@@ -295,3 +295,75 @@ def test_every_module_declares_its_public_names():
                    and not node.name.startswith("_")}
         unlisted = sorted(defined - set(module.__all__))
         assert not unlisted, f"{name}: public but not in __all__: {unlisted}"
+
+
+# ---------------------------------------------------------------------------------------
+# Issue 26, item 5: measurement inputs as one object, SEP's settings in one place
+
+#: SEP's process-wide setters: only measurement.sep_settings calls them (and restores them).
+SEP_SETTERS = frozenset({"set_extract_pixstack", "set_sub_object_limit"})
+#: The per-image measurement modules whose functions take at most MAX_PARAMETERS (their
+#: pixels as one ``measurement.Pixels``, their tuning values as a config object).
+#: psfphot, psfmodel and forced join once their owners have converted them.
+MEASUREMENT_MODULES = ("measurement", "profiles", "fitsread", "astrometry", "detect", "deblend",
+                       "classify", "psf", "reference", "calibrate")
+MAX_PARAMETERS = 6
+
+
+def sep_setter_calls(source: str) -> list[int]:
+    """Lines of calls to SEP's process-wide setters (``sep.set_...(...)`` or a bare
+    ``set_...(...)`` imported from sep) in *source*."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in SEP_SETTERS:
+                lines.append(node.lineno)
+    return lines
+
+
+def long_signatures(source: str, limit: int = MAX_PARAMETERS) -> list[str]:
+    """``name (n)`` of every function and method in *source* with more than *limit*
+    parameters (positional and keyword-only, ``*args``/``**kwargs`` counted; ``self`` and
+    ``cls`` not)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            args = node.args
+            names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+            if names and names[0] in ("self", "cls"):
+                names = names[1:]
+            n = len(names) + (args.vararg is not None) + (args.kwarg is not None)
+            if n > limit:
+                found.append(f"{node.name} ({n})")
+    return found
+
+
+def test_only_measurement_changes_sep_settings():
+    found = {m: sep_setter_calls(text) for m, (text, _) in package_sources().items()}
+    others = {m: lines for m, lines in found.items() if lines and m != "skysurvey.measurement"}
+    assert not others, f"SEP's settings changed outside measurement.sep_settings: {others}"
+    assert found["skysurvey.measurement"], "the checker found none in measurement.py either"
+
+
+def test_a_planted_sep_setter_call_is_flagged():
+    assert sep_setter_calls("import sep\nsep.set_extract_pixstack(10**6)\n") == [2]
+    assert sep_setter_calls("from sep import set_sub_object_limit\n"
+                            "def f():\n    set_sub_object_limit(4096)\n") == [3]
+    assert sep_setter_calls("sep.get_extract_pixstack()\n") == []
+
+
+@pytest.mark.parametrize("module", MEASUREMENT_MODULES)
+def test_measurement_functions_take_at_most_six_parameters(module):
+    source = (SOURCE / f"{module}.py").read_text(encoding="utf-8")
+    assert not long_signatures(source), (
+        f"{module}: more than {MAX_PARAMETERS} parameters (pass measurement.Pixels, a config "
+        f"object): {long_signatures(source)}")
+
+
+def test_a_planted_long_signature_is_flagged():
+    source = ("def f(sub, rms, segmap, mask, x, y, *, gain=None):\n    pass\n"
+              "class C:\n    def m(self, a, b, c, d, e, f):\n        pass\n"
+              "def g(a, *args, **kwargs):\n    pass\n")
+    assert long_signatures(source) == ["f (7)"]

@@ -26,7 +26,11 @@ prominence, which also made 2 false sources on the sparse field); peak splitting
 (12 ms against 34 ms at 1,300 sources; 78 ms at 2,400).
 
 The pass is numpy + SEP only (it runs inside the Lambda), without large matrix products (no
-BLAS threads), and looks only at cutouts around bright objects.
+BLAS threads), and looks only at cutouts around bright objects. It reads the image as one
+:class:`~skysurvey.measurement.Pixels` and its settings from the detection's configuration;
+SEP's pixel stack is set through :func:`~skysurvey.measurement.sep_settings`. A residual that
+overflows SEP's buffers leaves its parent as the first pass found it and is named in the
+image's warnings; any other error propagates.
 """
 
 from __future__ import annotations
@@ -37,7 +41,10 @@ from dataclasses import dataclass
 import numpy as np
 import sep
 
+from .measurement import Pixels, sep_settings
+
 __all__ = [
+    "PAD",
     "PROTECT",
     "SEP_BUFFER_FULL",
     "Hidden",
@@ -117,6 +124,7 @@ class Hidden:
 # every px to 8, then 25% apart
 _STEP, _MID, _GROWTH = 0.5, 8.0, 1.25
 PROTECT = 5.0  # a new source is measured without where its parent is this many times its peak
+PAD = 5  # px: each parent is searched in its isophote's bounding box grown by this much
 
 
 def _node(r):
@@ -367,8 +375,27 @@ def harmonic_model(cut, fit, r, phi, noise, iterations=2):
     return model.reshape(cut.shape)
 
 
+class _Search:
+    """SEP on one parent's residual with the first pass's threshold semantics (*config*: the
+    detection's ``thresh``, ``minarea``, ``deblend_nthresh``, ``deblend_cont``); ``min_snr``
+    is the S/N a detection must reach; ``overflows`` collects SEP's buffer-full messages."""
+
+    def __init__(self, config):
+        self.config = config
+        self.min_snr = config.second_pass_snr
+        self.overflows: list[str] = []
+
+    def __call__(self, residual, err, mask):
+        c = self.config
+        return sep.extract(residual, c.thresh, err=err, mask=mask, minarea=c.minarea,
+                           filter_type="conv", deblend_nthresh=c.deblend_nthresh,
+                           deblend_cont=c.deblend_cont, segmentation_map=True)
+
+
 def _candidates(residual, err, hide, bounds, shape, extract):
-    """SEP's detections on one parent's residual that pass the S/N cut, with their pixels."""
+    """SEP's detections on one parent's residual that pass the S/N cut, with their pixels;
+    [] when SEP's buffers overflow (the message added to ``extract.overflows`` if it has
+    one); any other error propagates."""
     try:
         cand, cseg = extract(np.ascontiguousarray(residual, dtype=np.float32),
                              err=np.ascontiguousarray(err, dtype=np.float32),
@@ -376,6 +403,8 @@ def _candidates(residual, err, hide, bounds, shape, extract):
     except Exception as exc:  # SEP raises bare Exceptions
         if not sep_buffer_full(exc):
             raise
+        if hasattr(extract, "overflows"):
+            extract.overflows.append(str(exc))
         return []  # its buffers overflowed on this residual: leave this parent as is
     if len(cand) == 0:
         return []
@@ -409,9 +438,10 @@ class _Parent:
     clipped: int
 
 
-def _parents(sub, objects, segmap, mask, noise, saturated, parent_peak, pad):
+def _parents(pixels, objects, noise, saturated, parent_peak):
     """The first-pass objects to search: peak >= *parent_peak* x noise, no streak (a hot
-    column or trail has no radial profile), each in its isophote's box grown by *pad* px."""
+    column or trail has no radial profile), each in its isophote's box grown by PAD px."""
+    sub, segmap, mask, pad = pixels.sub, pixels.segmap, pixels.mask, PAD
     ny, nx = sub.shape
     chosen = np.flatnonzero((objects["peak"] >= parent_peak * noise)
                             & (objects["a"] < 5.0 * objects["b"]))
@@ -437,14 +467,18 @@ def _parents(sub, objects, segmap, mask, noise, saturated, parent_peak, pad):
     return out
 
 
-def _companions(parent, model, scatter, r, core, half, psf_half, shape, extract):
+def _companions(parent, fit, half, psf_half, shape, extract):
     """The new sources hidden in one parent and the patch to measure them with, or None.
+
+    *fit* is the parent's ``(model, scatter, r, core)`` (:meth:`Profiles.of`), *half* its
+    half width, *psf_half* the PSF's.
 
     The *core* (:func:`_cores`), where a symmetric model of pixel-integrated light is least
     exact, is not searched, and a detection must lie 1.3 FWHM out (the PSF's, for a galaxy).
     The parent is then refitted without the pixels near its companions (their light lifted
     it), with an m = 2 term; a detection must still stand out of that closer model.
     """
+    model, scatter, r, core = fit
     h, w = parent.cut.shape
     yy, xx = np.arange(h)[:, None], np.arange(w)[None, :]
     px, py = parent.peak
@@ -513,33 +547,48 @@ def _records(found, objects, segmap):
     return new, parent_of
 
 
-def find_hidden(sub, objects, segmap, mask, noise, *, thresh, minarea, deblend_nthresh,
-                deblend_cont, parent_peak, min_snr, pad=5, saturated=None) -> Hidden | None:
+def find_hidden(pixels: Pixels, objects, noise, config, *, saturated=None,
+                notes=None) -> Hidden | None:
     """Detect the sources hidden in bright first-pass objects (see the module docstring).
 
-    *noise* is the noise the first pass used (a scalar, or a per-pixel map read at each
-    object's peak); parents are the objects whose peak reaches ``parent_peak`` times it
-    (streaks excepted; *saturated* pixels and their neighbours are left out of the fits and
-    the search); each is searched in its isophote's bounding box grown by *pad* px.
-    Returns None when nothing is found.
+    Parameters
+    ----------
+    pixels : Pixels
+        The background-subtracted image, its segmentation map (the new sources' labels
+        ``n + 1 ...`` are written into it) and mask.
+    objects : ndarray
+        SEP's first-pass objects.
+    noise : float or ndarray
+        The noise the first pass used (a scalar, or a per-pixel map read at each object's
+        peak).
+    config : DetectionConfig
+        The detection's settings: parents are the objects whose peak reaches
+        ``second_pass_peak`` times the noise (streaks excepted), a residual detection uses
+        ``thresh``, ``minarea``, ``deblend_nthresh``, ``deblend_cont`` and is kept from
+        isophotal S/N ``second_pass_snr``.
+    saturated : ndarray of bool, optional
+        Saturated pixels: they and their neighbours are left out of the fits and the search.
+    notes : list of str, optional
+        The image's warnings: a note is added when SEP's buffers overflowed on some parents'
+        residuals (those parents are left as the first pass found them).
+
+    Returns
+    -------
+    Hidden or None
+        The new sources, or None when nothing is found.
     """
     if len(objects) == 0:
         return None
+    sub = pixels.sub
     ny, nx = sub.shape
     if np.ndim(noise):
         noise = noise[np.clip(objects["ypeak"], 0, ny - 1), np.clip(objects["xpeak"], 0, nx - 1)]
     else:
         noise = np.full(len(objects), float(noise))
-    parents = _parents(sub, objects, segmap, mask, noise, saturated, parent_peak, pad)
+    parents = _parents(pixels, objects, noise, saturated, config.second_pass_peak)
     if not parents:
         return None
-
-    def extract(residual, err, mask):
-        return sep.extract(residual, thresh, err=err, mask=mask, minarea=minarea,
-                           filter_type="conv", deblend_nthresh=deblend_nthresh,
-                           deblend_cont=deblend_cont, segmentation_map=True)
-
-    extract.min_snr = min_snr
+    extract = _Search(config)
     fits = radial_models([q.cut for q in parents], [q.good for q in parents],
                          [q.peak for q in parents], [q.sigma for q in parents],
                          np.array([q.noise for q in parents]))
@@ -552,23 +601,24 @@ def find_hidden(sub, objects, segmap, mask, noise, *, thresh, minarea, deblend_n
     search = fits.bright_boxes(core)
     search &= halves >= 0.5 * psf_half  # sharper than the PSF: a cosmic ray, hot pixel
     # SEP allocates its whole pixel stack on every call: size it for the largest cutout
-    pixstack = sep.get_extract_pixstack()
-    sep.set_extract_pixstack(max(min(pixstack, max(q.cut.size for q in parents)), 1024))
+    pixstack = max(min(sep.get_extract_pixstack(), max(q.cut.size for q in parents)), 1024)
     found, patches = [], {}
-    try:
+    with sep_settings(pixstack=pixstack):
         for i in np.flatnonzero(search):
             parent = parents[i]
-            hit = _companions(parent, *fits.of(i, core), halves[i], psf_half, (ny, nx),
+            hit = _companions(parent, fits.of(i, core), halves[i], psf_half, (ny, nx),
                               extract)
             if hit is None:
                 continue
             cands, patches[parent.index] = hit
             found += [(parent.index, parent.box[2], parent.box[0], rec, pix)
                       for rec, pix in cands]
-    finally:
-        sep.set_extract_pixstack(pixstack)
+    if extract.overflows and notes is not None:
+        notes.append(f"second pass: SEP's buffers overflowed on {len(extract.overflows)} "
+                     f"bright object(s), left as the first pass found them "
+                     f"({extract.overflows[0].split(':')[0]})")
     if not found:
         return None
-    new, parent_of = _records(found, objects, segmap)
+    new, parent_of = _records(found, objects, segmap=pixels.segmap)
     # the parent's core stays labelled (out of the new sources' measurement)
     return Hidden(new, parent_of, [(*patches[p], p + 1) for p in np.unique(parent_of)])

@@ -6,8 +6,10 @@ convolution filter and a threshold in units of the background RMS (SExtractor's
 DETECT_THRESH meaning) and a segmentation map, so that each source is measured without its
 neighbours' pixels; windowed centroids; Kron and circular-aperture photometry with errors
 from the RMS map plus Poisson noise when GAIN is known; shapes; flags; RA/Dec from the full
-FITS WCS (SIP included). Pure but for SEP's process-wide limits: the sub-object limit is raised
-once, the pixel stack is grown only for a crowded field and restored after it.
+FITS WCS (SIP included). Pure but for SEP's process-wide limits, which only
+:func:`skysurvey.measurement.sep_settings` changes: the sub-object limit is raised while an
+image is measured, the pixel stack is grown only for a crowded field; both are restored after.
+The measurements read the image as one :class:`~skysurvey.measurement.Pixels`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .astrometry import (
 from .deblend import find_hidden
 from .errors import ImageDataError
 from .fitsread import FitsImage, observation_time
-from .measurement import Pixels
+from .measurement import Pixels, is_buffer_full, sep_settings
 from .psf import image_columns as psf_image_columns
 from .psf import measure as measure_psf
 from .psfmodel import quality as psf_quality
@@ -154,26 +156,21 @@ def _extract(sub, err, mask, config):
     """``sep.extract``, growing SEP's process-wide pixel stack only when a field needs it.
 
     A large stack costs time on every call (SEP allocates it each time), so each image starts
-    from SEP's default and a crowded field retries with a bigger one; the limit is restored.
+    from SEP's default and a crowded field retries with a bigger one (through
+    :func:`~skysurvey.measurement.sep_settings`, which restores it).
     """
-    if sep.get_sub_object_limit() < _SUB_OBJECTS:
-        sep.set_sub_object_limit(_SUB_OBJECTS)
-    start = pixstack = sep.get_extract_pixstack()
-    try:
-        while True:
-            try:
+    pixstack = sep.get_extract_pixstack()
+    while True:
+        try:
+            with sep_settings(pixstack=pixstack):
                 return sep.extract(sub, config.thresh, err=err, mask=mask,
                                    minarea=config.minarea, filter_type="conv",
                                    deblend_nthresh=config.deblend_nthresh,
                                    deblend_cont=config.deblend_cont, segmentation_map=True)
-            except Exception as exc:  # SEP raises bare Exceptions
-                if "pixel buffer full" not in str(exc) or pixstack >= sub.size:
-                    raise
-                pixstack = min(pixstack * 4, sub.size)
-                sep.set_extract_pixstack(pixstack)
-    finally:
-        if pixstack != start:
-            sep.set_extract_pixstack(start)
+        except Exception as exc:  # SEP raises bare Exceptions
+            if not is_buffer_full(exc) or pixstack >= sub.size:
+                raise
+            pixstack = min(pixstack * 4, sub.size)
 
 
 def _first(header, keys):
@@ -279,8 +276,37 @@ def _detection_inputs(data, mask, sat, config, notes):
 
 
 def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | None = None):
-    """Detect and measure every source; returns ``(sources table, images row dict)``."""
+    """Detect and measure every source of one image.
+
+    Parameters
+    ----------
+    image : FitsImage
+        The image as :func:`skysurvey.fitsread.read_fits` read it (data, mask, header).
+    image_id : str
+        The image's id (DESIGN.md, "Image ids"), written in every row.
+    config : DetectionConfig, optional
+        Detection and measurement settings (default: ``DetectionConfig()``).
+
+    Returns
+    -------
+    sources : pyarrow.Table
+        The ``sources`` table (``schema.SOURCES_SCHEMA``).
+    row : dict
+        The ``images`` row (its ``warnings`` joins what the steps noted, with ``"; "``).
+
+    Raises
+    ------
+    ImageDataError
+        When SEP cannot extract sources from the data. Any other error (a bug) propagates.
+    """
     config = config or DetectionConfig()
+    # the image's SEP settings (sub-object limit raised for crowded fields), restored after
+    with sep_settings(sub_object_limit=max(sep.get_sub_object_limit(), _SUB_OBJECTS)):
+        return _measure_image(image, image_id, config)
+
+
+def _measure_image(image: FitsImage, image_id: str, config: DetectionConfig):
+    """:func:`measure_image` within its SEP settings."""
     data, mask, header = image.data, image.mask, image.header
     ny, nx = data.shape
     saturate, _ = _first(header, SATURATE_KEYS)
@@ -289,25 +315,26 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
         sat = _saturated(data, saturate)
         bkg, rms, sub, mask, noise = _detection_inputs(data, mask, sat, config, notes)
         objects, segmap = _extract(sub, noise, mask, config)
-        hidden = _second_pass(sub, objects, segmap, mask, noise, config, sat)
     except Exception as exc:  # SEP raises bare Exceptions
         raise ImageDataError(image.name, f"source extraction failed: {exc}") from None
 
     gain, _ = _first(header, GAIN_KEYS)
     gain = gain if gain and gain > 0 else None
+    pixels = Pixels(sub, rms, segmap, mask, gain, saturate)
+    # the second pass (deblend.py) re-raises any error but SEP's buffer limits (in notes)
+    hidden = _second_pass(pixels, objects, noise, config, sat, notes)
     zp, zp_key = zero_point(header)
     wcs, frame = celestial_wcs(header, notes)  # (None, None) without one; reason in notes
     bad_wcs = BAD_WCS if wcs is None and any(n.startswith(REJECTED_WCS) for n in notes) else 0
 
     background_at = partial(_background_at, bkg, data, sub, mask)
-    columns, fwhm_median, radius = _measure(sub, rms, background_at, mask, objects, segmap, gain,
-                                            saturate, config, nx, ny, hidden, sat)
+    columns, fwhm_median, radius = _measure(pixels, background_at, objects, config, hidden, sat)
     # point-source photometry and class_star from the image's own stars (psf.py)
-    psf_model, psf_columns = measure_psf(Pixels(sub, rms, segmap, mask, gain), columns, radius)
+    psf_model, psf_columns = measure_psf(pixels, columns, radius)
     # PSF photometry with the image's own PSF model (psfphot.py); split detections append rows
     if config.psf_photometry:
-        psf_grid, phot = _psf_photometry(sub, rms, mask, segmap, columns, psf_model, radius,
-                                         gain, config.psf_residual_search)
+        psf_grid, phot = _psf_photometry(pixels, columns, psf_model, radius,
+                                         config.psf_residual_search)
         columns, psf_columns, phot = _with_split_sources(columns, psf_columns, phot)
     else:  # the columns exist, null (DetectionConfig.psf_photometry)
         psf_grid = None
@@ -346,16 +373,20 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
         **{name: col(values) for name, values in psf_columns.items()},
         **{name: col(phot[name]) for name in PSF_COLUMNS},
     }, n)
-    row = _image_row(image, image_id, header, wcs, frame, bkg, n, fwhm_median, zp, zp_key, gain,
-                     saturate, radius, config, notes)
+    row = _image_row(image, image_id, (wcs, frame), bkg, {
+        "n_sources": n, "fwhm_median": fwhm_median, "zero_point": zp, "zero_point_source": zp_key,
+        "gain": gain, "saturate": saturate, "aperture_radius": float(radius),
+        "detect_thresh": config.thresh}, notes)
     row.update(psf_image_columns(psf_model, row))
     row.update(psf_quality(psf_grid, nx, ny))
     return table, row
 
 
-def _psf_photometry(sub, rms, mask, segmap, columns, psf_model, radius, gain, residual=False):
+def _psf_photometry(pixels, columns, psf_model, radius, residual=False):
     """The PSF model and PSF photometry columns (psfphot.py) of the detected sources; NaN
     columns (and no model) without PSF stars."""
+    sub, rms, mask, segmap, gain = (pixels.sub, pixels.rms, pixels.mask, pixels.segmap,
+                                    pixels.gain)
     stars = None if psf_model is None else psf_model.stars
     if stars is None or not np.any(stars):
         grid, phot, new = psf_photometry(sub, rms, mask, segmap, columns,
@@ -422,18 +453,15 @@ def _sources_table(columns: dict, n: int) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=SOURCES_SCHEMA)
 
 
-def _second_pass(sub, objects, segmap, mask, noise, config, saturated=None):
-    """The sources hidden in bright objects' isophotes (deblend.py), or None."""
+def _second_pass(pixels, objects, noise, config, saturated=None, notes=None):
+    """The sources hidden in bright objects' isophotes (deblend.py), or None; SEP's buffer
+    overflows there are added to *notes*."""
     if not config.second_pass:
         return None
-    return find_hidden(sub, objects, segmap, mask, noise, thresh=config.thresh,
-                       minarea=config.minarea, deblend_nthresh=config.deblend_nthresh,
-                       deblend_cont=config.deblend_cont, parent_peak=config.second_pass_peak,
-                       min_snr=config.second_pass_snr, saturated=saturated)
+    return find_hidden(pixels, objects, noise, config, saturated=saturated, notes=notes)
 
 
-def _measure(sub, rms, background_at, mask, objects, segmap, gain, saturate, config, nx, ny,
-             hidden=None, saturated=None):
+def _measure(pixels, background_at, objects, config, hidden=None, saturated=None):
     """Per-source columns; ``background_at(xi, yi)`` is the background map at those pixels.
 
     The second pass's sources (*hidden*, labels ``n + 1 ...``) follow the first pass's,
@@ -441,22 +469,20 @@ def _measure(sub, rms, background_at, mask, objects, segmap, gain, saturate, con
     radius and median FWHM; their parents get OBJ_MERGED (their own measurement masks the new
     sources' pixels through the segmentation map).
     """
-    cols, fwhm_median, radius = _measure_objects(sub, rms, background_at, mask, objects, segmap,
-                                                 gain, saturate, config, nx, ny)
+    cols, fwhm_median, radius = _measure_objects(pixels, background_at, objects, config)
     table = None if saturated is None else _summed_area(saturated)
     cols["flags"] |= np.where(_saturated_nearby(table, objects), SATURATED_NEARBY, 0)
     if hidden is None:
         return cols, fwhm_median, radius
     cols["flags"][np.unique(hidden.parents)] |= OBJ_MERGED
     labels = np.arange(len(objects) + 1, len(objects) + len(hidden.objects) + 1, dtype=np.int32)
-    with hidden.modelled(sub, segmap) as (image, seg):
+    with hidden.modelled(pixels.sub, pixels.segmap) as (image, seg):
         # background_at reads data - sub: add back the model taken out of sub meanwhile
         def sky_at(xi, yi):
             return background_at(xi, yi) - hidden.model_at(xi, yi)
 
-        new, _, _ = _measure_objects(image, rms, sky_at, mask, hidden.objects, seg, gain,
-                                     saturate, config, nx, ny, labels=labels,
-                                     reference=(fwhm_median, radius))
+        new, _, _ = _measure_objects(pixels.with_(sub=image, segmap=seg), sky_at, hidden.objects,
+                                     config, labels=labels, reference=(fwhm_median, radius))
     new["flags"] |= SECOND_PASS
     # a source found inside a saturated object is a fragment of it until shown otherwise
     near_saturation = _saturated_nearby(table, hidden.objects)
@@ -485,11 +511,13 @@ def _saturated_nearby(table, objects, grow=2):
     return (table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]) > 0
 
 
-def _measure_objects(sub, rms, background_at, mask, objects, segmap, gain, saturate, config, nx,
-                     ny, labels=None, reference=None):
+def _measure_objects(pixels, background_at, objects, config, labels=None, reference=None):
     """Columns for one set of *objects* (segmentation *labels*, default 1..n); *reference*
     ``(fwhm_median, radius)`` fixes the median FWHM and aperture radius, else they are
     measured here."""
+    sub, rms, mask, segmap = pixels.sub, pixels.rms, pixels.mask, pixels.segmap
+    gain, saturate = pixels.gain, pixels.saturation
+    ny, nx = pixels.shape
     n = len(objects)
     x, y = objects["x"].astype(float), objects["y"].astype(float)
     a, b = objects["a"].astype(float), objects["b"].astype(float)
@@ -551,9 +579,10 @@ def _measure_objects(sub, rms, background_at, mask, objects, segmap, gain, satur
     # SEP's "has masked" bits now also count neighbours' pixels: keep them for bad pixels only
     neighbour_bits = APER_HASMASKED | APER_ALLMASKED
     flags = flags | ((kflag | fflag | aflag) & ~neighbour_bits)
-    bad = (_touches_mask(mask, x, y, a_safe, b_safe, theta, np.where(small, 0.0, r_kron),
+    ellipse = (a_safe, b_safe, theta)
+    bad = (_touches_mask(mask, x, y, ellipse, np.where(small, 0.0, r_kron),
                          np.where(small, config.kron_min_radius, 0.0))
-           | _touches_mask(mask, xw, yw, a_safe, b_safe, theta, 0.0, radius))
+           | _touches_mask(mask, xw, yw, ellipse, 0.0, radius))
     flags |= np.where(bad, APER_HASMASKED | MASKED, 0)
     flags |= np.where(small, KRON_FALLBACK, 0)
     if saturate is not None:
@@ -613,9 +642,10 @@ def _half_light_radius(sub, x, y, a, flux, own):
     return r_half
 
 
-def _touches_mask(mask, x, y, a, b, theta, r_kron, radius):
-    """Whether each Kron ellipse (scale *r_kron*, 0 for none) or circle of *radius* (0 for
-    none) holds a masked pixel (NaN, Inf or flagged in the file)."""
+def _touches_mask(mask, x, y, ellipse, r_kron, radius):
+    """Whether each Kron ellipse (shape ``(a, b, theta)``, scale *r_kron*, 0 for none) or
+    circle of *radius* (0 for none) holds a masked pixel (NaN, Inf or flagged in the file)."""
+    a, b, theta = ellipse
     n = len(x)
     if mask is None:
         return np.zeros(n, bool)
@@ -640,8 +670,12 @@ def _float(header, key):
         return None
 
 
-def _image_row(image, image_id, header, wcs, frame, bkg, n, fwhm_median, zp, zp_key, gain,
-               saturate, radius, config, notes):
+def _image_row(image, image_id, wcs_frame, bkg, measured, notes):
+    """The ``images`` row: *measured* holds what the measurement found (``n_sources``,
+    ``fwhm_median``, ``zero_point``, ``zero_point_source``, ``gain``, ``saturate``,
+    ``aperture_radius``, ``detect_thresh``), *wcs_frame* the celestial WCS and its frame
+    (``(None, None)`` without one); the header gives the rest, *notes* the warnings."""
+    header, (wcs, frame) = image.header, wcs_frame
     ny, nx = image.data.shape
     ra_c = dec_c = scale = None
     if wcs is not None:
@@ -653,16 +687,19 @@ def _image_row(image, image_id, header, wcs, frame, bkg, n, fwhm_median, zp, zp_
     date_obs = header.get("DATE-OBS")
     masked = 0.0 if image.mask is None else float(image.mask.mean())
     return {
-        "image_id": image_id, "hdu": image.hdu, "width": nx, "height": ny, "n_sources": n,
+        "image_id": image_id, "hdu": image.hdu, "width": nx, "height": ny,
+        "n_sources": measured["n_sources"],
         "bkg_median": float(bkg.globalback), "bkg_rms": float(bkg.globalrms),
-        "fwhm_median": fwhm_median, "zero_point": zp, "zero_point_source": zp_key,
-        "gain": gain, "saturate": saturate, "has_wcs": wcs is not None,
+        "fwhm_median": measured["fwhm_median"], "zero_point": measured["zero_point"],
+        "zero_point_source": measured["zero_point_source"],
+        "gain": measured["gain"], "saturate": measured["saturate"], "has_wcs": wcs is not None,
         "wcs_frame": frame,
         "ra_center": ra_c, "dec_center": dec_c, "pixel_scale": scale,
         "exptime": _float(header, "EXPTIME"), "mjd": mjd,
         "date_obs": str(date_obs) if date_obs else None,
         "filter": str(header["FILTER"]) if "FILTER" in header else None,
         "telescope": str(header["TELESCOP"]) if "TELESCOP" in header else None,
-        "aperture_radius": float(radius), "detect_thresh": config.thresh,
+        "aperture_radius": measured["aperture_radius"],
+        "detect_thresh": measured["detect_thresh"],
         "masked_fraction": masked, "warnings": "; ".join(notes) or None,
     }
