@@ -57,7 +57,23 @@ class ExportError(SkySurveyError):
 
 
 def export_format(path: str | os.PathLike) -> str:
-    """The format name for *path*'s suffix; an unknown suffix raises :class:`ExportError`."""
+    """The format name for *path*'s suffix; an unknown suffix raises :class:`ExportError`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The output file (``.csv``, ``.parquet``, ``.fits``, ``.vot``/``.xml``, ``.reg``).
+
+    Returns
+    -------
+    str
+        The format's name.
+
+    Raises
+    ------
+    ExportError
+        For an unknown suffix.
+    """
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         raise ExportError(str(path), f"unknown format {suffix or '(no suffix)'}: use one of "
@@ -246,7 +262,27 @@ def check_output_file(path: str | os.PathLike, catalog: str | os.PathLike | None
     """*path* as a :class:`~pathlib.Path` when an export may write that file; else
     :class:`ExportError` naming it: a folder (never replaced by a file), a path inside the
     catalog the result was read from (a stray file there would join its tables), or an existing
-    file without *force*."""
+    file without *force*.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file an export would write.
+    catalog : str or os.PathLike, optional
+        The catalog the result was read from (a local folder); None: not checked.
+    force : bool, optional
+        Allow replacing an existing file.
+
+    Returns
+    -------
+    Path
+        *path*.
+
+    Raises
+    ------
+    ExportError
+        When the export may not write there.
+    """
     path = Path(path)
     if path.is_dir():
         raise ExportError(str(path), "is a folder: give a file name")
@@ -261,7 +297,25 @@ def check_output_file(path: str | os.PathLike, catalog: str | os.PathLike | None
 def check_output_folder(path: str | os.PathLike, catalog: str | os.PathLike | None = None
                         ) -> Path:
     """*path* as a Path when an export may write files into that folder: not an existing
-    file, and not the catalog nor inside it (:class:`ExportError` otherwise)."""
+    file, and not the catalog nor inside it (:class:`ExportError` otherwise).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The folder an export would write into.
+    catalog : str or os.PathLike, optional
+        The catalog the result was read from; None: not checked.
+
+    Returns
+    -------
+    Path
+        *path*.
+
+    Raises
+    ------
+    ExportError
+        When the export may not write there.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ExportError(str(path), "is an existing file, not a folder")
@@ -299,6 +353,28 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike, *, overwrite: bool = 
     *pixel_scales* (arcsec/pixel by image id) sizes DS9 sky ellipses when *df* has no
     ``pixel_scale`` column. Raises :class:`ExportError` (unknown suffix, existing file without
     *overwrite*, nothing a region can be drawn from); nothing is half-written.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        The result to write (catalog columns get their units and descriptions).
+    path : str or os.PathLike
+        The output file; its suffix names the format.
+    overwrite : bool, optional
+        Replace an existing file.
+    pixel_scales : mapping or float, optional
+        Arcsec per pixel by image id (or one for all), for DS9 regions.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    ExportError
+        For an unknown suffix, an existing file without *overwrite*, or a region file with
+        nothing to draw.
     """
     path = Path(path)
     fmt = export_format(path)

@@ -96,6 +96,18 @@ def default_memory_budget(workers: int = 1, share: float = 0.5) -> int:
     The RAM is ``psutil.virtual_memory().total`` (``os.sysconf`` where psutil is missing);
     with *workers* images measured at once, each gets an equal part. Never below
     :data:`BASE_BYTES` plus a 1024² image, so a tiny machine still measures small images.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Images measured at once on this machine.
+    share : float, optional
+        The fraction of the machine's RAM the run may use.
+
+    Returns
+    -------
+    int
+        Bytes per image (``max_memory_bytes`` of :func:`read_fits`).
     """
     try:
         import psutil
@@ -306,6 +318,28 @@ def read_fits(source, *, name: str, max_memory_bytes: int | None = None) -> Fits
     With *max_memory_bytes*, the image is refused (:class:`ImageTooLargeError`) when its header
     says it needs more (:func:`estimate_memory_bytes`), and the reading stops as soon as the
     bytes read (decompressed) exceed the budget; both before any pixel is held in memory.
+
+    Parameters
+    ----------
+    source : str, os.PathLike or bytes
+        A FITS file's path (``.gz``, ``.bz2``, ``.fz`` too) or its bytes.
+    name : str
+        What error messages call the file (its key or URL).
+    max_memory_bytes : int, optional
+        Refuse the image when it needs more memory than this (None: no limit).
+
+    Returns
+    -------
+    FitsImage
+        The image HDU's data (float32, native byte order, bad pixels 0), the mask of its
+        NaN/Inf pixels, the header and the HDU's number.
+
+    Raises
+    ------
+    FITSReadError
+        When the file is empty, not FITS, truncated, corrupt or holds no usable image.
+    ImageTooLargeError
+        When the image needs more than *max_memory_bytes*.
     """
     with _open(source, name) as fileobj:
         try:

@@ -153,7 +153,29 @@ def export_hats(catalog: str, output: str, *, workers: int = 1,
     """Write ``<output>/objects`` and ``<output>/sources`` (HATS collections with margins).
 
     The output is checked first (:func:`check_output`, *force* as there); an
-    :class:`ExportError` names it and the reason, and nothing is written."""
+    :class:`ExportError` names it and the reason, and nothing is written.
+
+    Parameters
+    ----------
+    catalog : str
+        The catalog to read (local folder or ``s3://``), with ``objects`` built.
+    output : str
+        The folder (or ``s3://`` prefix) to write the HATS collections into.
+    workers : int, optional
+        Dask workers.
+    force : bool, optional
+        Replace an earlier export in *output* (:func:`check_output`).
+
+    Returns
+    -------
+    ExportReport
+        Rows written per collection, the output and the time taken.
+
+    Raises
+    ------
+    ExportError
+        When *output* may not be written (nothing is written then).
+    """
     from dask.distributed import Client
 
     check_output(catalog, output, force=force)  # before any work: nothing to undo
@@ -194,7 +216,14 @@ def quiet_hats_logs():
     """While it is open: dask's INFO chatter (cluster start, workers, connections, the
     jupyter-server-proxy hint; ~35 lines with the scripts' INFO logging) and hats' root-logger
     warning that it found the collection it was pointed at are left out; dask's warnings and
-    errors stay. The export uses it, and so can a reader opening the export with LSDB."""
+    errors stay. The export uses it, and so can a reader opening the export with LSDB.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        A context manager (``with quiet_hats_logs(): ...``); the loggers' levels and filters
+        are restored on exit.
+    """
     chatty = logging.getLogger("distributed")
     level = chatty.level
     chatty.setLevel(max(level, logging.WARNING))

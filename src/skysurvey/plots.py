@@ -71,7 +71,20 @@ def read_catalog(catalog_uri: str, table: str = "sources") -> pd.DataFrame:
     """A catalog table as a DataFrame (with ``band`` and ``night``); a missing catalog raises.
 
     ``sources`` (and ``associations``) hold the rows SQL sees: only images with an ``images``
-    record, so a killed run's orphan file is not plotted (``queries.VIEWS``)."""
+    record, so a killed run's orphan file is not plotted (``queries.VIEWS``).
+
+    Parameters
+    ----------
+    catalog_uri : str
+        The catalog (local folder or ``s3://``).
+    table : str, optional
+        The table's name.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Its rows, with the partition columns.
+    """
     if table in VIEWS:
         return run_query(f"SELECT * FROM {table}", str(catalog_uri))
     return dataset(catalog_uri, table).to_table().to_pandas()
@@ -354,6 +367,20 @@ def match_to_truth(sources: pd.DataFrame, truth: pd.DataFrame, max_pix: float = 
 
     One row per pair: measured ``mag``, ``flux``, the truth's ``true_mag``, ``true_flux``, the
     separation ``sep`` (pixels), and ``band``/``image_id`` when the sources have them.
+
+    Parameters
+    ----------
+    sources : pandas.DataFrame
+        Detections with ``x``, ``y`` (and ``image_id`` when several images).
+    truth : pandas.DataFrame
+        The generator's truth with ``x``, ``y``, ``mag``, ``flux``.
+    max_pix : float, optional
+        The matching radius (pixels).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per matched pair.
     """
     columns = ["image_id", "band", "mag", "true_mag", "flux", "true_flux", "sep"]
     if sources.empty or truth.empty:
@@ -426,6 +453,24 @@ def match_to_reference(sources: pd.DataFrame, images: pd.DataFrame, reference, *
     pair: image_id, band, the measured magnitude (*mag_column*, ``mag`` where it is null),
     ``ref_mag``, ``residual`` (measured - reference), ``class_star``, ``flags``,
     ``sep_arcsec``. Images without a position, band or reference stars are left out.
+
+    Parameters
+    ----------
+    sources : pandas.DataFrame
+        The catalog's sources (with ``ra``, ``dec``, ``image_id``).
+    images : pandas.DataFrame
+        The catalog's images (band, centre, epoch).
+    reference : ReferenceSpec or str
+        The reference catalog.
+    radius_arcsec : float, optional
+        The matching radius.
+    mag_column : str, optional
+        The measured magnitude to compare.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per matched pair.
     """
     from .calibrate import tangent_plane
     from .reference import ReferenceError, ReferenceSpec, julian_year, open_reference
@@ -469,7 +514,20 @@ def match_to_reference(sources: pd.DataFrame, images: pd.DataFrame, reference, *
 
 def plot_calibration_residuals(pairs: pd.DataFrame, ax=None):
     """Calibrated minus reference magnitude of matched stars against the reference magnitude,
-    one colour per band, with each image's median residual in the legend."""
+    one colour per band, with each image's median residual in the legend.
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame
+        :func:`match_to_reference`'s pairs.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; None: a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure drawn on.
+    """
     ok = pairs.dropna(subset=["residual", "ref_mag"]) if len(pairs) else pairs
     if ok.empty:
         raise NothingToPlot("no source matched to a reference star with a magnitude "
@@ -518,6 +576,18 @@ def plot_image_quality(quality: pd.DataFrame, axes=None):
 
     *quality* is :func:`skysurvey.report.quality_table` (or the ``images`` table with
     ``seeing_arcsec``); *axes*, when given, three axes.
+
+    Parameters
+    ----------
+    quality : pandas.DataFrame
+        One row per image.
+    axes : sequence of matplotlib.axes.Axes, optional
+        Three axes to draw on; None: a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure drawn on.
     """
     names = [c for c in ("seeing_arcsec", "depth_5sigma", "zero_point") if c in quality]
     if quality.empty or not names or quality[names].isna().all().all():
@@ -574,6 +644,26 @@ def save_all(sources: pd.DataFrame, out_dir, *, image: tuple | None = None,
     and the band); *truth* the output of :func:`match_to_truth`; *extra* maps names to callables
     returning a figure. Returns ``(paths, skipped)``: the PNG paths and one
     ``"<name>.png: <reason>"`` line per plot that had nothing to show.
+
+    Parameters
+    ----------
+    sources : pandas.DataFrame
+        The catalog's sources.
+    out_dir : str or os.PathLike
+        The folder for the PNG files.
+    image : tuple, optional
+        An image to show with its detections.
+    truth : pandas.DataFrame, optional
+        Matched truth pairs.
+    extra : dict, optional
+        More figures, by name.
+
+    Returns
+    -------
+    paths : list of Path
+        The PNG files written.
+    skipped : list of str
+        One line per figure not drawn, and why.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -629,7 +719,20 @@ def plot_light_curves(light_curves: pd.DataFrame, ax=None):
     band: detections as filled circles with 1-sigma error bars, forced measurements where
     nothing was detected (SNR >= 3) as open circles, and the epochs with no flux as downward
     triangles at their 5-sigma limiting magnitude. *ax*: one axes per object (or one axes
-    for a single object); default a new figure."""
+    for a single object); default a new figure.
+
+    Parameters
+    ----------
+    light_curves : pandas.DataFrame
+        ``light_curve`` query rows of one or more objects.
+    ax : matplotlib.axes.Axes or sequence of them, optional
+        Where to draw; None: a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure drawn on.
+    """
     lc = light_curves[light_curves["mjd"].notna()] if {"mjd", "object_id"} <= set(
         light_curves) else light_curves[:0]
     ids = [i for i in dict.fromkeys(lc["object_id"])
@@ -671,7 +774,20 @@ def plot_light_curves(light_curves: pd.DataFrame, ax=None):
 
 def plot_variability(photometry: pd.DataFrame, ax=None):
     """Scatter of each object's magnitudes against its mean magnitude, per band; objects
-    flagged ``variable`` ringed in black (``object_photometry`` joined with ``objects``)."""
+    flagged ``variable`` ringed in black (``object_photometry`` joined with ``objects``).
+
+    Parameters
+    ----------
+    photometry : pandas.DataFrame
+        ``object_photometry`` rows joined with ``objects`` (for ``variable``).
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; None: a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure drawn on.
+    """
     phot = photometry.dropna(subset=["mean_mag", "scatter"]) \
         if {"mean_mag", "scatter"} <= set(photometry) else photometry[:0]
     if phot.empty:
@@ -692,7 +808,20 @@ def plot_variability(photometry: pd.DataFrame, ax=None):
 
 
 def plot_object_map(objects: pd.DataFrame, ax=None):
-    """Objects on the sky coloured by number of detections (RA to the left, equal scales)."""
+    """Objects on the sky coloured by number of detections (RA to the left, equal scales).
+
+    Parameters
+    ----------
+    objects : pandas.DataFrame
+        The ``objects`` table (``ra``, ``dec``, ``n_detections``).
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; None: a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure drawn on.
+    """
     sky = objects.dropna(subset=["ra", "dec"]) if {"ra", "dec"} <= set(objects) else objects[:0]
     if sky.empty:
         raise NothingToPlot("no objects: run scripts/build_objects.py first")

@@ -371,6 +371,20 @@ def dataset(catalog_uri: str, table: str, *, check: bool = True) -> pads.Dataset
     """The Arrow dataset of one table (``sources``, ``images``...) of a catalog.
 
     With *check*, every file's schema is compared with the table's (:func:`check_schemas`).
+
+    Parameters
+    ----------
+    catalog_uri : str
+        The catalog (local folder or ``s3://``).
+    table : str
+        The table's name (a key of :data:`DATASETS`).
+    check : bool, optional
+        Compare every file's schema with the table's.
+
+    Returns
+    -------
+    pyarrow.dataset.Dataset
+        The table's files, Hive-partitioned.
     """
     spec = _spec(table)
     partitioning = pads.partitioning(spec.partitioning, flavor="hive")
@@ -578,7 +592,25 @@ def connect(catalog_uri: str, *, safe: bool = False):
 def single_statement(sql: str, engine: str = "duckdb") -> str:
     """*sql* when it is exactly one statement, else a QueryError (a second statement after
     ``;`` is never run). DuckDB's own parser decides; for Athena, sqlglot's Trino dialect (a
-    text it cannot parse is left for Athena to judge)."""
+    text it cannot parse is left for Athena to judge).
+
+    Parameters
+    ----------
+    sql : str
+        The SQL text.
+    engine : {"duckdb", "athena"}, optional
+        Whose parser judges it.
+
+    Returns
+    -------
+    str
+        *sql* unchanged.
+
+    Raises
+    ------
+    QueryError
+        When it holds more (or less) than one statement.
+    """
     if engine == "athena":
         import sqlglot
 
@@ -604,6 +636,29 @@ def run_query(sql: str, catalog_uri: str, params=None, *, safe: bool = False, co
 
     *con*: a connection from :func:`connect` to reuse (several queries, one listing of the
     catalog); the caller closes it. Without it, one is opened and closed here.
+
+    Parameters
+    ----------
+    sql : str
+        One SQL statement (``?`` placeholders for *params*).
+    catalog_uri : str
+        The catalog (local folder or ``s3://``).
+    params : sequence, optional
+        The values bound to the placeholders.
+    safe : bool, optional
+        Lock DuckDB out of files and the network once the catalog is registered.
+    con : duckdb.DuckDBPyConnection, optional
+        A connection to reuse.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The result.
+
+    Raises
+    ------
+    QueryError
+        For more than one statement or an error DuckDB reports.
     """
     import duckdb
 
@@ -621,12 +676,47 @@ def run_query(sql: str, catalog_uri: str, params=None, *, safe: bool = False, co
 
 
 def get_named(name: str) -> NamedQuery:
+    """The named query *name* (a key of :data:`NAMED_QUERIES`).
+
+    Parameters
+    ----------
+    name : str
+        The query's name (``total_sources``, ``cone``, ``light_curve``...).
+
+    Returns
+    -------
+    NamedQuery
+        Its SQL, parameters and defaults.
+
+    Raises
+    ------
+    QueryError
+        For an unknown name (the message lists the known ones).
+    """
     if name not in NAMED_QUERIES:
         raise QueryError(name, f"no such query (known: {', '.join(NAMED_QUERIES)})")
     return NAMED_QUERIES[name]
 
 
 def run_named(name: str, catalog_uri: str, params=None, *, con=None):
+    """Run the named query *name* on DuckDB over the catalog (:func:`run_query`).
+
+    Parameters
+    ----------
+    name : str
+        The query's name (:func:`get_named`).
+    catalog_uri : str
+        The catalog (local folder or ``s3://``).
+    params : sequence, optional
+        Its parameters' values (None: its defaults).
+    con : duckdb.DuckDBPyConnection, optional
+        A connection from :func:`connect` to reuse.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The result.
+    """
     query = get_named(name)
     return run_query(query.sql, catalog_uri, query.bind(params), con=con)
 
@@ -730,7 +820,20 @@ OBJECT_TABLES = ("objects", "object_photometry", "associations")
 
 def why_empty(sql: str, catalog_uri: str) -> str:
     """One line saying why *sql* returned no rows on DuckDB: a step not run yet (the objects
-    tables of ``build_objects.py``), no reference catalog for ``reference``, or no match."""
+    tables of ``build_objects.py``), no reference catalog for ``reference``, or no match.
+
+    Parameters
+    ----------
+    sql : str
+        The query that returned no rows.
+    catalog_uri : str
+        The catalog it ran on.
+
+    Returns
+    -------
+    str
+        The explanation.
+    """
     import duckdb
 
     from .config import get_setting

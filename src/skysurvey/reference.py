@@ -113,7 +113,21 @@ class ReferenceSpec:
 def reference_spec(uri: str | None = None, bands: str | None = None) -> ReferenceSpec | None:
     """The reference to calibrate against: *uri*/*bands* (command-line flags or the Lambda
     event) over the ``REFERENCE_CATALOG``/``REFERENCE_BANDS`` settings; None for none.
-    A malformed band mapping raises :class:`ConfigError`."""
+    A malformed band mapping raises :class:`ConfigError`.
+
+    Parameters
+    ----------
+    uri : str, optional
+        The reference catalog (local path or ``s3://``; ``"none"``: no calibration); None:
+        the ``REFERENCE_CATALOG`` setting.
+    bands : str, optional
+        ``band=COLUMN,...``; None: the ``REFERENCE_BANDS`` setting.
+
+    Returns
+    -------
+    ReferenceSpec or None
+        None when there is no reference to calibrate against.
+    """
     uri = get_setting("REFERENCE_CATALOG", uri)
     bands = get_setting("REFERENCE_BANDS", bands)
     try:
@@ -339,7 +353,25 @@ def check_reference(spec: ReferenceSpec, band: str | None = None) -> ReferenceCa
     """The opened reference of *spec* when it can be used: it opens (exists, readable, a
     known format, ra/dec columns), every mapped band's column exists, and so does *band*'s
     when given. Otherwise one :class:`ReferenceError` naming the reference and the cause: a
-    run asked to calibrate against it fails instead of falling back without a word."""
+    run asked to calibrate against it fails instead of falling back without a word.
+
+    Parameters
+    ----------
+    spec : ReferenceSpec
+        The reference and its band mapping (:func:`reference_spec`).
+    band : str, optional
+        A band the run will calibrate, whose magnitude column must exist.
+
+    Returns
+    -------
+    ReferenceCatalog
+        The opened reference.
+
+    Raises
+    ------
+    ReferenceError
+        When it cannot be used (the message names it and the cause).
+    """
     ref = open_reference(spec.uri)
     for mapped, _ in spec.bands:
         ref.magnitude_column(mapped, spec)
@@ -350,7 +382,22 @@ def check_reference(spec: ReferenceSpec, band: str | None = None) -> ReferenceCa
 
 def picked_columns(ref: ReferenceCatalog, spec: ReferenceSpec, bands) -> dict[str, str]:
     """``band -> column`` for the *bands* whose magnitude column *ref* picks by name (no
-    ``--reference-bands`` mapping), so a run can say so once rather than once per worker."""
+    ``--reference-bands`` mapping), so a run can say so once rather than once per worker.
+
+    Parameters
+    ----------
+    ref : ReferenceCatalog
+        The opened reference (:func:`check_reference`).
+    spec : ReferenceSpec
+        Its spec; bands it maps explicitly are left out.
+    bands : iterable of str
+        The bands of the run's images.
+
+    Returns
+    -------
+    dict of str to str
+        ``band -> column`` for the bands whose column was picked by name.
+    """
     picked = {}
     for band in sorted(set(bands)):
         try:

@@ -53,6 +53,16 @@ def quality_table(images: pd.DataFrame) -> pd.DataFrame:
     """One row per image: the columns of :data:`QUALITY_COLUMNS` that the catalog has.
 
     Seeing is ``fwhm_arcsec`` when measured, else ``fwhm_median`` x ``pixel_scale``.
+
+    Parameters
+    ----------
+    images : pandas.DataFrame
+        The catalog's ``images`` table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per image, seeing in arcsec.
     """
     df = images.copy()
     seeing = df["fwhm_arcsec"] if "fwhm_arcsec" in df else pd.Series(np.nan, index=df.index)
@@ -202,7 +212,26 @@ def render_html(summary: Mapping[str, object], quality: pd.DataFrame,
 def write_report(path: str | os.PathLike, catalog_uri: str, *,
                  png_paths: Sequence[str | os.PathLike] = (), skipped: Sequence[str] = (),
                  sources: pd.DataFrame | None = None) -> Path:
-    """Read the catalog (images table, named queries on DuckDB) and write the report."""
+    """Read the catalog (images table, named queries on DuckDB) and write the report.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The HTML file to write (replaced atomically).
+    catalog_uri : str
+        The catalog (local folder or ``s3://``).
+    png_paths : sequence of path, optional
+        Figures to embed.
+    skipped : sequence of str, optional
+        One line per figure that was not drawn, and why.
+    sources : pandas.DataFrame, optional
+        The sources table when already read; None: read from the catalog.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
     from .plots import read_catalog
     from .queries import NAMED_QUERIES, connect, run_named, why_empty
 

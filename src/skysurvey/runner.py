@@ -117,6 +117,21 @@ def find_inputs(specs: str | Sequence[str]) -> Inputs:
     (and so image ids) are relative to it, so ``--input data`` and ``--input 'data/*/*.fits'``
     give the same ids. A folder is listed recursively; entries it cannot follow are kept in
     ``skipped`` with their cause. A missing folder or file raises StorageError.
+
+    Parameters
+    ----------
+    specs : str or sequence of str
+        What ``--input`` gave: folders, ``s3://`` prefixes, files or globs.
+
+    Returns
+    -------
+    Inputs
+        The root, the FITS keys below it, and what was skipped or is not FITS.
+
+    Raises
+    ------
+    StorageError
+        When a named folder or file does not exist.
     """
     specs = [specs] if isinstance(specs, str) else list(specs)
     if not specs:
@@ -192,7 +207,20 @@ def _scan(root: str, wanted, prefix: str = "") -> Inputs:
 
 
 def list_images(uri: str, prefix: str = "") -> list[str]:
-    """Keys of every FITS file under *uri*/*prefix*, sorted. A missing bucket or folder raises."""
+    """Keys of every FITS file under *uri*/*prefix*, sorted. A missing bucket or folder raises.
+
+    Parameters
+    ----------
+    uri : str
+        A folder or ``s3://`` bucket/prefix.
+    prefix : str, optional
+        A prefix below it (``images/`` for the raw bucket).
+
+    Returns
+    -------
+    list of str
+        The FITS files' keys, relative to *uri*.
+    """
     store = open_store(uri)
     return [info.key for info in store.list(prefix) if is_fits_name(info.key)]
 
@@ -200,7 +228,22 @@ def list_images(uri: str, prefix: str = "") -> list[str]:
 def split_collisions(raw_uri: str, keys: Sequence[str]) -> tuple[list[str], list[dict]]:
     """``(keys to process, error replies)``: inputs that share an image id are all refused,
     each reply naming the others (``x.fits`` beside ``x.fits.gz``, ``a__b/c.fits`` beside
-    ``a/b__c.fits``); processing either would overwrite the other's catalog."""
+    ``a/b__c.fits``); processing either would overwrite the other's catalog.
+
+    Parameters
+    ----------
+    raw_uri : str
+        The input root (for the messages).
+    keys : sequence of str
+        The inputs' keys.
+
+    Returns
+    -------
+    keys : list of str
+        The inputs whose image id no other input shares.
+    replies : list of dict
+        An error reply for each of the others.
+    """
     store = open_store(raw_uri)
     shared = colliding_ids(keys)
     ok, refused = [], []
@@ -225,7 +268,18 @@ def colliding_ids(keys: Sequence[str]) -> dict[int, list[int]]:
 
 
 def catalogued_image_ids(catalog_uri: str) -> set[str]:
-    """Image ids that already have an image record in the catalog (for ``--only-new``)."""
+    """Image ids that already have an image record in the catalog (for ``--only-new``).
+
+    Parameters
+    ----------
+    catalog_uri : str
+        The catalog (local folder or ``s3://``).
+
+    Returns
+    -------
+    set of str
+        The image ids with an ``images`` record.
+    """
     store = open_store(catalog_uri)
     if not store.root_exists():
         return set()  # first run: no catalog folder yet
@@ -234,6 +288,13 @@ def catalogued_image_ids(catalog_uri: str) -> set[str]:
 
 
 def default_workers() -> int:
+    """The local backend's default number of parallel images.
+
+    Returns
+    -------
+    int
+        The CPUs this process may run on (its affinity; the CPU count where there is none).
+    """
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -259,6 +320,26 @@ def run_local(
     ``workers=1`` runs in this process. Otherwise a process pool (SEP holds the GIL); if a
     worker dies (killed, out of memory) the pool is rebuilt and the unfinished images are tried
     once more, each alone, so one bad image cannot take the batch with it.
+
+    Parameters
+    ----------
+    raw_uri : str
+        The input root (folder or ``s3://`` prefix) the keys are relative to.
+    keys : sequence of str
+        The images to catalog.
+    catalog_uri : str
+        Where the catalog goes.
+    workers : int, optional
+        Parallel images (None: :func:`default_workers`).
+    config : PipelineConfig, optional
+        Detection, reference and memory settings.
+    on_done : callable, optional
+        Called with each reply as it arrives (progress).
+
+    Returns
+    -------
+    list of dict
+        One reply per key (:func:`skysurvey.pipeline.make_reply`).
     """
     config = config or PipelineConfig()
     workers = workers or default_workers()
@@ -317,7 +398,18 @@ OK_STATUSES = frozenset({"ok", "queued"})
 
 
 def exit_status(replies: Iterable[dict]) -> int:
-    """0 when every image succeeded (or was queued), 1 when any failed."""
+    """0 when every image succeeded (or was queued), 1 when any failed.
+
+    Parameters
+    ----------
+    replies : iterable of dict
+        The run's replies (``status`` ``"ok"``, ``"queued"`` or ``"error"``).
+
+    Returns
+    -------
+    int
+        The command's exit status.
+    """
     return 0 if all(r["status"] in OK_STATUSES for r in replies) else 1
 
 
@@ -328,6 +420,26 @@ def summary_table(replies: Sequence[dict], seconds: float, backend: str = "local
     *already_done* (``--only-new`` skips), *not_fits* (other files in the input folder) and
     *notes* (entries skipped for a reason that is not a failure) are listed, never counted as
     failures. Every name is printed escaped (one line per entry, no terminal escapes).
+
+    Parameters
+    ----------
+    replies : sequence of dict
+        The run's replies.
+    seconds : float
+        The run's wall time.
+    backend : str, optional
+        ``"local"`` or ``"lambda"``.
+    already_done : int, optional
+        Inputs ``--only-new`` skipped.
+    not_fits : int, optional
+        Other files in the input folder.
+    notes : sequence of str, optional
+        Entries skipped for a reason that is not a failure.
+
+    Returns
+    -------
+    str
+        The text to print.
     """
     ok = [r for r in replies if r["status"] == "ok"]
     queued = [r for r in replies if r["status"] == "queued"]  # not in the catalog yet

@@ -202,6 +202,18 @@ def image_id_from_name(key: str) -> str:
     one id (``x.fits`` beside ``x.fits.gz``, ``a__b/c.fits`` beside ``a/b__c.fits``): the
     runner refuses such pairs by name.
 
+    Parameters
+    ----------
+    key : str
+        The input's path relative to the input folder (``/`` separators).
+
+    Returns
+    -------
+    str
+        The image id.
+
+    Examples
+    --------
     >>> image_id_from_name("night1/sky_r_001.fits.fz")
     'night1__sky_r_001'
     """
@@ -259,7 +271,18 @@ def catalog_keys(image_id: str, band: str | None, night: str | None) -> dict[str
 
 
 def band_of_key(key: str) -> str | None:
-    """The ``band=`` partition value of a catalog key or URL (:func:`catalog_keys`), or None."""
+    """The ``band=`` partition value of a catalog key or URL (:func:`catalog_keys`), or None.
+
+    Parameters
+    ----------
+    key : str
+        A catalog file's key or URL (``.../band=r/night=.../x.parquet``).
+
+    Returns
+    -------
+    str or None
+        The band, or None when the key has no ``band=`` part.
+    """
     for part in str(key).split("/"):
         if part.startswith("band="):
             return part.removeprefix("band=")

@@ -210,6 +210,58 @@ def make_image(shape=(512, 512), *, n_stars=300, n_galaxies=80, seed=0, band="r"
     *zero_point* is the nominal one the header's MAGZERO states (omitted when *write_magzero*
     is false); the night's *transparency* (mag of extra extinction) dims every source, so the
     image's true zero point is ``zero_point - transparency`` (truth magnitudes use it).
+
+    Parameters
+    ----------
+    shape : tuple of int, optional
+        ``(ny, nx)`` in pixels.
+    n_stars, n_galaxies : int, optional
+        Sources drawn at random when *sources* is not given.
+    seed : int, optional
+        Seed of ``np.random.default_rng`` (sources, noise, defects).
+    band : str, optional
+        The filter (FILTER keyword; zero point, sky and seeing per band).
+    fwhm_arcsec : float, optional
+        The seeing; None: the band's.
+    pixel_scale : float, optional
+        Arcsec per pixel.
+    ra, dec : float, optional
+        The image centre (degrees, ICRS).
+    rotation_deg : float, optional
+        Rotation of the WCS.
+    sky : float, optional
+        Sky level (ADU); None: the band's.
+    gain, read_noise : float, optional
+        Electrons per ADU and read noise (electrons).
+    zero_point : float, optional
+        The nominal zero point; None: the band's.
+    exptime : float, optional
+        Exposure time (s).
+    date_obs : str, optional
+        DATE-OBS (ISOT).
+    cosmic_rays, bad_columns : int, optional
+        Defects to add.
+    nan_patch : bool, optional
+        Add a patch of NaN pixels.
+    saturate : float, optional
+        Clip at this level and write SATURATE; None: no clipping.
+    sip : bool, optional
+        Add SIP distortion to the WCS.
+    psf : {"moffat", "gaussian"}, optional
+        The PSF's profile.
+    return_model : bool, optional
+        Keep the noiseless model in ``SimImage.model``.
+    sources : pandas.DataFrame, optional
+        The sky to draw (:func:`make_sky_sources`); None: drawn from *seed*.
+    transparency : float, optional
+        Extra extinction (mag) the header does not know about.
+    write_magzero : bool, optional
+        Write MAGZERO in the header.
+
+    Returns
+    -------
+    SimImage
+        The data, header, WCS and truth table (and the model when asked).
     """
     rng = np.random.default_rng(seed)
     zp_band, sky_band, seeing_band, _ = BANDS.get(band, BANDS["r"])
@@ -366,6 +418,34 @@ def write_sample(out_dir, *, count=6, size=2048, bands=("g", "r", "i"), seed=42,
     every fourth image (the 2nd, 6th, ...) has no MAGZERO at all. ``metadata.json`` records the
     true zero point of each image (``zero_point``), the header's (``header_zero_point``, null
     when absent) and the ``transparency``; truth magnitudes are true magnitudes.
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        The folder to write into (created).
+    count : int, optional
+        Number of images.
+    size : int, optional
+        Image side (pixels).
+    bands : sequence of str, optional
+        Filters, taken in turn.
+    seed : int, optional
+        Random seed of the field and images.
+    ra, dec : float, optional
+        The field's centre (degrees).
+    pixel_scale : float, optional
+        Arcsec per pixel.
+    compress : {None, "gz", "fz"}, optional
+        File compression.
+    command : str, optional
+        The command line recorded in ``metadata.json``.
+    progress : callable, optional
+        Called as ``progress(done, count, path)`` after each image.
+
+    Returns
+    -------
+    list of Path
+        The images written.
     """
     out = Path(out_dir)
     (out / "truth").mkdir(parents=True, exist_ok=True)
