@@ -423,3 +423,36 @@ def test_sep_buffer_full_in_the_second_pass_is_a_warning_and_the_sources_stay(mo
     assert f"on {len(searched)} bright object(s)" in row["warnings"]
     assert row["n_sources"] == len(first_pass) > 0
     pd.testing.assert_frame_equal(sources, first_pass)
+
+
+def test_sep_settings_are_set_for_the_block_and_restored_even_on_error():
+    from skysurvey.measurement import is_buffer_full, sep_settings
+
+    stack, limit = sep.get_extract_pixstack(), sep.get_sub_object_limit()
+    with sep_settings(pixstack=stack * 2, sub_object_limit=limit * 2):
+        assert (sep.get_extract_pixstack(), sep.get_sub_object_limit()) == (stack * 2, limit * 2)
+        with sep_settings(pixstack=1024):  # nested: only what it names changes
+            assert (sep.get_extract_pixstack(), sep.get_sub_object_limit()) == (1024, limit * 2)
+        assert sep.get_extract_pixstack() == stack * 2
+    with pytest.raises(RuntimeError), sep_settings(pixstack=1024, sub_object_limit=4096):
+        raise RuntimeError("inside")
+    assert (sep.get_extract_pixstack(), sep.get_sub_object_limit()) == (stack, limit)
+    assert is_buffer_full(Exception("internal pixel buffer full: ..."))
+    assert not is_buffer_full(ValueError("invalid aperture parameters"))
+
+
+def test_pixels_carry_the_measurement_inputs():
+    from skysurvey.measurement import Pixels
+
+    sub = np.zeros((4, 5), np.float32)
+    segmap = np.zeros((4, 5), np.int32)
+    pixels = Pixels(sub, 1.0, segmap, gain=2.0)
+    assert pixels.shape == (4, 5) and pixels.mask is None and pixels.saturation is None
+    own = pixels.own(np.array([0, 2]))
+    assert own["segmap"] is segmap and own["mask"] is None
+    assert own["seg_id"].dtype == np.int32 and own["seg_id"].tolist() == [1, 3]
+    assert Pixels(sub, 1.0).own([0]) == {"mask": None}  # no segmentation map
+    other = pixels.with_(sub=sub + 1)
+    assert other.sub[0, 0] == 1 and other.segmap is segmap and pixels.sub[0, 0] == 0
+    with pytest.raises(AttributeError):
+        pixels.gain = 3.0  # frozen
