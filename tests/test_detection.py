@@ -378,11 +378,14 @@ def test_the_second_pass_skips_a_parent_only_when_sep_buffers_overflow():
         def extract(residual, err, mask):
             raise error
         extract.min_snr = 5.0
+        extract.overflows = []
         return extract
 
     residual, err = np.zeros((8, 8)), np.ones((8, 8))
     hide, bounds = np.zeros((8, 8), bool), (0, 8, 0, 8)
-    assert _candidates(residual, err, hide, bounds, (8, 8), extract_raising(full.value)) == []
+    overflowing = extract_raising(full.value)
+    assert _candidates(residual, err, hide, bounds, (8, 8), overflowing) == []
+    assert overflowing.overflows == [str(full.value)]  # for the image's warnings
     with pytest.raises(ValueError, match="not SEP's buffers"):
         _candidates(residual, err, hide, bounds, (8, 8),
                     extract_raising(ValueError("not SEP's buffers")))

@@ -394,8 +394,9 @@ class _Search:
 
 def _candidates(residual, err, hide, bounds, shape, extract):
     """SEP's detections on one parent's residual that pass the S/N cut, with their pixels;
-    [] when SEP's buffers overflow (the message added to ``extract.overflows`` if it has
-    one); any other error propagates."""
+    [] when SEP's buffers overflow (the message added to ``extract.overflows``); any other
+    error propagates. *extract* is a :class:`_Search` (or any callable with its
+    ``min_snr`` and ``overflows``)."""
     try:
         cand, cseg = extract(np.ascontiguousarray(residual, dtype=np.float32),
                              err=np.ascontiguousarray(err, dtype=np.float32),
@@ -403,8 +404,7 @@ def _candidates(residual, err, hide, bounds, shape, extract):
     except Exception as exc:  # SEP raises bare Exceptions
         if not sep_buffer_full(exc):
             raise
-        if hasattr(extract, "overflows"):
-            extract.overflows.append(str(exc))
+        extract.overflows.append(str(exc))
         return []  # its buffers overflowed on this residual: leave this parent as is
     if len(cand) == 0:
         return []

@@ -37,7 +37,9 @@ class Pixels:
     gain : float, optional
         Electrons per data unit, for the sources' Poisson noise; None: background noise only.
     saturation : float, optional
-        The level above which pixels are saturated, in ``sub``'s units; None: unknown.
+        The header's saturation level (SATURATE), in the data's units with the background
+        in (a source is saturated where its peak plus the background reaches 98% of it);
+        None: unknown.
     """
 
     sub: np.ndarray
