@@ -367,3 +367,13 @@ def test_a_planted_long_signature_is_flagged():
               "class C:\n    def m(self, a, b, c, d, e, f):\n        pass\n"
               "def g(a, *args, **kwargs):\n    pass\n")
     assert long_signatures(source) == ["f (7)"]
+
+
+#: Issue 26: no module over this many lines (split by concept instead).
+MAX_MODULE_LINES = 800
+
+
+def test_no_module_is_over_800_lines():
+    long = {module_name(p): n for p in sorted(SOURCE.rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) >= MAX_MODULE_LINES}
+    assert not long, f"modules of {MAX_MODULE_LINES} lines or more (split them): {long}"

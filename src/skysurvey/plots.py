@@ -76,14 +76,11 @@ def read_catalog(catalog_uri: str, table: str = "sources") -> pd.DataFrame:
     Parameters
     ----------
     catalog_uri : str
-        The catalog (local folder or ``s3://``).
     table : str, optional
-        The table's name.
 
     Returns
     -------
     pandas.DataFrame
-        Its rows, with the partition columns.
     """
     if table in VIEWS:
         return run_query(f"SELECT * FROM {table}", str(catalog_uri))
@@ -370,17 +367,12 @@ def match_to_truth(sources: pd.DataFrame, truth: pd.DataFrame, max_pix: float = 
 
     Parameters
     ----------
-    sources : pandas.DataFrame
-        Detections with ``x``, ``y`` (and ``image_id`` when several images).
-    truth : pandas.DataFrame
-        The generator's truth with ``x``, ``y``, ``mag``, ``flux``.
+    sources, truth : pandas.DataFrame
     max_pix : float, optional
-        The matching radius (pixels).
 
     Returns
     -------
     pandas.DataFrame
-        One row per matched pair.
     """
     columns = ["image_id", "band", "mag", "true_mag", "flux", "true_flux", "sep"]
     if sources.empty or truth.empty:
@@ -456,21 +448,14 @@ def match_to_reference(sources: pd.DataFrame, images: pd.DataFrame, reference, *
 
     Parameters
     ----------
-    sources : pandas.DataFrame
-        The catalog's sources (with ``ra``, ``dec``, ``image_id``).
-    images : pandas.DataFrame
-        The catalog's images (band, centre, epoch).
+    sources, images : pandas.DataFrame
     reference : ReferenceSpec or str
-        The reference catalog.
     radius_arcsec : float, optional
-        The matching radius.
     mag_column : str, optional
-        The measured magnitude to compare.
 
     Returns
     -------
     pandas.DataFrame
-        One row per matched pair.
     """
     from .calibrate import tangent_plane
     from .reference import ReferenceError, ReferenceSpec, julian_year, open_reference
@@ -519,14 +504,11 @@ def plot_calibration_residuals(pairs: pd.DataFrame, ax=None):
     Parameters
     ----------
     pairs : pandas.DataFrame
-        :func:`match_to_reference`'s pairs.
     ax : matplotlib.axes.Axes, optional
-        Where to draw; None: a new figure.
 
     Returns
     -------
     matplotlib.figure.Figure
-        The figure drawn on.
     """
     ok = pairs.dropna(subset=["residual", "ref_mag"]) if len(pairs) else pairs
     if ok.empty:
@@ -580,14 +562,11 @@ def plot_image_quality(quality: pd.DataFrame, axes=None):
     Parameters
     ----------
     quality : pandas.DataFrame
-        One row per image.
     axes : sequence of matplotlib.axes.Axes, optional
-        Three axes to draw on; None: a new figure.
 
     Returns
     -------
     matplotlib.figure.Figure
-        The figure drawn on.
     """
     names = [c for c in ("seeing_arcsec", "depth_5sigma", "zero_point") if c in quality]
     if quality.empty or not names or quality[names].isna().all().all():
@@ -648,22 +627,15 @@ def save_all(sources: pd.DataFrame, out_dir, *, image: tuple | None = None,
     Parameters
     ----------
     sources : pandas.DataFrame
-        The catalog's sources.
     out_dir : str or os.PathLike
-        The folder for the PNG files.
     image : tuple, optional
-        An image to show with its detections.
     truth : pandas.DataFrame, optional
-        Matched truth pairs.
     extra : dict, optional
-        More figures, by name.
 
     Returns
     -------
     paths : list of Path
-        The PNG files written.
     skipped : list of str
-        One line per figure not drawn, and why.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -724,14 +696,11 @@ def plot_light_curves(light_curves: pd.DataFrame, ax=None):
     Parameters
     ----------
     light_curves : pandas.DataFrame
-        ``light_curve`` query rows of one or more objects.
     ax : matplotlib.axes.Axes or sequence of them, optional
-        Where to draw; None: a new figure.
 
     Returns
     -------
     matplotlib.figure.Figure
-        The figure drawn on.
     """
     lc = light_curves[light_curves["mjd"].notna()] if {"mjd", "object_id"} <= set(
         light_curves) else light_curves[:0]
@@ -779,14 +748,11 @@ def plot_variability(photometry: pd.DataFrame, ax=None):
     Parameters
     ----------
     photometry : pandas.DataFrame
-        ``object_photometry`` rows joined with ``objects`` (for ``variable``).
     ax : matplotlib.axes.Axes, optional
-        Where to draw; None: a new figure.
 
     Returns
     -------
     matplotlib.figure.Figure
-        The figure drawn on.
     """
     phot = photometry.dropna(subset=["mean_mag", "scatter"]) \
         if {"mean_mag", "scatter"} <= set(photometry) else photometry[:0]
@@ -813,14 +779,11 @@ def plot_object_map(objects: pd.DataFrame, ax=None):
     Parameters
     ----------
     objects : pandas.DataFrame
-        The ``objects`` table (``ra``, ``dec``, ``n_detections``).
     ax : matplotlib.axes.Axes, optional
-        Where to draw; None: a new figure.
 
     Returns
     -------
     matplotlib.figure.Figure
-        The figure drawn on.
     """
     sky = objects.dropna(subset=["ra", "dec"]) if {"ra", "dec"} <= set(objects) else objects[:0]
     if sky.empty:

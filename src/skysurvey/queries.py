@@ -7,14 +7,13 @@ catalog keeps its column types, and ``band``/``night`` appear as columns); the n
 :data:`VIEWS` are views that keep only the rows of images with an ``images`` record, as on
 Athena (a run killed between an image's two files leaves its sources invisible, not counted).
 
-Every file's schema is checked when a table is opened: files of an older ``pipeline_version``
-(the columns of 0.1.0 present, newer ones missing) read their missing columns as null and are
-named once in a warning; any other difference (an extra, renamed or missing older column, a
-changed type) is a :class:`QueryError` naming the file and the difference.
-
-Custom SQL is one statement (:func:`single_statement`). DuckDB's SQL can read any local file
-(``read_csv('/etc/passwd')``); ``safe=True`` turns that off after the catalog is registered, for
-catalogs and SQL shared with others.
+Every file's schema is checked when a table is opened: files of an older ``pipeline_version`` (the
+columns of 0.1.0 present, newer ones missing) read their missing columns as null and are named once
+in a warning; any other difference (an extra, renamed or missing older column, a changed type) is a
+:class:`QueryError` naming the file and the difference. Custom SQL is one statement
+(:func:`single_statement`). DuckDB's SQL can read any local file (``read_csv('/etc/passwd')``);
+``safe=True`` turns that off after the catalog is registered, for catalogs and SQL shared with
+others.
 """
 
 from __future__ import annotations
@@ -86,8 +85,7 @@ class Dataset:
 
     *since_first* names the columns written since the first release (0.1.0): a file missing
     only some of them comes from an older ``pipeline_version`` and reads them as null. With
-    ``required=False`` a missing folder is an empty table (e.g. ``objects`` before
-    ``build_objects.py`` ran) instead of an error.
+    ``required=False`` a missing folder is an empty table instead of an error.
     """
 
     folder: str
@@ -368,23 +366,17 @@ def _spec(table: str) -> Dataset:
 
 
 def dataset(catalog_uri: str, table: str, *, check: bool = True) -> pads.Dataset:
-    """The Arrow dataset of one table (``sources``, ``images``...) of a catalog.
-
-    With *check*, every file's schema is compared with the table's (:func:`check_schemas`).
+    """The Arrow dataset of one table (``sources``, ``images``...) of a catalog; with *check*,
+    every file's schema is compared with the table's (:func:`check_schemas`).
 
     Parameters
     ----------
-    catalog_uri : str
-        The catalog (local folder or ``s3://``).
-    table : str
-        The table's name (a key of :data:`DATASETS`).
+    catalog_uri, table : str
     check : bool, optional
-        Compare every file's schema with the table's.
 
     Returns
     -------
     pyarrow.dataset.Dataset
-        The table's files, Hive-partitioned.
     """
     spec = _spec(table)
     partitioning = pads.partitioning(spec.partitioning, flavor="hive")
@@ -451,10 +443,8 @@ def schema_difference(found: pa.Schema, spec: Dataset) -> tuple[list[str], list[
 
 def check_schemas(data: pads.Dataset, spec: Dataset) -> list[str]:
     """Warnings for files of an older ``pipeline_version``; QueryError for any other drift.
-
     Reads every file's footer, in threads (on S3 each is a request), once per process: a file
-    found good is remembered by path (and, locally, modification time and size).
-    """
+    found good is remembered by path (and, locally, modification time and size)."""
     from pyarrow import fs
 
     local = isinstance(data.filesystem, fs.LocalFileSystem)
@@ -570,11 +560,9 @@ def view_sql(view: str, table: str, images: str, variability: str = "object_vari
 
 
 def connect(catalog_uri: str, *, safe: bool = False):
-    """A DuckDB connection with every table of :data:`DATASETS` and the :data:`VIEWS`.
-
-    With *safe*, DuckDB's access to files and the network is switched off once the catalog is
-    registered, and the setting is locked: SQL can then read only these tables.
-    """
+    """A DuckDB connection with every table of :data:`DATASETS` and the :data:`VIEWS`; with
+    *safe*, DuckDB's access to files and the network is switched off once the catalog is
+    registered, and the setting is locked: SQL can then read only these tables."""
     import duckdb
 
     con = duckdb.connect()
@@ -590,26 +578,17 @@ def connect(catalog_uri: str, *, safe: bool = False):
 
 
 def single_statement(sql: str, engine: str = "duckdb") -> str:
-    """*sql* when it is exactly one statement, else a QueryError (a second statement after
-    ``;`` is never run). DuckDB's own parser decides; for Athena, sqlglot's Trino dialect (a
-    text it cannot parse is left for Athena to judge).
+    """*sql* when it is one statement, else a QueryError (a second one after ``;`` never runs).
 
     Parameters
     ----------
     sql : str
-        The SQL text.
     engine : {"duckdb", "athena"}, optional
-        Whose parser judges it.
+        Whose parser decides (Athena: sqlglot's Trino dialect; what it cannot parse, Athena).
 
     Returns
     -------
     str
-        *sql* unchanged.
-
-    Raises
-    ------
-    QueryError
-        When it holds more (or less) than one statement.
     """
     if engine == "athena":
         import sqlglot
@@ -632,33 +611,19 @@ def single_statement(sql: str, engine: str = "duckdb") -> str:
 
 
 def run_query(sql: str, catalog_uri: str, params=None, *, safe: bool = False, con=None):
-    """Run one SQL statement with bound *params* on DuckDB over the catalog; a DataFrame.
-
-    *con*: a connection from :func:`connect` to reuse (several queries, one listing of the
-    catalog); the caller closes it. Without it, one is opened and closed here.
+    """Run one SQL statement with bound *params* on DuckDB over the catalog.
 
     Parameters
     ----------
-    sql : str
-        One SQL statement (``?`` placeholders for *params*).
-    catalog_uri : str
-        The catalog (local folder or ``s3://``).
+    sql, catalog_uri : str
     params : sequence, optional
-        The values bound to the placeholders.
     safe : bool, optional
-        Lock DuckDB out of files and the network once the catalog is registered.
     con : duckdb.DuckDBPyConnection, optional
-        A connection to reuse.
+        A connection from :func:`connect` to reuse (the caller closes it); None: a new one.
 
     Returns
     -------
     pandas.DataFrame
-        The result.
-
-    Raises
-    ------
-    QueryError
-        For more than one statement or an error DuckDB reports.
     """
     import duckdb
 
@@ -676,22 +641,15 @@ def run_query(sql: str, catalog_uri: str, params=None, *, safe: bool = False, co
 
 
 def get_named(name: str) -> NamedQuery:
-    """The named query *name* (a key of :data:`NAMED_QUERIES`).
+    """The named query *name* (a QueryError listing the known ones for another name).
 
     Parameters
     ----------
     name : str
-        The query's name (``total_sources``, ``cone``, ``light_curve``...).
 
     Returns
     -------
     NamedQuery
-        Its SQL, parameters and defaults.
-
-    Raises
-    ------
-    QueryError
-        For an unknown name (the message lists the known ones).
     """
     if name not in NAMED_QUERIES:
         raise QueryError(name, f"no such query (known: {', '.join(NAMED_QUERIES)})")
@@ -699,23 +657,17 @@ def get_named(name: str) -> NamedQuery:
 
 
 def run_named(name: str, catalog_uri: str, params=None, *, con=None):
-    """Run the named query *name* on DuckDB over the catalog (:func:`run_query`).
+    """:func:`run_query` of the named query *name* (its defaults when *params* is None).
 
     Parameters
     ----------
-    name : str
-        The query's name (:func:`get_named`).
-    catalog_uri : str
-        The catalog (local folder or ``s3://``).
+    name, catalog_uri : str
     params : sequence, optional
-        Its parameters' values (None: its defaults).
     con : duckdb.DuckDBPyConnection, optional
-        A connection from :func:`connect` to reuse.
 
     Returns
     -------
     pandas.DataFrame
-        The result.
     """
     query = get_named(name)
     return run_query(query.sql, catalog_uri, query.bind(params), con=con)
@@ -738,7 +690,6 @@ def register_reference(con) -> bool:
     Parameters
     ----------
     con : duckdb.DuckDBPyConnection
-        The connection (:func:`connect`).
 
     Returns
     -------
@@ -762,7 +713,7 @@ def register_reference(con) -> bool:
 
 
 def cone_parameters(params) -> tuple:
-    """The cone query's bound values.
+    """The cone query's bound values (a QueryError when it spans over 4 order-5 pixels).
 
     Parameters
     ----------
@@ -774,11 +725,6 @@ def cone_parameters(params) -> tuple:
     tuple
         The three, the order-5 partitions (4, the last repeated), then :data:`CONE_RANGES` pairs
         of ``_healpix_29`` bounds (:func:`skysurvey.geometry.cone_ranges`, the last repeated).
-
-    Raises
-    ------
-    QueryError
-        The cone spans more than 4 order-5 pixels.
     """
     ra, dec, radius = (float(v) for v in params)
     ranges = cone_ranges(ra, dec, radius, CONE_RANGES)
@@ -797,8 +743,7 @@ def most_variable_light_curves(catalog: str, n: int = 4):
     ----------
     catalog : str
         The catalog: a local folder or an ``s3://`` URI.
-    n : int
-        How many objects.
+    n : int, optional
 
     Returns
     -------
@@ -824,15 +769,11 @@ def why_empty(sql: str, catalog_uri: str) -> str:
 
     Parameters
     ----------
-    sql : str
-        The query that returned no rows.
-    catalog_uri : str
-        The catalog it ran on.
+    sql, catalog_uri : str
 
     Returns
     -------
     str
-        The explanation.
     """
     import duckdb
 
