@@ -329,7 +329,7 @@ def _measure_image(image: FitsImage, image_id: str, config: DetectionConfig):
 
     background_at = partial(_background_at, bkg, data, sub, mask)
     columns, fwhm_median, radius = _measure(pixels, background_at, objects, config, hidden, sat)
-    # point-source photometry and class_star from the image's own stars (psf.py)
+    # point-source photometry and class_star from the image's own stars (psf.py, classify.py)
     psf_model, psf_columns = measure_psf(pixels, columns, radius)
     # PSF photometry with the image's own PSF model (psfphot.py); split detections append rows
     if config.psf_photometry:
