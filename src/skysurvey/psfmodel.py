@@ -107,11 +107,12 @@ def cutouts(image, ix, iy, half, fill=0.0) -> tuple[np.ndarray, np.ndarray]:
     return np.where(inside, values, fill), inside
 
 
-def _taps(shift, derivative=False):
-    """Lanczos-3 taps (N, 7) for sub-pixel *shifts* (N,), summing to 1: the model value at
-    offset ``u - shift`` is ``sum_d taps[d] * model[u + d]``, d = -3..3; with *derivative*
-    also their derivative with respect to the shift."""
-    d = np.arange(-LANCZOS, LANCZOS + 1)
+def _taps(shift, derivative=False, reach=LANCZOS):
+    """Lanczos-3 taps (N, 2 reach + 1) for sub-pixel *shifts* (N,), summing to 1: the model
+    value at offset ``u - shift`` is ``sum_d taps[d] * model[u + d]``, d = -reach..reach
+    (*reach* > LANCZOS for shifts beyond half a pixel); with *derivative* also their
+    derivative with respect to the shift."""
+    d = np.arange(-reach, reach + 1)
     z = -np.asarray(shift, float)[:, None] - d[None, :]
     taps = lanczos(z)
     total = taps.sum(axis=1, keepdims=True)
@@ -151,12 +152,12 @@ def _lanczos_prime(z, a: int = LANCZOS):
     return np.where((np.abs(z) < a) & (np.abs(z) >= 1e-8), out, 0.0)
 
 
-def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False):
+def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False, centre=None):
     """The PSF of sources at (x, y) on stamps of half-size *half_out* centred on their
-    nearest pixels.
+    nearest pixels (or on the pixels *centre* = (ix, iy), within a few pixels of them).
 
     Each source's model (its polynomial terms times the basis, one matrix product for all)
-    is shifted by a separable 7-tap Lanczos-3 interpolation. The basis sums to 1 and the taps
+    is shifted by a separable Lanczos-3 interpolation. The basis sums to 1 and the taps
     conserve sums, so a full stamp sums to 1 and a cropped one keeps the model's scale.
     Returns ``(ix, iy, P)`` with P (N, S, S), or ``(ix, iy, P, dP/dx, dP/dy)`` with
     *derivatives* (the change of P as the source moves by +1 px).
@@ -164,11 +165,29 @@ def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False):
     if grid.oversample != 1:
         raise ValueError("render samples native-pixel models (oversample 1) only")
     x, y = np.asarray(x, float), np.asarray(y, float)
-    ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    if centre is None:
+        ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    else:
+        ix, iy = (np.asarray(c, np.int64) for c in centre)
+    fx, fy = x - ix, y - iy
+    # taps reach LANCZOS nodes beyond the shift: a stamp centred off the nearest pixel
+    # needs more of them (those few sources are rendered on their own)
+    extra = np.maximum(np.ceil(np.maximum(np.abs(fx), np.abs(fy)) - 0.5), 0).astype(int)
+    far = extra > 0
+    if far.any() and not far.all():
+        near = ~far
+        parts = [render(grid, x[sel], y[sel], half_out, derivatives, (ix[sel], iy[sel]))[2:]
+                 for sel in (near, far)]
+        out = tuple(np.empty((x.size, *a.shape[1:])) for a in parts[0])
+        for sel, part in zip((near, far), parts, strict=True):
+            for o, a in zip(out, part, strict=True):
+                o[sel] = a
+        return (ix, iy, *out)
+    reach = LANCZOS + int(extra.max(initial=0))
     terms = poly_terms(x, y, grid.order, grid.centre, grid.scale)  # (N, K)
     k = grid.basis.shape[0]
     h = grid.half
-    window = half_out + LANCZOS  # the model pixels the stamp's taps reach
+    window = half_out + reach  # the model pixels the stamp's taps reach
     pad = max(window - h, 0)
     basis = np.pad(grid.basis, ((0, 0), (pad, pad), (pad, pad))) if pad else grid.basis
     c = h + pad
@@ -178,10 +197,10 @@ def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False):
     size = 2 * half_out + 1
     # banded (N, size, gw) matrices of the taps: two batched matrix products per stamp
     if not derivatives:
-        wx, wy = _banded(_taps(x - ix), size), _banded(_taps(y - iy), size)
+        wx, wy = _banded(_taps(fx, reach=reach), size), _banded(_taps(fy, reach=reach), size)
         return ix, iy, wy @ grids @ wx.transpose(0, 2, 1)
-    tx, dtx = _taps(x - ix, True)
-    ty, dty = _taps(y - iy, True)
+    tx, dtx = _taps(fx, True, reach)
+    ty, dty = _taps(fy, True, reach)
     wxt = _banded(tx, size).transpose(0, 2, 1)
     rows = _banded(ty, size) @ grids
     psf = rows @ wxt
@@ -191,13 +210,12 @@ def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False):
 
 
 def _banded(taps, size):
-    """(N, size, size + 2 LANCZOS) matrices with each row's 7 *taps* on its band."""
+    """(N, size, size + k - 1) matrices with row i holding the k *taps* in columns i .. i+k-1
+    (a strided view of one zeroed buffer: row i + 1 starts one element later)."""
     n, k = taps.shape
-    out = np.zeros((n, size, size + k - 1))
-    rows = np.repeat(np.arange(size), k)
-    cols = rows + np.tile(np.arange(k), size)
-    out[:, rows, cols] = np.tile(taps, (1, size))
-    return out
+    buf = np.zeros((n, size, size + k))
+    buf[:, :, :k] = taps[:, None, :]
+    return buf.reshape(n, -1)[:, :size * (size + k - 1)].reshape(n, size, size + k - 1)
 
 
 def choose_order(n_stars: int, max_order: int = 2) -> int:
@@ -224,6 +242,23 @@ def _bin_fit(nodes, terms, residual, weight, n_nodes, ridge=1e-6):
     count = np.bincount(nodes, minlength=n_nodes)
     ok = (count > k) & (normal[:, 0, 0] > 0)
     out = np.zeros((n_nodes, k))
+    if ok.any():
+        a = normal[ok]
+        a = a + ridge * a[:, :1, :1] * np.eye(k)
+        out[ok] = np.linalg.solve(a, rhs[ok][..., None])[..., 0]
+    return out
+
+
+def _pixel_fit(terms, residual, weight, ridge=1e-6):
+    """:func:`_bin_fit` when every star has one sample per model pixel: *terms* (N, K),
+    *residual* and *weight* (N, P). Returns the (P, K) coefficients."""
+    n, k = terms.shape
+    keep = weight > 0
+    wt = np.where(keep, weight, 0.0)
+    normal = (wt.T @ (terms[:, :, None] * terms[:, None, :]).reshape(n, k * k)).reshape(-1, k, k)
+    rhs = np.where(keep, wt * residual, 0.0).T @ terms
+    ok = (keep.sum(axis=0) > k) & (normal[:, 0, 0] > 0)
+    out = np.zeros((residual.shape[1], k))
     if ok.any():
         a = normal[ok]
         a = a + ridge * a[:, :1, :1] * np.eye(k)
@@ -304,11 +339,17 @@ def build(stamps, weights, x, y, flux, *, half: int, oversample: int, order: int
         v = np.rint(c + (off[None, :, None] - fy[:, None, None]) * oversample).astype(np.int64)
         u, v = np.broadcast_to(u, (n, s, s)), np.broadcast_to(v, (n, s, s))
         f = flux[:, None, None]
-        res = (stamps - f * model) / f
+        with np.errstate(divide="ignore", invalid="ignore"):
+            res = (stamps - f * model) / f
         wt = weights * f**2 * use[:, None, None]
-        keep = (wt > 0) & (u >= 0) & (u < g) & (v >= 0) & (v < g)
-        terms = np.broadcast_to(terms_star[:, None, None, :], (n, s, s, k))[keep]
-        delta = _bin_fit((v * g + u)[keep], terms, res[keep], wt[keep], g * g)
+        if s == g and np.array_equal(u[:, 0, :], np.broadcast_to(off + c, (n, s))) \
+                and np.array_equal(v[:, :, 0], np.broadcast_to(off + c, (n, s))):
+            # each stamp pixel is its own model pixel: the per-pixel sums are matrix products
+            delta = _pixel_fit(terms_star, res.reshape(n, -1), wt.reshape(n, -1))
+        else:
+            keep = (wt > 0) & (u >= 0) & (u < g) & (v >= 0) & (v < g)
+            terms = np.broadcast_to(terms_star[:, None, None, :], (n, s, s, k))[keep]
+            delta = _bin_fit((v * g + u)[keep], terms, res[keep], wt[keep], g * g)
         basis = _normalise(basis + delta.T.reshape(k, g, g), oversample)
         grid = PsfGrid(basis, oversample, half, order, tuple(centre), tuple(scale))
     _, _, model = render(grid, x, y, half)

@@ -240,57 +240,68 @@ def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
     radius = max(FIT_RADIUS_FWHM * fwhm, MIN_FIT_RADIUS)
     hf = min(math.ceil(radius), _neighbour_half(grid, fwhm))
     amp = np.zeros(n) if amp0 is None else np.where(np.isfinite(amp0), amp0, 0.0)
-    noise = np.where(np.isfinite(rms), rms, np.inf).astype(float)
-    bad = ~np.isfinite(sub) if mask is None else (mask | ~np.isfinite(sub))
-    image = np.where(bad, 0.0, sub).astype(float)
     free = np.ones(n, bool)
     err = np.full(n, np.inf)
-    off = np.arange(-hf, hf + 1)
     # the fit stamps stay centred on the starting pixels (a source moves <= MAX_MOVE px)
     ix, iy = np.rint(x0).astype(np.int64), np.rint(y0).astype(np.int64)
     flat, inside = _stamp_index(shape, ix, iy, hf)  # fixed for the call: gathers only
-    data = np.where(inside, image.ravel()[flat], 0.0)
-    sig = np.where(inside, noise.ravel()[flat], np.inf)
-    inside &= ~bad.ravel()[flat]
+    flat = flat.reshape(n, -1)
+    inside = inside.reshape(n, -1)
+    values = sub.ravel()[flat]
+    inside &= np.isfinite(values)
+    if mask is not None:
+        inside &= ~mask.ravel()[flat]
+    data = np.where(inside, values, 0.0)
+    sig2 = rms.ravel()[flat].astype(float) ** 2
+    inside &= np.isfinite(sig2)
+    sig2 = np.where(inside, sig2, 0.0)
+    off = np.arange(-hf, hf + 1)
+    ox = np.tile(off, hf * 2 + 1)[None, :]
+    oy = np.repeat(off, hf * 2 + 1)[None, :]
     nh = _neighbour_half(grid, fwhm)
     edge = _edge_value(grid, hf)
-    level = float(np.median(noise[np.isfinite(noise)])) if np.isfinite(noise).any() else 0.0
+    finite = np.isfinite(rms)
+    level = float(np.median(rms[finite])) if finite.any() else 0.0
 
     def render_all():
-        return _Rendered(shape, grid, x, y, nh, small=hf, amp=amp, edge=edge, noise=level)
+        return _Rendered(shape, grid, x, y, (nh, hf), amp=amp, edge=edge, noise=level,
+                         centre=(ix, iy))
 
     # re-rendered once the positions settle
-    full = rendered if rendered is not None and not rendered.moved(x, y) else render_all()
+    full = rendered if rendered is not None and not rendered.moved(x, y) \
+        and rendered.fits(ix, iy, hf) else render_all()
+    where = full.index(flat)
+    near = None
     for it in range(n_iter + 1):
         move = it < pos_iter
         if not move and full.moved(x, y):
             full = render_all()
-        r2 = ((off[None, None, :] + ix[:, None, None] - x[:, None, None]) ** 2
-              + (off[None, :, None] + iy[:, None, None] - y[:, None, None]) ** 2)
-        near = inside & (r2 <= radius**2)
-        rendered_psf = full.crop(hf, ix, iy)  # this source's part of the model image
+        if near is None or move or it == pos_iter:
+            r2 = (ox + (ix - x)[:, None]) ** 2 + (oy + (iy - y)[:, None]) ** 2
+            near = inside & (r2 <= radius**2)
+        own = full.own()  # this source's part of the model image, on its fit stamp
         if move:
-            psf, dpx, dpy = _at(grid, hf, x, y, ix, iy)
+            psf, dpx, dpy = (v.reshape(n, -1) for v in _at(grid, hf, x, y, ix, iy))
         else:
-            psf = rendered_psf
-        others = np.where(inside, full.image(amp).ravel()[flat], 0.0)
-        var = sig**2 + (PROFILE_ERROR * others) ** 2
+            psf = own
+        model = full.padded(amp).ravel()[where]
+        var = sig2 + (PROFILE_ERROR * model) ** 2
         if gain:
-            var = var + np.maximum(others, 0.0) / gain
-        use = near & np.isfinite(var) & (var > 0)
+            var += np.maximum(model, 0.0) / gain
+        use = near & (var > 0)
         w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
-        # this source alone: the model image minus this source's part of it
-        target = data - others + amp[:, None, None] * rendered_psf
         if it == n_iter:  # final: chi² against all models, errors
-            resid = data - others
-            npix = use.sum(axis=(1, 2))
+            resid = data - model
+            npix = use.sum(axis=1)
             dof = np.maximum(npix - np.where(free, 3, 1), 1)
-            chi2 = np.sum(w * resid**2, axis=(1, 2)) / dof
+            chi2 = np.einsum("ij,ij,ij->i", w, resid, resid) / dof
             return PsfFit(amp, err, x, y, chi2, npix, full)
+        # this source alone: the model image minus this source's part of it
+        target = data - model + amp[:, None] * own
         wp = w * psf
-        den = np.sum(wp * psf, axis=(1, 2))
+        den = np.einsum("ij,ij->i", wp, psf)
         with np.errstate(divide="ignore", invalid="ignore"):
-            new_amp = np.where(den > 0, np.sum(wp * target, axis=(1, 2)) / den, np.nan)
+            new_amp = np.where(den > 0, np.einsum("ij,ij->i", wp, target) / den, np.nan)
             err = np.where(den > 0, 1.0 / np.sqrt(den), np.inf)
         snr = np.where(np.isfinite(new_amp), new_amp / err, 0.0)
         if move:
@@ -306,58 +317,76 @@ def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
 
 
 class _Rendered:
-    """Every source's model stamp at fixed positions, and where it lands in the image, so
-    the model image for new amplitudes is one weighted ``bincount``.
+    """Every source's model stamp at fixed positions on stamps centred on fixed pixels (the
+    fit stamps' centres), and where it lands in a padded copy of the image, so the model
+    image for new amplitudes is one weighted ``bincount``.
 
-    Faint sources get the fit stamp's size (*small*), bright ones *half*: beyond the fit
-    stamp a source's light matters to its neighbours only if it exceeds a fifth of the
-    background noise there (*edge* is the model's value just outside the fit stamp)."""
+    Faint sources get the fit stamp's size (*halves* = (big, small)), bright ones the big
+    one: beyond the fit stamp a source's light matters to its neighbours only if it exceeds
+    a fifth of the background noise there (*edge* is the model's value just outside the fit
+    stamp)."""
 
-    def __init__(self, shape, grid, x, y, half, small=None, amp=None, edge=0.0, noise=0.0):
+    def __init__(self, shape, grid, x, y, halves, amp=None, edge=0.0, noise=0.0, centre=None):
+        half, small = halves
         self.shape = shape
         self.x, self.y = np.array(x, float), np.array(y, float)
         n = self.x.size
+        if centre is None:
+            centre = (np.rint(self.x).astype(np.int64), np.rint(self.y).astype(np.int64))
+        self.ix, self.iy = centre
         big = np.ones(n, bool)
-        if small is not None and amp is not None and small < half:
+        if amp is not None and small < half:
             big = np.abs(amp) * edge > 0.2 * noise
-        self.half_small = small if small is not None else half
-        self.groups = []
-        flat, values, rows = [], [], []
-        self.ix = np.rint(self.x).astype(np.int64)
-        self.iy = np.rint(self.y).astype(np.int64)
+        self.small = small
         ny, nx = shape
-        for sel, h in ((big, half), (~big, self.half_small)):
+        reach = max(0, -int(np.min(self.ix, initial=0)), -int(np.min(self.iy, initial=0)),
+                    int(np.max(self.ix, initial=0)) - nx + 1,
+                    int(np.max(self.iy, initial=0)) - ny + 1)
+        self.pad = pad = half + reach + 1
+        self.width = nx + 2 * pad
+        self.size = (ny + 2 * pad) * self.width
+        self.groups = []
+        for sel, h in ((big, half), (~big, small)):
             idx = np.flatnonzero(sel)
             if idx.size == 0:
                 continue
-            ix, iy, psf = pm.render(grid, self.x[idx], self.y[idx], h)
+            _, _, psf = pm.render(grid, self.x[idx], self.y[idx], h,
+                                  centre=(self.ix[idx], self.iy[idx]))
             off = np.arange(-h, h + 1)
-            yy = iy[:, None, None] + off[None, :, None]
-            xx = ix[:, None, None] + off[None, None, :]
-            ok = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-            flat.append((np.broadcast_to(yy, psf.shape) * nx
-                         + np.broadcast_to(xx, psf.shape))[ok])
-            values.append(psf[ok])
-            rows.append(np.broadcast_to(idx[:, None, None], psf.shape)[ok])
-            self.groups.append((idx, psf))
-        self.flat = np.concatenate(flat) if flat else np.zeros(0, np.int64)
-        self.values = np.concatenate(values) if values else np.zeros(0)
-        self.rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+            local = (off[:, None] * self.width + off[None, :]).ravel()
+            centres = (self.iy[idx] + pad) * self.width + self.ix[idx] + pad
+            self.groups.append((idx, psf.reshape(idx.size, -1), centres[:, None] + local, h))
+
+    def padded(self, amp):
+        """Sum of amplitude x PSF over all sources, on the image padded by ``pad`` pixels."""
+        out = np.zeros(self.size)
+        for idx, psf, flat, _ in self.groups:
+            out += np.bincount(flat.ravel(), (psf * amp[idx, None]).ravel(), self.size)
+        return out.reshape(-1, self.width)
 
     def image(self, amp):
-        """Sum of amplitude x PSF over all sources."""
-        ny, nx = self.shape
-        return np.bincount(self.flat, self.values * amp[self.rows], ny * nx).reshape(ny, nx)
+        """Sum of amplitude x PSF over all sources, on the image."""
+        p = self.pad
+        return self.padded(amp)[p:-p, p:-p]
 
-    def crop(self, half, ix, iy):
-        """Every stamp's (2 half + 1)² pixels around pixels (ix, iy) (within a few pixels of
-        the stamps' own centres; *half* at most the small stamps' half-size)."""
-        out = np.zeros((self.x.size, 2 * half + 1, 2 * half + 1))
-        for idx, psf in self.groups:
-            h = psf.shape[1] // 2
-            part = psf[:, h - half:h + half + 1, h - half:h + half + 1]
-            out[idx] = _shift(part, self.ix[idx] - ix[idx], self.iy[idx] - iy[idx])
+    def index(self, flat):
+        """Indices into :meth:`padded` of the image's flat indices *flat*."""
+        nx = self.shape[1]
+        return (flat // nx + self.pad) * self.width + flat % nx + self.pad
+
+    def own(self):
+        """Each source's model on its fit stamp (N, S²): the small stamps' size."""
+        s = 2 * self.small + 1
+        out = np.empty((self.x.size, s * s))
+        for idx, psf, _, h in self.groups:
+            part = psf.reshape(idx.size, 2 * h + 1, 2 * h + 1)
+            c = slice(h - self.small, h + self.small + 1)
+            out[idx] = part[:, c, c].reshape(idx.size, -1)
         return out
+
+    def fits(self, ix, iy, small):
+        """Whether the stamps are centred on pixels (ix, iy) with fit stamps of *small*."""
+        return small == self.small and np.array_equal(ix, self.ix) and np.array_equal(iy, self.iy)
 
     def moved(self, x, y):
         """Whether the positions differ from the rendered ones."""
@@ -459,15 +488,16 @@ def _gram(columns, w, resid):
     rhs = np.empty((n, k))
     for i in range(k):
         wi = w * columns[i]
-        rhs[:, i] = np.sum(wi * resid, axis=(1, 2))
+        rhs[:, i] = np.sum(wi * resid, axis=tuple(range(1, resid.ndim)))
         for j in range(i, k):
-            normal[:, i, j] = normal[:, j, i] = np.sum(wi * columns[j], axis=(1, 2))
+            normal[:, i, j] = normal[:, j, i] = np.sum(wi * columns[j],
+                                                       axis=tuple(range(1, resid.ndim)))
     return normal, rhs
 
 
 def _position_step(target, w, psf, dpx, dpy, amp):
     """One Gauss-Newton step (dx, dy) of every source's position, flux refitted alongside."""
-    a = amp[:, None, None]
+    a = amp[:, None]
     normal, rhs = _gram([psf, a * dpx, a * dpy], w, target - a * psf)
     normal = normal + 1e-9 * np.eye(3) * normal[:, :1, :1]
     step = np.full((amp.size, 3), np.nan)
@@ -566,32 +596,9 @@ def split_pairs(sub, rms, mask, grid, fit: PsfFit, *, fwhm, gain=None,
 
 def _at(grid, half, x, y, ix, iy):
     """Model and derivatives of sources at (x, y) on stamps centred on pixels (ix, iy)
-    (which need not be the sources' nearest pixels: shifted by whole pixels)."""
-    jx, jy, p, dx, dy = pm.render(grid, x, y, half, derivatives=True)
-    sx, sy = jx - ix, jy - iy
-    return (_shift(p, sx, sy), _shift(dx, sx, sy), _shift(dy, sx, sy))
-
-
-def _shift(stamps, sx, sy):
-    """Stamps moved by whole pixels (sx, sy) each, zero-filled."""
-    s = stamps.shape[1]
-    if not (np.any(sx) or np.any(sy)):
-        return stamps
-    out = np.zeros_like(stamps)
-    for dy in np.unique(sy):
-        for dx in np.unique(sx):
-            sel = (sx == dx) & (sy == dy)
-            if not sel.any():
-                continue
-            src = stamps[sel]
-            dst = np.zeros_like(src)
-            ys, yd = (slice(0, s - dy), slice(dy, s)) if dy >= 0 else (slice(-dy, s),
-                                                                        slice(0, s + dy))
-            xs, xd = (slice(0, s - dx), slice(dx, s)) if dx >= 0 else (slice(-dx, s),
-                                                                        slice(0, s + dx))
-            dst[:, yd, xd] = src[:, ys, xs]
-            out[sel] = dst
-    return out
+    (which need not be the sources' nearest pixels)."""
+    _, _, p, dx, dy = pm.render(grid, x, y, half, derivatives=True, centre=(ix, iy))
+    return p, dx, dy
 
 
 def extendedness(flux_psf, flux_psf_err, flux_model, flux_model_err):
