@@ -31,10 +31,13 @@ from .astrometry import (
 from .deblend import find_hidden
 from .errors import ImageDataError
 from .fitsread import FitsImage, observation_time
+from .measurement import Pixels
 from .psf import image_columns as psf_image_columns
 from .psf import measure as measure_psf
 from .psfmodel import quality as psf_quality
 from .psfphot import PSF_RESIDUAL, PSF_SPLIT
+from .psfphot import Options as PsfOptions
+from .psfphot import Scale as PsfScale
 from .psfphot import photometry as psf_photometry
 from .schema import SOURCES_SCHEMA
 
@@ -357,9 +360,9 @@ def _psf_photometry(sub, rms, mask, segmap, columns, psf_model, radius, gain, re
     columns (and no model) without PSF stars."""
     stars = None if psf_model is None else psf_model.stars
     if stars is None or not np.any(stars):
-        grid, phot, new = psf_photometry(sub, rms, mask, segmap, columns,
-                                         np.zeros(len(columns["x"]), bool), fwhm=math.nan,
-                                         radius=radius)
+        grid, phot, new = psf_photometry(Pixels(sub, rms, segmap, mask), columns,
+                                         np.zeros(len(columns["x"]), bool),
+                                         PsfScale(math.nan, radius))
         return grid, (phot, new)
     fwhm = psf_model.fwhm_locus if math.isfinite(psf_model.fwhm_locus) else psf_model.fwhm
     # cosmic rays' pixels are left out of the fits (a PSF fitted to a spike would subtract a
@@ -370,9 +373,9 @@ def _psf_photometry(sub, rms, mask, segmap, columns, psf_model, radius, gain, re
         hit = np.isin(segmap, spikes + 1)
         mask = hit if mask is None else (mask | hit)
     grid, phot, new = psf_photometry(
-        sub, rms, mask, segmap, columns, stars, fwhm=fwhm, radius=radius, gain=gain,
-        aperture_correction=psf_model.aperture_correction,
-        aperture_correction_err=psf_model.aperture_correction_err, residual=residual)
+        Pixels(sub, rms, segmap, mask, gain), columns, stars,
+        PsfScale(fwhm, radius, psf_model.aperture_correction,
+                 psf_model.aperture_correction_err), PsfOptions(residual=residual))
     return grid, (phot, new)
 
 

@@ -45,13 +45,17 @@ import numpy as np
 import sep
 
 from . import psfmodel as pm
+from .measurement import Pixels
 
 __all__ = [
     "FIT_RADIUS_FWHM",
     "MODEL_HALF_FWHM",
     "PSF_RESIDUAL",
     "PSF_SPLIT",
+    "Options",
     "PsfFit",
+    "Scale",
+    "Start",
     "aperture_fraction",
     "extendedness",
     "fit_sources",
@@ -135,16 +139,73 @@ class PsfFit:
     rendered: object = None  # the model stamps at (x, y), for the next fit to start from
 
 
-def model_from_stars(sub, rms, mask, segmap, x, y, flux, stars, fwhm, gain=None,
-                     max_stars=MAX_MODEL_STARS, others=None, start=None):
+@dataclass
+class Start:
+    """Where :func:`fit_sources` starts: positions (0-based pixels), amplitudes (None: zero),
+    and an earlier fit's model stamps (reused when the positions are the same)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    amp: np.ndarray | None = None
+    rendered: object = None
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The image's scales for :func:`photometry`: stellar FWHM and the catalog's aperture
+    radius (pixels), the aperture correction and its error (NaN: the model's own
+    normalisation is the total)."""
+
+    fwhm: float
+    radius: float
+    aperture_correction: float = math.nan
+    aperture_correction_err: float = math.nan
+
+
+@dataclass(frozen=True)
+class Options:
+    """What :func:`photometry` does beyond fitting: split detections that are two stars,
+    add the stars found in the residual image."""
+
+    split: bool = True
+    residual: bool = False
+
+
+def _rms_map(pixels):
+    """The noise as a map of the image's shape (a scalar noise broadcast)."""
+    return np.broadcast_to(np.asarray(pixels.rms, float), pixels.shape)
+
+
+def model_from_stars(pixels: Pixels, sources, stars, fwhm, refine=None,
+                     max_stars=MAX_MODEL_STARS):
     """The image's :class:`~skysurvey.psfmodel.PsfGrid` from its PSF stars, or None.
 
-    *stars* is a boolean mask over the sources (segmentation label i + 1 for source i); the
-    brightest *max_stars* of them, away from the edge, build the model, with every other
-    source's segmentation pixels (and masked pixels) left out of their stamps. With *others*
-    ``(model_image, amp)`` (every source's fitted model, and the fitted amplitudes) the
-    neighbours are subtracted instead of left out; *start* is a model to start from.
+    Parameters
+    ----------
+    pixels : Pixels
+        The image (sub, rms, segmap, mask, gain).
+    sources : tuple of (N,) arrays
+        ``(x, y, flux)`` of every source (segmentation label i + 1 for source i).
+    stars : (N,) bool array
+        The PSF stars; the brightest *max_stars* of them, away from the edge, build the
+        model, with every other source's segmentation pixels (and masked pixels) left out.
+    fwhm : float
+        Stellar FWHM, pixels.
+    refine : tuple or None
+        ``(model_image, amp, grid)``: every source's fitted model image, the fitted
+        amplitudes and the model they came from; the neighbours are then subtracted instead
+        of left out, and the model starts from *grid*.
+    max_stars : int
+        At most this many stars.
+
+    Returns
+    -------
+    PsfGrid or None
     """
+    x, y, flux = (np.asarray(v, float) for v in sources)
+    sub, mask, gain = pixels.sub, pixels.mask, pixels.gain
+    rms = _rms_map(pixels)
+    start = None if refine is None else refine[2]
     ny, nx = sub.shape
     half = max(MIN_MODEL_HALF, math.ceil(MODEL_HALF_FWHM * fwhm))
     idx = np.flatnonzero(stars & np.isfinite(flux) & (flux > 0)
@@ -160,11 +221,11 @@ def model_from_stars(sub, rms, mask, segmap, x, y, flux, stars, fwhm, gain=None,
     stamps, inside = pm.cutouts(sub, ix, iy, half)
     noise, _ = pm.cutouts(rms, ix, iy, half, fill=np.inf)
     ok = inside & np.isfinite(stamps)
-    if others is None:
-        seg, _ = pm.cutouts(segmap, ix, iy, half)
+    if refine is None:
+        seg, _ = pm.cutouts(pixels.segmap, ix, iy, half)
         ok &= (seg == 0) | (seg == (idx + 1)[:, None, None])
     else:
-        image, amp = others
+        image, amp, _ = refine
         around, _ = pm.cutouts(image, ix, iy, half)
         _, _, own = pm.render(start, x[idx], y[idx], min(half, _neighbour_half(start, fwhm)))
         pad = half - own.shape[1] // 2
@@ -204,35 +265,31 @@ def aperture_fraction(grid, x, y, radius) -> np.ndarray:
         out[i] = flux[0]
     return out
 
-def fit_sources(sub, rms, mask, grid, x, y, *, fwhm, gain=None, amp0=None,
-                n_iter=N_ITER, pos_iter=POS_ITER, rendered=None) -> PsfFit:
+def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
+                pos_iter=POS_ITER) -> PsfFit:
     """Fit every source's amplitude (and position, when bright enough) at once.
 
     Parameters
     ----------
-    sub, rms : 2-D arrays
-        Background-subtracted image and background RMS map.
-    mask : 2-D bool array or None
-        Pixels not to use.
+    pixels : Pixels
+        The image: sub, rms (map or scalar), mask (or None), gain (None: background noise
+        only).
     grid : PsfGrid
         The image's PSF model.
-    x, y : (N,) arrays
-        Starting positions (0-based pixels).
+    start : Start
+        Starting positions and amplitudes, an earlier fit's model stamps.
     fwhm : float
         Stellar FWHM, pixels (sets the fit radius).
-    gain : float or None
-        e-/ADU for the sources' Poisson noise (None: background noise only).
-    amp0 : (N,) array or None
-        Starting amplitudes (None: zero).
     n_iter, pos_iter : int
         Block-Jacobi iterations; positions move during the first *pos_iter*.
-    rendered : _Rendered or None
-        An earlier fit's model stamps (used when the positions are the same).
 
     Returns
     -------
     PsfFit
     """
+    sub, mask, gain = pixels.sub, pixels.mask, pixels.gain
+    rms = _rms_map(pixels)
+    x, y, amp0, rendered = start.x, start.y, start.amp, start.rendered
     x0, y0 = np.asarray(x, float), np.asarray(y, float)
     x, y = x0.copy(), y0.copy()
     n = x.size
@@ -402,11 +459,13 @@ def _edge_value(grid, half):
     return float(max(psf[0, c, -1], psf[0, -1, c], psf[0, c, 0], psf[0, 0, c], 0.0))
 
 
-def _residual_sources(sub, rms, mask, grid, fit, *, fwhm, gain=None):
+def _residual_sources(pixels, grid, fit, fwhm):
     """Stars the detection missed (DAOPHOT's second FIND): found in the image minus every
     fitted source, each fitted there alone (the others are already subtracted). Returns the
     kept finds' x, y and amplitudes."""
     none = (np.zeros(0),) * 3
+    sub, mask = pixels.sub, pixels.mask
+    rms = _rms_map(pixels)
     resid = sub - fit.rendered.image(fit.amp)
     finite = np.isfinite(rms)
     noise = float(np.median(rms[finite])) if finite.any() else 0.0
@@ -429,7 +488,7 @@ def _residual_sources(sub, rms, mask, grid, fit, *, fwhm, gain=None):
         keep &= _nearest_distance(cx, cy, fit.x[bad], fit.y[bad], reach) >= reach
     if not keep.any():
         return none
-    alone = fit_sources(resid, rms, mask, grid, cx[keep], cy[keep], fwhm=fwhm, gain=gain,
+    alone = fit_sources(pixels.with_(sub=resid), grid, Start(cx[keep], cy[keep]), fwhm=fwhm,
                         n_iter=3, pos_iter=2)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = alone.amp / alone.amp_err
@@ -481,17 +540,13 @@ def _stamp_index(shape, ix, iy, half):
 
 
 def _gram(columns, w, resid):
-    """Per-source normal matrix ``J^T W J`` and ``J^T W r`` of (N, S, S) Jacobian *columns*."""
-    k = len(columns)
+    """Per-source normal matrix ``J^T W J`` and ``J^T W r`` of the Jacobian *columns* (each
+    (N, ...) like *resid*): batched matrix products."""
     n = w.shape[0]
-    normal = np.empty((n, k, k))
-    rhs = np.empty((n, k))
-    for i in range(k):
-        wi = w * columns[i]
-        rhs[:, i] = np.sum(wi * resid, axis=tuple(range(1, resid.ndim)))
-        for j in range(i, k):
-            normal[:, i, j] = normal[:, j, i] = np.sum(wi * columns[j],
-                                                       axis=tuple(range(1, resid.ndim)))
+    jac = np.stack([np.broadcast_to(c, resid.shape).reshape(n, -1) for c in columns], axis=2)
+    jw = jac * w.reshape(n, -1, 1)
+    normal = jw.transpose(0, 2, 1) @ jac
+    rhs = (jw.transpose(0, 2, 1) @ resid.reshape(n, -1, 1))[..., 0]
     return normal, rhs
 
 
@@ -507,13 +562,30 @@ def _position_step(target, w, psf, dpx, dpy, amp):
     return step[:, 1:]
 
 
-def split_pairs(sub, rms, mask, grid, fit: PsfFit, *, fwhm, gain=None,
-                candidates=None):
+def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
     """Two-star fits of poorly fitted sources.
 
-    Returns ``(index, x1, y1, a1, x2, y2, a2)`` for the sources that are better described by
-    two PSFs (see the module's docstring for the criterion); *candidates* limits the search.
+    Parameters
+    ----------
+    pixels : Pixels
+        The image (sub, rms, mask, gain).
+    grid : PsfGrid
+        The image's PSF model.
+    fit : PsfFit
+        Every source's one-star fit (with its model stamps).
+    fwhm : float
+        Stellar FWHM, pixels.
+    candidates : (N,) bool array or None
+        Limits the search.
+
+    Returns
+    -------
+    tuple of arrays
+        ``(index, x1, y1, a1, x2, y2, a2)`` for the sources that are better described by two
+        PSFs (see the module's docstring for the criterion).
     """
+    sub, mask, gain = pixels.sub, pixels.mask, pixels.gain
+    rms = _rms_map(pixels)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = fit.amp / fit.amp_err
     cand = (fit.chi2 > SPLIT_CHI2) & (snr >= SPLIT_MIN_SNR_PARENT)
@@ -612,24 +684,21 @@ def extendedness(flux_psf, flux_psf_err, flux_model, flux_model_err):
     return np.where(ok, ratio, np.nan), np.where(ok, err, np.nan)
 
 
-def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=None,
-               aperture_correction=math.nan, aperture_correction_err=math.nan, split=True,
-               residual=False):
+def photometry(pixels: Pixels, columns, stars, scale: Scale, options: Options = Options()):
     """PSF photometry of one image's sources.
 
     Parameters
     ----------
-    sub, rms, mask, segmap : 2-D arrays
-        Background-subtracted image, RMS map, bad-pixel mask (or None), SEP's segmentation.
+    pixels : Pixels
+        Background-subtracted image, RMS map, SEP's segmentation, bad-pixel mask (or None),
+        gain (None: background noise only).
     columns : dict
         Detect's columns: ``x``, ``y``, ``flux_aper`` (at least).
     stars : (N,) bool array
         The PSF stars (:func:`skysurvey.psf.measure`).
-    fwhm, radius : float
-        Stellar FWHM and the catalog's aperture radius, pixels.
-    aperture_correction, aperture_correction_err : float
-        The image's aperture correction (NaN: the model's own normalisation is the total).
-    split, residual : bool
+    scale : Scale
+        Stellar FWHM, the catalog's aperture radius, the image's aperture correction.
+    options : Options
         Split detections that are two stars; add the stars found in the residual image.
 
     Returns
@@ -642,6 +711,7 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
     """
     x, y = np.asarray(columns["x"], float), np.asarray(columns["y"], float)
     n = x.size
+    fwhm = scale.fwhm
     nan = np.full(n, np.nan)
     cols = {"flux_psf": nan, "flux_psf_err": nan, "psf_chi2": nan, "x_psf": nan,
             "y_psf": nan, "split": np.zeros(n, bool)}
@@ -649,64 +719,71 @@ def photometry(sub, rms, mask, segmap, columns, stars, *, fwhm, radius, gain=Non
     new["parent"] = np.zeros(0, int)
     if n == 0 or not math.isfinite(fwhm) or fwhm <= 0:
         return None, cols, new
-    flux0 = np.asarray(columns["flux_aper"], float)
-    grid = model_from_stars(sub, rms, mask, segmap, x, y, flux0, np.asarray(stars, bool),
-                            fwhm, gain)
+    stars = np.asarray(stars, bool)
+    grid = model_from_stars(pixels, (x, y, columns["flux_aper"]), stars, fwhm)
     if grid is None:
         return None, cols, new
-    fit = fit_sources(sub, rms, mask, grid, x, y, fwhm=fwhm, gain=gain, amp0=None)
+    fit = fit_sources(pixels, grid, Start(x, y), fwhm=fwhm)
     # second pass: the background again without the stars' light (their wings raise a
     # crowded field's background), the model again with the neighbours subtracted
     model_image = fit.rendered.image(fit.amp)
-    sub = sub - residual_background(sub - model_image, mask, fwhm)
-    grid2 = model_from_stars(sub, rms, mask, segmap, fit.x, fit.y, fit.amp,
-                             np.asarray(stars, bool), fwhm, gain, others=(model_image, fit.amp),
-                             start=grid)
+    pixels = pixels.with_(sub=pixels.sub - residual_background(pixels.sub - model_image,
+                                                               pixels.mask, fwhm))
+    grid2 = model_from_stars(pixels, (fit.x, fit.y, fit.amp), stars, fwhm,
+                             refine=(model_image, fit.amp, grid))
     grid = grid2 if grid2 is not None else grid
-    fit = fit_sources(sub, rms, mask, grid, fit.x, fit.y, fwhm=fwhm, gain=gain, amp0=fit.amp,
-                      n_iter=2, pos_iter=1, rendered=fit.rendered if grid2 is None else None)
-    # the stars the detection missed (fitted alone on the residual image) and the detections
-    # that are two stars, then one joint fit of everything
-    fx, fy, famp = (np.zeros(0),) * 3
-    if residual:
-        fx, fy, famp = _residual_sources(sub, rms, mask, grid, fit, fwhm=fwhm, gain=gain)
-    parent = np.zeros(0, int)
-    xs, ys, amp = fit.x.copy(), fit.y.copy(), fit.amp.copy()
-    if split:
-        parent, x1, y1, a1, x2, y2, a2 = split_pairs(sub, rms, mask, grid, fit,
-                                                     fwhm=fwhm, gain=gain)
-        xs[parent], ys[parent], amp[parent] = x1, y1, a1
-    else:
-        x2 = y2 = a2 = np.zeros(0)
-    found = np.arange(n, n + fx.size)
-    if fx.size or parent.size:
-        fit = fit_sources(sub, rms, mask, grid, np.concatenate([xs, fx, x2]),
-                          np.concatenate([ys, fy, y2]), fwhm=fwhm, gain=gain,
-                          amp0=np.concatenate([amp, famp, a2]), n_iter=3, pos_iter=1)
-        part = slice(n, n + fx.size)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            weak = ~((fit.amp[part] / fit.amp_err[part] >= RESIDUAL_MIN_SNR)
-                     & (fit.chi2[part] <= RESIDUAL_MAX_CHI2))
-        if weak.any():  # finds that the joint fit does not confirm are dropped
-            keep = np.concatenate([np.ones(n, bool), ~weak, np.ones(parent.size, bool)])
-            fit = PsfFit(*(v[keep] for v in (fit.amp, fit.amp_err, fit.x, fit.y, fit.chi2,
-                                             fit.npix)))
-            found = found[:int((~weak).sum())]
-    scale, scale_rel = _normalisation(grid, radius, aperture_correction,
-                                      aperture_correction_err)
-    flux = fit.amp * scale
-    rel = np.hypot(scale_rel, MODEL_NOISE / math.sqrt(max(grid.n_stars, 1)))
-    flux_err = np.hypot(fit.amp_err * scale, np.abs(flux) * rel)
+    fit = fit_sources(pixels, grid, Start(fit.x, fit.y, fit.amp,
+                                          fit.rendered if grid2 is None else None),
+                      fwhm=fwhm, n_iter=2, pos_iter=1)
+    fit, found, parent = _add_sources(pixels, grid, fit, fwhm, options)
+    norm, norm_rel = _normalisation(grid, scale.radius, scale.aperture_correction,
+                                    scale.aperture_correction_err)
+    flux = fit.amp * norm
+    rel = np.hypot(norm_rel, MODEL_NOISE / math.sqrt(max(grid.n_stars, 1)))
+    flux_err = np.hypot(fit.amp_err * norm, np.abs(flux) * rel)
     split_mask = np.zeros(n, bool)
     split_mask[parent[parent < n]] = True
     cols = {"flux_psf": flux[:n], "flux_psf_err": flux_err[:n], "psf_chi2": fit.chi2[:n],
             "x_psf": fit.x[:n], "y_psf": fit.y[:n], "split": split_mask}
     # rows after the detections: residual finds (parent -1), then the stars split off a
     # detection (parent: its row)
-    parents = np.concatenate([np.full(found.size, -1), parent])
+    parents = np.concatenate([np.full(found, -1), parent])
     new = {"parent": parents, "x_psf": fit.x[n:], "y_psf": fit.y[n:], "flux_psf": flux[n:],
            "flux_psf_err": flux_err[n:], "psf_chi2": fit.chi2[n:]}
     return grid, cols, new
+
+
+def _add_sources(pixels, grid, fit, fwhm, options):
+    """The stars the detection missed (fitted alone on the residual image) and the detections
+    that are two stars, then one joint fit of everything. Returns the fit of the N
+    detections followed by the kept finds and the split-off stars, the number of kept finds
+    and the split detections' rows."""
+    n = fit.x.size
+    fx, fy, famp = (np.zeros(0),) * 3
+    if options.residual:
+        fx, fy, famp = _residual_sources(pixels, grid, fit, fwhm)
+    parent = np.zeros(0, int)
+    xs, ys, amp = fit.x.copy(), fit.y.copy(), fit.amp.copy()
+    if options.split:
+        parent, x1, y1, a1, x2, y2, a2 = split_pairs(pixels, grid, fit, fwhm=fwhm)
+        xs[parent], ys[parent], amp[parent] = x1, y1, a1
+    else:
+        x2 = y2 = a2 = np.zeros(0)
+    if not (fx.size or parent.size):
+        return fit, 0, parent
+    out = fit_sources(pixels, grid, Start(np.concatenate([xs, fx, x2]),
+                                          np.concatenate([ys, fy, y2]),
+                                          np.concatenate([amp, famp, a2])),
+                      fwhm=fwhm, n_iter=3, pos_iter=1)
+    values = (out.amp, out.amp_err, out.x, out.y, out.chi2, out.npix)
+    part = slice(n, n + fx.size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weak = ~((out.amp[part] / out.amp_err[part] >= RESIDUAL_MIN_SNR)
+                 & (out.chi2[part] <= RESIDUAL_MAX_CHI2))
+    if weak.any():  # finds that the joint fit does not confirm are dropped
+        keep = np.concatenate([np.ones(n, bool), ~weak, np.ones(parent.size, bool)])
+        out = PsfFit(*(v[keep] for v in values))
+    return out, int((~weak).sum()), parent
 
 
 def _normalisation(grid, radius, corr, corr_err):
