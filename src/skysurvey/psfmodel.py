@@ -29,13 +29,14 @@ derivatives with respect to the position from the kernel's derivative.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 __all__ = [
     "LANCZOS",
     "PsfGrid",
+    "as_float32",
     "build",
     "choose_order",
     "cutouts",
@@ -160,7 +161,8 @@ def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False, centre
     is shifted by a separable Lanczos-3 interpolation. The basis sums to 1 and the taps
     conserve sums, so a full stamp sums to 1 and a cropped one keeps the model's scale.
     Returns ``(ix, iy, P)`` with P (N, S, S), or ``(ix, iy, P, dP/dx, dP/dy)`` with
-    *derivatives* (the change of P as the source moves by +1 px).
+    *derivatives* (the change of P as the source moves by +1 px), in the basis' dtype (a
+    float32 basis renders in float32: half the memory traffic).
     """
     if grid.oversample != 1:
         raise ValueError("render samples native-pixel models (oversample 1) only")
@@ -178,13 +180,14 @@ def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False, centre
         near = ~far
         parts = [render(grid, x[sel], y[sel], half_out, derivatives, (ix[sel], iy[sel]))[2:]
                  for sel in (near, far)]
-        out = tuple(np.empty((x.size, *a.shape[1:])) for a in parts[0])
+        out = tuple(np.empty((x.size, *a.shape[1:]), a.dtype) for a in parts[0])
         for sel, part in zip((near, far), parts, strict=True):
             for o, a in zip(out, part, strict=True):
                 o[sel] = a
         return (ix, iy, *out)
     reach = LANCZOS + int(extra.max(initial=0))
-    terms = poly_terms(x, y, grid.order, grid.centre, grid.scale)  # (N, K)
+    dtype = grid.basis.dtype
+    terms = poly_terms(x, y, grid.order, grid.centre, grid.scale).astype(dtype)  # (N, K)
     k = grid.basis.shape[0]
     h = grid.half
     window = half_out + reach  # the model pixels the stamp's taps reach
@@ -197,10 +200,11 @@ def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False, centre
     size = 2 * half_out + 1
     # banded (N, size, gw) matrices of the taps: two batched matrix products per stamp
     if not derivatives:
-        wx, wy = _banded(_taps(fx, reach=reach), size), _banded(_taps(fy, reach=reach), size)
+        wx = _banded(_taps(fx, reach=reach).astype(dtype), size)
+        wy = _banded(_taps(fy, reach=reach).astype(dtype), size)
         return ix, iy, wy @ grids @ wx.transpose(0, 2, 1)
-    tx, dtx = _taps(fx, True, reach)
-    ty, dty = _taps(fy, True, reach)
+    tx, dtx = (t.astype(dtype) for t in _taps(fx, True, reach))
+    ty, dty = (t.astype(dtype) for t in _taps(fy, True, reach))
     wxt = _banded(tx, size).transpose(0, 2, 1)
     rows = _banded(ty, size) @ grids
     psf = rows @ wxt
@@ -213,9 +217,14 @@ def _banded(taps, size):
     """(N, size, size + k - 1) matrices with row i holding the k *taps* in columns i .. i+k-1
     (a strided view of one zeroed buffer: row i + 1 starts one element later)."""
     n, k = taps.shape
-    buf = np.zeros((n, size, size + k))
+    buf = np.zeros((n, size, size + k), taps.dtype)
     buf[:, :, :k] = taps[:, None, :]
     return buf.reshape(n, -1)[:, :size * (size + k - 1)].reshape(n, size, size + k - 1)
+
+
+def as_float32(grid: PsfGrid) -> PsfGrid:
+    """The same model with a float32 basis (:func:`render` then works in float32)."""
+    return replace(grid, basis=grid.basis.astype(np.float32))
 
 
 def choose_order(n_stars: int, max_order: int = 2) -> int:

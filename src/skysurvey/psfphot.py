@@ -308,20 +308,21 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
     inside &= np.isfinite(values)
     if mask is not None:
         inside &= ~mask.ravel()[flat]
-    data = np.where(inside, values, 0.0)
+    # float32 for the per-pixel work (half the memory traffic); sums and solves in float64
+    data = np.where(inside, values, 0.0).astype(np.float32)
     sig2 = rms.ravel()[flat].astype(float) ** 2
     inside &= np.isfinite(sig2)
-    sig2 = np.where(inside, sig2, 0.0)
+    sig2 = np.where(inside, sig2, 0.0).astype(np.float32)
     off = np.arange(-hf, hf + 1)
     ox = np.tile(off, hf * 2 + 1)[None, :]
     oy = np.repeat(off, hf * 2 + 1)[None, :]
     nh = _neighbour_half(grid, fwhm)
     edge = _edge_value(grid, hf)
-    finite = np.isfinite(rms)
-    level = float(np.median(rms[finite])) if finite.any() else 0.0
+    level = _typical(rms)
+    grid32 = pm.as_float32(grid)
 
     def render_all():
-        return _Rendered(shape, grid, x, y, (nh, hf), amp=amp, edge=edge, noise=level,
+        return _Rendered(shape, grid32, x, y, (nh, hf), amp=amp, edge=edge, noise=level,
                          centre=(ix, iy))
 
     # re-rendered once the positions settle
@@ -338,27 +339,28 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
             near = inside & (r2 <= radius**2)
         own = full.own()  # this source's part of the model image, on its fit stamp
         if move:
-            psf, dpx, dpy = (v.reshape(n, -1) for v in _at(grid, hf, x, y, ix, iy))
+            psf, dpx, dpy = (v.reshape(n, -1) for v in _at(grid32, hf, x, y, ix, iy))
         else:
             psf = own
-        model = full.padded(amp).ravel()[where]
-        var = sig2 + (PROFILE_ERROR * model) ** 2
+        model = full.padded(amp).ravel()[where].astype(np.float32)
+        var = sig2 + np.square(np.float32(PROFILE_ERROR) * model)
         if gain:
-            var += np.maximum(model, 0.0) / gain
+            var += np.maximum(model, 0.0) * np.float32(1.0 / gain)
         use = near & (var > 0)
-        w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
+        w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0).astype(np.float32)
         if it == n_iter:  # final: chi² against all models, errors
             resid = data - model
             npix = use.sum(axis=1)
             dof = np.maximum(npix - np.where(free, 3, 1), 1)
-            chi2 = np.einsum("ij,ij,ij->i", w, resid, resid) / dof
+            chi2 = np.einsum("ij,ij,ij->i", w, resid, resid, dtype=float) / dof
             return PsfFit(amp, err, x, y, chi2, npix, full)
         # this source alone: the model image minus this source's part of it
-        target = data - model + amp[:, None] * own
+        target = data - model + amp.astype(np.float32)[:, None] * own
         wp = w * psf
-        den = np.einsum("ij,ij->i", wp, psf)
+        den = np.einsum("ij,ij->i", wp, psf, dtype=float)
         with np.errstate(divide="ignore", invalid="ignore"):
-            new_amp = np.where(den > 0, np.einsum("ij,ij->i", wp, target) / den, np.nan)
+            new_amp = np.where(den > 0, np.einsum("ij,ij->i", wp, target, dtype=float) / den,
+                               np.nan)
             err = np.where(den > 0, 1.0 / np.sqrt(den), np.inf)
         snr = np.where(np.isfinite(new_amp), new_amp / err, 0.0)
         if move:
@@ -434,7 +436,7 @@ class _Rendered:
     def own(self):
         """Each source's model on its fit stamp (N, S²): the small stamps' size."""
         s = 2 * self.small + 1
-        out = np.empty((self.x.size, s * s))
+        out = np.empty((self.x.size, s * s), np.float32)
         for idx, psf, _, h in self.groups:
             part = psf.reshape(idx.size, 2 * h + 1, 2 * h + 1)
             c = slice(h - self.small, h + self.small + 1)
@@ -448,6 +450,15 @@ class _Rendered:
     def moved(self, x, y):
         """Whether the positions differ from the rendered ones."""
         return not (np.array_equal(x, self.x) and np.array_equal(y, self.y))
+
+
+def _typical(rms):
+    """The median of the finite values of the noise map (of every 4th row and column of a
+    large one: it sets a threshold only)."""
+    if rms.size > 250_000:
+        rms = rms[::4, ::4]
+    finite = np.isfinite(rms)
+    return float(np.median(rms[finite])) if finite.any() else 0.0
 
 
 def _edge_value(grid, half):
@@ -545,14 +556,14 @@ def _gram(columns, w, resid):
     n = w.shape[0]
     jac = np.stack([np.broadcast_to(c, resid.shape).reshape(n, -1) for c in columns], axis=2)
     jw = jac * w.reshape(n, -1, 1)
-    normal = jw.transpose(0, 2, 1) @ jac
-    rhs = (jw.transpose(0, 2, 1) @ resid.reshape(n, -1, 1))[..., 0]
+    normal = (jw.transpose(0, 2, 1) @ jac).astype(float)
+    rhs = (jw.transpose(0, 2, 1) @ resid.reshape(n, -1, 1))[..., 0].astype(float)
     return normal, rhs
 
 
 def _position_step(target, w, psf, dpx, dpy, amp):
     """One Gauss-Newton step (dx, dy) of every source's position, flux refitted alongside."""
-    a = amp[:, None]
+    a = amp.astype(np.float32)[:, None]
     normal, rhs = _gram([psf, a * dpx, a * dpy], w, target - a * psf)
     normal = normal + 1e-9 * np.eye(3) * normal[:, :1, :1]
     step = np.full((amp.size, 3), np.nan)
@@ -595,29 +606,35 @@ def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
     empty = (np.zeros(0, int),) + (np.zeros(0),) * 6
     if idx.size == 0:
         return empty
-    model = fit.rendered.image(fit.amp)
     radius = max((FIT_RADIUS_FWHM + 0.5) * fwhm, 2.5)
     hf = min(math.ceil(radius), grid.half)
-    bad = ~np.isfinite(sub) if mask is None else (mask | ~np.isfinite(sub))
-    image = np.where(bad, 0.0, sub).astype(float)
+    grid32 = pm.as_float32(grid)
     xc, yc = fit.x[idx], fit.y[idx]
     ix, iy = np.rint(xc).astype(int), np.rint(yc).astype(int)
-    data, inside = pm.cutouts(image, ix, iy, hf)
-    others, _ = pm.cutouts(model, ix, iy, hf)
-    sig, _ = pm.cutouts(np.where(np.isfinite(rms), rms, np.inf), ix, iy, hf, fill=np.inf)
-    badpix, _ = pm.cutouts(bad, ix, iy, hf, fill=True)
-    _, _, own = pm.render(grid, xc, yc, hf)
-    own = own * fit.amp[idx, None, None]
+    # stamps by gathers (no whole-image temporaries), float32 per pixel
+    data, inside = pm.cutouts(sub, ix, iy, hf)
+    sig, _ = pm.cutouts(rms, ix, iy, hf, fill=np.inf)
+    inside &= np.isfinite(data) & np.isfinite(sig)
+    if mask is not None:
+        inside &= ~pm.cutouts(mask, ix, iy, hf, fill=True)[0]
+    data = np.where(inside, data, 0.0).astype(np.float32)
+    flat, _ = _stamp_index(sub.shape, ix, iy, hf)
+    others = fit.rendered.padded(fit.amp).ravel()[fit.rendered.index(flat)].astype(np.float32)
+    _, _, own = pm.render(grid32, xc, yc, hf)
+    own = own * fit.amp[idx, None, None].astype(np.float32)
     target = data - others + own
     off = np.arange(-hf, hf + 1)
     py, px = np.meshgrid(off, off, indexing="ij")
     px, py = px[None] + ix[:, None, None], py[None] + iy[:, None, None]
     r2 = (px - xc[:, None, None]) ** 2 + (py - yc[:, None, None]) ** 2
-    var = sig**2 + (PROFILE_ERROR * (others + own)) ** 2 \
-        + (np.maximum(others + own, 0.0) / gain if gain else 0.0)
-    use = inside & ~badpix & (r2 <= radius**2) & (var > 0) & np.isfinite(var)
-    w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
-    chi2_1 = np.sum(w * (target - own) ** 2, axis=(1, 2))
+    light = others + own
+    var = np.where(inside, sig, 0.0).astype(np.float32) ** 2 \
+        + np.square(np.float32(PROFILE_ERROR) * light)
+    if gain:
+        var += np.maximum(light, 0.0) * np.float32(1.0 / gain)
+    use = inside & (r2 <= radius**2) & (var > 0)
+    w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0).astype(np.float32)
+    chi2_1 = np.einsum("nij,nij,nij->n", w, target - own, target - own, dtype=float)
     # start: the second star at the residual's peak, the first moved the other way
     resid = np.where(use & (r2 <= (fwhm * 1.5) ** 2), target - own, -np.inf)
     peak = np.argmax(resid.reshape(len(idx), -1), axis=1)
@@ -626,11 +643,11 @@ def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
     x1, y1 = xc - 0.3 * (x2 - xc), yc - 0.3 * (y2 - yc)
     a1, a2 = 0.7 * fit.amp[idx], 0.3 * fit.amp[idx]
     for _ in range(SPLIT_ITER):
-        p1, d1x, d1y = _at(grid, hf, x1, y1, ix, iy)
-        p2, d2x, d2y = _at(grid, hf, x2, y2, ix, iy)
-        res = target - a1[:, None, None] * p1 - a2[:, None, None] * p2
-        normal, rhs = _gram([p1, a1[:, None, None] * d1x, a1[:, None, None] * d1y,
-                             p2, a2[:, None, None] * d2x, a2[:, None, None] * d2y], w, res)
+        p1, d1x, d1y = _at(grid32, hf, x1, y1, ix, iy)
+        p2, d2x, d2y = _at(grid32, hf, x2, y2, ix, iy)
+        b1, b2 = a1.astype(np.float32)[:, None, None], a2.astype(np.float32)[:, None, None]
+        res = target - b1 * p1 - b2 * p2
+        normal, rhs = _gram([p1, b1 * d1x, b1 * d1y, p2, b2 * d2x, b2 * d2y], w, res)
         normal = normal + 1e-9 * np.eye(6) * (normal[:, :1, :1] + normal[:, 3:4, 3:4])
         ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 1e-300)
         step = np.zeros((len(idx), 6))
@@ -641,20 +658,22 @@ def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
         y1 = y1 + np.clip(step[:, 2], -MAX_STEP, MAX_STEP)
         x2 = x2 + np.clip(step[:, 4], -MAX_STEP, MAX_STEP)
         y2 = y2 + np.clip(step[:, 5], -MAX_STEP, MAX_STEP)
-    p1, _, _ = _at(grid, hf, x1, y1, ix, iy)
-    p2, _, _ = _at(grid, hf, x2, y2, ix, iy)
+    _, _, p1 = pm.render(grid32, x1, y1, hf, centre=(ix, iy))
+    _, _, p2 = pm.render(grid32, x2, y2, hf, centre=(ix, iy))
     # final fluxes: linear 2x2 solve at the final positions
-    m11 = np.sum(w * p1 * p1, axis=(1, 2))
-    m22 = np.sum(w * p2 * p2, axis=(1, 2))
-    m12 = np.sum(w * p1 * p2, axis=(1, 2))
-    b1, b2 = np.sum(w * p1 * target, axis=(1, 2)), np.sum(w * p2 * target, axis=(1, 2))
+    m11 = np.einsum("nij,nij,nij->n", w, p1, p1, dtype=float)
+    m22 = np.einsum("nij,nij,nij->n", w, p2, p2, dtype=float)
+    m12 = np.einsum("nij,nij,nij->n", w, p1, p2, dtype=float)
+    b1 = np.einsum("nij,nij,nij->n", w, p1, target, dtype=float)
+    b2 = np.einsum("nij,nij,nij->n", w, p2, target, dtype=float)
     det = m11 * m22 - m12**2
     with np.errstate(divide="ignore", invalid="ignore"):
         a1 = (m22 * b1 - m12 * b2) / det
         a2 = (m11 * b2 - m12 * b1) / det
         e1, e2 = np.sqrt(m22 / det), np.sqrt(m11 / det)
-        chi2_2 = np.sum(w * (target - a1[:, None, None] * p1 - a2[:, None, None] * p2) ** 2,
-                        axis=(1, 2))
+        res = target - a1.astype(np.float32)[:, None, None] * p1 \
+            - a2.astype(np.float32)[:, None, None] * p2
+        chi2_2 = np.einsum("nij,nij,nij->n", w, res, res, dtype=float)
         dof = np.maximum(use.sum(axis=(1, 2)) - 6, 1)
         score = (chi2_1 - chi2_2) / np.maximum(chi2_2 / dof, 1.0)
     sep_px = np.hypot(x2 - x1, y2 - y1)
