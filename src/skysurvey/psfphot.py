@@ -337,7 +337,7 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
         if near is None or move or it == pos_iter:
             r2 = (ox + (ix - x)[:, None]) ** 2 + (oy + (iy - y)[:, None]) ** 2
             near = inside & (r2 <= radius**2)
-        own = full.own()  # this source's part of the model image, on its fit stamp
+        own = full.own  # this source's part of the model image, on its fit stamp
         if move:
             psf, dpx, dpy = (v.reshape(n, -1) for v in _at(grid32, hf, x, y, ix, iy))
         else:
@@ -404,24 +404,41 @@ class _Rendered:
         self.pad = pad = half + reach + 1
         self.width = nx + 2 * pad
         self.size = (ny + 2 * pad) * self.width
-        self.groups = []
+        s = 2 * small + 1
+        self.own = np.empty((n, s * s), np.float32)  # each source's model on its fit stamp
+        order, counts, flat, values = [], [], [], []
         for sel, h in ((big, half), (~big, small)):
             idx = np.flatnonzero(sel)
             if idx.size == 0:
                 continue
             _, _, psf = pm.render(grid, self.x[idx], self.y[idx], h,
                                   centre=(self.ix[idx], self.iy[idx]))
+            c = slice(h - small, h + small + 1)
+            self.own[idx] = psf[:, c, c].reshape(idx.size, -1)
             off = np.arange(-h, h + 1)
             local = (off[:, None] * self.width + off[None, :]).ravel()
             centres = (self.iy[idx] + pad) * self.width + self.ix[idx] + pad
-            self.groups.append((idx, psf.reshape(idx.size, -1), centres[:, None] + local, h))
+            order.append(idx)
+            counts.append(np.full(idx.size, local.size))
+            flat.append((centres[:, None] + local).ravel())
+            values.append(psf.ravel())
+        # one scatter for all stamps: flat indices, values, and the source of each run
+        self.order = np.concatenate(order) if order else np.zeros(0, np.int64)
+        self.counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+        self.flat = np.concatenate(flat) if flat else np.zeros(0, np.int64)
+        self.values = np.concatenate(values) if values else np.zeros(0, np.float32)
+        self._last = (None, None)
 
     def padded(self, amp):
-        """Sum of amplitude x PSF over all sources, on the image padded by ``pad`` pixels."""
-        out = np.zeros(self.size)
-        for idx, psf, flat, _ in self.groups:
-            out += np.bincount(flat.ravel(), (psf * amp[idx, None]).ravel(), self.size)
-        return out.reshape(-1, self.width)
+        """Sum of amplitude x PSF over all sources, on the image padded by ``pad`` pixels
+        (the last result is kept: fits ask again for the same amplitudes)."""
+        last_amp, last = self._last
+        if last_amp is not None and np.array_equal(last_amp, amp):
+            return last
+        weights = self.values * np.repeat(amp[self.order].astype(np.float32), self.counts)
+        out = np.bincount(self.flat, weights, self.size).reshape(-1, self.width)
+        self._last = (np.array(amp, copy=True), out)
+        return out
 
     def image(self, amp):
         """Sum of amplitude x PSF over all sources, on the image."""
@@ -432,16 +449,6 @@ class _Rendered:
         """Indices into :meth:`padded` of the image's flat indices *flat*."""
         nx = self.shape[1]
         return (flat // nx + self.pad) * self.width + flat % nx + self.pad
-
-    def own(self):
-        """Each source's model on its fit stamp (N, S²): the small stamps' size."""
-        s = 2 * self.small + 1
-        out = np.empty((self.x.size, s * s), np.float32)
-        for idx, psf, _, h in self.groups:
-            part = psf.reshape(idx.size, 2 * h + 1, 2 * h + 1)
-            c = slice(h - self.small, h + self.small + 1)
-            out[idx] = part[:, c, c].reshape(idx.size, -1)
-        return out
 
     def fits(self, ix, iy, small):
         """Whether the stamps are centred on pixels (ix, iy) with fit stamps of *small*."""
@@ -742,7 +749,7 @@ def photometry(pixels: Pixels, columns, stars, scale: Scale, options: Options = 
     grid = model_from_stars(pixels, (x, y, columns["flux_aper"]), stars, fwhm)
     if grid is None:
         return None, cols, new
-    fit = fit_sources(pixels, grid, Start(x, y), fwhm=fwhm)
+    fit = fit_sources(pixels, grid, Start(x, y), fwhm=fwhm, n_iter=N_ITER, pos_iter=POS_ITER)
     # second pass: the background again without the stars' light (their wings raise a
     # crowded field's background), the model again with the neighbours subtracted
     model_image = fit.rendered.image(fit.amp)
