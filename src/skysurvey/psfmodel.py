@@ -335,7 +335,7 @@ def build(stamps, weights, x, y, flux, *, half: int, oversample: int, order: int
         if it == 0 and start is None:
             model = np.zeros_like(stamps)
         else:
-            _, _, model = render(grid, x, y, half)
+            _, _, model = render(as_float32(grid), x, y, half)
             flux, _, chi2 = _refit(stamps, weights, model, None, None, flux)
             ok = np.isfinite(flux) & (flux > 0)
             med = np.median(chi2[use & ok]) if (use & ok).any() else np.inf
@@ -361,7 +361,7 @@ def build(stamps, weights, x, y, flux, *, half: int, oversample: int, order: int
             delta = _bin_fit((v * g + u)[keep], terms, res[keep], wt[keep], g * g)
         basis = _normalise(basis + delta.T.reshape(k, g, g), oversample)
         grid = PsfGrid(basis, oversample, half, order, tuple(centre), tuple(scale))
-    _, _, model = render(grid, x, y, half)
+    _, _, model = render(as_float32(grid), x, y, half)
     flux, _, chi2 = _refit(stamps, weights, model, None, None, flux)
     use &= np.isfinite(flux) & (flux > 0)
     rms = _resid_rms(stamps, weights, model, flux, use)

@@ -321,26 +321,31 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
     level = _typical(rms)
     grid32 = pm.as_float32(grid)
 
-    def render_all():
-        return _Rendered(shape, grid32, x, y, (nh, hf), amp=amp, edge=edge, noise=level,
-                         centre=(ix, iy))
+    def render_all(small=None):
+        # beyond the fit stamp a source's light matters to its neighbours only if it
+        # exceeds a fifth of the background noise there
+        big = np.abs(amp) * edge > 0.2 * level
+        return _Rendered(shape, grid32, (x, y), (ix, iy), (nh, hf, big), small)
 
     # re-rendered once the positions settle
     full = rendered if rendered is not None and not rendered.moved(x, y) \
-        and rendered.fits(ix, iy, hf) else render_all()
-    where = full.index(flat)
+        and rendered.fits(ix, iy, hf) else None
+    where = None
     near = None
     for it in range(n_iter + 1):
         move = it < pos_iter
-        if not move and full.moved(x, y):
-            full = render_all()
+        if move:
+            psf, dpx, dpy = (v.reshape(n, -1) for v in _at(grid32, hf, x, y, ix, iy))
+        if full is None or (it >= pos_iter and full.moved(x, y)):
+            # the fit-stamp models just rendered are the faint sources' stamps
+            full = render_all(psf if move else None)
+        if where is None:
+            where = full.index(flat)
         if near is None or move or it == pos_iter:
             r2 = (ox + (ix - x)[:, None]) ** 2 + (oy + (iy - y)[:, None]) ** 2
             near = inside & (r2 <= radius**2)
         own = full.own  # this source's part of the model image, on its fit stamp
-        if move:
-            psf, dpx, dpy = (v.reshape(n, -1) for v in _at(grid32, hf, x, y, ix, iy))
-        else:
+        if not move:
             psf = own
         model = full.padded(amp).ravel()[where].astype(np.float32)
         var = sig2 + np.square(np.float32(PROFILE_ERROR) * model)
@@ -380,22 +385,17 @@ class _Rendered:
     fit stamps' centres), and where it lands in a padded copy of the image, so the model
     image for new amplitudes is one weighted ``bincount``.
 
-    Faint sources get the fit stamp's size (*halves* = (big, small)), bright ones the big
-    one: beyond the fit stamp a source's light matters to its neighbours only if it exceeds
-    a fifth of the background noise there (*edge* is the model's value just outside the fit
-    stamp)."""
+    *halves* = (half, small, big): the sources where *big* is set (None: all) get stamps of
+    *half*, the others the fit stamp's *small*; *small_stamps* (N, S²), when given, are
+    every source's model on its fit stamp at these positions (not rendered again)."""
 
-    def __init__(self, shape, grid, x, y, halves, amp=None, edge=0.0, noise=0.0, centre=None):
-        half, small = halves
+    def __init__(self, shape, grid, xy, centre, halves, small_stamps=None):
+        half, small, big = halves
         self.shape = shape
-        self.x, self.y = np.array(x, float), np.array(y, float)
+        self.x, self.y = (np.array(v, float) for v in xy)
         n = self.x.size
-        if centre is None:
-            centre = (np.rint(self.x).astype(np.int64), np.rint(self.y).astype(np.int64))
         self.ix, self.iy = centre
-        big = np.ones(n, bool)
-        if amp is not None and small < half:
-            big = np.abs(amp) * edge > 0.2 * noise
+        big = np.ones(n, bool) if big is None or small >= half else big
         self.small = small
         ny, nx = shape
         reach = max(0, -int(np.min(self.ix, initial=0)), -int(np.min(self.iy, initial=0)),
@@ -411,8 +411,11 @@ class _Rendered:
             idx = np.flatnonzero(sel)
             if idx.size == 0:
                 continue
-            _, _, psf = pm.render(grid, self.x[idx], self.y[idx], h,
-                                  centre=(self.ix[idx], self.iy[idx]))
+            if h == small and small_stamps is not None:
+                psf = small_stamps[idx].reshape(idx.size, 2 * h + 1, 2 * h + 1)
+            else:
+                _, _, psf = pm.render(grid, self.x[idx], self.y[idx], h,
+                                      centre=(self.ix[idx], self.iy[idx]))
             c = slice(h - small, h + small + 1)
             self.own[idx] = psf[:, c, c].reshape(idx.size, -1)
             off = np.arange(-h, h + 1)
