@@ -93,6 +93,8 @@ NEIGHBOUR_HALF_FWHM = 3.0
 #: Block-Jacobi iterations, the first POS_ITER of which also move the positions.
 N_ITER = 4
 POS_ITER = 2
+#: Smallest position step taken (pixels; smaller: the source stays, its stamps are kept).
+MIN_STEP = 0.01
 #: Largest position step per iteration and largest total move from the detection, pixels.
 MAX_STEP = 0.5
 MAX_MOVE = 1.5
@@ -321,11 +323,11 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
     level = _typical(rms)
     grid32 = pm.as_float32(grid)
 
-    def render_all(small=None):
+    def render_all(small=None, earlier=None):
         # beyond the fit stamp a source's light matters to its neighbours only if it
         # exceeds a fifth of the background noise there
         big = np.abs(amp) * edge > 0.2 * level
-        return _Rendered(shape, grid32, (x, y), (ix, iy), (nh, hf, big), small)
+        return _Rendered(shape, grid32, (x, y), (ix, iy), (nh, hf, big), (small, earlier))
 
     # re-rendered once the positions settle
     full = rendered if rendered is not None and not rendered.moved(x, y) \
@@ -336,9 +338,11 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
         move = it < pos_iter
         if move:
             psf, dpx, dpy = (v.reshape(n, -1) for v in _at(grid32, hf, x, y, ix, iy))
-        if full is None or (it >= pos_iter and full.moved(x, y)):
+        if full is None:
             # the fit-stamp models just rendered are the faint sources' stamps
             full = render_all(psf if move else None)
+        elif it >= pos_iter and full.moved(x, y):  # only the sources that moved
+            full = render_all(earlier=full)
         if where is None:
             where = full.index(flat)
         if near is None or move or it == pos_iter:
@@ -370,7 +374,8 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
         snr = np.where(np.isfinite(new_amp), new_amp / err, 0.0)
         if move:
             step = _position_step(target, w, psf, dpx, dpy, new_amp)
-            go = free & (snr >= POS_MIN_SNR) & np.isfinite(step).all(axis=1)
+            go = free & (snr >= POS_MIN_SNR) & np.isfinite(step).all(axis=1) \
+                & (np.hypot(step[:, 0], step[:, 1]) >= MIN_STEP)
             step = np.clip(np.where(go[:, None], step, 0.0), -MAX_STEP, MAX_STEP)
             x, y = x + step[:, 0], y + step[:, 1]
             far = np.hypot(x - x0, y - y0) > MAX_MOVE
@@ -386,16 +391,25 @@ class _Rendered:
     image for new amplitudes is one weighted ``bincount``.
 
     *halves* = (half, small, big): the sources where *big* is set (None: all) get stamps of
-    *half*, the others the fit stamp's *small*; *small_stamps* (N, S²), when given, are
-    every source's model on its fit stamp at these positions (not rendered again)."""
+    *half*, the others the fit stamp's *small*. *known* = (small_stamps, earlier), either
+    None: every source's model on its fit stamp at these positions (N, S²), and an earlier
+    rendering whose stamps are kept for the sources at the same positions with the same
+    stamp size (not rendered again)."""
 
-    def __init__(self, shape, grid, xy, centre, halves, small_stamps=None):
+    def __init__(self, shape, grid, xy, centre, halves, known=(None, None)):
         half, small, big = halves
+        small_stamps, earlier = known
         self.shape = shape
         self.x, self.y = (np.array(v, float) for v in xy)
         n = self.x.size
         self.ix, self.iy = centre
-        big = np.ones(n, bool) if big is None or small >= half else big
+        big = np.ones(n, bool) if big is None or small >= half else big.copy()
+        same = np.zeros(n, bool)
+        if earlier is not None:
+            same = (self.x == earlier.x) & (self.y == earlier.y) & (big == earlier.big)
+        self.big = big
+        self.stamps = {}  # half-size: (sources, their stamps)
+        self.row = np.zeros(n, np.int64)  # each source's row in its group's stamps
         self.small = small
         ny, nx = shape
         reach = max(0, -int(np.min(self.ix, initial=0)), -int(np.min(self.iy, initial=0)),
@@ -411,11 +425,20 @@ class _Rendered:
             idx = np.flatnonzero(sel)
             if idx.size == 0:
                 continue
+            psf = np.empty((idx.size, 2 * h + 1, 2 * h + 1), np.float32)
+            todo = np.ones(idx.size, bool)
+            keep = same[idx]
+            if keep.any():
+                psf[keep] = earlier.stamps[h][1][earlier.row[idx[keep]]]
+                todo = ~keep
             if h == small and small_stamps is not None:
-                psf = small_stamps[idx].reshape(idx.size, 2 * h + 1, 2 * h + 1)
-            else:
-                _, _, psf = pm.render(grid, self.x[idx], self.y[idx], h,
-                                      centre=(self.ix[idx], self.iy[idx]))
+                psf[todo] = small_stamps[idx[todo]].reshape(-1, 2 * h + 1, 2 * h + 1)
+            elif todo.any():
+                sel = idx[todo]
+                psf[todo] = pm.render(grid, self.x[sel], self.y[sel], h,
+                                      centre=(self.ix[sel], self.iy[sel]))[2]
+            self.stamps[h] = (idx, psf)
+            self.row[idx] = np.arange(idx.size)
             c = slice(h - small, h + small + 1)
             self.own[idx] = psf[:, c, c].reshape(idx.size, -1)
             off = np.arange(-h, h + 1)
