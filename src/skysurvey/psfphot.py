@@ -125,7 +125,9 @@ SPLIT_MAX_RATIO = 0.6
 #: closer; the issue's pairs are 1-1.5 FWHM apart).
 SPLIT_MIN_SEP = 0.8
 SPLIT_MIN_SNR = 5.0
-SPLIT_ITER = 5
+SPLIT_ITER = 4
+#: Iterations of the joint fit of the detections, the finds and the split stars.
+JOINT_ITER = 3
 
 
 @dataclass
@@ -826,7 +828,7 @@ def _add_sources(pixels, grid, fit, fwhm, options):
     out = fit_sources(pixels, grid, Start(np.concatenate([xs, fx, x2]),
                                           np.concatenate([ys, fy, y2]),
                                           np.concatenate([amp, famp, a2])),
-                      fwhm=fwhm, n_iter=3, pos_iter=1)
+                      fwhm=fwhm, n_iter=JOINT_ITER, pos_iter=1)
     values = (out.amp, out.amp_err, out.x, out.y, out.chi2, out.npix)
     part = slice(n, n + fx.size)
     with np.errstate(divide="ignore", invalid="ignore"):
