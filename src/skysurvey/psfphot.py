@@ -305,7 +305,7 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
     err = np.full(n, np.inf)
     # the fit stamps stay centred on the starting pixels (a source moves <= MAX_MOVE px)
     ix, iy = np.rint(x0).astype(np.int64), np.rint(y0).astype(np.int64)
-    flat, inside = _stamp_index(shape, ix, iy, hf)  # fixed for the call: gathers only
+    flat, inside = pm.stamp_index(shape, ix, iy, hf)  # fixed for the call: gathers only
     flat = flat.reshape(n, -1)
     inside = inside.reshape(n, -1)
     values = sub.ravel()[flat]
@@ -329,7 +329,7 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
         # beyond the fit stamp a source's light matters to its neighbours only if it
         # exceeds a fifth of the background noise there
         big = np.abs(amp) * edge > 0.2 * level
-        return _Rendered(shape, grid32, (x, y), (ix, iy), (nh, hf, big), (small, earlier))
+        return pm.ModelImage(shape, grid32, (x, y), (ix, iy), (nh, hf, big), (small, earlier))
 
     # re-rendered once the positions settle
     full = rendered if rendered is not None and not rendered.moved(x, y) \
@@ -385,106 +385,6 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
             free &= ~far
         amp = np.where(np.isfinite(new_amp), new_amp, 0.0)
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-class _Rendered:
-    """Every source's model stamp at fixed positions on stamps centred on fixed pixels (the
-    fit stamps' centres), and where it lands in a padded copy of the image, so the model
-    image for new amplitudes is one weighted ``bincount``.
-
-    *halves* = (half, small, big): the sources where *big* is set (None: all) get stamps of
-    *half*, the others the fit stamp's *small*. *known* = (small_stamps, earlier), either
-    None: every source's model on its fit stamp at these positions (N, S²), and an earlier
-    rendering whose stamps are kept for the sources at the same positions with the same
-    stamp size (not rendered again)."""
-
-    def __init__(self, shape, grid, xy, centre, halves, known=(None, None)):
-        half, small, big = halves
-        small_stamps, earlier = known
-        self.shape = shape
-        self.x, self.y = (np.array(v, float) for v in xy)
-        n = self.x.size
-        self.ix, self.iy = centre
-        big = np.ones(n, bool) if big is None or small >= half else big.copy()
-        same = np.zeros(n, bool)
-        if earlier is not None:
-            same = (self.x == earlier.x) & (self.y == earlier.y) & (big == earlier.big)
-        self.big = big
-        self.stamps = {}  # half-size: (sources, their stamps)
-        self.row = np.zeros(n, np.int64)  # each source's row in its group's stamps
-        self.small = small
-        ny, nx = shape
-        reach = max(0, -int(np.min(self.ix, initial=0)), -int(np.min(self.iy, initial=0)),
-                    int(np.max(self.ix, initial=0)) - nx + 1,
-                    int(np.max(self.iy, initial=0)) - ny + 1)
-        self.pad = pad = half + reach + 1
-        self.width = nx + 2 * pad
-        self.size = (ny + 2 * pad) * self.width
-        s = 2 * small + 1
-        self.own = np.empty((n, s * s), np.float32)  # each source's model on its fit stamp
-        order, counts, flat, values = [], [], [], []
-        for sel, h in ((big, half), (~big, small)):
-            idx = np.flatnonzero(sel)
-            if idx.size == 0:
-                continue
-            psf = np.empty((idx.size, 2 * h + 1, 2 * h + 1), np.float32)
-            todo = np.ones(idx.size, bool)
-            keep = same[idx]
-            if keep.any():
-                psf[keep] = earlier.stamps[h][1][earlier.row[idx[keep]]]
-                todo = ~keep
-            if h == small and small_stamps is not None:
-                psf[todo] = small_stamps[idx[todo]].reshape(-1, 2 * h + 1, 2 * h + 1)
-            elif todo.any():
-                sel = idx[todo]
-                psf[todo] = pm.render(grid, self.x[sel], self.y[sel], h,
-                                      centre=(self.ix[sel], self.iy[sel]))[2]
-            self.stamps[h] = (idx, psf)
-            self.row[idx] = np.arange(idx.size)
-            c = slice(h - small, h + small + 1)
-            self.own[idx] = psf[:, c, c].reshape(idx.size, -1)
-            off = np.arange(-h, h + 1)
-            local = (off[:, None] * self.width + off[None, :]).ravel()
-            centres = (self.iy[idx] + pad) * self.width + self.ix[idx] + pad
-            order.append(idx)
-            counts.append(np.full(idx.size, local.size))
-            flat.append((centres[:, None] + local).ravel())
-            values.append(psf.ravel())
-        # one scatter for all stamps: flat indices, values, and the source of each run
-        self.order = np.concatenate(order) if order else np.zeros(0, np.int64)
-        self.counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
-        self.flat = np.concatenate(flat) if flat else np.zeros(0, np.int64)
-        self.values = np.concatenate(values) if values else np.zeros(0, np.float32)
-        self._last = (None, None)
-
-    def padded(self, amp):
-        """Sum of amplitude x PSF over all sources, on the image padded by ``pad`` pixels
-        (the last result is kept: fits ask again for the same amplitudes)."""
-        last_amp, last = self._last
-        if last_amp is not None and np.array_equal(last_amp, amp):
-            return last
-        weights = self.values * np.repeat(amp[self.order].astype(np.float32), self.counts)
-        out = np.bincount(self.flat, weights, self.size).reshape(-1, self.width)
-        self._last = (np.array(amp, copy=True), out)
-        return out
-
-    def image(self, amp):
-        """Sum of amplitude x PSF over all sources, on the image."""
-        p = self.pad
-        return self.padded(amp)[p:-p, p:-p]
-
-    def index(self, flat):
-        """Indices into :meth:`padded` of the image's flat indices *flat*."""
-        nx = self.shape[1]
-        return (flat // nx + self.pad) * self.width + flat % nx + self.pad
-
-    def fits(self, ix, iy, small):
-        """Whether the stamps are centred on pixels (ix, iy) with fit stamps of *small*."""
-        return small == self.small and np.array_equal(ix, self.ix) and np.array_equal(iy, self.iy)
-
-    def moved(self, x, y):
-        """Whether the positions differ from the rendered ones."""
-        return not (np.array_equal(x, self.x) and np.array_equal(y, self.y))
 
 
 def _typical(rms):
@@ -574,17 +474,6 @@ def residual_background(residual, mask, fwhm, mesh_fwhm=16.0):
     return bkg.back()
 
 
-def _stamp_index(shape, ix, iy, half):
-    """Flat image indices (N, S, S) of stamps centred on pixels (ix, iy), clipped to the
-    image, and whether each stamp pixel is inside it."""
-    ny, nx = shape
-    off = np.arange(-half, half + 1)
-    yy = iy[:, None, None] + off[None, :, None]
-    xx = ix[:, None, None] + off[None, None, :]
-    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-    return np.clip(yy, 0, ny - 1) * nx + np.clip(xx, 0, nx - 1), inside
-
-
 def _gram(columns, w, resid):
     """Per-source normal matrix ``J^T W J`` and ``J^T W r`` of the Jacobian *columns* (each
     (N, ...) like *resid*): batched matrix products."""
@@ -653,7 +542,7 @@ def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
     if mask is not None:
         inside &= ~pm.cutouts(mask, ix, iy, hf, fill=True)[0]
     data = np.where(inside, data, 0.0).astype(np.float32)
-    flat, _ = _stamp_index(sub.shape, ix, iy, hf)
+    flat, _ = pm.stamp_index(sub.shape, ix, iy, hf)
     others = fit.rendered.padded(fit.amp).ravel()[fit.rendered.index(flat)].astype(np.float32)
     _, _, own = pm.render(grid32, xc, yc, hf)
     own = own * fit.amp[idx, None, None].astype(np.float32)
