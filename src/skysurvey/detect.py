@@ -38,6 +38,8 @@ from .psf import image_columns as psf_image_columns
 from .psf import measure as measure_psf
 from .psfmodel import quality as psf_quality
 from .psfphot import PSF_RESIDUAL, PSF_SPLIT
+from .psfphot import Options as PsfOptions
+from .psfphot import Scale as PsfScale
 from .psfphot import photometry as psf_photometry
 from .schema import SOURCES_SCHEMA
 
@@ -385,13 +387,11 @@ def _measure_image(image: FitsImage, image_id: str, config: DetectionConfig):
 def _psf_photometry(pixels, columns, psf_model, radius, residual=False):
     """The PSF model and PSF photometry columns (psfphot.py) of the detected sources; NaN
     columns (and no model) without PSF stars."""
-    sub, rms, mask, segmap, gain = (pixels.sub, pixels.rms, pixels.mask, pixels.segmap,
-                                    pixels.gain)
     stars = None if psf_model is None else psf_model.stars
     if stars is None or not np.any(stars):
-        grid, phot, new = psf_photometry(sub, rms, mask, segmap, columns,
-                                         np.zeros(len(columns["x"]), bool), fwhm=math.nan,
-                                         radius=radius)
+        grid, phot, new = psf_photometry(pixels.with_(gain=None), columns,
+                                         np.zeros(len(columns["x"]), bool),
+                                         PsfScale(math.nan, radius))
         return grid, (phot, new)
     fwhm = psf_model.fwhm_locus if math.isfinite(psf_model.fwhm_locus) else psf_model.fwhm
     # cosmic rays' pixels are left out of the fits (a PSF fitted to a spike would subtract a
@@ -399,12 +399,12 @@ def _psf_photometry(pixels, columns, psf_model, radius, residual=False):
     flags = np.asarray(columns["flags"])
     spikes = np.flatnonzero((flags & COSMIC_RAY) > 0)  # labels i + 1 (first pass only)
     if spikes.size:
-        hit = np.isin(segmap, spikes + 1)
-        mask = hit if mask is None else (mask | hit)
+        hit = np.isin(pixels.segmap, spikes + 1)
+        pixels = pixels.with_(mask=hit if pixels.mask is None else (pixels.mask | hit))
     grid, phot, new = psf_photometry(
-        sub, rms, mask, segmap, columns, stars, fwhm=fwhm, radius=radius, gain=gain,
-        aperture_correction=psf_model.aperture_correction,
-        aperture_correction_err=psf_model.aperture_correction_err, residual=residual)
+        pixels, columns, stars,
+        PsfScale(fwhm, radius, psf_model.aperture_correction,
+                 psf_model.aperture_correction_err), PsfOptions(residual=residual))
     return grid, (phot, new)
 
 

@@ -29,13 +29,15 @@ derivatives with respect to the position from the kernel's derivative.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 __all__ = [
     "LANCZOS",
+    "ModelImage",
     "PsfGrid",
+    "as_float32",
     "build",
     "choose_order",
     "cutouts",
@@ -45,6 +47,7 @@ __all__ = [
     "quality",
     "render",
     "shape_at",
+    "stamp_index",
 ]
 
 #: Lanczos kernel half-width (grid nodes).
@@ -107,11 +110,12 @@ def cutouts(image, ix, iy, half, fill=0.0) -> tuple[np.ndarray, np.ndarray]:
     return np.where(inside, values, fill), inside
 
 
-def _taps(shift, derivative=False):
-    """Lanczos-3 taps (N, 7) for sub-pixel *shifts* (N,), summing to 1: the model value at
-    offset ``u - shift`` is ``sum_d taps[d] * model[u + d]``, d = -3..3; with *derivative*
-    also their derivative with respect to the shift."""
-    d = np.arange(-LANCZOS, LANCZOS + 1)
+def _taps(shift, derivative=False, reach=LANCZOS):
+    """Lanczos-3 taps (N, 2 reach + 1) for sub-pixel *shifts* (N,), summing to 1: the model
+    value at offset ``u - shift`` is ``sum_d taps[d] * model[u + d]``, d = -reach..reach
+    (*reach* > LANCZOS for shifts beyond half a pixel); with *derivative* also their
+    derivative with respect to the shift."""
+    d = np.arange(-reach, reach + 1)
     z = -np.asarray(shift, float)[:, None] - d[None, :]
     taps = lanczos(z)
     total = taps.sum(axis=1, keepdims=True)
@@ -151,24 +155,44 @@ def _lanczos_prime(z, a: int = LANCZOS):
     return np.where((np.abs(z) < a) & (np.abs(z) >= 1e-8), out, 0.0)
 
 
-def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False):
+def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False, centre=None):
     """The PSF of sources at (x, y) on stamps of half-size *half_out* centred on their
-    nearest pixels.
+    nearest pixels (or on the pixels *centre* = (ix, iy), within a few pixels of them).
 
     Each source's model (its polynomial terms times the basis, one matrix product for all)
-    is shifted by a separable 7-tap Lanczos-3 interpolation. The basis sums to 1 and the taps
+    is shifted by a separable Lanczos-3 interpolation. The basis sums to 1 and the taps
     conserve sums, so a full stamp sums to 1 and a cropped one keeps the model's scale.
     Returns ``(ix, iy, P)`` with P (N, S, S), or ``(ix, iy, P, dP/dx, dP/dy)`` with
-    *derivatives* (the change of P as the source moves by +1 px).
+    *derivatives* (the change of P as the source moves by +1 px), in the basis' dtype (a
+    float32 basis renders in float32: half the memory traffic).
     """
     if grid.oversample != 1:
         raise ValueError("render samples native-pixel models (oversample 1) only")
     x, y = np.asarray(x, float), np.asarray(y, float)
-    ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
-    terms = poly_terms(x, y, grid.order, grid.centre, grid.scale)  # (N, K)
+    if centre is None:
+        ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    else:
+        ix, iy = (np.asarray(c, np.int64) for c in centre)
+    fx, fy = x - ix, y - iy
+    # taps reach LANCZOS nodes beyond the shift: a stamp centred off the nearest pixel
+    # needs more of them (those few sources are rendered on their own)
+    extra = np.maximum(np.ceil(np.maximum(np.abs(fx), np.abs(fy)) - 0.5), 0).astype(int)
+    far = extra > 0
+    if far.any() and not far.all():
+        near = ~far
+        parts = [render(grid, x[sel], y[sel], half_out, derivatives, (ix[sel], iy[sel]))[2:]
+                 for sel in (near, far)]
+        out = tuple(np.empty((x.size, *a.shape[1:]), a.dtype) for a in parts[0])
+        for sel, part in zip((near, far), parts, strict=True):
+            for o, a in zip(out, part, strict=True):
+                o[sel] = a
+        return (ix, iy, *out)
+    reach = LANCZOS + int(extra.max(initial=0))
+    dtype = grid.basis.dtype
+    terms = poly_terms(x, y, grid.order, grid.centre, grid.scale).astype(dtype)  # (N, K)
     k = grid.basis.shape[0]
     h = grid.half
-    window = half_out + LANCZOS  # the model pixels the stamp's taps reach
+    window = half_out + reach  # the model pixels the stamp's taps reach
     pad = max(window - h, 0)
     basis = np.pad(grid.basis, ((0, 0), (pad, pad), (pad, pad))) if pad else grid.basis
     c = h + pad
@@ -178,10 +202,11 @@ def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False):
     size = 2 * half_out + 1
     # banded (N, size, gw) matrices of the taps: two batched matrix products per stamp
     if not derivatives:
-        wx, wy = _banded(_taps(x - ix), size), _banded(_taps(y - iy), size)
+        wx = _banded(_taps(fx, reach=reach).astype(dtype), size)
+        wy = _banded(_taps(fy, reach=reach).astype(dtype), size)
         return ix, iy, wy @ grids @ wx.transpose(0, 2, 1)
-    tx, dtx = _taps(x - ix, True)
-    ty, dty = _taps(y - iy, True)
+    tx, dtx = (t.astype(dtype) for t in _taps(fx, True, reach))
+    ty, dty = (t.astype(dtype) for t in _taps(fy, True, reach))
     wxt = _banded(tx, size).transpose(0, 2, 1)
     rows = _banded(ty, size) @ grids
     psf = rows @ wxt
@@ -191,13 +216,157 @@ def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False):
 
 
 def _banded(taps, size):
-    """(N, size, size + 2 LANCZOS) matrices with each row's 7 *taps* on its band."""
+    """(N, size, size + k - 1) matrices with row i holding the k *taps* in columns i .. i+k-1
+    (a strided view of one zeroed buffer: row i + 1 starts one element later)."""
     n, k = taps.shape
-    out = np.zeros((n, size, size + k - 1))
-    rows = np.repeat(np.arange(size), k)
-    cols = rows + np.tile(np.arange(k), size)
-    out[:, rows, cols] = np.tile(taps, (1, size))
-    return out
+    buf = np.zeros((n, size, size + k), taps.dtype)
+    buf[:, :, :k] = taps[:, None, :]
+    return buf.reshape(n, -1)[:, :size * (size + k - 1)].reshape(n, size, size + k - 1)
+
+
+def as_float32(grid: PsfGrid) -> PsfGrid:
+    """The same model with a float32 basis (:func:`render` then works in float32)."""
+    return replace(grid, basis=grid.basis.astype(np.float32))
+
+
+def stamp_index(shape, ix, iy, half):
+    """Flat indices of square stamps in an image.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        The image's ``(ny, nx)``.
+    ix, iy : (N,) int arrays
+        The stamps' centre pixels.
+    half : int
+        Half-size: stamps of S = 2 half + 1 pixels a side.
+
+    Returns
+    -------
+    (flat, inside)
+        Flat indices (N, S, S), clipped to the image, and whether each pixel is inside it.
+    """
+    ny, nx = shape
+    off = np.arange(-half, half + 1)
+    yy = iy[:, None, None] + off[None, :, None]
+    xx = ix[:, None, None] + off[None, None, :]
+    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+    return np.clip(yy, 0, ny - 1) * nx + np.clip(xx, 0, nx - 1), inside
+
+
+class ModelImage:
+    """Many sources' model stamps at fixed positions, on stamps centred on given pixels, and
+    where they land in a padded copy of the image, so the model image for any amplitudes is
+    one weighted ``bincount`` (PSF photometry's neighbour model).
+
+    Parameters
+    ----------
+    shape : (int, int)
+        The image's ``(ny, nx)``.
+    grid : PsfGrid
+        The model (a float32 basis renders in float32).
+    xy : tuple of (N,) arrays
+        The sources' positions, pixels.
+    centre : tuple of (N,) int arrays
+        The pixels the stamps are centred on (within a few pixels of the positions).
+    halves : tuple
+        ``(half, small, big)``, described below.
+    known : tuple
+        ``(small_stamps, earlier)``, described below.
+
+    *halves* = (half, small, big): the sources where *big* is set (None: all) get stamps of
+    *half*, the others the fit stamp's *small*. *known* = (small_stamps, earlier), either
+    None: every source's model on its fit stamp at these positions (N, S²), and an earlier
+    rendering whose stamps are kept for the sources at the same positions with the same
+    stamp size (not rendered again)."""
+
+    def __init__(self, shape, grid, xy, centre, halves, known=(None, None)):
+        half, small, big = halves
+        small_stamps, earlier = known
+        self.shape = shape
+        self.x, self.y = (np.array(v, float) for v in xy)
+        n = self.x.size
+        self.ix, self.iy = centre
+        big = np.ones(n, bool) if big is None or small >= half else big.copy()
+        same = np.zeros(n, bool)
+        if earlier is not None:
+            same = (self.x == earlier.x) & (self.y == earlier.y) & (big == earlier.big)
+        self.big = big
+        self.stamps = {}  # half-size: (sources, their stamps)
+        self.row = np.zeros(n, np.int64)  # each source's row in its group's stamps
+        self.small = small
+        ny, nx = shape
+        reach = max(0, -int(np.min(self.ix, initial=0)), -int(np.min(self.iy, initial=0)),
+                    int(np.max(self.ix, initial=0)) - nx + 1,
+                    int(np.max(self.iy, initial=0)) - ny + 1)
+        self.pad = pad = half + reach + 1
+        self.width = nx + 2 * pad
+        self.size = (ny + 2 * pad) * self.width
+        s = 2 * small + 1
+        self.own = np.empty((n, s * s), np.float32)  # each source's model on its fit stamp
+        order, counts, flat, values = [], [], [], []
+        for sel, h in ((big, half), (~big, small)):
+            idx = np.flatnonzero(sel)
+            if idx.size == 0:
+                continue
+            psf = np.empty((idx.size, 2 * h + 1, 2 * h + 1), np.float32)
+            todo = np.ones(idx.size, bool)
+            keep = same[idx]
+            if keep.any():
+                psf[keep] = earlier.stamps[h][1][earlier.row[idx[keep]]]
+                todo = ~keep
+            if h == small and small_stamps is not None:
+                psf[todo] = small_stamps[idx[todo]].reshape(-1, 2 * h + 1, 2 * h + 1)
+            elif todo.any():
+                sel = idx[todo]
+                psf[todo] = render(grid, self.x[sel], self.y[sel], h,
+                                      centre=(self.ix[sel], self.iy[sel]))[2]
+            self.stamps[h] = (idx, psf)
+            self.row[idx] = np.arange(idx.size)
+            c = slice(h - small, h + small + 1)
+            self.own[idx] = psf[:, c, c].reshape(idx.size, -1)
+            off = np.arange(-h, h + 1)
+            local = (off[:, None] * self.width + off[None, :]).ravel()
+            centres = (self.iy[idx] + pad) * self.width + self.ix[idx] + pad
+            order.append(idx)
+            counts.append(np.full(idx.size, local.size))
+            flat.append((centres[:, None] + local).ravel())
+            values.append(psf.ravel())
+        # one scatter for all stamps: flat indices, values, and the source of each run
+        self.order = np.concatenate(order) if order else np.zeros(0, np.int64)
+        self.counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+        self.flat = np.concatenate(flat) if flat else np.zeros(0, np.int64)
+        self.values = np.concatenate(values) if values else np.zeros(0, np.float32)
+        self._last = (None, None)
+
+    def padded(self, amp):
+        """Sum of amplitude x PSF over all sources, on the image padded by ``pad`` pixels
+        (the last result is kept: fits ask again for the same amplitudes)."""
+        last_amp, last = self._last
+        if last_amp is not None and np.array_equal(last_amp, amp):
+            return last
+        weights = self.values * np.repeat(amp[self.order].astype(np.float32), self.counts)
+        out = np.bincount(self.flat, weights, self.size).reshape(-1, self.width)
+        self._last = (np.array(amp, copy=True), out)
+        return out
+
+    def image(self, amp):
+        """Sum of amplitude x PSF over all sources, on the image."""
+        p = self.pad
+        return self.padded(amp)[p:-p, p:-p]
+
+    def index(self, flat):
+        """Indices into :meth:`padded` of the image's flat indices *flat*."""
+        nx = self.shape[1]
+        return (flat // nx + self.pad) * self.width + flat % nx + self.pad
+
+    def fits(self, ix, iy, small):
+        """Whether the stamps are centred on pixels (ix, iy) with fit stamps of *small*."""
+        return small == self.small and np.array_equal(ix, self.ix) and np.array_equal(iy, self.iy)
+
+    def moved(self, x, y):
+        """Whether the positions differ from the rendered ones."""
+        return not (np.array_equal(x, self.x) and np.array_equal(y, self.y))
 
 
 def choose_order(n_stars: int, max_order: int = 2) -> int:
@@ -224,6 +393,23 @@ def _bin_fit(nodes, terms, residual, weight, n_nodes, ridge=1e-6):
     count = np.bincount(nodes, minlength=n_nodes)
     ok = (count > k) & (normal[:, 0, 0] > 0)
     out = np.zeros((n_nodes, k))
+    if ok.any():
+        a = normal[ok]
+        a = a + ridge * a[:, :1, :1] * np.eye(k)
+        out[ok] = np.linalg.solve(a, rhs[ok][..., None])[..., 0]
+    return out
+
+
+def _pixel_fit(terms, residual, weight, ridge=1e-6):
+    """:func:`_bin_fit` when every star has one sample per model pixel: *terms* (N, K),
+    *residual* and *weight* (N, P). Returns the (P, K) coefficients."""
+    n, k = terms.shape
+    keep = weight > 0
+    wt = np.where(keep, weight, 0.0)
+    normal = (wt.T @ (terms[:, :, None] * terms[:, None, :]).reshape(n, k * k)).reshape(-1, k, k)
+    rhs = np.where(keep, wt * residual, 0.0).T @ terms
+    ok = (keep.sum(axis=0) > k) & (normal[:, 0, 0] > 0)
+    out = np.zeros((residual.shape[1], k))
     if ok.any():
         a = normal[ok]
         a = a + ridge * a[:, :1, :1] * np.eye(k)
@@ -291,7 +477,7 @@ def build(stamps, weights, x, y, flux, *, half: int, oversample: int, order: int
         if it == 0 and start is None:
             model = np.zeros_like(stamps)
         else:
-            _, _, model = render(grid, x, y, half)
+            _, _, model = render(as_float32(grid), x, y, half)
             flux, _, chi2 = _refit(stamps, weights, model, None, None, flux)
             ok = np.isfinite(flux) & (flux > 0)
             med = np.median(chi2[use & ok]) if (use & ok).any() else np.inf
@@ -304,14 +490,20 @@ def build(stamps, weights, x, y, flux, *, half: int, oversample: int, order: int
         v = np.rint(c + (off[None, :, None] - fy[:, None, None]) * oversample).astype(np.int64)
         u, v = np.broadcast_to(u, (n, s, s)), np.broadcast_to(v, (n, s, s))
         f = flux[:, None, None]
-        res = (stamps - f * model) / f
+        with np.errstate(divide="ignore", invalid="ignore"):
+            res = (stamps - f * model) / f
         wt = weights * f**2 * use[:, None, None]
-        keep = (wt > 0) & (u >= 0) & (u < g) & (v >= 0) & (v < g)
-        terms = np.broadcast_to(terms_star[:, None, None, :], (n, s, s, k))[keep]
-        delta = _bin_fit((v * g + u)[keep], terms, res[keep], wt[keep], g * g)
+        if s == g and np.array_equal(u[:, 0, :], np.broadcast_to(off + c, (n, s))) \
+                and np.array_equal(v[:, :, 0], np.broadcast_to(off + c, (n, s))):
+            # each stamp pixel is its own model pixel: the per-pixel sums are matrix products
+            delta = _pixel_fit(terms_star, res.reshape(n, -1), wt.reshape(n, -1))
+        else:
+            keep = (wt > 0) & (u >= 0) & (u < g) & (v >= 0) & (v < g)
+            terms = np.broadcast_to(terms_star[:, None, None, :], (n, s, s, k))[keep]
+            delta = _bin_fit((v * g + u)[keep], terms, res[keep], wt[keep], g * g)
         basis = _normalise(basis + delta.T.reshape(k, g, g), oversample)
         grid = PsfGrid(basis, oversample, half, order, tuple(centre), tuple(scale))
-    _, _, model = render(grid, x, y, half)
+    _, _, model = render(as_float32(grid), x, y, half)
     flux, _, chi2 = _refit(stamps, weights, model, None, None, flux)
     use &= np.isfinite(flux) & (flux > 0)
     rms = _resid_rms(stamps, weights, model, flux, use)
