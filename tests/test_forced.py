@@ -16,12 +16,14 @@ from skysurvey.forced import (
     NEAR_EDGE,
     OFF_IMAGE,
     SATURATED,
+    ForcedOptions,
     ImagePhotometry,
     aperture_flux,
     calibrate_fluxes,
     circle_overlap,
     forced_photometry,
 )
+from skysurvey.measurement import Pixels
 from skysurvey.synth import _wcs, make_image
 
 RA0, DEC0, SCALE, SIZE = 150.1, 2.2, 0.25, 512
@@ -64,8 +66,9 @@ def test_flags_and_coverage():
     x = np.array([20.0, 1.0, 104.0, 112.0, 150.0, -5.0, 250.0])
     y = np.array([20.0, 100.0, 104.0, 104.0, 50.0, 50.0, 50.0])
     ra, dec = wcs.all_pix2world(x, y, 0)
-    out = forced_photometry(data, 1.0, wcs, ra, dec, ImagePhotometry(4.0, zero_point=25.0),
-                            mask=mask, saturated=saturated)
+    out = forced_photometry(Pixels(data, 1.0, mask=mask), wcs, ra, dec,
+                            ImagePhotometry(4.0, zero_point=25.0),
+                            ForcedOptions(saturated=saturated))
     assert np.allclose(out["x"], x, atol=1e-6) and np.allclose(out["y"], y, atol=1e-6)
     assert out["covered"].tolist() == [True, True, False, True, True, False, False]
     f = out["flags"]
@@ -131,12 +134,15 @@ def _star_field(seed: int, spacing: int = 40):
     return image, bra, bdec
 
 
-def _measure(tmp_path: Path, image, ids, ra, dec, correction=None) -> pd.DataFrame:
+def _measure(tmp_path: Path, image, ids, ra, dec, correction=None, psf=True) -> pd.DataFrame:
     """Catalog the image with the handler's core (aperture radius, correction, zero point),
     then measure the positions with the forced step's own function (*correction*: replaces
-    the image's aperture correction)."""
+    the image's aperture correction; *psf*: with the image's PSF model, as the step does,
+    else the aperture)."""
+    from skysurvey.astrometry import celestial_wcs
     from skysurvey.fitsread import read_fits
-    from skysurvey.forced_run import ForcedTask, measure_task
+    from skysurvey.forced import icrs_to_pixel
+    from skysurvey.forced_run import ForcedTask, measure_task, read_psf_stars
     from skysurvey.pipeline import catalog_image
     from skysurvey.queries import dataset
     from skysurvey.storage import open_store
@@ -151,7 +157,12 @@ def _measure(tmp_path: Path, image, ids, ra, dec, correction=None) -> pd.DataFra
         row = {**row, "aperture_correction": correction(row["aperture_radius"])}
     task = ForcedTask("", "f.fits", "", row)
     fits_image = read_fits(str(tmp_path / "raw" / "f.fits"), name="f.fits")
-    return measure_task(task, fits_image, ids, ra, dec).to_pandas()
+    stars = None
+    if psf:
+        wcs, _ = celestial_wcs(fits_image.header)
+        ox, oy = icrs_to_pixel(wcs, ra, dec)
+        stars = read_psf_stars(open_store(tmp_path / "cat"), row, ox, oy)
+    return measure_task(task, fits_image, ids, ra, dec, stars).to_pandas()
 
 
 def _true_correction(image):
@@ -264,22 +275,22 @@ def test_transient_rule_needs_a_deep_quiet_epoch():
 
 
 def test_a_psf_flux_can_replace_the_aperture():
-    """``measure=``: a PSF photometry function's total flux goes through the same calibration
-    (no aperture correction applied to it), flags and coverage."""
+    """``ForcedOptions.measure``: a PSF photometry function's flux (on the aperture's scale)
+    goes through the same calibration (the aperture correction), flags and coverage."""
     shape = (100, 100)
     wcs = _wcs(shape, RA0, DEC0, SCALE, 0.0, False)
     ra, dec = wcs.all_pix2world([50.0, 500.0], [50.0, 50.0], 0)
     seen = {}
 
-    def psf_flux(data, rms, x, y, *, mask, gain, saturated):
+    def psf_flux(pixels, x, y, saturated):
         seen["x"] = x
         n = len(x)
         return np.full(n, 1000.0), np.full(n, 10.0), np.full(n, 8.0), np.zeros(n, np.int32)
 
-    out = forced_photometry(np.zeros(shape), 1.0, wcs, ra, dec,
+    out = forced_photometry(Pixels(np.zeros(shape), 1.0), wcs, ra, dec,
                             ImagePhotometry(4.0, aperture_correction=1.5, zero_point=25.0),
-                            measure=psf_flux)
-    assert out["flux"][0] == 1000.0 and out["snr"][0] == 100.0
-    assert out["mag"][0] == pytest.approx(25.0 - 7.5)
+                            ForcedOptions(measure=psf_flux))
+    assert out["flux"][0] == 1500.0 and out["snr"][0] == 100.0
+    assert out["mag"][0] == pytest.approx(25.0 - 2.5 * np.log10(1500.0))
     assert np.isnan(seen["x"][1]) and out["flags"][1] & OFF_IMAGE
     assert np.isnan(out["flux"][1]) and np.isnan(out["mag_limit"][1])

@@ -10,12 +10,16 @@ no SEP):
   reach without holding a grid point must have its boundary cross valid pixels). Cost on a
   2048 x 2048 image at 0.25"/px (125 cells): 15-60 ms (tests/test_coverage.py).
 - :func:`forced_photometry`: flux, error, SNR, calibrated magnitude, 5-sigma limit and flags at
-  given sky positions. The flux is a circular aperture flux (exact pixel/circle overlap) times
-  the image's aperture correction (psf.py), the same point-source flux as ``sources.flux_apcorr``.
-  The measurement is one step (:func:`aperture_flux`) and calibration another
-  (:func:`calibrate_fluxes`): a PSF flux can replace the aperture flux by passing its
-  function as ``measure=`` (or its ``(flux, flux_err, sky_err)`` to :func:`calibrate_fluxes`).
-  The background (subtracted by the caller) is the forced step's (forced_run.py).
+  given sky positions. The measurement is one step (``ForcedOptions.measure``) and calibration
+  another (:func:`calibrate_fluxes`). The forced step measures with the image's own PSF model
+  (:mod:`skysurvey.forced_psf`: every object's amplitude at its fixed position, objects whose
+  fit pixels overlap solved jointly by linear least squares, so a neighbour's light does not
+  leak into a star's flux as the seeing changes). A PSF amplitude is put on the aperture's scale (times the model's fraction within the aperture radius), then
+  both go through the image's aperture correction: forced fluxes are on ``flux_apcorr``'s
+  total-flux scale, as the detections are. Without a model (too few PSF stars) the circular
+  aperture flux (:func:`aperture_flux`, exact pixel/circle overlap) is used and flagged
+  :data:`APERTURE_FLUX`. The background (subtracted by the caller) is the forced step's
+  (forced_run.py).
 
 Which positions an image covers precisely: the position maps inside the image through its WCS
 and its pixel is not masked (:data:`OFF_IMAGE` and :data:`CENTRE_MASKED` mark the others, which
@@ -25,11 +29,15 @@ the forced step leaves out).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from .measurement import Pixels
+
 __all__ = [
+    "APERTURE_FLUX",
     "CENTRE_MASKED",
     "FLAG_DESCRIPTIONS",
     "HPX_ORDER",
@@ -38,6 +46,7 @@ __all__ = [
     "NEAR_EDGE",
     "OFF_IMAGE",
     "SATURATED",
+    "ForcedOptions",
     "ImagePhotometry",
     "aperture_flux",
     "calibrate_fluxes",
@@ -61,6 +70,7 @@ MASKED = 512
 NEAR_EDGE = 1024
 OFF_IMAGE = 131072  # (65536 is BAD_WCS in sources)
 CENTRE_MASKED = 262144
+APERTURE_FLUX = 1048576  # (524288 is PSF_RESIDUAL in sources)
 
 FLAG_DESCRIPTIONS: dict[int, str] = {
     SATURATED: "forced: a pixel of the aperture at or above 98% of the SATURATE level",
@@ -68,6 +78,8 @@ FLAG_DESCRIPTIONS: dict[int, str] = {
     NEAR_EDGE: "forced: the aperture reaches beyond the image edge (truncated)",
     OFF_IMAGE: "forced: the position maps outside the image (not covered; no row written)",
     CENTRE_MASKED: "forced: the position's pixel is masked (not covered; no row written)",
+    APERTURE_FLUX: "forced: no PSF model for this image (too few PSF stars): aperture flux "
+                   "with the aperture correction instead of the PSF fit",
 }
 
 _LN10 = math.log(10.0)
@@ -494,55 +506,76 @@ def calibrate_fluxes(flux, flux_err, sky_err, zero_point, correction=1.0, correc
             "mag_limit": limit}
 
 
-def forced_photometry(data, rms, wcs, ra, dec, phot: ImagePhotometry, *, mask=None,
-                      saturated=None, measure=None, sky_level_err=0.0) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class ForcedOptions:
+    """How :func:`forced_photometry` measures.
+
+    Attributes
+    ----------
+    measure : callable, optional
+        ``measure(pixels, x, y, saturated) -> (flux, flux_err, sky_err, flags)`` on the
+        aperture's scale (before the aperture correction; NaN positions: not measured), e.g.
+        :func:`psf_measure`'s. None: :func:`aperture_flux` with the image's radius, flagged
+        :data:`APERTURE_FLUX` when *flag_aperture*.
+    sky_level_err : float
+        Uncertainty of the subtracted background level per pixel (:func:`aperture_flux`).
+    saturated : ndarray of bool, optional
+        Saturated pixels (flags only).
+    flag_aperture : bool
+        Set :data:`APERTURE_FLUX` on aperture measurements (a PSF model was wanted).
+    """
+
+    measure: Callable | None = None
+    sky_level_err: float = 0.0
+    saturated: np.ndarray | None = None
+    flag_aperture: bool = False
+
+
+def forced_photometry(pixels: Pixels, wcs, ra, dec, phot: ImagePhotometry,
+                      options: ForcedOptions | None = None) -> dict[str, np.ndarray]:
     """Forced photometry of one image at ICRS positions.
 
     Parameters
     ----------
-    data : ndarray, shape (ny, nx)
-        Background-subtracted image (masked pixels may hold anything).
-    rms : float or ndarray
-        Background noise (scalar or map).
+    pixels : Pixels
+        ``sub`` (background-subtracted image; masked pixels may hold anything), ``rms``
+        (scalar or map), ``mask`` (pixels to leave out), ``gain``.
     wcs : astropy.wcs.WCS
         The image's celestial WCS.
     ra, dec : array_like
         ICRS positions, degrees.
     phot : ImagePhotometry
         Aperture radius, aperture correction, zero point, gain (the image's record).
-    mask, saturated : ndarray of bool, optional
-        Pixels to leave out; saturated pixels (flag only).
-    sky_level_err : float
-        Uncertainty of the subtracted background level per pixel (:func:`aperture_flux`).
-    measure : callable, optional
-        Replaces the aperture: ``measure(data, rms, x, y, mask=, gain=, saturated=)`` returns
-        ``(flux, flux_err, sky_err, flags)`` already total (a PSF flux), so no aperture
-        correction is applied to it. None: :func:`aperture_flux` with ``phot``'s radius and
-        correction.
+    options : ForcedOptions, optional
+        The measurement (default: the aperture), background level error, saturated pixels.
 
     Returns
     -------
     dict of ndarray
         ``x``, ``y``, ``covered`` (bool: on the image, pixel valid), ``flux``, ``flux_err``,
         ``snr``, ``mag``, ``mag_err``, ``mag_limit``, ``flags`` (int32). Positions not covered
-        have NaN photometry and :data:`OFF_IMAGE` or :data:`CENTRE_MASKED` set.
+        have NaN photometry and :data:`OFF_IMAGE` or :data:`CENTRE_MASKED` set. Fluxes are
+        the measurement times the image's aperture correction (total flux).
     """
-    data = np.asarray(data)
+    options = options or ForcedOptions()
+    data = np.asarray(pixels.sub)
     x, y = icrs_to_pixel(wcs, ra, dec)
     shape = data.shape
     on_image = covered(x, y, shape)
+    mask = pixels.mask
     valid = None if mask is None else ~np.asarray(mask, bool)
     cover = covered(x, y, shape, valid) & on_image
     xc, yc = np.where(cover, x, np.nan), np.where(cover, y, np.nan)
-    if measure is None:
-        flux, err, sky, flags = aperture_flux(data, rms, xc, yc, phot.aperture_radius,
-                                              mask=mask, gain=phot.gain, saturated=saturated,
-                                              sky_level_err=sky_level_err)
-        correction, correction_err = phot.correction
+    if options.measure is None:
+        flux, err, sky, flags = aperture_flux(data, pixels.rms, xc, yc, phot.aperture_radius,
+                                              mask=mask, gain=phot.gain,
+                                              saturated=options.saturated,
+                                              sky_level_err=options.sky_level_err)
+        if options.flag_aperture:
+            flags = flags | APERTURE_FLUX
     else:
-        flux, err, sky, flags = measure(data, rms, xc, yc, mask=mask, gain=phot.gain,
-                                        saturated=saturated)
-        correction, correction_err = 1.0, 0.0
+        flux, err, sky, flags = options.measure(pixels, xc, yc, options.saturated)
+    correction, correction_err = phot.correction
     out = calibrate_fluxes(flux, err, sky, phot.zero_point, correction, correction_err)
     out = {k: np.where(cover, v, np.nan) for k, v in out.items()}  # not covered: no photometry
     flags = flags | np.where(~on_image, OFF_IMAGE, 0) | np.where(on_image & ~cover,

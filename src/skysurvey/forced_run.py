@@ -44,9 +44,12 @@ import pyarrow.parquet as pq
 from . import __version__
 from .config import is_s3_uri
 from .errors import SkySurveyError, TransientStorageError, one_line, printable
-from .forced import HPX_ORDER, ImagePhotometry, forced_photometry, icrs_to_pixel
+from .forced import HPX_ORDER, ForcedOptions, ImagePhotometry, forced_photometry, icrs_to_pixel
+from .forced_psf import PsfFitSettings, PsfStars, psf_measure, psf_model, psf_stars
+from .measurement import Pixels
 from .schema import (
     FORCED_PHOTOMETRY_SCHEMA,
+    catalog_keys,
     forced_key,
     image_id_from_file_stem,
     image_id_from_name,
@@ -70,6 +73,7 @@ __all__ = [
     "object_mask",
     "objects_in_footprint",
     "plan_forced",
+    "read_psf_stars",
     "read_image_records",
     "register_partitions",
     "run_forced",
@@ -85,12 +89,12 @@ FOLDER = "forced_photometry/"
 MANIFEST_KEY = f"{FOLDER}_manifest.json"
 OBJECTS_BUILD_KEY = "objects/_build.json"
 #: Bump when the measurement changes: every image is measured again.
-STEP_VERSION = "1"
+STEP_VERSION = "2"  # 2: forced PSF fluxes (forced_psf.py) instead of aperture fluxes
 PARTITION_ORDER = 5  # objects/hpx5=<pixel>
 EVENT_TASK = "forced_image"
 IMAGE_FIELDS = ("image_id", "band", "night", "mjd", "footprint_hpx12", "aperture_radius",
                 "aperture_correction", "aperture_correction_err", "zero_point", "gain",
-                "saturate", "processed_at", "pipeline_version")
+                "saturate", "fwhm_median", "processed_at", "pipeline_version")
 
 
 @dataclass(frozen=True)
@@ -268,9 +272,33 @@ def sky_offset(sub, bad=None, *, step: int = 4, clip: float = 3.0, n_iter: int =
     return centre
 
 
-def measure_task(task: ForcedTask, image, ids, ra, dec) -> pa.Table:
+SOURCE_COLUMNS = ["x", "y", "flux", "flux_apcorr", "snr", "class_star", "flags", "fwhm"]
+
+
+def read_psf_stars(catalog, image: dict, obj_x=None, obj_y=None) -> PsfStars | None:
+    """:func:`psf_stars` of an image from its ``sources`` file in *catalog* (a store); None
+    when the file is missing."""
+    key = catalog_keys(image["image_id"], image.get("band"), image.get("night"))["sources"]
+    data = catalog.read_bytes_or_none(key)
+    if data is None:
+        return None
+    table = pq.read_table(io.BytesIO(data), columns=SOURCE_COLUMNS)
+    cols = {c: table[c].to_numpy(zero_copy_only=False) for c in SOURCE_COLUMNS}
+    cols = {c: np.asarray(v, float) if c != "flags" else np.asarray(v, np.int64)
+            for c, v in cols.items()}
+    fwhm = image.get("fwhm_median")
+    return psf_stars(cols, float(fwhm) if fwhm else None, obj_x, obj_y)
+
+
+def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None = None
+                 ) -> pa.Table:
     """The ``forced_photometry`` rows of one read image (a :class:`FitsImage`) for objects
-    ``(ids, ra, dec)``: the covered positions only."""
+    ``(ids, ra, dec)``: the covered positions only.
+
+    With *stars* (the image's PSF star candidates, :func:`psf_stars`), every object is
+    measured with the image's PSF model (forced_psf.py); without, or when the model cannot
+    be built, with the aperture (flag ``APERTURE_FLUX``).
+    """
     from .astrometry import celestial_wcs
 
     wcs, _ = celestial_wcs(image.header)
@@ -279,8 +307,14 @@ def measure_task(task: ForcedTask, image, ids, ra, dec) -> pa.Table:
     phot = ImagePhotometry.from_row(task.image)
     x, y = icrs_to_pixel(wcs, ra, dec)
     sub, rms, mask, sat, level_err = _background_subtracted(image, x, y, phot.aperture_radius)
-    result = forced_photometry(sub, rms, wcs, ra, dec, phot, mask=mask, saturated=sat,
-                               sky_level_err=level_err)
+    pixels = Pixels(sub, rms, mask=mask, gain=phot.gain)
+    grid = None if stars is None else psf_model(pixels, stars)
+    if grid is None:
+        options = ForcedOptions(sky_level_err=level_err, saturated=sat, flag_aperture=True)
+    else:
+        settings = PsfFitSettings(grid, stars.fwhm, phot.aperture_radius, level_err)
+        options = ForcedOptions(psf_measure(settings), level_err, sat)
+    result = forced_photometry(pixels, wcs, ra, dec, phot, options)
     keep = result["covered"]
     n = int(keep.sum())
 
@@ -320,7 +354,8 @@ def forced_image(task: ForcedTask, *, tmp_dir: str | None = None,
         ids, ra, dec = objects_in_footprint(catalog, cells)
         with raw.local_file(task.key, tmp_dir=tmp_dir) as path:
             image = read_fits(path, name=where)
-        table = measure_task(task, image, ids, ra, dec)
+        stars = _image_psf_stars(catalog, task.image, image, ra, dec)
+        table = measure_task(task, image, ids, ra, dec, stars)
         key = forced_key(task.image["image_id"], task.image.get("band"), task.image.get("night"))
         catalog.write_bytes(key, table_to_parquet_bytes(table),
                             content_type="application/vnd.apache.parquet")
@@ -337,6 +372,16 @@ def forced_image(task: ForcedTask, *, tmp_dir: str | None = None,
     except Exception as exc:  # a bug or an unforeseen input: one line, no crash
         error = f"{printable(where)}: {type(exc).__name__}: {exc}"
     return _reply(task, "error", seconds=time.perf_counter() - start, error=error)
+
+
+def _image_psf_stars(catalog, record: dict, image, ra, dec) -> PsfStars | None:
+    from .astrometry import celestial_wcs
+
+    wcs, _ = celestial_wcs(image.header)
+    if wcs is None:
+        return None
+    ox, oy = icrs_to_pixel(wcs, ra, dec)
+    return read_psf_stars(catalog, record, ox, oy)
 
 
 def handle_forced_event(event: dict) -> dict:
