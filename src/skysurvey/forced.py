@@ -515,6 +515,7 @@ class ForcedOptions:
     measure : callable, optional
         ``measure(pixels, x, y, saturated) -> (flux, flux_err, sky_err, flags)`` on the
         aperture's scale (before the aperture correction; NaN positions: not measured), e.g.
+        given every position, covered or not (uncovered ones are modelled, not reported),
         :func:`psf_measure`'s. None: :func:`aperture_flux` with the image's radius, flagged
         :data:`APERTURE_FLUX` when *flag_aperture*.
     sky_level_err : float
@@ -573,8 +574,9 @@ def forced_photometry(pixels: Pixels, wcs, ra, dec, phot: ImagePhotometry,
                                               sky_level_err=options.sky_level_err)
         if options.flag_aperture:
             flags = flags | APERTURE_FLUX
-    else:
-        flux, err, sky, flags = options.measure(pixels, xc, yc, options.saturated)
+    else:  # every position, covered or not: an object just off the edge or on a masked
+        # pixel still sends light into the image, which a joint fit must model
+        flux, err, sky, flags = options.measure(pixels, x, y, options.saturated)
     correction, correction_err = phot.correction
     out = calibrate_fluxes(flux, err, sky, phot.zero_point, correction, correction_err)
     out = {k: np.where(cover, v, np.nan) for k, v in out.items()}  # not covered: no photometry

@@ -312,7 +312,9 @@ def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None =
     if grid is None:
         options = ForcedOptions(sky_level_err=level_err, saturated=sat, flag_aperture=True)
     else:
-        settings = PsfFitSettings(grid, stars.fwhm, phot.aperture_radius, level_err)
+        used = np.asarray(stars.stars, bool)
+        settings = PsfFitSettings(grid, stars.fwhm, phot.aperture_radius, level_err,
+                                  stars.x[used], stars.y[used])
         options = ForcedOptions(psf_measure(settings), level_err, sat)
     result = forced_photometry(pixels, wcs, ra, dec, phot, options)
     keep = result["covered"]
