@@ -66,6 +66,38 @@ def objects_for(catalog: Path, record: dict, n_objects: int, seed: int = 2):
     return np.arange(ra.size, dtype=np.int64), ra, dec, int(sources.shape[0])
 
 
+def stages(raw_bytes, record, store, ra, dec) -> dict:
+    """The forced step's parts, each alone (inputs prepared once): reading the FITS and the
+    WCS; the background with the objects masked; the PSF model; the joint fit."""
+    from skysurvey.forced import ImagePhotometry
+    from skysurvey.forced_psf import PsfFitSettings, psf_fit, psf_model
+    from skysurvey.forced_run import _background_subtracted
+    from skysurvey.measurement import Pixels
+
+    image = read_fits(raw_bytes, name="x")
+    wcs, _ = celestial_wcs(image.header)
+    x, y = icrs_to_pixel(wcs, ra, dec)
+    phot = ImagePhotometry.from_row(record)
+    sub, rms, mask, _, level = _background_subtracted(image, x, y, phot.aperture_radius)
+    pixels = Pixels(sub, rms, mask=mask, gain=phot.gain)
+    stars = read_psf_stars(store, record, x, y)
+    grid = psf_model(pixels, stars)
+    settings = PsfFitSettings(grid, stars.fwhm, phot.aperture_radius, level,
+                              stars.x[stars.stars], stars.y[stars.stars])
+
+    def read():
+        img = read_fits(raw_bytes, name="x")
+        icrs_to_pixel(celestial_wcs(img.header)[0], ra, dec)
+
+    return {
+        "read FITS, positions through the WCS": read,
+        "background (objects masked)": lambda: _background_subtracted(image, x, y,
+                                                                      phot.aperture_radius),
+        "PSF stars and model": lambda: psf_model(pixels, read_psf_stars(store, record, x, y)),
+        "joint PSF fit of all objects": lambda: psf_fit(pixels, x, y, settings),
+    }
+
+
 def interleaved(fns, repeats):
     """Median CPU seconds of each function, run in turn within every repeat."""
     times = [[] for _ in fns]
@@ -115,8 +147,9 @@ def main(argv=None) -> int:
 
         rows = forced().to_pandas()
         aperture = (rows["flags"].to_numpy() & 1048576) > 0
-        (t_handler, t_psf, t_aper), _ = interleaved(
-            [handler, forced, lambda: forced(False)], args.repeats)
+        parts = stages(raw_bytes, record, store, ra, dec)
+        (t_handler, t_psf, t_aper, *t_parts), _ = interleaved(
+            [handler, forced, lambda: forced(False), *parts.values()], args.repeats)
     print(f"## Forced photometry beside the handler (benchmarks/forced_cost.py)\n\n"
           f"`python benchmarks/forced_cost.py --repeats {args.repeats}`: one {args.size}² image "
           f"({args.stars:,} stars drawn, {n_sources:,} detected), {len(ids):,} objects "
@@ -129,6 +162,8 @@ def main(argv=None) -> int:
     print(f"| forced, PSF fit (read, background, PSF model, joint fit, Parquet) | {t_psf:.3f} "
           f"| {t_psf / t_handler:.0%} |")
     print(f"| forced, aperture (fallback) | {t_aper:.3f} | {t_aper / t_handler:.0%} |")
+    for name, t in zip(parts, t_parts, strict=True):
+        print(f"| - of which {name} | {t:.3f} | {t / t_handler:.0%} |")
     return 0
 
 

@@ -38,6 +38,7 @@ from .measurement import Pixels
 
 __all__ = [
     "APERTURE_FLUX",
+    "BLENDED",
     "CENTRE_MASKED",
     "FLAG_DESCRIPTIONS",
     "HPX_ORDER",
@@ -71,6 +72,7 @@ NEAR_EDGE = 1024
 OFF_IMAGE = 131072  # (65536 is BAD_WCS in sources)
 CENTRE_MASKED = 262144
 APERTURE_FLUX = 1048576  # (524288 is PSF_RESIDUAL in sources)
+BLENDED = 2097152
 
 FLAG_DESCRIPTIONS: dict[int, str] = {
     SATURATED: "forced: a pixel of the aperture at or above 98% of the SATURATE level",
@@ -80,6 +82,8 @@ FLAG_DESCRIPTIONS: dict[int, str] = {
     CENTRE_MASKED: "forced: the position's pixel is masked (not covered; no row written)",
     APERTURE_FLUX: "forced: no PSF model for this image (too few PSF stars): aperture flux "
                    "with the aperture correction instead of the PSF fit",
+    BLENDED: "forced: fitted jointly with an object so close that the joint fit at least "
+             "doubles its flux variance (the two fluxes are strongly anti-correlated)",
 }
 
 _LN10 = math.log(10.0)

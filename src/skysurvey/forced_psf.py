@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .forced import MASKED, NEAR_EDGE, SATURATED, circle_overlap
+from .forced import BLENDED, MASKED, NEAR_EDGE, SATURATED, circle_overlap
 from .measurement import Pixels
 
 __all__ = [
@@ -146,6 +146,9 @@ class PsfFitSettings:
     stars_y: np.ndarray | None = None
 
 
+#: Flag BLENDED where the joint fit multiplies an object's variance by at least this much
+#: (two PSFs less than ~1 FWHM apart: |correlation| >= 0.7).
+BLEND_INFLATE = 2.0
 #: PSF stars measured with SNR >= CALIB_SNR give the image's PSF-to-aperture scale: the median
 #: of their aperture flux over their PSF flux (at least CALIB_MIN stars; kept within
 #: CALIB_RANGE, else 1). The model's own fraction within the aperture leaves PSF fluxes
@@ -309,7 +312,8 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
     bad = ~np.isfinite(values)
     if pixels.mask is not None:
         bad |= np.asarray(pixels.mask, bool).ravel()[flat]
-    noise = np.asarray(rms, float).ravel()[flat] if np.ndim(rms) == 2 else float(rms)
+    noise = (np.asarray(rms).ravel()[flat].astype(float) if np.ndim(rms) == 2
+             else float(rms))
     use = inside & fitted[flat] & ~bad & (noise > 0) & np.isfinite(noise)
     w = np.where(use, 1.0 / np.where(use, noise, 1.0) ** 2, 0.0)
     data = np.where(use, values, 0.0)
@@ -371,6 +375,7 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
     if saturated is not None:
         f |= np.where((own & inside & np.asarray(saturated, bool).ravel()[flat]).any(axis=1),
                       SATURATED, 0)
+    f |= np.where(inflate >= BLEND_INFLATE, BLENDED, 0)
     flags[idx] = f
     return flux, err, sky, flags
 
