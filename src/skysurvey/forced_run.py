@@ -694,7 +694,8 @@ def summarize_forced(catalog_uri: str) -> VariabilitySummary:
     start = time.perf_counter()
     store = open_store(catalog_uri)
     summary = VariabilitySummary()
-    objects = dataset(catalog_uri, "objects").to_table(columns=["object_id", "hpx5"])
+    objects = dataset(catalog_uri, "objects").to_table(columns=["object_id", "hpx5", "ra",
+                                                                "dec"])
     forced = dataset(catalog_uri, "forced_photometry").to_table(columns=FORCED_COLUMNS)
     records = dataset(catalog_uri, "images").to_table(columns=["image_id", "aperture_radius"])
     forced = forced.filter(pc.is_in(forced["image_id"],
@@ -724,11 +725,15 @@ def summarize_forced(catalog_uri: str) -> VariabilitySummary:
     where = _codes(records["image_id"], images)
     radius[where[where >= 0]] = records["aperture_radius"].to_numpy(
         zero_copy_only=False).astype(float)[where >= 0]
-    cols = lightcurves.summarize(
-        ids, row_obj, row_band, row_image, detected, num("flux"), num("flux_err"), num("snr"),
+    rows = lightcurves.ForcedRows(
+        row_obj, row_band, row_image, detected, num("flux"), num("flux_err"), num("snr"),
         num("mag"), num("mag_limit"),
-        forced["flags"].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
-        image_x=radius)
+        forced["flags"].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64))
+    pairs = lightcurves.close_pairs(
+        objects["ra"].to_numpy(zero_copy_only=False).astype(float),
+        objects["dec"].to_numpy(zero_copy_only=False).astype(float))
+    cols = lightcurves.summarize(ids, rows, lightcurves.SummaryOptions(image_x=radius,
+                                                                        pairs=pairs))
     schema = lightcurves.OBJECT_VARIABILITY_SCHEMA
     written = set()
     for part in np.unique(hpx5):
