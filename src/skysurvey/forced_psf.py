@@ -322,7 +322,9 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
     rhs = np.sum(wp * data, axis=1)
     wsum = np.sum(wp, axis=1)  # response to a constant background offset
     # pairs whose stamps overlap: the off-diagonal terms
-    pi, pj = _pairs(ix, iy, 2 * h)
+    # (a stamp meets the other's fitted pixels within h + fit radius; two wings meeting on a
+    # third object's pixels, up to 2h apart, couple them by less than 1e-3: left out)
+    pi, pj = _pairs(ix, iy, h + math.ceil(radius))
     coupling = np.zeros(pi.size)
     uu, vv = np.meshgrid(off, off)  # stamp offsets (x, y) of stamp i's pixels
     uu, vv = uu.ravel(), vv.ravel()
