@@ -14,8 +14,9 @@ no SEP):
   another (:func:`calibrate_fluxes`). The forced step measures with the image's own PSF model
   (:mod:`skysurvey.forced_psf`: every object's amplitude at its fixed position, objects whose
   fit pixels overlap solved jointly by linear least squares, so a neighbour's light does not
-  leak into a star's flux as the seeing changes). A PSF amplitude is put on the aperture's scale (times the model's fraction within the aperture radius), then
-  both go through the image's aperture correction: forced fluxes are on ``flux_apcorr``'s
+  leak into a star's flux as the seeing changes). A PSF amplitude is put on the aperture's
+  scale (times the model's fraction within the aperture radius), then both go through the
+  image's aperture correction: forced fluxes are on ``flux_apcorr``'s
   total-flux scale, as the detections are. Without a model (too few PSF stars) the circular
   aperture flux (:func:`aperture_flux`, exact pixel/circle overlap) is used and flagged
   :data:`APERTURE_FLUX`. The background (subtracted by the caller) is the forced step's

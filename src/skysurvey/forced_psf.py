@@ -68,7 +68,7 @@ def _paint(shape, x, y, radius, values) -> np.ndarray:
     """An int32 image holding *values[i]* within *radius* of (x[i], y[i]) (0 elsewhere)."""
     out = np.zeros(shape, np.int32)
     ny, nx = shape
-    r = int(math.ceil(radius))
+    r = math.ceil(radius)
     off = np.arange(-r, r + 1)
     oy, ox = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
     keep = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
@@ -272,10 +272,9 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
         Amplitude times the model's fraction within the aperture radius (the aperture's
         scale), its error, and the error from the background alone.
     flags : ndarray of int32
-        :data:`MASKED`, :data:`NEAR_EDGE`, :data:`SATURATED` within the fit radius.
+        :data:`MASKED`, :data:`NEAR_EDGE`, :data:`SATURATED` within the fit radius,
+        :data:`BLENDED`.
     """
-    from .psfmodel import render
-
     grid = settings.grid
     x, y = np.asarray(x, float), np.asarray(y, float)
     n_all = x.size
@@ -292,6 +291,39 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
         idx = np.flatnonzero((x > -h - 1) & (x < nx + h) & (y > -h - 1) & (y < ny + h))
     if idx.size == 0:
         return flux, err, sky, flags
+    # objects with no other object within reach are fitted on small stamps (their own fit
+    # pixels), the others on stamps of STAMP_HALF_FWHM with their groups
+    ix0, iy0 = np.rint(x[idx]).astype(np.int64), np.rint(y[idx]).astype(np.int64)
+    pi, pj = _pairs(ix0, iy0, h + math.ceil(radius))
+    crowded = np.zeros(idx.size, bool)
+    crowded[pi] = crowded[pj] = True
+    amp, var, var_bkg = np.full(idx.size, np.nan), np.full(idx.size, np.nan), np.full(
+        idx.size, np.nan)
+    f, alone = np.zeros(idx.size, np.int32), np.zeros(idx.size, bool)
+    for sel, half in ((~crowded, min(h, math.ceil(radius) + 1)), (crowded, h)):
+        if sel.any():
+            amp[sel], var[sel], var_bkg[sel], f[sel], alone[sel] = _fit_subset(
+                pixels, x[idx][sel], y[idx][sel], half, settings, saturated)
+    # the model's fraction within the aperture radius: amplitudes to the aperture's scale
+    frac = aperture_fractions(grid, x[idx], y[idx], settings.aperture_radius)
+    frac = frac * _aperture_scale(pixels, x[idx], y[idx], amp * frac,
+                                  np.sqrt(var) * frac, alone, settings)
+    flux[idx], err[idx], sky[idx] = amp * frac, np.sqrt(var) * frac, np.sqrt(var_bkg) * frac
+    flags[idx] = f
+    return flux, err, sky, flags
+
+
+def _fit_subset(pixels, x, y, h, settings, saturated):
+    """:func:`psf_fit` of objects (x, y) on stamps of half-size *h*: amplitudes, variance,
+    its background share, flags, and whether each was fitted alone."""
+    from .psfmodel import render
+
+    grid = settings.grid
+    sub = np.asarray(pixels.sub)
+    shape = sub.shape
+    ny, nx = shape
+    radius = max(FIT_RADIUS_FWHM * float(settings.fwhm), MIN_FIT_RADIUS)
+    idx = np.arange(x.size)
     s = 2 * h + 1
     ix, iy, psf = render(grid, x[idx], y[idx], h)
     n = idx.size
@@ -366,29 +398,23 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
         var_own = inflate * extra_own / diag**2
     model_noise = MODEL_NOISE / math.sqrt(max(grid.n_stars, 1))
     var = var_sky + var_own + (model_noise * np.maximum(amp, 0.0)) ** 2
-    var_bkg = var_sky
-    # the model's fraction within the aperture radius: amplitudes to the aperture's scale
-    frac = aperture_fractions(grid, x[idx], y[idx], settings.aperture_radius)
-    frac = frac * _aperture_scale(pixels, x[idx], y[idx], amp * frac,
-                                  np.sqrt(var) * frac, label, settings)
-    flux[idx], err[idx], sky[idx] = amp * frac, np.sqrt(var) * frac, np.sqrt(var_bkg) * frac
     f = np.where((own & ~inside).any(axis=1), NEAR_EDGE, 0)
     f |= np.where((own & inside & bad).any(axis=1), MASKED, 0)
     if saturated is not None:
         f |= np.where((own & inside & np.asarray(saturated, bool).ravel()[flat]).any(axis=1),
                       SATURATED, 0)
     f |= np.where(inflate >= BLEND_INFLATE, BLENDED, 0)
-    flags[idx] = f
-    return flux, err, sky, flags
+    alone = np.bincount(label, minlength=label.size)[label] == 1
+    return amp, var, var_sky, f, alone
 
 
-def _aperture_scale(pixels, x, y, flux, err, label, settings) -> float:
+
+def _aperture_scale(pixels, x, y, flux, err, alone, settings) -> float:
     """Median aperture / PSF flux of the PSF stars measured alone (:data:`CALIB_SNR`)."""
     from .forced import aperture_flux
 
     if settings.stars_x is None or not np.size(settings.stars_x):
         return 1.0
-    alone = np.bincount(label, minlength=label.size)[label] == 1
     with np.errstate(invalid="ignore", divide="ignore"):
         good = alone & np.isfinite(flux) & (flux / err >= CALIB_SNR)
     cand = np.flatnonzero(good)
@@ -440,11 +466,11 @@ MAX_PSF_STARS = 50
 
 
 def psf_stars(sources: dict, fwhm: float | None, obj_x=None, obj_y=None) -> PsfStars | None:
-    """The image's PSF star candidates among its detections (``sources`` columns
-    ``x, y, flux, flux_apcorr, snr, class_star, flags, fwhm`` as arrays): point-like (class_star >= PSF_STAR_CLASS), unflagged,
-    SNR >= PSF_STAR_SNR, no other detection or object (*obj_x*, *obj_y*, pixels) within
-    ISOLATION_FWHM FWHM; the brightest MAX_PSF_STARS. *fwhm*: the image's ``fwhm_median``
-    (None: the candidates' median FWHM). None without detections.
+    """The image's PSF star candidates among its detections (``sources`` columns ``x, y,
+    flux, flux_apcorr, snr, class_star, flags, fwhm`` as arrays): point-like (class_star >=
+    PSF_STAR_CLASS), unflagged, SNR >= PSF_STAR_SNR, no other detection or object (*obj_x*,
+    *obj_y*, pixels) within ISOLATION_FWHM FWHM; the brightest MAX_PSF_STARS. *fwhm*: the
+    image's ``fwhm_median`` (None: the candidates' median FWHM). None without detections.
 
     Parameters
     ----------

@@ -17,12 +17,12 @@ import pyarrow as pa
 
 __all__ = [
     "DEEP_MARGIN_MAG",
-    "ForcedRows",
-    "PAIR_ARCSEC",
-    "SummaryOptions",
     "OBJECT_VARIABILITY_SCHEMA",
+    "PAIR_ARCSEC",
     "QUIET_SNR",
     "TRANSIENT_SNR",
+    "ForcedRows",
+    "SummaryOptions",
     "chi2_constant",
     "chi2_detrended",
     "chi2_sigma",
