@@ -203,6 +203,10 @@ def transient_candidate(object_id, detected, snr, mag, mag_limit, ids=None, *,
 #: saturated pixels, masked pixels in the aperture, aperture truncated by the edge
 #: (forced.SATURATED | forced.MASKED | forced.NEAR_EDGE).
 UNTRUSTED_FLAGS = 256 | 512 | 1024
+#: Rows that never show "no flux" for the transient rule: fitted jointly with an object so
+#: close that the two fluxes trade (forced.BLENDED): a star split into two objects 0.4" apart
+#: measures near zero on one of them in some images.
+NOT_QUIET_FLAGS = 2097152
 #: A fractional systematic error added in quadrature to every forced flux (flat-field, PSF
 #: and aperture-correction errors the per-point errors do not hold).
 SYSTEMATIC_FLOOR = 0.01
@@ -464,6 +468,32 @@ def _leak_plan(keys, chi2, dof, pairs, n_bands):
     return np.asarray(follower, np.int64), np.asarray(leader, np.int64)
 
 
+#: A deep image without a detection whose forced magnitude is at least this much fainter than
+#: the brightest detection shows "no flux" in any seeing (the faded rule's seeing condition
+#: guards against a bright star's wing, which never fades by 10x): a transient on a faint host
+#: measured in better seeing than its detection.
+FADED_ANY_SEEING_MAG = 2.5
+
+
+def _seeing_rows(image_x, image, key, keys, det, detected_snr):
+    """Per row, the seeing :func:`transient_candidate` compares (image_x of the row's
+    image); +inf where the row is :data:`FADED_ANY_SEEING_MAG` fainter than its key's
+    brightest detection. None without image_x."""
+    if image_x is None or not image.size:
+        return None
+    detected, snr, mag = det
+    seeing = np.asarray(image_x, float)[image]
+    _, pos = _index(key, keys)
+    with np.errstate(invalid="ignore"):
+        strong = (pos >= 0) & detected & (snr >= detected_snr) & np.isfinite(mag)
+    brightest = np.full(keys.size, np.inf)
+    np.minimum.at(brightest, pos[strong], mag[strong])
+    with np.errstate(invalid="ignore"):
+        far = (pos >= 0) & ~detected & (mag >= brightest[np.maximum(pos, 0)]
+                                        + FADED_ANY_SEEING_MAG)
+    return np.where(far, np.inf, seeing)
+
+
 def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
               ) -> dict[str, np.ndarray]:
     """The ``object_variability`` columns of objects *ids* from their forced rows.
@@ -556,12 +586,16 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
             first = np.r_[0, np.flatnonzero(np.diff(im)) + 1]
             zp[im[first]] = z[first]  # one value per image (mag = zp - 2.5 log10 flux)
         cal_mag = zp[image] - 2.5 * np.log10(np.where(f > 0, f, np.nan)) if image.size else mag
-    quiet_snr_used = np.where(good | detected, cal_snr, np.inf)  # untrusted: never "no flux"
+    # untrusted rows, and rows whose flux trades with a neighbour's closer than ~1 FWHM
+    # (forced.BLENDED), are never "no flux"
+    quiet_ok = good & ((np.asarray(flags, np.int64) & NOT_QUIET_FLAGS) == 0)
+    quiet_snr_used = np.where(quiet_ok | detected, cal_snr, np.inf)
     # per band: a red object detected in r is not "quiet" in a g image as deep as its r mag
     key_cand, key_quiet = transient_candidate(
         key, detected, quiet_snr_used, cal_mag, mag_limit, keys, detected_snr=detected_snr,
         margin=margin, quiet_snr=quiet_snr, faded_mag=faded_mag, quiet_fraction=quiet_fraction,
-        seeing=None if image_x is None or not image.size else np.asarray(image_x, float)[image])
+        seeing=_seeing_rows(image_x, image, key, keys, (detected, cal_snr, cal_mag),
+                            detected_snr))
     candidate = np.bincount(key_obj, key_cand, minlength=ids.size) > 0
     n_deep_quiet = np.bincount(key_obj, key_quiet, minlength=ids.size).astype(np.int32)
     strong = (idx >= 0) & detected
