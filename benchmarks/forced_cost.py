@@ -69,16 +69,15 @@ def objects_for(catalog: Path, record: dict, n_objects: int, seed: int = 2):
 def stages(raw_bytes, record, store, ra, dec) -> dict:
     """The forced step's parts, each alone (inputs prepared once): reading the FITS and the
     WCS; the background with the objects masked; the PSF model; the joint fit."""
-    from skysurvey.forced import ImagePhotometry
+    from skysurvey.forced import ImagePhotometry, background_subtracted
     from skysurvey.forced_psf import PsfFitSettings, psf_fit, psf_model
-    from skysurvey.forced_run import _background_subtracted
     from skysurvey.measurement import Pixels
 
     image = read_fits(raw_bytes, name="x")
     wcs, _ = celestial_wcs(image.header)
     x, y = icrs_to_pixel(wcs, ra, dec)
     phot = ImagePhotometry.from_row(record)
-    sub, rms, mask, _, level = _background_subtracted(image, x, y, phot.aperture_radius)
+    sub, rms, mask, _, level = background_subtracted(image, x, y, phot.aperture_radius)
     pixels = Pixels(sub, rms, mask=mask, gain=phot.gain)
     stars = read_psf_stars(store, record, x, y)
     grid = psf_model(pixels, stars)
@@ -91,8 +90,8 @@ def stages(raw_bytes, record, store, ra, dec) -> dict:
 
     return {
         "read FITS, positions through the WCS": read,
-        "background (objects masked)": lambda: _background_subtracted(image, x, y,
-                                                                      phot.aperture_radius),
+        "background (objects masked)": lambda: background_subtracted(image, x, y,
+                                                                     phot.aperture_radius),
         "PSF stars and model": lambda: psf_model(pixels, read_psf_stars(store, record, x, y)),
         "joint PSF fit of all objects": lambda: psf_fit(pixels, x, y, settings),
     }

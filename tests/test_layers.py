@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                            "psfphot")),
     ("orchestration", ("pipeline", "catalog", "runner", "lambda_backend", "upload")),
     ("catalog products", ("objects", "queries", "athena", "export", "hats_export", "forced_run",
-                          "lightcurves", "handler")),
+                          "forced_summary", "lightcurves", "handler")),
     ("presentation", ("plots", "report", "cost", "synth_survey")),
     ("deployment", ("aws_resources", "aws_setup", "cfn_template", "aws_check", "cli", "steps")),
 )

@@ -310,8 +310,8 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
                 pixels, x[idx][sel], y[idx][sel], half, settings, saturated)
     # the model's fraction within the aperture radius: amplitudes to the aperture's scale
     frac = aperture_fractions(grid, x[idx], y[idx], settings.aperture_radius)
-    frac = frac * _aperture_scale(pixels, x[idx], y[idx], amp * frac,
-                                  np.sqrt(var) * frac, alone, settings)
+    frac = frac * _aperture_scale(pixels, x[idx], y[idx],
+                                  (amp * frac, np.sqrt(var) * frac, alone), settings)
     flux[idx], err[idx], sky[idx] = amp * frac, np.sqrt(var) * frac, np.sqrt(var_bkg) * frac
     flags[idx] = f
     return flux, err, sky, flags
@@ -413,9 +413,12 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
 
 
 
-def _aperture_scale(pixels, x, y, flux, err, alone, settings) -> float:
-    """Median aperture / PSF flux of the PSF stars measured alone (:data:`CALIB_SNR`)."""
+def _aperture_scale(pixels, x, y, fit, settings) -> float:
+    """Median aperture / PSF flux of the PSF stars measured alone (:data:`CALIB_SNR`);
+    *fit* is ``(flux, flux_err, alone)`` per object."""
     from .forced import aperture_flux
+
+    flux, err, alone = fit
 
     if settings.stars_x is None or not np.size(settings.stars_x):
         return 1.0
@@ -443,7 +446,22 @@ def _aperture_scale(pixels, x, y, flux, err, alone, settings) -> float:
 def aperture_fractions(grid, x, y, radius: float) -> np.ndarray:
     """The model's flux within a circle of *radius* pixels centred on each object (exact
     pixel overlap, as ``flux_aper``): linear in the model's polynomial terms, so one sum per
-    basis image (a sub-pixel shift moves the circle with the star: the same fraction)."""
+    basis image (a sub-pixel shift moves the circle with the star: the same fraction).
+
+    Parameters
+    ----------
+    grid : PsfGrid
+        The image's PSF model (native sampling).
+    x, y : array_like
+        Image positions, pixels (they set the polynomial terms).
+    radius : float
+        Aperture radius, pixels.
+
+    Returns
+    -------
+    ndarray
+        The fraction of the model's (unit) sum within the aperture, per position.
+    """
     from .psfmodel import poly_terms
 
     h = grid.half
@@ -455,7 +473,18 @@ def aperture_fractions(grid, x, y, radius: float) -> np.ndarray:
 
 
 def psf_measure(settings: PsfFitSettings) -> Callable:
-    """A ``ForcedOptions.measure`` that fits the PSF model (:func:`psf_fit`)."""
+    """A ``ForcedOptions.measure`` that fits the PSF model (:func:`psf_fit`).
+
+    Parameters
+    ----------
+    settings : PsfFitSettings
+        The model and the fit's settings.
+
+    Returns
+    -------
+    callable
+        ``measure(pixels, x, y, saturated=None) -> (flux, flux_err, sky_err, flags)``.
+    """
     def measure(pixels, x, y, saturated=None):
         return psf_fit(pixels, x, y, settings, saturated)
     return measure

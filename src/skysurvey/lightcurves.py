@@ -397,7 +397,20 @@ PAIR_ARCSEC = 2.0
 
 def close_pairs(ra, dec, radius_arcsec: float = PAIR_ARCSEC) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs ``(i, j)``, ``i != j`` both ways, of positions closer than *radius_arcsec*
-    (numpy: sorted by dec, each against those within the radius in dec)."""
+    (numpy: sorted by dec, each against those within the radius in dec).
+
+    Parameters
+    ----------
+    ra, dec : array_like
+        Positions, degrees (non-finite ones are left out).
+    radius_arcsec : float
+        Pair separation limit.
+
+    Returns
+    -------
+    i, j : ndarray of int
+        The pairs, each one listed both ways.
+    """
     ra, dec = np.asarray(ra, float), np.asarray(dec, float)
     ok = np.flatnonzero(np.isfinite(ra) & np.isfinite(dec))
     r = radius_arcsec / 3600.0
@@ -424,8 +437,25 @@ def neighbour_leak(key, flux, err, image, chi2, plan) -> tuple[np.ndarray, np.nd
     of 100 bright constant stars). *plan* is ``(keys, follower, leader, x_row, dof)``: for
     each (follower key, leader key) of one band, the follower's fluxes are fitted by
     ``a + b x + c leader_flux`` on the images both have (``x``: :class:`SummaryOptions`'
-    image_x per row, or None) instead of ``a + b x``. Returns the new ``(chi2, dof)`` of the
-    keys (unchanged where the fit does not lower the chi-square).
+    image_x per row, or None) instead of ``a + b x``.
+
+    Parameters
+    ----------
+    key : ndarray of int
+        Per row, the (object, band) key.
+    flux, err : ndarray
+        Per row, calibrated flux (NaN: left out) and its error.
+    image : ndarray of int
+        Per row, the image code.
+    chi2 : ndarray
+        Per key of ``plan[0]``, the chi-square so far.
+    plan : tuple
+        ``(keys, follower, leader, x_row, dof)`` (:func:`_leak_plan`).
+
+    Returns
+    -------
+    chi2, dof : ndarray
+        Per key, unchanged where the fit does not lower the chi-square.
     """
     keys, follower, leader, x_row, dof = plan
     chi2, dof = chi2.copy(), dof.copy()
