@@ -92,13 +92,33 @@ def n_covering(object_id, ids=None) -> np.ndarray:
         ``forced_photometry.object_id``, one per row.
     ids : array_like of int, optional
         The objects to report (default: the sorted unique ``object_id``).
+
+    Returns
+    -------
+    ndarray of int32
+        One per object of *ids*.
     """
     ids, idx = _index(object_id, ids)
     return np.bincount(idx[idx >= 0], minlength=ids.size).astype(np.int32)
 
 
 def n_forced_nondetections(object_id, detected, ids=None) -> np.ndarray:
-    """Covering images on which the object was not detected (no associated source)."""
+    """Covering images on which the object was not detected (no associated source).
+
+    Parameters
+    ----------
+    object_id : array_like of int
+        ``forced_photometry.object_id``, one per row.
+    detected : array_like of bool
+        Per row, a source of that image is associated with the object.
+    ids : array_like of int, optional
+        The objects to report (default: the sorted unique ``object_id``).
+
+    Returns
+    -------
+    ndarray of int32
+        One per object of *ids*.
+    """
     ids, idx = _index(object_id, ids)
     miss = (idx >= 0) & ~np.asarray(detected, bool)
     return np.bincount(idx[miss], minlength=ids.size).astype(np.int32)
@@ -109,6 +129,17 @@ def chi2_constant(object_id, flux, flux_err, ids=None, *, floor: float = 0.0):
 
     Rows with a non-finite flux or a non-positive error are left out. *floor* adds a
     fractional systematic error (``floor * |mean flux|``) in quadrature.
+
+    Parameters
+    ----------
+    object_id : array_like of int
+        Per row, the object (or any key).
+    flux, flux_err : array_like
+        Per row, flux and error.
+    ids : array_like of int, optional
+        The keys to report (default: the sorted unique *object_id*).
+    floor : float
+        Fractional systematic error.
 
     Returns
     -------
@@ -233,7 +264,18 @@ _SUMMARY_COLUMNS = ("n_covering", "n_forced_nondetections", "forced_chi2", "forc
 
 def chi2_sigma(chi2, dof) -> np.ndarray:
     """How many Gaussian sigma *chi2* lies above a chi-square of *dof* degrees of freedom
-    (Wilson-Hilferty cube-root approximation; NaN where dof < 1)."""
+    (Wilson-Hilferty cube-root approximation; NaN where dof < 1).
+
+    Parameters
+    ----------
+    chi2, dof : array_like
+        Chi-squares and their degrees of freedom.
+
+    Returns
+    -------
+    ndarray
+        Gaussian sigma.
+    """
     chi2, dof = np.asarray(chi2, float), np.asarray(dof, float)
     with np.errstate(invalid="ignore", divide="ignore"):
         k = np.where(dof >= 1, dof, np.nan)
@@ -261,6 +303,24 @@ def image_calibration(row_image, row_key, flux, flux_err, good, n_images, *,
     by weighted least squares with a 2% spread and *clip*-sigma clipping (variables drop
     out), twice with means of corrected fluxes. Images with fewer than *min_objects* good
     rows get ``(1, 0)``. Corrected flux: ``(flux - offset) / scale``.
+
+    Parameters
+    ----------
+    row_image, row_key : array_like of int
+        Per row, the image code and the (object, band) key.
+    flux, flux_err : array_like
+        Per row, forced flux and error.
+    good : array_like of bool
+        Per row, usable for the calibration.
+    n_images : int
+        Number of image codes.
+    min_objects, n_iter, clip : int, int, float
+        Fewest good rows per image, clipping iterations and threshold (sigma).
+
+    Returns
+    -------
+    scale, offset : ndarray
+        Per image code.
     """
     keys, inv = np.unique(row_key, return_inverse=True)
     flux, err = np.asarray(flux, float), np.asarray(flux_err, float)
@@ -305,6 +365,26 @@ def chi2_detrended(key, flux, flux_err, x, keys, *, floor: float = 0.0,
 
     Returns ``(chi2, dof, mean)`` like :func:`chi2_constant` (dof = points - 2 where a line
     was fitted).
+
+    Parameters
+    ----------
+    key : array_like of int
+        Per row, the (object, band) key.
+    flux, flux_err : array_like
+        Per row, flux and error.
+    x : array_like
+        Per row, the quantity the flux may follow (the image's aperture radius).
+    keys : array_like of int
+        The keys to report.
+    floor : float
+        Fractional systematic error.
+    min_points : int
+        Fewest points for a line.
+
+    Returns
+    -------
+    chi2, dof, mean : ndarray
+        Per key of *keys*.
     """
     ids, idx = _index(key, keys)
     flux, err, x = (np.asarray(v, float) for v in (flux, flux_err, x))
