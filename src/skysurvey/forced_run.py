@@ -395,7 +395,12 @@ def _image_psf_stars(catalog, record: dict, image, ra, dec) -> PsfStars | None:
     if wcs is None:
         return None
     ox, oy = icrs_to_pixel(wcs, ra, dec)
-    return read_psf_stars(catalog, record, ox, oy)
+    try:
+        return read_psf_stars(catalog, record, ox, oy)
+    except (KeyError, ValueError, pa.ArrowException) as exc:  # a sources file of an older
+        # pipeline_version without class_star...: the aperture (flagged), not a failed image
+        log.warning("%s: no PSF stars (%s): aperture fluxes", record.get("image_id"), exc)
+        return None
 
 
 def handle_forced_event(event: dict) -> dict:
