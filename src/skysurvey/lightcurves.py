@@ -535,7 +535,7 @@ def neighbour_leak(key, flux, err, image, chi2, plan) -> tuple[np.ndarray, np.nd
     Returns
     -------
     chi2, dof : ndarray
-        Per key, unchanged where the fit does not lower the chi-square.
+        Per key, unchanged where the fit does not lower the excess (:func:`chi2_sigma`).
     """
     keys, follower, leader, x_row, dof = plan
     chi2, dof = chi2.copy(), dof.copy()
@@ -556,8 +556,9 @@ def neighbour_leak(key, flux, err, image, chi2, plan) -> tuple[np.ndarray, np.nd
         target = flux[rf] / err[rf]
         coef, *_ = np.linalg.lstsq(design, target, rcond=None)
         new = float(np.sum((target - design @ coef) ** 2))
-        if new < chi2[fk]:
-            chi2[fk], dof[fk] = new, max(a.size - design.shape[1], 0)
+        new_dof = max(a.size - design.shape[1], 0)
+        if new_dof >= 1 and chi2_sigma(new, new_dof) < chi2_sigma(chi2[fk], dof[fk]):
+            chi2[fk], dof[fk] = new, new_dof  # less significant: fewer points may not be
     return chi2, dof
 
 
@@ -661,20 +662,20 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
     else:
         chi2, dof, _ = chi2_detrended(key, f_ok, e, np.asarray(image_x, float)[image], keys,
                                       floor=floor)
+    key_band = keys % n_bands
+    key_obj = keys // n_bands
+    red = np.where(dof > 0, chi2 / np.maximum(dof, 1), np.nan)
+    band_scale = np.ones(n_bands)  # before the leak test, which lowers some chi-squares
+    for b in range(n_bands):
+        values = red[(key_band == b) & (dof >= MIN_VARIABLE_DOF) & np.isfinite(red)]
+        if values.size >= 20:
+            band_scale[b] = max(1.0, float(np.median(values)))
     if o.pairs is not None and len(o.pairs[0]) and keys.size:
         follower, leader = _leak_plan(keys, chi2, dof, o.pairs, n_bands)
         x_row = None if image_x is None or not image.size else np.asarray(image_x, float)[image]
         e_floor = np.sqrt(e**2 + (floor * np.abs(f)) ** 2)
         chi2, dof = neighbour_leak(key, f_ok, e_floor, image, chi2,
                                    (keys, follower, leader, x_row, dof))
-    key_band = keys % n_bands
-    key_obj = keys // n_bands
-    red = np.where(dof > 0, chi2 / np.maximum(dof, 1), np.nan)
-    band_scale = np.ones(n_bands)
-    for b in range(n_bands):
-        values = red[(key_band == b) & (dof >= MIN_VARIABLE_DOF) & np.isfinite(red)]
-        if values.size >= 20:
-            band_scale[b] = max(1.0, float(np.median(values)))
     chi2 = np.where(np.isfinite(chi2), chi2, 0.0) / band_scale[key_band]
     tot_chi2 = np.bincount(key_obj, chi2, minlength=ids.size)
     tot_dof = np.bincount(key_obj, dof, minlength=ids.size).astype(np.int32)
