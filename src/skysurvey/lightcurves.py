@@ -605,6 +605,35 @@ def _seeing_rows(image_x, image, key, keys, det, detected_snr):
     return np.where(far, np.inf, seeing)
 
 
+#: Of all the deep images of a candidate (detected there or not), at least this fraction must
+#: show no flux or a detection FADED_MAG fainter than the brightest (a host): a star detected
+#: on 6 of 7 deep images and measured at SNR 2 on the seventh (a bright neighbour's wing in
+#: poor seeing) is not a transient; a one-night transient is quiet on all nights but its own.
+QUIET_FRACTION_ALL = 0.5
+
+
+def _deep_images(key, keys, det, limit, rule):
+    """Per key, the covering images whose limit reaches its brightest detection + margin,
+    and those of them with a detection at least *faded_mag* fainter than the brightest (a
+    transient's host); *det*: ``(detected, snr, mag)`` per row, *rule*: ``(detected_snr,
+    margin, faded_mag)``."""
+    detected, snr, mag = det
+    detected_snr, margin, faded_mag = rule
+    _, pos = _index(key, keys)
+    limit = np.asarray(limit, float)
+    with np.errstate(invalid="ignore"):
+        strong = (pos >= 0) & detected & (snr >= detected_snr) & np.isfinite(mag)
+    brightest = np.full(keys.size, np.inf)
+    np.minimum.at(brightest, pos[strong], mag[strong])
+    top = brightest[np.maximum(pos, 0)]
+    with np.errstate(invalid="ignore"):
+        deep = (pos >= 0) & np.isfinite(limit) & (limit >= top + margin)
+        faded = deep & detected & (mag >= top + (faded_mag if faded_mag is not None
+                                                 else np.inf))
+    return (np.bincount(pos[deep], minlength=keys.size),
+            np.bincount(pos[faded], minlength=keys.size))
+
+
 def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
               ) -> dict[str, np.ndarray]:
     """The ``object_variability`` columns of objects *ids* from their forced rows.
@@ -707,6 +736,9 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
         margin=margin, quiet_snr=quiet_snr, faded_mag=faded_mag, quiet_fraction=quiet_fraction,
         seeing=_seeing_rows(image_x, image, key, keys, (detected, cal_snr, cal_mag),
                             detected_snr))
+    n_deep, n_faded = _deep_images(key, keys, (detected, cal_snr, cal_mag), mag_limit,
+                                   (detected_snr, margin, faded_mag))
+    key_cand &= key_quiet + n_faded >= QUIET_FRACTION_ALL * n_deep
     candidate = np.bincount(key_obj, key_cand, minlength=ids.size) > 0
     n_deep_quiet = np.bincount(key_obj, key_quiet, minlength=ids.size).astype(np.int32)
     strong = (idx >= 0) & detected
