@@ -331,8 +331,8 @@ def test_variables_and_transients_against_injected_truth(lc_survey):
     followed the seeing), transients recall 0.97 (36 of 37; the miss is 0.5" from a 17.2 star)
     with 1 false candidate (0.16% of objects; a piece of a true transient 1.1" from it),
     where the build's own rules found 0.36 of the variables (0.08 with a neighbour) and
-    flagged 206 false transients (32%). Seed 22: 1.00 / 1.00, 0.85%, 0.97, 2 false (0.29%);
-    seed 5: 1.00 / 1.00, 2.0%, 1.00, 0 (data/README.md)."""
+    flagged 206 false transients (32%). Seed 22: 1.00 / 1.00, 0.85%, 0.97, 0 false; seed 5:
+    1.00 / 1.00, 2.0%, 1.00, 0 (data/README.md)."""
     raw, catalog, report = lc_survey
     assert report.variability is not None and report.variability.n_objects > 0
     s = score(str(catalog), raw)
