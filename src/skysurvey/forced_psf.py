@@ -13,6 +13,7 @@ aperture correction makes it a total flux on ``sources.flux_apcorr``'s scale.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,10 +109,15 @@ def psf_model(pixels: Pixels, stars: PsfStars):
     x, y = np.asarray(stars.x, float), np.asarray(stars.y, float)
     labels = _paint(pixels.shape, x, y, LABEL_RADIUS_FWHM * stars.fwhm,
                     np.arange(1, x.size + 1, dtype=np.int32))
+    flux = np.asarray(stars.flux, float)
     rms = pixels.rms if np.ndim(pixels.rms) == 2 else np.full(pixels.shape, float(pixels.rms))
     try:
-        grid = model_from_stars(pixels.sub, rms, pixels.mask, labels, x, y,
-                                np.asarray(stars.flux, float), use, stars.fwhm, pixels.gain)
+        if "pixels" in inspect.signature(model_from_stars).parameters:  # psfphot on Pixels
+            grid = model_from_stars(pixels.with_(segmap=labels, rms=rms), (x, y, flux), use,
+                                    stars.fwhm)
+        else:  # psfphot before it took Pixels (remove once both are merged)
+            grid = model_from_stars(pixels.sub, rms, pixels.mask, labels, x, y, flux, use,
+                                    stars.fwhm, pixels.gain)
     except (ValueError, np.linalg.LinAlgError):
         return None
     if grid is None or grid.n_stars < MIN_PSF_STARS or not np.isfinite(grid.basis).all():
