@@ -385,17 +385,22 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     # errors: background (inverse normal matrix), level offset; the light of the neighbours
     # (their photon noise and PROFILE_ERROR of their model) goes to the background's share
     # (the limit at this place), the object's own to its flux error only
-    model = np.bincount(flat[inside], (np.where(np.isfinite(amp), amp, 0.0)[:, None]
-                                       * psf)[inside], minlength=nx * ny)[flat]
-    own_light = np.where(np.isfinite(amp), amp, 0.0)[:, None] * psf
-    other_light = np.maximum(model - own_light, 0.0)
-    own_light = np.maximum(own_light, 0.0)
     gain = pixels.gain
     inv_gain = 1.0 / gain if gain and gain > 0 else 0.0
+    a_pos = np.where(np.isfinite(amp), np.maximum(amp, 0.0), 0.0)
     wp2 = wp**2
-    extra_others = np.sum(wp2 * (other_light * inv_gain
-                                 + (NEIGHBOUR_PROFILE_ERROR * other_light) ** 2), axis=1)
-    extra_own = np.sum(wp2 * (own_light * inv_gain + (PROFILE_ERROR * own_light) ** 2), axis=1)
+    wp2_psf = wp2 * np.maximum(psf, 0.0)
+    # own light a * psf: sum(wp^2 (a psf / gain + (e a psf)^2)) from two sums
+    extra_own = (a_pos * inv_gain * np.sum(wp2_psf, axis=1)
+                 + (PROFILE_ERROR * a_pos) ** 2 * np.sum(wp2_psf * psf, axis=1))
+    extra_others = np.zeros(n)
+    if pi.size:  # neighbours' light on each stamp: every model but the object's own
+        amp0 = np.where(np.isfinite(amp), amp, 0.0)
+        model = np.bincount(flat[inside], (amp0[:, None] * psf)[inside],
+                            minlength=nx * ny)[flat]
+        other_light = np.maximum(model - amp0[:, None] * psf, 0.0)
+        extra_others = np.sum(wp2 * (other_light * inv_gain
+                                     + (NEIGHBOUR_PROFILE_ERROR * other_light) ** 2), axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         var_bkg = np.where(diag > 0, 1.0 / diag, np.nan)
         level = wsum / diag
