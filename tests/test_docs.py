@@ -124,14 +124,10 @@ UNDOCUMENTED_ALLOWED = frozenset({
     "skysurvey.cost.mean_file_mb", "skysurvey.cost.measured_run",
     # errors.py
     "skysurvey.errors.one_line", "skysurvey.errors.printable",
-    # forced_run.py
-    "skysurvey.forced_run.run_forced", "skysurvey.forced_run.run_lambda",
     # lambda_backend.py
     "skysurvey.lambda_backend.redrive_report", "skysurvey.lambda_backend.run_lambda",
     # storage.py
     "skysurvey.storage.open_store",
-    # synth_survey.py
-    "skysurvey.synth_survey.write_survey",
     # upload.py
     "skysurvey.upload.find_fits", "skysurvey.upload.upload_files",
 })

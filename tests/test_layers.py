@@ -26,10 +26,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                     "prices")),
     ("per-image science", ("measurement", "profiles", "fitsread", "astrometry", "detect",
                            "deblend", "classify", "psf", "reference", "calibrate", "synth",
-                           "forced", "psfmodel", "psfphot")),
+                           "forced", "forced_psf", "psfmodel", "psfphot")),
     ("orchestration", ("pipeline", "catalog", "runner", "lambda_backend", "upload")),
     ("catalog products", ("objects", "queries", "athena", "export", "hats_export", "forced_run",
-                          "lightcurves", "handler")),
+                          "forced_summary", "lightcurves", "handler")),
     ("presentation", ("plots", "report", "cost", "synth_survey")),
     ("deployment", ("aws_resources", "aws_setup", "cfn_template", "aws_check", "cli", "steps")),
 )

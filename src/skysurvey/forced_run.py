@@ -44,9 +44,28 @@ import pyarrow.parquet as pq
 from . import __version__
 from .config import is_s3_uri
 from .errors import SkySurveyError, TransientStorageError, one_line, printable
-from .forced import HPX_ORDER, ImagePhotometry, forced_photometry, icrs_to_pixel
+from .forced import (
+    HPX_ORDER,
+    ForcedOptions,
+    ImagePhotometry,
+    background_subtracted,
+    forced_photometry,
+    icrs_to_pixel,
+    level_error,
+    object_mask,
+    sky_offset,
+)
+from .forced_psf import PsfFitSettings, PsfStars, psf_measure, psf_model, psf_stars
+from .forced_summary import (
+    VARIABILITY_FILE,
+    VARIABILITY_FOLDER,
+    VariabilitySummary,
+    summarize_forced,
+)
+from .measurement import Pixels
 from .schema import (
     FORCED_PHOTOMETRY_SCHEMA,
+    catalog_keys,
     forced_key,
     image_id_from_file_stem,
     image_id_from_name,
@@ -57,6 +76,8 @@ from .storage import open_store
 __all__ = [
     "FOLDER",
     "MANIFEST_KEY",
+    "VARIABILITY_FILE",
+    "VARIABILITY_FOLDER",
     "ForcedPlan",
     "ForcedReport",
     "ForcedTask",
@@ -71,6 +92,7 @@ __all__ = [
     "objects_in_footprint",
     "plan_forced",
     "read_image_records",
+    "read_psf_stars",
     "register_partitions",
     "run_forced",
     "run_lambda",
@@ -85,12 +107,12 @@ FOLDER = "forced_photometry/"
 MANIFEST_KEY = f"{FOLDER}_manifest.json"
 OBJECTS_BUILD_KEY = "objects/_build.json"
 #: Bump when the measurement changes: every image is measured again.
-STEP_VERSION = "1"
+STEP_VERSION = "2"  # 2: forced PSF fluxes (forced_psf.py) instead of aperture fluxes
 PARTITION_ORDER = 5  # objects/hpx5=<pixel>
 EVENT_TASK = "forced_image"
 IMAGE_FIELDS = ("image_id", "band", "night", "mjd", "footprint_hpx12", "aperture_radius",
                 "aperture_correction", "aperture_correction_err", "zero_point", "gain",
-                "saturate", "processed_at", "pipeline_version")
+                "saturate", "fwhm_median", "processed_at", "pipeline_version")
 
 
 @dataclass(frozen=True)
@@ -111,6 +133,17 @@ class ForcedTask:
 
     @classmethod
     def from_event(cls, event: dict) -> ForcedTask:
+        """The task of a Lambda event (:meth:`event`).
+
+        Parameters
+        ----------
+        event : dict
+            ``{"task": "forced_image", ...}``.
+
+        Returns
+        -------
+        ForcedTask
+        """
         return cls(str(event["raw_uri"]), str(event["key"]), str(event["catalog_uri"]),
                    dict(event["image"]), tuple(event.get("stale") or ()),
                    str(event.get("fingerprint") or ""))
@@ -138,6 +171,17 @@ def file_touches(key: str, cells: np.ndarray) -> bool:
 
     Unit files (``k<order>-<pixel>.parquet``, objects.py) hold the objects of one HEALPix
     pixel: kept when a cell lies in it. Files of another name: kept (read to be sure).
+
+    Parameters
+    ----------
+    key : str
+        An objects file's key.
+    cells : ndarray of int
+        Sorted order-12 cells.
+
+    Returns
+    -------
+    bool
     """
     match = _UNIT_FILE.match(PurePosixPath(key).name)
     if match is None:
@@ -164,6 +208,17 @@ def objects_in_footprint(store, cells) -> tuple[np.ndarray, np.ndarray, np.ndarr
     Reads only the unit files (:func:`file_touches`) of the ``objects/hpx5=P/`` partitions
     the cells fall in (an order-12 cell lies in one order-5 pixel and in one unit), columns
     ``object_id``, ``ra``, ``dec``, ``_healpix_29``.
+
+    Parameters
+    ----------
+    store : Store
+        The catalog's store.
+    cells : array_like of int
+        Order-12 cells (an image's footprint).
+
+    Returns
+    -------
+    object_id, ra, dec : ndarray
     """
     cells = np.unique(np.asarray(cells, np.int64))
     ids, ras, decs = [np.zeros(0, np.int64)], [np.zeros(0)], [np.zeros(0)]
@@ -185,92 +240,63 @@ def objects_in_footprint(store, cells) -> tuple[np.ndarray, np.ndarray, np.ndarr
 # ---- one image -------------------------------------------------------------------------------
 
 
-#: Known objects are masked out to this many aperture radii while the background is measured.
-MASK_RADII = 1.5
+SOURCE_COLUMNS = ["x", "y", "flux", "flux_apcorr", "snr", "class_star", "flags", "fwhm"]
 
 
-def object_mask(shape, x, y, radius) -> np.ndarray:
-    """True within *radius* pixels of any position (x, y) (numpy; positions off the image
-    and NaN are ignored)."""
-    mask = np.zeros(shape, bool)
-    ny, nx = shape
-    r = int(np.ceil(radius))
-    off = np.arange(-r, r + 1)
-    oy, ox = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
-    keep = np.isfinite(x) & np.isfinite(y)
-    cx, cy = np.rint(np.asarray(x)[keep]).astype(np.int64), np.rint(np.asarray(y)[keep]).astype(
-        np.int64)
-    px, py = cx[:, None] + ox, cy[:, None] + oy
-    near = (np.hypot(px - np.asarray(x)[keep, None], py - np.asarray(y)[keep, None]) <= radius)
-    near &= (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-    mask[py[near], px[near]] = True
-    return mask
+def read_psf_stars(catalog, image: dict, obj_x=None, obj_y=None) -> PsfStars | None:
+    """:func:`~skysurvey.forced_psf.psf_stars` of an image from its ``sources`` file.
 
+    Parameters
+    ----------
+    catalog : Store
+        The catalog's store (:func:`skysurvey.storage.open_store`).
+    image : dict
+        The image's ``images`` record (image_id, band, night, fwhm_median).
+    obj_x, obj_y : ndarray, optional
+        The objects' positions on the image (isolation of the PSF stars).
 
-def _background_subtracted(image, x, y, radius):
-    """Background-subtracted image, its noise map, the bad-pixel mask and saturated pixels.
-
-    The background is detection's (SEP's meshes, detect.py's mesh size and filter), measured
-    with the known objects masked out to :data:`MASK_RADII` aperture radii: the objects' wings
-    otherwise raise the sky level (measured: -0.5 sigma on blank apertures, fluxes 1-3% low on
-    a field of stars 32 px apart).
+    Returns
+    -------
+    PsfStars or None
+        None when the sources file is missing or empty.
     """
-    from .detect import SATURATE_KEYS, DetectionConfig, _background, _first, _saturated
-
-    saturate, _ = _first(image.header, SATURATE_KEYS)
-    sat = _saturated(image.data, saturate)
-    mask = image.mask
-    sources = object_mask(image.data.shape, x, y, MASK_RADII * radius)
-    bad = sources if mask is None else (sources | mask)
-    if bad.mean() > 0.4:  # crowded: SEP meshes need most of their pixels
-        bad = mask
-    if sat is not None:
-        bad = sat if bad is None else (bad | sat)
-    bkg = _background(image.data, bad, DetectionConfig())
-    sub = image.data.astype(np.float32) - bkg.back()
-    sub -= sky_offset(sub, bad)
-    # detect._background's mesh rule, for the level's error
-    mesh = DetectionConfig().back_size or int(np.clip(min(image.data.shape) // 8, 16, 64))
-    unmasked = 1.0 - (float(bad.mean()) if bad is not None else 0.0)
-    return sub, bkg.rms(), mask, sat, level_error(float(bkg.globalrms), mesh * mesh * unmasked)
+    key = catalog_keys(image["image_id"], image.get("band"), image.get("night"))["sources"]
+    data = catalog.read_bytes_or_none(key)
+    if data is None:
+        return None
+    table = pq.read_table(io.BytesIO(data), columns=SOURCE_COLUMNS)
+    cols = {c: table[c].to_numpy(zero_copy_only=False) for c in SOURCE_COLUMNS}
+    cols = {c: np.asarray(v, float) if c != "flags" else np.asarray(v, np.int64)
+            for c, v in cols.items()}
+    fwhm = image.get("fwhm_median")
+    return psf_stars(cols, float(fwhm) if fwhm else None, obj_x, obj_y)
 
 
-def level_error(rms: float, mesh_pixels: float) -> float:
-    """Per-pixel uncertainty of a SEP background level: a mode's scatter (1.25 x a mean's)
-    over one mesh's unmasked pixels. It is common to all pixels of an aperture, so it adds
-    ``(area x this)^2`` to a forced flux's variance (~10% of a faint star's in 64-px meshes)."""
-    return 1.25 * float(rms) / np.sqrt(max(float(mesh_pixels), 1.0))
-
-
-def sky_offset(sub, bad=None, *, step: int = 4, clip: float = 3.0, n_iter: int = 5) -> float:
-    """The level left in a background-subtracted image: the 3-sigma-clipped mean of every
-    *step*-th pixel not in *bad* (0 with fewer than 1,000 such pixels).
-
-    SEP's background is a mode (2.5 median - 1.5 mean), which on Poisson sky sits below the
-    mean: measured 0.10-0.27 ADU low on star-free synthetic 512² frames (sky 200 ADU, gain 2),
-    0.1-0.3 sigma of a blank aperture's flux. The mean is what makes a forced flux unbiased
-    at any position, so the forced step takes this offset out.
-    """
-    values = sub[::step, ::step]
-    keep = np.isfinite(values)
-    if bad is not None:
-        keep &= ~bad[::step, ::step]
-    values = values[keep].astype(float)
-    if values.size < 1000:
-        return 0.0
-    centre, width = float(np.median(values)), 1.4826 * float(np.median(np.abs(values - np.median(
-        values))))
-    for _ in range(n_iter):
-        inside = values[np.abs(values - centre) <= clip * max(width, 1e-30)]
-        if inside.size < 100:
-            return 0.0
-        centre, width = float(inside.mean()), float(inside.std())
-    return centre
-
-
-def measure_task(task: ForcedTask, image, ids, ra, dec) -> pa.Table:
+def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None = None
+                 ) -> pa.Table:
     """The ``forced_photometry`` rows of one read image (a :class:`FitsImage`) for objects
-    ``(ids, ra, dec)``: the covered positions only."""
+    ``(ids, ra, dec)``: the covered positions only.
+
+    With *stars* (the image's PSF star candidates, :func:`psf_stars`), every object is
+    measured with the image's PSF model (forced_psf.py); without, or when the model cannot
+    be built, with the aperture (flag ``APERTURE_FLUX``).
+
+    Parameters
+    ----------
+    task : ForcedTask
+        The image's task (its ``images`` record).
+    image : FitsImage
+        The read image.
+    ids, ra, dec : ndarray
+        The objects in its footprint.
+    stars : PsfStars, optional
+        The image's PSF star candidates.
+
+    Returns
+    -------
+    pyarrow.Table
+        ``FORCED_PHOTOMETRY_SCHEMA`` rows of the covered objects.
+    """
     from .astrometry import celestial_wcs
 
     wcs, _ = celestial_wcs(image.header)
@@ -278,9 +304,17 @@ def measure_task(task: ForcedTask, image, ids, ra, dec) -> pa.Table:
         raise ValueError("no celestial WCS in the FITS header")
     phot = ImagePhotometry.from_row(task.image)
     x, y = icrs_to_pixel(wcs, ra, dec)
-    sub, rms, mask, sat, level_err = _background_subtracted(image, x, y, phot.aperture_radius)
-    result = forced_photometry(sub, rms, wcs, ra, dec, phot, mask=mask, saturated=sat,
-                               sky_level_err=level_err)
+    sub, rms, mask, sat, level_err = background_subtracted(image, x, y, phot.aperture_radius)
+    pixels = Pixels(sub, rms, mask=mask, gain=phot.gain)
+    grid = None if stars is None else psf_model(pixels, stars)
+    if grid is None:
+        options = ForcedOptions(sky_level_err=level_err, saturated=sat, flag_aperture=True)
+    else:
+        used = np.asarray(stars.stars, bool)
+        settings = PsfFitSettings(grid, stars.fwhm, phot.aperture_radius, level_err,
+                                  stars.x[used], stars.y[used])
+        options = ForcedOptions(psf_measure(settings), level_err, sat)
+    result = forced_photometry(pixels, wcs, ra, dec, phot, options)
     keep = result["covered"]
     n = int(keep.sum())
 
@@ -307,6 +341,20 @@ def forced_image(task: ForcedTask, *, tmp_dir: str | None = None,
     Never raises for a bad image: the reply says ``status: "error"`` with one line naming the
     file and the cause (transient storage errors propagate with *raise_transient*, for
     Lambda's retry). Reply: ``{status, image_id, key, n_objects, forced_key, seconds, error}``.
+
+    Parameters
+    ----------
+    task : ForcedTask
+        The image to measure.
+    tmp_dir : str, optional
+        Where a remote FITS is downloaded.
+    raise_transient : bool
+        Re-raise transient storage errors (Lambda's retry).
+
+    Returns
+    -------
+    dict
+        The reply.
     """
     from .fitsread import read_fits
     from .pipeline import table_to_parquet_bytes
@@ -320,7 +368,8 @@ def forced_image(task: ForcedTask, *, tmp_dir: str | None = None,
         ids, ra, dec = objects_in_footprint(catalog, cells)
         with raw.local_file(task.key, tmp_dir=tmp_dir) as path:
             image = read_fits(path, name=where)
-        table = measure_task(task, image, ids, ra, dec)
+        stars = _image_psf_stars(catalog, task.image, image, ra, dec)
+        table = measure_task(task, image, ids, ra, dec, stars)
         key = forced_key(task.image["image_id"], task.image.get("band"), task.image.get("night"))
         catalog.write_bytes(key, table_to_parquet_bytes(table),
                             content_type="application/vnd.apache.parquet")
@@ -339,8 +388,34 @@ def forced_image(task: ForcedTask, *, tmp_dir: str | None = None,
     return _reply(task, "error", seconds=time.perf_counter() - start, error=error)
 
 
+def _image_psf_stars(catalog, record: dict, image, ra, dec) -> PsfStars | None:
+    from .astrometry import celestial_wcs
+
+    wcs, _ = celestial_wcs(image.header)
+    if wcs is None:
+        return None
+    ox, oy = icrs_to_pixel(wcs, ra, dec)
+    try:
+        return read_psf_stars(catalog, record, ox, oy)
+    except (KeyError, ValueError, pa.ArrowException) as exc:  # a sources file of an older
+        # pipeline_version without class_star...: the aperture (flagged), not a failed image
+        log.warning("%s: no PSF stars (%s): aperture fluxes", record.get("image_id"), exc)
+        return None
+
+
 def handle_forced_event(event: dict) -> dict:
-    """The Lambda handler's entry for ``{"task": "forced_image", ...}`` (lambda_function.py)."""
+    """The Lambda handler's entry for ``{"task": "forced_image", ...}`` (lambda_function.py).
+
+    Parameters
+    ----------
+    event : dict
+        ``{"task": "forced_image", ...}`` (:meth:`ForcedTask.event`).
+
+    Returns
+    -------
+    dict
+        :func:`forced_image`'s reply, or an error reply for a bad event.
+    """
     import os
 
     try:
@@ -362,7 +437,17 @@ def _json_ready(value):
 
 
 def read_image_records(catalog_uri: str) -> list[dict]:
-    """The ``images`` rows forced photometry needs (:data:`IMAGE_FIELDS`), JSON-ready."""
+    """The ``images`` rows forced photometry needs (:data:`IMAGE_FIELDS`), JSON-ready.
+
+    Parameters
+    ----------
+    catalog_uri : str
+        The catalog.
+
+    Returns
+    -------
+    list of dict
+    """
     from .queries import dataset
 
     rows = dataset(catalog_uri, "images").to_table(columns=list(IMAGE_FIELDS)).to_pylist()
@@ -385,7 +470,20 @@ def _objects_files(store) -> dict[str, dict]:
 
 def fingerprint(image: dict, objects_files: dict[str, dict]) -> str:
     """What an image's forced file is made of (see the module docstring), as a SHA-256: the
-    objects files that can hold objects of its footprint (:func:`file_touches`) count."""
+    objects files that can hold objects of its footprint (:func:`file_touches`) count.
+
+    Parameters
+    ----------
+    image : dict
+        The image's record (:data:`IMAGE_FIELDS`).
+    objects_files : dict
+        Objects file key -> ``{size, sha256}``.
+
+    Returns
+    -------
+    str
+        Hex SHA-256.
+    """
     cells = np.unique(np.asarray(image.get("footprint_hpx12") or [], np.int64))
     parts = {f"objects/hpx5={int(p)}/" for p in _partitions(cells)}
     used = sorted((k, v.get("size"), v.get("sha256")) for k, v in objects_files.items()
@@ -417,7 +515,19 @@ def _read_manifest(store) -> dict:
 
 def plan_forced(catalog_uri: str, input_uri: str, *, rebuild: bool = False) -> ForcedPlan:
     """Which images to measure (new, re-processed, or whose objects changed), and where
-    their FITS files are (below *input_uri*, by image id)."""
+    their FITS files are (below *input_uri*, by image id).
+
+    Parameters
+    ----------
+    catalog_uri, input_uri : str
+        The catalog and the folder (or ``s3://`` prefix) of the FITS files.
+    rebuild : bool
+        Measure every image.
+
+    Returns
+    -------
+    ForcedPlan
+    """
     from .runner import find_inputs
 
     store = open_store(catalog_uri)
@@ -472,7 +582,20 @@ def _run_one(task: ForcedTask) -> dict:
 
 
 def run_local(tasks: Sequence[ForcedTask], workers: int = 1) -> list[dict]:
-    """Measure *tasks* here (``workers=1``) or in a process pool; replies in task order."""
+    """Measure *tasks* here (``workers=1``) or in a process pool; replies in task order.
+
+    Parameters
+    ----------
+    tasks : sequence of ForcedTask
+        The images.
+    workers : int
+        Processes.
+
+    Returns
+    -------
+    list of dict
+        The replies.
+    """
     if workers <= 1 or len(tasks) <= 1:
         return [forced_image(t) for t in tasks]
     replies: dict[int, dict] = {}
@@ -490,7 +613,24 @@ def run_local(tasks: Sequence[ForcedTask], workers: int = 1) -> list[dict]:
 
 def run_lambda(tasks: Sequence[ForcedTask], function: str, workers: int = 8,
                client=None) -> list[dict]:
-    """One synchronous invocation of *function* per task (threads: the work runs in Lambda)."""
+    """One synchronous invocation of *function* per task (threads: the work runs in Lambda).
+
+    Parameters
+    ----------
+    tasks : sequence of ForcedTask
+        The images.
+    function : str
+        The Lambda function's name.
+    workers : int
+        Concurrent invocations.
+    client : botocore client, optional
+        A Lambda client (default: one sized for *workers*).
+
+    Returns
+    -------
+    list of dict
+        The replies, in task order.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     from .lambda_backend import invoke_payload, lambda_client
@@ -542,7 +682,25 @@ def run_forced(catalog_uri: str, input_uri: str, *, workers: int = 1, rebuild: b
     then record the successful images' fingerprints and remove forced files of images that
     are gone. A failed image keeps its earlier file and is tried again next run. Then (with
     *summarize*) the per-object summary ``object_variability`` is written from the whole
-    forced table (:func:`summarize_forced`), whether images were measured or not."""
+    forced table (:func:`summarize_forced`), whether images were measured or not.
+
+    Parameters
+    ----------
+    catalog_uri, input_uri : str
+        The catalog and the FITS files' folder.
+    workers : int
+        Local processes.
+    rebuild : bool
+        Measure every image.
+    runner : callable, optional
+        ``runner(tasks) -> replies`` (e.g. :func:`run_lambda`).
+    summarize : bool
+        Write ``object_variability`` afterwards.
+
+    Returns
+    -------
+    ForcedReport
+    """
     start = time.perf_counter()
     store = open_store(catalog_uri)
     plan = plan_forced(catalog_uri, input_uri, rebuild=rebuild)
@@ -580,7 +738,20 @@ def register_partitions(catalog_uri: str, report: ForcedReport) -> list[str]:
     ``object_variability``) with the Athena database (DESIGN: registered as written).
 
     Returns the notes: none, or one line when Glue is not there (another S3-compatible store):
-    the next ``query_with_athena.py --engine athena`` registers what it finds."""
+    the next ``query_with_athena.py --engine athena`` registers what it finds.
+
+    Parameters
+    ----------
+    catalog_uri : str
+        The catalog (``s3://``).
+    report : ForcedReport
+        What the run wrote.
+
+    Returns
+    -------
+    list of str
+        The notes.
+    """
     from .athena import register_partitions as glue_register
 
     written = [("forced_photometry", report.partitions)]
@@ -593,121 +764,3 @@ def register_partitions(catalog_uri: str, report: ForcedReport) -> list[str]:
     except SkySurveyError as exc:
         return [f"partitions not registered in Glue: {exc}"]
     return []
-
-
-# ---- the per-object summary: object_variability ----------------------------------------------
-
-VARIABILITY_FOLDER = "object_variability/"
-VARIABILITY_FILE = "variability.parquet"
-FORCED_COLUMNS = ["object_id", "image_id", "band", "flux", "flux_err", "snr", "mag",
-                  "mag_limit", "flags"]
-
-
-def _codes(values: pa.ChunkedArray | pa.Array, universe: pa.Array) -> np.ndarray:
-    """Position of each value in *universe* (-1 when absent)."""
-    import pyarrow.compute as pc
-
-    return pc.index_in(values, value_set=universe).fill_null(-1).to_numpy(
-        zero_copy_only=False).astype(np.int64)
-
-
-@dataclass
-class VariabilitySummary:
-    n_objects: int = 0
-    n_rows: int = 0
-    n_variable: int = 0
-    n_transient: int = 0
-    partitions: list[dict] = field(default_factory=list)  # {hpx5} written
-    removed: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def line(self) -> str:
-        return (f"object_variability: {self.n_objects} objects from {self.n_rows} forced rows, "
-                f"{self.n_variable} variable, {self.n_transient} transient candidates "
-                f"({len(self.partitions)} partitions, {self.seconds:.1f} s)")
-
-
-def summarize_forced(catalog_uri: str) -> VariabilitySummary:
-    """Write ``object_variability`` from the whole ``forced_photometry`` table.
-
-    Reads the forced table once (its :data:`FORCED_COLUMNS`, rows of images with an
-    ``images`` record only, as SQL sees them), the associations (which object was detected on
-    which image) and the objects (``object_id``, ``hpx5``); computes per object
-    :func:`skysurvey.lightcurves.summarize`; writes one file per ``hpx5`` partition of the
-    objects (``object_variability/hpx5=P/variability.parquet``, each write atomic, the same
-    name on a re-run so a reader never sees an object twice), then removes the files of
-    partitions no longer written.
-    """
-    import pyarrow.compute as pc
-
-    from . import lightcurves
-    from .pipeline import table_to_parquet_bytes
-    from .queries import dataset
-
-    start = time.perf_counter()
-    store = open_store(catalog_uri)
-    summary = VariabilitySummary()
-    objects = dataset(catalog_uri, "objects").to_table(columns=["object_id", "hpx5"])
-    forced = dataset(catalog_uri, "forced_photometry").to_table(columns=FORCED_COLUMNS)
-    records = dataset(catalog_uri, "images").to_table(columns=["image_id", "aperture_radius"])
-    forced = forced.filter(pc.is_in(forced["image_id"],
-                                    value_set=records["image_id"].combine_chunks().unique()))
-    assoc = dataset(catalog_uri, "associations").to_table(columns=["image_id", "object_id"])
-    ids = objects["object_id"].to_numpy().astype(np.int64)
-    hpx5 = objects["hpx5"].to_numpy(zero_copy_only=False).astype(np.int64)
-    images = forced["image_id"].combine_chunks().unique()
-    row_image = _codes(forced["image_id"], images)
-    bands = forced["band"].fill_null("unknown").combine_chunks().unique()
-    row_band = _codes(forced["band"].fill_null("unknown"), bands)
-    row_obj = forced["object_id"].to_numpy().astype(np.int64)
-    # detected: the (object, image) pair has an association
-    a_img = _codes(assoc["image_id"], images)
-    a_obj = assoc["object_id"].to_numpy().astype(np.int64)
-    keep = a_img >= 0
-    _, inverse = np.unique(np.concatenate([row_obj, a_obj[keep]]), return_inverse=True)
-    n_img = max(len(images), 1)
-    f_key = inverse[:row_obj.size] * n_img + row_image
-    a_key = inverse[row_obj.size:] * n_img + a_img[keep]
-    detected = np.isin(f_key, a_key)
-
-    def num(name):
-        return forced[name].to_numpy(zero_copy_only=False).astype(float)
-
-    radius = np.full(len(images), np.nan)  # per image code: the aperture radius (detrending)
-    where = _codes(records["image_id"], images)
-    radius[where[where >= 0]] = records["aperture_radius"].to_numpy(
-        zero_copy_only=False).astype(float)[where >= 0]
-    cols = lightcurves.summarize(
-        ids, row_obj, row_band, row_image, detected, num("flux"), num("flux_err"), num("snr"),
-        num("mag"), num("mag_limit"),
-        forced["flags"].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
-        image_x=radius)
-    schema = lightcurves.OBJECT_VARIABILITY_SCHEMA
-    written = set()
-    for part in np.unique(hpx5):
-        sel = hpx5 == part
-        arrays = [pa.array(ids[sel], pa.int64())]
-        for f in schema:
-            if f.name in ("object_id", "pipeline_version"):
-                continue
-            values = np.asarray(cols[f.name])[sel]
-            if pa.types.is_floating(f.type):
-                arrays.append(pa.array(values, f.type, mask=~np.isfinite(values)))
-            else:
-                arrays.append(pa.array(values, f.type))
-        arrays.append(pa.array([__version__] * int(sel.sum()), pa.string()))
-        key = f"{VARIABILITY_FOLDER}hpx5={int(part)}/{VARIABILITY_FILE}"
-        store.write_bytes(key, table_to_parquet_bytes(pa.Table.from_arrays(arrays,
-                                                                           schema=schema)),
-                          content_type="application/vnd.apache.parquet")
-        written.add(key)
-        summary.partitions.append({"hpx5": int(part)})
-    for info in store.list(VARIABILITY_FOLDER):
-        if info.key.endswith(".parquet") and info.key not in written:
-            store.delete(info.key)
-            summary.removed.append(info.key)
-    summary.n_objects, summary.n_rows = int(ids.size), int(forced.num_rows)
-    summary.n_variable = int(np.sum(cols["variable"]))
-    summary.n_transient = int(np.sum(cols["transient_candidate"]))
-    summary.seconds = time.perf_counter() - start
-    return summary

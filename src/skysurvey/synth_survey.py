@@ -40,6 +40,26 @@ def survey_sky(rng, *, n_stars, n_galaxies, n_transients, ra, dec, radius_deg,
 
     Objects fainter than *faint_limit* (r, well below the detection limit of a 60 s image)
     are dropped: drawing them costs most of the time and changes no detection.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The survey's random numbers.
+    n_stars, n_galaxies, n_transients, n_bright : int
+        Objects drawn (bright: extra stars of r 17-21).
+    ra, dec, radius_deg : float
+        The field's centre and radius, degrees.
+    variable_fraction, variable_faint_limit : float
+        Fraction of the stars brighter than the limit that vary.
+    nights : int
+        Nights observed (transients shine on one of them).
+    faint_limit : float
+        Objects fainter than this r are dropped.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per true object.
     """
     sky = make_sky_sources(rng, n_stars, n_galaxies, ra, dec, radius_deg)
     sky = sky[sky["mag_r"] < faint_limit].reset_index(drop=True)
@@ -73,7 +93,22 @@ def survey_sky(rng, *, n_stars, n_galaxies, n_transients, ra, dec, radius_deg,
 
 
 def epoch_sources(sky: pd.DataFrame, night: int, mjd: float, mjd0: float) -> pd.DataFrame:
-    """The sky as seen at *mjd*: variables at their phase, only tonight's transients."""
+    """The sky as seen at *mjd*: variables at their phase, only tonight's transients.
+
+    Parameters
+    ----------
+    sky : pandas.DataFrame
+        :func:`survey_sky`'s objects.
+    night : int
+        The night observed.
+    mjd, mjd0 : float
+        The epoch and the first night's MJD.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The objects drawn at that epoch, magnitudes at their phase.
+    """
     visible = (sky["transient_night"] < 0) | (sky["transient_night"] == night)
     epoch = sky[visible].reset_index(drop=True).copy()
     period = np.where(epoch["period_days"] > 0, epoch["period_days"], 1.0)
@@ -106,6 +141,32 @@ def write_survey(out_dir, *, nights=10, bands=("g", "r"), size=512, pixel_scale=
     Returns the image paths. Object counts are per 512 x 512 field (scaled with *size*).
     *variable_faint_limit*: variables are drawn among stars brighter
     than this r magnitude (a variable at the detection limit cannot be recognised).
+
+    Parameters
+    ----------
+    out_dir : path
+        Where the images, ``truth/`` and ``metadata.json`` go.
+    nights, bands, size, pixel_scale, seed : int, tuple of str, int, float, int
+        Epochs, filters, image side (pixels), arcsec per pixel, random seed.
+    ra, dec : float
+        Field centre, degrees.
+    n_stars, n_galaxies, n_bright, n_transients : int
+        Objects per 512 x 512 field.
+    variable_fraction, variable_faint_limit : float
+        Which stars vary.
+    dither_arcsec : float
+        Pointing offsets, uniform within +- this.
+    seeing_arcsec : tuple of float
+        FWHM range.
+    compress : str, optional
+        FITS compression of the written images.
+    command : str, optional
+        Recorded in ``metadata.json``.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The images written.
     """
     out = Path(out_dir)
     (out / "truth").mkdir(parents=True, exist_ok=True)
@@ -170,7 +231,18 @@ SCORER_SQL = {
 
 
 def read_as_user(catalog: str) -> dict[str, pd.DataFrame]:
-    """The :data:`SCORER_SQL` tables, through one :func:`skysurvey.queries.connect`."""
+    """The :data:`SCORER_SQL` tables, through one :func:`skysurvey.queries.connect`.
+
+    Parameters
+    ----------
+    catalog : str
+        Local folder or ``s3://`` URI.
+
+    Returns
+    -------
+    dict of pandas.DataFrame
+        By :data:`SCORER_SQL` name.
+    """
     from .queries import connect, run_query
 
     con = connect(catalog)
@@ -194,6 +266,20 @@ def evaluate_objects(catalog: str, survey_dir, *, isolation_arcsec: float = 3.0,
     detections are left out of it). Returns the figures of the targets and their denominators,
     and what should be zero: object rows sharing an id, detections linked twice, detections
     with a position linked to no object.
+
+    Parameters
+    ----------
+    catalog : str
+        The built catalog (local folder or ``s3://``).
+    survey_dir : path
+        The survey's folder (its ``truth/``).
+    isolation_arcsec, bright_mag, match_arcsec, blend_arcsec : float
+        Isolation radius, constant stars' magnitude limit, match and blend radii.
+
+    Returns
+    -------
+    dict
+        The scores and their denominators.
     """
     from scipy.spatial import cKDTree
 

@@ -1,0 +1,565 @@
+"""Forced PSF photometry of one image: every object's flux with the image's own PSF model.
+
+Numpy only (runs in the Lambda). :func:`psf_model` builds the model from the image's PSF
+stars with psfphot's builder (:func:`skysurvey.psfphot.model_from_stars`); :func:`psf_fit`
+measures every object at its fixed position. Forced photometry at known positions is linear
+in the amplitudes, so objects whose model stamps meet each other's fitted pixels are solved
+jointly and exactly (one small dense solve per group, batched by group size) rather than
+iterated: a neighbour's light goes to the neighbour at any seeing. :func:`psf_measure` wraps
+the fit as :class:`skysurvey.forced.ForcedOptions`' ``measure``; the amplitude is returned on
+the aperture's scale (times the model's fraction within the aperture radius), so the image's
+aperture correction makes it a total flux on ``sources.flux_apcorr``'s scale.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .forced import BLENDED, MASKED, NEAR_EDGE, SATURATED, circle_overlap
+from .measurement import Pixels
+
+__all__ = [
+    "FIT_RADIUS_FWHM",
+    "MIN_PSF_STARS",
+    "PsfFitSettings",
+    "PsfStars",
+    "aperture_fractions",
+    "psf_fit",
+    "psf_measure",
+    "psf_model",
+    "psf_stars",
+]
+
+
+@dataclass(frozen=True)
+class PsfStars:
+    """The image's detections that may build its PSF model.
+
+    Attributes
+    ----------
+    x, y : ndarray
+        Every detection's position (windowed centroid), pixels.
+    flux : ndarray
+        Their fluxes (a first guess of the stars' amplitudes).
+    stars : ndarray of bool
+        The PSF star candidates (bright, unflagged, point-like, isolated).
+    fwhm : float
+        The image's stellar FWHM, pixels.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+    stars: np.ndarray
+    fwhm: float
+
+
+#: At least this many PSF stars build a model (fewer: the aperture is used).
+MIN_PSF_STARS = 5
+#: Other detections' pixels within this many FWHM are left out of a PSF star's stamp.
+LABEL_RADIUS_FWHM = 1.5
+
+
+def _paint(shape, x, y, radius, values) -> np.ndarray:
+    """An int32 image holding *values[i]* within *radius* of (x[i], y[i]) (0 elsewhere)."""
+    out = np.zeros(shape, np.int32)
+    ny, nx = shape
+    r = math.ceil(radius)
+    off = np.arange(-r, r + 1)
+    oy, ox = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
+    keep = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+    for start in range(0, keep.size, 4096):
+        k = keep[start:start + 4096]
+        px = np.rint(x[k]).astype(np.int64)[:, None] + ox
+        py = np.rint(y[k]).astype(np.int64)[:, None] + oy
+        near = (px - x[k, None]) ** 2 + (py - y[k, None]) ** 2 <= radius**2
+        near &= (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+        out[py[near], px[near]] = np.broadcast_to(np.asarray(values)[k, None], px.shape)[near]
+    return out
+
+
+def psf_model(pixels: Pixels, stars: PsfStars):
+    """The image's PSF model (:class:`skysurvey.psfmodel.PsfGrid`) from its PSF stars, or
+    None when fewer than :data:`MIN_PSF_STARS` are usable.
+
+    :func:`skysurvey.psfphot.model_from_stars` (psfphot's builder) with the other detections'
+    pixels (within :data:`LABEL_RADIUS_FWHM` FWHM) left out of each star's stamp.
+
+    Parameters
+    ----------
+    pixels : Pixels
+        Background-subtracted image, noise, mask, gain (``segmap`` is not needed).
+    stars : PsfStars
+        The detections and which of them are PSF stars.
+
+    Returns
+    -------
+    PsfGrid or None
+    """
+    from .psfphot import model_from_stars
+
+    use = np.asarray(stars.stars, bool)
+    if use.sum() < MIN_PSF_STARS or not stars.fwhm > 0:
+        return None
+    x, y = np.asarray(stars.x, float), np.asarray(stars.y, float)
+    labels = _paint(pixels.shape, x, y, LABEL_RADIUS_FWHM * stars.fwhm,
+                    np.arange(1, x.size + 1, dtype=np.int32))
+    flux = np.asarray(stars.flux, float)
+    rms = pixels.rms if np.ndim(pixels.rms) == 2 else np.full(pixels.shape, float(pixels.rms))
+    try:
+        if "pixels" in inspect.signature(model_from_stars).parameters:  # psfphot on Pixels
+            grid = model_from_stars(pixels.with_(segmap=labels, rms=rms), (x, y, flux), use,
+                                    stars.fwhm)
+        else:  # psfphot before it took Pixels (remove once both are merged)
+            grid = model_from_stars(pixels.sub, rms, pixels.mask, labels, x, y, flux, use,
+                                    stars.fwhm, pixels.gain)
+    except (ValueError, np.linalg.LinAlgError):
+        return None
+    if grid is None or grid.n_stars < MIN_PSF_STARS or not np.isfinite(grid.basis).all():
+        return None
+    return grid
+
+
+@dataclass(frozen=True)
+class PsfFitSettings:
+    """What :func:`psf_fit` needs besides the pixels and positions.
+
+    Attributes
+    ----------
+    grid : PsfGrid
+        The image's PSF model (:func:`psf_model`).
+    fwhm : float
+        Stellar FWHM, pixels: pixels within ``max(1.5 FWHM, 3 px)`` of an object are fitted.
+    aperture_radius : float
+        The catalog's aperture radius: amplitudes are put on the aperture's scale.
+    sky_level_err : float
+        Uncertainty of the subtracted background level per pixel.
+    stars_x, stars_y : ndarray, optional
+        The PSF stars' positions: objects there (alone in their group, SNR >= CALIB_SNR) tie
+        the PSF fluxes to the aperture fluxes (:data:`CALIB_RANGE`).
+    """
+
+    grid: object
+    fwhm: float
+    aperture_radius: float
+    sky_level_err: float = 0.0
+    stars_x: np.ndarray | None = None
+    stars_y: np.ndarray | None = None
+
+
+#: Flag BLENDED where the joint fit multiplies an object's variance by at least this much
+#: (two PSFs less than ~1 FWHM apart: |correlation| >= 0.7).
+BLEND_INFLATE = 2.0
+#: PSF stars measured with SNR >= CALIB_SNR give the image's PSF-to-aperture scale: the median
+#: of their aperture flux over their PSF flux (at least CALIB_MIN stars; kept within
+#: CALIB_RANGE, else 1). The model's own fraction within the aperture leaves PSF fluxes
+#: 0.2-0.5% low on synthetic stars (the interpolation's smoothing); this takes it out.
+CALIB_SNR = 30.0
+CALIB_MIN = 5
+CALIB_RANGE = (0.97, 1.03)
+
+
+#: Pixels within this many FWHM (at least MIN_FIT_RADIUS px) of an object are fitted.
+FIT_RADIUS_FWHM = 1.5
+MIN_FIT_RADIUS = 3.0
+#: Model stamps reach this many FWHM (psfphot's neighbour stamps: 0.4% of the light beyond).
+STAMP_HALF_FWHM = 3.0
+#: The model's own noise as a relative flux error, over sqrt(stars used) (psfphot's).
+MODEL_NOISE = 0.03
+#: The model's error per pixel, a fraction of the model (psfphot's, DAOPHOT's profile error):
+#: a bright neighbour's residual makes a faint object's flux and limit that much less certain.
+PROFILE_ERROR = 0.02
+#: ... for the neighbours' light on an object's pixels: their wings are modelled less well
+#: (0.02 -> 0.05: false transient candidates in 17-18 mag stars' wings 2 -> 1 on seed 21 of
+#: the synthetic survey, nothing else changed; 0.10 made a constant star variable).
+NEIGHBOUR_PROFILE_ERROR = 0.05
+
+
+def _pairs(ix, iy, reach):
+    """Pairs ``i < j`` with ``|ix_i - ix_j| <= reach`` and ``|iy_i - iy_j| <= reach``."""
+    order = np.argsort(ix, kind="stable")
+    sx = ix[order]
+    lo = np.searchsorted(sx, sx - reach, "left")
+    hi = np.searchsorted(sx, sx + reach, "right")
+    count = hi - lo
+    a = np.repeat(np.arange(sx.size), count)
+    b = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())
+    i, j = order[a], order[b]
+    keep = (i < j) & (np.abs(iy[i] - iy[j]) <= reach)
+    return i[keep], j[keep]
+
+
+def _components(n, i, j):
+    """Connected-component label (the smallest member) of each of *n* nodes, edges (i, j)."""
+    label = np.arange(n)
+    while True:
+        low = np.minimum(label[i], label[j])
+        new = label.copy()
+        np.minimum.at(new, i, low)
+        np.minimum.at(new, j, low)
+        new = new[new]
+        if np.array_equal(new, label):
+            return label
+        label = new
+
+
+def _solve_groups(label, diag, pi, pj, off, rhs):
+    """Solve the block-diagonal system (one block per component): amplitudes and the inverse
+    blocks' entries needed for the errors, as ``(amp, inv_rows)`` where ``inv_rows`` is a
+    list of ``(members, inverse block)``."""
+    n = diag.size
+    amp = np.full(n, np.nan)
+    single = np.bincount(label, minlength=n)[label] == 1
+    ok = single & (diag > 0)
+    amp[ok] = rhs[ok] / diag[ok]
+    blocks = []
+    multi = np.flatnonzero(~single)
+    if multi.size:
+        order = multi[np.argsort(label[multi], kind="stable")]
+        starts = np.r_[0, np.flatnonzero(np.diff(label[order])) + 1]
+        sizes = np.diff(np.r_[starts, order.size])
+        local = np.empty(n, np.int64)
+        group = np.empty(n, np.int64)
+        for g, (s0, k) in enumerate(zip(starts, sizes, strict=True)):
+            local[order[s0:s0 + k]] = np.arange(k)
+            group[order[s0:s0 + k]] = g
+        for k in np.unique(sizes):
+            gs = np.flatnonzero(sizes == k)
+            members = np.stack([order[starts[g]:starts[g] + k] for g in gs])  # (G, k)
+            pos = np.full(len(starts), -1)
+            pos[gs] = np.arange(gs.size)
+            mats = np.zeros((gs.size, k, k))
+            b = rhs[members]
+            d = diag[members]
+            mats[:, np.arange(k), np.arange(k)] = np.where(d > 0, d, 1.0)
+            sel = pos[group[pi]] >= 0
+            sel &= ~single[pi]
+            gi = pos[group[pi[sel]]]
+            mats[gi, local[pi[sel]], local[pj[sel]]] = off[sel]
+            mats[gi, local[pj[sel]], local[pi[sel]]] = off[sel]
+            mats[:, np.arange(k), np.arange(k)] *= 1.0 + 1e-9  # ridge: coincident objects
+            try:
+                inv = np.linalg.inv(mats)
+            except np.linalg.LinAlgError:
+                inv = np.linalg.pinv(mats)
+            a = np.einsum("gij,gj->gi", inv, b)
+            amp[members] = np.where(d > 0, a, np.nan)
+            blocks.append((members, inv))
+    return amp, blocks
+
+
+def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
+    """PSF amplitudes at fixed positions, overlapping objects fitted jointly.
+
+    Forced photometry at known positions is linear: every object's amplitude of the image's
+    PSF model, by weighted least squares (background noise weights, so the estimate is
+    unbiased at any flux) on the pixels within ``max(FIT_RADIUS_FWHM x FWHM, MIN_FIT_RADIUS)``
+    of any object. Objects whose model stamps meet fitted pixels of each other form a group
+    whose normal equations are solved exactly (one small dense solve per group, batched by
+    size); isolated objects are one division each. Errors: the inverse normal matrix, the
+    sources' Poisson noise (from the fitted model), the background level's error and the
+    model's own noise (MODEL_NOISE / sqrt(stars)).
+
+    Parameters
+    ----------
+    pixels : Pixels
+        Background-subtracted image, noise, mask, gain.
+    x, y : array_like
+        Positions, pixels (NaN: not measured).
+    settings : PsfFitSettings
+        Model, FWHM, aperture radius, background level error.
+    saturated : ndarray of bool, optional
+        Saturated pixels (flag only).
+
+    Returns
+    -------
+    flux, flux_err, sky_err : ndarray
+        Amplitude times the model's fraction within the aperture radius (the aperture's
+        scale), its error, and the error from the background alone.
+    flags : ndarray of int32
+        :data:`MASKED`, :data:`NEAR_EDGE`, :data:`SATURATED` within the fit radius,
+        :data:`BLENDED`.
+    """
+    grid = settings.grid
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n_all = x.size
+    flux, err, sky = np.full(n_all, np.nan), np.full(n_all, np.nan), np.full(n_all, np.nan)
+    flags = np.zeros(n_all, np.int32)
+    sub = np.asarray(pixels.sub)
+    shape = sub.shape
+    ny, nx = shape
+    fwhm = float(settings.fwhm)
+    radius = max(FIT_RADIUS_FWHM * fwhm, MIN_FIT_RADIUS)
+    h = min(grid.half, max(math.ceil(STAMP_HALF_FWHM * fwhm), math.ceil(radius) + 1,
+                           math.ceil(settings.aperture_radius) + 1))
+    with np.errstate(invalid="ignore"):  # objects whose stamp reaches the image
+        idx = np.flatnonzero((x > -h - 1) & (x < nx + h) & (y > -h - 1) & (y < ny + h))
+    if idx.size == 0:
+        return flux, err, sky, flags
+    # objects with no other object within reach are fitted on small stamps (their own fit
+    # pixels), the others on stamps of STAMP_HALF_FWHM with their groups
+    ix0, iy0 = np.rint(x[idx]).astype(np.int64), np.rint(y[idx]).astype(np.int64)
+    pi, pj = _pairs(ix0, iy0, h + math.ceil(radius))
+    crowded = np.zeros(idx.size, bool)
+    crowded[pi] = crowded[pj] = True
+    amp, var, var_bkg = np.full(idx.size, np.nan), np.full(idx.size, np.nan), np.full(
+        idx.size, np.nan)
+    f, alone = np.zeros(idx.size, np.int32), np.zeros(idx.size, bool)
+    for sel, half in ((~crowded, min(h, math.ceil(radius) + 1)), (crowded, h)):
+        if sel.any():
+            amp[sel], var[sel], var_bkg[sel], f[sel], alone[sel] = _fit_subset(
+                pixels, x[idx][sel], y[idx][sel], half, settings, saturated)
+    # the model's fraction within the aperture radius: amplitudes to the aperture's scale
+    frac = aperture_fractions(grid, x[idx], y[idx], settings.aperture_radius)
+    frac = frac * _aperture_scale(pixels, x[idx], y[idx],
+                                  (amp * frac, np.sqrt(var) * frac, alone), settings)
+    flux[idx], err[idx], sky[idx] = amp * frac, np.sqrt(var) * frac, np.sqrt(var_bkg) * frac
+    flags[idx] = f
+    return flux, err, sky, flags
+
+
+def _fit_subset(pixels, x, y, h, settings, saturated):
+    """:func:`psf_fit` of objects (x, y) on stamps of half-size *h*: amplitudes, variance,
+    its background share, flags, and whether each was fitted alone."""
+    from .psfmodel import render
+
+    grid = settings.grid
+    sub = np.asarray(pixels.sub)
+    shape = sub.shape
+    ny, nx = shape
+    radius = max(FIT_RADIUS_FWHM * float(settings.fwhm), MIN_FIT_RADIUS)
+    idx = np.arange(x.size)
+    s = 2 * h + 1
+    ix, iy, psf = render(grid, x[idx], y[idx], h)
+    n = idx.size
+    off = np.arange(-h, h + 1)
+    yy = iy[:, None, None] + off[None, :, None]
+    xx = ix[:, None, None] + off[None, None, :]
+    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+    flat = (np.clip(yy, 0, ny - 1) * nx + np.clip(xx, 0, nx - 1)).reshape(n, -1)
+    inside = inside.reshape(n, -1)
+    psf = psf.reshape(n, -1)
+    rms = pixels.rms
+    d2 = ((xx - x[idx, None, None]) ** 2 + (yy - y[idx, None, None]) ** 2).reshape(n, -1)
+    own = (d2 <= radius**2)
+    # the fitted pixels: within the fit radius of any object, valid, with a finite noise
+    fitted = np.zeros(nx * ny, bool)
+    fitted[flat[own & inside]] = True
+    values = sub.ravel()[flat]
+    bad = ~np.isfinite(values)
+    if pixels.mask is not None:
+        bad |= np.asarray(pixels.mask, bool).ravel()[flat]
+    noise = (np.asarray(rms).ravel()[flat].astype(float) if np.ndim(rms) == 2
+             else float(rms))
+    use = inside & fitted[flat] & ~bad & (noise > 0) & np.isfinite(noise)
+    w = np.where(use, 1.0 / np.where(use, noise, 1.0) ** 2, 0.0)
+    data = np.where(use, values, 0.0)
+    wp = w * psf
+    diag = np.sum(wp * psf, axis=1)
+    rhs = np.sum(wp * data, axis=1)
+    wsum = np.sum(wp, axis=1)  # response to a constant background offset
+    # pairs whose stamps overlap: the off-diagonal terms
+    # (a stamp meets the other's fitted pixels within h + fit radius; two wings meeting on a
+    # third object's pixels, up to 2h apart, couple them by less than 1e-3: left out)
+    pi, pj = _pairs(ix, iy, h + math.ceil(radius))
+    coupling = np.zeros(pi.size)
+    uu, vv = np.meshgrid(off, off)  # stamp offsets (x, y) of stamp i's pixels
+    uu, vv = uu.ravel(), vv.ravel()
+    for start in range(0, pi.size, 2048):
+        a, b = pi[start:start + 2048], pj[start:start + 2048]
+        du = (uu[None, :] - (ix[b] - ix[a])[:, None])
+        dv = (vv[None, :] - (iy[b] - iy[a])[:, None])
+        ok = (np.abs(du) <= h) & (np.abs(dv) <= h)
+        k = np.where(ok, (dv + h) * s + (du + h), 0)
+        pb = np.where(ok, np.take_along_axis(psf[b], k, axis=1), 0.0)
+        coupling[start:start + 2048] = np.sum(wp[a] * pb, axis=1)
+    keep = coupling != 0
+    pi, pj, coupling = pi[keep], pj[keep], coupling[keep]
+    label = _components(n, pi, pj)
+    amp, blocks = _solve_groups(label, diag, pi, pj, coupling, rhs)
+    # errors: background (inverse normal matrix), level offset; the light of the neighbours
+    # (their photon noise and PROFILE_ERROR of their model) goes to the background's share
+    # (the limit at this place), the object's own to its flux error only
+    gain = pixels.gain
+    inv_gain = 1.0 / gain if gain and gain > 0 else 0.0
+    a_pos = np.where(np.isfinite(amp), np.maximum(amp, 0.0), 0.0)
+    wp2 = wp**2
+    wp2_psf = wp2 * np.maximum(psf, 0.0)
+    # own light a * psf: sum(wp^2 (a psf / gain + (e a psf)^2)) from two sums
+    extra_own = (a_pos * inv_gain * np.sum(wp2_psf, axis=1)
+                 + (PROFILE_ERROR * a_pos) ** 2 * np.sum(wp2_psf * psf, axis=1))
+    extra_others = np.zeros(n)
+    if pi.size:  # neighbours' light on each stamp: every model but the object's own
+        amp0 = np.where(np.isfinite(amp), amp, 0.0)
+        model = np.bincount(flat[inside], (amp0[:, None] * psf)[inside],
+                            minlength=nx * ny)[flat]
+        other_light = np.maximum(model - amp0[:, None] * psf, 0.0)
+        extra_others = np.sum(wp2 * (other_light * inv_gain
+                                     + (NEIGHBOUR_PROFILE_ERROR * other_light) ** 2), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var_bkg = np.where(diag > 0, 1.0 / diag, np.nan)
+        level = wsum / diag
+        for members, inv in blocks:
+            var_bkg[members] = np.einsum("gii->gi", inv)
+            level[members] = np.einsum("gij,gj->gi", inv, wsum[members])
+        inflate = np.maximum(var_bkg * diag, 1.0)  # a joint fit's larger variance
+        var_sky = (var_bkg + (settings.sky_level_err * level) ** 2
+                   + inflate * extra_others / diag**2)
+        var_own = inflate * extra_own / diag**2
+    model_noise = MODEL_NOISE / math.sqrt(max(grid.n_stars, 1))
+    var = var_sky + var_own + (model_noise * np.maximum(amp, 0.0)) ** 2
+    f = np.where((own & ~inside).any(axis=1), NEAR_EDGE, 0)
+    f |= np.where((own & inside & bad).any(axis=1), MASKED, 0)
+    if saturated is not None:
+        f |= np.where((own & inside & np.asarray(saturated, bool).ravel()[flat]).any(axis=1),
+                      SATURATED, 0)
+    f |= np.where(inflate >= BLEND_INFLATE, BLENDED, 0)
+    alone = np.bincount(label, minlength=label.size)[label] == 1
+    return amp, var, var_sky, f, alone
+
+
+
+def _aperture_scale(pixels, x, y, fit, settings) -> float:
+    """Median aperture / PSF flux of the PSF stars measured alone (:data:`CALIB_SNR`);
+    *fit* is ``(flux, flux_err, alone)`` per object."""
+    from .forced import aperture_flux
+
+    flux, err, alone = fit
+
+    if settings.stars_x is None or not np.size(settings.stars_x):
+        return 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        good = alone & np.isfinite(flux) & (flux / err >= CALIB_SNR)
+    cand = np.flatnonzero(good)
+    if cand.size < CALIB_MIN:
+        return 1.0
+    sx, sy = np.asarray(settings.stars_x, float), np.asarray(settings.stars_y, float)
+    d2 = (x[cand, None] - sx[None, :]) ** 2 + (y[cand, None] - sy[None, :]) ** 2
+    cand = cand[d2.min(axis=1) < 1.0]
+    if cand.size < CALIB_MIN:
+        return 1.0
+    aper, _, _, f = aperture_flux(pixels.sub, pixels.rms, x[cand], y[cand],
+                                  settings.aperture_radius, mask=pixels.mask)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = aper / flux[cand]
+    ratio = ratio[(f == 0) & np.isfinite(ratio)]
+    if ratio.size < CALIB_MIN:
+        return 1.0
+    scale = float(np.median(ratio))
+    return scale if CALIB_RANGE[0] <= scale <= CALIB_RANGE[1] else 1.0
+
+
+def aperture_fractions(grid, x, y, radius: float) -> np.ndarray:
+    """The model's flux within a circle of *radius* pixels centred on each object (exact
+    pixel overlap, as ``flux_aper``): linear in the model's polynomial terms, so one sum per
+    basis image (a sub-pixel shift moves the circle with the star: the same fraction).
+
+    Parameters
+    ----------
+    grid : PsfGrid
+        The image's PSF model (native sampling).
+    x, y : array_like
+        Image positions, pixels (they set the polynomial terms).
+    radius : float
+        Aperture radius, pixels.
+
+    Returns
+    -------
+    ndarray
+        The fraction of the model's (unit) sum within the aperture, per position.
+    """
+    from .psfmodel import poly_terms
+
+    h = grid.half
+    off = np.arange(-h, h + 1, dtype=float)
+    weights = circle_overlap(off[None, :], off[:, None], radius)
+    per_term = np.sum(grid.basis * weights, axis=(1, 2))
+    return poly_terms(np.asarray(x, float), np.asarray(y, float), grid.order, grid.centre,
+                      grid.scale) @ per_term
+
+
+def psf_measure(settings: PsfFitSettings) -> Callable:
+    """A ``ForcedOptions.measure`` that fits the PSF model (:func:`psf_fit`).
+
+    Parameters
+    ----------
+    settings : PsfFitSettings
+        The model and the fit's settings.
+
+    Returns
+    -------
+    callable
+        ``measure(pixels, x, y, saturated=None) -> (flux, flux_err, sky_err, flags)``.
+    """
+    def measure(pixels, x, y, saturated=None):
+        return psf_fit(pixels, x, y, settings, saturated)
+    return measure
+
+
+#: PSF stars: detections with at least this SNR, class_star, no flags, and no other detection
+#: or object within ISOLATION_FWHM FWHM; the brightest MAX_PSF_STARS of them.
+PSF_STAR_SNR = 20.0
+PSF_STAR_CLASS = 0.8
+ISOLATION_FWHM = 3.0
+MAX_PSF_STARS = 50
+
+
+def psf_stars(sources: dict, fwhm: float | None, obj_x=None, obj_y=None) -> PsfStars | None:
+    """The image's PSF star candidates among its detections (``sources`` columns ``x, y,
+    flux, flux_apcorr, snr, class_star, flags, fwhm`` as arrays): point-like (class_star >=
+    PSF_STAR_CLASS), unflagged, SNR >= PSF_STAR_SNR, no other detection or object (*obj_x*,
+    *obj_y*, pixels) within ISOLATION_FWHM FWHM; the brightest MAX_PSF_STARS. *fwhm*: the
+    image's ``fwhm_median`` (None: the candidates' median FWHM). None without detections.
+
+    Parameters
+    ----------
+    sources : dict of ndarray
+        The image's ``sources`` columns.
+    fwhm : float or None
+        Stellar FWHM, pixels.
+    obj_x, obj_y : ndarray, optional
+        The objects' positions on the image.
+
+    Returns
+    -------
+    PsfStars or None
+    """
+    from .psf import nearest_neighbour_distance, pairs_within
+
+    x = np.asarray(sources["x"], float)
+    if x.size == 0:
+        return None
+    y = np.asarray(sources["y"], float)
+    flux = np.asarray(sources["flux_apcorr"], float)
+    flux = np.where(np.isfinite(flux) & (flux > 0), flux, np.asarray(sources["flux"], float))
+    with np.errstate(invalid="ignore"):
+        cand = (np.isfinite(x) & np.isfinite(y) & (flux > 0)
+                & (np.asarray(sources["snr"], float) >= PSF_STAR_SNR)
+                & (np.asarray(sources["class_star"], float) >= PSF_STAR_CLASS)
+                & (np.asarray(sources["flags"], np.int64) == 0))
+    if fwhm is None or not fwhm > 0:
+        widths = np.asarray(sources["fwhm"], float)[cand]
+        widths = widths[np.isfinite(widths) & (widths > 0)]
+        if not widths.size:
+            return None
+        fwhm = float(np.median(widths))
+    reach = ISOLATION_FWHM * fwhm
+    finite = np.isfinite(x) & np.isfinite(y)
+    xs, ys = np.where(finite, x, -1e9), np.where(finite, y, -1e9)
+    near = np.zeros(x.size, bool)
+    if cand.any():
+        near[np.flatnonzero(cand)] = nearest_neighbour_distance(xs, ys, cand) < reach
+    if obj_x is not None and cand.any():
+        ok = np.isfinite(obj_x) & np.isfinite(obj_y)
+        c = np.flatnonzero(cand)
+        i, _, _ = pairs_within(np.asarray(obj_x)[ok], np.asarray(obj_y)[ok], x[c], y[c], reach)
+        near[c] |= np.bincount(i, minlength=c.size) > 1  # itself, and another object
+    cand &= ~near
+    idx = np.flatnonzero(cand)
+    cand[idx[np.argsort(-flux[idx])][MAX_PSF_STARS:]] = False
+    return PsfStars(xs, ys, np.where(np.isfinite(flux), flux, 0.0), cand, float(fwhm))
