@@ -13,7 +13,6 @@ aperture correction makes it a total flux on ``sources.flux_apcorr``'s scale.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,12 +111,8 @@ def psf_model(pixels: Pixels, stars: PsfStars):
     flux = np.asarray(stars.flux, float)
     rms = pixels.rms if np.ndim(pixels.rms) == 2 else np.full(pixels.shape, float(pixels.rms))
     try:
-        if "pixels" in inspect.signature(model_from_stars).parameters:  # psfphot on Pixels
-            grid = model_from_stars(pixels.with_(segmap=labels, rms=rms), (x, y, flux), use,
-                                    stars.fwhm)
-        else:  # psfphot before it took Pixels (remove once both are merged)
-            grid = model_from_stars(pixels.sub, rms, pixels.mask, labels, x, y, flux, use,
-                                    stars.fwhm, pixels.gain)
+        grid = model_from_stars(pixels.with_(segmap=labels, rms=rms), (x, y, flux), use,
+                                stars.fwhm)
     except (ValueError, np.linalg.LinAlgError):
         return None
     if grid is None or grid.n_stars < MIN_PSF_STARS or not np.isfinite(grid.basis).all():
