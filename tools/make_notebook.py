@@ -766,9 +766,10 @@ Which flux to use for what (`data/README.md`, "Which flux for what", gives the m
 accuracies): `flux_psf` / `mag_psf` for stars and other point sources (`class_star >= 0.5`),
 above all in crowded fields, where the fit takes the neighbours' light out; `flux_apcorr` for
 point sources when there is no PSF model, or as a model-free check; the Kron `flux` for
-galaxies, whose light a PSF leaves behind (the residual above). `class_star` itself still
-comes from the concentration: `flux_psf / flux_apcorr` (`psfphot.extendedness`) did not
-separate stars from galaxies better on crowded and messy fields (data/README.md).
+galaxies, whose light a PSF leaves behind (the residual above). `class_star` comes from the
+concentration, except for a blended detection that a PSF describes (`psf_chi2` <= 1.25): its
+neighbours' light makes a star look extended, so its `flux_psf` over the aperture's light with
+the neighbours' PSFs subtracted decides (data/README.md says how much that helps).
 """)
 
 def _cell(kind: str, text: str, cell_id: str):
