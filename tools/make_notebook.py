@@ -731,15 +731,9 @@ every fitted PSF: stars vanish into the noise, galaxies leave their extended lig
 PSF cannot describe them), which is why `flux_psf` is for point sources only.
 """)
 code("""
-import numpy as np
-
 from skysurvey import psfplots
-from skysurvey.synth import make_sky_sources
 
-rng = np.random.default_rng(5)
-crowded_sky = make_sky_sources(rng, 450, 120, 150.1, 2.2, 320 * 0.25 / 3600 / 2)
-crowded_sky["mag_r"] = rng.uniform(17.5, 23.5, len(crowded_sky))
-crowded = make_image((320, 320), sources=crowded_sky, seed=5)
+crowded = make_image((320, 320), n_stars=4000, n_galaxies=1000, seed=5)
 buffer = io.BytesIO()
 crowded.to_hdulist().writeto(buffer)
 measured = psfplots.measure_with_psf_model(read_fits(buffer.getvalue(), name="crowded.fits"),

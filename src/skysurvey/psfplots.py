@@ -43,7 +43,21 @@ class MeasuredImage:
 def measure_with_psf_model(image, image_id: str) -> MeasuredImage:
     """:func:`skysurvey.detect.measure_image` with ``DetectionConfig(psf_photometry=True)``,
     keeping the PSF model and pixels that its PSF photometry used (the handler's own call of
-    :func:`skysurvey.psfphot.photometry`, observed for the duration of this call)."""
+    :func:`skysurvey.psfphot.photometry`, observed for the duration of this call).
+
+    Parameters
+    ----------
+    image : FitsImage
+        The image as :func:`skysurvey.fitsread.read_fits` read it.
+    image_id : str
+        The id written in every row.
+
+    Returns
+    -------
+    MeasuredImage
+        The sources, the ``images`` record, the PSF model (None without PSF stars) and the
+        background-subtracted pixels.
+    """
     seen = {}
     fit = detect.psf_photometry
 
@@ -64,7 +78,22 @@ def measure_with_psf_model(image, image_id: str) -> MeasuredImage:
 
 def fitted_model(grid, sources: pd.DataFrame, shape) -> np.ndarray:
     """The image of every fitted source: ``flux_psf`` x the PSF model at ``(x_psf, y_psf)``
-    (sources without a PSF fit left out)."""
+    (sources without a PSF fit left out).
+
+    Parameters
+    ----------
+    grid : psfmodel.PsfGrid
+        The image's PSF model.
+    sources : DataFrame
+        ``x_psf``, ``y_psf``, ``flux_psf`` per source.
+    shape : (int, int)
+        The image's ``(ny, nx)``.
+
+    Returns
+    -------
+    ndarray
+        The model image, *shape*.
+    """
     x, y, flux = (sources[c].to_numpy(float) for c in ("x_psf", "y_psf", "flux_psf"))
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
     half = grid.half - pm.LANCZOS
@@ -75,7 +104,22 @@ def fitted_model(grid, sources: pd.DataFrame, shape) -> np.ndarray:
 
 
 def crowded_box(sources: pd.DataFrame, shape, size: int = 64) -> tuple[slice, slice]:
-    """``(rows, columns)`` slices of the *size* x *size* cutout holding the most sources."""
+    """The *size* x *size* cutout holding the most sources (searched in steps of size / 4).
+
+    Parameters
+    ----------
+    sources : DataFrame
+        ``x``, ``y`` per source (pixels).
+    shape : (int, int)
+        The image's ``(ny, nx)``.
+    size : int, optional
+        The cutout's side (pixels; at most the image's).
+
+    Returns
+    -------
+    (slice, slice)
+        Its rows and columns.
+    """
     ny, nx = shape
     size = min(size, ny, nx)
     x, y = sources["x"].to_numpy(float), sources["y"].to_numpy(float)
@@ -92,7 +136,21 @@ def crowded_box(sources: pd.DataFrame, shape, size: int = 64) -> tuple[slice, sl
 def plot_psf_model(grid, row: dict, axes=None):
     """The PSF model at the image's centre and at its (0, 0) corner (log scale), titled with
     the ``images`` record's ``psf_fwhm_center``, ``psf_fwhm_corner_max`` (the widest corner),
-    ``psf_ellipticity_max``, ``psf_nstars`` and ``psf_resid_rms``."""
+    ``psf_ellipticity_max``, ``psf_nstars`` and ``psf_resid_rms``.
+
+    Parameters
+    ----------
+    grid : psfmodel.PsfGrid or None
+        The image's PSF model (None raises :class:`~skysurvey.plots.NothingToPlot`).
+    row : dict
+        The image's ``images`` record.
+    axes : sequence of two Axes, optional
+        Where to draw (default: a new figure).
+
+    Returns
+    -------
+    Figure
+    """
     if grid is None:
         raise NothingToPlot("no PSF model: the image had no PSF stars")
     if axes is None:
@@ -117,9 +175,26 @@ def plot_psf_model(grid, row: dict, axes=None):
 
 
 def plot_psf_residual(sub: np.ndarray, model: np.ndarray, box, sources=None, axes=None):
-    """The cutout *box* (``(rows, columns)`` slices) of the background-subtracted image
-    *sub*, beside the same cutout minus *model* (every fitted source), on one colour scale;
-    *sources* (with ``x_psf``, ``y_psf``) are marked on the data."""
+    """A cutout of the background-subtracted image beside the same cutout minus every fitted
+    source, on one colour scale.
+
+    Parameters
+    ----------
+    sub : ndarray
+        The background-subtracted image.
+    model : ndarray
+        Every fitted source's PSF (:func:`fitted_model`).
+    box : (slice, slice)
+        The cutout's rows and columns (:func:`crowded_box`).
+    sources : DataFrame, optional
+        ``x_psf``, ``y_psf``: marked on the data.
+    axes : sequence of two Axes, optional
+        Where to draw (default: a new figure).
+
+    Returns
+    -------
+    Figure
+    """
     from astropy.visualization import AsinhStretch, ImageNormalize, ZScaleInterval
 
     if axes is None:
