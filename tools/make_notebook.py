@@ -727,8 +727,9 @@ the handler's measurement on it, keeping the model it fitted
 
 **Look at:** the model at the centre and at a corner (the titles give the FWHM and
 ellipticity from the `images` record); then the crowded cutout beside the same pixels minus
-every fitted PSF: stars vanish into the noise, galaxies leave their extended light behind (a
-PSF cannot describe them), which is why `flux_psf` is for point sources only.
+every fitted PSF: stars vanish into the noise; what a PSF cannot describe stays (a galaxy's
+extended light, a neighbour the detection missed), which is why `flux_psf` is for point
+sources only.
 """)
 code("""
 from skysurvey import psfplots

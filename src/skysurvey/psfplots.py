@@ -165,7 +165,8 @@ def plot_psf_model(grid, row: dict, axes=None):
         image = ax.imshow(np.log10(np.clip(stamp / peak, 1e-4, None)), origin="lower",
                           cmap="magma", vmin=-4, vmax=0,
                           extent=(-half - 0.5, half + 0.5, -half - 0.5, half + 0.5))
-        ax.set(title=label, xlabel="dx [px]", ylabel="dy [px]")
+        ax.set(title=label, xlabel="dx [px]")
+    axes[0].set_ylabel("dy [px]")
     fig.colorbar(image, ax=list(axes), label="log10 (model / peak)", shrink=0.85)
     fig.suptitle(f"PSF model from {row['psf_nstars']} stars (FWHM from the images record): "
                  f"largest ellipticity "
