@@ -455,7 +455,9 @@ def _blends_by_psf_fit(pixels, grid, columns, psf_columns, phot, radius):
     chi2 = np.asarray(phot["psf_chi2"], float)
     with np.errstate(invalid="ignore"):
         todo = np.flatnonzero(blended & (score < 0.5) & (chi2 <= BLEND_PSF_CHI2)
-                              & (np.asarray(phot["flux_psf"], float) > 0))
+                              & (np.asarray(phot["flux_psf"], float) > 0)
+                              & np.isfinite(np.asarray(phot["x_psf"], float))
+                              & np.isfinite(np.asarray(phot["y_psf"], float)))
     if todo.size == 0:
         return psf_columns
     ratio = np.full(score.size, np.nan)
