@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("orchestration", ("pipeline", "catalog", "runner", "lambda_backend", "upload")),
     ("catalog products", ("objects", "queries", "athena", "export", "hats_export", "forced_run",
                           "forced_summary", "lightcurves", "handler")),
-    ("presentation", ("plots", "report", "cost", "synth_survey")),
+    ("presentation", ("plots", "psfplots", "report", "cost", "synth_survey")),
     ("deployment", ("aws_resources", "aws_setup", "cfn_template", "aws_check", "cli", "steps")),
 )
 #: The store classes: only storage.py asks which one it has.

@@ -19,7 +19,7 @@ from skysurvey import classify, profiles, psf, synth
 from skysurvey.detect import DetectionConfig, measure_image
 from skysurvey.fitsread import read_fits
 from skysurvey.measurement import Pixels
-from skysurvey.psfphot import PSF_RESIDUAL, PSF_SPLIT
+from skysurvey.psfphot import PSF_RESIDUAL, PSF_SPLIT, aperture_fraction
 
 
 def _measure(image, header=None, config=None):
@@ -305,6 +305,81 @@ def test_class_star_measures_blended_sources_as_if_alone(crowded_field):
           f"all stars {every_star:.3f} of {(bright & star).sum()}")
     assert blended.mean() > 0.5
     assert stars_ok >= 0.965 and galaxies_ok >= 0.975 and every_star >= 0.915
+
+
+
+
+@pytest.mark.parametrize("kind", ["crowded", "messy"])
+def test_psf_fit_judges_blended_stars(kind):
+    """Issue 25 item 3, with PSF photometry, SNR >= 20, over the sources the detection
+    resolved: a blended detection that a PSF describes (psf_chi2 <= 1.25) is judged by its
+    deblended extendedness (flux_psf over the aperture's light with every other fitted PSF
+    subtracted) instead of its concentration, which holds the neighbours' light. Crowded
+    768² (seeing 1.0"): stars 0.982 -> 0.985, galaxies 0.979 -> 0.979; messy 1024² (cosmic
+    rays, bad columns, a NaN patch, saturation at 30,000): stars 0.944 -> 0.975, galaxies
+    0.993 -> 0.993 (seeing 0.8": 0.965 -> 0.977 and 0.993; crowded at 1.3": 0.972 -> 0.978,
+    galaxies 0.944 -> 0.936). flux_psf / flux_apcorr alone got galaxies 0.80 right: compact
+    galaxies sit at 0.93-1.0 as stars do, so the concentration still decides elsewhere. Not
+    yet 0.98 for stars on the messy field: the rest are blends the PSF fits poorly (psf_chi2
+    2.5-2,700: saturated cores, neighbours' residuals)."""
+    if kind == "crowded":
+        field = _field(1.0, seed=21, size=768, n_stars=1265, n_galaxies=422,
+                       bright=(17.5, 23.0), full=True, psf_photometry=True)
+        floor = (0.984, 0.975)
+    else:
+        field = _field(1.0, seed=31, size=1024, n_stars=500, n_galaxies=300,
+                       bright=(17.5, 23.0), full=True, psf_photometry=True, cosmic_rays=40,
+                       bad_columns=2, nan_patch=True, saturate=30000.0)
+        floor = (0.97, 0.985)
+    truth, found, _, everything, sources = field
+    sel = (found["snr"] >= 20).to_numpy() & _resolved(truth, everything, sources, 6.0)
+    star = (truth["kind"] == "star").to_numpy()
+    cs = found["class_star"].to_numpy()
+    stars_ok, galaxies_ok = np.mean(cs[sel & star] >= 0.5), np.mean(cs[sel & ~star] < 0.5)
+    print(f"\n{kind}, PSF photometry: stars {stars_ok:.3f} of {(sel & star).sum()}, "
+          f"galaxies {galaxies_ok:.3f} of {(sel & ~star).sum()}")
+    assert stars_ok >= floor[0] and galaxies_ok >= floor[1]
+
+
+def test_psf_fit_class_star_only_lifts_blends_a_psf_describes():
+    """The rule itself: only blended detections with psf_chi2 <= BLEND_PSF_CHI2 and a finite
+    ratio change; their score is the larger of the two (a low ratio keeps the concentration's)."""
+    score = np.array([0.1, 0.1, 0.1, 0.1, 0.9, 0.1])
+    blended = np.array([True, False, True, True, True, True])
+    chi2 = np.array([1.0, 1.0, 3.0, 1.0, 1.0, 1.0])
+    ratio = np.array([1.0, 1.0, 1.0, 0.8, 0.8, np.nan])
+    err = np.full(6, 0.02)
+    out = classify.psf_fit_class_star(score, blended, chi2, ratio, err)
+    assert out[0] > 0.95 and out[4] == 0.9
+    assert list(out[[1, 2, 3, 5]]) == [0.1, 0.1, 0.1, 0.1]
+    assert list(score) == [0.1, 0.1, 0.1, 0.1, 0.9, 0.1]  # not changed in place
+
+
+def test_deblended_extendedness_is_one_for_a_blended_star():
+    """Two noiseless PSF-model stars 1.2 FWHM apart: each one's aperture holds the other's
+    light (flux_psf / flux_apcorr would say extended), the deblended ratio is 1."""
+    from skysurvey import psfmodel as pm
+
+    fwhm, half = 3.0, 12
+    rng = np.random.default_rng(1)
+    x0, y0 = rng.uniform(-0.5, 0.5, 2)
+    r2 = np.arange(-half, half + 1)[:, None] ** 2 + np.arange(-half, half + 1)[None, :] ** 2
+    stamp = np.exp(-0.5 * r2 / (fwhm / 2.3548) ** 2)
+    grid = pm.PsfGrid(basis=(stamp / stamp.sum())[None].astype(float), oversample=1, half=half,
+                      order=0, centre=(32.0, 32.0), scale=(32.0, 32.0))
+    x = np.array([30.0 + x0, 30.0 + x0 + 1.2 * fwhm])
+    y = np.array([32.0 + y0, 32.0 + y0])
+    flux = np.array([5000.0, 3000.0])
+    image = pm.ModelImage((64, 64), grid, (x, y), (np.rint(x).astype(int),
+                                                   np.rint(y).astype(int)),
+                          (half - pm.LANCZOS,) * 2 + (None,)).image(flux)
+    pixels = Pixels(np.ascontiguousarray(image, float), 1.0)
+    ratio, err = classify.deblended_extendedness(pixels, grid, (x, y, flux, flux * 0.01),
+                                                 1.5 * fwhm, np.arange(2))
+    assert np.allclose(ratio, 1.0, atol=1e-3) and np.all(err > 0)
+    plain, _, _ = sep.sum_circle(pixels.sub, x, y, 1.5 * fwhm, subpix=0)
+    own = flux * aperture_fraction(grid, x, y, 1.5 * fwhm)
+    assert np.all(own / plain < 0.95)  # the raw aperture holds the neighbour's light
 
 
 def _true_correction(fwhm_px, radius, kind="moffat"):

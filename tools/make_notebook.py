@@ -714,6 +714,58 @@ print("FITS, description of flux:", back["flux"].description)
 print("VOTable, description of flux:", Table.read(OUTPUT / "sources.vot")["flux"].description)
 back["ra", "dec", "flux", "mag", "band", "night"][:3]
 """)
+section("11. The PSF model and its residuals", "psf")
+md("""
+With `DetectionConfig(psf_photometry=True)` (`invoke_lambda.py --psf-photometry`) the handler
+builds a PSF model from each image's own stars, varying across the image, and fits it to every
+source (`flux_psf`, `psf_chi2`, `x_psf`, `y_psf`); the `images` record keeps the model's
+quality (`psf_nstars`, `psf_resid_rms`, `psf_fwhm_center`, `psf_fwhm_corner_max`,
+`psf_ellipticity_max`), not the model itself. The sample's images are small and sparse, so the
+cell below draws a crowded field of its own (as section 7 did for the Kron fluxes) and runs
+the handler's measurement on it, keeping the model it fitted
+(`skysurvey.psfplots.measure_with_psf_model`).
+
+**Look at:** the model at the centre and at a corner (the titles give the FWHM and
+ellipticity from the `images` record); then the crowded cutout beside the same pixels minus
+every fitted PSF: stars vanish into the noise; what a PSF cannot describe stays (a galaxy's
+extended light, a neighbour the detection missed), which is why `flux_psf` is for point
+sources only.
+""")
+code("""
+from skysurvey import psfplots
+
+crowded = make_image((320, 320), n_stars=4000, n_galaxies=1000, seed=5)
+buffer = io.BytesIO()
+crowded.to_hdulist().writeto(buffer)
+measured = psfplots.measure_with_psf_model(read_fits(buffer.getvalue(), name="crowded.fits"),
+                                           "crowded")
+fitted = measured.sources
+kinds = crowded.truth["kind"].value_counts()
+say(f"**This field:** {kinds.get('star', 0):,} stars and {kinds.get('galaxy', 0):,} galaxies "
+    f"drawn on {crowded.data.shape[1]}x{crowded.data.shape[0]} pixels; "
+    f"{len(fitted):,} sources detected, {int(fitted['flux_psf'].notna().sum()):,} with a PSF "
+    f"fit; the model was built from {measured.row['psf_nstars']} stars (residual rms "
+    f"{measured.row['psf_resid_rms']:.4f} of their peak); median `psf_chi2` "
+    f"{fitted['psf_chi2'].median():.2f}.")
+""")
+figure("""
+fig = psfplots.plot_psf_model(measured.grid, measured.row)
+""")
+figure("""
+model = psfplots.fitted_model(measured.grid, fitted, measured.sub.shape)
+box = psfplots.crowded_box(fitted, measured.sub.shape, 96)
+fig = psfplots.plot_psf_residual(measured.sub, model, box, fitted)
+""")
+md("""
+Which flux to use for what (`data/README.md`, "Which flux for what", gives the measured
+accuracies): `flux_psf` / `mag_psf` for stars and other point sources (`class_star >= 0.5`),
+above all in crowded fields, where the fit takes the neighbours' light out; `flux_apcorr` for
+point sources when there is no PSF model, or as a model-free check; the Kron `flux` for
+galaxies, whose light a PSF leaves behind (the residual above). `class_star` comes from the
+concentration, except for a blended detection that a PSF describes (`psf_chi2` <= 1.25): its
+neighbours' light makes a star look extended, so its `flux_psf` over the aperture's light with
+the neighbours' PSFs subtracted decides (data/README.md says how much that helps).
+""")
 
 def _cell(kind: str, text: str, cell_id: str):
     if kind == "md":

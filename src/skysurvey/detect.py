@@ -30,6 +30,7 @@ from .astrometry import (
     pixel_to_icrs,
     sky_positions,
 )
+from .classify import BLEND_PSF_CHI2, deblended_extendedness, psf_fit_class_star
 from .deblend import find_hidden
 from .errors import ImageDataError
 from .fitsread import FitsImage, observation_time
@@ -338,6 +339,7 @@ def _measure_image(image: FitsImage, image_id: str, config: DetectionConfig):
         psf_grid, phot = _psf_photometry(pixels, columns, psf_model, radius,
                                          config.psf_residual_search)
         columns, psf_columns, phot = _with_split_sources(columns, psf_columns, phot)
+        psf_columns = _blends_by_psf_fit(pixels, psf_grid, columns, psf_columns, phot, radius)
     else:  # the columns exist, null (DetectionConfig.psf_photometry)
         psf_grid = None
         phot = {name: np.full(len(columns["x"]), np.nan) for name in PSF_COLUMNS}
@@ -438,6 +440,33 @@ def _with_split_sources(columns, psf_columns, phot):
     if "class_star" in psf_columns:
         psf_columns["class_star"][np.concatenate([cols["split"], np.ones(k, bool)])] = 1.0
     return columns, psf_columns, out
+
+
+def _blends_by_psf_fit(pixels, grid, columns, psf_columns, phot, radius):
+    """psf.py's columns with the class_star of the blended detections (SEP's blend bit or the
+    second pass; not split by the PSF fit) that the concentration calls extended but a PSF
+    describes, from their deblended extendedness (classify.psf_fit_class_star)."""
+    score = psf_columns.get("class_star")
+    if grid is None or score is None or not len(score):
+        return psf_columns
+    flags = np.asarray(columns["flags"]).astype(np.int64)
+    blended = (((flags & (OBJ_MERGED | SECOND_PASS)) > 0)
+               & ((flags & (PSF_SPLIT | PSF_RESIDUAL)) == 0))
+    chi2 = np.asarray(phot["psf_chi2"], float)
+    with np.errstate(invalid="ignore"):
+        todo = np.flatnonzero(blended & (score < 0.5) & (chi2 <= BLEND_PSF_CHI2)
+                              & (np.asarray(phot["flux_psf"], float) > 0)
+                              & np.isfinite(np.asarray(phot["x_psf"], float))
+                              & np.isfinite(np.asarray(phot["y_psf"], float)))
+    if todo.size == 0:
+        return psf_columns
+    ratio = np.full(score.size, np.nan)
+    ratio_err = ratio.copy()
+    ratio[todo], ratio_err[todo] = deblended_extendedness(
+        pixels, grid, tuple(phot[k] for k in ("x_psf", "y_psf", "flux_psf", "flux_psf_err")),
+        radius, todo)
+    return {**psf_columns, "class_star": psf_fit_class_star(score, blended, chi2, ratio,
+                                                            ratio_err)}
 
 
 def _healpix_column(ra, dec) -> pa.Array:
