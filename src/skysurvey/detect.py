@@ -67,7 +67,9 @@ __all__ = [
     "SECOND_PASS",
     "ZERO_POINT_KEYS",
     "DetectionConfig",
+    "MeasuredImage",
     "measure_image",
+    "measure_image_pixels",
     "zero_point",
 ]
 
@@ -302,14 +304,58 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
     ImageDataError
         When SEP cannot extract sources from the data. Any other error (a bug) propagates.
     """
+    measured = measure_image_pixels(image, image_id, config)
+    return measured.sources, measured.row
+
+
+@dataclass(frozen=True)
+class MeasuredImage:
+    """:func:`measure_image_pixels`' result: the catalog rows and what they were measured on.
+
+    Attributes
+    ----------
+    sources : pyarrow.Table
+        The ``sources`` table.
+    row : dict
+        The ``images`` row.
+    pixels : Pixels
+        The background-subtracted pixels, noise, segmentation and mask that were measured.
+    psf_grid : PsfGrid or None
+        The PSF model the PSF photometry fitted (None when it did not run or had no stars).
+    """
+
+    sources: pa.Table
+    row: dict
+    pixels: Pixels
+    psf_grid: object = None
+
+
+def measure_image_pixels(image: FitsImage, image_id: str,
+                         config: DetectionConfig | None = None) -> MeasuredImage:
+    """:func:`measure_image`, also handing back the pixels and the PSF model it measured with
+    (for figures of the model and its residuals; the catalog is the same).
+
+    Parameters
+    ----------
+    image : FitsImage
+        The image as :func:`skysurvey.fitsread.read_fits` read it.
+    image_id : str
+        The image's id, written in every row.
+    config : DetectionConfig, optional
+        Detection and measurement settings (default: ``DetectionConfig()``).
+
+    Returns
+    -------
+    MeasuredImage
+    """
     config = config or DetectionConfig()
     # the image's SEP settings (sub-object limit raised for crowded fields), restored after
     with sep_settings(sub_object_limit=max(sep.get_sub_object_limit(), _SUB_OBJECTS)):
         return _measure_image(image, image_id, config)
 
 
-def _measure_image(image: FitsImage, image_id: str, config: DetectionConfig):
-    """:func:`measure_image` within its SEP settings."""
+def _measure_image(image: FitsImage, image_id: str, config: DetectionConfig) -> MeasuredImage:
+    """:func:`measure_image_pixels` within its SEP settings."""
     data, mask, header = image.data, image.mask, image.header
     ny, nx = data.shape
     saturate, _ = _first(header, SATURATE_KEYS)
@@ -383,7 +429,7 @@ def _measure_image(image: FitsImage, image_id: str, config: DetectionConfig):
         "detect_thresh": config.thresh}, notes)
     row.update(psf_image_columns(psf_model, row))
     row.update(psf_quality(psf_grid, nx, ny))
-    return table, row
+    return MeasuredImage(table, row, pixels, psf_grid)
 
 
 def _psf_photometry(pixels, columns, psf_model, radius, residual=False):

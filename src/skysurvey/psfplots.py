@@ -42,8 +42,8 @@ class MeasuredImage:
 
 def measure_with_psf_model(image, image_id: str) -> MeasuredImage:
     """:func:`skysurvey.detect.measure_image` with ``DetectionConfig(psf_photometry=True)``,
-    keeping the PSF model and pixels that its PSF photometry used (the handler's own call of
-    :func:`skysurvey.psfphot.photometry`, observed for the duration of this call).
+    keeping the PSF model and pixels that its PSF photometry used
+    (:func:`skysurvey.detect.measure_image_pixels`).
 
     Parameters
     ----------
@@ -58,22 +58,10 @@ def measure_with_psf_model(image, image_id: str) -> MeasuredImage:
         The sources, the ``images`` record, the PSF model (None without PSF stars) and the
         background-subtracted pixels.
     """
-    seen = {}
-    fit = detect.psf_photometry
-
-    def observed(*args, **kwargs):
-        grid, cols, new = fit(*args, **kwargs)
-        pixels = args[0]
-        seen.update(grid=grid, sub=pixels.sub)
-        return grid, cols, new
-
-    detect.psf_photometry = observed
-    try:
-        table, row = detect.measure_image(image, image_id,
-                                          detect.DetectionConfig(psf_photometry=True))
-    finally:
-        detect.psf_photometry = fit
-    return MeasuredImage(table.to_pandas(), row, seen.get("grid"), seen.get("sub"))
+    measured = detect.measure_image_pixels(image, image_id,
+                                           detect.DetectionConfig(psf_photometry=True))
+    return MeasuredImage(measured.sources.to_pandas(), measured.row, measured.psf_grid,
+                         measured.pixels.sub)
 
 
 def fitted_model(grid, sources: pd.DataFrame, shape) -> np.ndarray:
