@@ -183,8 +183,11 @@ class Options:
 
 
 def _rms_map(pixels):
-    """The noise as a map of the image's shape (a scalar noise broadcast)."""
-    return np.broadcast_to(np.asarray(pixels.rms, float), pixels.shape)
+    """The noise as a map of the image's shape (a scalar noise broadcast; a map as it is,
+    no copy)."""
+    rms = np.asarray(pixels.rms)
+    return rms if rms.shape == pixels.shape else np.broadcast_to(rms.astype(float),
+                                                                pixels.shape)
 
 
 def model_from_stars(pixels: Pixels, sources, stars, fwhm, refine=None,
@@ -321,12 +324,13 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
         inside &= ~mask.ravel()[flat]
     # float32 for the per-pixel work (half the memory traffic); sums and solves in float64
     data = np.where(inside, values, 0.0).astype(np.float32)
-    sig2 = rms.ravel()[flat].astype(float) ** 2
+    del values
+    sig2 = rms.ravel()[flat].astype(np.float32) ** 2
     inside &= np.isfinite(sig2)
-    sig2 = np.where(inside, sig2, 0.0).astype(np.float32)
+    sig2[~inside] = 0.0
     off = np.arange(-hf, hf + 1)
-    ox = np.tile(off, hf * 2 + 1)[None, :]
-    oy = np.repeat(off, hf * 2 + 1)[None, :]
+    ox = np.tile(off, hf * 2 + 1)[None, :].astype(np.float32)
+    oy = np.repeat(off, hf * 2 + 1)[None, :].astype(np.float32)
     nh = _neighbour_half(grid, fwhm)
     edge = _edge_value(grid, hf)
     level = _typical(rms)
@@ -355,8 +359,10 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
         if where is None:
             where = full.index(flat)
         if near is None or move or it == pos_iter:
-            r2 = (ox + (ix - x)[:, None]) ** 2 + (oy + (iy - y)[:, None]) ** 2
+            r2 = (ox + (ix - x).astype(np.float32)[:, None]) ** 2 \
+                + (oy + (iy - y).astype(np.float32)[:, None]) ** 2
             near = inside & (r2 <= radius**2)
+            del r2
         own = full.own  # this source's part of the model image, on its fit stamp
         if not move:
             psf = own
@@ -475,8 +481,8 @@ def residual_background(residual, mask, fwhm, mesh_fwhm=16.0):
     """The background left in *residual* (the image minus every fitted source): SEP's mesh
     background of it (meshes of *mesh_fwhm* FWHM, at least 32 px, 3 x 3 median filter)."""
     size = int(max(32, round(mesh_fwhm * fwhm)))
-    data = np.ascontiguousarray(np.where(np.isfinite(residual), residual, 0.0),
-                                dtype=np.float32)
+    data = np.array(residual, dtype=np.float32, order="C")
+    np.nan_to_num(data, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     bkg = sep.Background(data, mask=mask, bw=size, bh=size, fw=3, fh=3)
     return bkg.back()
 
@@ -677,14 +683,17 @@ def photometry(pixels: Pixels, columns, stars, scale: Scale, options: Options = 
     # second pass: the background again without the stars' light (their wings raise a
     # crowded field's background), the model again with the neighbours subtracted
     model_image = fit.rendered.image(fit.amp)
-    pixels = pixels.with_(sub=pixels.sub - residual_background(pixels.sub - model_image,
-                                                               pixels.mask, fwhm))
+    back = residual_background(np.subtract(pixels.sub, model_image, dtype=np.float32),
+                               pixels.mask, fwhm)
+    pixels = pixels.with_(sub=np.subtract(pixels.sub, back, dtype=pixels.sub.dtype))
+    del back
     grid2 = model_from_stars(pixels, (fit.x, fit.y, fit.amp), stars, fwhm,
                              refine=(model_image, fit.amp, grid))
+    del model_image
+    start = Start(fit.x, fit.y, fit.amp, fit.rendered if grid2 is None else None)
     grid = grid2 if grid2 is not None else grid
-    fit = fit_sources(pixels, grid, Start(fit.x, fit.y, fit.amp,
-                                          fit.rendered if grid2 is None else None),
-                      fwhm=fwhm, n_iter=2, pos_iter=1)
+    del fit  # its model stamps (unless reused) are freed before the next fit's
+    fit = fit_sources(pixels, grid, start, fwhm=fwhm, n_iter=2, pos_iter=1)
     fit, found, parent = _add_sources(pixels, grid, fit, fwhm, options)
     norm, norm_rel = _normalisation(grid, scale.radius, scale.aperture_correction,
                                     scale.aperture_correction_err)
@@ -721,6 +730,7 @@ def _add_sources(pixels, grid, fit, fwhm, options):
         x2 = y2 = a2 = np.zeros(0)
     if not (fx.size or parent.size):
         return fit, 0, parent
+    fit.rendered = None  # its stamps and model image are freed before the joint fit's
     out = fit_sources(pixels, grid, Start(np.concatenate([xs, fx, x2]),
                                           np.concatenate([ys, fy, y2]),
                                           np.concatenate([amp, famp, a2])),
