@@ -376,15 +376,14 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
             resid = data - model
             npix = use.sum(axis=1)
             dof = np.maximum(npix - np.where(free, 3, 1), 1)
-            chi2 = np.einsum("ij,ij,ij->i", w, resid, resid, dtype=float) / dof
+            chi2 = np.einsum("ij,ij->i", w * resid, resid).astype(float) / dof
             return PsfFit(amp, err, x, y, chi2, npix, full)
         # this source alone: the model image minus this source's part of it
         target = data - model + amp.astype(np.float32)[:, None] * own
         wp = w * psf
-        den = np.einsum("ij,ij->i", wp, psf, dtype=float)
+        den = np.einsum("ij,ij->i", wp, psf).astype(float)
         with np.errstate(divide="ignore", invalid="ignore"):
-            new_amp = np.where(den > 0, np.einsum("ij,ij->i", wp, target, dtype=float) / den,
-                               np.nan)
+            new_amp = np.where(den > 0, np.einsum("ij,ij->i", wp, target) / den, np.nan)
             err = np.where(den > 0, 1.0 / np.sqrt(den), np.inf)
         snr = np.where(np.isfinite(new_amp), new_amp / err, 0.0)
         if move:
@@ -489,12 +488,18 @@ def residual_background(residual, mask, fwhm, mesh_fwhm=16.0):
 
 def _gram(columns, w, resid):
     """Per-source normal matrix ``J^T W J`` and ``J^T W r`` of the Jacobian *columns* (each
-    (N, ...) like *resid*): batched matrix products."""
-    n = w.shape[0]
-    jac = np.stack([np.broadcast_to(c, resid.shape).reshape(n, -1) for c in columns], axis=2)
-    jw = jac * w.reshape(n, -1, 1)
-    normal = (jw.transpose(0, 2, 1) @ jac).astype(float)
-    rhs = (jw.transpose(0, 2, 1) @ resid.reshape(n, -1, 1))[..., 0].astype(float)
+    (N, ...) like *resid*): one float32 dot product per pair of columns (float32 sums over
+    one stamp: ~1e-6 relative), returned as float64."""
+    n, k = w.shape[0], len(columns)
+    cols = [np.broadcast_to(c, resid.shape).reshape(n, -1) for c in columns]
+    w, resid = w.reshape(n, -1), resid.reshape(n, -1)
+    normal = np.empty((n, k, k))
+    rhs = np.empty((n, k))
+    for i in range(k):
+        wi = w * cols[i]
+        rhs[:, i] = np.einsum("ij,ij->i", wi, resid)
+        for j in range(i, k):
+            normal[:, i, j] = normal[:, j, i] = np.einsum("ij,ij->i", wi, cols[j])
     return normal, rhs
 
 
