@@ -576,7 +576,8 @@ def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
         var += np.maximum(light, 0.0) * np.float32(1.0 / gain)
     use = inside & (r2 <= radius**2) & (var > 0)
     w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0).astype(np.float32)
-    chi2_1 = np.einsum("nij,nij,nij->n", w, target - own, target - own, dtype=float)
+    one = target - own
+    chi2_1 = np.einsum("nij,nij->n", w * one, one).astype(float)
     # start: the second star at the residual's peak, the first moved the other way
     resid = np.where(use & (r2 <= (fwhm * 1.5) ** 2), target - own, -np.inf)
     peak = np.argmax(resid.reshape(len(idx), -1), axis=1)
@@ -603,11 +604,9 @@ def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
     _, _, p1 = pm.render(grid32, x1, y1, hf, centre=(ix, iy))
     _, _, p2 = pm.render(grid32, x2, y2, hf, centre=(ix, iy))
     # final fluxes: linear 2x2 solve at the final positions
-    m11 = np.einsum("nij,nij,nij->n", w, p1, p1, dtype=float)
-    m22 = np.einsum("nij,nij,nij->n", w, p2, p2, dtype=float)
-    m12 = np.einsum("nij,nij,nij->n", w, p1, p2, dtype=float)
-    b1 = np.einsum("nij,nij,nij->n", w, p1, target, dtype=float)
-    b2 = np.einsum("nij,nij,nij->n", w, p2, target, dtype=float)
+    w1, w2 = w * p1, w * p2
+    m11, m12, b1 = (np.einsum("nij,nij->n", w1, v).astype(float) for v in (p1, p2, target))
+    m22, b2 = (np.einsum("nij,nij->n", w2, v).astype(float) for v in (p2, target))
     det = m11 * m22 - m12**2
     with np.errstate(divide="ignore", invalid="ignore"):
         a1 = (m22 * b1 - m12 * b2) / det
@@ -615,7 +614,7 @@ def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
         e1, e2 = np.sqrt(m22 / det), np.sqrt(m11 / det)
         res = target - a1.astype(np.float32)[:, None, None] * p1 \
             - a2.astype(np.float32)[:, None, None] * p2
-        chi2_2 = np.einsum("nij,nij,nij->n", w, res, res, dtype=float)
+        chi2_2 = np.einsum("nij,nij->n", w * res, res).astype(float)
         dof = np.maximum(use.sum(axis=(1, 2)) - 6, 1)
         score = (chi2_1 - chi2_2) / np.maximum(chi2_2 / dof, 1.0)
     sep_px = np.hypot(x2 - x1, y2 - y1)
