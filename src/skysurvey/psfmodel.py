@@ -412,8 +412,10 @@ def _pixel_fit(terms, residual, weight, ridge=1e-6):
     n, k = terms.shape
     keep = weight > 0
     wt = np.where(keep, weight, 0.0)
-    normal = (wt.T @ (terms[:, :, None] * terms[:, None, :]).reshape(n, k * k)).reshape(-1, k, k)
-    rhs = np.where(keep, wt * residual, 0.0).T @ terms
+    # (K², N) @ (N, P): contiguous operands (a transposed (P, N) one is many times slower)
+    pairs = (terms[:, :, None] * terms[:, None, :]).reshape(n, k * k)
+    normal = (pairs.T @ wt).T.reshape(-1, k, k)
+    rhs = (terms.T @ np.where(keep, wt * residual, 0.0)).T
     ok = (keep.sum(axis=0) > k) & (normal[:, 0, 0] > 0)
     out = np.zeros((residual.shape[1], k))
     if ok.any():

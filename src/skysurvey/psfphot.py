@@ -366,12 +366,12 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
         own = full.own  # this source's part of the model image, on its fit stamp
         if not move:
             psf = own
-        model = full.padded(amp).ravel()[where].astype(np.float32)
+        model = np.take(full.padded(amp), where).astype(np.float32, copy=False)
         var = sig2 + np.square(np.float32(PROFILE_ERROR) * model)
         if gain:
             var += np.maximum(model, 0.0) * np.float32(1.0 / gain)
         use = near & (var > 0)
-        w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0).astype(np.float32)
+        w = np.divide(np.float32(1.0), var, out=np.zeros_like(var), where=use)
         if it == n_iter:  # final: chi² against all models, errors
             resid = data - model
             npix = use.sum(axis=1)
@@ -575,7 +575,7 @@ def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
     if gain:
         var += np.maximum(light, 0.0) * np.float32(1.0 / gain)
     use = inside & (r2 <= radius**2) & (var > 0)
-    w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0).astype(np.float32)
+    w = np.divide(np.float32(1.0), var, out=np.zeros_like(var), where=use)
     one = target - own
     chi2_1 = np.einsum("nij,nij->n", w * one, one).astype(float)
     # start: the second star at the residual's peak, the first moved the other way
