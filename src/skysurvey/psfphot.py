@@ -465,22 +465,14 @@ def _residual_sources(pixels, grid, fit, fwhm):
 
 
 def _nearest_distance(x, y, px, py, reach):
-    """Distance from each (x, y) to the nearest of (px, py) when within *reach* (cells of
-    that size), else at least *reach* (inf)."""
+    """Distance from each (x, y) to the nearest of (px, py) when within *reach*, else inf
+    (chunks of at most two million pairs)."""
     out = np.full(x.size, np.inf)
-    if px.size == 0 or x.size == 0:
-        return out
-    cell = max(float(reach), 1.0)
-    keys: dict = {}
-    for k, key in enumerate(zip(np.floor(px / cell).astype(int), np.floor(py / cell).astype(int),
-                                strict=True)):
-        keys.setdefault(key, []).append(k)
-    for i, (a, b) in enumerate(zip(np.floor(x / cell).astype(int),
-                                   np.floor(y / cell).astype(int), strict=True)):
-        idx = [k for da in (-1, 0, 1) for db in (-1, 0, 1) for k in keys.get((a + da, b + db), ())]
-        if idx:
-            idx = np.asarray(idx)
-            out[i] = np.min(np.hypot(px[idx] - x[i], py[idx] - y[i]))
+    step = max(1, 2_000_000 // max(px.size, 1))
+    for start in range(0, x.size if px.size else 0, step):
+        sel = slice(start, start + step)
+        d2 = ((x[sel, None] - px[None, :]) ** 2 + (y[sel, None] - py[None, :]) ** 2).min(axis=1)
+        out[sel] = np.where(d2 <= reach**2, np.sqrt(d2), np.inf)
     return out
 
 
@@ -747,8 +739,8 @@ def _add_sources(pixels, grid, fit, fwhm, options):
     # stamp's and the neighbour model's half-sizes and a move apart
     reach = math.ceil(max(FIT_RADIUS_FWHM * fwhm, MIN_FIT_RADIUS)) \
         + _neighbour_half(grid, fwhm) + MAX_MOVE + 2
-    active = _within(fit.x, fit.y, np.concatenate([fit.x[parent], fx]),
-                     np.concatenate([fit.y[parent], fy]), reach)
+    active = _nearest_distance(fit.x, fit.y, np.concatenate([fit.x[parent], fx]),
+                               np.concatenate([fit.y[parent], fy]), reach) <= reach
     active[parent] = True
     fixed = fit.rendered.image(np.where(active, 0.0, fit.amp)).copy()
     fit.rendered = None  # its stamps and model image are freed before the joint fit's
@@ -773,17 +765,6 @@ def _add_sources(pixels, grid, fit, fwhm, options):
         keep = np.concatenate([np.ones(n, bool), ~weak, np.ones(parent.size, bool)])
         out = PsfFit(*(v[keep] for v in values))
     return out, int((~weak).sum()), parent
-
-
-def _within(x, y, px, py, reach):
-    """Whether each (x, y) is within *reach* of any of (px, py)."""
-    out = np.zeros(x.size, bool)
-    step = max(1, 2_000_000 // max(px.size, 1))
-    for start in range(0, x.size if px.size else 0, step):
-        sel = slice(start, start + step)
-        d2 = (x[sel, None] - px[None, :]) ** 2 + (y[sel, None] - py[None, :]) ** 2
-        out[sel] = (d2 <= reach**2).any(axis=1)
-    return out
 
 
 def _normalisation(grid, radius, corr, corr_err):
