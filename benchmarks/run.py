@@ -660,11 +660,14 @@ def _psf_accuracy(truth, x, y, flux, err):
     return figures
 
 
-PSF_PHOTOMETRY_NOTES = """
+PSF_PHOTOMETRY_NOTES = """ PSF photometry stays opt-in (`invoke_lambda.py
+--psf-photometry`, `DetectionConfig(psf_photometry=True)`, event `"psf_photometry": true`; the
+default handler's flux_psf columns are null) until ours / (SExtractor + PSFEx) is at most 0.25.
 
 Ours: the CPU time of `psfphot.photometry` (PSF model twice, fits, background from the
-residual, residual search, splits) on the inputs `measure_image` hands it; the handler line is
-the whole image (detection, Kron, apertures, psf.py, Parquet). SExtractor + PSFEx: the
+residual, splits; the residual search is off by default) on the inputs `measure_image` hands
+it; the handler lines are the whole image (detection, Kron, apertures, psf.py, Parquet) with
+and without PSF photometry, interleaved with it. SExtractor + PSFEx: the
 children's CPU time of pass 1 (35x35 vignets, FITS_LDAC), PSFEx (PIXEL_AUTO basis, degree-2
 variation, 33x33) and pass 2 (FLUX_PSF), one thread each. SExtractor's FLUX_PSF / true of
 0.88 matches PSFEx's convention rather than a failed fit: the stars are normalised by

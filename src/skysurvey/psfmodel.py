@@ -291,6 +291,7 @@ class ModelImage:
         same = np.zeros(n, bool)
         if earlier is not None:
             same = (self.x == earlier.x) & (self.y == earlier.y) & (big == earlier.big)
+            earlier._last = (None, None)  # its model image is not asked for again
         self.big = big
         self.stamps = {}  # half-size: (sources, their stamps)
         self.row = np.zeros(n, np.int64)  # each source's row in its group's stamps
@@ -304,12 +305,17 @@ class ModelImage:
         self.size = (ny + 2 * pad) * self.width
         s = 2 * small + 1
         self.own = np.empty((n, s * s), np.float32)  # each source's model on its fit stamp
-        order, counts, flat, values = [], [], [], []
-        for sel, h in ((big, half), (~big, small)):
-            idx = np.flatnonzero(sel)
-            if idx.size == 0:
-                continue
-            psf = np.empty((idx.size, 2 * h + 1, 2 * h + 1), np.float32)
+        groups = [(np.flatnonzero(sel), h) for sel, h in ((big, half), (~big, small))]
+        groups = [(idx, h) for idx, h in groups if idx.size]
+        # every stamp's values in one array (the groups' stamps are views of it)
+        self.values = np.empty(sum(idx.size * (2 * h + 1) ** 2 for idx, h in groups),
+                               np.float32)
+        order, counts, flat = [], [], []
+        start = 0
+        for idx, h in groups:
+            size = idx.size * (2 * h + 1) ** 2
+            psf = self.values[start:start + size].reshape(idx.size, 2 * h + 1, 2 * h + 1)
+            start += size
             todo = np.ones(idx.size, bool)
             keep = same[idx]
             if keep.any():
@@ -331,12 +337,10 @@ class ModelImage:
             order.append(idx)
             counts.append(np.full(idx.size, local.size))
             flat.append((centres[:, None] + local).ravel())
-            values.append(psf.ravel())
         # one scatter for all stamps: flat indices, values, and the source of each run
         self.order = np.concatenate(order) if order else np.zeros(0, np.int64)
         self.counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
         self.flat = np.concatenate(flat) if flat else np.zeros(0, np.int64)
-        self.values = np.concatenate(values) if values else np.zeros(0, np.float32)
         self._last = (None, None)
 
     def padded(self, amp):
@@ -345,8 +349,10 @@ class ModelImage:
         last_amp, last = self._last
         if last_amp is not None and np.array_equal(last_amp, amp):
             return last
+        self._last = (None, None)  # the old image goes before the new one is made
         weights = self.values * np.repeat(amp[self.order].astype(np.float32), self.counts)
         out = np.bincount(self.flat, weights, self.size).reshape(-1, self.width)
+        del weights
         self._last = (np.array(amp, copy=True), out)
         return out
 
@@ -406,8 +412,10 @@ def _pixel_fit(terms, residual, weight, ridge=1e-6):
     n, k = terms.shape
     keep = weight > 0
     wt = np.where(keep, weight, 0.0)
-    normal = (wt.T @ (terms[:, :, None] * terms[:, None, :]).reshape(n, k * k)).reshape(-1, k, k)
-    rhs = np.where(keep, wt * residual, 0.0).T @ terms
+    # (K², N) @ (N, P): contiguous operands (a transposed (P, N) one is many times slower)
+    pairs = (terms[:, :, None] * terms[:, None, :]).reshape(n, k * k)
+    normal = (pairs.T @ wt).T.reshape(-1, k, k)
+    rhs = (terms.T @ np.where(keep, wt * residual, 0.0)).T
     ok = (keep.sum(axis=0) > k) & (normal[:, 0, 0] > 0)
     out = np.zeros((residual.shape[1], k))
     if ok.any():
