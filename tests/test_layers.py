@@ -306,7 +306,7 @@ SEP_SETTERS = frozenset({"set_extract_pixstack", "set_sub_object_limit"})
 #: pixels as one ``measurement.Pixels``, their tuning values as a config object).
 #: psfphot, psfmodel and forced join once their owners have converted them.
 MEASUREMENT_MODULES = ("measurement", "profiles", "fitsread", "astrometry", "detect", "deblend",
-                       "classify", "psf", "reference", "calibrate")
+                       "classify", "psf", "reference", "calibrate", "psfmodel", "psfphot")
 MAX_PARAMETERS = 6
 
 

@@ -75,8 +75,8 @@ def _noise_free_stars(fwhm, n=60, seed=3, half=None):
 def test_model_from_noise_free_stars_returns_their_flux_in_its_stamp(fwhm):
     x, y, flux, stamps, half = _noise_free_stars(fwhm)
     weights = np.ones_like(stamps) / 100.0
-    grid = pm.build(stamps, weights, x, y, flux * 0.9, half=half, oversample=1, order=0,
-                    centre=(256, 256), scale=(256, 256))
+    grid = pm.build(pm.StarStamps(stamps, weights, x, y, flux * 0.9),
+                    pm.GridLayout(half, 1, 0, (256, 256), (256, 256)))
     inside = stamps.sum(axis=(1, 2))  # the stamp holds all but the wings beyond it
     ratio = grid.extra["flux"] / inside
     assert grid.n_stars >= 48  # a few clipped at 1.6 px (sub-pixel phase errors of a 1e5 star)
@@ -86,8 +86,8 @@ def test_model_from_noise_free_stars_returns_their_flux_in_its_stamp(fwhm):
 
 def test_render_sums_to_one_and_its_derivative_is_the_finite_difference():
     x, y, flux, stamps, half = _noise_free_stars(4.0, n=40)
-    grid = pm.build(stamps, np.ones_like(stamps), x, y, flux, half=half, oversample=1,
-                    order=0, centre=(256, 256), scale=(256, 256))
+    grid = pm.build(pm.StarStamps(stamps, np.ones_like(stamps), x, y, flux),
+                    pm.GridLayout(half, 1, 0, (256, 256), (256, 256)))
     px = np.array([200.3, 201.1, 150.0])
     py = np.array([100.45, 99.8, 120.25])
     _, _, psf, dx, dy = pm.render(grid, px, py, half, derivatives=True)
@@ -311,8 +311,8 @@ def test_extendedness_ratio_and_error():
 
 def test_flux_scale_falls_back_on_the_model_when_the_aperture_correction_is_implausible():
     x, y, flux, stamps, half = _noise_free_stars(4.0, n=40)
-    grid = pm.build(stamps, np.ones_like(stamps), x, y, flux, half=half, oversample=1,
-                    order=0, centre=(256, 256), scale=(256, 256))
+    grid = pm.build(pm.StarStamps(stamps, np.ones_like(stamps), x, y, flux),
+                    pm.GridLayout(half, 1, 0, (256, 256), (256, 256)))
     radius = 6.0
     frac = float(np.median(_stars_aperture_fraction(grid, radius)))
     true_corr = 1.0 / frac  # the model's own total / aperture

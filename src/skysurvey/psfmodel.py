@@ -35,8 +35,10 @@ import numpy as np
 
 __all__ = [
     "LANCZOS",
+    "GridLayout",
     "ModelImage",
     "PsfGrid",
+    "StarStamps",
     "as_float32",
     "build",
     "choose_order",
@@ -435,12 +437,11 @@ def _normalise(basis, oversample):
     return basis
 
 
-def build(stamps, weights, x, y, flux, *, half: int, oversample: int, order: int,
-          centre, scale, n_iter: int = 6, clip: float = 5.0,
-          start: PsfGrid | None = None) -> PsfGrid:
-    """Fit a :class:`PsfGrid` to stars.
+@dataclass(frozen=True)
+class StarStamps:
+    """The stars a model is built from (:func:`build`).
 
-    Parameters
+    Attributes
     ----------
     stamps : (N, S, S) array
         Background-subtracted (neighbour-subtracted when possible) stamps, S = 2 half + 1,
@@ -451,10 +452,44 @@ def build(stamps, weights, x, y, flux, *, half: int, oversample: int, order: int
         The stars' positions (windowed centroids), pixels.
     flux : (N,) array
         First guess of the stars' fluxes (refitted every iteration).
+    """
+
+    stamps: np.ndarray
+    weights: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """The shape of a model (:func:`build`).
+
+    Attributes
+    ----------
     half, oversample, order : int
         Model stamp half-size (native pixels), grid nodes per pixel, polynomial degree.
     centre, scale : (float, float)
         Polynomial origin and scale (the image's centre and half-size).
+    """
+
+    half: int
+    oversample: int
+    order: int
+    centre: tuple[float, float]
+    scale: tuple[float, float]
+
+
+def build(stars: StarStamps, layout: GridLayout, *, n_iter: int = 6, clip: float = 5.0,
+          start: PsfGrid | None = None) -> PsfGrid:
+    """Fit a :class:`PsfGrid` to stars.
+
+    Parameters
+    ----------
+    stars : StarStamps
+        The stars' stamps, pixel weights, positions and first flux guesses.
+    layout : GridLayout
+        Model half-size, oversampling, polynomial degree, its origin and scale.
     n_iter : int
         Iterations of residual stacking.
     clip : float
@@ -466,10 +501,12 @@ def build(stamps, weights, x, y, flux, *, half: int, oversample: int, order: int
     -------
     PsfGrid
     """
-    stamps = np.asarray(stamps, float)
-    weights = np.asarray(weights, float)
-    x, y = np.asarray(x, float).copy(), np.asarray(y, float).copy()
-    flux = np.asarray(flux, float).copy()
+    stamps = np.asarray(stars.stamps, float)
+    weights = np.asarray(stars.weights, float)
+    x, y = np.asarray(stars.x, float).copy(), np.asarray(stars.y, float).copy()
+    flux = np.asarray(stars.flux, float).copy()
+    half, oversample, order = layout.half, layout.oversample, layout.order
+    centre, scale = layout.centre, layout.scale
     n, s = stamps.shape[0], stamps.shape[1]
     k = n_terms(order)
     g = 2 * half * oversample + 1

@@ -260,9 +260,9 @@ def model_from_stars(pixels: Pixels, sources, stars, fwhm, refine=None,
     weights = np.where(ok & (var > 0), 1.0 / np.where(var > 0, var, 1.0), 0.0)
     stamps = np.where(ok, stamps, 0.0)
     warm = start is not None and start.order == order and start.half == half
-    return pm.build(stamps, weights, x[idx], y[idx], flux[idx], half=half, oversample=1,
-                    order=order, centre=((nx - 1) / 2, (ny - 1) / 2),
-                    scale=(max(nx / 2, 1.0), max(ny / 2, 1.0)),
+    layout = pm.GridLayout(half, 1, order, ((nx - 1) / 2, (ny - 1) / 2),
+                           (max(nx / 2, 1.0), max(ny / 2, 1.0)))
+    return pm.build(pm.StarStamps(stamps, weights, x[idx], y[idx], flux[idx]), layout,
                     n_iter=2 if warm else 5, start=start if warm else None)
 
 
