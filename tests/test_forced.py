@@ -48,7 +48,7 @@ def test_errors_on_pure_noise_are_the_scatter():
     rng = np.random.default_rng(3)
     data = rng.normal(0.0, 2.0, (300, 300))
     x, y = rng.uniform(10, 290, 2000), rng.uniform(10, 290, 2000)
-    flux, err, sky, flags = aperture_flux(data, 2.0, x, y, 4.0)
+    flux, err, sky, flags = aperture_flux(Pixels(data, 2.0), x, y, 4.0)
     pull = flux / err
     assert abs(pull.mean()) < 4 / np.sqrt(pull.size) * 2.5  # overlapping apertures: correlated
     assert 0.9 < pull.std() < 1.1
@@ -107,7 +107,7 @@ def test_calibration_and_limit_agree_with_the_images_depth():
     # partial pixels at the rim (variance w^2 sigma^2 here, w sigma^2 in sqrt(pi) r sigma):
     # 0.035 mag deeper at r = 5 px
     data = np.zeros((100, 100))
-    flux, err, sky, _ = aperture_flux(data, 3.0, [50.3], [49.6], 5.0)
+    flux, err, sky, _ = aperture_flux(Pixels(data, 3.0), [50.3], [49.6], 5.0)
     limit = calibrate_fluxes(flux, err, sky, 27.0, 1.04)["mag_limit"][0]
     depth = depth_5sigma(27.0, 3.0, 5.0, 1.04)
     assert 0.0 < limit - depth < 0.05
@@ -173,7 +173,8 @@ def _true_correction(image):
     noise-free stars (the same for every star: one PSF)."""
     def correction(radius):
         truth = image.truth
-        flux = aperture_flux(image.model, 1.0, truth["x"], truth["y"], radius)[0]
+        flux = aperture_flux(Pixels(image.model, 1.0), truth["x"], truth["y"],
+                             radius)[0]
         return float(np.median(truth["flux"] / flux))
     return correction
 

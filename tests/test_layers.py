@@ -304,9 +304,9 @@ def test_every_module_declares_its_public_names():
 SEP_SETTERS = frozenset({"set_extract_pixstack", "set_sub_object_limit"})
 #: The per-image measurement modules whose functions take at most MAX_PARAMETERS (their
 #: pixels as one ``measurement.Pixels``, their tuning values as a config object).
-#: psfphot, psfmodel and forced join once their owners have converted them.
+#: psfphot and psfmodel join once their owners have converted them.
 MEASUREMENT_MODULES = ("measurement", "profiles", "fitsread", "astrometry", "detect", "deblend",
-                       "classify", "psf", "reference", "calibrate")
+                       "classify", "psf", "reference", "calibrate", "forced", "forced_psf")
 MAX_PARAMETERS = 6
 
 
