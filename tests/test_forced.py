@@ -262,7 +262,7 @@ def test_lightcurve_summaries_on_arrays():
 
 
 def test_transient_rule_needs_a_deep_quiet_epoch():
-    from skysurvey.lightcurves import transient_candidate
+    from skysurvey.lightcurves import EpochRows, transient_candidate
 
     # object 1: detected at 20.0 (SNR 30), two later images reach 21.0 and show nothing
     # object 2: detected at 20.0, the non-detection image only reaches 20.3 (not deep enough)
@@ -273,7 +273,7 @@ def test_transient_rule_needs_a_deep_quiet_epoch():
     snr = [30, 0.5, -1.0, 30, 0.2, 30, 8.0, 30, 30]
     mag = [20.0, np.nan, np.nan, 20.0, np.nan, 20.0, 22.0, 20.0, 20.0]
     limit = [22.0, 21.0, 21.0, 22.0, 20.3, 22.0, 22.0, 22.0, 22.0]
-    candidate, n_quiet = transient_candidate(oid, det, snr, mag, limit)
+    candidate, n_quiet = transient_candidate(EpochRows(oid, det, snr, mag, limit))
     assert candidate.tolist() == [True, False, False, False]
     assert n_quiet.tolist() == [2, 0, 0, 0]
 
