@@ -31,7 +31,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("catalog products", ("objects", "queries", "athena", "export", "hats_export", "forced_run",
                           "forced_summary", "lightcurves", "handler")),
     ("presentation", ("plots", "report", "cost", "synth_survey")),
-    ("deployment", ("aws_resources", "aws_setup", "cfn_template", "aws_check", "cli", "steps")),
+    ("deployment", ("aws_resources", "aws_setup", "aws_cleanup", "cfn_template", "aws_check",
+                    "cli", "steps")),
 )
 #: The store classes: only storage.py asks which one it has.
 STORE_CLASSES = frozenset({"LocalStore", "S3Store"})
