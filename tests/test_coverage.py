@@ -412,7 +412,7 @@ def test_transients_found_from_forced_light_curves_against_truth(tmp_path):
     were detected are candidates; isolated constant stars detected on both nights are not."""
     from skysurvey.calibrate import nearest
     from skysurvey.forced_run import run_forced
-    from skysurvey.lightcurves import n_covering, transient_candidate
+    from skysurvey.lightcurves import EpochRows, n_covering, transient_candidate
     from skysurvey.objects import build_objects
     from skysurvey.queries import run_query
     from skysurvey.runner import run_local
@@ -431,8 +431,9 @@ def test_transients_found_from_forced_light_curves_against_truth(tmp_path):
     objects = run_query("SELECT object_id, ra, dec, n_detections FROM objects ORDER BY "
                         "object_id", str(catalog))
     ids = objects["object_id"].to_numpy()
-    candidate, _ = transient_candidate(rows["object_id"], rows["detected"], rows["snr"],
-                                       rows["mag"], rows["mag_limit"], ids)
+    candidate, _ = transient_candidate(EpochRows(rows["object_id"], rows["detected"],
+                                                 rows["snr"], rows["mag"], rows["mag_limit"]),
+                                       ids)
     covering = n_covering(rows["object_id"], ids)
     truth = pd.read_csv(raw / "truth" / "objects.csv")
     cosd = np.cos(np.radians(DEC0))

@@ -91,46 +91,8 @@ def test_data_readme_has_sources_limits_cleanup_and_every_truth_column():
 
 
 # ---------------------------------------------------------------------------------------
-# numpydoc on what the notebook and the workflow steps call (issue 26, item 6)
-
-#: Functions the notebook or steps/*.py call whose modules other helpers are converting;
-#: drop each name once its module has numpydoc Parameters/Returns sections (a name listed
-#: here that already has them fails the test, so the list only shrinks).
-UNDOCUMENTED_ALLOWED = frozenset({
-    # athena.py
-    "skysurvey.athena.ensure_tables", "skysurvey.athena.run_athena",
-    # aws_check.py
-    "skysurvey.aws_check.exit_status", "skysurvey.aws_check.run_checks",
-    "skysurvey.aws_check.target_from_settings",
-    # aws_setup.py
-    "skysurvey.aws_setup.checklist", "skysurvey.aws_setup.cleanup_resources",
-    "skysurvey.aws_setup.require_names", "skysurvey.aws_setup.resolve_names",
-    "skysurvey.aws_setup.run_cleanup", "skysurvey.aws_setup.run_setup",
-    "skysurvey.aws_setup.setup_resources",
-    # catalog.py
-    "skysurvey.catalog.check_writable", "skysurvey.catalog.record_reference",
-    "skysurvey.catalog.recorded_reference", "skysurvey.catalog.repair_catalog",
-    # cfn_template.py
-    "skysurvey.cfn_template.build_template", "skysurvey.cfn_template.dumps",
-    # cli.py
-    "skysurvey.cli.add_version", "skysurvey.cli.bounded_float", "skysurvey.cli.nonnegative_int",
-    "skysurvey.cli.positive_float", "skysurvey.cli.positive_int", "skysurvey.cli.run",
-    # config.py
-    "skysurvey.config.env_file_path", "skysurvey.config.get_setting",
-    "skysurvey.config.is_s3_uri", "skysurvey.config.read_env_file",
-    "skysurvey.config.write_env_file",
-    # cost.py
-    "skysurvey.cost.deployed_memory_mb", "skysurvey.cost.estimate", "skysurvey.cost.fits_mb",
-    "skysurvey.cost.mean_file_mb", "skysurvey.cost.measured_run",
-    # errors.py
-    "skysurvey.errors.one_line", "skysurvey.errors.printable",
-    # lambda_backend.py
-    "skysurvey.lambda_backend.redrive_report", "skysurvey.lambda_backend.run_lambda",
-    # storage.py
-    "skysurvey.storage.open_store",
-    # upload.py
-    "skysurvey.upload.find_fits", "skysurvey.upload.upload_files",
-})
+# numpydoc on what the notebook and the workflow steps call (issue 26, item 6): every
+# discovered function has its Parameters (when it takes any) and Returns sections
 
 
 def _front_sources():
@@ -216,22 +178,10 @@ def test_what_the_notebook_and_steps_call_has_numpydoc_sections():
     for qualified in sorted(called):
         module, name = qualified.rsplit(".", 1)
         missing = missing_sections(getattr(importlib.import_module(module), name))
-        if missing and qualified not in UNDOCUMENTED_ALLOWED:
+        if missing:
             lacking[qualified] = f"{', '.join(missing)} (called in {sorted(called[qualified])})"
     assert not lacking, "numpydoc sections missing:\n" + "\n".join(
         f"{k}: {v}" for k, v in lacking.items())
-
-
-def test_the_allow_list_only_shrinks():
-    """A name allowed without sections that has them now (or is no longer called) is dropped
-    from UNDOCUMENTED_ALLOWED."""
-    import importlib
-
-    called = called_package_functions()
-    stale = sorted(name for name in UNDOCUMENTED_ALLOWED if name not in called
-                   or not missing_sections(getattr(importlib.import_module(
-                       name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1])))
-    assert not stale, f"drop these from UNDOCUMENTED_ALLOWED: {stale}"
 
 
 def test_a_function_without_sections_is_found():

@@ -48,7 +48,7 @@ def test_errors_on_pure_noise_are_the_scatter():
     rng = np.random.default_rng(3)
     data = rng.normal(0.0, 2.0, (300, 300))
     x, y = rng.uniform(10, 290, 2000), rng.uniform(10, 290, 2000)
-    flux, err, sky, flags = aperture_flux(data, 2.0, x, y, 4.0)
+    flux, err, sky, flags = aperture_flux(Pixels(data, 2.0), x, y, 4.0)
     pull = flux / err
     assert abs(pull.mean()) < 4 / np.sqrt(pull.size) * 2.5  # overlapping apertures: correlated
     assert 0.9 < pull.std() < 1.1
@@ -107,7 +107,7 @@ def test_calibration_and_limit_agree_with_the_images_depth():
     # partial pixels at the rim (variance w^2 sigma^2 here, w sigma^2 in sqrt(pi) r sigma):
     # 0.035 mag deeper at r = 5 px
     data = np.zeros((100, 100))
-    flux, err, sky, _ = aperture_flux(data, 3.0, [50.3], [49.6], 5.0)
+    flux, err, sky, _ = aperture_flux(Pixels(data, 3.0), [50.3], [49.6], 5.0)
     limit = calibrate_fluxes(flux, err, sky, 27.0, 1.04)["mag_limit"][0]
     depth = depth_5sigma(27.0, 3.0, 5.0, 1.04)
     assert 0.0 < limit - depth < 0.05
@@ -173,7 +173,8 @@ def _true_correction(image):
     noise-free stars (the same for every star: one PSF)."""
     def correction(radius):
         truth = image.truth
-        flux = aperture_flux(image.model, 1.0, truth["x"], truth["y"], radius)[0]
+        flux = aperture_flux(Pixels(image.model, 1.0), truth["x"], truth["y"],
+                             radius)[0]
         return float(np.median(truth["flux"] / flux))
     return correction
 
@@ -261,7 +262,7 @@ def test_lightcurve_summaries_on_arrays():
 
 
 def test_transient_rule_needs_a_deep_quiet_epoch():
-    from skysurvey.lightcurves import transient_candidate
+    from skysurvey.lightcurves import EpochRows, transient_candidate
 
     # object 1: detected at 20.0 (SNR 30), two later images reach 21.0 and show nothing
     # object 2: detected at 20.0, the non-detection image only reaches 20.3 (not deep enough)
@@ -272,7 +273,7 @@ def test_transient_rule_needs_a_deep_quiet_epoch():
     snr = [30, 0.5, -1.0, 30, 0.2, 30, 8.0, 30, 30]
     mag = [20.0, np.nan, np.nan, 20.0, np.nan, 20.0, 22.0, 20.0, 20.0]
     limit = [22.0, 21.0, 21.0, 22.0, 20.3, 22.0, 22.0, 22.0, 22.0]
-    candidate, n_quiet = transient_candidate(oid, det, snr, mag, limit)
+    candidate, n_quiet = transient_candidate(EpochRows(oid, det, snr, mag, limit))
     assert candidate.tolist() == [True, False, False, False]
     assert n_quiet.tolist() == [2, 0, 0, 0]
 

@@ -31,7 +31,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("catalog products", ("objects", "queries", "athena", "export", "hats_export", "forced_run",
                           "forced_summary", "lightcurves", "handler")),
     ("presentation", ("plots", "psfplots", "report", "cost", "synth_survey")),
-    ("deployment", ("aws_resources", "aws_setup", "cfn_template", "aws_check", "cli", "steps")),
+    ("deployment", ("aws_resources", "aws_setup", "aws_cleanup", "cfn_template", "aws_check",
+                    "cli", "steps")),
 )
 #: The store classes: only storage.py asks which one it has.
 STORE_CLASSES = frozenset({"LocalStore", "S3Store"})
@@ -304,9 +305,10 @@ def test_every_module_declares_its_public_names():
 SEP_SETTERS = frozenset({"set_extract_pixstack", "set_sub_object_limit"})
 #: The per-image measurement modules whose functions take at most MAX_PARAMETERS (their
 #: pixels as one ``measurement.Pixels``, their tuning values as a config object).
-#: psfphot, psfmodel and forced join once their owners have converted them.
+#: psfphot and psfmodel join once their owners have converted them.
 MEASUREMENT_MODULES = ("measurement", "profiles", "fitsread", "astrometry", "detect", "deblend",
-                       "classify", "psf", "reference", "calibrate", "psfmodel", "psfphot")
+                       "classify", "psf", "reference", "calibrate", "psfmodel", "psfphot",
+                       "forced", "forced_psf")
 MAX_PARAMETERS = 6
 
 

@@ -10,7 +10,7 @@ import boto3
 import pytest
 from conftest import load_script
 
-from skysurvey import aws, aws_resources, aws_setup
+from skysurvey import aws, aws_cleanup, aws_resources, aws_setup
 from skysurvey.config import env_file_path, read_env_file, write_env_file
 
 RAW, CAT = "astronomy-raw-t3st", "astronomy-catalog-t3st"
@@ -536,9 +536,9 @@ def test_a_deployment_made_by_a_cloudformation_stack_is_left_to_the_stack():
                                           r"--stack-name skysurvey"):
         aws_setup.run_setup(resources, names)
     with pytest.raises(ConfigError, match=r"bucket s3://astronomy-raw-t3st.*CloudFormation"):
-        aws_setup.run_cleanup(resources, names)
+        aws_cleanup.run_cleanup(resources, names)
     assert done == []
-    assert aws_setup.run_cleanup(resources[:1], names, dry_run=True) == [
+    assert aws_cleanup.run_cleanup(resources[:1], names, dry_run=True) == [
         ("IAM role", "would delete")]  # without the stack's resources, cleanup goes on
 
 

@@ -271,7 +271,7 @@ def test_a_flux_that_follows_the_seeing_is_not_variable_a_sinusoid_is():
 
 
 def test_transient_rule_per_band_beside_a_star_and_a_quiet_majority():
-    from skysurvey.lightcurves import transient_candidate
+    from skysurvey.lightcurves import EpochRows, TransientRule, transient_candidate
 
     # object 1: detected at 18.0 in seeing 7 px; a star beside it: 20.0 in seeing 8 (faded,
     #   poorer seeing: quiet) but not in seeing 6 (better seeing: its wing, not a fading)
@@ -282,10 +282,10 @@ def test_transient_rule_per_band_beside_a_star_and_a_quiet_majority():
     mag = [18.0, 20.0, 20.0, 20.0, np.nan, 20.5, 20.5, 20.5, 20.5]
     limit = [23.0] * 9
     seeing = [7, 8, 6, 7, 7, 7, 7, 7, 7]
-    plain = transient_candidate(oid, det, snr, mag, limit)
+    plain = transient_candidate(EpochRows(oid, det, snr, mag, limit))
     assert plain[0].tolist() == [False, True] and plain[1].tolist() == [0, 1]
-    faded = transient_candidate(oid, det, snr, mag, limit, faded_mag=1.0, seeing=seeing,
-                                quiet_fraction=0.5)
+    faded = transient_candidate(EpochRows(oid, det, snr, mag, limit, seeing),
+                                rule=TransientRule(faded_mag=1.0, quiet_fraction=0.5))
     assert faded[0].tolist() == [True, False] and faded[1].tolist() == [1, 1]
     # summarize applies it per band: a red object detected in r is not quiet in a deep g
     out = lc.summarize([7], lc.ForcedRows(*(np.asarray(v) for v in (

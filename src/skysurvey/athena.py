@@ -318,7 +318,39 @@ def results_to_dataframe(pages: list[dict]) -> pd.DataFrame:
 def run_athena(sql: str, *, database: str, workgroup: str, output_location: str | None = None,
                params=None, timeout: float = 300.0, poll: float = 0.25, max_poll: float = 5.0,
                client=None, sleep=time.sleep) -> AthenaResult:
-    """Run *sql* with bound *params* in *workgroup*; poll with backoff; page the results."""
+    """Run *sql* with bound *params* in *workgroup*; poll with backoff; page the results.
+
+    Parameters
+    ----------
+    sql : str
+        One statement, with ``?`` placeholders for *params*.
+    database, workgroup : str
+        The Glue database and the Athena workgroup.
+    output_location : str, optional
+        ``s3://`` folder for the results (default: the workgroup's).
+    params : sequence, optional
+        Values bound to the placeholders, in order.
+    timeout : float
+        Seconds before the query is cancelled.
+    poll, max_poll : float
+        First and longest wait between status checks, s (doubling, with jitter).
+    client : optional
+        A boto3 Athena client (default: a new one).
+    sleep : callable
+        How to wait between checks (``time.sleep``; tests pass a recorder).
+
+    Returns
+    -------
+    AthenaResult
+        The typed DataFrame, query id, bytes scanned, cost (USD) and seconds.
+
+    Raises
+    ------
+    QueryError
+        The query failed, was cancelled or timed out.
+    ConfigError or StorageError
+        Athena cannot be reached (credentials, access, no such workgroup).
+    """
     client = client or aws.client("athena")
     start = time.monotonic()
     request = {"QueryString": sql, "WorkGroup": workgroup,
@@ -379,7 +411,28 @@ def _columns(table: dict) -> list:
 def ensure_tables(database: str, workgroup: str, catalog_uri: str, **kw) -> None:
     """Make the Glue tables match the schemas, the views exist, and every partition in the
     bucket registered. Tables of an older setup (projected ``*_dated``/``*_undated`` tables,
-    an ``images`` view, a plain ``sources`` table) are dropped first: their Parquet stays."""
+    an ``images`` view, a plain ``sources`` table) are dropped first: their Parquet stays.
+
+    Parameters
+    ----------
+    database, workgroup : str
+        The Glue database (made when missing) and the workgroup the views are created in.
+    catalog_uri : str
+        ``s3://`` URI of the catalog the tables point at.
+    **kw
+        Passed to :func:`run_athena` (``output_location``, ``timeout``...).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    ConfigError or StorageError
+        Glue cannot be reached or changed.
+    QueryError
+        A view's statement failed.
+    """
     glue = aws.client("glue")
     try:
         found = _glue_tables(database)

@@ -126,7 +126,18 @@ def _bucket(setting: str) -> str:
 
 def target_from_settings() -> Target:
     """The deployment from the env file setup wrote (or the stack's outputs), or the
-    environment; a local (folder) setting is an error naming it."""
+    environment; a local (folder) setting is an error naming it.
+
+    Returns
+    -------
+    Target
+        Bucket names, function, database, workgroup, queue, region and endpoint.
+
+    Raises
+    ------
+    ConfigError
+        No region configured, or a bucket setting that is not an ``s3://`` bucket.
+    """
     region = aws.configured_region()
     if not region:
         raise ConfigError("region", aws.NO_REGION)
@@ -466,7 +477,24 @@ CHECKS: list[tuple[str, Callable[..., Check]]] = [
 def run_checks(t: Target, *, only: set[str] | None = None, failed_wait: float = 600.0,
                on_result: Callable[[Check], None] | None = None) -> list[Check]:
     """Every check (or those named in *only*), in order; each result passed to *on_result*
-    as soon as it is known."""
+    as soon as it is known.
+
+    Parameters
+    ----------
+    t : Target
+        The deployment checked.
+    only : set of str, optional
+        Keys of :data:`CHECKS` to run (default: all).
+    failed_wait : float
+        Seconds the ``failed-events`` check waits for the queue.
+    on_result : callable, optional
+        Called with each :class:`Check` as soon as it is known.
+
+    Returns
+    -------
+    list of Check
+        One per check run, in order: ``ok``, ``failed`` or ``cannot``.
+    """
     results = []
     for key, check in CHECKS:
         if only and key not in only:
@@ -479,5 +507,16 @@ def run_checks(t: Target, *, only: set[str] | None = None, failed_wait: float = 
 
 
 def exit_status(results: list[Check]) -> int:
-    """0 when every check that ran passed (``cannot`` is not a failure), else 1."""
+    """0 when every check that ran passed (``cannot`` is not a failure), else 1.
+
+    Parameters
+    ----------
+    results : list of Check
+        :func:`run_checks`' results.
+
+    Returns
+    -------
+    int
+        The script's exit status.
+    """
     return 1 if any(r.status == "failed" for r in results) else 0

@@ -1,4 +1,4 @@
-"""Create, repair and delete the AWS side: buckets, queue, role, logs, Lambda, Glue/Athena, alarms.
+"""Create and repair the AWS side: buckets, queue, role, logs, Lambda, Glue/Athena, alarms.
 
 Ownership rule: everything setup makes carries the tag ``skysurvey:deployment=<suffix>``. Setup
 refuses to adopt a resource that lacks it (or names another deployment), with one line naming
@@ -11,7 +11,8 @@ is refused by naming the first.
 Every run re-applies the settings of what exists (role policy, bucket settings, function code
 and configuration, ...): drift is repaired, not reported as "exists". ``--dry-run`` runs the
 same ownership checks and prints the plan. What each resource is (names, policies, settings,
-the ownership rule) is defined in :mod:`skysurvey.aws_resources`; this module makes it real.
+the ownership rule) is defined in :mod:`skysurvey.aws_resources`; this module makes it real,
+and :mod:`skysurvey.aws_cleanup` deletes it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from .aws_resources import (
     ROLE_DESCRIPTION,
     ROLE_NAME,
     RUNTIME,  # noqa: F401 - read as aws_setup.RUNTIME by tests/test_guides.py
-    STACK_TAG,
     TEST_ENDPOINT_HINT,
     TLS_ONLY,
     TRIGGER_ID,
@@ -67,7 +67,6 @@ from .aws_resources import (
     guide_documents,  # noqa: F401 - read as aws_setup.guide_documents by tests/test_guides.py
     lambda_policy,
     ownership,
-    stack_message,
     tls_only_policy,
     trigger_configurations,
     trigger_permission,
@@ -78,12 +77,8 @@ from .config import QUEUE_NAME, is_s3_uri, parse_s3_uri
 from .errors import ConfigError, StorageError
 
 __all__ = [
-    "checklist",
-    "cleanup_resources",
-    "require_names",
     "resolve_names",
     "resolve_region",
-    "run_cleanup",
     "run_setup",
     "setup_resources",
 ]
@@ -104,7 +99,27 @@ def resolve_region(flag: str | None, saved: dict[str, str]) -> str:
 
 def resolve_names(suffix: str | None, region: str | None, saved: dict[str, str], *,
                   reference: str | None = None, reference_bands: str | None = None) -> Names:
-    """Names from flags, else from the env file a previous setup wrote, else derived."""
+    """Names from flags, else from the env file a previous setup wrote, else derived.
+
+    Parameters
+    ----------
+    suffix, region : str, optional
+        ``--suffix`` and ``--region`` (None: the env file's, else derived / boto3's).
+    saved : dict of str to str
+        The env file a previous setup wrote (:func:`skysurvey.config.read_env_file`).
+    reference, reference_bands : str, optional
+        Reference catalog (``s3://`` URI or local path, uploaded by setup) and band mapping.
+
+    Returns
+    -------
+    Names
+        The deployment's names, account and region (every client then uses that region).
+
+    Raises
+    ------
+    ConfigError
+        No region, no credentials, or a local reference path that does not exist.
+    """
     region = resolve_region(region, saved)
     try:
         account = aws.client("sts").get_caller_identity()["Account"]
@@ -650,6 +665,21 @@ def _dashboard(names: Names) -> Resource:
 
 def setup_resources(names: Names, settings: FunctionSettings, *,
                     trigger: bool = False) -> list[Resource]:
+    """What setup makes, in order (nothing is called until a resource is used).
+
+    Parameters
+    ----------
+    names : Names
+        The deployment's names (:func:`resolve_names`).
+    settings : FunctionSettings
+        The function's zip (None: the function is not made or updated), memory, timeouts.
+    trigger : bool
+        Add the S3 trigger on the raw bucket (the first one needs the zip).
+
+    Returns
+    -------
+    list of Resource
+    """
     resources = [_bucket(name, names, lifecycle) for name, lifecycle in buckets(names)]
     resources += [_queue(names), _role(names), _log_group(names)]
     if names.reference_local:
@@ -665,12 +695,6 @@ def setup_resources(names: Names, settings: FunctionSettings, *,
     return resources
 
 
-def cleanup_resources(names: Names) -> list[Resource]:
-    """What setup makes, in reverse (the trigger goes with the function and the raw bucket)."""
-    everything = setup_resources(names, FunctionSettings(None), trigger=False)
-    return [r for r in reversed(everything) if r.owned]
-
-
 def _check(resource: Resource, names: Names) -> tuple[dict | None, str | None]:
     """(tags, ownership) of *resource*; raises on a foreign one before anything is changed."""
     tags = resource.tags()
@@ -681,11 +705,33 @@ def _check(resource: Resource, names: Names) -> tuple[dict | None, str | None]:
 
 def run_setup(resources: list[Resource], names: Names, dry_run: bool = False,
               before_changes: Callable[[], None] | None = None) -> Plan:
-    """Check every resource first (nothing is made when one is foreign: one ConfigError names
-    every conflict), then make or repair each: ``created``, ``adopted``, ``unchanged``,
-    ``updated: ...`` (or ``would ...``). *before_changes* runs once, after the checks and
-    before the first change (setup_aws.py records the deployment there, so a setup that fails
-    half-way leaves an env file cleanup can find)."""
+    """Check every resource first (nothing is made when one is foreign), then make or repair
+    each.
+
+    Parameters
+    ----------
+    resources : list of Resource
+        :func:`setup_resources`' list.
+    names : Names
+        The deployment: resources must carry its tag (or be adoptable).
+    dry_run : bool
+        Run the checks and report ``would ...``; change nothing.
+    before_changes : callable, optional
+        Runs once, after the checks and before the first change (setup_aws.py records the
+        deployment there, so a setup that fails half-way leaves an env file cleanup can find).
+
+    Returns
+    -------
+    Plan
+        Per resource: ``created``, ``adopted``, ``unchanged``, ``updated: ...``, ``skipped``.
+
+    Raises
+    ------
+    ConfigError
+        Foreign resources (one error names every conflict; nothing was made).
+    StorageError
+        An AWS call failed (what was made before it stays, and is adopted by a rerun).
+    """
     checked, conflicts = [], []
     for resource in resources:  # every name first: one refusal names every conflict
         try:
@@ -729,70 +775,3 @@ def run_setup(resources: list[Resource], names: Names, dry_run: bool = False,
             raise aws.translate(exc, resource.name) from None
         plan.states.append((resource.name, state))
     return plan
-
-
-# ---- cleanup -------------------------------------------------------------------------------
-
-
-def run_cleanup(resources: list[Resource], names: Names,
-                dry_run: bool = False) -> list[tuple[str, str]]:
-    """Delete what carries this deployment's tag; list and leave everything else. A
-    deployment a CloudFormation stack made is refused whole, before anything is deleted."""
-    for resource in resources:
-        try:
-            stack = (resource.tags() or {}).get(STACK_TAG)
-        except ConfigError:
-            continue
-        if stack:
-            raise ConfigError(resource.name, stack_message(stack))
-    states = []
-    for resource in resources:
-        try:
-            tags = resource.tags()
-        except ConfigError as exc:
-            states.append((resource.name, f"left alone ({exc.cause})"))
-            continue
-        if tags is None:
-            states.append((resource.name, "already gone"))
-        elif tags.get(DEPLOYMENT_TAG) != names.suffix:
-            owner = tags.get(DEPLOYMENT_TAG)
-            why = (f"tagged for deployment '{owner}'" if owner else
-                   f"not tagged {DEPLOYMENT_TAG}={names.suffix}"
-                   + (" (an older setup: run setup_aws.py once to adopt it)"
-                      if tags.get("project") == "skysurvey" else ""))
-            states.append((resource.name, f"left alone: {why}"))
-        elif dry_run:
-            states.append((resource.name, "would delete"))
-        else:
-            try:
-                resource.delete()
-            except aws.botocore_errors() as exc:
-                raise aws.translate(exc, resource.name) from None
-            states.append((resource.name, "deleted"))
-    return states
-
-
-def checklist(resources: list[Resource], names: Names) -> list[tuple[str, str]]:
-    """``(resource, state)``: ``gone``, ``left`` (not ours) or ``STILL THERE`` (ours)."""
-    rows = []
-    for resource in resources:
-        try:
-            tags = resource.tags()
-        except ConfigError:
-            rows.append((resource.name, "left"))
-            continue
-        if tags is None:
-            rows.append((resource.name, "gone"))
-        else:
-            ours = tags.get(DEPLOYMENT_TAG) == names.suffix
-            rows.append((resource.name, "STILL THERE" if ours else "left"))
-    return rows
-
-
-def require_names(saved: dict[str, str], suffix: str | None = None,
-                  region: str | None = None) -> Names:
-    suffix = suffix or saved.get("SKYSURVEY_SUFFIX")
-    if not suffix:
-        raise ConfigError("env file", "no SKYSURVEY_SUFFIX: nothing was set up from here "
-                                      "(run scripts/setup_aws.py first, or pass --suffix)")
-    return resolve_names(suffix, region, saved)

@@ -93,7 +93,19 @@ SETTINGS_KEY = "catalog_settings.json"
 
 
 def recorded_reference(store) -> tuple[str, str] | None:
-    """``(uri, bands)`` of the reference this catalog was last calibrated against, or None."""
+    """``(uri, bands)`` of the reference this catalog was last calibrated against, or None.
+
+    Parameters
+    ----------
+    store : LocalStore or S3Store
+        The catalog's store (:func:`skysurvey.storage.open_store`).
+
+    Returns
+    -------
+    (str, str) or None
+        The reference's URI and its band mapping (``""`` when none); None when the catalog
+        records no reference (or its :data:`SETTINGS_KEY` file is not JSON).
+    """
     data = store.read_bytes_or_none(SETTINGS_KEY)
     try:
         settings = json.loads(data) if data else {}
@@ -104,7 +116,21 @@ def recorded_reference(store) -> tuple[str, str] | None:
 
 
 def record_reference(store, uri: str, bands: str) -> None:
-    """Record *uri*/*bands* as the reference of the catalog in *store* (see SETTINGS_KEY)."""
+    """Record *uri*/*bands* as the reference of the catalog in *store* (see SETTINGS_KEY).
+
+    Parameters
+    ----------
+    store : LocalStore or S3Store
+        The catalog's store.
+    uri : str
+        The reference catalog (local path or ``s3://`` URI).
+    bands : str
+        Its band mapping (``"r=rmag,g=gmag"``; ``""``: the reference's defaults).
+
+    Returns
+    -------
+    None
+    """
     body = {"reference": uri, "reference_bands": bands}
     store.write_bytes(SETTINGS_KEY, json.dumps(body).encode(), content_type="application/json")
 
@@ -259,6 +285,19 @@ def repair_catalog(store) -> RepairReport:
     - a sources file without an image record beside it (a killed run) is removed;
     - an image id with records in several partitions keeps the most recently processed one;
     - every image gets an entry naming its files (older catalogs had none).
+
+    Files without a readable Parquet footer are named in the report and left alone, with
+    every other file of their image id.
+
+    Parameters
+    ----------
+    store : LocalStore or S3Store
+        The catalog's store.
+
+    Returns
+    -------
+    RepairReport
+        Files removed (with the reason), entries written, unreadable files.
     """
     report = RepairReport()
     if not store.root_exists():
@@ -303,7 +342,22 @@ def repair_catalog(store) -> RepairReport:
 
 
 def check_writable(store) -> None:
-    """One line, before any image is measured, when the catalog cannot be written."""
+    """One line, before any image is measured, when the catalog cannot be written.
+
+    Parameters
+    ----------
+    store : LocalStore or S3Store
+        The catalog's store.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    StorageError
+        The catalog cannot be written (the cause named).
+    """
     try:
         store.check_writable()
     except StorageError as exc:

@@ -239,6 +239,25 @@ def build_template(settings: s.FunctionSettings | None = None, *, suffix: str | 
     *settings* give the parameters' defaults (memory, timeout, /tmp, reserved concurrency);
     *suffix* the ``Suffix`` parameter's default; *trigger* adds the S3 trigger; *reference*
     (an ``s3://`` URI) sets the function's reference catalog and grants reading it.
+
+    Parameters
+    ----------
+    settings : FunctionSettings, optional
+        The function's memory, timeout, /tmp and reserved concurrency (default: their defaults).
+    suffix : str, optional
+        The ``Suffix`` parameter's default (None: no default, the deployer gives one).
+    trigger : bool
+        Add the S3 trigger on the raw bucket.
+    reference : str, optional
+        ``s3://`` URI of the reference catalog.
+    reference_bands : str, optional
+        Its band mapping (``"r=rmag,g=gmag"``).
+
+    Returns
+    -------
+    dict
+        ``AWSTemplateFormatVersion``, ``Description``, ``Parameters``, ``Resources``,
+        ``Outputs``.
     """
     settings = settings or s.FunctionSettings(None)
     names = stack_names(reference, reference_bands)
@@ -259,7 +278,20 @@ INLINE_LIMIT = 51_200
 
 
 def dumps(template: dict, fmt: str) -> str:
-    """The template as ``json`` or ``yaml`` text (YAML needs PyYAML)."""
+    """The template as ``json`` or ``yaml`` text (YAML needs PyYAML).
+
+    Parameters
+    ----------
+    template : dict
+        :func:`build_template`'s.
+    fmt : {"json", "yaml"}
+        The format (anything but ``json`` is YAML).
+
+    Returns
+    -------
+    str
+        The text, ending with a newline.
+    """
     if fmt == "json":
         return json.dumps(template, indent=1) + "\n"
     import yaml

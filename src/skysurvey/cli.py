@@ -48,17 +48,62 @@ def _int_at_least(text: str, minimum: int, meaning: str) -> int:
 
 
 def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+    """argparse type: an integer >= 1.
+
+    Parameters
+    ----------
+    text : str
+        The command-line value.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        Not an integer, or below 1.
+    """
     return _int_at_least(text, 1, "a positive integer")
 
 
 def nonnegative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (a seed, an offset)."""
+    """argparse type: an integer >= 0 (a seed, an offset).
+
+    Parameters
+    ----------
+    text : str
+        The command-line value.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        Not an integer, or negative.
+    """
     return _int_at_least(text, 0, "0 or more")
 
 
 def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (``inf`` and ``nan`` are refused)."""
+    """argparse type: a finite number > 0 (``inf`` and ``nan`` are refused).
+
+    Parameters
+    ----------
+    text : str
+        The command-line value.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        Not positive and finite (a non-number raises ValueError, which argparse reports).
+    """
     value = float(text)
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError("must be a positive finite number")
@@ -66,7 +111,20 @@ def positive_float(text: str) -> float:
 
 
 def bounded_float(high: float, unit: str = "") -> Callable[[str], float]:
-    """argparse type: a number in (0, *high*]; the message names the bound (and *unit*)."""
+    """argparse type: a number in (0, *high*]; the message names the bound (and *unit*).
+
+    Parameters
+    ----------
+    high : float
+        The largest value allowed.
+    unit : str
+        Appended to the bound in the message (e.g. ``" s"``).
+
+    Returns
+    -------
+    callable
+        ``parse(text) -> float``, raising ``argparse.ArgumentTypeError`` outside the range.
+    """
     def parse(text: str) -> float:
         value = positive_float(text)
         if value > high:
@@ -78,13 +136,34 @@ def bounded_float(high: float, unit: str = "") -> Callable[[str], float]:
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:
-    """``--version``: the script's name and the skysurvey version it runs."""
+    """``--version``: the script's name and the skysurvey version it runs.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The script's parser (the option is added to it).
+
+    Returns
+    -------
+    None
+    """
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s (skysurvey {__version__})")
 
 
 def run(main: Callable[[], int]) -> int:
-    """Call *main*; a reader that stops early (``| head``) ends the run quietly, status 0."""
+    """Call *main*; a reader that stops early (``| head``) ends the run quietly, status 0.
+
+    Parameters
+    ----------
+    main : callable
+        The script's ``main()``, returning its exit status.
+
+    Returns
+    -------
+    int
+        *main*'s status; 0 when its output pipe was closed.
+    """
     try:
         status = main()
         sys.stdout.flush()

@@ -57,13 +57,35 @@ OUTPUT_DIR = DATA_DIR / "output"
 
 
 def env_file_path(environ: Mapping[str, str] | None = None) -> Path:
-    """The env file the scripts read (and ``setup_aws.py`` writes)."""
+    """The env file the scripts read (and ``setup_aws.py`` writes).
+
+    Parameters
+    ----------
+    environ : mapping of str to str, optional
+        The environment (default: ``os.environ``); ``SKYSURVEY_ENV_FILE`` names another file.
+
+    Returns
+    -------
+    pathlib.Path
+        ``SKYSURVEY_ENV_FILE``, else ``.env`` at the repository's root.
+    """
     environ = os.environ if environ is None else environ
     return Path(environ.get("SKYSURVEY_ENV_FILE") or REPO_ROOT / ENV_FILE_NAME)
 
 
 def read_env_file(path: str | os.PathLike) -> dict[str, str]:
-    """Parse ``KEY=value`` lines (``export`` prefix, quotes and comments allowed)."""
+    """Parse ``KEY=value`` lines (``export`` prefix, quotes and comments allowed).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The env file.
+
+    Returns
+    -------
+    dict of str to str
+        The settings, in file order; empty when the file does not exist.
+    """
     values: dict[str, str] = {}
     p = Path(path)
     if not p.is_file():
@@ -78,7 +100,20 @@ def read_env_file(path: str | os.PathLike) -> dict[str, str]:
 
 
 def write_env_file(path: str | os.PathLike, values: Mapping[str, str]) -> Path:
-    """Write *values* as ``export KEY=value`` lines (shell- and python-readable)."""
+    """Write *values* as ``export KEY=value`` lines (shell- and python-readable).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The env file (replaced).
+    values : mapping of str to str
+        The settings, written in order.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
     p = Path(path)
     lines = ["# Written by scripts/setup_aws.py; read by every script in scripts/."]
     lines += [f"export {k}={v}" for k, v in values.items()]
@@ -89,7 +124,22 @@ def write_env_file(path: str | os.PathLike, values: Mapping[str, str]) -> Path:
 def get_setting(
     name: str, override: str | None = None, environ: Mapping[str, str] | None = None
 ) -> str:
-    """One setting by the precedence above; *override* is the command-line flag's value."""
+    """One setting by the precedence above; *override* is the command-line flag's value.
+
+    Parameters
+    ----------
+    name : str
+        The setting, e.g. ``SKYSURVEY_RAW_BUCKET``.
+    override : str, optional
+        The command-line flag's value; wins when not None or empty.
+    environ : mapping of str to str, optional
+        The environment (default: ``os.environ``), then the env file it names.
+
+    Returns
+    -------
+    str
+        The flag, else the environment, else the env file, else the default ("" if none).
+    """
     if override not in (None, ""):
         return str(override)
     environ = os.environ if environ is None else environ
@@ -102,6 +152,18 @@ def get_setting(
 
 
 def is_s3_uri(uri: str | os.PathLike) -> bool:
+    """Whether *uri* is an S3 location rather than a local path.
+
+    Parameters
+    ----------
+    uri : str or os.PathLike
+        A ``s3://bucket/prefix`` URI or a local path.
+
+    Returns
+    -------
+    bool
+        True when it starts with ``s3://``.
+    """
     return str(uri).startswith("s3://")
 
 

@@ -35,14 +35,45 @@ BYTES_PER_PIXEL = 4  # 32-bit pixels (BITPIX -32 or 32), what the pipeline's ima
 
 def fits_mb(pixels: float, bytes_per_pixel: int = BYTES_PER_PIXEL) -> float:
     """MB (10**6 bytes) of an uncompressed FITS image of *pixels* pixels: one header block and
-    the data padded to whole blocks (2048 x 2048 x 4 bytes: 16.8 MB)."""
+    the data padded to whole blocks (2048 x 2048 x 4 bytes: 16.8 MB).
+
+    Parameters
+    ----------
+    pixels : float
+        Width x height.
+    bytes_per_pixel : int
+        4 for BITPIX -32 or 32, 8 for -64, 2 for 16.
+
+    Returns
+    -------
+    float
+        Megabytes (10**6 bytes).
+    """
     data = int(pixels * bytes_per_pixel)
     return (1 + -(-data // FITS_BLOCK)) * FITS_BLOCK / 1e6
 
 
 def mean_file_mb(uri: str) -> tuple[float, int]:
     """``(mean MB, how many)`` of the FITS files under a folder or ``s3://`` prefix (the same
-    files ``invoke_lambda.py --input`` would read); none at all is a StorageError."""
+    files ``invoke_lambda.py --input`` would read); none at all is a StorageError.
+
+    Parameters
+    ----------
+    uri : str
+        A local folder or ``s3://bucket[/prefix]``.
+
+    Returns
+    -------
+    mean_mb : float
+        Mean file size, MB (10**6 bytes).
+    n : int
+        Number of FITS files.
+
+    Raises
+    ------
+    StorageError
+        No FITS file under *uri*.
+    """
     from .errors import StorageError
     from .schema import is_fits_name
     from .storage import open_store
@@ -74,6 +105,28 @@ def estimate(images: int, *, mb_per_image: float = DEFAULT_MB_PER_IMAGE,
     """A run's bill: Lambda (GB-s and requests), S3 storage and requests, Athena, logs.
 
     The sums of :func:`breakdown`'s lines, so the two cannot disagree.
+
+    Parameters
+    ----------
+    images : int
+        Images processed.
+    mb_per_image : float
+        Raw image size, MB (stored in S3).
+    seconds_per_image : float
+        Lambda handler time per image, s.
+    memory_mb : int
+        The function's memory (GB-seconds are billed at it).
+    queries : int
+        Athena queries run.
+    catalog_mb_per_image : float
+        Catalog Parquet per image, MB (stored, and scanned by the queries).
+    months : float
+        How long everything stays stored.
+
+    Returns
+    -------
+    Estimate
+        Lambda GB-seconds and the USD of Lambda, S3, Athena and logs (``total_usd``).
     """
     usd = {service: usd for service, _, usd in breakdown(
         images, mb_per_image=mb_per_image, seconds_per_image=seconds_per_image,
@@ -129,7 +182,18 @@ class MeasuredRun:
 
 
 def measured_run(catalog_uri: str) -> MeasuredRun:
-    """Image count and total handler seconds of the run recorded in the catalog's ``images``."""
+    """Image count and total handler seconds of the run recorded in the catalog's ``images``.
+
+    Parameters
+    ----------
+    catalog_uri : str
+        The catalog (local folder or ``s3://`` URI).
+
+    Returns
+    -------
+    MeasuredRun
+        Images, summed handler seconds, mean pixels per image (None when not recorded).
+    """
     from .queries import run_query
 
     df = run_query("SELECT count(*) AS n, coalesce(sum(seconds), 0) AS s, "
@@ -144,7 +208,23 @@ def measured_run(catalog_uri: str) -> MeasuredRun:
 
 
 def deployed_memory_mb(function: str) -> int:
-    """The memory size of the deployed function (what its GB-seconds are billed at)."""
+    """The memory size of the deployed function (what its GB-seconds are billed at).
+
+    Parameters
+    ----------
+    function : str
+        The Lambda function's name or ARN.
+
+    Returns
+    -------
+    int
+        Memory, MB.
+
+    Raises
+    ------
+    ConfigError or StorageError
+        The function cannot be read (no credentials, no such function, access denied).
+    """
     from . import aws
 
     try:

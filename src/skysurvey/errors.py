@@ -20,7 +20,18 @@ _BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\
 def printable(text: str) -> str:
     """*text* safe for one terminal line: control characters, line separators, lone surrogates
     (file names that are not UTF-8) and bidirectional overrides become Python escapes
-    (``\\n``, ``\\x1b``, ``\\udcff``, ``\\u202e``); everything else, accents included, stays."""
+    (``\\n``, ``\\x1b``, ``\\udcff``, ``\\u202e``); everything else, accents included, stays.
+
+    Parameters
+    ----------
+    text : str
+        Any text (non-strings are converted with ``str``).
+
+    Returns
+    -------
+    str
+        The text with those characters escaped.
+    """
     return "".join(
         ch.encode("unicode_escape", "backslashreplace").decode("ascii")
         if unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in _BIDI else ch
@@ -29,7 +40,18 @@ def printable(text: str) -> str:
 
 
 def one_line(text: str) -> str:
-    """*text* on one printable line: runs of whitespace become one space, then :func:`printable`."""
+    """*text* on one printable line: runs of whitespace become one space, then :func:`printable`.
+
+    Parameters
+    ----------
+    text : str
+        Any text, on any number of lines.
+
+    Returns
+    -------
+    str
+        One line, safe for a terminal.
+    """
     return printable(" ".join(str(text).split()))
 
 

@@ -607,24 +607,19 @@ def circle_overlap(dx, dy, r) -> np.ndarray:
     return np.clip(area, 0.0, 1.0)
 
 
-def aperture_flux(data, rms, x, y, radius, *, mask=None, gain=None, saturated=None,
-                  sky_level_err=0.0):
+def aperture_flux(pixels: Pixels, x, y, radius, *, saturated=None, sky_level_err=0.0):
     """Circular aperture sums at (x, y): exact pixel/circle overlap, bad pixels left out.
 
     Parameters
     ----------
-    data : ndarray, shape (ny, nx)
-        Background-subtracted image.
-    rms : float or ndarray
-        Background noise per pixel (a scalar or a map of *data*'s shape).
+    pixels : Pixels
+        ``sub`` (background-subtracted image), ``rms`` (noise per pixel: a scalar or a map of
+        ``sub``'s shape), ``mask`` (True: pixels to leave out, besides NaN/Inf), ``gain``
+        (e-/ADU: adds the source's Poisson noise, positive flux only; None: none).
     x, y : array_like
         0-based pixel positions.
     radius : float
         Aperture radius in pixels.
-    mask : ndarray of bool, optional
-        True for pixels to leave out (NaN/Inf/bad).
-    gain : float, optional
-        e-/ADU: adds the source's Poisson noise (positive flux only).
     saturated : ndarray of bool, optional
         True for saturated pixels (flags only).
     sky_level_err : float
@@ -638,7 +633,7 @@ def aperture_flux(data, rms, x, y, radius, *, mask=None, gain=None, saturated=No
     flags : ndarray of int32
         :data:`MASKED`, :data:`NEAR_EDGE`, :data:`SATURATED` bits.
     """
-    data = np.asarray(data)
+    data, rms, mask, gain = np.asarray(pixels.sub), pixels.rms, pixels.mask, pixels.gain
     ny, nx = data.shape
     x, y = np.asarray(x, float), np.asarray(y, float)
     n = x.size
@@ -781,9 +776,8 @@ def forced_photometry(pixels: Pixels, wcs, ra, dec, phot: ImagePhotometry,
     cover = covered(x, y, shape, valid) & on_image
     xc, yc = np.where(cover, x, np.nan), np.where(cover, y, np.nan)
     if options.measure is None:
-        flux, err, sky, flags = aperture_flux(data, pixels.rms, xc, yc, phot.aperture_radius,
-                                              mask=mask, gain=phot.gain,
-                                              saturated=options.saturated,
+        flux, err, sky, flags = aperture_flux(pixels.with_(sub=data, gain=phot.gain), xc, yc,
+                                              phot.aperture_radius, saturated=options.saturated,
                                               sky_level_err=options.sky_level_err)
         if options.flag_aperture:
             flags = flags | APERTURE_FLUX

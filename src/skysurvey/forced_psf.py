@@ -438,8 +438,8 @@ def _aperture_scale(pixels, x, y, fit, settings) -> float:
     cand = cand[d2.min(axis=1) < 1.0]
     if cand.size < CALIB_MIN:
         return 1.0
-    aper, _, _, f = aperture_flux(pixels.sub, pixels.rms, x[cand], y[cand],
-                                  settings.aperture_radius, mask=pixels.mask)
+    aper, _, _, f = aperture_flux(pixels.with_(gain=None), x[cand], y[cand],
+                                  settings.aperture_radius)
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = aper / flux[cand]
     ratio = ratio[(f == 0) & np.isfinite(ratio)]

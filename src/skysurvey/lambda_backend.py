@@ -172,7 +172,40 @@ def run_lambda(raw_uri: str, keys: Sequence[str], catalog_uri: str, *, function:
                workers: int = 4, asynchronous: bool = False,
                on_done: Callable[[dict], None] | None = None, reference=None,
                psf_photometry: bool = False) -> list[dict]:
-    """Invoke *function* once per key; replies in the order of *keys*."""
+    """Invoke *function* once per key; replies in the order of *keys*.
+
+    Parameters
+    ----------
+    raw_uri : str
+        ``s3://bucket[/prefix]`` of the raw images.
+    keys : sequence of str
+        The images' keys below *raw_uri*.
+    catalog_uri : str
+        ``s3://`` URI of the catalog the function writes.
+    function : str
+        The Lambda function's name.
+    workers : int
+        Concurrent invocations (capped by the function's reserved concurrency).
+    asynchronous : bool
+        Queue the events (``Event`` invocations) instead of waiting for each reply.
+    on_done : callable, optional
+        Called with each reply as soon as it is known.
+    reference : ReferenceSpec, optional
+        The reference catalog the function calibrates against.
+    psf_photometry : bool
+        Ask for PSF photometry (``detect.DetectionConfig.psf_photometry``).
+
+    Returns
+    -------
+    list of dict
+        One reply per key (``key``, ``status``, ``error``...); an image's failure is a reply.
+
+    Raises
+    ------
+    ConfigError
+        *raw_uri* or *catalog_uri* is not ``s3://``, or an invocation cannot be made at all
+        (credentials, no such function): the remaining invocations are cancelled.
+    """
     if not is_s3_uri(raw_uri) or not is_s3_uri(catalog_uri):
         raise ConfigError(raw_uri, "the Lambda backend needs s3:// input and catalog buckets")
     limits = function_limits(function)
@@ -292,7 +325,24 @@ def run_redrive(queue: str | None = None, *, function: str, workers: int = 4,
 def redrive_report(queue: str | None, function: str, *, workers: int = 4) -> tuple[str, int]:
     """``invoke_lambda.py --redrive``: (the text to print, the exit status): 0 when every failed
     event now succeeded (or none waited), 1 when some failed again, 2 when the queue or the
-    function cannot be reached."""
+    function cannot be reached.
+
+    Parameters
+    ----------
+    queue : str, optional
+        The on-failure queue (default: the deployment's).
+    function : str
+        The Lambda function's name.
+    workers : int
+        Concurrent invocations.
+
+    Returns
+    -------
+    text : str
+        The summary to print.
+    status : int
+        The exit status (0, 1 or 2, as above).
+    """
     from .runner import Timer, exit_status, summary_table
 
     try:

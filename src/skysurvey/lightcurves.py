@@ -16,22 +16,10 @@ import numpy as np
 import pyarrow as pa
 
 __all__ = [
-    "DEEP_MARGIN_MAG",
-    "OBJECT_VARIABILITY_SCHEMA",
-    "PAIR_ARCSEC",
-    "QUIET_SNR",
-    "TRANSIENT_SNR",
-    "ForcedRows",
-    "SummaryOptions",
-    "chi2_constant",
-    "chi2_detrended",
-    "chi2_sigma",
-    "close_pairs",
-    "image_calibration",
-    "n_covering",
-    "n_forced_nondetections",
-    "neighbour_leak",
-    "summarize",
+    "DEEP_MARGIN_MAG", "OBJECT_VARIABILITY_SCHEMA", "PAIR_ARCSEC", "QUIET_SNR",
+    "TRANSIENT_SNR", "CalibrationFit", "EpochRows", "ForcedRows", "LineFit", "SummaryOptions",
+    "TransientRule", "chi2_constant", "chi2_detrended", "chi2_sigma", "close_pairs",
+    "image_calibration", "n_covering", "n_forced_nondetections", "neighbour_leak", "summarize",
     "transient_candidate",
 ]
 
@@ -165,10 +153,33 @@ def chi2_constant(object_id, flux, flux_err, ids=None, *, floor: float = 0.0):
     return np.where(n >= 2, chi2, np.nan), dof.astype(np.int32), mean
 
 
-def transient_candidate(object_id, detected, snr, mag, mag_limit, ids=None, *,
-                        detected_snr: float = DETECTED_SNR, margin: float = DEEP_MARGIN_MAG,
-                        quiet_snr: float = QUIET_SNR, faded_mag: float | None = None,
-                        seeing=None, quiet_fraction: float = 0.0
+@dataclass(frozen=True)
+class EpochRows:
+    """The forced rows :func:`transient_candidate` reads (array_like, one element per row):
+    object, source associated on that image (bool), forced SNR, magnitude, 5-sigma limit,
+    and optionally the image's seeing (e.g. its aperture radius)."""
+
+    object_id: np.ndarray
+    detected: np.ndarray
+    snr: np.ndarray
+    mag: np.ndarray
+    mag_limit: np.ndarray
+    seeing: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class TransientRule:
+    """The thresholds of :func:`transient_candidate` (its docstring says what each does);
+    ``faded_mag=None``: no "faded" verdict."""
+
+    detected_snr: float = DETECTED_SNR
+    margin: float = DEEP_MARGIN_MAG
+    quiet_snr: float = QUIET_SNR
+    faded_mag: float | None = None
+    quiet_fraction: float = 0.0
+
+
+def transient_candidate(rows: EpochRows, ids=None, rule: TransientRule | None = None
                         ) -> tuple[np.ndarray, np.ndarray]:
     """The transient rule on forced rows.
 
@@ -190,9 +201,13 @@ def transient_candidate(object_id, detected, snr, mag, mag_limit, ids=None, *,
 
     Parameters
     ----------
-    object_id, detected, snr, mag, mag_limit : array_like
+    rows : EpochRows
         Per forced row: object, whether a source was associated on that image, forced SNR,
-        forced magnitude, forced 5-sigma limit.
+        forced magnitude, forced 5-sigma limit, and optionally the seeing.
+    ids : array_like of int, optional
+        The objects to report (default: the sorted unique ``rows.object_id``).
+    rule : TransientRule, optional
+        The thresholds (default: ``TransientRule()``, without *faded_mag*).
 
     Returns
     -------
@@ -200,9 +215,12 @@ def transient_candidate(object_id, detected, snr, mag, mag_limit, ids=None, *,
     n_deep_quiet : ndarray of int
         The deep images with no flux (the reason, with the detections).
     """
-    ids, idx = _index(object_id, ids)
-    detected = np.asarray(detected, bool)
-    snr, mag, limit = (np.asarray(v, float) for v in (snr, mag, mag_limit))
+    r = rule or TransientRule()
+    detected_snr, margin, quiet_snr = r.detected_snr, r.margin, r.quiet_snr
+    faded_mag, quiet_fraction, seeing = r.faded_mag, r.quiet_fraction, rows.seeing
+    ids, idx = _index(rows.object_id, ids)
+    detected = np.asarray(rows.detected, bool)
+    snr, mag, limit = (np.asarray(v, float) for v in (rows.snr, rows.mag, rows.mag_limit))
     with np.errstate(invalid="ignore"):
         strong = (idx >= 0) & detected & (snr >= detected_snr) & np.isfinite(mag)
     brightest = np.full(ids.size, np.inf)
@@ -290,9 +308,19 @@ def _key_means(inv, n_keys, flux, err, ok):
         return np.bincount(inv, w * np.where(ok, flux, 0.0), minlength=n_keys) / sw
 
 
-def image_calibration(row_image, row_key, flux, flux_err, good, n_images, *,
-                      min_objects: int = MIN_CALIBRATION_OBJECTS, n_iter: int = 3,
-                      clip: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class CalibrationFit:
+    """How :func:`image_calibration` fits: image codes reported (None: the largest + 1),
+    fewest good rows per image, clipping iterations and threshold (sigma)."""
+
+    n_images: int | None = None
+    min_objects: int = MIN_CALIBRATION_OBJECTS
+    n_iter: int = 3
+    clip: float = 4.0
+
+
+def image_calibration(row_image, row_key, flux, flux_err, good,
+                      fit: CalibrationFit | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per image, ``(scale, offset)`` with ``flux ~ scale * mean + offset`` over its objects.
 
     *mean* is each (object, band)'s weighted mean forced flux over all images. A calibration
@@ -312,10 +340,9 @@ def image_calibration(row_image, row_key, flux, flux_err, good, n_images, *,
         Per row, forced flux and error.
     good : array_like of bool
         Per row, usable for the calibration.
-    n_images : int
-        Number of image codes.
-    min_objects, n_iter, clip : int, int, float
-        Fewest good rows per image, clipping iterations and threshold (sigma).
+    fit : CalibrationFit, optional
+        Number of image codes, fewest good rows per image, clipping (default:
+        ``CalibrationFit()``).
 
     Returns
     -------
@@ -325,6 +352,10 @@ def image_calibration(row_image, row_key, flux, flux_err, good, n_images, *,
     keys, inv = np.unique(row_key, return_inverse=True)
     flux, err = np.asarray(flux, float), np.asarray(flux_err, float)
     row_image = np.asarray(row_image, np.int64)
+    fit = fit or CalibrationFit()
+    min_objects, n_iter, clip = fit.min_objects, fit.n_iter, fit.clip
+    n_images = fit.n_images if fit.n_images is not None else (
+        int(row_image.max()) + 1 if row_image.size else 0)
     ok = good & np.isfinite(flux) & np.isfinite(err) & (err > 0)
     scale, offset = np.ones(n_images), np.zeros(n_images)
     order = np.argsort(row_image, kind="stable")
@@ -352,8 +383,16 @@ def image_calibration(row_image, row_key, flux, flux_err, good, n_images, *,
     return scale, offset
 
 
-def chi2_detrended(key, flux, flux_err, x, keys, *, floor: float = 0.0,
-                   min_points: int = 4):
+@dataclass(frozen=True)
+class LineFit:
+    """How :func:`chi2_detrended` fits: the fractional systematic error added in quadrature,
+    the fewest finite points for a line (fewer: a constant)."""
+
+    floor: float = 0.0
+    min_points: int = 4
+
+
+def chi2_detrended(key, flux, flux_err, x, keys, fit: LineFit | None = None):
     """Chi-square of each key's fluxes against a straight line in *x* (per row), where the key
     has at least *min_points* finite points; against a constant otherwise.
 
@@ -376,16 +415,15 @@ def chi2_detrended(key, flux, flux_err, x, keys, *, floor: float = 0.0,
         Per row, the quantity the flux may follow (the image's aperture radius).
     keys : array_like of int
         The keys to report.
-    floor : float
-        Fractional systematic error.
-    min_points : int
-        Fewest points for a line.
+    fit : LineFit, optional
+        Systematic floor and fewest points for a line (default: ``LineFit()``).
 
     Returns
     -------
     chi2, dof, mean : ndarray
         Per key of *keys*.
     """
+    floor, min_points = (fit or LineFit()).floor, (fit or LineFit()).min_points
     ids, idx = _index(key, keys)
     flux, err, x = (np.asarray(v, float) for v in (flux, flux_err, x))
     ok = (idx >= 0) & np.isfinite(flux) & np.isfinite(err) & (err > 0) & np.isfinite(x)
@@ -680,8 +718,7 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
     _, idx = _index(object_id, ids)
     n_bands = int(band.max()) + 1 if band.size else 1
     key = np.where(idx >= 0, idx, -1) * n_bands + band
-    scale, offset = image_calibration(image, key, flux, err, good & (idx >= 0),
-                                      int(image.max()) + 1 if image.size else 0)
+    scale, offset = image_calibration(image, key, flux, err, good & (idx >= 0))
     f = (flux - offset[image]) / scale[image] if image.size else flux
     e = err / scale[image] if image.size else err
     f_ok = np.where(good, f, np.nan)
@@ -690,7 +727,7 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
         chi2, dof, _ = chi2_constant(key, f_ok, e, keys, floor=floor)
     else:
         chi2, dof, _ = chi2_detrended(key, f_ok, e, np.asarray(image_x, float)[image], keys,
-                                      floor=floor)
+                                      LineFit(floor=floor))
     key_band = keys % n_bands
     key_obj = keys // n_bands
     red = np.where(dof > 0, chi2 / np.maximum(dof, 1), np.nan)
@@ -731,11 +768,10 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
     quiet_ok = good & ((np.asarray(flags, np.int64) & NOT_QUIET_FLAGS) == 0)
     quiet_snr_used = np.where(quiet_ok | detected, cal_snr, np.inf)
     # per band: a red object detected in r is not "quiet" in a g image as deep as its r mag
+    seeing = _seeing_rows(image_x, image, key, keys, (detected, cal_snr, cal_mag), detected_snr)
     key_cand, key_quiet = transient_candidate(
-        key, detected, quiet_snr_used, cal_mag, mag_limit, keys, detected_snr=detected_snr,
-        margin=margin, quiet_snr=quiet_snr, faded_mag=faded_mag, quiet_fraction=quiet_fraction,
-        seeing=_seeing_rows(image_x, image, key, keys, (detected, cal_snr, cal_mag),
-                            detected_snr))
+        EpochRows(key, detected, quiet_snr_used, cal_mag, mag_limit, seeing), keys,
+        TransientRule(detected_snr, margin, quiet_snr, faded_mag, quiet_fraction))
     n_deep, n_faded = _deep_images(key, keys, (detected, cal_snr, cal_mag), mag_limit,
                                    (detected_snr, margin, faded_mag))
     key_cand &= key_quiet + n_faded >= QUIET_FRACTION_ALL * n_deep

@@ -112,7 +112,18 @@ def new_file_mode() -> int:
 
 
 def open_store(uri: str | os.PathLike) -> LocalStore | S3Store:
-    """The store for *uri*: ``s3://bucket[/prefix]`` or a local folder."""
+    """The store for *uri*: ``s3://bucket[/prefix]`` or a local folder.
+
+    Parameters
+    ----------
+    uri : str or os.PathLike
+        ``s3://bucket[/prefix]`` or a local folder (``~`` expanded; need not exist yet).
+
+    Returns
+    -------
+    LocalStore or S3Store
+        Nothing is read or created until the store is used.
+    """
     if is_s3_uri(uri):
         loc = parse_s3_uri(str(uri))
         return S3Store(loc.bucket, loc.prefix)

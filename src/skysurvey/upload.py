@@ -38,6 +38,21 @@ def find_fits(input_dir: str | os.PathLike) -> list[Path]:
 
     Files the listing cannot follow (symlinks out of the folder, loops...) are left out here;
     :func:`skysurvey.runner.find_inputs` names them (the upload script reports them).
+
+    Parameters
+    ----------
+    input_dir : str or os.PathLike
+        The local folder (``~`` expanded).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The FITS files, sorted.
+
+    Raises
+    ------
+    StorageError
+        The folder does not exist.
     """
     root = Path(input_dir).expanduser()
     if not root.is_dir():
@@ -114,6 +129,28 @@ def upload_files(paths: Iterable[Path], bucket_uri: str, *, root: str | os.PathL
     (``night1/field.fits`` -> ``images/night1/field.fits``), so the image id is the same as
     when the folder is processed locally. Files that would share an object key or an image
     id all fail by name, without uploading any of them.
+
+    Parameters
+    ----------
+    paths : iterable of pathlib.Path
+        Local files (duplicates uploaded once).
+    bucket_uri : str
+        ``s3://bucket[/prefix]`` (or a local folder, for tests).
+    root : str or os.PathLike, optional
+        The folder the keys are relative to (default: the paths' common folder).
+    prefix : str
+        Key prefix inside the bucket.
+    verify : bool
+        Compare the stored object's SHA-256 with the file's (and skip identical objects).
+    progress : bool
+        Show a progress bar (bytes).
+    on_done : callable, optional
+        Called with each :class:`UploadResult` as soon as it is known.
+
+    Returns
+    -------
+    list of UploadResult
+        One per path, in order: ``uploaded``, ``skipped`` or ``failed`` (with the error).
     """
     paths = list(dict.fromkeys(Path(p) for p in paths))
     if not paths:

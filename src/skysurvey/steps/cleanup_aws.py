@@ -20,8 +20,8 @@ import argparse
 import sys
 
 from skysurvey import cli
+from skysurvey.aws_cleanup import checklist, cleanup_resources, require_names, run_cleanup
 from skysurvey.aws_resources import SETUP_MARKER
-from skysurvey.aws_setup import checklist, cleanup_resources, require_names, run_cleanup
 from skysurvey.config import env_file_path, read_env_file
 from skysurvey.errors import SkySurveyError
 
