@@ -55,6 +55,7 @@ The package, one concept per module (each imports only those listed after it):
 - :mod:`.plan`: the catalog's changes and the unit tasks;
 - :mod:`.integrity`: what is damaged (the tables against the build record);
 - :mod:`.unit`: one unit's read, associate, write (the Lambda entry);
+- :mod:`.source_reads`: a unit's pruned reads of the sources files (and their byte counts);
 - :mod:`.association` and :mod:`.statistics`: arrays only (numpy);
 - :mod:`.model`: the value types; :mod:`.tables`: the tables' layout and reading.
 
@@ -72,7 +73,19 @@ from ..geometry import separation_arcsec as separation_arcsec
 from ..queries import CONE_RANGES as CONE_RANGES
 from ..queries import cone_parameters as cone_parameters
 from ..queries import most_variable_light_curves as most_variable_light_curves
-from . import association, build, commit, integrity, model, plan, runners, statistics, tables, unit
+from . import (
+    association,
+    build,
+    commit,
+    integrity,
+    model,
+    plan,
+    runners,
+    source_reads,
+    statistics,
+    tables,
+    unit,
+)
 from .association import *  # noqa: F403
 from .build import *  # noqa: F403
 from .commit import *  # noqa: F403
@@ -80,6 +93,7 @@ from .integrity import *  # noqa: F403
 from .model import *  # noqa: F403
 from .plan import *  # noqa: F403
 from .runners import *  # noqa: F403
+from .source_reads import *  # noqa: F403
 from .statistics import *  # noqa: F403
 from .tables import *  # noqa: F403
 from .unit import *  # noqa: F403
@@ -90,6 +104,7 @@ MOVED = ("CONE_RANGES", "cone_parameters", "healpix", "in_region", "most_variabl
 
 __all__ = [
     *model.__all__, *tables.__all__, *association.__all__, *statistics.__all__,
-    *unit.__all__, *integrity.__all__, *plan.__all__, *commit.__all__, *runners.__all__,
+    *source_reads.__all__, *unit.__all__, *integrity.__all__, *plan.__all__, *commit.__all__,
+    *runners.__all__,
     *build.__all__, *MOVED,
 ]

@@ -35,6 +35,7 @@ from ..schema import ASSOCIATIONS_SCHEMA, OBJECT_PHOTOMETRY_SCHEMA, OBJECTS_SCHE
 from ..storage import open_store
 from .association import associate, link
 from .model import Detections, ObjectsError, UnitTask, no_detections
+from .source_reads import ReadStats, read_unit_detections
 from .statistics import N_BANDS_MAX, NIGHT_SPAN, Stats, derive, detection_stats, merge_stats
 from .tables import (
     ROW_GROUP_ROWS,
@@ -161,38 +162,6 @@ def _read_existing(store, task: UnitTask):
     return ids[ok], ra[ok], dec[ok], a
 
 
-def _read_unit_detections(store, task: UnitTask) -> tuple[Detections, dict]:
-    """Sources of the task's images that lie in the unit or its margin, and per image
-    ``[sources with a position, those inside the unit itself]`` (the driver checks that every
-    source was inside some unit)."""
-    parts, coverage = [], {}
-    for i, img in enumerate(task.images):
-        table = read_parquet(store, img["key"], SOURCE_COLUMNS)
-        cols = source_arrays(table, img.get("pixel_scale"))
-        good = np.isfinite(cols["ra"]) & np.isfinite(cols["dec"])
-        cols = {k: v[good] for k, v in cols.items()}
-        shift = 2 * (29 - task.margin_order)
-        fine = np.where(cols["hp29"] >= 0, cols["hp29"] >> shift, -1)
-        missing = fine < 0
-        if missing.any():
-            fine[missing] = healpix(cols["ra"][missing], cols["dec"][missing],
-                                    task.margin_order)
-        keep = in_region(fine, task.margin_order, task.unit, task.unit_order)
-        core = (fine >> 2 * (task.margin_order - task.unit_order)) == task.unit
-        coverage[img["image_id"]] = [int(good.sum()), int(core.sum())]
-        n = int(keep.sum())
-        parts.append({"image": np.full(n, i, np.int64),
-                      "mjd": np.full(n, np.nan if img["mjd"] is None else img["mjd"]),
-                      "night": np.full(n, img["night"], np.int64),
-                      "band": np.full(n, img["band"], np.int64),
-                      **{k: v[keep] for k, v in cols.items() if k != "hp29"}})
-    if not parts:
-        return no_detections(), coverage
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    merged["obj"] = np.full(len(merged["ra"]), -1, np.int64)
-    return Detections(**merged), coverage
-
-
 def run_unit(task: UnitTask, store=None) -> dict:
     """Associate one unit and write its three tables under ``task.staging``.
 
@@ -214,7 +183,8 @@ def run_unit(task: UnitTask, store=None) -> dict:
     store = store or open_store(task.catalog)
     if task.fast:
         return _run_unit_fast(task, store, start)
-    det, coverage = _read_unit_detections(store, task)
+    reads = ReadStats()
+    det, coverage = read_unit_detections(store, task, SOURCE_COLUMNS, source_arrays, reads)
     old_ids, old_ra, old_dec, old_assoc = _read_existing(store, task)
     if task.repair:  # objects of a lost objects file keep their ids
         old_ids, old_ra, old_dec = _lost_objects(det, task.images, old_ids, old_ra, old_dec,
@@ -282,6 +252,7 @@ def run_unit(task: UnitTask, store=None) -> dict:
             "n_associations": int(own[det.obj].sum()) if len(det) else 0,
             "n_dropped_objects": dropped_own, "files": files,
             "keys": [f"{task.staging}/{k}" for k in files], "coverage": coverage,
+            "reads": reads.as_dict(),
             "seconds": round(time.perf_counter() - start, 3), "error": None}
 
 
@@ -718,7 +689,8 @@ def _run_unit_fast(task: UnitTask, store, start: float) -> dict:
     bands = list(task.bands)
     old_ids, homes, old = _read_stats(store, task, bands, {task.unit})
     task = replace(task, images=[img for img in task.images if img.get("new")])
-    det, coverage = _read_unit_detections(store, task)
+    reads = ReadStats()
+    det, coverage = read_unit_detections(store, task, SOURCE_COLUMNS, source_arrays, reads)
     with np.errstate(invalid="ignore", divide="ignore"):
         old_ra, old_dec = vectors_to_radec(old.vec)
     todo = np.arange(len(det))
@@ -753,6 +725,7 @@ def _run_unit_fast(task: UnitTask, store, start: float) -> dict:
             "n_new_associations": int(own[det.obj].sum()) if len(det) else 0,
             "n_dropped_objects": 0, "files": files,
             "keys": [f"{task.staging}/{k}" for k in files], "coverage": coverage,
+            "reads": reads.as_dict(),
             "seconds": round(time.perf_counter() - start, 3), "error": None}
 
 
