@@ -153,11 +153,12 @@ def input_notes(images: list[dict], usable: list[dict]) -> list[str]:
 
 def _choose_unit_order(images: list[dict], workers: int) -> int:
     """Coarsest order (5..12) whose busiest pixel holds <= 1/(2 workers) of the sources
-    (fewer, larger units: each unit re-reads its neighbours' files and its border images)."""
+    (fewer, larger units: each unit opens every overlapping image's file and reads its
+    border rows twice). Each image's sources are spread over its area (a 9 x 9 grid of
+    points), so that a deep field (hundreds of images on one centre) still splits into
+    pixels by where its sources are, not into one pixel per centre."""
     total = sum(int(r["n_sources"] or 0) for r in images) or 1
-    ra = np.array([r["ra_center"] for r in images], float)
-    dec = np.array([r["dec_center"] for r in images], float)
-    n = np.array([int(r["n_sources"] or 0) for r in images], float)
+    ra, dec, n = _spread(images, 9)
     target = max(total / (2 * max(workers, 1)), 20_000)
     for order in range(PARTITION_ORDER, 13):
         pix = healpix(ra, dec, order)
@@ -165,6 +166,23 @@ def _choose_unit_order(images: list[dict], workers: int) -> int:
         if np.bincount(inv, n).max() <= target:
             return order
     return 12
+
+
+def _spread(images: list[dict], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points (ra, dec) on a k x k grid over each image (its centre, size and pixel scale;
+    the centre alone without them), each carrying its share of the image's sources."""
+    ra0 = np.array([r["ra_center"] for r in images], float)
+    dec0 = np.array([r["dec_center"] for r in images], float)
+    n = np.array([int(r["n_sources"] or 0) for r in images], float)
+    size = np.array([[(r["width"] or 0) * (r["pixel_scale"] or 0),
+                      (r["height"] or 0) * (r["pixel_scale"] or 0)] for r in images],
+                    float).reshape(-1, 2) / 3600
+    step = (np.arange(k) + 0.5) / k - 0.5
+    gx, gy = (g.ravel() for g in np.meshgrid(step, step))
+    cosd = np.maximum(np.cos(np.radians(dec0)), 1e-3)
+    ra = (ra0[:, None] + gx[None] * size[:, :1] / cosd[:, None]) % 360
+    dec = np.clip(dec0[:, None] + gy[None] * size[:, 1:], -90, 90)
+    return ra.ravel(), dec.ravel(), np.repeat(n / k**2, k * k)
 
 
 def _image_units(images: list[dict], order: int, margin_arcsec: float) -> list[np.ndarray]:

@@ -22,12 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..geometry import healpix, in_region, neighbours
+from ..geometry import healpix, in_region, neighbours, pixel_size_arcsec
 from ..storage import local_root
 from .model import Detections, UnitTask, no_detections
 
-__all__ = ["FOOTER_BYTES", "ReadStats", "RegionRead", "read_region", "read_unit_detections",
-           "region_ranges"]
+__all__ = ["FOOTER_BYTES", "ReadStats", "Region", "RegionRead", "read_region",
+           "read_unit_detections", "region_ranges"]
 
 #: bytes read from a file's end at opening: the footer of a sources file is ~10-40 kB
 FOOTER_BYTES = 64 * 1024
@@ -86,6 +86,91 @@ def _interleave(x: np.ndarray, y: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
+def _margin_pixels(unit: int, unit_order: int, margin_order: int) -> np.ndarray:
+    """The pixels of order *margin_order* outside *unit* next to one inside (sorted)."""
+    d = margin_order - unit_order
+    side = 1 << d
+    edge = np.arange(side, dtype=np.int64)
+    zero, last = np.zeros(side, np.int64), np.full(side, side - 1, np.int64)
+    x = np.concatenate([edge, edge, zero, last])
+    y = np.concatenate([zero, last, edge, edge])
+    border = (np.int64(unit) << (2 * d)) | _interleave(x, y, d)
+    near = neighbours(np.unique(border), margin_order)[1:].ravel()
+    return np.unique(near[(near >= 0) & ((near >> (2 * d)) != unit)])
+
+
+#: a region's pixels are tested at most this many orders below the unit's (<= 256 pieces)
+_CORE_SPLIT = 4
+
+
+@dataclass
+class Region:
+    """A unit's region as pieces (NESTED pixels: the unit's own split into <= 256 smaller
+    ones, and the margin pixels around it), each an inclusive ``_healpix_29`` range with its
+    centre and reach, sorted and disjoint. A row group is read when a piece's range meets the
+    row group's ``_healpix_29`` range and the piece comes near the row group's ra/dec box
+    (statistics too): NESTED order runs back and forth across a pixel, so one row group's
+    range spans many pieces (the margin pixels all along a neighbour's border, a whole unit
+    between two pixels the rows are in) though its rows lie near few of them."""
+
+    lo: np.ndarray  # per piece, sorted
+    hi: np.ndarray
+    ra: np.ndarray  # centres, degrees (empty: ranges only, no position test)
+    dec: np.ndarray
+    pad: np.ndarray  # degrees: every point of a piece lies this close to its centre
+
+    @classmethod
+    def of_unit(cls, unit: int, unit_order: int, margin_order: int) -> Region:
+        """The region :func:`skysurvey.geometry.in_region` keeps for *unit*."""
+        from astropy_healpix import healpix_to_lonlat
+
+        split = min(unit_order + _CORE_SPLIT, margin_order)
+        core = (np.int64(unit) << 2 * (split - unit_order)) + np.arange(
+            4 ** (split - unit_order), dtype=np.int64)
+        margin = _margin_pixels(unit, unit_order, margin_order)
+        lo, hi, ra, dec, pad = [], [], [], [], []
+        for pixels, order in ((core, split), (margin, margin_order)):
+            shift = 2 * (29 - order)
+            lon, lat = healpix_to_lonlat(pixels, 2**order, order="nested")
+            lo.append(pixels << shift)
+            hi.append(((pixels + 1) << shift) - 1)
+            ra.append(np.asarray(lon.deg, float))
+            dec.append(np.asarray(lat.deg, float))
+            pad.append(np.full(len(pixels), 2.0 * pixel_size_arcsec(order) / 3600))
+        lo, hi, ra, dec, pad = (np.concatenate(x) for x in (lo, hi, ra, dec, pad))
+        order = np.argsort(lo)
+        return cls(lo[order], hi[order], ra[order], dec[order], pad[order])
+
+    @classmethod
+    def of_ranges(cls, ranges: np.ndarray) -> Region:
+        """Any sorted, disjoint inclusive ranges; no position test."""
+        ranges = np.asarray(ranges, np.int64).reshape(-1, 2)
+        return cls(ranges[:, 0], ranges[:, 1], np.zeros(0), np.zeros(0), np.zeros(0))
+
+    def ranges(self) -> np.ndarray:
+        """All its ranges, merged: (k, 2) inclusive, sorted, disjoint."""
+        first = np.nonzero(np.r_[True, self.lo[1:] > self.hi[:-1] + 1])[0]
+        return np.stack([self.lo[first], np.maximum.reduceat(self.hi, first)], axis=1)
+
+    def meets(self, lo: int, hi: int, box: tuple[float, float, float, float] | None) -> bool:
+        """May a row group with ``_healpix_29`` in [lo, hi] and rows in *box* (ra min, ra
+        max, dec min, dec max; None: unknown) hold a row of the region?"""
+        a = int(np.searchsorted(self.hi, lo))  # the pieces whose ranges meet [lo, hi]
+        b = int(np.searchsorted(self.lo, hi, side="right"))
+        if b <= a:
+            return False
+        if box is None or not len(self.ra):
+            return True
+        ra_min, ra_max, dec_min, dec_max = box
+        dec, pad = self.dec[a:b], self.pad[a:b]
+        near = (dec >= dec_min - pad) & (dec <= dec_max + pad)
+        cos = np.cos(np.radians(np.clip(np.abs(dec) + pad, 0, 90)))
+        pad_ra = np.where(cos > 1e-6, pad / np.maximum(cos, 1e-6), 360.0)
+        # circular: a box may cross ra = 0 (its statistics then span 0..360: no pruning)
+        near &= (self.ra[a:b] - ra_min + pad_ra) % 360 <= (ra_max - ra_min) + 2 * pad_ra
+        return bool(near.any())
+
+
 def region_ranges(unit: int, unit_order: int, margin_order: int) -> np.ndarray:
     """Inclusive ``_healpix_29`` ranges of a unit's region: its pixel and every pixel of order
     *margin_order* next to it (what :func:`skysurvey.geometry.in_region` keeps).
@@ -104,22 +189,7 @@ def region_ranges(unit: int, unit_order: int, margin_order: int) -> np.ndarray:
     numpy.ndarray
         Shape (k, 2), int64, sorted, disjoint: rows ``[lo, hi]``.
     """
-    d = margin_order - unit_order
-    side = 1 << d
-    edge = np.arange(side, dtype=np.int64)
-    zero, last = np.zeros(side, np.int64), np.full(side, side - 1, np.int64)
-    x = np.concatenate([edge, edge, zero, last])
-    y = np.concatenate([zero, last, edge, edge])
-    border = (np.int64(unit) << (2 * d)) | _interleave(x, y, d)
-    near = neighbours(np.unique(border), margin_order)[1:].ravel()
-    margin = np.unique(near[(near >= 0) & ((near >> (2 * d)) != unit)])
-    fine = 2 * (29 - margin_order)
-    lo = np.r_[np.int64(unit) << (2 * d), margin] << fine
-    hi = np.r_[(np.int64(unit) + 1) << (2 * d), margin + 1] << fine
-    order = np.argsort(lo)
-    lo, hi = lo[order], hi[order] - 1
-    first = np.nonzero(np.r_[True, lo[1:] > hi[:-1] + 1])[0]  # merge touching ranges
-    return np.stack([lo[first], np.maximum.reduceat(hi, first)], axis=1)
+    return Region.of_unit(unit, unit_order, margin_order).ranges()
 
 
 class _RangeFile(io.RawIOBase):
@@ -221,31 +291,37 @@ def _byte_span(group) -> tuple[int, int]:
     return start or 0, stop
 
 
-def _selected(meta, ranges: np.ndarray) -> tuple[list[int], int | None]:
-    """Row groups that may hold a row of *ranges* (and those with rows without a
+def _min_max(stats) -> tuple[float, float] | None:
+    if stats is None or not stats.has_min_max:
+        return None
+    return stats.min, stats.max
+
+
+def _selected(meta, region: Region) -> tuple[list[int], int | None]:
+    """Row groups that may hold a row of *region* (and those with rows without a
     ``_healpix_29``), and the file's rows with one (None when not known)."""
-    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    names = meta.schema.names
     if _HP not in names:
         return list(range(meta.num_row_groups)), None
     j = names.index(_HP)
+    ra_dec = [names.index(c) if c in names else None for c in ("ra", "dec")]
     chosen, indexed = [], meta.num_rows
     for g in range(meta.num_row_groups):
-        stats = meta.row_group(g).column(j).statistics
-        if stats is None or stats.null_count is None:
-            indexed = None
-        else:
-            indexed = None if indexed is None else indexed - stats.null_count
-        if stats is None or not stats.has_min_max or stats.null_count is None or stats.null_count:
+        group = meta.row_group(g)
+        stats = group.column(j).statistics
+        nulls = None if stats is None else stats.null_count
+        indexed = None if indexed is None or nulls is None else indexed - nulls
+        if stats is None or not stats.has_min_max or nulls is None or nulls:
             chosen.append(g)
             continue
-        lo, hi = int(stats.min), int(stats.max)
-        k = int(np.searchsorted(ranges[:, 1], lo))  # first range ending at or after lo
-        if k < len(ranges) and ranges[k, 0] <= hi:
+        spans = [None if c is None else _min_max(group.column(c).statistics) for c in ra_dec]
+        box = None if None in spans else (*spans[0], *spans[1])
+        if region.meets(int(stats.min), int(stats.max), box):
             chosen.append(g)
     return chosen, indexed
 
 
-def read_region(store, key: str, columns: Sequence[str], ranges: np.ndarray,
+def read_region(store, key: str, columns: Sequence[str], region: Region | np.ndarray,
                 stats: ReadStats | None = None) -> RegionRead:
     """The rows of one sources file that may lie in *ranges* (whole row groups).
 
@@ -257,8 +333,8 @@ def read_region(store, key: str, columns: Sequence[str], ranges: np.ndarray,
         The sources file.
     columns : sequence of str
         Columns to read; those missing from an older file come back null (float64).
-    ranges : numpy.ndarray
-        :func:`region_ranges`'s (k, 2) inclusive ``_healpix_29`` ranges.
+    region : Region or numpy.ndarray
+        The region (:meth:`Region.of_unit`), or (k, 2) inclusive ``_healpix_29`` ranges.
     stats : ReadStats, optional
         Receives the counts.
 
@@ -272,7 +348,9 @@ def read_region(store, key: str, columns: Sequence[str], ranges: np.ndarray,
     try:
         pf = pq.ParquetFile(file)
         meta = pf.metadata
-        chosen, indexed = _selected(meta, np.asarray(ranges, np.int64).reshape(-1, 2))
+        if not isinstance(region, Region):
+            region = Region.of_ranges(region)
+        chosen, indexed = _selected(meta, region)
         if coalesce:  # one request per run of consecutive row groups
             runs = np.split(np.asarray(chosen, int),
                             np.nonzero(np.diff(np.asarray(chosen, int)) > 1)[0] + 1)
@@ -281,7 +359,7 @@ def read_region(store, key: str, columns: Sequence[str], ranges: np.ndarray,
                               _byte_span(meta.row_group(int(run[-1])))[1])
         names = pf.schema_arrow.names
         present = [c for c in columns if c in names]
-        table = (pf.read_row_groups(chosen, columns=present) if chosen
+        table = (pf.read_row_groups(chosen, columns=present, use_threads=False) if chosen
                  else pf.schema_arrow.empty_table().select(present))
         if stats is not None:
             stats.add({"files": 1, "row_groups": meta.num_row_groups,
@@ -307,34 +385,42 @@ def read_unit_detections(store, task: UnitTask, columns: Sequence[str],
 
     *columns* are read and ``arrays(table, pixel_scale)`` turns them into the detections'
     columns (:func:`skysurvey.objects.unit.source_arrays`, with ``hp29``)."""
-    parts, coverage = [], {}
-    ranges = region_ranges(task.unit, task.unit_order, task.margin_order)
-    for i, img in enumerate(task.images):
-        found = read_region(store, img["key"], columns, ranges, reads)
-        cols = arrays(found.table, img.get("pixel_scale"))
-        good = np.isfinite(cols["ra"]) & np.isfinite(cols["dec"])
-        # rows with a position: those with a _healpix_29 (the footer counts them, read or
-        # not) and those without one but with ra/dec (in the row groups always read)
-        n_pos = (int(good.sum()) if found.n_indexed is None
-                 else found.n_indexed + int((good & (cols["hp29"] < 0)).sum()))
-        cols = {k: v[good] for k, v in cols.items()}
-        shift = 2 * (29 - task.margin_order)
-        fine = np.where(cols["hp29"] >= 0, cols["hp29"] >> shift, -1)
-        missing = fine < 0
-        if missing.any():
-            fine[missing] = healpix(cols["ra"][missing], cols["dec"][missing],
-                                    task.margin_order)
-        keep = in_region(fine, task.margin_order, task.unit, task.unit_order)
-        core = (fine >> 2 * (task.margin_order - task.unit_order)) == task.unit
-        coverage[img["image_id"]] = [n_pos, int(core.sum())]
-        n = int(keep.sum())
-        parts.append({"image": np.full(n, i, np.int64),
-                      "mjd": np.full(n, np.nan if img["mjd"] is None else img["mjd"]),
-                      "night": np.full(n, img["night"], np.int64),
-                      "band": np.full(n, img["band"], np.int64),
-                      **{k: v[keep] for k, v in cols.items() if k != "hp29"}})
-    if not parts:
-        return no_detections(), coverage
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    merged["obj"] = np.full(len(merged["ra"]), -1, np.int64)
-    return Detections(**merged), coverage
+    region = Region.of_unit(task.unit, task.unit_order, task.margin_order)
+    tables, counts, indexed = [], [], []
+    for img in task.images:  # each file opened once; rows of all files converted together
+        found = read_region(store, img["key"], columns, region, reads)
+        tables.append(found.table)
+        counts.append(found.table.num_rows)
+        indexed.append(-1 if found.n_indexed is None else found.n_indexed)
+    if not tables:
+        return no_detections(), {}
+    n_img = len(task.images)
+    image = np.repeat(np.arange(n_img), counts)
+    scale = np.array([np.nan if img.get("pixel_scale") is None else img["pixel_scale"]
+                      for img in task.images], float)
+    cols = arrays(pa.concat_tables(tables, promote_options="permissive"), scale[image])
+    good = np.isfinite(cols["ra"]) & np.isfinite(cols["dec"])
+    # rows with a position: those with a _healpix_29 (the footer counts them, read or not)
+    # and those without one but with ra/dec (in the row groups always read)
+    indexed = np.array(indexed, np.int64)
+    n_pos = np.where(indexed < 0, np.bincount(image[good], minlength=n_img),
+                     indexed + np.bincount(image[good & (cols["hp29"] < 0)], minlength=n_img))
+    image = image[good]
+    cols = {k: v[good] for k, v in cols.items()}
+    shift = 2 * (29 - task.margin_order)
+    fine = np.where(cols["hp29"] >= 0, cols["hp29"] >> shift, -1)
+    missing = fine < 0
+    if missing.any():
+        fine[missing] = healpix(cols["ra"][missing], cols["dec"][missing], task.margin_order)
+    keep = in_region(fine, task.margin_order, task.unit, task.unit_order)
+    core = np.bincount(image[(fine >> 2 * (task.margin_order - task.unit_order)) == task.unit],
+                       minlength=n_img)
+    coverage = {img["image_id"]: [int(n_pos[i]), int(core[i])]
+                for i, img in enumerate(task.images)}
+    image = image[keep]
+    mjd = np.array([np.nan if img["mjd"] is None else img["mjd"] for img in task.images], float)
+    night = np.array([img["night"] for img in task.images], np.int64)
+    band = np.array([img["band"] for img in task.images], np.int64)
+    return Detections(image=image, mjd=mjd[image], night=night[image], band=band[image],
+                      obj=np.full(len(image), -1, np.int64),
+                      **{k: v[keep] for k, v in cols.items() if k != "hp29"}), coverage

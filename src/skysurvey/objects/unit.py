@@ -74,15 +74,16 @@ SOURCE_COLUMNS = ("source_id", "ra", "dec", "mag", "mag_err", "mag_apcorr", "mag
                   "flags", "snr", "fwhm", "_healpix_29")
 
 
-def source_arrays(table: pa.Table, pixel_scale: float | None) -> dict[str, np.ndarray]:
+def source_arrays(table: pa.Table,
+                  pixel_scale: float | np.ndarray | None) -> dict[str, np.ndarray]:
     """Positions, position weights and calibrated magnitudes of one image's sources.
 
     Parameters
     ----------
     table : pyarrow.Table
         The image's ``sources`` columns :data:`SOURCE_COLUMNS`.
-    pixel_scale : float or None
-        Arcsec per pixel (None: a 0.3" position error is assumed).
+    pixel_scale : float, numpy.ndarray or None
+        Arcsec per pixel, or one per row (None or NaN: a 0.3" position error is assumed).
 
     Returns
     -------
@@ -99,7 +100,8 @@ def source_arrays(table: pa.Table, pixel_scale: float | None) -> dict[str, np.nd
     flags = table["flags"].cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
     m = np.where((flags & PHOT_BAD_FLAGS) == 0, m, np.nan)
     snr = np.clip(np.nan_to_num(floats(table, "snr"), nan=1.0), 1.0, None)
-    fwhm = floats(table, "fwhm") * (pixel_scale or np.nan)
+    scale = np.asarray(np.nan if pixel_scale is None else pixel_scale, float)
+    fwhm = floats(table, "fwhm") * np.where(scale > 0, scale, np.nan)
     sigma = np.where(np.isfinite(fwhm), fwhm / (2.3548 * snr), 0.3)
     sigma = np.sqrt(sigma**2 + 0.01**2)  # 10 mas floor: no detection is perfect
     hp = table["_healpix_29"].cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
