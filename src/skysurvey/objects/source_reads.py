@@ -375,6 +375,24 @@ def read_region(store, key: str, columns: Sequence[str], region: Region | np.nda
     return RegionRead(table, None if whole else indexed)
 
 
+def _in_ranges(column, ranges: np.ndarray) -> np.ndarray:
+    """True where a ``_healpix_29`` value lies in one of *ranges* (sorted, disjoint), or is
+    null."""
+    hp = column.cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
+    k = np.minimum(np.searchsorted(ranges[:, 1], hp), len(ranges) - 1)
+    return (hp < 0) | ((ranges[k, 0] <= hp) & (hp <= ranges[k, 1]))
+
+
+def _located(table: pa.Table) -> np.ndarray:
+    """True for rows with a finite ra and dec."""
+    ra, dec = (table[c].cast(pa.float64()).to_numpy(zero_copy_only=False) for c in ("ra", "dec"))
+    return np.isfinite(ra) & np.isfinite(dec)
+
+
+def _has_hp(table: pa.Table) -> np.ndarray:
+    return table[_HP].is_valid().to_numpy(zero_copy_only=False)
+
+
 def read_unit_detections(store, task: UnitTask, columns: Sequence[str],
                          arrays: Callable,
                          reads: ReadStats | None = None) -> tuple[Detections, dict]:
@@ -386,12 +404,21 @@ def read_unit_detections(store, task: UnitTask, columns: Sequence[str],
     *columns* are read and ``arrays(table, pixel_scale)`` turns them into the detections'
     columns (:func:`skysurvey.objects.unit.source_arrays`, with ``hp29``)."""
     region = Region.of_unit(task.unit, task.unit_order, task.margin_order)
-    tables, counts, indexed = [], [], []
+    ranges = region.ranges()
+    tables, counts, positions = [], [], []
     for img in task.images:  # each file opened once; rows of all files converted together
         found = read_region(store, img["key"], columns, region, reads)
-        tables.append(found.table)
-        counts.append(found.table.num_rows)
-        indexed.append(-1 if found.n_indexed is None else found.n_indexed)
+        # only the region's rows are kept (and those without a _healpix_29, placed below):
+        # a row group also holds rows outside it
+        inside = _in_ranges(found.table[_HP], ranges)
+        # rows with a position: those with a _healpix_29 (the footer counts them, read or
+        # not) and those without one but with ra/dec (in the row groups always read)
+        located = _located(found.table)
+        positions.append(int(located.sum()) if found.n_indexed is None else
+                         found.n_indexed + int((located & ~_has_hp(found.table)).sum()))
+        table = found.table.filter(inside)
+        tables.append(table)
+        counts.append(table.num_rows)
     if not tables:
         return no_detections(), {}
     n_img = len(task.images)
@@ -400,11 +427,7 @@ def read_unit_detections(store, task: UnitTask, columns: Sequence[str],
                       for img in task.images], float)
     cols = arrays(pa.concat_tables(tables, promote_options="permissive"), scale[image])
     good = np.isfinite(cols["ra"]) & np.isfinite(cols["dec"])
-    # rows with a position: those with a _healpix_29 (the footer counts them, read or not)
-    # and those without one but with ra/dec (in the row groups always read)
-    indexed = np.array(indexed, np.int64)
-    n_pos = np.where(indexed < 0, np.bincount(image[good], minlength=n_img),
-                     indexed + np.bincount(image[good & (cols["hp29"] < 0)], minlength=n_img))
+    n_pos = np.array(positions, np.int64)
     image = image[good]
     cols = {k: v[good] for k, v in cols.items()}
     shift = 2 * (29 - task.margin_order)
