@@ -298,7 +298,7 @@ def forced_on_images(out: Path, n_images: int, workers: int) -> dict:
 
     raw, cat = out / "forced-raw", out / "forced-catalog"
     if not raw.is_dir():
-        write_survey(raw, nights=n_images, bands=("r",), size=SIZE, n_stars=180,
+        write_survey(raw, nights=n_images, bands=("r",), size=SIZE, n_stars=1100,
                      n_galaxies=20, n_bright=10, n_transients=0, dither_arcsec=30.0)
     shutil.rmtree(cat, ignore_errors=True)
     keys = list_images(str(raw))

@@ -1617,3 +1617,20 @@ def test_a_region_read_over_s3_reads_the_footer_and_the_row_groups_only(mocked_a
     whole = read_region(store, "s.parquet", ["source_id", "ra"],
                         np.array([[0, 2**62]], np.int64))
     assert whole.table.num_rows == 4000 and whole.n_indexed is None
+
+
+def test_a_deep_stack_on_one_centre_is_split_by_where_its_sources_are():
+    """1,000 images of one 8.9' field (2,500 sources each, dithered by arcseconds): the units
+    follow the sources over the field (a few order-9 pixels), not the one pixel their centres
+    share (which chose order 12: ~100 units, each opening all 1,000 files)."""
+    from skysurvey.objects.plan import _choose_unit_order
+
+    rng = np.random.default_rng(4)
+    images = [{"ra_center": 210 + rng.normal(0, 5e-3), "dec_center": 12 + rng.normal(0, 5e-3),
+               "width": 2048, "height": 2048, "pixel_scale": 0.26, "n_sources": 2500}
+              for _ in range(1000)]
+    order = _choose_unit_order(images, 2)
+    assert 8 <= order <= 10
+    pix = obj.healpix(np.array([r["ra_center"] for r in images]),
+                      np.array([r["dec_center"] for r in images]), order)
+    assert len(np.unique(pix)) <= 4  # (the centres alone: one pixel at any order up to 12)
