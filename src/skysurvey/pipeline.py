@@ -36,7 +36,7 @@ __all__ = ["SOURCES_ROW_GROUP_ROWS", "PipelineConfig", "catalog_image", "make_re
 #: enough that a reader of one sky region (an objects unit) skips most of a file by the
 #: row groups' min/max statistics, large enough that the footer stays small (measured in
 #: benchmarks/RESULTS.md, "Deep field")
-SOURCES_ROW_GROUP_ROWS = 256
+SOURCES_ROW_GROUP_ROWS = 1024
 
 
 @dataclass(frozen=True)
