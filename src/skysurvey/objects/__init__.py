@@ -5,15 +5,16 @@ one image (mutual-nearest matching within the radius, image by image in time ord
 left unmatched starts a new object (a transient, or a star seen for the first time).
 
 Work is split by NESTED HEALPix pixel (a *unit*, order ``unit_order`` >= 5, fixed at the first
-build). A unit task reads the sources of the images overlapping its pixel plus a margin (one
-to two order-15 pixels, 6-13 arcsec, at the default radius), the existing objects of its pixel
-and its 8 neighbours, associates the new images, and keeps the objects whose mean position
-falls inside its pixel. Since the margin is many radii wide, the two tasks on either side of a
-border see all detections of a border object and reach the same result: the owner keeps it,
-the other drops it, so it is neither split nor duplicated. Units run in a local process pool,
-or one AWS Lambda invocation per unit (:func:`handle_unit_event`; numpy and astropy-healpix
-only, no scipy). Tables are written per unit:
-``<catalog>/<table>/hpx5=<order-5 pixel>/k<unit order>-<unit pixel>.parquet``.
+build). A unit task reads the sources of the images overlapping its pixel plus a margin (one to
+two order-15 pixels, 6-13 arcsec, at the default radius; each image's file opened once and only
+its row groups that meet the region read, the files being sorted by ``_healpix_29``:
+:mod:`.source_reads`), the existing objects of its pixel and its 8 neighbours, associates the
+new images, and keeps the objects whose mean position falls inside its pixel. Since the margin
+is many radii wide, the two tasks on either side of a border see all detections of a border
+object and reach the same result: the owner keeps it, the other drops it, so it is neither
+split nor duplicated. Units run in a local process pool, or one AWS Lambda invocation per unit
+(:func:`handle_unit_event`; numpy and astropy-healpix only, no scipy). Tables are written per
+unit: ``<catalog>/<table>/hpx5=<order-5 pixel>/k<unit order>-<unit pixel>.parquet``.
 
 Incremental: existing associations are kept as they are; only images that are new, or whose
 catalog changed since the last build (reprocessed: another ``processed_at`` or pipeline
