@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -1467,3 +1468,169 @@ def test_a_local_swap_killed_just_after_an_exchange_is_finished_not_undone(tmp_p
     objects = read(tmp_path, "objects")
     assert set(objects["object_id"]) == ids and (objects["n_detections"] == 3).all()
     assert_visible_once(tmp_path, report)
+
+
+# ---- deep fields: sorted sources files, pruned reads (issue 24 item 5) -------------------------
+
+
+def _rewrite_sources(catalog: Path, row_group_rows: int | None) -> None:
+    """Every sources file of *catalog* written again: sorted, in row groups of
+    *row_group_rows*; None: as older versions did (rows in ``source_id`` order, one group)."""
+    from skysurvey.pipeline import sources_to_parquet_bytes, table_to_parquet_bytes
+
+    for path in (catalog / "sources").rglob("*.parquet"):
+        table = pq.read_table(path).sort_by("source_id").cast(SOURCES_SCHEMA)
+        path.write_bytes(table_to_parquet_bytes(table) if row_group_rows is None
+                         else sources_to_parquet_bytes(table, row_group_rows))
+
+
+def _tables(catalog: Path) -> dict[str, pd.DataFrame]:
+    out = {}
+    for name, key in (("objects", ["object_id"]), ("associations", ["image_id", "source_id"]),
+                      ("object_photometry", ["object_id", "band"])):
+        frame = pq.read_table(catalog / name).to_pandas()
+        out[name] = frame.drop(columns=[c for c in ("hpx5",) if c in frame]).sort_values(
+            key).reset_index(drop=True)
+    return out
+
+
+def test_pruned_reads_give_the_same_objects_as_whole_files_of_older_versions(tmp_path):
+    """The handler writes each sources file sorted by _healpix_29 in row groups; a build over
+    such files (here in row groups of 16 rows, as the survey's images hold ~60 sources; each
+    unit reads only its row groups) and a build over the same rows written as older versions
+    did (unsorted, one row group: read whole, rows filtered) give identical objects,
+    associations and photometry, and the pruned build reads fewer bytes."""
+    import shutil
+
+    from conftest import two_night_survey
+
+    _, catalog = two_night_survey(tmp_path)
+    sources = sorted((catalog / "sources").rglob("*.parquet"))
+    assert len(sources) == 2
+    for path in sources:  # the handler's files: sorted, every source_id kept
+        table = pq.read_table(path)
+        hp = table["_healpix_29"].to_numpy(zero_copy_only=False)
+        assert (np.diff(hp) >= 0).all() and table["source_id"].to_pylist() != sorted(
+            table["source_id"].to_pylist())
+        assert sorted(table["source_id"].to_pylist()) == list(range(table.num_rows))
+    copies = {}
+    for kind in ("sorted", "old"):
+        copies[kind] = tmp_path / kind
+        for table in ("sources", "images"):
+            shutil.copytree(catalog / table, copies[kind] / table)
+    _rewrite_sources(copies["sorted"], 16)
+    _rewrite_sources(copies["old"], None)
+    reports = {k: build_objects(str(c), BuildConfig(unit_order=12)) for k, c in copies.items()}
+    assert all(r.status == "ok" for r in reports.values())
+    assert reports["sorted"].n_units > 1
+    new, old = _tables(copies["sorted"]), _tables(copies["old"])
+    for name in new:
+        pd.testing.assert_frame_equal(new[name], old[name])
+    pruned, whole = reports["sorted"].reads, reports["old"].reads
+    assert whole["row_groups"] == whole["files"]  # older files: one row group, read whole
+    # (or not at all: a unit whose region the file's ra/dec box does not come near)
+    assert pruned["row_groups_read"] < pruned["row_groups"]
+    assert pruned["rows_read"] < whole["rows_read"]  # (bytes: 60-row files are mostly footer)
+    assert pruned["source_bytes"] > 0 and pruned["source_files"] == 2
+    record = json.loads((copies["sorted"] / "objects" / "_build.json").read_text())
+    assert record["reads"] == pruned
+    assert "sources read" in reports["sorted"].summary()
+
+
+def _line_of_sources(n: int = 4000) -> pa.Table:
+    """*n* sources along a 40" line in dec, in source_id order (not sorted by position), with
+    values in every double column (a file of realistic size per row)."""
+    rng = np.random.default_rng(3)
+    dec = DEC0 + rng.uniform(0, 40, n) / 3600
+    ra = np.full(n, RA0) + rng.normal(0, 1, n) / 3600
+    cols = {f.name: (pa.array(rng.normal(size=n)) if f.type == pa.float64()
+                     else pa.nulls(n, f.type)) for f in SOURCES_SCHEMA}
+    cols.update(image_id=pa.array(["line"] * n), source_id=pa.array(np.arange(n), pa.int32()),
+                ra=pa.array(ra), dec=pa.array(dec), _healpix_29=pa.array(obj.healpix(ra, dec, 29)))
+    return pa.table(cols, schema=SOURCES_SCHEMA)
+
+
+@pytest.mark.parametrize("layout", ["sorted", "old"])
+def test_a_region_read_prunes_row_groups_of_a_sorted_file_only(tmp_path, layout):
+    """A known layout: 4,000 sources along a line over several order-15 pixels, in row groups
+    of 100. The rows of one order-15 unit and its margin come back either way; a sorted
+    file's other row groups (and their bytes) are not read, an older file is read whole."""
+    from skysurvey.geometry import in_region
+    from skysurvey.objects.source_reads import ReadStats, Region, read_region
+    from skysurvey.pipeline import sources_to_parquet_bytes, table_to_parquet_bytes
+
+    table = _line_of_sources()
+    data = (sources_to_parquet_bytes(table, 100) if layout == "sorted"
+            else table_to_parquet_bytes(table))
+    (tmp_path / "s.parquet").write_bytes(data)
+    unit_order, margin = 15, 17
+    hp = table["_healpix_29"].to_numpy()
+    unit = int(np.sort(hp)[len(hp) // 2]) >> 2 * (29 - unit_order)
+    want = in_region(hp >> 2 * (29 - margin), margin, unit, unit_order)
+    assert 0 < want.sum() < len(hp) / 2
+    stats = ReadStats()
+    found = read_region(storage.open_store(tmp_path), "s.parquet", ["source_id", "_healpix_29"],
+                        Region.of_unit(unit, unit_order, margin), stats)
+    got = set(found.table["source_id"].to_pylist())
+    assert set(np.nonzero(want)[0].tolist()) <= got
+    if layout == "sorted":
+        assert stats.row_groups == 40 and stats.row_groups_read <= 12
+        assert stats.bytes_read < 0.5 * stats.bytes
+        assert found.n_indexed == 4000 and len(got) <= 1200
+    else:
+        assert stats.row_groups_read == stats.row_groups == 1 and len(got) == 4000
+        assert found.n_indexed is None
+
+
+def test_region_ranges_hold_exactly_the_pixels_in_region_keeps():
+    from skysurvey.geometry import in_region
+    from skysurvey.objects.source_reads import region_ranges
+
+    unit_order, margin = 8, 12
+    unit = int(obj.healpix(RA0, DEC0, unit_order))
+    near = obj.neighbours(np.array([unit]), unit_order)[:, 0]
+    d = margin - unit_order
+    fine = np.concatenate([np.arange(u << 2 * d, (u + 1) << 2 * d) for u in near if u >= 0])
+    keep = in_region(fine, margin, unit, unit_order)
+    ranges = region_ranges(unit, unit_order, margin)
+    hp = fine << 2 * (29 - margin)
+    k = np.minimum(np.searchsorted(ranges[:, 1], hp), len(ranges) - 1)
+    covered = (ranges[k, 0] <= hp) & (hp <= ranges[k, 1])
+    assert (covered == keep).all()
+
+
+def test_a_region_read_over_s3_reads_the_footer_and_the_row_groups_only(mocked_aws):
+    from skysurvey import aws
+    from skysurvey.objects.source_reads import ReadStats, read_region, region_ranges
+    from skysurvey.pipeline import sources_to_parquet_bytes
+
+    aws.client("s3").create_bucket(Bucket="cat")
+    store = storage.open_store("s3://cat/pre")
+    table = _line_of_sources()
+    store.write_bytes("s.parquet", sources_to_parquet_bytes(table, 100))
+    hp = table["_healpix_29"].to_numpy()
+    unit = int(np.sort(hp)[len(hp) // 2]) >> 2 * (29 - 15)
+    stats = ReadStats()
+    found = read_region(store, "s.parquet", ["source_id", "ra"], region_ranges(unit, 15, 17),
+                        stats)
+    assert 0 < found.table.num_rows < 2000 and stats.bytes_read < 0.75 * stats.bytes
+    whole = read_region(store, "s.parquet", ["source_id", "ra"],
+                        np.array([[0, 2**62]], np.int64))
+    assert whole.table.num_rows == 4000 and whole.n_indexed is None
+
+
+def test_a_deep_stack_on_one_centre_is_split_by_where_its_sources_are():
+    """1,000 images of one 8.9' field (2,500 sources each, dithered by arcseconds): the units
+    follow the sources over the field (a few order-9 pixels), not the one pixel their centres
+    share (which chose order 12: ~100 units, each opening all 1,000 files)."""
+    from skysurvey.objects.plan import _choose_unit_order
+
+    rng = np.random.default_rng(4)
+    images = [{"ra_center": 210 + rng.normal(0, 5e-3), "dec_center": 12 + rng.normal(0, 5e-3),
+               "width": 2048, "height": 2048, "pixel_scale": 0.26, "n_sources": 2500}
+              for _ in range(1000)]
+    order = _choose_unit_order(images, 2)
+    assert 8 <= order <= 10
+    pix = obj.healpix(np.array([r["ra_center"] for r in images]),
+                      np.array([r["dec_center"] for r in images]), order)
+    assert len(np.unique(pix)) <= 4  # (the centres alone: one pixel at any order up to 12)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import __version__
@@ -28,8 +29,14 @@ from .reference import ReferenceError, ReferenceSpec, check_reference
 from .schema import IMAGES_SCHEMA, SOURCES_SCHEMA, catalog_keys, image_id_from_name
 from .units import with_astropy_metadata
 
-__all__ = ["PipelineConfig", "catalog_image", "make_reply", "run_reference",
-           "table_to_parquet_bytes"]
+__all__ = ["SOURCES_ROW_GROUP_ROWS", "PipelineConfig", "catalog_image", "make_reply",
+           "run_reference", "sources_to_parquet_bytes", "table_to_parquet_bytes"]
+
+#: rows per row group of an image's ``sources`` file (sorted by ``_healpix_29``): small
+#: enough that a reader of one sky region (an objects unit) skips most of a file by the
+#: row groups' min/max statistics, large enough that the footer stays small (measured in
+#: benchmarks/RESULTS.md, "Deep field")
+SOURCES_ROW_GROUP_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,23 @@ def table_to_parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
+def sources_to_parquet_bytes(sources: pa.Table,
+                             row_group_rows: int = SOURCES_ROW_GROUP_ROWS) -> bytes:
+    """An image's ``sources`` as Parquet: rows sorted by ``_healpix_29`` (NESTED, so a sky
+    region is a few contiguous runs of rows; rows without a position last, then by
+    ``source_id``), in row groups of *row_group_rows* with min/max statistics, so a reader of
+    one region reads only the row groups whose ``_healpix_29`` range meets it. Every column and
+    each row's ``source_id`` are kept: only the order of the rows changes."""
+    if sources.num_rows and "_healpix_29" in sources.column_names:
+        order = pc.sort_indices(sources, sort_keys=[("_healpix_29", "ascending"),
+                                                    ("source_id", "ascending")])  # nulls last
+        sources = sources.take(order)
+    sink = io.BytesIO()
+    pq.write_table(with_astropy_metadata(sources), sink, compression="snappy",
+                   row_group_size=max(int(row_group_rows), 1), write_statistics=True)
+    return sink.getvalue()
+
+
 def catalog_image(raw_store, key: str, catalog_store, config: PipelineConfig | None = None, *,
                   raise_transient: bool = False) -> dict:
     """Process the FITS at *key* in *raw_store*; write its catalog to *catalog_store*.
@@ -111,7 +135,7 @@ def catalog_image(raw_store, key: str, catalog_store, config: PipelineConfig | N
         sources = sources.cast(SOURCES_SCHEMA)
         # sources first, the image record last: an image record means a complete catalog
         replace_catalog(catalog_store, image_id, source_key, {
-            keys["sources"]: table_to_parquet_bytes(sources),
+            keys["sources"]: sources_to_parquet_bytes(sources),
             keys["images"]: table_to_parquet_bytes(images)})
         return make_reply(key, "ok", image_id=image_id, n_sources=sources.num_rows,
                           catalog_key=catalog_store.url(keys["sources"]),

@@ -5,15 +5,16 @@ one image (mutual-nearest matching within the radius, image by image in time ord
 left unmatched starts a new object (a transient, or a star seen for the first time).
 
 Work is split by NESTED HEALPix pixel (a *unit*, order ``unit_order`` >= 5, fixed at the first
-build). A unit task reads the sources of the images overlapping its pixel plus a margin (one
-to two order-15 pixels, 6-13 arcsec, at the default radius), the existing objects of its pixel
-and its 8 neighbours, associates the new images, and keeps the objects whose mean position
-falls inside its pixel. Since the margin is many radii wide, the two tasks on either side of a
-border see all detections of a border object and reach the same result: the owner keeps it,
-the other drops it, so it is neither split nor duplicated. Units run in a local process pool,
-or one AWS Lambda invocation per unit (:func:`handle_unit_event`; numpy and astropy-healpix
-only, no scipy). Tables are written per unit:
-``<catalog>/<table>/hpx5=<order-5 pixel>/k<unit order>-<unit pixel>.parquet``.
+build). A unit task reads the sources of the images overlapping its pixel plus a margin (one to
+two order-15 pixels, 6-13 arcsec, at the default radius; each image's file opened once and only
+its row groups that meet the region read, the files being sorted by ``_healpix_29``:
+:mod:`.source_reads`), the existing objects of its pixel and its 8 neighbours, associates the
+new images, and keeps the objects whose mean position falls inside its pixel. Since the margin
+is many radii wide, the two tasks on either side of a border see all detections of a border
+object and reach the same result: the owner keeps it, the other drops it, so it is neither
+split nor duplicated. Units run in a local process pool, or one AWS Lambda invocation per unit
+(:func:`handle_unit_event`; numpy and astropy-healpix only, no scipy). Tables are written per
+unit: ``<catalog>/<table>/hpx5=<order-5 pixel>/k<unit order>-<unit pixel>.parquet``.
 
 Incremental: existing associations are kept as they are; only images that are new, or whose
 catalog changed since the last build (reprocessed: another ``processed_at`` or pipeline
@@ -55,6 +56,7 @@ The package, one concept per module (each imports only those listed after it):
 - :mod:`.plan`: the catalog's changes and the unit tasks;
 - :mod:`.integrity`: what is damaged (the tables against the build record);
 - :mod:`.unit`: one unit's read, associate, write (the Lambda entry);
+- :mod:`.source_reads`: a unit's pruned reads of the sources files (and their byte counts);
 - :mod:`.association` and :mod:`.statistics`: arrays only (numpy);
 - :mod:`.model`: the value types; :mod:`.tables`: the tables' layout and reading.
 
@@ -72,7 +74,19 @@ from ..geometry import separation_arcsec as separation_arcsec
 from ..queries import CONE_RANGES as CONE_RANGES
 from ..queries import cone_parameters as cone_parameters
 from ..queries import most_variable_light_curves as most_variable_light_curves
-from . import association, build, commit, integrity, model, plan, runners, statistics, tables, unit
+from . import (
+    association,
+    build,
+    commit,
+    integrity,
+    model,
+    plan,
+    runners,
+    source_reads,
+    statistics,
+    tables,
+    unit,
+)
 from .association import *  # noqa: F403
 from .build import *  # noqa: F403
 from .commit import *  # noqa: F403
@@ -80,6 +94,7 @@ from .integrity import *  # noqa: F403
 from .model import *  # noqa: F403
 from .plan import *  # noqa: F403
 from .runners import *  # noqa: F403
+from .source_reads import *  # noqa: F403
 from .statistics import *  # noqa: F403
 from .tables import *  # noqa: F403
 from .unit import *  # noqa: F403
@@ -90,6 +105,7 @@ MOVED = ("CONE_RANGES", "cone_parameters", "healpix", "in_region", "most_variabl
 
 __all__ = [
     *model.__all__, *tables.__all__, *association.__all__, *statistics.__all__,
-    *unit.__all__, *integrity.__all__, *plan.__all__, *commit.__all__, *runners.__all__,
+    *source_reads.__all__, *unit.__all__, *integrity.__all__, *plan.__all__, *commit.__all__,
+    *runners.__all__,
     *build.__all__, *MOVED,
 ]

@@ -28,6 +28,7 @@ from .plan import (
     usable_images,
 )
 from .runners import run_units_local
+from .source_reads import ReadStats
 from .tables import (
     LAYOUT,
     STATE_KEY,
@@ -368,11 +369,14 @@ def _uncovered(replies: list[dict]) -> list[dict]:
 
 def _tally(report: BuildReport, replies: list[dict], changes: Changes) -> None:
     """The report's object and association counts from the units' replies."""
+    reads = ReadStats()
     for r in replies:
+        reads.add(r.get("reads") or {})
         report.n_objects += r["n_objects"]
         report.n_new_objects += r["n_new_objects"]
         report.n_associations += r["n_associations"]
         report.n_dropped_objects += r["n_dropped_objects"]
+    report.reads = reads.summary() if reads.files else {}
     if changes.fast:  # the untouched units keep their objects: totals = before + this night's
         report.n_objects = changes.state.get("n_objects", 0) + report.n_new_objects
         report.n_associations = changes.state.get("n_associations", 0) + sum(
@@ -413,7 +417,7 @@ def commit_build(store, plan: BuildPlan, changes: Changes, config: BuildConfig,
     new_state = {"layout": LAYOUT, "version": __version__, "radius_arcsec": config.radius_arcsec,
                  "unit_order": plan.unit_order, "floor": config.floor,
                  "n_objects": report.n_objects, "n_associations": report.n_associations,
-                 "images": changes.current, "files": files}
+                 "images": changes.current, "files": files, "reads": report.reads}
     dropped = 0
     if not changes.fast and changes.has_tables:  # units no image covers any more (all
         # removed): their objects go, counted (not on --rebuild: it starts over)

@@ -203,6 +203,8 @@ class BuildReport:
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: what the units read of the sources files (:class:`~.source_reads.ReadStats`' counts)
+    reads: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         rows = [("status", self.status), ("images", self.n_images),
@@ -214,6 +216,12 @@ class BuildReport:
                 ("dropped objects", self.n_dropped_objects),
                 ("units (order)", f"{self.n_units} ({self.unit_order})"),
                 ("seconds", f"{self.seconds:.1f}")]
+        if self.reads.get("files"):  # bytes of the sources files read / their size
+            r = self.reads
+            rows.append(("sources read (x)",
+                         f"{r['bytes_read'] / max(r['source_bytes'], 1):.2f}"))
+            rows.append(("  bytes", f"{r['bytes_read']:,} / {r['source_bytes']:,}"))
+            rows.append(("  row groups", f"{r['row_groups_read']:,}/{r['row_groups']:,}"))
         lines = ["Objects", "-" * 36] + [f"{k:<20}{v!s:>16}" for k, v in rows]
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"error: {e}" for e in self.errors]

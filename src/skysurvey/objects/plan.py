@@ -151,20 +151,62 @@ def input_notes(images: list[dict], usable: list[dict]) -> list[str]:
     return notes
 
 
+#: a unit's estimated cost (measured on benchmarks/deep_field.py and objects_scale.py,
+#: 2026-12): opening one image's sources file (footer, row-group selection, its row groups)
+#: and associating one detection, in seconds
+OPEN_SECONDS = 3e-3
+SOURCE_SECONDS = 6e-6
+#: the most detections one unit may hold: a worker needs ~0.45 kB per detection beyond its
+#: ~350 MB base (1.2 million: 850 MB, measured)
+MAX_UNIT_SOURCES = 1_250_000
+
+
 def _choose_unit_order(images: list[dict], workers: int) -> int:
-    """Coarsest order (5..12) whose busiest pixel holds <= 1/(2 workers) of the sources
-    (fewer, larger units: each unit re-reads its neighbours' files and its border images)."""
+    """The order (5..12) with the least estimated time on *workers* processes, among those
+    whose busiest pixel holds <= 1/(2 workers) of the sources (or 20,000) or whose units are
+    cheaper that way: each unit opens every image it overlaps and associates its detections
+    (:data:`OPEN_SECONDS`, :data:`SOURCE_SECONDS`); the time is the larger of the busiest unit
+    and the total over the workers; no unit holds more than :data:`MAX_UNIT_SOURCES`. Each
+    image's sources are spread over its area (a 9 x 9 grid of points), so that a deep field
+    (hundreds of images on one centre) splits by where its sources are, not into one pixel
+    per centre (which chose order 12: ~100 units each opening every image)."""
     total = sum(int(r["n_sources"] or 0) for r in images) or 1
-    ra = np.array([r["ra_center"] for r in images], float)
-    dec = np.array([r["dec_center"] for r in images], float)
-    n = np.array([int(r["n_sources"] or 0) for r in images], float)
+    k = 9
+    ra, dec, n = _spread(images, k)
+    image = np.repeat(np.arange(len(images)), k * k)
     target = max(total / (2 * max(workers, 1)), 20_000)
+    first, best = None, None
     for order in range(PARTITION_ORDER, 13):
-        pix = healpix(ra, dec, order)
-        _, inv = group(pix)
-        if np.bincount(inv, n).max() <= target:
-            return order
-    return 12
+        units, inv = group(healpix(ra, dec, order))
+        rows = np.bincount(inv, n)
+        opens = np.bincount(np.unique(image * len(units) + inv) % len(units),
+                            minlength=len(units))
+        cost = opens * OPEN_SECONDS + rows * SOURCE_SECONDS
+        estimate = max(cost.max(), cost.sum() / max(workers, 1))
+        if first is None and rows.max() <= target:
+            first = (estimate, order)
+        if rows.max() <= MAX_UNIT_SOURCES and (best is None or estimate < best[0]):
+            best = (estimate, order)
+    if first is None:
+        return 12 if best is None else best[1]
+    return first[1] if best is None or best[0] >= 0.8 * first[0] else best[1]
+
+
+def _spread(images: list[dict], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points (ra, dec) on a k x k grid over each image (its centre, size and pixel scale;
+    the centre alone without them), each carrying its share of the image's sources."""
+    ra0 = np.array([r["ra_center"] for r in images], float)
+    dec0 = np.array([r["dec_center"] for r in images], float)
+    n = np.array([int(r["n_sources"] or 0) for r in images], float)
+    size = np.array([[(r["width"] or 0) * (r["pixel_scale"] or 0),
+                      (r["height"] or 0) * (r["pixel_scale"] or 0)] for r in images],
+                    float).reshape(-1, 2) / 3600
+    step = (np.arange(k) + 0.5) / k - 0.5
+    gx, gy = (g.ravel() for g in np.meshgrid(step, step))
+    cosd = np.maximum(np.cos(np.radians(dec0)), 1e-3)
+    ra = (ra0[:, None] + gx[None] * size[:, :1] / cosd[:, None]) % 360
+    dec = np.clip(dec0[:, None] + gy[None] * size[:, 1:], -90, 90)
+    return ra.ravel(), dec.ravel(), np.repeat(n / k**2, k * k)
 
 
 def _image_units(images: list[dict], order: int, margin_arcsec: float) -> list[np.ndarray]:

@@ -35,6 +35,7 @@ from ..schema import ASSOCIATIONS_SCHEMA, OBJECT_PHOTOMETRY_SCHEMA, OBJECTS_SCHE
 from ..storage import open_store
 from .association import associate, link
 from .model import Detections, ObjectsError, UnitTask, no_detections
+from .source_reads import ReadStats, read_unit_detections
 from .statistics import N_BANDS_MAX, NIGHT_SPAN, Stats, derive, detection_stats, merge_stats
 from .tables import (
     ROW_GROUP_ROWS,
@@ -73,15 +74,16 @@ SOURCE_COLUMNS = ("source_id", "ra", "dec", "mag", "mag_err", "mag_apcorr", "mag
                   "flags", "snr", "fwhm", "_healpix_29")
 
 
-def source_arrays(table: pa.Table, pixel_scale: float | None) -> dict[str, np.ndarray]:
+def source_arrays(table: pa.Table,
+                  pixel_scale: float | np.ndarray | None) -> dict[str, np.ndarray]:
     """Positions, position weights and calibrated magnitudes of one image's sources.
 
     Parameters
     ----------
     table : pyarrow.Table
         The image's ``sources`` columns :data:`SOURCE_COLUMNS`.
-    pixel_scale : float or None
-        Arcsec per pixel (None: a 0.3" position error is assumed).
+    pixel_scale : float, numpy.ndarray or None
+        Arcsec per pixel, or one per row (None or NaN: a 0.3" position error is assumed).
 
     Returns
     -------
@@ -98,7 +100,8 @@ def source_arrays(table: pa.Table, pixel_scale: float | None) -> dict[str, np.nd
     flags = table["flags"].cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
     m = np.where((flags & PHOT_BAD_FLAGS) == 0, m, np.nan)
     snr = np.clip(np.nan_to_num(floats(table, "snr"), nan=1.0), 1.0, None)
-    fwhm = floats(table, "fwhm") * (pixel_scale or np.nan)
+    scale = np.asarray(np.nan if pixel_scale is None else pixel_scale, float)
+    fwhm = floats(table, "fwhm") * np.where(scale > 0, scale, np.nan)
     sigma = np.where(np.isfinite(fwhm), fwhm / (2.3548 * snr), 0.3)
     sigma = np.sqrt(sigma**2 + 0.01**2)  # 10 mas floor: no detection is perfect
     hp = table["_healpix_29"].cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
@@ -161,38 +164,6 @@ def _read_existing(store, task: UnitTask):
     return ids[ok], ra[ok], dec[ok], a
 
 
-def _read_unit_detections(store, task: UnitTask) -> tuple[Detections, dict]:
-    """Sources of the task's images that lie in the unit or its margin, and per image
-    ``[sources with a position, those inside the unit itself]`` (the driver checks that every
-    source was inside some unit)."""
-    parts, coverage = [], {}
-    for i, img in enumerate(task.images):
-        table = read_parquet(store, img["key"], SOURCE_COLUMNS)
-        cols = source_arrays(table, img.get("pixel_scale"))
-        good = np.isfinite(cols["ra"]) & np.isfinite(cols["dec"])
-        cols = {k: v[good] for k, v in cols.items()}
-        shift = 2 * (29 - task.margin_order)
-        fine = np.where(cols["hp29"] >= 0, cols["hp29"] >> shift, -1)
-        missing = fine < 0
-        if missing.any():
-            fine[missing] = healpix(cols["ra"][missing], cols["dec"][missing],
-                                    task.margin_order)
-        keep = in_region(fine, task.margin_order, task.unit, task.unit_order)
-        core = (fine >> 2 * (task.margin_order - task.unit_order)) == task.unit
-        coverage[img["image_id"]] = [int(good.sum()), int(core.sum())]
-        n = int(keep.sum())
-        parts.append({"image": np.full(n, i, np.int64),
-                      "mjd": np.full(n, np.nan if img["mjd"] is None else img["mjd"]),
-                      "night": np.full(n, img["night"], np.int64),
-                      "band": np.full(n, img["band"], np.int64),
-                      **{k: v[keep] for k, v in cols.items() if k != "hp29"}})
-    if not parts:
-        return no_detections(), coverage
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    merged["obj"] = np.full(len(merged["ra"]), -1, np.int64)
-    return Detections(**merged), coverage
-
-
 def run_unit(task: UnitTask, store=None) -> dict:
     """Associate one unit and write its three tables under ``task.staging``.
 
@@ -214,7 +185,8 @@ def run_unit(task: UnitTask, store=None) -> dict:
     store = store or open_store(task.catalog)
     if task.fast:
         return _run_unit_fast(task, store, start)
-    det, coverage = _read_unit_detections(store, task)
+    reads = ReadStats()
+    det, coverage = read_unit_detections(store, task, SOURCE_COLUMNS, source_arrays, reads)
     old_ids, old_ra, old_dec, old_assoc = _read_existing(store, task)
     if task.repair:  # objects of a lost objects file keep their ids
         old_ids, old_ra, old_dec = _lost_objects(det, task.images, old_ids, old_ra, old_dec,
@@ -282,6 +254,7 @@ def run_unit(task: UnitTask, store=None) -> dict:
             "n_associations": int(own[det.obj].sum()) if len(det) else 0,
             "n_dropped_objects": dropped_own, "files": files,
             "keys": [f"{task.staging}/{k}" for k in files], "coverage": coverage,
+            "reads": reads.as_dict(),
             "seconds": round(time.perf_counter() - start, 3), "error": None}
 
 
@@ -718,7 +691,8 @@ def _run_unit_fast(task: UnitTask, store, start: float) -> dict:
     bands = list(task.bands)
     old_ids, homes, old = _read_stats(store, task, bands, {task.unit})
     task = replace(task, images=[img for img in task.images if img.get("new")])
-    det, coverage = _read_unit_detections(store, task)
+    reads = ReadStats()
+    det, coverage = read_unit_detections(store, task, SOURCE_COLUMNS, source_arrays, reads)
     with np.errstate(invalid="ignore", divide="ignore"):
         old_ra, old_dec = vectors_to_radec(old.vec)
     todo = np.arange(len(det))
@@ -753,6 +727,7 @@ def _run_unit_fast(task: UnitTask, store, start: float) -> dict:
             "n_new_associations": int(own[det.obj].sum()) if len(det) else 0,
             "n_dropped_objects": 0, "files": files,
             "keys": [f"{task.staging}/{k}" for k in files], "coverage": coverage,
+            "reads": reads.as_dict(),
             "seconds": round(time.perf_counter() - start, 3), "error": None}
 
 
