@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                            "forced", "forced_psf", "psfmodel", "psfphot")),
     ("orchestration", ("pipeline", "catalog", "runner", "lambda_backend", "upload")),
     ("catalog products", ("objects", "queries", "athena", "export", "hats_export", "forced_run",
-                          "forced_summary", "lightcurves", "handler")),
+                          "forced_summary", "lightcurves", "lightcurve_fits", "handler")),
     ("presentation", ("plots", "psfplots", "report", "cost", "synth_survey")),
     ("deployment", ("aws_resources", "aws_setup", "aws_cleanup", "cfn_template", "aws_check",
                     "cli", "steps")),

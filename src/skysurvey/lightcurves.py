@@ -15,6 +15,18 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from .lightcurve_fits import (
+    PAIR_ARCSEC,
+    LineFit,
+    _index,
+    chi2_detrended,
+    chi2_sigma,
+    chi2_without_worst,
+    close_pairs,
+    leak_plan,
+    neighbour_leak,
+)
+
 __all__ = [
     "DEEP_MARGIN_MAG", "OBJECT_VARIABILITY_SCHEMA", "PAIR_ARCSEC", "QUIET_SNR",
     "TRANSIENT_SNR", "CalibrationFit", "EpochRows", "ForcedRows", "LineFit", "SummaryOptions",
@@ -57,18 +69,6 @@ OBJECT_VARIABILITY_SCHEMA = pa.schema(
         pa.field("pipeline_version", pa.string()),
     ]
 )
-
-
-def _index(object_id, ids=None) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, row -> position in ids)``; rows whose object is not in *ids* get -1."""
-    object_id = np.asarray(object_id, np.int64)
-    ids = np.unique(object_id) if ids is None else np.asarray(ids, np.int64)
-    order = np.argsort(ids, kind="stable")
-    pos = np.searchsorted(ids[order], object_id)
-    pos = np.clip(pos, 0, max(ids.size - 1, 0))
-    found = ids.size > 0
-    hit = (ids[order][pos] == object_id) if found else np.zeros(object_id.size, bool)
-    return ids, np.where(hit, order[pos] if found else -1, -1)
 
 
 def n_covering(object_id, ids=None) -> np.ndarray:
@@ -265,6 +265,13 @@ MIN_CALIBRATION_OBJECTS = 10
 #: expectation (Wilson-Hilferty), with at least :data:`MIN_VARIABLE_DOF` degrees of freedom.
 VARIABLE_SIGMA = 5.0
 MIN_VARIABLE_DOF = 2
+#: ... and still this many sigma with each (object, band)'s most deviant point left out
+#: (:func:`chi2_without_worst`), where that leaves :data:`ONE_EPOCH_MIN_DOF` degrees of
+#: freedom or more: a one-night transient on or beside a constant star (its excess is one
+#: epoch's) is not a variable. 3, not 5: variables with 2-3 points per band lose most of
+#: their excess with one point; 5 cost 1 of 39 variables on seed 5 and 1 of 35 on seed 31.
+ONE_EPOCH_SIGMA = 3.0
+ONE_EPOCH_MIN_DOF = 6
 #: A deep image without a detection whose forced magnitude is this much fainter than the
 #: brightest detection counts as "no flux" (a transient on a faint host, or beside a star),
 #: see :func:`transient_candidate`. With aperture fluxes it was 1.0; with PSF fluxes 1.0
@@ -278,27 +285,6 @@ QUIET_FRACTION = 0.6
 _SUMMARY_COLUMNS = ("n_covering", "n_forced_nondetections", "forced_chi2", "forced_dof",
                     "forced_chi2_reduced", "variability_sigma", "max_detected_snr",
                     "detected_mag", "n_deep_quiet", "variable", "transient_candidate")
-
-
-def chi2_sigma(chi2, dof) -> np.ndarray:
-    """How many Gaussian sigma *chi2* lies above a chi-square of *dof* degrees of freedom
-    (Wilson-Hilferty cube-root approximation; NaN where dof < 1).
-
-    Parameters
-    ----------
-    chi2, dof : array_like
-        Chi-squares and their degrees of freedom.
-
-    Returns
-    -------
-    ndarray
-        Gaussian sigma.
-    """
-    chi2, dof = np.asarray(chi2, float), np.asarray(dof, float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        k = np.where(dof >= 1, dof, np.nan)
-        v = 2.0 / (9.0 * k)
-        return (np.cbrt(chi2 / k) - (1.0 - v)) / np.sqrt(v)
 
 
 def _key_means(inv, n_keys, flux, err, ok):
@@ -384,73 +370,6 @@ def image_calibration(row_image, row_key, flux, flux_err, good,
 
 
 @dataclass(frozen=True)
-class LineFit:
-    """How :func:`chi2_detrended` fits: the fractional systematic error added in quadrature,
-    the fewest finite points for a line (fewer: a constant)."""
-
-    floor: float = 0.0
-    min_points: int = 4
-
-
-def chi2_detrended(key, flux, flux_err, x, keys, fit: LineFit | None = None):
-    """Chi-square of each key's fluxes against a straight line in *x* (per row), where the key
-    has at least *min_points* finite points; against a constant otherwise.
-
-    Forced apertures grow with the seeing (the image's aperture radius is a multiple of its
-    FWHM), and so does the light of neighbours and of faint unresolved stars they hold: a
-    constant star with a neighbour 2" away measured 20-300% brighter in the 1.5" images than
-    in the 0.9" ones. Fitting that trend per object and band (x = the image's aperture radius)
-    takes it out; a variable's flux follows its phase, not the seeing, and stays.
-
-    Returns ``(chi2, dof, mean)`` like :func:`chi2_constant` (dof = points - 2 where a line
-    was fitted).
-
-    Parameters
-    ----------
-    key : array_like of int
-        Per row, the (object, band) key.
-    flux, flux_err : array_like
-        Per row, flux and error.
-    x : array_like
-        Per row, the quantity the flux may follow (the image's aperture radius).
-    keys : array_like of int
-        The keys to report.
-    fit : LineFit, optional
-        Systematic floor and fewest points for a line (default: ``LineFit()``).
-
-    Returns
-    -------
-    chi2, dof, mean : ndarray
-        Per key of *keys*.
-    """
-    floor, min_points = (fit or LineFit()).floor, (fit or LineFit()).min_points
-    ids, idx = _index(key, keys)
-    flux, err, x = (np.asarray(v, float) for v in (flux, flux_err, x))
-    ok = (idx >= 0) & np.isfinite(flux) & np.isfinite(err) & (err > 0) & np.isfinite(x)
-    i, f, e, xx = idx[ok], flux[ok], err[ok], x[ok]
-    m = ids.size
-    n = np.bincount(i, minlength=m)
-    w0 = 1.0 / e**2
-    sw = np.bincount(i, w0, minlength=m)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.bincount(i, w0 * f, minlength=m) / sw
-        var = e**2 + (floor * np.abs(mean[i])) ** 2
-        w = 1.0 / var
-        sw = np.bincount(i, w, minlength=m)
-        sx = np.bincount(i, w * xx, minlength=m)
-        sy = np.bincount(i, w * f, minlength=m)
-        sxx = np.bincount(i, w * xx * xx, minlength=m)
-        sxy = np.bincount(i, w * xx * f, minlength=m)
-        det = sw * sxx - sx**2
-        line = (n >= min_points) & (det > 1e-12 * np.maximum(sw * sxx, 1e-300))
-        slope = np.where(line, (sw * sxy - sx * sy) / np.where(line, det, 1.0), 0.0)
-        icpt = (sy - slope * sx) / sw
-        chi2 = np.bincount(i, w * (f - icpt[i] - slope[i] * xx) ** 2, minlength=m)
-    dof = np.maximum(n - np.where(line, 2, 1), 0)
-    return np.where(n >= 2, chi2, np.nan), dof.astype(np.int32), mean
-
-
-@dataclass(frozen=True)
 class ForcedRows:
     """The forced rows :func:`summarize` reads, one array element per row.
 
@@ -507,114 +426,6 @@ class SummaryOptions:
     quiet_snr: float = QUIET_SNR
     faded_mag: float | None = FADED_MAG
     quiet_fraction: float = QUIET_FRACTION
-
-
-#: Objects closer than this (arcsec) are pairs for :func:`neighbour_leak`.
-PAIR_ARCSEC = 2.0
-
-
-def close_pairs(ra, dec, radius_arcsec: float = PAIR_ARCSEC) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs ``(i, j)``, ``i != j`` both ways, of positions closer than *radius_arcsec*
-    (numpy: sorted by dec, each against those within the radius in dec).
-
-    Parameters
-    ----------
-    ra, dec : array_like
-        Positions, degrees (non-finite ones are left out).
-    radius_arcsec : float
-        Pair separation limit.
-
-    Returns
-    -------
-    i, j : ndarray of int
-        The pairs, each one listed both ways.
-    """
-    ra, dec = np.asarray(ra, float), np.asarray(dec, float)
-    ok = np.flatnonzero(np.isfinite(ra) & np.isfinite(dec))
-    r = radius_arcsec / 3600.0
-    order = ok[np.argsort(dec[ok], kind="stable")]
-    sd = dec[order]
-    lo = np.searchsorted(sd, sd - r, "left")
-    hi = np.searchsorted(sd, sd + r, "right")
-    count = hi - lo
-    a = np.repeat(np.arange(order.size), count)
-    b = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())
-    i, j = order[a], order[b]
-    cosd = np.cos(np.radians(dec[i]))
-    dra = (ra[i] - ra[j] + 180.0) % 360.0 - 180.0
-    near = (i != j) & ((dra * cosd) ** 2 + (dec[i] - dec[j]) ** 2 < r * r)
-    return i[near], j[near]
-
-
-def neighbour_leak(key, flux, err, image, chi2, plan) -> tuple[np.ndarray, np.ndarray]:
-    """Chi-square of each follower after its neighbour's flux is regressed out.
-
-    In a blend closer than the seeing, a variable's changing light leaks into the forced flux
-    of its neighbour at a fixed fraction (positions and model slightly off), so a constant
-    star 0.4-1.4" from a variable looks variable too (measured on the synthetic survey: 2-3
-    of 100 bright constant stars). *plan* is ``(keys, follower, leader, x_row, dof)``: for
-    each (follower key, leader key) of one band, the follower's fluxes are fitted by
-    ``a + b x + c leader_flux`` on the images both have (``x``: :class:`SummaryOptions`'
-    image_x per row, or None) instead of ``a + b x``.
-
-    Parameters
-    ----------
-    key : ndarray of int
-        Per row, the (object, band) key.
-    flux, err : ndarray
-        Per row, calibrated flux (NaN: left out) and its error.
-    image : ndarray of int
-        Per row, the image code.
-    chi2 : ndarray
-        Per key of ``plan[0]``, the chi-square so far.
-    plan : tuple
-        ``(keys, follower, leader, x_row, dof)`` (:func:`_leak_plan`).
-
-    Returns
-    -------
-    chi2, dof : ndarray
-        Per key, unchanged where the fit does not lower the excess (:func:`chi2_sigma`).
-    """
-    keys, follower, leader, x_row, dof = plan
-    chi2, dof = chi2.copy(), dof.copy()
-    order = np.argsort(key, kind="stable")
-    sk = key[order]
-    for fk, lk in zip(follower, leader, strict=True):
-        rf = order[np.searchsorted(sk, keys[fk]):np.searchsorted(sk, keys[fk], "right")]
-        rl = order[np.searchsorted(sk, keys[lk]):np.searchsorted(sk, keys[lk], "right")]
-        rf, rl = rf[np.isfinite(flux[rf])], rl[np.isfinite(flux[rl])]
-        _, a, b = np.intersect1d(image[rf], image[rl], return_indices=True)
-        if a.size < 5:
-            continue
-        rf, rl = rf[a], rl[b]
-        cols = [np.ones(a.size), flux[rl]]
-        if x_row is not None:
-            cols.append(x_row[rf])
-        design = np.stack(cols, axis=1) / err[rf][:, None]
-        target = flux[rf] / err[rf]
-        coef, *_ = np.linalg.lstsq(design, target, rcond=None)
-        new = float(np.sum((target - design @ coef) ** 2))
-        new_dof = max(a.size - design.shape[1], 0)
-        if new_dof >= 1 and chi2_sigma(new, new_dof) < chi2_sigma(chi2[fk], dof[fk]):
-            chi2[fk], dof[fk] = new, new_dof  # less significant: fewer points may not be
-    return chi2, dof
-
-
-def _leak_plan(keys, chi2, dof, pairs, n_bands):
-    """Follower/leader key pairs: both keys exist (same band), the follower's chi-square
-    excess (sigma) is the smaller and it would be variable."""
-    pi, pj = pairs
-    sigma = chi2_sigma(chi2, dof)
-    pos = {int(k): n for n, k in enumerate(keys)}
-    follower, leader = [], []
-    for i, j in zip(np.asarray(pi), np.asarray(pj), strict=True):
-        for b in range(n_bands):
-            fi, lj = pos.get(int(i) * n_bands + b), pos.get(int(j) * n_bands + b)
-            if fi is None or lj is None or not sigma[fi] < sigma[lj]:
-                continue
-            follower.append(fi)
-            leader.append(lj)
-    return np.asarray(follower, np.int64), np.asarray(leader, np.int64)
 
 
 #: A deep image without a detection whose forced magnitude is at least this much fainter than
@@ -698,6 +509,8 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
     each band are scaled by the square root of the band's median reduced chi-square (never
     shrunk, as ``objects.statistics.error_scale``) and the bands' chi-squares are summed.
     Rows with :data:`UNTRUSTED_FLAGS` take no part in the chi-square nor in "no flux" verdicts.
+    ``variable`` also needs :data:`ONE_EPOCH_SIGMA` with each key's most deviant point left
+    out (:func:`chi2_without_worst`), where that leaves :data:`ONE_EPOCH_MIN_DOF` or more.
     The transient rule (:func:`transient_candidate`, with *faded_mag*) is applied per band
     on calibrated fluxes; an object is a candidate when it is one in some band.
     """
@@ -723,11 +536,11 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
     e = err / scale[image] if image.size else err
     f_ok = np.where(good, f, np.nan)
     keys = np.unique(key[idx >= 0])
-    if image_x is None or not image.size:
+    x_row = None if image_x is None or not image.size else np.asarray(image_x, float)[image]
+    if x_row is None:
         chi2, dof, _ = chi2_constant(key, f_ok, e, keys, floor=floor)
     else:
-        chi2, dof, _ = chi2_detrended(key, f_ok, e, np.asarray(image_x, float)[image], keys,
-                                      LineFit(floor=floor))
+        chi2, dof, _ = chi2_detrended(key, f_ok, e, x_row, keys, LineFit(floor=floor))
     key_band = keys % n_bands
     key_obj = keys // n_bands
     red = np.where(dof > 0, chi2 / np.maximum(dof, 1), np.nan)
@@ -736,9 +549,14 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
         values = red[(key_band == b) & (dof >= MIN_VARIABLE_DOF) & np.isfinite(red)]
         if values.size >= 20:
             band_scale[b] = max(1.0, float(np.median(values)))
+    # the one-epoch test (a transient on a constant star): each key's worst point left out
+    lo_chi2, lo_dof = chi2_without_worst(key, f_ok, e, x_row, keys, LineFit(floor=floor))
+    lo_chi2 = np.where(np.isfinite(lo_chi2), lo_chi2, 0.0) / band_scale[key_band]
+    lo_dof = np.bincount(key_obj, lo_dof, minlength=ids.size)
+    sigma_lo = np.where(lo_dof >= ONE_EPOCH_MIN_DOF, chi2_sigma(
+        np.bincount(key_obj, lo_chi2, minlength=ids.size), lo_dof), np.inf)
     if o.pairs is not None and len(o.pairs[0]) and keys.size:
-        follower, leader = _leak_plan(keys, chi2, dof, o.pairs, n_bands)
-        x_row = None if image_x is None or not image.size else np.asarray(image_x, float)[image]
+        follower, leader = leak_plan(keys, chi2, dof, o.pairs, n_bands)
         e_floor = np.sqrt(e**2 + (floor * np.abs(f)) ** 2)
         chi2, dof = neighbour_leak(key, f_ok, e_floor, image, chi2,
                                    (keys, follower, leader, x_row, dof))
@@ -748,7 +566,8 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
     with np.errstate(invalid="ignore", divide="ignore"):
         reduced = np.where(tot_dof > 0, tot_chi2 / np.maximum(tot_dof, 1), np.nan)
     sigma = chi2_sigma(tot_chi2, tot_dof)
-    variable = (tot_dof >= MIN_VARIABLE_DOF) & (sigma >= variable_sigma)
+    variable = ((tot_dof >= MIN_VARIABLE_DOF) & (sigma >= variable_sigma)
+                & (sigma_lo >= ONE_EPOCH_SIGMA))  # not one epoch's excess alone
     # the verdicts use calibrated fluxes: an image whose background was over-subtracted by
     # a few hundred ADU (crowded, poor seeing) shows faint stars at SNR < 3 otherwise
     mag = np.asarray(mag, float)
