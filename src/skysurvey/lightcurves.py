@@ -272,6 +272,17 @@ MIN_VARIABLE_DOF = 2
 #: their excess with one point; 5 cost 1 of 39 variables on seed 5 and 1 of 35 on seed 31.
 ONE_EPOCH_SIGMA = 3.0
 ONE_EPOCH_MIN_DOF = 6
+#: Fewer degrees of freedom than this (all bands): ``variable`` needs
+#: :data:`FEW_POINTS_SIGMA`. With 2-3 trusted points per band (the rest saturated, masked
+#: or at the edge) a bright star whose flux trades with a neighbour's 1-1.5" away reached
+#: 5-7 sigma (seeds 31 and 45); the variables with so few points measured 15-30 sigma.
+FEW_POINTS_DOF = 5
+FEW_POINTS_SIGMA = 8.0
+#: A variable of a close pair (:data:`PAIR_ARCSEC`) whose excess is below this fraction of
+#: its neighbour's (both variable) is not ``variable``: the neighbour's changing light is in
+#: its forced flux (unresolved in the seeing; the leak test regresses out one neighbour, and
+#: a second variable or one with no object of its own is left: seed 5, 8 vs 71 sigma).
+BLEND_RATIO = 0.3
 #: A deep image without a detection whose forced magnitude is this much fainter than the
 #: brightest detection counts as "no flux" (a transient on a faint host, or beside a star),
 #: see :func:`transient_candidate`. With aperture fluxes it was 1.0; with PSF fluxes 1.0
@@ -510,7 +521,9 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
     shrunk, as ``objects.statistics.error_scale``) and the bands' chi-squares are summed.
     Rows with :data:`UNTRUSTED_FLAGS` take no part in the chi-square nor in "no flux" verdicts.
     ``variable`` also needs :data:`ONE_EPOCH_SIGMA` with each key's most deviant point left
-    out (:func:`chi2_without_worst`), where that leaves :data:`ONE_EPOCH_MIN_DOF` or more.
+    out (:func:`chi2_without_worst`), where that leaves :data:`ONE_EPOCH_MIN_DOF` or more;
+    :data:`FEW_POINTS_SIGMA` below :data:`FEW_POINTS_DOF`; and not to be a close pair's
+    member below :data:`BLEND_RATIO` of its variable neighbour's excess.
     The transient rule (:func:`transient_candidate`, with *faded_mag*) is applied per band
     on calibrated fluxes; an object is a candidate when it is one in some band.
     """
@@ -567,7 +580,12 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
         reduced = np.where(tot_dof > 0, tot_chi2 / np.maximum(tot_dof, 1), np.nan)
     sigma = chi2_sigma(tot_chi2, tot_dof)
     variable = ((tot_dof >= MIN_VARIABLE_DOF) & (sigma >= variable_sigma)
-                & (sigma_lo >= ONE_EPOCH_SIGMA))  # not one epoch's excess alone
+                & (sigma_lo >= ONE_EPOCH_SIGMA)  # not one epoch's excess alone
+                & ((tot_dof >= FEW_POINTS_DOF) | (sigma >= FEW_POINTS_SIGMA)))
+    if o.pairs is not None and len(o.pairs[0]):  # blended with a far stronger variable
+        pi, pj = (np.asarray(v, np.int64) for v in o.pairs)
+        hit = variable[pi] & variable[pj] & (sigma[pi] < BLEND_RATIO * sigma[pj])
+        variable[pi[hit]] = False
     # the verdicts use calibrated fluxes: an image whose background was over-subtracted by
     # a few hundred ADU (crowded, poor seeing) shows faint stars at SNR < 3 otherwise
     mag = np.asarray(mag, float)
