@@ -279,6 +279,44 @@ def test_a_flux_that_follows_the_seeing_is_not_variable_a_sinusoid_is():
     assert lc.chi2_detrended([0] * 3, [1.0, 2.0, 3.0], [1.0] * 3, [1, 2, 3], [0])[1][0] == 2
 
 
+def test_one_night_excess_few_points_and_a_stronger_variable_neighbour():
+    """summarize's extra tests for ``variable``: a constant star with one bright night (a
+    transient on it) is not variable, a 0.3 mag variable is; with 2 points per band 6 sigma
+    is not enough; the weaker of a close pair of variables (below BLEND_RATIO of the
+    other's excess) is not variable."""
+    rng = np.random.default_rng(5)
+    n_obj, n_img = 60, 16  # 8 nights x 2 bands
+    obj, img = (v.ravel() for v in np.meshgrid(np.arange(n_obj), np.arange(n_img),
+                                               indexing="ij"))
+    band, night = img % 2, img // 2
+    true_flux = rng.uniform(2e3, 2e5, n_obj)  # a spread: the per-image calibration fits
+    true_flux[:5] = 2e4
+    scale = np.ones(obj.size)
+    scale[obj == 0] = np.where(night[obj == 0] == 3, 1.3, 1.0)  # one night 30% brighter
+    scale[obj == 1] = 10 ** (-0.4 * 0.3 * np.sin(night[obj == 1] * 1.7))  # a variable
+    scale[obj == 2] = 10 ** (-0.4 * 0.6 * np.sin(night[obj == 2] * 1.1))  # strong variable
+    scale[obj == 3] = 1 + 0.06 * np.sin(night[obj == 3] * 2.3)  # weak, another phase
+    err = np.sqrt(true_flux[obj] + 400.0)
+    flux = true_flux[obj] * scale + rng.normal(0, 1, obj.size) * err
+    flags = np.zeros(obj.size, int)
+    flags[(obj == 4) & (night >= 2)] = 256  # 2 trusted points per band
+    flux[(obj == 4) & (night < 2)] *= np.array([1.0, 1.0, 1.1, 1.1])  # night 1
+    rows = lc.ForcedRows(obj, band, img, np.ones(obj.size, bool), flux, err, flux / err,
+                         -2.5 * np.log10(flux) + 30, np.full(obj.size, 24.0), flags)
+    plain = lc.summarize(np.arange(n_obj), rows)
+    assert plain["variability_sigma"][0] > 8 and not plain["variable"][0]  # one night
+    assert plain["variable"][1] and plain["variable"][2] and plain["variable"][3]
+    assert lc.VARIABLE_SIGMA < plain["variability_sigma"][4] < lc.FEW_POINTS_SIGMA
+    assert plain["forced_dof"][4] < lc.FEW_POINTS_DOF and not plain["variable"][4]
+    paired = lc.summarize(np.arange(n_obj), rows, lc.SummaryOptions(
+        pairs=(np.array([2, 3]), np.array([3, 2]))))
+    assert paired["variable"][2] and not paired["variable"][3]
+    assert not paired["variable"][5:].any() and not plain["variable"][5:].any()
+    # chi2_without_worst: the one bright night's points leave, the variable's excess stays
+    chi2, dof = lc.chi2_without_worst(obj * 2 + band, flux, err, None, [0, 1, 2, 3])
+    assert (dof == 6).all() and chi2[0] < 30 and chi2[2] > 1000
+
+
 def test_transient_rule_per_band_beside_a_star_and_a_quiet_majority():
     from skysurvey.lightcurves import EpochRows, TransientRule, transient_candidate
 

@@ -28,10 +28,27 @@ from .lightcurve_fits import (
 )
 
 __all__ = [
-    "DEEP_MARGIN_MAG", "OBJECT_VARIABILITY_SCHEMA", "PAIR_ARCSEC", "QUIET_SNR",
-    "TRANSIENT_SNR", "CalibrationFit", "EpochRows", "ForcedRows", "LineFit", "SummaryOptions",
-    "TransientRule", "chi2_constant", "chi2_detrended", "chi2_sigma", "close_pairs",
-    "image_calibration", "n_covering", "n_forced_nondetections", "neighbour_leak", "summarize",
+    "DEEP_MARGIN_MAG",
+    "OBJECT_VARIABILITY_SCHEMA",
+    "PAIR_ARCSEC",
+    "QUIET_SNR",
+    "TRANSIENT_SNR",
+    "CalibrationFit",
+    "EpochRows",
+    "ForcedRows",
+    "LineFit",
+    "SummaryOptions",
+    "TransientRule",
+    "chi2_constant",
+    "chi2_detrended",
+    "chi2_sigma",
+    "chi2_without_worst",
+    "close_pairs",
+    "image_calibration",
+    "n_covering",
+    "n_forced_nondetections",
+    "neighbour_leak",
+    "summarize",
     "transient_candidate",
 ]
 
