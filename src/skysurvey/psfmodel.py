@@ -385,22 +385,28 @@ class ModelImage:
         return self.padded(amp)[p:-p, p:-p]
 
     def rows(self, amp, lo, hi):
-        """Rows [lo, hi) of :meth:`padded` (float32), from the stamps that reach them only."""
-        width = self.width
-        out = np.zeros((hi - lo, width), np.float32)
+        """Rows [lo, hi) of :meth:`padded` (float64), from the stamps that reach them only
+        (one ``bincount``)."""
+        width, g = self.width, self.half
         amp32 = np.asarray(amp).astype(np.float32)
+        flats, weights = [], []
         for idx, cy, cx, psf in self.groups:
-            g = psf.shape[1] // 2
-            s, e = np.searchsorted(cy, [lo - g, hi + g])
+            h = psf.shape[1] // 2
+            s, e = np.searchsorted(cy, [lo - h, hi + h])
             if e <= s:
                 continue
-            off = np.arange(-g, g + 1)
+            off = np.arange(-h, h + 1)
             local = (off[:, None] * width + off[None, :]).ravel()
-            flat = (((cy[s:e] - (lo - 2 * g)) * width + cx[s:e])[:, None] + local).ravel()
-            weights = (psf[s:e] * amp32[idx[s:e], None, None]).ravel()
-            part = np.bincount(flat, weights, (hi - lo + 4 * g) * width)
-            out += part.reshape(-1, width)[2 * g:2 * g + hi - lo]
-        return out
+            flats.append((((cy[s:e] - (lo - 2 * g)) * width + cx[s:e])[:, None]
+                          + local).ravel())
+            weights.append((psf[s:e] * amp32[idx[s:e], None, None]).ravel())
+        if not flats:
+            return np.zeros((hi - lo, width))
+        flat = flats[0] if len(flats) == 1 else np.concatenate(flats)
+        weight = weights[0] if len(weights) == 1 else np.concatenate(weights)
+        del flats, weights
+        out = np.bincount(flat, weight, (hi - lo + 4 * g) * width).reshape(-1, width)
+        return out[2 * g:2 * g + hi - lo]
 
     def take(self, amp, where, chunk=2048):
         """``padded(amp).ravel()[where]`` (float32) without the whole image: *where* (N, ...)
@@ -423,7 +429,7 @@ class ModelImage:
             start += c.size
             w = where[c]
             lo, hi = int(w.min()) // self.width, int(w.max()) // self.width + 1
-            out[c] = self.rows(amp, lo, hi).ravel()[w - lo * self.width]
+            out[c] = self.rows(amp, lo, hi).reshape(-1)[w - lo * self.width]
         return out
 
     def subtract_from(self, image, amp):

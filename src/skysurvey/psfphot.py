@@ -98,6 +98,8 @@ MIN_MODEL_HALF = 8
 MIN_FIT_RADIUS = 3.0
 #: Half-size of the neighbours' models subtracted while fitting, in FWHM (0.4% beyond).
 NEIGHBOUR_HALF_FWHM = 3.0
+#: Sources fitted at a time (bounds the per-pixel temporaries: a few MB each).
+FIT_CHUNK = 2048
 #: Block-Jacobi iterations, the first POS_ITER of which also move the positions.
 N_ITER = 4
 POS_ITER = 2
@@ -373,6 +375,7 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
             full = render_all(earlier=full)
         if where is None:
             where = full.index(flat)
+            where = where.astype(np.int32) if full.size < 2**31 else where
             del flat
         if near is None or move or it == pos_iter:
             r2 = (ox + (ix - x).astype(np.float32)[:, None]) ** 2 \
@@ -380,31 +383,41 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
             near = inside & (r2 <= radius**2)
             del r2
         own = full.own  # this source's part of the model image, on its fit stamp
-        if not move:
-            psf = own
-        model = full.take(amp, where)  # in chunks of rows: no whole model image
-        light = model if fixed is None else model + fixed
-        var = sig2 + np.square(np.float32(PROFILE_ERROR) * light)
-        if gain:
-            var += np.maximum(light, 0.0) * np.float32(1.0 / gain)
-        use = near & (var > 0)
-        w = np.divide(np.float32(1.0), var, out=np.zeros_like(var), where=use)
-        if it == n_iter:  # final: chi² against all models, errors
-            resid = data - model
-            npix = use.sum(axis=1)
-            dof = np.maximum(npix - np.where(free, 3, 1), 1)
-            chi2 = np.einsum("ij,ij->i", w * resid, resid).astype(float) / dof
-            return PsfFit(amp, err, x, y, chi2, npix, full)
-        # this source alone: the model image minus this source's part of it
-        target = data - model + amp.astype(np.float32)[:, None] * own
-        wp = w * psf
-        den = np.einsum("ij,ij->i", wp, psf).astype(float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            new_amp = np.where(den > 0, np.einsum("ij,ij->i", wp, target) / den, np.nan)
-            err = np.where(den > 0, 1.0 / np.sqrt(den), np.inf)
+        final = it == n_iter
+        new_amp, err2, step = np.full(n, np.nan), np.full(n, np.inf), np.zeros((n, 2))
+        chi2, npix = np.zeros(n), np.zeros(n, np.int64)
+        amp32 = amp.astype(np.float32)[:, None]
+        for c in (slice(i, i + FIT_CHUNK) for i in range(0, n, FIT_CHUNK)):
+            # a chunk of sources at a time (their neighbours' model from the rows they need)
+            model = full.take(amp, where[c])
+            light = model if fixed is None else model + fixed[c]
+            var = sig2[c] + np.square(np.float32(PROFILE_ERROR) * light)
+            if gain:
+                var += np.maximum(light, 0.0) * np.float32(1.0 / gain)
+            use = near[c] & (var > 0)
+            w = np.divide(np.float32(1.0), var, out=np.zeros_like(var), where=use)
+            del var, light
+            if final:  # chi² against all models
+                resid = data[c] - model
+                npix[c] = use.sum(axis=1)
+                chi2[c] = np.einsum("ij,ij->i", w * resid, resid)
+                continue
+            # this source alone: the model image minus this source's part of it
+            target = data[c] - model + amp32[c] * own[c]
+            p = own[c] if not move else psf[c]
+            wp = w * p
+            den = np.einsum("ij,ij->i", wp, p).astype(float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                new_amp[c] = np.where(den > 0, np.einsum("ij,ij->i", wp, target) / den, np.nan)
+                err2[c] = np.where(den > 0, 1.0 / np.sqrt(den), np.inf)
+            if move:
+                step[c] = _position_step(target, w, p, dpx[c], dpy[c], new_amp[c])
+        if final:
+            return PsfFit(amp, err, x, y, chi2 / np.maximum(npix - np.where(free, 3, 1), 1),
+                          npix, full)
+        err = err2
         snr = np.where(np.isfinite(new_amp), new_amp / err, 0.0)
         if move:
-            step = _position_step(target, w, psf, dpx, dpy, new_amp)
             go = free & (snr >= POS_MIN_SNR) & np.isfinite(step).all(axis=1) \
                 & (np.hypot(step[:, 0], step[:, 1]) >= MIN_STEP)
             step = np.clip(np.where(go[:, None], step, 0.0), -MAX_STEP, MAX_STEP)
