@@ -367,7 +367,10 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
     for it in range(n_iter + 1):
         move = it < pos_iter
         if move:
-            psf, dpx, dpy = (v.reshape(n, -1) for v in _at(grid32, hf, x, y, ix, iy))
+            psf, dpx, dpy = (np.empty(data.shape, np.float32) for _ in range(3))
+            for c in (slice(i, i + FIT_CHUNK) for i in range(0, n, FIT_CHUNK)):
+                got = _at(grid32, hf, x[c], y[c], ix[c], iy[c])
+                psf[c], dpx[c], dpy[c] = (v.reshape(v.shape[0], -1) for v in got)
         if full is None:
             # the fit-stamp models just rendered are the faint sources' stamps
             full = render_all(psf if move else None)
@@ -396,7 +399,6 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
                 var += np.maximum(light, 0.0) * np.float32(1.0 / gain)
             use = near[c] & (var > 0)
             w = np.divide(np.float32(1.0), var, out=np.zeros_like(var), where=use)
-            del var, light
             if final:  # chi² against all models
                 resid = data[c] - model
                 npix[c] = use.sum(axis=1)
