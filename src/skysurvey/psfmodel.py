@@ -386,25 +386,26 @@ class ModelImage:
 
     def rows(self, amp, lo, hi):
         """Rows [lo, hi) of :meth:`padded` (float64), from the stamps that reach them only
-        (one ``bincount``)."""
+        (one ``bincount``, its indices and weights written in place)."""
         width, g = self.width, self.half
         amp32 = np.asarray(amp).astype(np.float32)
-        flats, weights = [], []
+        parts = []
         for idx, cy, cx, psf in self.groups:
-            h = psf.shape[1] // 2
-            s, e = np.searchsorted(cy, [lo - h, hi + h])
-            if e <= s:
-                continue
+            s, e = np.searchsorted(cy, [lo - psf.shape[1] // 2, hi + psf.shape[1] // 2])
+            if e > s:
+                parts.append((idx[s:e], cy[s:e], cx[s:e], psf[s:e]))
+        total = sum(p[3].size for p in parts)
+        flat, weight = np.empty(total, np.intp), np.empty(total)
+        at = 0
+        for idx, cy, cx, psf in parts:
+            m, h = psf.shape[0], psf.shape[1] // 2
             off = np.arange(-h, h + 1)
             local = (off[:, None] * width + off[None, :]).ravel()
-            flats.append((((cy[s:e] - (lo - 2 * g)) * width + cx[s:e])[:, None]
-                          + local).ravel())
-            weights.append((psf[s:e] * amp32[idx[s:e], None, None]).ravel())
-        if not flats:
-            return np.zeros((hi - lo, width))
-        flat = flats[0] if len(flats) == 1 else np.concatenate(flats)
-        weight = weights[0] if len(weights) == 1 else np.concatenate(weights)
-        del flats, weights
+            np.add(((cy - (lo - 2 * g)) * width + cx)[:, None], local,
+                   out=flat[at:at + psf.size].reshape(m, -1))
+            np.multiply(psf, amp32[idx, None, None],
+                        out=weight[at:at + psf.size].reshape(psf.shape))
+            at += psf.size
         out = np.bincount(flat, weight, (hi - lo + 4 * g) * width).reshape(-1, width)
         return out[2 * g:2 * g + hi - lo]
 
