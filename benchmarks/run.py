@@ -146,9 +146,11 @@ def bench_stages(cases, repeats):
 
 PEAK_SNIPPET = """
 import sys
-from skysurvey.pipeline import catalog_image
+from skysurvey.detect import DetectionConfig
+from skysurvey.pipeline import PipelineConfig, catalog_image
 from skysurvey.storage import LocalStore
-reply = catalog_image(LocalStore(sys.argv[1]), sys.argv[2], LocalStore(sys.argv[3]))
+config = PipelineConfig(detection=DetectionConfig(psf_photometry=sys.argv[4] == "psf"))
+reply = catalog_image(LocalStore(sys.argv[1]), sys.argv[2], LocalStore(sys.argv[3]), config)
 assert reply["status"] == "ok", reply
 # VmHWM, not ru_maxrss: ru_maxrss survives exec and would report the parent's peak
 status = open("/proc/self/status").read().split("VmHWM:")[1]
@@ -157,14 +159,17 @@ print(int(status.split()[0]) / 1024)
 
 
 def bench_memory(cases):
+    """Peak RSS of the handler per (size, stars, psf): *psf* turns PSF photometry on."""
     rows = []
-    for size, n in cases:
+    for size, n, psf in cases:
         path = make_file(size, n)
         with tempfile.TemporaryDirectory() as cat:
             out = subprocess.run([sys.executable, "-c", PEAK_SNIPPET, str(path.parent),
-                                  path.name, cat], capture_output=True, text=True, check=True)
-        rows.append([f"{size}²", n, f"{float(out.stdout.strip()):.0f}"])
-    return table(["image", "stars", "peak RSS MB (whole handler process)"], rows)
+                                  path.name, cat, "psf" if psf else "default"],
+                                 capture_output=True, text=True, check=True)
+        rows.append([f"{size}²", n, "on" if psf else "off", f"{float(out.stdout.strip()):.0f}"])
+    return table(["image", "stars", "PSF photometry", "peak RSS MB (whole handler process)"],
+                 rows)
 
 
 # Two SExtractor runs: the minimum (positions and one flux) and the outputs our catalog has
@@ -915,7 +920,8 @@ def main(argv=None) -> int:
     plan = {
         stages_title: stage_table,
         "Peak memory per image": lambda: bench_memory(
-            [(1024, 600), (2048, 2500), (2048, 12000)] + ([] if quick else [(4096, 50000)])),
+            [(1024, 600, False), (2048, 2500, False), (2048, 12000, False)]
+            + ([] if quick else [(4096, 50000, False), (4096, 50000, True)])),
         # a 10-25% difference: three times the repeats (the medians of 5 moved by 5%)
         "Second detection pass (faint neighbours, issue 18)": lambda: bench_second_pass(
             [(2048, 2500), (2048, 6000), (2048, 12000)], 3 * repeats),

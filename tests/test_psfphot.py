@@ -100,6 +100,32 @@ def test_render_sums_to_one_and_its_derivative_is_the_finite_difference():
     assert np.allclose((p2 - psf) / eps, dy, atol=2e-3 * psf.max())
 
 
+def test_model_image_in_bands_is_the_sum_of_the_stamps():
+    """The model image made in bands of rows (padded, rows, take, subtract_from) is the sum of
+    every source's amplitude x stamp, stamps over the edges and of both sizes included."""
+    x, y, flux, stamps, half = _noise_free_stars(3.0, n=40)
+    grid = pm.build(pm.StarStamps(stamps, np.ones_like(stamps), x, y, flux),
+                    pm.GridLayout(half, 1, 0, (256, 256), (256, 256)))
+    rng = np.random.default_rng(5)
+    shape, n = (700, 90), 400
+    sx, sy = rng.uniform(-2, 91, n), rng.uniform(-2, 701, n)
+    ix, iy = np.rint(sx).astype(int), np.rint(sy).astype(int)
+    amp, big = rng.uniform(1, 100, n), rng.uniform(size=n) < 0.5
+    model = pm.ModelImage(shape, grid, (sx, sy), (ix, iy), (8, 3, big))
+    truth = np.zeros((shape[0] + 40, shape[1] + 40))  # brute force, 20 px of margin
+    for i in range(n):
+        h = 8 if big[i] else 3
+        _, _, p = pm.render(grid, sx[i:i + 1], sy[i:i + 1], h, centre=(ix[i:i + 1], iy[i:i + 1]))
+        truth[iy[i] + 20 - h:iy[i] + 21 + h, ix[i] + 20 - h:ix[i] + 21 + h] += amp[i] * p[0]
+    truth = truth[20:-20, 20:-20]
+    tol = 1e-5 * truth.max()
+    assert np.allclose(model.image(amp), truth, atol=tol)
+    flat, _ = pm.stamp_index(shape, np.clip(ix, 0, 89), np.clip(iy, 0, 699), 4)
+    assert np.allclose(model.take(amp, model.index(flat), chunk=37),
+                       truth.ravel()[flat].reshape(n, -1), atol=tol)
+    image = np.ones(shape, np.float32)
+    assert np.allclose(model.subtract_from(image, amp), 1 - truth, atol=tol)
+
 def test_poly_terms_of_order_two():
     terms = pm.poly_terms(np.array([3.0]), np.array([5.0]), 2, (1.0, 1.0), (2.0, 4.0))
     u, v = 1.0, 1.0

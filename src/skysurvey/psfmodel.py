@@ -45,6 +45,7 @@ __all__ = [
     "cutouts",
     "lanczos",
     "n_terms",
+    "normal_equations",
     "poly_terms",
     "quality",
     "render",
@@ -307,12 +308,15 @@ class ModelImage:
         self.size = (ny + 2 * pad) * self.width
         s = 2 * small + 1
         self.own = np.empty((n, s * s), np.float32)  # each source's model on its fit stamp
+        # each group's sources in the order of their stamps' rows (the model image is made
+        # in bands of rows)
         groups = [(np.flatnonzero(sel), h) for sel, h in ((big, half), (~big, small))]
-        groups = [(idx, h) for idx, h in groups if idx.size]
+        groups = [(idx[np.argsort(self.iy[idx], kind="stable")], h) for idx, h in groups
+                  if idx.size]
         # every stamp's values in one array (the groups' stamps are views of it)
         self.values = np.empty(sum(idx.size * (2 * h + 1) ** 2 for idx, h in groups),
                                np.float32)
-        order, counts, flat = [], [], []
+        self.groups = []  # sources, their stamps' centre rows and columns (padded), stamps
         start = 0
         for idx, h in groups:
             size = idx.size * (2 * h + 1) ** 2
@@ -333,16 +337,8 @@ class ModelImage:
             self.row[idx] = np.arange(idx.size)
             c = slice(h - small, h + small + 1)
             self.own[idx] = psf[:, c, c].reshape(idx.size, -1)
-            off = np.arange(-h, h + 1)
-            local = (off[:, None] * self.width + off[None, :]).ravel()
-            centres = (self.iy[idx] + pad) * self.width + self.ix[idx] + pad
-            order.append(idx)
-            counts.append(np.full(idx.size, local.size))
-            flat.append((centres[:, None] + local).ravel())
-        # one scatter for all stamps: flat indices, values, and the source of each run
-        self.order = np.concatenate(order) if order else np.zeros(0, np.int64)
-        self.counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
-        self.flat = np.concatenate(flat) if flat else np.zeros(0, np.int64)
+            self.groups.append((idx, self.iy[idx] + pad, self.ix[idx] + pad, psf))
+        self.half = half
         self._last = (None, None)
 
     def padded(self, amp):
@@ -352,16 +348,100 @@ class ModelImage:
         if last_amp is not None and np.array_equal(last_amp, amp):
             return last
         self._last = (None, None)  # the old image goes before the new one is made
-        weights = self.values * np.repeat(amp[self.order].astype(np.float32), self.counts)
-        out = np.bincount(self.flat, weights, self.size).reshape(-1, self.width)
-        del weights
+        out = np.zeros((self.size // self.width, self.width), np.float32)
+        self._add_into(out, amp)
         self._last = (np.array(amp, copy=True), out)
         return out
+
+    def _add_into(self, out, amp):
+        """Add amplitude x PSF of every source into the padded float32 image *out*, in bands
+        of rows (one float64 ``bincount`` of a band's stamps at a time: no whole-image
+        float64 temporaries)."""
+        rows, width = out.shape
+        h = self.half
+        band = max(2 * h + 1, (1 << 20) // width)
+        amp32 = np.asarray(amp).astype(np.float32)
+        for r0 in range(0, rows, band):
+            lo, hi = r0 - h, min(r0 + band + h, rows)
+            acc = None
+            for idx, cy, cx, psf in self.groups:
+                s, e = np.searchsorted(cy, [r0, r0 + band])
+                if e <= s:
+                    continue
+                g = psf.shape[1] // 2
+                off = np.arange(-g, g + 1)
+                local = (off[:, None] * width + off[None, :]).ravel()
+                flat = (((cy[s:e] - lo) * width + cx[s:e])[:, None] + local).ravel()
+                weights = (psf[s:e] * amp32[idx[s:e], None, None]).ravel()
+                part = np.bincount(flat, weights, (hi - lo) * width)
+                acc = part if acc is None else np.add(acc, part, out=acc)
+            if acc is not None:
+                a = max(lo, 0)
+                out[a:hi] += acc.reshape(-1, width)[a - lo:]
 
     def image(self, amp):
         """Sum of amplitude x PSF over all sources, on the image."""
         p = self.pad
         return self.padded(amp)[p:-p, p:-p]
+
+    def rows(self, amp, lo, hi):
+        """Rows [lo, hi) of :meth:`padded` (float64), from the stamps that reach them only
+        (one ``bincount``, its indices and weights written in place)."""
+        width, g = self.width, self.half
+        amp32 = np.asarray(amp).astype(np.float32)
+        parts = []
+        for idx, cy, cx, psf in self.groups:
+            s, e = np.searchsorted(cy, [lo - psf.shape[1] // 2, hi + psf.shape[1] // 2])
+            if e > s:
+                parts.append((idx[s:e], cy[s:e], cx[s:e], psf[s:e]))
+        total = sum(p[3].size for p in parts)
+        flat, weight = np.empty(total, np.intp), np.empty(total)
+        at = 0
+        for idx, cy, cx, psf in parts:
+            m, h = psf.shape[0], psf.shape[1] // 2
+            off = np.arange(-h, h + 1)
+            local = (off[:, None] * width + off[None, :]).ravel()
+            np.add(((cy - (lo - 2 * g)) * width + cx)[:, None], local,
+                   out=flat[at:at + psf.size].reshape(m, -1))
+            np.multiply(psf, amp32[idx, None, None],
+                        out=weight[at:at + psf.size].reshape(psf.shape))
+            at += psf.size
+        out = np.bincount(flat, weight, (hi - lo + 4 * g) * width).reshape(-1, width)
+        return out[2 * g:2 * g + hi - lo]
+
+    def take(self, amp, where, chunk=2048):
+        """``padded(amp).ravel()[where]`` (float32) without the whole image: *where* (N, ...)
+        holds each source's indices (within a few stamp sizes of each other), made for
+        chunks of sources in the order of their rows (at most *chunk* sources, centres
+        within ~1 MB of rows) from the rows they need."""
+        n = where.shape[0]
+        where = where.reshape(n, -1)
+        out = np.empty(where.shape, np.float32)
+        if n == 0:
+            return out
+        centre = where[:, where.shape[1] // 2] // self.width
+        order = np.argsort(centre, kind="stable")
+        centre = centre[order]
+        span = max(64, (1 << 20) // self.width)  # rows of a chunk's centres (float64 band)
+        start = 0
+        while start < n:
+            end = min(start + chunk, int(np.searchsorted(centre, centre[start] + span)))
+            c = order[start:max(end, start + 1)]
+            start += c.size
+            w = where[c]
+            lo, hi = int(w.min()) // self.width, int(w.max()) // self.width + 1
+            out[c] = self.rows(amp, lo, hi).reshape(-1)[w - lo * self.width]
+        return out
+
+    def subtract_from(self, image, amp):
+        """``image -= image(amp)`` in place, in bands of rows (no whole model image)."""
+        p = self.pad
+        ny = image.shape[0]
+        band = max(64, (1 << 20) // self.width)
+        for r0 in range(0, ny, band):
+            r1 = min(r0 + band, ny)
+            image[r0:r1] -= self.rows(amp, r0 + p, r1 + p)[:, p:-p]
+        return image
 
     def index(self, flat):
         """Indices into :meth:`padded` of the image's flat indices *flat*."""
@@ -375,6 +455,23 @@ class ModelImage:
     def moved(self, x, y):
         """Whether the positions differ from the rendered ones."""
         return not (np.array_equal(x, self.x) and np.array_equal(y, self.y))
+
+
+def normal_equations(columns, w, resid):
+    """Per-source normal matrix ``J^T W J`` and ``J^T W r`` of the Jacobian *columns* (each
+    (N, ...) like *resid*): one float32 dot product per pair of columns (float32 sums over
+    one stamp: ~1e-6 relative), returned as float64."""
+    n, k = w.shape[0], len(columns)
+    cols = [np.broadcast_to(c, resid.shape).reshape(n, -1) for c in columns]
+    w, resid = w.reshape(n, -1), resid.reshape(n, -1)
+    normal = np.empty((n, k, k))
+    rhs = np.empty((n, k))
+    for i in range(k):
+        wi = w * cols[i]
+        rhs[:, i] = np.einsum("ij,ij->i", wi, resid)
+        for j in range(i, k):
+            normal[:, i, j] = normal[:, j, i] = np.einsum("ij,ij->i", wi, cols[j])
+    return normal, rhs
 
 
 def choose_order(n_stars: int, max_order: int = 2) -> int:

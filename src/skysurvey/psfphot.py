@@ -98,6 +98,8 @@ MIN_MODEL_HALF = 8
 MIN_FIT_RADIUS = 3.0
 #: Half-size of the neighbours' models subtracted while fitting, in FWHM (0.4% beyond).
 NEIGHBOUR_HALF_FWHM = 3.0
+#: Sources fitted at a time (bounds the per-pixel temporaries: a few MB each).
+FIT_CHUNK = 2048
 #: Block-Jacobi iterations, the first POS_ITER of which also move the positions.
 N_ITER = 4
 POS_ITER = 2
@@ -164,7 +166,8 @@ class Start:
     y: np.ndarray
     amp: np.ndarray | None = None
     rendered: object = None
-    fixed: np.ndarray | None = None  # model image of sources held fixed (noise only)
+    fixed: tuple | None = None  # (ModelImage, amplitudes) of sources held fixed: subtracted,
+    # and in the noise
 
 
 @dataclass(frozen=True)
@@ -212,9 +215,10 @@ def model_from_stars(pixels: Pixels, sources, stars, fwhm, refine=None,
     fwhm : float
         Stellar FWHM, pixels.
     refine : tuple or None
-        ``(model_image, amp, grid)``: every source's fitted model image, the fitted
-        amplitudes and the model they came from; the neighbours are then subtracted instead
-        of left out, and the model starts from *grid*.
+        ``(rendered, amp, grid)``: every source's fitted model stamps (a
+        :class:`~skysurvey.psfmodel.ModelImage`), the fitted amplitudes and the model they
+        came from; the neighbours are then subtracted instead of left out, and the model
+        starts from *grid*.
     max_stars : int
         At most this many stars.
 
@@ -245,8 +249,10 @@ def model_from_stars(pixels: Pixels, sources, stars, fwhm, refine=None,
         seg, _ = pm.cutouts(pixels.segmap, ix, iy, half)
         ok &= (seg == 0) | (seg == (idx + 1)[:, None, None])
     else:
-        image, amp, _ = refine
-        around, _ = pm.cutouts(image, ix, iy, half)
+        rendered, amp, _ = refine
+        flat, _ = pm.stamp_index(sub.shape, ix, iy, half)
+        around = rendered.take(amp, rendered.index(flat)).reshape(stamps.shape)
+        del flat
         _, _, own = pm.render(start, x[idx], y[idx], min(half, _neighbour_half(start, fwhm)))
         pad = half - own.shape[1] // 2
         stamps = stamps - around + np.pad(own, ((0, 0), (pad, pad), (pad, pad))) \
@@ -329,9 +335,13 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
     if mask is not None:
         inside &= ~mask.ravel()[flat]
     # float32 for the per-pixel work (half the memory traffic); sums and solves in float64
+    fixed = None
+    if start.fixed is not None:
+        held, held_amp = start.fixed
+        fixed = held.take(held_amp, held.index(flat))
+        values = values - fixed
     data = np.where(inside, values, 0.0).astype(np.float32)
     del values
-    fixed = None if start.fixed is None else np.take(start.fixed, flat).astype(np.float32)
     sig2 = rms.ravel()[flat].astype(np.float32) ** 2
     inside &= np.isfinite(sig2)
     sig2[~inside] = 0.0
@@ -357,7 +367,10 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
     for it in range(n_iter + 1):
         move = it < pos_iter
         if move:
-            psf, dpx, dpy = (v.reshape(n, -1) for v in _at(grid32, hf, x, y, ix, iy))
+            psf, dpx, dpy = (np.empty(data.shape, np.float32) for _ in range(3))
+            for c in (slice(i, i + FIT_CHUNK) for i in range(0, n, FIT_CHUNK)):
+                got = _at(grid32, hf, x[c], y[c], ix[c], iy[c])
+                psf[c], dpx[c], dpy[c] = (v.reshape(v.shape[0], -1) for v in got)
         if full is None:
             # the fit-stamp models just rendered are the faint sources' stamps
             full = render_all(psf if move else None)
@@ -365,37 +378,48 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
             full = render_all(earlier=full)
         if where is None:
             where = full.index(flat)
+            where = where.astype(np.int32) if full.size < 2**31 else where
+            del flat
         if near is None or move or it == pos_iter:
             r2 = (ox + (ix - x).astype(np.float32)[:, None]) ** 2 \
                 + (oy + (iy - y).astype(np.float32)[:, None]) ** 2
             near = inside & (r2 <= radius**2)
             del r2
         own = full.own  # this source's part of the model image, on its fit stamp
-        if not move:
-            psf = own
-        model = np.take(full.padded(amp), where).astype(np.float32, copy=False)
-        light = model if fixed is None else model + fixed
-        var = sig2 + np.square(np.float32(PROFILE_ERROR) * light)
-        if gain:
-            var += np.maximum(light, 0.0) * np.float32(1.0 / gain)
-        use = near & (var > 0)
-        w = np.divide(np.float32(1.0), var, out=np.zeros_like(var), where=use)
-        if it == n_iter:  # final: chi² against all models, errors
-            resid = data - model
-            npix = use.sum(axis=1)
-            dof = np.maximum(npix - np.where(free, 3, 1), 1)
-            chi2 = np.einsum("ij,ij->i", w * resid, resid).astype(float) / dof
-            return PsfFit(amp, err, x, y, chi2, npix, full)
-        # this source alone: the model image minus this source's part of it
-        target = data - model + amp.astype(np.float32)[:, None] * own
-        wp = w * psf
-        den = np.einsum("ij,ij->i", wp, psf).astype(float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            new_amp = np.where(den > 0, np.einsum("ij,ij->i", wp, target) / den, np.nan)
-            err = np.where(den > 0, 1.0 / np.sqrt(den), np.inf)
+        final = it == n_iter
+        new_amp, err2, step = np.full(n, np.nan), np.full(n, np.inf), np.zeros((n, 2))
+        chi2, npix = np.zeros(n), np.zeros(n, np.int64)
+        amp32 = amp.astype(np.float32)[:, None]
+        for c in (slice(i, i + FIT_CHUNK) for i in range(0, n, FIT_CHUNK)):
+            # a chunk of sources at a time (their neighbours' model from the rows they need)
+            model = full.take(amp, where[c])
+            light = model if fixed is None else model + fixed[c]
+            var = sig2[c] + np.square(np.float32(PROFILE_ERROR) * light)
+            if gain:
+                var += np.maximum(light, 0.0) * np.float32(1.0 / gain)
+            use = near[c] & (var > 0)
+            w = np.divide(np.float32(1.0), var, out=np.zeros_like(var), where=use)
+            if final:  # chi² against all models
+                resid = data[c] - model
+                npix[c] = use.sum(axis=1)
+                chi2[c] = np.einsum("ij,ij->i", w * resid, resid)
+                continue
+            # this source alone: the model image minus this source's part of it
+            target = data[c] - model + amp32[c] * own[c]
+            p = own[c] if not move else psf[c]
+            wp = w * p
+            den = np.einsum("ij,ij->i", wp, p).astype(float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                new_amp[c] = np.where(den > 0, np.einsum("ij,ij->i", wp, target) / den, np.nan)
+                err2[c] = np.where(den > 0, 1.0 / np.sqrt(den), np.inf)
+            if move:
+                step[c] = _position_step(target, w, p, dpx[c], dpy[c], new_amp[c])
+        if final:
+            return PsfFit(amp, err, x, y, chi2 / np.maximum(npix - np.where(free, 3, 1), 1),
+                          npix, full)
+        err = err2
         snr = np.where(np.isfinite(new_amp), new_amp / err, 0.0)
         if move:
-            step = _position_step(target, w, psf, dpx, dpy, new_amp)
             go = free & (snr >= POS_MIN_SNR) & np.isfinite(step).all(axis=1) \
                 & (np.hypot(step[:, 0], step[:, 1]) >= MIN_STEP)
             step = np.clip(np.where(go[:, None], step, 0.0), -MAX_STEP, MAX_STEP)
@@ -476,37 +500,22 @@ def _nearest_distance(x, y, px, py, reach):
     return out
 
 
-def residual_background(residual, mask, fwhm, mesh_fwhm=16.0):
+def residual_background(residual, mask, fwhm, mesh_fwhm=16.0, overwrite=False):
     """The background left in *residual* (the image minus every fitted source): SEP's mesh
-    background of it (meshes of *mesh_fwhm* FWHM, at least 32 px, 3 x 3 median filter)."""
+    background of it (meshes of *mesh_fwhm* FWHM, at least 32 px, 3 x 3 median filter).
+    With *overwrite*, a C-contiguous float32 *residual* is used (its NaNs zeroed) instead of
+    copied."""
     size = int(max(32, round(mesh_fwhm * fwhm)))
-    data = np.array(residual, dtype=np.float32, order="C")
+    data = (np.asarray if overwrite else np.array)(residual, dtype=np.float32, order="C")
     np.nan_to_num(data, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     bkg = sep.Background(data, mask=mask, bw=size, bh=size, fw=3, fh=3)
     return bkg.back()
 
 
-def _gram(columns, w, resid):
-    """Per-source normal matrix ``J^T W J`` and ``J^T W r`` of the Jacobian *columns* (each
-    (N, ...) like *resid*): one float32 dot product per pair of columns (float32 sums over
-    one stamp: ~1e-6 relative), returned as float64."""
-    n, k = w.shape[0], len(columns)
-    cols = [np.broadcast_to(c, resid.shape).reshape(n, -1) for c in columns]
-    w, resid = w.reshape(n, -1), resid.reshape(n, -1)
-    normal = np.empty((n, k, k))
-    rhs = np.empty((n, k))
-    for i in range(k):
-        wi = w * cols[i]
-        rhs[:, i] = np.einsum("ij,ij->i", wi, resid)
-        for j in range(i, k):
-            normal[:, i, j] = normal[:, j, i] = np.einsum("ij,ij->i", wi, cols[j])
-    return normal, rhs
-
-
 def _position_step(target, w, psf, dpx, dpy, amp):
     """One Gauss-Newton step (dx, dy) of every source's position, flux refitted alongside."""
     a = amp.astype(np.float32)[:, None]
-    normal, rhs = _gram([psf, a * dpx, a * dpy], w, target - a * psf)
+    normal, rhs = pm.normal_equations([psf, a * dpx, a * dpy], w, target - a * psf)
     normal = normal + 1e-9 * np.eye(3) * normal[:, :1, :1]
     step = np.full((amp.size, 3), np.nan)
     ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 1e-300)
@@ -561,7 +570,7 @@ def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
         inside &= ~pm.cutouts(mask, ix, iy, hf, fill=True)[0]
     data = np.where(inside, data, 0.0).astype(np.float32)
     flat, _ = pm.stamp_index(sub.shape, ix, iy, hf)
-    others = fit.rendered.padded(fit.amp).ravel()[fit.rendered.index(flat)].astype(np.float32)
+    others = fit.rendered.take(fit.amp, fit.rendered.index(flat)).reshape(data.shape)
     _, _, own = pm.render(grid32, xc, yc, hf)
     own = own * fit.amp[idx, None, None].astype(np.float32)
     target = data - others + own
@@ -590,7 +599,8 @@ def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
         p2, d2x, d2y = _at(grid32, hf, x2, y2, ix, iy)
         b1, b2 = a1.astype(np.float32)[:, None, None], a2.astype(np.float32)[:, None, None]
         res = target - b1 * p1 - b2 * p2
-        normal, rhs = _gram([p1, b1 * d1x, b1 * d1y, p2, b2 * d2x, b2 * d2y], w, res)
+        normal, rhs = pm.normal_equations([p1, b1 * d1x, b1 * d1y, p2, b2 * d2x, b2 * d2y], w,
+                                          res)
         normal = normal + 1e-9 * np.eye(6) * (normal[:, :1, :1] + normal[:, 3:4, 3:4])
         ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 1e-300)
         step = np.zeros((len(idx), 6))
@@ -686,14 +696,14 @@ def photometry(pixels: Pixels, columns, stars, scale: Scale, options: Options = 
     fit = fit_sources(pixels, grid, Start(x, y), fwhm=fwhm, n_iter=N_ITER, pos_iter=POS_ITER)
     # second pass: the background again without the stars' light (their wings raise a
     # crowded field's background), the model again with the neighbours subtracted
-    model_image = fit.rendered.image(fit.amp)
-    back = residual_background(np.subtract(pixels.sub, model_image, dtype=np.float32),
-                               pixels.mask, fwhm)
-    pixels = pixels.with_(sub=np.subtract(pixels.sub, back, dtype=pixels.sub.dtype))
-    del back
+    # (the residual made in place in bands of rows, the new image in the background's buffer)
+    resid = fit.rendered.subtract_from(np.array(pixels.sub, np.float32), fit.amp)
+    back = residual_background(resid, pixels.mask, fwhm, overwrite=True)
+    out = back if back.dtype == pixels.sub.dtype else None
+    pixels = pixels.with_(sub=np.subtract(pixels.sub, back, out=out))
+    del back, resid, out
     grid2 = model_from_stars(pixels, (fit.x, fit.y, fit.amp), stars, fwhm,
-                             refine=(model_image, fit.amp, grid))
-    del model_image
+                             refine=(fit.rendered, fit.amp, grid))
     start = Start(fit.x, fit.y, fit.amp, fit.rendered if grid2 is None else None)
     grid = grid2 if grid2 is not None else grid
     del fit  # its model stamps (unless reused) are freed before the next fit's
@@ -742,10 +752,10 @@ def _add_sources(pixels, grid, fit, fwhm, options):
     active = _nearest_distance(fit.x, fit.y, np.concatenate([fit.x[parent], fx]),
                                np.concatenate([fit.y[parent], fy]), reach) <= reach
     active[parent] = True
-    fixed = fit.rendered.image(np.where(active, 0.0, fit.amp)).copy()
-    fit.rendered = None  # its stamps and model image are freed before the joint fit's
+    fixed = (fit.rendered, np.where(active, 0.0, fit.amp))  # gathered, no model image
+    fit.rendered = None
     idx = np.flatnonzero(active)
-    joint = fit_sources(pixels.with_(sub=pixels.sub - fixed), grid,
+    joint = fit_sources(pixels, grid,
                         Start(np.concatenate([xs[idx], fx, x2]), np.concatenate([ys[idx], fy, y2]),
                               np.concatenate([amp[idx], famp, a2]), fixed=fixed),
                         fwhm=fwhm, n_iter=JOINT_ITER, pos_iter=1)
