@@ -373,6 +373,20 @@ def test_a_transient_on_a_host_detected_every_night():
     assert not out["transient_candidate"].any()
 
 
+def test_blended_non_detections_count_for_neither_side():
+    """Detected once, quiet on 3 deep images, BLENDED (a piece of it split off 0.5" away) on
+    4: a candidate; the BLENDED rows neither show "no flux" nor count against it."""
+    n = 8
+    flux = np.r_[1e4, np.zeros(n - 1)]
+    flags = np.r_[0, 0, 0, 0, np.full(n - 4, lc.NOT_QUIET_FLAGS)]
+    with np.errstate(divide="ignore"):
+        mag = np.where(flux > 0, 30 - 2.5 * np.log10(np.maximum(flux, 1e-9)), np.nan)
+    out = lc.summarize([1], lc.ForcedRows(
+        np.ones(n, int), np.zeros(n, int), np.arange(n), np.arange(n) == 0, flux,
+        np.full(n, 100.0), flux / 100.0, mag, np.full(n, 24.0), flags))
+    assert out["transient_candidate"][0] and out["n_deep_quiet"][0] == 3
+
+
 # ---- the survey -------------------------------------------------------------------------------
 
 
