@@ -620,7 +620,11 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
     :data:`FEW_POINTS_SIGMA` below :data:`FEW_POINTS_DOF`; and not to be a close pair's
     member below :data:`BLEND_RATIO` of its variable neighbour's excess.
     The transient rule (:func:`transient_candidate`, with *faded_mag*) is applied per band
-    on calibrated fluxes; an object is a candidate when it is one in some band.
+    on calibrated fluxes; an object is a candidate when it is one in some band, or when it
+    holds a transient on a host detected every night (:func:`_on_host`, confirmed by another
+    band of the same night, needs ``rows.mjd``) unless a neighbour closer than
+    :data:`PAIR_ARCSEC` is a candidate of the first kind with a larger excess (that
+    neighbour's transient leaking in).
     """
     o = options or SummaryOptions()
     image_x, floor, variable_sigma = o.image_x, o.floor, o.variable_sigma
