@@ -342,6 +342,51 @@ def test_transient_rule_per_band_beside_a_star_and_a_quiet_majority():
     assert not out["transient_candidate"][0] and out["n_deep_quiet"][0] == 0
 
 
+def test_a_transient_on_a_host_detected_every_night():
+    """A host detected on 8 nights in g and r, a transient on it 1 mag brighter on night 3
+    (both bands): a candidate. The same excess in r only (a faulty flux on one image) is
+    not; nor is a variable host (its other nights disagree), nor a host seen on 4 nights."""
+    rng = np.random.default_rng(5)
+    rows = []
+    cases = {0: (3000.0, 3000.0, 0.0), 1: (3000.0, 0.0, 0.0), 2: (3000.0, 3000.0, 0.3)}
+    for o, (add_r, add_g, amp) in cases.items():
+        for night in range(8):
+            for b, add in ((0, add_g), (1, add_r)):
+                base = 5000.0 * 10 ** (-0.4 * amp * np.sin(2.1 * night))
+                rows.append((o, b, 2 * night + b, night + 0.1 * b,
+                             base + (add if night == 3 else 0.0)))
+    for night in range(4):  # object 3: few nights
+        for b in (0, 1):
+            rows.append((3, b, 2 * night + b, night + 0.1 * b, 5000.0 + 3000.0 * (night == 3)))
+    o, b, img, mjd, flux = (np.asarray(v) for v in zip(*rows, strict=True))
+    flux = flux + rng.normal(0, 80.0, flux.size)
+    err = np.full(flux.size, 80.0)
+    mag = 30 - 2.5 * np.log10(flux)
+    out = lc.summarize(np.arange(4), lc.ForcedRows(
+        o, b, img, np.ones(o.size, bool), flux, err, flux / err, mag,
+        np.full(o.size, 24.0), np.zeros(o.size, int), mjd))
+    assert out["transient_candidate"].tolist() == [True, False, False, False]
+    # without the nights (mjd) no transient on a host is claimed
+    out = lc.summarize(np.arange(4), lc.ForcedRows(
+        o, b, img, np.ones(o.size, bool), flux, err, flux / err, mag,
+        np.full(o.size, 24.0), np.zeros(o.size, int)))
+    assert not out["transient_candidate"].any()
+
+
+def test_blended_non_detections_count_for_neither_side():
+    """Detected once, quiet on 3 deep images, BLENDED (a piece of it split off 0.5" away) on
+    4: a candidate; the BLENDED rows neither show "no flux" nor count against it."""
+    n = 8
+    flux = np.r_[1e4, np.zeros(n - 1)]
+    flags = np.r_[0, 0, 0, 0, np.full(n - 4, lc.NOT_QUIET_FLAGS)]
+    with np.errstate(divide="ignore"):
+        mag = np.where(flux > 0, 30 - 2.5 * np.log10(np.maximum(flux, 1e-9)), np.nan)
+    out = lc.summarize([1], lc.ForcedRows(
+        np.ones(n, int), np.zeros(n, int), np.arange(n), np.arange(n) == 0, flux,
+        np.full(n, 100.0), flux / 100.0, mag, np.full(n, 24.0), flags))
+    assert out["transient_candidate"][0] and out["n_deep_quiet"][0] == 3
+
+
 # ---- the survey -------------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ __all__ = [
 
 VARIABILITY_FOLDER = "object_variability/"
 VARIABILITY_FILE = "variability.parquet"
-FORCED_COLUMNS = ["object_id", "image_id", "band", "flux", "flux_err", "snr", "mag",
+FORCED_COLUMNS = ["object_id", "image_id", "band", "mjd", "flux", "flux_err", "snr", "mag",
                   "mag_limit", "flags"]
 
 
@@ -119,7 +119,8 @@ def summarize_forced(catalog_uri: str) -> VariabilitySummary:
     rows = lightcurves.ForcedRows(
         row_obj, row_band, row_image, detected, num("flux"), num("flux_err"), num("snr"),
         num("mag"), num("mag_limit"),
-        forced["flags"].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64))
+        forced["flags"].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
+        num("mjd"))
     pairs = lightcurves.close_pairs(
         objects["ra"].to_numpy(zero_copy_only=False).astype(float),
         objects["dec"].to_numpy(zero_copy_only=False).astype(float))

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PAIR_ARCSEC", "LineFit", "chi2_detrended", "chi2_sigma", "chi2_without_worst",
-           "close_pairs", "leak_plan", "neighbour_leak"]
+__all__ = ["PAIR_ARCSEC", "LineFit", "brightest_excess", "chi2_detrended", "chi2_sigma",
+           "chi2_without_worst", "close_pairs", "leak_plan", "neighbour_leak"]
 
 
 def _index(object_id, ids=None) -> tuple[np.ndarray, np.ndarray]:
@@ -293,3 +293,57 @@ def chi2_without_worst(key, flux, flux_err, x, keys, fit: LineFit | None = None)
     drop = np.zeros(flux.size, bool)
     drop[order[first & (pull[order] >= 0)]] = True
     return chi2_detrended(key, np.where(drop, np.nan, flux), err, xx, ids, fit)[:2]
+
+
+def brightest_excess(key, flux, err, keys, usable):
+    """Each key's brightest point against the weighted mean of its other points.
+
+    A one-night transient on a star or galaxy that is detected on every night (its host,
+    closer than the seeing, so one object holds both) never leaves a covering image "without
+    flux": what it leaves is one epoch whose flux stands far above the host's, while the
+    other epochs agree with each other.
+
+    Parameters
+    ----------
+    key : array_like of int
+        Per row, the (object, band) key.
+    flux, err : array_like
+        Per row, calibrated flux and its error (systematic floor included).
+    keys : array_like of int
+        The keys to report.
+    usable : array_like of bool
+        Per row, may be the brightest point or one of the others (trusted flux).
+
+    Returns
+    -------
+    top : ndarray of int
+        Per key, the row of its brightest usable point (-1 without two usable points).
+    excess_snr : ndarray
+        Per key, (brightest - mean of the others) over its error (NaN without two points).
+    rest_pull : ndarray of float
+        Per row, ``|flux - mean of its key's others| / err`` for the others (NaN for the
+        brightest and unusable rows).
+    """
+    ids, idx = _index(key, keys)
+    flux, err = np.asarray(flux, float), np.asarray(err, float)
+    ok = ((idx >= 0) & np.asarray(usable, bool) & np.isfinite(flux) & np.isfinite(err)
+          & (err > 0))
+    m = ids.size
+    rows = np.flatnonzero(ok)
+    order = rows[np.lexsort((-flux[rows], idx[rows]))]
+    first = np.r_[True, idx[order][1:] != idx[order][:-1]] if order.size else np.zeros(0, bool)
+    top = np.full(m, -1, np.int64)
+    top[idx[order[first]]] = order[first]
+    rest = ok.copy()
+    rest[order[first]] = False
+    i = np.maximum(idx, 0)
+    w = np.where(rest, 1.0 / np.where(rest, err, 1.0) ** 2, 0.0)
+    sw = np.bincount(i, w, minlength=m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        base = np.bincount(i, w * np.where(rest, flux, 0.0), minlength=m) / sw
+        t = np.maximum(top, 0)
+        excess_snr = np.where((top >= 0) & (sw > 0),
+                              (flux[t] - base) / np.sqrt(err[t] ** 2 + 1.0 / sw), np.nan)
+        rest_pull = np.where(rest, np.abs(flux - base[i]) / err, np.nan)
+    top[~np.isfinite(excess_snr)] = -1
+    return top, excess_snr, rest_pull

@@ -19,6 +19,7 @@ from .lightcurve_fits import (
     PAIR_ARCSEC,
     LineFit,
     _index,
+    brightest_excess,
     chi2_detrended,
     chi2_sigma,
     chi2_without_worst,
@@ -39,6 +40,7 @@ __all__ = [
     "LineFit",
     "SummaryOptions",
     "TransientRule",
+    "brightest_excess",
     "chi2_constant",
     "chi2_detrended",
     "chi2_sigma",
@@ -411,6 +413,9 @@ class ForcedRows:
         ``forced_photometry``'s columns.
     flags : ndarray of int
         ``forced_photometry.flags``.
+    mjd : ndarray of float, optional
+        ``forced_photometry.mjd`` (the night of an image; without it no transient on a
+        host is found).
     """
 
     object_id: np.ndarray
@@ -423,6 +428,7 @@ class ForcedRows:
     mag: np.ndarray
     mag_limit: np.ndarray
     flags: np.ndarray
+    mjd: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -511,6 +517,78 @@ def _deep_images(key, keys, det, limit, rule):
             np.bincount(pos[faded], minlength=keys.size))
 
 
+#: A transient on its host (:func:`_on_host`): the other points must agree with their mean
+#: within this many sigma, and there must be at least :data:`HOST_MIN_REST` of them (a
+#: variable with 3-4 trusted points per band can look constant but for one).
+HOST_REST_PULL = 3.0
+HOST_MIN_REST = 5
+#: ... and the other band(s) of the same night must show an excess of at least this SNR:
+#: a forced flux 2-3 times too high on one image only (a measurement fault, seen on two
+#: constant stars of one image of seed 41) is not a transient.
+HOST_CONFIRM_SNR = 5.0
+
+
+def _on_host(key, keys, cal, usable, limit):
+    """Per key, a one-night transient on a host detected every night: the brightest usable
+    point is a detection whose excess over the mean of the others has SNR >= TRANSIENT_SNR,
+    the others agree with their mean within :data:`HOST_REST_PULL` sigma (the host is
+    constant), the host is detected on at least half of them, and at least half of them (and
+    :data:`HOST_MIN_REST`) reach the excess's magnitude + DEEP_MARGIN_MAG (they would have
+    shown it). *cal*: ``(detected, flux, err, zp)`` per row, calibrated, *err* with the
+    systematic floor; *usable*: trusted rows not flagged BLENDED. Returns ``(passed,
+    excess_snr, top row)`` per key."""
+    detected, f, e, zp = cal
+    top, excess_snr, pull = brightest_excess(key, f, e, keys, usable)
+    _, pos = _index(key, keys)
+    t = np.maximum(top, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rest = np.isfinite(pull)
+        n_rest = np.bincount(pos[rest], minlength=keys.size)
+        n_host = np.bincount(pos[rest & detected], minlength=keys.size)
+        worst = np.zeros(keys.size)
+        np.maximum.at(worst, pos[rest], pull[rest])
+        sw = np.bincount(pos[rest], 1.0 / e[rest] ** 2, minlength=keys.size)
+        base = np.bincount(pos[rest], f[rest] / e[rest] ** 2, minlength=keys.size) / sw
+        excess_mag = zp[t] - 2.5 * np.log10(np.where(f[t] - base > 0, f[t] - base, np.nan))
+        deep = rest & (np.asarray(limit, float) >= excess_mag[np.maximum(pos, 0)]
+                       + DEEP_MARGIN_MAG)
+        n_deep = np.bincount(pos[deep], minlength=keys.size)
+        passed = ((top >= 0) & detected[t] & (excess_snr >= TRANSIENT_SNR)
+                  & (n_rest >= HOST_MIN_REST) & (worst <= HOST_REST_PULL)
+                  & (2 * n_host >= n_rest) & (n_deep >= HOST_MIN_REST)
+                  & (2 * n_deep >= n_rest))
+    return passed, excess_snr, top
+
+
+def _host_transients(keys, n_bands, n_objects, host, mjd):
+    """Per object, a transient on its host (:func:`_on_host`'s *host* ``(passed,
+    excess_snr, top)``) confirmed by another band's excess of at least
+    :data:`HOST_CONFIRM_SNR` on the same night (*mjd* per row, None: no verdict), and
+    per object the largest excess SNR of any band."""
+    passed, excess_snr, top = host
+    obj, band = keys // n_bands, keys % n_bands
+    best = np.full(n_objects, -np.inf)
+    np.maximum.at(best, obj, np.where(np.isfinite(excess_snr), excess_snr, -np.inf))
+    if mjd is None:
+        return np.zeros(n_objects, bool), best
+    night = np.full((n_objects, n_bands), np.nan)
+    exc = np.full((n_objects, n_bands), -np.inf)
+    have = top >= 0
+    night[obj[have], band[have]] = np.asarray(mjd, float)[top[have]]
+    exc[obj[have], band[have]] = excess_snr[have]
+    found = np.zeros(n_objects, bool)
+    for b in range(n_bands):
+        ok = np.zeros(n_objects, bool)
+        for c in range(n_bands):
+            if c != b:
+                with np.errstate(invalid="ignore"):
+                    ok |= (exc[:, c] >= HOST_CONFIRM_SNR) & (np.abs(night[:, c]
+                                                                    - night[:, b]) < 0.5)
+        hit = passed & (band == b)
+        found[obj[hit][ok[obj[hit]]]] = True
+    return found, best
+
+
 def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
               ) -> dict[str, np.ndarray]:
     """The ``object_variability`` columns of objects *ids* from their forced rows.
@@ -542,7 +620,11 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
     :data:`FEW_POINTS_SIGMA` below :data:`FEW_POINTS_DOF`; and not to be a close pair's
     member below :data:`BLEND_RATIO` of its variable neighbour's excess.
     The transient rule (:func:`transient_candidate`, with *faded_mag*) is applied per band
-    on calibrated fluxes; an object is a candidate when it is one in some band.
+    on calibrated fluxes; an object is a candidate when it is one in some band, or when it
+    holds a transient on a host detected every night (:func:`_on_host`, confirmed by another
+    band of the same night, needs ``rows.mjd``) unless a neighbour closer than
+    :data:`PAIR_ARCSEC` is a candidate of the first kind with a larger excess (that
+    neighbour's transient leaking in).
     """
     o = options or SummaryOptions()
     image_x, floor, variable_sigma = o.image_x, o.floor, o.variable_sigma
@@ -626,10 +708,23 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
     key_cand, key_quiet = transient_candidate(
         EpochRows(key, detected, quiet_snr_used, cal_mag, mag_limit, seeing), keys,
         TransientRule(detected_snr, margin, quiet_snr, faded_mag, quiet_fraction))
-    n_deep, n_faded = _deep_images(key, keys, (detected, cal_snr, cal_mag), mag_limit,
+    # rows that can never show "no flux" (untrusted, BLENDED, no detection) say nothing
+    # either way: counted among the deep images they made a transient split into two objects
+    # 0.5" apart (seed 48, each BLENDED on most images) fail the quiet half
+    n_deep, n_faded = _deep_images(key, keys, (detected, cal_snr, cal_mag),
+                                   np.where(quiet_ok | detected, mag_limit, np.nan),
                                    (detected_snr, margin, faded_mag))
     key_cand &= key_quiet + n_faded >= QUIET_FRACTION_ALL * n_deep
+    e_host = np.sqrt(e**2 + (floor * np.abs(f)) ** 2) * np.sqrt(band_scale[band])
+    host = _on_host(key, keys, (detected, f, e_host, zp[image] if image.size else mag),
+                    quiet_ok & (idx >= 0), mag_limit)
+    on_host, excess = _host_transients(keys, n_bands, ids.size, host, rows.mjd)
     candidate = np.bincount(key_obj, key_cand, minlength=ids.size) > 0
+    if o.pairs is not None and len(o.pairs[0]):  # a neighbour's transient leaking in
+        pi, pj = (np.asarray(v, np.int64) for v in o.pairs)
+        hit = on_host[pi] & candidate[pj] & (excess[pi] < excess[pj])
+        on_host[pi[hit]] = False
+    candidate |= on_host
     n_deep_quiet = np.bincount(key_obj, key_quiet, minlength=ids.size).astype(np.int32)
     strong = (idx >= 0) & detected
     max_snr = np.full(ids.size, -np.inf)
