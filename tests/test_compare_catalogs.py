@@ -59,3 +59,21 @@ def test_a_missing_file_and_a_bad_folder(tool, tmp_path, capsys):
     assert "img1.parquet: only in" in capsys.readouterr().out
     assert tool.main([str(a), str(tmp_path / "nowhere")]) == 2
     assert tool.main([str(a), str(b), "--ignore", "flux"]) == 1  # the missing file stays
+
+
+def _sources(path, order, flux):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"image_id": pa.array(["img"] * 3),
+                             "source_id": pa.array(order, pa.int32()),
+                             "flux": pa.array(flux, pa.float64())}), path)
+
+
+def test_sources_rows_compare_in_key_order_not_file_order(tool, tmp_path, capsys):
+    # the same rows stored in another order (sources files are sorted by _healpix_29)
+    _sources(tmp_path / "a" / "sources" / "img.parquet", [0, 1, 2], [1.0, 2.0, 3.0])
+    _sources(tmp_path / "b" / "sources" / "img.parquet", [2, 0, 1], [3.0, 1.0, 2.0])
+    assert tool.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    # a value moved to another source is still a difference
+    _sources(tmp_path / "c" / "sources" / "img.parquet", [2, 0, 1], [1.0, 3.0, 2.0])
+    assert tool.main([str(tmp_path / "a"), str(tmp_path / "c")]) == 1
+    assert "flux: 2 rows differ" in capsys.readouterr().out
