@@ -318,30 +318,66 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
     return flux, err, sky, flags
 
 
+def _geometry(shape, x, y, h, radius):
+    """Stamp geometry of objects (x, y), half-size *h*: centre pixels, flat indices (n, S²),
+    pixels inside the image and pixels within *radius* of the object (both (n, S²)), built
+    from per-axis (n, S) pieces."""
+    ny, nx = shape
+    ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    off = np.arange(-h, h + 1)
+    ys, xs = iy[:, None] + off, ix[:, None] + off
+    n = x.size
+    inside = (((ys >= 0) & (ys < ny))[:, :, None] & ((xs >= 0) & (xs < nx))[:, None, :])
+    flat = (np.clip(ys, 0, ny - 1) * nx)[:, :, None] + np.clip(xs, 0, nx - 1)[:, None, :]
+    own = ((ys - y[:, None]) ** 2)[:, :, None] + ((xs - x[:, None]) ** 2)[:, None, :] <= radius**2
+    return ix, iy, flat.reshape(n, -1), inside.reshape(n, -1), own.reshape(n, -1)
+
+
+def _canvas(psf, h):
+    """The stamps (n, S²) on canvases (n, S + 1, 3S): each stamp in the middle S columns,
+    zeros around and in the last row (what :func:`_shifted` slides over)."""
+    s = 2 * h + 1
+    canvas = np.zeros((psf.shape[0], s + 1, 3 * s), psf.dtype)
+    canvas[:, :s, s:2 * s] = psf.reshape(-1, s, s)
+    return canvas
+
+
+def _shifted(canvas, src, shift, h):
+    """Stamps of objects *src* as seen on stamps centred *shift* = (dx, dy) pixels from
+    theirs (dx = the source's centre - the destination's), as (m, S²), 0 where they do
+    not reach; *canvas* is :func:`_canvas`'s. Whole rows are copied (sliding windows), not
+    single pixels."""
+    s = 2 * h + 1
+    dx = np.clip(shift[0], -s, s)
+    rows = np.arange(s)[None, :] - shift[1][:, None]  # the source row of each row, (m, S)
+    rows = np.where((rows >= 0) & (rows < s), rows, s)  # row S is zero
+    windows = np.lib.stride_tricks.sliding_window_view(canvas, s, axis=2)  # (n, S+1, 2S+1, S)
+    return windows[src[:, None], rows, (s - dx)[:, None]].reshape(src.size, s * s)
+
+
+def _sum64(a):
+    """Row sums of a float32 (n, m) array, accumulated in float64."""
+    return a.sum(axis=1, dtype=np.float64)
+
+
 def _fit_subset(pixels, x, y, h, settings, saturated):
     """:func:`psf_fit` of objects (x, y) on stamps of half-size *h*: amplitudes, variance,
-    its background share, flags, and whether each was fitted alone."""
-    from .psfmodel import render
+    its background share, flags, and whether each was fitted alone.
+
+    Per-pixel work in float32 (stamps gathered with fancy indexing into (n, S²)), sums in
+    float64; the normal equations' off-diagonal terms and the neighbours' light come from the
+    pairs of objects whose stamps meet (each pair's stamp moved onto the other's grid), so no
+    array of the image's size is made but the map of fitted pixels."""
+    from .psfmodel import as_float32, render
 
     grid = settings.grid
     sub = np.asarray(pixels.sub)
-    shape = sub.shape
-    ny, nx = shape
+    ny, nx = sub.shape
     radius = max(FIT_RADIUS_FWHM * float(settings.fwhm), MIN_FIT_RADIUS)
-    idx = np.arange(x.size)
-    s = 2 * h + 1
-    ix, iy, psf = render(grid, x[idx], y[idx], h)
-    n = idx.size
-    off = np.arange(-h, h + 1)
-    yy = iy[:, None, None] + off[None, :, None]
-    xx = ix[:, None, None] + off[None, None, :]
-    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-    flat = (np.clip(yy, 0, ny - 1) * nx + np.clip(xx, 0, nx - 1)).reshape(n, -1)
-    inside = inside.reshape(n, -1)
+    n = x.size
+    ix, iy, psf = render(as_float32(grid), x, y, h)
     psf = psf.reshape(n, -1)
-    rms = pixels.rms
-    d2 = ((xx - x[idx, None, None]) ** 2 + (yy - y[idx, None, None]) ** 2).reshape(n, -1)
-    own = (d2 <= radius**2)
+    _, _, flat, inside, own = _geometry(sub.shape, x, y, h, radius)
     # the fitted pixels: within the fit radius of any object, valid, with a finite noise
     fitted = np.zeros(nx * ny, bool)
     fitted[flat[own & inside]] = True
@@ -349,30 +385,27 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     bad = ~np.isfinite(values)
     if pixels.mask is not None:
         bad |= np.asarray(pixels.mask, bool).ravel()[flat]
-    noise = (np.asarray(rms).ravel()[flat].astype(float) if np.ndim(rms) == 2
-             else float(rms))
+    rms = pixels.rms
+    noise = (np.asarray(rms, np.float32).ravel()[flat] if np.ndim(rms) == 2
+             else np.full(flat.shape, float(rms), np.float32))
     use = inside & fitted[flat] & ~bad & (noise > 0) & np.isfinite(noise)
-    w = np.where(use, 1.0 / np.where(use, noise, 1.0) ** 2, 0.0)
-    data = np.where(use, values, 0.0)
+    w = np.zeros(flat.shape, np.float32)
+    np.divide(np.float32(1.0), noise * noise, out=w, where=use)
+    data = np.where(use, values, np.float32(0.0)).astype(np.float32, copy=False)
     wp = w * psf
-    diag = np.sum(wp * psf, axis=1)
-    rhs = np.sum(wp * data, axis=1)
-    wsum = np.sum(wp, axis=1)  # response to a constant background offset
+    diag = _sum64(wp * psf)
+    rhs = _sum64(wp * data)
+    wsum = _sum64(wp)  # response to a constant background offset
     # pairs whose stamps overlap: the off-diagonal terms
     # (a stamp meets the other's fitted pixels within h + fit radius; two wings meeting on a
     # third object's pixels, up to 2h apart, couple them by less than 1e-3: left out)
     pi, pj = _pairs(ix, iy, h + math.ceil(radius))
     coupling = np.zeros(pi.size)
-    uu, vv = np.meshgrid(off, off)  # stamp offsets (x, y) of stamp i's pixels
-    uu, vv = uu.ravel(), vv.ravel()
+    canvas = _canvas(psf, h)
     for start in range(0, pi.size, 2048):
         a, b = pi[start:start + 2048], pj[start:start + 2048]
-        du = (uu[None, :] - (ix[b] - ix[a])[:, None])
-        dv = (vv[None, :] - (iy[b] - iy[a])[:, None])
-        ok = (np.abs(du) <= h) & (np.abs(dv) <= h)
-        k = np.where(ok, (dv + h) * s + (du + h), 0)
-        pb = np.where(ok, np.take_along_axis(psf[b], k, axis=1), 0.0)
-        coupling[start:start + 2048] = np.sum(wp[a] * pb, axis=1)
+        pb = _shifted(canvas, b, (ix[b] - ix[a], iy[b] - iy[a]), h)
+        coupling[start:start + 2048] = _sum64(wp[a] * pb)
     keep = coupling != 0
     pi, pj, coupling = pi[keep], pj[keep], coupling[keep]
     label = _components(n, pi, pj)
@@ -383,19 +416,12 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     gain = pixels.gain
     inv_gain = 1.0 / gain if gain and gain > 0 else 0.0
     a_pos = np.where(np.isfinite(amp), np.maximum(amp, 0.0), 0.0)
-    wp2 = wp**2
-    wp2_psf = wp2 * np.maximum(psf, 0.0)
+    wp2_psf = wp * wp * np.maximum(psf, np.float32(0.0))
     # own light a * psf: sum(wp^2 (a psf / gain + (e a psf)^2)) from two sums
-    extra_own = (a_pos * inv_gain * np.sum(wp2_psf, axis=1)
-                 + (PROFILE_ERROR * a_pos) ** 2 * np.sum(wp2_psf * psf, axis=1))
-    extra_others = np.zeros(n)
-    if pi.size:  # neighbours' light on each stamp: every model but the object's own
-        amp0 = np.where(np.isfinite(amp), amp, 0.0)
-        model = np.bincount(flat[inside], (amp0[:, None] * psf)[inside],
-                            minlength=nx * ny)[flat]
-        other_light = np.maximum(model - amp0[:, None] * psf, 0.0)
-        extra_others = np.sum(wp2 * (other_light * inv_gain
-                                     + (NEIGHBOUR_PROFILE_ERROR * other_light) ** 2), axis=1)
+    extra_own = (a_pos * inv_gain * _sum64(wp2_psf)
+                 + (PROFILE_ERROR * a_pos) ** 2 * _sum64(wp2_psf * psf))
+    extra_others = _others_light(canvas, wp, (ix, iy, h), (pi, pj),
+                                 (np.where(np.isfinite(amp), amp, 0.0), inv_gain))
     with np.errstate(divide="ignore", invalid="ignore"):
         var_bkg = np.where(diag > 0, 1.0 / diag, np.nan)
         level = wsum / diag
@@ -417,6 +443,37 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     alone = np.bincount(label, minlength=label.size)[label] == 1
     return amp, var, var_sky, f, alone
 
+
+def _others_light(canvas, wp, stamps, pairs, amps):
+    """Per object, ``sum(wp^2 (L / gain + (NEIGHBOUR_PROFILE_ERROR L)^2))`` over its stamp,
+    L the light of its coupled neighbours' models (amplitude x model) there. *canvas* as
+    :func:`_shifted`'s, *stamps* ``(ix, iy, h)``, *pairs* ``(pi, pj)``, *amps*
+    ``(amplitudes, 1 / gain)``."""
+    ix, iy, h = stamps
+    pi, pj = pairs
+    amp, inv_gain = amps
+    out = np.zeros(wp.shape[0])
+    if not pi.size:
+        return out
+    dst, src = np.r_[pi, pj], np.r_[pj, pi]  # light of src on dst's stamp
+    order = np.argsort(dst, kind="stable")
+    dst, src = dst[order], src[order]
+    targets, first = np.unique(dst, return_index=True)
+    row = np.searchsorted(targets, dst)
+    rank = np.arange(dst.size) - first[row]  # the k-th neighbour of its target
+    light = np.zeros((targets.size, wp.shape[1]), np.float32)
+    for k in range(int(rank.max()) + 1):  # targets are unique within one rank
+        for start in range(0, dst.size, 4096):
+            sel = np.flatnonzero(rank[start:start + 4096] == k) + start
+            if sel.size:
+                d, s = dst[sel], src[sel]
+                moved = _shifted(canvas, s, (ix[s] - ix[d], iy[s] - iy[d]), h)
+                light[row[sel]] += moved * amp[s, None].astype(np.float32)
+    light = np.maximum(light, np.float32(0.0))
+    wt = wp[targets]
+    out[targets] = _sum64(wt * wt * (light * np.float32(inv_gain)
+                                     + (np.float32(NEIGHBOUR_PROFILE_ERROR) * light) ** 2))
+    return out
 
 
 def _aperture_scale(pixels, x, y, fit, settings) -> float:
