@@ -379,6 +379,23 @@ def _neighbour_cells(cells: np.ndarray, order: int) -> np.ndarray:
 MASK_RADII = 1.5
 
 
+def _disc_pixels(shape, x, y, radius) -> tuple[np.ndarray, np.ndarray]:
+    """``(flat, owner)``: the flat indices of the pixels within *radius* of positions (x, y)
+    and the position each belongs to (NaN positions have none), from per-axis distances."""
+    ny, nx = shape
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+    r = int(np.ceil(radius))
+    off = np.arange(-r, r + 1)
+    cx, cy = np.rint(x[keep]).astype(np.int64), np.rint(y[keep]).astype(np.int64)
+    px, py = cx[:, None] + off, cy[:, None] + off  # (n, 2r + 1)
+    dx2 = np.where((px >= 0) & (px < nx), (px - x[keep, None]) ** 2, np.inf)
+    dy2 = np.where((py >= 0) & (py < ny), (py - y[keep, None]) ** 2, np.inf)
+    near = dy2[:, :, None] + dx2[:, None, :] <= radius**2
+    flat = (py * nx)[:, :, None] + px[:, None, :]
+    return flat[near], np.broadcast_to(keep[:, None, None], near.shape)[near]
+
+
 def object_mask(shape, x, y, radius) -> np.ndarray:
     """True within *radius* pixels of any position (x, y) (numpy; positions off the image
     and NaN are ignored).
@@ -396,19 +413,9 @@ def object_mask(shape, x, y, radius) -> np.ndarray:
     -------
     ndarray of bool
     """
-    mask = np.zeros(shape, bool)
-    ny, nx = shape
-    r = int(np.ceil(radius))
-    off = np.arange(-r, r + 1)
-    oy, ox = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
-    keep = np.isfinite(x) & np.isfinite(y)
-    cx, cy = np.rint(np.asarray(x)[keep]).astype(np.int64), np.rint(np.asarray(y)[keep]).astype(
-        np.int64)
-    px, py = cx[:, None] + ox, cy[:, None] + oy
-    near = (np.hypot(px - np.asarray(x)[keep, None], py - np.asarray(y)[keep, None]) <= radius)
-    near &= (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-    mask[py[near], px[near]] = True
-    return mask
+    mask = np.zeros(shape[0] * shape[1], bool)
+    mask[_disc_pixels(shape, x, y, radius)[0]] = True
+    return mask.reshape(shape)
 
 
 def background_subtracted(image, x, y, radius):

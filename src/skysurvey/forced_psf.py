@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .forced import BLENDED, MASKED, NEAR_EDGE, SATURATED, circle_overlap
+from .forced import BLENDED, MASKED, NEAR_EDGE, SATURATED, _disc_pixels, circle_overlap
 from .measurement import Pixels
 
 __all__ = [
@@ -66,20 +66,10 @@ LABEL_RADIUS_FWHM = 1.5
 
 def _paint(shape, x, y, radius, values) -> np.ndarray:
     """An int32 image holding *values[i]* within *radius* of (x[i], y[i]) (0 elsewhere)."""
-    out = np.zeros(shape, np.int32)
-    ny, nx = shape
-    r = math.ceil(radius)
-    off = np.arange(-r, r + 1)
-    oy, ox = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
-    keep = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
-    for start in range(0, keep.size, 4096):
-        k = keep[start:start + 4096]
-        px = np.rint(x[k]).astype(np.int64)[:, None] + ox
-        py = np.rint(y[k]).astype(np.int64)[:, None] + oy
-        near = (px - x[k, None]) ** 2 + (py - y[k, None]) ** 2 <= radius**2
-        near &= (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-        out[py[near], px[near]] = np.broadcast_to(np.asarray(values)[k, None], px.shape)[near]
-    return out
+    out = np.zeros(shape[0] * shape[1], np.int32)
+    flat, owner = _disc_pixels(shape, x, y, radius)
+    out[flat] = np.asarray(values)[owner]
+    return out.reshape(shape)
 
 
 def psf_model(pixels: Pixels, stars: PsfStars):
