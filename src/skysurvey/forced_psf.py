@@ -308,19 +308,51 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
     return flux, err, sky, flags
 
 
+@dataclass(frozen=True)
+class _Stamps:
+    """Where square stamps of half-size ``h`` centred on pixels (ix, iy) lie in an image:
+    ``edge`` marks those that reach beyond it, ``flat_edge`` their flat pixel indices
+    (clipped), ``inside`` (n, S²) whether each pixel is on the image."""
+
+    ix: np.ndarray
+    iy: np.ndarray
+    h: int
+    edge: np.ndarray
+    flat_edge: np.ndarray
+    inside: np.ndarray
+
+    def gather(self, image: np.ndarray) -> np.ndarray:
+        """The stamps' pixels of *image* (of the image's shape), (n, S²): whole rows of S
+        pixels copied through a sliding window for stamps within the image."""
+        s = 2 * self.h + 1
+        out = np.empty((self.ix.size, s * s), image.dtype)
+        inner = ~self.edge
+        if inner.any():
+            windows = np.lib.stride_tricks.sliding_window_view(image, s, axis=1)
+            rows = self.iy[inner, None] + np.arange(-self.h, self.h + 1)
+            out[inner] = windows[rows, (self.ix[inner] - self.h)[:, None]].reshape(-1, s * s)
+        if self.edge.any():
+            out[self.edge] = image.ravel()[self.flat_edge]
+        return out
+
+
 def _geometry(shape, x, y, h, radius):
-    """Stamp geometry of objects (x, y), half-size *h*: centre pixels, flat indices (n, S²),
-    pixels inside the image and pixels within *radius* of the object (both (n, S²)), built
-    from per-axis (n, S) pieces."""
+    """:class:`_Stamps` of objects (x, y), half-size *h*, and which stamp pixels lie within
+    *radius* of the object ((n, S²) bool, from per-axis (n, S) pieces)."""
     ny, nx = shape
     ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
     off = np.arange(-h, h + 1)
     ys, xs = iy[:, None] + off, ix[:, None] + off
     n = x.size
-    inside = (((ys >= 0) & (ys < ny))[:, :, None] & ((xs >= 0) & (xs < nx))[:, None, :])
-    flat = (np.clip(ys, 0, ny - 1) * nx)[:, :, None] + np.clip(xs, 0, nx - 1)[:, None, :]
+    edge = (ix - h < 0) | (ix + h >= nx) | (iy - h < 0) | (iy + h >= ny)
+    inside = np.ones((n, off.size**2), bool)
+    ye, xe = ys[edge], xs[edge]
+    inside[edge] = (((ye >= 0) & (ye < ny))[:, :, None]
+                    & ((xe >= 0) & (xe < nx))[:, None, :]).reshape(-1, off.size**2)
+    flat_edge = ((np.clip(ye, 0, ny - 1) * nx)[:, :, None]
+                 + np.clip(xe, 0, nx - 1)[:, None, :]).reshape(-1, off.size**2)
     own = ((ys - y[:, None]) ** 2)[:, :, None] + ((xs - x[:, None]) ** 2)[:, None, :] <= radius**2
-    return ix, iy, flat.reshape(n, -1), inside.reshape(n, -1), own.reshape(n, -1)
+    return _Stamps(ix, iy, h, edge, flat_edge, inside), own.reshape(n, -1)
 
 
 def _canvas(psf, h):
@@ -367,19 +399,21 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     n = x.size
     ix, iy, psf = render(as_float32(grid), x, y, h)
     psf = psf.reshape(n, -1)
-    _, _, flat, inside, own = _geometry(sub.shape, x, y, h, radius)
+    stamps, own = _geometry(sub.shape, x, y, h, radius)
+    inside = stamps.inside
     # the fitted pixels: within the fit radius of any object, valid, with a finite noise
     fitted = np.zeros(nx * ny, bool)
-    fitted[flat[own & inside]] = True
-    values = sub.ravel()[flat]
+    fitted[_disc_pixels(sub.shape, x, y, radius)[0]] = True
+    values = stamps.gather(sub)
     bad = ~np.isfinite(values)
     if pixels.mask is not None:
-        bad |= np.asarray(pixels.mask, bool).ravel()[flat]
+        bad |= stamps.gather(np.asarray(pixels.mask, bool))
     rms = pixels.rms
-    noise = (np.asarray(rms, np.float32).ravel()[flat] if np.ndim(rms) == 2
-             else np.full(flat.shape, float(rms), np.float32))
-    use = inside & fitted[flat] & ~bad & (noise > 0) & np.isfinite(noise)
-    w = np.zeros(flat.shape, np.float32)
+    noise = (stamps.gather(np.asarray(rms, np.float32)) if np.ndim(rms) == 2
+             else np.full(values.shape, float(rms), np.float32))
+    use = inside & stamps.gather(fitted.reshape(ny, nx)) & ~bad & (noise > 0)
+    use &= np.isfinite(noise)
+    w = np.zeros(values.shape, np.float32)
     np.divide(np.float32(1.0), noise * noise, out=w, where=use)
     data = np.where(use, values, np.float32(0.0)).astype(np.float32, copy=False)
     wp = w * psf
@@ -427,7 +461,7 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     f = np.where((own & ~inside).any(axis=1), NEAR_EDGE, 0)
     f |= np.where((own & inside & bad).any(axis=1), MASKED, 0)
     if saturated is not None:
-        f |= np.where((own & inside & np.asarray(saturated, bool).ravel()[flat]).any(axis=1),
+        f |= np.where((own & inside & stamps.gather(np.asarray(saturated, bool))).any(axis=1),
                       SATURATED, 0)
     f |= np.where(inflate >= BLEND_INFLATE, BLENDED, 0)
     alone = np.bincount(label, minlength=label.size)[label] == 1
