@@ -424,14 +424,11 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     # (a stamp meets the other's fitted pixels within h + fit radius; two wings meeting on a
     # third object's pixels, up to 2h apart, couple them by less than 1e-3: left out)
     pi, pj = _pairs(ix, iy, h + math.ceil(radius))
-    coupling = np.zeros(pi.size)
-    canvas = _canvas(psf, h)
-    for start in range(0, pi.size, 2048):
-        a, b = pi[start:start + 2048], pj[start:start + 2048]
-        pb = _shifted(canvas, b, (ix[b] - ix[a], iy[b] - iy[a]), h)
-        coupling[start:start + 2048] = _sum64(wp[a] * pb)
+    neighbours = _Neighbours(psf, (ix, iy, h), pi, pj)
+    coupling = neighbours.coupling(wp)
     keep = coupling != 0
     pi, pj, coupling = pi[keep], pj[keep], coupling[keep]
+    neighbours = neighbours.subset(keep)
     label = _components(n, pi, pj)
     amp, blocks = _solve_groups(label, diag, pi, pj, coupling, rhs)
     # errors: background (inverse normal matrix), level offset; the light of the neighbours
@@ -444,8 +441,7 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     # own light a * psf: sum(wp^2 (a psf / gain + (e a psf)^2)) from two sums
     extra_own = (a_pos * inv_gain * _sum64(wp2_psf)
                  + (PROFILE_ERROR * a_pos) ** 2 * _sum64(wp2_psf * psf))
-    extra_others = _others_light(canvas, wp, (ix, iy, h), (pi, pj),
-                                 (np.where(np.isfinite(amp), amp, 0.0), inv_gain))
+    extra_others = neighbours.others_light(wp, np.where(np.isfinite(amp), amp, 0.0), inv_gain)
     with np.errstate(divide="ignore", invalid="ignore"):
         var_bkg = np.where(diag > 0, 1.0 / diag, np.nan)
         level = wsum / diag
@@ -468,36 +464,72 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     return amp, var, var_sky, f, alone
 
 
-def _others_light(canvas, wp, stamps, pairs, amps):
-    """Per object, ``sum(wp^2 (L / gain + (NEIGHBOUR_PROFILE_ERROR L)^2))`` over its stamp,
-    L the light of its coupled neighbours' models (amplitude x model) there. *canvas* as
-    :func:`_shifted`'s, *stamps* ``(ix, iy, h)``, *pairs* ``(pi, pj)``, *amps*
-    ``(amplitudes, 1 / gain)``."""
-    ix, iy, h = stamps
-    pi, pj = pairs
-    amp, inv_gain = amps
-    out = np.zeros(wp.shape[0])
-    if not pi.size:
+#: Objects' stamps moved onto their neighbours' grids are kept between the coupling and the
+#: neighbours' light up to this many pixels (float32: 32 MB); beyond, they are made twice.
+MOVED_CACHE = 2**23
+
+
+class _Neighbours:
+    """The pairs ``(pi, pj)`` of objects whose stamps meet: each one's stamp as seen on the
+    other's grid (both directions, whole rows through :func:`_shifted`), for the
+    normal equations' off-diagonal terms and the neighbours' light on each stamp."""
+
+    def __init__(self, psf, stamps, pi, pj, moved=None):
+        self.psf, self.stamps, self.pi, self.pj = psf, stamps, pi, pj
+        self.dst, self.src = np.r_[pi, pj], np.r_[pj, pi]  # src's light on dst's stamp
+        self.canvas = _canvas(psf, stamps[2]) if pi.size else None
+        self.moved = moved
+        if moved is None and 0 < self.dst.size * psf.shape[1] <= MOVED_CACHE:
+            self.moved = self._move(np.arange(self.dst.size))
+
+    def _move(self, rows):
+        ix, iy, h = self.stamps
+        d, s = self.dst[rows], self.src[rows]
+        return _shifted(self.canvas, s, (ix[s] - ix[d], iy[s] - iy[d]), h)
+
+    def _chunks(self, rows, step=4096):
+        """``(rows, moved stamps)`` in chunks."""
+        for start in range(0, rows.size, step):
+            part = rows[start:start + step]
+            yield part, (self.moved[part] if self.moved is not None else self._move(part))
+
+    def coupling(self, wp) -> np.ndarray:
+        """``sum(wp_i * P_j)`` of every pair (i, j) = (pi, pj) on i's stamp."""
+        out = np.zeros(self.pi.size)
+        for rows, moved in self._chunks(np.arange(self.pi.size)):
+            out[rows] = _sum64(wp[self.dst[rows]] * moved)
         return out
-    dst, src = np.r_[pi, pj], np.r_[pj, pi]  # light of src on dst's stamp
-    order = np.argsort(dst, kind="stable")
-    dst, src = dst[order], src[order]
-    targets, first = np.unique(dst, return_index=True)
-    row = np.searchsorted(targets, dst)
-    rank = np.arange(dst.size) - first[row]  # the k-th neighbour of its target
-    light = np.zeros((targets.size, wp.shape[1]), np.float32)
-    for k in range(int(rank.max()) + 1):  # targets are unique within one rank
-        for start in range(0, dst.size, 4096):
-            sel = np.flatnonzero(rank[start:start + 4096] == k) + start
-            if sel.size:
-                d, s = dst[sel], src[sel]
-                moved = _shifted(canvas, s, (ix[s] - ix[d], iy[s] - iy[d]), h)
-                light[row[sel]] += moved * amp[s, None].astype(np.float32)
-    light = np.maximum(light, np.float32(0.0))
-    wt = wp[targets]
-    out[targets] = _sum64(wt * wt * (light * np.float32(inv_gain)
-                                     + (np.float32(NEIGHBOUR_PROFILE_ERROR) * light) ** 2))
-    return out
+
+    def subset(self, keep) -> _Neighbours:
+        """The pairs *keep* (a boolean per pair) only."""
+        both = np.r_[keep, keep]
+        moved = None if self.moved is None else self.moved[both]
+        sub = _Neighbours.__new__(_Neighbours)
+        sub.psf, sub.stamps, sub.pi, sub.pj = self.psf, self.stamps, self.pi[keep], self.pj[keep]
+        sub.dst, sub.src, sub.canvas, sub.moved = self.dst[both], self.src[both], self.canvas, moved
+        return sub
+
+    def others_light(self, wp, amp, inv_gain) -> np.ndarray:
+        """Per object, ``sum(wp^2 (L / gain + (NEIGHBOUR_PROFILE_ERROR L)^2))`` over its
+        stamp, L the light of its neighbours' models (amplitude *amp* x model) there."""
+        out = np.zeros(wp.shape[0])
+        if not self.dst.size:
+            return out
+        order = np.argsort(self.dst, kind="stable")
+        targets, first = np.unique(self.dst[order], return_index=True)
+        rank = np.empty(order.size, np.int64)
+        rank[order] = np.arange(order.size) - np.repeat(first, np.diff(np.r_[first,
+                                                                               order.size]))
+        row = np.searchsorted(targets, self.dst)
+        light = np.zeros((targets.size, wp.shape[1]), np.float32)
+        for k in range(int(rank.max()) + 1):  # targets are unique within one rank
+            for rows, moved in self._chunks(np.flatnonzero(rank == k)):
+                light[row[rows]] += moved * amp[self.src[rows], None].astype(np.float32)
+        light = np.maximum(light, np.float32(0.0))
+        wt = wp[targets]
+        out[targets] = _sum64(wt * wt * (light * np.float32(inv_gain)
+                                         + (np.float32(NEIGHBOUR_PROFILE_ERROR) * light) ** 2))
+        return out
 
 
 def _aperture_scale(pixels, x, y, fit, settings) -> float:
