@@ -521,14 +521,23 @@ class _Neighbours:
         rank[order] = np.arange(order.size) - np.repeat(first, np.diff(np.r_[first,
                                                                                order.size]))
         row = np.searchsorted(targets, self.dst)
-        light = np.zeros((targets.size, wp.shape[1]), np.float32)
+        light = np.empty((targets.size, wp.shape[1]), np.float32)
         for k in range(int(rank.max()) + 1):  # targets are unique within one rank
             for rows, moved in self._chunks(np.flatnonzero(rank == k)):
-                light[row[rows]] += moved * amp[self.src[rows], None].astype(np.float32)
-        light = np.maximum(light, np.float32(0.0))
+                moved = moved * amp[self.src[rows], None].astype(np.float32)
+                if k == 0:  # every target once
+                    light[row[rows]] = moved
+                else:
+                    light[row[rows]] += moved
+        np.maximum(light, np.float32(0.0), out=light)
+        # L / gain + (e L)^2 = L (1 / gain + e^2 L), weighted by wp^2
+        term = light * np.float32(NEIGHBOUR_PROFILE_ERROR**2)
+        term += np.float32(inv_gain)
+        term *= light
         wt = wp[targets]
-        out[targets] = _sum64(wt * wt * (light * np.float32(inv_gain)
-                                         + (np.float32(NEIGHBOUR_PROFILE_ERROR) * light) ** 2))
+        wt *= wt
+        term *= wt
+        out[targets] = _sum64(term)
         return out
 
 
