@@ -382,13 +382,11 @@ MASK_RADII = 1.5
 def _disc_pixels(shape, x, y, radius) -> tuple[np.ndarray, np.ndarray]:
     """``(flat, owner)``: the flat indices of the pixels within *radius* of positions (x, y)
     and the position each belongs to (NaN positions have none), from per-axis distances."""
-    ny, nx = shape
-    x, y = np.asarray(x, float), np.asarray(y, float)
+    (ny, nx), x, y = shape, np.asarray(x, float), np.asarray(y, float)
     keep = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
-    r = int(np.ceil(radius))
-    off = np.arange(-r, r + 1)
-    cx, cy = np.rint(x[keep]).astype(np.int64), np.rint(y[keep]).astype(np.int64)
-    px, py = cx[:, None] + off, cy[:, None] + off  # (n, 2r + 1)
+    off = np.arange(-int(np.ceil(radius)), int(np.ceil(radius)) + 1)
+    px = np.rint(x[keep]).astype(np.int64)[:, None] + off  # (n, 2r + 1)
+    py = np.rint(y[keep]).astype(np.int64)[:, None] + off
     dx2 = np.where((px >= 0) & (px < nx), (px - x[keep, None]) ** 2, np.inf)
     dy2 = np.where((py >= 0) & (py < ny), (py - y[keep, None]) ** 2, np.inf)
     near = dy2[:, :, None] + dx2[:, None, :] <= radius**2
@@ -413,9 +411,9 @@ def object_mask(shape, x, y, radius) -> np.ndarray:
     -------
     ndarray of bool
     """
-    mask = np.zeros(shape[0] * shape[1], bool)
-    mask[_disc_pixels(shape, x, y, radius)[0]] = True
-    return mask.reshape(shape)
+    mask = np.zeros(shape, bool)
+    mask.ravel()[_disc_pixels(shape, x, y, radius)[0]] = True
+    return mask
 
 
 def background_subtracted(image, x, y, radius):
@@ -511,8 +509,8 @@ def sky_offset(sub, bad=None, *, step: int = 4, clip: float = 3.0, n_iter: int =
     values = values[keep].astype(float)
     if values.size < 1000:
         return 0.0
-    centre, width = float(np.median(values)), 1.4826 * float(np.median(np.abs(values - np.median(
-        values))))
+    centre = float(np.median(values))
+    width = 1.4826 * float(np.median(np.abs(values - centre)))
     for _ in range(n_iter):
         inside = values[np.abs(values - centre) <= clip * max(width, 1e-30)]
         if inside.size < 100:
@@ -729,22 +727,24 @@ class ForcedOptions:
     ----------
     measure : callable, optional
         ``measure(pixels, x, y, saturated) -> (flux, flux_err, sky_err, flags)`` on the
-        aperture's scale (before the aperture correction; NaN positions: not measured), e.g.
-        given every position, covered or not (uncovered ones are modelled, not reported),
-        :func:`psf_measure`'s. None: :func:`aperture_flux` with the image's radius, flagged
-        :data:`APERTURE_FLUX` when *flag_aperture*.
+        aperture's scale (before the aperture correction), given every position, covered or
+        not (uncovered ones are modelled, not reported), e.g. :func:`psf_measure`'s. None:
+        :func:`aperture_flux`, flagged :data:`APERTURE_FLUX` when *flag_aperture*.
     sky_level_err : float
         Uncertainty of the subtracted background level per pixel (:func:`aperture_flux`).
     saturated : ndarray of bool, optional
         Saturated pixels (flags only).
     flag_aperture : bool
         Set :data:`APERTURE_FLUX` on aperture measurements (a PSF model was wanted).
+    xy : tuple of ndarray, optional
+        The positions' pixel coordinates when already computed (:func:`icrs_to_pixel`).
     """
 
     measure: Callable | None = None
     sky_level_err: float = 0.0
     saturated: np.ndarray | None = None
     flag_aperture: bool = False
+    xy: tuple | None = None
 
 
 def forced_photometry(pixels: Pixels, wcs, ra, dec, phot: ImagePhotometry,
@@ -775,7 +775,7 @@ def forced_photometry(pixels: Pixels, wcs, ra, dec, phot: ImagePhotometry,
     """
     options = options or ForcedOptions()
     data = np.asarray(pixels.sub)
-    x, y = icrs_to_pixel(wcs, ra, dec)
+    x, y = icrs_to_pixel(wcs, ra, dec) if options.xy is None else options.xy
     shape = data.shape
     on_image = covered(x, y, shape)
     mask = pixels.mask
