@@ -446,16 +446,16 @@ def background_subtracted(image, x, y, radius):
     mask = image.mask
     sources = object_mask(image.data.shape, x, y, MASK_RADII * radius)
     bad = sources if mask is None else (sources | mask)
-    if bad.mean() > 0.4:  # crowded: SEP meshes need most of their pixels
+    if np.count_nonzero(bad) > 0.4 * bad.size:  # crowded: SEP meshes need most pixels
         bad = mask
     if sat is not None:
         bad = sat if bad is None else (bad | sat)
     bkg = _background(image.data, bad, DetectionConfig())
-    sub = image.data.astype(np.float32) - bkg.back()
+    bkg.subfrom(sub := image.data.astype(np.float32))  # in place: no background map
     sub -= sky_offset(sub, bad)
     # detect._background's mesh rule, for the level's error
     mesh = DetectionConfig().back_size or int(np.clip(min(image.data.shape) // 8, 16, 64))
-    unmasked = 1.0 - (float(bad.mean()) if bad is not None else 0.0)
+    unmasked = 1.0 - (np.count_nonzero(bad) / bad.size if bad is not None else 0.0)
     return sub, bkg.rms(), mask, sat, level_error(float(bkg.globalrms), mesh * mesh * unmasked)
 
 
