@@ -336,23 +336,44 @@ class _Stamps:
         return out
 
 
-def _geometry(shape, x, y, h, radius):
-    """:class:`_Stamps` of objects (x, y), half-size *h*, and which stamp pixels lie within
-    *radius* of the object ((n, S²) bool, from per-axis (n, S) pieces)."""
+def _geometry(shape, x, y, h):
+    """:class:`_Stamps` of objects (x, y), half-size *h*."""
     ny, nx = shape
     ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
     off = np.arange(-h, h + 1)
     ys, xs = iy[:, None] + off, ix[:, None] + off
-    n = x.size
     edge = (ix - h < 0) | (ix + h >= nx) | (iy - h < 0) | (iy + h >= ny)
-    inside = np.ones((n, off.size**2), bool)
+    inside = np.ones((x.size, off.size**2), bool)
     ye, xe = ys[edge], xs[edge]
     inside[edge] = (((ye >= 0) & (ye < ny))[:, :, None]
                     & ((xe >= 0) & (xe < nx))[:, None, :]).reshape(-1, off.size**2)
     flat_edge = ((np.clip(ye, 0, ny - 1) * nx)[:, :, None]
                  + np.clip(xe, 0, nx - 1)[:, None, :]).reshape(-1, off.size**2)
-    own = ((ys - y[:, None]) ** 2)[:, :, None] + ((xs - x[:, None]) ** 2)[:, None, :] <= radius**2
-    return _Stamps(ix, iy, h, edge, flat_edge, inside), own.reshape(n, -1)
+    return _Stamps(ix, iy, h, edge, flat_edge, inside)
+
+
+def _own_flags(stamps, x, y, radius, bad):
+    """:data:`NEAR_EDGE`, :data:`MASKED`, :data:`SATURATED` of each object from its own
+    pixels (within *radius*); *bad* is ``(bad, saturated)`` per stamp pixel (either None),
+    and only the stamps that reach beyond the image or hold such pixels are looked at."""
+    flags = np.zeros(x.size, np.int64)
+    rows = stamps.edge.copy()
+    for b in bad:
+        if b is not None:
+            rows |= b.any(axis=1)
+    rows = np.flatnonzero(rows)
+    if not rows.size:
+        return flags
+    off = np.arange(-stamps.h, stamps.h + 1)
+    dy2 = (stamps.iy[rows, None] + off - y[rows, None]) ** 2
+    dx2 = (stamps.ix[rows, None] + off - x[rows, None]) ** 2
+    own = (dy2[:, :, None] + dx2[:, None, :] <= radius**2).reshape(rows.size, -1)
+    inside = stamps.inside[rows]
+    flags[rows] |= np.where((own & ~inside).any(axis=1), NEAR_EDGE, 0)
+    for b, bit in zip(bad, (MASKED, SATURATED), strict=True):
+        if b is not None:
+            flags[rows] |= np.where((own & inside & b[rows]).any(axis=1), bit, 0)
+    return flags
 
 
 def _canvas(psf, h):
@@ -399,7 +420,7 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     n = x.size
     ix, iy, psf = render(as_float32(grid), x, y, h)
     psf = psf.reshape(n, -1)
-    stamps, own = _geometry(sub.shape, x, y, h, radius)
+    stamps = _geometry(sub.shape, x, y, h)
     inside = stamps.inside
     # the fitted pixels: within the fit radius of any object, valid, with a finite noise
     fitted = np.zeros(nx * ny, bool)
@@ -454,11 +475,8 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
         var_own = inflate * extra_own / diag**2
     model_noise = MODEL_NOISE / math.sqrt(max(grid.n_stars, 1))
     var = var_sky + var_own + (model_noise * np.maximum(amp, 0.0)) ** 2
-    f = np.where((own & ~inside).any(axis=1), NEAR_EDGE, 0)
-    f |= np.where((own & inside & bad).any(axis=1), MASKED, 0)
-    if saturated is not None:
-        f |= np.where((own & inside & stamps.gather(np.asarray(saturated, bool))).any(axis=1),
-                      SATURATED, 0)
+    sat = None if saturated is None else stamps.gather(np.asarray(saturated, bool))
+    f = _own_flags(stamps, x, y, radius, (bad, sat))
     f |= np.where(inflate >= BLEND_INFLATE, BLENDED, 0)
     alone = np.bincount(label, minlength=label.size)[label] == 1
     return amp, var, var_sky, f, alone
