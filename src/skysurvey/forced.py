@@ -605,11 +605,14 @@ def circle_overlap(dx, dy, r) -> np.ndarray:
     ndarray
         Overlap area per pixel, 0..1.
     """
-    dx, dy = np.asarray(dx, float), np.asarray(dy, float)
-    x0, x1, y0, y1 = dx - 0.5, dx + 0.5, dy - 0.5, dy + 0.5
-    area = (_corner_area(x1, y1, r) - _corner_area(x0, y1, r) - _corner_area(x1, y0, r)
-            + _corner_area(x0, y0, r))
-    return np.clip(area, 0.0, 1.0)
+    dx, dy = np.broadcast_arrays(np.asarray(dx, float), np.asarray(dy, float))
+    ax, ay = np.abs(dx), np.abs(dy)  # pixels wholly inside: 1, wholly outside: 0, else exact
+    out = np.array((ax + 0.5) ** 2 + (ay + 0.5) ** 2 <= r * r, dtype=float)
+    rim = (out == 0) & (np.maximum(ax - 0.5, 0) ** 2 + np.maximum(ay - 0.5, 0) ** 2 < r * r)
+    x0, x1, y0, y1 = dx[rim] - 0.5, dx[rim] + 0.5, dy[rim] - 0.5, dy[rim] + 0.5
+    out[rim] = np.clip(_corner_area(x1, y1, r) - _corner_area(x0, y1, r)
+                       - _corner_area(x1, y0, r) + _corner_area(x0, y0, r), 0.0, 1.0)
+    return out
 
 
 def aperture_flux(pixels: Pixels, x, y, radius, *, saturated=None, sky_level_err=0.0):
@@ -643,17 +646,14 @@ def aperture_flux(pixels: Pixels, x, y, radius, *, saturated=None, sky_level_err
     x, y = np.asarray(x, float), np.asarray(y, float)
     n = x.size
     flux, var, flags = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, np.int32)
-    half = math.ceil(radius + 0.5)
-    off = np.arange(-half, half + 1)
+    off = np.arange(-math.ceil(radius + 0.5), math.ceil(radius + 0.5) + 1)
     oy, ox = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
-    rms_map = np.ndim(rms) == 2
-    ok = np.isfinite(x) & np.isfinite(y)
+    rms_map, ok = np.ndim(rms) == 2, np.isfinite(x) & np.isfinite(y)
     for start in range(0, n, _CHUNK):
-        idx = np.flatnonzero(ok[start:start + _CHUNK]) + start
-        if idx.size == 0:
+        if (idx := np.flatnonzero(ok[start:start + _CHUNK]) + start).size == 0:
             continue
-        cx, cy = np.rint(x[idx]).astype(np.int64), np.rint(y[idx]).astype(np.int64)
-        px, py = cx[:, None] + ox, cy[:, None] + oy
+        px = np.rint(x[idx]).astype(np.int64)[:, None] + ox
+        py = np.rint(y[idx]).astype(np.int64)[:, None] + oy
         w = circle_overlap(px - x[idx, None], py - y[idx, None], radius)
         inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
         pxc, pyc = np.clip(px, 0, nx - 1), np.clip(py, 0, ny - 1)
