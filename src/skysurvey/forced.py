@@ -379,6 +379,21 @@ def _neighbour_cells(cells: np.ndarray, order: int) -> np.ndarray:
 MASK_RADII = 1.5
 
 
+def _disc_pixels(shape, x, y, radius) -> tuple[np.ndarray, np.ndarray]:
+    """``(flat, owner)``: the flat indices of the pixels within *radius* of positions (x, y)
+    and the position each belongs to (NaN positions have none), from per-axis distances."""
+    (ny, nx), x, y = shape, np.asarray(x, float), np.asarray(y, float)
+    keep = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+    off = np.arange(-int(np.ceil(radius)), int(np.ceil(radius)) + 1)
+    px = np.rint(x[keep]).astype(np.int64)[:, None] + off  # (n, 2r + 1)
+    py = np.rint(y[keep]).astype(np.int64)[:, None] + off
+    dx2 = np.where((px >= 0) & (px < nx), (px - x[keep, None]) ** 2, np.inf)
+    dy2 = np.where((py >= 0) & (py < ny), (py - y[keep, None]) ** 2, np.inf)
+    near = dy2[:, :, None] + dx2[:, None, :] <= radius**2
+    flat = (py * nx)[:, :, None] + px[:, None, :]
+    return flat[near], np.broadcast_to(keep[:, None, None], near.shape)[near]
+
+
 def object_mask(shape, x, y, radius) -> np.ndarray:
     """True within *radius* pixels of any position (x, y) (numpy; positions off the image
     and NaN are ignored).
@@ -397,17 +412,7 @@ def object_mask(shape, x, y, radius) -> np.ndarray:
     ndarray of bool
     """
     mask = np.zeros(shape, bool)
-    ny, nx = shape
-    r = int(np.ceil(radius))
-    off = np.arange(-r, r + 1)
-    oy, ox = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
-    keep = np.isfinite(x) & np.isfinite(y)
-    cx, cy = np.rint(np.asarray(x)[keep]).astype(np.int64), np.rint(np.asarray(y)[keep]).astype(
-        np.int64)
-    px, py = cx[:, None] + ox, cy[:, None] + oy
-    near = (np.hypot(px - np.asarray(x)[keep, None], py - np.asarray(y)[keep, None]) <= radius)
-    near &= (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-    mask[py[near], px[near]] = True
+    mask.ravel()[_disc_pixels(shape, x, y, radius)[0]] = True
     return mask
 
 
@@ -441,16 +446,16 @@ def background_subtracted(image, x, y, radius):
     mask = image.mask
     sources = object_mask(image.data.shape, x, y, MASK_RADII * radius)
     bad = sources if mask is None else (sources | mask)
-    if bad.mean() > 0.4:  # crowded: SEP meshes need most of their pixels
+    if np.count_nonzero(bad) > 0.4 * bad.size:  # crowded: SEP meshes need most pixels
         bad = mask
     if sat is not None:
         bad = sat if bad is None else (bad | sat)
     bkg = _background(image.data, bad, DetectionConfig())
-    sub = image.data.astype(np.float32) - bkg.back()
+    bkg.subfrom(sub := image.data.astype(np.float32))  # in place: no background map
     sub -= sky_offset(sub, bad)
     # detect._background's mesh rule, for the level's error
     mesh = DetectionConfig().back_size or int(np.clip(min(image.data.shape) // 8, 16, 64))
-    unmasked = 1.0 - (float(bad.mean()) if bad is not None else 0.0)
+    unmasked = 1.0 - (np.count_nonzero(bad) / bad.size if bad is not None else 0.0)
     return sub, bkg.rms(), mask, sat, level_error(float(bkg.globalrms), mesh * mesh * unmasked)
 
 
@@ -504,8 +509,8 @@ def sky_offset(sub, bad=None, *, step: int = 4, clip: float = 3.0, n_iter: int =
     values = values[keep].astype(float)
     if values.size < 1000:
         return 0.0
-    centre, width = float(np.median(values)), 1.4826 * float(np.median(np.abs(values - np.median(
-        values))))
+    centre = float(np.median(values))
+    width = 1.4826 * float(np.median(np.abs(values - centre)))
     for _ in range(n_iter):
         inside = values[np.abs(values - centre) <= clip * max(width, 1e-30)]
         if inside.size < 100:
@@ -600,11 +605,14 @@ def circle_overlap(dx, dy, r) -> np.ndarray:
     ndarray
         Overlap area per pixel, 0..1.
     """
-    dx, dy = np.asarray(dx, float), np.asarray(dy, float)
-    x0, x1, y0, y1 = dx - 0.5, dx + 0.5, dy - 0.5, dy + 0.5
-    area = (_corner_area(x1, y1, r) - _corner_area(x0, y1, r) - _corner_area(x1, y0, r)
-            + _corner_area(x0, y0, r))
-    return np.clip(area, 0.0, 1.0)
+    dx, dy = np.broadcast_arrays(np.asarray(dx, float), np.asarray(dy, float))
+    ax, ay = np.abs(dx), np.abs(dy)  # pixels wholly inside: 1, wholly outside: 0, else exact
+    out = np.array((ax + 0.5) ** 2 + (ay + 0.5) ** 2 <= r * r, dtype=float)
+    rim = (out == 0) & (np.maximum(ax - 0.5, 0) ** 2 + np.maximum(ay - 0.5, 0) ** 2 < r * r)
+    x0, x1, y0, y1 = dx[rim] - 0.5, dx[rim] + 0.5, dy[rim] - 0.5, dy[rim] + 0.5
+    out[rim] = np.clip(_corner_area(x1, y1, r) - _corner_area(x0, y1, r)
+                       - _corner_area(x1, y0, r) + _corner_area(x0, y0, r), 0.0, 1.0)
+    return out
 
 
 def aperture_flux(pixels: Pixels, x, y, radius, *, saturated=None, sky_level_err=0.0):
@@ -638,17 +646,14 @@ def aperture_flux(pixels: Pixels, x, y, radius, *, saturated=None, sky_level_err
     x, y = np.asarray(x, float), np.asarray(y, float)
     n = x.size
     flux, var, flags = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, np.int32)
-    half = math.ceil(radius + 0.5)
-    off = np.arange(-half, half + 1)
+    off = np.arange(-math.ceil(radius + 0.5), math.ceil(radius + 0.5) + 1)
     oy, ox = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
-    rms_map = np.ndim(rms) == 2
-    ok = np.isfinite(x) & np.isfinite(y)
+    rms_map, ok = np.ndim(rms) == 2, np.isfinite(x) & np.isfinite(y)
     for start in range(0, n, _CHUNK):
-        idx = np.flatnonzero(ok[start:start + _CHUNK]) + start
-        if idx.size == 0:
+        if (idx := np.flatnonzero(ok[start:start + _CHUNK]) + start).size == 0:
             continue
-        cx, cy = np.rint(x[idx]).astype(np.int64), np.rint(y[idx]).astype(np.int64)
-        px, py = cx[:, None] + ox, cy[:, None] + oy
+        px = np.rint(x[idx]).astype(np.int64)[:, None] + ox
+        py = np.rint(y[idx]).astype(np.int64)[:, None] + oy
         w = circle_overlap(px - x[idx, None], py - y[idx, None], radius)
         inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
         pxc, pyc = np.clip(px, 0, nx - 1), np.clip(py, 0, ny - 1)
@@ -722,22 +727,24 @@ class ForcedOptions:
     ----------
     measure : callable, optional
         ``measure(pixels, x, y, saturated) -> (flux, flux_err, sky_err, flags)`` on the
-        aperture's scale (before the aperture correction; NaN positions: not measured), e.g.
-        given every position, covered or not (uncovered ones are modelled, not reported),
-        :func:`psf_measure`'s. None: :func:`aperture_flux` with the image's radius, flagged
-        :data:`APERTURE_FLUX` when *flag_aperture*.
+        aperture's scale (before the aperture correction), given every position, covered or
+        not (uncovered ones are modelled, not reported), e.g. :func:`psf_measure`'s. None:
+        :func:`aperture_flux`, flagged :data:`APERTURE_FLUX` when *flag_aperture*.
     sky_level_err : float
         Uncertainty of the subtracted background level per pixel (:func:`aperture_flux`).
     saturated : ndarray of bool, optional
         Saturated pixels (flags only).
     flag_aperture : bool
         Set :data:`APERTURE_FLUX` on aperture measurements (a PSF model was wanted).
+    xy : tuple of ndarray, optional
+        The positions' pixel coordinates when already computed (:func:`icrs_to_pixel`).
     """
 
     measure: Callable | None = None
     sky_level_err: float = 0.0
     saturated: np.ndarray | None = None
     flag_aperture: bool = False
+    xy: tuple | None = None
 
 
 def forced_photometry(pixels: Pixels, wcs, ra, dec, phot: ImagePhotometry,
@@ -768,7 +775,7 @@ def forced_photometry(pixels: Pixels, wcs, ra, dec, phot: ImagePhotometry,
     """
     options = options or ForcedOptions()
     data = np.asarray(pixels.sub)
-    x, y = icrs_to_pixel(wcs, ra, dec)
+    x, y = icrs_to_pixel(wcs, ra, dec) if options.xy is None else options.xy
     shape = data.shape
     on_image = covered(x, y, shape)
     mask = pixels.mask

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .forced import BLENDED, MASKED, NEAR_EDGE, SATURATED, circle_overlap
+from .forced import BLENDED, MASKED, NEAR_EDGE, SATURATED, _disc_pixels, circle_overlap
 from .measurement import Pixels
 
 __all__ = [
@@ -66,20 +66,10 @@ LABEL_RADIUS_FWHM = 1.5
 
 def _paint(shape, x, y, radius, values) -> np.ndarray:
     """An int32 image holding *values[i]* within *radius* of (x[i], y[i]) (0 elsewhere)."""
-    out = np.zeros(shape, np.int32)
-    ny, nx = shape
-    r = math.ceil(radius)
-    off = np.arange(-r, r + 1)
-    oy, ox = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
-    keep = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
-    for start in range(0, keep.size, 4096):
-        k = keep[start:start + 4096]
-        px = np.rint(x[k]).astype(np.int64)[:, None] + ox
-        py = np.rint(y[k]).astype(np.int64)[:, None] + oy
-        near = (px - x[k, None]) ** 2 + (py - y[k, None]) ** 2 <= radius**2
-        near &= (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-        out[py[near], px[near]] = np.broadcast_to(np.asarray(values)[k, None], px.shape)[near]
-    return out
+    out = np.zeros(shape[0] * shape[1], np.int32)
+    flat, owner = _disc_pixels(shape, x, y, radius)
+    out[flat] = np.asarray(values)[owner]
+    return out.reshape(shape)
 
 
 def psf_model(pixels: Pixels, stars: PsfStars):
@@ -318,63 +308,148 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
     return flux, err, sky, flags
 
 
+@dataclass(frozen=True)
+class _Stamps:
+    """Where square stamps of half-size ``h`` centred on pixels (ix, iy) lie in an image:
+    ``edge`` marks those that reach beyond it, ``flat_edge`` their flat pixel indices
+    (clipped), ``inside`` (n, S²) whether each pixel is on the image."""
+
+    ix: np.ndarray
+    iy: np.ndarray
+    h: int
+    edge: np.ndarray
+    flat_edge: np.ndarray
+    inside: np.ndarray
+
+    def gather(self, image: np.ndarray) -> np.ndarray:
+        """The stamps' pixels of *image* (of the image's shape), (n, S²): whole rows of S
+        pixels copied through a sliding window for stamps within the image."""
+        s = 2 * self.h + 1
+        out = np.empty((self.ix.size, s * s), image.dtype)
+        inner = ~self.edge
+        if inner.any():
+            windows = np.lib.stride_tricks.sliding_window_view(image, s, axis=1)
+            rows = self.iy[inner, None] + np.arange(-self.h, self.h + 1)
+            out[inner] = windows[rows, (self.ix[inner] - self.h)[:, None]].reshape(-1, s * s)
+        if self.edge.any():
+            out[self.edge] = image.ravel()[self.flat_edge]
+        return out
+
+
+def _geometry(shape, x, y, h):
+    """:class:`_Stamps` of objects (x, y), half-size *h*."""
+    ny, nx = shape
+    ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    off = np.arange(-h, h + 1)
+    ys, xs = iy[:, None] + off, ix[:, None] + off
+    edge = (ix - h < 0) | (ix + h >= nx) | (iy - h < 0) | (iy + h >= ny)
+    inside = np.ones((x.size, off.size**2), bool)
+    ye, xe = ys[edge], xs[edge]
+    inside[edge] = (((ye >= 0) & (ye < ny))[:, :, None]
+                    & ((xe >= 0) & (xe < nx))[:, None, :]).reshape(-1, off.size**2)
+    flat_edge = ((np.clip(ye, 0, ny - 1) * nx)[:, :, None]
+                 + np.clip(xe, 0, nx - 1)[:, None, :]).reshape(-1, off.size**2)
+    return _Stamps(ix, iy, h, edge, flat_edge, inside)
+
+
+def _own_flags(stamps, x, y, radius, bad):
+    """:data:`NEAR_EDGE`, :data:`MASKED`, :data:`SATURATED` of each object from its own
+    pixels (within *radius*); *bad* is ``(bad, saturated)`` per stamp pixel (either None),
+    and only the stamps that reach beyond the image or hold such pixels are looked at."""
+    flags = np.zeros(x.size, np.int64)
+    rows = stamps.edge.copy()
+    for b in bad:
+        if b is not None:
+            rows |= b.any(axis=1)
+    rows = np.flatnonzero(rows)
+    if not rows.size:
+        return flags
+    off = np.arange(-stamps.h, stamps.h + 1)
+    dy2 = (stamps.iy[rows, None] + off - y[rows, None]) ** 2
+    dx2 = (stamps.ix[rows, None] + off - x[rows, None]) ** 2
+    own = (dy2[:, :, None] + dx2[:, None, :] <= radius**2).reshape(rows.size, -1)
+    inside = stamps.inside[rows]
+    flags[rows] |= np.where((own & ~inside).any(axis=1), NEAR_EDGE, 0)
+    for b, bit in zip(bad, (MASKED, SATURATED), strict=True):
+        if b is not None:
+            flags[rows] |= np.where((own & inside & b[rows]).any(axis=1), bit, 0)
+    return flags
+
+
+def _canvas(psf, h):
+    """The stamps (n, S²) on canvases (n, S + 1, 3S): each stamp in the middle S columns,
+    zeros around and in the last row (what :func:`_shifted` slides over)."""
+    s = 2 * h + 1
+    canvas = np.zeros((psf.shape[0], s + 1, 3 * s), psf.dtype)
+    canvas[:, :s, s:2 * s] = psf.reshape(-1, s, s)
+    return canvas
+
+
+def _shifted(canvas, src, shift, h):
+    """Stamps of objects *src* as seen on stamps centred *shift* = (dx, dy) pixels from
+    theirs (dx = the source's centre - the destination's), as (m, S²), 0 where they do
+    not reach; *canvas* is :func:`_canvas`'s. Whole rows are copied (sliding windows), not
+    single pixels."""
+    s = 2 * h + 1
+    dx = np.clip(shift[0], -s, s)
+    rows = np.arange(s)[None, :] - shift[1][:, None]  # the source row of each row, (m, S)
+    rows = np.where((rows >= 0) & (rows < s), rows, s)  # row S is zero
+    windows = np.lib.stride_tricks.sliding_window_view(canvas, s, axis=2)  # (n, S+1, 2S+1, S)
+    return windows[src[:, None], rows, (s - dx)[:, None]].reshape(src.size, s * s)
+
+
+def _sum64(a):
+    """Row sums of a float32 (n, m) array, accumulated in float64."""
+    return a.sum(axis=1, dtype=np.float64)
+
+
 def _fit_subset(pixels, x, y, h, settings, saturated):
     """:func:`psf_fit` of objects (x, y) on stamps of half-size *h*: amplitudes, variance,
-    its background share, flags, and whether each was fitted alone."""
-    from .psfmodel import render
+    its background share, flags, and whether each was fitted alone.
+
+    Per-pixel work in float32 (stamps gathered with fancy indexing into (n, S²)), sums in
+    float64; the normal equations' off-diagonal terms and the neighbours' light come from the
+    pairs of objects whose stamps meet (each pair's stamp moved onto the other's grid), so no
+    array of the image's size is made but the map of fitted pixels."""
+    from .psfmodel import as_float32, render
 
     grid = settings.grid
     sub = np.asarray(pixels.sub)
-    shape = sub.shape
-    ny, nx = shape
+    ny, nx = sub.shape
     radius = max(FIT_RADIUS_FWHM * float(settings.fwhm), MIN_FIT_RADIUS)
-    idx = np.arange(x.size)
-    s = 2 * h + 1
-    ix, iy, psf = render(grid, x[idx], y[idx], h)
-    n = idx.size
-    off = np.arange(-h, h + 1)
-    yy = iy[:, None, None] + off[None, :, None]
-    xx = ix[:, None, None] + off[None, None, :]
-    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-    flat = (np.clip(yy, 0, ny - 1) * nx + np.clip(xx, 0, nx - 1)).reshape(n, -1)
-    inside = inside.reshape(n, -1)
+    n = x.size
+    ix, iy, psf = render(as_float32(grid), x, y, h)
     psf = psf.reshape(n, -1)
-    rms = pixels.rms
-    d2 = ((xx - x[idx, None, None]) ** 2 + (yy - y[idx, None, None]) ** 2).reshape(n, -1)
-    own = (d2 <= radius**2)
+    stamps = _geometry(sub.shape, x, y, h)
+    inside = stamps.inside
     # the fitted pixels: within the fit radius of any object, valid, with a finite noise
     fitted = np.zeros(nx * ny, bool)
-    fitted[flat[own & inside]] = True
-    values = sub.ravel()[flat]
+    fitted[_disc_pixels(sub.shape, x, y, radius)[0]] = True
+    values = stamps.gather(sub)
     bad = ~np.isfinite(values)
     if pixels.mask is not None:
-        bad |= np.asarray(pixels.mask, bool).ravel()[flat]
-    noise = (np.asarray(rms).ravel()[flat].astype(float) if np.ndim(rms) == 2
-             else float(rms))
-    use = inside & fitted[flat] & ~bad & (noise > 0) & np.isfinite(noise)
-    w = np.where(use, 1.0 / np.where(use, noise, 1.0) ** 2, 0.0)
-    data = np.where(use, values, 0.0)
+        bad |= stamps.gather(np.asarray(pixels.mask, bool))
+    rms = pixels.rms
+    noise = (stamps.gather(np.asarray(rms, np.float32)) if np.ndim(rms) == 2
+             else np.full(values.shape, float(rms), np.float32))
+    use = inside & stamps.gather(fitted.reshape(ny, nx)) & ~bad & (noise > 0)
+    use &= np.isfinite(noise)
+    w = np.zeros(values.shape, np.float32)
+    np.divide(np.float32(1.0), noise * noise, out=w, where=use)
+    data = np.where(use, values, np.float32(0.0)).astype(np.float32, copy=False)
     wp = w * psf
-    diag = np.sum(wp * psf, axis=1)
-    rhs = np.sum(wp * data, axis=1)
-    wsum = np.sum(wp, axis=1)  # response to a constant background offset
+    diag = _sum64(wp * psf)
+    rhs = _sum64(wp * data)
+    wsum = _sum64(wp)  # response to a constant background offset
     # pairs whose stamps overlap: the off-diagonal terms
     # (a stamp meets the other's fitted pixels within h + fit radius; two wings meeting on a
     # third object's pixels, up to 2h apart, couple them by less than 1e-3: left out)
     pi, pj = _pairs(ix, iy, h + math.ceil(radius))
-    coupling = np.zeros(pi.size)
-    uu, vv = np.meshgrid(off, off)  # stamp offsets (x, y) of stamp i's pixels
-    uu, vv = uu.ravel(), vv.ravel()
-    for start in range(0, pi.size, 2048):
-        a, b = pi[start:start + 2048], pj[start:start + 2048]
-        du = (uu[None, :] - (ix[b] - ix[a])[:, None])
-        dv = (vv[None, :] - (iy[b] - iy[a])[:, None])
-        ok = (np.abs(du) <= h) & (np.abs(dv) <= h)
-        k = np.where(ok, (dv + h) * s + (du + h), 0)
-        pb = np.where(ok, np.take_along_axis(psf[b], k, axis=1), 0.0)
-        coupling[start:start + 2048] = np.sum(wp[a] * pb, axis=1)
+    neighbours = _Neighbours(psf, (ix, iy, h), pi, pj)
+    coupling = neighbours.coupling(wp)
     keep = coupling != 0
     pi, pj, coupling = pi[keep], pj[keep], coupling[keep]
+    neighbours = neighbours.subset(keep)
     label = _components(n, pi, pj)
     amp, blocks = _solve_groups(label, diag, pi, pj, coupling, rhs)
     # errors: background (inverse normal matrix), level offset; the light of the neighbours
@@ -383,19 +458,11 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     gain = pixels.gain
     inv_gain = 1.0 / gain if gain and gain > 0 else 0.0
     a_pos = np.where(np.isfinite(amp), np.maximum(amp, 0.0), 0.0)
-    wp2 = wp**2
-    wp2_psf = wp2 * np.maximum(psf, 0.0)
+    wp2_psf = wp * wp * np.maximum(psf, np.float32(0.0))
     # own light a * psf: sum(wp^2 (a psf / gain + (e a psf)^2)) from two sums
-    extra_own = (a_pos * inv_gain * np.sum(wp2_psf, axis=1)
-                 + (PROFILE_ERROR * a_pos) ** 2 * np.sum(wp2_psf * psf, axis=1))
-    extra_others = np.zeros(n)
-    if pi.size:  # neighbours' light on each stamp: every model but the object's own
-        amp0 = np.where(np.isfinite(amp), amp, 0.0)
-        model = np.bincount(flat[inside], (amp0[:, None] * psf)[inside],
-                            minlength=nx * ny)[flat]
-        other_light = np.maximum(model - amp0[:, None] * psf, 0.0)
-        extra_others = np.sum(wp2 * (other_light * inv_gain
-                                     + (NEIGHBOUR_PROFILE_ERROR * other_light) ** 2), axis=1)
+    extra_own = (a_pos * inv_gain * _sum64(wp2_psf)
+                 + (PROFILE_ERROR * a_pos) ** 2 * _sum64(wp2_psf * psf))
+    extra_others = neighbours.others_light(wp, np.where(np.isfinite(amp), amp, 0.0), inv_gain)
     with np.errstate(divide="ignore", invalid="ignore"):
         var_bkg = np.where(diag > 0, 1.0 / diag, np.nan)
         level = wsum / diag
@@ -408,15 +475,88 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
         var_own = inflate * extra_own / diag**2
     model_noise = MODEL_NOISE / math.sqrt(max(grid.n_stars, 1))
     var = var_sky + var_own + (model_noise * np.maximum(amp, 0.0)) ** 2
-    f = np.where((own & ~inside).any(axis=1), NEAR_EDGE, 0)
-    f |= np.where((own & inside & bad).any(axis=1), MASKED, 0)
-    if saturated is not None:
-        f |= np.where((own & inside & np.asarray(saturated, bool).ravel()[flat]).any(axis=1),
-                      SATURATED, 0)
+    sat = None if saturated is None else stamps.gather(np.asarray(saturated, bool))
+    f = _own_flags(stamps, x, y, radius, (bad, sat))
     f |= np.where(inflate >= BLEND_INFLATE, BLENDED, 0)
     alone = np.bincount(label, minlength=label.size)[label] == 1
     return amp, var, var_sky, f, alone
 
+
+#: Objects' stamps moved onto their neighbours' grids are kept between the coupling and the
+#: neighbours' light up to this many pixels (float32: 32 MB); beyond, they are made twice.
+MOVED_CACHE = 2**23
+
+
+class _Neighbours:
+    """The pairs ``(pi, pj)`` of objects whose stamps meet: each one's stamp as seen on the
+    other's grid (both directions, whole rows through :func:`_shifted`), for the
+    normal equations' off-diagonal terms and the neighbours' light on each stamp."""
+
+    def __init__(self, psf, stamps, pi, pj, moved=None):
+        self.psf, self.stamps, self.pi, self.pj = psf, stamps, pi, pj
+        self.dst, self.src = np.r_[pi, pj], np.r_[pj, pi]  # src's light on dst's stamp
+        self.canvas = _canvas(psf, stamps[2]) if pi.size else None
+        self.moved = moved
+        if moved is None and 0 < self.dst.size * psf.shape[1] <= MOVED_CACHE:
+            self.moved = self._move(np.arange(self.dst.size))
+
+    def _move(self, rows):
+        ix, iy, h = self.stamps
+        d, s = self.dst[rows], self.src[rows]
+        return _shifted(self.canvas, s, (ix[s] - ix[d], iy[s] - iy[d]), h)
+
+    def _chunks(self, rows, step=4096):
+        """``(rows, moved stamps)`` in chunks."""
+        for start in range(0, rows.size, step):
+            part = rows[start:start + step]
+            yield part, (self.moved[part] if self.moved is not None else self._move(part))
+
+    def coupling(self, wp) -> np.ndarray:
+        """``sum(wp_i * P_j)`` of every pair (i, j) = (pi, pj) on i's stamp."""
+        out = np.zeros(self.pi.size)
+        for rows, moved in self._chunks(np.arange(self.pi.size)):
+            out[rows] = _sum64(wp[self.dst[rows]] * moved)
+        return out
+
+    def subset(self, keep) -> _Neighbours:
+        """The pairs *keep* (a boolean per pair) only."""
+        both = np.r_[keep, keep]
+        moved = None if self.moved is None else self.moved[both]
+        sub = _Neighbours.__new__(_Neighbours)
+        sub.psf, sub.stamps, sub.pi, sub.pj = self.psf, self.stamps, self.pi[keep], self.pj[keep]
+        sub.dst, sub.src, sub.canvas, sub.moved = self.dst[both], self.src[both], self.canvas, moved
+        return sub
+
+    def others_light(self, wp, amp, inv_gain) -> np.ndarray:
+        """Per object, ``sum(wp^2 (L / gain + (NEIGHBOUR_PROFILE_ERROR L)^2))`` over its
+        stamp, L the light of its neighbours' models (amplitude *amp* x model) there."""
+        out = np.zeros(wp.shape[0])
+        if not self.dst.size:
+            return out
+        order = np.argsort(self.dst, kind="stable")
+        targets, first = np.unique(self.dst[order], return_index=True)
+        rank = np.empty(order.size, np.int64)
+        rank[order] = np.arange(order.size) - np.repeat(first, np.diff(np.r_[first,
+                                                                               order.size]))
+        row = np.searchsorted(targets, self.dst)
+        light = np.empty((targets.size, wp.shape[1]), np.float32)
+        for k in range(int(rank.max()) + 1):  # targets are unique within one rank
+            for rows, moved in self._chunks(np.flatnonzero(rank == k)):
+                moved = moved * amp[self.src[rows], None].astype(np.float32)
+                if k == 0:  # every target once
+                    light[row[rows]] = moved
+                else:
+                    light[row[rows]] += moved
+        np.maximum(light, np.float32(0.0), out=light)
+        # L / gain + (e L)^2 = L (1 / gain + e^2 L), weighted by wp^2
+        term = light * np.float32(NEIGHBOUR_PROFILE_ERROR**2)
+        term += np.float32(inv_gain)
+        term *= light
+        wt = wp[targets]
+        wt *= wt
+        term *= wt
+        out[targets] = _sum64(term)
+        return out
 
 
 def _aperture_scale(pixels, x, y, fit, settings) -> float:

@@ -308,12 +308,13 @@ def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None =
     pixels = Pixels(sub, rms, mask=mask, gain=phot.gain)
     grid = None if stars is None else psf_model(pixels, stars)
     if grid is None:
-        options = ForcedOptions(sky_level_err=level_err, saturated=sat, flag_aperture=True)
+        options = ForcedOptions(sky_level_err=level_err, saturated=sat, flag_aperture=True,
+                                xy=(x, y))
     else:
         used = np.asarray(stars.stars, bool)
         settings = PsfFitSettings(grid, stars.fwhm, phot.aperture_radius, level_err,
                                   stars.x[used], stars.y[used])
-        options = ForcedOptions(psf_measure(settings), level_err, sat)
+        options = ForcedOptions(psf_measure(settings), level_err, sat, xy=(x, y))
     result = forced_photometry(pixels, wcs, ra, dec, phot, options)
     keep = result["covered"]
     n = int(keep.sum())
