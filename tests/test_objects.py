@@ -1634,3 +1634,15 @@ def test_a_deep_stack_on_one_centre_is_split_by_where_its_sources_are():
     pix = obj.healpix(np.array([r["ra_center"] for r in images]),
                       np.array([r["dec_center"] for r in images]), order)
     assert len(np.unique(pix)) <= 4  # (the centres alone: one pixel at any order up to 12)
+
+
+def test_window_pairs_are_every_pair_within_reach_both_ways():
+    from skysurvey.geometry import window_pairs
+
+    rng = np.random.default_rng(3)
+    key = np.round(rng.uniform(0, 50, 300), 1)  # ties included
+    i, j = window_pairs(key, 1.5)
+    got = set(zip(i.tolist(), j.tolist(), strict=True))
+    near = np.abs(key[:, None] - key[None, :]) <= 1.5
+    assert got == set(zip(*np.nonzero(near), strict=True))
+    assert len(got) == i.size  # no pair twice

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .forced import BLENDED, MASKED, NEAR_EDGE, SATURATED, _disc_pixels, circle_overlap
+from .geometry import window_pairs
 from .measurement import Pixels
 
 __all__ = [
@@ -167,14 +168,7 @@ NEIGHBOUR_PROFILE_ERROR = 0.05
 
 def _pairs(ix, iy, reach):
     """Pairs ``i < j`` with ``|ix_i - ix_j| <= reach`` and ``|iy_i - iy_j| <= reach``."""
-    order = np.argsort(ix, kind="stable")
-    sx = ix[order]
-    lo = np.searchsorted(sx, sx - reach, "left")
-    hi = np.searchsorted(sx, sx + reach, "right")
-    count = hi - lo
-    a = np.repeat(np.arange(sx.size), count)
-    b = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())
-    i, j = order[a], order[b]
+    i, j = window_pairs(ix, reach)
     keep = (i < j) & (np.abs(iy[i] - iy[j]) <= reach)
     return i[keep], j[keep]
 

@@ -27,6 +27,7 @@ __all__ = [
     "unit_vectors",
     "units_touched",
     "vectors_to_radec",
+    "window_pairs",
 ]
 
 #: one arcsecond in radians
@@ -145,6 +146,34 @@ def group(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     inv = np.empty(len(key), np.int64)
     inv[order] = np.cumsum(start) - 1
     return sk[start], inv
+
+
+def window_pairs(key, reach: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every ordered pair ``(i, j)`` with ``|key_i - key_j| <= reach`` (``i == j`` included),
+    by sorting *key* once: the candidates a close-pair search then cuts on its other
+    coordinate (no Python loop, no N x N matrix).
+
+    Parameters
+    ----------
+    key : array_like
+        One-dimensional sort key (a pixel column, a declination), finite.
+    reach : float
+        The largest key difference of a pair.
+
+    Returns
+    -------
+    i, j : numpy.ndarray of int
+        Indices into *key*, one element per pair, each pair listed both ways.
+    """
+    key = np.asarray(key)
+    order = np.argsort(key, kind="stable")
+    sk = key[order]
+    lo = np.searchsorted(sk, sk - reach, "left")
+    hi = np.searchsorted(sk, sk + reach, "right")
+    count = hi - lo
+    a = np.repeat(np.arange(sk.size), count)
+    b = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())
+    return order[a], order[b]
 
 
 # ---------------------------------------------------------------------------------------

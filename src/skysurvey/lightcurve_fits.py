@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .geometry import window_pairs
+
 __all__ = ["PAIR_ARCSEC", "LineFit", "brightest_excess", "chi2_detrended", "chi2_sigma",
            "chi2_without_worst", "close_pairs", "leak_plan", "neighbour_leak"]
 
@@ -137,14 +139,8 @@ def close_pairs(ra, dec, radius_arcsec: float = PAIR_ARCSEC) -> tuple[np.ndarray
     ra, dec = np.asarray(ra, float), np.asarray(dec, float)
     ok = np.flatnonzero(np.isfinite(ra) & np.isfinite(dec))
     r = radius_arcsec / 3600.0
-    order = ok[np.argsort(dec[ok], kind="stable")]
-    sd = dec[order]
-    lo = np.searchsorted(sd, sd - r, "left")
-    hi = np.searchsorted(sd, sd + r, "right")
-    count = hi - lo
-    a = np.repeat(np.arange(order.size), count)
-    b = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())
-    i, j = order[a], order[b]
+    a, b = window_pairs(dec[ok], r)
+    i, j = ok[a], ok[b]
     cosd = np.cos(np.radians(dec[i]))
     dra = (ra[i] - ra[j] + 180.0) % 360.0 - 180.0
     near = (i != j) & ((dra * cosd) ** 2 + (dec[i] - dec[j]) ** 2 < r * r)
