@@ -47,6 +47,7 @@ __all__ = [
     "lanczos",
     "n_terms",
     "nearest_distance",
+    "noise_at",
     "normal_equations",
     "poly_terms",
     "quality",
@@ -346,8 +347,7 @@ class ModelImage:
         self._last = (None, None)
 
     def own(self, rows):
-        """Sources *rows*' (a slice or indices) models on their fit stamps (N, S²), S = 2
-        small + 1: gathered from the stamps (no copy of every source's kept)."""
+        """Sources *rows*' models on their fit stamps (N, (2 small + 1)²), from the stamps."""
         idx = np.arange(self.x.size)[rows]
         s = self.small
         out = np.empty((idx.size, (2 * s + 1) ** 2), np.float32)
@@ -460,12 +460,10 @@ class ModelImage:
         return image
 
     def index(self, flat):
-        """Indices into :meth:`padded` of the image's flat indices *flat* (int32 when the
-        padded image has fewer than 2**31 pixels; made in place: one temporary)."""
+        """Indices into :meth:`padded` of the image's flat indices *flat* (int32 if it fits)."""
         nx = self.shape[1]
         flat = np.asarray(flat)
-        out = flat // nx  # int64 image indices stay int64 unless the padded image is small
-        out = out.astype(np.int32 if self.size < 2**31 else np.int64, copy=False)
+        out = (flat // nx).astype(np.int32 if self.size < 2**31 else np.int64, copy=False)
         out += self.pad
         out *= self.width
         out += flat % nx
@@ -508,6 +506,13 @@ def nearest_distance(x, y, px, py, reach):
         d2 = ((x[sel, None] - px[None, :]) ** 2 + (y[sel, None] - py[None, :]) ** 2).min(axis=1)
         out[sel] = np.where(d2 <= reach**2, np.sqrt(d2), np.inf)
     return out
+
+
+def noise_at(rms, flat):
+    """The noise map at flat indices (a broadcast scalar without making the map)."""
+    if not any(rms.strides):
+        return np.full(flat.shape, rms.flat[0], rms.dtype)
+    return rms.reshape(-1)[flat]
 
 
 def choose_order(n_stars: int, max_order: int = 2) -> int:

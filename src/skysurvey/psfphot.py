@@ -328,25 +328,8 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
     err = np.full(n, np.inf)
     # the fit stamps stay centred on the starting pixels (a source moves <= MAX_MOVE px)
     ix, iy = np.rint(x0).astype(np.int64), np.rint(y0).astype(np.int64)
-    flat, inside = pm.stamp_index(shape, ix, iy, hf)  # fixed for the call: gathers only
-    flat = flat.reshape(n, -1)
-    inside = inside.reshape(n, -1)
-    values = sub.ravel()[flat]
-    inside &= np.isfinite(values)
-    if mask is not None:
-        inside &= ~mask.ravel()[flat]
     # float32 for the per-pixel work (half the memory traffic); sums and solves in float64
-    fixed = None
-    if start.fixed is not None:
-        held, held_amp = start.fixed
-        fixed = held.take(held_amp, held.index(flat))
-        values = values - fixed
-    data = np.where(inside, values, 0.0).astype(np.float32)
-    del values
-    sig2 = _noise_at(rms, flat).astype(np.float32) ** 2
-    inside &= np.isfinite(sig2)
-    sig2[~inside] = 0.0
-    del flat  # (the indices are made again per chunk)
+    data, sig2, inside, fixed = _gather_stamps((sub, rms, mask), (ix, iy), hf, start.fixed)
     off = np.arange(-hf, hf + 1)
     ox = np.tile(off, hf * 2 + 1)[None, :].astype(np.float32)
     oy = np.repeat(off, hf * 2 + 1)[None, :].astype(np.float32)
@@ -426,11 +409,28 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _noise_at(rms, flat):
-    """The noise map at flat indices (a broadcast scalar without making the map)."""
-    if not any(rms.strides):
-        return np.full(flat.shape, rms.flat[0], rms.dtype)
-    return rms.reshape(-1)[flat]
+def _gather_stamps(image, centre, half, held=None):
+    """Fit stamps (N, S²) of *image* (sub, rms, mask) on pixels *centre*, FIT_CHUNK at a time:
+    data minus the *held* (ModelImage, amplitudes) model and noise variance (0 where unusable),
+    usable (inside, finite, unmasked), the held model (or None)."""
+    (sub, rms, mask), (ix, iy) = image, centre
+    n, s2 = ix.size, (2 * half + 1) ** 2
+    data, sig2 = np.empty((n, s2), np.float32), np.empty((n, s2), np.float32)
+    inside = np.empty((n, s2), bool)
+    fixed = None if held is None else np.empty((n, s2), np.float32)
+    sub, mask = sub.reshape(-1), None if mask is None else mask.reshape(-1)
+    for c in (slice(i, i + FIT_CHUNK) for i in range(0, n, FIT_CHUNK)):
+        flat, ok = (v.reshape(-1, s2) for v in pm.stamp_index(rms.shape, ix[c], iy[c], half))
+        values = sub[flat]
+        ok &= np.isfinite(values) & (True if mask is None else ~mask[flat])
+        if held is not None:
+            fixed[c] = held[0].take(held[1], held[0].index(flat))
+            values = values - fixed[c]
+        data[c], var = np.where(ok, values, 0.0), pm.noise_at(rms, flat).astype(np.float32) ** 2
+        ok &= np.isfinite(var)
+        var[~ok] = 0.0
+        sig2[c], inside[c] = var, ok
+    return data, sig2, inside, fixed
 
 
 def _typical(rms):
