@@ -125,6 +125,18 @@ def test_model_image_in_bands_is_the_sum_of_the_stamps():
                        truth.ravel()[flat].reshape(n, -1), atol=tol)
     image = np.ones(shape, np.float32)
     assert np.allclose(model.subtract_from(image, amp), 1 - truth, atol=tol)
+    # each source's fit stamp (own), gathered from the stamps of either size, exactly
+    for rows in (slice(None), slice(5, 50), np.array([7, 3, 399])):
+        want = pm.render(grid, sx[rows], sy[rows], 3, centre=(ix[rows], iy[rows]))[2]
+        got = model.own(rows)
+        crops = []
+        for i in np.arange(n)[rows]:
+            h = 8 if big[i] else 3
+            crops.append(model.stamps[h][1][model.row[i]][h - 3:h + 4, h - 3:h + 4].ravel())
+        assert got.shape == (want.shape[0], 49) and np.array_equal(got, np.array(crops))
+        assert np.allclose(got, want.reshape(len(got), -1), atol=1e-6)
+    assert flat.dtype == np.int32 and model.index(flat).dtype == np.int32
+    assert np.array_equal(model.index(flat), model.index(flat.astype(np.int64)))
 
 def test_poly_terms_of_order_two():
     terms = pm.poly_terms(np.array([3.0]), np.array([5.0]), 2, (1.0, 1.0), (2.0, 4.0))

@@ -35,6 +35,7 @@ import numpy as np
 
 __all__ = [
     "LANCZOS",
+    "RENDER_CHUNK",
     "GridLayout",
     "ModelImage",
     "PsfGrid",
@@ -45,6 +46,8 @@ __all__ = [
     "cutouts",
     "lanczos",
     "n_terms",
+    "nearest_distance",
+    "noise_at",
     "normal_equations",
     "poly_terms",
     "quality",
@@ -57,6 +60,8 @@ __all__ = [
 LANCZOS = 3
 #: Minimum stars per polynomial term.
 STARS_PER_TERM = 8
+#: Sources rendered at a time by :class:`ModelImage` (bounds render's temporaries).
+RENDER_CHUNK = 2048
 
 
 @dataclass(frozen=True)
@@ -247,12 +252,14 @@ def stamp_index(shape, ix, iy, half):
     Returns
     -------
     (flat, inside)
-        Flat indices (N, S, S), clipped to the image, and whether each pixel is inside it.
+        Flat indices (N, S, S), clipped to the image (int32 when the image has fewer than
+        2**31 pixels: half the memory), and whether each pixel is inside it.
     """
     ny, nx = shape
-    off = np.arange(-half, half + 1)
-    yy = iy[:, None, None] + off[None, :, None]
-    xx = ix[:, None, None] + off[None, None, :]
+    dtype = np.int32 if ny * nx < 2**31 else np.int64
+    off = np.arange(-half, half + 1, dtype=dtype)
+    yy = np.asarray(iy).astype(dtype)[:, None, None] + off[None, :, None]
+    xx = np.asarray(ix).astype(dtype)[:, None, None] + off[None, None, :]
     inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
     return np.clip(yy, 0, ny - 1) * nx + np.clip(xx, 0, nx - 1), inside
 
@@ -306,8 +313,6 @@ class ModelImage:
         self.pad = pad = half + reach + 1
         self.width = nx + 2 * pad
         self.size = (ny + 2 * pad) * self.width
-        s = 2 * small + 1
-        self.own = np.empty((n, s * s), np.float32)  # each source's model on its fit stamp
         # each group's sources in the order of their stamps' rows (the model image is made
         # in bands of rows)
         groups = [(np.flatnonzero(sel), h) for sel, h in ((big, half), (~big, small))]
@@ -329,17 +334,28 @@ class ModelImage:
                 todo = ~keep
             if h == small and small_stamps is not None:
                 psf[todo] = small_stamps[idx[todo]].reshape(-1, 2 * h + 1, 2 * h + 1)
-            elif todo.any():
-                sel = idx[todo]
-                psf[todo] = render(grid, self.x[sel], self.y[sel], h,
-                                      centre=(self.ix[sel], self.iy[sel]))[2]
+            else:  # in chunks of sources: render's temporaries stay a few MB
+                rows = np.flatnonzero(todo)
+                for c in (rows[i:i + RENDER_CHUNK] for i in range(0, rows.size, RENDER_CHUNK)):
+                    sel = idx[c]
+                    psf[c] = render(grid, self.x[sel], self.y[sel], h,
+                                    centre=(self.ix[sel], self.iy[sel]))[2]
             self.stamps[h] = (idx, psf)
             self.row[idx] = np.arange(idx.size)
-            c = slice(h - small, h + small + 1)
-            self.own[idx] = psf[:, c, c].reshape(idx.size, -1)
             self.groups.append((idx, self.iy[idx] + pad, self.ix[idx] + pad, psf))
         self.half = half
         self._last = (None, None)
+
+    def own(self, rows):
+        """Sources *rows*' models on their fit stamps (N, (2 small + 1)²), from the stamps."""
+        idx = np.arange(self.x.size)[rows]
+        s = self.small
+        out = np.empty((idx.size, (2 * s + 1) ** 2), np.float32)
+        for h, (_, psf) in self.stamps.items():
+            sel = self.big[idx] if h == self.half else ~self.big[idx]
+            c = slice(h - s, h + s + 1)
+            out[sel] = psf[self.row[idx[sel]], c, c].reshape(-1, out.shape[1])
+        return out
 
     def padded(self, amp):
         """Sum of amplitude x PSF over all sources, on the image padded by ``pad`` pixels
@@ -444,9 +460,15 @@ class ModelImage:
         return image
 
     def index(self, flat):
-        """Indices into :meth:`padded` of the image's flat indices *flat*."""
+        """Indices into :meth:`padded` of the image's flat indices *flat* (int32 if it fits)."""
         nx = self.shape[1]
-        return (flat // nx + self.pad) * self.width + flat % nx + self.pad
+        flat = np.asarray(flat)
+        out = (flat // nx).astype(np.int32 if self.size < 2**31 else np.int64, copy=False)
+        out += self.pad
+        out *= self.width
+        out += flat % nx
+        out += self.pad
+        return out
 
     def fits(self, ix, iy, small):
         """Whether the stamps are centred on pixels (ix, iy) with fit stamps of *small*."""
@@ -472,6 +494,25 @@ def normal_equations(columns, w, resid):
         for j in range(i, k):
             normal[:, i, j] = normal[:, j, i] = np.einsum("ij,ij->i", wi, cols[j])
     return normal, rhs
+
+
+def nearest_distance(x, y, px, py, reach):
+    """Distance from each (x, y) to the nearest of (px, py) when within *reach*, else inf
+    (chunks of at most two million pairs)."""
+    out = np.full(x.size, np.inf)
+    step = max(1, 2_000_000 // max(px.size, 1))
+    for start in range(0, x.size if px.size else 0, step):
+        sel = slice(start, start + step)
+        d2 = ((x[sel, None] - px[None, :]) ** 2 + (y[sel, None] - py[None, :]) ** 2).min(axis=1)
+        out[sel] = np.where(d2 <= reach**2, np.sqrt(d2), np.inf)
+    return out
+
+
+def noise_at(rms, flat):
+    """The noise map at flat indices (a broadcast scalar without making the map)."""
+    if not any(rms.strides):
+        return np.full(flat.shape, rms.flat[0], rms.dtype)
+    return rms.reshape(-1)[flat]
 
 
 def choose_order(n_stars: int, max_order: int = 2) -> int:

@@ -39,9 +39,10 @@ stars, below for galaxies (:func:`extendedness`).
 Cost (crowded 2048², 6,400 sources; about 0.6x the first version's CPU time, results the
 same): every stamp is rendered at its fit stamp's centre (no whole-pixel shifting), the
 per-pixel work is float32 (sums and solves float64), the model image is one ``bincount`` of
-all stamps (:class:`~skysurvey.psfmodel.ModelImage`) kept for a repeated request, the fit
-stamps rendered for a position step double as the faint sources' neighbour stamps, a
+all stamps (:class:`~skysurvey.psfmodel.ModelImage`) kept for a repeated request, a
 position step under MIN_STEP is not taken and only the sources that moved are rendered again.
+Memory (4096², ~9,650 sources): the stamp indices, the models and derivatives for a position
+step are made per FIT_CHUNK sources; the second pass's image reuses the residual's buffer.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ MIN_FIT_RADIUS = 3.0
 #: Half-size of the neighbours' models subtracted while fitting, in FWHM (0.4% beyond).
 NEIGHBOUR_HALF_FWHM = 3.0
 #: Sources fitted at a time (bounds the per-pixel temporaries: a few MB each).
-FIT_CHUNK = 2048
+FIT_CHUNK = 1024
 #: Block-Jacobi iterations, the first POS_ITER of which also move the positions.
 N_ITER = 4
 POS_ITER = 2
@@ -327,24 +328,8 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
     err = np.full(n, np.inf)
     # the fit stamps stay centred on the starting pixels (a source moves <= MAX_MOVE px)
     ix, iy = np.rint(x0).astype(np.int64), np.rint(y0).astype(np.int64)
-    flat, inside = pm.stamp_index(shape, ix, iy, hf)  # fixed for the call: gathers only
-    flat = flat.reshape(n, -1)
-    inside = inside.reshape(n, -1)
-    values = sub.ravel()[flat]
-    inside &= np.isfinite(values)
-    if mask is not None:
-        inside &= ~mask.ravel()[flat]
     # float32 for the per-pixel work (half the memory traffic); sums and solves in float64
-    fixed = None
-    if start.fixed is not None:
-        held, held_amp = start.fixed
-        fixed = held.take(held_amp, held.index(flat))
-        values = values - fixed
-    data = np.where(inside, values, 0.0).astype(np.float32)
-    del values
-    sig2 = rms.ravel()[flat].astype(np.float32) ** 2
-    inside &= np.isfinite(sig2)
-    sig2[~inside] = 0.0
+    data, sig2, inside, fixed = _gather_stamps((sub, rms, mask), (ix, iy), hf, start.fixed)
     off = np.arange(-hf, hf + 1)
     ox = np.tile(off, hf * 2 + 1)[None, :].astype(np.float32)
     oy = np.repeat(off, hf * 2 + 1)[None, :].astype(np.float32)
@@ -353,46 +338,36 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
     level = _typical(rms)
     grid32 = pm.as_float32(grid)
 
-    def render_all(small=None, earlier=None):
+    def render_all(earlier=None):
         # beyond the fit stamp a source's light matters to its neighbours only if it
         # exceeds a fifth of the background noise there
         big = np.abs(amp) * edge > 0.2 * level
-        return pm.ModelImage(shape, grid32, (x, y), (ix, iy), (nh, hf, big), (small, earlier))
+        return pm.ModelImage(shape, grid32, (x, y), (ix, iy), (nh, hf, big), (None, earlier))
 
     # re-rendered once the positions settle
     full = rendered if rendered is not None and not rendered.moved(x, y) \
         and rendered.fits(ix, iy, hf) else None
-    where = None
     near = None
     for it in range(n_iter + 1):
         move = it < pos_iter
-        if move:
-            psf, dpx, dpy = (np.empty(data.shape, np.float32) for _ in range(3))
-            for c in (slice(i, i + FIT_CHUNK) for i in range(0, n, FIT_CHUNK)):
-                got = _at(grid32, hf, x[c], y[c], ix[c], iy[c])
-                psf[c], dpx[c], dpy[c] = (v.reshape(v.shape[0], -1) for v in got)
         if full is None:
-            # the fit-stamp models just rendered are the faint sources' stamps
-            full = render_all(psf if move else None)
+            full = render_all()
         elif it >= pos_iter and full.moved(x, y):  # only the sources that moved
             full = render_all(earlier=full)
-        if where is None:
-            where = full.index(flat)
-            where = where.astype(np.int32) if full.size < 2**31 else where
-            del flat
         if near is None or move or it == pos_iter:
             r2 = (ox + (ix - x).astype(np.float32)[:, None]) ** 2 \
                 + (oy + (iy - y).astype(np.float32)[:, None]) ** 2
             near = inside & (r2 <= radius**2)
             del r2
-        own = full.own  # this source's part of the model image, on its fit stamp
         final = it == n_iter
         new_amp, err2, step = np.full(n, np.nan), np.full(n, np.inf), np.zeros((n, 2))
         chi2, npix = np.zeros(n), np.zeros(n, np.int64)
         amp32 = amp.astype(np.float32)[:, None]
         for c in (slice(i, i + FIT_CHUNK) for i in range(0, n, FIT_CHUNK)):
-            # a chunk of sources at a time (their neighbours' model from the rows they need)
-            model = full.take(amp, where[c])
+            # a chunk of sources at a time (their neighbours' model from the rows they need,
+            # the model and its derivatives at the current positions, the noise: per chunk)
+            here = pm.stamp_index(shape, ix[c], iy[c], hf)[0].reshape(data[c].shape)
+            model = full.take(amp, full.index(here))
             light = model if fixed is None else model + fixed[c]
             var = sig2[c] + np.square(np.float32(PROFILE_ERROR) * light)
             if gain:
@@ -405,15 +380,18 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
                 chi2[c] = np.einsum("ij,ij->i", w * resid, resid)
                 continue
             # this source alone: the model image minus this source's part of it
-            target = data[c] - model + amp32[c] * own[c]
-            p = own[c] if not move else psf[c]
+            p = full.own(c)  # this source's part of the model image, on its fit stamp
+            target = data[c] - model + amp32[c] * p
+            if move:
+                p, dpx, dpy = (v.reshape(v.shape[0], -1)
+                               for v in _at(grid32, hf, x[c], y[c], ix[c], iy[c]))
             wp = w * p
             den = np.einsum("ij,ij->i", wp, p).astype(float)
             with np.errstate(divide="ignore", invalid="ignore"):
                 new_amp[c] = np.where(den > 0, np.einsum("ij,ij->i", wp, target) / den, np.nan)
                 err2[c] = np.where(den > 0, 1.0 / np.sqrt(den), np.inf)
             if move:
-                step[c] = _position_step(target, w, p, dpx[c], dpy[c], new_amp[c])
+                step[c] = _position_step(target, w, p, dpx, dpy, new_amp[c])
         if final:
             return PsfFit(amp, err, x, y, chi2 / np.maximum(npix - np.where(free, 3, 1), 1),
                           npix, full)
@@ -429,6 +407,30 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
             free &= ~far
         amp = np.where(np.isfinite(new_amp), new_amp, 0.0)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _gather_stamps(image, centre, half, held=None):
+    """Fit stamps (N, S²) of *image* (sub, rms, mask) on pixels *centre*, FIT_CHUNK at a time:
+    data minus the *held* (ModelImage, amplitudes) model and noise variance (0 where unusable),
+    usable (inside, finite, unmasked), the held model (or None)."""
+    (sub, rms, mask), (ix, iy) = image, centre
+    n, s2 = ix.size, (2 * half + 1) ** 2
+    data, sig2 = np.empty((n, s2), np.float32), np.empty((n, s2), np.float32)
+    inside = np.empty((n, s2), bool)
+    fixed = None if held is None else np.empty((n, s2), np.float32)
+    sub, mask = sub.reshape(-1), None if mask is None else mask.reshape(-1)
+    for c in (slice(i, i + FIT_CHUNK) for i in range(0, n, FIT_CHUNK)):
+        flat, ok = (v.reshape(-1, s2) for v in pm.stamp_index(rms.shape, ix[c], iy[c], half))
+        values = sub[flat]
+        ok &= np.isfinite(values) & (True if mask is None else ~mask[flat])
+        if held is not None:
+            fixed[c] = held[0].take(held[1], held[0].index(flat))
+            values = values - fixed[c]
+        data[c], var = np.where(ok, values, 0.0), pm.noise_at(rms, flat).astype(np.float32) ** 2
+        ok &= np.isfinite(var)
+        var[~ok] = 0.0
+        sig2[c], inside[c] = var, ok
+    return data, sig2, inside, fixed
 
 
 def _typical(rms):
@@ -470,12 +472,12 @@ def _residual_sources(pixels, grid, fit, fwhm):
     ny, nx = sub.shape
     cx, cy = objects["x"].astype(float), objects["y"].astype(float)
     keep = (cx >= 2) & (cx <= nx - 3) & (cy >= 2) & (cy <= ny - 3)
-    keep &= _nearest_distance(cx, cy, fit.x, fit.y, RESIDUAL_MIN_SEP * fwhm) \
+    keep &= pm.nearest_distance(cx, cy, fit.x, fit.y, RESIDUAL_MIN_SEP * fwhm) \
         >= RESIDUAL_MIN_SEP * fwhm
     bad = fit.chi2 > RESIDUAL_BAD_CHI2
     if bad.any():
         reach = RESIDUAL_AVOID * fwhm
-        keep &= _nearest_distance(cx, cy, fit.x[bad], fit.y[bad], reach) >= reach
+        keep &= pm.nearest_distance(cx, cy, fit.x[bad], fit.y[bad], reach) >= reach
     if not keep.any():
         return none
     alone = fit_sources(pixels.with_(sub=resid), grid, Start(cx[keep], cy[keep]), fwhm=fwhm,
@@ -488,28 +490,21 @@ def _residual_sources(pixels, grid, fit, fwhm):
     return alone.x[good], alone.y[good], alone.amp[good]
 
 
-def _nearest_distance(x, y, px, py, reach):
-    """Distance from each (x, y) to the nearest of (px, py) when within *reach*, else inf
-    (chunks of at most two million pairs)."""
-    out = np.full(x.size, np.inf)
-    step = max(1, 2_000_000 // max(px.size, 1))
-    for start in range(0, x.size if px.size else 0, step):
-        sel = slice(start, start + step)
-        d2 = ((x[sel, None] - px[None, :]) ** 2 + (y[sel, None] - py[None, :]) ** 2).min(axis=1)
-        out[sel] = np.where(d2 <= reach**2, np.sqrt(d2), np.inf)
-    return out
-
-
 def residual_background(residual, mask, fwhm, mesh_fwhm=16.0, overwrite=False):
     """The background left in *residual* (the image minus every fitted source): SEP's mesh
     background of it (meshes of *mesh_fwhm* FWHM, at least 32 px, 3 x 3 median filter).
     With *overwrite*, a C-contiguous float32 *residual* is used (its NaNs zeroed) instead of
     copied."""
+    return _residual_mesh(residual, mask, fwhm, mesh_fwhm, overwrite).back()
+
+
+def _residual_mesh(residual, mask, fwhm, mesh_fwhm=16.0, overwrite=False):
+    """:func:`residual_background`'s ``sep.Background`` (its map not made)."""
     size = int(max(32, round(mesh_fwhm * fwhm)))
     data = (np.asarray if overwrite else np.array)(residual, dtype=np.float32, order="C")
-    np.nan_to_num(data, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    bkg = sep.Background(data, mask=mask, bw=size, bh=size, fw=3, fh=3)
-    return bkg.back()
+    for r0 in range(0, data.shape[0], 256):  # in bands of rows: small boolean temporaries
+        np.nan_to_num(data[r0:r0 + 256], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return sep.Background(data, mask=mask, bw=size, bh=size, fw=3, fh=3)
 
 
 def _position_step(target, w, psf, dpx, dpy, amp):
@@ -696,12 +691,17 @@ def photometry(pixels: Pixels, columns, stars, scale: Scale, options: Options = 
     fit = fit_sources(pixels, grid, Start(x, y), fwhm=fwhm, n_iter=N_ITER, pos_iter=POS_ITER)
     # second pass: the background again without the stars' light (their wings raise a
     # crowded field's background), the model again with the neighbours subtracted
-    # (the residual made in place in bands of rows, the new image in the background's buffer)
+    # (the residual made in place in bands of rows, the new float32 image in its buffer: no
+    # background map)
     resid = fit.rendered.subtract_from(np.array(pixels.sub, np.float32), fit.amp)
-    back = residual_background(resid, pixels.mask, fwhm, overwrite=True)
-    out = back if back.dtype == pixels.sub.dtype else None
-    pixels = pixels.with_(sub=np.subtract(pixels.sub, back, out=out))
-    del back, resid, out
+    bkg = _residual_mesh(resid, pixels.mask, fwhm, overwrite=True)
+    if pixels.sub.dtype == np.float32:
+        np.copyto(resid, pixels.sub)
+        bkg.subfrom(resid)
+        pixels = pixels.with_(sub=resid)
+    else:
+        pixels = pixels.with_(sub=pixels.sub - bkg.back())
+    del bkg, resid
     grid2 = model_from_stars(pixels, (fit.x, fit.y, fit.amp), stars, fwhm,
                              refine=(fit.rendered, fit.amp, grid))
     start = Start(fit.x, fit.y, fit.amp, fit.rendered if grid2 is None else None)
@@ -749,7 +749,7 @@ def _add_sources(pixels, grid, fit, fwhm, options):
     # stamp's and the neighbour model's half-sizes and a move apart
     reach = math.ceil(max(FIT_RADIUS_FWHM * fwhm, MIN_FIT_RADIUS)) \
         + _neighbour_half(grid, fwhm) + MAX_MOVE + 2
-    active = _nearest_distance(fit.x, fit.y, np.concatenate([fit.x[parent], fx]),
+    active = pm.nearest_distance(fit.x, fit.y, np.concatenate([fit.x[parent], fx]),
                                np.concatenate([fit.y[parent], fy]), reach) <= reach
     active[parent] = True
     fixed = (fit.rendered, np.where(active, 0.0, fit.amp))  # gathered, no model image
