@@ -43,12 +43,12 @@ from .schema import (
 )
 
 __all__ = [
-    "CONE_RANGES", "DATASETS", "HPX_PARTITIONS", "IMAGES_SINCE_FIRST", "MAX_CONE_ARCSEC",
-    "NAMED_QUERIES", "OBJECTS_VIEW_EXTRA", "OBJECT_TABLES", "PARTITIONS", "SOURCES_SINCE_FIRST",
-    "VIEWS", "VIEW_KEYS", "Dataset", "NamedQuery", "check_cone", "check_schemas",
-    "cone_parameters", "connect", "dataset", "get_named", "most_variable_light_curves",
-    "objects_view_sql", "register_reference", "run_named", "run_query", "schema_difference",
-    "single_statement", "view_sql", "why_empty",
+    "CONE_RANGES", "DATASETS", "EXAMPLE_WITH_LIMIT_SQL", "HPX_PARTITIONS", "IMAGES_SINCE_FIRST",
+    "MAX_CONE_ARCSEC", "NAMED_QUERIES", "OBJECTS_VIEW_EXTRA", "OBJECT_TABLES", "PARTITIONS",
+    "SOURCES_SINCE_FIRST", "VIEWS", "VIEW_KEYS", "Dataset", "NamedQuery", "check_cone",
+    "check_schemas", "cone_parameters", "connect", "dataset", "get_named",
+    "most_variable_light_curves", "objects_view_sql", "register_reference", "run_named",
+    "run_query", "schema_difference", "single_statement", "view_sql", "why_empty",
 ]
 
 log = logging.getLogger(__name__)
@@ -256,19 +256,13 @@ NAMED_QUERIES.update({
         (150.1, 2.2, 60.0), _cone_parameters,
     ),
     "light_curve": NamedQuery(
-        "Light curve of object_id ? (-1: the variable with most detections; without variables, "
-        "the object with most detections and an upper limit (undetected, forced SNR < 3)): one "
-        "row per covering image (forced photometry, scripts/forced_photometry.py) and per "
+        "Light curve of object_id ? (-1: the variable object with most detections): one row "
+        "per covering image (forced photometry, scripts/forced_photometry.py) and per "
         "detection without one; mag is the detection's calibrated magnitude (mag_apcorr when "
         "measured, else mag; null when not detected), forced_* the forced measurement, "
         "is_detection and is_upper_limit (not detected and forced SNR < 3: mag_limit bounds it)",
-        "WITH faint AS (SELECT DISTINCT f.object_id FROM forced_photometry f LEFT JOIN "
-        "associations a ON a.object_id = f.object_id AND a.image_id = f.image_id WHERE f.snr < 3 "
-        "AND a.object_id IS NULL), target "
-        "AS (SELECT COALESCE(NULLIF(CAST(? AS BIGINT), -1), (SELECT o.object_id FROM objects o "
-        "LEFT JOIN faint l ON l.object_id = o.object_id ORDER BY o.variable DESC, (o.n_detections "
-        ">= 2 AND l.object_id IS NOT NULL) DESC, o.n_detections DESC, o.object_id LIMIT 1)) AS "
-        "object_id), "
+        "WITH target AS (SELECT COALESCE(NULLIF(CAST(? AS BIGINT), -1), (SELECT object_id FROM "
+        "objects ORDER BY variable DESC, n_detections DESC, object_id LIMIT 1)) AS object_id), "
         "det AS (SELECT a.object_id, a.image_id, a.source_id, a.separation_arcsec, s.band, "
         "COALESCE(s.mag_apcorr, s.mag) AS mag, "
         "CASE WHEN s.mag_apcorr IS NOT NULL THEN s.mag_apcorr_err ELSE s.mag_err END AS mag_err, "
@@ -719,24 +713,38 @@ def cone_parameters(params) -> tuple:
     return (ra, dec, radius, *parts, *(v for r in ranges for v in r))
 
 
+#: Without variables, the example light curve: the object with most detections among those
+#: with an upper limit (an epoch not detected, forced SNR < 3), so it shows both kinds.
+EXAMPLE_WITH_LIMIT_SQL = (
+    "SELECT o.object_id FROM objects o WHERE o.n_detections >= 2 AND o.object_id IN ("
+    "SELECT f.object_id FROM forced_photometry f LEFT JOIN associations a ON a.object_id = "
+    "f.object_id AND a.image_id = f.image_id WHERE f.snr < 3 AND a.object_id IS NULL) "
+    "ORDER BY o.n_detections DESC, o.object_id LIMIT 1")
+
+
 def most_variable_light_curves(catalog: str, n: int = 4):
-    """The ``light_curve`` rows of the *n* most significant variables (``variables`` order).
+    """The ``light_curve`` rows of the *n* most significant variables (``variables`` order);
+    without variables, of one object with detections and an upper limit
+    (:data:`EXAMPLE_WITH_LIMIT_SQL`, one scan of the forced table, here only).
 
     Parameters
     ----------
     catalog : str
         The catalog: a local folder or an ``s3://`` URI.
     n : int, optional
+        How many variables.
 
     Returns
     -------
     pandas.DataFrame
-        Their light curves, one row per detection (empty, with the columns, when none).
+        Their light curves, one row per covering epoch (empty, with the columns, when none).
     """
     import pandas as pd
 
     variables = run_named("variables", catalog)
     ids = list(dict.fromkeys(variables["object_id"]))[:n]
+    if not ids:
+        ids = list(run_query(EXAMPLE_WITH_LIMIT_SQL, catalog)["object_id"])
     frames = [run_named("light_curve", catalog, (int(i),)) for i in ids]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["object_id", "mjd", "band", "mag", "mag_err"])

@@ -105,7 +105,7 @@ def _object_figures(catalog: str) -> dict:
         except SkySurveyError:  # no objects table in this catalog
             return pd.DataFrame()
 
-    def curves():  # the most variable objects; without any, the most detected one
+    def curves():  # the most variable objects; without any, one with an upper limit
         try:
             found = most_variable_light_curves(catalog)
             return found if len(found) else run_named("light_curve", catalog)
