@@ -11,6 +11,7 @@ image is read, detected and measured as if new). Untimed: the handler over all i
 of the process and its children and peak RSS:
 
 1. ``build_objects`` (association and object statistics);
+   (the object tables are removed first, so each run is a full build);
 2. ``run_forced`` (forced photometry of every object on every covering image, then the
    ``object_variability`` summary), with the summary's own time from its report line.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -110,6 +112,10 @@ def main(argv=None) -> int:
         results["handler"] = {"seconds": round(time.perf_counter() - t, 1),
                               "detections": sum(r["n_sources"] for r in replies)}
         print(json.dumps(results["handler"]), flush=True)
+    if "build" in steps:  # a full build, not an incremental no-op over the same images
+        for table in ("objects", "object_photometry", "associations", ".objects-staging",
+                      "object_variability", "forced_photometry"):
+            shutil.rmtree(catalog / table, ignore_errors=True)
     for step in [s for s in ("build", "forced") if s in steps]:
         results[step] = run_step(catalog, raw, args.workers, step)
         print(json.dumps(results[step]), flush=True)
