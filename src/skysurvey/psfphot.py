@@ -329,7 +329,10 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
     # the fit stamps stay centred on the starting pixels (a source moves <= MAX_MOVE px)
     ix, iy = np.rint(x0).astype(np.int64), np.rint(y0).astype(np.int64)
     # float32 for the per-pixel work (half the memory traffic); sums and solves in float64
-    data, sig2, inside, fixed = _gather_stamps((sub, rms, mask), (ix, iy), hf, start.fixed)
+    # the stamps in the order of their rows: a chunk's neighbour model comes from few rows
+    order = np.argsort(iy, kind="stable")
+    data, sig2, inside, fixed = _gather_stamps((sub, rms, mask), (ix[order], iy[order]), hf,
+                                               start.fixed)
     off = np.arange(-hf, hf + 1)
     ox = np.tile(off, hf * 2 + 1)[None, :].astype(np.float32)
     oy = np.repeat(off, hf * 2 + 1)[None, :].astype(np.float32)
@@ -355,33 +358,35 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
         elif it >= pos_iter and full.moved(x, y):  # only the sources that moved
             full = render_all(earlier=full)
         if near is None or move or it == pos_iter:
-            r2 = (ox + (ix - x).astype(np.float32)[:, None]) ** 2 \
-                + (oy + (iy - y).astype(np.float32)[:, None]) ** 2
+            r2 = (ox + (ix - x)[order].astype(np.float32)[:, None]) ** 2 \
+                + (oy + (iy - y)[order].astype(np.float32)[:, None]) ** 2
             near = inside & (r2 <= radius**2)
             del r2
         final = it == n_iter
         new_amp, err2, step = np.full(n, np.nan), np.full(n, np.inf), np.zeros((n, 2))
         chi2, npix = np.zeros(n), np.zeros(n, np.int64)
         amp32 = amp.astype(np.float32)[:, None]
-        for c in (slice(i, i + FIT_CHUNK) for i in range(0, n, FIT_CHUNK)):
+        for s in (slice(i, i + FIT_CHUNK) for i in range(0, n, FIT_CHUNK)):
             # a chunk of sources at a time (their neighbours' model from the rows they need,
-            # the model and its derivatives at the current positions, the noise: per chunk)
-            here = pm.stamp_index(shape, ix[c], iy[c], hf)[0].reshape(data[c].shape)
+            # the model and its derivatives at the current positions, the noise: per chunk);
+            # c: the sources, s: their stamps' rows
+            c = order[s]
+            here = pm.stamp_index(shape, ix[c], iy[c], hf)[0].reshape(data[s].shape)
             model = full.take(amp, full.index(here))
-            light = model if fixed is None else model + fixed[c]
-            var = sig2[c] + np.square(np.float32(PROFILE_ERROR) * light)
+            light = model if fixed is None else model + fixed[s]
+            var = sig2[s] + np.square(np.float32(PROFILE_ERROR) * light)
             if gain:
                 var += np.maximum(light, 0.0) * np.float32(1.0 / gain)
-            use = near[c] & (var > 0)
+            use = near[s] & (var > 0)
             w = np.divide(np.float32(1.0), var, out=np.zeros_like(var), where=use)
             if final:  # chi² against all models
-                resid = data[c] - model
+                resid = data[s] - model
                 npix[c] = use.sum(axis=1)
                 chi2[c] = np.einsum("ij,ij->i", w * resid, resid)
                 continue
             # this source alone: the model image minus this source's part of it
             p = full.own(c)  # this source's part of the model image, on its fit stamp
-            target = data[c] - model + amp32[c] * p
+            target = data[s] - model + amp32[c] * p
             if move:
                 p, dpx, dpy = (v.reshape(v.shape[0], -1)
                                for v in _at(grid32, hf, x[c], y[c], ix[c], iy[c]))
