@@ -292,8 +292,8 @@ def aperture_fraction(grid, x, y, radius) -> np.ndarray:
         out[i] = flux[0]
     return out
 
-def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
-                pos_iter=POS_ITER) -> PsfFit:
+def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, iters=(N_ITER, POS_ITER),
+                chi2=True) -> PsfFit:
     """Fit every source's amplitude (and position, when bright enough) at once.
 
     Parameters
@@ -307,8 +307,10 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
         Starting positions and amplitudes, an earlier fit's model stamps.
     fwhm : float
         Stellar FWHM, pixels (sets the fit radius).
-    n_iter, pos_iter : int
-        Block-Jacobi iterations; positions move during the first *pos_iter*.
+    iters : (int, int)
+        Block-Jacobi iterations, and the first how many of them move the positions.
+    chi2 : bool
+        Whether to measure the final chi² (one more pass; False: NaN).
 
     Returns
     -------
@@ -317,6 +319,7 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
     sub, mask, gain = pixels.sub, pixels.mask, pixels.gain
     rms = _rms_map(pixels)
     x, y, amp0, rendered = start.x, start.y, start.amp, start.rendered
+    n_iter, pos_iter = iters
     x0, y0 = np.asarray(x, float), np.asarray(y, float)
     x, y = x0.copy(), y0.copy()
     n = x.size
@@ -334,8 +337,7 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
     data, sig2, inside, fixed = _gather_stamps((sub, rms, mask), (ix[order], iy[order]), hf,
                                                start.fixed)
     off = np.arange(-hf, hf + 1)
-    ox = np.tile(off, hf * 2 + 1)[None, :].astype(np.float32)
-    oy = np.repeat(off, hf * 2 + 1)[None, :].astype(np.float32)
+    ox, oy = np.tile(off, hf * 2 + 1)[None, :], np.repeat(off, hf * 2 + 1)[None, :]
     nh = _neighbour_half(grid, fwhm)
     edge = _edge_value(grid, hf)
     level = _typical(rms)
@@ -358,21 +360,26 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
         elif it >= pos_iter and full.moved(x, y):  # only the sources that moved
             full = render_all(earlier=full)
         if near is None or move or it == pos_iter:
-            r2 = (ox + (ix - x)[order].astype(np.float32)[:, None]) ** 2 \
-                + (oy + (iy - y)[order].astype(np.float32)[:, None]) ** 2
+            r2 = (ox.astype(np.float32) + (ix - x)[order].astype(np.float32)[:, None]) ** 2 \
+                + (oy.astype(np.float32) + (iy - y)[order].astype(np.float32)[:, None]) ** 2
             near = inside & (r2 <= radius**2)
             del r2
         final = it == n_iter
+        if final and not chi2:
+            return PsfFit(amp, err, x, y, np.full(n, np.nan), np.zeros(n, np.int64), full)
         new_amp, err2, step = np.full(n, np.nan), np.full(n, np.inf), np.zeros((n, 2))
-        chi2, npix = np.zeros(n), np.zeros(n, np.int64)
+        sq, npix = np.zeros(n), np.zeros(n, np.int64)
         amp32 = amp.astype(np.float32)[:, None]
+        # the fit stamps' pixels in the padded model image (those beyond the image are
+        # there too, and unused)
+        local = (oy * full.width + ox).astype(np.int32)
+        base = ((iy + full.pad) * full.width + ix + full.pad).astype(np.int32)[:, None]
         for s in (slice(i, i + FIT_CHUNK) for i in range(0, n, FIT_CHUNK)):
             # a chunk of sources at a time (their neighbours' model from the rows they need,
             # the model and its derivatives at the current positions, the noise: per chunk);
             # c: the sources, s: their stamps' rows
             c = order[s]
-            here = pm.stamp_index(shape, ix[c], iy[c], hf)[0].reshape(data[s].shape)
-            model = full.take(amp, full.index(here))
+            model = full.take(amp, base[c] + local)
             light = model if fixed is None else model + fixed[s]
             var = sig2[s] + np.square(np.float32(PROFILE_ERROR) * light)
             if gain:
@@ -382,7 +389,7 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
             if final:  # chi² against all models
                 resid = data[s] - model
                 npix[c] = use.sum(axis=1)
-                chi2[c] = np.einsum("ij,ij->i", w * resid, resid)
+                sq[c] = np.einsum("ij,ij->i", w * resid, resid)
                 continue
             # this source alone: the model image minus this source's part of it
             p = full.own(c)  # this source's part of the model image, on its fit stamp
@@ -398,7 +405,7 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
             if move:
                 step[c] = _position_step(target, w, p, dpx, dpy, new_amp[c])
         if final:
-            return PsfFit(amp, err, x, y, chi2 / np.maximum(npix - np.where(free, 3, 1), 1),
+            return PsfFit(amp, err, x, y, sq / np.maximum(npix - np.where(free, 3, 1), 1),
                           npix, full)
         err = err2
         snr = np.where(np.isfinite(new_amp), new_amp / err, 0.0)
@@ -486,7 +493,7 @@ def _residual_sources(pixels, grid, fit, fwhm):
     if not keep.any():
         return none
     alone = fit_sources(pixels.with_(sub=resid), grid, Start(cx[keep], cy[keep]), fwhm=fwhm,
-                        n_iter=3, pos_iter=2)
+                        iters=(3, 2))
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = alone.amp / alone.amp_err
     # a find's light was partly in its neighbours' amplitudes: judged again after the joint fit
@@ -693,7 +700,7 @@ def photometry(pixels: Pixels, columns, stars, scale: Scale, options: Options = 
     grid = model_from_stars(pixels, (x, y, columns["flux_aper"]), stars, fwhm)
     if grid is None:
         return None, cols, new
-    fit = fit_sources(pixels, grid, Start(x, y), fwhm=fwhm, n_iter=N_ITER, pos_iter=POS_ITER)
+    fit = fit_sources(pixels, grid, Start(x, y), fwhm=fwhm, chi2=False)
     # second pass: the background again without the stars' light (their wings raise a
     # crowded field's background), the model again with the neighbours subtracted
     # (the residual made in place in bands of rows, the new float32 image in its buffer: no
@@ -712,7 +719,7 @@ def photometry(pixels: Pixels, columns, stars, scale: Scale, options: Options = 
     start = Start(fit.x, fit.y, fit.amp, fit.rendered if grid2 is None else None)
     grid = grid2 if grid2 is not None else grid
     del fit  # its model stamps (unless reused) are freed before the next fit's
-    fit = fit_sources(pixels, grid, start, fwhm=fwhm, n_iter=FIT2[0], pos_iter=FIT2[1])
+    fit = fit_sources(pixels, grid, start, fwhm=fwhm, iters=FIT2)
     fit, found, parent = _add_sources(pixels, grid, fit, fwhm, options)
     norm, norm_rel = _normalisation(grid, scale.radius, scale.aperture_correction,
                                     scale.aperture_correction_err)
@@ -763,7 +770,7 @@ def _add_sources(pixels, grid, fit, fwhm, options):
     joint = fit_sources(pixels, grid,
                         Start(np.concatenate([xs[idx], fx, x2]), np.concatenate([ys[idx], fy, y2]),
                               np.concatenate([amp[idx], famp, a2]), fixed=fixed),
-                        fwhm=fwhm, n_iter=JOINT_ITER, pos_iter=1)
+                        fwhm=fwhm, iters=(JOINT_ITER, 1))
     del fixed
     m = idx.size
     values = []
