@@ -148,11 +148,11 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, iters=(N_ITER, POS_
     level = _typical(rms)
     grid32 = pm.as_float32(grid)
 
-    def render_all(earlier=None):
+    def render_all(earlier=None, stamps=None):
         # beyond the fit stamp a source's light matters to its neighbours only if it
         # exceeds a fifth of the background noise there
         big = np.abs(amp) * edge > 0.2 * level
-        return pm.ModelImage(shape, grid32, (x, y), (ix, iy), (nh, hf, big), (None, earlier))
+        return pm.ModelImage(shape, grid32, (x, y), (ix, iy), (nh, hf, big), (stamps, earlier))
 
     # re-rendered once the positions settle
     full = rendered if rendered is not None and not rendered.moved(x, y) \
@@ -160,7 +160,11 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, iters=(N_ITER, POS_
     near = None
     for it in range(n_iter + 1):
         move = it < pos_iter
-        if full is None:
+        # no model yet (every amplitude 0): nothing to subtract, and the model image is made
+        # after this pass from the stamps it renders
+        blank = full is None and move and not amp.any()
+        small = np.empty(data.shape, np.float32) if blank else None
+        if full is None and not blank:
             full = render_all()
         elif it >= pos_iter and full.moved(x, y):  # only the sources that moved
             full = render_all(earlier=full)
@@ -177,14 +181,15 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, iters=(N_ITER, POS_
         amp32 = amp.astype(np.float32)[:, None]
         # the fit stamps' pixels in the padded model image (those beyond the image are
         # there too, and unused)
-        local = (oy * full.width + ox).astype(np.int32)
-        base = ((iy + full.pad) * full.width + ix + full.pad).astype(np.int32)[:, None]
+        if not blank:
+            local = (oy * full.width + ox).astype(np.int32)
+            base = ((iy + full.pad) * full.width + ix + full.pad).astype(np.int32)[:, None]
         for s in (slice(i, i + FIT_CHUNK) for i in range(0, n, FIT_CHUNK)):
             # a chunk of sources at a time (their neighbours' model from the rows they need,
             # the model and its derivatives at the current positions, the noise: per chunk);
             # c: the sources, s: their stamps' rows
             c = order[s]
-            model = full.take(amp, base[c] + local)
+            model = np.zeros_like(data[s]) if blank else full.take(amp, base[c] + local)
             light = model if fixed is None else model + fixed[s]
             var = sig2[s] + np.square(np.float32(PROFILE_ERROR) * light)
             if gain:
@@ -197,11 +202,15 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, iters=(N_ITER, POS_
                 sq[c] = np.einsum("ij,ij->i", w * resid, resid)
                 continue
             # this source alone: the model image minus this source's part of it
-            p = full.own(c)  # this source's part of the model image, on its fit stamp
-            target = data[s] - model + amp32[c] * p
+            target = data[s] - model
+            if not blank:  # this source's part of the model image, on its fit stamp
+                p = full.own(c)
+                target += amp32[c] * p
             if move:
                 p, dpx, dpy = (v.reshape(v.shape[0], -1)
                                for v in _at(grid32, hf, x[c], y[c], ix[c], iy[c]))
+                if blank:
+                    small[c] = p
             wp = w * p
             den = np.einsum("ij,ij->i", wp, p).astype(float)
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -209,6 +218,9 @@ def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, iters=(N_ITER, POS_
                 err2[c] = np.where(den > 0, 1.0 / np.sqrt(den), np.inf)
             if move:
                 step[c] = _position_step(target, w, p, dpx, dpy, new_amp[c])
+        if blank:
+            full = render_all(stamps=small)
+            del small
         if final:
             return PsfFit(amp, err, x, y, sq / np.maximum(npix - np.where(free, 3, 1), 1),
                           npix, full)
