@@ -27,7 +27,8 @@ The steps of :func:`photometry`, each measured on synthetic fields (tests/test_p
    amplitude times the image's aperture correction times the model's fraction within the
    catalog's aperture (so on ``flux_apcorr``'s total-flux scale), unless that product is
    implausible (SCALE_RANGE: the aperture correction failed), then the amplitude itself.
-   ``flux_psf_err`` adds the correction's error and the model's noise (MODEL_NOISE).
+   ``flux_psf_err`` is the fit's error (with a close neighbour's covariance: ``PsfFit.blend``)
+   with the correction's error and the model's noise (MODEL_NOISE) added.
 
 ``flux_psf / flux_apcorr`` is an extendedness measure (Rubin's psf/model flux ratio): ~1 for
 stars, below for galaxies (:func:`extendedness`).
@@ -490,7 +491,7 @@ def _photometry(pixels, columns, stars, scale, options):
                                     scale.aperture_correction_err)
     flux = fit.amp * norm
     rel = np.hypot(norm_rel, MODEL_NOISE / math.sqrt(max(grid.n_stars, 1)))
-    flux_err = np.hypot(fit.amp_err * norm, np.abs(flux) * rel)
+    flux_err = np.hypot(fit.amp_err * fit.blend * norm, np.abs(flux) * rel)
     split_mask = np.zeros(n, bool)
     split_mask[parent[parent < n]] = True
     cols = {"flux_psf": flux[:n], "flux_psf_err": flux_err[:n], "psf_chi2": fit.chi2[:n],
@@ -538,19 +539,19 @@ def _add_sources(pixels, grid, fit, fwhm, options):
                         fwhm=fwhm, iters=(JOINT_ITER, 1))
     del fixed
     m = idx.size
-    values = []
-    for name in ("amp", "amp_err", "x", "y", "chi2", "npix"):
+    values = {}
+    for name in ("amp", "amp_err", "x", "y", "chi2", "npix", "blend"):
         both = np.concatenate([getattr(fit, name), getattr(joint, name)[m:]])
         both[idx] = getattr(joint, name)[:m]
-        values.append(both)
-    out = PsfFit(*values)
+        values[name] = both
+    out = PsfFit(**values)
     part = slice(n, n + fx.size)
     with np.errstate(divide="ignore", invalid="ignore"):
         weak = ~((out.amp[part] / out.amp_err[part] >= RESIDUAL_MIN_SNR)
                  & (out.chi2[part] <= RESIDUAL_MAX_CHI2))
     if weak.any():  # finds that the joint fit does not confirm are dropped
         keep = np.concatenate([np.ones(n, bool), ~weak, np.ones(parent.size, bool)])
-        out = PsfFit(*(v[keep] for v in values))
+        out = PsfFit(**{name: v[keep] for name, v in values.items()})
     return out, int((~weak).sum()), parent
 
 
