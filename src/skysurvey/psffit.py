@@ -326,29 +326,39 @@ def _blend_factor(stamps, weights, sources, pairs):
     the flux's error with everything else known; with the neighbours' fluxes and positions
     fitted too (a close pair's are correlated) it is sqrt((S^-1)_00 F_00), S the Schur
     complement F_ii - sum_j F_ij F_jj^-1 F_ji of the Fisher matrices of (flux, x, y) on the
-    fit stamps (exact for two sources; F_ij: i's weights, i's columns and j's on i's stamp).
+    fit stamps (exact for two sources; F_ij: i's weights, i's columns and j's on i's stamp),
+    at most 3 (1 where the complement is not positive: a duplicate detection, a galaxy's parts).
     *stamps*: (model, d/dx, d/dy) on the fit stamps (K, S, S); *weights* (K, S²); *sources*:
     (amplitudes, whether the positions were fitted, stamp centres); *pairs*: rows (i, j)."""
     amp, movable, ix, iy = sources
     i, j = pairs
     k, size = amp.size, stamps[0].shape[1]
-    cols = np.stack([v.reshape(k, -1) for v in stamps], axis=1)  # (K, 3, S²)
+    s2 = size * size
+    cols = np.zeros((k, 3, s2 + 1), np.float32)  # (K, 3, S² + a zero)
+    for c, v in enumerate(stamps):
+        cols[:, c, :s2] = v.reshape(k, -1)
     cols[:, 1:] *= np.where(movable, amp, 0.0).astype(np.float32)[:, None, None]
-    wc = cols * weights[:, None, :]
-    fii = np.einsum("kau,kbu->kab", wc, cols).astype(float)
+    wc = cols[:, :, :s2] * weights[:, None, :]
+    fii = (wc @ cols[:, :, :s2].transpose(0, 2, 1)).astype(float)
     fii[~movable, 1, 1] = fii[~movable, 2, 2] = 1.0  # fixed positions: decoupled
-    u = np.arange(size * size)
-    vy = u // size - (iy[j] - iy[i])[:, None]
-    vx = u % size - (ix[j] - ix[i])[:, None]
-    ok = (vy >= 0) & (vy < size) & (vx >= 0) & (vx < size)
-    other = cols[j[:, None], :, np.where(ok, vy * size + vx, 0)].transpose(0, 2, 1)
-    fij = np.einsum("pau,pbu->pab", wc[i], np.where(ok[:, None, :], other, 0.0)).astype(float)
+    # j's columns on i's stamp: one index map per distinct offset of the stamps
+    span = 2 * size - 1
+    shift, which = np.unique((iy[j] - iy[i] + size - 1) * span + ix[j] - ix[i] + size - 1,
+                             return_inverse=True)
+    vy = np.arange(s2) // size - (shift // span - size + 1)[:, None]
+    vx = np.arange(s2) % size - (shift % span - size + 1)[:, None]
+    maps = np.where((vy >= 0) & (vy < size) & (vx >= 0) & (vx < size), vy * size + vx, s2)
+    other = np.take_along_axis(cols[j], maps[which][:, None, :], axis=2)
+    fij = (wc[i] @ other.transpose(0, 2, 1)).astype(float)
     key = i * k + j
     order = np.argsort(key)
     back = order[np.searchsorted(key[order], j * k + i)]  # the pair (j, i)
     fij = (fij + fij[back].transpose(0, 2, 1)) / 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        inv = np.linalg.pinv(fii)
+        try:
+            inv = np.linalg.inv(fii + 1e-9 * np.eye(3) * fii[:, :1, :1])
+        except np.linalg.LinAlgError:  # a stamp without weights
+            inv = np.linalg.pinv(fii)
         term = fij @ inv[j] @ fij[back]
         schur = fii.copy()
         for a in range(3):
