@@ -380,15 +380,19 @@ def _gather_stamps(image, centre, half, held=None):
     sub, mask = sub.reshape(-1), None if mask is None else mask.reshape(-1)
     for c in (slice(i, i + FIT_CHUNK) for i in range(0, n, FIT_CHUNK)):
         flat, ok = (v.reshape(-1, s2) for v in pm.stamp_index(rms.shape, ix[c], iy[c], half))
-        values = sub[flat]
-        ok &= np.isfinite(values) & (True if mask is None else ~mask[flat])
+        values, var = data[c], sig2[c]  # written in place
+        values[...] = np.take(sub, flat)
+        var[...] = pm.noise_at(rms, flat)
+        np.square(var, out=var)
+        ok &= np.isfinite(values) & np.isfinite(var)
+        if mask is not None:
+            ok &= ~np.take(mask, flat)
         if held is not None:
             fixed[c] = held[0].take(held[1], held[0].index(flat))
-            values = values - fixed[c]
-        data[c], var = np.where(ok, values, 0.0), pm.noise_at(rms, flat).astype(np.float32) ** 2
-        ok &= np.isfinite(var)
+            values -= fixed[c]
+        values[~ok] = 0.0
         var[~ok] = 0.0
-        sig2[c], inside[c] = var, ok
+        inside[c] = ok
     return data, sig2, inside, fixed
 
 
