@@ -17,6 +17,10 @@ per-pixel work is float32 (sums and solves float64), the neighbours' model is on
 ``bincount`` of the stamps (:class:`~skysurvey.psfmodel.ModelImage`) for chunks of FIT_CHUNK
 sources in the order of their rows (each chunk's model made from the rows it needs), a
 position step under MIN_STEP is not taken and only the sources that moved are rendered again.
+:func:`single_thread_blas` keeps OpenBLAS on one thread for :mod:`skysurvey.psfphot`'s
+small products (its threads spin between them: twice the CPU).
+Memory: the stamps' indices, the models and derivatives for a position step are made per
+FIT_CHUNK sources.
 """
 
 from __future__ import annotations
