@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                     "prices")),
     ("per-image science", ("measurement", "profiles", "fitsread", "astrometry", "detect",
                            "deblend", "classify", "psf", "reference", "calibrate", "synth",
-                           "forced", "forced_psf", "psfmodel", "psfphot")),
+                           "forced", "forced_psf", "psfmodel", "psffit", "psfphot")),
     ("orchestration", ("pipeline", "catalog", "runner", "lambda_backend", "upload")),
     ("catalog products", ("objects", "queries", "athena", "export", "hats_export", "forced_run",
                           "forced_summary", "lightcurves", "lightcurve_fits", "handler")),
@@ -307,8 +307,8 @@ SEP_SETTERS = frozenset({"set_extract_pixstack", "set_sub_object_limit"})
 #: pixels as one ``measurement.Pixels``, their tuning values as a config object).
 #: psfphot and psfmodel join once their owners have converted them.
 MEASUREMENT_MODULES = ("measurement", "profiles", "fitsread", "astrometry", "detect", "deblend",
-                       "classify", "psf", "reference", "calibrate", "psfmodel", "psfphot",
-                       "forced", "forced_psf")
+                       "classify", "psf", "reference", "calibrate", "psfmodel", "psffit",
+                       "psfphot", "forced", "forced_psf")
 MAX_PARAMETERS = 6
 
 

@@ -4,15 +4,11 @@ The steps of :func:`photometry`, each measured on synthetic fields (tests/test_p
 
 1. Model (:mod:`skysurvey.psfmodel`) from the PSF stars that :mod:`skysurvey.psf` chose
    (bright, clean, on the stellar locus), their neighbours' segmentation pixels left out.
-2. Fit (:func:`fit_sources`): every source's flux, and the position of those with SNR >=
-   POS_MIN_SNR, by weighted least squares on the pixels within FIT_RADIUS_FWHM of it, all
-   sources at once. Neighbours are fitted together: each iteration fits every source on the
-   image minus the current model of all the others (block Jacobi, DAOPHOT/ALLSTAR's scheme),
-   so a group of overlapping stars converges to its joint least-squares solution without
-   forming the groups; the positions take Gauss-Newton steps (at most MAX_STEP px each) for
-   the first POS_ITER iterations, fluxes are linear. The weights come from the background RMS,
-   the Poisson noise of the *model* (not the data, which would bias faint fluxes low) and a
-   PROFILE_ERROR of the model per pixel. Cosmic rays' pixels are left out (detect.py).
+2. Fit (:func:`skysurvey.psffit.fit_sources`): every source's flux, and the position of the
+   brighter ones, on the pixels within FIT_RADIUS_FWHM of it, all sources at once (block
+   Jacobi: each on the image minus the current model of all the others), weighted by the
+   background RMS, the Poisson noise of the *model* and a PROFILE_ERROR of the model per
+   pixel. Cosmic rays' pixels are left out (detect.py).
 3. Second pass: the background again from the image minus every fitted source (the stars'
    wings raise a crowded field's background: faint stars' flux_psf/true 0.97 -> 1.00), the
    model again with the neighbours subtracted, the fit again.
@@ -31,18 +27,14 @@ The steps of :func:`photometry`, each measured on synthetic fields (tests/test_p
    amplitude times the image's aperture correction times the model's fraction within the
    catalog's aperture (so on ``flux_apcorr``'s total-flux scale), unless that product is
    implausible (SCALE_RANGE: the aperture correction failed), then the amplitude itself.
-   ``flux_psf_err`` adds the correction's error and the model's noise (MODEL_NOISE).
+   ``flux_psf_err`` is the fit's error (with a close neighbour's covariance: ``PsfFit.blend``)
+   with the correction's error and the model's noise (MODEL_NOISE) added.
 
 ``flux_psf / flux_apcorr`` is an extendedness measure (Rubin's psf/model flux ratio): ~1 for
 stars, below for galaxies (:func:`extendedness`).
 
-Cost (crowded 2048², 6,400 sources; about 0.6x the first version's CPU time, results the
-same): every stamp is rendered at its fit stamp's centre (no whole-pixel shifting), the
-per-pixel work is float32 (sums and solves float64), the model image is one ``bincount`` of
-all stamps (:class:`~skysurvey.psfmodel.ModelImage`) kept for a repeated request, a
-position step under MIN_STEP is not taken and only the sources that moved are rendered again.
-Memory (4096², ~9,650 sources): the stamp indices, the models and derivatives for a position
-step are made per FIT_CHUNK sources; the second pass's image reuses the residual's buffer.
+Cost and memory: see :mod:`skysurvey.psffit` for the fits; the second pass's image reuses
+the residual's buffer.
 """
 
 from __future__ import annotations
@@ -55,6 +47,21 @@ import sep
 
 from . import psfmodel as pm
 from .measurement import Pixels
+from .psffit import (
+    FIT_RADIUS_FWHM,
+    MAX_MOVE,
+    MAX_STEP,
+    MIN_FIT_RADIUS,
+    MIN_MODEL_HALF,
+    PROFILE_ERROR,
+    PsfFit,
+    Start,
+    _at,
+    _neighbour_half,
+    _rms_map,
+    fit_sources,
+    single_thread_blas,
+)
 
 __all__ = [
     "FIT_RADIUS_FWHM",
@@ -90,30 +97,8 @@ RESIDUAL_BAD_CHI2 = 10.0
 RESIDUAL_MIN_SNR = 5.0
 #: ... and its PSF fit describes its pixels (a galaxy's leftover structure does not).
 RESIDUAL_MAX_CHI2 = 1.5
-#: Pixels within this many FWHM of a source are fitted.
-FIT_RADIUS_FWHM = 1.5
 #: Half-size of the model's stamp, in FWHM (Moffat beta 3.5: 0.1% of the light beyond).
 MODEL_HALF_FWHM = 4.0
-#: ... at least this many pixels (undersampled images), and the fit radius at least this.
-MIN_MODEL_HALF = 8
-MIN_FIT_RADIUS = 3.0
-#: Half-size of the neighbours' models subtracted while fitting, in FWHM (0.4% beyond).
-NEIGHBOUR_HALF_FWHM = 3.0
-#: Sources fitted at a time (bounds the per-pixel temporaries: a few MB each).
-FIT_CHUNK = 1024
-#: Block-Jacobi iterations, the first POS_ITER of which also move the positions.
-N_ITER = 4
-POS_ITER = 2
-#: Smallest position step taken (pixels; smaller: the source stays, its stamps are kept).
-MIN_STEP = 0.01
-#: Largest position step per iteration and largest total move from the detection, pixels.
-MAX_STEP = 0.5
-MAX_MOVE = 1.5
-#: Positions are fitted for sources with at least this SNR (fainter: fixed at detection).
-POS_MIN_SNR = 5.0
-#: The model's own error, a fraction of the model in each pixel, added to the noise (DAOPHOT's
-#: profile error): bright stars' fits are limited by it, not by their photon noise.
-PROFILE_ERROR = 0.02
 #: The model's own noise (built from a finite number of stars) as a relative flux error:
 #: MODEL_NOISE / sqrt(stars used), added in quadrature (synthetic 512²-1024² fields: bright
 #: stars' pulls had a robust sigma of 1.4-2.2 with 40-70 model stars without it).
@@ -145,29 +130,6 @@ JOINT_ITER = 3
 FIT2 = (3, 1)
 
 
-@dataclass
-class PsfFit:
-    """Result of :func:`fit_sources`: amplitudes (model units), positions, errors, chi²."""
-
-    amp: np.ndarray
-    amp_err: np.ndarray
-    x: np.ndarray
-    y: np.ndarray
-    chi2: np.ndarray  # reduced, on the fit pixels, all sources' models subtracted
-    npix: np.ndarray
-    rendered: object = None  # the model stamps at (x, y), for the next fit to start from
-
-
-@dataclass
-class Start:
-    """Where :func:`fit_sources` starts: positions (0-based pixels), amplitudes (None: zero),
-    and an earlier fit's model stamps (reused when the positions are the same)."""
-
-    x: np.ndarray
-    y: np.ndarray
-    amp: np.ndarray | None = None
-    rendered: object = None
-    fixed: tuple | None = None  # (ModelImage, amplitudes) of sources held fixed: subtracted,
     # and in the noise
 
 
@@ -190,14 +152,6 @@ class Options:
 
     split: bool = True
     residual: bool = False
-
-
-def _rms_map(pixels):
-    """The noise as a map of the image's shape (a scalar noise broadcast; a map as it is,
-    no copy)."""
-    rms = np.asarray(pixels.rms)
-    return rms if rms.shape == pixels.shape else np.broadcast_to(rms.astype(float),
-                                                                pixels.shape)
 
 
 def model_from_stars(pixels: Pixels, sources, stars, fwhm, refine=None,
@@ -273,11 +227,6 @@ def model_from_stars(pixels: Pixels, sources, stars, fwhm, refine=None,
                     n_iter=2 if warm else 5, start=start if warm else None)
 
 
-def _neighbour_half(grid, fwhm):
-    """Half-size of the neighbours' model stamps (NEIGHBOUR_HALF_FWHM, within the model)."""
-    return int(min(grid.half, max(MIN_MODEL_HALF - 2, math.ceil(NEIGHBOUR_HALF_FWHM * fwhm))))
-
-
 def aperture_fraction(grid, x, y, radius) -> np.ndarray:
     """The model's flux within a circle of *radius* pixels (exact overlap, as the catalog's
     ``flux_aper``) at image positions (x, y)."""
@@ -291,164 +240,6 @@ def aperture_fraction(grid, x, y, radius) -> np.ndarray:
                                     subpix=0)
         out[i] = flux[0]
     return out
-
-def fit_sources(pixels: Pixels, grid, start: Start, *, fwhm, n_iter=N_ITER,
-                pos_iter=POS_ITER) -> PsfFit:
-    """Fit every source's amplitude (and position, when bright enough) at once.
-
-    Parameters
-    ----------
-    pixels : Pixels
-        The image: sub, rms (map or scalar), mask (or None), gain (None: background noise
-        only).
-    grid : PsfGrid
-        The image's PSF model.
-    start : Start
-        Starting positions and amplitudes, an earlier fit's model stamps.
-    fwhm : float
-        Stellar FWHM, pixels (sets the fit radius).
-    n_iter, pos_iter : int
-        Block-Jacobi iterations; positions move during the first *pos_iter*.
-
-    Returns
-    -------
-    PsfFit
-    """
-    sub, mask, gain = pixels.sub, pixels.mask, pixels.gain
-    rms = _rms_map(pixels)
-    x, y, amp0, rendered = start.x, start.y, start.amp, start.rendered
-    x0, y0 = np.asarray(x, float), np.asarray(y, float)
-    x, y = x0.copy(), y0.copy()
-    n = x.size
-    shape = sub.shape
-    radius = max(FIT_RADIUS_FWHM * fwhm, MIN_FIT_RADIUS)
-    hf = min(math.ceil(radius), _neighbour_half(grid, fwhm))
-    amp = np.zeros(n) if amp0 is None else np.where(np.isfinite(amp0), amp0, 0.0)
-    free = np.ones(n, bool)
-    err = np.full(n, np.inf)
-    # the fit stamps stay centred on the starting pixels (a source moves <= MAX_MOVE px)
-    ix, iy = np.rint(x0).astype(np.int64), np.rint(y0).astype(np.int64)
-    # float32 for the per-pixel work (half the memory traffic); sums and solves in float64
-    data, sig2, inside, fixed = _gather_stamps((sub, rms, mask), (ix, iy), hf, start.fixed)
-    off = np.arange(-hf, hf + 1)
-    ox = np.tile(off, hf * 2 + 1)[None, :].astype(np.float32)
-    oy = np.repeat(off, hf * 2 + 1)[None, :].astype(np.float32)
-    nh = _neighbour_half(grid, fwhm)
-    edge = _edge_value(grid, hf)
-    level = _typical(rms)
-    grid32 = pm.as_float32(grid)
-
-    def render_all(earlier=None):
-        # beyond the fit stamp a source's light matters to its neighbours only if it
-        # exceeds a fifth of the background noise there
-        big = np.abs(amp) * edge > 0.2 * level
-        return pm.ModelImage(shape, grid32, (x, y), (ix, iy), (nh, hf, big), (None, earlier))
-
-    # re-rendered once the positions settle
-    full = rendered if rendered is not None and not rendered.moved(x, y) \
-        and rendered.fits(ix, iy, hf) else None
-    near = None
-    for it in range(n_iter + 1):
-        move = it < pos_iter
-        if full is None:
-            full = render_all()
-        elif it >= pos_iter and full.moved(x, y):  # only the sources that moved
-            full = render_all(earlier=full)
-        if near is None or move or it == pos_iter:
-            r2 = (ox + (ix - x).astype(np.float32)[:, None]) ** 2 \
-                + (oy + (iy - y).astype(np.float32)[:, None]) ** 2
-            near = inside & (r2 <= radius**2)
-            del r2
-        final = it == n_iter
-        new_amp, err2, step = np.full(n, np.nan), np.full(n, np.inf), np.zeros((n, 2))
-        chi2, npix = np.zeros(n), np.zeros(n, np.int64)
-        amp32 = amp.astype(np.float32)[:, None]
-        for c in (slice(i, i + FIT_CHUNK) for i in range(0, n, FIT_CHUNK)):
-            # a chunk of sources at a time (their neighbours' model from the rows they need,
-            # the model and its derivatives at the current positions, the noise: per chunk)
-            here = pm.stamp_index(shape, ix[c], iy[c], hf)[0].reshape(data[c].shape)
-            model = full.take(amp, full.index(here))
-            light = model if fixed is None else model + fixed[c]
-            var = sig2[c] + np.square(np.float32(PROFILE_ERROR) * light)
-            if gain:
-                var += np.maximum(light, 0.0) * np.float32(1.0 / gain)
-            use = near[c] & (var > 0)
-            w = np.divide(np.float32(1.0), var, out=np.zeros_like(var), where=use)
-            if final:  # chi² against all models
-                resid = data[c] - model
-                npix[c] = use.sum(axis=1)
-                chi2[c] = np.einsum("ij,ij->i", w * resid, resid)
-                continue
-            # this source alone: the model image minus this source's part of it
-            p = full.own(c)  # this source's part of the model image, on its fit stamp
-            target = data[c] - model + amp32[c] * p
-            if move:
-                p, dpx, dpy = (v.reshape(v.shape[0], -1)
-                               for v in _at(grid32, hf, x[c], y[c], ix[c], iy[c]))
-            wp = w * p
-            den = np.einsum("ij,ij->i", wp, p).astype(float)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                new_amp[c] = np.where(den > 0, np.einsum("ij,ij->i", wp, target) / den, np.nan)
-                err2[c] = np.where(den > 0, 1.0 / np.sqrt(den), np.inf)
-            if move:
-                step[c] = _position_step(target, w, p, dpx, dpy, new_amp[c])
-        if final:
-            return PsfFit(amp, err, x, y, chi2 / np.maximum(npix - np.where(free, 3, 1), 1),
-                          npix, full)
-        err = err2
-        snr = np.where(np.isfinite(new_amp), new_amp / err, 0.0)
-        if move:
-            go = free & (snr >= POS_MIN_SNR) & np.isfinite(step).all(axis=1) \
-                & (np.hypot(step[:, 0], step[:, 1]) >= MIN_STEP)
-            step = np.clip(np.where(go[:, None], step, 0.0), -MAX_STEP, MAX_STEP)
-            x, y = x + step[:, 0], y + step[:, 1]
-            far = np.hypot(x - x0, y - y0) > MAX_MOVE
-            x[far], y[far] = x0[far], y0[far]  # wandered off: back to the detection, fixed
-            free &= ~far
-        amp = np.where(np.isfinite(new_amp), new_amp, 0.0)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _gather_stamps(image, centre, half, held=None):
-    """Fit stamps (N, S²) of *image* (sub, rms, mask) on pixels *centre*, FIT_CHUNK at a time:
-    data minus the *held* (ModelImage, amplitudes) model and noise variance (0 where unusable),
-    usable (inside, finite, unmasked), the held model (or None)."""
-    (sub, rms, mask), (ix, iy) = image, centre
-    n, s2 = ix.size, (2 * half + 1) ** 2
-    data, sig2 = np.empty((n, s2), np.float32), np.empty((n, s2), np.float32)
-    inside = np.empty((n, s2), bool)
-    fixed = None if held is None else np.empty((n, s2), np.float32)
-    sub, mask = sub.reshape(-1), None if mask is None else mask.reshape(-1)
-    for c in (slice(i, i + FIT_CHUNK) for i in range(0, n, FIT_CHUNK)):
-        flat, ok = (v.reshape(-1, s2) for v in pm.stamp_index(rms.shape, ix[c], iy[c], half))
-        values = sub[flat]
-        ok &= np.isfinite(values) & (True if mask is None else ~mask[flat])
-        if held is not None:
-            fixed[c] = held[0].take(held[1], held[0].index(flat))
-            values = values - fixed[c]
-        data[c], var = np.where(ok, values, 0.0), pm.noise_at(rms, flat).astype(np.float32) ** 2
-        ok &= np.isfinite(var)
-        var[~ok] = 0.0
-        sig2[c], inside[c] = var, ok
-    return data, sig2, inside, fixed
-
-
-def _typical(rms):
-    """The median of the finite values of the noise map (of every 4th row and column of a
-    large one: it sets a threshold only)."""
-    if rms.size > 250_000:
-        rms = rms[::4, ::4]
-    finite = np.isfinite(rms)
-    return float(np.median(rms[finite])) if finite.any() else 0.0
-
-
-def _edge_value(grid, half):
-    """The model's value (unit flux, image centre) one pixel beyond a stamp of *half*."""
-    h = min(half + 1, grid.half)
-    cx, cy = grid.centre
-    _, _, psf = pm.render(grid, np.array([float(round(cx))]), np.array([float(round(cy))]), h)
-    c = psf.shape[1] // 2
-    return float(max(psf[0, c, -1], psf[0, -1, c], psf[0, c, 0], psf[0, 0, c], 0.0))
 
 
 def _residual_sources(pixels, grid, fit, fwhm):
@@ -481,7 +272,7 @@ def _residual_sources(pixels, grid, fit, fwhm):
     if not keep.any():
         return none
     alone = fit_sources(pixels.with_(sub=resid), grid, Start(cx[keep], cy[keep]), fwhm=fwhm,
-                        n_iter=3, pos_iter=2)
+                        iters=(3, 2))
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = alone.amp / alone.amp_err
     # a find's light was partly in its neighbours' amplitudes: judged again after the joint fit
@@ -505,18 +296,6 @@ def _residual_mesh(residual, mask, fwhm, mesh_fwhm=16.0, overwrite=False):
     for r0 in range(0, data.shape[0], 256):  # in bands of rows: small boolean temporaries
         np.nan_to_num(data[r0:r0 + 256], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return sep.Background(data, mask=mask, bw=size, bh=size, fw=3, fh=3)
-
-
-def _position_step(target, w, psf, dpx, dpy, amp):
-    """One Gauss-Newton step (dx, dy) of every source's position, flux refitted alongside."""
-    a = amp.astype(np.float32)[:, None]
-    normal, rhs = pm.normal_equations([psf, a * dpx, a * dpy], w, target - a * psf)
-    normal = normal + 1e-9 * np.eye(3) * normal[:, :1, :1]
-    step = np.full((amp.size, 3), np.nan)
-    ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 1e-300)
-    if ok.any():
-        step[ok] = np.linalg.solve(normal[ok], rhs[ok][..., None])[..., 0]
-    return step[:, 1:]
 
 
 def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
@@ -631,13 +410,6 @@ def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
     return idx[k], x1[k], y1[k], a1[k], x2[k], y2[k], a2[k]
 
 
-def _at(grid, half, x, y, ix, iy):
-    """Model and derivatives of sources at (x, y) on stamps centred on pixels (ix, iy)
-    (which need not be the sources' nearest pixels)."""
-    _, _, p, dx, dy = pm.render(grid, x, y, half, derivatives=True, centre=(ix, iy))
-    return p, dx, dy
-
-
 def extendedness(flux_psf, flux_psf_err, flux_model, flux_model_err):
     """``flux_psf / flux_model`` and its error (the errors added in quadrature, relative)."""
     flux_psf, flux_model = np.asarray(flux_psf, float), np.asarray(flux_model, float)
@@ -674,6 +446,12 @@ def photometry(pixels: Pixels, columns, stars, scale: Scale, options: Options = 
         first those found in the residual image (``parent`` -1), then those split off a
         detection (``parent``: its row), with x_psf, y_psf, flux_psf, flux_psf_err, psf_chi2.
     """
+    with single_thread_blas():  # small products: OpenBLAS's threads spin (2x the CPU)
+        return _photometry(pixels, columns, stars, scale, options)
+
+
+def _photometry(pixels, columns, stars, scale, options):
+    """:func:`photometry` (one BLAS thread)."""
     x, y = np.asarray(columns["x"], float), np.asarray(columns["y"], float)
     n = x.size
     fwhm = scale.fwhm
@@ -688,7 +466,7 @@ def photometry(pixels: Pixels, columns, stars, scale: Scale, options: Options = 
     grid = model_from_stars(pixels, (x, y, columns["flux_aper"]), stars, fwhm)
     if grid is None:
         return None, cols, new
-    fit = fit_sources(pixels, grid, Start(x, y), fwhm=fwhm, n_iter=N_ITER, pos_iter=POS_ITER)
+    fit = fit_sources(pixels, grid, Start(x, y), fwhm=fwhm, chi2=False)
     # second pass: the background again without the stars' light (their wings raise a
     # crowded field's background), the model again with the neighbours subtracted
     # (the residual made in place in bands of rows, the new float32 image in its buffer: no
@@ -707,13 +485,13 @@ def photometry(pixels: Pixels, columns, stars, scale: Scale, options: Options = 
     start = Start(fit.x, fit.y, fit.amp, fit.rendered if grid2 is None else None)
     grid = grid2 if grid2 is not None else grid
     del fit  # its model stamps (unless reused) are freed before the next fit's
-    fit = fit_sources(pixels, grid, start, fwhm=fwhm, n_iter=FIT2[0], pos_iter=FIT2[1])
+    fit = fit_sources(pixels, grid, start, fwhm=fwhm, iters=FIT2)
     fit, found, parent = _add_sources(pixels, grid, fit, fwhm, options)
     norm, norm_rel = _normalisation(grid, scale.radius, scale.aperture_correction,
                                     scale.aperture_correction_err)
     flux = fit.amp * norm
     rel = np.hypot(norm_rel, MODEL_NOISE / math.sqrt(max(grid.n_stars, 1)))
-    flux_err = np.hypot(fit.amp_err * norm, np.abs(flux) * rel)
+    flux_err = np.hypot(fit.amp_err * fit.blend * norm, np.abs(flux) * rel)
     split_mask = np.zeros(n, bool)
     split_mask[parent[parent < n]] = True
     cols = {"flux_psf": flux[:n], "flux_psf_err": flux_err[:n], "psf_chi2": fit.chi2[:n],
@@ -758,22 +536,22 @@ def _add_sources(pixels, grid, fit, fwhm, options):
     joint = fit_sources(pixels, grid,
                         Start(np.concatenate([xs[idx], fx, x2]), np.concatenate([ys[idx], fy, y2]),
                               np.concatenate([amp[idx], famp, a2]), fixed=fixed),
-                        fwhm=fwhm, n_iter=JOINT_ITER, pos_iter=1)
+                        fwhm=fwhm, iters=(JOINT_ITER, 1))
     del fixed
     m = idx.size
-    values = []
-    for name in ("amp", "amp_err", "x", "y", "chi2", "npix"):
+    values = {}
+    for name in ("amp", "amp_err", "x", "y", "chi2", "npix", "blend"):
         both = np.concatenate([getattr(fit, name), getattr(joint, name)[m:]])
         both[idx] = getattr(joint, name)[:m]
-        values.append(both)
-    out = PsfFit(*values)
+        values[name] = both
+    out = PsfFit(**values)
     part = slice(n, n + fx.size)
     with np.errstate(divide="ignore", invalid="ignore"):
         weak = ~((out.amp[part] / out.amp_err[part] >= RESIDUAL_MIN_SNR)
                  & (out.chi2[part] <= RESIDUAL_MAX_CHI2))
     if weak.any():  # finds that the joint fit does not confirm are dropped
         keep = np.concatenate([np.ones(n, bool), ~weak, np.ones(parent.size, bool)])
-        out = PsfFit(*(v[keep] for v in values))
+        out = PsfFit(**{name: v[keep] for name, v in values.items()})
     return out, int((~weak).sum()), parent
 
 
