@@ -55,7 +55,14 @@ from .forced import (
     object_mask,
     sky_offset,
 )
-from .forced_psf import PsfFitSettings, PsfStars, psf_measure, psf_model, psf_stars
+from .forced_psf import (
+    PsfFitSettings,
+    PsfStars,
+    psf_measure,
+    psf_model,
+    psf_stars,
+    single_thread_blas,
+)
 from .forced_summary import (
     VARIABILITY_FILE,
     VARIABILITY_FOLDER,
@@ -304,18 +311,20 @@ def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None =
         raise ValueError("no celestial WCS in the FITS header")
     phot = ImagePhotometry.from_row(task.image)
     x, y = icrs_to_pixel(wcs, ra, dec)
-    sub, rms, mask, sat, level_err = background_subtracted(image, x, y, phot.aperture_radius)
-    pixels = Pixels(sub, rms, mask=mask, gain=phot.gain)
-    grid = None if stars is None else psf_model(pixels, stars)
-    if grid is None:
-        options = ForcedOptions(sky_level_err=level_err, saturated=sat, flag_aperture=True,
-                                xy=(x, y))
-    else:
-        used = np.asarray(stars.stars, bool)
-        settings = PsfFitSettings(grid, stars.fwhm, phot.aperture_radius, level_err,
-                                  stars.x[used], stars.y[used])
-        options = ForcedOptions(psf_measure(settings), level_err, sat, xy=(x, y))
-    result = forced_photometry(pixels, wcs, ra, dec, phot, options)
+    with single_thread_blas():  # small matrix products: OpenBLAS's threads cost CPU
+        sub, rms, mask, sat, level_err = background_subtracted(image, x, y,
+                                                               phot.aperture_radius)
+        pixels = Pixels(sub, rms, mask=mask, gain=phot.gain)
+        grid = None if stars is None else psf_model(pixels, stars)
+        if grid is None:
+            options = ForcedOptions(sky_level_err=level_err, saturated=sat,
+                                    flag_aperture=True, xy=(x, y))
+        else:
+            used = np.asarray(stars.stars, bool)
+            settings = PsfFitSettings(grid, stars.fwhm, phot.aperture_radius, level_err,
+                                      stars.x[used], stars.y[used])
+            options = ForcedOptions(psf_measure(settings), level_err, sat, xy=(x, y))
+        result = forced_photometry(pixels, wcs, ra, dec, phot, options)
     keep = result["covered"]
     n = int(keep.sum())
 
