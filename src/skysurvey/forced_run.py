@@ -51,9 +51,6 @@ from .forced import (
     background_subtracted,
     forced_photometry,
     icrs_to_pixel,
-    level_error,
-    object_mask,
-    sky_offset,
 )
 from .forced_psf import (
     PsfFitSettings,
@@ -93,9 +90,7 @@ __all__ = [
     "fingerprint",
     "forced_image",
     "handle_forced_event",
-    "level_error",
     "measure_task",
-    "object_mask",
     "objects_in_footprint",
     "plan_forced",
     "read_image_records",
@@ -104,7 +99,6 @@ __all__ = [
     "run_forced",
     "run_lambda",
     "run_local",
-    "sky_offset",
     "summarize_forced",
 ]
 
