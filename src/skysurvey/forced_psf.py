@@ -475,15 +475,19 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     bad = ~np.isfinite(values)
     if pixels.mask is not None:
         bad |= stamps.gather(np.asarray(pixels.mask, bool))
+    # one noise per stamp, the map's at its centre (the map varies over background meshes,
+    # 64 px: < 1% across a stamp): weights are the model on the used pixels / noise^2
     rms = pixels.rms
-    noise = (stamps.gather(np.asarray(rms, np.float32)) if np.ndim(rms) == 2
-             else np.full(values.shape, float(rms), np.float32))
-    use = inside & stamps.gather(fitted.reshape(ny, nx)) & ~bad & (noise > 0)
-    use &= np.isfinite(noise)
-    w = np.zeros(values.shape, np.float32)
-    np.divide(np.float32(1.0), noise * noise, out=w, where=use)
-    data = np.where(use, values, np.float32(0.0)).astype(np.float32, copy=False)
-    wp = w * psf
+    noise = (np.asarray(rms)[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)]
+             if np.ndim(rms) == 2 else np.full(n, float(rms))).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_var = np.where(np.isfinite(noise) & (noise > 0), 1 / (noise * noise), 0)
+    use = stamps.gather(fitted.reshape(ny, nx))
+    use &= inside
+    use &= ~bad
+    data = np.where(use, values, np.float32(0.0))
+    wp = np.where(use, psf, np.float32(0.0))
+    wp *= inv_var.astype(np.float32)[:, None]
     diag = _sum64(wp * psf)
     rhs = _sum64(wp * data)
     wsum = _sum64(wp)  # response to a constant background offset
