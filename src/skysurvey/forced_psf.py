@@ -143,13 +143,18 @@ def psf_model(pixels: Pixels, stars: PsfStars):
     -------
     PsfGrid or None
     """
-    from .psfphot import model_from_stars
+    from .psfphot import MIN_MODEL_HALF, MODEL_HALF_FWHM, model_from_stars
 
     use = np.asarray(stars.stars, bool)
     if use.sum() < MIN_PSF_STARS or not stars.fwhm > 0:
         return None
     x, y = np.asarray(stars.x, float), np.asarray(stars.y, float)
-    labels = _paint(pixels.shape, x, y, LABEL_RADIUS_FWHM * stars.fwhm,
+    # only the detections whose disc reaches a star's stamp are painted (the same stamps)
+    label_r = LABEL_RADIUS_FWHM * stars.fwhm
+    reach = max(MIN_MODEL_HALF, math.ceil(MODEL_HALF_FWHM * stars.fwhm)) + label_r + 1
+    near = ((np.abs(x[:, None] - x[use]) <= reach)
+            & (np.abs(y[:, None] - y[use]) <= reach)).any(axis=1)
+    labels = _paint(pixels.shape, np.where(near, x, np.nan), y, label_r,
                     np.arange(1, x.size + 1, dtype=np.int32))
     flux = np.asarray(stars.flux, float)
     rms = pixels.rms if np.ndim(pixels.rms) == 2 else np.full(pixels.shape, float(pixels.rms))
