@@ -547,12 +547,12 @@ class _Neighbours:
     other's grid (both directions, whole rows through :func:`_shifted`), for the
     normal equations' off-diagonal terms and the neighbours' light on each stamp."""
 
-    def __init__(self, psf, stamps, pi, pj, moved=None):
+    def __init__(self, psf, stamps, pi, pj):
         self.psf, self.stamps, self.pi, self.pj = psf, stamps, pi, pj
         self.dst, self.src = np.r_[pi, pj], np.r_[pj, pi]  # src's light on dst's stamp
         self.canvas = _canvas(psf, stamps[2]) if pi.size else None
-        self.moved = moved
-        if moved is None and 0 < self.dst.size * psf.shape[1] <= MOVED_CACHE:
+        self.moved, self.cached = None, None  # the moved stamps, and which rows of them
+        if 0 < self.dst.size * psf.shape[1] <= MOVED_CACHE:
             self.moved = self._move(np.arange(self.dst.size))
 
     def _move(self, rows):
@@ -561,25 +561,32 @@ class _Neighbours:
         return _shifted(self.canvas, s, (ix[s] - ix[d], iy[s] - iy[d]), h)
 
     def _chunks(self, rows, step=4096):
-        """``(rows, moved stamps)`` in chunks."""
+        """``(rows, moved stamps)`` in chunks (views of the cache where its rows run on)."""
         for start in range(0, rows.size, step):
             part = rows[start:start + step]
-            yield part, (self.moved[part] if self.moved is not None else self._move(part))
+            if self.moved is None:
+                yield part, self._move(part)
+                continue
+            at = part if self.cached is None else self.cached[part]
+            run = at.size and at[-1] - at[0] == at.size - 1 and (np.diff(at) == 1).all()
+            yield part, (self.moved[at[0]:at[-1] + 1] if run else self.moved[at])
 
     def coupling(self, wp) -> np.ndarray:
         """``sum(wp_i * P_j)`` of every pair (i, j) = (pi, pj) on i's stamp."""
         out = np.zeros(self.pi.size)
         for rows, moved in self._chunks(np.arange(self.pi.size)):
-            out[rows] = _sum64(wp[self.dst[rows]] * moved)
+            out[rows] = np.einsum("ij,ij->i", wp[self.dst[rows]], moved)
         return out
 
     def subset(self, keep) -> _Neighbours:
-        """The pairs *keep* (a boolean per pair) only."""
+        """The pairs *keep* (a boolean per pair) only (the cache is shared, not copied)."""
         both = np.r_[keep, keep]
-        moved = None if self.moved is None else self.moved[both]
         sub = _Neighbours.__new__(_Neighbours)
         sub.psf, sub.stamps, sub.pi, sub.pj = self.psf, self.stamps, self.pi[keep], self.pj[keep]
-        sub.dst, sub.src, sub.canvas, sub.moved = self.dst[both], self.src[both], self.canvas, moved
+        sub.dst, sub.src, sub.canvas, sub.moved = self.dst[both], self.src[both], self.canvas, \
+            self.moved
+        whole = np.arange(both.size) if self.cached is None else self.cached
+        sub.cached = whole[both]
         return sub
 
     def others_light(self, wp, amp, inv_gain) -> np.ndarray:
@@ -597,7 +604,7 @@ class _Neighbours:
         light = np.empty((targets.size, wp.shape[1]), np.float32)
         for k in range(int(rank.max()) + 1):  # targets are unique within one rank
             for rows, moved in self._chunks(np.flatnonzero(rank == k)):
-                moved = moved * amp[self.src[rows], None].astype(np.float32)
+                moved = moved * amp[self.src[rows], None].astype(np.float32)  # (a copy)
                 if k == 0:  # every target once
                     light[row[rows]] = moved
                 else:
