@@ -136,11 +136,11 @@ def main(argv=None) -> int:
         def forced(psf=True):
             image = read_fits(raw_bytes, name="x")
             stars = None
+            wcs, _ = celestial_wcs(image.header)
             if psf:
-                wcs, _ = celestial_wcs(image.header)
                 ox, oy = icrs_to_pixel(wcs, ra, dec)
                 stars = read_psf_stars(store, record, ox, oy)
-            table = measure_task(task, image, ids, ra, dec, stars)
+            table = measure_task(task, image, ids, ra, dec, stars, wcs=wcs)
             table_to_parquet_bytes(table)
             return table
 

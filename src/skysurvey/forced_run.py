@@ -273,8 +273,8 @@ def read_psf_stars(catalog, image: dict, obj_x=None, obj_y=None) -> PsfStars | N
     return psf_stars(cols, float(fwhm) if fwhm else None, obj_x, obj_y)
 
 
-def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None = None
-                 ) -> pa.Table:
+def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None = None, *,
+                 wcs=None) -> pa.Table:
     """The ``forced_photometry`` rows of one read image (a :class:`FitsImage`) for objects
     ``(ids, ra, dec)``: the covered positions only.
 
@@ -292,6 +292,8 @@ def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None =
         The objects in its footprint.
     stars : PsfStars, optional
         The image's PSF star candidates.
+    wcs : astropy.wcs.WCS, optional
+        The image's celestial WCS when already made (else made from the header).
 
     Returns
     -------
@@ -300,7 +302,7 @@ def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None =
     """
     from .astrometry import celestial_wcs
 
-    wcs, _ = celestial_wcs(image.header)
+    wcs = wcs if wcs is not None else celestial_wcs(image.header)[0]
     if wcs is None:
         raise ValueError("no celestial WCS in the FITS header")
     phot = ImagePhotometry.from_row(task.image)
@@ -360,6 +362,7 @@ def forced_image(task: ForcedTask, *, tmp_dir: str | None = None,
     dict
         The reply.
     """
+    from .astrometry import celestial_wcs
     from .fitsread import read_fits
     from .pipeline import table_to_parquet_bytes
 
@@ -372,8 +375,9 @@ def forced_image(task: ForcedTask, *, tmp_dir: str | None = None,
         ids, ra, dec = objects_in_footprint(catalog, cells)
         with raw.local_file(task.key, tmp_dir=tmp_dir) as path:
             image = read_fits(path, name=where)
-        stars = _image_psf_stars(catalog, task.image, image, ra, dec)
-        table = measure_task(task, image, ids, ra, dec, stars)
+        wcs = celestial_wcs(image.header)[0]  # made once: ~15-30 ms per header
+        stars = _image_psf_stars(catalog, task.image, wcs, ra, dec)
+        table = measure_task(task, image, ids, ra, dec, stars, wcs=wcs)
         key = forced_key(task.image["image_id"], task.image.get("band"), task.image.get("night"))
         catalog.write_bytes(key, table_to_parquet_bytes(table),
                             content_type="application/vnd.apache.parquet")
@@ -392,10 +396,7 @@ def forced_image(task: ForcedTask, *, tmp_dir: str | None = None,
     return _reply(task, "error", seconds=time.perf_counter() - start, error=error)
 
 
-def _image_psf_stars(catalog, record: dict, image, ra, dec) -> PsfStars | None:
-    from .astrometry import celestial_wcs
-
-    wcs, _ = celestial_wcs(image.header)
+def _image_psf_stars(catalog, record: dict, wcs, ra, dec) -> PsfStars | None:
     if wcs is None:
         return None
     ox, oy = icrs_to_pixel(wcs, ra, dec)
