@@ -450,8 +450,13 @@ def _shifted(canvas, src, shift, h):
 
 
 def _sum64(a):
-    """Row sums of a float32 (n, m) array, accumulated in float64."""
-    return a.sum(axis=1, dtype=np.float64)
+    """Row sums of a float32 (n, m) array (pairwise), as float64."""
+    return a.sum(axis=1).astype(np.float64)
+
+
+def _dot(a, b):
+    """Row-wise dot products of two float32 (n, m) arrays (no product array), as float64."""
+    return np.einsum("ij,ij->i", a, b).astype(np.float64)
 
 
 def _fit_subset(pixels, x, y, h, settings, saturated):
@@ -491,11 +496,11 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     use &= inside
     use &= ~bad
     data = np.where(use, values, np.float32(0.0))
-    wp = np.where(use, psf, np.float32(0.0))
-    wp *= inv_var.astype(np.float32)[:, None]
-    diag = _sum64(wp * psf)
-    rhs = _sum64(wp * data)
-    wsum = _sum64(wp)  # response to a constant background offset
+    mp = np.where(use, psf, np.float32(0.0))  # the model on the used pixels
+    wp = mp * inv_var.astype(np.float32)[:, None]
+    diag = _dot(mp, mp) * inv_var
+    rhs = _dot(mp, data) * inv_var
+    wsum = _sum64(mp) * inv_var  # response to a constant background offset
     # pairs whose stamps overlap: the off-diagonal terms
     # (a stamp meets the other's fitted pixels within h + fit radius; two wings meeting on a
     # third object's pixels, up to 2h apart, couple them by less than 1e-3: left out)
@@ -513,10 +518,11 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     gain = pixels.gain
     inv_gain = 1.0 / gain if gain and gain > 0 else 0.0
     a_pos = np.where(np.isfinite(amp), np.maximum(amp, 0.0), 0.0)
-    wp2_psf = wp * wp * np.maximum(psf, np.float32(0.0))
+    mp2_pos = mp * np.maximum(mp, np.float32(0.0))
+    mp2_pos *= mp
     # own light a * psf: sum(wp^2 (a psf / gain + (e a psf)^2)) from two sums
-    extra_own = (a_pos * inv_gain * _sum64(wp2_psf)
-                 + (PROFILE_ERROR * a_pos) ** 2 * _sum64(wp2_psf * psf))
+    extra_own = (a_pos * inv_gain * _sum64(mp2_pos)
+                 + (PROFILE_ERROR * a_pos) ** 2 * _dot(mp2_pos, mp)) * inv_var**2
     extra_others = neighbours.others_light(wp, np.where(np.isfinite(amp), amp, 0.0), inv_gain)
     with np.errstate(divide="ignore", invalid="ignore"):
         var_bkg = np.where(diag > 0, 1.0 / diag, np.nan)
