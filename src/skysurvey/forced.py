@@ -22,6 +22,7 @@ pixel (:data:`OFF_IMAGE` and :data:`CENTRE_MASKED` mark the others: no row).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -523,15 +524,15 @@ def _mesh_background(values, bad, q: int, filt: int):
     ok = ok.reshape(my, q, mx, q).transpose(0, 2, 1, 3).reshape(my * mx, q * q)
     ok &= np.isfinite(v)
     v = np.where(ok, v, np.float32(0.0))
-    use = ok.astype(np.float32)
-    for _ in range(MESH_CLIP_ITER):  # float32 pairwise sums over contiguous rows: fast
+    ok = ok.astype(np.float32)
+    use = ok
+    for _ in range(MESH_CLIP_ITER):  # row dot products over contiguous rows: fast
         n = np.maximum(use.sum(axis=1), 1.0)
-        mean = (v * use).sum(axis=1) / n
+        mean = np.einsum("ij,ij->i", v, use) / n
         d = v - mean[:, None]
         d *= d
-        var = (d * use).sum(axis=1) / n
-        use = (d <= np.float32(9.0) * var[:, None]).astype(np.float32)
-        use *= ok
+        var = np.einsum("ij,ij->i", d, use) / n
+        use = np.multiply(d <= np.float32(9.0) * var[:, None], ok)
     good = use.sum(axis=1) >= q * q // 4
     stats = []
     for a in (mean, np.sqrt(var)):
@@ -544,11 +545,14 @@ def _mesh_background(values, bad, q: int, filt: int):
         stats.append(a.astype(np.float32))
     (jy, ty), (jx, tx) = _bilinear(ny, my, q), _bilinear(nx, mx, q)
     maps = []
-    for a in stats:  # the meshes' columns, then whole rows (no BLAS)
+    for a in stats:  # the meshes' columns, then the rows between two meshes' centres at once
         cols = a[:, jx] * (1 - tx) + a[:, np.minimum(jx + 1, mx - 1)] * tx
-        out = cols[jy]
-        out *= (1 - ty)[:, None]
-        out += cols[np.minimum(jy + 1, my - 1)] * ty[:, None]
+        step = np.diff(cols, axis=0) if my > 1 else np.zeros((1, nx), np.float32)
+        out = np.empty((ny, nx), np.float32)
+        bounds = np.r_[0, np.flatnonzero(np.diff(jy)) + 1, ny]
+        for r0, r1 in itertools.pairwise(bounds):
+            np.multiply.outer(ty[r0:r1], step[jy[r0]], out=out[r0:r1])
+            out[r0:r1] += cols[jy[r0]]
         maps.append(out)
     return maps[0], maps[1], float(np.median(stats[1]))
 
