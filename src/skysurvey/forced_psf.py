@@ -732,7 +732,7 @@ def psf_stars(sources: dict, fwhm: float | None, obj_x=None, obj_y=None) -> PsfS
     -------
     PsfStars or None
     """
-    from .psf import nearest_neighbour_distance, pairs_within
+    from .psf import pairs_within
 
     x = np.asarray(sources["x"], float)
     if x.size == 0:
@@ -756,7 +756,8 @@ def psf_stars(sources: dict, fwhm: float | None, obj_x=None, obj_y=None) -> PsfS
     xs, ys = np.where(finite, x, -1e9), np.where(finite, y, -1e9)
     near = np.zeros(x.size, bool)
     if cand.any():
-        near[np.flatnonzero(cand)] = nearest_neighbour_distance(xs, ys, cand) < reach
+        c = np.flatnonzero(cand)  # another detection within reach (sorted in x: not n^2)
+        near[c] = np.bincount(pairs_within(xs, ys, xs[c], ys[c], reach)[0], minlength=c.size) > 1
     if obj_x is not None and cand.any():
         ok = np.isfinite(obj_x) & np.isfinite(obj_y)
         c = np.flatnonzero(cand)
