@@ -6,37 +6,51 @@ measures every object at its fixed position. Forced photometry at known position
 in the amplitudes, so objects whose model stamps meet each other's fitted pixels are solved
 jointly and exactly (one small dense solve per group, batched by group size) rather than
 iterated: a neighbour's light goes to the neighbour at any seeing. :func:`psf_measure` wraps
-the fit as :class:`skysurvey.forced.ForcedOptions`' ``measure``; the amplitude is returned on
-the aperture's scale (times the model's fraction within the aperture radius), so the image's
-aperture correction makes it a total flux on ``sources.flux_apcorr``'s scale.
+the fit as :class:`ForcedOptions`' ``measure`` of :func:`forced_photometry` (one image: the
+measurement, then the calibration); the amplitude is returned on the aperture's scale (times
+the model's fraction within the aperture radius), so the image's aperture correction makes
+it a total flux on ``sources.flux_apcorr``'s scale.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from .forced import BLENDED, MASKED, NEAR_EDGE, SATURATED, _disc_pixels, circle_overlap
+from .forced import (
+    APERTURE_FLUX,
+    BLENDED,
+    CENTRE_MASKED,
+    MASKED,
+    NEAR_EDGE,
+    OFF_IMAGE,
+    SATURATED,
+    ImagePhotometry,
+    _disc_pixels,
+    aperture_flux,
+    calibrate_fluxes,
+    circle_overlap,
+    covered,
+    icrs_to_pixel,
+)
 from .geometry import window_pairs
 from .measurement import Pixels
 
 __all__ = [
     "FIT_RADIUS_FWHM",
     "MIN_PSF_STARS",
+    "ForcedOptions",
     "PsfFitSettings",
     "PsfStars",
     "aperture_fractions",
+    "forced_photometry",
     "psf_fit",
     "psf_measure",
     "psf_model",
     "psf_stars",
-    "single_thread_blas",
 ]
 
 
@@ -46,10 +60,8 @@ class PsfStars:
 
     Attributes
     ----------
-    x, y : ndarray
-        Every detection's position (windowed centroid), pixels.
-    flux : ndarray
-        Their fluxes (a first guess of the stars' amplitudes).
+    x, y, flux : ndarray
+        Every detection's position (windowed centroid, pixels) and flux (a first guess).
     stars : ndarray of bool
         The PSF star candidates (bright, unflagged, point-like, isolated).
     fwhm : float
@@ -63,74 +75,16 @@ class PsfStars:
     fwhm: float
 
 
-@functools.cache
-def _openblas():
-    """``(get, set)`` of the OpenBLAS that numpy loaded (its thread count), or None."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for suffix in ("64_", ""):
-            for prefix in ("scipy_openblas", "openblas"):
-                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                if get is not None and put is not None:
-                    return get, put
-    return None
-
-
-@contextlib.contextmanager
-def single_thread_blas() -> Iterator[None]:
-    """Run the block with one OpenBLAS thread (the previous count restored after).
-
-    The PSF model and the joint fit make many small matrix products and batched solves;
-    OpenBLAS's threads cost more than they give there (measured on 2 cores, one 2048² image:
-    the model 42 -> 33 ms CPU, the fit 168 -> 87 ms, and less wall time too). A no-op when
-    numpy's BLAS is not OpenBLAS or cannot be found.
-
-    Yields
-    ------
-    None
-    """
-    blas = _openblas()
-    if blas is None:
-        yield
-        return
-    get, put = blas
-    before = int(get())
-    put(1)
-    try:
-        yield
-    finally:
-        put(before)
-
-
 #: At least this many PSF stars build a model (fewer: the aperture is used).
 MIN_PSF_STARS = 5
 #: Other detections' pixels within this many FWHM are left out of a PSF star's stamp.
 LABEL_RADIUS_FWHM = 1.5
 
 
-def _paint(shape, x, y, radius, values) -> np.ndarray:
-    """An int32 image holding *values[i]* within *radius* of (x[i], y[i]) (0 elsewhere)."""
-    out = np.zeros(shape[0] * shape[1], np.int32)
-    flat, owner = _disc_pixels(shape, x, y, radius)
-    out[flat] = np.asarray(values)[owner]
-    return out.reshape(shape)
-
-
 def psf_model(pixels: Pixels, stars: PsfStars):
     """The image's PSF model (:class:`skysurvey.psfmodel.PsfGrid`) from its PSF stars, or
-    None when fewer than :data:`MIN_PSF_STARS` are usable.
-
-    :func:`skysurvey.psfphot.model_from_stars` (psfphot's builder) with the other detections'
-    pixels (within :data:`LABEL_RADIUS_FWHM` FWHM) left out of each star's stamp.
+    None when fewer than :data:`MIN_PSF_STARS` are usable: psfphot's builder with the other
+    detections' pixels (within :data:`LABEL_RADIUS_FWHM` FWHM) left out of each star's stamp.
 
     Parameters
     ----------
@@ -154,8 +108,9 @@ def psf_model(pixels: Pixels, stars: PsfStars):
     reach = max(MIN_MODEL_HALF, math.ceil(MODEL_HALF_FWHM * stars.fwhm)) + label_r + 1
     near = ((np.abs(x[:, None] - x[use]) <= reach)
             & (np.abs(y[:, None] - y[use]) <= reach)).any(axis=1)
-    labels = _paint(pixels.shape, np.where(near, x, np.nan), y, label_r,
-                    np.arange(1, x.size + 1, dtype=np.int32))
+    flat, owner = _disc_pixels(pixels.shape, np.where(near, x, np.nan), y, label_r)
+    labels = np.zeros(pixels.shape, np.int32)
+    labels.ravel()[flat] = owner + 1
     flux = np.asarray(stars.flux, float)
     rms = pixels.rms if np.ndim(pixels.rms) == 2 else np.full(pixels.shape, float(pixels.rms))
     try:
@@ -183,8 +138,7 @@ class PsfFitSettings:
     sky_level_err : float
         Uncertainty of the subtracted background level per pixel.
     stars_x, stars_y : ndarray, optional
-        The PSF stars' positions: objects there (alone in their group, SNR >= CALIB_SNR) tie
-        the PSF fluxes to the aperture fluxes (:data:`CALIB_RANGE`).
+        The PSF stars' positions: those alone with SNR >= CALIB_SNR tie PSF to aperture fluxes.
     """
 
     grid: object
@@ -292,14 +246,12 @@ def _solve_groups(label, diag, pi, pj, off, rhs):
 def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
     """PSF amplitudes at fixed positions, overlapping objects fitted jointly.
 
-    Forced photometry at known positions is linear: every object's amplitude of the image's
-    PSF model, by weighted least squares (background noise weights, so the estimate is
-    unbiased at any flux) on the pixels within ``max(FIT_RADIUS_FWHM x FWHM, MIN_FIT_RADIUS)``
-    of any object. Objects whose model stamps meet fitted pixels of each other form a group
-    whose normal equations are solved exactly (one small dense solve per group, batched by
-    size); isolated objects are one division each. Errors: the inverse normal matrix, the
-    sources' Poisson noise (from the fitted model), the background level's error and the
-    model's own noise (MODEL_NOISE / sqrt(stars)).
+    Linear at known positions: every object's amplitude of the image's PSF model by weighted
+    least squares (the background noise at the object's centre: unbiased at any flux) on the
+    pixels within ``max(FIT_RADIUS_FWHM x FWHM, MIN_FIT_RADIUS)`` of any object; objects whose
+    stamps meet each other's fitted pixels are solved jointly (one small dense solve per
+    group, batched by size). Errors: the inverse normal matrix, the sources' Poisson noise
+    (the fitted model), the background level's error, the model's noise (MODEL_NOISE).
 
     Parameters
     ----------
@@ -463,10 +415,9 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     """:func:`psf_fit` of objects (x, y) on stamps of half-size *h*: amplitudes, variance,
     its background share, flags, and whether each was fitted alone.
 
-    Per-pixel work in float32 (stamps gathered with fancy indexing into (n, S²)), sums in
-    float64; the normal equations' off-diagonal terms and the neighbours' light come from the
-    pairs of objects whose stamps meet (each pair's stamp moved onto the other's grid), so no
-    array of the image's size is made but the map of fitted pixels."""
+    Per-pixel work in float32 on (n, S²) stamps (row sums pairwise or by einsum); the
+    couplings and the neighbours' light from the pairs whose stamps meet (each one's stamp
+    moved onto the other's grid): no array of the image's size but the fitted pixels' map."""
     from .psfmodel import as_float32, render
 
     grid = settings.grid
@@ -475,7 +426,7 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     radius = max(FIT_RADIUS_FWHM * float(settings.fwhm), MIN_FIT_RADIUS)
     n = x.size
     ix, iy, psf = render(as_float32(grid), x, y, h)
-    psf = psf.reshape(n, -1)
+    psf = psf.reshape(n, -1)  # (n, S²) float32
     stamps = _geometry(sub.shape, x, y, h)
     inside = stamps.inside
     # the fitted pixels: within the fit radius of any object, valid, with a finite noise
@@ -528,8 +479,9 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
         var_bkg = np.where(diag > 0, 1.0 / diag, np.nan)
         level = wsum / diag
         for members, inv in blocks:
-            var_bkg[members] = np.einsum("gii->gi", inv)
+            var_bkg[members] = np.einsum("gii->gi", inv)  # <= 0: numerically singular
             level[members] = np.einsum("gij,gj->gi", inv, wsum[members])
+        var_bkg[~(var_bkg > 0) & (diag > 0)] = np.inf  # (coincident objects): no error
         inflate = np.maximum(var_bkg * diag, 1.0)  # a joint fit's larger variance
         var_sky = (var_bkg + (settings.sky_level_err * level) ** 2
                    + inflate * extra_others / diag**2)
@@ -543,15 +495,13 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     return amp, var, var_sky, f, alone
 
 
-#: Objects' stamps moved onto their neighbours' grids are kept between the coupling and the
-#: neighbours' light up to this many pixels (float32: 32 MB); beyond, they are made twice.
+#: Stamps moved onto neighbours' grids are kept up to this many pixels (float32: 32 MB).
 MOVED_CACHE = 2**23
 
 
 class _Neighbours:
-    """The pairs ``(pi, pj)`` of objects whose stamps meet: each one's stamp as seen on the
-    other's grid (both directions, whole rows through :func:`_shifted`), for the
-    normal equations' off-diagonal terms and the neighbours' light on each stamp."""
+    """Pairs ``(pi, pj)`` whose stamps meet: each one's stamp on the other's grid (both ways,
+    :func:`_shifted`), for the couplings and the neighbours' light on each stamp."""
 
     def __init__(self, psf, stamps, pi, pj):
         self.psf, self.stamps, self.pi, self.pj = psf, stamps, pi, pj
@@ -630,8 +580,6 @@ class _Neighbours:
 def _aperture_scale(pixels, x, y, fit, settings) -> float:
     """Median aperture / PSF flux of the PSF stars measured alone (:data:`CALIB_SNR`);
     *fit* is ``(flux, flux_err, alone)`` per object."""
-    from .forced import aperture_flux
-
     flux, err, alone = fit
 
     if settings.stars_x is None or not np.size(settings.stars_x):
@@ -674,7 +622,7 @@ def aperture_fractions(grid, x, y, radius: float) -> np.ndarray:
     Returns
     -------
     ndarray
-        The fraction of the model's (unit) sum within the aperture, per position.
+        Per position, the fraction of the model's (unit) sum within the aperture.
     """
     from .psfmodel import poly_terms
 
@@ -767,3 +715,85 @@ def psf_stars(sources: dict, fwhm: float | None, obj_x=None, obj_y=None) -> PsfS
     idx = np.flatnonzero(cand)
     cand[idx[np.argsort(-flux[idx])][MAX_PSF_STARS:]] = False
     return PsfStars(xs, ys, np.where(np.isfinite(flux), flux, 0.0), cand, float(fwhm))
+
+
+# ---- one image: the measurement and the calibration ---------------------------------------
+
+
+@dataclass(frozen=True)
+class ForcedOptions:
+    """How :func:`forced_photometry` measures.
+
+    Attributes
+    ----------
+    measure : callable, optional
+        ``measure(pixels, x, y, saturated) -> (flux, flux_err, sky_err, flags)`` on the
+        aperture's scale, given every position, covered or not (uncovered ones are modelled,
+        not reported): :func:`psf_measure`'s. None: the aperture (flagged APERTURE_FLUX
+        when *flag_aperture*: a PSF model was wanted).
+    sky_level_err : float
+        Uncertainty of the subtracted background level per pixel (the aperture's).
+    saturated : ndarray of bool, optional
+        Saturated pixels (flags only).
+    flag_aperture : bool
+    xy : tuple of ndarray, optional
+        The positions' pixel coordinates when already computed.
+    """
+
+    measure: Callable | None = None
+    sky_level_err: float = 0.0
+    saturated: np.ndarray | None = None
+    flag_aperture: bool = False
+    xy: tuple | None = None
+
+
+def forced_photometry(pixels: Pixels, wcs, ra, dec, phot: ImagePhotometry,
+                      options: ForcedOptions | None = None) -> dict[str, np.ndarray]:
+    """Forced photometry of one image at ICRS positions.
+
+    Parameters
+    ----------
+    pixels : Pixels
+        ``sub`` (background-subtracted image; masked pixels may hold anything), ``rms``
+        (scalar or map), ``mask`` (pixels to leave out), ``gain``.
+    wcs : astropy.wcs.WCS
+        The image's celestial WCS.
+    ra, dec : array_like
+        ICRS positions, degrees.
+    phot : ImagePhotometry
+        Aperture radius, aperture correction, zero point, gain (the image's record).
+    options : ForcedOptions, optional
+        The measurement (default: the aperture), background level error, saturated pixels.
+
+    Returns
+    -------
+    dict of ndarray
+        ``x``, ``y``, ``covered`` (bool: on the image, pixel valid), ``flux``, ``flux_err``,
+        ``snr``, ``mag``, ``mag_err``, ``mag_limit``, ``flags`` (int32). Positions not covered
+        have NaN photometry and :data:`OFF_IMAGE` or :data:`CENTRE_MASKED` set. Fluxes are
+        the measurement times the image's aperture correction (total flux).
+    """
+    options = options or ForcedOptions()
+    data = np.asarray(pixels.sub)
+    x, y = icrs_to_pixel(wcs, ra, dec) if options.xy is None else options.xy
+    shape = data.shape
+    on_image = covered(x, y, shape)
+    mask = pixels.mask
+    valid = None if mask is None else ~np.asarray(mask, bool)
+    cover = covered(x, y, shape, valid) & on_image
+    xc, yc = np.where(cover, x, np.nan), np.where(cover, y, np.nan)
+    if options.measure is None:
+        flux, err, sky, flags = aperture_flux(pixels.with_(sub=data, gain=phot.gain), xc, yc,
+                                              phot.aperture_radius, saturated=options.saturated,
+                                              sky_level_err=options.sky_level_err)
+        if options.flag_aperture:
+            flags = flags | APERTURE_FLUX
+    else:  # every position, covered or not: an object just off the edge or on a masked
+        # pixel still sends light into the image, which a joint fit must model
+        flux, err, sky, flags = options.measure(pixels, x, y, options.saturated)
+    correction, correction_err = phot.correction
+    out = calibrate_fluxes(flux, err, sky, phot.zero_point, correction, correction_err)
+    out = {k: np.where(cover, v, np.nan) for k, v in out.items()}  # not covered: no photometry
+    flags = flags | np.where(~on_image, OFF_IMAGE, 0) | np.where(on_image & ~cover,
+                                                                  CENTRE_MASKED, 0)
+    return {"x": x, "y": y, "covered": cover, **out, "flags": flags.astype(np.int32)}

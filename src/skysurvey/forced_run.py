@@ -46,19 +46,19 @@ from .config import is_s3_uri
 from .errors import SkySurveyError, TransientStorageError, one_line, printable
 from .forced import (
     HPX_ORDER,
-    ForcedOptions,
     ImagePhotometry,
     background_subtracted,
-    forced_photometry,
     icrs_to_pixel,
+    single_thread_blas,
 )
 from .forced_psf import (
+    ForcedOptions,
     PsfFitSettings,
     PsfStars,
+    forced_photometry,
     psf_measure,
     psf_model,
     psf_stars,
-    single_thread_blas,
 )
 from .forced_summary import (
     VARIABILITY_FILE,
