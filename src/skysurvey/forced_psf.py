@@ -213,14 +213,12 @@ def _solve_groups(label, diag, pi, pj, off, rhs):
         order = multi[np.argsort(label[multi], kind="stable")]
         starts = np.r_[0, np.flatnonzero(np.diff(label[order])) + 1]
         sizes = np.diff(np.r_[starts, order.size])
-        local = np.empty(n, np.int64)
-        group = np.empty(n, np.int64)
-        for g, (s0, k) in enumerate(zip(starts, sizes, strict=True)):
-            local[order[s0:s0 + k]] = np.arange(k)
-            group[order[s0:s0 + k]] = g
+        local, group = np.empty(n, np.int64), np.empty(n, np.int64)
+        local[order] = np.arange(order.size) - np.repeat(starts, sizes)
+        group[order] = np.repeat(np.arange(starts.size), sizes)
         for k in np.unique(sizes):
             gs = np.flatnonzero(sizes == k)
-            members = np.stack([order[starts[g]:starts[g] + k] for g in gs])  # (G, k)
+            members = order[starts[gs, None] + np.arange(k)]  # (G, k)
             pos = np.full(len(starts), -1)
             pos[gs] = np.arange(gs.size)
             mats = np.zeros((gs.size, k, k))
