@@ -564,14 +564,12 @@ class _Neighbours:
                 else:
                     light[row[rows]] += moved
         np.maximum(light, np.float32(0.0), out=light)
-        # L / gain + (e L)^2 = L (1 / gain + e^2 L), weighted by wp^2
-        term = light * np.float32(NEIGHBOUR_PROFILE_ERROR**2)
-        term += np.float32(inv_gain)
-        term *= light
+        # sum(wp^2 (L / gain + (e L)^2)) from two row dot products
         wt = wp[targets]
         wt *= wt
-        term *= wt
-        out[targets] = _sum64(term)
+        out[targets] = inv_gain * _dot(wt, light)
+        wt *= light
+        out[targets] += NEIGHBOUR_PROFILE_ERROR**2 * _dot(wt, light)
         return out
 
 
