@@ -70,9 +70,9 @@ def stages(raw_bytes, record, store, ra, dec) -> dict:
     """The forced step's parts, each alone (inputs prepared once), with one BLAS thread as
     ``measure_task`` runs them: reading the FITS and the WCS; the background with the
     objects masked; the PSF stars and model; the joint fit."""
-    from skysurvey.forced import ImagePhotometry, background_subtracted, single_thread_blas
+    from skysurvey.forced import ImagePhotometry, background_subtracted
     from skysurvey.forced_psf import PsfFitSettings, psf_fit, psf_model
-    from skysurvey.measurement import Pixels
+    from skysurvey.measurement import Pixels, single_thread_blas
 
     image = read_fits(raw_bytes, name="x")
     wcs, _ = celestial_wcs(image.header)

@@ -20,11 +20,7 @@ pixel (:data:`OFF_IMAGE` and :data:`CENTRE_MASKED` mark the others: no row).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +50,6 @@ __all__ = [
     "image_footprint",
     "position_cell",
     "sample_valid_pixels",
-    "single_thread_blas",
 ]
 
 #: HEALPix order of ``images.footprint_hpx12`` (NESTED; cells ~0.86 arcmin wide).
@@ -699,51 +694,3 @@ def calibrate_fluxes(flux, flux_err, sky_err, zero_point, correction=1.0, correc
             limit = np.where(sky > 0, zero_point - 2.5 * np.log10(5.0 * sky), np.nan)
     return {"flux": flux, "flux_err": err, "snr": snr, "mag": mag, "mag_err": mag_err,
             "mag_limit": limit}
-
-
-@functools.cache
-def _openblas():
-    """``(get, set)`` of the OpenBLAS that numpy loaded (its thread count), or None."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for suffix in ("64_", ""):
-            for prefix in ("scipy_openblas", "openblas"):
-                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                if get is not None and put is not None:
-                    return get, put
-    return None
-
-
-@contextlib.contextmanager
-def single_thread_blas() -> Iterator[None]:
-    """Run the block with one OpenBLAS thread (the previous count restored after).
-
-    The PSF model and the joint fit make many small matrix products and batched solves;
-    OpenBLAS's threads cost more than they give there (measured on 2 cores, one 2048² image:
-    the model 42 -> 33 ms CPU, the fit 168 -> 87 ms, and less wall time too). A no-op when
-    numpy's BLAS is not OpenBLAS or cannot be found.
-
-    Yields
-    ------
-    None
-    """
-    blas = _openblas()
-    if blas is None:
-        yield
-        return
-    get, put = blas
-    before = int(get())
-    put(1)
-    try:
-        yield
-    finally:
-        put(before)

@@ -49,7 +49,6 @@ from .forced import (
     ImagePhotometry,
     background_subtracted,
     icrs_to_pixel,
-    single_thread_blas,
 )
 from .forced_psf import (
     ForcedOptions,
@@ -66,7 +65,7 @@ from .forced_summary import (
     VariabilitySummary,
     summarize_forced,
 )
-from .measurement import Pixels
+from .measurement import Pixels, single_thread_blas
 from .schema import (
     FORCED_PHOTOMETRY_SCHEMA,
     catalog_keys,
