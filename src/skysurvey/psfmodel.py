@@ -63,7 +63,7 @@ STARS_PER_TERM = 8
 #: Sources rendered at a time by :class:`ModelImage` (bounds render's temporaries).
 RENDER_CHUNK = 2048
 #: Matrix products are split below this m n k (OpenBLAS's one-thread limit, see _matmul).
-BLAS_ONE_THREAD = 1 << 17
+_BLAS_ONE_THREAD = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def _matmul(a, b):
     """``a @ b`` (2-D) in blocks of *a*'s rows small enough that OpenBLAS stays on one
     thread (m n k below its 2**18 threshold): its threads spin-wait between calls, so these
     small products cost several times their CPU time threaded (8 ms against 0.1 ms)."""
-    step = max(1, BLAS_ONE_THREAD // max(a.shape[1] * b.shape[1], 1))
+    step = max(1, _BLAS_ONE_THREAD // max(a.shape[1] * b.shape[1], 1))
     if a.shape[0] <= step:
         return a @ b
     out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
@@ -199,8 +199,7 @@ def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False, centre
     reach = LANCZOS + int(extra.max(initial=0))
     dtype = grid.basis.dtype
     terms = poly_terms(x, y, grid.order, grid.centre, grid.scale).astype(dtype)  # (N, K)
-    k = grid.basis.shape[0]
-    h = grid.half
+    k, h = grid.basis.shape[0], grid.half
     window = half_out + reach  # the model pixels the stamp's taps reach
     pad = max(window - h, 0)
     basis = np.pad(grid.basis, ((0, 0), (pad, pad), (pad, pad))) if pad else grid.basis
@@ -218,10 +217,8 @@ def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False, centre
     ty, dty = (t.astype(dtype) for t in _taps(fy, True, reach))
     wxt = _banded(tx, size).transpose(0, 2, 1)
     rows = _banded(ty, size) @ grids
-    psf = rows @ wxt
-    dx = rows @ _banded(dtx, size).transpose(0, 2, 1)
-    dy = _banded(dty, size) @ grids @ wxt
-    return ix, iy, psf, dx, dy
+    return (ix, iy, rows @ wxt, rows @ _banded(dtx, size).transpose(0, 2, 1),
+            _banded(dty, size) @ grids @ wxt)
 
 
 def _banded(taps, size):
@@ -538,32 +535,97 @@ def _bin_fit(nodes, terms, residual, weight, n_nodes, ridge=1e-6):
         for j in range(i, k):
             normal[:, i, j] = normal[:, j, i] = np.bincount(nodes, wi * terms[:, j], n_nodes)
     count = np.bincount(nodes, minlength=n_nodes)
-    ok = (count > k) & (normal[:, 0, 0] > 0)
-    out = np.zeros((n_nodes, k))
+    return _solve(normal, rhs, (count > k) & (normal[:, 0, 0] > 0), ridge)
+
+
+def _solve(normal, rhs, ok, ridge):
+    """Solutions (M, K) of the (M, K, K) systems where *ok* (0 elsewhere), lightly ridged."""
+    out = np.zeros(rhs.shape)
     if ok.any():
         a = normal[ok]
-        a = a + ridge * a[:, :1, :1] * np.eye(k)
+        a = a + ridge * a[:, :1, :1] * np.eye(rhs.shape[1])
         out[ok] = np.linalg.solve(a, rhs[ok][..., None])[..., 0]
     return out
 
 
-def _pixel_fit(terms, residual, weight, ridge=1e-6):
-    """:func:`_bin_fit` when every star has one sample per model pixel: *terms* (N, K),
-    *residual* and *weight* (N, P). Returns the (P, K) coefficients."""
-    n, k = terms.shape
-    keep = weight > 0
-    wt = np.where(keep, weight, 0.0)
-    # (K², N) @ (N, P): contiguous operands (a transposed (P, N) one is many times slower)
-    pairs = (terms[:, :, None] * terms[:, None, :]).reshape(n, k * k)
-    normal = (pairs.T @ wt).T.reshape(-1, k, k)
-    rhs = (terms.T @ np.where(keep, wt * residual, 0.0)).T
-    ok = (keep.sum(axis=0) > k) & (normal[:, 0, 0] > 0)
-    out = np.zeros((residual.shape[1], k))
-    if ok.any():
-        a = normal[ok]
-        a = a + ridge * a[:, :1, :1] * np.eye(k)
-        out[ok] = np.linalg.solve(a, rhs[ok][..., None])[..., 0]
-    return out
+class _Stars:
+    """:func:`build`'s stars flattened to (N, P) float64, with what every iteration reuses
+    (weighted data, its share of chi², valid pixels, the polynomial terms' products), so an
+    iteration's sums are a few matrix products: with ``a = flux * use``, a model pixel's
+    normal matrix is ``sum_n w a² t tᵀ`` and its right side ``sum_n t (a w s - a² w m)``
+    (the residual ``(s - flux m) / flux`` at weight ``w flux²``, never made)."""
+
+    def __init__(self, stars: StarStamps, terms):
+        n = stars.stamps.shape[0]
+        self.s = np.asarray(stars.stamps, float).reshape(n, -1)
+        self.w = np.asarray(stars.weights, float).reshape(n, -1)
+        self.both = np.empty((2 * n, self.s.shape[1]))  # w s, then w m (set by refit)
+        np.multiply(self.w, self.s, out=self.both[:n])
+        self.sws = np.einsum("np,np->n", self.both[:n], self.s)
+        self.valid = self.w > 0
+        self.dof = np.maximum(self.valid.sum(axis=1) - 1, 1)
+        self.terms = terms
+        self.iu = np.triu_indices(terms.shape[1])
+        self.pairs = terms[:, self.iu[0]] * terms[:, self.iu[1]]
+        self.model = None  # (N, P), the last refit's
+
+    def refit(self, model):
+        """Fluxes (linear) and reduced chi² of the stars against *model* (N, S, S)."""
+        n = self.s.shape[0]
+        self.model = m = model.reshape(n, -1)
+        wm = np.multiply(self.w, m, out=self.both[n:])
+        a, b = np.einsum("np,np->n", wm, self.s), np.einsum("np,np->n", wm, m)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            amp = a / b
+        # sum w (s - amp m)², expanded (float64: the cancellation costs ~1e-12)
+        return amp, (self.sws - 2 * amp * a + amp * amp * b) / self.dof
+
+    def pixel_fit(self, flux, use, ridge=1e-6):
+        """Each model pixel's polynomial correction (P, K) from the stars' residuals when
+        every star has one sample per model pixel."""
+        n, k = self.terms.shape
+        fa = np.where(use, flux, 0.0)
+        packed = _matmul(self.w.T, self.pairs * (fa * fa)[:, None])
+        normal = np.empty((packed.shape[0], k, k))
+        normal[:, self.iu[0], self.iu[1]] = normal[:, self.iu[1], self.iu[0]] = packed
+        if self.model is None:  # a zero model
+            rhs = _matmul(self.both[:n].T, self.terms * fa[:, None])
+        else:
+            rhs = _matmul(self.both.T, np.concatenate([self.terms * fa[:, None],
+                                                       self.terms * (-fa * fa)[:, None]]))
+        ok = (self.valid[use].sum(axis=0) > k) & (normal[:, 0, 0] > 0)
+        return _solve(normal, rhs, ok, ridge)
+
+    def bin_fit(self, flux, use, nodes, n_nodes):
+        """:meth:`pixel_fit` for samples on model pixels *nodes* (N, P) (outside: < 0)."""
+        f = flux[:, None]
+        m = 0.0 if self.model is None else self.model
+        with np.errstate(divide="ignore", invalid="ignore"):
+            res = (self.s - f * m) / f
+        wt = self.w * f**2 * use[:, None]
+        keep = (wt > 0) & (nodes >= 0)
+        terms = np.broadcast_to(self.terms[:, None, :], (*nodes.shape, self.terms.shape[1]))
+        return _bin_fit(nodes[keep], terms[keep], res[keep], wt[keep], n_nodes)
+
+    def resid_rms(self, flux, use):
+        """The model's error where it matters: the stars' residuals ``(data - flux * model)
+        / flux`` stacked pixel by pixel (inverse-variance weighted mean over the used stars,
+        so the noise averages down and what remains is the model's own error), RMS over the
+        core (where the model exceeds a tenth of its peak), as a fraction of the peak."""
+        if not use.any():
+            return math.nan
+        n = self.s.shape[0]
+        fa = np.where(use, flux, 0.0)
+        total = np.einsum("n,np->p", fa * fa, self.w)
+        stacked = (np.einsum("n,np->p", fa, self.both[:n])
+                   - np.einsum("n,np->p", fa * fa, self.both[n:]))
+        stacked /= np.where(total > 0, total, 1.0)
+        mean = np.einsum("n,np->p", use.astype(float), self.model) / use.sum()
+        peak = mean.max()
+        core = (mean > 0.1 * peak) & (total > 0)
+        if not core.any() or not peak > 0:
+            return math.nan
+        return float(np.sqrt(np.mean(stacked[core] ** 2)) / peak)
 
 
 def _normalise(basis, oversample):
@@ -640,105 +702,44 @@ def build(stars: StarStamps, layout: GridLayout, *, n_iter: int = 6, clip: float
     -------
     PsfGrid
     """
-    stamps = np.asarray(stars.stamps, float)
-    weights = np.asarray(stars.weights, float)
     x, y = np.asarray(stars.x, float).copy(), np.asarray(stars.y, float).copy()
     flux = np.asarray(stars.flux, float).copy()
     half, oversample, order = layout.half, layout.oversample, layout.order
-    centre, scale = layout.centre, layout.scale
-    n, s = stamps.shape[0], stamps.shape[1]
-    k = n_terms(order)
-    g = 2 * half * oversample + 1
-    c = half * oversample
+    centre, scale = tuple(layout.centre), tuple(layout.scale)
+    n, s = stars.stamps.shape[0], stars.stamps.shape[1]
+    k, g, c = n_terms(order), 2 * half * oversample + 1, half * oversample
     basis = np.zeros((k, g, g))
     if start is not None and start.basis.shape == basis.shape:
         basis = start.basis.copy()
     use = np.ones(n, bool)
     off = np.arange(-half, half + 1)
-    terms_star = poly_terms(x, y, order, centre, scale)
-    grid = PsfGrid(basis, oversample, half, order, tuple(centre), tuple(scale))
+    fit = _Stars(stars, poly_terms(x, y, order, centre, scale))
+    # residual samples at offsets (u, v) from each star, on the nearest model pixel (the
+    # positions stay fixed): native sampling gives every model pixel one sample of every star
+    fx, fy = x - np.rint(x), y - np.rint(y)
+    u = np.rint(c + (off[None, None, :] - fx[:, None, None]) * oversample).astype(np.int64)
+    v = np.rint(c + (off[None, :, None] - fy[:, None, None]) * oversample).astype(np.int64)
+    u, v = np.broadcast_to(u, (n, s, s)), np.broadcast_to(v, (n, s, s))
+    native = s == g and np.array_equal(u[:, 0, :], np.broadcast_to(off + c, (n, s))) \
+        and np.array_equal(v[:, :, 0], np.broadcast_to(off + c, (n, s)))
+    nodes = None if native else np.where((u >= 0) & (u < g) & (v >= 0) & (v < g),
+                                         v * g + u, -1).reshape(n, -1)
+    grid = PsfGrid(basis, oversample, half, order, centre, scale)
     for it in range(n_iter):
-        if it == 0 and start is None:
-            model = np.zeros_like(stamps)
-        else:
-            _, _, model = render(as_float32(grid), x, y, half)
-            flux, _, chi2 = _refit(stamps, weights, model, None, None, flux)
+        if it > 0 or start is not None:
+            flux, chi2 = fit.refit(render(as_float32(grid), x, y, half)[2])
             ok = np.isfinite(flux) & (flux > 0)
             med = np.median(chi2[use & ok]) if (use & ok).any() else np.inf
             use &= ok & (chi2 < clip * max(med, 1.0))
-        ix, iy = np.rint(x), np.rint(y)
-        fx, fy = x - ix, y - iy
-        # residual samples at offsets (u, v) from each star, on the nearest model pixel:
-        # native sampling gives every model pixel one sample of every star
-        u = np.rint(c + (off[None, None, :] - fx[:, None, None]) * oversample).astype(np.int64)
-        v = np.rint(c + (off[None, :, None] - fy[:, None, None]) * oversample).astype(np.int64)
-        u, v = np.broadcast_to(u, (n, s, s)), np.broadcast_to(v, (n, s, s))
-        f = flux[:, None, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            res = (stamps - f * model) / f
-        wt = weights * f**2 * use[:, None, None]
-        if s == g and np.array_equal(u[:, 0, :], np.broadcast_to(off + c, (n, s))) \
-                and np.array_equal(v[:, :, 0], np.broadcast_to(off + c, (n, s))):
-            # each stamp pixel is its own model pixel: the per-pixel sums are matrix products
-            delta = _pixel_fit(terms_star, res.reshape(n, -1), wt.reshape(n, -1))
-        else:
-            keep = (wt > 0) & (u >= 0) & (u < g) & (v >= 0) & (v < g)
-            terms = np.broadcast_to(terms_star[:, None, None, :], (n, s, s, k))[keep]
-            delta = _bin_fit((v * g + u)[keep], terms, res[keep], wt[keep], g * g)
+        delta = fit.pixel_fit(flux, use) if native else fit.bin_fit(flux, use, nodes, g * g)
         basis = _normalise(basis + delta.T.reshape(k, g, g), oversample)
-        grid = PsfGrid(basis, oversample, half, order, tuple(centre), tuple(scale))
-    _, _, model = render(as_float32(grid), x, y, half)
-    flux, _, chi2 = _refit(stamps, weights, model, None, None, flux)
+        grid = PsfGrid(basis, oversample, half, order, centre, scale)
+    flux, _ = fit.refit(render(as_float32(grid), x, y, half)[2])
     use &= np.isfinite(flux) & (flux > 0)
-    rms = _resid_rms(stamps, weights, model, flux, use)
-    return PsfGrid(basis, oversample, half, order, tuple(centre), tuple(scale),
-                   n_stars=int(use.sum()), resid_rms=rms,
+    return PsfGrid(basis, oversample, half, order, centre, scale, n_stars=int(use.sum()),
+                   resid_rms=fit.resid_rms(flux, use),
                    extra={"x": x, "y": y, "flux": flux, "used": use})
 
-
-def _refit(stamps, weights, model, mdx, mdy, flux):
-    """Fluxes (linear), position shifts (one Gauss-Newton step; None without derivatives)
-    and reduced chi² of the stars against the model."""
-    wp = weights * model
-    den = np.sum(wp * model, axis=(1, 2))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        amp = np.sum(wp * stamps, axis=(1, 2)) / den
-    shift = None
-    if mdx is not None:
-        a = amp[:, None, None, None]
-        jac = np.stack([model, a[..., 0] * mdx, a[..., 0] * mdy], axis=-1)  # (N, S, S, 3)
-        r = stamps - amp[:, None, None] * model
-        jw = jac * weights[..., None]
-        normal = np.einsum("nabi,nabj->nij", jw, jac)
-        rhs = np.einsum("nabi,nab->ni", jw, r)
-        normal += 1e-9 * np.eye(3) * normal[:, :1, :1]
-        ok = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 0)
-        step = np.zeros((len(amp), 3))
-        step[ok] = np.linalg.solve(normal[ok], rhs[ok][..., None])[..., 0]
-        shift = step[:, 1:]
-    r = stamps - amp[:, None, None] * model
-    npix = np.sum(weights > 0, axis=(1, 2))
-    chi2 = np.sum(weights * r * r, axis=(1, 2)) / np.maximum(npix - 1, 1)
-    return amp, shift, chi2
-
-
-def _resid_rms(stamps, weights, model, flux, use):
-    """The model's error where it matters: the stars' residuals ``(data - flux * model) /
-    flux`` stacked pixel by pixel (inverse-variance weighted mean over the used stars, so the
-    noise averages down and what remains is the model's own error), RMS over the core (where
-    the model exceeds a tenth of its peak), as a fraction of the peak."""
-    if not use.any():
-        return math.nan
-    s, w, m, f = stamps[use], weights[use], model[use], flux[use][:, None, None]
-    wt = w * f**2
-    total = wt.sum(axis=0)
-    stacked = np.sum(wt * (s - f * m) / f, axis=0) / np.where(total > 0, total, 1.0)
-    mean = m.mean(axis=0)
-    peak = mean.max()
-    core = (mean > 0.1 * peak) & (total > 0)
-    if not core.any() or not peak > 0:
-        return math.nan
-    return float(np.sqrt(np.mean(stacked[core] ** 2)) / peak)
 
 def shape_at(grid: PsfGrid, x: float, y: float, fine: int = 4) -> tuple[float, float]:
     """FWHM (pixels) and ellipticity ``1 - b/a`` of the model at image position (x, y).
