@@ -21,9 +21,9 @@ iteration the model is normalised to unit sum; the stars' positions stay at thei
 centroids (refitting them let the model and the positions drift together: 5% flux scatter at
 FWHM 1.6 px), so the model is centred on the windowed centroid.
 
-Evaluation (:func:`render`): each source's grid (terms x basis, one matrix product for all),
-then ``Wy @ grid @ Wx.T`` with the sources' Lanczos weight matrices (batched matmul);
-derivatives with respect to the position from the kernel's derivative.
+Evaluation (:func:`render`): the shift's y pass for all sources in one matrix product (taps
+x terms against shifted copies of the basis), its x pass with each source's banded matrix of
+taps (batched matmul); derivatives with respect to the position from the kernel's derivative.
 """
 
 from __future__ import annotations
@@ -155,11 +155,15 @@ def _matmul(a, b):
     """``a @ b`` (2-D) in blocks of *a*'s rows small enough that OpenBLAS stays on one
     thread (m n k below its 2**18 threshold): its threads spin-wait between calls, so these
     small products cost several times their CPU time threaded (8 ms against 0.1 ms)."""
-    step = max(1, _BLAS_ONE_THREAD // max(a.shape[1] * b.shape[1], 1))
-    if a.shape[0] <= step:
+    (m, k), n = a.shape, b.shape[1]
+    step = max(1, _BLAS_ONE_THREAD // max(k * n, 1))
+    if m <= step:
         return a @ b
-    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
-    for i in range(0, a.shape[0], step):
+    out = np.empty((m, n), np.result_type(a, b))
+    done = m // step * step if a.flags.c_contiguous else 0
+    if done:  # one batched product (numpy loops over the blocks)
+        np.matmul(a[:done].reshape(-1, step, k), b, out=out[:done].reshape(-1, step, n))
+    for i in range(done, m, step):
         np.matmul(a[i:i + step], b, out=out[i:i + step])
     return out
 
@@ -191,34 +195,32 @@ def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False, centre
         near = ~far
         parts = [render(grid, x[sel], y[sel], half_out, derivatives, (ix[sel], iy[sel]))[2:]
                  for sel in (near, far)]
-        out = tuple(np.empty((x.size, *a.shape[1:]), a.dtype) for a in parts[0])
-        for sel, part in zip((near, far), parts, strict=True):
-            for o, a in zip(out, part, strict=True):
-                o[sel] = a
-        return (ix, iy, *out)
+        back = np.argsort(np.r_[np.flatnonzero(near), np.flatnonzero(far)])
+        return (ix, iy, *(np.concatenate(p)[back] for p in zip(*parts, strict=True)))
     reach = LANCZOS + int(extra.max(initial=0))
     dtype = grid.basis.dtype
     terms = poly_terms(x, y, grid.order, grid.centre, grid.scale).astype(dtype)  # (N, K)
-    k, h = grid.basis.shape[0], grid.half
-    window = half_out + reach  # the model pixels the stamp's taps reach
+    h, window = grid.half, half_out + reach  # the model pixels the stamp's taps reach
     pad = max(window - h, 0)
     basis = np.pad(grid.basis, ((0, 0), (pad, pad), (pad, pad))) if pad else grid.basis
     c = h + pad
     basis = basis[:, c - window:c + window + 1, c - window:c + window + 1]
     gw = 2 * window + 1
-    grids = _matmul(terms, basis.reshape(k, gw * gw)).reshape(-1, gw, gw)
-    size = 2 * half_out + 1
-    # banded (N, size, gw) matrices of the taps: two batched matrix products per stamp
+    size, nt, n = 2 * half_out + 1, 2 * reach + 1, x.size
+    # y pass, all sources in one product: row i is sum_{d,k} ty[d] t[k] basis[k, i + d, :],
+    # (N, nt K) @ (nt K, size gw); x pass: each source's banded (gw, size) matrix of taps
+    shifted = np.stack([basis[:, d:d + size] for d in range(nt)]).reshape(-1, size * gw)
     if not derivatives:
+        ty = _taps(fy, reach=reach).astype(dtype)
+        rows = _matmul((ty[:, :, None] * terms[:, None, :]).reshape(n, -1), shifted)
         wx = _banded(_taps(fx, reach=reach).astype(dtype), size)
-        wy = _banded(_taps(fy, reach=reach).astype(dtype), size)
-        return ix, iy, wy @ grids @ wx.transpose(0, 2, 1)
+        return ix, iy, rows.reshape(n, size, gw) @ wx.transpose(0, 2, 1)
     tx, dtx = (t.astype(dtype) for t in _taps(fx, True, reach))
-    ty, dty = (t.astype(dtype) for t in _taps(fy, True, reach))
+    ty = np.concatenate(_taps(fy, True, reach)).astype(dtype)  # taps, then derivatives
+    coef = (ty.reshape(2, n, nt, 1) * terms[:, None, :]).reshape(2 * n, -1)
+    rows = _matmul(coef, shifted).reshape(2, n, size, gw)
     wxt = _banded(tx, size).transpose(0, 2, 1)
-    rows = _banded(ty, size) @ grids
-    return (ix, iy, rows @ wxt, rows @ _banded(dtx, size).transpose(0, 2, 1),
-            _banded(dty, size) @ grids @ wxt)
+    return ix, iy, rows[0] @ wxt, rows[0] @ _banded(dtx, size).transpose(0, 2, 1), rows[1] @ wxt
 
 
 def _banded(taps, size):
@@ -549,11 +551,10 @@ def _solve(normal, rhs, ok, ridge):
 
 
 class _Stars:
-    """:func:`build`'s stars flattened to (N, P) float64, with what every iteration reuses
-    (weighted data, its share of chi², valid pixels, the polynomial terms' products), so an
-    iteration's sums are a few matrix products: with ``a = flux * use``, a model pixel's
-    normal matrix is ``sum_n w a² t tᵀ`` and its right side ``sum_n t (a w s - a² w m)``
-    (the residual ``(s - flux m) / flux`` at weight ``w flux²``, never made)."""
+    """:func:`build`'s stars as (N, P) float64 and what every iteration reuses, so that its
+    sums are a few matrix products: with ``a = flux * use``, a model pixel's normal matrix
+    is ``sum_n w a² t tᵀ``, its right side ``sum_n t (a w s - a² w m)`` (the residual
+    ``(s - flux m) / flux`` at weight ``w flux²``, never made)."""
 
     def __init__(self, stars: StarStamps, terms):
         n = stars.stamps.shape[0]
@@ -608,10 +609,9 @@ class _Stars:
         return _bin_fit(nodes[keep], terms[keep], res[keep], wt[keep], n_nodes)
 
     def resid_rms(self, flux, use):
-        """The model's error where it matters: the stars' residuals ``(data - flux * model)
-        / flux`` stacked pixel by pixel (inverse-variance weighted mean over the used stars,
-        so the noise averages down and what remains is the model's own error), RMS over the
-        core (where the model exceeds a tenth of its peak), as a fraction of the peak."""
+        """The model's own error: the used stars' residuals ``(data - flux model) / flux``
+        stacked pixel by pixel (inverse-variance weighted: the noise averages down), RMS over
+        the core (the model above a tenth of its peak), as a fraction of the peak."""
         if not use.any():
             return math.nan
         n = self.s.shape[0]
