@@ -12,11 +12,12 @@ native basis gave flux ratios 1.0006 +- 0.0008 (FWHM 4 px), 0.9997 +- 0.0018 (2.
 ``oversample`` field is kept in :class:`PsfGrid` for a later oversampled builder.
 
 Building (:func:`build`): the stars' fluxes are refitted with the current model, their
-residuals ``(data - flux * model) / flux`` are shared among the four model pixels nearest each
-sample's offset from the star (bilinear weights), and each model pixel's polynomial is fitted
-to its samples by weighted least squares (one small K x K solve per pixel, all at once). The
-sharing blurs a correction, so a few iterations converge to the model whose interpolation fits
-the stars (photutils' EPSFBuilder's residual stacking, with PSFEx's polynomial in x, y). Each
+residuals ``(data - flux * model) / flux`` go to the model pixel nearest each sample's offset
+from the star (native sampling: every model pixel gets one sample of every star), and each
+model pixel's polynomial is fitted to its samples by weighted least squares (K x K normal
+equations per pixel from a few matrix products, solved by a Cholesky factorisation vectorised
+over the pixels). A few iterations converge to the model whose interpolation fits the stars
+(photutils' EPSFBuilder's residual stacking, with PSFEx's polynomial in x, y). Each
 iteration the model is normalised to unit sum; the stars' positions stay at their windowed
 centroids (refitting them let the model and the positions drift together: 5% flux scatter at
 FWHM 1.6 px), so the model is centred on the windowed centroid.
@@ -523,31 +524,24 @@ def choose_order(n_stars: int, max_order: int = 2) -> int:
     return 0
 
 
-def _bin_fit(nodes, terms, residual, weight, n_nodes, ridge=1e-6):
-    """Per-node weighted least squares of *residual* on polynomial *terms*.
-
-    *nodes* (M,) node index per sample, *terms* (M, K), *residual*, *weight* (M,). Returns the
-    (n_nodes, K) coefficients (0 where a node has fewer than K + 1 samples)."""
-    k = terms.shape[1]
-    normal = np.zeros((n_nodes, k, k))
-    rhs = np.zeros((n_nodes, k))
-    for i in range(k):
-        wi = weight * terms[:, i]
-        rhs[:, i] = np.bincount(nodes, wi * residual, n_nodes)
-        for j in range(i, k):
-            normal[:, i, j] = normal[:, j, i] = np.bincount(nodes, wi * terms[:, j], n_nodes)
-    count = np.bincount(nodes, minlength=n_nodes)
-    return _solve(normal, rhs, (count > k) & (normal[:, 0, 0] > 0), ridge)
-
-
-def _solve(normal, rhs, ok, ridge):
-    """Solutions (M, K) of the (M, K, K) systems where *ok* (0 elsewhere), lightly ridged."""
-    out = np.zeros(rhs.shape)
-    if ok.any():
-        a = normal[ok]
-        a = a + ridge * a[:, :1, :1] * np.eye(rhs.shape[1])
-        out[ok] = np.linalg.solve(a, rhs[ok][..., None])[..., 0]
-    return out
+def _spd_solve(a, b, ridge):
+    """Solutions (K, M) of the symmetric positive definite systems *a* (K, K, M), *b* (K, M)
+    with ``ridge * a[0, 0]`` added to the diagonal: a Cholesky factorisation vectorised over
+    M (a few dozen operations on (M,) vectors instead of M small LAPACK solves)."""
+    k = b.shape[0]
+    low = np.zeros_like(a)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for j in range(k):
+            d = a[j, j] + ridge * a[0, 0] - np.einsum("lm,lm->m", low[j, :j], low[j, :j])
+            low[j, j] = np.sqrt(d)
+            for i in range(j + 1, k):
+                low[i, j] = (a[i, j] - np.einsum("lm,lm->m", low[i, :j], low[j, :j])) / low[j, j]
+        x = np.empty_like(b)
+        for i in range(k):  # low y = b, then low^T x = y
+            x[i] = (b[i] - np.einsum("lm,lm->m", low[i, :i], x[:i])) / low[i, i]
+        for i in reversed(range(k)):
+            x[i] = (x[i] - np.einsum("lm,lm->m", low[i + 1:, i], x[i + 1:])) / low[i, i]
+    return x
 
 
 class _Stars:
@@ -582,31 +576,20 @@ class _Stars:
         return amp, (self.sws - 2 * amp * a + amp * amp * b) / self.dof
 
     def pixel_fit(self, flux, use, ridge=1e-6):
-        """Each model pixel's polynomial correction (P, K) from the stars' residuals when
-        every star has one sample per model pixel."""
+        """Each model pixel's polynomial correction (P, K) from the stars' residuals, one
+        sample of every star per model pixel (0 where fewer than K + 1 stars cover it)."""
         n, k = self.terms.shape
         fa = np.where(use, flux, 0.0)
-        packed = _matmul(self.w.T, self.pairs * (fa * fa)[:, None])
-        normal = np.empty((packed.shape[0], k, k))
-        normal[:, self.iu[0], self.iu[1]] = normal[:, self.iu[1], self.iu[0]] = packed
+        packed = _matmul(self.w.T, self.pairs * (fa * fa)[:, None]).T
+        normal = np.empty((k, k, packed.shape[1]))
+        normal[self.iu[0], self.iu[1]] = normal[self.iu[1], self.iu[0]] = packed
         if self.model is None:  # a zero model
             rhs = _matmul(self.both[:n].T, self.terms * fa[:, None])
         else:
             rhs = _matmul(self.both.T, np.concatenate([self.terms * fa[:, None],
                                                        self.terms * (-fa * fa)[:, None]]))
-        ok = (self.valid[use].sum(axis=0) > k) & (normal[:, 0, 0] > 0)
-        return _solve(normal, rhs, ok, ridge)
-
-    def bin_fit(self, flux, use, nodes, n_nodes):
-        """:meth:`pixel_fit` for samples on model pixels *nodes* (N, P) (outside: < 0)."""
-        f = flux[:, None]
-        m = 0.0 if self.model is None else self.model
-        with np.errstate(divide="ignore", invalid="ignore"):
-            res = (self.s - f * m) / f
-        wt = self.w * f**2 * use[:, None]
-        keep = (wt > 0) & (nodes >= 0)
-        terms = np.broadcast_to(self.terms[:, None, :], (*nodes.shape, self.terms.shape[1]))
-        return _bin_fit(nodes[keep], terms[keep], res[keep], wt[keep], n_nodes)
+        ok = (self.valid[use].sum(axis=0) > k) & (normal[0, 0] > 0)
+        return np.where(ok, _spd_solve(normal, np.ascontiguousarray(rhs.T), ridge), 0.0).T
 
     def resid_rms(self, flux, use):
         """The model's own error: the used stars' residuals ``(data - flux model) / flux``
@@ -701,29 +684,27 @@ def build(stars: StarStamps, layout: GridLayout, *, n_iter: int = 6, clip: float
     Returns
     -------
     PsfGrid
+
+    Raises
+    ------
+    ValueError
+        Unless the stamps are the model's size and it samples native pixels (oversample 1).
     """
     x, y = np.asarray(stars.x, float).copy(), np.asarray(stars.y, float).copy()
     flux = np.asarray(stars.flux, float).copy()
     half, oversample, order = layout.half, layout.oversample, layout.order
     centre, scale = tuple(layout.centre), tuple(layout.scale)
     n, s = stars.stamps.shape[0], stars.stamps.shape[1]
-    k, g, c = n_terms(order), 2 * half * oversample + 1, half * oversample
+    k, g = n_terms(order), 2 * half + 1
+    if s != g or oversample != 1:
+        raise ValueError("build fits native-pixel models to stamps of their size")
     basis = np.zeros((k, g, g))
     if start is not None and start.basis.shape == basis.shape:
         basis = start.basis.copy()
     use = np.ones(n, bool)
-    off = np.arange(-half, half + 1)
+    # a stamp pixel's residual goes to the model pixel at its offset (stamps are centred on
+    # the stars' nearest pixels; a star exactly half-way between two pixels counts as centred)
     fit = _Stars(stars, poly_terms(x, y, order, centre, scale))
-    # residual samples at offsets (u, v) from each star, on the nearest model pixel (the
-    # positions stay fixed): native sampling gives every model pixel one sample of every star
-    fx, fy = x - np.rint(x), y - np.rint(y)
-    u = np.rint(c + (off[None, None, :] - fx[:, None, None]) * oversample).astype(np.int64)
-    v = np.rint(c + (off[None, :, None] - fy[:, None, None]) * oversample).astype(np.int64)
-    u, v = np.broadcast_to(u, (n, s, s)), np.broadcast_to(v, (n, s, s))
-    native = s == g and np.array_equal(u[:, 0, :], np.broadcast_to(off + c, (n, s))) \
-        and np.array_equal(v[:, :, 0], np.broadcast_to(off + c, (n, s)))
-    nodes = None if native else np.where((u >= 0) & (u < g) & (v >= 0) & (v < g),
-                                         v * g + u, -1).reshape(n, -1)
     grid = PsfGrid(basis, oversample, half, order, centre, scale)
     for it in range(n_iter):
         if it > 0 or start is not None:
@@ -731,7 +712,7 @@ def build(stars: StarStamps, layout: GridLayout, *, n_iter: int = 6, clip: float
             ok = np.isfinite(flux) & (flux > 0)
             med = np.median(chi2[use & ok]) if (use & ok).any() else np.inf
             use &= ok & (chi2 < clip * max(med, 1.0))
-        delta = fit.pixel_fit(flux, use) if native else fit.bin_fit(flux, use, nodes, g * g)
+        delta = fit.pixel_fit(flux, use)
         basis = _normalise(basis + delta.T.reshape(k, g, g), oversample)
         grid = PsfGrid(basis, oversample, half, order, centre, scale)
     flux, _ = fit.refit(render(as_float32(grid), x, y, half)[2])
