@@ -99,8 +99,10 @@ def poly_terms(x, y, order, centre, scale) -> np.ndarray:
     """
     u = (np.asarray(x, float) - centre[0]) / scale[0]
     v = (np.asarray(y, float) - centre[1]) / scale[1]
-    terms = [u ** (d - j) * v ** j for d in range(order + 1) for j in range(d + 1)]
-    return np.stack([np.broadcast_to(t, u.shape) for t in terms], axis=-1)
+    out = np.empty((*u.shape, n_terms(order)))
+    for i, (p, q) in enumerate((d, j) for d in range(order + 1) for j in range(d + 1)):
+        out[..., i] = u ** (p - q) * v ** q
+    return out
 
 
 def lanczos(z, a: int = LANCZOS) -> np.ndarray:
@@ -127,29 +129,29 @@ def _taps(shift, derivative=False, reach=LANCZOS):
     (*reach* > LANCZOS for shifts beyond half a pixel); with *derivative* also their
     derivative with respect to the shift.
 
-    :func:`lanczos` at ``z = -shift - d`` from one sine and cosine per source: ``sin(pi z)``
-    is ``-(-1)^d sin(pi shift)`` and ``sin(pi z / 3)`` follows by angle addition."""
+    With *derivative*, :func:`lanczos` at ``z = -shift - d`` from one sine and cosine per
+    source (``sin(pi z)`` is ``-(-1)^d sin(pi shift)``, ``sin(pi z / 3)`` by angle addition),
+    worked out as (taps, N) arrays: long inner loops."""
     a = LANCZOS
-    d = np.arange(-reach, reach + 1)
-    s = np.asarray(shift, float)[:, None]
-    z = -s - d[None, :]
+    d = np.arange(-reach, reach + 1)[:, None]
+    s = np.asarray(shift, float)[None, :]
+    z = -s - d
+    if not derivative:
+        taps = lanczos(z)
+        return (taps / taps.sum(axis=0)).T
     sign = np.where(d % 2, 1.0, -1.0)
     ps, cd, sd = np.pi * s, np.cos(np.pi * d / a), np.sin(np.pi * d / a)
     sa, ca = np.sin(ps / a), np.cos(ps / a)
     f_num, g_num = sign * np.sin(ps), -(sa * cd + ca * sd)  # sin(pi z), sin(pi z / a)
     small, inside = np.abs(z) < 1e-8, np.abs(z) < a
-    pz = np.pi * np.where(small, 1.0, z)
-    f, g = f_num / pz, g_num * a / pz  # sinc(z), sinc(z / a)
+    zs = np.where(small, 1.0, z)
+    f, g = f_num / (np.pi * zs), g_num * a / (np.pi * zs)  # sinc(z), sinc(z / a)
     taps = np.where(small, 1.0, np.where(inside, f * g, 0.0))
-    total = taps.sum(axis=1, keepdims=True)
-    if not derivative:
-        return taps / total
+    total = taps.sum(axis=0)
     # d/dz: (cos(pz) pz - sin(pz)) / (pz z), likewise for pz / a
-    df = (-sign * np.cos(ps) - f) / np.where(small, 1.0, z)
-    dg = ((ca * cd - sa * sd) - g) / np.where(small, 1.0, z)
+    df, dg = (-sign * np.cos(ps) - f) / zs, ((ca * cd - sa * sd) - g) / zs
     dtaps = -np.where(inside & ~small, df * g + f * dg, 0.0)
-    dtotal = dtaps.sum(axis=1, keepdims=True)
-    return taps / total, (dtaps * total - taps * dtotal) / total**2
+    return (taps / total).T, ((dtaps * total - taps * dtaps.sum(axis=0)) / total**2).T
 
 
 def _matmul(a, b):
