@@ -13,6 +13,9 @@ render: the stamps and their derivatives) relative to the model's peak.
     python benchmarks/psfmodel_ab.py --base /tmp/base/src/skysurvey/psfmodel.py \\
         [--repeats 9] [--fields benchmarks/work/field_2048_12000.fits ...]
 
+With ``OPENBLAS_NUM_THREADS=1`` in the environment both run on one BLAS thread (as under
+``measurement.single_thread_blas``); without it OpenBLAS's threads take part (and spin).
+
 Prints a Markdown section for benchmarks/RESULTS.md.
 """
 
