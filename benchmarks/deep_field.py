@@ -22,7 +22,8 @@ Then, each in a fresh process (its own peak RSS), ``--repeats`` times:
 4. forced photometry proper needs pixels: ``--forced-images`` real 2048 x 2048 images
    (``synth_survey.write_survey``, ~2,500 detections each) go through the handler,
    ``build_objects`` and :func:`skysurvey.forced_run.run_forced`; the per-image cost is
-   measured there and extrapolated to the deep field's images (stated as such).
+   measured there (and again per image in this process, without the pool's start-up) and
+   extrapolated to the deep field's images (stated as such).
 
     python benchmarks/deep_field.py --out /tmp/deep-bench [--epochs 1000] [--workers 2]
 
@@ -316,7 +317,25 @@ def forced_on_images(out: Path, n_images: int, workers: int) -> dict:
     return {"images": len(keys), "ok": ok, "detections": n_sources,
             "handler_seconds": handler, "forced_seconds": forced, "forced_cpu_seconds": cpu,
             "forced_per_image": forced * workers / max(ok, 1),
-            "forced_cpu_per_image": cpu / max(ok, 1)}
+            "forced_cpu_per_image": cpu / max(ok, 1), **_forced_in_process(cat, raw)}
+
+
+def _forced_in_process(cat: Path, raw: Path, repeats: int = 3) -> dict:
+    """Each image's ``forced_image`` again in this process, *repeats* times: the median CPU
+    seconds per image without the pool's start-up (which a handful of images cannot
+    amortise) and the objects measured per image."""
+    from skysurvey.forced_run import forced_image, plan_forced
+
+    tasks = plan_forced(str(cat), str(raw), rebuild=True).tasks
+    cpu, rows = [], []
+    for _ in range(repeats):
+        for task in tasks:
+            c0 = time.process_time()
+            reply = forced_image(task)
+            cpu.append(time.process_time() - c0)
+            rows.append(reply.get("n_objects") or 0)
+    return {"forced_cpu_per_image_in_process": statistics.median(cpu) if cpu else None,
+            "forced_objects_per_image": statistics.median(rows) if rows else None}
 
 
 def _cpu() -> float:

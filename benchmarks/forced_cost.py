@@ -8,8 +8,8 @@ turn within every repeat (so drift on a shared machine hits all alike), CPU seco
 
 - the handler: read the FITS, ``detect.measure_image``, the sources as Parquet bytes;
 - the forced step with PSF fluxes (``forced_run.measure_task`` with the image's PSF stars read
-  from its sources file, plus reading the FITS and writing Parquet bytes: what
-  ``forced_run.forced_image`` does apart from listing the objects);
+  from its sources file, plus reading the FITS, making its WCS once and writing Parquet bytes:
+  what ``forced_run.forced_image`` does apart from listing the objects);
 - the same forced step with the aperture (no PSF stars: the fallback).
 
     python benchmarks/forced_cost.py [--repeats 5] [--stars 12000] [--objects 2500]
@@ -67,11 +67,12 @@ def objects_for(catalog: Path, record: dict, n_objects: int, seed: int = 2):
 
 
 def stages(raw_bytes, record, store, ra, dec) -> dict:
-    """The forced step's parts, each alone (inputs prepared once): reading the FITS and the
-    WCS; the background with the objects masked; the PSF model; the joint fit."""
+    """The forced step's parts, each alone (inputs prepared once), with one BLAS thread as
+    ``measure_task`` runs them: reading the FITS and the WCS; the background with the
+    objects masked; the PSF stars and model; the joint fit."""
     from skysurvey.forced import ImagePhotometry, background_subtracted
     from skysurvey.forced_psf import PsfFitSettings, psf_fit, psf_model
-    from skysurvey.measurement import Pixels
+    from skysurvey.measurement import Pixels, single_thread_blas
 
     image = read_fits(raw_bytes, name="x")
     wcs, _ = celestial_wcs(image.header)
@@ -88,12 +89,20 @@ def stages(raw_bytes, record, store, ra, dec) -> dict:
         img = read_fits(raw_bytes, name="x")
         icrs_to_pixel(celestial_wcs(img.header)[0], ra, dec)
 
+    def model():
+        with single_thread_blas():
+            psf_model(pixels, read_psf_stars(store, record, x, y))
+
+    def fit():
+        with single_thread_blas():
+            psf_fit(pixels, x, y, settings)
+
     return {
         "read FITS, positions through the WCS": read,
         "background (objects masked)": lambda: background_subtracted(image, x, y,
                                                                      phot.aperture_radius),
-        "PSF stars and model": lambda: psf_model(pixels, read_psf_stars(store, record, x, y)),
-        "joint PSF fit of all objects": lambda: psf_fit(pixels, x, y, settings),
+        "PSF stars and model": model,
+        "joint PSF fit of all objects": fit,
     }
 
 
@@ -136,11 +145,11 @@ def main(argv=None) -> int:
         def forced(psf=True):
             image = read_fits(raw_bytes, name="x")
             stars = None
+            wcs, _ = celestial_wcs(image.header)
             if psf:
-                wcs, _ = celestial_wcs(image.header)
                 ox, oy = icrs_to_pixel(wcs, ra, dec)
                 stars = read_psf_stars(store, record, ox, oy)
-            table = measure_task(task, image, ids, ra, dec, stars)
+            table = measure_task(task, image, ids, ra, dec, stars, wcs=wcs)
             table_to_parquet_bytes(table)
             return table
 

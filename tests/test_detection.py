@@ -459,3 +459,29 @@ def test_pixels_carry_the_measurement_inputs():
     assert other.sub[0, 0] == 1 and other.segmap is segmap and pixels.sub[0, 0] == 0
     with pytest.raises(AttributeError):
         pixels.gain = 3.0  # frozen
+
+
+@pytest.mark.parametrize("saturate", [None, 0.2])
+def test_overwrite_measures_in_the_images_own_array_with_the_same_catalog(saturate):
+    from skysurvey.detect import measure_image_pixels
+
+    image, _ = _planted(0)
+    data = image.data.astype(np.float32)
+    data[10:20, 30:90] = np.nan  # masked pixels: their background is read from the map
+    header = image.header.copy()
+    if saturate is not None:  # a saturated fraction that sends it to the local-noise path
+        header["SATURATE"] = float(np.quantile(data[np.isfinite(data)], 1 - saturate / 100))
+    buf = io.BytesIO()
+    fits.PrimaryHDU(data, header).writeto(buf)
+    config = DetectionConfig(psf_photometry=True)
+    kept = read_fits(buf.getvalue(), name="t.fits")
+    before = kept.data.copy()
+    a = measure_image_pixels(kept, "t", config)
+    assert np.array_equal(kept.data, before)  # without overwrite the data are untouched
+    image = read_fits(buf.getvalue(), name="t.fits")
+    b = measure_image_pixels(image, "t", config, overwrite=True)
+    assert b.pixels.sub is image.data  # the background was subtracted in the image's array
+    assert np.array_equal(b.pixels.sub, a.pixels.sub)
+    assert b.sources.equals(a.sources) and repr(b.row) == repr(a.row)  # NaN as NaN
+    assert len(a.sources) > 20 and (saturate is None) == ("local noise" not in
+                                                           (a.row["warnings"] or ""))

@@ -16,13 +16,12 @@ from skysurvey.forced import (
     NEAR_EDGE,
     OFF_IMAGE,
     SATURATED,
-    ForcedOptions,
     ImagePhotometry,
     aperture_flux,
     calibrate_fluxes,
     circle_overlap,
-    forced_photometry,
 )
+from skysurvey.forced_psf import ForcedOptions, forced_photometry
 from skysurvey.measurement import Pixels
 from skysurvey.synth import _wcs, make_image
 

@@ -494,6 +494,44 @@ def test_objects_view_without_and_with_forced_photometry(small_survey, tmp_path)
                      str(catalog))["n"][0] == len(after)
 
 
+def test_a_constant_sky_has_no_variables_and_the_example_curve_has_a_limit(tmp_path):
+    """Four nights of a 256² field with nothing variable (the demo's case, smaller): two of
+    the images are too poor for a PSF model of their own (seeing 1.4", few isolated stars),
+    so their forced rows are aperture fluxes, which take faint stars' bright neighbours into
+    the aperture. Before a light curve kept one method (lightcurves.APERTURE_ROWS), 6 of these
+    objects were `variables` (chi-square/dof up to 2,686). The figure's example object is the
+    one with most detections among those with an upper limit, here computed in pandas."""
+    from skysurvey.forced import APERTURE_FLUX
+    from skysurvey.forced_run import run_forced
+    from skysurvey.objects import build_objects
+    from skysurvey.queries import most_variable_light_curves, run_named, run_query
+    from skysurvey.runner import run_local
+    from skysurvey.synth_survey import write_survey
+
+    raw, catalog = tmp_path / "raw", str(tmp_path / "cat")
+    paths = write_survey(raw, nights=4, bands=("r",), size=256, n_transients=0, seed=5,
+                         variable_fraction=0.0)
+    assert all(r["status"] == "ok" for r in run_local(str(raw), [p.name for p in paths],
+                                                      catalog, workers=1))
+    build_objects(catalog)
+    assert not run_forced(catalog, str(raw), workers=1).failed
+    forced = run_query("SELECT object_id, image_id, snr, flags FROM forced_photometry", catalog)
+    assert ((forced["flags"] & APERTURE_FLUX) != 0).any()  # the case this test is about
+    assert run_named("variables", catalog).empty
+    # the example: most detections (>= 2), then lowest id, among objects with an epoch not
+    # detected and forced SNR < 3
+    assoc = run_query("SELECT object_id, image_id FROM associations", catalog)
+    objects = run_query("SELECT object_id, n_detections FROM objects", catalog)
+    merged = forced.merge(assoc.assign(det=True), on=["object_id", "image_id"], how="left")
+    limited = set(merged.loc[merged["det"].isna() & (merged["snr"] < 3), "object_id"])
+    pool = objects[objects["object_id"].isin(limited) & (objects["n_detections"] >= 2)]
+    expected = pool.sort_values(["n_detections", "object_id"], ascending=[False, True])
+    curve = most_variable_light_curves(catalog)
+    assert set(curve["object_id"]) == {int(expected["object_id"].iloc[0])}
+    assert curve["is_detection"].sum() >= 2 and curve["is_upper_limit"].sum() >= 1
+    assert (curve.loc[curve["is_upper_limit"], "mag_limit"] > 0).all()
+
+
 @pytest.mark.slow
 def test_object_variability_on_s3_through_the_moto_server(small_survey, moto_server,
                                                            monkeypatch, capsys):

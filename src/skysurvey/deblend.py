@@ -180,6 +180,22 @@ def _fit_profiles(node, t, values, weights, count, k):
     return rhs.ravel()
 
 
+
+def _index_type(n):
+    """int32 for indices below *n* when they fit (half the memory of int64), else int64."""
+    return np.int32 if n < 2**31 - 1 else np.int64
+
+
+def _evaluate(nodes, node, t):
+    """The profiles at each pixel, ``nodes[node] * (1 - t) + nodes[node + 1] * t``, with one
+    temporary less per term (the same operations in the same order)."""
+    out = nodes[node]
+    out *= 1.0 - t
+    after = nodes[1:][node]  # nodes[node + 1]: node is never an object's last
+    after *= t
+    out += after
+    return out
+
 @dataclass
 class Profiles:
     """:func:`radial_models`' fits over the concatenated cutouts (flat, object after object):
@@ -254,19 +270,24 @@ def radial_models(cuts, goods, peaks, sigmas, noise):
     def each(per_object):  # a per-object array, per pixel
         return np.repeat(per_object, sizes)
 
-    obj = each(np.arange(count))
-    raw = np.concatenate([c.ravel() for c in cuts]).astype(np.float64)
+    # per pixel (~1e6 on a crowded 4096² field, 8 MB per float64 array: the handler's peak
+    # without PSF photometry): integers in int32, the data in their own dtype, every array
+    # freed after its last use and the products made in place (same operations, same order)
+    itype = _index_type(sizes.sum())
+    obj = each(np.arange(count, dtype=itype))
+    raw = np.concatenate([c.ravel() for c in cuts])
     good = np.concatenate([g.ravel() for g in goods]) & np.isfinite(raw)
-    values = np.where(good, raw, 0.0)
-    yy, xx = np.divmod(np.arange(values.size) - each(start), each([w for _, w in shapes]))
-    yy, xx = yy.astype(np.float64), xx.astype(np.float64)
+    values = np.zeros(raw.size)  # the good pixels as float64, else 0
+    np.copyto(values, raw, where=good)
+    yy = np.arange(values.size, dtype=itype) - each(start.astype(itype))
+    yy, xx = np.divmod(yy, each(np.array([w for _, w in shapes], dtype=itype)))
     xc, yc = (np.array(v, dtype=np.float64) for v in zip(*peaks, strict=True))
     sig2 = np.asarray(sigmas, dtype=np.float64) ** 2
-    light = np.maximum(values, 0.0)
-    # the window only reaches 4 sigma around the peak: compute it there
+    # the window only reaches 4 sigma around the peak: compute it there (light: values > 0)
     win = (((xx - each(xc)) ** 2 + (yy - each(yc)) ** 2 < 16.0 * each(sig2))
-           & (light > 0))
-    wobj, wx, wy, wlight = obj[win], xx[win], yy[win], light[win]
+           & (values > 0))
+    wobj, wx, wy, wlight = obj[win].astype(np.intp), xx[win], yy[win], values[win]
+    del win
     for _ in range(3):  # two re-centrings, then the window's moments
         dx, dy = wx - xc[wobj], wy - yc[wobj]
         w = wlight * np.exp(-(dx * dx + dy * dy) / (2.0 * sig2[wobj]))
@@ -293,14 +314,27 @@ def radial_models(cuts, goods, peaks, sigmas, noise):
     scale = 0.5 * (a00 + a11) / (a00 * a11 - a01 * a01)
     cxx, cyy, cxy = (np.where(ok, a00 * scale, 1.0), np.where(ok, a11 * scale, 1.0),
                      np.where(ok, 2.0 * a01 * scale, 0.0))
+    # r = sqrt(max(cxx dx dx + cyy dy dy + cxy dx dy, 0)), term by term in place
     dx, dy = xx - each(xc), yy - each(yc)
-    r = np.sqrt(np.maximum(each(cxx) * dx * dx + each(cyy) * dy * dy + each(cxy) * dx * dy, 0.0))
-    j, t = _node(r)
-    k = int(j.max()) + 2
-    node = obj * k + j
+    r, term = each(cxx), each(cyy)
+    r *= dx
+    r *= dx
+    term *= dy
+    term *= dy
+    r += term
+    term = each(cxy)
+    term *= dx
+    term *= dy
+    r += term
+    del dx, dy, term
+    np.sqrt(np.maximum(r, 0.0, out=r), out=r)
+    node, t = _node(r)
+    k = int(node.max()) + 2
+    node += obj * np.int64(k)  # object * k + node index
     weights = good.astype(np.float64)
     nodes = _fit_profiles(node, t, values, weights, count, k)
-    resid = values - (nodes[node] * (1.0 - t) + nodes[node + 1] * t)
+    resid = _evaluate(nodes, node, t)
+    np.subtract(values, resid, out=resid)
     floor = np.repeat(np.asarray(noise, dtype=np.float64), k)  # per object, per node
     # the scatter at each radius: an rms, then an rms without what lies beyond 3 of it (a
     # companion's core), which is what the refit leaves out too
@@ -310,21 +344,28 @@ def radial_models(cuts, goods, peaks, sigmas, noise):
         spread = np.sqrt(np.bincount(node, keep * resid * resid, count * k)
                          / np.maximum(counts, 1.0))
         spread = np.where(counts >= 5, np.maximum(spread, floor), 3.0 * floor)
-        keep = weights * (np.abs(resid) < 3.0 * spread[node])
-    keep = weights * (resid < 3.0 * spread[node])
+        keep = weights * (np.abs(resid) < (3.0 * spread)[node])
+    keep = weights * (resid < (3.0 * spread)[node])
+    del weights, resid
     nodes = _fit_profiles(node, t, values, keep, count, k)
-    model = nodes[node] * (1.0 - t) + nodes[node + 1] * t
-    resid = values - model
+    model = _evaluate(nodes, node, t)
+    del t
+    resid = np.subtract(values, model)
+    del values
     kept = np.bincount(node, keep, count * k)
     rms = np.sqrt(np.bincount(node, keep * resid * resid, count * k) / np.maximum(kept, 1.0))
+    del keep, resid
     rms = np.where(kept >= 5, np.maximum(rms, floor), spread)[node]
+    del node
     profile = nodes.reshape(count, k)
     top = profile.argmax(axis=1)[:, None]  # the centre, or the edge of a masked core
     below = (profile < 0.5 * profile.max(axis=1, keepdims=True)) & (np.arange(k) > top)
     first = np.where(below.any(axis=1), below.argmax(axis=1), k - 1)
     knots = _radius(np.arange(k))
     half = knots[np.maximum(first, 1)]  # conservative: the node at or beyond half maximum
-    return Profiles(model, rms, r, raw - model, good, xx, yy, obj, half, shapes, start)
+    residual = np.subtract(raw, model, dtype=np.float64)
+    del raw
+    return Profiles(model, rms, r, residual, good, xx, yy, obj, half, shapes, start)
 
 
 def _grow(flags, times):

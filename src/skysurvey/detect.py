@@ -230,7 +230,7 @@ def _pixel_noise(data, masks, step=32):
     return 1.4826 * float(np.median(np.abs(diff))) / np.sqrt(2.0) if diff.size else 0.0
 
 
-def _detection_inputs(data, mask, sat, config, notes):
+def _detection_inputs(data, mask, sat, config, notes, scratch=None):
     """Background, RMS map, background-subtracted copy, detection mask and detection noise.
 
     Normally the noise is SEP's global RMS, a scalar (SExtractor's DETECT_THRESH meaning, and
@@ -244,6 +244,7 @@ def _detection_inputs(data, mask, sat, config, notes):
     slope; its RMS the local noise, per pixel); *notes* says so. Measured on two 2048² halo
     frames (saturated at 54%; unsaturated, 5e4 ADU peak): every star of local SNR >= 10 found,
     0-1 false sources not flagged SATURATED_NEARBY (mesh pairs 1/2-1 and 1/4-1/2: 7-85).
+    The subtracted copy is made in *scratch* (an array equal to *data*) when one is given.
     """
     bkg = _background(data, mask, config)
     rms = bkg.rms()
@@ -252,7 +253,8 @@ def _detection_inputs(data, mask, sat, config, notes):
     varies = high / max(low, 1e-30)
     saturated = 0.0 if sat is None else float(np.count_nonzero(sat)) / sat.size
     if saturated <= 1e-3 and 1 / 3 < ratio < 3 and varies <= 2:
-        sub = data.copy()  # subtracted in place: no full-size background map is kept
+        sub = data.copy() if scratch is None else scratch  # subtracted in place: no
+        # full-size background map is kept
         bkg.subfrom(sub)
         if mask is not None:
             sub[mask] = 0.0
@@ -260,7 +262,7 @@ def _detection_inputs(data, mask, sat, config, notes):
     if sat is not None:
         mask = sat if mask is None else mask | sat
     bkg = _background(data, mask, config, scale=0.5)
-    sub = data.copy()
+    sub = data.copy() if scratch is None else scratch
     bkg.subfrom(sub)
     if mask is not None:
         sub[mask] = 0.0
@@ -280,7 +282,8 @@ def _detection_inputs(data, mask, sat, config, notes):
     return bkg, noise, sub, mask, noise
 
 
-def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | None = None):
+def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | None = None, *,
+                  overwrite: bool = False):
     """Detect and measure every source of one image.
 
     Parameters
@@ -291,6 +294,10 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
         The image's id (DESIGN.md, "Image ids"), written in every row.
     config : DetectionConfig, optional
         Detection and measurement settings (default: ``DetectionConfig()``).
+    overwrite : bool, optional
+        Subtract the background in ``image.data`` itself (it is then the measured
+        ``Pixels.sub``): one image-sized array less while the PSF is fitted (the pipeline,
+        which has no use for the data afterwards). The catalog is the same.
 
     Returns
     -------
@@ -304,7 +311,7 @@ def measure_image(image: FitsImage, image_id: str, config: DetectionConfig | Non
     ImageDataError
         When SEP cannot extract sources from the data. Any other error (a bug) propagates.
     """
-    measured = measure_image_pixels(image, image_id, config)
+    measured = measure_image_pixels(image, image_id, config, overwrite=overwrite)
     return measured.sources, measured.row
 
 
@@ -330,8 +337,8 @@ class MeasuredImage:
     psf_grid: object = None
 
 
-def measure_image_pixels(image: FitsImage, image_id: str,
-                         config: DetectionConfig | None = None) -> MeasuredImage:
+def measure_image_pixels(image: FitsImage, image_id: str, config: DetectionConfig | None = None,
+                         *, overwrite: bool = False) -> MeasuredImage:
     """:func:`measure_image`, also handing back the pixels and the PSF model it measured with
     (for figures of the model and its residuals; the catalog is the same).
 
@@ -343,6 +350,8 @@ def measure_image_pixels(image: FitsImage, image_id: str,
         The image's id, written in every row.
     config : DetectionConfig, optional
         Detection and measurement settings (default: ``DetectionConfig()``).
+    overwrite : bool, optional
+        Subtract the background in ``image.data`` itself (:func:`measure_image`).
 
     Returns
     -------
@@ -351,18 +360,22 @@ def measure_image_pixels(image: FitsImage, image_id: str,
     config = config or DetectionConfig()
     # the image's SEP settings (sub-object limit raised for crowded fields), restored after
     with sep_settings(sub_object_limit=max(sep.get_sub_object_limit(), _SUB_OBJECTS)):
-        return _measure_image(image, image_id, config)
+        return _measure_image(image, image_id, config, overwrite)
 
 
-def _measure_image(image: FitsImage, image_id: str, config: DetectionConfig) -> MeasuredImage:
+def _measure_image(image: FitsImage, image_id: str, config: DetectionConfig,
+                   overwrite: bool) -> MeasuredImage:
     """:func:`measure_image_pixels` within its SEP settings."""
     data, mask, header = image.data, image.mask, image.header
+    # overwrite: the background is subtracted in the image's own array; the data's copy is
+    # read for the sources' local background only, and freed before the PSF photometry
+    data, scratch = (data.copy(), data) if overwrite else (data, None)
     ny, nx = data.shape
     saturate, _ = _first(header, SATURATE_KEYS)
     notes: list[str] = []
     try:
         sat = _saturated(data, saturate)
-        bkg, rms, sub, mask, noise = _detection_inputs(data, mask, sat, config, notes)
+        bkg, rms, sub, mask, noise = _detection_inputs(data, mask, sat, config, notes, scratch)
         objects, segmap = _extract(sub, noise, mask, config)
     except Exception as exc:  # SEP raises bare Exceptions
         raise ImageDataError(image.name, f"source extraction failed: {exc}") from None
@@ -378,6 +391,7 @@ def _measure_image(image: FitsImage, image_id: str, config: DetectionConfig) -> 
 
     background_at = partial(_background_at, bkg, data, sub, mask)
     columns, fwhm_median, radius = _measure(pixels, background_at, objects, config, hidden, sat)
+    del data, scratch, background_at  # with overwrite, the data's copy (sub is image.data)
     # point-source photometry and class_star from the image's own stars (psf.py, classify.py)
     psf_model, psf_columns = measure_psf(pixels, columns, radius)
     # PSF photometry with the image's own PSF model (psfphot.py); split detections append rows
@@ -445,10 +459,14 @@ def _psf_photometry(pixels, columns, psf_model, radius, residual=False):
     # cosmic rays' pixels are left out of the fits (a PSF fitted to a spike would subtract a
     # PSF-shaped hole from its neighbours)
     flags = np.asarray(columns["flags"])
-    spikes = np.flatnonzero((flags & COSMIC_RAY) > 0)  # labels i + 1 (first pass only)
-    if spikes.size:
-        hit = np.isin(pixels.segmap, spikes + 1)
-        pixels = pixels.with_(mask=hit if pixels.mask is None else (pixels.mask | hit))
+    spikes = np.flatnonzero((flags & COSMIC_RAY) > 0)  # labels i + 1 (both passes')
+    if spikes.size:  # a table of the labels (np.isin made image-sized int temporaries)
+        table = np.zeros(flags.size + 1, bool)
+        table[spikes + 1] = True
+        hit = table[pixels.segmap]
+        if pixels.mask is not None:
+            hit |= pixels.mask
+        pixels = pixels.with_(mask=hit)
     grid, phot, new = psf_photometry(
         pixels, columns, stars,
         PsfScale(fwhm, radius, psf_model.aperture_correction,

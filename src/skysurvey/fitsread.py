@@ -56,7 +56,8 @@ MIN_SIDE = 16
 #: Bytes of working memory per pixel: float32 data + mask + SEP's RMS map + the subtracted
 #: image (float32 each) + the segmentation map (int32) + the detection's buffers and astropy's
 #: scaled copy of integer data; rounded up so the estimate errs on the safe side (the 4096²
-#: benchmark image, float32, peaks at 555 MB against an estimate of 790 MB).
+#: benchmark image, float32, 50,000 stars, peaks at ~535 MB with or without PSF photometry
+#: against an estimate of 790 MB).
 BYTES_PER_PIXEL = 40
 #: Fixed overhead of the interpreter and the imported libraries (numpy, astropy, sep, pyarrow).
 BASE_BYTES = 150 * 2**20

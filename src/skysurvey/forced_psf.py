@@ -6,9 +6,10 @@ measures every object at its fixed position. Forced photometry at known position
 in the amplitudes, so objects whose model stamps meet each other's fitted pixels are solved
 jointly and exactly (one small dense solve per group, batched by group size) rather than
 iterated: a neighbour's light goes to the neighbour at any seeing. :func:`psf_measure` wraps
-the fit as :class:`skysurvey.forced.ForcedOptions`' ``measure``; the amplitude is returned on
-the aperture's scale (times the model's fraction within the aperture radius), so the image's
-aperture correction makes it a total flux on ``sources.flux_apcorr``'s scale.
+the fit as :class:`ForcedOptions`' ``measure`` of :func:`forced_photometry` (one image: the
+measurement, then the calibration); the amplitude is returned on the aperture's scale (times
+the model's fraction within the aperture radius), so the image's aperture correction makes
+it a total flux on ``sources.flux_apcorr``'s scale.
 """
 
 from __future__ import annotations
@@ -19,16 +20,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .forced import BLENDED, MASKED, NEAR_EDGE, SATURATED, _disc_pixels, circle_overlap
+from .forced import (
+    APERTURE_FLUX,
+    BLENDED,
+    CENTRE_MASKED,
+    MASKED,
+    NEAR_EDGE,
+    OFF_IMAGE,
+    SATURATED,
+    ImagePhotometry,
+    _disc_pixels,
+    aperture_flux,
+    calibrate_fluxes,
+    circle_overlap,
+    covered,
+    icrs_to_pixel,
+)
 from .geometry import window_pairs
 from .measurement import Pixels
 
 __all__ = [
     "FIT_RADIUS_FWHM",
     "MIN_PSF_STARS",
+    "ForcedOptions",
     "PsfFitSettings",
     "PsfStars",
     "aperture_fractions",
+    "forced_photometry",
     "psf_fit",
     "psf_measure",
     "psf_model",
@@ -42,10 +60,8 @@ class PsfStars:
 
     Attributes
     ----------
-    x, y : ndarray
-        Every detection's position (windowed centroid), pixels.
-    flux : ndarray
-        Their fluxes (a first guess of the stars' amplitudes).
+    x, y, flux : ndarray
+        Every detection's position (windowed centroid, pixels) and flux (a first guess).
     stars : ndarray of bool
         The PSF star candidates (bright, unflagged, point-like, isolated).
     fwhm : float
@@ -65,20 +81,10 @@ MIN_PSF_STARS = 5
 LABEL_RADIUS_FWHM = 1.5
 
 
-def _paint(shape, x, y, radius, values) -> np.ndarray:
-    """An int32 image holding *values[i]* within *radius* of (x[i], y[i]) (0 elsewhere)."""
-    out = np.zeros(shape[0] * shape[1], np.int32)
-    flat, owner = _disc_pixels(shape, x, y, radius)
-    out[flat] = np.asarray(values)[owner]
-    return out.reshape(shape)
-
-
 def psf_model(pixels: Pixels, stars: PsfStars):
     """The image's PSF model (:class:`skysurvey.psfmodel.PsfGrid`) from its PSF stars, or
-    None when fewer than :data:`MIN_PSF_STARS` are usable.
-
-    :func:`skysurvey.psfphot.model_from_stars` (psfphot's builder) with the other detections'
-    pixels (within :data:`LABEL_RADIUS_FWHM` FWHM) left out of each star's stamp.
+    None when fewer than :data:`MIN_PSF_STARS` are usable: psfphot's builder with the other
+    detections' pixels (within :data:`LABEL_RADIUS_FWHM` FWHM) left out of each star's stamp.
 
     Parameters
     ----------
@@ -91,14 +97,20 @@ def psf_model(pixels: Pixels, stars: PsfStars):
     -------
     PsfGrid or None
     """
-    from .psfphot import model_from_stars
+    from .psfphot import MIN_MODEL_HALF, MODEL_HALF_FWHM, model_from_stars
 
     use = np.asarray(stars.stars, bool)
     if use.sum() < MIN_PSF_STARS or not stars.fwhm > 0:
         return None
     x, y = np.asarray(stars.x, float), np.asarray(stars.y, float)
-    labels = _paint(pixels.shape, x, y, LABEL_RADIUS_FWHM * stars.fwhm,
-                    np.arange(1, x.size + 1, dtype=np.int32))
+    # only the detections whose disc reaches a star's stamp are painted (the same stamps)
+    label_r = LABEL_RADIUS_FWHM * stars.fwhm
+    reach = max(MIN_MODEL_HALF, math.ceil(MODEL_HALF_FWHM * stars.fwhm)) + label_r + 1
+    near = ((np.abs(x[:, None] - x[use]) <= reach)
+            & (np.abs(y[:, None] - y[use]) <= reach)).any(axis=1)
+    flat, owner = _disc_pixels(pixels.shape, np.where(near, x, np.nan), y, label_r)
+    labels = np.zeros(pixels.shape, np.int32)
+    labels.ravel()[flat] = owner + 1
     flux = np.asarray(stars.flux, float)
     rms = pixels.rms if np.ndim(pixels.rms) == 2 else np.full(pixels.shape, float(pixels.rms))
     try:
@@ -126,8 +138,7 @@ class PsfFitSettings:
     sky_level_err : float
         Uncertainty of the subtracted background level per pixel.
     stars_x, stars_y : ndarray, optional
-        The PSF stars' positions: objects there (alone in their group, SNR >= CALIB_SNR) tie
-        the PSF fluxes to the aperture fluxes (:data:`CALIB_RANGE`).
+        The PSF stars' positions: those alone with SNR >= CALIB_SNR tie PSF to aperture fluxes.
     """
 
     grid: object
@@ -202,14 +213,12 @@ def _solve_groups(label, diag, pi, pj, off, rhs):
         order = multi[np.argsort(label[multi], kind="stable")]
         starts = np.r_[0, np.flatnonzero(np.diff(label[order])) + 1]
         sizes = np.diff(np.r_[starts, order.size])
-        local = np.empty(n, np.int64)
-        group = np.empty(n, np.int64)
-        for g, (s0, k) in enumerate(zip(starts, sizes, strict=True)):
-            local[order[s0:s0 + k]] = np.arange(k)
-            group[order[s0:s0 + k]] = g
+        local, group = np.empty(n, np.int64), np.empty(n, np.int64)
+        local[order] = np.arange(order.size) - np.repeat(starts, sizes)
+        group[order] = np.repeat(np.arange(starts.size), sizes)
         for k in np.unique(sizes):
             gs = np.flatnonzero(sizes == k)
-            members = np.stack([order[starts[g]:starts[g] + k] for g in gs])  # (G, k)
+            members = order[starts[gs, None] + np.arange(k)]  # (G, k)
             pos = np.full(len(starts), -1)
             pos[gs] = np.arange(gs.size)
             mats = np.zeros((gs.size, k, k))
@@ -235,14 +244,12 @@ def _solve_groups(label, diag, pi, pj, off, rhs):
 def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
     """PSF amplitudes at fixed positions, overlapping objects fitted jointly.
 
-    Forced photometry at known positions is linear: every object's amplitude of the image's
-    PSF model, by weighted least squares (background noise weights, so the estimate is
-    unbiased at any flux) on the pixels within ``max(FIT_RADIUS_FWHM x FWHM, MIN_FIT_RADIUS)``
-    of any object. Objects whose model stamps meet fitted pixels of each other form a group
-    whose normal equations are solved exactly (one small dense solve per group, batched by
-    size); isolated objects are one division each. Errors: the inverse normal matrix, the
-    sources' Poisson noise (from the fitted model), the background level's error and the
-    model's own noise (MODEL_NOISE / sqrt(stars)).
+    Linear at known positions: every object's amplitude of the image's PSF model by weighted
+    least squares (the background noise at the object's centre: unbiased at any flux) on the
+    pixels within ``max(FIT_RADIUS_FWHM x FWHM, MIN_FIT_RADIUS)`` of any object; objects whose
+    stamps meet each other's fitted pixels are solved jointly (one small dense solve per
+    group, batched by size). Errors: the inverse normal matrix, the sources' Poisson noise
+    (the fitted model), the background level's error, the model's noise (MODEL_NOISE).
 
     Parameters
     ----------
@@ -393,18 +400,22 @@ def _shifted(canvas, src, shift, h):
 
 
 def _sum64(a):
-    """Row sums of a float32 (n, m) array, accumulated in float64."""
-    return a.sum(axis=1, dtype=np.float64)
+    """Row sums of a float32 (n, m) array (pairwise), as float64."""
+    return a.sum(axis=1).astype(np.float64)
+
+
+def _dot(a, b):
+    """Row-wise dot products of two float32 (n, m) arrays (no product array), as float64."""
+    return np.einsum("ij,ij->i", a, b).astype(np.float64)
 
 
 def _fit_subset(pixels, x, y, h, settings, saturated):
     """:func:`psf_fit` of objects (x, y) on stamps of half-size *h*: amplitudes, variance,
     its background share, flags, and whether each was fitted alone.
 
-    Per-pixel work in float32 (stamps gathered with fancy indexing into (n, S²)), sums in
-    float64; the normal equations' off-diagonal terms and the neighbours' light come from the
-    pairs of objects whose stamps meet (each pair's stamp moved onto the other's grid), so no
-    array of the image's size is made but the map of fitted pixels."""
+    Per-pixel work in float32 on (n, S²) stamps (row sums pairwise or by einsum); the
+    couplings and the neighbours' light from the pairs whose stamps meet (each one's stamp
+    moved onto the other's grid): no array of the image's size but the fitted pixels' map."""
     from .psfmodel import as_float32, render
 
     grid = settings.grid
@@ -413,7 +424,7 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     radius = max(FIT_RADIUS_FWHM * float(settings.fwhm), MIN_FIT_RADIUS)
     n = x.size
     ix, iy, psf = render(as_float32(grid), x, y, h)
-    psf = psf.reshape(n, -1)
+    psf = psf.reshape(n, -1)  # (n, S²) float32
     stamps = _geometry(sub.shape, x, y, h)
     inside = stamps.inside
     # the fitted pixels: within the fit radius of any object, valid, with a finite noise
@@ -423,18 +434,22 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     bad = ~np.isfinite(values)
     if pixels.mask is not None:
         bad |= stamps.gather(np.asarray(pixels.mask, bool))
+    # one noise per stamp, the map's at its centre (the map varies over background meshes,
+    # 64 px: < 1% across a stamp): weights are the model on the used pixels / noise^2
     rms = pixels.rms
-    noise = (stamps.gather(np.asarray(rms, np.float32)) if np.ndim(rms) == 2
-             else np.full(values.shape, float(rms), np.float32))
-    use = inside & stamps.gather(fitted.reshape(ny, nx)) & ~bad & (noise > 0)
-    use &= np.isfinite(noise)
-    w = np.zeros(values.shape, np.float32)
-    np.divide(np.float32(1.0), noise * noise, out=w, where=use)
-    data = np.where(use, values, np.float32(0.0)).astype(np.float32, copy=False)
-    wp = w * psf
-    diag = _sum64(wp * psf)
-    rhs = _sum64(wp * data)
-    wsum = _sum64(wp)  # response to a constant background offset
+    noise = (np.asarray(rms)[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)]
+             if np.ndim(rms) == 2 else np.full(n, float(rms))).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_var = np.where(np.isfinite(noise) & (noise > 0), 1 / (noise * noise), 0)
+    use = stamps.gather(fitted.reshape(ny, nx))
+    use &= inside
+    use &= ~bad
+    data = np.where(use, values, np.float32(0.0))
+    mp = np.where(use, psf, np.float32(0.0))  # the model on the used pixels
+    wp = mp * inv_var.astype(np.float32)[:, None]
+    diag = _dot(mp, mp) * inv_var
+    rhs = _dot(mp, data) * inv_var
+    wsum = _sum64(mp) * inv_var  # response to a constant background offset
     # pairs whose stamps overlap: the off-diagonal terms
     # (a stamp meets the other's fitted pixels within h + fit radius; two wings meeting on a
     # third object's pixels, up to 2h apart, couple them by less than 1e-3: left out)
@@ -452,17 +467,19 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     gain = pixels.gain
     inv_gain = 1.0 / gain if gain and gain > 0 else 0.0
     a_pos = np.where(np.isfinite(amp), np.maximum(amp, 0.0), 0.0)
-    wp2_psf = wp * wp * np.maximum(psf, np.float32(0.0))
+    mp2_pos = mp * np.maximum(mp, np.float32(0.0))
+    mp2_pos *= mp
     # own light a * psf: sum(wp^2 (a psf / gain + (e a psf)^2)) from two sums
-    extra_own = (a_pos * inv_gain * _sum64(wp2_psf)
-                 + (PROFILE_ERROR * a_pos) ** 2 * _sum64(wp2_psf * psf))
+    extra_own = (a_pos * inv_gain * _sum64(mp2_pos)
+                 + (PROFILE_ERROR * a_pos) ** 2 * _dot(mp2_pos, mp)) * inv_var**2
     extra_others = neighbours.others_light(wp, np.where(np.isfinite(amp), amp, 0.0), inv_gain)
     with np.errstate(divide="ignore", invalid="ignore"):
         var_bkg = np.where(diag > 0, 1.0 / diag, np.nan)
         level = wsum / diag
         for members, inv in blocks:
-            var_bkg[members] = np.einsum("gii->gi", inv)
+            var_bkg[members] = np.einsum("gii->gi", inv)  # <= 0: numerically singular
             level[members] = np.einsum("gij,gj->gi", inv, wsum[members])
+        var_bkg[~(var_bkg > 0) & (diag > 0)] = np.inf  # (coincident objects): no error
         inflate = np.maximum(var_bkg * diag, 1.0)  # a joint fit's larger variance
         var_sky = (var_bkg + (settings.sky_level_err * level) ** 2
                    + inflate * extra_others / diag**2)
@@ -476,22 +493,20 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     return amp, var, var_sky, f, alone
 
 
-#: Objects' stamps moved onto their neighbours' grids are kept between the coupling and the
-#: neighbours' light up to this many pixels (float32: 32 MB); beyond, they are made twice.
+#: Stamps moved onto neighbours' grids are kept up to this many pixels (float32: 32 MB).
 MOVED_CACHE = 2**23
 
 
 class _Neighbours:
-    """The pairs ``(pi, pj)`` of objects whose stamps meet: each one's stamp as seen on the
-    other's grid (both directions, whole rows through :func:`_shifted`), for the
-    normal equations' off-diagonal terms and the neighbours' light on each stamp."""
+    """Pairs ``(pi, pj)`` whose stamps meet: each one's stamp on the other's grid (both ways,
+    :func:`_shifted`), for the couplings and the neighbours' light on each stamp."""
 
-    def __init__(self, psf, stamps, pi, pj, moved=None):
+    def __init__(self, psf, stamps, pi, pj):
         self.psf, self.stamps, self.pi, self.pj = psf, stamps, pi, pj
         self.dst, self.src = np.r_[pi, pj], np.r_[pj, pi]  # src's light on dst's stamp
         self.canvas = _canvas(psf, stamps[2]) if pi.size else None
-        self.moved = moved
-        if moved is None and 0 < self.dst.size * psf.shape[1] <= MOVED_CACHE:
+        self.moved, self.cached = None, None  # the moved stamps, and which rows of them
+        if 0 < self.dst.size * psf.shape[1] <= MOVED_CACHE:
             self.moved = self._move(np.arange(self.dst.size))
 
     def _move(self, rows):
@@ -500,25 +515,32 @@ class _Neighbours:
         return _shifted(self.canvas, s, (ix[s] - ix[d], iy[s] - iy[d]), h)
 
     def _chunks(self, rows, step=4096):
-        """``(rows, moved stamps)`` in chunks."""
+        """``(rows, moved stamps)`` in chunks (views of the cache where its rows run on)."""
         for start in range(0, rows.size, step):
             part = rows[start:start + step]
-            yield part, (self.moved[part] if self.moved is not None else self._move(part))
+            if self.moved is None:
+                yield part, self._move(part)
+                continue
+            at = part if self.cached is None else self.cached[part]
+            run = at.size and at[-1] - at[0] == at.size - 1 and (np.diff(at) == 1).all()
+            yield part, (self.moved[at[0]:at[-1] + 1] if run else self.moved[at])
 
     def coupling(self, wp) -> np.ndarray:
         """``sum(wp_i * P_j)`` of every pair (i, j) = (pi, pj) on i's stamp."""
         out = np.zeros(self.pi.size)
         for rows, moved in self._chunks(np.arange(self.pi.size)):
-            out[rows] = _sum64(wp[self.dst[rows]] * moved)
+            out[rows] = np.einsum("ij,ij->i", wp[self.dst[rows]], moved)
         return out
 
     def subset(self, keep) -> _Neighbours:
-        """The pairs *keep* (a boolean per pair) only."""
+        """The pairs *keep* (a boolean per pair) only (the cache is shared, not copied)."""
         both = np.r_[keep, keep]
-        moved = None if self.moved is None else self.moved[both]
         sub = _Neighbours.__new__(_Neighbours)
         sub.psf, sub.stamps, sub.pi, sub.pj = self.psf, self.stamps, self.pi[keep], self.pj[keep]
-        sub.dst, sub.src, sub.canvas, sub.moved = self.dst[both], self.src[both], self.canvas, moved
+        sub.dst, sub.src, sub.canvas, sub.moved = self.dst[both], self.src[both], self.canvas, \
+            self.moved
+        whole = np.arange(both.size) if self.cached is None else self.cached
+        sub.cached = whole[both]
         return sub
 
     def others_light(self, wp, amp, inv_gain) -> np.ndarray:
@@ -536,28 +558,24 @@ class _Neighbours:
         light = np.empty((targets.size, wp.shape[1]), np.float32)
         for k in range(int(rank.max()) + 1):  # targets are unique within one rank
             for rows, moved in self._chunks(np.flatnonzero(rank == k)):
-                moved = moved * amp[self.src[rows], None].astype(np.float32)
+                moved = moved * amp[self.src[rows], None].astype(np.float32)  # (a copy)
                 if k == 0:  # every target once
                     light[row[rows]] = moved
                 else:
                     light[row[rows]] += moved
         np.maximum(light, np.float32(0.0), out=light)
-        # L / gain + (e L)^2 = L (1 / gain + e^2 L), weighted by wp^2
-        term = light * np.float32(NEIGHBOUR_PROFILE_ERROR**2)
-        term += np.float32(inv_gain)
-        term *= light
+        # sum(wp^2 (L / gain + (e L)^2)) from two row dot products
         wt = wp[targets]
         wt *= wt
-        term *= wt
-        out[targets] = _sum64(term)
+        out[targets] = inv_gain * _dot(wt, light)
+        wt *= light
+        out[targets] += NEIGHBOUR_PROFILE_ERROR**2 * _dot(wt, light)
         return out
 
 
 def _aperture_scale(pixels, x, y, fit, settings) -> float:
     """Median aperture / PSF flux of the PSF stars measured alone (:data:`CALIB_SNR`);
     *fit* is ``(flux, flux_err, alone)`` per object."""
-    from .forced import aperture_flux
-
     flux, err, alone = fit
 
     if settings.stars_x is None or not np.size(settings.stars_x):
@@ -600,7 +618,7 @@ def aperture_fractions(grid, x, y, radius: float) -> np.ndarray:
     Returns
     -------
     ndarray
-        The fraction of the model's (unit) sum within the aperture, per position.
+        Per position, the fraction of the model's (unit) sum within the aperture.
     """
     from .psfmodel import poly_terms
 
@@ -658,7 +676,7 @@ def psf_stars(sources: dict, fwhm: float | None, obj_x=None, obj_y=None) -> PsfS
     -------
     PsfStars or None
     """
-    from .psf import nearest_neighbour_distance, pairs_within
+    from .psf import pairs_within
 
     x = np.asarray(sources["x"], float)
     if x.size == 0:
@@ -682,7 +700,8 @@ def psf_stars(sources: dict, fwhm: float | None, obj_x=None, obj_y=None) -> PsfS
     xs, ys = np.where(finite, x, -1e9), np.where(finite, y, -1e9)
     near = np.zeros(x.size, bool)
     if cand.any():
-        near[np.flatnonzero(cand)] = nearest_neighbour_distance(xs, ys, cand) < reach
+        c = np.flatnonzero(cand)  # another detection within reach (sorted in x: not n^2)
+        near[c] = np.bincount(pairs_within(xs, ys, xs[c], ys[c], reach)[0], minlength=c.size) > 1
     if obj_x is not None and cand.any():
         ok = np.isfinite(obj_x) & np.isfinite(obj_y)
         c = np.flatnonzero(cand)
@@ -692,3 +711,85 @@ def psf_stars(sources: dict, fwhm: float | None, obj_x=None, obj_y=None) -> PsfS
     idx = np.flatnonzero(cand)
     cand[idx[np.argsort(-flux[idx])][MAX_PSF_STARS:]] = False
     return PsfStars(xs, ys, np.where(np.isfinite(flux), flux, 0.0), cand, float(fwhm))
+
+
+# ---- one image: the measurement and the calibration ---------------------------------------
+
+
+@dataclass(frozen=True)
+class ForcedOptions:
+    """How :func:`forced_photometry` measures.
+
+    Attributes
+    ----------
+    measure : callable, optional
+        ``measure(pixels, x, y, saturated) -> (flux, flux_err, sky_err, flags)`` on the
+        aperture's scale, given every position, covered or not (uncovered ones are modelled,
+        not reported): :func:`psf_measure`'s. None: the aperture (flagged APERTURE_FLUX
+        when *flag_aperture*: a PSF model was wanted).
+    sky_level_err : float
+        Uncertainty of the subtracted background level per pixel (the aperture's).
+    saturated : ndarray of bool, optional
+        Saturated pixels (flags only).
+    flag_aperture : bool
+    xy : tuple of ndarray, optional
+        The positions' pixel coordinates when already computed.
+    """
+
+    measure: Callable | None = None
+    sky_level_err: float = 0.0
+    saturated: np.ndarray | None = None
+    flag_aperture: bool = False
+    xy: tuple | None = None
+
+
+def forced_photometry(pixels: Pixels, wcs, ra, dec, phot: ImagePhotometry,
+                      options: ForcedOptions | None = None) -> dict[str, np.ndarray]:
+    """Forced photometry of one image at ICRS positions.
+
+    Parameters
+    ----------
+    pixels : Pixels
+        ``sub`` (background-subtracted image; masked pixels may hold anything), ``rms``
+        (scalar or map), ``mask`` (pixels to leave out), ``gain``.
+    wcs : astropy.wcs.WCS
+        The image's celestial WCS.
+    ra, dec : array_like
+        ICRS positions, degrees.
+    phot : ImagePhotometry
+        Aperture radius, aperture correction, zero point, gain (the image's record).
+    options : ForcedOptions, optional
+        The measurement (default: the aperture), background level error, saturated pixels.
+
+    Returns
+    -------
+    dict of ndarray
+        ``x``, ``y``, ``covered`` (bool: on the image, pixel valid), ``flux``, ``flux_err``,
+        ``snr``, ``mag``, ``mag_err``, ``mag_limit``, ``flags`` (int32). Positions not covered
+        have NaN photometry and :data:`OFF_IMAGE` or :data:`CENTRE_MASKED` set. Fluxes are
+        the measurement times the image's aperture correction (total flux).
+    """
+    options = options or ForcedOptions()
+    data = np.asarray(pixels.sub)
+    x, y = icrs_to_pixel(wcs, ra, dec) if options.xy is None else options.xy
+    shape = data.shape
+    on_image = covered(x, y, shape)
+    mask = pixels.mask
+    valid = None if mask is None else ~np.asarray(mask, bool)
+    cover = covered(x, y, shape, valid) & on_image
+    xc, yc = np.where(cover, x, np.nan), np.where(cover, y, np.nan)
+    if options.measure is None:
+        flux, err, sky, flags = aperture_flux(pixels.with_(sub=data, gain=phot.gain), xc, yc,
+                                              phot.aperture_radius, saturated=options.saturated,
+                                              sky_level_err=options.sky_level_err)
+        if options.flag_aperture:
+            flags = flags | APERTURE_FLUX
+    else:  # every position, covered or not: an object just off the edge or on a masked
+        # pixel still sends light into the image, which a joint fit must model
+        flux, err, sky, flags = options.measure(pixels, x, y, options.saturated)
+    correction, correction_err = phot.correction
+    out = calibrate_fluxes(flux, err, sky, phot.zero_point, correction, correction_err)
+    out = {k: np.where(cover, v, np.nan) for k, v in out.items()}  # not covered: no photometry
+    flags = flags | np.where(~on_image, OFF_IMAGE, 0) | np.where(on_image & ~cover,
+                                                                  CENTRE_MASKED, 0)
+    return {"x": x, "y": y, "covered": cover, **out, "flags": flags.astype(np.int32)}

@@ -46,23 +46,26 @@ from .config import is_s3_uri
 from .errors import SkySurveyError, TransientStorageError, one_line, printable
 from .forced import (
     HPX_ORDER,
-    ForcedOptions,
     ImagePhotometry,
     background_subtracted,
-    forced_photometry,
     icrs_to_pixel,
-    level_error,
-    object_mask,
-    sky_offset,
 )
-from .forced_psf import PsfFitSettings, PsfStars, psf_measure, psf_model, psf_stars
+from .forced_psf import (
+    ForcedOptions,
+    PsfFitSettings,
+    PsfStars,
+    forced_photometry,
+    psf_measure,
+    psf_model,
+    psf_stars,
+)
 from .forced_summary import (
     VARIABILITY_FILE,
     VARIABILITY_FOLDER,
     VariabilitySummary,
     summarize_forced,
 )
-from .measurement import Pixels
+from .measurement import Pixels, single_thread_blas
 from .schema import (
     FORCED_PHOTOMETRY_SCHEMA,
     catalog_keys,
@@ -86,9 +89,7 @@ __all__ = [
     "fingerprint",
     "forced_image",
     "handle_forced_event",
-    "level_error",
     "measure_task",
-    "object_mask",
     "objects_in_footprint",
     "plan_forced",
     "read_image_records",
@@ -97,7 +98,6 @@ __all__ = [
     "run_forced",
     "run_lambda",
     "run_local",
-    "sky_offset",
     "summarize_forced",
 ]
 
@@ -272,8 +272,8 @@ def read_psf_stars(catalog, image: dict, obj_x=None, obj_y=None) -> PsfStars | N
     return psf_stars(cols, float(fwhm) if fwhm else None, obj_x, obj_y)
 
 
-def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None = None
-                 ) -> pa.Table:
+def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None = None, *,
+                 wcs=None) -> pa.Table:
     """The ``forced_photometry`` rows of one read image (a :class:`FitsImage`) for objects
     ``(ids, ra, dec)``: the covered positions only.
 
@@ -291,6 +291,8 @@ def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None =
         The objects in its footprint.
     stars : PsfStars, optional
         The image's PSF star candidates.
+    wcs : astropy.wcs.WCS, optional
+        The image's celestial WCS when already made (else made from the header).
 
     Returns
     -------
@@ -299,23 +301,25 @@ def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None =
     """
     from .astrometry import celestial_wcs
 
-    wcs, _ = celestial_wcs(image.header)
+    wcs = wcs if wcs is not None else celestial_wcs(image.header)[0]
     if wcs is None:
         raise ValueError("no celestial WCS in the FITS header")
     phot = ImagePhotometry.from_row(task.image)
     x, y = icrs_to_pixel(wcs, ra, dec)
-    sub, rms, mask, sat, level_err = background_subtracted(image, x, y, phot.aperture_radius)
-    pixels = Pixels(sub, rms, mask=mask, gain=phot.gain)
-    grid = None if stars is None else psf_model(pixels, stars)
-    if grid is None:
-        options = ForcedOptions(sky_level_err=level_err, saturated=sat, flag_aperture=True,
-                                xy=(x, y))
-    else:
-        used = np.asarray(stars.stars, bool)
-        settings = PsfFitSettings(grid, stars.fwhm, phot.aperture_radius, level_err,
-                                  stars.x[used], stars.y[used])
-        options = ForcedOptions(psf_measure(settings), level_err, sat, xy=(x, y))
-    result = forced_photometry(pixels, wcs, ra, dec, phot, options)
+    with single_thread_blas():  # small matrix products: OpenBLAS's threads cost CPU
+        sub, rms, mask, sat, level_err = background_subtracted(image, x, y,
+                                                               phot.aperture_radius)
+        pixels = Pixels(sub, rms, mask=mask, gain=phot.gain)
+        grid = None if stars is None else psf_model(pixels, stars)
+        if grid is None:
+            options = ForcedOptions(sky_level_err=level_err, saturated=sat,
+                                    flag_aperture=True, xy=(x, y))
+        else:
+            used = np.asarray(stars.stars, bool)
+            settings = PsfFitSettings(grid, stars.fwhm, phot.aperture_radius, level_err,
+                                      stars.x[used], stars.y[used])
+            options = ForcedOptions(psf_measure(settings), level_err, sat, xy=(x, y))
+        result = forced_photometry(pixels, wcs, ra, dec, phot, options)
     keep = result["covered"]
     n = int(keep.sum())
 
@@ -357,6 +361,7 @@ def forced_image(task: ForcedTask, *, tmp_dir: str | None = None,
     dict
         The reply.
     """
+    from .astrometry import celestial_wcs
     from .fitsread import read_fits
     from .pipeline import table_to_parquet_bytes
 
@@ -369,8 +374,9 @@ def forced_image(task: ForcedTask, *, tmp_dir: str | None = None,
         ids, ra, dec = objects_in_footprint(catalog, cells)
         with raw.local_file(task.key, tmp_dir=tmp_dir) as path:
             image = read_fits(path, name=where)
-        stars = _image_psf_stars(catalog, task.image, image, ra, dec)
-        table = measure_task(task, image, ids, ra, dec, stars)
+        wcs = celestial_wcs(image.header)[0]  # made once: ~15-30 ms per header
+        stars = _image_psf_stars(catalog, task.image, wcs, ra, dec)
+        table = measure_task(task, image, ids, ra, dec, stars, wcs=wcs)
         key = forced_key(task.image["image_id"], task.image.get("band"), task.image.get("night"))
         catalog.write_bytes(key, table_to_parquet_bytes(table),
                             content_type="application/vnd.apache.parquet")
@@ -389,10 +395,7 @@ def forced_image(task: ForcedTask, *, tmp_dir: str | None = None,
     return _reply(task, "error", seconds=time.perf_counter() - start, error=error)
 
 
-def _image_psf_stars(catalog, record: dict, image, ra, dec) -> PsfStars | None:
-    from .astrometry import celestial_wcs
-
-    wcs, _ = celestial_wcs(image.header)
+def _image_psf_stars(catalog, record: dict, wcs, ra, dec) -> PsfStars | None:
     if wcs is None:
         return None
     ox, oy = icrs_to_pixel(wcs, ra, dec)

@@ -275,6 +275,12 @@ UNTRUSTED_FLAGS = 256 | 512 | 1024
 #: close that the two fluxes trade (forced.BLENDED): a star split into two objects 0.4" apart
 #: measures near zero on one of them in some images.
 NOT_QUIET_FLAGS = 2097152
+#: Aperture fallback rows (forced.APERTURE_FLUX: no PSF model on that image). They take no part
+#: in the chi-square of an (object, band) that has MIN_PSF_ROWS PSF rows: a faint star 2" from
+#: an 18 mag star measures its neighbour's light in the aperture, as the seeing allows
+#: (constant 256² fields, 4 nights: 3-6 false variables from two aperture epochs).
+APERTURE_ROWS = 1048576
+MIN_PSF_ROWS = 2
 #: A fractional systematic error added in quadrature to every forced flux (flat-field, PSF
 #: and aperture-correction errors the per-point errors do not hold).
 SYSTEMATIC_FLOOR = 0.01
@@ -614,7 +620,9 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
     constant is taken per (object, band) with *floor* added in quadrature, then errors of
     each band are scaled by the square root of the band's median reduced chi-square (never
     shrunk, as ``objects.statistics.error_scale``) and the bands' chi-squares are summed.
-    Rows with :data:`UNTRUSTED_FLAGS` take no part in the chi-square nor in "no flux" verdicts.
+    Rows with :data:`UNTRUSTED_FLAGS` take no part in the chi-square nor in "no flux" verdicts;
+    aperture rows (:data:`APERTURE_ROWS`) none in the chi-square of a key with
+    :data:`MIN_PSF_ROWS` PSF rows.
     ``variable`` also needs :data:`ONE_EPOCH_SIGMA` with each key's most deviant point left
     out (:func:`chi2_without_worst`), where that leaves :data:`ONE_EPOCH_MIN_DOF` or more;
     :data:`FEW_POINTS_SIGMA` below :data:`FEW_POINTS_DOF`; and not to be a close pair's
@@ -646,7 +654,11 @@ def summarize(ids, rows: ForcedRows, options: SummaryOptions | None = None
     scale, offset = image_calibration(image, key, flux, err, good & (idx >= 0))
     f = (flux - offset[image]) / scale[image] if image.size else flux
     e = err / scale[image] if image.size else err
-    f_ok = np.where(good, f, np.nan)
+    aperture = (np.asarray(flags, np.int64) & APERTURE_ROWS) != 0
+    k0 = key - key.min(initial=0)
+    n_psf = np.bincount(k0[good & ~aperture & (idx >= 0)], minlength=k0.max(initial=-1) + 1)
+    mixed = aperture & (n_psf[k0] >= MIN_PSF_ROWS)
+    f_ok = np.where(good & ~mixed, f, np.nan)  # one method per light curve: the PSF's
     keys = np.unique(key[idx >= 0])
     x_row = None if image_x is None or not image.size else np.asarray(image_x, float)[image]
     if x_row is None:

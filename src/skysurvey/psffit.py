@@ -17,19 +17,16 @@ per-pixel work is float32 (sums and solves float64), the neighbours' model is on
 ``bincount`` of the stamps (:class:`~skysurvey.psfmodel.ModelImage`) for chunks of FIT_CHUNK
 sources in the order of their rows (each chunk's model made from the rows it needs), a
 position step under MIN_STEP is not taken and only the sources that moved are rendered again.
-:func:`single_thread_blas` keeps OpenBLAS on one thread for :mod:`skysurvey.psfphot`'s
-small products (its threads spin between them: twice the CPU).
+:mod:`skysurvey.psfphot` runs it with one BLAS thread
+(:func:`~skysurvey.measurement.single_thread_blas`): OpenBLAS's threads spin between its small
+products (twice the CPU).
 Memory: the stamps' indices, the models and derivatives for a position step are made per
 FIT_CHUNK sources.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +41,6 @@ __all__ = [
     "PsfFit",
     "Start",
     "fit_sources",
-    "single_thread_blas",
 ]
 
 #: Pixels within this many FWHM of a source are fitted.
@@ -72,55 +68,6 @@ POS_MIN_SNR = 5.0
 #: The model's own error, a fraction of the model in each pixel, added to the noise (DAOPHOT's
 #: profile error): bright stars' fits are limited by it, not by their photon noise.
 PROFILE_ERROR = 0.02
-
-
-@functools.cache
-def _openblas():
-    """``(get, set)`` of the OpenBLAS that numpy loaded (its thread count), or None."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for suffix in ("64_", ""):
-            for prefix in ("scipy_openblas", "openblas"):
-                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                if get is not None and put is not None:
-                    return get, put
-    return None
-
-
-@contextlib.contextmanager
-def single_thread_blas() -> Iterator[None]:
-    """Run the block with one OpenBLAS thread (the previous count restored after).
-
-    PSF photometry makes many small matrix products (renders, the model's fit) and batched
-    solves; OpenBLAS's threads spin between them and cost more CPU than they give (crowded
-    2048², 2 cores: ``photometry`` ~2.6 s CPU with 2 threads, ~1.3 s with one). A no-op when
-    numpy's BLAS is not OpenBLAS or cannot be found. (forced photometry has the same helper
-    in its branch: one copy should stay.)
-
-    Yields
-    ------
-    None
-    """
-    blas = _openblas()
-    if blas is None:
-        yield
-        return
-    get, put = blas
-    before = int(get())
-    put(1)
-    try:
-        yield
-    finally:
-        put(before)
 
 
 @dataclass

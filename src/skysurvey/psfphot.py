@@ -46,7 +46,7 @@ import numpy as np
 import sep
 
 from . import psfmodel as pm
-from .measurement import Pixels
+from .measurement import Pixels, single_thread_blas
 from .psffit import (
     FIT_RADIUS_FWHM,
     MAX_MOVE,
@@ -60,7 +60,6 @@ from .psffit import (
     _neighbour_half,
     _rms_map,
     fit_sources,
-    single_thread_blas,
 )
 
 __all__ = [

@@ -725,7 +725,8 @@ EXAMPLE_WITH_LIMIT_SQL = (
 def most_variable_light_curves(catalog: str, n: int = 4):
     """The ``light_curve`` rows of the *n* most significant variables (``variables`` order);
     without variables, of one object with detections and an upper limit
-    (:data:`EXAMPLE_WITH_LIMIT_SQL`, one scan of the forced table, here only).
+    (:data:`EXAMPLE_WITH_LIMIT_SQL`, one scan of the forced table, here only), else of the
+    object with the most detections.
 
     Parameters
     ----------
@@ -744,7 +745,8 @@ def most_variable_light_curves(catalog: str, n: int = 4):
     variables = run_named("variables", catalog)
     ids = list(dict.fromkeys(variables["object_id"]))[:n]
     if not ids:
-        ids = list(run_query(EXAMPLE_WITH_LIMIT_SQL, catalog)["object_id"])
+        ids = list(run_query(EXAMPLE_WITH_LIMIT_SQL, catalog)["object_id"]) or [-1]  # -1:
+        # light_curve's own choice (most detections), so a figure has a curve when objects do
     frames = [run_named("light_curve", catalog, (int(i),)) for i in ids]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["object_id", "mjd", "band", "mag", "mag_err"])

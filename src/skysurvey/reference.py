@@ -35,15 +35,18 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from .config import get_setting, is_s3_uri, parse_s3_uri
 from .errors import ConfigError, SkySurveyError
+
+if TYPE_CHECKING:  # pyarrow.dataset imports pandas (~48 MB in every handler): on use only
+    import pyarrow.dataset as pads
 
 __all__ = ["FORMATS", "IN_MEMORY_BYTES", "MAX_MOTION_DEG", "MIN_MAG_SPREAD", "MIN_SPREAD_STARS",
            "NO_REFERENCE", "PIXEL_CACHE", "POSITION_NAMES", "PROPER_MOTION", "ReferenceCatalog",
@@ -229,6 +232,8 @@ class ReferenceCatalog:
                                           ".vot/.xml or a HATS catalog folder)")
             try:
                 if kind == "parquet" and info.size > IN_MEMORY_BYTES:
+                    import pyarrow.dataset as pads
+
                     self._dataset = pads.dataset(self.path, filesystem=self.filesystem,
                                                  format="parquet")
                     names = self._dataset.schema.names
@@ -585,6 +590,8 @@ class _Hats:
     def _pixel(self, order: int, pixel: int, columns: tuple[str, ...]) -> pa.Table:
         key = (order, pixel, columns)
         if key not in self._cache:
+            import pyarrow.dataset as pads
+
             files = self._pixel_files(order, pixel)
             data = pads.dataset(files, filesystem=self.fs, format="parquet")
             self._cache[key] = data.to_table(columns=list(columns))
