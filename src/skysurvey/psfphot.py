@@ -196,24 +196,23 @@ def model_from_stars(pixels: Pixels, sources, stars, fwhm, refine=None,
     if idx.size < pm.STARS_PER_TERM // 2 + 1:
         return None
     ix, iy = np.rint(x[idx]).astype(int), np.rint(y[idx]).astype(int)
-    stamps, inside = pm.cutouts(sub, ix, iy, half)
-    noise, _ = pm.cutouts(rms, ix, iy, half, fill=np.inf)
+    images = [(sub, 0.0), (rms, np.inf)] + ([(mask, True)] if mask is not None else []) \
+        + ([(pixels.segmap, 0)] if refine is None else [])
+    cut, inside, flat = _cutouts(images, (ix, iy), half)
+    stamps, noise = cut[:2]
     ok = inside & np.isfinite(stamps)
+    if mask is not None:
+        ok &= ~cut[2]
     if refine is None:
-        seg, _ = pm.cutouts(pixels.segmap, ix, iy, half)
-        ok &= (seg == 0) | (seg == (idx + 1)[:, None, None])
+        ok &= (cut[-1] == 0) | (cut[-1] == (idx + 1)[:, None, None])
     else:
         rendered, amp, _ = refine
-        flat, _ = pm.stamp_index(sub.shape, ix, iy, half)
         around = rendered.take(amp, rendered.index(flat)).reshape(stamps.shape)
-        del flat
         _, _, own = pm.render(start, x[idx], y[idx], min(half, _neighbour_half(start, fwhm)))
         pad = half - own.shape[1] // 2
         stamps = stamps - around + np.pad(own, ((0, 0), (pad, pad), (pad, pad))) \
             * amp[idx, None, None]
-    if mask is not None:
-        bad, _ = pm.cutouts(mask, ix, iy, half, fill=True)
-        ok &= ~bad
+    del flat, cut
     var = noise.astype(float) ** 2
     if gain:
         var = var + np.maximum(stamps, 0.0) / gain
@@ -224,6 +223,15 @@ def model_from_stars(pixels: Pixels, sources, stars, fwhm, refine=None,
                            (max(nx / 2, 1.0), max(ny / 2, 1.0)))
     return pm.build(pm.StarStamps(stamps, weights, x[idx], y[idx], flux[idx]), layout,
                     n_iter=2 if warm else 5, start=start if warm else None)
+
+
+def _cutouts(images, centre, half):
+    """Stamps (N, S, S) of each of *images* ((image, fill outside) pairs of one shape, a
+    broadcast noise map too) centred on pixels *centre*, from one index: the stamps, whether
+    each pixel is inside the image, the flat indices."""
+    flat, inside = pm.stamp_index(images[0][0].shape, *centre, half)
+    cut = [np.where(inside, pm.noise_at(np.asarray(im), flat), fill) for im, fill in images]
+    return cut, inside, flat
 
 
 def aperture_fraction(grid, x, y, radius) -> np.ndarray:
@@ -336,13 +344,13 @@ def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
     xc, yc = fit.x[idx], fit.y[idx]
     ix, iy = np.rint(xc).astype(int), np.rint(yc).astype(int)
     # stamps by gathers (no whole-image temporaries), float32 per pixel
-    data, inside = pm.cutouts(sub, ix, iy, hf)
-    sig, _ = pm.cutouts(rms, ix, iy, hf, fill=np.inf)
+    cut, inside, flat = _cutouts([(sub, 0.0), (rms, np.inf)]
+                                 + ([(mask, True)] if mask is not None else []), (ix, iy), hf)
+    data, sig = cut[:2]
     inside &= np.isfinite(data) & np.isfinite(sig)
     if mask is not None:
-        inside &= ~pm.cutouts(mask, ix, iy, hf, fill=True)[0]
+        inside &= ~cut[2]
     data = np.where(inside, data, 0.0).astype(np.float32)
-    flat, _ = pm.stamp_index(sub.shape, ix, iy, hf)
     others = fit.rendered.take(fit.amp, fit.rendered.index(flat)).reshape(data.shape)
     _, _, own = pm.render(grid32, xc, yc, hf)
     own = own * fit.amp[idx, None, None].astype(np.float32)
