@@ -34,7 +34,7 @@ from .classify import BLEND_PSF_CHI2, deblended_extendedness, psf_fit_class_star
 from .deblend import find_hidden
 from .errors import ImageDataError
 from .fitsread import FitsImage, observation_time
-from .measurement import Pixels, is_buffer_full, sep_settings
+from .measurement import Pixels, is_buffer_full, sep_settings, single_thread_blas
 from .psf import image_columns as psf_image_columns
 from .psf import measure as measure_psf
 from .psfmodel import quality as psf_quality
@@ -358,8 +358,9 @@ def measure_image_pixels(image: FitsImage, image_id: str, config: DetectionConfi
     MeasuredImage
     """
     config = config or DetectionConfig()
-    # the image's SEP settings (sub-object limit raised for crowded fields), restored after
-    with sep_settings(sub_object_limit=max(sep.get_sub_object_limit(), _SUB_OBJECTS)):
+    # SEP's sub-object limit raised (crowded fields), one BLAS thread; both restored after
+    with sep_settings(sub_object_limit=max(sep.get_sub_object_limit(), _SUB_OBJECTS)), \
+            single_thread_blas():
         return _measure_image(image, image_id, config, overwrite)
 
 

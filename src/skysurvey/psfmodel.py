@@ -63,8 +63,6 @@ LANCZOS = 3
 STARS_PER_TERM = 8
 #: Sources rendered at a time by :class:`ModelImage` (bounds render's temporaries).
 RENDER_CHUNK = 2048
-#: Matrix products are split below this m n k (OpenBLAS's one-thread limit, see _matmul).
-_BLAS_ONE_THREAD = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -154,23 +152,6 @@ def _taps(shift, derivative=False, reach=LANCZOS):
     return (taps / total).T, ((dtaps * total - taps * dtaps.sum(axis=0)) / total**2).T
 
 
-def _matmul(a, b):
-    """``a @ b`` (2-D) in blocks of *a*'s rows small enough that OpenBLAS stays on one
-    thread (m n k below its 2**18 threshold): its threads spin-wait between calls, so these
-    small products cost several times their CPU time threaded (8 ms against 0.1 ms)."""
-    (m, k), n = a.shape, b.shape[1]
-    step = max(1, _BLAS_ONE_THREAD // max(k * n, 1))
-    if m <= step:
-        return a @ b
-    out = np.empty((m, n), np.result_type(a, b))
-    done = m // step * step if a.flags.c_contiguous else 0
-    if done:  # one batched product (numpy loops over the blocks)
-        np.matmul(a[:done].reshape(-1, step, k), b, out=out[:done].reshape(-1, step, n))
-    for i in range(done, m, step):
-        np.matmul(a[i:i + step], b, out=out[i:i + step])
-    return out
-
-
 def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False, centre=None):
     """The PSF of sources at (x, y) on stamps of half-size *half_out* centred on their
     nearest pixels (or on the pixels *centre* = (ix, iy), within a few pixels of them).
@@ -215,13 +196,13 @@ def render(grid: PsfGrid, x, y, half_out: int, derivatives: bool = False, centre
     shifted = np.stack([basis[:, d:d + size] for d in range(nt)]).reshape(-1, size * gw)
     if not derivatives:
         ty = _taps(fy, reach=reach).astype(dtype)
-        rows = _matmul((ty[:, :, None] * terms[:, None, :]).reshape(n, -1), shifted)
+        rows = (ty[:, :, None] * terms[:, None, :]).reshape(n, -1) @ shifted
         wx = _banded(_taps(fx, reach=reach).astype(dtype), size)
         return ix, iy, rows.reshape(n, size, gw) @ wx.transpose(0, 2, 1)
     tx, dtx = (t.astype(dtype) for t in _taps(fx, True, reach))
     ty = np.concatenate(_taps(fy, True, reach)).astype(dtype)  # taps, then derivatives
     coef = (ty.reshape(2, n, nt, 1) * terms[:, None, :]).reshape(2 * n, -1)
-    rows = _matmul(coef, shifted).reshape(2, n, size, gw)
+    rows = (coef @ shifted).reshape(2, n, size, gw)
     wxt = _banded(tx, size).transpose(0, 2, 1)
     return ix, iy, rows[0] @ wxt, rows[0] @ _banded(dtx, size).transpose(0, 2, 1), rows[1] @ wxt
 
@@ -582,14 +563,14 @@ class _Stars:
         sample of every star per model pixel (0 where fewer than K + 1 stars cover it)."""
         n, k = self.terms.shape
         fa = np.where(use, flux, 0.0)
-        packed = _matmul(self.w.T, self.pairs * (fa * fa)[:, None]).T
+        packed = (self.w.T @ (self.pairs * (fa * fa)[:, None])).T
         normal = np.empty((k, k, packed.shape[1]))
         normal[self.iu[0], self.iu[1]] = normal[self.iu[1], self.iu[0]] = packed
         if self.model is None:  # a zero model
-            rhs = _matmul(self.both[:n].T, self.terms * fa[:, None])
+            rhs = self.both[:n].T @ (self.terms * fa[:, None])
         else:
-            rhs = _matmul(self.both.T, np.concatenate([self.terms * fa[:, None],
-                                                       self.terms * (-fa * fa)[:, None]]))
+            rhs = self.both.T @ np.concatenate([self.terms * fa[:, None],
+                                                self.terms * (-fa * fa)[:, None]])
         ok = (self.valid[use].sum(axis=0) > k) & (normal[0, 0] > 0)
         return np.where(ok, _spd_solve(normal, np.ascontiguousarray(rhs.T), ridge), 0.0).T
 
