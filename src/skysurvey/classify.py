@@ -195,11 +195,13 @@ def _stamps(pixels: Pixels, x, y, index, half):
     return px, py, values, usable, inside
 
 
-def _peak_centre(values, usable, px, py, x, y, reach=_PEAK_REACH):
-    """The centre of the brightest usable pixel within _PEAK_REACH of (*x*, *y*), refined by
-    parabolas through its 3x3 block's row and column sums: a neighbour's light, which pulls
-    a windowed centroid by up to a pixel in a blend, hardly tilts a star's core. Where the
-    peak is no maximum the old centre stays."""
+def _peak_centre(values, usable, grid, centre, reach=_PEAK_REACH):
+    """The centre of the brightest usable pixel within *reach* px of *centre* (``(x, y)``),
+    refined by parabolas through its 3x3 block's row and column sums: a neighbour's light,
+    which pulls a windowed centroid by up to a pixel in a blend, hardly tilts a star's core.
+    Where the peak is no maximum the old centre stays. *grid* is the cutouts' ``(px, py)``
+    (:func:`_stamps`)."""
+    (px, py), (x, y) = grid, centre
     n, side, _ = values.shape
     px, py = np.broadcast_to(px, values.shape), np.broadcast_to(py, values.shape)
     near = usable & ((px - x[:, None, None]) ** 2 + (py - y[:, None, None]) ** 2 <= reach**2)
@@ -288,7 +290,7 @@ def _bright_peaks(pixels: Pixels, centre, which):
     reach = _NEIGHBOUR_PEAK_REACH
     px, py, values, usable, _ = _stamps(pixels, x, y, which, math.ceil(reach) + 2)
     x, y = x.copy(), y.copy()
-    x[which], y[which] = _peak_centre(values, usable, px, py, x[which], y[which], reach)
+    x[which], y[which] = _peak_centre(values, usable, (px, py), (x[which], y[which]), reach)
     return x, y
 
 
@@ -380,7 +382,7 @@ def deblended_concentration(pixels: Pixels, sources: PointSources, index, neighb
         # no neighbour holds more than a pixel's light
         model = np.minimum(model, np.maximum(values, 0.0))
     clean = values - model
-    xc, yc = _peak_centre(clean, usable, px, py, x[index], y[index])
+    xc, yc = _peak_centre(clean, usable, (px, py), (x[index], y[index]))
     # the neighbours' light modelled out, their segments' pixels are the source's again
     valid = inside.copy()
     if pixels.mask is not None:
