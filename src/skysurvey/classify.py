@@ -37,7 +37,7 @@ import sep
 
 from . import psfmodel as pm
 from .measurement import Pixels
-from .profiles import close_pairs, moffat_pixels, pairs_within, robust_sigma
+from .profiles import moffat_pixels, pairs_within, robust_sigma
 from .psfphot import aperture_fraction, extendedness
 
 __all__ = [
@@ -174,25 +174,45 @@ def concentration(pixels: Pixels, x, y, fwhm, index=None):
     return ratio, np.where(f_out > 0, err, np.nan)
 
 
+def _blocks(image, corner, side):
+    """The *side* x *side* blocks of *image* whose first pixels are *corner* (``(x0, y0)``,
+    one per block), a pixel outside the image the nearest edge pixel's: views of a sliding
+    window (one copy of each block, ~10x faster than a gather by flat indices, which only
+    the blocks crossing an edge take)."""
+    x0, y0 = corner
+    ny, nx = image.shape
+    windows = np.lib.stride_tricks.sliding_window_view(image, (side, side))
+    inner = (x0 >= 0) & (y0 >= 0) & (x0 <= nx - side) & (y0 <= ny - side)
+    if inner.all():
+        return windows[y0, x0]
+    out = np.empty((len(x0), side, side), image.dtype)
+    out[inner] = windows[y0[inner], x0[inner]]
+    step = np.arange(side)
+    rows = np.clip(y0[~inner][:, None] + step, 0, ny - 1)
+    cols = np.clip(x0[~inner][:, None] + step, 0, nx - 1)
+    out[~inner] = np.take(image, rows[:, :, None] * nx + cols[:, None, :])
+    return out
+
+
 def _stamps(pixels: Pixels, x, y, index, half):
     """Square cutouts (side 2 *half* + 1) around the sources *index*: pixel coordinates
     ``px`` (n, 1, side) and ``py`` (n, side, 1), values, the pixels each source's own
     measurement may use (not another source's, not masked) and those inside the image."""
     side = 2 * half + 1
     step = np.arange(side)
-    px = (np.round(x[index]).astype(int) - half)[:, None, None] + step[None, None, :]
-    py = (np.round(y[index]).astype(int) - half)[:, None, None] + step[None, :, None]
+    corner = np.round(x[index]).astype(int) - half, np.round(y[index]).astype(int) - half
+    px = corner[0][:, None, None] + step[None, None, :]
+    py = corner[1][:, None, None] + step[None, :, None]
     sub, segmap, mask = pixels.sub, pixels.segmap, pixels.mask
     ny, nx = sub.shape
     inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-    flat = np.clip(py, 0, ny - 1) * nx + np.clip(px, 0, nx - 1)  # flat takes: 2x faster
-    values = np.take(sub, flat).astype(float)
+    values = _blocks(sub, corner, side).astype(float)
     usable = inside.copy()
     if segmap is not None:
-        label = np.take(segmap, flat)
+        label = _blocks(segmap, corner, side)
         usable &= (label == 0) | (label == (np.asarray(index) + 1)[:, None, None])
     if mask is not None:
-        usable &= ~np.take(mask, flat)
+        usable &= ~_blocks(mask, corner, side)
     return px, py, values, usable, inside
 
 
@@ -247,12 +267,22 @@ def _profile_filled(values, usable, radius, step=0.5):
     return np.where(usable, values, mean[key])
 
 
-def _noise(rms, shape, px, py):
-    """The RMS (a scalar or a map of *shape*) at the cutouts' pixels."""
+def _noise(rms, grid):
+    """The RMS (a scalar or a map) at the cutouts' pixels *grid* (``(px, py)``)."""
     if np.ndim(rms) == 0:
         return float(rms)
-    ny, nx = shape
-    return np.take(rms, np.clip(py, 0, ny - 1) * nx + np.clip(px, 0, nx - 1))
+    px, py = grid
+    return _blocks(rms, (px[:, 0, 0], py[:, 0, 0]), px.shape[-1])
+
+
+def _mirror_steps(centre, origin, side):
+    """The mirror image through *centre* (per cutout, along one axis) of the cutout's pixels
+    ``origin + s``: ``2 centre - origin - s``, whose fraction is the same for every *s*
+    (integers subtracted from a float are exact). Returns the lower pixels (n, *side*) and
+    the fractions (n, 1)."""
+    start = 2.0 * centre - origin
+    lower = np.floor(start)
+    return lower.astype(int)[:, None] - np.arange(side), (start - lower)[:, None]
 
 
 def _symmetric(values, usable, grid, centre, noise):
@@ -265,14 +295,15 @@ def _symmetric(values, usable, grid, centre, noise):
     (px, py), (xc, yc) = grid, centre
     clip, tolerance = _MIRROR_CLIP, _MIRROR_TOLERANCE
     n, side, _ = values.shape
-    mx, my = np.broadcast_arrays(2.0 * xc[:, None, None] - px - px[:, :1, :1],
-                                 2.0 * yc[:, None, None] - py - py[:, :1, :1])
-    ix, iy = np.floor(mx).astype(int), np.floor(my).astype(int)
-    fx, fy = mx - ix, my - iy
-    within = (ix >= 0) & (iy >= 0) & (ix < side - 1) & (iy < side - 1)
-    flat = (np.arange(n)[:, None, None] * side + np.clip(iy, 0, side - 2)) * side \
-        + np.clip(ix, 0, side - 2)
+    # per axis (the fractions are constant over a cutout): no full-size coordinate arrays
+    ix, fx = _mirror_steps(xc, 2 * px[:, 0, 0], side)
+    iy, fy = _mirror_steps(yc, 2 * py[:, 0, 0], side)
+    within = (((iy >= 0) & (iy < side - 1))[:, :, None]
+              & ((ix >= 0) & (ix < side - 1))[:, None, :])
+    flat = ((np.arange(n)[:, None] * side + np.clip(iy, 0, side - 2))[:, :, None] * side
+            + np.clip(ix, 0, side - 2)[:, None, :])
     known = np.where(usable, values, np.nan)
+    fx, fy = fx[:, None], fy[:, :, None]
     mirror = ((1 - fx) * (1 - fy) * np.take(known, flat) + fx * (1 - fy) * np.take(known, flat + 1)
               + (1 - fx) * fy * np.take(known, flat + side)
               + fx * fy * np.take(known, flat + side + 1))
@@ -304,22 +335,43 @@ def _mirror_light(pixels: Pixels, grid, centre, label, fallback):
     (px, py), (cx, cy) = grid, centre
     sub, segmap, mask = pixels.sub, pixels.segmap, pixels.mask
     ny, nx = sub.shape
-    mx, my = np.broadcast_arrays(2.0 * cx[:, None, None] - px, 2.0 * cy[:, None, None] - py)
-    ix, iy = np.floor(mx).astype(int), np.floor(my).astype(int)
-    fx, fy = mx - ix, my - iy
-    ok = (ix >= 0) & (iy >= 0) & (ix < nx - 1) & (iy < ny - 1)
-    total = np.zeros(mx.shape)
-    lab = (np.asarray(label) + 1)[:, None, None]
+    m, side = len(cx), px.shape[-1]
+    # the mirrored cutout is one block of (side + 1)² image pixels (its corners' pixels,
+    # taken once), reversed: the same fraction everywhere in a cutout
+    ix, fx = _mirror_steps(cx, px[:, 0, 0], side)
+    iy, fy = _mirror_steps(cy, py[:, 0, 0], side)
+    corner = ix[:, -1], iy[:, -1]
+    block = _blocks(sub, corner, side + 1)[:, ::-1, ::-1]
+    ok = (((iy >= 0) & (iy < ny - 1))[:, :, None] & ((ix >= 0) & (ix < nx - 1))[:, None, :])
+    own = None
+    if segmap is not None:
+        seg = _blocks(segmap, corner, side + 1)[:, ::-1, ::-1]
+        own = (seg == 0) | (seg == (np.asarray(label) + 1)[:, None, None])
+    if mask is not None:
+        unmasked = ~_blocks(mask, corner, side + 1)[:, ::-1, ::-1]
+        own = unmasked if own is None else own & unmasked
+    fx, fy = fx[:, None], fy[:, :, None]
+    total = np.zeros((m, side, side))
+    # (dx, dy) = (0, 0), (1, 0), (0, 1), (1, 1): block[1 - dy:, 1 - dx:] up to side
     for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
                       (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-        flat = np.clip(iy + dy, 0, ny - 1) * nx + np.clip(ix + dx, 0, nx - 1)
-        total += w * np.take(sub, flat)
-        if segmap is not None:
-            seg = np.take(segmap, flat)
-            ok &= (seg == 0) | (seg == lab)
-        if mask is not None:
-            ok &= ~np.take(mask, flat)
+        part = (slice(None), slice(1 - dy, side + 1 - dy), slice(1 - dx, side + 1 - dx))
+        total += w * block[part]
+        if own is not None:
+            ok &= own[part]
     return np.where(ok, total, fallback)
+
+
+def _add_by_rank(total, k, parts):
+    """``np.add.at(total, k, parts)`` in the same order, one fancy-indexed add per rank within
+    the groups of equal *k* (a few), not one slow unbuffered add per element."""
+    order = np.argsort(k, kind="stable")
+    ks = k[order]
+    start = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    rank = np.arange(ks.size) - np.repeat(start, np.diff(np.r_[start, ks.size]))
+    for r in range(int(rank.max()) + 1 if ks.size else 0):
+        at = order[rank == r]
+        total[k[at]] += parts[at]
 
 
 def deblended_concentration(pixels: Pixels, sources: PointSources, index, neighbours, fwhm):
@@ -379,7 +431,7 @@ def deblended_concentration(pixels: Pixels, sources: PointSources, index, neighb
         mirrored = _mirror_light(pixels, (px[k[bright]], py[k[bright]]),
                                  (x[j[bright]], y[j[bright]]), j[bright], light[bright])
         light[bright] = mirrored
-        np.add.at(model, k, light)
+        _add_by_rank(model, k, light)
         # no neighbour holds more than a pixel's light
         model = np.minimum(model, np.maximum(values, 0.0))
     clean = values - model
@@ -387,10 +439,8 @@ def deblended_concentration(pixels: Pixels, sources: PointSources, index, neighb
     # the neighbours' light modelled out, their segments' pixels are the source's again
     valid = inside.copy()
     if pixels.mask is not None:
-        ny, nx = pixels.shape
-        valid &= ~np.take(pixels.mask, np.clip(py, 0, ny - 1) * nx + np.clip(px, 0, nx - 1))
-    clean = _symmetric(clean, valid, (px, py), (xc, yc),
-                       _noise(pixels.rms, pixels.shape, px, py))
+        valid &= ~_blocks(pixels.mask, (px[:, 0, 0], py[:, 0, 0]), px.shape[-1])
+    clean = _symmetric(clean, valid, (px, py), (xc, yc), _noise(pixels.rms, (px, py)))
     radius = np.hypot(px - xc[:, None, None], py - yc[:, None, None])
     w_in, w_out = _disc_weights(radius, r_in), _disc_weights(radius, r_out)
     filled = _profile_filled(clean, valid, radius) * inside
@@ -425,6 +475,38 @@ def _normal_cdf(z):
     return out
 
 
+def _neighbour_pairs(sources: PointSources, fwhm):
+    """The pairs ``(i, j)`` of :func:`unblended_concentration`: source *j* within
+    NEIGHBOUR_REACH x *fwhm* of source *i*, or more than BRIGHT_NEIGHBOUR times brighter
+    within BRIGHT_NEIGHBOUR_REACH x *fwhm* (a galaxy's wings above all reach further).
+    Sorted by *i*, then by *j* (by *j*'s x without a bright pair, as
+    :func:`skysurvey.profiles.close_pairs` orders them). One search in rows of the outer
+    reach (three rows, an x range in each), not a strip of the whole image height."""
+    x, y = np.asarray(sources.x, float), np.asarray(sources.y, float)
+    flux = np.asarray(sources.flux, float)
+    reach = BRIGHT_NEIGHBOUR_REACH * fwhm
+    with np.errstate(invalid="ignore"):
+        row = np.nan_to_num(np.floor(y / reach), nan=-2.0)
+    # sorted by row, then x; a key for both (a row is wider than the x range plus margins)
+    width = 2.0 * np.nanmax(np.abs(x), initial=0.0) + 4.0 * reach + 4.0
+    key = row * width + np.nan_to_num(x)
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    shift = (np.arange(-1, 2) * width)[:, None]
+    lo = np.searchsorted(sorted_key, (key - reach - 1.0) + shift).ravel()
+    count = np.searchsorted(sorted_key, (key + reach + 1.0) + shift).ravel() - lo
+    i = np.tile(np.arange(x.size), 3).repeat(count)
+    j = order[np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())]
+    d2 = (x[i] - x[j]) ** 2 + (y[i] - y[j]) ** 2
+    near = (d2 < (NEIGHBOUR_REACH * fwhm) ** 2) & (i != j)
+    far = (d2 < reach**2) & (i != j) & (flux[j] > BRIGHT_NEIGHBOUR * flux[i])
+    i, j = i[near | far], j[near | far]
+    rank = np.empty(x.size, int)
+    rank[np.argsort(x)] = np.arange(x.size)
+    first = np.lexsort((j if far.any() else rank[j], i))
+    return i[first], j[first]
+
+
 def unblended_concentration(pixels: Pixels, sources: PointSources, ratio, fwhm):
     """*ratio* with the concentration of every source that has a detected neighbour within
     NEIGHBOUR_REACH x *fwhm* (or one BRIGHT_NEIGHBOUR times brighter within
@@ -447,13 +529,7 @@ def unblended_concentration(pixels: Pixels, sources: PointSources, ratio, fwhm):
         A copy of *ratio* with the blended sources' values replaced (*ratio* itself when no
         source has a close neighbour).
     """
-    i, j = close_pairs(sources.x, sources.y, NEIGHBOUR_REACH * fwhm)
-    # a much brighter neighbour (a galaxy's wings above all) reaches further
-    fi, fj = close_pairs(sources.x, sources.y, BRIGHT_NEIGHBOUR_REACH * fwhm)
-    far = np.asarray(sources.flux)[fj] > BRIGHT_NEIGHBOUR * np.asarray(sources.flux)[fi]
-    if far.any():
-        pairs = np.unique(np.concatenate([np.c_[i, j], np.c_[fi[far], fj[far]]]), axis=0)
-        i, j = pairs[:, 0], pairs[:, 1]
+    i, j = _neighbour_pairs(sources, fwhm)
     if i.size == 0:
         return ratio
     index = np.unique(i)
