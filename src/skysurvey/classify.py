@@ -300,13 +300,17 @@ def _symmetric(values, usable, grid, centre, noise):
     iy, fy = _mirror_steps(yc, 2 * py[:, 0, 0], side)
     within = (((iy >= 0) & (iy < side - 1))[:, :, None]
               & ((ix >= 0) & (ix < side - 1))[:, None, :])
-    flat = ((np.arange(n)[:, None] * side + np.clip(iy, 0, side - 2))[:, :, None] * side
-            + np.clip(ix, 0, side - 2)[:, None, :])
+    # one block of (side + 1)² pixels per cutout, reversed (as in _mirror_light): a pixel
+    # beyond the cutout is clipped to its edge (its mirror is not within)
+    step = np.arange(side + 1)
+    rows = np.clip(iy[:, -1:] + step, 0, side - 1)
+    cols = np.clip(ix[:, -1:] + step, 0, side - 1)
     known = np.where(usable, values, np.nan)
+    block = np.take(known, (np.arange(n)[:, None] * side + rows)[:, :, None] * side
+                    + cols[:, None, :])[:, ::-1, ::-1]
     fx, fy = fx[:, None], fy[:, :, None]
-    mirror = ((1 - fx) * (1 - fy) * np.take(known, flat) + fx * (1 - fy) * np.take(known, flat + 1)
-              + (1 - fx) * fy * np.take(known, flat + side)
-              + fx * fy * np.take(known, flat + side + 1))
+    mirror = ((1 - fx) * (1 - fy) * block[:, 1:, 1:] + fx * (1 - fy) * block[:, 1:, :-1]
+              + (1 - fx) * fy * block[:, :-1, 1:] + fx * fy * block[:, :-1, :-1])
     with np.errstate(invalid="ignore"):
         excess = (within & usable & np.isfinite(mirror)
                   & (values - mirror > clip * math.sqrt(2.0) * noise + tolerance * np.abs(values)))
@@ -326,12 +330,12 @@ def _bright_peaks(pixels: Pixels, centre, which):
     return x, y
 
 
-def _mirror_light(pixels: Pixels, grid, centre, label, fallback):
+def _mirror_light(pixels: Pixels, grid, centre, label):
     """Each neighbour's light at the cutouts' pixels *grid* (``(px, py)``, one cutout per
     pair) from its own pixels on the far side: a star or galaxy is point-symmetric about
     its *centre* (``(x, y)`` per pair), so its light at ``p`` is the image at ``2 c - p``
-    (bilinear), where those pixels are the neighbour's own (segment *label* + 1) or sky,
-    unmasked and inside the image; *fallback* (the Moffat model) elsewhere."""
+    (bilinear). Returns it and where it holds: where those pixels are the neighbour's own
+    (segment *label* + 1) or sky, unmasked and inside the image."""
     (px, py), (cx, cy) = grid, centre
     sub, segmap, mask = pixels.sub, pixels.segmap, pixels.mask
     ny, nx = sub.shape
@@ -359,19 +363,50 @@ def _mirror_light(pixels: Pixels, grid, centre, label, fallback):
         total += w * block[part]
         if own is not None:
             ok &= own[part]
-    return np.where(ok, total, fallback)
+    return total, ok
 
 
-def _add_by_rank(total, k, parts):
-    """``np.add.at(total, k, parts)`` in the same order, one fancy-indexed add per rank within
-    the groups of equal *k* (a few), not one slow unbuffered add per element."""
+def _neighbour_light(pixels: Pixels, sources: PointSources, grid, pairs, bright):
+    """The light of each neighbour *j* in its source *k*'s cutout (*pairs* ``(k, j)``, *grid*
+    the cutouts' ``(px, py)``): Moffat point sources (*sources*), or for the *bright* pairs
+    the neighbour's mirrored far side (:func:`_mirror_light`) where that holds, the Moffat
+    model only where not (a few per cent of their pixels)."""
+    (px, py), (k, j) = grid, pairs
+    x, y, flux = sources.x, sources.y, np.asarray(sources.flux, float)
+    dx, dy = px[k] - x[j][:, None, None], py[k] - y[j][:, None, None]
+    light = np.empty((k.size, px.shape[-1], px.shape[-1]))
+    dim = ~bright
+    light[dim] = (moffat_pixels(dx[dim], dy[dim], sources.fwhm, sources.beta)
+                  * flux[j[dim]][:, None, None])
+    kb, jb = k[bright], j[bright]
+    mirrored, ok = _mirror_light(pixels, (px[kb], py[kb]), (x[jb], y[jb]), jb)
+    miss, shape = ~ok, mirrored.shape
+    mirrored[miss] = (moffat_pixels(np.broadcast_to(dx[bright], shape)[miss],
+                                    np.broadcast_to(dy[bright], shape)[miss],
+                                    sources.fwhm, sources.beta)
+                      * np.broadcast_to(flux[jb][:, None, None], shape)[miss])
+    light[bright] = mirrored
+    return light
+
+
+def _sum_by_source(parts, k, n):
+    """``np.add.at(zeros, k, parts)`` for *n* sources, in the same order: the first part of
+    each source copied, then one fancy-indexed add per further rank (a few), not one slow
+    unbuffered add per element."""
     order = np.argsort(k, kind="stable")
     ks = k[order]
     start = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
     rank = np.arange(ks.size) - np.repeat(start, np.diff(np.r_[start, ks.size]))
-    for r in range(int(rank.max()) + 1 if ks.size else 0):
+    first = order[rank == 0]
+    if first.size == n:  # every source has a part (k[first] is 0 .. n - 1)
+        total = parts[first]
+    else:
+        total = np.zeros((n, *parts.shape[1:]))
+        total[k[first]] = parts[first]
+    for r in range(1, int(rank.max()) + 1):
         at = order[rank == r]
         total[k[at]] += parts[at]
+    return total
 
 
 def deblended_concentration(pixels: Pixels, sources: PointSources, index, neighbours, fwhm):
@@ -426,12 +461,9 @@ def deblended_concentration(pixels: Pixels, sources: PointSources, index, neighb
     x, y = _bright_peaks(pixels, (x, y), np.unique(j[bright]))
     model = np.zeros(values.shape)
     if k.size:
-        light = moffat_pixels(px[k] - x[j][:, None, None], py[k] - y[j][:, None, None],
-                              psf_fwhm, beta) * model_flux[j][:, None, None]
-        mirrored = _mirror_light(pixels, (px[k[bright]], py[k[bright]]),
-                                 (x[j[bright]], y[j[bright]]), j[bright], light[bright])
-        light[bright] = mirrored
-        _add_by_rank(model, k, light)
+        light = _neighbour_light(pixels, PointSources(x, y, model_flux, psf_fwhm, beta),
+                                 (px, py), (k, j), bright)
+        model = _sum_by_source(light, k, len(index))
         # no neighbour holds more than a pixel's light
         model = np.minimum(model, np.maximum(values, 0.0))
     clean = values - model
