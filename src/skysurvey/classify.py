@@ -224,15 +224,15 @@ def _peak_centre(values, usable, grid, centre, reach=_PEAK_REACH):
     (:func:`_stamps`)."""
     (px, py), (x, y) = grid, centre
     n, side, _ = values.shape
-    px, py = np.broadcast_to(px, values.shape), np.broadcast_to(py, values.shape)
     near = usable & ((px - x[:, None, None]) ** 2 + (py - y[:, None, None]) ** 2 <= reach**2)
     peak = np.argmax(np.where(near, values, -np.inf).reshape(n, -1), axis=1)
     ky = np.clip(peak // side, 1, side - 2)
     kx = np.clip(peak % side, 1, side - 2)
     rows = np.arange(n)[:, None, None]
     dy_, dx_ = np.arange(-1, 2)[None, :, None], np.arange(-1, 2)[None, None, :]
-    block = np.where(usable, values, np.nan)[rows, ky[:, None, None] + dy_,
-                                             kx[:, None, None] + dx_]
+    at = rows, ky[:, None, None] + dy_, kx[:, None, None] + dx_
+    block = np.where(usable[at], values[at], np.nan)
+    px, py = np.broadcast_to(px, values.shape), np.broadcast_to(py, values.shape)
 
     def vertex(f):
         curve = f[:, 0] - 2.0 * f[:, 1] + f[:, 2]
@@ -261,8 +261,9 @@ def _profile_filled(values, usable, radius, step=0.5):
     ring = (radius / step).astype(int)
     rings = int(ring.max()) + 1
     key = np.arange(n)[:, None, None] * rings + ring
-    total = np.bincount(key[usable], weights=values[usable], minlength=n * rings)
-    count = np.bincount(key[usable], minlength=n * rings)
+    key_usable = key[usable]
+    total = np.bincount(key_usable, weights=values[usable], minlength=n * rings)
+    count = np.bincount(key_usable, minlength=n * rings)
     mean = total / np.maximum(count, 1)
     return np.where(usable, values, mean[key])
 
@@ -463,9 +464,8 @@ def deblended_concentration(pixels: Pixels, sources: PointSources, index, neighb
     if k.size:
         light = _neighbour_light(pixels, PointSources(x, y, model_flux, psf_fwhm, beta),
                                  (px, py), (k, j), bright)
-        model = _sum_by_source(light, k, len(index))
         # no neighbour holds more than a pixel's light
-        model = np.minimum(model, np.maximum(values, 0.0))
+        model = np.minimum(_sum_by_source(light, k, len(index)), np.maximum(values, 0.0))
     clean = values - model
     xc, yc = _peak_centre(clean, usable, (px, py), (x[index], y[index]))
     # the neighbours' light modelled out, their segments' pixels are the source's again
