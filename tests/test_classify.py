@@ -15,7 +15,7 @@ import pytest
 
 from skysurvey import classify
 from skysurvey.measurement import Pixels
-from skysurvey.profiles import moffat_pixels
+from skysurvey.profiles import close_pairs, moffat_pixels
 
 # seeds never used while choosing the rules (tuning: 1, 2, 3, 21, 31); the rates pooled over
 # three fields per kind are asserted (one field holds 130-170 galaxies at SNR >= 20, where
@@ -95,3 +95,32 @@ def test_a_star_beside_a_bright_galaxy_is_measured_as_if_alone(distance):
     ratio = classify.unblended_concentration(pixels, sources, plain, sources.fwhm)
     assert plain[0] < 0.95 * alone
     assert ratio[0] == pytest.approx(alone, rel=0.02)
+
+
+def test_the_deblending_helpers_are_exact_rewrites_of_the_plain_numpy():
+    """The fast helpers of classify (sliding-window cutouts, one neighbour search, the
+    neighbours' model summed per rank) give exactly what the plain forms they replaced give:
+    class_star stayed bit-identical."""
+    rng = np.random.default_rng(5)
+    # _blocks: a pixel beyond the edge is the nearest edge pixel, as a clipped gather's
+    image = rng.normal(size=(40, 50)).astype(np.float32)
+    x0, y0, step = rng.integers(-8, 50, 200), rng.integers(-8, 40, 200), np.arange(7)
+    rows = np.clip(y0[:, None, None] + step[None, :, None], 0, 39)
+    cols = np.clip(x0[:, None, None] + step[None, None, :], 0, 49)
+    assert np.array_equal(classify._blocks(image, (x0, y0), 7), image[rows, cols])
+    # _sum_by_source: np.add.at's sums, in its order
+    k, parts = rng.integers(0, 30, 100), rng.normal(size=(100, 3, 3))
+    expected = np.zeros((31, 3, 3))
+    np.add.at(expected, k, parts)
+    assert np.array_equal(classify._sum_by_source(parts, k, 31), expected)
+    # _neighbour_pairs: close pairs, and the bright ones within the outer reach, sorted
+    x, y = rng.uniform(0, 300, (2, 400))
+    fwhm = 4.0
+    i, j = close_pairs(x, y, classify.NEIGHBOUR_REACH * fwhm)
+    fi, fj = close_pairs(x, y, classify.BRIGHT_NEIGHBOUR_REACH * fwhm)
+    for flux in (rng.lognormal(0.0, 1.5, 400), np.ones(400)):
+        far = flux[fj] > classify.BRIGHT_NEIGHBOUR * flux[fi]
+        expected = (np.unique(np.r_[np.c_[i, j], np.c_[fi[far], fj[far]]], axis=0)
+                    if far.any() else np.c_[i, j])
+        got = classify._neighbour_pairs(classify.PointSources(x, y, flux, fwhm, 3.0), fwhm)
+        assert np.array_equal(np.c_[got], expected)
