@@ -102,12 +102,14 @@ def test_the_deblending_helpers_are_exact_rewrites_of_the_plain_numpy():
     neighbours' model summed per rank) give exactly what the plain forms they replaced give:
     class_star stayed bit-identical."""
     rng = np.random.default_rng(5)
-    # _blocks: a pixel beyond the edge is the nearest edge pixel, as a clipped gather's
-    image = rng.normal(size=(40, 50)).astype(np.float32)
-    x0, y0, step = rng.integers(-8, 50, 200), rng.integers(-8, 40, 200), np.arange(7)
-    rows = np.clip(y0[:, None, None] + step[None, :, None], 0, 39)
-    cols = np.clip(x0[:, None, None] + step[None, None, :], 0, 49)
-    assert np.array_equal(classify._blocks(image, (x0, y0), 7), image[rows, cols])
+    # _blocks: a pixel beyond the edge is the nearest edge pixel, as a clipped gather's (an
+    # image smaller than the blocks too)
+    for ny, nx in ((40, 50), (5, 9)):
+        image = rng.normal(size=(ny, nx)).astype(np.float32)
+        x0, y0, step = rng.integers(-8, nx, 200), rng.integers(-8, ny, 200), np.arange(7)
+        rows = np.clip(y0[:, None, None] + step[None, :, None], 0, ny - 1)
+        cols = np.clip(x0[:, None, None] + step[None, None, :], 0, nx - 1)
+        assert np.array_equal(classify._blocks(image, (x0, y0), 7), image[rows, cols])
     # _sum_by_source: np.add.at's sums, in its order
     k, parts = rng.integers(0, 30, 100), rng.normal(size=(100, 3, 3))
     expected = np.zeros((31, 3, 3))

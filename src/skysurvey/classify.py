@@ -181,12 +181,14 @@ def _blocks(image, corner, side):
     the blocks crossing an edge take)."""
     x0, y0 = corner
     ny, nx = image.shape
-    windows = np.lib.stride_tricks.sliding_window_view(image, (side, side))
     inner = (x0 >= 0) & (y0 >= 0) & (x0 <= nx - side) & (y0 <= ny - side)
-    if inner.all():
-        return windows[y0, x0]
+    if inner.any():
+        windows = np.lib.stride_tricks.sliding_window_view(image, (side, side))
+        if inner.all():
+            return windows[y0, x0]
     out = np.empty((len(x0), side, side), image.dtype)
-    out[inner] = windows[y0[inner], x0[inner]]
+    if inner.any():
+        out[inner] = windows[y0[inner], x0[inner]]
     step = np.arange(side)
     rows = np.clip(y0[~inner][:, None] + step, 0, ny - 1)
     cols = np.clip(x0[~inner][:, None] + step, 0, nx - 1)
