@@ -278,14 +278,32 @@ def _noise(rms, grid):
     return _blocks(rms, (px[:, 0, 0], py[:, 0, 0]), px.shape[-1])
 
 
-def _mirror_steps(centre, origin, side):
-    """The mirror image through *centre* (per cutout, along one axis) of the cutout's pixels
-    ``origin + s``: ``2 centre - origin - s``, whose fraction is the same for every *s*
-    (integers subtracted from a float are exact). Returns the lower pixels (n, *side*) and
-    the fractions (n, 1)."""
-    start = 2.0 * centre - origin
-    lower = np.floor(start)
-    return lower.astype(int)[:, None] - np.arange(side), (start - lower)[:, None]
+def _mirror_steps(mirrored):
+    """The lower pixels (int) and the fractions of the mirror coordinates *mirrored* (per
+    cutout and step along one axis, (n, side): a cutout's mirror image varies along one axis
+    only, so no full-size coordinate arrays)."""
+    lower = np.floor(mirrored)
+    return lower.astype(int), mirrored - lower
+
+
+#: The bilinear corners (dx, dy) of :func:`_symmetric` and :func:`_mirror_light`, in order.
+_CORNERS = ((0, 0), (1, 0), (0, 1), (1, 1))
+
+
+def _corners(image, lower):
+    """*image* at the bilinear corners ``(ix + dx, iy + dy)`` (_CORNERS, clipped to the
+    image) of the pixels *lower* (``(ix, iy)``, (m, side) each): four (m, side, side)
+    arrays. When every cutout's steps are consecutive (mirror images always are, bar a
+    rounding at an integer) these are slices of one reversed (side + 1)² block per cutout
+    (:func:`_blocks`), else gathers."""
+    ix, iy = lower
+    ny, nx = image.shape
+    side = ix.shape[1]
+    if np.all(np.diff(ix, axis=1) == -1) and np.all(np.diff(iy, axis=1) == -1):
+        block = _blocks(image, (ix[:, -1], iy[:, -1]), side + 1)[:, ::-1, ::-1]
+        return [block[:, 1 - dy:side + 1 - dy, 1 - dx:side + 1 - dx] for dx, dy in _CORNERS]
+    return [image[np.clip(iy + dy, 0, ny - 1)[:, :, None], np.clip(ix + dx, 0, nx - 1)[:, None, :]]
+            for dx, dy in _CORNERS]
 
 
 def _symmetric(values, usable, grid, centre, noise):
@@ -298,22 +316,18 @@ def _symmetric(values, usable, grid, centre, noise):
     (px, py), (xc, yc) = grid, centre
     clip, tolerance = _MIRROR_CLIP, _MIRROR_TOLERANCE
     n, side, _ = values.shape
-    # per axis (the fractions are constant over a cutout): no full-size coordinate arrays
-    ix, fx = _mirror_steps(xc, 2 * px[:, 0, 0], side)
-    iy, fy = _mirror_steps(yc, 2 * py[:, 0, 0], side)
+    # per axis: a cutout's mirror coordinates vary along one axis only
+    ix, fx = _mirror_steps(2.0 * xc[:, None] - px[:, 0, :] - px[:, 0, :1])
+    iy, fy = _mirror_steps(2.0 * yc[:, None] - py[:, :, 0] - py[:, :1, 0])
     within = (((iy >= 0) & (iy < side - 1))[:, :, None]
               & ((ix >= 0) & (ix < side - 1))[:, None, :])
-    # one block of (side + 1)² pixels per cutout, reversed (as in _mirror_light): a pixel
-    # beyond the cutout is clipped to its edge (its mirror is not within)
-    step = np.arange(side + 1)
-    rows = np.clip(iy[:, -1:] + step, 0, side - 1)
-    cols = np.clip(ix[:, -1:] + step, 0, side - 1)
+    flat = ((np.arange(n)[:, None] * side + np.clip(iy, 0, side - 2)) * side)[:, :, None] \
+        + np.clip(ix, 0, side - 2)[:, None, :]
     known = np.where(usable, values, np.nan)
-    block = np.take(known, (np.arange(n)[:, None] * side + rows)[:, :, None] * side
-                    + cols[:, None, :])[:, ::-1, ::-1]
-    fx, fy = fx[:, None], fy[:, :, None]
-    mirror = ((1 - fx) * (1 - fy) * block[:, 1:, 1:] + fx * (1 - fy) * block[:, 1:, :-1]
-              + (1 - fx) * fy * block[:, :-1, 1:] + fx * fy * block[:, :-1, :-1])
+    fx, fy = fx[:, None, :], fy[:, :, None]
+    mirror = ((1 - fx) * (1 - fy) * np.take(known, flat) + fx * (1 - fy) * np.take(known, flat + 1)
+              + (1 - fx) * fy * np.take(known, flat + side)
+              + fx * fy * np.take(known, flat + side + 1))
     with np.errstate(invalid="ignore"):
         excess = (within & usable & np.isfinite(mirror)
                   & (values - mirror > clip * math.sqrt(2.0) * noise + tolerance * np.abs(values)))
@@ -342,30 +356,21 @@ def _mirror_light(pixels: Pixels, grid, centre, label):
     (px, py), (cx, cy) = grid, centre
     sub, segmap, mask = pixels.sub, pixels.segmap, pixels.mask
     ny, nx = sub.shape
-    m, side = len(cx), px.shape[-1]
-    # the mirrored cutout is one block of (side + 1)² image pixels (its corners' pixels,
-    # taken once), reversed: the same fraction everywhere in a cutout
-    ix, fx = _mirror_steps(cx, px[:, 0, 0], side)
-    iy, fy = _mirror_steps(cy, py[:, 0, 0], side)
-    corner = ix[:, -1], iy[:, -1]
-    block = _blocks(sub, corner, side + 1)[:, ::-1, ::-1]
+    ix, fx = _mirror_steps(2.0 * cx[:, None] - px[:, 0, :])
+    iy, fy = _mirror_steps(2.0 * cy[:, None] - py[:, :, 0])
     ok = (((iy >= 0) & (iy < ny - 1))[:, :, None] & ((ix >= 0) & (ix < nx - 1))[:, None, :])
-    own = None
+    own = [True] * 4
     if segmap is not None:
-        seg = _blocks(segmap, corner, side + 1)[:, ::-1, ::-1]
-        own = (seg == 0) | (seg == (np.asarray(label) + 1)[:, None, None])
+        lab = (np.asarray(label) + 1)[:, None, None]
+        own = [(seg == 0) | (seg == lab) for seg in _corners(segmap, (ix, iy))]
     if mask is not None:
-        unmasked = ~_blocks(mask, corner, side + 1)[:, ::-1, ::-1]
-        own = unmasked if own is None else own & unmasked
-    fx, fy = fx[:, None], fy[:, :, None]
-    total = np.zeros((m, side, side))
-    # (dx, dy) = (0, 0), (1, 0), (0, 1), (1, 1): block[1 - dy:, 1 - dx:] up to side
-    for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
-                      (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-        part = (slice(None), slice(1 - dy, side + 1 - dy), slice(1 - dx, side + 1 - dx))
-        total += w * block[part]
-        if own is not None:
-            ok &= own[part]
+        own = [o & ~masked for o, masked in zip(own, _corners(mask, (ix, iy)), strict=True)]
+    fx, fy = fx[:, None, :], fy[:, :, None]
+    total = np.zeros(ok.shape)
+    for w, value, usable in zip(((1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy),
+                                _corners(sub, (ix, iy)), own, strict=True):
+        total += w * value
+        ok &= usable
     return total, ok
 
 
