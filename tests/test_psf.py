@@ -291,7 +291,10 @@ def test_class_star_measures_blended_sources_as_if_alone(crowded_field):
     detection resolved (:func:`_resolved`): stars 0.967 -> 0.973 (0.981 with the seeing and
     beta of the crowded-field curve of growth), galaxies 0.951 -> 0.986; all stars
     (unresolved pairs included) 0.898 -> 0.927 (0.934). With the PSF fit's splits (issue 25;
-    class_star 1 for both stars of a split): stars 0.982, galaxies 0.979, all stars 0.948."""
+    class_star 1 for both stars of a split): stars 0.982, galaxies 0.979, all stars 0.948.
+    A neighbour twice as bright modelled by its own far side instead of a Moffat profile
+    (classify.BRIGHT_NEIGHBOUR): stars 0.981, galaxies 0.986 -> 0.993, all stars 0.934 ->
+    0.942."""
     truth, found, _, everything, sources = crowded_field
     bright = (found["snr"] >= 20).to_numpy()
     sel = bright & _resolved(truth, everything, sources, 1.5 * 4.0)
@@ -304,7 +307,7 @@ def test_class_star_measures_blended_sources_as_if_alone(crowded_field):
           f"of {(sel & star).sum()}, galaxies {galaxies_ok:.3f} of {(sel & ~star).sum()}; "
           f"all stars {every_star:.3f} of {(bright & star).sum()}")
     assert blended.mean() > 0.5
-    assert stars_ok >= 0.965 and galaxies_ok >= 0.975 and every_star >= 0.915
+    assert stars_ok >= 0.975 and galaxies_ok >= 0.985 and every_star >= 0.935
 
 
 
@@ -319,18 +322,21 @@ def test_psf_fit_judges_blended_stars(kind):
     rays, bad columns, a NaN patch, saturation at 30,000): stars 0.944 -> 0.975, galaxies
     0.993 -> 0.993 (seeing 0.8": 0.965 -> 0.977 and 0.993; crowded at 1.3": 0.972 -> 0.978,
     galaxies 0.944 -> 0.936). flux_psf / flux_apcorr alone got galaxies 0.80 right: compact
-    galaxies sit at 0.93-1.0 as stars do, so the concentration still decides elsewhere. Not
-    yet 0.98 for stars on the messy field: the rest are blends the PSF fits poorly (psf_chi2
-    2.5-2,700: saturated cores, neighbours' residuals)."""
+    galaxies sit at 0.93-1.0 as stars do, so the concentration still decides elsewhere. The
+    messy field's other stars were beside bright galaxies (psf_chi2 1.3-100), whose wings a
+    Moffat model of the neighbour missed; modelled by the galaxy's own far side
+    (classify.BRIGHT_NEIGHBOUR): crowded stars 0.985 -> 0.986, galaxies 0.979 -> 0.986;
+    messy stars 0.972 -> 0.984, galaxies 0.993 -> 0.986 (held-out fields:
+    tests/test_classify.py)."""
     if kind == "crowded":
         field = _field(1.0, seed=21, size=768, n_stars=1265, n_galaxies=422,
                        bright=(17.5, 23.0), full=True, psf_photometry=True)
-        floor = (0.984, 0.975)
+        floor = (0.98, 0.98)
     else:
         field = _field(1.0, seed=31, size=1024, n_stars=500, n_galaxies=300,
                        bright=(17.5, 23.0), full=True, psf_photometry=True, cosmic_rays=40,
                        bad_columns=2, nan_patch=True, saturate=30000.0)
-        floor = (0.97, 0.985)
+        floor = (0.98, 0.98)
     truth, found, _, everything, sources = field
     sel = (found["snr"] >= 20).to_numpy() & _resolved(truth, everything, sources, 6.0)
     star = (truth["kind"] == "star").to_numpy()
