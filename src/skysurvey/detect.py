@@ -35,6 +35,7 @@ from .deblend import find_hidden
 from .errors import ImageDataError
 from .fitsread import FitsImage, observation_time
 from .measurement import Pixels, is_buffer_full, sep_settings, single_thread_blas
+from .psf import KRON_FALLBACK
 from .psf import image_columns as psf_image_columns
 from .psf import measure as measure_psf
 from .psfmodel import quality as psf_quality
@@ -87,7 +88,6 @@ SATURATED = 256
 MASKED = 512
 NEAR_EDGE = 1024
 COSMIC_RAY = 2048
-KRON_FALLBACK = 4096
 SECOND_PASS = 8192
 SATURATED_NEARBY = 16384
 BAD_WCS = 65536  # (32768 is PSF_SPLIT, DESIGN.md)

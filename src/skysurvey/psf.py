@@ -84,6 +84,10 @@ GROWTH_N = 7
 GROWTH_REACH_FWHM = 6.0
 #: A step of the curve of growth measured less precisely than this comes from the model.
 STEP_PRECISION = 0.003
+#: Flag of a Kron radius too small or undefined (a circular flux instead; detect.py sets it).
+#: It says nothing of the pixels, and most stars of an undersampled image (FWHM < 2 px) have
+#: it: PSF stars, calibration stars and forced photometry's PSF stars may carry it.
+KRON_FALLBACK = 4096
 #: At most this many (the brightest) PSF stars build the curve of growth.
 MAX_GROWTH_STARS = 100
 #: Random points whose rings measure the residual level of the curve of growth
@@ -713,7 +717,7 @@ def measure(pixels: Pixels, columns, radius, min_snr=50.0):
     flux, flux_err = np.asarray(columns["flux"], float), np.asarray(columns["flux_err"], float)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(flux_err > 0, flux / flux_err, 0.0)
-    clean = np.asarray(columns["flags"]) == 0
+    clean = (np.asarray(columns["flags"]) & ~KRON_FALLBACK) == 0  # (the Kron flux only)
     fwhm = np.asarray(columns["fwhm"], float)
     candidates = clean & (snr >= min_snr)
     if candidates.sum() < 10:  # few bright stars: fainter ones define the locus
