@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from .forced import APERTURE_FLUX, BLENDED, MASKED, NEAR_EDGE, SATURATED
 from .lightcurve_fits import (
     PAIR_ARCSEC,
     LineFit,
@@ -269,17 +270,16 @@ def transient_candidate(rows: EpochRows, ids=None, rule: TransientRule | None = 
 
 #: Forced rows whose flux is not trusted for the constant-flux test or a "no flux" verdict:
 #: saturated pixels, masked pixels in the aperture, aperture truncated by the edge
-#: (forced.SATURATED | forced.MASKED | forced.NEAR_EDGE).
-UNTRUSTED_FLAGS = 256 | 512 | 1024
+UNTRUSTED_FLAGS = SATURATED | MASKED | NEAR_EDGE
 #: Rows that never show "no flux" for the transient rule: fitted jointly with an object so
-#: close that the two fluxes trade (forced.BLENDED): a star split into two objects 0.4" apart
-#: measures near zero on one of them in some images.
-NOT_QUIET_FLAGS = 2097152
-#: Aperture fallback rows (forced.APERTURE_FLUX: no PSF model on that image). They take no part
+#: close that the two fluxes trade: a star split into two objects 0.4" apart measures near
+#: zero on one of them in some images.
+NOT_QUIET_FLAGS = BLENDED
+#: Aperture fallback rows (no PSF model on that image). They take no part
 #: in the chi-square of an (object, band) that has MIN_PSF_ROWS PSF rows: a faint star 2" from
 #: an 18 mag star measures its neighbour's light in the aperture, as the seeing allows
 #: (constant 256² fields, 4 nights: 3-6 false variables from two aperture epochs).
-APERTURE_ROWS = 1048576
+APERTURE_ROWS = APERTURE_FLUX
 MIN_PSF_ROWS = 2
 #: A fractional systematic error added in quadrature to every forced flux (flat-field, PSF
 #: and aperture-correction errors the per-point errors do not hold).
