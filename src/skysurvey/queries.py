@@ -747,9 +747,8 @@ def most_variable_light_curves(catalog: str, n: int = 4):
     if not ids:
         ids = list(run_query(EXAMPLE_WITH_LIMIT_SQL, catalog)["object_id"]) or [-1]  # -1:
         # light_curve's own choice (most detections), so a figure has a curve when objects do
-    frames = [run_named("light_curve", catalog, (int(i),)) for i in ids]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["object_id", "mjd", "band", "mag", "mag_err"])
+    return pd.concat([run_named("light_curve", catalog, (int(i),)) for i in ids],
+                     ignore_index=True)
 
 
 #: Tables that a later workflow step writes: empty means "not run yet", not "no match".
