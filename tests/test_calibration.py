@@ -23,6 +23,7 @@ from skysurvey.calibrate import (
     fit_zero_point,
     isolated,
     mutual_nearest,
+    point_sources,
     tangent_plane,
 )
 from skysurvey.detect import measure_image
@@ -119,6 +120,18 @@ def test_one_to_one_match_agrees_with_brute_force():
                 if np.isfinite(d[a, to_r[a]]) and to_s[to_r[a]] == a}
     assert set(zip(i.tolist(), j.tolist(), strict=True)) == expected
     assert len(set(j.tolist())) == len(j)
+
+
+def test_calibration_stars_may_carry_the_kron_fallback_flag():
+    """Bit 4096 (a circular flux for Kron's) says nothing of the aperture flux the zero point
+    uses; on undersampled images most stars carry it. Any other flag still excludes."""
+    import pyarrow as pa
+
+    sources = pa.table({"flags": [0, 4096, 4096 | 1, 256, 0],
+                        "snr": [100.0, 100.0, 100.0, 100.0, 5.0],
+                        "class_star": [1.0, 1.0, 1.0, 1.0, 1.0]})
+    assert point_sources(sources, CalibrationConfig()).tolist() == [True, True, False, False,
+                                                                     False]
 
 
 def test_isolated_by_hand():

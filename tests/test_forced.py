@@ -381,3 +381,20 @@ def test_joint_fit_is_exact_for_overlapping_psfs():
     flux, err, sky, flags = psf_fit(Pixels(image, 1.0), x, y, settings)
     assert np.allclose(flux, amp * np.sum(basis / basis.sum()), rtol=1e-6)
     assert (err > 0).all() and (sky <= err).all() and (flags == 0).all()
+
+
+def test_psf_stars_may_carry_the_kron_fallback_flag():
+    """Bit 4096 (a circular flux instead of Kron's) leaves a star's pixels fine: on an
+    undersampled image most stars carry it and still make the PSF model. Other flags do not."""
+    from skysurvey.forced_psf import psf_stars
+
+    n = 12
+    flags = np.full(n, 4096)
+    flags[:2] = [1, 256]  # blended, saturated: never PSF stars
+    sources = {"x": 50.0 + 80.0 * np.arange(n), "y": np.full(n, 100.0),
+               "flux": np.full(n, 1e5), "flux_apcorr": np.full(n, 1e5),
+               "snr": np.full(n, 200.0), "class_star": np.ones(n), "flags": flags,
+               "fwhm": np.full(n, 1.6)}
+    stars = psf_stars(sources, 1.6)
+    assert stars is not None
+    assert stars.stars.tolist() == [False, False] + [True] * (n - 2)

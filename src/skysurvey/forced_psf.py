@@ -38,6 +38,7 @@ from .forced import (
 )
 from .geometry import window_pairs
 from .measurement import Pixels
+from .profiles import pairs_within
 from .psf import KRON_FALLBACK
 
 __all__ = [
@@ -677,8 +678,6 @@ def psf_stars(sources: dict, fwhm: float | None, obj_x=None, obj_y=None) -> PsfS
     -------
     PsfStars or None
     """
-    from .psf import pairs_within
-
     x = np.asarray(sources["x"], float)
     if x.size == 0:
         return None
