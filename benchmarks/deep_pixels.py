@@ -15,6 +15,8 @@ of the process and its children and peak RSS:
 2. ``run_forced`` (forced photometry of every object on every covering image, then the
    ``object_variability`` summary), with the summary's own time from its report line.
 
+Then (untimed) the counts the steps reported are checked against what SQL shows, once.
+
     python benchmarks/deep_pixels.py --out /tmp/deep-pixels [--epochs 1000] [--distinct 50]
 
 Prints one JSON line per step and writes ``<out>/results.json``.
@@ -87,6 +89,28 @@ def run_step(catalog: Path, raw: Path, workers: int, step: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def check_visible(catalog: Path, results: dict) -> None:
+    """(Untimed) what the steps reported is what SQL shows, once: objects (rows and distinct
+    ids), associations, forced rows (distinct (object, image) pairs)."""
+    from skysurvey.queries import run_query
+
+    row = run_query("SELECT (SELECT count(*) FROM objects) AS n, (SELECT count(DISTINCT "
+                    "object_id) FROM objects) AS ids, (SELECT count(*) FROM associations) AS a, "
+                    "(SELECT count(*) FROM forced_photometry) AS f, (SELECT count(*) FROM "
+                    "(SELECT DISTINCT object_id, image_id FROM forced_photometry)) AS fd",
+                    str(catalog)).iloc[0]
+    seen = {k: int(row[k]) for k in ("n", "ids", "a", "f", "fd")}
+    want = {}
+    if "build" in results:
+        b = results["build"]
+        want.update(n=b["objects"], ids=b["objects"], a=b["associations"])
+    if "forced" in results:
+        want.update(f=results["forced"]["forced_rows"], fd=results["forced"]["forced_rows"])
+    if any(seen[k] != v for k, v in want.items()):
+        raise SystemExit(f"the steps reported {want}, SQL shows {seen}")
+    print(json.dumps({"sql_sees": seen}), flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/deep-pixels")
@@ -119,6 +143,7 @@ def main(argv=None) -> int:
     for step in [s for s in ("build", "forced") if s in steps]:
         results[step] = run_step(catalog, raw, args.workers, step)
         print(json.dumps(results[step]), flush=True)
+    check_visible(catalog, results)
     results["load"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return 0
