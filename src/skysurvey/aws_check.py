@@ -400,13 +400,6 @@ def _s3_client(endpoint: str, use_ssl: bool):
                           use_ssl=use_ssl)
 
 
-def _trigger_on(t: Target) -> bool:
-    config = aws.client("s3").get_bucket_notification_configuration(Bucket=t.raw)
-    return any(c.get("Id", "").startswith(aws_resources.TRIGGER_ID) or
-               c.get("LambdaFunctionArn", "").endswith(f":function:{t.function}")
-               for c in config.get("LambdaFunctionConfigurations", []))
-
-
 def find_failed_event(queue_url: str, key: str, *, wait: float,
                       sleep: Callable[[float], None] = time.sleep):
     """The failed-events message naming *key*, parsed as ``invoke_lambda.py --redrive``
