@@ -72,7 +72,6 @@ __all__ = [
     "Scale",
     "Start",
     "aperture_fraction",
-    "confusion_noise",
     "extended_chi2",
     "extendedness",
     "fit_sources",
@@ -133,16 +132,6 @@ SPLIT_EXT_DCHI2 = 30.0
 #: or Gaussians too, refused 1-3 more galaxies' splits at 2-4x the cost).
 EXT_SIZES = (0.15, 0.3, 0.55, 1.0, 1.8)
 EXT_AXIS_RATIOS = (0.2, 0.45, 1.0)
-#: Confusion noise (the light of the stars too faint to detect, which the fits of the detected
-#: ones take in): the PSF-fitted amplitudes of the residual image (every fitted source
-#: subtracted) at points CONFUSION_STEP FWHM apart and CONFUSION_AWAY FWHM or more from every
-#: source (their fits' residuals are not confusion), at most CONFUSION_POINTS of them; their
-#: robust scatter in excess of the pixels' noise is added to every flux error (0 with fewer
-#: than CONFUSION_MIN points).
-CONFUSION_STEP = 2.0
-CONFUSION_AWAY = 2.0
-CONFUSION_POINTS = 5000
-CONFUSION_MIN = 100
 #: Iterations of the joint fit of the split stars, the finds and the sources near them (the
 #: others keep the second fit's values).
 JOINT_ITER = 3
@@ -505,84 +494,6 @@ def extended_chi2(grid, half, centre, xy, phi, target, w, fwhm):
     return best
 
 
-def confusion_noise(pixels: Pixels, grid, fit: PsfFit, fwhm) -> float:
-    """The flux error (model amplitude units) that stars too faint to detect add to every PSF
-    fit: the excess scatter of PSF-fitted amplitudes of the residual image.
-
-    At points of a square grid (CONFUSION_STEP FWHM apart, coarser when that would make more
-    than CONFUSION_POINTS) that are CONFUSION_AWAY FWHM or more from every fitted source and
-    clear of masked pixels, the PSF's amplitude in the image minus every fitted model is
-    fitted with the background noise alone as weights (pixels within FIT_RADIUS_FWHM). In
-    units of its own noise its robust scatter (1.4826 MAD) is s; the confusion noise is
-    ``sqrt(max(s² - 1, 0))`` times the median noise of an amplitude. 0 with fewer than
-    CONFUSION_MIN points.
-
-    Parameters
-    ----------
-    pixels : Pixels
-        The image (sub, rms, mask).
-    grid : PsfGrid
-        The PSF model.
-    fit : PsfFit
-        Every source's fit, with its model stamps (``rendered``).
-    fwhm : float
-        Stellar FWHM, pixels.
-
-    Returns
-    -------
-    float
-    """
-    ny, nx = pixels.shape
-    radius = max(FIT_RADIUS_FWHM * fwhm, MIN_FIT_RADIUS)
-    hf = min(math.ceil(radius), grid.half)
-    step = max(CONFUSION_STEP * fwhm, math.sqrt((nx - 2 * hf) * (ny - 2 * hf)
-                                                / CONFUSION_POINTS), 1.0)
-    gx, gy = np.arange(hf + 1, nx - hf - 1, step), np.arange(hf + 1, ny - hf - 1, step)
-    if gx.size == 0 or gy.size == 0 or fit.rendered is None:
-        return 0.0
-    # the grid's points within *away* of a source (each source reaches a few of them)
-    away = CONFUSION_AWAY * fwhm
-    near = np.zeros((gy.size, gx.size), bool)
-    reach = math.ceil(away / step)
-    sx, sy = fit.x[np.isfinite(fit.x)], fit.y[np.isfinite(fit.x)]
-    kx, ky = np.rint((sx - gx[0]) / step).astype(int), np.rint((sy - gy[0]) / step).astype(int)
-    for dy in range(-reach, reach + 1):
-        for dx in range(-reach, reach + 1):
-            jx, jy = kx + dx, ky + dy
-            ok = (jx >= 0) & (jx < gx.size) & (jy >= 0) & (jy < gy.size)
-            jx, jy = jx[ok], jy[ok]
-            hit = np.hypot(gx[jx] - sx[ok], gy[jy] - sy[ok]) < away
-            near[jy[hit], jx[hit]] = True
-    x, y = (v[~near] for v in np.meshgrid(gx, gy))
-    if x.size < CONFUSION_MIN:
-        return 0.0
-    ix, iy, psf = pm.render(pm.as_float32(grid), x, y, hf)
-    images = [(pixels.sub, 0.0), (_rms_map(pixels), np.inf)] \
-        + ([(pixels.mask, True)] if pixels.mask is not None else [])
-    cut, inside, flat = _cutouts(images, (ix, iy), hf)
-    off = np.arange(-hf, hf + 1)
-    r2 = (off[None, None, :] + (ix - x)[:, None, None]) ** 2 \
-        + (off[None, :, None] + (iy - y)[:, None, None]) ** 2
-    use = inside & np.isfinite(cut[0]) & np.isfinite(cut[1]) & (r2 <= radius**2)
-    clean = use.sum(axis=(1, 2)) == (r2 <= radius**2).sum(axis=(1, 2))
-    if pixels.mask is not None:
-        clean &= ~(cut[2] & (r2 <= radius**2)).any(axis=(1, 2))
-    resid = cut[0] - fit.rendered.take(fit.amp, fit.rendered.index(flat)).reshape(psf.shape)
-    p = np.where(use, psf, 0.0).astype(float)
-    pp_sum = np.einsum("nij,nij->n", p, p)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        amp = np.einsum("nij,nij->n", p, np.where(use, resid, 0.0)) / pp_sum
-        noise = np.sqrt(np.einsum("nij,nij->n", p * p, np.where(use, cut[1], 0.0) ** 2)) \
-            / pp_sum
-        z = amp / noise
-    good = clean & np.isfinite(z) & (noise > 0)
-    if good.sum() < CONFUSION_MIN:
-        return 0.0
-    z = z[good]
-    s = 1.4826 * float(np.median(np.abs(z - np.median(z))))
-    return math.sqrt(max(s * s - 1.0, 0.0)) * float(np.median(noise[good]))
-
-
 def extendedness(flux_psf, flux_psf_err, flux_model, flux_model_err):
     """``flux_psf / flux_model`` and its error (the errors added in quadrature, relative)."""
     flux_psf, flux_model = np.asarray(flux_psf, float), np.asarray(flux_model, float)
@@ -659,14 +570,12 @@ def _photometry(pixels, columns, stars, scale, options):
     grid = grid2 if grid2 is not None else grid
     del fit  # its model stamps (unless reused) are freed before the next fit's
     fit = fit_sources(pixels, grid, start, fwhm=fwhm, iters=FIT2)
-    confusion = confusion_noise(pixels, grid, fit, fwhm)
     fit, found, parent = _add_sources(pixels, grid, fit, fwhm, options)
     norm, norm_rel = _normalisation(grid, scale.radius, scale.aperture_correction,
                                     scale.aperture_correction_err)
     flux = fit.amp * norm
     rel = np.hypot(norm_rel, MODEL_NOISE / math.sqrt(max(grid.n_stars, 1)))
-    flux_err = np.hypot(np.hypot(fit.amp_err * fit.blend, confusion) * norm,
-                        np.abs(flux) * rel)
+    flux_err = np.hypot(fit.amp_err * fit.blend * norm, np.abs(flux) * rel)
     split_mask = np.zeros(n, bool)
     split_mask[parent[parent < n]] = True
     cols = {"flux_psf": flux[:n], "flux_psf_err": flux_err[:n], "psf_chi2": fit.chi2[:n],
