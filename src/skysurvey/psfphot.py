@@ -20,7 +20,10 @@ The steps of :func:`photometry`, each measured on synthetic fields (tests/test_p
    flag PSF_SPLIT, when the two-star fit is better by SPLIT_DCHI2 in units of its own reduced
    chi² (model errors of bright single stars inflate both alike), describes the pixels
    (SPLIT_MAX_CHI2, SPLIT_MAX_RATIO: a galaxy's two-PSF fit stays poor), the stars are
-   SPLIT_MIN_SEP FWHM apart and both have SNR >= SPLIT_MIN_SNR.
+   SPLIT_MIN_SEP FWHM apart and both have SNR >= SPLIT_MIN_SNR, and one extended source
+   (the PSF convolved with an elliptical exponential, :func:`extended_chi2`) does not
+   describe the pixels nearly as well (SPLIT_EXT_DCHI2): a small galaxy's two-PSF fit can be
+   good, its one-galaxy fit is as good or better; a pair's is much worse.
 6. One joint fit of the finds, the split stars and the sources whose fit stamps their models
    reach (the others keep their second-pass fit).
 7. Scale: the model sums to 1 over its stamp (MODEL_HALF_FWHM); ``flux_psf`` is the fitted
