@@ -405,9 +405,9 @@ def test_one_extended_source_describes_a_galaxy_and_not_a_pair():
     centre = (np.array([200, 200]), np.array([200, 200]))
     pair_x = 200 + 0.25 * sep * np.cos(phi)  # the pair's flux-weighted centre
     pair_y = 200 + 0.25 * sep * np.sin(phi)
-    chi2 = extended_chi2(grid, half, centre, (np.array([200.2, pair_x]),
-                                              np.array([199.9, pair_y])),
-                         np.array([phi, phi]), target, w, fwhm)
+    chi2 = extended_chi2(grid, (target, w, centre), (np.array([200.2, pair_x]),
+                                                     np.array([199.9, pair_y])),
+                         np.array([phi, phi]), fwhm)
     npix = int((w[0] > 0).sum())
     assert chi2[0] < 1.3 * npix  # the noise alone: ~npix
     assert chi2[1] > 3 * npix

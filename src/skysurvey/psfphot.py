@@ -431,9 +431,8 @@ def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
     if k.size:  # one extended source (a galaxy) is not split
         tot = a1[k] + a2[k]
         cx, cy = (a1[k] * x1[k] + a2[k] * x2[k]) / tot, (a1[k] * y1[k] + a2[k] * y2[k]) / tot
-        ext = extended_chi2(grid32, hf, (ix[k], iy[k]), (cx, cy),
-                            np.arctan2(y2[k] - y1[k], x2[k] - x1[k]), target[k], w[k],
-                            fwhm)
+        ext = extended_chi2(grid32, (target[k], w[k], (ix[k], iy[k])), (cx, cy),
+                            np.arctan2(y2[k] - y1[k], x2[k] - x1[k]), fwhm)
         keep = (ext - chi2_2[k]) / np.maximum(chi2_2[k] / dof[k], 1.0) >= SPLIT_EXT_DCHI2
         k = k[keep]
     return idx[k], x1[k], y1[k], a1[k], x2[k], y2[k], a2[k]
@@ -450,7 +449,7 @@ def _exponential_ft(n_fft, scale, q, phi):
     return (1.0 + (2 * np.pi * scale) ** 2 * (ku * ku + kv * kv)) ** -1.5
 
 
-def extended_chi2(grid, half, centre, xy, phi, target, w, fwhm):
+def extended_chi2(grid, stamps, xy, phi, fwhm):
     """The lowest chi² of one extended source on each stamp: the PSF at *xy* convolved with
     an elliptical exponential (scale lengths EXT_SIZES FWHM, axis ratios EXT_AXIS_RATIOS,
     major axis at angle *phi*; a periodic convolution on the stamp padded by its half-size),
@@ -460,15 +459,13 @@ def extended_chi2(grid, half, centre, xy, phi, target, w, fwhm):
     ----------
     grid : PsfGrid
         The PSF model.
-    half : int
-        Half-size of the stamps *target* and *w* (N, 2 half + 1, 2 half + 1), centred on the
-        pixels *centre* = (ix, iy).
+    stamps : tuple
+        ``(target, w, (ix, iy))``: the pixels (every other source subtracted) and their
+        weights (0: not used), (N, S, S) arrays, S = 2 half + 1, centred on pixels (ix, iy).
     xy : tuple of (N,) arrays
         The source's position.
     phi : (N,) array
         The major axis' angle, radians counter-clockwise from +x.
-    target, w : (N, S, S) arrays
-        The pixels (every other source subtracted) and their weights (0: not used).
     fwhm : float
         Stellar FWHM, pixels.
 
@@ -476,6 +473,8 @@ def extended_chi2(grid, half, centre, xy, phi, target, w, fwhm):
     -------
     (N,) array
     """
+    target, w, centre = stamps
+    half = np.shape(target)[1] // 2
     reach = half  # the PSF's pixels the models on the stamp are made from
     _, _, psf = pm.render(grid, xy[0], xy[1], half + reach, centre=centre)
     n_fft = psf.shape[1] + 1
