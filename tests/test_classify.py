@@ -39,9 +39,11 @@ def test_class_star_is_right_for_98_percent_of_stars_and_galaxies(kind, psf_phot
     -> same); messy stars 0.914-0.944 -> 0.975-0.991 (0.945-0.969 -> 0.988-0.991), galaxies
     0.972-1.0 -> 0.986-1.0 (0.966-0.993 -> 0.979-0.993).
 
-    Crowded galaxies with PSF photometry stay at 0.95-0.97: a galaxy the PSF fit split into
-    two stars (PSF_SPLIT) gets class_star 1 from detect.py (2-6 per field; without them
-    0.98-0.99), so that case asserts 0.95 until the split's verdict is revisited."""
+    Crowded galaxies with PSF photometry were at 0.95-0.97: a galaxy the PSF fit split into
+    two stars (PSF_SPLIT) gets class_star 1 from detect.py (2-6 per field). With the split
+    refused when one PSF-convolved exponential describes the pixels nearly as well
+    (psfphot.SPLIT_EXT_DCHI2): 0.968-0.986 per field, 0.976 pooled (0.981 over seeds
+    101-106), so that case asserts 0.97."""
     rows = []
     fwhm = cf.KINDS[kind]["seeing"] / cf.PIXEL_SCALE
     for seed in SEEDS:
@@ -53,7 +55,7 @@ def test_class_star_is_right_for_98_percent_of_stars_and_galaxies(kind, psf_phot
     star = np.concatenate([r["kind"].to_numpy() == "star" for r in rows])
     right = np.concatenate([r["right"].to_numpy() for r in rows])
     assert star.sum() > 900 and (~star).sum() > 400
-    galaxy_floor = 0.95 if kind == "crowded" and psf_photometry else 0.98
+    galaxy_floor = 0.97 if kind == "crowded" and psf_photometry else 0.98
     assert right[star].mean() >= 0.98 and right[~star].mean() >= galaxy_floor
 
 

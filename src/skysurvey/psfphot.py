@@ -20,7 +20,10 @@ The steps of :func:`photometry`, each measured on synthetic fields (tests/test_p
    flag PSF_SPLIT, when the two-star fit is better by SPLIT_DCHI2 in units of its own reduced
    chi² (model errors of bright single stars inflate both alike), describes the pixels
    (SPLIT_MAX_CHI2, SPLIT_MAX_RATIO: a galaxy's two-PSF fit stays poor), the stars are
-   SPLIT_MIN_SEP FWHM apart and both have SNR >= SPLIT_MIN_SNR.
+   SPLIT_MIN_SEP FWHM apart and both have SNR >= SPLIT_MIN_SNR, and one extended source
+   (the PSF convolved with an elliptical exponential, :func:`extended_chi2`) does not
+   describe the pixels nearly as well (SPLIT_EXT_DCHI2): a small galaxy's two-PSF fit can be
+   good, its one-galaxy fit is as good or better; a pair's is much worse.
 6. One joint fit of the finds, the split stars and the sources whose fit stamps their models
    reach (the others keep their second-pass fit).
 7. Scale: the model sums to 1 over its stamp (MODEL_HALF_FWHM); ``flux_psf`` is the fitted
@@ -72,6 +75,7 @@ __all__ = [
     "Scale",
     "Start",
     "aperture_fraction",
+    "extended_chi2",
     "extendedness",
     "fit_sources",
     "model_from_stars",
@@ -121,6 +125,16 @@ SPLIT_MAX_RATIO = 0.6
 SPLIT_MIN_SEP = 0.8
 SPLIT_MIN_SNR = 5.0
 SPLIT_ITER = 4
+#: ... and two stars describe the pixels better than one extended source does: the two-star
+#: chi² lower than the best PSF-convolved elliptical exponential's (:func:`extended_chi2`,
+#: centred between the stars, major axis along them) by SPLIT_EXT_DCHI2 in units of the
+#: two-star reduced chi² (crowded 768² training fields of tests/class_star_fields.py, seeds
+#: 1-8: 30 of 41 galaxies' splits refused, 1 of 162 true pairs', 0.85 FWHM apart).
+SPLIT_EXT_DCHI2 = 30.0
+#: The extended models: exponential scale lengths in FWHM, axis ratios (a finer grid of 8 x 5,
+#: or Gaussians too, refused 1-3 more galaxies' splits at 2-4x the cost).
+EXT_SIZES = (0.15, 0.3, 0.55, 1.0, 1.8)
+EXT_AXIS_RATIOS = (0.2, 0.45, 1.0)
 #: Iterations of the joint fit of the split stars, the finds and the sources near them (the
 #: others keep the second fit's values).
 JOINT_ITER = 3
@@ -413,8 +427,73 @@ def split_pairs(pixels: Pixels, grid, fit: PsfFit, *, fwhm, candidates=None):
     accept = (np.isfinite(score) & (score > SPLIT_DCHI2) & (chi2_2 / dof <= SPLIT_MAX_CHI2)
               & (chi2_2 <= SPLIT_MAX_RATIO * chi2_1) & (a1 / e1 >= SPLIT_MIN_SNR)
               & (a2 / e2 >= SPLIT_MIN_SNR) & (sep_px >= SPLIT_MIN_SEP * fwhm) & inside2)
-    k = accept
+    k = np.flatnonzero(accept)
+    if k.size:  # one extended source (a galaxy) is not split
+        tot = a1[k] + a2[k]
+        cx, cy = (a1[k] * x1[k] + a2[k] * x2[k]) / tot, (a1[k] * y1[k] + a2[k] * y2[k]) / tot
+        ext = extended_chi2(grid32, (target[k], w[k], (ix[k], iy[k])), (cx, cy),
+                            np.arctan2(y2[k] - y1[k], x2[k] - x1[k]), fwhm)
+        keep = (ext - chi2_2[k]) / np.maximum(chi2_2[k] / dof[k], 1.0) >= SPLIT_EXT_DCHI2
+        k = k[keep]
     return idx[k], x1[k], y1[k], a1[k], x2[k], y2[k], a2[k]
+
+
+def _exponential_ft(n_fft, scale, q, phi):
+    """The Fourier transforms (rfft2 layout, (N, n_fft, n_fft // 2 + 1)) of unit-sum elliptical
+    exponential profiles (scale length *scale*, axis ratio *q*, major axis at angle *phi*
+    (N,)) centred on pixel (0, 0) of a periodic n_fft² stamp."""
+    ky = np.fft.fftfreq(n_fft)[None, :, None]
+    kx = np.fft.rfftfreq(n_fft)[None, None, :]
+    c, s = np.cos(phi)[:, None, None], np.sin(phi)[:, None, None]
+    ku, kv = kx * c + ky * s, (ky * c - kx * s) * q
+    return (1.0 + (2 * np.pi * scale) ** 2 * (ku * ku + kv * kv)) ** -1.5
+
+
+def extended_chi2(grid, stamps, xy, phi, fwhm):
+    """The lowest chi² of one extended source on each stamp: the PSF at *xy* convolved with
+    an elliptical exponential (scale lengths EXT_SIZES FWHM, axis ratios EXT_AXIS_RATIOS,
+    major axis at angle *phi*; a periodic convolution on the stamp padded by its half-size),
+    its amplitude fitted.
+
+    Parameters
+    ----------
+    grid : PsfGrid
+        The PSF model.
+    stamps : tuple
+        ``(target, w, (ix, iy))``: the pixels (every other source subtracted) and their
+        weights (0: not used), (N, S, S) arrays, S = 2 half + 1, centred on pixels (ix, iy).
+    xy : tuple of (N,) arrays
+        The source's position.
+    phi : (N,) array
+        The major axis' angle, radians counter-clockwise from +x.
+    fwhm : float
+        Stellar FWHM, pixels.
+
+    Returns
+    -------
+    (N,) array
+    """
+    target, w, centre = stamps
+    half = np.shape(target)[1] // 2
+    reach = half  # the PSF's pixels the models on the stamp are made from
+    _, _, psf = pm.render(grid, xy[0], xy[1], half + reach, centre=centre)
+    n_fft = psf.shape[1] + 1
+    psf_ft = np.fft.rfft2(psf.astype(float), s=(n_fft, n_fft))
+    crop = slice(reach, reach + 2 * half + 1)
+    target, w = np.asarray(target, float), np.asarray(w, float)
+    wt = w * target
+    best = np.full(len(phi), np.inf)
+    for scale in EXT_SIZES:
+        for q in EXT_AXIS_RATIOS:
+            model = np.fft.irfft2(psf_ft * _exponential_ft(n_fft, scale * fwhm, q, phi),
+                                  s=(n_fft, n_fft))[:, crop, crop]
+            mm = np.einsum("nij,nij->n", w * model, model)
+            mt = np.einsum("nij,nij->n", wt, model)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                amp = np.where(mm > 0, mt / mm, 0.0)
+            res = target - amp[:, None, None] * model
+            best = np.minimum(best, np.einsum("nij,nij->n", w * res, res))
+    return best
 
 
 def extendedness(flux_psf, flux_psf_err, flux_model, flux_model_err):
