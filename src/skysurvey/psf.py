@@ -638,12 +638,14 @@ def empty_aperture_excess(pixels: Pixels, radius, n=500, seed=0):
     y = rng.uniform(radius + 1, ny - radius - 2, n)
     own = {"mask": mask} if segmap is None else {
         "segmap": segmap, "seg_id": np.zeros(n, np.int32), "mask": mask}
-    total, err, _ = sep.sum_circle(sub, x, y, radius, err=rms, subpix=0, **own)
     free = _pixels(sub, x, y, radius, own)
     clear = free >= 0.9 * math.pi * radius**2
     if clear.sum() < 30:
         return 0.0
-    excess = robust_sigma(total[clear]) ** 2 - float(np.median(err[clear] ** 2))
+    # the sums with the noise map (twice the cost of a scalar error) at the clear places only
+    own = own if segmap is None else {**own, "seg_id": own["seg_id"][clear]}
+    total, err, _ = sep.sum_circle(sub, x[clear], y[clear], radius, err=rms, subpix=0, **own)
+    excess = robust_sigma(total) ** 2 - float(np.median(err**2))
     return max(excess, 0.0)
 
 
