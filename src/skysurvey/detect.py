@@ -211,7 +211,12 @@ def _saturated(data, saturate):
     """Pixels at or above 98% of the SATURATE level (as the SATURATED flag), or None."""
     if saturate is None:
         return None
-    sat = data >= 0.98 * saturate
+    level = 0.98 * saturate
+    # the brightest pixel first (NaN left out, as the comparison leaves it): most images have
+    # none at the level, and a reduction makes no image-sized map
+    if not np.fmax.reduce(data, axis=None) >= level:
+        return None
+    sat = data >= level
     return sat if sat.any() else None
 
 
