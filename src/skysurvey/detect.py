@@ -209,14 +209,9 @@ def _background(data, mask, config, scale=1.0):
 
 def _saturated(data, saturate):
     """Pixels at or above 98% of the SATURATE level (as the SATURATED flag), or None."""
-    if saturate is None:
-        return None
-    level = 0.98 * saturate
-    # the brightest pixel first (NaN left out, as the comparison leaves it): most images have
-    # none at the level, and a reduction makes no image-sized map
-    if not np.fmax.reduce(data, axis=None) >= level:
-        return None
-    sat = data >= level
+    if saturate is None or not np.fmax.reduce(data, axis=None) >= 0.98 * saturate:
+        return None  # (the brightest pixel, NaN left out, first: no image-sized map)
+    sat = data >= 0.98 * saturate
     return sat if sat.any() else None
 
 
