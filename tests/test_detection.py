@@ -485,3 +485,78 @@ def test_overwrite_measures_in_the_images_own_array_with_the_same_catalog(satura
     assert b.sources.equals(a.sources) and repr(b.row) == repr(a.row)  # NaN as NaN
     assert len(a.sources) > 20 and (saturate is None) == ("local noise" not in
                                                            (a.row["warnings"] or ""))
+
+
+def _harmonic_reference(cut, fit, r, phi, noise, iterations=2):
+    """deblend.harmonic_model as first written (issue 18): all 36 products per pixel."""
+    from skysurvey.deblend import _node
+
+    j, t = _node(r.ravel())
+    k = int(j.max()) + 2
+    size = 3 * k
+    angular = (np.ones(j.size), np.cos(2 * phi).ravel(), np.sin(2 * phi).ravel())
+    cols = np.stack([m * k + j + step for m in range(3) for step in (0, 1)], axis=1)
+    vals = np.stack([a * w for a in angular for w in (1.0 - t, t)], axis=1)
+    values = cut.ravel().astype(np.float64)
+    rows = fit.ravel() & np.isfinite(values)
+    values = np.where(rows, values, 0.0)
+    pairs = (cols[:, :, None] * size + cols[:, None, :]).ravel()
+    products = (vals[:, :, None] * vals[:, None, :]).reshape(len(values), -1)
+    weights = rows.astype(np.float64)
+    for step in range(iterations + 1):
+        normal = np.bincount(pairs, (weights[:, None] * products).ravel(), size * size)
+        normal = normal.reshape(size, size)
+        normal[np.diag_indices(size)] += 1e-9 * max(normal.diagonal().max(), 1.0)
+        rhs = np.bincount(cols.ravel(), ((weights * values)[:, None] * vals).ravel(), size)
+        coef = np.linalg.solve(normal, rhs)
+        model = (vals * coef[cols]).sum(axis=1)
+        if step < iterations:
+            resid = values - model
+            spread = max(1.4826 * float(np.median(np.abs(resid[rows]))), noise)
+            weights = (rows & (resid < 3.0 * spread)).astype(np.float64)
+    return model.reshape(cut.shape)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_harmonic_model_is_the_full_normal_matrix_fit_bit_for_bit(seed):
+    """Issue 25: harmonic_model sums only the normal matrix's upper triangle and mirrors it;
+    the model is the one the full 36-products-per-pixel matrix gives, to the last bit (an
+    elliptical, off-centre galaxy with a companion, NaN and left-out pixels)."""
+    from skysurvey.deblend import harmonic_model
+
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(15, 60, 2)
+    yy, xx = np.mgrid[:h, :w]
+    xc, yc = w / 2 + rng.uniform(-2, 2), h / 2 + rng.uniform(-2, 2)
+    q, angle = rng.uniform(0.4, 1.0), rng.uniform(0, np.pi)
+    u = (xx - xc) * np.cos(angle) + (yy - yc) * np.sin(angle)
+    v = -(xx - xc) * np.sin(angle) + (yy - yc) * np.cos(angle)
+    cut = (500 * np.exp(-np.hypot(u, v / q) / 3.0) + 80 * np.exp(
+        -((xx - xc - 7) ** 2 + (yy - yc - 3) ** 2) / 4.0) + rng.normal(0, 3, (h, w)))
+    cut = cut.astype(np.float32)
+    cut[rng.integers(0, h), rng.integers(0, w)] = np.nan
+    fit = rng.random((h, w)) > 0.15
+    r, phi = np.hypot(xx - xc, yy - yc), np.arctan2(yy - yc, xx - xc)
+    assert np.array_equal(harmonic_model(cut, fit, r, phi, 3.0),
+                          _harmonic_reference(cut, fit, r, phi, 3.0))
+
+
+@pytest.mark.parametrize("saturate", [None, 1e9, 110.0, 100.0])
+def test_saturated_map_is_every_pixel_at_98_percent_of_saturate(saturate):
+    """Issue 25: detect._saturated looks at the brightest pixel first; the map (or None when
+    no pixel reaches 98% of SATURATE) is the plain comparison's, NaN pixels included."""
+    from skysurvey.detect import _saturated
+
+    rng = np.random.default_rng(4)
+    data = rng.normal(100.0, 5.0, (64, 80)).astype(np.float32)
+    data[3, :] = np.nan  # a NaN row: np.max would say NaN and miss the saturated pixels
+    got = _saturated(data, saturate)
+    if saturate is None:
+        assert got is None
+        return
+    with np.errstate(invalid="ignore"):
+        want = data >= 0.98 * saturate
+    if not want.any():
+        assert got is None
+    else:
+        assert got is not None and np.array_equal(got, want)

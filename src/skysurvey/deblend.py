@@ -399,12 +399,17 @@ def harmonic_model(cut, fit, r, phi, noise, iterations=2):
     values = cut.ravel().astype(np.float64)
     rows = fit.ravel() & np.isfinite(values)
     values = np.where(rows, values, 0.0)
-    pairs = (cols[:, :, None] * size + cols[:, None, :]).ravel()
-    products = (vals[:, :, None] * vals[:, None, :]).reshape(len(values), -1)
+    # the normal matrix's upper triangle only (21 of 36 products per pixel): a pixel's six
+    # columns are distinct and increasing, so each bin sums one product per pixel in pixel
+    # order, and the lower triangle holds the same sums (vals[p] * vals[q] == vals[q] * vals[p])
+    p, q = np.triu_indices(6)
+    pairs = (cols[:, p] * size + cols[:, q]).ravel()
+    products = vals[:, p] * vals[:, q]
     weights = rows.astype(np.float64)
     for step in range(iterations + 1):
         normal = np.bincount(pairs, (weights[:, None] * products).ravel(), size * size)
         normal = normal.reshape(size, size)
+        normal += np.triu(normal, 1).T  # the lower triangle (0 so far) mirrored
         normal[np.diag_indices(size)] += 1e-9 * max(normal.diagonal().max(), 1.0)
         rhs = np.bincount(cols.ravel(), ((weights * values)[:, None] * vals).ravel(), size)
         coef = np.linalg.solve(normal, rhs)

@@ -209,8 +209,8 @@ def _background(data, mask, config, scale=1.0):
 
 def _saturated(data, saturate):
     """Pixels at or above 98% of the SATURATE level (as the SATURATED flag), or None."""
-    if saturate is None:
-        return None
+    if saturate is None or not np.fmax.reduce(data, axis=None) >= 0.98 * saturate:
+        return None  # (the brightest pixel, NaN left out, first: no image-sized map)
     sat = data >= 0.98 * saturate
     return sat if sat.any() else None
 
