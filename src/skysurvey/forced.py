@@ -552,23 +552,35 @@ class ImagePhotometry:
         return self.aperture_correction, self.aperture_correction_err or 0.0
 
 
-def _corner_area(X, Y, r):
-    """Area of the disc of radius *r* centred on 0 with ``x <= X`` and ``y <= Y`` (arrays)."""
-    def primitive(t):  # integral of sqrt(r^2 - x^2) from 0 to t, |t| <= r
+def _quadrant_area(x0, x1, y0, y1, r):
+    """Area of the disc of radius *r* centred on 0 inside the rectangles
+    ``[x0, x1] x [y0, y1]`` with ``0 <= x0 <= x1`` and ``0 <= y0 <= y1`` (arrays): the chord
+    ``c(x) = sqrt(r² - x²)`` is at least y1 up to ``xa`` (full height), between y0 and y1 up
+    to ``xb`` (height ``c - y0``), below y0 beyond."""
+    def primitive(t):  # integral of sqrt(r^2 - x^2) from 0 to t, 0 <= t <= r
         return 0.5 * (t * np.sqrt(np.maximum(r * r - t * t, 0.0)) + r * r * np.arcsin(t / r))
 
-    Y = np.clip(Y, -r, r)
-    c = np.sqrt(np.maximum(r * r - Y * Y, 0.0))
-    xa = np.clip(X, -c, c)
-    inner = primitive(xa) - primitive(-c) + Y * (xa + c)  # |x| <= c: from -sqrt to Y
-    left = 2.0 * (primitive(np.clip(X, -r, -c)) - primitive(-r))  # x < -c: full chord
-    right = 2.0 * (primitive(np.clip(X, c, r)) - primitive(c))
-    return inner + np.where(Y >= 0, left + right, 0.0)
+    xa = np.clip(np.sqrt(np.maximum(r * r - y1 * y1, 0.0)), x0, x1)
+    xb = np.clip(np.sqrt(np.maximum(r * r - y0 * y0, 0.0)), x0, x1)
+    return (xa - x0) * (y1 - y0) + primitive(xb) - primitive(xa) - y0 * (xb - xa)
+
+
+def _folded(lo, hi):
+    """Intervals ``[lo, hi]`` (lo < hi) folded onto t >= 0: ``(a0, a1)`` the part on one side
+    reflected, and ``b1`` the other side's reach (``[0, b1]``; 0 unless the interval
+    straddles 0)."""
+    straddles = (lo < 0) & (hi > 0)
+    a0 = np.where(lo >= 0, lo, np.where(straddles, 0.0, -hi))
+    a1 = np.where(lo >= 0, hi, np.where(straddles, hi, -lo))
+    return a0, a1, np.where(straddles, -lo, 0.0)
 
 
 def circle_overlap(dx, dy, r) -> np.ndarray:
     """Exact area of the unit pixels centred at (*dx*, *dy*) inside a circle of radius *r*
     centred on 0 (arrays broadcast together; *r* > 0).
+
+    Pixels wholly inside count 1, wholly outside 0; the others are folded onto the first
+    quadrant (a pixel straddling an axis in two or four parts) and integrated exactly.
 
     Parameters
     ----------
@@ -586,9 +598,18 @@ def circle_overlap(dx, dy, r) -> np.ndarray:
     ax, ay = np.abs(dx), np.abs(dy)  # pixels wholly inside: 1, wholly outside: 0, else exact
     out = np.array((ax + 0.5) ** 2 + (ay + 0.5) ** 2 <= r * r, dtype=float)
     rim = (out == 0) & (np.maximum(ax - 0.5, 0) ** 2 + np.maximum(ay - 0.5, 0) ** 2 < r * r)
-    x0, x1, y0, y1 = dx[rim] - 0.5, dx[rim] + 0.5, dy[rim] - 0.5, dy[rim] + 0.5
-    out[rim] = np.clip(_corner_area(x1, y1, r) - _corner_area(x0, y1, r)
-                       - _corner_area(x1, y0, r) + _corner_area(x0, y0, r), 0.0, 1.0)
+    x0, x1, xb = _folded(dx[rim] - 0.5, dx[rim] + 0.5)
+    y0, y1, yb = _folded(dy[rim] - 0.5, dy[rim] + 0.5)
+    area = _quadrant_area(x0, x1, y0, y1, r)
+    for sx, sy in ((xb > 0, None), (None, yb > 0), (xb > 0, yb > 0)):  # the other parts
+        k = np.flatnonzero(sx if sy is None else sy if sx is None else sx & sy)
+        if k.size:
+            zero = np.zeros(k.size)
+            area[k] += _quadrant_area(zero if sx is not None else x0[k],
+                                      xb[k] if sx is not None else x1[k],
+                                      zero if sy is not None else y0[k],
+                                      yb[k] if sy is not None else y1[k], r)
+    out[rim] = np.clip(area, 0.0, 1.0)
     return out
 
 
@@ -623,34 +644,53 @@ def aperture_flux(pixels: Pixels, x, y, radius, *, saturated=None, sky_level_err
     x, y = np.asarray(x, float), np.asarray(y, float)
     n = x.size
     flux, var, flags = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, np.int32)
-    off = np.arange(-math.ceil(radius + 0.5), math.ceil(radius + 0.5) + 1)
-    oy, ox = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
+    oy, ox, whole = _aperture_template(radius)
+    part = ~whole  # pixels that may be partly inside (exact overlap), the others wholly
     rms_map, ok = np.ndim(rms) == 2, np.isfinite(x) & np.isfinite(y)
+    flat_images = [data.ravel(), None if mask is None else np.asarray(mask, bool).ravel(),
+                   None if saturated is None else np.asarray(saturated, bool).ravel(),
+                   np.asarray(rms).ravel() if rms_map else None]
     for start in range(0, n, _CHUNK):
         if (idx := np.flatnonzero(ok[start:start + _CHUNK]) + start).size == 0:
             continue
         px = np.rint(x[idx]).astype(np.int64)[:, None] + ox
         py = np.rint(y[idx]).astype(np.int64)[:, None] + oy
-        w = circle_overlap(px - x[idx, None], py - y[idx, None], radius)
+        w = np.ones(px.shape)
+        w[:, part] = circle_overlap(px[:, part] - x[idx, None], py[:, part] - y[idx, None],
+                                    radius)
         inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-        pxc, pyc = np.clip(px, 0, nx - 1), np.clip(py, 0, ny - 1)
-        values = data[pyc, pxc].astype(float)
+        flat = np.clip(py, 0, ny - 1) * nx + np.clip(px, 0, nx - 1)
+        values = flat_images[0][flat]
         good = inside & np.isfinite(values)
         if mask is not None:
-            good &= ~mask[pyc, pxc]
-        part = w > 0
-        f = np.where(part & ~inside, NEAR_EDGE, 0).max(axis=1)
-        f |= np.where(part & inside & ~good, MASKED, 0).max(axis=1)
+            good &= ~flat_images[1][flat]
+        used = w > 0
+        f = np.where((used & ~inside).any(axis=1), NEAR_EDGE, 0)
+        f |= np.where((used & inside & ~good).any(axis=1), MASKED, 0)
         if saturated is not None:
-            f |= np.where(part & inside & saturated[pyc, pxc], SATURATED, 0).max(axis=1)
+            f |= np.where((used & inside & flat_images[2][flat]).any(axis=1), SATURATED, 0)
         wg = np.where(good, w, 0.0)
-        sigma2 = (rms[pyc, pxc].astype(float) ** 2) if rms_map else float(rms) ** 2
+        sigma2 = np.square(flat_images[3][flat], dtype=float) if rms_map else float(rms) ** 2
         flux[idx] = (wg * np.where(good, values, 0.0)).sum(axis=1)
         var[idx] = (wg**2 * sigma2).sum(axis=1) + (wg.sum(axis=1) * sky_level_err) ** 2
         flags[idx] = f
     sky_err = np.sqrt(var)
     total = var + (np.maximum(flux, 0.0) / gain if gain and gain > 0 else 0.0)
     return flux, np.sqrt(total), sky_err, flags
+
+
+def _aperture_template(radius):
+    """``(oy, ox, whole)``: the pixel offsets from a position's nearest pixel that a circle
+    of *radius* may reach (at any sub-pixel offset within half a pixel) and whether each lies
+    wholly inside it at every such offset."""
+    off = np.arange(-math.ceil(radius + 0.5), math.ceil(radius + 0.5) + 1)
+    oy, ox = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
+    ay, ax = np.abs(oy), np.abs(ox)
+    # a pixel's farthest point is at most |offset| + 1 from the position, its nearest at
+    # least |offset| - 1 (per axis)
+    reach = np.maximum(ax - 1, 0) ** 2 + np.maximum(ay - 1, 0) ** 2 < radius * radius
+    whole = (ax + 1) ** 2 + (ay + 1) ** 2 <= radius * radius
+    return oy[reach], ox[reach], whole[reach]
 
 
 def calibrate_fluxes(flux, flux_err, sky_err, zero_point, correction=1.0, correction_err=0.0):
