@@ -565,22 +565,13 @@ def _quadrant_area(x0, x1, y0, y1, r):
     return (xa - x0) * (y1 - y0) + primitive(xb) - primitive(xa) - y0 * (xb - xa)
 
 
-def _folded(lo, hi):
-    """Intervals ``[lo, hi]`` (lo < hi) folded onto t >= 0: ``(a0, a1)`` the part on one side
-    reflected, and ``b1`` the other side's reach (``[0, b1]``; 0 unless the interval
-    straddles 0)."""
-    straddles = (lo < 0) & (hi > 0)
-    a0 = np.where(lo >= 0, lo, np.where(straddles, 0.0, -hi))
-    a1 = np.where(lo >= 0, hi, np.where(straddles, hi, -lo))
-    return a0, a1, np.where(straddles, -lo, 0.0)
-
-
 def circle_overlap(dx, dy, r) -> np.ndarray:
     """Exact area of the unit pixels centred at (*dx*, *dy*) inside a circle of radius *r*
     centred on 0 (arrays broadcast together; *r* > 0).
 
     Pixels wholly inside count 1, wholly outside 0; the others are folded onto the first
-    quadrant (a pixel straddling an axis in two or four parts) and integrated exactly.
+    quadrant (the circle is symmetric: a pixel straddling an axis in two or four parts) and
+    integrated exactly.
 
     Parameters
     ----------
@@ -598,17 +589,18 @@ def circle_overlap(dx, dy, r) -> np.ndarray:
     ax, ay = np.abs(dx), np.abs(dy)  # pixels wholly inside: 1, wholly outside: 0, else exact
     out = np.array((ax + 0.5) ** 2 + (ay + 0.5) ** 2 <= r * r, dtype=float)
     rim = (out == 0) & (np.maximum(ax - 0.5, 0) ** 2 + np.maximum(ay - 0.5, 0) ** 2 < r * r)
-    x0, x1, xb = _folded(dx[rim] - 0.5, dx[rim] + 0.5)
-    y0, y1, yb = _folded(dy[rim] - 0.5, dy[rim] + 0.5)
+    ax, ay = ax[rim], ay[rim]
+    # |centre| +- 0.5 folded: [max(|c| - 0.5, 0), |c| + 0.5], and [0, 0.5 - |c|] when the
+    # pixel straddles the axis
+    x0, x1, xs = np.maximum(ax - 0.5, 0.0), ax + 0.5, 0.5 - ax
+    y0, y1, ys = np.maximum(ay - 0.5, 0.0), ay + 0.5, 0.5 - ay
     area = _quadrant_area(x0, x1, y0, y1, r)
-    for sx, sy in ((xb > 0, None), (None, yb > 0), (xb > 0, yb > 0)):  # the other parts
-        k = np.flatnonzero(sx if sy is None else sy if sx is None else sx & sy)
-        if k.size:
-            zero = np.zeros(k.size)
-            area[k] += _quadrant_area(zero if sx is not None else x0[k],
-                                      xb[k] if sx is not None else x1[k],
-                                      zero if sy is not None else y0[k],
-                                      yb[k] if sy is not None else y1[k], r)
+    if (k := np.flatnonzero(xs > 0)).size:  # straddling x = 0: the part on the other side
+        area[k] += _quadrant_area(0.0, xs[k], y0[k], y1[k], r)
+    if (k := np.flatnonzero(ys > 0)).size:
+        area[k] += _quadrant_area(x0[k], x1[k], 0.0, ys[k], r)
+    if (k := np.flatnonzero((xs > 0) & (ys > 0))).size:
+        area[k] += _quadrant_area(0.0, xs[k], 0.0, ys[k], r)
     out[rim] = np.clip(area, 0.0, 1.0)
     return out
 
@@ -650,9 +642,11 @@ def aperture_flux(pixels: Pixels, x, y, radius, *, saturated=None, sky_level_err
     flat_images = [data.ravel(), None if mask is None else np.asarray(mask, bool).ravel(),
                    None if saturated is None else np.asarray(saturated, bool).ravel(),
                    np.asarray(rms).ravel() if rms_map else None]
-    for start in range(0, n, _CHUNK):
-        if (idx := np.flatnonzero(ok[start:start + _CHUNK]) + start).size == 0:
-            continue
+    # in image order (rows, then columns): neighbouring apertures share memory pages
+    order = np.flatnonzero(ok)
+    order = order[np.argsort(np.rint(y[order]) * nx + np.rint(x[order]), kind="stable")]
+    for start in range(0, order.size, _CHUNK):
+        idx = order[start:start + _CHUNK]
         px = np.rint(x[idx]).astype(np.int64)[:, None] + ox
         py = np.rint(y[idx]).astype(np.int64)[:, None] + oy
         w = np.ones(px.shape)
