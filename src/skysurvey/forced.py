@@ -403,7 +403,9 @@ def _upsampled(b, shape, minus=None) -> np.ndarray:
     row or column repeats the last block's), float32; *minus*: ``minus - that`` instead."""
     out = np.empty(shape, np.float32)
     by, bx = b.shape
-    cols = np.repeat(b.astype(np.float32, copy=False), 2, axis=1)
+    cols = np.empty((by, bx, 2), np.float32)  # each value twice along the row (np.repeat's
+    cols[:, :, 0] = cols[:, :, 1] = b  # values, ~2x faster)
+    cols = cols.reshape(by, 2 * bx)
     if shape[1] > 2 * bx:
         cols = np.concatenate([cols, cols[:, -1:]], axis=1)
     blocks = out[:2 * by].reshape(by, 2, shape[1])
@@ -423,8 +425,12 @@ def _clipped(values, clip: float = 3.0, n_iter: int = 5) -> tuple[float, float] 
     centre = float(np.median(values))
     width = 1.4826 * float(np.median(np.abs(values - np.float32(centre))))
     values = values.astype(float)
+    last = None
     for _ in range(n_iter):
-        inside = values[np.abs(values - centre) <= clip * max(width, 1e-30)]
+        keep = np.abs(values - centre) <= clip * max(width, 1e-30)
+        if last is not None and np.array_equal(keep, last):  # converged: the same again
+            break
+        inside, last = values[keep], keep
         if inside.size < 100:
             return None
         centre, width = float(inside.mean()), float(inside.std())

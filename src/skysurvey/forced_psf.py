@@ -446,7 +446,8 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     use = stamps.gather(fitted.reshape(ny, nx))
     use &= inside
     use &= ~bad
-    data = np.where(use, values, np.float32(0.0))
+    # (the model is 0 off the used pixels: only non-finite values there need zeroing)
+    data = np.where(use, values, np.float32(0.0)) if bad.any() else values
     mp = np.where(use, psf, np.float32(0.0))  # the model on the used pixels
     wp = mp * inv_var.astype(np.float32)[:, None]
     diag = _dot(mp, mp) * inv_var
@@ -469,7 +470,8 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     gain = pixels.gain
     inv_gain = 1.0 / gain if gain and gain > 0 else 0.0
     a_pos = np.where(np.isfinite(amp), np.maximum(amp, 0.0), 0.0)
-    mp2_pos = mp * np.maximum(mp, np.float32(0.0))
+    mp2_pos = np.maximum(mp, np.float32(0.0))
+    mp2_pos *= mp
     mp2_pos *= mp
     # own light a * psf: sum(wp^2 (a psf / gain + (e a psf)^2)) from two sums
     extra_own = (a_pos * inv_gain * _sum64(mp2_pos)
