@@ -298,10 +298,11 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
     amp, var, var_bkg = np.full(idx.size, np.nan), np.full(idx.size, np.nan), np.full(
         idx.size, np.nan)
     f, alone = np.zeros(idx.size, np.int32), np.zeros(idx.size, bool)
+    xs, ys = x[idx], y[idx]
     for sel, half in ((~crowded, min(h, math.ceil(radius) + 1)), (crowded, h)):
-        if sel.any():
-            amp[sel], var[sel], var_bkg[sel], f[sel], alone[sel] = _fit_subset(
-                pixels, x[idx][sel], y[idx][sel], half, settings, saturated)
+        for part in _batches(sel, _components(idx.size, pi, pj), iy0):
+            amp[part], var[part], var_bkg[part], f[part], alone[part] = _fit_subset(
+                pixels, xs[part], ys[part], half, settings, saturated)
     # the model's fraction within the aperture radius: amplitudes to the aperture's scale
     frac = aperture_fractions(grid, x[idx], y[idx], settings.aperture_radius)
     frac = frac * _aperture_scale(pixels, x[idx], y[idx],
@@ -309,6 +310,28 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
     flux[idx], err[idx], sky[idx] = amp * frac, np.sqrt(var) * frac, np.sqrt(var_bkg) * frac
     flags[idx] = f
     return flux, err, sky, flags
+
+
+#: Objects fitted together at most (whole groups of stamps that meet, in image order): the
+#: per-pixel arrays of a batch (2 MB each at 31² px stamps) stay in cache and their memory is
+#: reused: the fit of forced_cost.py's field 80 -> 54 ms (one run, load 4).
+FIT_BATCH = 512
+
+
+def _batches(sel, label, iy):
+    """The objects *sel* (a boolean mask) in batches of whole connected groups (*label*: each
+    object's group, the index of its smallest member), groups in order of their first
+    member's row *iy*, about :data:`FIT_BATCH` objects each (a larger group alone)."""
+    members = np.flatnonzero(sel)
+    if members.size <= FIT_BATCH:
+        return [members] if members.size else []
+    group = label[members]
+    members = members[np.lexsort((group, iy[group]))]
+    group = label[members]
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])  # each group's first
+    at = np.searchsorted(starts, np.arange(FIT_BATCH, members.size, FIT_BATCH))
+    cuts = np.unique(starts[at[at < starts.size]])  # the first group start past each size
+    return np.split(members, cuts)
 
 
 @dataclass(frozen=True)
@@ -430,8 +453,11 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     stamps = _geometry(sub.shape, x, y, h)
     inside = stamps.inside
     # the fitted pixels: within the fit radius of any object, valid, with a finite noise
-    fitted = np.zeros(nx * ny, bool)
-    fitted[_disc_pixels(sub.shape, x, y, radius)[0]] = True
+    # (on the box the stamps span: a batch's objects lie in a band of the image)
+    x0, y0 = max(int(ix.min()) - h, 0), max(int(iy.min()) - h, 0)
+    box = (min(int(iy.max()) + h + 1, ny) - y0, min(int(ix.max()) + h + 1, nx) - x0)
+    fitted = np.zeros(box[0] * box[1], bool)
+    fitted[_disc_pixels(box, x - x0, y - y0, radius)[0]] = True
     values = stamps.gather(sub)
     bad = ~np.isfinite(values)
     if pixels.mask is not None:
@@ -443,7 +469,7 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
              if np.ndim(rms) == 2 else np.full(n, float(rms))).astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_var = np.where(np.isfinite(noise) & (noise > 0), 1 / (noise * noise), 0)
-    use = stamps.gather(fitted.reshape(ny, nx))
+    use = _geometry(box, x - x0, y - y0, h).gather(fitted.reshape(box))
     use &= inside
     use &= ~bad
     # (the model is 0 off the used pixels: only non-finite values there need zeroing)
