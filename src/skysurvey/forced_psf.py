@@ -351,10 +351,13 @@ class _Stamps:
         """The stamps' pixels of *image* (of the image's shape), (n, S²): whole rows of S
         pixels copied through a sliding window for stamps within the image."""
         s = 2 * self.h + 1
+        windows = np.lib.stride_tricks.sliding_window_view(image, s, axis=1)
+        if not self.edge.any():  # (a new array already: no second copy)
+            rows = self.iy[:, None] + np.arange(-self.h, self.h + 1)
+            return windows[rows, (self.ix - self.h)[:, None]].reshape(-1, s * s)
         out = np.empty((self.ix.size, s * s), image.dtype)
         inner = ~self.edge
         if inner.any():
-            windows = np.lib.stride_tricks.sliding_window_view(image, s, axis=1)
             rows = self.iy[inner, None] + np.arange(-self.h, self.h + 1)
             out[inner] = windows[rows, (self.ix[inner] - self.h)[:, None]].reshape(-1, s * s)
         if self.edge.any():
@@ -451,7 +454,6 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     ix, iy, psf = render(as_float32(grid), x, y, h)
     psf = psf.reshape(n, -1)  # (n, S²) float32
     stamps = _geometry(sub.shape, x, y, h)
-    inside = stamps.inside
     # the fitted pixels: within the fit radius of any object, valid, with a finite noise
     # (on the box the stamps span: a batch's objects lie in a band of the image)
     x0, y0 = max(int(ix.min()) - h, 0), max(int(iy.min()) - h, 0)
@@ -459,9 +461,11 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     fitted = np.zeros(box[0] * box[1], bool)
     fitted[_disc_pixels(box, x - x0, y - y0, radius)[0]] = True
     values = stamps.gather(sub)
-    bad = ~np.isfinite(values)
+    finite = np.isfinite(values)
+    bad = None if finite.all() else ~finite  # (None: no bad pixel)
     if pixels.mask is not None:
-        bad |= stamps.gather(np.asarray(pixels.mask, bool))
+        masked = stamps.gather(np.asarray(pixels.mask, bool))
+        bad = masked if bad is None else bad | masked
     # one noise per stamp, the map's at its centre (the map varies over background meshes,
     # 64 px: < 1% across a stamp): weights are the model on the used pixels / noise^2
     rms = pixels.rms
@@ -470,12 +474,13 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_var = np.where(np.isfinite(noise) & (noise > 0), 1 / (noise * noise), 0)
     use = _geometry(box, x - x0, y - y0, h).gather(fitted.reshape(box))
-    use &= inside
-    use &= ~bad
+    if stamps.edge.any():  # (only stamps reaching beyond the image have pixels off it)
+        use[stamps.edge] &= stamps.inside[stamps.edge]
+    if bad is not None:
+        use &= ~bad
     # (the model is 0 off the used pixels: only non-finite values there need zeroing)
-    data = np.where(use, values, np.float32(0.0)) if bad.any() else values
+    data = values if finite.all() else np.where(use, values, np.float32(0.0))
     mp = np.where(use, psf, np.float32(0.0))  # the model on the used pixels
-    wp = mp * inv_var.astype(np.float32)[:, None]
     diag = _dot(mp, mp) * inv_var
     rhs = _dot(mp, data) * inv_var
     wsum = _sum64(mp) * inv_var  # response to a constant background offset
@@ -483,6 +488,7 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     # (a stamp meets the other's fitted pixels within h + fit radius; two wings meeting on a
     # third object's pixels, up to 2h apart, couple them by less than 1e-3: left out)
     pi, pj = _pairs(ix, iy, h + math.ceil(radius))
+    wp = mp * inv_var.astype(np.float32)[:, None] if pi.size else None  # (pairs only)
     neighbours = _Neighbours(psf, (ix, iy, h), pi, pj)
     coupling = neighbours.coupling(wp)
     keep = coupling != 0
@@ -502,7 +508,8 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     # own light a * psf: sum(wp^2 (a psf / gain + (e a psf)^2)) from two sums
     extra_own = (a_pos * inv_gain * _sum64(mp2_pos)
                  + (PROFILE_ERROR * a_pos) ** 2 * _dot(mp2_pos, mp)) * inv_var**2
-    extra_others = neighbours.others_light(wp, np.where(np.isfinite(amp), amp, 0.0), inv_gain)
+    extra_others = (neighbours.others_light(wp, np.where(np.isfinite(amp), amp, 0.0), inv_gain)
+                    if wp is not None else np.zeros(n))
     with np.errstate(divide="ignore", invalid="ignore"):
         var_bkg = np.where(diag > 0, 1.0 / diag, np.nan)
         level = wsum / diag
