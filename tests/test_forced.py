@@ -384,10 +384,10 @@ def test_joint_fit_is_exact_for_overlapping_psfs():
 
 
 def test_psf_fit_in_batches_of_whole_groups_is_the_fit_in_one(monkeypatch):
-    """The fit runs over batches of whole groups of objects whose stamps meet (FIT_BATCH, in
-    image order, for memory): small batches give the same fluxes, errors and flags as one
-    batch, bit for bit, on a noisy crowded field with masked and NaN pixels, and no group
-    is split."""
+    """The fit runs over batches of whole groups of objects whose stamps meet (in image order,
+    FIT_BATCH_PIXELS stamp pixels each, for memory): small batches give the same fluxes,
+    errors and flags as one batch, bit for bit, on a noisy crowded field with masked and NaN
+    pixels, and no group is split."""
     import skysurvey.forced_psf as fp
     from skysurvey.psfmodel import PsfGrid, render
 
@@ -410,9 +410,9 @@ def test_psf_fit_in_batches_of_whole_groups_is_the_fit_in_one(monkeypatch):
     image[150:152, 20:120] = np.nan  # non-finite pixels too
     pixels = Pixels(image, np.full(image.shape, 3.0), mask=mask, gain=2.0)
     settings = fp.PsfFitSettings(grid, 4.0, 6.0, 0.1)
-    monkeypatch.setattr(fp, "FIT_BATCH", 10**9)
+    monkeypatch.setattr(fp, "FIT_BATCH_PIXELS", 10**12)
     whole = fp.psf_fit(pixels, x, y, settings)
-    monkeypatch.setattr(fp, "FIT_BATCH", 7)
+    monkeypatch.setattr(fp, "FIT_BATCH_PIXELS", 7 * 25**2)  # 7 objects on 25² stamps
     batched = fp.psf_fit(pixels, x, y, settings)
     for a, b in zip(whole, batched, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -421,7 +421,7 @@ def test_psf_fit_in_batches_of_whole_groups_is_the_fit_in_one(monkeypatch):
     ix0, iy0 = np.rint(x).astype(int), np.rint(y).astype(int)
     pi, pj = fp._pairs(ix0, iy0, 12 + 6)  # psf_fit's reach: stamp half + fit radius
     label = fp._components(n, pi, pj)
-    parts = fp._batches(np.ones(n, bool), label, iy0)
+    parts = fp._batches(np.ones(n, bool), label, iy0, 7)
     assert len(parts) > 3 and np.array_equal(np.sort(np.concatenate(parts)), np.arange(n))
     assert np.bincount(label).max() > 7
     for part in parts:

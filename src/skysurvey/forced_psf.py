@@ -300,7 +300,8 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
     f, alone = np.zeros(idx.size, np.int32), np.zeros(idx.size, bool)
     xs, ys = x[idx], y[idx]
     for sel, half in ((~crowded, min(h, math.ceil(radius) + 1)), (crowded, h)):
-        for part in _batches(sel, _components(idx.size, pi, pj), iy0):
+        size = max(FIT_BATCH_PIXELS // (2 * half + 1) ** 2, 16)
+        for part in _batches(sel, _components(idx.size, pi, pj), iy0, size):
             amp[part], var[part], var_bkg[part], f[part], alone[part] = _fit_subset(
                 pixels, xs[part], ys[part], half, settings, saturated)
     # the model's fraction within the aperture radius: amplitudes to the aperture's scale
@@ -312,24 +313,24 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
     return flux, err, sky, flags
 
 
-#: Objects fitted together at most (whole groups of stamps that meet, in image order): the
-#: per-pixel arrays of a batch (2 MB each at 31² px stamps) stay in cache and their memory is
-#: reused: the fit of forced_cost.py's field 80 -> 54 ms (one run, load 4).
-FIT_BATCH = 512
+#: Stamp pixels fitted together at most (whole groups of stamps that meet, in image order;
+#: 512 objects on 31² px stamps): a batch's per-pixel arrays (2 MB each) stay in cache and
+#: their memory is reused: the fit of forced_cost.py's field 80 -> 54 ms (one run, load 4).
+FIT_BATCH_PIXELS = 512 * 31**2
 
 
-def _batches(sel, label, iy):
+def _batches(sel, label, iy, size):
     """The objects *sel* (a boolean mask) in batches of whole connected groups (*label*: each
     object's group, the index of its smallest member), groups in order of their first
-    member's row *iy*, about :data:`FIT_BATCH` objects each (a larger group alone)."""
+    member's row *iy*, about *size* objects each (a larger group alone)."""
     members = np.flatnonzero(sel)
-    if members.size <= FIT_BATCH:
+    if members.size <= size:
         return [members] if members.size else []
     group = label[members]
     members = members[np.lexsort((group, iy[group]))]
     group = label[members]
     starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])  # each group's first
-    at = np.searchsorted(starts, np.arange(FIT_BATCH, members.size, FIT_BATCH))
+    at = np.searchsorted(starts, np.arange(size, members.size, size))
     cuts = np.unique(starts[at[at < starts.size]])  # the first group start past each size
     return np.split(members, cuts)
 
