@@ -371,9 +371,10 @@ def _neighbour_cells(cells: np.ndarray, order: int) -> np.ndarray:
 MASK_RADII = 1.5
 
 
-def _disc_pixels(shape, x, y, radius) -> tuple[np.ndarray, np.ndarray]:
+def _disc_pixels(shape, x, y, radius, owners=True):
     """``(flat, owner)``: the flat indices of the pixels within *radius* of positions (x, y)
-    and the position each belongs to (NaN positions have none), from per-axis distances."""
+    and the position each belongs to (NaN positions have none; None without *owners*), from
+    per-axis distances."""
     (ny, nx), x, y = shape, np.asarray(x, float), np.asarray(y, float)
     keep = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
     off = np.arange(-int(np.ceil(radius)), int(np.ceil(radius)) + 1)
@@ -383,6 +384,8 @@ def _disc_pixels(shape, x, y, radius) -> tuple[np.ndarray, np.ndarray]:
     dy2 = np.where((py >= 0) & (py < ny), (py - y[keep, None]) ** 2, np.inf)
     near = dy2[:, :, None] + dx2[:, None, :] <= radius**2
     flat = (py * nx)[:, :, None] + px[:, None, :]
+    if not owners:
+        return flat[near], None
     return flat[near], np.broadcast_to(keep[:, None, None], near.shape)[near]
 
 
@@ -479,7 +482,7 @@ def background_subtracted(image, x, y, radius):
     # a block is masked when a pixel of it is within the radius (its centre within + 0.7 px)
     bad = np.zeros((data.shape[0] // 2, data.shape[1] // 2), bool)
     bad.ravel()[_disc_pixels(bad.shape, (x - 0.5) / 2, (y - 0.5) / 2,
-                             (MASK_RADII * radius + 0.71) / 2)[0]] = True
+                             (MASK_RADII * radius + 0.71) / 2, owners=False)[0]] = True
     if np.count_nonzero(bad) > 0.4 * bad.size:  # crowded: meshes need most pixels
         bad[:] = False
     for m in (mask, sat):

@@ -460,7 +460,7 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     x0, y0 = max(int(ix.min()) - h, 0), max(int(iy.min()) - h, 0)
     box = (min(int(iy.max()) + h + 1, ny) - y0, min(int(ix.max()) + h + 1, nx) - x0)
     fitted = np.zeros(box[0] * box[1], bool)
-    fitted[_disc_pixels(box, x - x0, y - y0, radius)[0]] = True
+    fitted[_disc_pixels(box, x - x0, y - y0, radius, owners=False)[0]] = True
     values = stamps.gather(sub)
     finite = np.isfinite(values)
     bad = None if finite.all() else ~finite  # (None: no bad pixel)
