@@ -428,6 +428,35 @@ def test_psf_fit_in_batches_of_whole_groups_is_the_fit_in_one(monkeypatch):
         assert np.isin(np.flatnonzero(np.isin(label, label[part])), part).all()
 
 
+def test_psf_fit_of_objects_near_the_edges_only():
+    """Batches whose stamps all reach beyond the image (objects within a stamp's half-size
+    of an edge, the fitted-pixel box narrower than a stamp): fitted like the others, flagged
+    NEAR_EDGE, the flux of a star whose stamp is cut still its amplitude."""
+    from skysurvey.forced_psf import PsfFitSettings, psf_fit
+    from skysurvey.psfmodel import PsfGrid, render
+
+    half = 12
+    off = np.arange(-half, half + 1)
+    basis = (1 + (off[None, :] ** 2 + off[:, None] ** 2) / (2 * 2.0**2)) ** -3.5
+    grid = PsfGrid((basis / basis.sum())[None], 1, half, 0, (50.0, 50.0), (50.0, 50.0))
+    x, y = np.array([3.2, 96.1, 50.3, 1.0]), np.array([40.0, 60.4, 97.8, 2.0])
+    amp = np.array([500.0, 800.0, 300.0, 200.0])
+    pad = half + 2
+    image = np.zeros((100 + 2 * pad, 100 + 2 * pad))
+    ix, iy, psf = render(grid, x + pad, y + pad, half)
+    for k in range(x.size):
+        image[iy[k] - half:iy[k] + half + 1, ix[k] - half:ix[k] + half + 1] += amp[k] * psf[k]
+    settings = PsfFitSettings(grid, 4.0, 1e3)  # aperture holds everything: flux = amplitude
+    pixels = Pixels(image[pad:-pad, pad:-pad], 1.0)
+    flux, err, _, flags = psf_fit(pixels, x, y, settings)
+    assert np.allclose(flux, amp, rtol=1e-6), flux / amp
+    assert ((flags & forced.NEAR_EDGE) > 0).all() and (err > 0).all()
+    for k in range(x.size):  # alone: a batch whose box is narrower than a stamp
+        one = psf_fit(pixels, x[k:k + 1], y[k:k + 1], settings)
+        assert one[0][0] == pytest.approx(flux[k], rel=1e-9)
+        assert one[3][0] == flags[k]
+
+
 def test_psf_stars_may_carry_the_kron_fallback_flag():
     """Bit 4096 (a circular flux instead of Kron's) leaves a star's pixels fine: on an
     undersampled image most stars carry it and still make the PSF model. Other flags do not."""

@@ -352,13 +352,15 @@ class _Stamps:
         """The stamps' pixels of *image* (of the image's shape), (n, S²): whole rows of S
         pixels copied through a sliding window for stamps within the image."""
         s = 2 * self.h + 1
-        windows = np.lib.stride_tricks.sliding_window_view(image, s, axis=1)
-        if not self.edge.any():  # (a new array already: no second copy)
+        # (windows only with a stamp within the image: the image is then at least S wide)
+        if self.ix.size and not self.edge.any():  # (a new array already: no second copy)
+            windows = np.lib.stride_tricks.sliding_window_view(image, s, axis=1)
             rows = self.iy[:, None] + np.arange(-self.h, self.h + 1)
             return windows[rows, (self.ix - self.h)[:, None]].reshape(-1, s * s)
         out = np.empty((self.ix.size, s * s), image.dtype)
         inner = ~self.edge
         if inner.any():
+            windows = np.lib.stride_tricks.sliding_window_view(image, s, axis=1)
             rows = self.iy[inner, None] + np.arange(-self.h, self.h + 1)
             out[inner] = windows[rows, (self.ix[inner] - self.h)[:, None]].reshape(-1, s * s)
         if self.edge.any():
