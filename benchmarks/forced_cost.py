@@ -8,8 +8,9 @@ turn within every repeat (so drift on a shared machine hits all alike), CPU seco
 
 - the handler: read the FITS, ``detect.measure_image``, the sources as Parquet bytes;
 - the forced step with PSF fluxes (``forced_run.measure_task`` with the image's PSF stars read
-  from its sources file, plus reading the FITS, making its WCS once and writing Parquet bytes:
-  what ``forced_run.forced_image`` does apart from listing the objects);
+  from its sources file, plus reading the FITS, making its WCS and the objects' pixel
+  positions once and writing Parquet bytes: what ``forced_run.forced_image`` does apart from
+  listing the objects);
 - the same forced step with the aperture (no PSF stars: the fallback).
 
     python benchmarks/forced_cost.py [--repeats 5] [--stars 12000] [--objects 2500]
@@ -142,14 +143,12 @@ def main(argv=None) -> int:
             table = measure_image(read_fits(raw_bytes, name="x"), "x")[0]
             table_to_parquet_bytes(table)
 
-        def forced(psf=True):
+        def forced(psf=True):  # as forced_image: the WCS and the positions made once
             image = read_fits(raw_bytes, name="x")
-            stars = None
             wcs, _ = celestial_wcs(image.header)
-            if psf:
-                ox, oy = icrs_to_pixel(wcs, ra, dec)
-                stars = read_psf_stars(store, record, ox, oy)
-            table = measure_task(task, image, ids, ra, dec, stars, wcs=wcs)
+            xy = icrs_to_pixel(wcs, ra, dec)
+            stars = read_psf_stars(store, record, *xy) if psf else None
+            table = measure_task(task, image, ids, ra, dec, stars, wcs=wcs, xy=xy)
             table_to_parquet_bytes(table)
             return table
 

@@ -383,6 +383,80 @@ def test_joint_fit_is_exact_for_overlapping_psfs():
     assert (err > 0).all() and (sky <= err).all() and (flags == 0).all()
 
 
+def test_psf_fit_in_batches_of_whole_groups_is_the_fit_in_one(monkeypatch):
+    """The fit runs over batches of whole groups of objects whose stamps meet (in image order,
+    FIT_BATCH_PIXELS stamp pixels each, for memory): small batches give the same fluxes,
+    errors and flags as one batch, bit for bit, on a noisy crowded field with masked and NaN
+    pixels, and no group is split."""
+    import skysurvey.forced_psf as fp
+    from skysurvey.psfmodel import PsfGrid, render
+
+    half = 12
+    off = np.arange(-half, half + 1)
+    basis = (1 + (off[None, :] ** 2 + off[:, None] ** 2) / (2 * 2.0**2)) ** -3.5
+    grid = PsfGrid((basis / basis.sum())[None], 1, half, 0, (100.0, 100.0), (100.0, 100.0))
+    rng = np.random.default_rng(5)
+    n = 100
+    x, y = rng.uniform(-3, 203, n), rng.uniform(-3, 203, n)  # some just off the edges
+    amp = rng.uniform(0, 2000, n)
+    pad = half + 4
+    image = np.zeros((200 + 2 * pad, 200 + 2 * pad))
+    ix, iy, psf = render(grid, x + pad, y + pad, half)
+    for k in range(n):
+        image[iy[k] - half:iy[k] + half + 1, ix[k] - half:ix[k] + half + 1] += amp[k] * psf[k]
+    image = image[pad:-pad, pad:-pad] + rng.normal(0, 3.0, (200, 200))
+    mask = np.zeros(image.shape, bool)
+    mask[50:56] = True
+    image[150:152, 20:120] = np.nan  # non-finite pixels too
+    pixels = Pixels(image, np.full(image.shape, 3.0), mask=mask, gain=2.0)
+    settings = fp.PsfFitSettings(grid, 4.0, 6.0, 0.1)
+    monkeypatch.setattr(fp, "FIT_BATCH_PIXELS", 10**12)
+    whole = fp.psf_fit(pixels, x, y, settings)
+    monkeypatch.setattr(fp, "FIT_BATCH_PIXELS", 7 * 25**2)  # 7 objects on 25² stamps
+    batched = fp.psf_fit(pixels, x, y, settings)
+    for a, b in zip(whole, batched, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert (whole[3] & forced.BLENDED).any() and (whole[3] & forced.MASKED).any()
+    # the batches: whole groups, every object once, groups of more than 7 kept whole
+    ix0, iy0 = np.rint(x).astype(int), np.rint(y).astype(int)
+    pi, pj = fp._pairs(ix0, iy0, 12 + 6)  # psf_fit's reach: stamp half + fit radius
+    label = fp._components(n, pi, pj)
+    parts = fp._batches(np.ones(n, bool), label, iy0, 7)
+    assert len(parts) > 3 and np.array_equal(np.sort(np.concatenate(parts)), np.arange(n))
+    assert np.bincount(label).max() > 7
+    for part in parts:
+        assert np.isin(np.flatnonzero(np.isin(label, label[part])), part).all()
+
+
+def test_psf_fit_of_objects_near_the_edges_only():
+    """Batches whose stamps all reach beyond the image (objects within a stamp's half-size
+    of an edge, the fitted-pixel box narrower than a stamp): fitted like the others, flagged
+    NEAR_EDGE, the flux of a star whose stamp is cut still its amplitude."""
+    from skysurvey.forced_psf import PsfFitSettings, psf_fit
+    from skysurvey.psfmodel import PsfGrid, render
+
+    half = 12
+    off = np.arange(-half, half + 1)
+    basis = (1 + (off[None, :] ** 2 + off[:, None] ** 2) / (2 * 2.0**2)) ** -3.5
+    grid = PsfGrid((basis / basis.sum())[None], 1, half, 0, (50.0, 50.0), (50.0, 50.0))
+    x, y = np.array([3.2, 96.1, 50.3, 1.0]), np.array([40.0, 60.4, 97.8, 2.0])
+    amp = np.array([500.0, 800.0, 300.0, 200.0])
+    pad = half + 2
+    image = np.zeros((100 + 2 * pad, 100 + 2 * pad))
+    ix, iy, psf = render(grid, x + pad, y + pad, half)
+    for k in range(x.size):
+        image[iy[k] - half:iy[k] + half + 1, ix[k] - half:ix[k] + half + 1] += amp[k] * psf[k]
+    settings = PsfFitSettings(grid, 4.0, 1e3)  # aperture holds everything: flux = amplitude
+    pixels = Pixels(image[pad:-pad, pad:-pad], 1.0)
+    flux, err, _, flags = psf_fit(pixels, x, y, settings)
+    assert np.allclose(flux, amp, rtol=1e-6), flux / amp
+    assert ((flags & forced.NEAR_EDGE) > 0).all() and (err > 0).all()
+    for k in range(x.size):  # alone: a batch whose box is narrower than a stamp
+        one = psf_fit(pixels, x[k:k + 1], y[k:k + 1], settings)
+        assert one[0][0] == pytest.approx(flux[k], rel=1e-9)
+        assert one[3][0] == flags[k]
+
+
 def test_psf_stars_may_carry_the_kron_fallback_flag():
     """Bit 4096 (a circular flux instead of Kron's) leaves a star's pixels fine: on an
     undersampled image most stars carry it and still make the PSF model. Other flags do not."""

@@ -371,9 +371,10 @@ def _neighbour_cells(cells: np.ndarray, order: int) -> np.ndarray:
 MASK_RADII = 1.5
 
 
-def _disc_pixels(shape, x, y, radius) -> tuple[np.ndarray, np.ndarray]:
+def _disc_pixels(shape, x, y, radius, owners=True):
     """``(flat, owner)``: the flat indices of the pixels within *radius* of positions (x, y)
-    and the position each belongs to (NaN positions have none), from per-axis distances."""
+    and the position each belongs to (NaN positions have none; None without *owners*), from
+    per-axis distances."""
     (ny, nx), x, y = shape, np.asarray(x, float), np.asarray(y, float)
     keep = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
     off = np.arange(-int(np.ceil(radius)), int(np.ceil(radius)) + 1)
@@ -383,6 +384,8 @@ def _disc_pixels(shape, x, y, radius) -> tuple[np.ndarray, np.ndarray]:
     dy2 = np.where((py >= 0) & (py < ny), (py - y[keep, None]) ** 2, np.inf)
     near = dy2[:, :, None] + dx2[:, None, :] <= radius**2
     flat = (py * nx)[:, :, None] + px[:, None, :]
+    if not owners:
+        return flat[near], None
     return flat[near], np.broadcast_to(keep[:, None, None], near.shape)[near]
 
 
@@ -403,7 +406,9 @@ def _upsampled(b, shape, minus=None) -> np.ndarray:
     row or column repeats the last block's), float32; *minus*: ``minus - that`` instead."""
     out = np.empty(shape, np.float32)
     by, bx = b.shape
-    cols = np.repeat(b.astype(np.float32, copy=False), 2, axis=1)
+    cols = np.empty((by, bx, 2), np.float32)  # each value twice along the row (np.repeat's
+    cols[:, :, 0] = cols[:, :, 1] = b  # values, ~2x faster)
+    cols = cols.reshape(by, 2 * bx)
     if shape[1] > 2 * bx:
         cols = np.concatenate([cols, cols[:, -1:]], axis=1)
     blocks = out[:2 * by].reshape(by, 2, shape[1])
@@ -423,8 +428,12 @@ def _clipped(values, clip: float = 3.0, n_iter: int = 5) -> tuple[float, float] 
     centre = float(np.median(values))
     width = 1.4826 * float(np.median(np.abs(values - np.float32(centre))))
     values = values.astype(float)
+    last = None
     for _ in range(n_iter):
-        inside = values[np.abs(values - centre) <= clip * max(width, 1e-30)]
+        keep = np.abs(values - centre) <= clip * max(width, 1e-30)
+        if last is not None and np.array_equal(keep, last):  # converged: the same again
+            break
+        inside, last = values[keep], keep
         if inside.size < 100:
             return None
         centre, width = float(inside.mean()), float(inside.std())
@@ -473,7 +482,7 @@ def background_subtracted(image, x, y, radius):
     # a block is masked when a pixel of it is within the radius (its centre within + 0.7 px)
     bad = np.zeros((data.shape[0] // 2, data.shape[1] // 2), bool)
     bad.ravel()[_disc_pixels(bad.shape, (x - 0.5) / 2, (y - 0.5) / 2,
-                             (MASK_RADII * radius + 0.71) / 2)[0]] = True
+                             (MASK_RADII * radius + 0.71) / 2, owners=False)[0]] = True
     if np.count_nonzero(bad) > 0.4 * bad.size:  # crowded: meshes need most pixels
         bad[:] = False
     for m in (mask, sat):
@@ -552,23 +561,26 @@ class ImagePhotometry:
         return self.aperture_correction, self.aperture_correction_err or 0.0
 
 
-def _corner_area(X, Y, r):
-    """Area of the disc of radius *r* centred on 0 with ``x <= X`` and ``y <= Y`` (arrays)."""
-    def primitive(t):  # integral of sqrt(r^2 - x^2) from 0 to t, |t| <= r
+def _quadrant_area(x0, x1, y0, y1, r):
+    """Area of the disc of radius *r* centred on 0 inside the rectangles
+    ``[x0, x1] x [y0, y1]`` with ``0 <= x0 <= x1`` and ``0 <= y0 <= y1`` (arrays): the chord
+    ``c(x) = sqrt(r² - x²)`` is at least y1 up to ``xa`` (full height), between y0 and y1 up
+    to ``xb`` (height ``c - y0``), below y0 beyond."""
+    def primitive(t):  # integral of sqrt(r^2 - x^2) from 0 to t, 0 <= t <= r
         return 0.5 * (t * np.sqrt(np.maximum(r * r - t * t, 0.0)) + r * r * np.arcsin(t / r))
 
-    Y = np.clip(Y, -r, r)
-    c = np.sqrt(np.maximum(r * r - Y * Y, 0.0))
-    xa = np.clip(X, -c, c)
-    inner = primitive(xa) - primitive(-c) + Y * (xa + c)  # |x| <= c: from -sqrt to Y
-    left = 2.0 * (primitive(np.clip(X, -r, -c)) - primitive(-r))  # x < -c: full chord
-    right = 2.0 * (primitive(np.clip(X, c, r)) - primitive(c))
-    return inner + np.where(Y >= 0, left + right, 0.0)
+    xa = np.clip(np.sqrt(np.maximum(r * r - y1 * y1, 0.0)), x0, x1)
+    xb = np.clip(np.sqrt(np.maximum(r * r - y0 * y0, 0.0)), x0, x1)
+    return (xa - x0) * (y1 - y0) + primitive(xb) - primitive(xa) - y0 * (xb - xa)
 
 
 def circle_overlap(dx, dy, r) -> np.ndarray:
     """Exact area of the unit pixels centred at (*dx*, *dy*) inside a circle of radius *r*
     centred on 0 (arrays broadcast together; *r* > 0).
+
+    Pixels wholly inside count 1, wholly outside 0; the others are folded onto the first
+    quadrant (the circle is symmetric: a pixel straddling an axis in two or four parts) and
+    integrated exactly.
 
     Parameters
     ----------
@@ -586,9 +598,19 @@ def circle_overlap(dx, dy, r) -> np.ndarray:
     ax, ay = np.abs(dx), np.abs(dy)  # pixels wholly inside: 1, wholly outside: 0, else exact
     out = np.array((ax + 0.5) ** 2 + (ay + 0.5) ** 2 <= r * r, dtype=float)
     rim = (out == 0) & (np.maximum(ax - 0.5, 0) ** 2 + np.maximum(ay - 0.5, 0) ** 2 < r * r)
-    x0, x1, y0, y1 = dx[rim] - 0.5, dx[rim] + 0.5, dy[rim] - 0.5, dy[rim] + 0.5
-    out[rim] = np.clip(_corner_area(x1, y1, r) - _corner_area(x0, y1, r)
-                       - _corner_area(x1, y0, r) + _corner_area(x0, y0, r), 0.0, 1.0)
+    ax, ay = ax[rim], ay[rim]
+    # |centre| +- 0.5 folded: [max(|c| - 0.5, 0), |c| + 0.5], and [0, 0.5 - |c|] when the
+    # pixel straddles the axis
+    x0, x1, xs = np.maximum(ax - 0.5, 0.0), ax + 0.5, 0.5 - ax
+    y0, y1, ys = np.maximum(ay - 0.5, 0.0), ay + 0.5, 0.5 - ay
+    area = _quadrant_area(x0, x1, y0, y1, r)
+    if (k := np.flatnonzero(xs > 0)).size:  # straddling x = 0: the part on the other side
+        area[k] += _quadrant_area(0.0, xs[k], y0[k], y1[k], r)
+    if (k := np.flatnonzero(ys > 0)).size:
+        area[k] += _quadrant_area(x0[k], x1[k], 0.0, ys[k], r)
+    if (k := np.flatnonzero((xs > 0) & (ys > 0))).size:
+        area[k] += _quadrant_area(0.0, xs[k], 0.0, ys[k], r)
+    out[rim] = np.clip(area, 0.0, 1.0)
     return out
 
 
@@ -623,34 +645,55 @@ def aperture_flux(pixels: Pixels, x, y, radius, *, saturated=None, sky_level_err
     x, y = np.asarray(x, float), np.asarray(y, float)
     n = x.size
     flux, var, flags = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, np.int32)
-    off = np.arange(-math.ceil(radius + 0.5), math.ceil(radius + 0.5) + 1)
-    oy, ox = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
+    oy, ox, whole = _aperture_template(radius)
+    part = ~whole  # pixels that may be partly inside (exact overlap), the others wholly
     rms_map, ok = np.ndim(rms) == 2, np.isfinite(x) & np.isfinite(y)
-    for start in range(0, n, _CHUNK):
-        if (idx := np.flatnonzero(ok[start:start + _CHUNK]) + start).size == 0:
-            continue
+    flat_images = [data.ravel(), None if mask is None else np.asarray(mask, bool).ravel(),
+                   None if saturated is None else np.asarray(saturated, bool).ravel(),
+                   np.asarray(rms).ravel() if rms_map else None]
+    # in image order (rows, then columns): neighbouring apertures share memory pages
+    order = np.flatnonzero(ok)
+    order = order[np.argsort(np.rint(y[order]) * nx + np.rint(x[order]), kind="stable")]
+    for start in range(0, order.size, _CHUNK):
+        idx = order[start:start + _CHUNK]
         px = np.rint(x[idx]).astype(np.int64)[:, None] + ox
         py = np.rint(y[idx]).astype(np.int64)[:, None] + oy
-        w = circle_overlap(px - x[idx, None], py - y[idx, None], radius)
+        w = np.ones(px.shape)
+        w[:, part] = circle_overlap(px[:, part] - x[idx, None], py[:, part] - y[idx, None],
+                                    radius)
         inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
-        pxc, pyc = np.clip(px, 0, nx - 1), np.clip(py, 0, ny - 1)
-        values = data[pyc, pxc].astype(float)
+        flat = np.clip(py, 0, ny - 1) * nx + np.clip(px, 0, nx - 1)
+        values = flat_images[0][flat]
         good = inside & np.isfinite(values)
         if mask is not None:
-            good &= ~mask[pyc, pxc]
-        part = w > 0
-        f = np.where(part & ~inside, NEAR_EDGE, 0).max(axis=1)
-        f |= np.where(part & inside & ~good, MASKED, 0).max(axis=1)
+            good &= ~flat_images[1][flat]
+        used = w > 0
+        f = np.where((used & ~inside).any(axis=1), NEAR_EDGE, 0)
+        f |= np.where((used & inside & ~good).any(axis=1), MASKED, 0)
         if saturated is not None:
-            f |= np.where(part & inside & saturated[pyc, pxc], SATURATED, 0).max(axis=1)
+            f |= np.where((used & inside & flat_images[2][flat]).any(axis=1), SATURATED, 0)
         wg = np.where(good, w, 0.0)
-        sigma2 = (rms[pyc, pxc].astype(float) ** 2) if rms_map else float(rms) ** 2
+        sigma2 = np.square(flat_images[3][flat], dtype=float) if rms_map else float(rms) ** 2
         flux[idx] = (wg * np.where(good, values, 0.0)).sum(axis=1)
         var[idx] = (wg**2 * sigma2).sum(axis=1) + (wg.sum(axis=1) * sky_level_err) ** 2
         flags[idx] = f
     sky_err = np.sqrt(var)
     total = var + (np.maximum(flux, 0.0) / gain if gain and gain > 0 else 0.0)
     return flux, np.sqrt(total), sky_err, flags
+
+
+def _aperture_template(radius):
+    """``(oy, ox, whole)``: the pixel offsets from a position's nearest pixel that a circle
+    of *radius* may reach (at any sub-pixel offset within half a pixel) and whether each lies
+    wholly inside it at every such offset."""
+    off = np.arange(-math.ceil(radius + 0.5), math.ceil(radius + 0.5) + 1)
+    oy, ox = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
+    ay, ax = np.abs(oy), np.abs(ox)
+    # a pixel's farthest point is at most |offset| + 1 from the position, its nearest at
+    # least |offset| - 1 (per axis)
+    reach = np.maximum(ax - 1, 0) ** 2 + np.maximum(ay - 1, 0) ** 2 < radius * radius
+    whole = (ax + 1) ** 2 + (ay + 1) ** 2 <= radius * radius
+    return oy[reach], ox[reach], whole[reach]
 
 
 def calibrate_fluxes(flux, flux_err, sky_err, zero_point, correction=1.0, correction_err=0.0):

@@ -264,7 +264,9 @@ def read_psf_stars(catalog, image: dict, obj_x=None, obj_y=None) -> PsfStars | N
     data = catalog.read_bytes_or_none(key)
     if data is None:
         return None
-    table = pq.read_table(io.BytesIO(data), columns=SOURCE_COLUMNS)
+    # one file, a few columns: ParquetFile.read without threads (pq.read_table goes through
+    # the dataset machinery: 2.1 -> 0.9 ms on a 2,400-row file)
+    table = pq.ParquetFile(io.BytesIO(data)).read(columns=SOURCE_COLUMNS, use_threads=False)
     cols = {c: table[c].to_numpy(zero_copy_only=False) for c in SOURCE_COLUMNS}
     cols = {c: np.asarray(v, float) if c != "flags" else np.asarray(v, np.int64)
             for c, v in cols.items()}
@@ -273,7 +275,7 @@ def read_psf_stars(catalog, image: dict, obj_x=None, obj_y=None) -> PsfStars | N
 
 
 def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None = None, *,
-                 wcs=None) -> pa.Table:
+                 wcs=None, xy=None) -> pa.Table:
     """The ``forced_photometry`` rows of one read image (a :class:`FitsImage`) for objects
     ``(ids, ra, dec)``: the covered positions only.
 
@@ -293,6 +295,9 @@ def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None =
         The image's PSF star candidates.
     wcs : astropy.wcs.WCS, optional
         The image's celestial WCS when already made (else made from the header).
+    xy : tuple of ndarray, optional
+        The objects' pixel positions through that WCS when already computed
+        (:func:`~skysurvey.forced.icrs_to_pixel`).
 
     Returns
     -------
@@ -305,7 +310,7 @@ def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None =
     if wcs is None:
         raise ValueError("no celestial WCS in the FITS header")
     phot = ImagePhotometry.from_row(task.image)
-    x, y = icrs_to_pixel(wcs, ra, dec)
+    x, y = icrs_to_pixel(wcs, ra, dec) if xy is None else xy
     with single_thread_blas():  # small matrix products: OpenBLAS's threads cost CPU
         sub, rms, mask, sat, level_err = background_subtracted(image, x, y,
                                                                phot.aperture_radius)
@@ -375,8 +380,9 @@ def forced_image(task: ForcedTask, *, tmp_dir: str | None = None,
         with raw.local_file(task.key, tmp_dir=tmp_dir) as path:
             image = read_fits(path, name=where)
         wcs = celestial_wcs(image.header)[0]  # made once: ~15-30 ms per header
-        stars = _image_psf_stars(catalog, task.image, wcs, ra, dec)
-        table = measure_task(task, image, ids, ra, dec, stars, wcs=wcs)
+        xy = None if wcs is None else icrs_to_pixel(wcs, ra, dec)  # once, for both
+        stars = _image_psf_stars(catalog, task.image, xy)
+        table = measure_task(task, image, ids, ra, dec, stars, wcs=wcs, xy=xy)
         key = forced_key(task.image["image_id"], task.image.get("band"), task.image.get("night"))
         catalog.write_bytes(key, table_to_parquet_bytes(table),
                             content_type="application/vnd.apache.parquet")
@@ -395,10 +401,10 @@ def forced_image(task: ForcedTask, *, tmp_dir: str | None = None,
     return _reply(task, "error", seconds=time.perf_counter() - start, error=error)
 
 
-def _image_psf_stars(catalog, record: dict, wcs, ra, dec) -> PsfStars | None:
-    if wcs is None:
+def _image_psf_stars(catalog, record: dict, xy) -> PsfStars | None:
+    if xy is None:  # no WCS
         return None
-    ox, oy = icrs_to_pixel(wcs, ra, dec)
+    ox, oy = xy
     try:
         return read_psf_stars(catalog, record, ox, oy)
     except (KeyError, ValueError, pa.ArrowException) as exc:  # a sources file of an older
