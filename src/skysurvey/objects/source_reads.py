@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -379,12 +378,6 @@ def read_region(store, key: str, columns: Sequence[str], region: Region | np.nda
     return RegionRead(table, None if whole else indexed)
 
 
-#: Per process: parsed footers of local sources files by (path, device, inode, size, mtime):
-#: a worker running several units of one field opens each image's file once per unit.
-_FOOTERS: OrderedDict[tuple, tuple] = OrderedDict()  # -> (FileMetaData, schema)
-FOOTER_CACHE_FILES = 4096
-
-
 def _footer_bytes(meta, chosen: list[int], present: list[str], size: int) -> int:
     """Bytes :func:`read_region`'s ranged reads fetch for *chosen* row groups of *present*
     columns: the footer block, and each column chunk not inside it (as on S3)."""
@@ -406,31 +399,21 @@ def _footer_bytes(meta, chosen: list[int], present: list[str], size: int) -> int
 
 def _read_local(path, key: str, columns: Sequence[str], region: Region | np.ndarray,
                 stats: ReadStats | None) -> RegionRead:
-    """:func:`read_region` of a local file: read natively (no Python in pyarrow's reads), its
-    footer parsed once per process, and of the row groups that meet the region only those
-    with a row inside its ranges decoded whole (``_healpix_29`` first)."""
+    """:func:`read_region` of a local file: read natively (no Python in pyarrow's reads), and
+    of the row groups that meet the region only those with a row inside its ranges decoded
+    whole (``_healpix_29`` first)."""
     source = pa.OSFile(str(path))
     try:
-        st = os.fstat(source.fileno())  # the file opened, even if renamed over since
-        ident = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        cached = _FOOTERS.get(ident)
-        pf = pq.ParquetFile(source, metadata=None if cached is None else cached[0],
-                            pre_buffer=False)
-        if cached is None:
-            cached = (pf.metadata, pf.schema_arrow)
-            _FOOTERS[ident] = cached
-            while len(_FOOTERS) > FOOTER_CACHE_FILES:
-                _FOOTERS.popitem(last=False)
-        else:
-            _FOOTERS.move_to_end(ident)
-        meta, schema = cached
+        size = source.size()
+        pf = pq.ParquetFile(source, pre_buffer=False)
+        meta, schema = pf.metadata, pf.schema_arrow
         if not isinstance(region, Region):
             region = Region.of_ranges(region)
         chosen, indexed = _selected(meta, region)
         whole = len(chosen) == meta.num_row_groups
         names = schema.names
         present = [c for c in columns if c in names]
-        fetched = _footer_bytes(meta, chosen, present, st.st_size)
+        fetched = _footer_bytes(meta, chosen, present, size)
         if chosen and indexed is not None and _HP in present and len(present) > 1:
             # a row group that meets the region's pieces may still hold none of its rows:
             # its _healpix_29 column tells, before the other columns are decoded
@@ -441,17 +424,17 @@ def _read_local(path, key: str, columns: Sequence[str], region: Region | np.ndar
                       if inside[a:b].any()]
             if len(useful) < len(chosen):
                 skipped = [g for g in chosen if g not in useful]
-                fetched = (_footer_bytes(meta, useful, present, st.st_size)
-                           + _footer_bytes(meta, skipped, [_HP], st.st_size)
-                           - min(st.st_size, FOOTER_BYTES))
+                fetched = (_footer_bytes(meta, useful, present, size)
+                           + _footer_bytes(meta, skipped, [_HP], size)
+                           - min(size, FOOTER_BYTES))
                 chosen, whole = useful, False
         table = (pf.read_row_groups(chosen, columns=present, use_threads=False) if chosen
                  else schema.empty_table().select(present))
         if stats is not None:
             stats.add({"files": 1, "row_groups": meta.num_row_groups,
-                       "row_groups_read": len(chosen), "bytes": st.st_size,
+                       "row_groups_read": len(chosen), "bytes": size,
                        "bytes_read": fetched, "rows_read": table.num_rows,
-                       "sizes": {key: st.st_size}})
+                       "sizes": {key: size}})
     finally:
         source.close()
     for c in columns:
