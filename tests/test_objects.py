@@ -1649,10 +1649,9 @@ def test_window_pairs_are_every_pair_within_reach_both_ways():
 
 
 def test_a_local_region_read_keeps_the_generic_reads_rows_and_sees_a_replaced_file(tmp_path):
-    """Locally a region read goes through pyarrow's own file (row groups without a row of the
-    region not decoded): for several units it gives the region's rows the generic path (any
-    other store: the whole object) gives, from no more row groups; a file replaced under the
-    same key is read anew."""
+    """A local region read (pread of the footer and the chosen row groups) gives, for several
+    units, the region's rows the generic path (any other store: the whole object) gives,
+    from no more row groups; a file replaced under the same key is read anew."""
     from skysurvey.geometry import in_region
     from skysurvey.objects.source_reads import ReadStats, Region, read_region
     from skysurvey.pipeline import sources_to_parquet_bytes

@@ -344,9 +344,6 @@ def read_region(store, key: str, columns: Sequence[str], region: Region | np.nda
         Every row of the region is in ``table``; the caller filters the rows (a row group
         also holds rows outside, an older file all of its rows).
     """
-    root = local_root(store)
-    if root is not None:
-        return _read_local(root / key, key, columns, region, stats)
     file, coalesce, close = _open(store, key)
     try:
         pf = pq.ParquetFile(file)
@@ -375,71 +372,6 @@ def read_region(store, key: str, columns: Sequence[str], region: Region | np.nda
         if c not in names:
             table = table.append_column(c, pa.nulls(table.num_rows, pa.float64()))
     whole = len(chosen) == meta.num_row_groups
-    return RegionRead(table, None if whole else indexed)
-
-
-def _footer_bytes(meta, chosen: list[int], present: list[str], size: int) -> int:
-    """Bytes :func:`read_region`'s ranged reads fetch for *chosen* row groups of *present*
-    columns: the footer block, and each column chunk not inside it (as on S3)."""
-    block = max(0, size - FOOTER_BYTES)
-    names = meta.schema.names
-    cols = [names.index(c) for c in present if c in names]
-    total = size - block
-    for g in chosen:
-        group = meta.row_group(g)
-        for c in cols:
-            col = group.column(c)
-            first = col.data_page_offset
-            if col.has_dictionary_page and col.dictionary_page_offset:
-                first = min(first, col.dictionary_page_offset)
-            if first < block:
-                total += col.total_compressed_size
-    return total
-
-
-def _read_local(path, key: str, columns: Sequence[str], region: Region | np.ndarray,
-                stats: ReadStats | None) -> RegionRead:
-    """:func:`read_region` of a local file: read natively (no Python in pyarrow's reads), and
-    of the row groups that meet the region only those with a row inside its ranges decoded
-    whole (``_healpix_29`` first)."""
-    source = pa.OSFile(str(path))
-    try:
-        size = source.size()
-        pf = pq.ParquetFile(source, pre_buffer=False)
-        meta, schema = pf.metadata, pf.schema_arrow
-        if not isinstance(region, Region):
-            region = Region.of_ranges(region)
-        chosen, indexed = _selected(meta, region)
-        whole = len(chosen) == meta.num_row_groups
-        names = schema.names
-        present = [c for c in columns if c in names]
-        fetched = _footer_bytes(meta, chosen, present, size)
-        if chosen and indexed is not None and _HP in present and len(present) > 1:
-            # a row group that meets the region's pieces may still hold none of its rows:
-            # its _healpix_29 column tells, before the other columns are decoded
-            hp = pf.read_row_groups(chosen, columns=[_HP], use_threads=False)[_HP]
-            inside = _in_ranges(hp, region.ranges())
-            bounds = np.cumsum([0] + [meta.row_group(g).num_rows for g in chosen])
-            useful = [g for g, a, b in zip(chosen, bounds[:-1], bounds[1:], strict=True)
-                      if inside[a:b].any()]
-            if len(useful) < len(chosen):
-                skipped = [g for g in chosen if g not in useful]
-                fetched = (_footer_bytes(meta, useful, present, size)
-                           + _footer_bytes(meta, skipped, [_HP], size)
-                           - min(size, FOOTER_BYTES))
-                chosen, whole = useful, False
-        table = (pf.read_row_groups(chosen, columns=present, use_threads=False) if chosen
-                 else schema.empty_table().select(present))
-        if stats is not None:
-            stats.add({"files": 1, "row_groups": meta.num_row_groups,
-                       "row_groups_read": len(chosen), "bytes": size,
-                       "bytes_read": fetched, "rows_read": table.num_rows,
-                       "sizes": {key: size}})
-    finally:
-        source.close()
-    for c in columns:
-        if c not in names:
-            table = table.append_column(c, pa.nulls(table.num_rows, pa.float64()))
     return RegionRead(table, None if whole else indexed)
 
 
