@@ -492,6 +492,16 @@ def test_objects_view_without_and_with_forced_photometry(small_survey, tmp_path)
     assert sorted((catalog / VARIABILITY_FOLDER).rglob("*.parquet")) == files
     assert run_query("SELECT count(*) AS n FROM object_variability",
                      str(catalog))["n"][0] == len(after)
+    # an image whose record is gone: its forced rows no longer count (as SQL sees the table)
+    sorted((catalog / "images").rglob("*.parquet"))[0].unlink()
+    masked = summarize_forced(str(catalog))
+    seen = run_query("SELECT f.object_id, count(*) AS n FROM forced_photometry f WHERE EXISTS "
+                     "(SELECT 1 FROM images i WHERE i.image_id = f.image_id) GROUP BY 1",
+                     str(catalog)).set_index("object_id")["n"]
+    assert masked.n_rows == int(seen.sum()) < again.n_rows
+    n_cov = run_query("SELECT object_id, n_covering FROM object_variability",
+                      str(catalog)).set_index("object_id")["n_covering"]
+    assert (n_cov.reindex(seen.index) == seen).all()
 
 
 def test_a_constant_sky_has_no_variables_and_the_example_curve_has_a_limit(tmp_path):
