@@ -1646,3 +1646,58 @@ def test_window_pairs_are_every_pair_within_reach_both_ways():
     near = np.abs(key[:, None] - key[None, :]) <= 1.5
     assert got == set(zip(*np.nonzero(near), strict=True))
     assert len(got) == i.size  # no pair twice
+
+
+def test_a_local_region_read_keeps_the_generic_reads_rows_and_sees_a_replaced_file(tmp_path):
+    """A local region read (pread of the footer and the chosen row groups) gives, for several
+    units, the region's rows the generic path (any other store: the whole object) gives,
+    from no more row groups; a file replaced under the same key is read anew."""
+    from skysurvey.geometry import in_region
+    from skysurvey.objects.source_reads import ReadStats, Region, read_region
+    from skysurvey.pipeline import sources_to_parquet_bytes
+
+    table = _line_of_sources()
+    local = storage.open_store(tmp_path)
+    local.write_bytes("s.parquet", sources_to_parquet_bytes(table, 100))
+
+    class Other:  # not a LocalStore: read_region's path for any other store
+        def read_bytes(self, key):
+            return local.read_bytes(key)
+
+    hp = np.sort(table["_healpix_29"].to_numpy())
+    cols = ["source_id", "_healpix_29", "ra"]
+
+    def region_rows(found, unit):
+        h = found.table["_healpix_29"].to_numpy()
+        keep = in_region(h >> 2 * (29 - 17), 17, unit, 15)
+        return sorted(found.table["source_id"].to_numpy()[keep].tolist())
+
+    for q in (0.1, 0.5, 0.9):
+        unit = int(hp[int(q * len(hp))]) >> 2 * (29 - 15)
+        region = Region.of_unit(unit, 15, 17)
+        fast, slow = ReadStats(), ReadStats()
+        a = read_region(local, "s.parquet", cols, region, fast)
+        b = read_region(Other(), "s.parquet", cols, region, slow)
+        assert region_rows(a, unit) == region_rows(b, unit) != []
+        assert fast.row_groups_read <= slow.row_groups_read < slow.row_groups
+        assert a.n_indexed == b.n_indexed == 4000
+    local.write_bytes("s.parquet", sources_to_parquet_bytes(table.slice(0, 1000), 100))
+    again = read_region(local, "s.parquet", cols, np.array([[0, 2**62]], np.int64))
+    assert sorted(again.table["source_id"].to_pylist()) == list(range(1000))
+
+
+def test_the_plan_puts_the_busiest_unit_first():
+    """A deep stack whose sources all fall on one side: every unit opens every image, so the
+    images each opens do not tell the units apart; the estimated detections do."""
+    from skysurvey.objects.plan import _unit_costs
+
+    rng = np.random.default_rng(5)
+    images = [{"ra_center": 210 + rng.normal(0, 5e-3), "dec_center": 12 + rng.normal(0, 5e-3),
+               "width": 2048, "height": 2048, "pixel_scale": 0.26, "n_sources": 2500}
+              for _ in range(200)]
+    ra, dec = (np.array([r[c] for r in images]) for c in ("ra_center", "dec_center"))
+    units = np.unique(obj.healpix(ra, dec, 9))
+    cost = _unit_costs(images, 9, {int(u): len(images) for u in units})
+    centre = int(np.bincount(np.searchsorted(units, obj.healpix(ra, dec, 9))).argmax())
+    assert max(cost, key=cost.get) == int(units[centre])
+    assert min(cost.values()) >= len(images) * 3e-3  # every unit pays its opens

@@ -492,6 +492,16 @@ def test_objects_view_without_and_with_forced_photometry(small_survey, tmp_path)
     assert sorted((catalog / VARIABILITY_FOLDER).rglob("*.parquet")) == files
     assert run_query("SELECT count(*) AS n FROM object_variability",
                      str(catalog))["n"][0] == len(after)
+    # an image whose record is gone: its forced rows no longer count (as SQL sees the table)
+    sorted((catalog / "images").rglob("*.parquet"))[0].unlink()
+    masked = summarize_forced(str(catalog))
+    seen = run_query("SELECT f.object_id, count(*) AS n FROM forced_photometry f WHERE EXISTS "
+                     "(SELECT 1 FROM images i WHERE i.image_id = f.image_id) GROUP BY 1",
+                     str(catalog)).set_index("object_id")["n"]
+    assert masked.n_rows == int(seen.sum()) < again.n_rows
+    n_cov = run_query("SELECT object_id, n_covering FROM object_variability",
+                      str(catalog)).set_index("object_id")["n_covering"]
+    assert (n_cov.reindex(seen.index) == seen).all()
 
 
 def test_a_constant_sky_has_no_variables_and_the_example_curve_has_a_limit(tmp_path):
@@ -565,3 +575,65 @@ def test_object_variability_on_s3_through_the_moto_server(small_survey, moto_ser
     assert script.main(argv) == 0
     assert sorted(i.key for i in cat_store.list("object_variability/")) == keys
     assert len(run_query("SELECT * FROM object_variability", "s3://cat")) == len(objects)
+
+
+def test_table_lookups_and_first_maxima_match_the_sorting_versions():
+    """``_index`` (a lookup table over small key spans, binary search otherwise) and
+    ``_first_max`` (ufunc.at instead of a lexsort) give what the sorting code gave: -1 for
+    absent keys, the first row among tied maxima, never a NaN."""
+    from skysurvey.lightcurve_fits import _first_max, _index
+
+    rng = np.random.default_rng(11)
+    for scale in (1, 7, 10**13):  # 10**13: spans too wide for a table
+        keys = np.unique(rng.integers(0, 50, 30)) * scale
+        rows = rng.integers(-3, 60, 5000) * scale
+        ids, pos = _index(rows, keys)
+        want = np.array([np.flatnonzero(keys == r)[0] if r in keys else -1 for r in rows])
+        assert (pos == want).all() and (ids == keys).all()
+    group = rng.integers(0, 40, 3000)
+    value = np.round(rng.normal(0, 1, 3000), 1)  # many ties
+    value[rng.random(3000) < 0.1] = np.nan
+    rows = np.flatnonzero(rng.random(3000) < 0.8)
+    got = _first_max(group, value, rows, 45)
+    order = rows[np.lexsort((-np.nan_to_num(value[rows], nan=-np.inf), group[rows]))]
+    for g in range(45):
+        mine = order[(group[order] == g) & np.isfinite(value[order])]
+        assert got[g] == (mine[0] if mine.size else -1)
+
+
+def test_objects_in_footprint_reuses_a_decoded_file_only_for_its_content(tmp_path,
+                                                                        monkeypatch):
+    """A worker keeps the objects files it decoded: the plan's SHA-256 of a file lets it skip
+    the read; the same key with other content (or no SHA-256 from the plan) is read anew."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from skysurvey import forced_run, storage
+    from skysurvey.geometry import healpix
+    from skysurvey.pipeline import table_to_parquet_bytes
+
+    store = storage.open_store(tmp_path)
+    ra, dec = np.array([150.0, 150.001]), np.array([2.0, 2.001])
+    hp29 = healpix(ra, dec, 29)
+    cells = np.unique(hp29 >> 2 * (29 - 12))
+    key = f"objects/hpx5={int(hp29[0] >> 48)}/k9-{int(hp29[0] >> 40)}.parquet"
+
+    def write(ids):
+        data = table_to_parquet_bytes(pa.table({"object_id": pa.array(ids, pa.int64()),
+                                                "ra": ra, "dec": dec, "_healpix_29": hp29}))
+        store.write_bytes(key, data)
+        return hashlib.sha256(data).hexdigest()
+
+    first = write([1, 2])
+    assert forced_run.objects_in_footprint(store, cells)[0].tolist() == [1, 2]
+    second = write([3, 4])
+    assert forced_run.objects_in_footprint(store, cells)[0].tolist() == [3, 4]
+    reads, read = [], store.read_bytes
+    monkeypatch.setattr(store, "read_bytes", lambda k: reads.append(k) or read(k))
+    # as planned and decoded before: no read at all
+    assert forced_run.objects_in_footprint(store, cells, [(key, second)])[0].tolist() == [3, 4]
+    assert reads == []
+    write([5, 6])  # the plan's SHA-256 is not what was decoded: read
+    assert forced_run.objects_in_footprint(store, cells, [(key, first)])[0].tolist() == [5, 6]
+    assert reads == [key]

@@ -31,6 +31,7 @@ import json
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -126,10 +127,14 @@ class ForcedTask:
     image: dict
     stale: tuple[str, ...] = ()
     fingerprint: str = ""
+    #: ``(key, sha256)`` of the objects files the plan expects for the footprint (from the
+    #: objects build record): a worker that already decoded a file of that content reuses it
+    objects: tuple[tuple[str, str], ...] = ()
 
     def event(self) -> dict:
         """The Lambda event (``task: forced_image``)."""
-        return {"task": EVENT_TASK, **asdict(self), "stale": list(self.stale)}
+        return {"task": EVENT_TASK, **asdict(self), "stale": list(self.stale),
+                "objects": [list(o) for o in self.objects]}
 
     @classmethod
     def from_event(cls, event: dict) -> ForcedTask:
@@ -146,7 +151,8 @@ class ForcedTask:
         """
         return cls(str(event["raw_uri"]), str(event["key"]), str(event["catalog_uri"]),
                    dict(event["image"]), tuple(event.get("stale") or ()),
-                   str(event.get("fingerprint") or ""))
+                   str(event.get("fingerprint") or ""),
+                   tuple((str(k), str(h)) for k, h in event.get("objects") or ()))
 
 
 def _reply(task: ForcedTask, status: str, *, seconds: float, error: str | None = None,
@@ -202,12 +208,54 @@ def _object_files(store, partition: int, cells: np.ndarray) -> list[str]:
                   and file_touches(i.key, cells))
 
 
-def objects_in_footprint(store, cells) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+#: Per process: the decoded objects files, ``url -> (sha256, cell, id, ra, dec)`` (rows with
+#: a finite position; cell = order-12 cell, -1 without _healpix_29). A worker measuring many
+#: images of one field reads each objects file once instead of once per image; an entry is
+#: used without reading only for the content (SHA-256) the task expects.
+_OBJECTS_CACHE: OrderedDict[str, tuple] = OrderedDict()
+OBJECTS_CACHE_FILES = 256
+
+
+def _decoded_objects(data: bytes) -> tuple[np.ndarray, ...]:
+    table = pq.read_table(io.BytesIO(data), columns=["object_id", "ra", "dec", "_healpix_29"])
+    hpx = table["_healpix_29"].fill_null(-1).to_numpy().astype(np.int64)  # exact
+    ra = table["ra"].to_numpy(zero_copy_only=False).astype(float)
+    dec = table["dec"].to_numpy(zero_copy_only=False).astype(float)
+    cell = np.where(hpx >= 0, hpx >> (2 * (29 - HPX_ORDER)), -1)
+    ok = np.isfinite(ra) & np.isfinite(dec)
+    ids = table["object_id"].to_numpy(zero_copy_only=False).astype(np.int64)
+    return cell[ok], ids[ok], ra[ok], dec[ok]
+
+
+def _objects_file(store, key: str, expected: str | None) -> tuple[np.ndarray, ...]:
+    """One objects file, decoded: from this process's cache when it holds the *expected*
+    content, else read (and cached under the SHA-256 of the bytes read)."""
+    where = store.url(key)
+    hit = _OBJECTS_CACHE.get(where)
+    if hit is not None and expected is not None and hit[0] == expected:
+        _OBJECTS_CACHE.move_to_end(where)
+        return hit[1:]
+    data = store.read_bytes(key)
+    digest = hashlib.sha256(data).hexdigest()
+    if hit is not None and hit[0] == digest:
+        _OBJECTS_CACHE.move_to_end(where)
+        return hit[1:]
+    decoded = _decoded_objects(data)
+    _OBJECTS_CACHE[where] = (digest, *decoded)
+    _OBJECTS_CACHE.move_to_end(where)
+    while len(_OBJECTS_CACHE) > OBJECTS_CACHE_FILES:
+        _OBJECTS_CACHE.popitem(last=False)
+    return decoded
+
+
+def objects_in_footprint(store, cells, expected=()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(object_id, ra, dec)`` of the catalog's objects whose order-12 cell is in *cells*.
 
     Reads only the unit files (:func:`file_touches`) of the ``objects/hpx5=P/`` partitions
     the cells fall in (an order-12 cell lies in one order-5 pixel and in one unit), columns
-    ``object_id``, ``ra``, ``dec``, ``_healpix_29``.
+    ``object_id``, ``ra``, ``dec``, ``_healpix_29``. The files are those listed now; a file
+    this process decoded before is not read again when *expected* names its content (the
+    plan's SHA-256 from the objects build record, :attr:`ForcedTask.objects`).
 
     Parameters
     ----------
@@ -215,23 +263,21 @@ def objects_in_footprint(store, cells) -> tuple[np.ndarray, np.ndarray, np.ndarr
         The catalog's store.
     cells : array_like of int
         Order-12 cells (an image's footprint).
+    expected : iterable of (str, str), optional
+        ``(key, sha256)`` of objects files as planned.
 
     Returns
     -------
     object_id, ra, dec : ndarray
     """
     cells = np.unique(np.asarray(cells, np.int64))
+    sha = dict(expected or ())
     ids, ras, decs = [np.zeros(0, np.int64)], [np.zeros(0)], [np.zeros(0)]
     for partition in _partitions(cells):
         for key in _object_files(store, partition, cells):
-            table = pq.read_table(io.BytesIO(store.read_bytes(key)),
-                                  columns=["object_id", "ra", "dec", "_healpix_29"])
-            hpx = table["_healpix_29"].fill_null(-1).to_numpy().astype(np.int64)  # exact
-            ra = table["ra"].to_numpy(zero_copy_only=False).astype(float)
-            dec = table["dec"].to_numpy(zero_copy_only=False).astype(float)
-            cell = np.where(hpx >= 0, hpx >> (2 * (29 - HPX_ORDER)), -1)
-            keep = np.isin(cell, cells) & np.isfinite(ra) & np.isfinite(dec)
-            ids.append(table["object_id"].to_numpy(zero_copy_only=False)[keep].astype(np.int64))
+            cell, oid, ra, dec = _objects_file(store, key, sha.get(key))
+            keep = np.isin(cell, cells)
+            ids.append(oid[keep])
             ras.append(ra[keep])
             decs.append(dec[keep])
     return np.concatenate(ids), np.concatenate(ras), np.concatenate(decs)
@@ -376,7 +422,7 @@ def forced_image(task: ForcedTask, *, tmp_dir: str | None = None,
     try:
         catalog = open_store(task.catalog_uri)
         cells = np.asarray(task.image.get("footprint_hpx12") or [], np.int64)
-        ids, ra, dec = objects_in_footprint(catalog, cells)
+        ids, ra, dec = objects_in_footprint(catalog, cells, task.objects)
         with raw.local_file(task.key, tmp_dir=tmp_dir) as path:
             image = read_fits(path, name=where)
         wcs = celestial_wcs(image.header)[0]  # made once: ~15-30 ms per header
@@ -460,8 +506,30 @@ def read_image_records(catalog_uri: str) -> list[dict]:
     """
     from .queries import dataset
 
-    rows = dataset(catalog_uri, "images").to_table(columns=list(IMAGE_FIELDS)).to_pylist()
-    return [{k: _json_ready(v) for k, v in row.items()} for row in rows]
+    table = dataset(catalog_uri, "images").to_table(columns=list(IMAGE_FIELDS))
+    columns = {}
+    for name in IMAGE_FIELDS:
+        column = table[name]
+        if name == "footprint_hpx12":  # ~130 cells an image: numpy, not Arrow's per value
+            columns[name] = _int_lists(column.combine_chunks())
+        else:
+            columns[name] = [_json_ready(v) for v in column.to_pylist()]
+    return [dict(zip(IMAGE_FIELDS, row, strict=True)) for row in zip(*columns.values(),
+                                                                       strict=True)]
+
+
+def _int_lists(array: pa.Array) -> list:
+    """A list<int64> Arrow array as Python lists (None for a null list), as ``to_pylist``."""
+    if not len(array):
+        return []
+    offsets = array.offsets.to_numpy()
+    values = array.values.to_numpy(zero_copy_only=False) if len(array.values) else np.zeros(0)
+    if array.values.null_count:  # rare: let Arrow convert
+        return array.to_pylist()
+    values = values.astype(np.int64).tolist()
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
+    return [values[offsets[i]:offsets[i + 1]] if valid[i] else None
+            for i in range(len(array))]
 
 
 def _objects_files(store) -> dict[str, dict]:
@@ -478,7 +546,41 @@ def _objects_files(store) -> dict[str, dict]:
             and not PurePosixPath(i.key).name.startswith(("_", "."))}
 
 
-def fingerprint(image: dict, objects_files: dict[str, dict]) -> str:
+class _ObjectsIndex:
+    """The objects files of a build record by ``hpx5`` folder, with each unit file's HEALPix
+    order and pixel parsed once (:func:`file_touches` for many images)."""
+
+    def __init__(self, objects_files: dict[str, dict]):
+        self.by_folder: dict[str, list[tuple]] = {}
+        for k, v in objects_files.items():
+            name = PurePosixPath(k).name
+            if name.startswith(("_", ".")):
+                continue
+            match = _UNIT_FILE.match(name)
+            unit = None if match is None else (int(match[1]), int(match[2]))
+            self.by_folder.setdefault(k[:k.rfind("/") + 1], []).append(
+                (k, v.get("size"), v.get("sha256"), unit))
+
+    def used(self, cells: np.ndarray) -> list[tuple]:
+        """``(key, size, sha256)`` of the files that can hold objects in *cells* (sorted
+        unique order-12 cells), sorted."""
+        used = []
+        for p in _partitions(cells):
+            for k, size, sha, unit in self.by_folder.get(f"objects/hpx5={int(p)}/", ()):
+                if unit is None:
+                    used.append((k, size, sha))
+                    continue
+                order, pixel = unit
+                if order <= HPX_ORDER:
+                    hit = np.any((cells >> (2 * (HPX_ORDER - order))) == pixel)
+                else:
+                    hit = np.any(cells == (pixel >> (2 * (order - HPX_ORDER))))
+                if hit:
+                    used.append((k, size, sha))
+        return sorted(used)
+
+
+def fingerprint(image: dict, objects_files: dict[str, dict] | _ObjectsIndex) -> str:
     """What an image's forced file is made of (see the module docstring), as a SHA-256: the
     objects files that can hold objects of its footprint (:func:`file_touches`) count.
 
@@ -487,21 +589,24 @@ def fingerprint(image: dict, objects_files: dict[str, dict]) -> str:
     image : dict
         The image's record (:data:`IMAGE_FIELDS`).
     objects_files : dict
-        Objects file key -> ``{size, sha256}``.
+        Objects file key -> ``{size, sha256}`` (or their index, made once for many images).
 
     Returns
     -------
     str
         Hex SHA-256.
     """
+    return _fingerprint_and_files(image, objects_files)[0]
+
+
+def _fingerprint_and_files(image: dict, objects_files) -> tuple[str, list[tuple]]:
+    index = objects_files if isinstance(objects_files, _ObjectsIndex) else _ObjectsIndex(
+        objects_files)
     cells = np.unique(np.asarray(image.get("footprint_hpx12") or [], np.int64))
-    parts = {f"objects/hpx5={int(p)}/" for p in _partitions(cells)}
-    used = sorted((k, v.get("size"), v.get("sha256")) for k, v in objects_files.items()
-                  if k[:k.rfind("/") + 1] in parts and file_touches(k, cells)
-                  and not PurePosixPath(k).name.startswith(("_", ".")))
+    used = index.used(cells)
     body = json.dumps([STEP_VERSION, image.get("image_id"), image.get("processed_at"),
                        image.get("pipeline_version"), used], default=str)
-    return hashlib.sha256(body.encode()).hexdigest()
+    return hashlib.sha256(body.encode()).hexdigest(), used
 
 
 @dataclass
@@ -544,6 +649,7 @@ def plan_forced(catalog_uri: str, input_uri: str, *, rebuild: bool = False) -> F
     images = read_image_records(catalog_uri)
     plan = ForcedPlan(manifest=_read_manifest(store))
     objects_files = _objects_files(store)
+    index = _ObjectsIndex(objects_files)
     if not objects_files:  # nothing to measure: no image is read
         plan.notes.append("no objects yet: run scripts/build_objects.py first")
         return plan
@@ -564,7 +670,7 @@ def plan_forced(catalog_uri: str, input_uri: str, *, rebuild: bool = False) -> F
             continue
         key = forced_key(image_id, image.get("band"), image.get("night"))
         stale = tuple(k for k in existing.get(image_id, []) if k != key)
-        print_ = fingerprint(image, objects_files)
+        print_, used = _fingerprint_and_files(image, index)
         if (not rebuild and plan.manifest.get(image_id) == print_ and not stale
                 and key in existing.get(image_id, [])):
             plan.unchanged += 1
@@ -575,7 +681,7 @@ def plan_forced(catalog_uri: str, input_uri: str, *, rebuild: bool = False) -> F
                                   f"image below {input_uri}"})
             continue
         plan.tasks.append(ForcedTask(inputs.root, keys[image_id], catalog_uri, image, stale,
-                                     print_))
+                                     print_, tuple((k, sha) for k, _, sha in used if sha)))
     if no_footprint:
         plan.notes.append(f"{no_footprint} images without footprint_hpx12 (no WCS, or written "
                           "by an older pipeline_version: re-run invoke_lambda.py) skipped")

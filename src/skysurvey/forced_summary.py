@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import __version__
+from .lightcurve_fits import _index
 from .storage import open_store
 
 __all__ = [
@@ -38,6 +39,44 @@ def _codes(values: pa.ChunkedArray | pa.Array, universe: pa.Array) -> np.ndarray
 
     return pc.index_in(values, value_set=universe).fill_null(-1).to_numpy(
         zero_copy_only=False).astype(np.int64)
+
+
+def _column(table: pa.Table, name: str, kept, dtype=float, fill=None) -> np.ndarray:
+    """One column as numpy (*fill* for nulls), rows of the mask *kept* only (None: all)."""
+    values = table[name] if fill is None else table[name].fill_null(fill)
+    values = values.to_numpy(zero_copy_only=False).astype(dtype)
+    return values if kept is None else values[kept]
+
+
+def _first_seen(codes: np.ndarray) -> np.ndarray:
+    """*codes* renumbered 0, 1, ... in the order each first appears."""
+    if not codes.size:
+        return codes
+    values, first = np.unique(codes, return_index=True)
+    new = np.empty(int(values.max()) + 1, np.int64)
+    new[values[np.argsort(first)]] = np.arange(values.size)
+    return new[codes]
+
+
+def _detected(row_obj, row_pos, row_image, ids, images, catalog_uri) -> np.ndarray:
+    """Per forced row, whether the (object, image) pair has an association."""
+    from .queries import dataset
+
+    assoc = dataset(catalog_uri, "associations").to_table(columns=["image_id", "object_id"])
+    a_img = _codes(assoc["image_id"], images)
+    a_obj = assoc["object_id"].to_numpy().astype(np.int64)
+    del assoc
+    keep = a_img >= 0
+    n_img = max(len(images), 1)
+    if row_pos.size and row_pos.min() >= 0 and ids.size * n_img < 2**62:
+        # every row's object is in ids: pairs as (position, image) codes
+        _, a_pos = _index(a_obj[keep], ids)
+        a_key = a_pos * n_img + a_img[keep]
+        return np.isin(row_pos * n_img + row_image, a_key[a_pos >= 0])
+    _, inverse = np.unique(np.concatenate([row_obj, a_obj[keep]]), return_inverse=True)
+    f_key = inverse[:row_obj.size] * n_img + row_image
+    a_key = inverse[row_obj.size:] * n_img + a_img[keep]
+    return np.isin(f_key, a_key)
 
 
 @dataclass
@@ -89,46 +128,45 @@ def summarize_forced(catalog_uri: str) -> VariabilitySummary:
                                                                 "dec"])
     forced = dataset(catalog_uri, "forced_photometry").to_table(columns=FORCED_COLUMNS)
     records = dataset(catalog_uri, "images").to_table(columns=["image_id", "aperture_radius"])
-    forced = forced.filter(pc.is_in(forced["image_id"],
-                                    value_set=records["image_id"].combine_chunks().unique()))
-    assoc = dataset(catalog_uri, "associations").to_table(columns=["image_id", "object_id"])
     ids = objects["object_id"].to_numpy().astype(np.int64)
     hpx5 = objects["hpx5"].to_numpy(zero_copy_only=False).astype(np.int64)
-    images = forced["image_id"].combine_chunks().unique()
+    # image codes: the forced table's images (first-seen order) that have a record; rows of
+    # the others are left out (as SQL sees the table), by mask, not by copying the table
+    seen = forced["image_id"].unique()
+    images = seen.filter(pc.is_in(seen, value_set=records["image_id"].combine_chunks().unique()))
     row_image = _codes(forced["image_id"], images)
-    bands = forced["band"].fill_null("unknown").combine_chunks().unique()
-    row_band = _codes(forced["band"].fill_null("unknown"), bands)
-    row_obj = forced["object_id"].to_numpy().astype(np.int64)
-    # detected: the (object, image) pair has an association
-    a_img = _codes(assoc["image_id"], images)
-    a_obj = assoc["object_id"].to_numpy().astype(np.int64)
-    keep = a_img >= 0
-    _, inverse = np.unique(np.concatenate([row_obj, a_obj[keep]]), return_inverse=True)
-    n_img = max(len(images), 1)
-    f_key = inverse[:row_obj.size] * n_img + row_image
-    a_key = inverse[row_obj.size:] * n_img + a_img[keep]
-    detected = np.isin(f_key, a_key)
+    keep = row_image >= 0
+    kept = None if keep.all() else keep
 
-    num = {name: forced[name].to_numpy(zero_copy_only=False).astype(float)
-           for name in ("flux", "flux_err", "snr", "mag", "mag_limit", "mjd")}
+    def column(name, dtype=float, fill=None):
+        return _column(forced, name, kept, dtype, fill)
 
+    band = forced["band"].fill_null("unknown")
+    row_band = _codes(band, band.unique())  # first-seen order, as the images
+    del band
+    if kept is not None:
+        row_band = _first_seen(row_band[kept])
+    row_image = row_image if kept is None else row_image[kept]
+    row_obj = column("object_id", np.int64)
+    n_rows = int(row_obj.size)
+    _, row_pos = _index(row_obj, ids)  # the summary works on positions in ids
+    detected = _detected(row_obj, row_pos, row_image, ids, images, catalog_uri)
     radius = np.full(len(images), np.nan)  # per image code: the aperture radius (detrending)
     where = _codes(records["image_id"], images)
     radius[where[where >= 0]] = records["aperture_radius"].to_numpy(
         zero_copy_only=False).astype(float)[where >= 0]
     rows = lightcurves.ForcedRows(
-        row_obj, row_band, row_image, detected, num["flux"], num["flux_err"], num["snr"],
-        num["mag"], num["mag_limit"],
-        forced["flags"].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
-        num["mjd"])
-    n_rows = int(forced.num_rows)
-    del num, forced, assoc, a_img, a_obj, keep, inverse, f_key, a_key  # ~0.5 GB, deep field:
-    pa.default_memory_pool().release_unused()  # 3.7 M rows, before the summary's own arrays
+        row_pos, row_band, row_image, detected, column("flux"), column("flux_err"),
+        column("snr"), column("mag"), column("mag_limit"), column("flags", np.int64, 0),
+        column("mjd"))
+    forced = None  # ~0.3 GB on the deep field (3.8 M rows), before the
+    del row_obj, keep
+    pa.default_memory_pool().release_unused()  # summary's own arrays
     pairs = lightcurves.close_pairs(
         objects["ra"].to_numpy(zero_copy_only=False).astype(float),
         objects["dec"].to_numpy(zero_copy_only=False).astype(float))
-    cols = lightcurves.summarize(ids, rows, lightcurves.SummaryOptions(image_x=radius,
-                                                                        pairs=pairs))
+    cols = lightcurves.summarize(np.arange(ids.size), rows, lightcurves.SummaryOptions(
+        image_x=radius, pairs=pairs))
     schema = lightcurves.OBJECT_VARIABILITY_SCHEMA
     written = set()
     for part in np.unique(hpx5):

@@ -17,15 +17,41 @@ __all__ = ["PAIR_ARCSEC", "LineFit", "brightest_excess", "chi2_detrended", "chi2
 
 
 def _index(object_id, ids=None) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, row -> position in ids)``; rows whose object is not in *ids* get -1."""
+    """``(ids, row -> position in ids)``; rows whose object is not in *ids* get -1.
+
+    Strictly increasing *ids* over a span not much larger than the rows (the summary's
+    (object, band) keys, object positions) are looked up in a table (one pass, no sort);
+    others by binary search (the first of equal ids)."""
     object_id = np.asarray(object_id, np.int64)
     ids = np.unique(object_id) if ids is None else np.asarray(ids, np.int64)
+    if ids.size and object_id.size:
+        lo, hi = int(ids[0]), int(ids[-1])
+        span = hi - lo + 1
+        if (0 < span <= 4 * (object_id.size + ids.size) + 65536
+                and (ids.size == 1 or bool(np.all(ids[1:] > ids[:-1])))):
+            table = np.full(span + 1, -1, np.int64)  # the last entry: outside the span
+            table[ids - lo] = np.arange(ids.size)
+            inside = (object_id >= lo) & (object_id <= hi)
+            return ids, table[np.where(inside, object_id - lo, span)]
     order = np.argsort(ids, kind="stable")
     pos = np.searchsorted(ids[order], object_id)
     pos = np.clip(pos, 0, max(ids.size - 1, 0))
     found = ids.size > 0
     hit = (ids[order][pos] == object_id) if found else np.zeros(object_id.size, bool)
     return ids, np.where(hit, order[pos] if found else -1, -1)
+
+
+def _first_max(group, value, rows, m) -> np.ndarray:
+    """Per group ``0..m-1``, the first of *rows* (ascending row numbers) whose *value* is
+    the group's largest (NaN never is); -1 for a group without one. As the first row of each
+    group after ``np.lexsort((-value, group))``, without the sort."""
+    g, v = group[rows], value[rows]
+    best = np.full(m, -np.inf)
+    np.fmax.at(best, g, v)
+    at = v == best[g]
+    first = np.full(m, np.iinfo(np.int64).max)
+    np.minimum.at(first, g[at], rows[at])
+    return np.where(first < np.iinfo(np.int64).max, first, -1)
 
 
 def chi2_sigma(chi2, dof) -> np.ndarray:
@@ -96,17 +122,16 @@ def chi2_detrended(key, flux, flux_err, x, keys, fit: LineFit | None = None):
     i, f, e, xx = idx[ok], flux[ok], err[ok], x[ok]
     m = ids.size
     n = np.bincount(i, minlength=m)
-    w0 = 1.0 / e**2
-    sw = np.bincount(i, w0, minlength=m)
+    mean = _weighted_mean(i, f, e, m)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.bincount(i, w0 * f, minlength=m) / sw
         var = e**2 + (floor * np.abs(mean[i])) ** 2
         w = 1.0 / var
         sw = np.bincount(i, w, minlength=m)
-        sx = np.bincount(i, w * xx, minlength=m)
+        wx = w * xx
+        sx = np.bincount(i, wx, minlength=m)
         sy = np.bincount(i, w * f, minlength=m)
-        sxx = np.bincount(i, w * xx * xx, minlength=m)
-        sxy = np.bincount(i, w * xx * f, minlength=m)
+        sxx = np.bincount(i, wx * xx, minlength=m)  # = w * xx * xx, evaluated the same way
+        sxy = np.bincount(i, wx * f, minlength=m)
         det = sw * sxx - sx**2
         line = (n >= min_points) & (det > 1e-12 * np.maximum(sw * sxx, 1e-300))
         slope = np.where(line, (sw * sxy - sx * sy) / np.where(line, det, 1.0), 0.0)
@@ -114,6 +139,14 @@ def chi2_detrended(key, flux, flux_err, x, keys, fit: LineFit | None = None):
         chi2 = np.bincount(i, w * (f - icpt[i] - slope[i] * xx) ** 2, minlength=m)
     dof = np.maximum(n - np.where(line, 2, 1), 0)
     return np.where(n >= 2, chi2, np.nan), dof.astype(np.int32), mean
+
+
+def _weighted_mean(i, f, e, m) -> np.ndarray:
+    """Per group ``0..m-1`` (*i* per row), the inverse-variance weighted mean of *f*."""
+    w0 = 1.0 / e**2
+    sw = np.bincount(i, w0, minlength=m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.bincount(i, w0 * f, minlength=m) / sw
 
 
 #: Objects closer than this (arcsec) are pairs for :func:`neighbour_leak`.
@@ -266,8 +299,8 @@ def chi2_without_worst(key, flux, flux_err, x, keys, fit: LineFit | None = None)
     flux, err = np.asarray(flux, float), np.asarray(flux_err, float)
     xx = np.zeros(flux.size) if x is None else np.asarray(x, float)
     ids, idx = _index(key, keys)
-    _, _, mean = chi2_detrended(key, flux, err, xx, ids, fit)
     ok = (idx >= 0) & np.isfinite(flux) & np.isfinite(err) & (err > 0) & np.isfinite(xx)
+    mean = _weighted_mean(idx[ok], flux[ok], err[ok], ids.size)  # chi2_detrended's mean
     # the first fit's residuals (a weighted line per key, as chi2_detrended)
     var = err**2 + (fit.floor * np.abs(mean[np.maximum(idx, 0)])) ** 2
     w = np.where(ok, 1.0 / np.where(ok, var, 1.0), 0.0)
@@ -284,10 +317,9 @@ def chi2_without_worst(key, flux, flux_err, x, keys, fit: LineFit | None = None)
         slope = np.where(line, (sw * sxy - sx * sy) / np.where(line, det, 1.0), 0.0)
         icpt = (sy - slope * sx) / sw
         pull = np.where(ok, np.abs(flux - icpt[i] - slope[i] * xx) * np.sqrt(w), -1.0)
-    order = np.lexsort((-pull, i))
-    first = np.r_[True, i[order][1:] != i[order][:-1]]
+    worst = _first_max(i, pull, np.flatnonzero(ok), m)  # ok rows: pull >= 0
     drop = np.zeros(flux.size, bool)
-    drop[order[first & (pull[order] >= 0)]] = True
+    drop[worst[worst >= 0]] = True
     return chi2_detrended(key, np.where(drop, np.nan, flux), err, xx, ids, fit)[:2]
 
 
@@ -325,13 +357,9 @@ def brightest_excess(key, flux, err, keys, usable):
     ok = ((idx >= 0) & np.asarray(usable, bool) & np.isfinite(flux) & np.isfinite(err)
           & (err > 0))
     m = ids.size
-    rows = np.flatnonzero(ok)
-    order = rows[np.lexsort((-flux[rows], idx[rows]))]
-    first = np.r_[True, idx[order][1:] != idx[order][:-1]] if order.size else np.zeros(0, bool)
-    top = np.full(m, -1, np.int64)
-    top[idx[order[first]]] = order[first]
+    top = _first_max(idx, flux, np.flatnonzero(ok), m)  # ok rows: finite flux
     rest = ok.copy()
-    rest[order[first]] = False
+    rest[top[top >= 0]] = False
     i = np.maximum(idx, 0)
     w = np.where(rest, 1.0 / np.where(rest, err, 1.0) ** 2, 0.0)
     sw = np.bincount(i, w, minlength=m)

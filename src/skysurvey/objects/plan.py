@@ -342,4 +342,20 @@ def _plan(catalog: str, config: BuildConfig, unit_order: int, images: list[dict]
                       false_alarm=config.false_alarm, images=imgs, nights=nights, bands=bands,
                       **flags)
              for u, imgs in sorted(per_unit.items()) if units is None or u in units]
+    cost = _unit_costs(scan, unit_order, {t.unit: len(t.images) for t in tasks})
+    tasks.sort(key=lambda t: -cost[t.unit])  # the busiest first: the pool ends together
     return BuildPlan(unit_order, staging, tasks)
+
+
+def _unit_costs(scan: list[dict], unit_order: int, opens: dict[int, int]) -> dict[int, float]:
+    """Per unit, its estimated seconds: the images it opens and the detections in it (each
+    image's sources spread over its area, as :func:`_choose_unit_order` counts them)."""
+    cost = {u: n * OPEN_SECONDS for u, n in opens.items()}
+    if scan and cost:
+        ra, dec, n = _spread(scan, 9)
+        ok = np.isfinite(ra) & np.isfinite(dec)
+        units, inv = group(healpix(ra[ok], dec[ok], unit_order))
+        for u, rows in zip(units, np.bincount(inv, n[ok]), strict=True):
+            if int(u) in cost:
+                cost[int(u)] += float(rows) * SOURCE_SECONDS
+    return cost

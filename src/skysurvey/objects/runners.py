@@ -35,7 +35,8 @@ def run_units_local(tasks: list[UnitTask], workers: int = 1) -> list[dict]:
         return [_run_task(t) for t in tasks]
     from concurrent.futures import ProcessPoolExecutor
 
-    # biggest units first, so the pool ends together
+    # the plan puts the busiest units first (objects.plan._unit_costs), so the pool ends
+    # together; a stable sort on the images each opens keeps that order among equals
     ordered = sorted(tasks, key=lambda t: -len(t.images))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(_run_task, ordered, chunksize=1))
