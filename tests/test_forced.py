@@ -472,3 +472,52 @@ def test_psf_stars_may_carry_the_kron_fallback_flag():
     stars = psf_stars(sources, 1.6)
     assert stars is not None
     assert stars.stars.tolist() == [False, False] + [True] * (n - 2)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_background_blocks_binned_and_put_back(factor):
+    """The background's binning and its way back to the pixels, with trailing rows and
+    columns that make no whole block (they repeat the last block's value)."""
+    rng = np.random.default_rng(7)
+    a = rng.integers(0, 100, (23, 30)).astype(np.float32)  # integers: sums exact
+    by, bx = 23 // factor, 30 // factor
+    blocks = (by, factor, bx, factor)
+    np.testing.assert_array_equal(forced._binned(a, np.add, factor),
+                                  a[:by * factor, :bx * factor].reshape(blocks).sum(axis=(1, 3)))
+    m = rng.random(a.shape) < 0.05
+    np.testing.assert_array_equal(forced._binned(m, np.logical_or, factor),
+                                  m[:by * factor, :bx * factor].reshape(blocks).any(axis=(1, 3)))
+    b = rng.normal(size=(by, bx)).astype(np.float32)
+    up = np.pad(np.repeat(np.repeat(b, factor, 0), factor, 1),
+                ((0, 23 - by * factor), (0, 30 - bx * factor)), mode="edge")
+    np.testing.assert_array_equal(forced._upsampled(b, a.shape, factor=factor), up)
+    np.testing.assert_array_equal(forced._upsampled(b, a.shape, minus=a, factor=factor), a - up)
+    c = a.copy()
+    assert forced._upsampled(b, a.shape, minus=c, factor=factor, out=c) is c
+    np.testing.assert_array_equal(c, a - up)
+
+
+def test_background_subtracted_in_place_is_the_same_and_calibrated():
+    """``overwrite=True`` subtracts in the image's own pixels (native float32 only) with the
+    same results bit for bit; on white noise the noise map is the pixels' noise."""
+    from types import SimpleNamespace
+
+    from astropy.io import fits
+
+    rng = np.random.default_rng(8)
+    data = (200 + rng.normal(0, 10, (259, 262))).astype(np.float32)
+    x, y = rng.uniform(0, 262, 60), rng.uniform(0, 259, 60)
+    image = SimpleNamespace(data=data.copy(), mask=None, header=fits.Header())
+    kept = forced.background_subtracted(image, x, y, 4.0)
+    np.testing.assert_array_equal(image.data, data)  # untouched by default
+    assert abs(np.median(kept[1]) / 10 - 1) < 0.03, np.median(kept[1])
+    assert abs(np.median(kept[0][np.isfinite(kept[0])])) < 0.5 and 0 < kept[4] < 0.5
+    in_place = forced.background_subtracted(image, x, y, 4.0, overwrite=True)
+    assert in_place[0] is image.data
+    for a, b in zip(kept, in_place, strict=True):
+        np.testing.assert_array_equal(a, b)
+    big = SimpleNamespace(data=data.astype(">f4"), mask=None, header=fits.Header())
+    other = forced.background_subtracted(big, x, y, 4.0, overwrite=True)  # not native: a copy
+    assert other[0] is not big.data
+    np.testing.assert_array_equal(big.data, data)
+    np.testing.assert_array_equal(other[0], kept[0])
