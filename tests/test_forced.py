@@ -521,3 +521,30 @@ def test_background_subtracted_in_place_is_the_same_and_calibrated():
     assert other[0] is not big.data
     np.testing.assert_array_equal(big.data, data)
     np.testing.assert_array_equal(other[0], kept[0])
+
+
+def test_isolated_stamps_use_their_own_disc_as_the_fitted_map():
+    """Objects with no other object within reach are fitted on their own discs without the
+    fitted-pixel map: the same numbers bit for bit, near the edges and over masked and NaN
+    pixels too."""
+    import skysurvey.forced_psf as fp
+    from skysurvey.psfmodel import PsfGrid
+
+    half = 12
+    off = np.arange(-half, half + 1)
+    basis = (1 + (off[None, :] ** 2 + off[:, None] ** 2) / (2 * 2.0**2)) ** -3.5
+    grid = PsfGrid((basis / basis.sum())[None], 1, half, 0, (100.0, 100.0), (100.0, 100.0))
+    rng = np.random.default_rng(9)
+    g = np.arange(2.0, 200, 40)
+    x, y = (a.ravel() + rng.uniform(-2, 2, a.size) for a in np.meshgrid(g, g))
+    image = rng.normal(0, 3.0, (200, 200)) + 50.0
+    mask = np.zeros(image.shape, bool)
+    mask[40:44] = True
+    image[120:122, 30:150] = np.nan
+    pixels = Pixels(image, np.full(image.shape, 3.0), mask=mask, gain=2.0)
+    settings = fp.PsfFitSettings(grid, 4.0, 6.0, 0.1)
+    fast = fp._fit_subset(pixels, x, y, 7, settings, None, isolated=True)
+    drawn = fp._fit_subset(pixels, x, y, 7, settings, None)
+    for a, b in zip(fast, drawn, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert (fast[3] & forced.NEAR_EDGE).any() and (fast[3] & forced.MASKED).any()
