@@ -10,7 +10,7 @@ turn within every repeat (so drift on a shared machine hits all alike), CPU seco
 - the forced step with PSF fluxes (``forced_run.measure_task`` with the image's PSF stars read
   from its sources file, plus reading the FITS, making its WCS and the objects' pixel
   positions once and writing Parquet bytes: what ``forced_run.forced_image`` does apart from
-  listing the objects);
+  listing the objects, the background subtracted in the freshly read pixels as it does);
 - the same forced step with the aperture (no PSF stars: the fallback).
 
     python benchmarks/forced_cost.py [--repeats 5] [--stars 12000] [--objects 2500]
@@ -70,7 +70,8 @@ def objects_for(catalog: Path, record: dict, n_objects: int, seed: int = 2):
 def stages(raw_bytes, record, store, ra, dec) -> dict:
     """The forced step's parts, each alone (inputs prepared once), with one BLAS thread as
     ``measure_task`` runs them: reading the FITS and the WCS; the background with the
-    objects masked; the PSF stars and model; the joint fit."""
+    objects masked (into a new array: the image is reused); the PSF stars and model; the
+    joint fit."""
     from skysurvey.forced import ImagePhotometry, background_subtracted
     from skysurvey.forced_psf import PsfFitSettings, psf_fit, psf_model
     from skysurvey.measurement import Pixels, single_thread_blas
@@ -148,7 +149,8 @@ def main(argv=None) -> int:
             wcs, _ = celestial_wcs(image.header)
             xy = icrs_to_pixel(wcs, ra, dec)
             stars = read_psf_stars(store, record, *xy) if psf else None
-            table = measure_task(task, image, ids, ra, dec, stars, wcs=wcs, xy=xy)
+            table = measure_task(task, image, ids, ra, dec, stars, wcs=wcs, xy=xy,
+                                 overwrite=True)  # (a fresh read: subtracted in place)
             table_to_parquet_bytes(table)
             return table
 

@@ -472,3 +472,79 @@ def test_psf_stars_may_carry_the_kron_fallback_flag():
     stars = psf_stars(sources, 1.6)
     assert stars is not None
     assert stars.stars.tolist() == [False, False] + [True] * (n - 2)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_background_blocks_binned_and_put_back(factor):
+    """The background's binning and its way back to the pixels, with trailing rows and
+    columns that make no whole block (they repeat the last block's value)."""
+    rng = np.random.default_rng(7)
+    a = rng.integers(0, 100, (23, 30)).astype(np.float32)  # integers: sums exact
+    by, bx = 23 // factor, 30 // factor
+    blocks = (by, factor, bx, factor)
+    np.testing.assert_array_equal(forced._binned(a, np.add, factor),
+                                  a[:by * factor, :bx * factor].reshape(blocks).sum(axis=(1, 3)))
+    m = rng.random(a.shape) < 0.05
+    np.testing.assert_array_equal(forced._binned(m, np.logical_or, factor),
+                                  m[:by * factor, :bx * factor].reshape(blocks).any(axis=(1, 3)))
+    b = rng.normal(size=(by, bx)).astype(np.float32)
+    up = np.pad(np.repeat(np.repeat(b, factor, 0), factor, 1),
+                ((0, 23 - by * factor), (0, 30 - bx * factor)), mode="edge")
+    np.testing.assert_array_equal(forced._upsampled(b, a.shape, factor=factor), up)
+    np.testing.assert_array_equal(forced._upsampled(b, a.shape, minus=a, factor=factor), a - up)
+    c = a.copy()
+    assert forced._upsampled(b, a.shape, minus=c, factor=factor, out=c) is c
+    np.testing.assert_array_equal(c, a - up)
+
+
+def test_background_subtracted_in_place_is_the_same_and_calibrated():
+    """``overwrite=True`` subtracts in the image's own pixels (native float32 only) with the
+    same results bit for bit; on white noise the noise map is the pixels' noise."""
+    from types import SimpleNamespace
+
+    from astropy.io import fits
+
+    rng = np.random.default_rng(8)
+    data = (200 + rng.normal(0, 10, (259, 262))).astype(np.float32)
+    x, y = rng.uniform(0, 262, 60), rng.uniform(0, 259, 60)
+    image = SimpleNamespace(data=data.copy(), mask=None, header=fits.Header())
+    kept = forced.background_subtracted(image, x, y, 4.0)
+    np.testing.assert_array_equal(image.data, data)  # untouched by default
+    assert abs(np.median(kept[1]) / 10 - 1) < 0.03, np.median(kept[1])
+    assert abs(np.median(kept[0][np.isfinite(kept[0])])) < 0.5 and 0 < kept[4] < 0.5
+    in_place = forced.background_subtracted(image, x, y, 4.0, overwrite=True)
+    assert in_place[0] is image.data
+    for a, b in zip(kept, in_place, strict=True):
+        np.testing.assert_array_equal(a, b)
+    big = SimpleNamespace(data=data.astype(">f4"), mask=None, header=fits.Header())
+    other = forced.background_subtracted(big, x, y, 4.0, overwrite=True)  # not native: a copy
+    assert other[0] is not big.data
+    np.testing.assert_array_equal(big.data, data)
+    np.testing.assert_array_equal(other[0], kept[0])
+
+
+def test_isolated_stamps_use_their_own_disc_as_the_fitted_map():
+    """Objects with no other object within reach are fitted on their own discs without the
+    fitted-pixel map: the same numbers bit for bit, near the edges and over masked and NaN
+    pixels too."""
+    import skysurvey.forced_psf as fp
+    from skysurvey.psfmodel import PsfGrid
+
+    half = 12
+    off = np.arange(-half, half + 1)
+    basis = (1 + (off[None, :] ** 2 + off[:, None] ** 2) / (2 * 2.0**2)) ** -3.5
+    grid = PsfGrid((basis / basis.sum())[None], 1, half, 0, (100.0, 100.0), (100.0, 100.0))
+    rng = np.random.default_rng(9)
+    g = np.arange(2.0, 200, 40)
+    x, y = (a.ravel() + rng.uniform(-2, 2, a.size) for a in np.meshgrid(g, g))
+    image = rng.normal(0, 3.0, (200, 200)) + 50.0
+    mask = np.zeros(image.shape, bool)
+    mask[40:44] = True
+    image[120:122, 30:150] = np.nan
+    pixels = Pixels(image, np.full(image.shape, 3.0), mask=mask, gain=2.0)
+    settings = fp.PsfFitSettings(grid, 4.0, 6.0, 0.1)
+    fast = fp._fit_subset(pixels, x, y, 7, settings, None, isolated=True)
+    drawn = fp._fit_subset(pixels, x, y, 7, settings, None)
+    for a, b in zip(fast, drawn, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert (fast[3] & forced.NEAR_EDGE).any() and (fast[3] & forced.MASKED).any()

@@ -299,11 +299,12 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
         idx.size, np.nan)
     f, alone = np.zeros(idx.size, np.int32), np.zeros(idx.size, bool)
     xs, ys = x[idx], y[idx]
-    for sel, half in ((~crowded, min(h, math.ceil(radius) + 1)), (crowded, h)):
+    for sel, half, isolated in ((~crowded, min(h, math.ceil(radius) + 1), True),
+                                (crowded, h, False)):
         size = max(FIT_BATCH_PIXELS // (2 * half + 1) ** 2, 16)
         for part in _batches(sel, _components(idx.size, pi, pj), iy0, size):
             amp[part], var[part], var_bkg[part], f[part], alone[part] = _fit_subset(
-                pixels, xs[part], ys[part], half, settings, saturated)
+                pixels, xs[part], ys[part], half, settings, saturated, isolated)
     # the model's fraction within the aperture radius: amplitudes to the aperture's scale
     frac = aperture_fractions(grid, x[idx], y[idx], settings.aperture_radius)
     frac = frac * _aperture_scale(pixels, x[idx], y[idx],
@@ -440,9 +441,10 @@ def _dot(a, b):
     return np.einsum("ij,ij->i", a, b).astype(np.float64)
 
 
-def _fit_subset(pixels, x, y, h, settings, saturated):
+def _fit_subset(pixels, x, y, h, settings, saturated, isolated=False):
     """:func:`psf_fit` of objects (x, y) on stamps of half-size *h*: amplitudes, variance,
-    its background share, flags, and whether each was fitted alone.
+    its background share, flags, and whether each was fitted alone (*isolated*: no other
+    object's fitted pixels reach a stamp, so each stamp's are its own disc's: no map drawn).
 
     Per-pixel work in float32 on (n, S²) stamps (row sums pairwise or by einsum); the
     couplings and the neighbours' light from the pairs whose stamps meet (each one's stamp
@@ -461,8 +463,9 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
     # (on the box the stamps span: a batch's objects lie in a band of the image)
     x0, y0 = max(int(ix.min()) - h, 0), max(int(iy.min()) - h, 0)
     box = (min(int(iy.max()) + h + 1, ny) - y0, min(int(ix.max()) + h + 1, nx) - x0)
-    fitted = np.zeros(box[0] * box[1], bool)
-    fitted[_disc_pixels(box, x - x0, y - y0, radius, owners=False)[0]] = True
+    if not isolated:
+        fitted = np.zeros(box[0] * box[1], bool)
+        fitted[_disc_pixels(box, x - x0, y - y0, radius, owners=False)[0]] = True
     values = stamps.gather(sub)
     finite = np.isfinite(values)
     bad = None if finite.all() else ~finite  # (None: no bad pixel)
@@ -476,7 +479,12 @@ def _fit_subset(pixels, x, y, h, settings, saturated):
              if np.ndim(rms) == 2 else np.full(n, float(rms))).astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_var = np.where(np.isfinite(noise) & (noise > 0), 1 / (noise * noise), 0)
-    use = _geometry(box, x - x0, y - y0, h).gather(fitted.reshape(box))
+    if isolated:  # (the same test as _disc_pixels'; off the image: cleared below)
+        dy2, dx2 = ((c[:, None] + np.arange(-h, h + 1) - v[:, None]) ** 2
+                    for c, v in ((iy, y), (ix, x)))
+        use = (dy2[:, :, None] + dx2[:, None, :] <= radius**2).reshape(n, -1)
+    else:
+        use = _geometry(box, x - x0, y - y0, h).gather(fitted.reshape(box))
     if stamps.edge.any():  # (only stamps reaching beyond the image have pixels off it)
         use[stamps.edge] &= stamps.inside[stamps.edge]
     if bad is not None:

@@ -321,7 +321,7 @@ def read_psf_stars(catalog, image: dict, obj_x=None, obj_y=None) -> PsfStars | N
 
 
 def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None = None, *,
-                 wcs=None, xy=None) -> pa.Table:
+                 wcs=None, xy=None, overwrite: bool = False) -> pa.Table:
     """The ``forced_photometry`` rows of one read image (a :class:`FitsImage`) for objects
     ``(ids, ra, dec)``: the covered positions only.
 
@@ -344,6 +344,9 @@ def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None =
     xy : tuple of ndarray, optional
         The objects' pixel positions through that WCS when already computed
         (:func:`~skysurvey.forced.icrs_to_pixel`).
+    overwrite : bool
+        Subtract the background in *image*'s own pixels (its data is then the subtracted
+        image): for a caller that read the image for this alone, as :func:`forced_image`.
 
     Returns
     -------
@@ -358,8 +361,8 @@ def measure_task(task: ForcedTask, image, ids, ra, dec, stars: PsfStars | None =
     phot = ImagePhotometry.from_row(task.image)
     x, y = icrs_to_pixel(wcs, ra, dec) if xy is None else xy
     with single_thread_blas():  # small matrix products: OpenBLAS's threads cost CPU
-        sub, rms, mask, sat, level_err = background_subtracted(image, x, y,
-                                                               phot.aperture_radius)
+        sub, rms, mask, sat, level_err = background_subtracted(
+            image, x, y, phot.aperture_radius, overwrite=overwrite)
         pixels = Pixels(sub, rms, mask=mask, gain=phot.gain)
         grid = None if stars is None else psf_model(pixels, stars)
         if grid is None:
@@ -428,7 +431,7 @@ def forced_image(task: ForcedTask, *, tmp_dir: str | None = None,
         wcs = celestial_wcs(image.header)[0]  # made once: ~15-30 ms per header
         xy = None if wcs is None else icrs_to_pixel(wcs, ra, dec)  # once, for both
         stars = _image_psf_stars(catalog, task.image, xy)
-        table = measure_task(task, image, ids, ra, dec, stars, wcs=wcs, xy=xy)
+        table = measure_task(task, image, ids, ra, dec, stars, wcs=wcs, xy=xy, overwrite=True)
         key = forced_key(task.image["image_id"], task.image.get("band"), task.image.get("night"))
         catalog.write_bytes(key, table_to_parquet_bytes(table),
                             content_type="application/vnd.apache.parquet")
