@@ -543,8 +543,8 @@ def test_isolated_stamps_use_their_own_disc_as_the_fitted_map():
     image[120:122, 30:150] = np.nan
     pixels = Pixels(image, np.full(image.shape, 3.0), mask=mask, gain=2.0)
     settings = fp.PsfFitSettings(grid, 4.0, 6.0, 0.1)
-    fast = fp._fit_subset(pixels, x, y, 7, settings, None, isolated=True)
-    drawn = fp._fit_subset(pixels, x, y, 7, settings, None)
+    fast = fp._fit_subset(pixels, (x, y), 7, settings, None, isolated=True)
+    drawn = fp._fit_subset(pixels, (x, y), 7, settings, None)
     for a, b in zip(fast, drawn, strict=True):
         np.testing.assert_array_equal(a, b)
     assert (fast[3] & forced.NEAR_EDGE).any() and (fast[3] & forced.MASKED).any()

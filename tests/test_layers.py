@@ -26,10 +26,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                     "prices")),
     ("per-image science", ("measurement", "profiles", "fitsread", "astrometry", "detect",
                            "deblend", "classify", "psf", "reference", "calibrate", "synth",
-                           "forced", "forced_psf", "psfmodel", "psffit", "psfphot")),
+                           "forced", "forced_psf", "stamps", "psfmodel", "psffit", "psfphot")),
     ("orchestration", ("pipeline", "catalog", "runner", "lambda_backend", "upload")),
     ("catalog products", ("objects", "queries", "athena", "export", "hats_export", "forced_run",
-                          "forced_summary", "lightcurves", "lightcurve_fits", "handler")),
+                          "forced_objects", "forced_summary", "lightcurves", "lightcurve_fits",
+                          "handler")),
     ("presentation", ("plots", "psfplots", "report", "cost", "synth_survey")),
     ("deployment", ("aws_resources", "aws_setup", "aws_cleanup", "cfn_template", "aws_check",
                     "cli", "steps")),
@@ -308,7 +309,7 @@ SEP_SETTERS = frozenset({"set_extract_pixstack", "set_sub_object_limit"})
 #: psfphot and psfmodel join once their owners have converted them.
 MEASUREMENT_MODULES = ("measurement", "profiles", "fitsread", "astrometry", "detect", "deblend",
                        "classify", "psf", "reference", "calibrate", "psfmodel", "psffit",
-                       "psfphot", "forced", "forced_psf")
+                       "psfphot", "forced", "forced_psf", "stamps")
 MAX_PARAMETERS = 6
 
 

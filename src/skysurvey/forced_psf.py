@@ -24,10 +24,7 @@ from .forced import (
     APERTURE_FLUX,
     BLENDED,
     CENTRE_MASKED,
-    MASKED,
-    NEAR_EDGE,
     OFF_IMAGE,
-    SATURATED,
     ImagePhotometry,
     _disc_pixels,
     aperture_flux,
@@ -40,6 +37,14 @@ from .geometry import window_pairs
 from .measurement import Pixels
 from .profiles import pairs_within
 from .psf import KRON_FALLBACK
+from .stamps import (
+    model_canvas,
+    own_flags,
+    rowdot,
+    shifted_stamps,
+    stamp_geometry,
+    sum64,
+)
 
 __all__ = [
     "FIT_RADIUS_FWHM",
@@ -304,7 +309,7 @@ def psf_fit(pixels: Pixels, x, y, settings: PsfFitSettings, saturated=None):
         size = max(FIT_BATCH_PIXELS // (2 * half + 1) ** 2, 16)
         for part in _batches(sel, _components(idx.size, pi, pj), iy0, size):
             amp[part], var[part], var_bkg[part], f[part], alone[part] = _fit_subset(
-                pixels, xs[part], ys[part], half, settings, saturated, isolated)
+                pixels, (xs[part], ys[part]), half, settings, saturated, isolated)
     # the model's fraction within the aperture radius: amplitudes to the aperture's scale
     frac = aperture_fractions(grid, x[idx], y[idx], settings.aperture_radius)
     frac = frac * _aperture_scale(pixels, x[idx], y[idx],
@@ -336,113 +341,9 @@ def _batches(sel, label, iy, size):
     return np.split(members, cuts)
 
 
-@dataclass(frozen=True)
-class _Stamps:
-    """Where square stamps of half-size ``h`` centred on pixels (ix, iy) lie in an image:
-    ``edge`` marks those that reach beyond it, ``flat_edge`` their flat pixel indices
-    (clipped), ``inside`` (n, S²) whether each pixel is on the image."""
 
-    ix: np.ndarray
-    iy: np.ndarray
-    h: int
-    edge: np.ndarray
-    flat_edge: np.ndarray
-    inside: np.ndarray
-
-    def gather(self, image: np.ndarray) -> np.ndarray:
-        """The stamps' pixels of *image* (of the image's shape), (n, S²): whole rows of S
-        pixels copied through a sliding window for stamps within the image."""
-        s = 2 * self.h + 1
-        # (windows only with a stamp within the image: the image is then at least S wide)
-        if self.ix.size and not self.edge.any():  # (a new array already: no second copy)
-            windows = np.lib.stride_tricks.sliding_window_view(image, s, axis=1)
-            rows = self.iy[:, None] + np.arange(-self.h, self.h + 1)
-            return windows[rows, (self.ix - self.h)[:, None]].reshape(-1, s * s)
-        out = np.empty((self.ix.size, s * s), image.dtype)
-        inner = ~self.edge
-        if inner.any():
-            windows = np.lib.stride_tricks.sliding_window_view(image, s, axis=1)
-            rows = self.iy[inner, None] + np.arange(-self.h, self.h + 1)
-            out[inner] = windows[rows, (self.ix[inner] - self.h)[:, None]].reshape(-1, s * s)
-        if self.edge.any():
-            out[self.edge] = image.ravel()[self.flat_edge]
-        return out
-
-
-def _geometry(shape, x, y, h):
-    """:class:`_Stamps` of objects (x, y), half-size *h*."""
-    ny, nx = shape
-    ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
-    off = np.arange(-h, h + 1)
-    ys, xs = iy[:, None] + off, ix[:, None] + off
-    edge = (ix - h < 0) | (ix + h >= nx) | (iy - h < 0) | (iy + h >= ny)
-    inside = np.ones((x.size, off.size**2), bool)
-    ye, xe = ys[edge], xs[edge]
-    inside[edge] = (((ye >= 0) & (ye < ny))[:, :, None]
-                    & ((xe >= 0) & (xe < nx))[:, None, :]).reshape(-1, off.size**2)
-    flat_edge = ((np.clip(ye, 0, ny - 1) * nx)[:, :, None]
-                 + np.clip(xe, 0, nx - 1)[:, None, :]).reshape(-1, off.size**2)
-    return _Stamps(ix, iy, h, edge, flat_edge, inside)
-
-
-def _own_flags(stamps, x, y, radius, bad):
-    """:data:`NEAR_EDGE`, :data:`MASKED`, :data:`SATURATED` of each object from its own
-    pixels (within *radius*); *bad* is ``(bad, saturated)`` per stamp pixel (either None),
-    and only the stamps that reach beyond the image or hold such pixels are looked at."""
-    flags = np.zeros(x.size, np.int64)
-    rows = stamps.edge.copy()
-    for b in bad:
-        if b is not None:
-            rows |= b.any(axis=1)
-    rows = np.flatnonzero(rows)
-    if not rows.size:
-        return flags
-    off = np.arange(-stamps.h, stamps.h + 1)
-    dy2 = (stamps.iy[rows, None] + off - y[rows, None]) ** 2
-    dx2 = (stamps.ix[rows, None] + off - x[rows, None]) ** 2
-    own = (dy2[:, :, None] + dx2[:, None, :] <= radius**2).reshape(rows.size, -1)
-    inside = stamps.inside[rows]
-    flags[rows] |= np.where((own & ~inside).any(axis=1), NEAR_EDGE, 0)
-    for b, bit in zip(bad, (MASKED, SATURATED), strict=True):
-        if b is not None:
-            flags[rows] |= np.where((own & inside & b[rows]).any(axis=1), bit, 0)
-    return flags
-
-
-def _canvas(psf, h):
-    """The stamps (n, S²) on canvases (n, S + 1, 3S): each stamp in the middle S columns,
-    zeros around and in the last row (what :func:`_shifted` slides over)."""
-    s = 2 * h + 1
-    canvas = np.zeros((psf.shape[0], s + 1, 3 * s), psf.dtype)
-    canvas[:, :s, s:2 * s] = psf.reshape(-1, s, s)
-    return canvas
-
-
-def _shifted(canvas, src, shift, h):
-    """Stamps of objects *src* as seen on stamps centred *shift* = (dx, dy) pixels from
-    theirs (dx = the source's centre - the destination's), as (m, S²), 0 where they do
-    not reach; *canvas* is :func:`_canvas`'s. Whole rows are copied (sliding windows), not
-    single pixels."""
-    s = 2 * h + 1
-    dx = np.clip(shift[0], -s, s)
-    rows = np.arange(s)[None, :] - shift[1][:, None]  # the source row of each row, (m, S)
-    rows = np.where((rows >= 0) & (rows < s), rows, s)  # row S is zero
-    windows = np.lib.stride_tricks.sliding_window_view(canvas, s, axis=2)  # (n, S+1, 2S+1, S)
-    return windows[src[:, None], rows, (s - dx)[:, None]].reshape(src.size, s * s)
-
-
-def _sum64(a):
-    """Row sums of a float32 (n, m) array (pairwise), as float64."""
-    return a.sum(axis=1).astype(np.float64)
-
-
-def _dot(a, b):
-    """Row-wise dot products of two float32 (n, m) arrays (no product array), as float64."""
-    return np.einsum("ij,ij->i", a, b).astype(np.float64)
-
-
-def _fit_subset(pixels, x, y, h, settings, saturated, isolated=False):
-    """:func:`psf_fit` of objects (x, y) on stamps of half-size *h*: amplitudes, variance,
+def _fit_subset(pixels, xy, h, settings, saturated, isolated=False):
+    """:func:`psf_fit` of objects *xy* = (x, y) on stamps of half-size *h*: amplitudes, variance,
     its background share, flags, and whether each was fitted alone (*isolated*: no other
     object's fitted pixels reach a stamp, so each stamp's are its own disc's: no map drawn).
 
@@ -451,6 +352,7 @@ def _fit_subset(pixels, x, y, h, settings, saturated, isolated=False):
     moved onto the other's grid): no array of the image's size but the fitted pixels' map."""
     from .psfmodel import as_float32, render
 
+    x, y = xy
     grid = settings.grid
     sub = np.asarray(pixels.sub)
     ny, nx = sub.shape
@@ -458,7 +360,7 @@ def _fit_subset(pixels, x, y, h, settings, saturated, isolated=False):
     n = x.size
     ix, iy, psf = render(as_float32(grid), x, y, h)
     psf = psf.reshape(n, -1)  # (n, S²) float32
-    stamps = _geometry(sub.shape, x, y, h)
+    stamps = stamp_geometry(sub.shape, x, y, h)
     # the fitted pixels: within the fit radius of any object, valid, with a finite noise
     # (on the box the stamps span: a batch's objects lie in a band of the image)
     x0, y0 = max(int(ix.min()) - h, 0), max(int(iy.min()) - h, 0)
@@ -484,7 +386,7 @@ def _fit_subset(pixels, x, y, h, settings, saturated, isolated=False):
                     for c, v in ((iy, y), (ix, x)))
         use = (dy2[:, :, None] + dx2[:, None, :] <= radius**2).reshape(n, -1)
     else:
-        use = _geometry(box, x - x0, y - y0, h).gather(fitted.reshape(box))
+        use = stamp_geometry(box, x - x0, y - y0, h).gather(fitted.reshape(box))
     if stamps.edge.any():  # (only stamps reaching beyond the image have pixels off it)
         use[stamps.edge] &= stamps.inside[stamps.edge]
     if bad is not None:
@@ -492,9 +394,9 @@ def _fit_subset(pixels, x, y, h, settings, saturated, isolated=False):
     # (the model is 0 off the used pixels: only non-finite values there need zeroing)
     data = values if finite.all() else np.where(use, values, np.float32(0.0))
     mp = np.where(use, psf, np.float32(0.0))  # the model on the used pixels
-    diag = _dot(mp, mp) * inv_var
-    rhs = _dot(mp, data) * inv_var
-    wsum = _sum64(mp) * inv_var  # response to a constant background offset
+    diag = rowdot(mp, mp) * inv_var
+    rhs = rowdot(mp, data) * inv_var
+    wsum = sum64(mp) * inv_var  # response to a constant background offset
     # pairs whose stamps overlap: the off-diagonal terms
     # (a stamp meets the other's fitted pixels within h + fit radius; two wings meeting on a
     # third object's pixels, up to 2h apart, couple them by less than 1e-3: left out)
@@ -517,8 +419,8 @@ def _fit_subset(pixels, x, y, h, settings, saturated, isolated=False):
     mp2_pos *= mp
     mp2_pos *= mp
     # own light a * psf: sum(wp^2 (a psf / gain + (e a psf)^2)) from two sums
-    extra_own = (a_pos * inv_gain * _sum64(mp2_pos)
-                 + (PROFILE_ERROR * a_pos) ** 2 * _dot(mp2_pos, mp)) * inv_var**2
+    extra_own = (a_pos * inv_gain * sum64(mp2_pos)
+                 + (PROFILE_ERROR * a_pos) ** 2 * rowdot(mp2_pos, mp)) * inv_var**2
     extra_others = (neighbours.others_light(wp, np.where(np.isfinite(amp), amp, 0.0), inv_gain)
                     if wp is not None else np.zeros(n))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -535,7 +437,7 @@ def _fit_subset(pixels, x, y, h, settings, saturated, isolated=False):
     model_noise = MODEL_NOISE / math.sqrt(max(grid.n_stars, 1))
     var = var_sky + var_own + (model_noise * np.maximum(amp, 0.0)) ** 2
     sat = None if saturated is None else stamps.gather(np.asarray(saturated, bool))
-    f = _own_flags(stamps, x, y, radius, (bad, sat))
+    f = own_flags(stamps, x, y, radius, (bad, sat))
     f |= np.where(inflate >= BLEND_INFLATE, BLENDED, 0)
     alone = np.bincount(label, minlength=label.size)[label] == 1
     return amp, var, var_sky, f, alone
@@ -547,12 +449,12 @@ MOVED_CACHE = 2**23
 
 class _Neighbours:
     """Pairs ``(pi, pj)`` whose stamps meet: each one's stamp on the other's grid (both ways,
-    :func:`_shifted`), for the couplings and the neighbours' light on each stamp."""
+    :func:`shifted_stamps`), for the couplings and the neighbours' light on each stamp."""
 
     def __init__(self, psf, stamps, pi, pj):
         self.psf, self.stamps, self.pi, self.pj = psf, stamps, pi, pj
         self.dst, self.src = np.r_[pi, pj], np.r_[pj, pi]  # src's light on dst's stamp
-        self.canvas = _canvas(psf, stamps[2]) if pi.size else None
+        self.canvas = model_canvas(psf, stamps[2]) if pi.size else None
         self.moved, self.cached = None, None  # the moved stamps, and which rows of them
         if 0 < self.dst.size * psf.shape[1] <= MOVED_CACHE:
             self.moved = self._move(np.arange(self.dst.size))
@@ -560,7 +462,7 @@ class _Neighbours:
     def _move(self, rows):
         ix, iy, h = self.stamps
         d, s = self.dst[rows], self.src[rows]
-        return _shifted(self.canvas, s, (ix[s] - ix[d], iy[s] - iy[d]), h)
+        return shifted_stamps(self.canvas, s, (ix[s] - ix[d], iy[s] - iy[d]), h)
 
     def _chunks(self, rows, step=4096):
         """``(rows, moved stamps)`` in chunks (views of the cache where its rows run on)."""
@@ -615,9 +517,9 @@ class _Neighbours:
         # sum(wp^2 (L / gain + (e L)^2)) from two row dot products
         wt = wp[targets]
         wt *= wt
-        out[targets] = inv_gain * _dot(wt, light)
+        out[targets] = inv_gain * rowdot(wt, light)
         wt *= light
-        out[targets] += NEIGHBOUR_PROFILE_ERROR**2 * _dot(wt, light)
+        out[targets] += NEIGHBOUR_PROFILE_ERROR**2 * rowdot(wt, light)
         return out
 
 
