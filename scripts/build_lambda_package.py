@@ -10,12 +10,12 @@ cannot load. The versions are pinned in requirements-lambda.lock (installed with
 two builds hold the same packages. Tests, headers and caches are stripped to stay under
 Lambda's 250 MB unzipped limit; a zip over 50 MB is uploaded through S3 by setup_aws.py.
 
-Every module is then compiled to bytecode by the runtime's Python (``python3.12`` found on
-PATH, or this interpreter when it is that version) as unchecked-hash ``.pyc`` files: Lambda's
-``/var/task`` is read-only, so without them each cold start compiles every source it imports
-(~0.8 s of a 1.2 s import measured here), and the zip's fixed timestamps would invalidate
-timestamp-checked ones. Without the runtime's Python the zip is built without bytecode and
-the build says so.
+Every module is then compiled to bytecode by the runtime's Python (``--runtime-python``, else
+this interpreter when it is that version, else ``python3.12`` on PATH) as unchecked-hash
+``.pyc`` files: Lambda's ``/var/task`` is read-only, so without them each cold start compiles
+every source it imports (python3.12 on the unpacked zip: import 1.36 s without, 0.47 s with),
+and the zip's fixed timestamps would invalidate timestamp-checked ones. Without the runtime's
+Python the zip is built without bytecode, and the build says so.
 """
 
 from __future__ import annotations
@@ -184,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--python-version", default="3.12", help="Lambda runtime's Python")
     parser.add_argument("--runtime-python", metavar="PATH",
                         help="an interpreter of that version, to compile the modules to bytecode "
-                             "(default: python<version> on PATH, or this one if it is that "
-                             "version)")
+                             "(default: this one if it is that version, else python<version> on "
+                             "PATH)")
     cli.add_version(parser)
     return parser
 

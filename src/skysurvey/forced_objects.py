@@ -19,7 +19,13 @@ import pyarrow.parquet as pq
 
 from .forced import HPX_ORDER
 
-__all__ = ["OBJECTS_CACHE_FILES", "PARTITION_ORDER", "file_touches", "objects_in_footprint"]
+__all__ = [
+    "OBJECTS_CACHE_FILES",
+    "PARTITION_ORDER",
+    "file_touches",
+    "objects_in_footprint",
+    "unit_touches",
+]
 
 PARTITION_ORDER = 5  # objects/hpx5=<pixel>
 
@@ -51,11 +57,14 @@ def file_touches(key: str, cells: np.ndarray) -> bool:
     match = _UNIT_FILE.match(PurePosixPath(key).name)
     if match is None:
         return True
-    order, pixel = int(match[1]), int(match[2])
+    return unit_touches(int(match[1]), int(match[2]), np.asarray(cells, np.int64))
+
+
+def unit_touches(order: int, pixel: int, cells: np.ndarray) -> bool:
+    """Whether the HEALPix unit (*order*, *pixel*) holds one of the order-12 *cells* (int64)."""
     if order <= HPX_ORDER:
-        parents = np.asarray(cells, np.int64) >> (2 * (HPX_ORDER - order))
-        return bool(np.any(parents == pixel))
-    return bool(np.isin(pixel >> (2 * (order - HPX_ORDER)), cells))
+        return bool(np.any((cells >> (2 * (HPX_ORDER - order))) == pixel))
+    return bool(np.any(cells == (pixel >> (2 * (order - HPX_ORDER)))))
 
 
 def _object_files(store, partition: int, cells: np.ndarray) -> list[str]:

@@ -349,7 +349,8 @@ def _fit_subset(pixels, xy, h, settings, saturated, isolated=False):
 
     Per-pixel work in float32 on (n, S²) stamps (row sums pairwise or by einsum); the
     couplings and the neighbours' light from the pairs whose stamps meet (each one's stamp
-    moved onto the other's grid): no array of the image's size but the fitted pixels' map."""
+    moved onto the other's grid): no array of the image's size; the fitted pixels' map spans
+    the batch's stamps (none when *isolated*)."""
     from .psfmodel import as_float32, render
 
     x, y = xy
@@ -365,7 +366,9 @@ def _fit_subset(pixels, xy, h, settings, saturated, isolated=False):
     # (on the box the stamps span: a batch's objects lie in a band of the image)
     x0, y0 = max(int(ix.min()) - h, 0), max(int(iy.min()) - h, 0)
     box = (min(int(iy.max()) + h + 1, ny) - y0, min(int(ix.max()) + h + 1, nx) - x0)
-    if not isolated:
+    # own discs only: isolated objects, or no box (every stamp off the image: no pixel)
+    own_discs = isolated or min(box) <= 0
+    if not own_discs:
         fitted = np.zeros(box[0] * box[1], bool)
         fitted[_disc_pixels(box, x - x0, y - y0, radius, owners=False)[0]] = True
     values = stamps.gather(sub)
@@ -381,12 +384,13 @@ def _fit_subset(pixels, xy, h, settings, saturated, isolated=False):
              if np.ndim(rms) == 2 else np.full(n, float(rms))).astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_var = np.where(np.isfinite(noise) & (noise > 0), 1 / (noise * noise), 0)
-    if isolated:  # (the same test as _disc_pixels'; off the image: cleared below)
+    if own_discs:  # (the same test as _disc_pixels'; off the image: cleared below)
         dy2, dx2 = ((c[:, None] + np.arange(-h, h + 1) - v[:, None]) ** 2
                     for c, v in ((iy, y), (ix, x)))
         use = (dy2[:, :, None] + dx2[:, None, :] <= radius**2).reshape(n, -1)
     else:
-        use = stamp_geometry(box, x - x0, y - y0, h).gather(fitted.reshape(box))
+        # (the stamps' own integer centres: rint(x - x0) is not rint(x) - x0 at .5 for odd x0)
+        use = stamp_geometry(box, stamps.ix - x0, stamps.iy - y0, h).gather(fitted.reshape(box))
     if stamps.edge.any():  # (only stamps reaching beyond the image have pixels off it)
         use[stamps.edge] &= stamps.inside[stamps.edge]
     if bad is not None:

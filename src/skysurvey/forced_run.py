@@ -44,12 +44,17 @@ from . import __version__
 from .config import is_s3_uri
 from .errors import SkySurveyError, TransientStorageError, one_line, printable
 from .forced import (
-    HPX_ORDER,
     ImagePhotometry,
     background_subtracted,
     icrs_to_pixel,
 )
-from .forced_objects import _UNIT_FILE, _partitions, file_touches, objects_in_footprint
+from .forced_objects import (
+    _UNIT_FILE,
+    _partitions,
+    file_touches,
+    objects_in_footprint,
+    unit_touches,
+)
 from .forced_psf import (
     ForcedOptions,
     PsfFitSettings,
@@ -450,12 +455,7 @@ class _ObjectsIndex:
                 if unit is None:
                     used.append((k, size, sha))
                     continue
-                order, pixel = unit
-                if order <= HPX_ORDER:
-                    hit = np.any((cells >> (2 * (HPX_ORDER - order))) == pixel)
-                else:
-                    hit = np.any(cells == (pixel >> (2 * (order - HPX_ORDER))))
-                if hit:
+                if unit_touches(*unit, cells):
                     used.append((k, size, sha))
         return sorted(used)
 

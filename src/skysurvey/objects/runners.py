@@ -35,8 +35,9 @@ def run_units_local(tasks: list[UnitTask], workers: int = 1) -> list[dict]:
         return [_run_task(t) for t in tasks]
     from concurrent.futures import ProcessPoolExecutor
 
-    # the plan puts the busiest units first (objects.plan._unit_costs), so the pool ends
-    # together; a stable sort on the images each opens keeps that order among equals
+    # the units that open the most images first, so the pool ends together; among equals
+    # (a deep field: every unit opens every image) the plan's order by estimated cost
+    # (objects.plan._unit_costs) stays, the sort being stable
     ordered = sorted(tasks, key=lambda t: -len(t.images))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(_run_task, ordered, chunksize=1))
