@@ -20,6 +20,7 @@ from .lightcurve_fits import (
     PAIR_ARCSEC,
     LineFit,
     _index,
+    _weighted_mean,
     brightest_excess,
     chi2_detrended,
     chi2_sigma,
@@ -163,10 +164,8 @@ def chi2_constant(object_id, flux, flux_err, ids=None, *, floor: float = 0.0):
     ok = (idx >= 0) & np.isfinite(flux) & np.isfinite(err) & (err > 0)
     i, f, e = idx[ok], flux[ok], err[ok]
     n = np.bincount(i, minlength=ids.size)
-    w = 1.0 / e**2
-    sw = np.bincount(i, w, minlength=ids.size)
+    mean = _weighted_mean(i, f, e, ids.size)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.bincount(i, w * f, minlength=ids.size) / sw
         var = e**2 + (floor * np.abs(mean[i])) ** 2
         chi2 = np.bincount(i, (f - mean[i]) ** 2 / var, minlength=ids.size)
     dof = np.maximum(n - 1, 0)
