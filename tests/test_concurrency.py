@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import time
 
 import pyarrow as pa
@@ -137,7 +139,45 @@ def test_a_claim_lost_five_times_in_a_row_is_a_transient_error(store, monkeypatc
     assert _parquet_keys(store) == []
 
 
-def test_a_local_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+def _hold_lock(lock):
+    """A process holding storage._exclusive(*lock*) until killed (started once it holds it)."""
+    code = ("import sys, time; from pathlib import Path; from skysurvey import storage; "
+            "cm = storage._exclusive(Path(sys.argv[1])); cm.__enter__(); "
+            "print('held', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_local_lock_held_by_a_killed_process_does_not_block_the_next_writer(tmp_path):
+    """A run SIGKILLed while it holds an image's lock (a user's kill -9, the OOM killer): the
+    next run writes at once (it waited 10 s and failed that image when the lock was a file
+    trusted for 60 s); while the holder lives, a writer waits and then gives up."""
+    store = LocalStore(tmp_path)
+    (tmp_path / "image_ids").mkdir()
+    lock = tmp_path / "image_ids" / f"{TMP_PREFIX}x.json.lock.partial"
+    holder = _hold_lock(lock)
+    try:
+        with (pytest.raises(TransientStorageError, match="locked by another process"),
+              storage._exclusive(lock, wait=0.2)):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert lock.exists()  # left behind, as a kill leaves it
+    start = time.monotonic()
+    assert store.write_bytes_if(entry_key("x"), b"{}", version=None)
+    assert time.monotonic() - start < 1.0
+    assert not lock.exists()
+    assert [o.key for o in store.list("image_ids/")] == ["image_ids/x.json"]
+
+
+def test_without_flock_a_stale_lock_file_is_taken_over(tmp_path, monkeypatch):
+    """Where there is no flock (not POSIX): an O_EXCL file, taken over once older than
+    LOCK_STALE_SECONDS; a fresh one makes the writer wait, then give up."""
+    monkeypatch.setattr(storage, "fcntl", None)
     store = LocalStore(tmp_path)
     (tmp_path / "image_ids").mkdir()
     lock = tmp_path / "image_ids" / f"{TMP_PREFIX}x.json.lock.partial"

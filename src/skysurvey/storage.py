@@ -34,6 +34,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+try:  # POSIX (Linux, macOS): the kernel drops a dead holder's lock
+    import fcntl
+except ImportError:  # elsewhere: an O_EXCL file, taken over when stale
+    fcntl = None
+
 from . import aws
 from .config import is_s3_uri, parse_s3_uri
 from .errors import StorageError, TransientStorageError
@@ -68,7 +73,8 @@ NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 #: deleted key).
 CHANGED_MEANWHILE = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict",
                                "409"}) | NOT_FOUND
-#: A local lock file older than this is from a killed process (a write takes milliseconds).
+#: Without flock (not POSIX): a local lock file older than this is from a killed process (a
+#: write takes milliseconds).
 LOCK_STALE_SECONDS = 60.0
 #: Temporary names of atomic local writes: ``.tmp-<random>.partial``. Only names with both
 #: the prefix and the suffix are the store's own (a user's ``.tmp-x.fits`` is listed).
@@ -277,8 +283,8 @@ class LocalStore:
                        content_type: str | None = None) -> str | None:
         """Write *data* only if *key* still holds *version* (None: only if nothing is there);
         returns the new version, or None when another writer changed *key* first. Atomic
-        between processes through a lock file beside *key* (``O_EXCL``; one left behind by a
-        killed process is taken over after :data:`LOCK_STALE_SECONDS`)."""
+        between processes through a lock beside *key* (:func:`_exclusive`: a killed holder's
+        lock does not outlive it)."""
         dest = self._path(key)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -359,7 +365,54 @@ def _why(exc: OSError) -> str:
 
 @contextlib.contextmanager
 def _exclusive(lock: Path, wait: float = 10.0) -> Iterator[None]:
-    """Hold *lock* (a file created with ``O_EXCL``) for the block: one process at a time."""
+    """Hold *lock* for the block: one process at a time, waiting up to *wait* seconds.
+
+    On POSIX an ``flock`` on the file: the kernel releases it when its holder exits, killed
+    or not, so a run killed while holding it never blocks the next one; the holder removes
+    the file while it still holds it, and a waiter keeps only a lock on the file the path
+    names (not one removed meanwhile). Elsewhere (:func:`_exclusive_file`) a file created
+    with ``O_EXCL``, taken over after :data:`LOCK_STALE_SECONDS`."""
+    if fcntl is None:
+        with _exclusive_file(lock, wait):
+            yield
+        return
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_WRONLY, 0o600)
+        except OSError as exc:
+            raise StorageError(str(lock.parent), f"cannot lock ({_why(exc)})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() > deadline:
+                raise TransientStorageError(str(lock.parent), f"locked by another process "
+                                            f"({lock.name})") from None
+            time.sleep(0.01)
+            continue
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError(str(lock.parent), f"cannot lock ({_why(exc)})") from None
+        try:
+            now = os.stat(lock)
+            mine = os.fstat(fd)
+            if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the previous holder removed it after we opened it: again
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _exclusive_file(lock: Path, wait: float = 10.0) -> Iterator[None]:
+    """:func:`_exclusive` without ``flock``: a file created with ``O_EXCL``; one left by a
+    killed process is taken over once its age passes :data:`LOCK_STALE_SECONDS`."""
     deadline = time.monotonic() + wait
     while True:
         try:
