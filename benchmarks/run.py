@@ -418,9 +418,10 @@ def bench_queries(n_images, rows_per_image, repeats):
                   "Athena $"], rows)
 
 
-def _lambda_artifact(folder: Path) -> Path:
+def _lambda_artifacts(folder: Path) -> tuple[Path, Path]:
     """The Lambda zip (scripts/build_lambda_package.py) built for this interpreter's Python,
-    unpacked: what the function's init imports (bytecode included, no pandas)."""
+    unpacked: what the function's init imports (bytecode included, no pandas); and a copy
+    without its ``__pycache__`` folders (the zip as built before it carried bytecode)."""
     import importlib.util
     import zipfile
 
@@ -429,56 +430,64 @@ def _lambda_artifact(folder: Path) -> Path:
     builder = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(builder)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    builder.build(folder / "lambda.zip", version, folder / "stage",
-                  HERE.parent / "build" / "pip-cache")
-    unpacked = folder / "artifact"
-    shutil.rmtree(unpacked, ignore_errors=True)
+    stage = folder / "stage"
+    builder.build(folder / "lambda.zip", version, stage, HERE.parent / "build" / "pip-cache")
+    shutil.rmtree(stage, ignore_errors=True)  # (the zip holds it)
+    unpacked, sources = folder / "artifact", folder / "artifact-sources"
+    for path in (unpacked, sources):
+        shutil.rmtree(path, ignore_errors=True)
     zipfile.ZipFile(folder / "lambda.zip").extractall(unpacked)
-    return unpacked
+    shutil.copytree(unpacked, sources, ignore=shutil.ignore_patterns("__pycache__"))
+    return unpacked, sources
 
 
 def bench_cold_start(repeats):
     """``import lambda_function`` in a fresh interpreter (a Lambda cold start's init), and the
     same import followed by the handler's first image (512², local folders), alternated, so
-    that an import moved out of the first into the second shows up (issue 25); in the
-    project's environment and from the unpacked Lambda zip (``python -S``: nothing else on
-    the path). The environment has pandas, which pyarrow imports on its first conversion
+    that an import moved out of the first into the second shows up (issue 25): from the
+    unpacked Lambda zip (``python -S``: nothing else on the path; no bytecode written, as in
+    Lambda's read-only code folder), the same without its bytecode, and in the project's
+    environment. The environment has pandas, which pyarrow imports on its first conversion
     (~0.3 s of the first image); the zip has neither pandas nor that cost."""
     folder = WORK / "cold_start"
     folder.mkdir(exist_ok=True)
     if not (folder / "first.fits").exists():
         make_image((512, 512), seed=25).write(folder / "first.fits")
-    artifact = _lambda_artifact(folder)
+    artifact, sources = _lambda_artifacts(folder)
     code = ("import json, sys, time; t = time.perf_counter(); sys.path.insert(0, 'scripts'); "
             "import lambda_function; t1 = time.perf_counter() - t; "
             "r = lambda_function.lambda_handler(json.loads(sys.argv[1])) if sys.argv[1:] else {}; "
             "assert r.get('status', 'ok') == 'ok', r; print(t1, time.perf_counter() - t)")
-    runs = {"venv": ([sys.executable, "-c", code], HERE.parent, None),
-            "zip": ([sys.executable, "-S", "-s", "-c", code], artifact,
-                    {"PATH": os.environ["PATH"], "PYTHONPATH": str(artifact),
-                     "HOME": str(folder)})}
+
+    def unpacked(path):
+        return ([sys.executable, "-S", "-s", "-c", code], path,
+                {"PATH": os.environ["PATH"], "PYTHONPATH": str(path), "HOME": str(folder),
+                 "PYTHONDONTWRITEBYTECODE": "1"})
+
+    runs = {"zip": unpacked(artifact), "sources": unpacked(sources),
+            "venv": ([sys.executable, "-c", code], HERE.parent, None)}
+    where = {"zip": "the Lambda zip for this Python, unpacked (`python -S`)",
+             "sources": "the same without its bytecode (the zip as built before)",
+             "venv": "the project's .venv"}
     times = {(w, k): [] for w in runs for k in ("import", "first")}
     load = [os.getloadavg()[0]]
     for _ in range(repeats):
-        for where, (cmd, cwd, env) in runs.items():
+        for name, (cmd, cwd, env) in runs.items():
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=cwd,
                                  env=env).stdout
-            times[where, "import"].append(float(out.split()[0]))
+            times[name, "import"].append(float(out.split()[0]))
             with tempfile.TemporaryDirectory() as cat:
                 event = json.dumps({"bucket": str(folder), "key": "first.fits",
                                     "catalog_bucket": cat})
                 out = subprocess.run([*cmd, event], capture_output=True, text=True, check=True,
                                      cwd=cwd, env=env).stdout
-            times[where, "first"].append(float(out.split()[1]))
+            times[name, "first"].append(float(out.split()[1]))
     load.append(os.getloadavg()[0])
     med = {key: f"{statistics.median(v):.3f}" for key, v in times.items()}
     return table(["handler module import (cold start), median s",
                   "import + first image (512²), median s", "where", "runs", "load average"],
-                 [[med["zip", "import"], med["zip", "first"],
-                   "the Lambda zip for this Python, unpacked (`python -S`)", repeats,
-                   f"{load[0]:.1f} -> {load[1]:.1f}"],
-                  [med["venv", "import"], med["venv", "first"], "the project's .venv", repeats,
-                   f"{load[0]:.1f} -> {load[1]:.1f}"]])
+                 [[med[name, "import"], med[name, "first"], where[name], repeats,
+                   f"{load[0]:.1f} -> {load[1]:.1f}"] for name in runs])
 
 
 def bench_huge_header(n_cards, repeats):
