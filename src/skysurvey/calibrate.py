@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from .geometry import tangent_plane
-from .psf import KRON_FALLBACK
+from .psf import clean_flags
 from .reference import (
     ReferenceError,
     ReferenceSpec,
@@ -124,7 +124,7 @@ def point_sources(sources: pa.Table, config: CalibrationConfig) -> np.ndarray:
     (when the image has class_star)."""
     flags = sources["flags"].to_numpy(zero_copy_only=False)
     snr = _column(sources, "snr")
-    keep = ((flags & ~KRON_FALLBACK) == 0) & (snr >= config.min_snr)  # (Kron flux only)
+    keep = clean_flags(flags) & (snr >= config.min_snr)
     star = _column(sources, "class_star")
     if np.isfinite(star).any():
         keep &= star >= config.min_class_star

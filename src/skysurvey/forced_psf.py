@@ -36,7 +36,7 @@ from .forced import (
 from .geometry import window_pairs
 from .measurement import Pixels
 from .profiles import pairs_within
-from .psf import KRON_FALLBACK
+from .psf import clean_flags
 from .stamps import (
     model_canvas,
     own_flags,
@@ -640,7 +640,7 @@ def psf_stars(sources: dict, fwhm: float | None, obj_x=None, obj_y=None) -> PsfS
         cand = (np.isfinite(x) & np.isfinite(y) & (flux > 0)
                 & (np.asarray(sources["snr"], float) >= PSF_STAR_SNR)
                 & (np.asarray(sources["class_star"], float) >= PSF_STAR_CLASS)
-                & ((np.asarray(sources["flags"], np.int64) & ~KRON_FALLBACK) == 0))
+                & clean_flags(sources["flags"]))
     if fwhm is None or not fwhm > 0:
         widths = np.asarray(sources["fwhm"], float)[cand]
         widths = widths[np.isfinite(widths) & (widths > 0)]

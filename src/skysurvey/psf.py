@@ -62,6 +62,7 @@ __all__ = [
     "PsfModel",
     "aperture_correction",
     "apply_aperture_correction",
+    "clean_flags",
     "correction_with_error",
     "curve_of_growth",
     "depth_5sigma",
@@ -88,6 +89,14 @@ STEP_PRECISION = 0.003
 #: It says nothing of the pixels, and most stars of an undersampled image (FWHM < 2 px) have
 #: it: PSF stars, calibration stars and forced photometry's PSF stars may carry it.
 KRON_FALLBACK = 4096
+
+
+def clean_flags(flags) -> np.ndarray:
+    """Which sources carry no flag but :data:`KRON_FALLBACK`: the rule of every star
+    selection (PSF stars, calibration stars, forced photometry's PSF stars)."""
+    return (np.asarray(flags, np.int64) & ~KRON_FALLBACK) == 0
+
+
 #: At most this many (the brightest) PSF stars build the curve of growth.
 MAX_GROWTH_STARS = 100
 #: Random points whose rings measure the residual level of the curve of growth
@@ -723,7 +732,7 @@ def measure(pixels: Pixels, columns, radius, min_snr=50.0):
     flux, flux_err = np.asarray(columns["flux"], float), np.asarray(columns["flux_err"], float)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(flux_err > 0, flux / flux_err, 0.0)
-    clean = (np.asarray(columns["flags"]) & ~KRON_FALLBACK) == 0  # (the Kron flux only)
+    clean = clean_flags(columns["flags"])
     fwhm = np.asarray(columns["fwhm"], float)
     candidates = clean & (snr >= min_snr)
     if candidates.sum() < 10:  # few bright stars: fainter ones define the locus

@@ -333,7 +333,7 @@ def _gather_stamps(image, centre, half, held=None):
         flat, ok = (v.reshape(-1, s2) for v in pm.stamp_index(rms.shape, ix[c], iy[c], half))
         values, var = data[c], sig2[c]  # written in place
         values[...] = np.take(sub, flat)
-        var[...] = np.take(rms.reshape(-1), flat) if any(rms.strides) else rms.flat[0]
+        var[...] = pm.noise_at(rms, flat)
         np.square(var, out=var)
         ok &= np.isfinite(values) & np.isfinite(var)
         if mask is not None:

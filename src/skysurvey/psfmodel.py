@@ -44,7 +44,6 @@ __all__ = [
     "as_float32",
     "build",
     "choose_order",
-    "cutouts",
     "lanczos",
     "n_terms",
     "nearest_distance",
@@ -107,18 +106,6 @@ def lanczos(z, a: int = LANCZOS) -> np.ndarray:
     """The Lanczos kernel ``sinc(z) sinc(z / a)`` for ``|z| < a``, else 0."""
     z = np.asarray(z, float)
     return np.where(np.abs(z) < a, np.sinc(z) * np.sinc(z / a), 0.0)
-
-
-def cutouts(image, ix, iy, half, fill=0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Square stamps ``(N, S, S)`` of *image* centred on pixels (ix, iy), S = 2 half + 1, and
-    whether each stamp pixel is inside the image (outside: *fill*)."""
-    ny, nx = image.shape
-    off = np.arange(-half, half + 1)
-    yy = np.asarray(iy)[:, None, None] + off[None, :, None]
-    xx = np.asarray(ix)[:, None, None] + off[None, None, :]
-    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-    values = image[np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)]
-    return np.where(inside, values, fill), inside
 
 
 def _taps(shift, derivative=False, reach=LANCZOS):
